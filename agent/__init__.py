@@ -1,0 +1,3 @@
+"""pgwarden: a high-availability agent for PostgreSQL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,447 @@
+"""Value types shared by every layer: what the DCS holds, what PostgreSQL reports, what the agent publishes.
+
+Everything here is a frozen, slotted dataclass. Records read from the DCS are parsed at the
+boundary by tolerant `parse_*` functions: a corrupt or foreign value is reported as a problem
+and read as absent, never raised (DESIGN.md section 3, invariant 6).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import NewType
+
+MemberName = NewType("MemberName", str)
+"""A member's name: unique in its cluster, stable across restarts (a pod name in Kubernetes)."""
+
+Lsn = int
+"""A WAL position in bytes (asyncpg returns pg_lsn as int)."""
+
+
+class Role(StrEnum):
+    PRIMARY = "primary"
+    REPLICA = "replica"
+    UNINITIALIZED = "uninitialized"
+    UNKNOWN = "unknown"
+
+
+class PgState(StrEnum):
+    """What a member says of its PostgreSQL, for people and for peers' health checks."""
+
+    RUNNING = "running"
+    STREAMING = "streaming"
+    STARTING = "starting"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    BOOTSTRAPPING = "bootstrapping"
+    CLONING = "cloning"
+    REWINDING = "rewinding"
+    FENCED = "fenced"
+    UNKNOWN = "unknown"
+
+
+class RecordKind(StrEnum):
+    """Cluster-wide records besides the leader key and the member records."""
+
+    INITIALIZE = "initialize"
+    CONFIG = "config"
+    SYNC = "sync"
+    SWITCHOVER = "switchover"
+    HISTORY = "history"
+
+
+def format_lsn(lsn: Lsn | None) -> str:
+    """PostgreSQL's textual form, `16/B374D848`."""
+    if lsn is None:
+        return "-"
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> Lsn:
+    """Inverse of `format_lsn`; raises ValueError on anything else."""
+    high, sep, low = text.partition("/")
+    if not sep:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+# --------------------------------------------------------------------------- local PostgreSQL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicationRow:
+    """One row of pg_stat_replication on a primary."""
+
+    application_name: str
+    state: str
+    sync_state: str
+    sent_lsn: Lsn | None
+    write_lsn: Lsn | None
+    flush_lsn: Lsn | None
+    replay_lsn: Lsn | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlData:
+    """The parts of pg_controldata the agent needs while PostgreSQL is stopped."""
+
+    system_id: str
+    cluster_state: str  # "in production", "shut down", "shut down in recovery", ...
+    timeline: int
+    checkpoint_lsn: Lsn
+    min_recovery_end_lsn: Lsn | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalState:
+    """One probe of the local PostgreSQL. `running=False` leaves the SQL fields None.
+
+    `wal_lsn` is the member's WAL position for comparing candidates: on a primary the
+    current write LSN; on a replica the larger of received and replayed.
+    """
+
+    data_dir_initialized: bool
+    running: bool
+    postmaster_pid: int | None = None
+    in_recovery: bool | None = None
+    system_id: str | None = None
+    timeline: int | None = None
+    wal_lsn: Lsn | None = None
+    receive_lsn: Lsn | None = None
+    replay_lsn: Lsn | None = None
+    streaming: bool = False
+    upstream: str | None = None  # application-level name of who we stream from, if known
+    replication: tuple[ReplicationRow, ...] = ()
+    control: ControlData | None = None
+
+    @property
+    def is_primary(self) -> bool:
+        return self.running and self.in_recovery is False
+
+    @property
+    def is_replica(self) -> bool:
+        return self.running and self.in_recovery is True
+
+
+# --------------------------------------------------------------------------- DCS records
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberTags:
+    nofailover: bool = False
+    failover_priority: int = 1
+    nosync: bool = False
+    sync_priority: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Member:
+    """A member's self-description, published in the DCS every cycle it changes."""
+
+    name: MemberName
+    role: Role
+    state: PgState
+    api_url: str
+    host: str
+    port: int
+    timeline: int | None = None
+    wal_lsn: Lsn | None = None
+    replay_lsn: Lsn | None = None
+    system_id: str | None = None
+    tags: MemberTags = field(default_factory=MemberTags)
+    version: str = ""  # the DCS's version of this record; not part of the payload
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "role": self.role.value,
+                "state": self.state.value,
+                "api_url": self.api_url,
+                "host": self.host,
+                "port": self.port,
+                "timeline": self.timeline,
+                "wal_lsn": self.wal_lsn,
+                "replay_lsn": self.replay_lsn,
+                "system_id": self.system_id,
+                "tags": {
+                    "nofailover": self.tags.nofailover,
+                    "failover_priority": self.tags.failover_priority,
+                    "nosync": self.tags.nosync,
+                    "sync_priority": self.tags.sync_priority,
+                },
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaderRecord:
+    """Who holds the leader lease. `version` changes on every write of the record."""
+
+    name: MemberName
+    version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SwitchoverRequest:
+    """An operator's request, written to the DCS so that every member sees the same one.
+
+    `leader` is the member that must hand over (None for a failover to `candidate` when there
+    is no healthy leader). `scheduled_at` is a wall-clock epoch, informational except for
+    when the leader starts acting on it.
+    """
+
+    leader: MemberName | None
+    candidate: MemberName | None
+    scheduled_at: float | None = None
+    version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"leader": self.leader, "candidate": self.candidate, "scheduled_at": self.scheduled_at},
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEntry:
+    """One timeline switch: `timeline` ended at `switch_lsn` when `new_leader` was promoted."""
+
+    timeline: int
+    switch_lsn: Lsn
+    reason: str
+    at: float
+    new_leader: MemberName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DynamicConfig:
+    """Cluster-wide settings kept in the DCS `config` record (shared by every member)."""
+
+    paused: bool = False
+    version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"paused": self.paused}, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterView:
+    """One consistent read of the whole cluster from the DCS.
+
+    `initialize` is None when no member has claimed the cluster yet, "" when one claimed it
+    but has not yet written the system identifier, else the system identifier.
+    """
+
+    initialize: str | None = None
+    initialize_version: str = ""
+    leader: LeaderRecord | None = None
+    members: tuple[Member, ...] = ()
+    switchover: SwitchoverRequest | None = None
+    history: tuple[HistoryEntry, ...] = ()
+    history_version: str = ""
+    config: DynamicConfig = field(default_factory=DynamicConfig)
+
+    def member(self, name: str) -> Member | None:
+        for member in self.members:
+            if member.name == name:
+                return member
+        return None
+
+    @property
+    def leader_member(self) -> Member | None:
+        return self.member(self.leader.name) if self.leader is not None else None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawRecord:
+    """A record as a backend stores it: a string value and an opaque version."""
+
+    value: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawCluster:
+    """What a backend read, before parsing. Member keys are member names."""
+
+    leader: RawRecord | None = None
+    members: Mapping[str, RawRecord] = field(default_factory=dict)
+    records: Mapping[RecordKind, RawRecord] = field(default_factory=dict)
+
+
+def _int_or_none(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what}: expected a string, got {value!r}")
+    return value
+
+
+def parse_member(name: str, raw: RawRecord) -> Member:
+    """Parse a member record; raises ValueError on anything malformed."""
+    data = json.loads(raw.value)
+    if not isinstance(data, dict):
+        raise ValueError("member record is not an object")
+    tags_raw = data.get("tags") or {}
+    if not isinstance(tags_raw, dict):
+        raise ValueError("tags is not an object")
+    tags = MemberTags(
+        nofailover=bool(tags_raw.get("nofailover", False)),
+        failover_priority=_int_or_none(tags_raw.get("failover_priority", 1)) or 0,
+        nosync=bool(tags_raw.get("nosync", False)),
+        sync_priority=_int_or_none(tags_raw.get("sync_priority", 1)) or 0,
+    )
+    port = _int_or_none(data.get("port"))
+    if port is None:
+        raise ValueError("port missing")
+    system_id = data.get("system_id")
+    return Member(
+        name=MemberName(name),
+        role=Role(data["role"]),
+        state=PgState(data["state"]),
+        api_url=_str(data.get("api_url"), "api_url"),
+        host=_str(data.get("host"), "host"),
+        port=port,
+        timeline=_int_or_none(data.get("timeline")),
+        wal_lsn=_int_or_none(data.get("wal_lsn")),
+        replay_lsn=_int_or_none(data.get("replay_lsn")),
+        system_id=_str(system_id, "system_id") if system_id is not None else None,
+        tags=tags,
+        version=raw.version,
+    )
+
+
+def parse_switchover(raw: RawRecord) -> SwitchoverRequest:
+    data = json.loads(raw.value)
+    if not isinstance(data, dict):
+        raise ValueError("switchover record is not an object")
+    leader, candidate, at = data.get("leader"), data.get("candidate"), data.get("scheduled_at")
+    if leader is None and candidate is None:
+        raise ValueError("switchover names neither leader nor candidate")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
+        raise ValueError("scheduled_at is not a number")
+    return SwitchoverRequest(
+        leader=MemberName(_str(leader, "leader")) if leader is not None else None,
+        candidate=MemberName(_str(candidate, "candidate")) if candidate is not None else None,
+        scheduled_at=float(at) if at is not None else None,
+        version=raw.version,
+    )
+
+
+def parse_history(raw: RawRecord) -> tuple[HistoryEntry, ...]:
+    data = json.loads(raw.value)
+    if not isinstance(data, list):
+        raise ValueError("history is not a list")
+    entries = []
+    for item in data:
+        if not isinstance(item, dict):
+            raise ValueError("history entry is not an object")
+        entries.append(
+            HistoryEntry(
+                timeline=int(item["timeline"]),
+                switch_lsn=int(item["switch_lsn"]),
+                reason=_str(item.get("reason", ""), "reason"),
+                at=float(item.get("at", 0.0)),
+                new_leader=MemberName(_str(item["new_leader"], "new_leader")),
+            )
+        )
+    return tuple(entries)
+
+
+def history_to_json(entries: tuple[HistoryEntry, ...]) -> str:
+    return json.dumps(
+        [
+            {
+                "timeline": e.timeline,
+                "switch_lsn": e.switch_lsn,
+                "reason": e.reason,
+                "at": e.at,
+                "new_leader": e.new_leader,
+            }
+            for e in entries
+        ]
+    )
+
+
+def parse_config(raw: RawRecord) -> DynamicConfig:
+    data = json.loads(raw.value)
+    if not isinstance(data, dict):
+        raise ValueError("config record is not an object")
+    paused = data.get("paused", False)
+    if not isinstance(paused, bool):
+        raise ValueError("paused is not a boolean")
+    return DynamicConfig(paused=paused, version=raw.version)
+
+
+def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
+    """Parse everything a backend read. Returns the view and a list of problems to log.
+
+    A record that does not parse is read as absent (the leader key excepted: its value is
+    only a member name, and an empty one is a problem and reads as no leader).
+    """
+    problems: list[str] = []
+
+    def attempt[T](what: str, parse: object, *args: object) -> T | None:
+        try:
+            return parse(*args)  # type: ignore[operator, no-any-return]
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{what}: {exc}")
+            return None
+
+    leader = None
+    if raw.leader is not None:
+        name = raw.leader.value.strip()
+        if name and len(name) <= 253 and name.isprintable():
+            leader = LeaderRecord(name=MemberName(name), version=raw.leader.version)
+        else:
+            problems.append(f"leader: unusable member name {raw.leader.value[:40]!r}")
+
+    members = []
+    for name, record in sorted(raw.members.items()):
+        member: Member | None = attempt(f"members/{name}", parse_member, name, record)
+        if member is not None:
+            members.append(member)
+
+    initialize = None
+    initialize_version = ""
+    if (rec := raw.records.get(RecordKind.INITIALIZE)) is not None:
+        initialize, initialize_version = rec.value.strip(), rec.version
+
+    switchover = None
+    if (rec := raw.records.get(RecordKind.SWITCHOVER)) is not None:
+        switchover = attempt("switchover", parse_switchover, rec)
+
+    history: tuple[HistoryEntry, ...] = ()
+    history_version = ""
+    if (rec := raw.records.get(RecordKind.HISTORY)) is not None:
+        history_version = rec.version
+        history = attempt("history", parse_history, rec) or ()
+
+    config = DynamicConfig()
+    if (rec := raw.records.get(RecordKind.CONFIG)) is not None:
+        config = attempt("config", parse_config, rec) or DynamicConfig(version=rec.version)
+
+    view = ClusterView(
+        initialize=initialize,
+        initialize_version=initialize_version,
+        leader=leader,
+        members=tuple(members),
+        switchover=switchover,
+        history=history,
+        history_version=history_version,
+        config=config,
+    )
+    return view, tuple(problems)
