@@ -8,10 +8,12 @@ and read as absent, never raised (DESIGN.md section 3, invariant 6).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NewType
+from typing import NewType, TypeVar
+
+_T = TypeVar("_T")
 
 MemberName = NewType("MemberName", str)
 """A member's name: unique in its cluster, stable across restarts (a pod name in Kubernetes)."""
@@ -394,9 +396,9 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
     """
     problems: list[str] = []
 
-    def attempt[T](what: str, parse: object, *args: object) -> T | None:
+    def attempt(what: str, parse: Callable[..., _T], *args: object) -> _T | None:
         try:
-            return parse(*args)  # type: ignore[operator, no-any-return]
+            return parse(*args)
         except (ValueError, KeyError, TypeError) as exc:
             problems.append(f"{what}: {exc}")
             return None
@@ -411,7 +413,7 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
 
     members = []
     for name, record in sorted(raw.members.items()):
-        member: Member | None = attempt(f"members/{name}", parse_member, name, record)
+        member = attempt(f"members/{name}", parse_member, name, record)
         if member is not None:
             members.append(member)
 
@@ -445,3 +447,45 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         config=config,
     )
     return view, tuple(problems)
+
+
+# --------------------------------------------------------------------------- agent status
+
+
+class LocalRequestKind(StrEnum):
+    """Operator requests that concern only this member (not written to the DCS)."""
+
+    RESTART = "restart"
+    REINITIALIZE = "reinitialize"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStatus:
+    """What the agent publishes after every cycle. The API, metrics and pod labels read only this.
+
+    `fence_remaining_s` is the time left before this member's fencing deadline (None when it is
+    not primary). `lag_bytes` is the distance from the leader's published WAL position.
+    """
+
+    name: MemberName
+    cluster: str
+    role: Role
+    state: PgState
+    api_url: str
+    timeline: int | None = None
+    wal_lsn: Lsn | None = None
+    replay_lsn: Lsn | None = None
+    lag_bytes: int | None = None
+    leader: MemberName | None = None
+    lease_held: bool = False
+    lease_age_s: float | None = None  # since the last successful renewal was sent
+    fence_remaining_s: float | None = None
+    dcs_ok: bool = False
+    paused: bool = False
+    pending: str | None = None  # the long action in flight, if any
+    last_decision: str = ""
+    last_reason: str = ""
+    cycle: int = 0
+    observed_at: float = 0.0  # monotonic
+    cluster_view: ClusterView | None = None
+    replication: tuple[ReplicationRow, ...] = ()
