@@ -1,0 +1,174 @@
+"""What `decide()` can ask for, and its answer.
+
+Actions are values. The executor in `loop.py` runs a Decision's actions in order and stops at
+the first one that fails or returns False (an acquire that lost the race must not be followed
+by the promotion planned after it). Long actions (`is_long`) run as a tracked task while the
+loop keeps renewing the lease; `decide()` sees them as `Observation.pending`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from agent.model import HistoryEntry, MemberName
+
+
+class StopMode(StrEnum):
+    FAST = "fast"
+    IMMEDIATE = "immediate"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimInitialize:
+    """Create the `initialize` record (empty) if absent; False if another member has it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetInitialize:
+    """Write the system identifier into our claimed `initialize` record."""
+
+    system_id: str
+    expected_version: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcquireLeader:
+    """Take the leader record (CAS); on success the fencer is armed from the send time."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenewLeader:
+    """Extend our lease; on success the fencer's deadline moves to send time + ttl - margin."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseLeader:
+    """Delete the leader record if it is ours (PostgreSQL is stopped or a standby by then)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bootstrap:
+    """initdb, start as primary, create the replication role (long)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Clone:
+    """pg_basebackup from `source` into an empty data directory, start as its standby (long)."""
+
+    source: MemberName
+    clear_first: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rewind:
+    """Stop if running, pg_rewind from `source`, start as its standby (long)."""
+
+    source: MemberName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartPostgres:
+    """Start the local PostgreSQL: as a primary when `upstream` is None and `as_primary`,
+    else as a standby of `upstream` (None: a standby with no upstream yet, read-only)."""
+
+    upstream: MemberName | None
+    as_primary: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopPostgres:
+    mode: StopMode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Promote:
+    """pg_promote(); only ever planned while holding the lease (after AcquireLeader)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Follow:
+    """Point a running standby at `leader` (ALTER SYSTEM + reload, no restart)."""
+
+    leader: MemberName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Demote:
+    """Stop a primary that must not write any more; it rejoins as a replica later."""
+
+    mode: StopMode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnsureSlots:
+    """On the primary: physical slots exist for exactly these members (others dropped)."""
+
+    names: tuple[MemberName, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandOver:
+    """Switchover from this leader to `candidate`: write the switchover request if there is
+    none (so only the candidate races), checkpoint, stop fast, wait until the candidate has
+    received all WAL, release the lease (long). On failure PostgreSQL is started again as the
+    primary (the lease was held throughout)."""
+
+    candidate: MemberName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClearSwitchover:
+    version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendHistory:
+    entry: HistoryEntry
+    expected_version: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exit:
+    """Shutdown is complete: leave the loop."""
+
+
+Action = (
+    ClaimInitialize
+    | SetInitialize
+    | AcquireLeader
+    | RenewLeader
+    | ReleaseLeader
+    | Bootstrap
+    | Clone
+    | Rewind
+    | StartPostgres
+    | StopPostgres
+    | Promote
+    | Follow
+    | Demote
+    | EnsureSlots
+    | HandOver
+    | ClearSwitchover
+    | AppendHistory
+    | Exit
+)
+
+LONG_ACTIONS = (Bootstrap, Clone, Rewind, HandOver)
+
+
+def is_long(action: Action) -> bool:
+    return isinstance(action, LONG_ACTIONS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    actions: tuple[Action, ...]
+    reason: str
+
+    @property
+    def summary(self) -> str:
+        return ",".join(type(a).__name__ for a in self.actions) or "none"

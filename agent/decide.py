@@ -1,0 +1,611 @@
+"""The HA state machine: `decide(observation, memory, settings) -> (decision, memory')`.
+
+Pure: values in, values out. No I/O, no clock, no logging (DESIGN.md section 1). Every
+branch is a small `_when_*` function returning a Decision; the branch order in `decide()` is
+the priority order. `record_outcome()` folds what the executor reports back into Memory.
+
+Safety (DESIGN.md section 3) is kept by three rules that the property tests check:
+- `Promote` is only planned right after `AcquireLeader` in the same decision (the executor
+  stops at a failed acquire), or while our lease is valid.
+- A primary whose fencing deadline has passed, or that sees another member's leader record,
+  or no leader record at all, is demoted at once (the fencer process does the same
+  independently of this loop).
+- A member that was a primary never streams from a new leader without pg_rewind first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from agent.actions import (
+    AcquireLeader,
+    Action,
+    Bootstrap,
+    ClaimInitialize,
+    ClearSwitchover,
+    Clone,
+    Decision,
+    Demote,
+    EnsureSlots,
+    Exit,
+    Follow,
+    HandOver,
+    Promote,
+    ReleaseLeader,
+    RenewLeader,
+    Rewind,
+    SetInitialize,
+    StartPostgres,
+    StopMode,
+    StopPostgres,
+)
+from agent.config import Settings
+from agent.model import (
+    ClusterView,
+    LocalRequestKind,
+    LocalState,
+    Lsn,
+    Member,
+    MemberName,
+    PgState,
+    Role,
+)
+
+# pg_controldata states of an instance that last ran as a primary.
+PRIMARY_CONTROL_STATES = frozenset({"in production", "shut down", "in crash recovery"})
+
+# A failed long action is not retried sooner than this (seconds, monotonic).
+RETRY_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerStatus:
+    """A peer's answer to the pre-race health check over its REST API."""
+
+    name: MemberName
+    reachable: bool
+    role: Role = Role.UNKNOWN
+    state: PgState = PgState.UNKNOWN
+    timeline: int | None = None
+    wal_lsn: Lsn | None = None
+    nofailover: bool = False
+    failover_priority: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pending:
+    """A long action in flight, and since when (monotonic)."""
+
+    action: Action
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    now: float  # monotonic
+    wall_now: float  # epoch seconds, for scheduled switchovers only
+    cluster: ClusterView | None  # None: the DCS could not be read this cycle
+    local: LocalState
+    pending: Pending | None = None
+    peers: tuple[PeerStatus, ...] | None = None  # only fetched when there is no leader
+    local_requests: tuple[LocalRequestKind, ...] = ()
+    shutting_down: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Memory:
+    """All state the agent carries from one cycle to the next."""
+
+    lease_sent_at: float | None = None  # send time of our last successful acquire/renew
+    pg_down_since: float | None = None  # leader only: first cycle PostgreSQL was seen down
+    following: MemberName | None = None  # whom our standby was last pointed at
+    last_leader: MemberName | None = None
+    last_leader_wal_lsn: Lsn | None = None
+    slots: tuple[MemberName, ...] | None = None  # slots last ensured on our primary
+    rewind_failures: int = 0
+    failed_at: float | None = None  # when a long action last failed
+    handed_over: bool = False  # shutdown: the switchover finished
+    refused: str | None = None  # a reason this member will not take part (wrong system id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What the executor reports for one action."""
+
+    action: Action
+    ok: bool
+    sent_at: float  # monotonic, when the action started (for a renewal: when it was sent)
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fence_deadline(memory: Memory, settings: Settings) -> float | None:
+    if memory.lease_sent_at is None:
+        return None
+    return settings.timing.fence_deadline(memory.lease_sent_at)
+
+
+def lease_valid(memory: Memory, now: float, settings: Settings) -> bool:
+    deadline = fence_deadline(memory, settings)
+    return deadline is not None and now < deadline
+
+
+def was_primary(local: LocalState) -> bool:
+    """The local data directory last ran as a primary (running now, or by its control file)."""
+    if local.running:
+        return local.in_recovery is False
+    return local.control is not None and local.control.cluster_state in PRIMARY_CONTROL_STATES
+
+
+def local_position(local: LocalState) -> Lsn | None:
+    if local.running:
+        return max(
+            (x for x in (local.wal_lsn, local.receive_lsn, local.replay_lsn) if x), default=None
+        )
+    if local.control is not None:
+        return max(local.control.checkpoint_lsn, local.control.min_recovery_end_lsn or 0)
+    return None
+
+
+def local_timeline(local: LocalState) -> int | None:
+    if local.timeline is not None:
+        return local.timeline
+    return local.control.timeline if local.control is not None else None
+
+
+def needs_rewind(local: LocalState, leader: Member | None, view: ClusterView) -> bool:
+    """Whether following `leader` requires pg_rewind first.
+
+    A former primary always does (pg_rewind finds "no rewind required" quickly when so). A
+    standby does when it holds WAL past the point where its timeline ended in the leader's
+    history (FACTS.md: a replica that received WAL beyond the fork point needs it too).
+    """
+    if was_primary(local):
+        return True
+    ours, theirs = local_timeline(local), leader.timeline if leader else None
+    if ours is None or theirs is None or ours >= theirs:
+        return False
+    position = local_position(local)
+    for entry in view.history:
+        if entry.timeline == ours:
+            return position is not None and position > entry.switch_lsn
+    return False
+
+
+def pg_state_of(local: LocalState) -> PgState:
+    if not local.running:
+        return PgState.STOPPED
+    if local.in_recovery and not local.streaming:
+        return PgState.RUNNING
+    return PgState.STREAMING if local.in_recovery else PgState.RUNNING
+
+
+def is_healthy_replica(member: Member) -> bool:
+    return member.role == Role.REPLICA and member.state in (PgState.STREAMING, PgState.RUNNING)
+
+
+def _candidate_ok(member: Member, leader_lsn: Lsn | None, settings: Settings) -> bool:
+    if member.tags.nofailover or not is_healthy_replica(member):
+        return False
+    if leader_lsn is None or member.wal_lsn is None:
+        return member.wal_lsn is not None or leader_lsn is None
+    return leader_lsn - member.wal_lsn <= settings.ha.maximum_lag_on_failover_bytes
+
+
+def choose_candidate(view: ClusterView, settings: Settings) -> Member | None:
+    """The best member to hand leadership to: eligible, furthest in WAL, then by priority."""
+    leader = view.leader_member
+    leader_lsn = leader.wal_lsn if leader is not None else None
+    eligible = [
+        m
+        for m in view.members
+        if m.name != settings.name and _candidate_ok(m, leader_lsn, settings)
+    ]
+    if not eligible:
+        return None
+    return max(eligible, key=lambda m: (m.wal_lsn or 0, m.tags.failover_priority, _neg(m.name)))
+
+
+def _neg(name: str) -> tuple[int, ...]:
+    """Sort key that prefers the alphabetically first name under max()."""
+    return tuple(-ord(c) for c in name)
+
+
+def _am_healthiest(obs: Observation, settings: Settings, memory: Memory) -> tuple[bool, str]:
+    """Whether this replica may race for the lease. Uses fresh peer answers when present,
+    else the members' published records."""
+    local = obs.local
+    view = obs.cluster
+    assert view is not None
+    me_lsn = local_position(local) or 0
+    me_tl = local_timeline(local) or 0
+    if settings.tags.nofailover:
+        return False, "tagged nofailover"
+    if memory.last_leader_wal_lsn is not None:
+        lag = memory.last_leader_wal_lsn - me_lsn
+        if lag > settings.ha.maximum_lag_on_failover_bytes:
+            return False, f"lag {lag} bytes exceeds maximum_lag_on_failover_bytes"
+    rivals: list[tuple[str, int, int, int, bool]] = []
+    if obs.peers is not None:
+        for peer in obs.peers:
+            if peer.name != settings.name and peer.reachable and peer.role == Role.REPLICA:
+                rivals.append(
+                    (
+                        peer.name,
+                        peer.timeline or 0,
+                        peer.wal_lsn or 0,
+                        peer.failover_priority,
+                        peer.nofailover,
+                    )
+                )
+    else:
+        for m in view.members:
+            if m.name != settings.name and is_healthy_replica(m):
+                rivals.append(
+                    (
+                        m.name,
+                        m.timeline or 0,
+                        m.wal_lsn or 0,
+                        m.tags.failover_priority,
+                        m.tags.nofailover,
+                    )
+                )
+    mine = (me_tl, me_lsn, settings.tags.failover_priority)
+    for name, tl, lsn, prio, nofailover in rivals:
+        if nofailover:
+            continue
+        theirs = (tl, lsn, prio)
+        if theirs > mine or (theirs == mine and name < settings.name):
+            return False, f"{name} is healthier"
+    return True, "healthiest eligible member"
+
+
+def _switchover_due(obs: Observation) -> bool:
+    view = obs.cluster
+    if view is None or view.switchover is None:
+        return False
+    at = view.switchover.scheduled_at
+    return at is None or at <= obs.wall_now
+
+
+def _slot_names(view: ClusterView, settings: Settings) -> tuple[MemberName, ...]:
+    return tuple(sorted(m.name for m in view.members if m.name != settings.name))
+
+
+# --------------------------------------------------------------------------- branches
+
+
+def _decision(memory: Memory, reason: str, *actions: Action) -> tuple[Decision, Memory]:
+    return Decision(actions=tuple(actions), reason=reason), memory
+
+
+def _when_shutting_down(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[Decision, Memory]:
+    view, local = obs.cluster, obs.local
+    if obs.pending is not None:
+        if view is not None and view.leader is not None and view.leader.name == settings.name:
+            return _decision(
+                memory, "shutting down: waiting for the action in flight", RenewLeader()
+            )
+        return _decision(memory, "shutting down: waiting for the action in flight")
+    i_lead = view is not None and view.leader is not None and view.leader.name == settings.name
+    if i_lead and local.is_primary and not memory.handed_over and view is not None:
+        candidate = choose_candidate(view, settings)
+        if candidate is not None and memory.failed_at is None:
+            return _decision(
+                memory,
+                f"shutting down: handing over to {candidate.name}",
+                RenewLeader(),
+                HandOver(candidate=candidate.name),
+            )
+    actions: list[Action] = []
+    if local.running:
+        actions.append(StopPostgres(mode=StopMode.FAST))
+    if i_lead or memory.lease_sent_at is not None:
+        actions.append(ReleaseLeader())
+    actions.append(Exit())
+    return _decision(memory, "shutting down", *actions)
+
+
+def _when_busy(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    assert obs.pending is not None
+    what = type(obs.pending.action).__name__
+    view = obs.cluster
+    deadline = fence_deadline(memory, settings)
+    if obs.local.is_primary and deadline is not None and obs.now >= deadline:
+        return _decision(memory, f"fence deadline passed during {what}", _fence("deadline passed"))
+    if memory.lease_sent_at is not None and (
+        view is None or (view.leader is not None and view.leader.name == settings.name)
+    ):
+        return _decision(memory, f"{what} in flight; keeping the lease", RenewLeader())
+    return _decision(memory, f"{what} in flight")
+
+
+def _fence(reason: str) -> Demote:
+    return Demote(mode=StopMode.IMMEDIATE, reason=reason)
+
+
+def _when_dcs_unavailable(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[Decision, Memory]:
+    if obs.local.is_primary:
+        if lease_valid(memory, obs.now, settings):
+            return _decision(
+                memory, "DCS unreachable; retrying renewal before the fence", RenewLeader()
+            )
+        return _decision(
+            memory, "DCS unreachable and the lease cannot be confirmed", _fence("no valid lease")
+        )
+    return _decision(memory, "DCS unreachable")
+
+
+def _when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    view = obs.cluster
+    assert view is not None
+    if memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S:
+        return _decision(memory, "waiting before retrying a failed bootstrap or clone")
+    if view.initialize is None and view.leader is None:
+        if settings.tags.nofailover:
+            return _decision(memory, "empty cluster, but nofailover members do not bootstrap")
+        return _decision(
+            memory,
+            "empty cluster: claiming it and bootstrapping",
+            ClaimInitialize(),
+            AcquireLeader(),
+            Bootstrap(),
+        )
+    leader = view.leader_member
+    if leader is not None and leader.state == PgState.RUNNING and leader.role == Role.PRIMARY:
+        return _decision(memory, f"no data: cloning from {leader.name}", Clone(source=leader.name))
+    return _decision(memory, "no data: waiting for a running leader to clone from")
+
+
+def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    view, local, now = obs.cluster, obs.local, obs.now
+    assert view is not None
+    deadline = fence_deadline(memory, settings)
+    if local.is_primary and deadline is not None and now >= deadline:
+        return _decision(memory, "fence deadline passed", _fence("fence deadline passed"))
+    keep: Action = RenewLeader() if memory.lease_sent_at is not None else AcquireLeader()
+
+    if not local.running:
+        down_since = memory.pg_down_since if memory.pg_down_since is not None else now
+        memory = replace(memory, pg_down_since=down_since)
+        if now - down_since >= settings.timing.primary_start_timeout_s:
+            memory = replace(memory, pg_down_since=None, lease_sent_at=None)
+            return _decision(
+                memory,
+                "PostgreSQL did not come back within primary_start_timeout_s: releasing the lease",
+                ReleaseLeader(),
+            )
+        if was_primary(local):
+            return _decision(
+                memory,
+                "PostgreSQL is down under the leader: restarting it in place",
+                keep,
+                StartPostgres(upstream=None, as_primary=True),
+            )
+        return _decision(
+            memory,
+            "leader with a standby data directory: starting it to promote",
+            keep,
+            StartPostgres(upstream=None),
+        )
+    memory = replace(memory, pg_down_since=None)
+
+    if local.is_replica:
+        return _decision(
+            memory,
+            "leader's PostgreSQL is a standby: promoting",
+            keep,
+            Promote(reason="leader is a standby"),
+        )
+
+    actions: list[Action] = [keep]
+    reason = "leader renews"
+    if view.initialize == "" and local.system_id:
+        actions.append(
+            SetInitialize(system_id=local.system_id, expected_version=view.initialize_version)
+        )
+    slots = _slot_names(view, settings)
+    if slots != memory.slots:
+        actions.append(EnsureSlots(names=slots))
+    switchover = view.switchover
+    if switchover is not None and _switchover_due(obs):
+        if switchover.candidate == settings.name or (
+            switchover.leader is not None and switchover.leader != settings.name
+        ):
+            # Stale: written for another leader, or naming us (the new leader) as candidate.
+            actions.append(ClearSwitchover(version=switchover.version))
+            reason = "leader renews; clearing a finished switchover request"
+        elif memory.failed_at is not None and now - memory.failed_at < RETRY_BACKOFF_S:
+            actions.append(ClearSwitchover(version=switchover.version))
+            reason = "switchover failed: request cleared"
+        else:
+            target = view.member(switchover.candidate) if switchover.candidate else None
+            if target is None:
+                target = choose_candidate(view, settings)
+            if target is None or not _candidate_ok(target, local.wal_lsn, settings):
+                actions.append(ClearSwitchover(version=switchover.version))
+                reason = "switchover request has no healthy candidate: cleared"
+            else:
+                actions.append(HandOver(candidate=target.name))
+                reason = f"switchover to {target.name}"
+    return _decision(memory, reason, *actions)
+
+
+def _when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    view, local = obs.cluster, obs.local
+    assert view is not None and view.leader is not None
+    leader_name = view.leader.name
+    memory = replace(memory, lease_sent_at=None, pg_down_since=None)
+    if local.is_primary:
+        return _decision(
+            memory,
+            f"{leader_name} holds the lease but we are a primary: demoting at once",
+            _fence(f"{leader_name} holds the lease"),
+        )
+    leader = view.leader_member
+    leader_up = (
+        leader is not None and leader.role == Role.PRIMARY and leader.state == PgState.RUNNING
+    )
+    backing_off = memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S
+    if needs_rewind(local, leader, view):
+        if not leader_up:
+            return _decision(memory, f"waiting for {leader_name} to run before rewinding")
+        if backing_off:
+            return _decision(memory, "waiting before retrying a failed rewind")
+        if memory.rewind_failures > 0:
+            return _decision(
+                memory,
+                f"rewind failed before: re-cloning from {leader_name}",
+                Clone(source=leader_name, clear_first=True),
+            )
+        return _decision(memory, f"rewinding to follow {leader_name}", Rewind(source=leader_name))
+    if LocalRequestKind.REINITIALIZE in obs.local_requests and leader_up:
+        return _decision(
+            memory, "reinitialize requested", Clone(source=leader_name, clear_first=True)
+        )
+    if not local.running:
+        if backing_off:
+            return _decision(memory, "waiting before starting PostgreSQL again")
+        return _decision(
+            memory, f"starting as a standby of {leader_name}", StartPostgres(upstream=leader_name)
+        )
+    if LocalRequestKind.RESTART in obs.local_requests:
+        return _decision(memory, "restart requested", StopPostgres(mode=StopMode.FAST))
+    if memory.following != leader_name:
+        return _decision(memory, f"following {leader_name}", Follow(leader=leader_name))
+    return _decision(memory, f"streaming from {leader_name}")
+
+
+def _when_leaderless(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[Decision, Memory]:
+    view, local = obs.cluster, obs.local
+    assert view is not None
+    memory = replace(memory, lease_sent_at=None)
+    if local.is_primary:
+        return _decision(
+            memory,
+            "no leader record but we are a primary: demoting at once",
+            _fence("no leader record"),
+        )
+    if not local.running:
+        return _decision(
+            memory,
+            "no leader: starting as a standby with no upstream",
+            StartPostgres(upstream=None),
+        )
+    if view.config.paused:
+        return _decision(memory, "no leader, but the cluster is paused")
+    request = view.switchover
+    if request is not None and request.candidate is not None:
+        if request.candidate == settings.name:
+            return _decision(
+                memory,
+                "named switchover candidate: taking the lease",
+                AcquireLeader(),
+                Promote(reason="switchover"),
+            )
+        named = view.member(request.candidate)
+        if named is not None and is_healthy_replica(named):
+            return _decision(memory, f"no leader: {request.candidate} is the named candidate")
+    healthiest, why = _am_healthiest(obs, settings, memory)
+    if not healthiest:
+        return _decision(memory, f"no leader; not racing: {why}")
+    return _decision(
+        memory,
+        f"no leader; racing for the lease: {why}",
+        AcquireLeader(),
+        Promote(reason="failover"),
+    )
+
+
+def decide(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    """One HA decision. See the module docstring for the safety rules."""
+    view = obs.cluster
+    if view is not None:
+        leader = view.leader_member
+        if leader is not None and leader.name != settings.name:
+            memory = replace(memory, last_leader=leader.name, last_leader_wal_lsn=leader.wal_lsn)
+    if obs.shutting_down:
+        return _when_shutting_down(obs, memory, settings)
+    if obs.pending is not None:
+        return _when_busy(obs, memory, settings)
+    if view is None:
+        return _when_dcs_unavailable(obs, memory, settings)
+    if memory.refused is not None:
+        if obs.local.is_primary:
+            return _decision(memory, memory.refused, _fence(memory.refused))
+        return _decision(memory, memory.refused)
+    if not obs.local.data_dir_initialized:
+        return _when_no_data(obs, memory, settings)
+    system_id = obs.local.system_id or (obs.local.control.system_id if obs.local.control else None)
+    if view.initialize and system_id and view.initialize != system_id:
+        refused = (
+            f"data directory holds system {system_id}, the cluster is {view.initialize}: "
+            "refusing to join (reinitialize this member to clone it)"
+        )
+        if LocalRequestKind.REINITIALIZE in obs.local_requests and view.leader is not None:
+            return _decision(
+                memory, "reinitialize requested", Clone(source=view.leader.name, clear_first=True)
+            )
+        memory = replace(memory, refused=refused)
+        if obs.local.is_primary:
+            return _decision(memory, refused, _fence(refused))
+        return _decision(memory, refused)
+    if view.leader is not None and view.leader.name == settings.name:
+        return _when_leader(obs, memory, settings)
+    if view.leader is not None:
+        return _when_follower(obs, memory, settings)
+    return _when_leaderless(obs, memory, settings)
+
+
+def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memory:
+    """Fold one executed action's result into Memory."""
+    action = outcome.action
+    match action:
+        case AcquireLeader() | RenewLeader():
+            if outcome.ok:
+                return replace(memory, lease_sent_at=outcome.sent_at)
+            return replace(memory, lease_sent_at=None)
+        case ReleaseLeader():
+            return replace(memory, lease_sent_at=None)
+        case Follow(leader=leader) if outcome.ok:
+            return replace(memory, following=leader)
+        case StartPostgres(upstream=upstream) if outcome.ok:
+            return replace(memory, following=upstream, failed_at=None)
+        case Rewind(source=source):
+            if outcome.ok:
+                return replace(memory, following=source, rewind_failures=0, failed_at=None)
+            return replace(
+                memory, rewind_failures=memory.rewind_failures + 1, failed_at=outcome.sent_at
+            )
+        case Clone(source=source):
+            if outcome.ok:
+                return replace(
+                    memory, following=source, rewind_failures=0, failed_at=None, refused=None
+                )
+            return replace(memory, failed_at=outcome.sent_at)
+        case Bootstrap():
+            return memory if outcome.ok else replace(memory, failed_at=outcome.sent_at)
+        case EnsureSlots(names=names) if outcome.ok:
+            return replace(memory, slots=names)
+        case HandOver():
+            if outcome.ok:
+                return replace(memory, lease_sent_at=None, handed_over=True, slots=None)
+            return replace(memory, failed_at=outcome.sent_at)
+        case Demote() | StopPostgres():
+            return replace(memory, following=None, slots=None)
+        case Promote() if outcome.ok:
+            return replace(memory, following=None, slots=None)
+        case StartPostgres() | Promote() | Follow() | EnsureSlots():
+            return replace(memory, failed_at=outcome.sent_at) if not outcome.ok else memory
+        case ClaimInitialize() | SetInitialize() | ClearSwitchover() | Exit():
+            return memory
+        case _:
+            return memory
