@@ -1,4 +1,4 @@
-"""Value types shared by every layer: what the DCS holds, what PostgreSQL reports, what the agent publishes.
+"""Value types shared by every layer: DCS records, PostgreSQL snapshots, the published status.
 
 Everything here is a frozen, slotted dataclass. Records read from the DCS are parsed at the
 boundary by tolerant `parse_*` functions: a corrupt or foreign value is reported as a problem
