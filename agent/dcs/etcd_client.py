@@ -1,0 +1,727 @@
+"""A small etcd v3 client over etcd's JSON gateway (`/v3/...`, etcd 3.4), on aiohttp.
+
+Contracts shared by every call:
+
+- Each call is bounded by `timeout_s` in total: endpoint failover, re-authentication and retries
+  all happen inside that budget. When nothing answers it raises `EtcdUnavailable` shortly after
+  the deadline; it never hangs.
+- On a connection error, a timeout, or an etcd answer that means "this member cannot serve you
+  now" (gRPC Unavailable / DeadlineExceeded: no leader, leader changed, request timed out), the
+  call is tried on the next endpoint; the endpoint that answered last is tried first next time.
+  A retried write may already have been applied by the member that failed to answer; callers
+  make writes safe to repeat with txn compares (as the DCS backend does).
+- Requests (except serializable reads) carry the gRPC metadata `hasleader=true`, so a member cut
+  off from its cluster answers at once with "no leader" instead of timing out, and a watch on
+  such a member is closed by the server.
+- The constructor does no I/O: a client can be built while etcd is down. The aiohttp session is
+  created on first use, in the running event loop.
+
+The gateway's JSON is decoded in one place (the `_dec_*` functions): keys and values are base64,
+int64 fields are strings, and fields with default values (0, false, PUT) are omitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NoReturn
+
+import aiohttp
+
+from agent.dcs.base import DcsAuthError, DcsError, DcsUnavailable
+
+# gRPC status codes the gateway puts in its error bodies.
+_GRPC_INVALID_ARGUMENT = 3
+_GRPC_DEADLINE_EXCEEDED = 4
+_GRPC_NOT_FOUND = 5
+_GRPC_PERMISSION_DENIED = 7
+_GRPC_RESOURCE_EXHAUSTED = 8
+_GRPC_FAILED_PRECONDITION = 9
+_GRPC_UNAVAILABLE = 14
+_GRPC_UNAUTHENTICATED = 16
+
+# Codes that mean "this member cannot serve the request now; another one may".
+_RETRYABLE_CODES = frozenset({_GRPC_DEADLINE_EXCEEDED, _GRPC_RESOURCE_EXHAUSTED, _GRPC_UNAVAILABLE})
+
+# Backoff between passes over all endpoints (connection refused fails instantly: do not spin).
+_BACKOFF_FIRST_S = 0.05
+_BACKOFF_MAX_S = 1.0
+
+
+class EtcdError(DcsError):
+    """etcd refused a request (an error that retrying elsewhere would not fix)."""
+
+
+class EtcdUnavailable(DcsUnavailable):
+    """No endpoint answered usefully within the call's deadline."""
+
+
+class EtcdAuthFailed(DcsAuthError):
+    """etcd refused our credentials (wrong user or password, or none given while auth is on)."""
+
+
+class EtcdPermissionDenied(EtcdError):
+    """Authenticated, but the user's roles do not allow this request."""
+
+
+class EtcdLeaseNotFound(EtcdError):
+    """A put (or txn put) named a lease that does not exist (revoked or expired)."""
+
+
+class EtcdCompacted(EtcdError):
+    """A watch's start (or resume) revision was compacted: events may have been lost."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"watch revision compacted (compact revision {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeResult:
+    kvs: tuple[KeyValue, ...]
+    revision: int  # the store revision the read was served at (response header)
+
+
+class CompareTarget(StrEnum):
+    VERSION = "VERSION"
+    CREATE = "CREATE"
+    MOD = "MOD"
+    VALUE = "VALUE"
+    LEASE = "LEASE"
+
+
+class CompareResult(StrEnum):
+    EQUAL = "EQUAL"
+    GREATER = "GREATER"
+    LESS = "LESS"
+    NOT_EQUAL = "NOT_EQUAL"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compare:
+    """One txn guard. `value` is bytes for the VALUE target, an int for every other target."""
+
+    key: bytes
+    target: CompareTarget
+    result: CompareResult
+    value: int | bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PutOp:
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteOp:
+    key: bytes
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeOp:
+    key: bytes
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    ranges: tuple[RangeResult, ...]  # results of the RangeOps in the branch taken, in order
+
+
+class EventType(StrEnum):
+    PUT = "PUT"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchEvent:
+    """For DELETE only `kv.key` and `kv.mod_revision` (the deletion's revision) are set."""
+
+    type: EventType
+    kv: KeyValue
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchBatch:
+    events: tuple[WatchEvent, ...]
+    revision: int  # response header revision
+
+
+TxnOp = PutOp | DeleteOp | RangeOp
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding and decoding of the gateway's JSON (the only place that knows its quirks).
+
+
+def prefix_end(key: bytes) -> bytes:
+    """The smallest key greater than every key starting with `key` (etcd's `range_end`)."""
+    stripped = key.rstrip(b"\xff")
+    if not stripped:
+        return b"\x00"  # every key
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _dec_bytes(obj: dict[str, Any], name: str) -> bytes:
+    raw = obj.get(name)
+    return base64.b64decode(raw) if raw else b""
+
+
+def _dec_int(obj: dict[str, Any], name: str) -> int:
+    raw = obj.get(name)
+    return int(raw) if raw is not None else 0
+
+
+def _dec_revision(obj: dict[str, Any]) -> int:
+    header = obj.get("header")
+    return _dec_int(header, "revision") if isinstance(header, dict) else 0
+
+
+def _dec_kv(obj: dict[str, Any]) -> KeyValue:
+    return KeyValue(
+        key=_dec_bytes(obj, "key"),
+        value=_dec_bytes(obj, "value"),
+        create_revision=_dec_int(obj, "create_revision"),
+        mod_revision=_dec_int(obj, "mod_revision"),
+        version=_dec_int(obj, "version"),
+        lease=_dec_int(obj, "lease"),
+    )
+
+
+def _dec_range(obj: dict[str, Any], revision: int | None = None) -> RangeResult:
+    kvs = tuple(_dec_kv(kv) for kv in obj.get("kvs", ()))
+    return RangeResult(kvs=kvs, revision=_dec_revision(obj) if revision is None else revision)
+
+
+def _dec_event(obj: dict[str, Any]) -> WatchEvent:
+    kind = EventType.DELETE if obj.get("type") == "DELETE" else EventType.PUT
+    return WatchEvent(type=kind, kv=_dec_kv(obj.get("kv") or {}))
+
+
+def _enc_key_range(key: bytes, prefix: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": _b64(key)}
+    if prefix:
+        body["range_end"] = _b64(prefix_end(key))
+    return body
+
+
+def _enc_compare(cmp: Compare) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "key": _b64(cmp.key),
+        "target": str(cmp.target),
+        "result": str(cmp.result),
+    }
+    if cmp.target is CompareTarget.VALUE:
+        if not isinstance(cmp.value, bytes):
+            raise TypeError("a VALUE compare needs a bytes value")
+        body["value"] = _b64(cmp.value)
+        return body
+    if not isinstance(cmp.value, int) or isinstance(cmp.value, bool):
+        raise TypeError(f"a {cmp.target} compare needs an int value")
+    field = {
+        CompareTarget.VERSION: "version",
+        CompareTarget.CREATE: "create_revision",
+        CompareTarget.MOD: "mod_revision",
+        CompareTarget.LEASE: "lease",
+    }[cmp.target]
+    body[field] = str(cmp.value)
+    return body
+
+
+def _enc_op(op: TxnOp) -> dict[str, Any]:
+    match op:
+        case PutOp():
+            put: dict[str, Any] = {"key": _b64(op.key), "value": _b64(op.value)}
+            if op.lease:
+                put["lease"] = str(op.lease)
+            return {"request_put": put}
+        case DeleteOp():
+            return {"request_delete_range": _enc_key_range(op.key, op.prefix)}
+        case RangeOp():
+            return {"request_range": _enc_key_range(op.key, op.prefix)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _GatewayError:
+    """An error body of the gateway: unary `{"error","code","message"}` or streamed
+    `{"error": {"grpc_code", "message", ...}}`."""
+
+    code: int
+    message: str
+
+
+def _dec_error(obj: dict[str, Any]) -> _GatewayError | None:
+    err = obj.get("error")
+    if err is None:
+        return None
+    if isinstance(err, dict):
+        return _GatewayError(code=_dec_int(err, "grpc_code"), message=str(err.get("message", "")))
+    return _GatewayError(code=_dec_int(obj, "code"), message=str(obj.get("message") or err))
+
+
+def _is_token_error(err: _GatewayError) -> bool:
+    """The token we sent is no longer good: get a new one and retry."""
+    return err.code == _GRPC_UNAUTHENTICATED or (
+        err.code == _GRPC_INVALID_ARGUMENT and "auth store is old" in err.message
+    )
+
+
+def _is_bad_credentials(err: _GatewayError) -> bool:
+    return err.code == _GRPC_INVALID_ARGUMENT and (
+        "authentication failed" in err.message or "user name is empty" in err.message
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal control-flow exceptions of one attempt on one endpoint.
+
+
+class _Retryable(Exception):
+    """This endpoint failed in a way another endpoint may not: try the next one."""
+
+
+class _TokenRejected(Exception):
+    """The endpoint rejected our auth token."""
+
+
+class EtcdClient:
+    """A client for one etcd cluster, reachable at any of `endpoints`. See the module docstring.
+
+    Not thread-safe; use it from one event loop. `close()` it when done.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout_s: float,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        watch_refresh_s: float = 30.0,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        self._endpoints = tuple(e.rstrip("/") for e in endpoints)
+        self._timeout_s = timeout_s
+        self._ca_file = ca_file
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self._username = username
+        self._password = password
+        self._watch_refresh_s = watch_refresh_s
+        self._preferred = 0  # index of the endpoint that answered last
+        self._session: aiohttp.ClientSession | None = None
+        self._token: str | None = None
+        self._auth_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._endpoints
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    # -- public KV / lease API ----------------------------------------------------------------
+
+    async def range(
+        self, key: bytes, *, prefix: bool = False, serializable: bool = False
+    ) -> RangeResult:
+        """Read `key` (or every key under the prefix `key`). Linearizable unless
+        `serializable` (then any member answers from its local state, even without a leader)."""
+        body = _enc_key_range(key, prefix)
+        if serializable:
+            body["serializable"] = True
+        resp = await self._call("/v3/kv/range", body, require_leader=not serializable)
+        return _dec_range(resp)
+
+    async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
+        """Write `key`; returns the revision of the write. Raises `EtcdLeaseNotFound` when
+        `lease` is not 0 and no longer exists."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return _dec_revision(await self._call("/v3/kv/put", body))
+
+    async def delete(self, key: bytes, *, prefix: bool = False) -> int:
+        """Delete `key` (or every key under the prefix); returns how many keys were deleted."""
+        resp = await self._call("/v3/kv/deleterange", _enc_key_range(key, prefix))
+        return _dec_int(resp, "deleted")
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        """Atomically: if every compare holds run `success`, else run `failure`.
+        `ranges` holds the results of the RangeOps of the branch taken, in order."""
+        body = {
+            "compare": [_enc_compare(c) for c in compares],
+            "success": [_enc_op(op) for op in success],
+            "failure": [_enc_op(op) for op in failure],
+        }
+        resp = await self._call("/v3/kv/txn", body)
+        revision = _dec_revision(resp)
+        ranges = tuple(
+            _dec_range(r["response_range"], revision)
+            for r in resp.get("responses", ())
+            if "response_range" in r
+        )
+        return TxnResult(succeeded=bool(resp.get("succeeded")), revision=revision, ranges=ranges)
+
+    async def lease_grant(self, ttl_s: int) -> tuple[int, int]:
+        """A new lease; returns (lease id, ttl granted). etcd may grant more than asked for
+        (its minimum is about 1.5 election timeouts)."""
+        resp = await self._call("/v3/lease/grant", {"TTL": str(ttl_s)})
+        return _dec_int(resp, "ID"), _dec_int(resp, "TTL")
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Renew the lease; returns its ttl from now, or 0 when the lease is gone or expired."""
+        resp = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)})
+        result = resp.get("result")
+        return _dec_int(result, "TTL") if isinstance(result, dict) else 0
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """Revoke the lease, deleting its keys. A lease that is already gone is not an error."""
+        with contextlib.suppress(EtcdLeaseNotFound):
+            await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
+
+    async def close(self) -> None:
+        """Close the HTTP session. Any later call raises `EtcdError`."""
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    def watch(
+        self, key: bytes, *, prefix: bool = True, start_revision: int
+    ) -> AsyncIterator[WatchBatch]:
+        """Batches of events on `key` (or the prefix `key`) from `start_revision` on.
+
+        Survives dropped streams: it reconnects (to the next endpoint if needed) and resumes
+        after the last event it delivered, so no event is lost or repeated. The stream is
+        re-created every `watch_refresh_s` as well, so a silently dead connection cannot hide
+        changes for longer. Raises `EtcdCompacted` if the start or resume revision was compacted.
+        While no endpoint is reachable it keeps retrying (it never raises `EtcdUnavailable`):
+        bound it with your own timeout. Use it with `contextlib.aclosing` or cancel the consumer
+        task to close the stream.
+        """
+        if start_revision < 1:
+            raise ValueError("start_revision must be >= 1")
+        return self._watch(key, prefix, start_revision)
+
+    async def _watch(
+        self, key: bytes, prefix: bool, start_revision: int
+    ) -> AsyncGenerator[WatchBatch, None]:
+        next_revision = start_revision
+        backoff_s = _BACKOFF_FIRST_S
+        failures = 0  # consecutive streams that failed before delivering anything
+        index = self._preferred
+        while True:
+            create: dict[str, Any] = {
+                **_enc_key_range(key, prefix),
+                "start_revision": str(next_revision),
+            }
+            delivered = False
+            try:
+                stream = self._watch_stream(self._endpoints[index], {"create_request": create})
+                async with contextlib.aclosing(stream):
+                    async for batch in stream:
+                        delivered = True
+                        next_revision = batch.events[-1].kv.mod_revision + 1
+                        yield batch
+                # The stream lived its full refresh period: resume at once on the same endpoint.
+                self._preferred = index
+                failures = 0
+                backoff_s = _BACKOFF_FIRST_S
+                continue
+            except _TokenRejected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._timeout_s):
+                        await self._reauthenticate(self._token)
+            except _Retryable:
+                pass
+            # The stream failed (or its token was rejected): the member may be gone; try the next.
+            index = (index + 1) % len(self._endpoints)
+            failures = 0 if delivered else failures + 1
+            if failures >= len(self._endpoints):
+                # A full pass failed: wait before the next one.
+                failures = 0
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+
+    async def _watch_stream(
+        self, endpoint: str, body: dict[str, Any]
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """One watch stream on one endpoint, for at most `watch_refresh_s`. Ends normally when
+        that period is over; raises `_Retryable` / `_TokenRejected` / `EtcdError` otherwise.
+
+        No `yield` happens inside a timeout block: the consumer runs at each yield, and a
+        deadline firing then would cancel the consumer instead of this read."""
+        session = self._ensure_session()
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self._watch_refresh_s
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if self._username is not None and self._token is None:
+                    await self._authenticate()
+                headers = self._headers(require_leader=True)
+                resp = await session.post(f"{endpoint}/v3/watch", json=body, headers=headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _Retryable from exc
+        try:
+            if resp.status != 200:
+                payload = await _read_json_bounded(resp, self._timeout_s)
+                self._raise_for_error(payload, resp.status)
+            # Until `created` arrives, bound the wait by timeout_s; after it, by the refresh
+            # period (an idle watch legitimately receives nothing).
+            read_deadline = loop.time() + self._timeout_s
+            created = False
+            buffer = b""
+            while True:
+                try:
+                    async with asyncio.timeout_at(read_deadline):
+                        chunk = await resp.content.readany()
+                except TimeoutError:
+                    if created:
+                        return  # refresh period over: the caller opens a new stream
+                    raise _Retryable("watch stream not created in time") from None
+                if not chunk:
+                    raise _Retryable("watch stream closed by the server")
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    batch = self._watch_message(json.loads(line))
+                    if not created:
+                        created = True
+                        read_deadline = ends_at
+                    if batch is not None:
+                        yield batch
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _Retryable from exc
+        finally:
+            resp.close()
+
+    def _watch_message(self, msg: dict[str, Any]) -> WatchBatch | None:
+        err = _dec_error(msg)
+        if err is not None:
+            self._raise_for_gateway_error(err)
+        result = msg.get("result")
+        if not isinstance(result, dict):
+            raise _Retryable("unexpected watch message")
+        if result.get("canceled"):
+            compact_revision = _dec_int(result, "compact_revision")
+            if compact_revision:
+                raise EtcdCompacted(compact_revision)
+            reason = str(result.get("cancel_reason", ""))
+            if "Unauthenticated" in reason or "auth store is old" in reason:
+                raise _TokenRejected
+            if "PermissionDenied" in reason:
+                raise EtcdPermissionDenied("etcd: permission denied for watch")
+            raise _Retryable(f"watch canceled: {reason}")
+        events = tuple(_dec_event(e) for e in result.get("events", ()))
+        if not events:
+            return None
+        return WatchBatch(events=events, revision=_dec_revision(result))
+
+    # -- the request engine --------------------------------------------------------------------
+
+    async def _call(
+        self, path: str, body: dict[str, Any], *, require_leader: bool = True
+    ) -> dict[str, Any]:
+        """POST `body` to `path` on some endpoint within `timeout_s`; the decoded answer."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._call_with_failover(path, body, require_leader)
+        except TimeoutError:
+            raise EtcdUnavailable(
+                f"etcd: no endpoint answered {path} within {self._timeout_s:g} s"
+            ) from None
+
+    async def _call_with_failover(
+        self, path: str, body: dict[str, Any], require_leader: bool
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        backoff_s = _BACKOFF_FIRST_S
+        reauthenticated = False
+        count = len(self._endpoints)
+        while True:
+            start = self._preferred
+            for offset in range(count):
+                index = (start + offset) % count
+                untried = count - offset
+                remaining = deadline - loop.time()
+                # Leave time for the other endpoints when this one is a black hole.
+                budget = remaining / 2 if untried > 1 else remaining
+                try:
+                    async with asyncio.timeout(max(budget, 0.001)):
+                        result = await self._attempt(
+                            self._endpoints[index], path, body, require_leader
+                        )
+                except _TokenRejected:
+                    if reauthenticated:
+                        raise EtcdAuthFailed(
+                            "etcd: auth token rejected after re-authentication"
+                        ) from None
+                    reauthenticated = True
+                    await self._reauthenticate(self._token)
+                    # Retry at once on the same endpoint.
+                    try:
+                        result = await self._attempt(
+                            self._endpoints[index], path, body, require_leader
+                        )
+                    except (_Retryable, TimeoutError, _TokenRejected):
+                        continue
+                except (_Retryable, TimeoutError):
+                    continue
+                self._preferred = index
+                return result
+            await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
+            backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+
+    async def _attempt(
+        self, endpoint: str, path: str, body: dict[str, Any], require_leader: bool
+    ) -> dict[str, Any]:
+        session = self._ensure_session()
+        if self._username is not None and self._token is None:
+            await self._authenticate()
+        headers = self._headers(require_leader=require_leader)
+        try:
+            async with session.post(f"{endpoint}{path}", json=body, headers=headers) as resp:
+                payload = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise _Retryable from exc
+        if not isinstance(payload, dict):
+            raise _Retryable(f"unexpected answer from {path}")
+        if status != 200 or "error" in payload:
+            self._raise_for_error(payload, status)
+        return payload
+
+    def _raise_for_error(self, payload: Any, status: int) -> NoReturn:
+        err = _dec_error(payload) if isinstance(payload, dict) else None
+        if err is None:
+            if status >= 500:
+                raise _Retryable(f"HTTP {status}")
+            raise EtcdError(f"etcd gateway answered HTTP {status}")
+        self._raise_for_gateway_error(err)
+
+    def _raise_for_gateway_error(self, err: _GatewayError) -> NoReturn:
+        if err.code in _RETRYABLE_CODES:
+            raise _Retryable(err.message)
+        if self._username is not None and _is_token_error(err):
+            raise _TokenRejected
+        if err.code == _GRPC_UNAUTHENTICATED or _is_bad_credentials(err):
+            raise EtcdAuthFailed(f"etcd: {err.message}")
+        if err.code == _GRPC_PERMISSION_DENIED:
+            raise EtcdPermissionDenied(f"etcd: {err.message}")
+        if err.code == _GRPC_NOT_FOUND and "lease not found" in err.message:
+            raise EtcdLeaseNotFound(f"etcd: {err.message}")
+        raise EtcdError(f"etcd: {err.message} (code {err.code})")
+
+    # -- auth ----------------------------------------------------------------------------------
+
+    async def _reauthenticate(self, rejected_token: str | None) -> None:
+        """Replace `rejected_token` with a fresh one (once, however many callers saw it fail)."""
+        lock = self._get_auth_lock()
+        async with lock:
+            if self._token == rejected_token:
+                self._token = None
+        await self._authenticate()
+
+    async def _authenticate(self) -> None:
+        """Get a token for our user, unless another task already did."""
+        async with self._get_auth_lock():
+            if self._token is not None or self._username is None:
+                return
+            body = {"name": self._username, "password": self._password or ""}
+            try:
+                resp = await self._call_with_failover("/v3/auth/authenticate", body, False)
+            except EtcdError as exc:
+                if "authentication is not enabled" in str(exc):
+                    return  # etcd runs without auth: send no token
+                raise
+            token = resp.get("token")
+            if not isinstance(token, str) or not token:
+                raise EtcdAuthFailed("etcd: authenticate returned no token")
+            self._token = token
+
+    def _get_auth_lock(self) -> asyncio.Lock:
+        if self._auth_lock is None:
+            self._auth_lock = asyncio.Lock()
+        return self._auth_lock
+
+    def _headers(self, *, require_leader: bool) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self._token is not None:
+            headers["Authorization"] = self._token
+        if require_leader:
+            headers["Grpc-Metadata-hasleader"] = "true"
+        return headers
+
+    # -- session -------------------------------------------------------------------------------
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise EtcdError("etcd client is closed")
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = True
+            if any(e.startswith("https://") for e in self._endpoints):
+                ssl_ctx = ssl.create_default_context(cafile=self._ca_file)
+                if self._cert_file is not None and self._key_file is not None:
+                    ssl_ctx.load_cert_chain(self._cert_file, self._key_file)
+            connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=0, enable_cleanup_closed=True)
+            # Deadlines are enforced with asyncio.timeout around each attempt, not by aiohttp.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None),
+                raise_for_status=False,
+            )
+        return self._session
+
+
+async def _read_json_bounded(resp: aiohttp.ClientResponse, timeout_s: float) -> Any:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await resp.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        raise _Retryable from exc
