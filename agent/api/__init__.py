@@ -1,0 +1,5 @@
+"""The agent's REST API (aiohttp): probes, cluster view, operator requests, /metrics."""
+
+from agent.api.server import LocalRequestSink, MetricsSource, build_app, start_api
+
+__all__ = ["LocalRequestSink", "MetricsSource", "build_app", "start_api"]

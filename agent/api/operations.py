@@ -1,0 +1,186 @@
+"""Operator requests: parse a request body, check it against a fresh DCS view (pure).
+
+Status codes, one rule each (docs/api.md repeats them):
+- 400: the body itself is wrong (malformed JSON, not an object, unknown field, wrong type, bad
+  or past timestamp) or names a member the DCS does not know.
+- 409: the body is well formed but the cluster's present state refuses it (no leader, leader
+  mismatch, ineligible candidate, a request already pending).
+Every message names the field it is about. Nothing here writes anything: the server writes
+the returned SwitchoverRequest only after every check passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.api.errors import ApiError
+from agent.model import ClusterView, Member, MemberName, PgState, Role, SwitchoverRequest
+
+_ELIGIBLE_STATES = frozenset({PgState.RUNNING, PgState.STREAMING})
+
+
+def reject_unknown_fields(body: Mapping[str, object], allowed: Set[str]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ApiError(400, f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def optional_name(body: Mapping[str, object], field: str) -> MemberName | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"{field}: expected a member name (a non-empty string)")
+    return MemberName(value.strip())
+
+
+def required_bool(body: Mapping[str, object], field: str) -> bool:
+    if field not in body:
+        raise ApiError(400, f"{field}: required")
+    value = body[field]
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{field}: expected true or false")
+    return value
+
+
+def parse_timestamp(value: object, *, field: str, now_wall: float) -> float:
+    """An ISO-8601 timestamp with a time zone, strictly in the future, as an epoch."""
+    if not isinstance(value, str):
+        raise ApiError(400, f"{field}: expected an ISO-8601 timestamp string")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ApiError(400, f"{field}: not an ISO-8601 timestamp: {value!r}") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ApiError(400, f"{field}: the timestamp needs a time zone (e.g. +00:00 or Z)")
+    epoch = moment.timestamp()
+    if epoch <= now_wall:
+        raise ApiError(400, f"{field}: {value} is not in the future")
+    return epoch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SwitchoverBody:
+    leader: MemberName | None
+    candidate: MemberName | None
+    scheduled_at: float | None
+
+
+def parse_switchover_body(body: Mapping[str, object], *, now_wall: float) -> SwitchoverBody:
+    reject_unknown_fields(body, {"leader", "candidate", "scheduled_at"})
+    leader = optional_name(body, "leader")
+    candidate = optional_name(body, "candidate")
+    at = body.get("scheduled_at")
+    scheduled_at = (
+        None if at is None else parse_timestamp(at, field="scheduled_at", now_wall=now_wall)
+    )
+    return SwitchoverBody(leader=leader, candidate=candidate, scheduled_at=scheduled_at)
+
+
+def parse_failover_body(body: Mapping[str, object]) -> MemberName:
+    reject_unknown_fields(body, {"candidate"})
+    candidate = optional_name(body, "candidate")
+    if candidate is None:
+        raise ApiError(400, "candidate: required")
+    return candidate
+
+
+def lag_bytes(member: Member, leader: Member) -> int | None:
+    if member.wal_lsn is None or leader.wal_lsn is None:
+        return None
+    return max(0, leader.wal_lsn - member.wal_lsn)
+
+
+def switchover_ineligibility(
+    member: Member, view: ClusterView, *, max_lag_bytes: int
+) -> str | None:
+    """Why `member` may not take over in a switchover, or None if it may."""
+    leader = view.leader_member
+    if view.leader is not None and member.name == view.leader.name:
+        return f"{member.name} is the current leader"
+    if member.tags.nofailover:
+        return f"{member.name} is tagged nofailover"
+    if member.role is not Role.REPLICA or member.state not in _ELIGIBLE_STATES:
+        return f"{member.name} is not a running replica (role {member.role}, state {member.state})"
+    if leader is None:
+        return f"the leader's WAL position is unknown, so {member.name}'s lag is unknown"
+    lag = lag_bytes(member, leader)
+    if lag is None:
+        return f"{member.name}'s lag is unknown (no WAL position published)"
+    if lag > max_lag_bytes:
+        return f"{member.name} is {lag} bytes behind the leader (limit {max_lag_bytes})"
+    return None
+
+
+def _known_member(view: ClusterView, name: MemberName, field: str) -> Member:
+    member = view.member(name)
+    if member is None:
+        known = ", ".join(sorted(m.name for m in view.members)) or "none"
+        raise ApiError(400, f"{field}: no member named {name!r} (members: {known})")
+    return member
+
+
+def _reject_pending(view: ClusterView) -> None:
+    if view.switchover is not None:
+        pending = view.switchover
+        raise ApiError(
+            409,
+            f"switchover: another request is pending ({pending.leader} -> "
+            f"{pending.candidate or 'any'}); cancel it first with DELETE /switchover",
+        )
+
+
+def plan_switchover(
+    body: SwitchoverBody, view: ClusterView, *, max_lag_bytes: int
+) -> SwitchoverRequest:
+    """The request to write for a checked switchover; raises ApiError (400/409) otherwise."""
+    if body.leader is not None:
+        _known_member(view, body.leader, "leader")
+    if body.candidate is not None:
+        _known_member(view, body.candidate, "candidate")
+    if view.leader is None:
+        raise ApiError(409, "leader: the cluster has no leader; use POST /failover")
+    if body.leader is not None and body.leader != view.leader.name:
+        raise ApiError(
+            409, f"leader: {body.leader} is not the current leader ({view.leader.name} is)"
+        )
+    _reject_pending(view)
+    if body.candidate is not None:
+        candidate = _known_member(view, body.candidate, "candidate")
+        why = switchover_ineligibility(candidate, view, max_lag_bytes=max_lag_bytes)
+        if why is not None:
+            raise ApiError(409, f"candidate: {why}")
+    else:
+        reasons = [
+            why
+            for m in view.members
+            if (why := switchover_ineligibility(m, view, max_lag_bytes=max_lag_bytes)) is not None
+        ]
+        if len(reasons) == len(view.members):
+            raise ApiError(
+                409, "candidate: no member is eligible to take over: " + "; ".join(reasons)
+            )
+    return SwitchoverRequest(
+        leader=view.leader.name, candidate=body.candidate, scheduled_at=body.scheduled_at
+    )
+
+
+def plan_failover(candidate_name: MemberName, view: ClusterView) -> SwitchoverRequest:
+    """A failover names its candidate and skips the leader and lag checks (the leader may be
+    gone), but the candidate must be a running replica that is allowed to fail over."""
+    candidate = _known_member(view, candidate_name, "candidate")
+    _reject_pending(view)
+    if view.leader is not None and candidate.name == view.leader.name:
+        raise ApiError(409, f"candidate: {candidate.name} is the current leader")
+    if candidate.tags.nofailover:
+        raise ApiError(409, f"candidate: {candidate.name} is tagged nofailover")
+    if candidate.role is not Role.REPLICA or candidate.state not in _ELIGIBLE_STATES:
+        raise ApiError(
+            409,
+            f"candidate: {candidate.name} is not a running replica "
+            f"(role {candidate.role}, state {candidate.state})",
+        )
+    leader = view.leader.name if view.leader is not None else None
+    return SwitchoverRequest(leader=leader, candidate=candidate.name)

@@ -1,0 +1,126 @@
+"""JSON documents the API serves, built from the published status and the DCS view (pure).
+
+Times are ISO-8601 in UTC; LSNs are given both as byte positions (integers, for programs) and
+in PostgreSQL's `X/Y` text form (for people).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from agent.model import (
+    AgentStatus,
+    ClusterView,
+    DynamicConfig,
+    HistoryEntry,
+    Member,
+    SwitchoverRequest,
+    format_lsn,
+)
+
+Json = dict[str, object]
+"""A JSON object about to be serialized; never read back by other modules."""
+
+
+def iso_utc(epoch: float | None) -> str | None:
+    """`2026-11-28T00:19:24.000000+00:00`, or None."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat()
+
+
+def lag_behind(member: Member, leader: Member | None) -> int | None:
+    """Bytes `member` is behind the leader's published WAL position (0 for the leader itself;
+    None when either position is unknown). Never negative: a replica that reports a position
+    past the leader's (records are published at different moments) is 0 behind."""
+    if leader is None or member.wal_lsn is None or leader.wal_lsn is None:
+        return None
+    if member.name == leader.name:
+        return 0
+    return max(0, leader.wal_lsn - member.wal_lsn)
+
+
+def status_body(status: AgentStatus, *, age_s: float) -> Json:
+    """This member's own state, the body of every health probe."""
+    return {
+        "name": status.name,
+        "cluster": status.cluster,
+        "role": status.role.value,
+        "state": status.state.value,
+        "leader": status.leader,
+        "lease_held": status.lease_held,
+        "timeline": status.timeline,
+        "wal_lsn": status.wal_lsn,
+        "replay_lsn": status.replay_lsn,
+        "lag_bytes": status.lag_bytes,
+        "fence_remaining_s": status.fence_remaining_s,
+        "dcs_ok": status.dcs_ok,
+        "paused": status.paused,
+        "pending": status.pending,
+        "cycle": status.cycle,
+        "status_age_s": round(age_s, 3),
+    }
+
+
+def switchover_body(request: SwitchoverRequest | None) -> Json | None:
+    if request is None:
+        return None
+    return {
+        "leader": request.leader,
+        "candidate": request.candidate,
+        "scheduled_at": iso_utc(request.scheduled_at),
+    }
+
+
+def member_body(member: Member, leader: Member | None) -> Json:
+    return {
+        "name": member.name,
+        "role": member.role.value,
+        "state": member.state.value,
+        "host": member.host,
+        "port": member.port,
+        "api_url": member.api_url,
+        "timeline": member.timeline,
+        "wal_lsn": member.wal_lsn,
+        "wal_lsn_text": format_lsn(member.wal_lsn) if member.wal_lsn is not None else None,
+        "lag_bytes": lag_behind(member, leader),
+        "leader": leader is not None and member.name == leader.name,
+        "tags": {
+            "nofailover": member.tags.nofailover,
+            "failover_priority": member.tags.failover_priority,
+            "nosync": member.tags.nosync,
+            "sync_priority": member.tags.sync_priority,
+        },
+    }
+
+
+def cluster_body(cluster: str, view: ClusterView) -> Json:
+    """The whole cluster: members (leader first, then by name), pending switchover, pause."""
+    leader = view.leader_member
+    members = sorted(view.members, key=lambda m: (leader is None or m.name != leader.name, m.name))
+    return {
+        "cluster": cluster,
+        "leader": view.leader.name if view.leader is not None else None,
+        "members": [member_body(m, leader) for m in members],
+        "switchover": switchover_body(view.switchover),
+        "paused": view.config.paused,
+    }
+
+
+def history_entry_body(entry: HistoryEntry) -> Json:
+    return {
+        "timeline": entry.timeline,
+        "switch_lsn": entry.switch_lsn,
+        "switch_lsn_text": format_lsn(entry.switch_lsn),
+        "reason": entry.reason,
+        "at": iso_utc(entry.at),
+        "new_leader": entry.new_leader,
+    }
+
+
+def history_body(view: ClusterView) -> Json:
+    return {"history": [history_entry_body(e) for e in view.history]}
+
+
+def config_body(config: DynamicConfig) -> Json:
+    return {"paused": config.paused}

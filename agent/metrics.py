@@ -1,0 +1,180 @@
+"""Prometheus metrics on the agent's own registry (no global registry, no hand-built text).
+
+`Metrics.update(status)` runs after every HA cycle and only sets gauges: no allocation beyond
+a few label lookups, no I/O. Counters and histograms are fed by the loop and the DCS layer
+through the `count_*` and `observe_*` methods. Unknown values (an LSN of a stopped instance,
+the fencing deadline of a replica) are exported as NaN, not 0, so that a graph shows a gap
+rather than a false value.
+"""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from agent.model import AgentStatus, PgState, Role
+
+PREFIX = "pgwarden"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The classic Prometheus text format (`text/plain; version=0.0.4; charset=utf-8`), which
+every scraper understands."""
+
+# An HA cycle is a DCS round trip plus a few SQL queries: milliseconds, seconds when slow.
+_CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A DCS request on a healthy network takes about a millisecond (FACTS.md).
+_DCS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _value(number: float | None) -> float:
+    return math.nan if number is None else float(number)
+
+
+class Metrics:
+    """The agent's collectors, registered on `self.registry` (a fresh CollectorRegistry)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = PREFIX
+        self._info = Gauge(
+            f"{p}_member_info",
+            "This agent's member and cluster (always 1)",
+            ["cluster", "member"],
+            registry=r,
+        )
+        self._role = Gauge(
+            f"{p}_role", "1 for this member's current role, 0 for the others", ["role"], registry=r
+        )
+        self._lease_held = Gauge(
+            f"{p}_lease_held", "1 while this member holds the leader lease", registry=r
+        )
+        self._lease_age = Gauge(
+            f"{p}_lease_age_seconds",
+            "Seconds since the last successful lease renewal was sent",
+            registry=r,
+        )
+        self._fence_remaining = Gauge(
+            f"{p}_fence_remaining_seconds",
+            "Seconds left before this primary fences itself",
+            registry=r,
+        )
+        self._timeline = Gauge(f"{p}_timeline", "PostgreSQL timeline", registry=r)
+        self._wal_lsn = Gauge(
+            f"{p}_wal_lsn_bytes",
+            "WAL position (write LSN on a primary, received or replayed on a replica)",
+            registry=r,
+        )
+        self._replay_lsn = Gauge(f"{p}_replay_lsn_bytes", "Replayed WAL position", registry=r)
+        self._lag = Gauge(
+            f"{p}_replication_lag_bytes",
+            "Bytes behind the leader's published WAL position",
+            registry=r,
+        )
+        self._members = Gauge(
+            f"{p}_members", "Cluster members by PostgreSQL state", ["state"], registry=r
+        )
+        self._streaming = Gauge(
+            f"{p}_streaming_replicas",
+            "Replicas streaming from this member (pg_stat_replication)",
+            registry=r,
+        )
+        self._dcs_up = Gauge(f"{p}_dcs_up", "1 if the last DCS read succeeded", registry=r)
+        self._paused = Gauge(
+            f"{p}_paused", "1 while the cluster is in maintenance mode", registry=r
+        )
+        self._failovers = Counter(
+            f"{p}_failovers", "Promotions without a switchover request", registry=r
+        )
+        self._switchovers = Counter(
+            f"{p}_switchovers", "Switchovers this member took part in", registry=r
+        )
+        self._demotions = Counter(f"{p}_demotions", "Demotions of this member", registry=r)
+        self._lease_losses = Counter(
+            f"{p}_lease_losses", "Times this member lost the lease while leader", registry=r
+        )
+        self._dcs_errors = Counter(
+            f"{p}_dcs_errors", "Failed DCS requests", ["operation"], registry=r
+        )
+        self._fencing = Counter(
+            f"{p}_fencing_events", "Times this primary fenced itself", registry=r
+        )
+        self._cycle = Histogram(
+            f"{p}_ha_cycle_duration_seconds",
+            "Duration of one HA cycle",
+            buckets=_CYCLE_BUCKETS,
+            registry=r,
+        )
+        self._dcs_latency = Histogram(
+            f"{p}_dcs_request_duration_seconds",
+            "Duration of DCS requests",
+            ["operation"],
+            buckets=_DCS_BUCKETS,
+            registry=r,
+        )
+        # Every role and state gets a series from the start, so that a 0 is a 0, not absent.
+        self._role_children = {role: self._role.labels(role=role.value) for role in Role}
+        self._state_children = {state: self._members.labels(state=state.value) for state in PgState}
+        for child in (*self._role_children.values(), *self._state_children.values()):
+            child.set(0)
+        self._identity: tuple[str, str] | None = None
+        self._current_role: Role | None = None
+
+    def update(self, status: AgentStatus) -> None:
+        """Set every gauge from the status the HA loop just published."""
+        identity = (status.cluster, str(status.name))
+        if identity != self._identity:
+            if self._identity is not None:
+                self._info.remove(*self._identity)
+            self._info.labels(cluster=identity[0], member=identity[1]).set(1)
+            self._identity = identity
+        if status.role is not self._current_role:
+            if self._current_role is not None:
+                self._role_children[self._current_role].set(0)
+            self._role_children[status.role].set(1)
+            self._current_role = status.role
+        self._lease_held.set(1 if status.lease_held else 0)
+        self._lease_age.set(_value(status.lease_age_s))
+        self._fence_remaining.set(_value(status.fence_remaining_s))
+        self._timeline.set(_value(status.timeline))
+        self._wal_lsn.set(_value(status.wal_lsn))
+        self._replay_lsn.set(_value(status.replay_lsn))
+        self._lag.set(_value(status.lag_bytes))
+        self._dcs_up.set(1 if status.dcs_ok else 0)
+        self._paused.set(1 if status.paused else 0)
+        self._streaming.set(sum(1 for row in status.replication if row.state == "streaming"))
+        if status.cluster_view is not None:
+            counts = dict.fromkeys(PgState, 0)
+            for member in status.cluster_view.members:
+                counts[member.state] += 1
+            for state, count in counts.items():
+                self._state_children[state].set(count)
+
+    def observe_cycle(self, seconds: float) -> None:
+        self._cycle.observe(seconds)
+
+    def observe_dcs(self, operation: str, seconds: float, ok: bool) -> None:
+        """One DCS request (`operation` is a method name such as `get_cluster`)."""
+        self._dcs_latency.labels(operation=operation).observe(seconds)
+        if not ok:
+            self._dcs_errors.labels(operation=operation).inc()
+
+    def count_failover(self) -> None:
+        self._failovers.inc()
+
+    def count_switchover(self) -> None:
+        self._switchovers.inc()
+
+    def count_demotion(self) -> None:
+        self._demotions.inc()
+
+    def count_lease_loss(self) -> None:
+        self._lease_losses.inc()
+
+    def count_fencing(self) -> None:
+        self._fencing.inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition in the Prometheus text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE
