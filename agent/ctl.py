@@ -1,0 +1,413 @@
+"""`pgwarden ctl`: the operator's command line. It talks to the members' REST API, never to
+the DCS, so it needs nothing but a URL (and credentials for the commands that change things).
+
+`--url` may be given several times: each request goes to the first member that answers, and
+a member that cannot be reached is skipped. Exit codes: 0 done, 1 refused by the API (the
+API's error message is printed) or no member reachable, 2 bad command line.
+
+The table and history renderers are pure functions of the API's JSON, tested on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TextIO
+
+import aiohttp
+
+DEFAULT_URL = "http://127.0.0.1:8008"
+_MIB = 1024 * 1024
+
+
+class CtlError(Exception):
+    """A failure to report in one line and exit 1."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Where and how to reach the cluster's API."""
+
+    urls: tuple[str, ...]
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    status: int
+    body: object  # the parsed JSON (None when the body was not JSON)
+    url: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def error_message(self) -> str:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), str):
+            return str(self.body["error"])
+        return f"HTTP {self.status}"
+
+    def object(self) -> Mapping[str, object]:
+        if not isinstance(self.body, dict):
+            raise CtlError(f"{self.url}: the answer is not a JSON object")
+        return self.body
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _text(value: object, default: str = "") -> str:
+    return default if value is None else str(value)
+
+
+def _lag_mb(member: Mapping[str, object]) -> str:
+    if member.get("leader") is True:
+        return ""
+    lag = member.get("lag_bytes")
+    if isinstance(lag, bool) or not isinstance(lag, int | float):
+        return "unknown"
+    return str(round(lag / _MIB))
+
+
+def _role(member: Mapping[str, object]) -> str:
+    if member.get("leader") is True:
+        return "Leader"
+    return _text(member.get("role"), "unknown").capitalize()
+
+
+def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def fmt(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "| " + " | ".join(parts) + " |"
+
+    return [line, fmt(headers), line, *(fmt(r) for r in rows), line]
+
+
+def render_table(cluster: Mapping[str, object]) -> str:
+    """The `/cluster` object as a table like `patronictl list`:
+    Member | Host | Role | State | TL | Lag in MB, the leader marked `Leader` (and first, as
+    the API sends it), then the pending switchover and the maintenance mode, if any."""
+    members = cluster.get("members")
+    rows = []
+    for member in members if isinstance(members, list) else []:
+        if not isinstance(member, dict):
+            continue
+        host = _text(member.get("host"), "?")
+        if member.get("port") is not None:
+            host = f"{host}:{member['port']}"
+        rows.append(
+            [
+                _text(member.get("name"), "?"),
+                host,
+                _role(member),
+                _text(member.get("state"), "unknown"),
+                _text(member.get("timeline")),
+                _lag_mb(member),
+            ]
+        )
+    title = f"Cluster: {_text(cluster.get('cluster'), '?')}"
+    leader = cluster.get("leader")
+    title += f" (leader: {leader})" if leader else " (no leader)"
+    lines = [title]
+    lines += _grid(["Member", "Host", "Role", "State", "TL", "Lag in MB"], rows, right={4, 5})
+    switchover = cluster.get("switchover")
+    if isinstance(switchover, dict):
+        text = (
+            f"Switchover pending: {_text(switchover.get('leader'), '(no leader)')} -> "
+            f"{_text(switchover.get('candidate'), '(healthiest replica)')}"
+        )
+        if switchover.get("scheduled_at"):
+            text += f", scheduled at {switchover['scheduled_at']}"
+        lines.append(text)
+    if cluster.get("paused") is True:
+        lines.append("Maintenance mode: on (paused; the agents take no automatic action)")
+    return "\n".join(lines)
+
+
+def render_history(history: Mapping[str, object]) -> str:
+    """The `/history` object as a table: TL | LSN | Reason | Time | New leader."""
+    entries = history.get("history")
+    rows = [
+        [
+            _text(e.get("timeline")),
+            _text(e.get("switch_lsn_text"), _text(e.get("switch_lsn"))),
+            _text(e.get("reason")),
+            _text(e.get("at")),
+            _text(e.get("new_leader")),
+        ]
+        for e in (entries if isinstance(entries, list) else [])
+        if isinstance(e, dict)
+    ]
+    if not rows:
+        return "No timeline switch recorded."
+    return "\n".join(_grid(["TL", "LSN", "Reason", "Time", "New leader"], rows, right={0}))
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+def _headers(target: Target) -> dict[str, str]:
+    if target.token:
+        return {"Authorization": f"Bearer {target.token}"}
+    return {}
+
+
+async def request(
+    session: aiohttp.ClientSession,
+    target: Target,
+    method: str,
+    path: str,
+    body: Mapping[str, object] | None = None,
+) -> Reply:
+    """Send to the first member that answers (any HTTP status counts as an answer)."""
+    failures = []
+    auth = None
+    if target.user is not None and not target.token:
+        auth = aiohttp.BasicAuth(target.user, target.password or "")
+    for base in target.urls:
+        url = base.rstrip("/") + path
+        try:
+            async with (
+                asyncio.timeout(target.timeout_s),
+                session.request(
+                    method,
+                    url,
+                    json=body if body is not None else None,
+                    headers=_headers(target),
+                    auth=auth,
+                ) as response,
+            ):
+                text = await response.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            failures.append(f"{base}: {type(exc).__name__} {exc}".rstrip())
+            continue
+        try:
+            parsed: object = json.loads(text) if text.strip() else None
+        except ValueError:
+            parsed = None
+        return Reply(status=response.status, body=parsed, url=url)
+    raise CtlError("no member reachable: " + "; ".join(failures))
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Io:
+    out: TextIO
+    err: TextIO
+    sleep: Sleep
+    monotonic: Callable[[], float]
+
+
+def _print_json(io: _Io, body: object) -> None:
+    print(json.dumps(body, indent=2, sort_keys=True), file=io.out)
+
+
+async def _wait_for_leader(
+    session: aiohttp.ClientSession,
+    target: Target,
+    io: _Io,
+    *,
+    old_leader: object,
+    candidate: object,
+    timeout_s: float,
+    interval_s: float,
+) -> str:
+    """Poll /cluster until a leader other than `old_leader` (and `candidate`, if named)
+    holds the lease. Members that cannot be reached meanwhile (restarting) are skipped."""
+    deadline = io.monotonic() + timeout_s
+    while True:
+        try:
+            reply = await request(session, target, "GET", "/cluster")
+        except CtlError:
+            reply = None
+        if reply is not None and reply.ok and isinstance(reply.body, dict):
+            leader = reply.body.get("leader")
+            if (
+                isinstance(leader, str)
+                and leader != old_leader
+                and (candidate is None or leader == candidate)
+            ):
+                return leader
+        if io.monotonic() >= deadline:
+            raise CtlError(f"timed out after {timeout_s:g} s waiting for a new leader")
+        await io.sleep(interval_s)
+
+
+async def _command(
+    args: argparse.Namespace, session: aiohttp.ClientSession, target: Target, io: _Io
+) -> int:
+    command: str = args.command
+    if command in ("list", "history"):
+        reply = await request(
+            session, target, "GET", f"/{'cluster' if command == 'list' else command}"
+        )
+    elif command == "switchover":
+        body = {
+            k: v
+            for k, v in (
+                ("leader", args.leader),
+                ("candidate", args.candidate),
+                ("scheduled_at", args.scheduled),
+            )
+            if v is not None
+        }
+        reply = await request(session, target, "POST", "/switchover", body)
+    elif command == "failover":
+        reply = await request(session, target, "POST", "/failover", {"candidate": args.candidate})
+    else:  # pause, resume, restart, reinitialize
+        reply = await request(session, target, "POST", f"/{command}")
+    if not reply.ok:
+        print(f"Error: {reply.error_message()}", file=io.err)
+        return 1
+    if args.json:
+        _print_json(io, reply.body)
+    elif command == "list":
+        print(render_table(reply.object()), file=io.out)
+    elif command == "history":
+        print(render_history(reply.object()), file=io.out)
+    elif command in ("switchover", "failover"):
+        answer = reply.object()
+        text = f"{command.capitalize()} accepted: {_text(answer.get('leader'), '(no leader)')}"
+        text += f" -> {_text(answer.get('candidate'), '(healthiest replica)')}"
+        if answer.get("scheduled_at"):
+            text += f" at {answer['scheduled_at']}"
+        print(text, file=io.out)
+    else:
+        print(f"{command.capitalize()}: accepted ({reply.url})", file=io.out)
+    if command in ("switchover", "failover") and args.wait:
+        answer = reply.object()
+        new_leader = await _wait_for_leader(
+            session,
+            target,
+            io,
+            old_leader=answer.get("leader"),
+            candidate=answer.get("candidate"),
+            timeout_s=args.timeout + _seconds_until(answer.get("scheduled_at")),
+            interval_s=args.poll_interval,
+        )
+        if not args.json:
+            print(f"New leader: {new_leader}", file=io.out)
+    return 0
+
+
+def _seconds_until(iso: object) -> float:
+    """Seconds from now until an ISO timestamp (0 when absent or past): a scheduled
+    switchover's wait starts at its time."""
+    if not isinstance(iso, str):
+        return 0.0
+    try:
+        return max(0.0, datetime.fromisoformat(iso).timestamp() - time.time())
+    except ValueError:
+        return 0.0
+
+
+def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=default,
+        help="a member's API URL (repeatable; default $PGWARDEN_URL or " + DEFAULT_URL + ")",
+    )
+    parser.add_argument("--token", default=default, help="bearer token (default $PGWARDEN_TOKEN)")
+    parser.add_argument("--user", default=default, help="basic auth user ($PGWARDEN_USER)")
+    parser.add_argument(
+        "--password", default=default, help="basic auth password ($PGWARDEN_PASSWORD)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print the API's JSON answer",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=argparse.SUPPRESS if suppress else 5.0,
+        help="seconds per request (default 5)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgwarden ctl", description=__doc__.split("\n")[0])
+    _common_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _common_options(sub, suppress=True)
+        return sub
+
+    add("list", "show the members, their roles, states and lag")
+    switchover = add("switchover", "hand leadership to a healthy replica")
+    switchover.add_argument("--leader", help="the current leader (checked)")
+    switchover.add_argument("--candidate", help="the member to promote (default: the healthiest)")
+    switchover.add_argument("--scheduled", help="ISO-8601 time with a zone, e.g. 2030-01-01T03:00Z")
+    failover = add("failover", "promote a replica when there is no healthy leader")
+    failover.add_argument("--candidate", required=True, help="the member to promote")
+    for sub in (switchover, failover):
+        sub.add_argument("--wait", action="store_true", help="wait until the leader changed")
+        sub.add_argument("--timeout", type=float, default=60.0, help="--wait limit in seconds")
+        sub.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    add("history", "show the timeline history")
+    add("pause", "enter maintenance mode (no automatic failover)")
+    add("resume", "leave maintenance mode")
+    add("restart", "restart PostgreSQL on the member at --url")
+    add("reinitialize", "re-clone the replica at --url from the leader")
+    return parser
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    out: TextIO,
+    err: TextIO,
+    sleep: Sleep = asyncio.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> int:
+    """`main` with its surroundings passed in (for tests): environment, streams, clock."""
+    try:
+        args = build_parser().parse_args(list(argv))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    urls = args.url or [u for u in env.get("PGWARDEN_URL", "").split(",") if u.strip()]
+    target = Target(
+        urls=tuple(u.strip() for u in urls) or (DEFAULT_URL,),
+        token=args.token or env.get("PGWARDEN_TOKEN") or None,
+        user=args.user or env.get("PGWARDEN_USER") or None,
+        password=args.password or env.get("PGWARDEN_PASSWORD") or None,
+        timeout_s=args.request_timeout,
+    )
+    io = _Io(out=out, err=err, sleep=sleep, monotonic=monotonic)
+    try:
+        async with aiohttp.ClientSession() as session:
+            return await _command(args, session, target, io)
+    except CtlError as exc:
+        print(f"Error: {exc}", file=err)
+        return 1
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point: `argv` are the arguments after `pgwarden ctl`."""
+    return asyncio.run(run(argv, env=os.environ, out=sys.stdout, err=sys.stderr))
