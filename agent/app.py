@@ -1,0 +1,105 @@
+"""Composition root: builds every part, starts the named root tasks, handles SIGTERM.
+
+Root tasks: the HA loop (owns the lease and the postmaster) and the REST API server. An
+unexpected exit of the loop stops the agent. SIGTERM or SIGINT asks the loop to shut down:
+a leader hands over to the healthiest replica first, then stops PostgreSQL and releases the
+lease; the whole shutdown is bounded by `timing.shutdown_timeout_s` (plus the switchover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+import structlog
+
+from agent.api.server import build_app, start_api
+from agent.clock import SystemClock
+from agent.config import DcsKind, Settings
+from agent.dcs.base import Dcs
+from agent.fence import FenceClient
+from agent.logging import bind_member, configure_logging
+from agent.loop import HaLoop
+from agent.metrics import Metrics
+from agent.postgres.probe import Prober
+from agent.postgres.process import Postmaster
+
+log = structlog.get_logger("pgwarden.app")
+
+
+def build_dcs(settings: Settings) -> Dcs:
+    """The configured backend. Constructing it does no I/O (it works while the DCS is down)."""
+    if settings.dcs.kind == DcsKind.ETCD:
+        from agent.dcs.etcd import EtcdDcs
+
+        return EtcdDcs.from_settings(settings)
+    if settings.dcs.kind == DcsKind.KUBERNETES:
+        raise SystemExit("the kubernetes DCS backend is not available in this build yet")
+    raise SystemExit(f"unknown DCS kind {settings.dcs.kind}")
+
+
+async def run_agent(settings: Settings) -> int:
+    configure_logging(settings.log)
+    bind_member(settings.cluster, settings.name)
+    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
+    clock = SystemClock()
+    dcs = build_dcs(settings)
+    postmaster = Postmaster(settings.postgresql, member_name=settings.name, run_dir=settings.run_dir)
+    prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
+    fence = FenceClient(run_dir=settings.run_dir, data_dir=settings.postgresql.data_dir)
+    metrics = Metrics()
+    fence_status = await fence.start()
+    log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)
+    loop = HaLoop(
+        settings=settings,
+        clock=clock,
+        dcs=dcs,
+        postmaster=postmaster,
+        prober=prober,
+        fence=fence,
+        metrics=metrics,
+    )
+    app = build_app(
+        settings=settings, status=loop.status, dcs=dcs, requests=loop, metrics=metrics, clock=clock
+    )
+    runner = await start_api(app, settings.api)
+    ev_loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        ev_loop.add_signal_handler(sig, loop.request_shutdown)
+    ha_task = asyncio.create_task(loop.run(), name="ha-loop")
+    exit_code = 0
+    try:
+        await ha_task
+        log.info("agent_stopped")
+    except Exception as exc:
+        log.exception("ha_loop_crashed", error=repr(exc))
+        exit_code = 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            ev_loop.remove_signal_handler(sig)
+        await _bounded_cleanup(settings, postmaster, prober, dcs, runner)
+    return exit_code
+
+
+async def _bounded_cleanup(
+    settings: Settings,
+    postmaster: Postmaster,
+    prober: Prober,
+    dcs: Dcs,
+    runner: object,
+) -> None:
+    """Close everything; never wait longer than the configured shutdown timeout.
+
+    The fencer is left alone: disarmed, it exits once this process is gone; still armed
+    (the loop crashed while primary), it fences at the deadline, as it must."""
+    from aiohttp import web
+
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(settings.timing.shutdown_timeout_s):
+            if isinstance(runner, web.AppRunner):
+                await runner.cleanup()
+            await prober.close()
+            await postmaster.close()
+            await dcs.close()

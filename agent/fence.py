@@ -1,0 +1,122 @@
+"""The agent's side of the fencer (see agent/fencer.py for why it is a separate process).
+
+`FenceClient.arm(deadline)` is called after every successful acquire or renewal with
+`Timing.fence_deadline(send time)`; `disarm()` once PostgreSQL is no longer a primary. If the
+fencer cannot be reached, `arm` raises `FenceUnavailable`: the executor then refuses to
+promote, since nobody would stop a primary whose agent stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+CALL_TIMEOUT_S = 0.5
+SPAWN_TIMEOUT_S = 5.0
+
+
+class FenceUnavailable(Exception):
+    """The fencer process could not be reached or started."""
+
+
+class FenceState(StrEnum):
+    ARMED = "armed"
+    DISARMED = "disarmed"
+    FENCED = "fenced"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FenceStatus:
+    state: FenceState
+    remaining_s: float | None
+
+
+class FenceClient:
+    def __init__(self, *, run_dir: str, data_dir: str) -> None:
+        self.socket_path = str(Path(run_dir) / "fencer.sock")
+        self.log_path = str(Path(run_dir) / "fencer.log")
+        self.data_dir = data_dir
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def _call(self, line: str) -> str:
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                reader, writer = await asyncio.open_unix_connection(self.socket_path)
+                try:
+                    writer.write(line.encode() + b"\n")
+                    await writer.drain()
+                    reply = (await reader.readline()).decode().strip()
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            raise FenceUnavailable(f"fencer at {self.socket_path}: {exc!r}") from exc
+        if not reply.startswith("OK"):
+            raise FenceUnavailable(f"fencer answered {reply!r} to {line.split()[0]}")
+        return reply
+
+    @staticmethod
+    def _parse(reply: str) -> FenceStatus:
+        _, state, remaining = (reply.split() + ["-", "-"])[:3]
+        return FenceStatus(
+            state=FenceState(state),
+            remaining_s=None if remaining == "-" else float(remaining),
+        )
+
+    async def start(self) -> FenceStatus:
+        """Adopt a running fencer (a previous agent's, still guarding its deadline) or spawn one."""
+        with contextlib.suppress(FenceUnavailable):
+            return self._parse(await self._call(f"ADOPT {os.getpid()}"))
+        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent.fencer",
+                "--socket",
+                self.socket_path,
+                "--data-dir",
+                self.data_dir,
+                "--agent-pid",
+                str(os.getpid()),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # a signal to the agent's group must not reach it
+            )
+        finally:
+            log.close()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + SPAWN_TIMEOUT_S
+        while True:
+            try:
+                return self._parse(await self._call("STATUS"))
+            except FenceUnavailable:
+                if loop.time() > give_up or self._process.returncode is not None:
+                    raise
+                await asyncio.sleep(0.02)
+
+    async def arm(self, deadline: float) -> FenceStatus:
+        return self._parse(await self._call(f"ARM {deadline:.6f}"))
+
+    async def disarm(self) -> FenceStatus:
+        return self._parse(await self._call("DISARM"))
+
+    async def status(self) -> FenceStatus:
+        return self._parse(await self._call("STATUS"))
+
+    async def stop(self) -> None:
+        """Ask our fencer to exit (only once disarmed: an armed fencer fences as it stops)."""
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._process.wait()

@@ -1,0 +1,194 @@
+"""The fencer: a tiny separate process that stops PostgreSQL when the primary's lease runs out.
+
+Why a process: the deadline by which a primary must stop accepting writes
+(`last renewal sent + ttl - fence_margin`, DESIGN.md section 3) must hold even when the agent
+cannot act: its event loop stalls, a DCS call hangs, the agent is frozen (SIGSTOP) or killed
+(SIGKILL) while PostgreSQL keeps running. A thread would freeze with the agent; this process
+runs in a session of its own, imports only the standard library, and needs nothing from the
+agent but the deadline, which every successful renewal moves forward.
+
+Protocol: one line per connection on a Unix socket, one line answered.
+    ARM <deadline>    deadline on CLOCK_MONOTONIC (shared by all processes of a host)
+    DISARM            PostgreSQL is not a primary any more
+    STATUS            -> "OK <armed|disarmed|fenced> <seconds left or ->"
+    ADOPT <pid>       a restarted agent takes over this fencer
+At the deadline it kills the postmaster's whole process group with SIGKILL (the agent starts
+the postmaster in a session of its own, so that group is PostgreSQL and nothing else): no
+backend can acknowledge a commit after that instant. Then it reports `fenced` until re-armed.
+It exits once its agent is gone and it is not armed; while armed it outlives the agent and
+fences at the deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+AGENT_CHECK_INTERVAL_S = 0.5
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} fencer[{os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def postmaster_pid(data_dir: str) -> int | None:
+    """The live postmaster's pid from postmaster.pid, or None."""
+    try:
+        first = Path(data_dir, "postmaster.pid").read_text().split("\n", 1)[0]
+        pid = int(first.strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"postgres" in cmdline else None
+
+
+def kill_postgres(data_dir: str) -> str:
+    """Stop every PostgreSQL process of `data_dir` now. Returns what was done."""
+    pid = postmaster_pid(data_dir)
+    if pid is None:
+        return "no postmaster running"
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return f"killed process group {pid}"
+        # Not a group leader (started by someone else): immediate shutdown makes every
+        # backend exit without committing; SIGKILL follows if the postmaster lingers.
+        os.kill(pid, signal.SIGQUIT)
+        for _ in range(20):
+            if not _pid_alive(pid):
+                return f"postmaster {pid} stopped by SIGQUIT"
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        return f"postmaster {pid} killed"
+    except ProcessLookupError:
+        return f"postmaster {pid} already gone"
+
+
+class Fencer:
+    def __init__(self, socket_path: str, data_dir: str, agent_pid: int) -> None:
+        self.socket_path = socket_path
+        self.data_dir = data_dir
+        self.agent_pid = agent_pid
+        self.deadline: float | None = None
+        self.fenced = False
+        self.stop = False
+
+    def handle(self, line: str) -> str:
+        verb, _, arg = line.strip().partition(" ")
+        try:
+            if verb == "ARM":
+                self.deadline = float(arg)
+                self.fenced = False
+                return f"OK armed {self.deadline - time.monotonic():.3f}"
+            if verb == "DISARM":
+                self.deadline = None
+                self.fenced = False
+                return "OK disarmed -"
+            if verb == "STATUS":
+                return self.status()
+            if verb == "ADOPT":
+                self.agent_pid = int(arg)
+                return self.status()
+        except ValueError:
+            return f"ERR bad argument {arg!r}"
+        return f"ERR unknown verb {verb!r}"
+
+    def status(self) -> str:
+        if self.fenced:
+            return "OK fenced -"
+        if self.deadline is None:
+            return "OK disarmed -"
+        return f"OK armed {self.deadline - time.monotonic():.3f}"
+
+    def fire(self) -> None:
+        done = kill_postgres(self.data_dir)
+        _log(f"fence deadline reached: {done}")
+        self.deadline = None
+        self.fenced = True
+
+    def serve(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        server.listen(16)
+        server.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(server, selectors.EVENT_READ)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", True))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _log(f"serving {self.socket_path} for {self.data_dir}, agent {self.agent_pid}")
+        try:
+            while not self.stop:
+                timeout = AGENT_CHECK_INTERVAL_S
+                if self.deadline is not None:
+                    timeout = max(0.0, min(timeout, self.deadline - time.monotonic()))
+                for _key, _ in selector.select(timeout):
+                    self._answer(server)
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.fire()
+                if self.deadline is None and not _pid_alive(self.agent_pid):
+                    _log("agent gone and not armed: exiting")
+                    break
+            if self.stop and self.deadline is not None:
+                # Asked to stop while armed: nobody would fence after us, so fence now.
+                self.fire()
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+
+    def _answer(self, server: socket.socket) -> None:
+        try:
+            conn, _ = server.accept()
+        except BlockingIOError:
+            return
+        with conn:
+            conn.settimeout(0.5)
+            try:
+                data = b""
+                while not data.endswith(b"\n") and len(data) < 256:
+                    chunk = conn.recv(256)
+                    if not chunk:
+                        break
+                    data += chunk
+                reply = self.handle(data.decode("ascii", "replace"))
+                conn.sendall(reply.encode() + b"\n")
+            except OSError:
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgwarden-fencer")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--agent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    Fencer(args.socket, args.data_dir, args.agent_pid).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
