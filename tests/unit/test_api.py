@@ -1,0 +1,872 @@
+"""The REST API against hand-built AgentStatus values and an in-memory DCS.
+
+The app is served by aiohttp's in-process test server on loopback; the clock is a FakeClock.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.api import build_app
+from agent.api.health import parse_lag
+from agent.clock import FakeClock
+from agent.config import (
+    ApiSettings,
+    Credentials,
+    DcsKind,
+    DcsSettings,
+    EtcdSettings,
+    HaSettings,
+    PostgresSettings,
+    Secret,
+    Settings,
+    Timing,
+)
+from agent.dcs.base import DcsUnavailable
+from agent.metrics import Metrics
+from agent.model import (
+    AgentStatus,
+    ClusterView,
+    HistoryEntry,
+    LocalRequestKind,
+    Member,
+    MemberName,
+    MemberTags,
+    PgState,
+    RawCluster,
+    RawRecord,
+    RecordKind,
+    Role,
+    parse_cluster,
+)
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MIB = 1024 * 1024
+LEADER_LSN = 0x3_0000_0000
+
+
+# --------------------------------------------------------------------------- fakes
+
+
+class FakeDcs:
+    """Keeps raw records like a backend and parses them with the real parser. Writes are
+    compare-and-set on a version counter, as the DCS contract requires."""
+
+    def __init__(self) -> None:
+        self.leader: RawRecord | None = None
+        self.members: dict[str, RawRecord] = {}
+        self.records: dict[RecordKind, RawRecord] = {}
+        self.available = True
+        self.writes = 0
+        self.before_write: Callable[[], None] | None = None
+        self._revision = 0
+
+    def _next(self) -> str:
+        self._revision += 1
+        return str(self._revision)
+
+    @property
+    def ttl_s(self) -> float:
+        return 10.0
+
+    def set_leader(self, name: str | None) -> None:
+        self.leader = None if name is None else RawRecord(value=name, version=self._next())
+
+    def put(self, member: Member) -> None:
+        self.members[member.name] = RawRecord(value=member.to_json(), version=self._next())
+
+    def put_record(self, kind: RecordKind, value: str) -> None:
+        self.records[kind] = RawRecord(value=value, version=self._next())
+
+    async def get_cluster(self) -> ClusterView:
+        if not self.available:
+            raise DcsUnavailable("fake DCS is down")
+        view, _problems = parse_cluster(
+            RawCluster(leader=self.leader, members=dict(self.members), records=dict(self.records))
+        )
+        return view
+
+    async def write_record(
+        self, kind: RecordKind, value: str | None, *, expected_version: str | None
+    ) -> bool:
+        if not self.available:
+            raise DcsUnavailable("fake DCS is down")
+        if self.before_write is not None:
+            self.before_write()
+        current = self.records.get(kind)
+        if (current.version if current else None) != expected_version:
+            return False
+        self.writes += 1
+        if value is None:
+            self.records.pop(kind, None)
+        else:
+            self.records[kind] = RawRecord(value=value, version=self._next())
+        return True
+
+    async def acquire_leader(self) -> bool:
+        raise NotImplementedError
+
+    async def renew_leader(self) -> bool:
+        raise NotImplementedError
+
+    async def release_leader(self) -> None:
+        raise NotImplementedError
+
+    async def publish_member(self, member: Member) -> None:
+        self.put(member)
+
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Inbox:
+    submitted: list[LocalRequestKind] = field(default_factory=list)
+    wakes: int = 0
+
+    def submit(self, kind: LocalRequestKind) -> None:
+        self.submitted.append(kind)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+@dataclass
+class StatusBox:
+    value: AgentStatus
+
+    def __call__(self) -> AgentStatus:
+        return self.value
+
+
+def member(
+    name: str,
+    *,
+    role: Role = Role.REPLICA,
+    state: PgState = PgState.STREAMING,
+    lag: int | None = 0,
+    nofailover: bool = False,
+    port: int = 5432,
+) -> Member:
+    return Member(
+        name=MemberName(name),
+        role=role,
+        state=state,
+        api_url=f"http://127.0.0.{port - 5430}:8008",
+        host=f"127.0.0.{port - 5430}",
+        port=port,
+        timeline=3,
+        wal_lsn=None if lag is None else LEADER_LSN - lag,
+        tags=MemberTags(nofailover=nofailover),
+    )
+
+
+def standard_cluster(dcs: FakeDcs) -> None:
+    """a leads; b is a good candidate; c is nofailover; d lags 10 MiB; e is stopped."""
+    dcs.put(member("a", role=Role.PRIMARY, state=PgState.RUNNING, port=5431))
+    dcs.put(member("b", lag=1000, port=5432))
+    dcs.put(member("c", nofailover=True, port=5433))
+    dcs.put(member("d", lag=10 * MIB, port=5434))
+    dcs.put(member("e", state=PgState.STOPPED, lag=None, port=5435))
+    dcs.set_leader("a")
+
+
+def make_settings(api: ApiSettings | None = None) -> Settings:
+    return Settings(
+        name="a",
+        cluster="demo",
+        run_dir="/nonexistent/run",
+        dcs=DcsSettings(kind=DcsKind.ETCD, etcd=EtcdSettings(endpoints=("http://127.0.0.1:1",))),
+        postgresql=PostgresSettings(data_dir="/nonexistent/data"),
+        api=api
+        or ApiSettings(
+            token=Secret(TOKEN), basic=Credentials(username="admin", password=Secret("pw"))
+        ),
+        timing=Timing(ttl_s=10.0),
+        ha=HaSettings(maximum_lag_on_failover_bytes=MIB),
+    )
+
+
+def primary_status(clock: FakeClock, view: ClusterView | None = None) -> AgentStatus:
+    return AgentStatus(
+        name=MemberName("a"),
+        cluster="demo",
+        role=Role.PRIMARY,
+        state=PgState.RUNNING,
+        api_url="http://127.0.0.1:8008",
+        timeline=3,
+        wal_lsn=LEADER_LSN,
+        leader=MemberName("a"),
+        lease_held=True,
+        lease_age_s=0.5,
+        fence_remaining_s=6.0,
+        dcs_ok=True,
+        observed_at=clock.monotonic(),
+        cluster_view=view,
+    )
+
+
+def replica_status(clock: FakeClock, **changes: object) -> AgentStatus:
+    base = AgentStatus(
+        name=MemberName("b"),
+        cluster="demo",
+        role=Role.REPLICA,
+        state=PgState.STREAMING,
+        api_url="http://127.0.0.2:8008",
+        timeline=3,
+        wal_lsn=LEADER_LSN - 1000,
+        lag_bytes=1000,
+        leader=MemberName("a"),
+        dcs_ok=True,
+        observed_at=clock.monotonic(),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class Api:
+    client: TestClient[web.Request, web.Application]
+    dcs: FakeDcs
+    inbox: Inbox
+    status: StatusBox
+    clock: FakeClock
+    metrics: Metrics
+
+    async def view(self) -> ClusterView:
+        return await self.dcs.get_cluster()
+
+
+async def serve(settings: Settings, dcs: FakeDcs, status: StatusBox, clock: FakeClock) -> Api:
+    inbox, metrics = Inbox(), Metrics()
+    app = build_app(
+        settings=settings, status=status, dcs=dcs, requests=inbox, metrics=metrics, clock=clock
+    )
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    return Api(client=client, dcs=dcs, inbox=inbox, status=status, clock=clock, metrics=metrics)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    clock, dcs = FakeClock(), FakeDcs()
+    standard_cluster(dcs)
+    served = await serve(
+        make_settings(), dcs, StatusBox(primary_status(clock, await dcs.get_cluster())), clock
+    )
+    try:
+        yield served
+    finally:
+        await served.client.close()
+
+
+# --------------------------------------------------------------------------- probes
+
+
+@pytest.mark.parametrize(
+    ("path", "make", "expected"),
+    [
+        ("/health", primary_status, 200),
+        ("/health", lambda c: replica_status(c, state=PgState.RUNNING), 200),
+        ("/health", lambda c: replica_status(c, state=PgState.STOPPED), 503),
+        ("/health", lambda c: replica_status(c, state=PgState.CRASHED), 503),
+        ("/readiness", primary_status, 200),
+        ("/readiness", lambda c: replace(primary_status(c), lease_held=False), 503),
+        ("/readiness", replica_status, 200),
+        ("/readiness", lambda c: replica_status(c, state=PgState.RUNNING), 503),
+        ("/primary", primary_status, 200),
+        ("/leader", primary_status, 200),
+        ("/read-write", primary_status, 200),
+        ("/primary", lambda c: replace(primary_status(c), lease_held=False), 503),
+        ("/primary", lambda c: replace(primary_status(c), state=PgState.FENCED), 503),
+        ("/primary", replica_status, 503),
+        ("/replica", replica_status, 200),
+        ("/replica", lambda c: replica_status(c, state=PgState.RUNNING), 503),
+        ("/replica", primary_status, 503),
+        ("/read-only", primary_status, 200),
+        ("/read-only", replica_status, 200),
+        ("/read-only", lambda c: replica_status(c, state=PgState.STOPPED), 503),
+        ("/liveness", lambda c: replica_status(c, state=PgState.STOPPED), 200),
+    ],
+)
+async def test_probe_answers_by_role_and_state(
+    api: Api, path: str, make: Callable[[FakeClock], AgentStatus], expected: int
+) -> None:
+    api.status.value = make(api.clock)
+    response = await api.client.get(path)
+    assert response.status == expected
+    body = await response.json()
+    assert body["role"] == api.status.value.role.value
+    assert body["state"] == api.status.value.state.value
+
+
+@pytest.mark.parametrize(
+    "path", ["/health", "/liveness", "/readiness", "/primary", "/replica", "/read-only"]
+)
+async def test_every_probe_fails_when_the_loop_published_nothing_for_longer_than_ttl(
+    api: Api, path: str
+) -> None:
+    api.status.value = (
+        primary_status(api.clock) if path != "/replica" else replica_status(api.clock)
+    )
+    assert (await api.client.get(path)).status == 200
+    api.clock.advance(10.5)
+    assert (await api.client.get(path)).status == 503
+
+
+async def test_primary_probe_fails_once_the_fencing_deadline_has_passed_since_publication(
+    api: Api,
+) -> None:
+    api.status.value = replace(primary_status(api.clock), fence_remaining_s=2.0)
+    api.clock.advance(1.5)
+    assert (await api.client.get("/primary")).status == 200
+    api.clock.advance(1.0)
+    assert (await api.client.get("/primary")).status == 503
+
+
+@pytest.mark.parametrize(
+    ("query", "lag", "expected"),
+    [
+        ("1000", 1000, 200),
+        ("999", 1000, 503),
+        ("1kB", 1000, 200),
+        ("1kB", 2000, 503),
+        ("16kb", 2000, 200),
+        ("1MB", MIB + 1, 503),
+        ("1MB", None, 503),
+    ],
+)
+async def test_replica_probe_applies_the_lag_limit(
+    api: Api, query: str, lag: int | None, expected: int
+) -> None:
+    api.status.value = replica_status(api.clock, lag_bytes=lag)
+    assert (await api.client.get("/replica", params={"lag": query})).status == expected
+    assert (await api.client.get("/read-only", params={"lag": query})).status == expected
+
+
+@pytest.mark.parametrize("query", ["", "abc", "-5", "1XB", "1.5MB"])
+async def test_replica_probe_rejects_a_bad_lag_value_with_400(api: Api, query: str) -> None:
+    api.status.value = replica_status(api.clock)
+    response = await api.client.get("/replica", params={"lag": query})
+    assert response.status == 400
+    assert (await response.json())["error"].startswith("lag:")
+
+
+def test_lag_values_use_postgresql_units_of_1024() -> None:
+    assert parse_lag("0") == 0
+    assert parse_lag("16kB") == 16384
+    assert parse_lag("1MB") == MIB
+    assert parse_lag("2GB") == 2 * 1024**3
+    assert parse_lag("7B") == 7
+
+
+# --------------------------------------------------------------------------- views
+
+
+async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -> None:
+    response = await api.client.get("/cluster")
+    assert response.status == 200
+    body = await response.json()
+    assert body["cluster"] == "demo"
+    assert body["leader"] == "a"
+    assert body["paused"] is False
+    assert body["switchover"] is None
+    members = {m["name"]: m for m in body["members"]}
+    assert body["members"][0]["name"] == "a"
+    assert members["a"]["leader"] is True
+    assert members["a"]["lag_bytes"] == 0
+    assert members["b"] == {
+        "name": "b",
+        "role": "replica",
+        "state": "streaming",
+        "host": "127.0.0.2",
+        "port": 5432,
+        "api_url": "http://127.0.0.2:8008",
+        "timeline": 3,
+        "wal_lsn": LEADER_LSN - 1000,
+        "wal_lsn_text": "2/FFFFFC18",
+        "lag_bytes": 1000,
+        "leader": False,
+        "tags": {"nofailover": False, "failover_priority": 1, "nosync": False, "sync_priority": 1},
+    }
+    assert members["c"]["tags"]["nofailover"] is True
+    assert members["d"]["lag_bytes"] == 10 * MIB
+    assert members["e"]["lag_bytes"] is None
+
+
+async def test_cluster_shows_a_pending_switchover_and_the_pause(api: Api) -> None:
+    api.dcs.put_record(
+        RecordKind.SWITCHOVER,
+        json.dumps({"leader": "a", "candidate": "b", "scheduled_at": 1_900_000_000}),
+    )
+    api.dcs.put_record(RecordKind.CONFIG, json.dumps({"paused": True}))
+    api.status.value = primary_status(api.clock, await api.view())
+    body = await (await api.client.get("/cluster")).json()
+    assert body["switchover"] == {
+        "leader": "a",
+        "candidate": "b",
+        "scheduled_at": "2030-03-17T17:46:40+00:00",
+    }
+    assert body["paused"] is True
+
+
+async def test_cluster_and_history_answer_503_before_the_first_dcs_read(api: Api) -> None:
+    api.status.value = primary_status(api.clock, None)
+    for path in ("/cluster", "/history"):
+        response = await api.client.get(path)
+        assert response.status == 503
+        assert "error" in await response.json()
+
+
+async def test_history_lists_timeline_switches(api: Api) -> None:
+    entry = HistoryEntry(
+        timeline=2, switch_lsn=0x5000060, reason="failover", at=1_800_000_000.0, new_leader="a"
+    )
+    view = replace(await api.view(), history=(entry,))
+    api.status.value = primary_status(api.clock, view)
+    body = await (await api.client.get("/history")).json()
+    assert body == {
+        "history": [
+            {
+                "timeline": 2,
+                "switch_lsn": 0x5000060,
+                "switch_lsn_text": "0/5000060",
+                "reason": "failover",
+                "at": "2027-01-15T08:00:00+00:00",
+                "new_leader": "a",
+            }
+        ]
+    }
+
+
+# --------------------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Basic " + base64.b64encode(b"admin:wrong").decode()},
+        {"Authorization": "Basic " + base64.b64encode(b"root:pw").decode()},
+        {"Authorization": "Basic not-base64!"},
+    ],
+)
+async def test_mutating_routes_refuse_missing_or_wrong_credentials(
+    api: Api, headers: dict[str, str]
+) -> None:
+    for method, path in (
+        ("POST", "/restart"),
+        ("POST", "/switchover"),
+        ("POST", "/pause"),
+        ("PATCH", "/config"),
+        ("DELETE", "/switchover"),
+    ):
+        response = await api.client.request(method, path, headers=headers, json={})
+        assert response.status == 401, (method, path)
+        assert "authentication" in (await response.json())["error"]
+        challenges = response.headers.getall("WWW-Authenticate")
+        assert any(c.startswith("Bearer") for c in challenges)
+        assert any(c.startswith("Basic") for c in challenges)
+    assert api.inbox.submitted == []
+    assert api.dcs.writes == 0
+
+
+async def test_mutating_routes_accept_the_bearer_token_and_basic_credentials(api: Api) -> None:
+    basic = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
+    assert (await api.client.post("/restart", headers=AUTH)).status == 202
+    assert (await api.client.post("/restart", headers=basic)).status == 202
+    assert api.inbox.submitted == [LocalRequestKind.RESTART] * 2
+
+
+async def test_insecure_no_auth_lets_mutating_requests_through(api: Api) -> None:
+    open_api = await serve(
+        make_settings(ApiSettings(insecure_no_auth=True)), api.dcs, api.status, api.clock
+    )
+    try:
+        assert (await open_api.client.post("/restart")).status == 202
+        assert open_api.inbox.submitted == [LocalRequestKind.RESTART]
+    finally:
+        await open_api.client.close()
+
+
+async def test_without_configured_credentials_nothing_mutates(api: Api) -> None:
+    bare = await serve(make_settings(ApiSettings()), api.dcs, api.status, api.clock)
+    try:
+        assert (await bare.client.post("/restart", headers=AUTH)).status == 401
+        assert bare.inbox.submitted == []
+    finally:
+        await bare.client.close()
+
+
+async def test_read_only_routes_need_no_credentials(api: Api) -> None:
+    for path in ("/health", "/cluster", "/history", "/config", "/metrics", "/primary"):
+        assert (await api.client.get(path)).status == 200, path
+
+
+# --------------------------------------------------------------------------- switchover
+
+
+async def switchover_record(api: Api) -> object:
+    record = api.dcs.records.get(RecordKind.SWITCHOVER)
+    return None if record is None else json.loads(record.value)
+
+
+async def test_a_valid_switchover_writes_exactly_the_request_and_wakes_the_loop(api: Api) -> None:
+    response = await api.client.post(
+        "/switchover", json={"leader": "a", "candidate": "b"}, headers=AUTH
+    )
+    assert response.status == 202
+    assert await response.json() == {
+        "accepted": True,
+        "leader": "a",
+        "candidate": "b",
+        "scheduled_at": None,
+    }
+    assert await switchover_record(api) == {"leader": "a", "candidate": "b", "scheduled_at": None}
+    assert api.dcs.writes == 1
+    assert api.inbox.wakes == 1
+
+
+async def test_a_switchover_without_candidate_leaves_the_choice_to_the_agents(api: Api) -> None:
+    response = await api.client.post("/switchover", headers=AUTH)
+    assert response.status == 202
+    assert await switchover_record(api) == {"leader": "a", "candidate": None, "scheduled_at": None}
+
+
+async def test_a_scheduled_switchover_records_the_time_as_an_epoch(api: Api) -> None:
+    at = datetime.fromtimestamp(api.clock.wall() + 3600, tz=UTC).isoformat()
+    response = await api.client.post(
+        "/switchover", json={"candidate": "b", "scheduled_at": at}, headers=AUTH
+    )
+    assert response.status == 202
+    assert (await response.json())["scheduled_at"] == at
+    record = await switchover_record(api)
+    assert record == {"leader": "a", "candidate": "b", "scheduled_at": api.clock.wall() + 3600}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ("{not json", 400, "body"),
+        ("[1, 2]", 400, "body"),
+        ('"b"', 400, "body"),
+        ('{"candidate": "b", "colour": "red"}', 400, "colour"),
+        ('{"candidate": 7}', 400, "candidate"),
+        ('{"candidate": ""}', 400, "candidate"),
+        ('{"leader": ["a"]}', 400, "leader"),
+        ('{"candidate": "zz"}', 400, "candidate"),
+        ('{"leader": "zz"}', 400, "leader"),
+        ('{"leader": "b"}', 409, "leader"),
+        ('{"candidate": "a"}', 409, "candidate"),
+        ('{"candidate": "c"}', 409, "candidate"),
+        ('{"candidate": "d"}', 409, "candidate"),
+        ('{"candidate": "e"}', 409, "candidate"),
+        ('{"scheduled_at": "tomorrow"}', 400, "scheduled_at"),
+        ('{"scheduled_at": 1900000000}', 400, "scheduled_at"),
+        ('{"scheduled_at": "2035-01-01T00:00:00"}', 400, "scheduled_at"),
+        ('{"scheduled_at": "2001-01-01T00:00:00+00:00"}', 400, "scheduled_at"),
+    ],
+)
+async def test_a_bad_switchover_is_refused_naming_the_field_and_changes_nothing(
+    api: Api, body: str, status: int, field: str
+) -> None:
+    response = await api.client.post(
+        "/switchover", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status == status
+    error = (await response.json())["error"]
+    assert error.startswith(f"{field}:"), error
+    assert await switchover_record(api) is None
+    assert api.dcs.writes == 0
+    assert api.inbox.wakes == 0
+
+
+async def test_a_switchover_needs_a_leader(api: Api) -> None:
+    api.dcs.set_leader(None)
+    response = await api.client.post("/switchover", json={"candidate": "b"}, headers=AUTH)
+    assert response.status == 409
+    assert "no leader" in (await response.json())["error"]
+    assert await switchover_record(api) is None
+
+
+async def test_a_switchover_without_candidate_needs_an_eligible_member(api: Api) -> None:
+    del api.dcs.members["b"]
+    response = await api.client.post("/switchover", json={}, headers=AUTH)
+    assert response.status == 409
+    error = (await response.json())["error"]
+    assert error.startswith("candidate: no member is eligible")
+    assert "c is tagged nofailover" in error
+    assert await switchover_record(api) is None
+
+
+async def test_a_second_switchover_is_refused_while_one_is_pending(api: Api) -> None:
+    api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
+    response = await api.client.post("/switchover", json={"candidate": "b"}, headers=AUTH)
+    assert response.status == 409
+    assert "pending" in (await response.json())["error"]
+    assert await switchover_record(api) == {"leader": "a", "candidate": "d"}
+
+
+async def test_a_switchover_that_loses_the_write_race_answers_409(api: Api) -> None:
+    def someone_else_writes_first() -> None:
+        api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
+
+    api.dcs.before_write = someone_else_writes_first
+    response = await api.client.post("/switchover", json={"candidate": "b"}, headers=AUTH)
+    assert response.status == 409
+    assert (await response.json())["error"] == "switchover: another request is pending"
+    assert await switchover_record(api) == {"leader": "a", "candidate": "d"}
+    assert api.inbox.wakes == 0
+
+
+async def test_requests_answer_503_when_the_dcs_is_unavailable(api: Api) -> None:
+    api.dcs.available = False
+    for method, path, body in (
+        ("POST", "/switchover", {"candidate": "b"}),
+        ("POST", "/failover", {"candidate": "b"}),
+        ("POST", "/pause", None),
+        ("GET", "/config", None),
+    ):
+        response = await api.client.request(method, path, json=body, headers=AUTH)
+        assert response.status == 503, path
+        assert "DCS" in (await response.json())["error"]
+
+
+async def test_a_scheduled_switchover_can_be_cancelled(api: Api) -> None:
+    at = api.clock.wall() + 600
+    api.dcs.put_record(
+        RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "b", "scheduled_at": at})
+    )
+    response = await api.client.delete("/switchover", headers=AUTH)
+    assert response.status == 200
+    assert (await response.json())["cancelled"] is True
+    assert await switchover_record(api) is None
+    assert api.inbox.wakes == 1
+
+
+async def test_an_immediate_switchover_cannot_be_cancelled(api: Api) -> None:
+    api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "b"}))
+    response = await api.client.delete("/switchover", headers=AUTH)
+    assert response.status == 409
+    assert await switchover_record(api) == {"leader": "a", "candidate": "b"}
+
+
+async def test_cancelling_without_a_pending_switchover_answers_404(api: Api) -> None:
+    response = await api.client.delete("/switchover", headers=AUTH)
+    assert response.status == 404
+    assert (await response.json())["error"].startswith("switchover:")
+
+
+# --------------------------------------------------------------------------- failover
+
+
+async def test_a_failover_without_leader_names_only_the_candidate(api: Api) -> None:
+    api.dcs.set_leader(None)
+    response = await api.client.post("/failover", json={"candidate": "e"}, headers=AUTH)
+    assert response.status == 409  # e is stopped
+    response = await api.client.post("/failover", json={"candidate": "d"}, headers=AUTH)
+    assert response.status == 202  # lag is not checked: the leader may be gone
+    assert await switchover_record(api) == {"leader": None, "candidate": "d", "scheduled_at": None}
+    assert api.inbox.wakes == 1
+
+
+async def test_a_failover_with_a_leader_records_that_leader(api: Api) -> None:
+    response = await api.client.post("/failover", json={"candidate": "b"}, headers=AUTH)
+    assert response.status == 202
+    assert await switchover_record(api) == {"leader": "a", "candidate": "b", "scheduled_at": None}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({}, 400, "candidate"),
+        ({"candidate": None}, 400, "candidate"),
+        ({"candidate": "b", "leader": "a"}, 400, "leader"),
+        ({"candidate": "zz"}, 400, "candidate"),
+        ({"candidate": "a"}, 409, "candidate"),
+        ({"candidate": "c"}, 409, "candidate"),
+        ({"candidate": "e"}, 409, "candidate"),
+    ],
+)
+async def test_a_bad_failover_is_refused_and_changes_nothing(
+    api: Api, body: dict[str, object], status: int, field: str
+) -> None:
+    response = await api.client.post("/failover", json=body, headers=AUTH)
+    assert response.status == status
+    assert (await response.json())["error"].startswith(f"{field}:")
+    assert await switchover_record(api) is None
+    assert api.inbox.wakes == 0
+
+
+async def test_a_failover_is_refused_while_a_request_is_pending(api: Api) -> None:
+    api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
+    response = await api.client.post("/failover", json={"candidate": "b"}, headers=AUTH)
+    assert response.status == 409
+    assert await switchover_record(api) == {"leader": "a", "candidate": "d"}
+
+
+# --------------------------------------------------------------------------- config, pause
+
+
+async def config_record(api: Api) -> object:
+    record = api.dcs.records.get(RecordKind.CONFIG)
+    return None if record is None else json.loads(record.value)
+
+
+async def test_pause_and_resume_write_the_config_record(api: Api) -> None:
+    assert await (await api.client.get("/config")).json() == {"paused": False}
+    response = await api.client.post("/pause", headers=AUTH)
+    assert response.status == 200
+    assert await response.json() == {"paused": True}
+    assert await config_record(api) == {"paused": True}
+    assert await (await api.client.get("/config")).json() == {"paused": True}
+    assert api.inbox.wakes == 1
+    assert (await api.client.post("/resume", headers=AUTH)).status == 200
+    assert await config_record(api) == {"paused": False}
+    assert api.inbox.wakes == 2
+
+
+async def test_patch_config_sets_paused(api: Api) -> None:
+    response = await api.client.patch("/config", json={"paused": True}, headers=AUTH)
+    assert response.status == 200
+    assert await config_record(api) == {"paused": True}
+
+
+async def test_setting_paused_to_its_present_value_writes_nothing(api: Api) -> None:
+    assert (await api.client.post("/resume", headers=AUTH)).status == 200
+    assert api.dcs.writes == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"paused": "yes"}', "paused"),
+        ('{"paused": 1}', "paused"),
+        ("{}", "paused"),
+        ('{"paused": true, "ttl": 5}', "ttl"),
+        ("true", "body"),
+        ("", "body"),
+    ],
+)
+async def test_a_bad_config_patch_is_refused_and_changes_nothing(
+    api: Api, body: str, field: str
+) -> None:
+    response = await api.client.patch(
+        "/config", data=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert (await response.json())["error"].startswith(f"{field}:")
+    assert await config_record(api) is None
+
+
+async def test_a_config_change_that_loses_the_write_race_answers_409(api: Api) -> None:
+    api.dcs.put_record(RecordKind.CONFIG, json.dumps({"paused": False}))
+
+    def someone_else_writes_first() -> None:
+        api.dcs.put_record(RecordKind.CONFIG, json.dumps({"paused": False}))
+
+    api.dcs.before_write = someone_else_writes_first
+    response = await api.client.post("/pause", headers=AUTH)
+    assert response.status == 409
+    assert await config_record(api) == {"paused": False}
+
+
+# --------------------------------------------------------------------------- local requests
+
+
+async def test_restart_is_queued_for_the_ha_loop(api: Api) -> None:
+    response = await api.client.post("/restart", headers=AUTH)
+    assert response.status == 202
+    assert await response.json() == {"accepted": True, "request": "restart"}
+    assert api.inbox.submitted == [LocalRequestKind.RESTART]
+
+
+async def test_reinitialize_is_queued_on_a_replica(api: Api) -> None:
+    api.status.value = replica_status(api.clock)
+    assert (await api.client.post("/reinitialize", headers=AUTH)).status == 202
+    assert api.inbox.submitted == [LocalRequestKind.REINITIALIZE]
+
+
+async def test_reinitialize_is_refused_on_the_leader(api: Api) -> None:
+    response = await api.client.post("/reinitialize", headers=AUTH)
+    assert response.status == 409
+    assert (await response.json())["error"].startswith("reinitialize:")
+    assert api.inbox.submitted == []
+
+
+async def test_a_local_request_with_unknown_fields_is_refused(api: Api) -> None:
+    response = await api.client.post("/restart", json={"force": True}, headers=AUTH)
+    assert response.status == 400
+    assert (await response.json())["error"].startswith("force:")
+    assert api.inbox.submitted == []
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
+    response = await api.client.get("/nope")
+    assert response.status == 404
+    assert response.content_type == "application/json"
+    assert "error" in await response.json()
+    response = await api.client.post("/nope")  # no credentials: the route does not exist
+    assert response.status == 404
+    response = await api.client.get("/switchover")
+    assert response.status == 405
+    assert "error" in await response.json()
+    assert "POST" in response.headers["Allow"]
+
+
+async def test_an_oversized_body_is_refused_with_json(api: Api) -> None:
+    response = await api.client.post("/switchover", data=b"x" * 100_000, headers=AUTH)
+    assert response.status == 413
+    assert "error" in await response.json()
+    assert await switchover_record(api) is None
+
+
+async def test_an_internal_error_answers_500_with_json(api: Api) -> None:
+    def broken() -> AgentStatus:
+        raise RuntimeError("boom")
+
+    app = build_app(
+        settings=make_settings(),
+        status=broken,
+        dcs=api.dcs,
+        requests=Inbox(),
+        metrics=Metrics(),
+        clock=api.clock,
+    )
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        response = await client.get("/health")
+        assert response.status == 500
+        assert "boom" not in (await response.json())["error"]
+
+
+# --------------------------------------------------------------------------- metrics route
+
+
+async def test_metrics_are_served_in_the_prometheus_text_format(api: Api) -> None:
+    api.metrics.update(api.status.value)
+    response = await api.client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(await response.text())}
+    assert families["pgwarden_lease_held"].samples[0].value == 1
+    roles = {s.labels["role"]: s.value for s in families["pgwarden_role"].samples}
+    assert roles["primary"] == 1
+    assert roles["replica"] == 0
