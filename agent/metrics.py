@@ -160,6 +160,10 @@ class Metrics:
         if not ok:
             self._dcs_errors.labels(operation=operation).inc()
 
+    def count_dcs_error(self, operation: str) -> None:
+        """A failed DCS request whose duration was not measured (or not worth a sample)."""
+        self._dcs_errors.labels(operation=operation).inc()
+
     def count_failover(self) -> None:
         self._failovers.inc()
 
