@@ -1,0 +1,643 @@
+"""decide(): one table row per branch, and property tests of the safety rules.
+
+No I/O, no clock: observations are built by hand, time is a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.actions import (
+    AcquireLeader,
+    Action,
+    Bootstrap,
+    ClaimInitialize,
+    ClearSwitchover,
+    Clone,
+    Decision,
+    Demote,
+    EnsureSlots,
+    Exit,
+    Follow,
+    HandOver,
+    Promote,
+    ReleaseLeader,
+    RenewLeader,
+    Rewind,
+    StartPostgres,
+    StopMode,
+    StopPostgres,
+)
+from agent.config import (
+    DcsKind,
+    DcsSettings,
+    EtcdSettings,
+    PostgresSettings,
+    Settings,
+    Tags,
+    Timing,
+)
+from agent.decide import Memory, Observation, Outcome, PeerStatus, Pending, decide, record_outcome
+from agent.model import (
+    ClusterView,
+    ControlData,
+    DynamicConfig,
+    HistoryEntry,
+    LeaderRecord,
+    LocalRequestKind,
+    LocalState,
+    Member,
+    MemberName,
+    MemberTags,
+    PgState,
+    Role,
+    SwitchoverRequest,
+)
+
+NOW = 1000.0
+TIMING = Timing(ttl_s=10, loop_wait_s=2, retry_timeout_s=3, fence_margin_s=2)
+
+
+def make_settings(name: str = "a", **tags: object) -> Settings:
+    return Settings(
+        name=name,
+        cluster="c",
+        run_dir="/run/x",
+        dcs=DcsSettings(kind=DcsKind.ETCD, etcd=EtcdSettings(endpoints=("http://127.0.0.1:1",))),
+        postgresql=PostgresSettings(data_dir="/data"),
+        timing=TIMING,
+        tags=Tags(**tags),  # type: ignore[arg-type]
+    )
+
+
+A = make_settings("a")
+
+
+def member(
+    name: str,
+    role: Role = Role.REPLICA,
+    state: PgState = PgState.STREAMING,
+    lsn: int = 1000,
+    timeline: int = 1,
+    **tags: object,
+) -> Member:
+    return Member(
+        name=MemberName(name),
+        role=role,
+        state=state,
+        api_url=f"http://{name}:8008",
+        host=name,
+        port=5432,
+        timeline=timeline,
+        wal_lsn=lsn,
+        replay_lsn=lsn,
+        system_id="42",
+        tags=MemberTags(**tags),  # type: ignore[arg-type]
+    )
+
+
+def view(
+    leader: str | None,
+    *members: Member,
+    switchover: SwitchoverRequest | None = None,
+    paused: bool = False,
+    history: tuple[HistoryEntry, ...] = (),
+) -> ClusterView:
+    return ClusterView(
+        initialize="42",
+        leader=LeaderRecord(name=MemberName(leader), version="7") if leader else None,
+        members=members,
+        switchover=switchover,
+        config=DynamicConfig(paused=paused),
+        history=history,
+    )
+
+
+PRIMARY = LocalState(
+    data_dir_initialized=True,
+    running=True,
+    in_recovery=False,
+    system_id="42",
+    timeline=1,
+    wal_lsn=1000,
+)
+REPLICA = LocalState(
+    data_dir_initialized=True,
+    running=True,
+    in_recovery=True,
+    system_id="42",
+    timeline=1,
+    wal_lsn=1000,
+    receive_lsn=1000,
+    replay_lsn=1000,
+    streaming=True,
+)
+STOPPED_REPLICA = LocalState(
+    data_dir_initialized=True,
+    running=False,
+    control=ControlData(
+        system_id="42",
+        cluster_state="shut down in recovery",
+        timeline=1,
+        checkpoint_lsn=900,
+        min_recovery_end_lsn=1000,
+    ),
+)
+CRASHED_PRIMARY = LocalState(
+    data_dir_initialized=True,
+    running=False,
+    control=ControlData(
+        system_id="42",
+        cluster_state="in production",
+        timeline=1,
+        checkpoint_lsn=900,
+        min_recovery_end_lsn=None,
+    ),
+)
+EMPTY = LocalState(data_dir_initialized=False, running=False)
+
+LEASED = Memory(lease_sent_at=NOW - 1, slots=(MemberName("b"), MemberName("c")))
+
+
+def obs(cluster: ClusterView | None, local: LocalState, **kw: object) -> Observation:
+    return Observation(now=NOW, wall_now=1.7e9, cluster=cluster, local=local, **kw)  # type: ignore[arg-type]
+
+
+def kinds(decision: Decision) -> list[type]:
+    return [type(a) for a in decision.actions]
+
+
+B, C = member("b"), member("c")
+ME_PRIMARY = member("a", Role.PRIMARY, PgState.RUNNING)
+
+
+# --------------------------------------------------------------------------- leader
+
+
+def test_leader_renews_its_lease_and_does_nothing_else() -> None:
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C), PRIMARY), LEASED, A)
+    assert kinds(decision) == [RenewLeader]
+
+
+def test_restarted_leader_takes_its_own_record_back_before_anything_else() -> None:
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C), PRIMARY), Memory(), A)
+    assert kinds(decision)[0] is AcquireLeader
+
+
+def test_leader_creates_slots_for_the_members_it_does_not_have_yet() -> None:
+    memory = replace(LEASED, slots=(MemberName("b"),))
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C), PRIMARY), memory, A)
+    assert decision.actions == (
+        RenewLeader(),
+        EnsureSlots(names=(MemberName("b"), MemberName("c"))),
+    )
+
+
+def test_primary_fences_itself_once_its_deadline_has_passed() -> None:
+    memory = Memory(lease_sent_at=NOW - TIMING.ttl_s + TIMING.fence_margin_s)  # deadline == now
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B), PRIMARY), memory, A)
+    assert decision.actions == (Demote(mode=StopMode.IMMEDIATE, reason="fence deadline passed"),)
+
+
+def test_leader_restarts_a_crashed_postgres_in_place_while_holding_the_lease() -> None:
+    decision, memory = decide(obs(view("a", ME_PRIMARY, B), CRASHED_PRIMARY), LEASED, A)
+    assert decision.actions == (RenewLeader(), StartPostgres(upstream=None, as_primary=True))
+    assert memory.pg_down_since == NOW
+
+
+def test_leader_releases_the_lease_when_postgres_stays_down_past_primary_start_timeout() -> None:
+    memory = replace(LEASED, pg_down_since=NOW - TIMING.primary_start_timeout_s)
+    decision, memory = decide(obs(view("a", ME_PRIMARY, B), CRASHED_PRIMARY), memory, A)
+    assert decision.actions == (ReleaseLeader(),)
+    assert memory.lease_sent_at is None
+
+
+def test_leader_whose_postgres_is_a_standby_promotes_it() -> None:
+    decision, _ = decide(obs(view("a", member("a"), B), REPLICA), LEASED, A)
+    assert kinds(decision) == [RenewLeader, Promote]
+
+
+def test_switchover_request_makes_the_leader_hand_over_to_the_named_candidate() -> None:
+    request = SwitchoverRequest(leader=MemberName("a"), candidate=MemberName("c"), version="3")
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C, switchover=request), PRIMARY), LEASED, A)
+    assert decision.actions == (RenewLeader(), HandOver(candidate=MemberName("c")))
+
+
+def test_switchover_without_candidate_picks_the_most_advanced_eligible_member() -> None:
+    request = SwitchoverRequest(leader=MemberName("a"), candidate=None, version="3")
+    cluster = view("a", ME_PRIMARY, member("b", lsn=900), member("c", lsn=1000), switchover=request)
+    decision, _ = decide(obs(cluster, PRIMARY), LEASED, A)
+    assert HandOver(candidate=MemberName("c")) in decision.actions
+
+
+def test_scheduled_switchover_waits_for_its_time() -> None:
+    request = SwitchoverRequest(
+        leader=MemberName("a"), candidate=MemberName("b"), scheduled_at=2e9, version="3"
+    )
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C, switchover=request), PRIMARY), LEASED, A)
+    assert kinds(decision) == [RenewLeader]
+
+
+def test_switchover_to_a_lagging_candidate_is_cleared_not_executed() -> None:
+    request = SwitchoverRequest(leader=MemberName("a"), candidate=MemberName("b"), version="3")
+    lagging = member("b", lsn=0)
+    local = replace(PRIMARY, wal_lsn=10 * 1024 * 1024)
+    memory = replace(LEASED, slots=(MemberName("b"),))
+    decision, _ = decide(obs(view("a", ME_PRIMARY, lagging, switchover=request), local), memory, A)
+    assert decision.actions == (RenewLeader(), ClearSwitchover(version="3"))
+
+
+def test_new_leader_clears_the_switchover_request_that_named_it() -> None:
+    request = SwitchoverRequest(leader=MemberName("b"), candidate=MemberName("a"), version="3")
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B, switchover=request), PRIMARY), LEASED, A)
+    assert ClearSwitchover(version="3") in decision.actions
+
+
+def test_leader_keeps_renewing_while_a_long_action_runs() -> None:
+    pending = Pending(action=HandOver(candidate=MemberName("b")), started_at=NOW - 1)
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B), PRIMARY, pending=pending), LEASED, A)
+    assert decision.actions == (RenewLeader(),)
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def test_replica_that_is_healthiest_races_for_the_lease_and_promotes() -> None:
+    decision, _ = decide(obs(view(None, member("a"), member("b", lsn=900)), REPLICA), Memory(), A)
+    assert decision.actions == (AcquireLeader(), Promote(reason="failover"))
+
+
+def test_replica_does_not_race_when_a_peer_has_more_wal() -> None:
+    peers = (
+        PeerStatus(
+            name=MemberName("b"), reachable=True, role=Role.REPLICA, timeline=1, wal_lsn=2000
+        ),
+    )
+    decision, _ = decide(obs(view(None, member("a"), B), REPLICA, peers=peers), Memory(), A)
+    assert decision.actions == ()
+    assert "b is healthier" in decision.reason
+
+
+def test_fresh_peer_answers_win_over_stale_dcs_records() -> None:
+    stale_b = member("b", lsn=5000)  # its record says ahead, but it answers behind
+    peers = (
+        PeerStatus(
+            name=MemberName("b"), reachable=True, role=Role.REPLICA, timeline=1, wal_lsn=500
+        ),
+    )
+    decision, _ = decide(obs(view(None, member("a"), stale_b), REPLICA, peers=peers), Memory(), A)
+    assert kinds(decision) == [AcquireLeader, Promote]
+
+
+def test_unreachable_peers_do_not_block_the_race() -> None:
+    peers = (PeerStatus(name=MemberName("b"), reachable=False),)
+    decision, _ = decide(obs(view(None, member("a"), B), REPLICA, peers=peers), Memory(), A)
+    assert kinds(decision) == [AcquireLeader, Promote]
+
+
+def test_equal_wal_is_decided_by_failover_priority_then_name() -> None:
+    peers = (
+        PeerStatus(
+            name=MemberName("b"),
+            reachable=True,
+            role=Role.REPLICA,
+            timeline=1,
+            wal_lsn=1000,
+            failover_priority=5,
+        ),
+    )
+    decision, _ = decide(obs(view(None, member("a"), B), REPLICA, peers=peers), Memory(), A)
+    assert decision.actions == ()
+    peers = (
+        PeerStatus(
+            name=MemberName("b"), reachable=True, role=Role.REPLICA, timeline=1, wal_lsn=1000
+        ),
+    )
+    decision, _ = decide(obs(view(None, member("a"), B), REPLICA, peers=peers), Memory(), A)
+    assert kinds(decision) == [AcquireLeader, Promote]  # "a" < "b"
+
+
+def test_lagging_member_stays_out_of_the_race() -> None:
+    memory = Memory(last_leader_wal_lsn=1000 + 2 * 1024 * 1024)
+    decision, _ = decide(obs(view(None, member("a")), REPLICA), memory, A)
+    assert decision.actions == ()
+    assert "maximum_lag_on_failover_bytes" in decision.reason
+
+
+def test_nofailover_member_never_races() -> None:
+    decision, _ = decide(
+        obs(view(None, member("a")), REPLICA), Memory(), make_settings("a", nofailover=True)
+    )
+    assert decision.actions == ()
+
+
+def test_nofailover_peer_does_not_count_as_a_rival() -> None:
+    peers = (
+        PeerStatus(
+            name=MemberName("b"),
+            reachable=True,
+            role=Role.REPLICA,
+            timeline=1,
+            wal_lsn=9000,
+            nofailover=True,
+        ),
+    )
+    decision, _ = decide(obs(view(None, member("a"), B), REPLICA, peers=peers), Memory(), A)
+    assert kinds(decision) == [AcquireLeader, Promote]
+
+
+def test_paused_cluster_does_not_fail_over() -> None:
+    decision, _ = decide(obs(view(None, member("a"), paused=True), REPLICA), Memory(), A)
+    assert decision.actions == ()
+
+
+def test_named_switchover_candidate_takes_the_lease_without_the_healthiest_check() -> None:
+    request = SwitchoverRequest(leader=MemberName("b"), candidate=MemberName("a"), version="3")
+    peers = (
+        PeerStatus(
+            name=MemberName("c"), reachable=True, role=Role.REPLICA, timeline=1, wal_lsn=5000
+        ),
+    )
+    cluster = view(None, member("a"), C, switchover=request)
+    decision, _ = decide(obs(cluster, REPLICA, peers=peers), Memory(), A)
+    assert decision.actions == (AcquireLeader(), Promote(reason="switchover"))
+
+
+def test_others_leave_the_lease_to_a_healthy_named_candidate() -> None:
+    request = SwitchoverRequest(leader=MemberName("c"), candidate=MemberName("b"), version="3")
+    decision, _ = decide(obs(view(None, member("a"), B, switchover=request), REPLICA), Memory(), A)
+    assert decision.actions == ()
+
+
+def test_replica_follows_a_new_leader_without_restarting() -> None:
+    memory = Memory(following=MemberName("c"))
+    decision, _ = decide(
+        obs(view("b", member("b", Role.PRIMARY, PgState.RUNNING)), REPLICA), memory, A
+    )
+    assert decision.actions == (Follow(leader=MemberName("b")),)
+
+
+def test_replica_already_following_the_leader_does_nothing() -> None:
+    memory = Memory(following=MemberName("b"))
+    decision, _ = decide(
+        obs(view("b", member("b", Role.PRIMARY, PgState.RUNNING)), REPLICA), memory, A
+    )
+    assert decision.actions == ()
+
+
+def test_primary_that_sees_another_leader_demotes_at_once() -> None:
+    decision, _ = decide(
+        obs(view("b", member("b", Role.PRIMARY, PgState.RUNNING)), PRIMARY), LEASED, A
+    )
+    assert kinds(decision) == [Demote]
+    assert decision.actions[0] == Demote(mode=StopMode.IMMEDIATE, reason="b holds the lease")
+
+
+def test_primary_with_no_leader_record_demotes_at_once() -> None:
+    decision, _ = decide(obs(view(None, ME_PRIMARY), PRIMARY), LEASED, A)
+    assert kinds(decision) == [Demote]
+
+
+def test_replica_restarts_its_dead_postgres_as_a_standby() -> None:
+    decision, _ = decide(
+        obs(view("b", member("b", Role.PRIMARY, PgState.RUNNING)), STOPPED_REPLICA), Memory(), A
+    )
+    assert decision.actions == (StartPostgres(upstream=MemberName("b")),)
+
+
+# --------------------------------------------------------------------------- rejoin
+
+
+NEW_LEADER = member("b", Role.PRIMARY, PgState.RUNNING, timeline=2)
+
+
+def test_former_primary_is_rewound_before_it_follows_the_new_leader() -> None:
+    decision, _ = decide(obs(view("b", NEW_LEADER), CRASHED_PRIMARY), Memory(), A)
+    assert decision.actions == (Rewind(source=MemberName("b")),)
+
+
+def test_former_primary_waits_for_the_new_leader_to_run_before_rewinding() -> None:
+    starting = member("b", Role.REPLICA, PgState.RUNNING, timeline=1)
+    decision, _ = decide(obs(view("b", starting), CRASHED_PRIMARY), Memory(), A)
+    assert decision.actions == ()
+
+
+def test_failed_rewind_falls_back_to_a_fresh_clone() -> None:
+    memory = Memory(rewind_failures=1, failed_at=NOW - 60)
+    decision, _ = decide(obs(view("b", NEW_LEADER), CRASHED_PRIMARY), memory, A)
+    assert decision.actions == (Clone(source=MemberName("b"), clear_first=True),)
+
+
+def test_replica_with_wal_past_the_fork_point_is_rewound_too() -> None:
+    history = (
+        HistoryEntry(
+            timeline=1, switch_lsn=950, reason="failover", at=0, new_leader=MemberName("b")
+        ),
+    )
+    decision, _ = decide(obs(view("b", NEW_LEADER, history=history), REPLICA), Memory(), A)
+    assert decision.actions == (Rewind(source=MemberName("b")),)
+
+
+def test_replica_behind_the_fork_point_just_follows() -> None:
+    history = (
+        HistoryEntry(
+            timeline=1, switch_lsn=5000, reason="failover", at=0, new_leader=MemberName("b")
+        ),
+    )
+    decision, _ = decide(obs(view("b", NEW_LEADER, history=history), REPLICA), Memory(), A)
+    assert decision.actions == (Follow(leader=MemberName("b")),)
+
+
+def test_crashed_former_primary_with_no_leader_starts_read_only_first() -> None:
+    decision, _ = decide(obs(view(None, member("b")), CRASHED_PRIMARY), Memory(), A)
+    assert decision.actions == (StartPostgres(upstream=None),)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def test_first_member_of_an_empty_cluster_claims_it_and_bootstraps() -> None:
+    decision, _ = decide(obs(ClusterView(), EMPTY), Memory(), A)
+    assert decision.actions == (ClaimInitialize(), AcquireLeader(), Bootstrap())
+
+
+def test_member_without_data_clones_from_the_running_leader() -> None:
+    decision, _ = decide(
+        obs(view("b", member("b", Role.PRIMARY, PgState.RUNNING)), EMPTY), Memory(), A
+    )
+    assert decision.actions == (Clone(source=MemberName("b")),)
+
+
+def test_member_without_data_waits_while_the_leader_bootstraps() -> None:
+    leader = member("b", Role.UNKNOWN, PgState.BOOTSTRAPPING)
+    decision, _ = decide(obs(view("b", leader), EMPTY), Memory(), A)
+    assert decision.actions == ()
+
+
+def test_member_of_another_system_refuses_to_join() -> None:
+    foreign = replace(REPLICA, system_id="99")
+    decision, memory = decide(obs(view("b", NEW_LEADER), foreign), Memory(), A)
+    assert decision.actions == ()
+    assert memory.refused is not None and "99" in memory.refused
+
+
+def test_reinitialize_request_reclones_a_replica() -> None:
+    decision, _ = decide(
+        obs(view("b", NEW_LEADER), REPLICA, local_requests=(LocalRequestKind.REINITIALIZE,)),
+        Memory(following=MemberName("b")),
+        A,
+    )
+    assert decision.actions == (Clone(source=MemberName("b"), clear_first=True),)
+
+
+# --------------------------------------------------------------------------- DCS outage
+
+
+def test_primary_keeps_retrying_renewal_while_the_dcs_is_down_and_the_lease_is_valid() -> None:
+    decision, _ = decide(obs(None, PRIMARY), LEASED, A)
+    assert decision.actions == (RenewLeader(),)
+
+
+def test_primary_fences_when_the_dcs_is_down_past_its_deadline() -> None:
+    decision, _ = decide(obs(None, PRIMARY), Memory(lease_sent_at=NOW - 9), A)
+    assert kinds(decision) == [Demote]
+
+
+def test_replica_does_nothing_while_the_dcs_is_down() -> None:
+    decision, _ = decide(obs(None, REPLICA), Memory(), A)
+    assert decision.actions == ()
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+def test_leader_hands_over_on_shutdown() -> None:
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C), PRIMARY, shutting_down=True), LEASED, A)
+    assert kinds(decision) == [RenewLeader, HandOver]
+
+
+def test_leader_stops_and_releases_after_handing_over() -> None:
+    memory = replace(LEASED, handed_over=True, lease_sent_at=None)
+    stopped = replace(PRIMARY, running=False)
+    decision, _ = decide(obs(view("b", B), stopped, shutting_down=True), memory, A)
+    assert decision.actions == (Exit(),)
+
+
+def test_leader_without_candidates_stops_postgres_before_releasing_on_shutdown() -> None:
+    decision, _ = decide(obs(view("a", ME_PRIMARY), PRIMARY, shutting_down=True), LEASED, A)
+    assert decision.actions == (StopPostgres(mode=StopMode.FAST), ReleaseLeader(), Exit())
+
+
+def test_replica_stops_on_shutdown() -> None:
+    decision, _ = decide(obs(view("b", B), REPLICA, shutting_down=True), Memory(), A)
+    assert decision.actions == (StopPostgres(mode=StopMode.FAST), Exit())
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def test_a_successful_renewal_moves_the_lease_to_its_send_time() -> None:
+    memory = record_outcome(LEASED, Outcome(action=RenewLeader(), ok=True, sent_at=NOW), A)
+    assert memory.lease_sent_at == NOW
+
+
+def test_a_lost_renewal_drops_the_lease() -> None:
+    memory = record_outcome(LEASED, Outcome(action=RenewLeader(), ok=False, sent_at=NOW), A)
+    assert memory.lease_sent_at is None
+
+
+def test_a_failed_rewind_is_remembered() -> None:
+    action = Rewind(source=MemberName("b"))
+    memory = record_outcome(Memory(), Outcome(action=action, ok=False, sent_at=NOW), A)
+    assert memory.rewind_failures == 1
+
+
+# --------------------------------------------------------------------------- properties
+
+LOCALS = st.sampled_from([PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY])
+LEADERS = st.sampled_from([None, "a", "b"])
+
+
+@st.composite
+def steps(draw: st.DrawFn) -> tuple[str | None, LocalState, float, bool, bool]:
+    return (
+        draw(LEADERS),
+        draw(LOCALS),
+        draw(st.floats(min_value=0.0, max_value=6.0)),
+        draw(st.booleans()),  # DCS readable this cycle
+        draw(st.booleans()),  # conditional actions succeed
+    )
+
+
+def _check_safety(decision: Decision, memory_before: Memory, ob: Observation) -> None:
+    actions = list(decision.actions)
+    deadline = (
+        A.timing.fence_deadline(memory_before.lease_sent_at)
+        if (memory_before.lease_sent_at is not None)
+        else None
+    )
+    lease_ok = deadline is not None and ob.now < deadline
+    i_lead = (
+        ob.cluster is not None and ob.cluster.leader is not None and (ob.cluster.leader.name == "a")
+    )
+    for index, action in enumerate(actions):
+        earlier = actions[:index]
+        acquired = any(isinstance(a, AcquireLeader | RenewLeader) for a in earlier)
+        if isinstance(action, Promote) or (isinstance(action, StartPostgres) and action.as_primary):
+            # Only ever after taking/renewing the lease in the same decision (the executor
+            # stops at a failed one), or while a valid lease is held.
+            assert acquired or (lease_ok and i_lead), (decision, memory_before)
+    if ob.local.is_primary:
+        others_lead = ob.cluster is not None and not i_lead
+        past_deadline = deadline is not None and ob.now >= deadline
+        if others_lead or past_deadline:
+            assert actions and isinstance(actions[0], Demote | StopPostgres | RenewLeader), (
+                decision,
+                memory_before,
+                ob.cluster,
+            )
+            if past_deadline or (ob.cluster is not None and ob.cluster.leader is not None):
+                assert isinstance(actions[0], Demote), decision
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(steps(), min_size=1, max_size=25))
+def test_no_sequence_promotes_without_the_lease_or_writes_past_the_fence(
+    sequence: list[tuple[str | None, LocalState, float, bool, bool]],
+) -> None:
+    memory = Memory()
+    now = NOW
+    for leader, local, advance, readable, succeed in sequence:
+        now += advance
+        cluster = (
+            view(
+                leader,
+                ME_PRIMARY if leader == "a" else member("a"),
+                member("b", Role.PRIMARY, PgState.RUNNING),
+            )
+            if readable
+            else None
+        )
+        ob = Observation(now=now, wall_now=1.7e9, cluster=cluster, local=local)
+        before = memory
+        decision, memory = decide(ob, memory, A)
+        _check_safety(decision, before, ob)
+        for action in decision.actions:
+            outcome = Outcome(action=action, ok=succeed, sent_at=now)
+            memory = record_outcome(memory, outcome, A)
+            if not succeed:
+                break
+
+
+@pytest.mark.parametrize("local", [PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY, EMPTY])
+@pytest.mark.parametrize("leader", [None, "a", "b"])
+def test_every_decision_has_a_reason(local: LocalState, leader: str | None) -> None:
+    decision, _ = decide(
+        obs(view(leader, member("b", Role.PRIMARY, PgState.RUNNING)), local), LEASED, A
+    )
+    assert decision.reason
+    assert all(isinstance(a, Action.__args__) for a in decision.actions)  # type: ignore[attr-defined]
