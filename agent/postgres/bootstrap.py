@@ -1,0 +1,240 @@
+"""Making a data directory: initdb, pg_basebackup (clone), pg_rewind; roles and slots.
+
+Every tool runs as the unprivileged OS user (process.run_tool). Passwords reach the tools
+through PGPASSWORD in their environment or a private --pwfile, never on a command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Collection
+
+from agent.config import PostgresSettings
+from agent.postgres import replication
+from agent.postgres.process import (
+    PostgresError,
+    Postmaster,
+    StandbyConfig,
+    configure_standby,
+    ensure_dir,
+    is_initialized,
+    run_as,
+    run_tool,
+    write_file,
+)
+
+_SQL_TIMEOUT_S = 5.0
+
+
+def _tool(settings: PostgresSettings, name: str) -> str:
+    return os.path.join(settings.bin_dir, name)
+
+
+def _is_empty_dir(path: str) -> bool:
+    return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
+
+
+def _clone_marker(run_dir: str) -> str:
+    # Outside the data directory: pg_basebackup needs it empty.
+    return os.path.join(replication.conf_dir(run_dir), "clone-in-progress")
+
+
+async def initdb(settings: PostgresSettings, *, run_dir: str, timeout_s: float = 60.0) -> None:
+    """Create a new cluster in `settings.data_dir` (created if missing, mode 0700).
+
+    Data checksums are on (pg_rewind needs them or wal_log_hints); the superuser gets its
+    password from a private --pwfile. Raises PostgresError if the directory is not empty.
+    """
+    who = run_as(settings)
+    if not _is_empty_dir(settings.data_dir):
+        raise PostgresError(f"initdb: data directory {settings.data_dir} is not empty")
+    ensure_dir(settings.data_dir, who)
+    ensure_dir(replication.conf_dir(run_dir), who)
+    args = [
+        _tool(settings, "initdb"),
+        "-D",
+        settings.data_dir,
+        "--data-checksums",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+        f"--username={settings.superuser.username}",
+        # The agent's own hba_file replaces initdb's; these only make the unused file safe.
+        "--auth-local=peer",
+        "--auth-host=scram-sha-256",
+    ]
+    pwfile = os.path.join(replication.conf_dir(run_dir), "initdb.pw")
+    password = settings.superuser.password
+    try:
+        if password is not None:
+            write_file(pwfile, password.reveal() + "\n", who)
+            args.append(f"--pwfile={pwfile}")
+        await run_tool(settings, args, timeout_s=timeout_s, what="initdb")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pwfile)
+
+
+async def create_roles(postmaster: Postmaster, settings: PostgresSettings) -> None:
+    """On a primary: the replication role (LOGIN REPLICATION) with its password, and the
+    superuser's password. Idempotent: an existing role is altered to match."""
+    repl = settings.replication
+    name = replication.quote_ident(repl.username)
+    password = (
+        f"PASSWORD {replication.quote_literal(repl.password.reveal())}"
+        if repl.password is not None
+        else "PASSWORD NULL"
+    )
+    exists = await postmaster.fetch(
+        "SELECT 1 FROM pg_roles WHERE rolname = $1", repl.username, timeout_s=_SQL_TIMEOUT_S
+    )
+    verb = "ALTER" if exists else "CREATE"
+    await postmaster.execute(
+        f"{verb} ROLE {name} WITH LOGIN REPLICATION {password}", timeout_s=_SQL_TIMEOUT_S
+    )
+    if settings.superuser.password is not None:
+        superuser = replication.quote_ident(settings.superuser.username)
+        secret = replication.quote_literal(settings.superuser.password.reveal())
+        await postmaster.execute(
+            f"ALTER ROLE {superuser} WITH PASSWORD {secret}", timeout_s=_SQL_TIMEOUT_S
+        )
+
+
+async def ensure_slots(postmaster: Postmaster, wanted: Collection[str]) -> None:
+    """On a primary: create the missing physical slots among `wanted` (reserving WAL at once).
+    Slots not named are left alone."""
+    if not wanted:
+        return
+    await postmaster.execute(
+        "SELECT pg_create_physical_replication_slot(name, true)"
+        " FROM unnest($1::text[]) AS name"
+        " WHERE name NOT IN (SELECT slot_name FROM pg_replication_slots)",
+        sorted(wanted),
+        timeout_s=_SQL_TIMEOUT_S,
+    )
+
+
+async def drop_slots(postmaster: Postmaster, unwanted: Collection[str]) -> None:
+    """Drop the physical slots named in `unwanted` that exist and are not in use; a slot a
+    walsender still uses is left for a later call."""
+    if not unwanted:
+        return
+    await postmaster.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+        " WHERE slot_name = ANY($1::text[]) AND slot_type = 'physical' AND NOT active",
+        sorted(unwanted),
+        timeout_s=_SQL_TIMEOUT_S,
+    )
+
+
+def clear_data_dir(settings: PostgresSettings) -> None:
+    """Remove everything inside the data directory, keeping the directory (and its owner).
+    For a re-clone after a failed rewind. Never call it while a postmaster runs."""
+    data_dir = settings.data_dir
+    if not os.path.isdir(data_dir):
+        return
+    for entry in os.scandir(data_dir):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+
+
+def _password_env(password: str | None) -> dict[str, str]:
+    return {"PGPASSWORD": password} if password is not None else {}
+
+
+def _prepare_clone(settings: PostgresSettings, run_dir: str) -> str:
+    """An empty data directory for pg_basebackup, and the in-progress marker's path."""
+    who = run_as(settings)
+    ensure_dir(replication.conf_dir(run_dir), who)
+    marker = _clone_marker(run_dir)
+    if not _is_empty_dir(settings.data_dir):
+        if not os.path.exists(marker):
+            raise PostgresError(
+                f"clone: data directory {settings.data_dir} is not empty"
+                " (clear_data_dir() first to re-clone)"
+            )
+        clear_data_dir(settings)
+    ensure_dir(settings.data_dir, who)
+    write_file(marker, "", who)
+    return marker
+
+
+async def clone(
+    settings: PostgresSettings, source: StandbyConfig, *, run_dir: str, timeout_s: float
+) -> None:
+    """Copy `source` into the data directory with pg_basebackup -X stream, then configure it
+    as a standby of `source` (standby.signal, primary_conninfo, primary_slot_name).
+
+    The data directory must be empty or hold the remains of an interrupted clone (recognised
+    by a marker in `<run_dir>/postgres/`), which is cleared first. Anything else raises
+    PostgresError: call clear_data_dir() deliberately to re-clone over a real cluster.
+    """
+    marker = _prepare_clone(settings, run_dir)
+    password = settings.replication.password
+    conninfo = replication.primary_conninfo(
+        host=source.primary_host,
+        port=source.primary_port,
+        user=settings.replication.username,
+        password=None,  # from PGPASSWORD: keeps it off the command line
+        application_name=f"pgwarden-clone-{source.application_name}",
+    )
+    await run_tool(
+        settings,
+        [
+            _tool(settings, "pg_basebackup"),
+            "-D",
+            settings.data_dir,
+            "-d",
+            conninfo,
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-password",
+        ],
+        timeout_s=timeout_s,
+        env=_password_env(password.reveal() if password is not None else None),
+        what="pg_basebackup",
+    )
+    os.chmod(settings.data_dir, 0o700)
+    configure_standby(settings, source)
+    os.unlink(marker)
+
+
+async def rewind(
+    settings: PostgresSettings, source: StandbyConfig, *, run_dir: str, timeout_s: float
+) -> None:
+    """pg_rewind the STOPPED data directory onto `source`, then configure it as its standby.
+
+    Connects to the source as the superuser (pg_rewind needs it). PostgreSQL 15's pg_rewind
+    finishes crash recovery of a target that was not shut down cleanly itself (it runs the
+    target in single-user mode first), so a crashed former primary needs no extra step. It
+    copies the source's postgresql.conf and postgresql.auto.conf: the standby settings are
+    rewritten afterwards (the agent's other settings are on the postmaster's command line).
+    Raises PostgresError when pg_rewind fails (then re-clone: clear_data_dir() + clone()).
+    """
+    if not is_initialized(settings):
+        raise PostgresError(f"rewind: data directory {settings.data_dir} is not initialized")
+    password = settings.superuser.password
+    source_conninfo = replication.primary_conninfo(
+        host=source.primary_host,
+        port=source.primary_port,
+        user=settings.superuser.username,
+        password=None,  # from PGPASSWORD
+        application_name=f"pgwarden-rewind-{source.application_name}",
+        dbname="postgres",
+    )
+    await run_tool(
+        settings,
+        [
+            _tool(settings, "pg_rewind"),
+            f"--target-pgdata={settings.data_dir}",
+            f"--source-server={source_conninfo}",
+        ],
+        timeout_s=timeout_s,
+        env=_password_env(password.reveal() if password is not None else None),
+        what="pg_rewind",
+    )
+    configure_standby(settings, source)

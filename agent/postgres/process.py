@@ -1,0 +1,695 @@
+"""The only code that starts, stops, signals or promotes the postmaster.
+
+The postmaster is started directly (`postgres -D <data> -c ...`), as a child of the agent in a
+session of its own: its process group id is its pid, so a SIGKILL of the agent does not reach
+it and a fencer can `killpg` exactly that group. When the agent runs as root, PostgreSQL and its
+tools run as `settings.os_user`. A `Postmaster` adopts a postmaster that already runs on its
+data directory (an agent restart), recognised by postmaster.pid, /proc/<pid>/cwd and cmdline.
+
+File layout (see replication.py): the agent's pg_hba.conf, pg_ident.conf and the server log
+live in `<run_dir>/postgres/` (owned by the OS user, mode 0700), outside the data directory,
+so pg_rewind and pg_basebackup cannot replace them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import asyncpg
+
+from agent.config import PostgresSettings
+from agent.postgres import replication
+
+_POLL_S = 0.01
+_KILL_WAIT_S = 2.0
+_TAIL_CHARS = 1500
+
+
+class StopMode(StrEnum):
+    SMART = "smart"
+    FAST = "fast"
+    IMMEDIATE = "immediate"
+
+
+_STOP_SIGNALS = {
+    StopMode.SMART: signal.SIGTERM,
+    StopMode.FAST: signal.SIGINT,
+    StopMode.IMMEDIATE: signal.SIGQUIT,
+}
+
+
+class PostgresError(Exception):
+    """A PostgreSQL command or tool failed; the message carries the tool's stderr tail."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StandbyConfig:
+    """Where a replica streams from. `application_name` is the replica's member name."""
+
+    primary_host: str
+    primary_port: int
+    slot_name: str | None
+    application_name: str
+
+
+# --------------------------------------------------------------------------- OS identity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunAs:
+    """The unprivileged OS user PostgreSQL runs as; `switch` is False when we already are it."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    switch: bool
+
+    @property
+    def user(self) -> int | None:
+        """For subprocess `user=`: None when no switch is needed."""
+        return self.uid if self.switch else None
+
+    @property
+    def group(self) -> int | None:
+        return self.gid if self.switch else None
+
+    @property
+    def extra_groups(self) -> list[int] | None:
+        # Always set with a switch: root's supplementary groups must not leak to PostgreSQL.
+        return list(self.groups) if self.switch else None
+
+
+def run_as(settings: PostgresSettings) -> RunAs:
+    """Who runs PostgreSQL. Raises PostgresError when that is root or an impossible switch."""
+    euid = os.geteuid()
+    if settings.os_user is None:
+        if euid == 0:
+            raise PostgresError("PostgreSQL refuses to run as root: set postgresql.os_user")
+        entry = pwd.getpwuid(euid)
+        return RunAs(
+            name=entry.pw_name,
+            uid=euid,
+            gid=os.getegid(),
+            groups=(),
+            home=entry.pw_dir,
+            switch=False,
+        )
+    try:
+        entry = pwd.getpwnam(settings.os_user)
+    except KeyError:
+        raise PostgresError(f"postgresql.os_user {settings.os_user!r} does not exist") from None
+    if entry.pw_uid == 0:
+        raise PostgresError("postgresql.os_user must not be root")
+    if euid not in (0, entry.pw_uid):
+        raise PostgresError(
+            f"the agent runs as uid {euid}: it cannot run PostgreSQL as {settings.os_user!r}"
+        )
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return RunAs(
+        name=entry.pw_name,
+        uid=entry.pw_uid,
+        gid=entry.pw_gid,
+        groups=groups,
+        home=entry.pw_dir,
+        switch=euid == 0,
+    )
+
+
+def agent_os_users(who: RunAs) -> list[str]:
+    """OS users that may connect as the superuser over the socket: the agent's and PostgreSQL's."""
+    names = [who.name]
+    with contextlib.suppress(KeyError):
+        names.insert(0, pwd.getpwuid(os.geteuid()).pw_name)
+    return names
+
+
+def ensure_dir(path: str, who: RunAs, *, mode: int = 0o700) -> None:
+    """Create `path` (and missing parents) owned by the OS user. An existing directory is left
+    as it is, except that the directory itself gets the owner and mode (it is ours)."""
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for directory in reversed(missing):
+        os.mkdir(directory, mode)
+        if who.switch:
+            os.chown(directory, who.uid, who.gid)
+    if who.switch:
+        os.chown(path, who.uid, who.gid)
+    os.chmod(path, mode)
+    _ensure_traversable(os.path.dirname(os.path.abspath(path)), who)
+
+
+def _ensure_traversable(path: str, who: RunAs) -> None:
+    """Let the OS user pass through `path` (execute only, not list) when it cannot."""
+    if not who.switch:
+        return
+    st = os.stat(path)
+    if st.st_uid == who.uid:
+        return
+    if st.st_gid in who.groups and st.st_mode & 0o010:
+        return
+    if not st.st_mode & 0o001:
+        os.chmod(path, st.st_mode | 0o001)
+
+
+def write_file(path: str, text: str, who: RunAs, *, mode: int = 0o600) -> None:
+    """Atomically replace `path` with `text`, owned by the OS user."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if who.switch:
+            os.chown(tmp, who.uid, who.gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def tool_env(who: RunAs, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for PostgreSQL and its tools (C messages, no inherited PG* vars)."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": who.home,
+        "USER": who.name,
+        "LOGNAME": who.name,
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _TAIL_CHARS else "..." + text[-_TAIL_CHARS:]
+
+
+async def run_tool(
+    settings: PostgresSettings,
+    args: Sequence[str],
+    *,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    what: str,
+) -> str:
+    """Run a PostgreSQL tool as the OS user; return its stdout.
+
+    Raises PostgresError (with stderr's tail) on a non-zero exit or after `timeout_s`; a
+    timed-out or cancelled tool is killed with its whole process group.
+    """
+    who = run_as(settings)
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        cwd="/",
+        env=tool_env(who, env),
+        user=who.user,
+        group=who.group,
+        extra_groups=who.extra_groups,
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_KILL_WAIT_S):
+                await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise PostgresError(f"{what} timed out after {timeout_s:.1f} s") from None
+        raise
+    if proc.returncode != 0:
+        message = _tail(err.decode(errors="replace")) or _tail(out.decode(errors="replace"))
+        raise PostgresError(f"{what} failed (exit {proc.returncode}): {message}")
+    return out.decode(errors="replace")
+
+
+# --------------------------------------------------------------------------- data directory
+
+
+def is_initialized(settings: PostgresSettings) -> bool:
+    return os.path.isfile(os.path.join(settings.data_dir, "PG_VERSION"))
+
+
+def configure_standby(settings: PostgresSettings, standby: StandbyConfig | None) -> None:
+    """While stopped: make the data directory start as a standby of `standby`, or as a primary.
+
+    A standby gets standby.signal and its own primary_conninfo/primary_slot_name lines in
+    postgresql.auto.conf (the rest of the file is kept); a primary loses standby.signal.
+    """
+    who = run_as(settings)
+    signal_path = os.path.join(settings.data_dir, "standby.signal")
+    if standby is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(signal_path)
+        return
+    auto_path = os.path.join(settings.data_dir, "postgresql.auto.conf")
+    try:
+        with open(auto_path, encoding="utf-8") as handle:
+            existing = handle.read()
+    except FileNotFoundError:
+        existing = ""
+    text = replication.render_auto_conf(
+        existing, conninfo=standby_conninfo(settings, standby), slot_name=standby.slot_name
+    )
+    write_file(auto_path, text, who)
+    write_file(signal_path, "", who)
+
+
+def standby_conninfo(settings: PostgresSettings, standby: StandbyConfig) -> str:
+    password = settings.replication.password
+    return replication.primary_conninfo(
+        host=standby.primary_host,
+        port=standby.primary_port,
+        user=settings.replication.username,
+        password=password.reveal() if password is not None else None,
+        application_name=standby.application_name,
+    )
+
+
+def _read_pidfile(data_dir: str) -> list[str] | None:
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid"), encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+
+
+def _pidfile_ready(lines: list[str] | None, pid: int) -> bool:
+    """postmaster.pid says `pid` accepts connections (line 8: "ready" or "standby")."""
+    return (
+        lines is not None
+        and len(lines) >= 8
+        and lines[0].strip() == str(pid)
+        and lines[7].strip() in ("ready", "standby")
+    )
+
+
+def running_postmaster_pid(data_dir: str) -> int | None:
+    """The pid of a live postmaster serving `data_dir`, whoever started it.
+
+    Checked three ways so that a stale postmaster.pid whose pid was reused is not trusted:
+    the pid file, the process's working directory (the postmaster chdirs to its data
+    directory) and its program name.
+    """
+    lines = _read_pidfile(data_dir)
+    if not lines:
+        return None
+    try:
+        pid = int(lines[0])
+    except ValueError:
+        return None
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv0 = handle.read().split(b"\0", 1)[0]
+    except OSError:
+        return None
+    if os.path.realpath(cwd) != os.path.realpath(data_dir):
+        return None
+    if os.path.basename(argv0.decode(errors="replace")) not in ("postgres", "postmaster"):
+        return None
+    return pid
+
+
+async def wait_pid_exit(pid: int) -> None:
+    """Return when process `pid` has exited (a zombie counts as exited). Uses a pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- the postmaster
+
+
+class Postmaster:
+    """Owner of one postmaster (started here or adopted). One task should own each instance."""
+
+    def __init__(self, settings: PostgresSettings, *, member_name: str, run_dir: str) -> None:
+        self._settings = settings
+        self._member_name = member_name
+        self._run_dir = run_dir
+        self._child: subprocess.Popen[bytes] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._log_offset = 0
+
+    # ---------------------------------------------------------------- state
+
+    def pid(self) -> int | None:
+        """The live postmaster's pid (our child, or one adopted from postmaster.pid), else None."""
+        if self._child is not None:
+            if self._child.poll() is None:
+                return self._child.pid
+            self._child = None
+        return running_postmaster_pid(self._settings.data_dir)
+
+    async def wait_for_exit(self) -> None:
+        """Return when the postmaster is gone (at once if none runs). No timeout of its own:
+        it waits for an event; callers bound it if they must."""
+        pid = self.pid()
+        if pid is None:
+            return
+        await wait_pid_exit(pid)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._child is not None and self._child.poll() is not None:
+            self._child = None
+
+    # ---------------------------------------------------------------- start / stop
+
+    def write_auth_files(self) -> None:
+        """(Re)write the agent's pg_hba.conf and pg_ident.conf into `<run_dir>/postgres/`."""
+        settings = self._settings
+        who = run_as(settings)
+        os.makedirs(self._run_dir, exist_ok=True)
+        ensure_dir(replication.conf_dir(self._run_dir), who)
+        hba = replication.render_hba(
+            superuser=settings.superuser.username,
+            superuser_password_set=settings.superuser.password is not None,
+            replication_user=settings.replication.username,
+            replication_password_set=settings.replication.password is not None,
+            extra_lines=settings.pg_hba,
+        )
+        ident = replication.render_ident(
+            os_users=agent_os_users(who), superuser=settings.superuser.username
+        )
+        write_file(replication.hba_path(self._run_dir), hba, who)
+        write_file(replication.ident_path(self._run_dir), ident, who)
+
+    async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
+        """Start the postmaster (as a primary, or as a standby of `standby`) and return once it
+        accepts connections.
+
+        Writes the auth files, standby.signal and the standby's conninfo/slot (or removes
+        standby.signal for a primary) first. If a postmaster already runs on the data directory
+        (ours or adopted), only waits for it to accept connections: its role is not changed.
+        Raises PostgresError if the data directory is not initialized, if the server exits
+        during start (with the log's tail), or if it does not accept connections within
+        `timeout_s` (it is then left running; stop it if you want it gone).
+        """
+        settings = self._settings
+        who = run_as(settings)
+        pid = self.pid()
+        if pid is None:
+            if not is_initialized(settings):
+                raise PostgresError(
+                    f"data directory {settings.data_dir} is not initialized (no PG_VERSION)"
+                )
+            self._prepare_start(who, standby)
+            pid = self._spawn(who)
+        await self._wait_ready(pid, timeout_s)
+
+    def _prepare_start(self, who: RunAs, standby: StandbyConfig | None) -> None:
+        self.write_auth_files()
+        sock_dir = replication.socket_dir(self._settings)
+        if not os.path.isdir(sock_dir):
+            ensure_dir(sock_dir, who)
+        configure_standby(self._settings, standby)
+
+    def _spawn(self, who: RunAs) -> int:
+        settings = self._settings
+        args = [
+            os.path.join(settings.bin_dir, "postgres"),
+            "-D",
+            settings.data_dir,
+            *replication.server_options(
+                settings, member_name=self._member_name, run_dir=self._run_dir
+            ),
+        ]
+        log_file = replication.log_path(self._run_dir)
+        with open(log_file, "ab") as log:
+            self._log_offset = log.tell()
+            self._child = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: fencing kills exactly it
+                cwd="/",
+                env=tool_env(who),
+                user=who.user,
+                group=who.group,
+                extra_groups=who.extra_groups,
+            )
+        return self._child.pid
+
+    def log_tail(self) -> str:
+        """The server log written since the last start (its last lines)."""
+        try:
+            with open(replication.log_path(self._run_dir), "rb") as handle:
+                handle.seek(self._log_offset)
+                return _tail(handle.read().decode(errors="replace"))
+        except OSError:
+            return ""
+
+    async def _wait_ready(self, pid: int, timeout_s: float) -> None:
+        """Poll postmaster.pid's status line (what `pg_ctl -w` reads) until ready or standby."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            child = self._child
+            if self.pid() != pid:
+                returncode = child.returncode if child is not None else None
+                code = f" with code {returncode}" if returncode is not None else ""
+                raise PostgresError(
+                    f"postgres (pid {pid}) exited during start{code}: {self.log_tail()}"
+                )
+            lines = _read_pidfile(self._settings.data_dir)
+            if _pidfile_ready(lines, pid):
+                return
+            if loop.time() >= deadline:
+                raise PostgresError(
+                    f"postgres (pid {pid}) did not accept connections within {timeout_s:.1f} s"
+                    f" and is left running: {self.log_tail()}"
+                )
+            await asyncio.sleep(_POLL_S)
+
+    async def stop(self, mode: StopMode, *, timeout_s: float) -> None:
+        """Stop the postmaster and wait until it is gone. No error if none runs.
+
+        Sends the mode's signal (smart SIGTERM, fast SIGINT, immediate SIGQUIT). If it is
+        still alive after 80% of `timeout_s` (all of it for immediate), escalates to an
+        immediate shutdown for the rest, then SIGKILLs its process group; returns at most
+        ~2 s after `timeout_s`. A smart shutdown waits for every session, including a
+        Prober's: close the Prober first. Raises PostgresError only if even SIGKILL fails.
+        """
+        await self._close_conn()
+        pid = self.pid()
+        if pid is None:
+            return
+        phases: list[tuple[signal.Signals, float]] = []
+        if mode is not StopMode.IMMEDIATE:
+            phases.append((_STOP_SIGNALS[mode], timeout_s * 0.8))
+            phases.append((signal.SIGQUIT, timeout_s * 0.2))
+        else:
+            phases.append((signal.SIGQUIT, timeout_s))
+        for sig, budget in phases:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if await self._gone_within(pid, budget):
+                return
+        self._kill_group(pid)
+        if not await self._gone_within(pid, _KILL_WAIT_S):
+            raise PostgresError(f"postgres (pid {pid}) survived SIGKILL")
+
+    async def _gone_within(self, pid: int, timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await wait_pid_exit(pid)
+        except TimeoutError:
+            return False
+        self._reap()
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster's whole process group now (fencing of last resort)."""
+        pid = self.pid()
+        if pid is not None:
+            self._kill_group(pid)
+
+    @staticmethod
+    def _kill_group(pid: int) -> None:
+        try:
+            # Our postmasters lead their own group; an adopted one started otherwise may not.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # ---------------------------------------------------------------- SQL
+
+    async def _connection(self, timeout_s: float) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        self._conn = await connect_local(self._settings, timeout_s=timeout_s, purpose="control")
+        return self._conn
+
+    async def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def fetch(self, sql: str, *args: object, timeout_s: float) -> list[tuple[object, ...]]:
+        """Run a query as the superuser over the unix socket; rows as tuples.
+
+        Raises PostgresError on any failure (SQL error, connection refused, timeout); the
+        connection is dropped after a failure and made again on the next call.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                conn = await self._connection(timeout_s)
+                rows = await conn.fetch(sql, *args)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if not isinstance(exc, asyncpg.PostgresError):
+                await self._close_conn()
+            raise PostgresError(f"{_first_line(sql)}: {exc!r}") from exc
+        return [tuple(row) for row in rows]
+
+    async def execute(self, sql: str, *args: object, timeout_s: float) -> None:
+        """Run one statement as the superuser over the unix socket (see `fetch` for errors).
+
+        Without `args` it goes over the simple protocol, so utility statements such as
+        ALTER SYSTEM work."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                conn = await self._connection(timeout_s)
+                await conn.execute(sql, *args)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if not isinstance(exc, asyncpg.PostgresError):
+                await self._close_conn()
+            raise PostgresError(f"{_first_line(sql)}: {exc!r}") from exc
+
+    async def reload(self) -> None:
+        """Rewrite the auth files and make the server re-read its configuration (SIGHUP)."""
+        pid = self.pid()
+        if pid is None:
+            raise PostgresError("reload: postgres is not running")
+        self.write_auth_files()
+        os.kill(pid, signal.SIGHUP)
+
+    async def promote(self, *, timeout_s: float) -> None:
+        """Promote a running standby and return once it accepts writes.
+
+        `pg_promote(wait => false)` and our own 10 ms poll of pg_is_in_recovery(): quicker
+        than wait => true, which polls every 100 ms. A primary is left as it is. Raises
+        PostgresError if it is still in recovery after `timeout_s`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if not await self._in_recovery(timeout_s):
+            return
+        rows = await self.fetch("SELECT pg_promote(wait => false)", timeout_s=timeout_s)
+        if rows[0][0] is not True:
+            raise PostgresError("pg_promote() could not signal the server")
+        while loop.time() < deadline:
+            await asyncio.sleep(_POLL_S)
+            remaining = max(deadline - loop.time(), 0.05)
+            if not await self._in_recovery(remaining):
+                return
+        raise PostgresError(f"still in recovery {timeout_s:.1f} s after pg_promote()")
+
+    async def _in_recovery(self, timeout_s: float) -> bool:
+        rows = await self.fetch("SELECT pg_is_in_recovery()", timeout_s=timeout_s)
+        return rows[0][0] is True
+
+    async def follow(self, standby: StandbyConfig, *, timeout_s: float = 5.0) -> None:
+        """Point a running standby at another primary without a restart.
+
+        ALTER SYSTEM primary_conninfo / primary_slot_name (kept across restarts in
+        postgresql.auto.conf) and pg_reload_conf(): PostgreSQL 13+ restarts only its WAL
+        receiver. Each ALTER SYSTEM is its own statement (it refuses a transaction block).
+        """
+        conninfo = standby_conninfo(self._settings, standby)
+        await self.execute(
+            f"ALTER SYSTEM SET primary_conninfo = {replication.quote_literal(conninfo)}",
+            timeout_s=timeout_s,
+        )
+        if standby.slot_name is None:
+            await self.execute("ALTER SYSTEM RESET primary_slot_name", timeout_s=timeout_s)
+        else:
+            slot = replication.quote_literal(standby.slot_name)
+            await self.execute(f"ALTER SYSTEM SET primary_slot_name = {slot}", timeout_s=timeout_s)
+        await self.execute("SELECT pg_reload_conf()", timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        """Drop the SQL connection. The postmaster keeps running."""
+        await self._close_conn()
+
+
+def _first_line(sql: str) -> str:
+    line = sql.strip().splitlines()[0] if sql.strip() else ""
+    return line[:80]
+
+
+async def connect_local(
+    settings: PostgresSettings, *, timeout_s: float, purpose: str
+) -> asyncpg.Connection:
+    """A superuser connection over the unix socket (peer authentication via the ident map)."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        host=replication.socket_dir(settings),
+        port=settings.port,
+        user=settings.superuser.username,
+        database="postgres",
+        timeout=timeout_s,
+        statement_cache_size=0,
+        server_settings={"application_name": f"pgwarden-{purpose}"},
+    )
+    return conn
+
+
+__all__ = [
+    "PostgresError",
+    "Postmaster",
+    "RunAs",
+    "StandbyConfig",
+    "StopMode",
+    "configure_standby",
+    "connect_local",
+    "ensure_dir",
+    "is_initialized",
+    "run_as",
+    "run_tool",
+    "running_postmaster_pid",
+    "standby_conninfo",
+    "wait_pid_exit",
+    "write_file",
+]

@@ -1,0 +1,239 @@
+"""Pure renderers for PostgreSQL configuration: conninfo strings, slot names, pg_hba, -c options.
+
+No I/O here: every function maps values to text, so it is unit-tested without a server. The
+text is consumed by process.py and bootstrap.py (and checked against a real postmaster by the
+integration tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+
+from agent.config import PostgresSettings
+
+IDENT_MAP = "pgwarden"
+"""The pg_ident.conf map that lets the agent's OS user(s) connect as the superuser (peer)."""
+
+AGENT_MANAGED = (
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "hba_file",
+    "ident_file",
+    "cluster_name",
+    "hot_standby",
+    "wal_log_hints",
+    "logging_collector",
+)
+"""Server settings the agent owns: rendered after `settings.parameters`, so they always win."""
+
+_TUNABLE_DEFAULTS = (
+    ("wal_level", "replica"),
+    ("max_wal_senders", "10"),
+    ("max_replication_slots", "10"),
+    # pg_rewind reads the target's WAL back to the last checkpoint before the fork; without a
+    # reserve a former primary's shutdown checkpoint can recycle it, forcing a full re-clone.
+    ("wal_keep_size", "128MB"),
+)
+"""Settings replication needs; rendered before `settings.parameters`, which may raise them."""
+
+_SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
+_CONNINFO_PLAIN_RE = re.compile(r"^[A-Za-z0-9_.:/@+-]+$")
+
+
+def slot_name_for(member_name: str) -> str:
+    """The physical replication slot name of a member.
+
+    A name that is already a valid slot name (`[a-z0-9_]`, 1..63 characters) is used as is.
+    Any other is folded to that alphabet, cut to 50 characters and suffixed with 12 hex digits
+    of its SHA-256, so that `pg-0` and `pg_0` (or two long names with a common prefix) never
+    share a slot. The result is stable across restarts and versions.
+    """
+    if _SLOT_RE.match(member_name):
+        return member_name
+    folded = re.sub(r"[^a-z0-9_]", "_", member_name.lower())[:50]
+    digest = hashlib.sha256(member_name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{folded}_{digest}" if folded else f"m_{digest}"
+
+
+def _conninfo_value(value: str) -> str:
+    """A libpq keyword value: bare when safe, else single-quoted with \\ and ' escaped."""
+    if value and _CONNINFO_PLAIN_RE.match(value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def primary_conninfo(
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: str | None,
+    application_name: str,
+    connect_timeout_s: int = 2,
+    dbname: str | None = None,
+) -> str:
+    """A libpq key=value connection string (as primary_conninfo or a tool's source server).
+
+    Values are quoted and escaped by libpq's rules, so spaces, quotes and backslashes in any
+    of them (passwords especially) survive. `dbname` is only for non-replication use (pg_rewind).
+    """
+    pairs: list[tuple[str, str]] = [("host", host), ("port", str(port)), ("user", user)]
+    if password is not None:
+        pairs.append(("password", password))
+    if dbname is not None:
+        pairs.append(("dbname", dbname))
+    pairs.append(("application_name", application_name))
+    pairs.append(("connect_timeout", str(connect_timeout_s)))
+    return " ".join(f"{key}={_conninfo_value(value)}" for key, value in pairs)
+
+
+def quote_literal(value: str) -> str:
+    """An SQL string literal, correct whatever standard_conforming_strings says."""
+    if "\\" in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + value.replace("'", "''") + "'"
+
+
+def quote_ident(value: str) -> str:
+    """An SQL identifier, always double-quoted (so keywords and mixed case are literal)."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+def quote_config_value(value: str) -> str:
+    """A value as postgresql.conf / postgresql.auto.conf writes it (ALTER SYSTEM's escaping)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _hba_token(name: str) -> str:
+    """A user name in pg_hba.conf / pg_ident.conf, double-quoted so keywords stay literal.
+
+    PostgreSQL 15 cannot escape a double quote inside a quoted token, so such names (and
+    control characters) are rejected rather than rendered wrongly.
+    """
+    if not name or '"' in name or any(ord(ch) < 32 for ch in name):
+        raise ValueError(f"user name not usable in pg_hba.conf: {name!r}")
+    return f'"{name}"'
+
+
+def render_hba(
+    *,
+    superuser: str,
+    superuser_password_set: bool,
+    replication_user: str,
+    replication_password_set: bool,
+    extra_lines: Iterable[str] = (),
+) -> str:
+    """The agent's pg_hba.conf (kept outside the data directory, passed as hba_file).
+
+    Order: the operator's extra lines first (first match wins in pg_hba), then
+    - the superuser over the unix socket by `peer` through the `pgwarden` ident map (only the
+      agent's OS users are mapped; see `render_ident`),
+    - replication connections of the replication user and normal connections of the superuser
+      (pg_rewind's source) from anywhere with scram-sha-256.
+    A user without a password (test and demo set-ups) gets `trust`, and then from loopback
+    only, never from the network.
+    """
+    lines = ["# Written by pgwarden before every start; edits are lost.", *extra_lines]
+    lines.append(f"local all {_hba_token(superuser)} peer map={IDENT_MAP}")
+    for database, user, has_password in (
+        ("replication", replication_user, replication_password_set),
+        ("all", superuser, superuser_password_set),
+    ):
+        if has_password:
+            for network in ("0.0.0.0/0", "::0/0"):
+                lines.append(f"host {database} {_hba_token(user)} {network} scram-sha-256")
+        else:
+            for network in ("127.0.0.0/8", "::1/128"):
+                lines.append(f"host {database} {_hba_token(user)} {network} trust")
+    return "\n".join(lines) + "\n"
+
+
+def render_ident(*, os_users: Iterable[str], superuser: str) -> str:
+    """pg_ident.conf: each of the agent's OS users may connect as the superuser (peer)."""
+    lines = ["# Written by pgwarden before every start; edits are lost."]
+    for os_user in dict.fromkeys(os_users):
+        lines.append(f"{IDENT_MAP} {_hba_token(os_user)} {_hba_token(superuser)}")
+    return "\n".join(lines) + "\n"
+
+
+def socket_dir(settings: PostgresSettings) -> str:
+    """The unix socket directory: `settings.socket_dir`, by default the data directory's parent."""
+    if settings.socket_dir:
+        return settings.socket_dir
+    return os.path.dirname(os.path.abspath(settings.data_dir.rstrip("/")))
+
+
+def conf_dir(run_dir: str) -> str:
+    """Where the agent writes pg_hba.conf, pg_ident.conf and the server log (OS user's, 0700)."""
+    return os.path.join(run_dir, "postgres")
+
+
+def hba_path(run_dir: str) -> str:
+    return os.path.join(conf_dir(run_dir), "pg_hba.conf")
+
+
+def ident_path(run_dir: str) -> str:
+    return os.path.join(conf_dir(run_dir), "pg_ident.conf")
+
+
+def log_path(run_dir: str) -> str:
+    return os.path.join(conf_dir(run_dir), "postgres.log")
+
+
+def _list_guc_value(path: str) -> str:
+    """A one-element list setting: double-quoted when it holds a separator."""
+    if any(ch in path for ch in ', "'):
+        return '"' + path.replace('"', '""') + '"'
+    return path
+
+
+def server_options(settings: PostgresSettings, *, member_name: str, run_dir: str) -> list[str]:
+    """The postmaster's `-c name=value` arguments.
+
+    They are on the command line, not in a file, because pg_rewind and pg_basebackup copy
+    the source's postgresql.conf and postgresql.auto.conf: a file could give the node another
+    member's port. Order: replication defaults, then `settings.parameters` (so an operator may
+    raise max_wal_senders, say), then the agent-managed settings (which always win).
+    """
+    managed = [
+        ("port", str(settings.port)),
+        ("listen_addresses", settings.listen_host),
+        ("unix_socket_directories", _list_guc_value(socket_dir(settings))),
+        ("hba_file", hba_path(run_dir)),
+        ("ident_file", ident_path(run_dir)),
+        ("cluster_name", member_name),
+        ("hot_standby", "on"),
+        ("wal_log_hints", "on"),
+        ("logging_collector", "off"),
+    ]
+    options: list[str] = []
+    for name, value in (*_TUNABLE_DEFAULTS, *settings.parameters, *managed):
+        options += ["-c", f"{name}={value}"]
+    return options
+
+
+def render_auto_conf(existing: str, *, conninfo: str | None, slot_name: str | None) -> str:
+    """postgresql.auto.conf with its primary_conninfo / primary_slot_name lines replaced.
+
+    Used while the server is stopped (after a clone or a rewind, which copy the source's file).
+    Every other line is kept as it was; None removes the setting.
+    """
+    owned = ("primary_conninfo", "primary_slot_name")
+    kept = [
+        line for line in existing.splitlines() if line.split("=", 1)[0].strip().lower() not in owned
+    ]
+    if not kept:
+        kept = [
+            "# Do not edit this file manually!",
+            "# It will be overwritten by the ALTER SYSTEM command.",
+        ]
+    if conninfo is not None:
+        kept.append(f"primary_conninfo = {quote_config_value(conninfo)}")
+    if slot_name is not None:
+        kept.append(f"primary_slot_name = {quote_config_value(slot_name)}")
+    return "\n".join(kept) + "\n"

@@ -1,0 +1,38 @@
+"""Fixtures for the PostgreSQL control-layer tests: three nodes' settings, cleaned up always."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from tests.support.postgres import PgNode, kill_leftovers, make_nodes, pg_available, pg_base_dir
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def three_nodes() -> AsyncIterator[list[PgNode]]:
+    """Settings for n1, n2, n3 (free ports, own directories); nothing initialized yet.
+    Every postmaster still running at the end is killed and the directories removed."""
+    if not pg_available():
+        pytest.skip("PostgreSQL 15 binaries not installed")
+    with pg_base_dir() as base:
+        nodes = make_nodes(base, ["n1", "n2", "n3"])
+        try:
+            yield nodes
+        finally:
+            for node in nodes:
+                await node.postmaster.close()
+            kill_leftovers(nodes)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def spare_node() -> AsyncIterator[PgNode]:
+    """One more node's settings (empty data dir) for bad-input tests."""
+    with pg_base_dir() as base:
+        nodes = make_nodes(base, ["spare"])
+        try:
+            yield nodes[0]
+        finally:
+            await nodes[0].postmaster.close()
+            kill_leftovers(nodes)

@@ -1,0 +1,140 @@
+"""Real PostgreSQL nodes for tests: settings on free ports in private directories, and cleanup.
+
+Directories live under a fresh `/tmp/pgw-pg-*` base (mode 0755), not pytest's tmp_path: that
+one is 0700 for root and the `postgres` OS user could not enter it. When the tests run as
+root, PostgreSQL runs as `postgres`; as any other user, as that user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+from agent.config import Credentials, PostgresSettings, Secret
+from agent.postgres.process import Postmaster, StandbyConfig, running_postmaster_pid
+from agent.postgres.replication import slot_name_for
+from tests.support.ports import free_ports
+
+PG_BIN_DIR = "/usr/lib/postgresql/15/bin"
+
+# Passwords with a space, a quote and a backslash: every layer of quoting is exercised.
+SUPERUSER_PASSWORD = "su per'pa\\ss"
+REPLICATION_PASSWORD = "re pl'pa\\ss"
+
+
+def pg_available() -> bool:
+    return os.path.isfile(os.path.join(PG_BIN_DIR, "postgres"))
+
+
+def pg_os_user() -> str | None:
+    """`postgres` when the tests run as root (PostgreSQL refuses root), else None (ourselves)."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+@dataclass(slots=True, kw_only=True)
+class PgNode:
+    """One member's settings, directories and postmaster handle."""
+
+    name: str
+    settings: PostgresSettings
+    run_dir: str
+    postmaster: Postmaster = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.postmaster = Postmaster(self.settings, member_name=self.name, run_dir=self.run_dir)
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
+
+    @property
+    def slot(self) -> str:
+        return slot_name_for(self.name)
+
+    def standby_of(self, primary: PgNode) -> StandbyConfig:
+        """Where this node streams from when `primary` leads, through its own slot."""
+        return StandbyConfig(
+            primary_host=primary.settings.connect_host,
+            primary_port=primary.port,
+            slot_name=self.slot,
+            application_name=self.name,
+        )
+
+
+def _chown_to(path: str, os_user: str | None) -> None:
+    if os_user is not None:
+        entry = pwd.getpwnam(os_user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def make_nodes(base: str, names: list[str]) -> list[PgNode]:
+    """Settings for `names` on distinct free ports, each in `<base>/<name>/` (owned by the
+    PostgreSQL OS user, holding `data/` and the socket) with its run dir `<base>/<name>-run`."""
+    os_user = pg_os_user()
+    nodes = []
+    for name, port in zip(names, free_ports(len(names)), strict=True):
+        home = os.path.join(base, name)
+        os.mkdir(home, 0o700)
+        _chown_to(home, os_user)
+        settings = PostgresSettings(
+            bin_dir=PG_BIN_DIR,
+            data_dir=os.path.join(home, "data"),
+            listen_host="127.0.0.1",
+            port=port,
+            connect_host="127.0.0.1",
+            os_user=os_user,
+            superuser=Credentials(username="postgres", password=Secret(SUPERUSER_PASSWORD)),
+            replication=Credentials(username="replicator", password=Secret(REPLICATION_PASSWORD)),
+            parameters=(("shared_buffers", "16MB"), ("max_connections", "20")),
+        )
+        nodes.append(PgNode(name=name, settings=settings, run_dir=f"{home}-run"))
+    return nodes
+
+
+def kill_leftovers(nodes: list[PgNode]) -> None:
+    """SIGKILL every postmaster (and its group) still serving one of `nodes`' data dirs."""
+    for node in nodes:
+        node.postmaster.kill()
+        pid = running_postmaster_pid(node.settings.data_dir)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(
+        running_postmaster_pid(node.settings.data_dir) is not None for node in nodes
+    ):
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def pg_base_dir() -> Iterator[str]:
+    """A private base directory the PostgreSQL OS user can traverse; removed afterwards."""
+    base = tempfile.mkdtemp(prefix="pgw-pg-", dir="/tmp")
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.01
+) -> float:
+    """Poll `check` until true; return the seconds it took. AssertionError after `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        with contextlib.suppress(Exception):
+            if await check():
+                return loop.time() - start
+        if loop.time() - start > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
