@@ -21,12 +21,23 @@ Contract (tests/contract/dcs_contract.py checks each line against every backend)
    the store, or by each observer's own clock from when it last saw the record change).
 6. `publish_member(member)` writes this member's record; it disappears when this member's
    lease expires (etcd) or stays with a stale heartbeat (Kubernetes pods go away themselves).
+   Publishing an unchanged record again may skip the write (its version stays) but still
+   keeps this member's lease alive.
 7. `write_record(kind, value, expected_version)` is a compare-and-set: with
-   `expected_version=None` it succeeds only if the record is absent; with a version, only
-   if the record still has that version; `value=None` deletes. Returns False on a lost race.
-8. `wait_for_change(timeout_s)` returns True as soon as anything under the cluster changed
-   since the last `get_cluster()` (or since it was last woken), False on timeout. It never
-   raises for a dropped watch stream: it resumes, and on a compacted revision re-reads.
+   `expected_version=None` (or "", what `ClusterView` reports for an absent record) it
+   succeeds only if the record is absent; with a version, only if the record still has that
+   version (a version this backend never produced never matches); `value=None` deletes.
+   Returns False on a lost race.
+8. `wait_for_change(timeout_s)` returns True as soon as something under the cluster changed
+   since the last `get_cluster()` (or since it was last woken), False on timeout. What
+   counts: a change made by another member or by the store itself (a lease expiring) to the
+   leader record, to any `RecordKind` record, or the disappearance of a member record. Not
+   counted: this handle's own writes (its caller knows of them), and other members
+   re-publishing their member records (a heartbeat written every cycle under write load:
+   waking on it would make members wake each other in a ring). It never raises for a
+   dropped watch stream: it resumes, and on a compacted revision wakes so the caller re-reads.
+
+Versions are opaque strings; compare them only for equality.
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""Key layout and read-side helpers shared by the key-value backends (memory, etcd).
+
+Keys are relative to the cluster's prefix (`/<namespace>/<cluster>/` in etcd): `leader`,
+`members/<name>`, and one key per `RecordKind` value. Turning what a backend read into a
+`ClusterView` happens here once, so both backends read corrupt values the same way: every
+problem is logged as event `dcs_record_corrupt` with field `problem`, and the record reads
+as absent (DESIGN.md section 3, invariant 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+
+from agent.model import ClusterView, RawCluster, RawRecord, RecordKind, parse_cluster
+
+LEADER = "leader"
+MEMBERS = "members/"
+
+_RECORD_KINDS = {kind.value: kind for kind in RecordKind}
+
+
+def member_key(name: str) -> str:
+    return MEMBERS + name
+
+
+def record_key(kind: RecordKind) -> str:
+    return kind.value
+
+
+def is_member_key(key: str) -> bool:
+    return key.startswith(MEMBERS)
+
+
+def expected_version(version: str | None) -> str | None:
+    """Normalise a caller's expected version: "" (what `ClusterView` reports for an absent
+    record) means absent, like None."""
+    return version or None
+
+
+def to_view(
+    items: Iterable[tuple[str, bytes, str]], log: structlog.typing.FilteringBoundLogger
+) -> ClusterView:
+    """Parse `(relative key, value, version)` triples into a view; log and drop what is corrupt.
+
+    Keys that are not ours (unknown names under the prefix) are ignored without a word: a
+    newer agent may keep more records there.
+    """
+    problems: list[str] = []
+    leader: RawRecord | None = None
+    members: dict[str, RawRecord] = {}
+    records: dict[RecordKind, RawRecord] = {}
+    for key, value, version in items:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"{key}: value is not UTF-8")
+            continue
+        record = RawRecord(value=text, version=version)
+        if key == LEADER:
+            leader = record
+        elif is_member_key(key):
+            name = key[len(MEMBERS) :]
+            if name and "/" not in name:
+                members[name] = record
+        elif (kind := _RECORD_KINDS.get(key)) is not None:
+            records[kind] = record
+    view, parse_problems = parse_cluster(
+        RawCluster(leader=leader, members=members, records=records)
+    )
+    for problem in (*problems, *parse_problems):
+        log.warning("dcs_record_corrupt", problem=problem)
+    return view
