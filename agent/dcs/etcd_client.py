@@ -577,7 +577,7 @@ class EtcdClient:
             ) from None
 
     async def _call_with_failover(
-        self, path: str, body: dict[str, Any], require_leader: bool
+        self, path: str, body: dict[str, Any], require_leader: bool, *, with_token: bool = True
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
@@ -595,7 +595,7 @@ class EtcdClient:
                 try:
                     async with asyncio.timeout(max(budget, 0.001)):
                         result = await self._attempt(
-                            self._endpoints[index], path, body, require_leader
+                            self._endpoints[index], path, body, require_leader, with_token
                         )
                 except _TokenRejected:
                     if reauthenticated:
@@ -607,10 +607,14 @@ class EtcdClient:
                     # Retry at once on the same endpoint.
                     try:
                         result = await self._attempt(
-                            self._endpoints[index], path, body, require_leader
+                            self._endpoints[index], path, body, require_leader, with_token
                         )
-                    except (_Retryable, TimeoutError, _TokenRejected):
+                    except (_Retryable, TimeoutError):
                         continue
+                    except _TokenRejected:
+                        raise EtcdAuthFailed(
+                            "etcd: auth token rejected after re-authentication"
+                        ) from None
                 except (_Retryable, TimeoutError):
                     continue
                 self._preferred = index
@@ -619,12 +623,19 @@ class EtcdClient:
             backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
 
     async def _attempt(
-        self, endpoint: str, path: str, body: dict[str, Any], require_leader: bool
+        self,
+        endpoint: str,
+        path: str,
+        body: dict[str, Any],
+        require_leader: bool,
+        with_token: bool,
     ) -> dict[str, Any]:
         session = self._ensure_session()
-        if self._username is not None and self._token is None:
-            await self._authenticate()
-        headers = self._headers(require_leader=require_leader)
+        headers: dict[str, str] = {}
+        if with_token:
+            if self._username is not None and self._token is None:
+                await self._authenticate()
+            headers = self._headers(require_leader=require_leader)
         try:
             async with session.post(f"{endpoint}{path}", json=body, headers=headers) as resp:
                 payload = await resp.json(content_type=None)
@@ -675,7 +686,9 @@ class EtcdClient:
                 return
             body = {"name": self._username, "password": self._password or ""}
             try:
-                resp = await self._call_with_failover("/v3/auth/authenticate", body, False)
+                resp = await self._call_with_failover(
+                    "/v3/auth/authenticate", body, False, with_token=False
+                )
             except EtcdError as exc:
                 if "authentication is not enabled" in str(exc):
                     return  # etcd runs without auth: send no token

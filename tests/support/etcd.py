@@ -153,13 +153,10 @@ class EtcdCluster:
             "--log-outputs=stderr",
         ]
         if self.tls is not None:
-            args += [
-                f"--cert-file={self.tls.server_cert}",
-                f"--key-file={self.tls.server_key}",
-                f"--trusted-ca-file={self.tls.ca_file}",
-            ]
+            args += [f"--cert-file={self.tls.server_cert}", f"--key-file={self.tls.server_key}"]
             if self.tls.client_cert_auth:
-                args.append("--client-cert-auth")
+                # etcd 3.4 requires a client certificate as soon as --trusted-ca-file is set.
+                args += [f"--trusted-ca-file={self.tls.ca_file}", "--client-cert-auth"]
         return args + list(self.extra_args)
 
     def _spawn(self, member: EtcdMember) -> None:
