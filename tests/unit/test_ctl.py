@@ -1,0 +1,424 @@
+"""`pgwarden ctl`: the pure renderers, and the commands against an in-process API."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from agent.api import build_app
+from agent.clock import FakeClock
+from agent.config import (
+    ApiSettings,
+    DcsKind,
+    DcsSettings,
+    EtcdSettings,
+    PostgresSettings,
+    Secret,
+    Settings,
+)
+from agent.ctl import render_history, render_table, run
+from agent.metrics import Metrics
+from agent.model import (
+    AgentStatus,
+    ClusterView,
+    LocalRequestKind,
+    Member,
+    MemberName,
+    PgState,
+    RawCluster,
+    RawRecord,
+    RecordKind,
+    Role,
+    parse_cluster,
+)
+from tests.support.ports import free_port
+
+TOKEN = "ctl-token"
+MIB = 1024 * 1024
+
+CLUSTER = {
+    "cluster": "demo",
+    "leader": "pg-0",
+    "paused": False,
+    "switchover": None,
+    "members": [
+        {
+            "name": "pg-0",
+            "host": "10.0.0.1",
+            "port": 5432,
+            "role": "primary",
+            "state": "running",
+            "timeline": 12,
+            "lag_bytes": 0,
+            "leader": True,
+        },
+        {
+            "name": "pg-1",
+            "host": "10.0.0.2",
+            "port": 5432,
+            "role": "replica",
+            "state": "streaming",
+            "timeline": 12,
+            "lag_bytes": 3 * MIB,
+            "leader": False,
+        },
+        {
+            "name": "pg-22",
+            "host": "10.0.0.3",
+            "port": 5433,
+            "role": "replica",
+            "state": "stopped",
+            "timeline": None,
+            "lag_bytes": None,
+            "leader": False,
+        },
+    ],
+}
+
+
+def test_render_table_lays_out_members_like_patronictl() -> None:
+    assert render_table(CLUSTER) == "\n".join(
+        [
+            "Cluster: demo (leader: pg-0)",
+            "+--------+---------------+---------+-----------+----+-----------+",
+            "| Member | Host          | Role    | State     | TL | Lag in MB |",
+            "+--------+---------------+---------+-----------+----+-----------+",
+            "| pg-0   | 10.0.0.1:5432 | Leader  | running   | 12 |           |",
+            "| pg-1   | 10.0.0.2:5432 | Replica | streaming | 12 |         3 |",
+            "| pg-22  | 10.0.0.3:5433 | Replica | stopped   |    |   unknown |",
+            "+--------+---------------+---------+-----------+----+-----------+",
+        ]
+    )
+
+
+def test_render_table_shows_a_pending_switchover_and_maintenance_mode() -> None:
+    cluster = {
+        **CLUSTER,
+        "leader": None,
+        "paused": True,
+        "switchover": {
+            "leader": None,
+            "candidate": "pg-1",
+            "scheduled_at": "2030-01-01T03:00:00+00:00",
+        },
+    }
+    lines = render_table(cluster).splitlines()
+    assert lines[0] == "Cluster: demo (no leader)"
+    assert lines[-2] == (
+        "Switchover pending: (no leader) -> pg-1, scheduled at 2030-01-01T03:00:00+00:00"
+    )
+    assert lines[-1].startswith("Maintenance mode: on")
+
+
+def test_render_table_survives_an_odd_cluster_object() -> None:
+    text = render_table({"members": [None, {"name": "x"}]})
+    assert text.splitlines()[0] == "Cluster: ? (no leader)"
+    assert "| x      | ?    | Unknown | unknown |    |   unknown |" in text
+
+
+def test_render_history_lists_timeline_switches() -> None:
+    history = {
+        "history": [
+            {
+                "timeline": 1,
+                "switch_lsn": 83886176,
+                "switch_lsn_text": "0/5000060",
+                "reason": "failover",
+                "at": "2026-11-28T00:00:00+00:00",
+                "new_leader": "pg-1",
+            },
+        ]
+    }
+    assert render_history(history).splitlines()[3] == (
+        "|  1 | 0/5000060 | failover | 2026-11-28T00:00:00+00:00 | pg-1       |"
+    )
+    assert render_history({"history": []}) == "No timeline switch recorded."
+
+
+# --------------------------------------------------------------------------- against the API
+
+
+class FakeDcs:
+    """Just enough of a DCS for the API: a parsed view and compare-and-set records."""
+
+    def __init__(self) -> None:
+        self.leader: RawRecord | None = RawRecord(value="a", version="1")
+        self.members: dict[str, RawRecord] = {}
+        self.records: dict[RecordKind, RawRecord] = {}
+        self._revision = 1
+
+    def put(self, member: Member) -> None:
+        self._revision += 1
+        self.members[member.name] = RawRecord(value=member.to_json(), version=str(self._revision))
+
+    @property
+    def ttl_s(self) -> float:
+        return 10.0
+
+    async def get_cluster(self) -> ClusterView:
+        raw = RawCluster(leader=self.leader, members=self.members, records=self.records)
+        return parse_cluster(raw)[0]
+
+    async def write_record(
+        self, kind: RecordKind, value: str | None, *, expected_version: str | None
+    ) -> bool:
+        current = self.records.get(kind)
+        if (current.version if current else None) != expected_version:
+            return False
+        self._revision += 1
+        if value is None:
+            self.records.pop(kind, None)
+        else:
+            self.records[kind] = RawRecord(value=value, version=str(self._revision))
+        return True
+
+    async def acquire_leader(self) -> bool:
+        raise NotImplementedError
+
+    async def renew_leader(self) -> bool:
+        raise NotImplementedError
+
+    async def release_leader(self) -> None:
+        raise NotImplementedError
+
+    async def publish_member(self, member: Member) -> None:
+        self.put(member)
+
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Node:
+    """One member's API served in-process, with what it was asked to do."""
+
+    url: str
+    dcs: FakeDcs
+    clock: FakeClock
+    status: AgentStatus
+    submitted: list[LocalRequestKind] = field(default_factory=list)
+    wakes: int = 0
+
+    def submit(self, kind: LocalRequestKind) -> None:
+        self.submitted.append(kind)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    async def refresh(self, leader: str | None = None) -> None:
+        """The HA loop's part: publish a status with the DCS's current view."""
+        if leader is not None:
+            self.dcs.leader = RawRecord(value=leader, version=leader)
+        view = await self.dcs.get_cluster()
+        self.status = replace(self.status, cluster_view=view, observed_at=self.clock.monotonic())
+
+    async def ctl(
+        self,
+        *argv: str,
+        env: dict[str, str] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> tuple[int, str, str]:
+        """Run `pgwarden ctl argv` against this node; no real sleeping (the clock is fake)."""
+        out, err = io.StringIO(), io.StringIO()
+
+        async def no_sleep(seconds: float) -> None:
+            self.clock.advance(seconds)
+
+        code = await run(
+            argv,
+            env=env if env is not None else {"PGWARDEN_URL": self.url, "PGWARDEN_TOKEN": TOKEN},
+            out=out,
+            err=err,
+            sleep=sleep or no_sleep,
+            monotonic=self.clock.monotonic,
+        )
+        return code, out.getvalue(), err.getvalue()
+
+
+def _member(name: str, role: Role, state: PgState, lsn: int) -> Member:
+    return Member(
+        name=MemberName(name),
+        role=role,
+        state=state,
+        api_url="http://x",
+        host="127.0.0.1",
+        port=5432,
+        timeline=2,
+        wal_lsn=lsn,
+    )
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Node]:
+    clock, dcs = FakeClock(), FakeDcs()
+    dcs.put(_member("a", Role.PRIMARY, PgState.RUNNING, 5 * MIB))
+    dcs.put(_member("b", Role.REPLICA, PgState.STREAMING, 5 * MIB - 100))
+    status = AgentStatus(
+        name=MemberName("a"),
+        cluster="demo",
+        role=Role.PRIMARY,
+        state=PgState.RUNNING,
+        api_url="",
+        leader=MemberName("a"),
+        lease_held=True,
+    )
+    settings = Settings(
+        name="a",
+        cluster="demo",
+        run_dir="/nonexistent",
+        dcs=DcsSettings(kind=DcsKind.ETCD, etcd=EtcdSettings(endpoints=("http://127.0.0.1:1",))),
+        postgresql=PostgresSettings(data_dir="/nonexistent"),
+        api=ApiSettings(token=Secret(TOKEN)),
+    )
+    holder: list[Node] = []
+    app = build_app(
+        settings=settings,
+        status=lambda: holder[0].status,
+        dcs=dcs,
+        requests=_Forward(holder),
+        metrics=Metrics(),
+        clock=clock,
+    )
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        n = Node(url=f"http://127.0.0.1:{server.port}", dcs=dcs, clock=clock, status=status)
+        holder.append(n)
+        await n.refresh()
+        yield n
+    finally:
+        await server.close()
+
+
+@dataclass
+class _Forward:
+    holder: list[Node]
+
+    def submit(self, kind: LocalRequestKind) -> None:
+        self.holder[0].submit(kind)
+
+    def wake(self) -> None:
+        self.holder[0].wake()
+
+
+async def test_list_prints_the_cluster_table(node: Node) -> None:
+    code, out, err = await node.ctl("list")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == "Cluster: demo (leader: a)"
+    assert "| a      | 127.0.0.1:5432 | Leader  | running   |  2 |           |" in out
+    assert "| b      | 127.0.0.1:5432 | Replica | streaming |  2 |         0 |" in out
+
+
+async def test_list_json_prints_the_cluster_object(node: Node) -> None:
+    code, out, _ = await node.ctl("list", "--json")
+    assert code == 0
+    body = json.loads(out)
+    assert body["leader"] == "a"
+    assert [m["name"] for m in body["members"]] == ["a", "b"]
+
+
+async def test_an_unreachable_url_is_skipped(node: Node) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, out, _ = await node.ctl("--url", dead, "--url", node.url, "list", env={})
+    assert code == 0
+    assert out.startswith("Cluster: demo")
+
+
+async def test_no_reachable_member_exits_1_with_a_clear_message(node: Node) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, out, err = await node.ctl("list", "--url", dead, env={})
+    assert (code, out) == (1, "")
+    assert err.startswith("Error: no member reachable: " + dead)
+
+
+async def test_switchover_writes_the_request_and_reports_it(node: Node) -> None:
+    code, out, err = await node.ctl("switchover", "--candidate", "b")
+    assert (code, err) == (0, "")
+    assert out.strip() == "Switchover accepted: a -> b"
+    record = node.dcs.records[RecordKind.SWITCHOVER]
+    assert json.loads(record.value) == {"leader": "a", "candidate": "b", "scheduled_at": None}
+
+
+async def test_a_refused_request_prints_the_api_error_and_exits_1(node: Node) -> None:
+    code, out, err = await node.ctl("switchover", "--candidate", "zz")
+    assert (code, out) == (1, "")
+    assert err.startswith("Error: candidate: no member named 'zz'")
+    assert RecordKind.SWITCHOVER not in node.dcs.records
+
+
+async def test_without_credentials_a_mutating_command_exits_1(node: Node) -> None:
+    code, _, err = await node.ctl("pause", env={"PGWARDEN_URL": node.url})
+    assert code == 1
+    assert "authentication required" in err
+    assert RecordKind.CONFIG not in node.dcs.records
+
+
+async def test_switchover_wait_returns_once_the_leader_changed(node: Node) -> None:
+    polls = []
+
+    async def cluster_moves_on(seconds: float) -> None:
+        polls.append(seconds)
+        node.clock.advance(seconds)
+        if len(polls) == 2:  # the loop completes the switchover after a while
+            await node.refresh(leader="b")
+
+    code, out, err = await node.ctl(
+        "switchover", "--candidate", "b", "--wait", "--timeout", "30", sleep=cluster_moves_on
+    )
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == "New leader: b"
+    assert len(polls) == 2
+
+
+async def test_switchover_wait_gives_up_after_the_timeout(node: Node) -> None:
+    async def nothing_happens(seconds: float) -> None:
+        node.clock.advance(seconds)
+
+    code, _, err = await node.ctl("switchover", "--wait", "--timeout", "3", sleep=nothing_happens)
+    assert code == 1
+    assert "timed out after 3 s" in err
+
+
+async def test_failover_names_the_candidate(node: Node) -> None:
+    code, out, _ = await node.ctl("failover", "--candidate", "b", "--json")
+    assert code == 0
+    assert json.loads(out)["candidate"] == "b"
+    record = node.dcs.records[RecordKind.SWITCHOVER]
+    assert json.loads(record.value)["candidate"] == "b"
+
+
+async def test_pause_and_resume(node: Node) -> None:
+    assert (await node.ctl("pause"))[0] == 0
+    assert json.loads(node.dcs.records[RecordKind.CONFIG].value) == {"paused": True}
+    assert (await node.ctl("resume"))[0] == 0
+    assert json.loads(node.dcs.records[RecordKind.CONFIG].value) == {"paused": False}
+
+
+async def test_restart_goes_to_the_member_and_reinitialize_is_refused_on_the_leader(
+    node: Node,
+) -> None:
+    code, out, _ = await node.ctl("restart")
+    assert code == 0
+    assert out.startswith("Restart: accepted")
+    code, _, err = await node.ctl("reinitialize")
+    assert code == 1
+    assert err.startswith("Error: reinitialize:")
+    assert node.submitted == [LocalRequestKind.RESTART]
+
+
+async def test_history_prints_a_table(node: Node) -> None:
+    code, out, _ = await node.ctl("history")
+    assert (code, out.strip()) == (0, "No timeline switch recorded.")
+
+
+async def test_a_usage_error_exits_2(node: Node) -> None:
+    assert (await node.ctl("failover"))[0] == 2
+    assert (await node.ctl("frobnicate"))[0] == 2
