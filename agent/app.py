@@ -46,7 +46,9 @@ async def run_agent(settings: Settings) -> int:
     Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
     clock = SystemClock()
     dcs = build_dcs(settings)
-    postmaster = Postmaster(settings.postgresql, member_name=settings.name, run_dir=settings.run_dir)
+    postmaster = Postmaster(
+        settings.postgresql, member_name=settings.name, run_dir=settings.run_dir
+    )
     prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
     fence = FenceClient(run_dir=settings.run_dir, data_dir=settings.postgresql.data_dir)
     metrics = Metrics()

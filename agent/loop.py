@@ -298,8 +298,13 @@ class HaLoop:
                 ok = await self._run_action(action, obs)
             except (DcsError, TimeoutError) as exc:
                 ok, detail = None, f"DCS: {exc!r}"
-            except (ActionFailed, PostgresError, FenceUnavailable, asyncpg.PostgresError,
-                    OSError) as exc:
+            except (
+                ActionFailed,
+                PostgresError,
+                FenceUnavailable,
+                asyncpg.PostgresError,
+                OSError,
+            ) as exc:
                 ok, detail = False, repr(exc)
             outcome = Outcome(action=action, ok=bool(ok), sent_at=sent_at, detail=detail)
             if isinstance(action, RenewLeader) and ok is None:
@@ -326,10 +331,15 @@ class HaLoop:
         async def run() -> None:
             ok, detail = False, ""
             try:
-                ok = await self._run_action(action, Observation(
-                    now=started, wall_now=self.clock.wall(), cluster=view,
-                    local=self._local or LocalState(data_dir_initialized=False, running=False),
-                ))
+                ok = await self._run_action(
+                    action,
+                    Observation(
+                        now=started,
+                        wall_now=self.clock.wall(),
+                        cluster=view,
+                        local=self._local or LocalState(data_dir_initialized=False, running=False),
+                    ),
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -341,8 +351,12 @@ class HaLoop:
                     action=action, ok=bool(ok), sent_at=started, detail=detail
                 )
                 self._wake.set()
-            log.info("long_action_done", action=type(action).__name__, ok=ok,
-                     duration_s=round(self.clock.monotonic() - started, 3))
+            log.info(
+                "long_action_done",
+                action=type(action).__name__,
+                ok=ok,
+                duration_s=round(self.clock.monotonic() - started, 3),
+            )
 
         self._pending_task = asyncio.create_task(run(), name=f"long-{type(action).__name__}")
 
@@ -430,14 +444,18 @@ class HaLoop:
                     await self.postmaster.stop(PgStopMode.FAST, timeout_s=timing.shutdown_timeout_s)
                     bootstrap.clear_data_dir(pg)
                 await bootstrap.clone(pg, standby, run_dir=s.run_dir, timeout_s=600.0)
-                await self.postmaster.start(standby=standby, timeout_s=timing.primary_start_timeout_s)
+                await self.postmaster.start(
+                    standby=standby, timeout_s=timing.primary_start_timeout_s
+                )
                 return True
             case Rewind(source=source):
                 standby = self._standby_of(view, source)
                 await self.postmaster.stop(PgStopMode.FAST, timeout_s=timing.shutdown_timeout_s)
                 await self.fence.disarm()
                 await bootstrap.rewind(pg, standby, run_dir=s.run_dir, timeout_s=300.0)
-                await self.postmaster.start(standby=standby, timeout_s=timing.primary_start_timeout_s)
+                await self.postmaster.start(
+                    standby=standby, timeout_s=timing.primary_start_timeout_s
+                )
                 return True
             case StartPostgres(upstream=upstream, as_primary=as_primary):
                 standby: StandbyConfig | None
@@ -445,12 +463,16 @@ class HaLoop:
                     standby = None
                 elif upstream is None:
                     standby = StandbyConfig(
-                        primary_host="", primary_port=0, slot_name=None,
+                        primary_host="",
+                        primary_port=0,
+                        slot_name=None,
                         application_name=s.name,
                     )
                 else:
                     standby = self._standby_of(view, upstream)
-                await self.postmaster.start(standby=standby, timeout_s=timing.primary_start_timeout_s)
+                await self.postmaster.start(
+                    standby=standby, timeout_s=timing.primary_start_timeout_s
+                )
                 return True
             case StopPostgres(mode=mode):
                 await self.postmaster.stop(_pg_mode(mode), timeout_s=timing.shutdown_timeout_s)
@@ -517,7 +539,9 @@ class HaLoop:
         return await self._dcs_call(
             "write_record",
             lambda: self.dcs.write_record(
-                RecordKind.HISTORY, history_to_json(entries[-100:]), expected_version=version or None
+                RecordKind.HISTORY,
+                history_to_json(entries[-100:]),
+                expected_version=version or None,
             ),
         )
 
@@ -564,8 +588,11 @@ class HaLoop:
             try:
                 async with asyncio.timeout(1.0):
                     conn = await asyncpg.connect(
-                        host=target.host, port=target.port, user=pg.superuser.username,
-                        password=password, database="postgres",
+                        host=target.host,
+                        port=target.port,
+                        user=pg.superuser.username,
+                        password=password,
+                        database="postgres",
                     )
                     try:
                         received = await conn.fetchval(
@@ -589,8 +616,12 @@ class HaLoop:
         state = pg_state_of(local)
         if self._pending is not None:
             state = _state_during(self._pending.action, state)
-        role = Role.PRIMARY if local.is_primary else Role.REPLICA if local.running else (
-            Role.UNINITIALIZED if not local.data_dir_initialized else Role.UNKNOWN
+        role = (
+            Role.PRIMARY
+            if local.is_primary
+            else Role.REPLICA
+            if local.running
+            else (Role.UNINITIALIZED if not local.data_dir_initialized else Role.UNKNOWN)
         )
         now = self.clock.monotonic()
         deadline = fence_deadline(self.memory, s)
@@ -692,4 +723,3 @@ async def bootstrap_controldata(settings: Settings) -> int:
     if control is None:
         raise ActionFailed("pg_controldata gave nothing after the shutdown")
     return control.checkpoint_lsn
-

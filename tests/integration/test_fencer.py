@@ -1,0 +1,153 @@
+"""The fencer process kills PostgreSQL's process group at the deadline, whatever the agent does.
+
+A stand-in postmaster (a process whose command line says postgres, leading its own session,
+named in a postmaster.pid file) lets these tests run in seconds; the end-to-end tests check
+the same with a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.fence import FenceClient, FenceState
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def postmaster(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A fake postmaster leading its own process group, with a child (a 'backend')."""
+    proc = subprocess.Popen(
+        ["bash", "-c", "sleep 300 & exec -a postgres sleep 300"],
+        start_new_session=True,
+    )
+    (tmp_path / "postmaster.pid").write_text(f"{proc.pid}\n{tmp_path}\n")
+    time.sleep(0.1)
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Zombies count as gone.
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            stat = (pid_dir / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def wait_dead(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+async def test_armed_fencer_kills_the_postmaster_group_at_the_deadline_not_before(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    await client.start()
+    status = await client.arm(time.monotonic() + 1.0)
+    assert status.state == FenceState.ARMED
+    await asyncio.sleep(0.6)
+    assert postmaster.poll() is None, "fenced before the deadline"
+    assert await asyncio.to_thread(wait_dead, postmaster, 2.0), "not fenced after the deadline"
+    await asyncio.sleep(0.1)
+    assert not group_alive(postmaster.pid), "a backend of the group survived"
+    assert (await client.status()).state == FenceState.FENCED
+    await client.disarm()
+    await client.stop()
+
+
+async def test_renewals_move_the_deadline_and_disarm_stops_it(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    await client.start()
+    for _ in range(4):
+        await client.arm(time.monotonic() + 0.5)
+        await asyncio.sleep(0.25)
+    assert postmaster.poll() is None
+    await client.disarm()
+    await asyncio.sleep(0.8)
+    assert postmaster.poll() is None, "a disarmed fencer fenced"
+    await client.stop()
+
+
+def _agent_script(run_dir: Path, data_dir: Path, deadline_in: float) -> str:
+    return f"""
+import asyncio, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from agent.fence import FenceClient
+async def main():
+    client = FenceClient(run_dir={str(run_dir)!r}, data_dir={str(data_dir)!r})
+    await client.start()
+    await client.arm(time.monotonic() + {deadline_in})
+    print("armed", flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+async def test_fencer_fences_when_the_agent_is_killed_or_frozen(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes], how: str
+) -> None:
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _agent_script(tmp_path / "run", tmp_path, 1.5)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert agent.stdout is not None
+        assert agent.stdout.readline().strip() == b"armed"
+        os.kill(agent.pid, getattr(signal, how))
+        t0 = time.monotonic()
+        assert await asyncio.to_thread(wait_dead, postmaster, 4.0)
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        agent.kill()
+        agent.wait()
+    # With its agent gone and nothing armed, the fencer exits by itself.
+    deadline = time.monotonic() + 3
+    while (tmp_path / "run" / "fencer.sock").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not (tmp_path / "run" / "fencer.sock").exists()
+
+
+async def test_a_restarted_agent_adopts_the_running_fencer_and_its_deadline(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    first = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    await first.start()
+    await first.arm(time.monotonic() + 5.0)
+    second = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    status = await second.start()
+    assert status.state == FenceState.ARMED
+    assert status.remaining_s is not None and 3.0 < status.remaining_s <= 5.0
+    await second.disarm()
+    await first.stop()
