@@ -568,17 +568,29 @@ class EtcdClient:
         self, path: str, body: dict[str, Any], *, require_leader: bool = True
     ) -> dict[str, Any]:
         """POST `body` to `path` on some endpoint within `timeout_s`; the decoded answer."""
+        failures: list[str] = []
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._call_with_failover(path, body, require_leader)
+                return await self._call_with_failover(path, body, require_leader, failures=failures)
         except TimeoutError:
+            last = f" (last error: {failures[-1]})" if failures else ""
             raise EtcdUnavailable(
-                f"etcd: no endpoint answered {path} within {self._timeout_s:g} s"
+                f"etcd: no endpoint answered {path} within {self._timeout_s:g} s{last}"
             ) from None
 
     async def _call_with_failover(
-        self, path: str, body: dict[str, Any], require_leader: bool, *, with_token: bool = True
+        self,
+        path: str,
+        body: dict[str, Any],
+        require_leader: bool,
+        *,
+        with_token: bool = True,
+        failures: list[str] | None = None,
     ) -> dict[str, Any]:
+        """Try the endpoints in turn (the last good one first) until one answers; loops until
+        cancelled (the caller bounds it). Appends a description of each failure to
+        `failures`."""
+        failures = [] if failures is None else failures
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         backoff_s = _BACKOFF_FIRST_S
@@ -609,13 +621,15 @@ class EtcdClient:
                         result = await self._attempt(
                             self._endpoints[index], path, body, require_leader, with_token
                         )
-                    except (_Retryable, TimeoutError):
+                    except (_Retryable, TimeoutError) as exc:
+                        failures.append(_describe(self._endpoints[index], exc))
                         continue
                     except _TokenRejected:
                         raise EtcdAuthFailed(
                             "etcd: auth token rejected after re-authentication"
                         ) from None
-                except (_Retryable, TimeoutError):
+                except (_Retryable, TimeoutError) as exc:
+                    failures.append(_describe(self._endpoints[index], exc))
                     continue
                 self._preferred = index
                 return result
@@ -738,3 +752,12 @@ async def _read_json_bounded(resp: aiohttp.ClientResponse, timeout_s: float) -> 
             return await resp.json(content_type=None)
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         raise _Retryable from exc
+
+
+def _describe(endpoint: str, exc: BaseException) -> str:
+    """A short, secret-free description of why an attempt on `endpoint` failed."""
+    if isinstance(exc, TimeoutError):
+        return f"{endpoint}: no answer in time"
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = str(cause) or type(cause).__name__
+    return f"{endpoint}: {text}"[:300]
