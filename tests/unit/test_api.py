@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.api import build_app
+from agent.api import build_app, start_api
 from agent.api.health import parse_lag
 from agent.clock import FakeClock
 from agent.config import (
@@ -48,6 +48,7 @@ from agent.model import (
     Role,
     parse_cluster,
 )
+from tests.support.ports import free_port
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -870,3 +871,40 @@ async def test_metrics_are_served_in_the_prometheus_text_format(api: Api) -> Non
     roles = {s.labels["role"]: s.value for s in families["pgwarden_role"].samples}
     assert roles["primary"] == 1
     assert roles["replica"] == 0
+
+
+# --------------------------------------------------------------------------- serving
+
+
+async def test_start_api_serves_on_the_configured_loopback_port(api: Api) -> None:
+    settings = ApiSettings(listen_host="127.0.0.1", port=free_port(), insecure_no_auth=True)
+    app = build_app(
+        settings=make_settings(settings),
+        status=api.status,
+        dcs=api.dcs,
+        requests=Inbox(),
+        metrics=Metrics(),
+        clock=api.clock,
+    )
+    runner = await start_api(app, settings)
+    try:
+        async with ClientSession() as session, session.get(settings.url + "/liveness") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["name"] == "a"
+    finally:
+        await runner.cleanup()
+
+
+async def test_start_api_fails_cleanly_when_the_port_is_taken(api: Api) -> None:
+    assert api.client.port is not None
+    settings = ApiSettings(listen_host="127.0.0.1", port=api.client.port)
+    app = build_app(
+        settings=make_settings(settings),
+        status=api.status,
+        dcs=api.dcs,
+        requests=Inbox(),
+        metrics=Metrics(),
+        clock=api.clock,
+    )
+    with pytest.raises(OSError):
+        await start_api(app, settings)

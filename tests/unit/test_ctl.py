@@ -21,7 +21,7 @@ from agent.config import (
     Secret,
     Settings,
 )
-from agent.ctl import render_history, render_table, run
+from agent.ctl import main, render_history, render_table, run
 from agent.metrics import Metrics
 from agent.model import (
     AgentStatus,
@@ -422,3 +422,12 @@ async def test_history_prints_a_table(node: Node) -> None:
 async def test_a_usage_error_exits_2(node: Node) -> None:
     assert (await node.ctl("failover"))[0] == 2
     assert (await node.ctl("frobnicate"))[0] == 2
+
+
+def test_main_reports_an_unreachable_member_and_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGWARDEN_URL", raising=False)
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert main(["list", "--url", dead]) == 1
+    assert capsys.readouterr().err.startswith(f"Error: no member reachable: {dead}")
