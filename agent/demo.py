@@ -1,0 +1,422 @@
+"""`pgwarden demo`: etcd and a 3-member cluster on this machine, with a live view.
+
+`LocalCluster` is also what the end-to-end tests and the failover benchmark drive, so the
+demo shows exactly what is tested: real etcd, real PostgreSQL (run as an unprivileged user),
+one agent process per member, each started with `pgwarden run --config <file>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from agent.ctl import render_table
+
+ETCD_BIN = "/usr/bin/etcd"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(slots=True)
+class LocalMember:
+    name: str
+    index: int
+    pg_port: int
+    api_port: int
+    base: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base / "run"
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "pgwarden.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "agent.log"
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+
+@dataclass(slots=True)
+class LocalCluster:
+    """etcd plus `size` agents under `base`. Every process it starts, it stops."""
+
+    base: Path
+    size: int = 3
+    cluster: str = "demo"
+    token: str = "demo-token"
+    timing: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
+    etcd_endpoints: list[str] = field(default_factory=list)
+    etcd: subprocess.Popen[bytes] | None = None
+    members: list[LocalMember] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)
+        for index in range(self.size):
+            member_base = self.base / f"pg-{index}"
+            self.members.append(
+                LocalMember(
+                    name=f"pg-{index}",
+                    index=index,
+                    pg_port=free_port(),
+                    api_port=free_port(),
+                    base=member_base,
+                )
+            )
+
+    # ------------------------------------------------------------------ etcd
+
+    def start_etcd(self) -> None:
+        if self.etcd_endpoints:
+            return
+        client, peer = free_port(), free_port()
+        data = self.base / "etcd"
+        log = open(self.base / "etcd.log", "ab")  # noqa: SIM115 - owned by the child
+        self.etcd = subprocess.Popen(
+            [
+                ETCD_BIN,
+                "--name",
+                "demo-etcd",
+                "--data-dir",
+                str(data),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{client}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{client}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"demo-etcd=http://127.0.0.1:{peer}",
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        self.etcd_endpoints = [f"http://127.0.0.1:{client}"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", client), timeout=0.2).close()
+                return
+            time.sleep(0.05)
+        raise RuntimeError("etcd did not start; see etcd.log")
+
+    # ------------------------------------------------------------------ members
+
+    def config_for(self, member: LocalMember) -> dict[str, object]:
+        os_user = "postgres" if os.geteuid() == 0 else None
+        timing = {"ttl_s": 10, "loop_wait_s": 2, "retry_timeout_s": 3, "fence_margin_s": 2}
+        timing.update(self.timing)
+        config: dict[str, object] = {
+            "name": member.name,
+            "cluster": self.cluster,
+            "namespace": "pgwarden",
+            "run_dir": str(member.run_dir),
+            "dcs": {"kind": "etcd", "etcd": {"endpoints": self.etcd_endpoints}},
+            "postgresql": {
+                "bin_dir": PG_BIN,
+                "data_dir": str(member.data_dir),
+                "listen_host": "127.0.0.1",
+                "connect_host": "127.0.0.1",
+                "port": member.pg_port,
+                "parameters": {
+                    "shared_buffers": "32MB",
+                    "max_connections": 40,
+                    "wal_keep_size": "128MB",
+                },
+            },
+            "api": {"listen_host": "127.0.0.1", "port": member.api_port, "token": self.token},
+            "timing": timing,
+            "log": {"format": "json", "level": "info"},
+        }
+        if os_user is not None:
+            config["postgresql"]["os_user"] = os_user  # type: ignore[index]
+        for key, value in self.extra.items():
+            config[key] = value
+        return config
+
+    def prepare(self, member: LocalMember) -> None:
+        member.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(member.base, 0o755)
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            for path in (member.base,):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        member.config_path.write_text(yaml.safe_dump(self.config_for(member), sort_keys=False))
+
+    def start_member(self, index: int) -> None:
+        member = self.members[index]
+        self.prepare(member)
+        log = open(member.log_path, "ab")  # noqa: SIM115 - owned by the child
+        member.process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(member.config_path)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+
+    def start(self) -> None:
+        self.start_etcd()
+        for index in range(self.size):
+            self.start_member(index)
+
+    def signal_agent(self, index: int, sig: signal.Signals) -> None:
+        proc = self.members[index].process
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, sig)
+
+    def kill_member(self, index: int) -> None:
+        """Hard kill: the agent and its PostgreSQL, both with SIGKILL (a node dying)."""
+        member = self.members[index]
+        pid = member.postmaster_pid()
+        self.signal_agent(index, signal.SIGKILL)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        if member.process is not None:
+            member.process.wait()
+
+    def kill_postgres(self, index: int) -> None:
+        pid = self.members[index].postmaster_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def stop_member(self, index: int, timeout: float = 30.0) -> None:
+        member = self.members[index]
+        if member.process is None or member.process.poll() is not None:
+            return
+        member.process.send_signal(signal.SIGTERM)
+        try:
+            member.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_member(index)
+
+    def stop(self) -> None:
+        """Stop everything this cluster started; safe to call twice."""
+        for index, member in enumerate(self.members):
+            if member.process is not None and member.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member.process.pid, signal.SIGCONT)
+                self.stop_member(index, timeout=15.0)
+            self.kill_postgres(index)
+            _kill_fencer(member)
+        if self.etcd is not None and self.etcd.poll() is None:
+            self.etcd.kill()
+            self.etcd.wait()
+
+    # ------------------------------------------------------------------ observing
+
+    async def cluster_json(self, session: aiohttp.ClientSession) -> dict[str, object] | None:
+        """/cluster from the first member that answers."""
+        for member in self.members:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with session.get(
+                    member.api_url + "/cluster", timeout=aiohttp.ClientTimeout(total=0.5)
+                ) as resp:
+                    if resp.status == 200:
+                        body: dict[str, object] = await resp.json()
+                        return body
+        return None
+
+    async def health(self, session: aiohttp.ClientSession, index: int) -> dict[str, object] | None:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with session.get(
+                self.members[index].api_url + "/health", timeout=aiohttp.ClientTimeout(total=0.5)
+            ) as resp:
+                body: dict[str, object] = await resp.json()
+                return body
+        return None
+
+    async def primary_index(self, session: aiohttp.ClientSession) -> int | None:
+        """The member whose /primary says 200 (the one holding the lease with a writable PG)."""
+        for index, member in enumerate(self.members):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(
+                    member.api_url + "/primary", timeout=aiohttp.ClientTimeout(total=0.5)
+                ) as resp:
+                    if resp.status == 200:
+                        return index
+        return None
+
+    async def post(
+        self, session: aiohttp.ClientSession, index: int, path: str, body: dict[str, object]
+    ) -> tuple[int, dict[str, object]]:
+        async with session.post(
+            self.members[index].api_url + path,
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as resp:
+            return resp.status, await resp.json()
+
+
+def _kill_fencer(member: LocalMember) -> None:
+    sock = member.run_dir / "fencer.sock"
+    if not sock.exists():
+        return
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(0.5)
+        client.connect(str(sock))
+        client.sendall(b"DISARM\n")
+        client.recv(64)
+
+
+# --------------------------------------------------------------------------- the live view
+
+HELP = "keys: [k]ill primary (agent+PostgreSQL)  [s]witchover  [r]estart stopped members  [q]uit"
+
+
+async def _read_keys(queue: asyncio.Queue[str]) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        await queue.put(line.decode().strip().lower())
+
+
+async def run_demo(cluster: LocalCluster, *, refresh_s: float) -> None:
+    keys: asyncio.Queue[str] = asyncio.Queue()
+    reader = asyncio.create_task(_read_keys(keys), name="demo-keys") if sys.stdin.isatty() else None
+    message = "starting: etcd and 3 members (bootstrap takes a few seconds)"
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        try:
+            while True:
+                view = await cluster.cluster_json(session)
+                table = render_table(view) if view is not None else "(no member answers yet)"
+                sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n")
+                sys.stdout.write(
+                    f"pgwarden demo - {time.strftime('%H:%M:%S')} - "
+                    f"up {time.monotonic() - started:.0f}s - data in {cluster.base}\n\n"
+                )
+                sys.stdout.write(table + "\n\n" + message + "\n" + HELP + " (then Enter)\n")
+                sys.stdout.flush()
+                try:
+                    key = await asyncio.wait_for(keys.get(), timeout=refresh_s)
+                except TimeoutError:
+                    continue
+                message = await _handle_key(cluster, session, key)
+                if message == "quit":
+                    return
+        finally:
+            if reader is not None:
+                reader.cancel()
+
+
+async def _handle_key(cluster: LocalCluster, session: aiohttp.ClientSession, key: str) -> str:
+    if key in ("q", "quit"):
+        return "quit"
+    if key in ("k", "kill"):
+        index = await cluster.primary_index(session)
+        if index is None:
+            return "no primary to kill right now"
+        cluster.kill_member(index)
+        return f"killed pg-{index} (agent and PostgreSQL, SIGKILL) at {time.strftime('%H:%M:%S')}"
+    if key in ("s", "switchover"):
+        index = await cluster.primary_index(session)
+        if index is None:
+            return "no primary right now"
+        status, body = await cluster.post(session, index, "/switchover", {})
+        return f"switchover: HTTP {status} {json.dumps(body)}"
+    if key in ("r", "restart"):
+        started = []
+        for index, member in enumerate(cluster.members):
+            if member.process is None or member.process.poll() is not None:
+                cluster.start_member(index)
+                started.append(member.name)
+        return f"restarted {', '.join(started) or 'nothing'}"
+    return f"unknown key {key!r}"
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pgwarden demo")
+    parser.add_argument("--dir", help="where to keep the demo's data (default: a new temp dir)")
+    parser.add_argument("--size", type=int, default=3)
+    parser.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
+    parser.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=None,
+        help="stop by itself after this many seconds (for scripts)",
+    )
+    args = parser.parse_args(list(argv))
+    for binary in (ETCD_BIN, f"{PG_BIN}/postgres"):
+        if not Path(binary).exists():
+            print(f"pgwarden demo: {binary} is missing; run `make demo`", file=sys.stderr)
+            return 2
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
+    cluster = LocalCluster(base=base, size=args.size)
+
+    async def run() -> None:
+        task = asyncio.create_task(run_demo(cluster, refresh_s=args.refresh), name="demo")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, timeout=args.duration)
+
+    try:
+        cluster.start()
+        asyncio.run(run())
+    finally:
+        print("\nstopping every process the demo started ...", flush=True)
+        cluster.stop()
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
