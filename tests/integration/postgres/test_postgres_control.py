@@ -10,11 +10,13 @@ Durations are printed (run with -s to see them).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import pytest
 
 from agent.model import LocalState
@@ -31,7 +33,12 @@ from agent.postgres import (
     rewind,
 )
 from agent.postgres.bootstrap import clear_data_dir, drop_slots
-from tests.support.postgres import PgNode, eventually
+from tests.support.postgres import (
+    REPLICATION_PASSWORD,
+    SUPERUSER_PASSWORD,
+    PgNode,
+    eventually,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -269,7 +276,9 @@ async def test_a_crashed_former_primary_is_rewound_too(three_nodes: list[PgNode]
     """pg_rewind finishes crash recovery of a target that was not shut down cleanly."""
     n1, n2, _ = three_nodes
     # n1 is a replica of n2 now; make n1 a diverged, crashed primary of its own.
+    began = time.monotonic()
     await n1.postmaster.promote(timeout_s=10)
+    _report("promote (upstream alive)", time.monotonic() - began)
     await _insert(n1, "crashed-divergent")
     await n1.postmaster.stop(StopMode.IMMEDIATE, timeout_s=10)
     control = await read_controldata(n1.settings)
@@ -281,6 +290,35 @@ async def test_a_crashed_former_primary_is_rewound_too(three_nodes: list[PgNode]
     assert await _count(n1, "crashed-divergent") == 0
     await _insert(n2, "after-crash-rewind")
     await _visible_on([n1], "after-crash-rewind")
+
+
+async def test_a_failed_rewind_is_repaired_by_clearing_and_cloning_again(
+    three_nodes: list[PgNode],
+) -> None:
+    _, n2, n3 = three_nodes
+    await n3.postmaster.stop(StopMode.FAST, timeout_s=10)
+    clear_data_dir(n3.settings)
+    began = time.monotonic()
+    await clone(n3.settings, n3.standby_of(n2), run_dir=n3.run_dir, timeout_s=60)
+    _report("re-clone", time.monotonic() - began)
+    await n3.postmaster.start(standby=n3.standby_of(n2), timeout_s=START_TIMEOUT_S)
+    await _insert(n2, "after-reclone")
+    await _visible_on([n3], "after-reclone")
+
+
+async def test_network_logins_need_the_right_password_and_the_right_database(
+    three_nodes: list[PgNode],
+) -> None:
+    _, n2, _ = three_nodes
+    dsn = {"host": "127.0.0.1", "port": n2.port, "database": "postgres", "timeout": 5}
+    conn = await asyncpg.connect(user="postgres", password=SUPERUSER_PASSWORD, **dsn)
+    assert await conn.fetchval("SELECT current_user") == "postgres"
+    await conn.close()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(user="postgres", password="wrong", **dsn)
+    # The replication role may only open replication connections.
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError):
+        await asyncpg.connect(user="replicator", password=REPLICATION_PASSWORD, **dsn)
 
 
 # --------------------------------------------------------------------------- process control
@@ -305,6 +343,37 @@ async def test_each_stop_mode_stops_the_postmaster_and_its_processes(
     assert stopped.control.system_id == (await _probe(n2)).system_id
     await n3.postmaster.start(standby=n3.standby_of(n2), timeout_s=START_TIMEOUT_S)
     assert n3.postmaster.pid() not in (None, pid)
+
+
+async def test_a_smart_stop_blocked_by_a_session_escalates_to_immediate(
+    three_nodes: list[PgNode],
+) -> None:
+    _, n2, n3 = three_nodes
+    prober = Prober(n3.settings, run_dir=n3.run_dir, member_name=n3.name)
+    state = await prober.probe(running=True, postmaster_pid=n3.postmaster.pid(), timeout_s=5)
+    assert state.is_replica  # the prober now holds a session: smart would wait forever
+    began = time.monotonic()
+    await n3.postmaster.stop(StopMode.SMART, timeout_s=1.0)
+    elapsed = time.monotonic() - began
+    assert n3.postmaster.pid() is None
+    assert 0.7 < elapsed < 2.0
+    stopped = await prober.probe(running=False, postmaster_pid=None, timeout_s=5)
+    assert not stopped.running
+    await prober.close()
+    await n3.postmaster.start(standby=n3.standby_of(n2), timeout_s=START_TIMEOUT_S)
+
+
+async def test_a_frozen_postmaster_is_killed_with_its_whole_process_group(
+    three_nodes: list[PgNode],
+) -> None:
+    _, n2, n3 = three_nodes
+    pid = n3.postmaster.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # deaf to every shutdown signal but SIGKILL
+    await n3.postmaster.stop(StopMode.FAST, timeout_s=0.5)
+    assert n3.postmaster.pid() is None
+    await eventually(_no_postgres_in_group(pid), timeout_s=5)
+    await n3.postmaster.start(standby=n3.standby_of(n2), timeout_s=START_TIMEOUT_S)
 
 
 async def test_a_killed_postmaster_ends_wait_for_exit_and_clears_pid(
@@ -381,6 +450,30 @@ async def test_starting_on_an_empty_data_dir_fails_and_names_the_problem(
     assert spare_node.postmaster.pid() is None
     state = await _probe(spare_node)
     assert state == LocalState(data_dir_initialized=False, running=False)
+
+
+async def test_clone_clears_the_remains_of_an_interrupted_clone(
+    spare_node: PgNode, three_nodes: list[PgNode]
+) -> None:
+    n2 = three_nodes[1]
+    await ensure_slots(n2.postmaster, [spare_node.slot])
+    with pytest.raises(PostgresError, match="pg_basebackup"):  # nothing listens on port 1
+        await clone(
+            spare_node.settings,
+            dataclasses.replace(spare_node.standby_of(n2), primary_port=1),
+            run_dir=spare_node.run_dir,
+            timeout_s=30,
+        )
+    _append(os.path.join(spare_node.settings.data_dir, "half-copied"), "x")
+    await clone(
+        spare_node.settings, spare_node.standby_of(n2), run_dir=spare_node.run_dir, timeout_s=30
+    )
+    assert not _exists(os.path.join(spare_node.settings.data_dir, "half-copied"))
+    await spare_node.postmaster.start(standby=spare_node.standby_of(n2), timeout_s=START_TIMEOUT_S)
+    await _insert(n2, "to-spare")
+    await _visible_on([spare_node], "to-spare")
+    await spare_node.postmaster.stop(StopMode.IMMEDIATE, timeout_s=5)
+    await drop_slots(n2.postmaster, [spare_node.slot])
 
 
 async def test_initdb_and_clone_refuse_a_data_dir_that_holds_a_cluster(
