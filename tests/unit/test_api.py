@@ -31,7 +31,8 @@ from agent.config import (
     Settings,
     Timing,
 )
-from agent.dcs.base import DcsUnavailable
+from agent.dcs import keys
+from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.metrics import Metrics
 from agent.model import (
     AgentStatus,
@@ -42,11 +43,8 @@ from agent.model import (
     MemberName,
     MemberTags,
     PgState,
-    RawCluster,
-    RawRecord,
     RecordKind,
     Role,
-    parse_cluster,
 )
 from tests.support.ports import free_port
 
@@ -59,78 +57,42 @@ LEADER_LSN = 0x3_0000_0000
 # --------------------------------------------------------------------------- fakes
 
 
-class FakeDcs:
-    """Keeps raw records like a backend and parses them with the real parser. Writes are
-    compare-and-set on a version counter, as the DCS contract requires."""
+class Backend:
+    """The memory DCS of one test cluster, with a handle per member (the API uses a's)."""
 
-    def __init__(self) -> None:
-        self.leader: RawRecord | None = None
-        self.members: dict[str, RawRecord] = {}
-        self.records: dict[RecordKind, RawRecord] = {}
-        self.available = True
-        self.writes = 0
-        self.before_write: Callable[[], None] | None = None
-        self._revision = 0
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.store = MemoryStore(clock)
+        self.handles: dict[str, MemoryDcs] = {}
 
-    def _next(self) -> str:
-        self._revision += 1
-        return str(self._revision)
+    def handle(self, name: str) -> MemoryDcs:
+        if name not in self.handles:
+            self.handles[name] = MemoryDcs(self.store, name, ttl_s=10.0, clock=self.clock)
+        return self.handles[name]
 
-    @property
-    def ttl_s(self) -> float:
-        return 10.0
+    async def publish(self, member: Member) -> None:
+        await self.handle(member.name).publish_member(member)
 
-    def set_leader(self, name: str | None) -> None:
-        self.leader = None if name is None else RawRecord(value=name, version=self._next())
+    async def lead(self, name: str) -> None:
+        assert await self.handle(name).acquire_leader()
 
-    def put(self, member: Member) -> None:
-        self.members[member.name] = RawRecord(value=member.to_json(), version=self._next())
+    async def release(self, name: str) -> None:
+        await self.handle(name).release_leader()
+
+    def remove_member(self, name: str) -> None:
+        self.store.delete_raw(keys.member_key(name))
 
     def put_record(self, kind: RecordKind, value: str) -> None:
-        self.records[kind] = RawRecord(value=value, version=self._next())
+        self.store.put_raw(keys.record_key(kind), value)
 
-    async def get_cluster(self) -> ClusterView:
-        if not self.available:
-            raise DcsUnavailable("fake DCS is down")
-        view, _problems = parse_cluster(
-            RawCluster(leader=self.leader, members=dict(self.members), records=dict(self.records))
-        )
-        return view
+    def record(self, kind: RecordKind) -> object:
+        """The record's JSON, or None when absent."""
+        raw = self.store.get_raw(keys.record_key(kind))
+        return None if raw is None else json.loads(raw)
 
-    async def write_record(
-        self, kind: RecordKind, value: str | None, *, expected_version: str | None
-    ) -> bool:
-        if not self.available:
-            raise DcsUnavailable("fake DCS is down")
-        if self.before_write is not None:
-            self.before_write()
-        current = self.records.get(kind)
-        if (current.version if current else None) != expected_version:
-            return False
-        self.writes += 1
-        if value is None:
-            self.records.pop(kind, None)
-        else:
-            self.records[kind] = RawRecord(value=value, version=self._next())
-        return True
-
-    async def acquire_leader(self) -> bool:
-        raise NotImplementedError
-
-    async def renew_leader(self) -> bool:
-        raise NotImplementedError
-
-    async def release_leader(self) -> None:
-        raise NotImplementedError
-
-    async def publish_member(self, member: Member) -> None:
-        self.put(member)
-
-    async def wait_for_change(self, timeout_s: float) -> bool:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        pass
+    @property
+    def revision(self) -> int:
+        return self.store.revision
 
 
 @dataclass
@@ -175,14 +137,14 @@ def member(
     )
 
 
-def standard_cluster(dcs: FakeDcs) -> None:
+async def standard_cluster(backend: Backend) -> None:
     """a leads; b is a good candidate; c is nofailover; d lags 10 MiB; e is stopped."""
-    dcs.put(member("a", role=Role.PRIMARY, state=PgState.RUNNING, port=5431))
-    dcs.put(member("b", lag=1000, port=5432))
-    dcs.put(member("c", nofailover=True, port=5433))
-    dcs.put(member("d", lag=10 * MIB, port=5434))
-    dcs.put(member("e", state=PgState.STOPPED, lag=None, port=5435))
-    dcs.set_leader("a")
+    await backend.publish(member("a", role=Role.PRIMARY, state=PgState.RUNNING, port=5431))
+    await backend.publish(member("b", lag=1000, port=5432))
+    await backend.publish(member("c", nofailover=True, port=5433))
+    await backend.publish(member("d", lag=10 * MIB, port=5434))
+    await backend.publish(member("e", state=PgState.STOPPED, lag=None, port=5435))
+    await backend.lead("a")
 
 
 def make_settings(api: ApiSettings | None = None) -> Settings:
@@ -240,33 +202,51 @@ def replica_status(clock: FakeClock, **changes: object) -> AgentStatus:
 @dataclass
 class Api:
     client: TestClient[web.Request, web.Application]
-    dcs: FakeDcs
+    backend: Backend
     inbox: Inbox
     status: StatusBox
     clock: FakeClock
     metrics: Metrics
+    start_revision: int
+
+    def writes(self) -> int:
+        """How many times the DCS changed since the app was served."""
+        return self.backend.revision - self.start_revision
 
     async def view(self) -> ClusterView:
-        return await self.dcs.get_cluster()
+        return await self.backend.handle("a").get_cluster()
 
 
-async def serve(settings: Settings, dcs: FakeDcs, status: StatusBox, clock: FakeClock) -> Api:
+async def serve(settings: Settings, backend: Backend, status: StatusBox, clock: FakeClock) -> Api:
     inbox, metrics = Inbox(), Metrics()
     app = build_app(
-        settings=settings, status=status, dcs=dcs, requests=inbox, metrics=metrics, clock=clock
+        settings=settings,
+        status=status,
+        dcs=backend.handle("a"),
+        requests=inbox,
+        metrics=metrics,
+        clock=clock,
     )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
-    return Api(client=client, dcs=dcs, inbox=inbox, status=status, clock=clock, metrics=metrics)
+    return Api(
+        client=client,
+        backend=backend,
+        inbox=inbox,
+        status=status,
+        clock=clock,
+        metrics=metrics,
+        start_revision=backend.revision,
+    )
 
 
 @pytest.fixture
 async def api() -> AsyncIterator[Api]:
-    clock, dcs = FakeClock(), FakeDcs()
-    standard_cluster(dcs)
-    served = await serve(
-        make_settings(), dcs, StatusBox(primary_status(clock, await dcs.get_cluster())), clock
-    )
+    clock = FakeClock()
+    backend = Backend(clock)
+    await standard_cluster(backend)
+    view = await backend.handle("a").get_cluster()
+    served = await serve(make_settings(), backend, StatusBox(primary_status(clock, view)), clock)
     try:
         yield served
     finally:
@@ -408,11 +388,11 @@ async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -
 
 
 async def test_cluster_shows_a_pending_switchover_and_the_pause(api: Api) -> None:
-    api.dcs.put_record(
+    api.backend.put_record(
         RecordKind.SWITCHOVER,
         json.dumps({"leader": "a", "candidate": "b", "scheduled_at": 1_900_000_000}),
     )
-    api.dcs.put_record(RecordKind.CONFIG, json.dumps({"paused": True}))
+    api.backend.put_record(RecordKind.CONFIG, json.dumps({"paused": True}))
     api.status.value = primary_status(api.clock, await api.view())
     body = await (await api.client.get("/cluster")).json()
     assert body["switchover"] == {
@@ -484,7 +464,7 @@ async def test_mutating_routes_refuse_missing_or_wrong_credentials(
         assert any(c.startswith("Bearer") for c in challenges)
         assert any(c.startswith("Basic") for c in challenges)
     assert api.inbox.submitted == []
-    assert api.dcs.writes == 0
+    assert api.writes() == 0
 
 
 async def test_mutating_routes_accept_the_bearer_token_and_basic_credentials(api: Api) -> None:
@@ -496,7 +476,7 @@ async def test_mutating_routes_accept_the_bearer_token_and_basic_credentials(api
 
 async def test_insecure_no_auth_lets_mutating_requests_through(api: Api) -> None:
     open_api = await serve(
-        make_settings(ApiSettings(insecure_no_auth=True)), api.dcs, api.status, api.clock
+        make_settings(ApiSettings(insecure_no_auth=True)), api.backend, api.status, api.clock
     )
     try:
         assert (await open_api.client.post("/restart")).status == 202
@@ -506,7 +486,7 @@ async def test_insecure_no_auth_lets_mutating_requests_through(api: Api) -> None
 
 
 async def test_without_configured_credentials_nothing_mutates(api: Api) -> None:
-    bare = await serve(make_settings(ApiSettings()), api.dcs, api.status, api.clock)
+    bare = await serve(make_settings(ApiSettings()), api.backend, api.status, api.clock)
     try:
         assert (await bare.client.post("/restart", headers=AUTH)).status == 401
         assert bare.inbox.submitted == []
@@ -523,8 +503,7 @@ async def test_read_only_routes_need_no_credentials(api: Api) -> None:
 
 
 async def switchover_record(api: Api) -> object:
-    record = api.dcs.records.get(RecordKind.SWITCHOVER)
-    return None if record is None else json.loads(record.value)
+    return api.backend.record(RecordKind.SWITCHOVER)
 
 
 async def test_a_valid_switchover_writes_exactly_the_request_and_wakes_the_loop(api: Api) -> None:
@@ -539,7 +518,7 @@ async def test_a_valid_switchover_writes_exactly_the_request_and_wakes_the_loop(
         "scheduled_at": None,
     }
     assert await switchover_record(api) == {"leader": "a", "candidate": "b", "scheduled_at": None}
-    assert api.dcs.writes == 1
+    assert api.writes() == 1
     assert api.inbox.wakes == 1
 
 
@@ -593,12 +572,12 @@ async def test_a_bad_switchover_is_refused_naming_the_field_and_changes_nothing(
     error = (await response.json())["error"]
     assert error.startswith(f"{field}:"), error
     assert await switchover_record(api) is None
-    assert api.dcs.writes == 0
+    assert api.writes() == 0
     assert api.inbox.wakes == 0
 
 
 async def test_a_switchover_needs_a_leader(api: Api) -> None:
-    api.dcs.set_leader(None)
+    await api.backend.release("a")
     response = await api.client.post("/switchover", json={"candidate": "b"}, headers=AUTH)
     assert response.status == 409
     assert "no leader" in (await response.json())["error"]
@@ -606,7 +585,7 @@ async def test_a_switchover_needs_a_leader(api: Api) -> None:
 
 
 async def test_a_switchover_without_candidate_needs_an_eligible_member(api: Api) -> None:
-    del api.dcs.members["b"]
+    api.backend.remove_member("b")
     response = await api.client.post("/switchover", json={}, headers=AUTH)
     assert response.status == 409
     error = (await response.json())["error"]
@@ -616,7 +595,7 @@ async def test_a_switchover_without_candidate_needs_an_eligible_member(api: Api)
 
 
 async def test_a_second_switchover_is_refused_while_one_is_pending(api: Api) -> None:
-    api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
+    api.backend.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
     response = await api.client.post("/switchover", json={"candidate": "b"}, headers=AUTH)
     assert response.status == 409
     assert "pending" in (await response.json())["error"]
@@ -624,19 +603,16 @@ async def test_a_second_switchover_is_refused_while_one_is_pending(api: Api) -> 
 
 
 async def test_a_switchover_that_loses_the_write_race_answers_409(api: Api) -> None:
-    def someone_else_writes_first() -> None:
-        api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
-
-    api.dcs.before_write = someone_else_writes_first
+    api.backend.handle("a").faults.lose_races = 1  # another member's request lands first
     response = await api.client.post("/switchover", json={"candidate": "b"}, headers=AUTH)
     assert response.status == 409
     assert (await response.json())["error"] == "switchover: another request is pending"
-    assert await switchover_record(api) == {"leader": "a", "candidate": "d"}
+    assert await switchover_record(api) is None
     assert api.inbox.wakes == 0
 
 
 async def test_requests_answer_503_when_the_dcs_is_unavailable(api: Api) -> None:
-    api.dcs.available = False
+    api.backend.store.faults.unavailable = True
     for method, path, body in (
         ("POST", "/switchover", {"candidate": "b"}),
         ("POST", "/failover", {"candidate": "b"}),
@@ -650,7 +626,7 @@ async def test_requests_answer_503_when_the_dcs_is_unavailable(api: Api) -> None
 
 async def test_a_scheduled_switchover_can_be_cancelled(api: Api) -> None:
     at = api.clock.wall() + 600
-    api.dcs.put_record(
+    api.backend.put_record(
         RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "b", "scheduled_at": at})
     )
     response = await api.client.delete("/switchover", headers=AUTH)
@@ -661,7 +637,7 @@ async def test_a_scheduled_switchover_can_be_cancelled(api: Api) -> None:
 
 
 async def test_an_immediate_switchover_cannot_be_cancelled(api: Api) -> None:
-    api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "b"}))
+    api.backend.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "b"}))
     response = await api.client.delete("/switchover", headers=AUTH)
     assert response.status == 409
     assert await switchover_record(api) == {"leader": "a", "candidate": "b"}
@@ -677,7 +653,7 @@ async def test_cancelling_without_a_pending_switchover_answers_404(api: Api) -> 
 
 
 async def test_a_failover_without_leader_names_only_the_candidate(api: Api) -> None:
-    api.dcs.set_leader(None)
+    await api.backend.release("a")
     response = await api.client.post("/failover", json={"candidate": "e"}, headers=AUTH)
     assert response.status == 409  # e is stopped
     response = await api.client.post("/failover", json={"candidate": "d"}, headers=AUTH)
@@ -715,7 +691,7 @@ async def test_a_bad_failover_is_refused_and_changes_nothing(
 
 
 async def test_a_failover_is_refused_while_a_request_is_pending(api: Api) -> None:
-    api.dcs.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
+    api.backend.put_record(RecordKind.SWITCHOVER, json.dumps({"leader": "a", "candidate": "d"}))
     response = await api.client.post("/failover", json={"candidate": "b"}, headers=AUTH)
     assert response.status == 409
     assert await switchover_record(api) == {"leader": "a", "candidate": "d"}
@@ -725,8 +701,7 @@ async def test_a_failover_is_refused_while_a_request_is_pending(api: Api) -> Non
 
 
 async def config_record(api: Api) -> object:
-    record = api.dcs.records.get(RecordKind.CONFIG)
-    return None if record is None else json.loads(record.value)
+    return api.backend.record(RecordKind.CONFIG)
 
 
 async def test_pause_and_resume_write_the_config_record(api: Api) -> None:
@@ -750,7 +725,7 @@ async def test_patch_config_sets_paused(api: Api) -> None:
 
 async def test_setting_paused_to_its_present_value_writes_nothing(api: Api) -> None:
     assert (await api.client.post("/resume", headers=AUTH)).status == 200
-    assert api.dcs.writes == 0
+    assert api.writes() == 0
 
 
 @pytest.mark.parametrize(
@@ -776,12 +751,8 @@ async def test_a_bad_config_patch_is_refused_and_changes_nothing(
 
 
 async def test_a_config_change_that_loses_the_write_race_answers_409(api: Api) -> None:
-    api.dcs.put_record(RecordKind.CONFIG, json.dumps({"paused": False}))
-
-    def someone_else_writes_first() -> None:
-        api.dcs.put_record(RecordKind.CONFIG, json.dumps({"paused": False}))
-
-    api.dcs.before_write = someone_else_writes_first
+    api.backend.put_record(RecordKind.CONFIG, json.dumps({"paused": False}))
+    api.backend.handle("a").faults.lose_races = 1  # another member's change lands first
     response = await api.client.post("/pause", headers=AUTH)
     assert response.status == 409
     assert await config_record(api) == {"paused": False}
@@ -847,7 +818,7 @@ async def test_an_internal_error_answers_500_with_json(api: Api) -> None:
     app = build_app(
         settings=make_settings(),
         status=broken,
-        dcs=api.dcs,
+        dcs=api.backend.handle("a"),
         requests=Inbox(),
         metrics=Metrics(),
         clock=api.clock,
@@ -881,7 +852,7 @@ async def test_start_api_serves_on_the_configured_loopback_port(api: Api) -> Non
     app = build_app(
         settings=make_settings(settings),
         status=api.status,
-        dcs=api.dcs,
+        dcs=api.backend.handle("a"),
         requests=Inbox(),
         metrics=Metrics(),
         clock=api.clock,
@@ -901,7 +872,7 @@ async def test_start_api_fails_cleanly_when_the_port_is_taken(api: Api) -> None:
     app = build_app(
         settings=make_settings(settings),
         status=api.status,
-        dcs=api.dcs,
+        dcs=api.backend.handle("a"),
         requests=Inbox(),
         metrics=Metrics(),
         clock=api.clock,

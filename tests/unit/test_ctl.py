@@ -22,19 +22,17 @@ from agent.config import (
     Settings,
 )
 from agent.ctl import main, render_history, render_table, run
+from agent.dcs import keys
+from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.metrics import Metrics
 from agent.model import (
     AgentStatus,
-    ClusterView,
     LocalRequestKind,
     Member,
     MemberName,
     PgState,
-    RawCluster,
-    RawRecord,
     RecordKind,
     Role,
-    parse_cluster,
 )
 from tests.support.ports import free_port
 
@@ -143,67 +141,15 @@ def test_render_history_lists_timeline_switches() -> None:
 # --------------------------------------------------------------------------- against the API
 
 
-class FakeDcs:
-    """Just enough of a DCS for the API: a parsed view and compare-and-set records."""
-
-    def __init__(self) -> None:
-        self.leader: RawRecord | None = RawRecord(value="a", version="1")
-        self.members: dict[str, RawRecord] = {}
-        self.records: dict[RecordKind, RawRecord] = {}
-        self._revision = 1
-
-    def put(self, member: Member) -> None:
-        self._revision += 1
-        self.members[member.name] = RawRecord(value=member.to_json(), version=str(self._revision))
-
-    @property
-    def ttl_s(self) -> float:
-        return 10.0
-
-    async def get_cluster(self) -> ClusterView:
-        raw = RawCluster(leader=self.leader, members=self.members, records=self.records)
-        return parse_cluster(raw)[0]
-
-    async def write_record(
-        self, kind: RecordKind, value: str | None, *, expected_version: str | None
-    ) -> bool:
-        current = self.records.get(kind)
-        if (current.version if current else None) != expected_version:
-            return False
-        self._revision += 1
-        if value is None:
-            self.records.pop(kind, None)
-        else:
-            self.records[kind] = RawRecord(value=value, version=str(self._revision))
-        return True
-
-    async def acquire_leader(self) -> bool:
-        raise NotImplementedError
-
-    async def renew_leader(self) -> bool:
-        raise NotImplementedError
-
-    async def release_leader(self) -> None:
-        raise NotImplementedError
-
-    async def publish_member(self, member: Member) -> None:
-        self.put(member)
-
-    async def wait_for_change(self, timeout_s: float) -> bool:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        pass
-
-
 @dataclass
 class Node:
     """One member's API served in-process, with what it was asked to do."""
 
     url: str
-    dcs: FakeDcs
+    store: MemoryStore
     clock: FakeClock
     status: AgentStatus
+    handles: dict[str, MemoryDcs] = field(default_factory=dict)
     submitted: list[LocalRequestKind] = field(default_factory=list)
     wakes: int = 0
 
@@ -213,11 +159,21 @@ class Node:
     def wake(self) -> None:
         self.wakes += 1
 
+    def handle(self, name: str) -> MemoryDcs:
+        if name not in self.handles:
+            self.handles[name] = MemoryDcs(self.store, name, ttl_s=10.0, clock=self.clock)
+        return self.handles[name]
+
+    def record(self, kind: RecordKind) -> object:
+        raw = self.store.get_raw(keys.record_key(kind))
+        return None if raw is None else json.loads(raw)
+
     async def refresh(self, leader: str | None = None) -> None:
         """The HA loop's part: publish a status with the DCS's current view."""
         if leader is not None:
-            self.dcs.leader = RawRecord(value=leader, version=leader)
-        view = await self.dcs.get_cluster()
+            await self.handle("a").release_leader()
+            assert await self.handle(leader).acquire_leader()
+        view = await self.handle("a").get_cluster()
         self.status = replace(self.status, cluster_view=view, observed_at=self.clock.monotonic())
 
     async def ctl(
@@ -258,9 +214,13 @@ def _member(name: str, role: Role, state: PgState, lsn: int) -> Member:
 
 @pytest.fixture
 async def node() -> AsyncIterator[Node]:
-    clock, dcs = FakeClock(), FakeDcs()
-    dcs.put(_member("a", Role.PRIMARY, PgState.RUNNING, 5 * MIB))
-    dcs.put(_member("b", Role.REPLICA, PgState.STREAMING, 5 * MIB - 100))
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    dcs = MemoryDcs(store, "a", ttl_s=10.0, clock=clock)
+    await dcs.publish_member(_member("a", Role.PRIMARY, PgState.RUNNING, 5 * MIB))
+    assert await dcs.acquire_leader()
+    other = MemoryDcs(store, "b", ttl_s=10.0, clock=clock)
+    await other.publish_member(_member("b", Role.REPLICA, PgState.STREAMING, 5 * MIB - 100))
     status = AgentStatus(
         name=MemberName("a"),
         cluster="demo",
@@ -290,7 +250,13 @@ async def node() -> AsyncIterator[Node]:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        n = Node(url=f"http://127.0.0.1:{server.port}", dcs=dcs, clock=clock, status=status)
+        n = Node(
+            url=f"http://127.0.0.1:{server.port}",
+            store=store,
+            clock=clock,
+            status=status,
+            handles={"a": dcs, "b": other},
+        )
         holder.append(n)
         await n.refresh()
         yield n
@@ -343,22 +309,25 @@ async def test_switchover_writes_the_request_and_reports_it(node: Node) -> None:
     code, out, err = await node.ctl("switchover", "--candidate", "b")
     assert (code, err) == (0, "")
     assert out.strip() == "Switchover accepted: a -> b"
-    record = node.dcs.records[RecordKind.SWITCHOVER]
-    assert json.loads(record.value) == {"leader": "a", "candidate": "b", "scheduled_at": None}
+    assert node.record(RecordKind.SWITCHOVER) == {
+        "leader": "a",
+        "candidate": "b",
+        "scheduled_at": None,
+    }
 
 
 async def test_a_refused_request_prints_the_api_error_and_exits_1(node: Node) -> None:
     code, out, err = await node.ctl("switchover", "--candidate", "zz")
     assert (code, out) == (1, "")
     assert err.startswith("Error: candidate: no member named 'zz'")
-    assert RecordKind.SWITCHOVER not in node.dcs.records
+    assert node.record(RecordKind.SWITCHOVER) is None
 
 
 async def test_without_credentials_a_mutating_command_exits_1(node: Node) -> None:
     code, _, err = await node.ctl("pause", env={"PGWARDEN_URL": node.url})
     assert code == 1
     assert "authentication required" in err
-    assert RecordKind.CONFIG not in node.dcs.records
+    assert node.record(RecordKind.CONFIG) is None
 
 
 async def test_switchover_wait_returns_once_the_leader_changed(node: Node) -> None:
@@ -391,15 +360,18 @@ async def test_failover_names_the_candidate(node: Node) -> None:
     code, out, _ = await node.ctl("failover", "--candidate", "b", "--json")
     assert code == 0
     assert json.loads(out)["candidate"] == "b"
-    record = node.dcs.records[RecordKind.SWITCHOVER]
-    assert json.loads(record.value)["candidate"] == "b"
+    assert node.record(RecordKind.SWITCHOVER) == {
+        "leader": "a",
+        "candidate": "b",
+        "scheduled_at": None,
+    }
 
 
 async def test_pause_and_resume(node: Node) -> None:
     assert (await node.ctl("pause"))[0] == 0
-    assert json.loads(node.dcs.records[RecordKind.CONFIG].value) == {"paused": True}
+    assert node.record(RecordKind.CONFIG) == {"paused": True}
     assert (await node.ctl("resume"))[0] == 0
-    assert json.loads(node.dcs.records[RecordKind.CONFIG].value) == {"paused": False}
+    assert node.record(RecordKind.CONFIG) == {"paused": False}
 
 
 async def test_restart_goes_to_the_member_and_reinitialize_is_refused_on_the_leader(
