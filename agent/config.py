@@ -221,6 +221,12 @@ ENV_PREFIX: Final = "PGWARDEN_"
 CONFIG_ENV_VAR: Final = "PGWARDEN_CONFIG"
 """Names the configuration file for `pgwarden run` when --config is not given; not a setting."""
 
+RESERVED_ENV_VARS: Final = frozenset(
+    {CONFIG_ENV_VAR, "PGWARDEN_URL", "PGWARDEN_TOKEN", "PGWARDEN_USER", "PGWARDEN_PASSWORD"}
+)
+"""PGWARDEN_* variables that are not settings (the config file path; `pgwarden ctl`'s
+connection defaults, which may be set in the agent's own environment for `kubectl exec`)."""
+
 MASK: Final = "********"
 
 
@@ -535,7 +541,7 @@ def _parse_env_value(text: str, kind: _Kind) -> tuple[object, str | None]:
 def _apply_env(env: Mapping[str, str], raw: _Raw, out: _Collector) -> None:
     """PGWARDEN_<SECTION>__<FIELD>=value overrides; an empty value unsets the setting."""
     for var in sorted(env):
-        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV_VAR:
+        if not var.startswith(ENV_PREFIX) or var in RESERVED_ENV_VARS:
             continue
         path = ".".join(part.lower() for part in var[len(ENV_PREFIX) :].split("__"))
         kind = _SCHEMA.get(path)

@@ -616,3 +616,10 @@ def test_rendered_settings_load_back_to_the_same_settings(tmp_path: Path) -> Non
     s = load(tmp_path, with_changes({"postgresql.parameters": {"fsync": False, "work_mem": "4MB"}}))
     again = load_settings(write(tmp_path, yaml.safe_load(render_effective(s)), "again.yaml"), {})
     assert again == s
+
+
+def test_ctl_connection_variables_in_the_agent_environment_are_not_settings(
+    tmp_path: Path,
+) -> None:
+    env = {"PGWARDEN_URL": "http://127.0.0.1:8008", "PGWARDEN_TOKEN": "t", "PGWARDEN_CONFIG": "/x"}
+    assert load(tmp_path, MINIMAL, env).api.token is None
