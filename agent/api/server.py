@@ -101,7 +101,7 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         if exc.status < 400:
             raise
         kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
-        return _error(exc.status, exc.reason.lower(), kept)
+        return _error(exc.status, f"{exc.reason.lower()}: {request.method} {request.path}", kept)
     except Exception:
         _log.exception("api_internal_error", method=request.method, path=request.path)
         return _error(500, "internal error (see the agent's log)")
