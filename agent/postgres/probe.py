@@ -160,7 +160,9 @@ class Prober:
         for attempt in (1, 2):
             conn = self._conn
             if conn is None or conn.is_closed():
-                conn = await connect_local(self._settings, timeout_s=5.0, purpose="probe")
+                conn = await connect_local(
+                    self._settings, timeout_s=5.0, purpose="probe", cache_statements=True
+                )
                 self._conn = conn
             try:
                 row = await conn.fetchrow(_PROBE_SQL)

@@ -278,7 +278,11 @@ def configure_standby(settings: PostgresSettings, standby: StandbyConfig | None)
     write_file(signal_path, "", who)
 
 
-def standby_conninfo(settings: PostgresSettings, standby: StandbyConfig) -> str:
+def standby_conninfo(settings: PostgresSettings, standby: StandbyConfig) -> str | None:
+    """primary_conninfo for `standby`; None when it names no primary (an empty host): such a
+    standby replays what it has and waits for a later follow()."""
+    if not standby.primary_host:
+        return None
     password = settings.replication.password
     return replication.primary_conninfo(
         host=standby.primary_host,
@@ -637,12 +641,16 @@ class Postmaster:
         ALTER SYSTEM primary_conninfo / primary_slot_name (kept across restarts in
         postgresql.auto.conf) and pg_reload_conf(): PostgreSQL 13+ restarts only its WAL
         receiver. Each ALTER SYSTEM is its own statement (it refuses a transaction block).
+        A `standby` with an empty primary_host (or no slot) resets that setting.
         """
         conninfo = standby_conninfo(self._settings, standby)
-        await self.execute(
-            f"ALTER SYSTEM SET primary_conninfo = {replication.quote_literal(conninfo)}",
-            timeout_s=timeout_s,
-        )
+        if conninfo is None:
+            await self.execute("ALTER SYSTEM RESET primary_conninfo", timeout_s=timeout_s)
+        else:
+            literal = replication.quote_literal(conninfo)
+            await self.execute(
+                f"ALTER SYSTEM SET primary_conninfo = {literal}", timeout_s=timeout_s
+            )
         if standby.slot_name is None:
             await self.execute("ALTER SYSTEM RESET primary_slot_name", timeout_s=timeout_s)
         else:
@@ -661,16 +669,19 @@ def _first_line(sql: str) -> str:
 
 
 async def connect_local(
-    settings: PostgresSettings, *, timeout_s: float, purpose: str
+    settings: PostgresSettings, *, timeout_s: float, purpose: str, cache_statements: bool = False
 ) -> asyncpg.Connection:
-    """A superuser connection over the unix socket (peer authentication via the ident map)."""
+    """A superuser connection over the unix socket (peer authentication via the ident map).
+
+    `cache_statements` keeps prepared statements: a repeated query then costs one round trip
+    instead of two (parse, then execute); off for ad-hoc control statements."""
     conn: asyncpg.Connection = await asyncpg.connect(
         host=replication.socket_dir(settings),
         port=settings.port,
         user=settings.superuser.username,
         database="postgres",
         timeout=timeout_s,
-        statement_cache_size=0,
+        statement_cache_size=100 if cache_statements else 0,
         server_settings={"application_name": f"pgwarden-{purpose}"},
     )
     return conn

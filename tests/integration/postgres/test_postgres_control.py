@@ -24,6 +24,7 @@ from agent.postgres import (
     PostgresError,
     Postmaster,
     Prober,
+    StandbyConfig,
     StopMode,
     clone,
     create_roles,
@@ -374,6 +375,22 @@ async def test_a_frozen_postmaster_is_killed_with_its_whole_process_group(
     assert n3.postmaster.pid() is None
     await eventually(_no_postgres_in_group(pid), timeout_s=5)
     await n3.postmaster.start(standby=n3.standby_of(n2), timeout_s=START_TIMEOUT_S)
+
+
+async def test_a_standby_started_without_upstream_waits_until_follow_names_one(
+    three_nodes: list[PgNode],
+) -> None:
+    _, n2, n3 = three_nodes
+    await n3.postmaster.stop(StopMode.FAST, timeout_s=10)
+    nowhere = StandbyConfig(primary_host="", primary_port=0, slot_name=None, application_name="n3")
+    await n3.postmaster.start(standby=nowhere, timeout_s=START_TIMEOUT_S)
+    state = await _probe(n3)
+    assert state.is_replica
+    assert not state.streaming
+    assert await _receiver(n3) is None
+    await n3.postmaster.follow(n3.standby_of(n2))
+    await _insert(n2, "after-late-follow")
+    await _visible_on([n3], "after-late-follow")
 
 
 async def test_a_killed_postmaster_ends_wait_for_exit_and_clears_pid(
