@@ -153,7 +153,14 @@ def main() -> int:
                 {
                     "n": args.n,
                     "runs": args.runs,
-                    "rows": [asdict(row) for row in rows],
+                    "rows": [
+                        {
+                            **asdict(row),
+                            "p50_ms": round(row.p50_ms, 3),
+                            "p99_ms": round(row.p99_ms, 3),
+                        }
+                        for row in rows
+                    ],
                     "client_overhead_ratio_p50": round(overhead, 3),
                 },
                 indent=2,
