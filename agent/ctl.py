@@ -193,8 +193,11 @@ async def request(
                 ) as response,
             ):
                 text = await response.text()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            failures.append(f"{base}: {type(exc).__name__} {exc}".rstrip())
+        except TimeoutError:
+            failures.append(f"{base}: no answer within {target.timeout_s:g} s")
+            continue
+        except (aiohttp.ClientError, OSError) as exc:
+            failures.append(f"{base}: {exc or type(exc).__name__}")
             continue
         try:
             parsed: object = json.loads(text) if text.strip() else None
@@ -349,7 +352,10 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgwarden ctl", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="pgwarden ctl",
+        description="Operate a pgwarden cluster through its members' REST API.",
+    )
     _common_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
