@@ -1,0 +1,193 @@
+"""The etcd backend against a real 3-member etcd: the DCS contract, plus etcd member failures."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from agent.dcs.base import Dcs, DcsUnavailable
+from agent.dcs.etcd import EtcdDcs
+from agent.dcs.etcd_client import EtcdClient
+from agent.model import RecordKind
+from tests.contract.dcs_contract import ContractCluster, DcsContract, member
+from tests.support.etcd import BlackHole, EtcdCluster
+
+pytestmark = pytest.mark.integration
+
+TTL_S = 2.0  # etcd's minimum lease ttl here is 1 s (500 ms election timeout); 2 s has margin
+TIMEOUT_S = 2.0
+
+
+class EtcdContractCluster:
+    """Binds the contract suite to a fresh cluster name (its own key prefix) on a real etcd."""
+
+    ttl_s = TTL_S
+    # etcd checks for expired leases every 500 ms; a loaded machine needs some more.
+    expiry_slack_s = 1.0
+    wake_s = 3.0
+    quiet_s = 0.5
+    deadline_s = 0.5
+    member_records_expire = True
+
+    def __init__(self, endpoints: list[str], black_hole: BlackHole) -> None:
+        self.endpoints = endpoints
+        self.namespace = "pgwarden-test"
+        self.cluster = f"c-{uuid.uuid4().hex[:10]}"
+        self.black_hole = black_hole
+        self.raw = EtcdClient(endpoints, timeout_s=TIMEOUT_S)
+        self.handles: list[EtcdDcs] = []
+
+    def make_etcd(
+        self, name: str, *, endpoints: list[str] | None = None, timeout_s: float = TIMEOUT_S
+    ) -> EtcdDcs:
+        handle = EtcdDcs(
+            endpoints=endpoints or self.endpoints,
+            namespace=self.namespace,
+            cluster=self.cluster,
+            member_name=name,
+            ttl_s=self.ttl_s,
+            timeout_s=timeout_s,
+        )
+        self.handles.append(handle)
+        return handle
+
+    def make(self, name: str) -> Dcs:
+        return self.make_etcd(name)
+
+    async def expire(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def write_raw(self, key: str, value: bytes | None) -> None:
+        full = f"/{self.namespace}/{self.cluster}/{key}".encode()
+        if value is None:
+            await self.raw.delete(full)
+        else:
+            await self.raw.put(full, value)
+
+    async def make_unreachable(self, name: str) -> Dcs:
+        return self.make_etcd(name, endpoints=[self.black_hole.url], timeout_s=self.deadline_s)
+
+    async def close(self) -> None:
+        for handle in self.handles:
+            await handle.close()
+        await self.raw.delete(f"/{self.namespace}/{self.cluster}/".encode(), prefix=True)
+        await self.raw.close()
+
+
+@pytest.fixture
+async def etcd_dcs(etcd3: EtcdCluster) -> AsyncIterator[EtcdContractCluster]:
+    async with BlackHole() as black_hole:
+        cluster = EtcdContractCluster(etcd3.endpoints, black_hole)
+        try:
+            yield cluster
+        finally:
+            etcd3.heal()  # a test may have killed members; cleanup needs a quorum
+            await cluster.close()
+
+
+class TestEtcdDcsContract(DcsContract):
+    @pytest.fixture
+    def cluster(self, etcd_dcs: EtcdContractCluster) -> ContractCluster:
+        return etcd_dcs
+
+
+# --------------------------------------------------------------------------- etcd failures
+
+
+async def test_with_the_raft_leader_killed_every_call_still_works(
+    etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
+) -> None:
+    a, b = etcd_dcs.make("a"), etcd_dcs.make("b")
+    assert await a.acquire_leader()
+    await a.publish_member(member("a"))
+    etcd3.kill(etcd3.leader_index())
+    assert await a.renew_leader()
+    await a.publish_member(member("a", wal_lsn=5))
+    assert await a.write_record(RecordKind.CONFIG, '{"paused": true}', expected_version=None)
+    view = await b.get_cluster()
+    assert view.leader is not None and view.leader.name == "a"
+    seen = view.member("a")
+    assert seen is not None and seen.wal_lsn == 5
+    assert view.config.paused is True
+    assert not await b.acquire_leader()
+    await a.release_leader()
+    assert await b.acquire_leader()
+
+
+async def test_with_two_of_three_etcd_members_killed_calls_raise_dcs_unavailable_in_time(
+    etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
+) -> None:
+    deadline_s = 1.0
+    a = etcd_dcs.make_etcd("a", timeout_s=deadline_s)
+    assert await a.acquire_leader()
+    await a.get_cluster()
+    etcd3.kill(1)
+    etcd3.kill(2)
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "get_cluster": a.get_cluster,
+        "renew_leader": a.renew_leader,
+        "acquire_leader": a.acquire_leader,
+        "publish_member": lambda: a.publish_member(member("a")),
+        "write_record": lambda: a.write_record(RecordKind.SYNC, "{}", expected_version=None),
+        "release_leader": a.release_leader,
+    }
+    loop = asyncio.get_running_loop()
+    for name, call in calls.items():
+        started = loop.time()
+        with pytest.raises(DcsUnavailable):
+            await asyncio.wait_for(call(), 30)
+        took = loop.time() - started
+        assert took <= deadline_s + 0.5, f"{name} took {took:.2f} s"
+    assert await a.wait_for_change(0.2) is False  # a watch without a quorum never raises
+
+
+async def test_the_watch_resumes_when_the_etcd_member_it_is_connected_to_is_killed(
+    etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
+) -> None:
+    # Both handles talk to member 0 first; the watch of `b` lives on member 0.
+    a, b = etcd_dcs.make("a"), etcd_dcs.make("b")
+    await b.get_cluster()
+    assert await b.wait_for_change(0.3) is False  # the watch is running now
+    etcd3.kill(0)
+    assert await a.acquire_leader()
+    assert await b.wait_for_change(etcd_dcs.wake_s) is True
+    view = await b.get_cluster()
+    assert view.leader is not None and view.leader.name == "a"
+    # And it keeps delivering afterwards.
+    await a.release_leader()
+    assert await b.wait_for_change(etcd_dcs.wake_s) is True
+
+
+async def test_a_compacted_watch_start_wakes_the_caller_to_re_read_and_watches_on(
+    etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
+) -> None:
+    a, b = etcd_dcs.make("a"), etcd_dcs.make("b")
+    await b.get_cluster()  # b's watch will start after this revision...
+    for paused in ("true", "false", "true"):
+        current = (await a.get_cluster()).config.version or None
+        assert await a.write_record(
+            RecordKind.CONFIG, f'{{"paused": {paused}}}', expected_version=current
+        )
+    latest = int((await a.get_cluster()).config.version)
+    etcd3.etcdctl("compact", str(latest))  # ...which etcd no longer keeps
+    assert await b.wait_for_change(etcd_dcs.wake_s) is True
+    assert (await b.get_cluster()).config.paused is True
+    assert await a.acquire_leader()
+    assert await b.wait_for_change(etcd_dcs.wake_s) is True
+
+
+async def test_an_idle_member_sends_keepalives_but_no_writes(
+    etcd_dcs: EtcdContractCluster,
+) -> None:
+    a, b = etcd_dcs.make("a"), etcd_dcs.make("b")
+    await a.publish_member(member("a"))
+    before = (await b.get_cluster()).member("a")
+    for _ in range(3):
+        await asyncio.sleep(TTL_S / 2)
+        await a.publish_member(member("a"))
+    after = (await b.get_cluster()).member("a")
+    assert before is not None and after is not None
+    assert after.version == before.version  # no write, yet alive past its ttl
