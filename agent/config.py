@@ -308,19 +308,25 @@ _SCHEMA: Final[dict[str, _Kind]] = {
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
-# Parameters the agent sets itself from other settings; accepting them in
-# `postgresql.parameters` would let two settings disagree about one fact.
+# Parameters the agent sets itself (postgres/replication.py AGENT_MANAGED, plus the files and
+# the replication source); accepting them in `postgresql.parameters` would let two settings
+# disagree about one fact, and the agent's value would silently win.
 _MANAGED_PARAMETERS: Final = {
-    "port": "postgresql.port",
-    "listen_addresses": "postgresql.listen_host",
-    "unix_socket_directories": "postgresql.socket_dir",
-    "data_directory": "postgresql.data_dir",
-    "config_file": "postgresql.data_dir",
-    "hba_file": "postgresql.pg_hba",
-    "ident_file": "postgresql.data_dir",
-    "primary_conninfo": "the leader record (managed by pgwarden)",
-    "primary_slot_name": "the leader record (managed by pgwarden)",
+    "port": "use postgresql.port",
+    "listen_addresses": "use postgresql.listen_host",
+    "unix_socket_directories": "use postgresql.socket_dir",
+    "data_directory": "use postgresql.data_dir",
+    "config_file": "it is fixed by postgresql.data_dir",
+    "hba_file": "add lines with postgresql.pg_hba",
+    "ident_file": "pgwarden writes its own",
+    "cluster_name": "it is the cluster setting",
+    "hot_standby": "replicas must serve reads for health checks",
+    "wal_log_hints": "pg_rewind needs it on",
+    "logging_collector": "PostgreSQL's output goes to the agent's log",
+    "primary_conninfo": "it follows the leader",
+    "primary_slot_name": "it follows the leader",
 }
+_WAL_LEVELS: Final = ("replica", "logical")
 _HBA_TYPES: Final = frozenset(
     {"local", "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc", "include",
      "include_if_exists", "include_dir"}
@@ -997,8 +1003,11 @@ def _build_postgres(b: _Builder) -> PostgresSettings:
         if not _GUC_NAME.fullmatch(name):
             b.out.add(f"{p}.parameters", f"{name[:80]!r} is not a PostgreSQL parameter name")
         elif name.lower() in _MANAGED_PARAMETERS:
-            owner = _MANAGED_PARAMETERS[name.lower()]
-            b.out.add(f"{p}.parameters", f"{name!r} is set by pgwarden; use {owner} instead")
+            why = _MANAGED_PARAMETERS[name.lower()]
+            b.out.add(f"{p}.parameters", f"{name!r} is set by pgwarden ({why})")
+    wal_level = dict((k.lower(), v) for k, v in parameters).get("wal_level")
+    if wal_level is not None and wal_level not in _WAL_LEVELS:
+        b.out.add(f"{p}.parameters", "wal_level must be replica or logical (replicas stream WAL)")
     pg_hba = b.strs(f"{p}.pg_hba")
     for i, line in enumerate(pg_hba):
         words = line.split()

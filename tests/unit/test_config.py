@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.postgres.replication import AGENT_MANAGED
 from agent.config import (
     ConfigError,
     ConfigProblem,
@@ -415,6 +416,8 @@ BAD_CASES: list[tuple[str, dict[str, object], str, str]] = [
     ("same port", {"api.port": 5432}, "api.port", "must differ from postgresql.port"),
     ("managed parameter", {"postgresql.parameters": {"port": 1}}, "postgresql.parameters",
      "'port' is set by pgwarden"),
+    ("wal_level minimal", {"postgresql.parameters": {"wal_level": "minimal"}},
+     "postgresql.parameters", "wal_level must be replica or logical"),
     ("bad parameter name", {"postgresql.parameters": {"a b": 1}}, "postgresql.parameters",
      "not a PostgreSQL parameter name"),
     ("parameter value a list", {"postgresql.parameters": {"a": [1]}}, "postgresql.parameters",
@@ -623,3 +626,11 @@ def test_ctl_connection_variables_in_the_agent_environment_are_not_settings(
 ) -> None:
     env = {"PGWARDEN_URL": "http://127.0.0.1:8008", "PGWARDEN_TOKEN": "t", "PGWARDEN_CONFIG": "/x"}
     assert load(tmp_path, MINIMAL, env).api.token is None
+
+
+def test_every_parameter_the_agent_manages_is_refused_in_postgresql_parameters(
+    tmp_path: Path,
+) -> None:    for name in AGENT_MANAGED:
+        document = with_changes({"postgresql.parameters": {name: "x"}})
+        problems = problems_of(tmp_path, document)
+        assert has_problem(problems, "postgresql.parameters", f"{name!r} is set by pgwarden")
