@@ -95,15 +95,12 @@ def run_as(settings: PostgresSettings) -> RunAs:
     if settings.os_user is None:
         if euid == 0:
             raise PostgresError("PostgreSQL refuses to run as root: set postgresql.os_user")
-        entry = pwd.getpwuid(euid)
-        return RunAs(
-            name=entry.pw_name,
-            uid=euid,
-            gid=os.getegid(),
-            groups=(),
-            home=entry.pw_dir,
-            switch=False,
-        )
+        try:
+            entry = pwd.getpwuid(euid)
+            name, home = entry.pw_name, entry.pw_dir
+        except KeyError:  # an arbitrary uid without a passwd entry (some container platforms)
+            name, home = str(euid), "/"
+        return RunAs(name=name, uid=euid, gid=os.getegid(), groups=(), home=home, switch=False)
     try:
         entry = pwd.getpwnam(settings.os_user)
     except KeyError:
@@ -338,12 +335,27 @@ def running_postmaster_pid(data_dir: str) -> int | None:
     return pid
 
 
+def _pid_alive(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # The state follows the parenthesised command name, which may hold spaces.
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 async def wait_pid_exit(pid: int) -> None:
     """Return when process `pid` has exited (a zombie counts as exited). Uses a pidfd."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
+    except OSError:  # no pidfd (kernel < 5.3, seccomp): poll instead
+        while True:
+            if not _pid_alive(pid):
+                return
+            await asyncio.sleep(_POLL_S * 5)
     loop = asyncio.get_running_loop()
     gone: asyncio.Future[None] = loop.create_future()
 
