@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.postgres.replication import AGENT_MANAGED
 from agent.config import (
     ConfigError,
     ConfigProblem,
@@ -26,6 +25,7 @@ from agent.config import (
     load_settings,
     render_effective,
 )
+from agent.postgres.replication import AGENT_MANAGED
 
 DELETE = object()
 
@@ -630,7 +630,8 @@ def test_ctl_connection_variables_in_the_agent_environment_are_not_settings(
 
 def test_every_parameter_the_agent_manages_is_refused_in_postgresql_parameters(
     tmp_path: Path,
-) -> None:    for name in AGENT_MANAGED:
+) -> None:
+    for name in AGENT_MANAGED:
         document = with_changes({"postgresql.parameters": {name: "x"}})
         problems = problems_of(tmp_path, document)
         assert has_problem(problems, "postgresql.parameters", f"{name!r} is set by pgwarden")
