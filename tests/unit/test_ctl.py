@@ -119,6 +119,13 @@ def test_render_table_survives_an_odd_cluster_object() -> None:
     assert "| x      | ?    | Unknown | unknown |    |   unknown |" in text
 
 
+def test_render_table_of_a_cluster_without_members_shows_the_header() -> None:
+    lines = render_table({"cluster": "demo", "leader": None, "members": []}).splitlines()
+    assert lines[0] == "Cluster: demo (no leader)"
+    assert lines[2] == "| Member | Host | Role | State | TL | Lag in MB |"
+    assert len(lines) == 5
+
+
 def test_render_history_lists_timeline_switches() -> None:
     history = {
         "history": [
