@@ -285,9 +285,11 @@ def _dec_error(obj: dict[str, Any]) -> _GatewayError | None:
 
 
 def _is_token_error(err: _GatewayError) -> bool:
-    """The token we sent is no longer good: get a new one and retry."""
+    """The token we sent is no longer good (or we sent none and auth is now on): get a new
+    one and retry."""
     return err.code == _GRPC_UNAUTHENTICATED or (
-        err.code == _GRPC_INVALID_ARGUMENT and "auth store is old" in err.message
+        err.code == _GRPC_INVALID_ARGUMENT
+        and ("auth store is old" in err.message or "user name is empty" in err.message)
     )
 
 
@@ -306,7 +308,11 @@ class _Retryable(Exception):
 
 
 class _TokenRejected(Exception):
-    """The endpoint rejected our auth token."""
+    """The endpoint rejected the auth token we sent (`token`; None when we sent none)."""
+
+    def __init__(self, token: str | None = None) -> None:
+        super().__init__("auth token rejected")
+        self.token = token
 
 
 class EtcdClient:
@@ -345,6 +351,7 @@ class EtcdClient:
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._auth_lock: asyncio.Lock | None = None
+        self._auth_enabled = True  # until etcd says otherwise
         self._closed = False
 
     @property
@@ -471,10 +478,10 @@ class EtcdClient:
                 failures = 0
                 backoff_s = _BACKOFF_FIRST_S
                 continue
-            except _TokenRejected:
+            except _TokenRejected as rejected:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._timeout_s):
-                        await self._reauthenticate(self._token)
+                        await self._reauthenticate(rejected.token)
             except _Retryable:
                 pass
             # The stream failed (or its token was rejected): the member may be gone; try the next.
@@ -499,9 +506,10 @@ class EtcdClient:
         ends_at = loop.time() + self._watch_refresh_s
         try:
             async with asyncio.timeout(self._timeout_s):
-                if self._username is not None and self._token is None:
+                if self._needs_token():
                     await self._authenticate()
                 headers = self._headers(require_leader=True)
+                sent_token = self._token
                 resp = await session.post(f"{endpoint}/v3/watch", json=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _Retryable from exc
@@ -537,6 +545,8 @@ class EtcdClient:
                         yield batch
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _Retryable from exc
+        except _TokenRejected:
+            raise _TokenRejected(sent_token) from None
         finally:
             resp.close()
 
@@ -609,13 +619,13 @@ class EtcdClient:
                         result = await self._attempt(
                             self._endpoints[index], path, body, require_leader, with_token
                         )
-                except _TokenRejected:
+                except _TokenRejected as rejected:
                     if reauthenticated:
                         raise EtcdAuthFailed(
                             "etcd: auth token rejected after re-authentication"
                         ) from None
                     reauthenticated = True
-                    await self._reauthenticate(self._token)
+                    await self._reauthenticate(rejected.token)
                     # Retry at once on the same endpoint.
                     try:
                         result = await self._attempt(
@@ -647,9 +657,10 @@ class EtcdClient:
         session = self._ensure_session()
         headers: dict[str, str] = {}
         if with_token:
-            if self._username is not None and self._token is None:
+            if self._needs_token():
                 await self._authenticate()
             headers = self._headers(require_leader=require_leader)
+        sent_token = headers.get("Authorization")
         try:
             async with session.post(f"{endpoint}{path}", json=body, headers=headers) as resp:
                 payload = await resp.json(content_type=None)
@@ -659,7 +670,10 @@ class EtcdClient:
         if not isinstance(payload, dict):
             raise _Retryable(f"unexpected answer from {path}")
         if status != 200 or "error" in payload:
-            self._raise_for_error(payload, status)
+            try:
+                self._raise_for_error(payload, status)
+            except _TokenRejected:
+                raise _TokenRejected(sent_token) from None
         return payload
 
     def _raise_for_error(self, payload: Any, status: int) -> NoReturn:
@@ -687,16 +701,16 @@ class EtcdClient:
 
     async def _reauthenticate(self, rejected_token: str | None) -> None:
         """Replace `rejected_token` with a fresh one (once, however many callers saw it fail)."""
-        lock = self._get_auth_lock()
-        async with lock:
+        async with self._get_auth_lock():
             if self._token == rejected_token:
                 self._token = None
+                self._auth_enabled = True  # etcd may have turned auth on since we last asked
         await self._authenticate()
 
     async def _authenticate(self) -> None:
         """Get a token for our user, unless another task already did."""
         async with self._get_auth_lock():
-            if self._token is not None or self._username is None:
+            if not self._needs_token():
                 return
             body = {"name": self._username, "password": self._password or ""}
             try:
@@ -705,12 +719,16 @@ class EtcdClient:
                 )
             except EtcdError as exc:
                 if "authentication is not enabled" in str(exc):
-                    return  # etcd runs without auth: send no token
+                    self._auth_enabled = False  # send no token (until etcd asks for one)
+                    return
                 raise
             token = resp.get("token")
             if not isinstance(token, str) or not token:
                 raise EtcdAuthFailed("etcd: authenticate returned no token")
             self._token = token
+
+    def _needs_token(self) -> bool:
+        return self._username is not None and self._token is None and self._auth_enabled
 
     def _get_auth_lock(self) -> asyncio.Lock:
         if self._auth_lock is None:

@@ -162,3 +162,9 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(etcd_mtls: Etcd
     async with make_client(etcd_mtls.endpoints, ca_file=str(tls.ca_file)) as client:
         with pytest.raises(EtcdUnavailable):
             await client.range(b"/mtls/a")
+
+
+async def test_credentials_are_not_needed_when_etcd_runs_without_auth(etcd1: EtcdCluster) -> None:
+    async with make_client(etcd1.endpoints, username=USER, password=PASSWORD) as client:
+        await client.put(b"/noauth/a", b"1")
+        assert (await client.range(b"/noauth/a")).kvs[0].value == b"1"
