@@ -157,23 +157,20 @@ class Prober:
         )
 
     async def _query(self, initialized: bool, postmaster_pid: int | None) -> LocalState:
-        for attempt in (1, 2):
-            conn = self._conn
-            if conn is None or conn.is_closed():
-                conn = await connect_local(
-                    self._settings, timeout_s=5.0, purpose="probe", cache_statements=True
-                )
-                self._conn = conn
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
             try:
                 row = await conn.fetchrow(_PROBE_SQL)
-            except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
-                # A connection that died since the last probe: one fresh attempt.
+                return self._state_from_row(row, initialized, postmaster_pid)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                # Lost since the last probe (a restart, an admin shutdown): reconnect once.
                 await self.close()
-                if attempt == 2:
-                    raise
-                continue
-            return self._state_from_row(row, initialized, postmaster_pid)
-        raise AssertionError("unreachable")
+        conn = await connect_local(
+            self._settings, timeout_s=5.0, purpose="probe", cache_statements=True
+        )
+        self._conn = conn
+        row = await conn.fetchrow(_PROBE_SQL)
+        return self._state_from_row(row, initialized, postmaster_pid)
 
     def _state_from_row(
         self, row: asyncpg.Record, initialized: bool, postmaster_pid: int | None
