@@ -1,0 +1,182 @@
+"""Fault injection: make matching requests fail, slow down or hang, and cut open watches.
+
+A fault is set over HTTP (`POST /_fault` with a JSON body) or from Python
+(`server.faults.set(Fault(...))`). JSON forms:
+
+    {"mode": "error", "status": 503, "count": 2}        next 2 requests answer 503
+    {"mode": "error", "status": 429, "retry_after_s": 1} 429 TooManyRequests + Retry-After
+    {"mode": "slow", "delay_s": 2}                       every request waits 2 s first
+    {"mode": "hang"}                                     requests never answer until cleared
+    {"mode": "cut_watches", "abrupt": true}              end every open watch now (one-shot)
+    {"mode": "clear"}                                    back to normal; hung requests proceed
+
+`count` (how many requests the fault applies to; default: until cleared), `path_prefix` (only
+paths starting with it, e.g. "/apis/coordination.k8s.io") and `methods` (e.g. ["PUT","PATCH"])
+narrow a fault. Admin paths (`/_...`) are never affected. One request fault is active at a
+time; setting a new one replaces the previous one (and releases hung requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from tests.k8s_apiserver.errors import ApiError, bad_request, reason_for_code
+
+
+class FaultMode(StrEnum):
+    """What a fault does to a matching request."""
+
+    ERROR = "error"
+    SLOW = "slow"
+    HANG = "hang"
+    CUT_WATCHES = "cut_watches"
+    CLEAR = "clear"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    """A fault as described in the module docstring."""
+
+    mode: FaultMode
+    status: int = 503
+    retry_after_s: int | None = None
+    delay_s: float = 0.0
+    count: int | None = None
+    path_prefix: str | None = None
+    methods: tuple[str, ...] | None = None
+    abrupt: bool = False
+    message: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether a request is affected by this fault."""
+        if self.path_prefix is not None and not path.startswith(self.path_prefix):
+            return False
+        return self.methods is None or method.upper() in self.methods
+
+    def to_json(self) -> dict[str, Any]:
+        """This fault as the JSON accepted by `parse_fault`."""
+        out: dict[str, Any] = {"mode": str(self.mode)}
+        if self.mode is FaultMode.ERROR:
+            out["status"] = self.status
+            if self.retry_after_s is not None:
+                out["retry_after_s"] = self.retry_after_s
+        if self.mode is FaultMode.SLOW:
+            out["delay_s"] = self.delay_s
+        if self.mode is FaultMode.CUT_WATCHES:
+            out["abrupt"] = self.abrupt
+        for key, value in (
+            ("count", self.count),
+            ("path_prefix", self.path_prefix),
+            ("methods", list(self.methods) if self.methods else None),
+        ):
+            if value is not None:
+                out[key] = value
+        return out
+
+
+def parse_fault(raw: Any) -> Fault:
+    """A Fault from its JSON form; 400 on anything malformed."""
+    if not isinstance(raw, dict):
+        raise bad_request("fault must be a JSON object")
+    try:
+        mode = FaultMode(str(raw.get("mode")))
+    except ValueError:
+        raise bad_request(f"unknown fault mode {raw.get('mode')!r}") from None
+    try:
+        status = int(raw.get("status", 429 if raw.get("retry_after_s") is not None else 503))
+        retry = raw.get("retry_after_s")
+        if status == 429 and retry is None:
+            retry = 1
+        count = raw.get("count")
+        methods = raw.get("methods")
+        fault = Fault(
+            mode=mode,
+            status=status,
+            retry_after_s=None if retry is None else int(retry),
+            delay_s=float(raw.get("delay_s", 0.0)),
+            count=None if count is None else int(count),
+            path_prefix=raw.get("path_prefix"),
+            methods=None if methods is None else tuple(str(m).upper() for m in methods),
+            abrupt=bool(raw.get("abrupt", False)),
+            message=raw.get("message"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"invalid fault: {exc}") from None
+    if not 400 <= fault.status <= 599:
+        raise bad_request("fault status must be an HTTP error code (400-599)")
+    if fault.delay_s < 0 or (fault.count is not None and fault.count < 1):
+        raise bad_request("delay_s must be >= 0 and count >= 1")
+    return fault
+
+
+class FaultInjector:
+    """The active request fault and the requests it holds. Used by the server middleware."""
+
+    def __init__(self) -> None:
+        self._fault: Fault | None = None
+        self._remaining: int | None = None
+        self._release = asyncio.Event()
+        self.hung_requests = 0
+
+    @property
+    def active(self) -> Fault | None:
+        """The active request fault (error, slow or hang), if any."""
+        return self._fault
+
+    def set(self, fault: Fault) -> None:
+        """Activate a request fault (replacing any) or, for CLEAR, deactivate it.
+        CUT_WATCHES is handled by the server (it needs the store)."""
+        self._release.set()  # hung requests of the previous fault proceed
+        self._release = asyncio.Event()
+        if fault.mode in (FaultMode.CLEAR, FaultMode.CUT_WATCHES):
+            self._fault = None
+            self._remaining = None
+            return
+        self._fault = fault
+        self._remaining = fault.count
+
+    def clear(self) -> None:
+        """Back to normal; hung requests proceed."""
+        self.set(Fault(mode=FaultMode.CLEAR))
+
+    def _take(self, method: str, path: str) -> Fault | None:
+        fault = self._fault
+        if fault is None or not fault.matches(method, path):
+            return None
+        if self._remaining is not None:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._fault = None
+                self._remaining = None
+        return fault
+
+    async def apply(self, method: str, path: str) -> None:
+        """Run the fault for one request: raise its error, sleep, or wait until cleared."""
+        fault = self._take(method, path)
+        if fault is None:
+            return
+        match fault.mode:
+            case FaultMode.ERROR:
+                code = fault.status
+                raise ApiError(
+                    code,
+                    fault.message or f"injected fault: HTTP {code}",
+                    reason=reason_for_code(code),
+                    retry_after_s=fault.retry_after_s,
+                )
+            case FaultMode.SLOW:
+                await asyncio.sleep(fault.delay_s)
+            case FaultMode.HANG:
+                release = self._release
+                self.hung_requests += 1
+                try:
+                    # Deliberately unbounded: this fault emulates a server that never answers;
+                    # the client's own timeout (or a later clear) ends it.
+                    await release.wait()
+                finally:
+                    self.hung_requests -= 1
+            case FaultMode.CUT_WATCHES | FaultMode.CLEAR:
+                return
