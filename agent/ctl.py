@@ -277,6 +277,8 @@ async def _command(
         reply = await request(session, target, "POST", "/switchover", body)
     elif command == "failover":
         reply = await request(session, target, "POST", "/failover", {"candidate": args.candidate})
+    elif command == "cancel-switchover":
+        reply = await request(session, target, "DELETE", "/switchover")
     else:  # pause, resume, restart, reinitialize
         reply = await request(session, target, "POST", f"/{command}")
     if not reply.ok:
@@ -295,6 +297,8 @@ async def _command(
         if answer.get("scheduled_at"):
             text += f" at {answer['scheduled_at']}"
         print(text, file=io.out)
+    elif command == "cancel-switchover":
+        print("Scheduled switchover cancelled.", file=io.out)
     else:
         print(f"{command.capitalize()}: accepted ({reply.url})", file=io.out)
     if command in ("switchover", "failover") and args.wait:
@@ -376,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=float, default=60.0, help="--wait limit in seconds")
         sub.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
     add("history", "show the timeline history")
+    add("cancel-switchover", "cancel a scheduled switchover whose time has not come")
     add("pause", "enter maintenance mode (no automatic failover)")
     add("resume", "leave maintenance mode")
     add("restart", "restart PostgreSQL on the member at --url")

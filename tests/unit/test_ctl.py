@@ -363,6 +363,21 @@ async def test_switchover_wait_gives_up_after_the_timeout(node: Node) -> None:
     assert "timed out after 3 s" in err
 
 
+async def test_a_scheduled_switchover_can_be_cancelled(node: Node) -> None:
+    code, out, _ = await node.ctl(
+        "switchover", "--candidate", "b", "--scheduled", "2099-01-01T00:00:00+00:00"
+    )
+    assert code == 0
+    assert out.strip() == "Switchover accepted: a -> b at 2099-01-01T00:00:00+00:00"
+    assert node.record(RecordKind.SWITCHOVER) is not None
+    code, out, _ = await node.ctl("cancel-switchover")
+    assert (code, out.strip()) == (0, "Scheduled switchover cancelled.")
+    assert node.record(RecordKind.SWITCHOVER) is None
+    code, _, err = await node.ctl("cancel-switchover")
+    assert code == 1
+    assert err.startswith("Error: switchover: none is pending")
+
+
 async def test_failover_names_the_candidate(node: Node) -> None:
     code, out, _ = await node.ctl("failover", "--candidate", "b", "--json")
     assert code == 0
