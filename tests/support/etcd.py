@@ -419,8 +419,9 @@ class BlackHole:
 
 
 class TcpProxy:
-    """A TCP forwarder from a loopback port to `target_port`; `cut()` drops every open
-    connection at once (new ones are still accepted), like a connection reset on the path."""
+    """A TCP forwarder from a loopback port to `target_port`. `cut()` resets every open
+    connection at once; `freeze()` silently stops forwarding on every open connection while
+    keeping it open (a dead peer behind a live-looking socket). New connections still work."""
 
     def __init__(self, target_port: int) -> None:
         self._target_port = target_port
@@ -429,6 +430,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.connections = 0
+        self._epoch = 0  # connections opened before the last freeze() forward nothing
 
     @property
     def url(self) -> str:
@@ -449,19 +451,26 @@ class TcpProxy:
             return
         self._writers |= {writer, up_writer}
         for src, dst, name in ((reader, up_writer, "up"), (up_reader, writer, "down")):
-            task = asyncio.create_task(self._pipe(src, dst), name=f"tcp-proxy-{name}")
+            pipe = self._pipe(src, dst, self._epoch)
+            task = asyncio.create_task(pipe, name=f"tcp-proxy-{name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, epoch: int) -> None:
         try:
             while data := await src.read(65536):
+                if epoch != self._epoch:
+                    continue  # frozen: swallow the data, keep the connection
                 dst.write(data)
                 await dst.drain()
         except (OSError, ConnectionError):
             pass
         finally:
             dst.close()
+
+    def freeze(self) -> None:
+        """Stop forwarding on every open connection, silently (no FIN, no RST)."""
+        self._epoch += 1
 
     def cut(self) -> None:
         """Reset every open connection (RST, no FIN handshake)."""

@@ -331,6 +331,31 @@ async def test_watch_recreates_its_stream_periodically_without_loss_or_repeats(
     assert proxy.connections >= 3  # one stream per refresh period
 
 
+async def test_watch_recovers_from_a_silently_dead_connection_at_the_next_refresh(
+    etcd1: EtcdCluster, prefix: bytes
+) -> None:
+    port = int(etcd1.endpoints[0].rsplit(":", 1)[1])
+    writer = EtcdClient(etcd1.endpoints, timeout_s=TIMEOUT_S)
+    async with TcpProxy(port) as proxy:
+        watcher = EtcdClient([proxy.url], timeout_s=TIMEOUT_S, watch_refresh_s=0.5)
+        collector = Collector(watcher, prefix, await next_revision(writer))
+        keys = [prefix + f"{i}".encode() for i in range(6)]
+        try:
+            for key in keys[:3]:
+                await writer.put(key, b"x")
+            await collector.wait_for(3)
+            proxy.freeze()  # the watch's connection looks alive but carries nothing more
+            for key in keys[3:]:
+                await writer.put(key, b"x")
+            await collector.wait_for(6, timeout_s=3)
+            await asyncio.sleep(0.1)
+        finally:
+            await collector.stop()
+            await watcher.close()
+            await writer.close()
+    assert_exactly_once(collector.events, keys)
+
+
 async def test_watch_keeps_retrying_while_no_endpoint_is_reachable() -> None:
     client = EtcdClient([f"http://127.0.0.1:{free_port()}"], timeout_s=0.2)
     try:
