@@ -635,3 +635,23 @@ def test_every_parameter_the_agent_manages_is_refused_in_postgresql_parameters(
         document = with_changes({"postgresql.parameters": {name: "x"}})
         problems = problems_of(tmp_path, document)
         assert has_problem(problems, "postgresql.parameters", f"{name!r} is set by pgwarden")
+
+
+def test_every_setting_is_documented_in_the_configuration_reference() -> None:
+    reference = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text("utf-8")
+    chapters = {
+        part.split("`")[1] if part.startswith("`") else "": part
+        for part in reference.split("\n### ")[1:]
+    }
+    for path, kind in known_settings().items():
+        if kind == "mapping":
+            continue
+        parts = path.split(".")
+        # the longest documented section holding the setting, then its row there
+        for cut in range(len(parts) - 1, -1, -1):
+            section, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
+            if section in chapters:
+                assert f"`{rest}`" in chapters[section], path
+                break
+        else:
+            raise AssertionError(f"{path}: no section documents it")
