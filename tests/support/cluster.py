@@ -1,0 +1,98 @@
+"""Helpers to drive a `LocalCluster` (etcd + agent processes) from end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from agent.demo import LocalCluster
+
+# Short timings so that lease expiry scenarios take seconds; the timing rule still holds:
+# loop_wait + 2 * retry_timeout + fence_margin = 1 + 3 + 1 <= ttl.
+E2E_TIMING = {
+    "ttl_s": 6.0,
+    "loop_wait_s": 1.0,
+    "retry_timeout_s": 1.5,
+    "fence_margin_s": 1.0,
+    "primary_start_timeout_s": 5.0,
+    "switchover_timeout_s": 5.0,
+    "peer_check_timeout_s": 0.3,
+}
+
+
+@contextmanager
+def local_cluster(size: int = 3, **kw: object) -> Iterator[LocalCluster]:
+    base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
+    cluster = LocalCluster(base=base, size=size, timing=dict(E2E_TIMING), **kw)  # type: ignore[arg-type]
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        if not _keep_on_failure():
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _keep_on_failure() -> bool:
+    return False
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> float:
+    """Poll until `predicate()` holds; returns the time it took. Raises on timeout."""
+    start = time.monotonic()
+    while True:
+        if await predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def converged(cluster: LocalCluster, session: aiohttp.ClientSession) -> bool:
+    """One leader running as primary, every other member streaming on its timeline."""
+    view = await cluster.cluster_json(session)
+    if view is None:
+        return False
+    members = view.get("members")
+    if not isinstance(members, list) or len(members) != len(cluster.members):
+        return False
+    leaders = [m for m in members if m.get("leader")]
+    if len(leaders) != 1 or leaders[0].get("role") != "primary":
+        return False
+    if leaders[0].get("state") != "running":
+        return False
+    timeline = leaders[0].get("timeline")
+    return all(
+        m.get("state") == "streaming" and m.get("timeline") == timeline
+        for m in members
+        if not m.get("leader")
+    )
+
+
+async def leader_index(cluster: LocalCluster, session: aiohttp.ClientSession) -> int | None:
+    return await cluster.primary_index(session)
+
+
+async def query_values(port: int) -> set[int]:
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=3
+    )
+    try:
+        rows = await conn.fetch("SELECT value FROM pgwarden_probe")
+        return {int(r["value"]) for r in rows}
+    finally:
+        await conn.close()
