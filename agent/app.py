@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from agent.api.server import build_app, start_api
 from agent.clock import SystemClock
@@ -32,7 +33,7 @@ log = structlog.get_logger("pgwarden.app")
 def build_dcs(settings: Settings) -> Dcs:
     """The configured backend. Constructing it does no I/O (it works while the DCS is down)."""
     if settings.dcs.kind == DcsKind.ETCD:
-        from agent.dcs.etcd import EtcdDcs
+        from agent.dcs.etcd import EtcdDcs  # noqa: PLC0415 - only the configured backend loads
 
         return EtcdDcs.from_settings(settings)
     if settings.dcs.kind == DcsKind.KUBERNETES:
@@ -43,7 +44,7 @@ def build_dcs(settings: Settings) -> Dcs:
 async def run_agent(settings: Settings) -> int:
     configure_logging(settings.log)
     bind_member(settings.cluster, settings.name)
-    Path(settings.run_dir).mkdir(parents=True, exist_ok=True)
+    os.makedirs(settings.run_dir, exist_ok=True)
     clock = SystemClock()
     dcs = build_dcs(settings)
     postmaster = Postmaster(
@@ -90,18 +91,15 @@ async def _bounded_cleanup(
     postmaster: Postmaster,
     prober: Prober,
     dcs: Dcs,
-    runner: object,
+    runner: web.AppRunner,
 ) -> None:
     """Close everything; never wait longer than the configured shutdown timeout.
 
     The fencer is left alone: disarmed, it exits once this process is gone; still armed
     (the loop crashed while primary), it fences at the deadline, as it must."""
-    from aiohttp import web
-
     with contextlib.suppress(Exception):
         async with asyncio.timeout(settings.timing.shutdown_timeout_s):
-            if isinstance(runner, web.AppRunner):
-                await runner.cleanup()
+            await runner.cleanup()
             await prober.close()
             await postmaster.close()
             await dcs.close()

@@ -58,12 +58,12 @@ class FenceClient:
         except (OSError, TimeoutError) as exc:
             raise FenceUnavailable(f"fencer at {self.socket_path}: {exc!r}") from exc
         if not reply.startswith("OK"):
-            raise FenceUnavailable(f"fencer answered {reply!r} to {line.split()[0]}")
+            raise FenceUnavailable(f"fencer answered {reply!r} to {line.split(maxsplit=1)[0]}")
         return reply
 
     @staticmethod
     def _parse(reply: str) -> FenceStatus:
-        _, state, remaining = (reply.split() + ["-", "-"])[:3]
+        _, state, remaining = [*reply.split(), "-", "-"][:3]
         return FenceStatus(
             state=FenceState(state),
             remaining_s=None if remaining == "-" else float(remaining),
@@ -74,7 +74,7 @@ class FenceClient:
         with contextlib.suppress(FenceUnavailable):
             return self._parse(await self._call(f"ADOPT {os.getpid()}"))
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - a child inherits it; instant
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -50,8 +50,8 @@ from agent.decide import (
     Memory,
     Observation,
     Outcome,
-    Pending,
     PeerStatus,
+    Pending,
     decide,
     fence_deadline,
     pg_state_of,
@@ -76,7 +76,7 @@ from agent.model import (
 )
 from agent.postgres import bootstrap
 from agent.postgres.probe import Prober, read_controldata
-from agent.postgres.process import Postmaster, PostgresError, StandbyConfig
+from agent.postgres.process import PostgresError, Postmaster, StandbyConfig
 from agent.postgres.process import StopMode as PgStopMode
 from agent.postgres.replication import slot_name_for
 
@@ -458,10 +458,12 @@ class HaLoop:
                 )
                 return True
             case StartPostgres(upstream=upstream, as_primary=as_primary):
-                standby: StandbyConfig | None
                 if as_primary:
-                    standby = None
-                elif upstream is None:
+                    await self.postmaster.start(
+                        standby=None, timeout_s=timing.primary_start_timeout_s
+                    )
+                    return True
+                if upstream is None:
                     standby = StandbyConfig(
                         primary_host="",
                         primary_port=0,
