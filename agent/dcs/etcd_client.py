@@ -578,12 +578,13 @@ class EtcdClient:
         self, path: str, body: dict[str, Any], *, require_leader: bool = True
     ) -> dict[str, Any]:
         """POST `body` to `path` on some endpoint within `timeout_s`; the decoded answer."""
-        failures: list[str] = []
+        failures: dict[str, str] = {}
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await self._call_with_failover(path, body, require_leader, failures=failures)
         except TimeoutError:
-            last = f" (last error: {failures[-1]})" if failures else ""
+            last = "; ".join(f"{endpoint}: {why}" for endpoint, why in failures.items())
+            last = f" (last errors: {last})" if last else ""
             raise EtcdUnavailable(
                 f"etcd: no endpoint answered {path} within {self._timeout_s:g} s{last}"
             ) from None
@@ -595,12 +596,11 @@ class EtcdClient:
         require_leader: bool,
         *,
         with_token: bool = True,
-        failures: list[str] | None = None,
+        failures: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Try the endpoints in turn (the last good one first) until one answers; loops until
-        cancelled (the caller bounds it). Appends a description of each failure to
-        `failures`."""
-        failures = [] if failures is None else failures
+        cancelled (the caller bounds it). Records in `failures` why each endpoint last failed."""
+        failures = {} if failures is None else failures
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
         backoff_s = _BACKOFF_FIRST_S
@@ -632,14 +632,14 @@ class EtcdClient:
                             self._endpoints[index], path, body, require_leader, with_token
                         )
                     except (_Retryable, TimeoutError) as exc:
-                        failures.append(_describe(self._endpoints[index], exc))
+                        failures[self._endpoints[index]] = _describe(exc)
                         continue
                     except _TokenRejected:
                         raise EtcdAuthFailed(
                             "etcd: auth token rejected after re-authentication"
                         ) from None
                 except (_Retryable, TimeoutError) as exc:
-                    failures.append(_describe(self._endpoints[index], exc))
+                    failures[self._endpoints[index]] = _describe(exc)
                     continue
                 self._preferred = index
                 return result
@@ -772,10 +772,9 @@ async def _read_json_bounded(resp: aiohttp.ClientResponse, timeout_s: float) -> 
         raise _Retryable from exc
 
 
-def _describe(endpoint: str, exc: BaseException) -> str:
-    """A short, secret-free description of why an attempt on `endpoint` failed."""
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of why an attempt failed."""
     if isinstance(exc, TimeoutError):
-        return f"{endpoint}: no answer in time"
+        return "no answer in time"
     cause = exc.__cause__ if exc.__cause__ is not None else exc
-    text = str(cause) or type(cause).__name__
-    return f"{endpoint}: {text}"[:300]
+    return (str(cause) or type(cause).__name__)[:200]
