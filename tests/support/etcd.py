@@ -431,6 +431,7 @@ class TcpProxy:
         self.port = 0
         self.connections = 0
         self._epoch = 0  # connections opened before the last freeze() forward nothing
+        self._open = 0
 
     @property
     def url(self) -> str:
@@ -450,11 +451,18 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
+        pipes = []
         for src, dst, name in ((reader, up_writer, "up"), (up_reader, writer, "down")):
             pipe = self._pipe(src, dst, self._epoch)
             task = asyncio.create_task(pipe, name=f"tcp-proxy-{name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            pipes.append(task)
+        self._open += 1
+        try:
+            await asyncio.wait(pipes)
+        finally:
+            self._open -= 1
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, epoch: int) -> None:
         try:
@@ -467,6 +475,11 @@ class TcpProxy:
             pass
         finally:
             dst.close()
+
+    @property
+    def open_connections(self) -> int:
+        """Connections not yet closed in both directions."""
+        return self._open
 
     def freeze(self) -> None:
         """Stop forwarding on every open connection, silently (no FIN, no RST)."""

@@ -356,6 +356,27 @@ async def test_watch_recovers_from_a_silently_dead_connection_at_the_next_refres
     assert_exactly_once(collector.events, keys)
 
 
+async def test_cancelling_the_watch_consumer_closes_its_connection(
+    etcd1: EtcdCluster, prefix: bytes
+) -> None:
+    port = int(etcd1.endpoints[0].rsplit(":", 1)[1])
+    async with TcpProxy(port) as proxy:
+        watcher = EtcdClient([proxy.url], timeout_s=TIMEOUT_S)
+        writer = EtcdClient(etcd1.endpoints, timeout_s=TIMEOUT_S)
+        try:
+            collector = Collector(watcher, prefix, await next_revision(writer))
+            await writer.put(prefix + b"a", b"1")
+            await collector.wait_for(1)
+            assert proxy.open_connections == 1
+            await collector.stop()
+            async with asyncio.timeout(2):
+                while proxy.open_connections > 0:
+                    await asyncio.sleep(0.02)
+        finally:
+            await watcher.close()
+            await writer.close()
+
+
 async def test_watch_keeps_retrying_while_no_endpoint_is_reachable() -> None:
     client = EtcdClient([f"http://127.0.0.1:{free_port()}"], timeout_s=0.2)
     try:
