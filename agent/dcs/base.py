@@ -29,13 +29,17 @@ Contract (tests/contract/dcs_contract.py checks each line against every backend)
    version (a version this backend never produced never matches); `value=None` deletes.
    Returns False on a lost race.
 8. `wait_for_change(timeout_s)` returns True as soon as something under the cluster changed
-   since the last `get_cluster()` (or since it was last woken), False on timeout. What
-   counts: a change made by another member or by the store itself (a lease expiring) to the
-   leader record, to any `RecordKind` record, or the disappearance of a member record. Not
-   counted: this handle's own writes (its caller knows of them), and other members
-   re-publishing their member records (a heartbeat written every cycle under write load:
-   waking on it would make members wake each other in a ring). It never raises for a
-   dropped watch stream: it resumes, and on a compacted revision wakes so the caller re-reads.
+   since it last returned True (for the first call: since the handle's first
+   `get_cluster()`, or since the call), False on timeout. Each change wakes it at most once,
+   and may do so even if a `get_cluster()` already returned it: reads do not consume
+   changes, because other tasks (the API) read through the same handle and must not swallow
+   a wake meant for the HA loop. What counts: a change made by another member or by the
+   store itself (a lease expiring) to the leader record, to any `RecordKind` record, or the
+   disappearance of a member record. Not counted: this handle's own writes (its callers
+   know of them), and other members re-publishing their member records (a heartbeat written
+   every cycle under write load: waking on it would make members wake each other in a
+   ring). It never raises for a dropped watch stream: it resumes, and on a compacted
+   revision wakes so the caller re-reads.
 
 Versions are opaque strings; compare them only for equality.
 """

@@ -51,6 +51,7 @@ _REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
 _WATCH_BACKOFF_FIRST_S = 0.1
 _WATCH_BACKOFF_MAX_S = 2.0
 _CLOSE_TIMEOUT_S = 2.0
+_OWN_REVISIONS_KEPT = 1024
 
 
 class EtcdDcs:
@@ -93,9 +94,12 @@ class EtcdDcs:
         self._lease_lock = asyncio.Lock()
         self._published: tuple[bytes, int] | None = None  # (payload, lease) of the last put
         # Change tracking for wait_for_change (base.py, point 8).
-        self._read_revision = 0  # header revision of the last get_cluster
+        self._read_revision = 0  # header revision of the first get_cluster: the watch start
         self._own: set[int] = set()  # revisions of our own writes
-        self._pending: set[int] = set()  # revisions of changes seen by the watch, not yet read
+        self._writes_in_flight = 0  # own writes whose revision is not known yet
+        self._pending: set[int] = set()  # revisions of changes the watch delivered, not yet told
+        self._watched_to = 0  # the watch has delivered every event below this revision
+        self._resync = False  # the watch lost events (compaction): wake, the caller re-reads
         self._changed = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -135,12 +139,10 @@ class EtcdDcs:
     async def get_cluster(self) -> ClusterView:
         async with self._request("get_cluster"):
             result = await self._client.range(self._prefix, prefix=True)
-        revision = result.revision
-        self._read_revision = max(self._read_revision, revision)
-        self._pending = {r for r in self._pending if r > revision}
-        self._own = {r for r in self._own if r > revision}
-        if not self._pending:
-            self._changed.clear()
+        # Deliberately not "consumed" here: the API reads through this handle too, and a read
+        # by another task must not swallow a wake meant for the HA loop (base.py, point 8).
+        if self._read_revision == 0:
+            self._read_revision = result.revision
         mine = next((kv for kv in result.kvs if kv.key == self._member_key), None)
         if mine is None or (mine.value, mine.lease) != self._published:
             # Removed, expired or rewritten behind our back: the next publish puts it again.
@@ -150,7 +152,7 @@ class EtcdDcs:
 
     async def acquire_leader(self) -> bool:
         name = self._name.encode()
-        async with self._request("acquire_leader"):
+        async with self._write("acquire_leader"):
             lease = await self._live_lease()
             txn = await self._client.txn(
                 [
@@ -165,7 +167,7 @@ class EtcdDcs:
                 [RangeOp(key=self._leader_key)],
             )
             if txn.succeeded:
-                self._own.add(txn.revision)
+                self._remember_own(txn.revision)
                 return True
             current = txn.ranges[0].kvs[0] if txn.ranges and txn.ranges[0].kvs else None
             if current is None or current.value != name:
@@ -192,7 +194,7 @@ class EtcdDcs:
                 [PutOp(key=self._leader_key, value=name, lease=lease)],
             )
             if txn.succeeded:
-                self._own.add(txn.revision)
+                self._remember_own(txn.revision)
             return txn.succeeded
 
     async def renew_leader(self) -> bool:
@@ -223,7 +225,7 @@ class EtcdDcs:
             return txn.succeeded
 
     async def release_leader(self) -> None:
-        async with self._request("release_leader"):
+        async with self._write("release_leader"):
             txn = await self._client.txn(
                 [
                     Compare(
@@ -236,12 +238,12 @@ class EtcdDcs:
                 [DeleteOp(key=self._leader_key)],
             )
             if txn.succeeded:
-                self._own.add(txn.revision)
+                self._remember_own(txn.revision)
                 self._log.info("dcs_leader_released")
 
     async def publish_member(self, member: Member) -> None:
         payload = member.to_json().encode()
-        async with self._request("publish_member"):
+        async with self._write("publish_member"):
             lease = await self._live_lease()
             if self._published == (payload, lease):
                 return  # unchanged: the keepalive above was all that was needed
@@ -252,7 +254,7 @@ class EtcdDcs:
                 self._lease_lost(lease)
                 lease = await self._live_lease()
                 revision = await self._client.put(self._member_key, payload, lease=lease)
-            self._own.add(revision)
+            self._remember_own(revision)
             self._published = (payload, lease)
 
     async def write_record(
@@ -275,10 +277,10 @@ class EtcdDcs:
                 key=key, target=CompareTarget.MOD, result=CompareResult.EQUAL, value=mod_revision
             )
         op: TxnOp = DeleteOp(key=key) if value is None else PutOp(key=key, value=value.encode())
-        async with self._request("write_record"):
+        async with self._write("write_record"):
             txn = await self._client.txn([compare], [op])
-        if txn.succeeded:
-            self._own.add(txn.revision)
+            if txn.succeeded:
+                self._remember_own(txn.revision)
         return txn.succeeded
 
     async def wait_for_change(self, timeout_s: float) -> bool:
@@ -289,11 +291,17 @@ class EtcdDcs:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            foreign = self._pending - self._own
-            self._pending.clear()
+            # While one of our writes is in flight, its event may arrive before we learn its
+            # revision: judge only when none is (they are bounded by the request deadline).
+            if self._resync or (self._pending and self._writes_in_flight == 0):
+                foreign = self._pending - self._own
+                self._pending.clear()
+                self._own = {r for r in self._own if r >= self._watched_to}
+                if foreign or self._resync:
+                    self._resync = False
+                    self._changed.clear()
+                    return True
             self._changed.clear()
-            if foreign:
-                return True
             try:
                 async with asyncio.timeout_at(deadline):
                     await self._changed.wait()
@@ -329,6 +337,24 @@ class EtcdDcs:
             raise DcsUnavailable(f"etcd: {what}: no answer within {self._timeout_s:g} s") from None
         except (DcsError, OSError) as exc:
             raise DcsUnavailable(f"etcd: {what}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _write(self, what: str) -> AsyncIterator[None]:
+        """A public call that may write: its revision is ours, not a change to wake on."""
+        self._writes_in_flight += 1
+        try:
+            async with self._request(what):
+                yield
+        finally:
+            self._writes_in_flight -= 1
+            if self._writes_in_flight == 0 and self._pending:
+                self._changed.set()  # let a waiter judge what arrived meanwhile
+
+    def _remember_own(self, revision: int) -> None:
+        self._own.add(revision)
+        if len(self._own) > _OWN_REVISIONS_KEPT:
+            # Only reached without a running watch; a forgotten one costs one spurious wake.
+            self._own.discard(min(self._own))
 
     async def _live_lease(self) -> int:
         """Our lease, kept alive now; a new one if there was none or it was lost."""
@@ -370,6 +396,7 @@ class EtcdDcs:
                     for event in batch.events:
                         start = event.kv.mod_revision + 1
                         self._on_event(event)
+                    self._watched_to = start
             except EtcdCompacted as exc:
                 # Changes between our start and the compaction are lost: make the caller
                 # re-read, and watch on from the oldest revision still kept.
@@ -377,7 +404,7 @@ class EtcdDcs:
                     "dcs_watch_compacted", start=start, compact_revision=exc.compact_revision
                 )
                 start = exc.compact_revision
-                self._pending.add(exc.compact_revision)
+                self._resync = True
                 self._changed.set()
             except Exception as exc:  # the watch must outlive any trouble; it is logged
                 self._log.warning("dcs_watch_failed", error=repr(exc), resume_at=start)
@@ -393,12 +420,9 @@ class EtcdDcs:
         return result.revision + 1
 
     def _on_event(self, event: WatchEvent) -> None:
-        revision = event.kv.mod_revision
-        if revision <= self._read_revision:
-            return  # the caller has read this already
         if event.type is EventType.PUT and keys.is_member_key(self._relative(event.kv.key)):
             return  # a member heartbeat wakes nobody (base.py, point 8)
-        self._pending.add(revision)
+        self._pending.add(event.kv.mod_revision)
         self._changed.set()
 
     # ------------------------------------------------------------------ keys

@@ -162,7 +162,7 @@ class MemoryStore:
     def _notify(self, author: MemoryDcs | None) -> None:
         for handle in self._handles:
             if handle is not author:
-                handle._on_change(self._revision)
+                handle._on_change()
 
 
 class MemoryDcs:
@@ -188,7 +188,6 @@ class MemoryDcs:
         self._timeout_s = timeout_s
         self._lease = 0
         self._published: tuple[bytes, int] | None = None  # (payload, lease) of the last put
-        self._read_revision = 0
         self._changed = asyncio.Event()
         self._missed = False  # a change arrived while this member was cut off
         self._closed = False
@@ -208,9 +207,6 @@ class MemoryDcs:
     async def get_cluster(self) -> ClusterView:
         await self._enter()
         store = self._store
-        self._read_revision = store.revision
-        self._changed.clear()
-        self._missed = False
         mine = store._entry(keys.member_key(self._name))
         if self._published is not None and (mine is None or mine.value != self._published[0]):
             self._published = None  # someone removed or rewrote our record: put it again
@@ -281,9 +277,9 @@ class MemoryDcs:
         if self._cut_off():
             await asyncio.sleep(timeout_s)  # nothing reaches a cut-off member
             return False
-        if self._missed:
+        if self._missed:  # changes made while it was cut off reach it once it is back
             self._missed = False
-            return True
+            self._changed.set()
         try:
             async with asyncio.timeout(timeout_s):
                 await self._changed.wait()
@@ -299,9 +295,7 @@ class MemoryDcs:
 
     # ------------------------------------------------------------------ internals
 
-    def _on_change(self, revision: int) -> None:
-        if revision <= self._read_revision:
-            return
+    def _on_change(self) -> None:
         if self._cut_off():
             self._missed = True
         else:
