@@ -28,6 +28,7 @@ class AuditRecord:
     subresource: str = ""
     namespace: str = ""
     name: str = ""
+    content_type: str = ""  # of the request body (tells which patch type was sent)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (field names as in this class)."""

@@ -89,6 +89,11 @@ class RequestInfo:
     api_version: str = ""
 
 
+INFO_KEY = web.RequestKey("pgwarden_request_info", RequestInfo)
+USER_KEY = web.RequestKey("pgwarden_user", str)
+AUDITED_KEY = web.RequestKey("pgwarden_audited", bool)
+
+
 def _json_response(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status, dumps=json.dumps)
 
@@ -294,10 +299,16 @@ class ApiServerApp:
         info = RequestInfo(verb=request.method.lower(), is_resource=False)
         code = 500
         try:
+            path_error: ApiError | None = None
+            try:
+                info = _resolve_path(request.method, request.path, request.query)
+            except ApiError as err:
+                path_error = err  # reported after authentication, as the real server does
             user = self._authenticate(request)
-            info = _resolve_path(request.method, request.path, request.query)
-            request["info"] = info
-            request["user"] = user
+            if path_error is not None:
+                raise path_error
+            request[INFO_KEY] = info
+            request[USER_KEY] = user
             if request.path not in _HEALTH_PATHS:
                 await self.faults.apply(request.method, request.path)
             response = await handler(request)
@@ -307,11 +318,11 @@ class ApiServerApp:
             code = err.code
             return _error_response(err)
         finally:
-            if not request.get("audited"):
+            if not request.get(AUDITED_KEY):
                 self._audit(request, user, info, code)
 
     def _audit(self, request: web.Request, user: str, info: RequestInfo, code: int) -> None:
-        request["audited"] = True
+        request[AUDITED_KEY] = True
         res = info.resource
         self.audit.add(
             AuditRecord(
@@ -328,6 +339,7 @@ class ApiServerApp:
                 subresource=info.subresource,
                 namespace=info.namespace,
                 name=info.name,
+                content_type=request.content_type if request.body_exists else "",
             )
         )
 
@@ -383,7 +395,7 @@ class ApiServerApp:
     # ---- dispatch ------------------------------------------------------------------------
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        info: RequestInfo = request["info"]
+        info: RequestInfo = request[INFO_KEY]
         if not info.is_resource:
             return self._discovery(request, info)
         res = info.resource
@@ -679,7 +691,7 @@ class ApiServerApp:
             response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             response.enable_chunked_encoding()
             await response.prepare(request)
-            self._audit(request, request["user"], info, 200)
+            self._audit(request, request[USER_KEY], info, 200)
             if expired is not None:
                 status = status_object(code=410, reason=Reason.EXPIRED, message=str(expired))
                 await self._send(response, "ERROR", status)

@@ -284,3 +284,68 @@ def kube_apiserver_process(tmp_path: Path) -> Iterator[ApiServerProcess]:
     """A fresh API server process with bearer token `pgwarden-token` and an audit log."""
     with apiserver_process(tmp_path / "apiserver", token="pgwarden-token") as proc:
         yield proc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawResponse:
+    """An HTTP answer of the API server, body decoded as JSON when possible."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+async def raw_request(
+    url: str,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    content_type: str = "application/json",
+    token: str | None = None,
+    ca_file: Path | None = None,
+    timeout_s: float = 5.0,
+) -> RawResponse:
+    """One request with plain aiohttp (for edge cases the typed client hides)."""
+    headers = {"Content-Type": content_type} if body is not None else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+        session.request(
+            method, url + path, data=data, headers=headers, ssl=_ssl_for(ca_file) or True
+        ) as resp,
+    ):
+        text = await resp.text()
+        try:
+            decoded: Any = json.loads(text)
+        except ValueError:
+            decoded = text
+        return RawResponse(status=resp.status, body=decoded, headers=dict(resp.headers))
+
+
+async def raw_watch(
+    url: str,
+    path: str,
+    *,
+    max_events: int | None = None,
+    timeout_s: float = 5.0,
+    token: str | None = None,
+) -> list[dict[str, Any]]:
+    """Open a watch (`path` includes the query, e.g. `...?watch=true&resourceVersion=5`) and
+    collect its events until the stream ends or `max_events` arrived. Raises TimeoutError after
+    `timeout_s`, aiohttp errors if the connection breaks."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    events: list[dict[str, Any]] = []
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+        session.get(url + path, headers=headers) as resp,
+    ):
+        resp.raise_for_status()
+        while max_events is None or len(events) < max_events:
+            line = await resp.content.readline()
+            if not line:
+                break
+            events.append(json.loads(line))
+    return events
