@@ -146,7 +146,7 @@ async def test_a_lost_race_is_injected_for_the_next_conditional_write_only(
     assert await a.write_record(RecordKind.INITIALIZE, "", expected_version=None)
 
 
-async def test_a_slow_store_answers_within_the_deadline_or_raises_at_it(mem: MemoryCluster) -> None:
+async def test_a_slow_store_raises_at_the_deadline_and_applies_nothing(mem: MemoryCluster) -> None:
     slow = MemoryDcs(mem.store, "a", ttl_s=TTL_S, timeout_s=0.0)
     slow.faults.slow_s = 60.0
     with pytest.raises(DcsUnavailable):

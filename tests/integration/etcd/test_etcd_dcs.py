@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from agent.dcs.base import Dcs, DcsUnavailable
+from agent.config import (
+    DcsKind,
+    DcsSettings,
+    EtcdSettings,
+    PostgresSettings,
+    Secret,
+    Settings,
+    Timing,
+)
+from agent.dcs.base import Dcs, DcsAuthError, DcsUnavailable
 from agent.dcs.etcd import EtcdDcs
 from agent.dcs.etcd_client import EtcdClient
 from agent.model import RecordKind
 from tests.contract.dcs_contract import ContractCluster, DcsContract, member
-from tests.support.etcd import BlackHole, EtcdCluster
+from tests.support.etcd import BlackHole, EtcdCluster, make_tls_files, running_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +201,79 @@ async def test_an_idle_member_sends_keepalives_but_no_writes(
     after = (await b.get_cluster()).member("a")
     assert before is not None and after is not None
     assert after.version == before.version  # no write, yet alive past its ttl
+
+
+# --------------------------------------------------------------------------- settings, TLS, auth
+
+SECURE_USER = "root"
+SECURE_PASSWORD = "dcs-pw-123"
+
+
+@pytest.fixture(scope="module")
+def etcd_secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One member with TLS and password authentication. (Not with --client-cert-auth too:
+    etcd 3.4's JSON gateway then answers HTTP 400 to any client certificate that carries a
+    CommonName, "CommonName of client sending a request against gateway will be ignored".)"""
+    base = tmp_path_factory.mktemp("etcd-dcs-secure")
+    tls = make_tls_files(base / "certs")
+    with running_cluster(1, base, tls=tls, auth=(SECURE_USER, SECURE_PASSWORD)) as cluster:
+        yield cluster
+
+
+def secure_settings(etcd: EtcdCluster, tmp_path: Path, name: str, password: str) -> Settings:
+    tls = etcd.tls
+    assert tls is not None
+    return Settings(
+        name=name,
+        cluster="secure",
+        namespace="pgwarden-test",
+        run_dir=str(tmp_path / "run"),
+        dcs=DcsSettings(
+            kind=DcsKind.ETCD,
+            etcd=EtcdSettings(
+                endpoints=tuple(etcd.endpoints),
+                ca_file=str(tls.ca_file),
+                cert_file=str(tls.client_cert),
+                key_file=str(tls.client_key),
+                username=SECURE_USER,
+                password=Secret(password),
+            ),
+        ),
+        postgresql=PostgresSettings(data_dir=str(tmp_path / "data")),
+        timing=Timing(ttl_s=TTL_S, retry_timeout_s=TIMEOUT_S),
+    )
+
+
+async def test_a_backend_built_from_settings_works_over_tls_with_a_password(
+    etcd_secure: EtcdCluster, tmp_path: Path
+) -> None:
+    a = EtcdDcs.from_settings(secure_settings(etcd_secure, tmp_path, "a", SECURE_PASSWORD))
+    b = EtcdDcs.from_settings(secure_settings(etcd_secure, tmp_path, "b", SECURE_PASSWORD))
+    try:
+        await b.get_cluster()
+        assert await b.wait_for_change(0.3) is False
+        assert await a.acquire_leader()
+        await a.publish_member(member("a"))
+        assert await b.wait_for_change(3.0) is True
+        view = await b.get_cluster()
+        assert view.leader is not None and view.leader.name == "a"
+        assert view.member("a") is not None
+        await a.release_leader()
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_wrong_etcd_password_raises_dcs_auth_error_within_the_deadline(
+    etcd_secure: EtcdCluster, tmp_path: Path
+) -> None:
+    settings = secure_settings(etcd_secure, tmp_path, "a", "not-the-password")
+    handle = EtcdDcs.from_settings(settings)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        with pytest.raises(DcsAuthError):
+            await handle.get_cluster()
+        assert loop.time() - started <= settings.timing.retry_timeout_s
+    finally:
+        await handle.close()
