@@ -377,6 +377,21 @@ async def test_cancelling_the_watch_consumer_closes_its_connection(
             await writer.close()
 
 
+async def test_watch_moves_past_a_black_hole_endpoint(etcd1: EtcdCluster, prefix: bytes) -> None:
+    async with BlackHole() as hole:
+        watcher = EtcdClient([hole.url, etcd1.endpoints[0]], timeout_s=0.5)
+        writer = EtcdClient(etcd1.endpoints, timeout_s=TIMEOUT_S)
+        collector = Collector(watcher, prefix, await next_revision(writer))
+        try:
+            await writer.put(prefix + b"a", b"1")
+            events = await collector.wait_for(1, timeout_s=3)
+        finally:
+            await collector.stop()
+            await watcher.close()
+            await writer.close()
+    assert [e.kv.key for e in events] == [prefix + b"a"]
+
+
 async def test_watch_keeps_retrying_while_no_endpoint_is_reachable() -> None:
     client = EtcdClient([f"http://127.0.0.1:{free_port()}"], timeout_s=0.2)
     try:
