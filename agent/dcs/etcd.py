@@ -333,6 +333,10 @@ class EtcdDcs:
                 yield
         except DcsUnavailable:
             raise
+        except EtcdLeaseNotFound as exc:
+            # Our lease expired under a write: the next call grants a new one.
+            self._lease_lost(self._lease)
+            raise DcsUnavailable(f"etcd: {what}: {exc}") from exc
         except TimeoutError:
             raise DcsUnavailable(f"etcd: {what}: no answer within {self._timeout_s:g} s") from None
         except (DcsError, OSError) as exc:

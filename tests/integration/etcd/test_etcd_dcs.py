@@ -130,7 +130,7 @@ async def test_with_the_raft_leader_killed_every_call_still_works(
 async def test_with_two_of_three_etcd_members_killed_calls_raise_dcs_unavailable_in_time(
     etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
 ) -> None:
-    deadline_s = 1.0
+    deadline_s = 0.5
     a = etcd_dcs.make_etcd("a", timeout_s=deadline_s)
     assert await a.acquire_leader()
     await a.get_cluster()
