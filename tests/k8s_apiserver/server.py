@@ -863,6 +863,13 @@ class KubeApiServer:
         """The object store."""
         return self._api.store
 
+    def store_resource(self, plural: str, group: str = "", version: str = "v1") -> ResourceType:
+        """The ResourceType of `plural` (for direct `store` calls from tests)."""
+        res = find_resource(group, version, plural)
+        if res is None:
+            raise KeyError(plural)
+        return res
+
     @property
     def faults(self) -> FaultInjector:
         """The fault injector (set/clear faults from Python)."""
