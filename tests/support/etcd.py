@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +43,7 @@ from tests.support.ports import free_ports
 ETCD_BIN = os.environ.get("PGWARDEN_ETCD_BIN", "/usr/bin/etcd")
 ETCDCTL_BIN = os.environ.get("PGWARDEN_ETCDCTL_BIN", "/usr/bin/etcdctl")
 START_TIMEOUT_S = 20.0
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,6 +171,7 @@ class EtcdCluster:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if _on_main_thread() else None,  # noqa: PLW1509
             )
 
     def start(self) -> None:
@@ -321,6 +325,18 @@ class EtcdCluster:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"etcd member {member.name} not healthy") from None
                     time.sleep(0.05)
+
+
+def _on_main_thread() -> bool:
+    # PR_SET_PDEATHSIG fires when the parent *thread* ends: only safe from the main thread.
+    return threading.current_thread() is threading.main_thread()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the test runner dies, so that no etcd
+    outlives a crashed or killed pytest."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def etcd_cluster(
