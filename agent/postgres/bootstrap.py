@@ -6,10 +6,13 @@ through PGPASSWORD in their environment or a private --pwfile, never on a comman
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 from collections.abc import Collection
+
+import asyncpg
 
 from agent.config import PostgresSettings
 from agent.postgres import replication
@@ -203,20 +206,66 @@ async def clone(
     os.unlink(marker)
 
 
+# The source's timeline per its control file, and its current one (NULL on a standby).
+_SOURCE_TIMELINES_SQL = """
+SELECT (SELECT timeline_id FROM pg_control_checkpoint()),
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END
+"""
+
+
+async def _checkpoint_if_control_is_stale(
+    settings: PostgresSettings, source: StandbyConfig, *, timeout_s: float
+) -> None:
+    """CHECKPOINT a freshly promoted source whose control file still shows the old timeline.
+
+    pg_rewind reads the source's timeline from its control file, which a promotion updates
+    only when the checkpoint it requests completes; before that pg_rewind sees one timeline,
+    says "no rewind required" and leaves the divergent WAL in place (seen here ~100 ms after
+    a promotion). The PostgreSQL documentation asks for this CHECKPOINT.
+    """
+    password = settings.superuser.password
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await asyncpg.connect(
+                host=source.primary_host,
+                port=source.primary_port,
+                user=settings.superuser.username,
+                password=password.reveal() if password is not None else None,
+                database="postgres",
+                timeout=timeout_s,
+                statement_cache_size=0,
+                server_settings={"application_name": "pgwarden-rewind"},
+            )
+            try:
+                checkpoint_tli, current_tli = await conn.fetchrow(_SOURCE_TIMELINES_SQL)
+                if current_tli is not None and checkpoint_tli < current_tli:
+                    await conn.execute("CHECKPOINT")
+            finally:
+                await conn.close()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise PostgresError(f"rewind: cannot check the source's timeline: {exc!r}") from exc
+
+
 async def rewind(
     settings: PostgresSettings, source: StandbyConfig, *, run_dir: str, timeout_s: float
 ) -> None:
     """pg_rewind the STOPPED data directory onto `source`, then configure it as its standby.
 
-    Connects to the source as the superuser (pg_rewind needs it). PostgreSQL 15's pg_rewind
-    finishes crash recovery of a target that was not shut down cleanly itself (it runs the
-    target in single-user mode first), so a crashed former primary needs no extra step. It
-    copies the source's postgresql.conf and postgresql.auto.conf: the standby settings are
-    rewritten afterwards (the agent's other settings are on the postmaster's command line).
+    Connects to the source as the superuser (pg_rewind needs it), and first CHECKPOINTs a
+    source promoted so recently that its control file still names the old timeline.
+    PostgreSQL 15's pg_rewind finishes crash recovery of a target that was not shut down
+    cleanly itself (it runs the target in single-user mode first), so a crashed former
+    primary needs no extra step. It copies the source's postgresql.conf and
+    postgresql.auto.conf: the standby settings are rewritten afterwards (the agent's other
+    settings are on the postmaster's command line).
     Raises PostgresError when pg_rewind fails (then re-clone: clear_data_dir() + clone()).
     """
     if not is_initialized(settings):
         raise PostgresError(f"rewind: data directory {settings.data_dir} is not initialized")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    await _checkpoint_if_control_is_stale(settings, source, timeout_s=min(timeout_s, 60.0))
     password = settings.superuser.password
     source_conninfo = replication.primary_conninfo(
         host=source.primary_host,
@@ -233,7 +282,7 @@ async def rewind(
             f"--target-pgdata={settings.data_dir}",
             f"--source-server={source_conninfo}",
         ],
-        timeout_s=timeout_s,
+        timeout_s=max(deadline - loop.time(), 1.0),
         env=_password_env(password.reveal() if password is not None else None),
         what="pg_rewind",
     )

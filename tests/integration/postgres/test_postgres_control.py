@@ -209,6 +209,14 @@ async def test_promoting_a_replica_gives_a_writable_primary_on_the_next_timeline
     three_nodes: list[PgNode],
 ) -> None:
     n1, n2, _ = three_nodes
+    # Many pages dirty in n2's buffers make the checkpoint a promotion requests a slow, spread
+    # one: n2's control file keeps naming timeline 1 for a while (see the rewind test).
+    await n1.postmaster.execute(
+        "CREATE TABLE bulk AS SELECT g, repeat('x', 400) AS pad FROM generate_series(1, 5000) g",
+        timeout_s=SQL_TIMEOUT_S,
+    )
+    await _insert(n1, "before-promote")
+    await _visible_on([n2], "before-promote")
     # Freeze the old primary (a split brain: it keeps running, unaware) so that it writes no
     # WAL that n3 could receive beyond n2's fork point before n3 is re-pointed.
     os.killpg(n1.postmaster.pid() or 0, signal.SIGSTOP)
@@ -254,6 +262,12 @@ async def test_rewind_turns_the_diverged_old_primary_into_a_replica_of_the_new_o
     await _insert(n1, "divergent")  # the old primary still accepts writes: timelines diverge
     await n1.postmaster.stop(StopMode.FAST, timeout_s=10)
     assert n1.postmaster.pid() is None
+    # The case pg_rewind alone gets wrong ("no rewind required"): the new primary's control
+    # file still names the old timeline, its post-promotion checkpoint being unfinished.
+    rows = await n2.postmaster.fetch(
+        "SELECT timeline_id FROM pg_control_checkpoint()", timeout_s=SQL_TIMEOUT_S
+    )
+    assert rows == [(1,)]
 
     began = time.monotonic()
     await rewind(n1.settings, n1.standby_of(n2), run_dir=n1.run_dir, timeout_s=60)
