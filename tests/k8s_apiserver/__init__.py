@@ -7,6 +7,22 @@ preconditions, merge / strategic-merge / JSON patches, label and field selectors
 resume from a resourceVersion (410 Expired when it is too old), bearer tokens, TLS, fault
 injection and an audit log. kubectl get/label/annotate work against it.
 
+Known differences from a real kube-apiserver (on purpose, to stay small):
+- strategic merge patch merges lists by key only for a table of well-known fields
+  (patch.py `MERGE_KEYS`), other lists are replaced; `$patch`, `$retainKeys`,
+  `$deleteFromPrimitiveList` are honoured, `$setElementOrder` is ignored;
+  `application/apply-patch+yaml` (server-side apply) is a 415; no managedFields;
+- no finalizers or graceful deletion: DELETE removes at once; no admission, no RBAC
+  enforcement (the audit log records what an RBAC Role must allow), no spec validation
+  beyond names, labels and string maps;
+- create keeps a given `status` (so tests can make pods with a podIP); a Pod without one
+  gets `phase: Pending`;
+- a watch or list from a future resourceVersion is a 504 at once (the real server waits
+  up to 3 s first); BOOKMARKs every `bookmark_interval_s` (default 60 s);
+- /openapi/v2 and /v3 are 404: `kubectl get/label/annotate/patch/delete/get -w` do not need
+  them; `kubectl create -f` / `apply -f` need `--validate=false`;
+- the admin endpoints (`/_fault`, `/_audit`, `/_compact`, `/_state`) need no token.
+
 Run it in-process with `KubeApiServer` or as a process with
 `python -m tests.k8s_apiserver --port P [--tls-cert F --tls-key F] [--token T[=USER]]
 [--audit-log FILE] [--history-size N] [--bookmark-interval S]`.

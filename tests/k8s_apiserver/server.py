@@ -58,6 +58,7 @@ GIT_VERSION = "v1.32.0-pgwarden-test"
 ANONYMOUS = "system:anonymous"
 _TRUE = ("true", "True", "1")
 _HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+_NAMESPACE_SUBRESOURCES = ("status", "finalize")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,11 +122,9 @@ def _resolve_path(method: str, path: str, query: Mapping[str, str]) -> RequestIn
     if watch_path:
         rest = rest[1:]
     namespace = ""
-    if len(rest) >= 3 and rest[0] == "namespaces":
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] not in _NAMESPACE_SUBRESOURCES:
         namespace, rest = rest[1], rest[2:]
-    elif rest and rest[0] == "namespaces":
-        # /namespaces, /namespaces/{name}[/{sub}] address Namespace objects.
-        pass
+    # Otherwise /namespaces, /namespaces/{name}[/status|/finalize] address Namespace objects.
     plural = rest[0] if rest else ""
     name = rest[1] if len(rest) > 1 else ""
     subresource = rest[2] if len(rest) > 2 else ""
@@ -402,6 +401,8 @@ class ApiServerApp:
         assert res is not None
         if info.subresource and not (info.subresource == "status" and res.has_status):
             raise ApiError(404, "the server could not find the requested resource")
+        if info.verb in ("update", "patch") and not info.name:
+            raise ApiError(405, "the server does not allow this method on the requested resource")
         match info.verb:
             case "get":
                 return self._get(request, res, info)
@@ -678,6 +679,13 @@ class ApiServerApp:
                 )
                 if matches(obj)
             ]
+        elif rv > self.store.resource_version:
+            # The real server first waits up to 3 s for the resourceVersion to appear.
+            raise ApiError(
+                504,
+                f"Too large resource version: {rv}, current: {self.store.resource_version}",
+                reason=Reason.TIMEOUT,
+            )
         else:
             try:
                 for event in self.store.events_since(res, rv):
@@ -697,8 +705,10 @@ class ApiServerApp:
                 await self._send(response, "ERROR", status)
                 await response.write_eof()
                 return response
+            include = request.query.get("includeObject", "Metadata")
+            table = (res, include) if _wants_table(request) else None
             for kind, obj in first:
-                await self._send(response, str(kind), obj)
+                await self._send(response, str(kind), obj, table=table)
             if send_initial and bookmarks:
                 await self._send(response, "BOOKMARK", self._bookmark(res, initial_end=True))
             while True:
@@ -725,7 +735,7 @@ class ApiServerApp:
                 seen = _event_for_watcher(item, namespace, matches)
                 if seen is not None:
                     await self._send(
-                        response, str(seen[0]), _with_type(res, copy.deepcopy(seen[1]))
+                        response, str(seen[0]), _with_type(res, copy.deepcopy(seen[1])), table=table
                     )
             await response.write_eof()
             return response
@@ -739,7 +749,18 @@ class ApiServerApp:
         return {"kind": res.kind, "apiVersion": res.api_version, "metadata": meta}
 
     @staticmethod
-    async def _send(response: web.StreamResponse, kind: str, obj: KubeObject) -> None:
+    async def _send(
+        response: web.StreamResponse,
+        kind: str,
+        obj: KubeObject,
+        *,
+        table: tuple[ResourceType, str] | None = None,
+    ) -> None:
+        """One event line; `table` (the includeObject mode) wraps objects in a one-row Table,
+        as the real server does for `kubectl get -w`."""
+        if table is not None and kind in ("ADDED", "MODIFIED", "DELETED"):
+            res, include = table
+            obj = _table(res, [obj], obj["metadata"]["resourceVersion"], include)
         line = json.dumps({"type": kind, "object": obj}) + "\n"
         await response.write(line.encode())
 

@@ -14,7 +14,9 @@ Semantics kept from the real apiserver (registry/generic/registry/store.go):
   body is then ignored, as in the real server) and is a 404 for the others;
 - create in a namespace that does not exist is a 404 for the namespace;
 - the main resource of a kind with a /status subresource ignores changes to `status`, the
-  status subresource changes nothing but `status`;
+  status subresource changes nothing but `status`; (deviation) a create keeps the `status` it
+  is given, so tests can make pods with a podIP directly; without one a Pod gets
+  `phase: Pending`;
 - DELETED events carry the object with the resourceVersion of the deletion.
 Not emulated: finalizers / graceful deletion (objects go at once), managedFields, admission,
 validation of spec fields.
@@ -376,7 +378,13 @@ class Store:
                 " consist of lower case alphanumeric characters, '-' or '.'",
             )
         if meta.get("resourceVersion"):
-            raise bad_request("resourceVersion should not be set on objects to be created")
+            # The real server's storage layer refuses this with a plain error: a 500.
+            raise ApiError(
+                500,
+                "Internal error occurred: resourceVersion should not be set on objects to be"
+                " created",
+                reason=Reason.INTERNAL_ERROR,
+            )
         if res.namespaced and not self.namespace_exists(namespace):
             ns_res = find_resource("", "v1", "namespaces")
             assert ns_res is not None
@@ -399,6 +407,8 @@ class Store:
         meta.pop("deletionTimestamp", None)
         if res.has_generation:
             meta["generation"] = 1
+        if res.kind == "Pod" and not obj.get("status"):
+            obj["status"] = {"phase": "Pending"}  # what the real pod strategy starts with
         if res.kind == "Namespace":
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj["status"] = {"phase": "Active"}

@@ -437,3 +437,39 @@ async def test_endpoints_endpointslices_and_configmaps_are_stored_as_given(
         NS, {"metadata": {"name": "c"}, "data": {"k": "v"}}
     )
     assert cm.data == {"k": "v"}
+
+
+async def test_create_with_a_resource_version_is_refused(kube_apiserver: KubeApiServer) -> None:
+    body = pod("a")
+    body["metadata"]["resourceVersion"] = "5"
+    answer = await raw_request(kube_apiserver.url, "POST", PODS, body=body)
+    assert answer.status == 500
+    assert "resourceVersion should not be set" in answer.body["message"]
+
+
+async def test_put_or_patch_on_a_collection_is_405(kube_apiserver: KubeApiServer) -> None:
+    answer = await raw_request(kube_apiserver.url, "PUT", PODS, body=pod("a"))
+    assert (answer.status, answer.body["reason"]) == (405, "MethodNotAllowed")
+
+
+async def test_namespaces_are_served_with_their_status_subresource(
+    kube_apiserver: KubeApiServer,
+) -> None:
+    ns = await raw_request(kube_apiserver.url, "GET", "/api/v1/namespaces/default")
+    assert ns.body["status"] == {"phase": "Active"}
+    status = await raw_request(kube_apiserver.url, "GET", "/api/v1/namespaces/default/status")
+    assert status.body["metadata"]["name"] == "default"
+
+
+async def test_deleting_a_namespace_deletes_its_objects(kube_client: Any) -> None:
+    core: Any = client.CoreV1Api(kube_client)
+    await core.create_namespace({"metadata": {"name": "gone"}})
+    await core.create_namespaced_pod("gone", pod("a"))
+    await core.delete_namespace("gone")
+    assert (await core.list_pod_for_all_namespaces()).items == []
+
+
+async def test_a_pod_created_without_status_is_pending(kube_client: Any) -> None:
+    core: Any = client.CoreV1Api(kube_client)
+    created = await core.create_namespaced_pod(NS, pod("a"))
+    assert created.status.phase == "Pending"

@@ -4,6 +4,7 @@ timeoutSeconds, selectors (objects leaving a selector are DELETED), bookmarks, c
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,28 @@ async def test_cut_watches_abruptly_breaks_the_connection(kube_apiserver: KubeAp
     await set_fault(kube_apiserver.url, {"mode": "cut_watches", "abrupt": True})
     with pytest.raises(aiohttp.ClientError):
         await reader
+
+
+async def test_a_watch_from_a_future_resource_version_is_504(
+    kube_apiserver: KubeApiServer,
+) -> None:
+    future = kube_apiserver.store.resource_version + 10
+    answer = await raw_request(
+        kube_apiserver.url, "GET", f"{PODS}?watch=true&resourceVersion={future}"
+    )
+    assert (answer.status, answer.body["reason"]) == (504, "Timeout")
+
+
+async def test_a_watch_asking_for_tables_gets_one_row_tables(kube_apiserver: KubeApiServer) -> None:
+    await raw_request(kube_apiserver.url, "POST", PODS, body=pod("a"))
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+        session.get(
+            f"{kube_apiserver.url}{PODS}?watch=true&timeoutSeconds=1",
+            headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
+        ) as resp,
+    ):
+        event = json.loads(await resp.content.readline())
+    assert event["type"] == "ADDED"
+    assert event["object"]["kind"] == "Table"
+    assert event["object"]["rows"][0]["cells"][:2] == ["a", "Pending"]
