@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.clock import FakeClock
 from agent.dcs.base import Dcs, DcsUnavailable
@@ -185,3 +187,55 @@ async def test_a_closed_handle_is_unavailable(mem: MemoryCluster) -> None:
     await a.close()
     with pytest.raises(DcsUnavailable):
         await a.get_cluster()
+
+
+# --------------------------------------------------------------------------- one leader, always
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["acquire", "renew", "release", "publish", "restart"]),
+        st.integers(min_value=0, max_value=2),
+        st.sampled_from([0.0, 0.0, 0.5, 4.99, 5.0, 9.99, 10.0, 12.0]),  # time passing before
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_OPS)
+def test_no_two_members_ever_hold_overlapping_leases(ops: list[tuple[str, int, float]]) -> None:
+    """Whoever gets True from acquire or renew at t believes it leads until t + ttl (unless it
+    releases first); no other member may get True before then, and a free record is free."""
+    asyncio.run(_run_leader_scenario(ops))
+
+
+async def _run_leader_scenario(ops: list[tuple[str, int, float]]) -> None:
+    cluster = MemoryCluster()
+    names = ["a", "b", "c"]
+    handles = {name: handle(cluster, name) for name in names}
+    believes_until: dict[str, float] = {}
+    for op, index, seconds in ops:
+        await cluster.expire(seconds)
+        name = names[index]
+        dcs = handles[name]
+        now = cluster.clock.monotonic()
+        if op == "restart":
+            await dcs.close()  # the agent dies; the new one starts with no belief of its own
+            handles[name] = handle(cluster, name)
+            continue
+        if op == "publish":
+            await dcs.publish_member(member(name))
+            continue
+        if op == "release":
+            await dcs.release_leader()
+            believes_until.pop(name, None)
+            continue
+        leader_before = (await dcs.get_cluster()).leader
+        won = await (dcs.acquire_leader() if op == "acquire" else dcs.renew_leader())
+        if op == "acquire":
+            expected = leader_before is None or leader_before.name == name
+            assert won == expected, f"{name} acquire at {now}: {won}, leader was {leader_before}"
+        if won:
+            rivals = [n for n, until in believes_until.items() if n != name and until > now]
+            assert not rivals, f"{name} won at {now} while {rivals} still believe they lead"
+            believes_until[name] = now + TTL_S
