@@ -128,7 +128,7 @@ class Prober:
     async def probe(
         self, *, running: bool, postmaster_pid: int | None, timeout_s: float
     ) -> LocalState:
-        """One snapshot of the local PostgreSQL, within about `timeout_s`.
+        """One snapshot of the local PostgreSQL, within `timeout_s`.
 
         `running`/`postmaster_pid` say whether a postmaster process exists (from
         Postmaster.pid()). If it does and answers, the state comes from one SQL round trip
@@ -137,9 +137,12 @@ class Prober:
         asyncio.CancelledError.
         """
         initialized = is_initialized(self._settings)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         if running and initialized:
             try:
-                async with asyncio.timeout(timeout_s):
+                # 70% for SQL, the rest for pg_controldata if SQL fails (a frozen server).
+                async with asyncio.timeout(timeout_s * 0.7):
                     state = await self._query(initialized, postmaster_pid)
                 return state
             except asyncio.CancelledError:
@@ -148,7 +151,7 @@ class Prober:
                 await self.close()
         else:
             await self.close()
-        control = await read_controldata(self._settings, timeout_s=max(timeout_s, 1.0))
+        control = await read_controldata(self._settings, timeout_s=max(deadline - loop.time(), 0.1))
         return LocalState(
             data_dir_initialized=initialized,
             running=False,

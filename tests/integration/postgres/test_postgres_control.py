@@ -78,11 +78,11 @@ async def _receiver(node: PgNode) -> tuple[object, ...] | None:
     return rows[0] if rows else None
 
 
-async def _probe(node: PgNode) -> LocalState:
+async def _probe(node: PgNode, *, timeout_s: float = 5.0) -> LocalState:
     prober = Prober(node.settings, run_dir=node.run_dir, member_name=node.name)
     try:
         pid = node.postmaster.pid()
-        return await prober.probe(running=pid is not None, postmaster_pid=pid, timeout_s=5.0)
+        return await prober.probe(running=pid is not None, postmaster_pid=pid, timeout_s=timeout_s)
     finally:
         await prober.close()
 
@@ -387,6 +387,12 @@ async def test_a_frozen_postmaster_is_killed_with_its_whole_process_group(
     pid = n3.postmaster.pid()
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)  # deaf to every shutdown signal but SIGKILL
+    began = time.monotonic()
+    frozen = await _probe(n3, timeout_s=0.5)  # accepts no connection: down, within the bound
+    assert time.monotonic() - began < 1.0
+    assert not frozen.running
+    assert frozen.postmaster_pid == pid
+    assert frozen.control is not None
     await n3.postmaster.stop(StopMode.FAST, timeout_s=0.5)
     assert n3.postmaster.pid() is None
     await eventually(_no_postgres_in_group(pid), timeout_s=5)
