@@ -71,8 +71,9 @@ class ContractCluster(Protocol):
         """Let `seconds` of lease time pass on the store's clock."""
 
     async def write_raw(self, key: str, value: bytes | None) -> None:
-        """Write (None: delete) a raw value under the cluster's key `key` (e.g.
-        `members/x`, `leader`, `config`), bypassing every handle."""
+        """Write (None: delete) a raw value for the record `key`, bypassing every handle.
+        Keys follow `agent.dcs.keys` (`leader`, `members/<name>`, `config`, ...); a backend
+        that keeps records elsewhere (Kubernetes: annotations) maps them to its own place."""
 
     async def make_unreachable(self, name: str) -> Dcs:
         """A handle on a store that accepts requests and never answers."""
