@@ -316,6 +316,9 @@ class ApiServerApp:
         except ApiError as err:
             code = err.code
             return _error_response(err)
+        except asyncio.CancelledError:
+            code = 499  # the client went away first (nginx's "client closed request")
+            raise
         finally:
             if not request.get(AUDITED_KEY):
                 self._audit(request, user, info, code)
@@ -925,6 +928,14 @@ class KubeApiServer:
     def cut_watches(self, *, abrupt: bool = False) -> int:
         """End every open watch stream now; returns how many there were."""
         return self.store.cut_watches(StreamCut.ABRUPT if abrupt else StreamCut.GRACEFUL)
+
+    async def wait_for_watches(self, count: int, timeout_s: float = 5.0) -> None:
+        """Return once at least `count` watches are open (TimeoutError after `timeout_s`)."""
+        async with asyncio.timeout(timeout_s):
+            for _ in iter(int, 1):  # until the timeout cancels it
+                if self.store.open_watches >= count:
+                    return
+                await asyncio.sleep(0.01)
 
     async def start(self) -> None:
         """Bind and serve (returns once listening)."""

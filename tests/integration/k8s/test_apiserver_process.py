@@ -101,3 +101,15 @@ def test_a_stopped_process_releases_its_port(tmp_path: Path) -> None:
     with apiserver_process(tmp_path / "srv") as server:
         assert server.process is not None and server.process.poll() is None
     assert server.process is not None and server.process.returncode == 0
+
+
+async def test_a_tls_process_serves_clients_configured_by_its_kubeconfig(tmp_path: Path) -> None:
+    with apiserver_process(tmp_path / "srv", tls=True, token="t0k") as server:
+        assert server.url.startswith("https://")
+        cfg = client.Configuration()
+        await config.load_kube_config(
+            config_file=str(server.kubeconfig(tmp_path / "kubeconfig")), client_configuration=cfg
+        )
+        async with client.ApiClient(configuration=cfg) as api:
+            namespaces = await client.CoreV1Api(api).list_namespace()
+        assert "default" in [ns.metadata.name for ns in namespaces.items]

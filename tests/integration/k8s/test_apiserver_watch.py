@@ -44,14 +44,6 @@ async def label(server: KubeApiServer, name: str, labels: dict[str, str | None])
     return rv
 
 
-async def wait_for_watches(server: KubeApiServer, count: int) -> None:
-    for _ in range(250):
-        if server.store.open_watches >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{count} watches never opened")
-
-
 async def collect(core: Any, **kwargs: Any) -> list[tuple[str, str, str]]:
     """(type, name, resourceVersion) of every event until the server ends the stream."""
     seen: list[tuple[str, str, str]] = []
@@ -111,7 +103,7 @@ async def test_watch_without_resource_version_starts_with_added_events_then_stre
     reader = asyncio.create_task(
         raw_watch(kube_apiserver.url, f"{PODS}?watch=True", max_events=3), name="watch-reader"
     )
-    await wait_for_watches(kube_apiserver, 1)
+    await kube_apiserver.wait_for_watches(1)
     await raw_request(kube_apiserver.url, "POST", PODS, body=pod("c"))
     events = await reader
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
@@ -176,7 +168,7 @@ async def test_an_object_that_stops_matching_the_selector_is_sent_as_deleted(
         ),
         name="selector-watch",
     )
-    await wait_for_watches(kube_apiserver, 1)
+    await kube_apiserver.wait_for_watches(1)
     await label(kube_apiserver, "a", {"note": "x"})  # still matches: MODIFIED
     rv_out = await label(kube_apiserver, "a", {"role": "replica"})  # leaves: DELETED
     await label(kube_apiserver, "a", {"note": "y"})  # not matching: nothing
@@ -238,7 +230,7 @@ async def test_cut_watches_ends_open_streams_cleanly(kube_apiserver: KubeApiServ
         asyncio.create_task(raw_watch(kube_apiserver.url, f"{PODS}?watch=true"), name=f"w{i}")
         for i in range(2)
     ]
-    await wait_for_watches(kube_apiserver, 2)
+    await kube_apiserver.wait_for_watches(2)
     answer = await set_fault(kube_apiserver.url, {"mode": "cut_watches"})
     assert answer["cut_watches"] == 2
     for reader in readers:
@@ -251,7 +243,7 @@ async def test_cut_watches_abruptly_breaks_the_connection(kube_apiserver: KubeAp
     reader = asyncio.create_task(
         raw_watch(kube_apiserver.url, f"{PODS}?watch=true"), name="abrupt-watch"
     )
-    await wait_for_watches(kube_apiserver, 1)
+    await kube_apiserver.wait_for_watches(1)
     await set_fault(kube_apiserver.url, {"mode": "cut_watches", "abrupt": True})
     with pytest.raises(aiohttp.ClientError):
         await reader
