@@ -250,6 +250,10 @@ def is_initialized(settings: PostgresSettings) -> bool:
     return os.path.isfile(os.path.join(settings.data_dir, "PG_VERSION"))
 
 
+def _is_standby_dir(settings: PostgresSettings) -> bool:
+    return os.path.exists(os.path.join(settings.data_dir, "standby.signal"))
+
+
 def configure_standby(settings: PostgresSettings, standby: StandbyConfig | None) -> None:
     """While stopped: make the data directory start as a standby of `standby`, or as a primary.
 
@@ -431,26 +435,43 @@ class Postmaster:
 
     async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
         """Start the postmaster (as a primary, or as a standby of `standby`) and return once it
-        accepts connections.
+        accepts connections (a primary: writes).
 
-        Writes the auth files, standby.signal and the standby's conninfo/slot (or removes
-        standby.signal for a primary) first. If a postmaster already runs on the data directory
-        (ours or adopted), only waits for it to accept connections: its role is not changed.
+        Writes the auth files, standby.signal and the standby's conninfo/slot first. A data
+        directory that was a standby (standby.signal present) and is started as a primary is
+        started as a standby without upstream and then promoted: merely removing
+        standby.signal would keep it on its old timeline, alongside whichever node continues
+        that timeline, and a later pg_rewind between the two could not see the divergence.
+        If a postmaster already runs on the data directory (ours or adopted), only waits for
+        it to accept connections: its role is not changed.
         Raises PostgresError if the data directory is not initialized, if the server exits
-        during start (with the log's tail), or if it does not accept connections within
-        `timeout_s` (it is then left running; stop it if you want it gone).
+        during start (with the log's tail), or if it is not ready within `timeout_s` (it is
+        then left running; stop it if you want it gone).
         """
         settings = self._settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         who = run_as(settings)
         pid = self.pid()
+        promote = False
         if pid is None:
             if not is_initialized(settings):
                 raise PostgresError(
                     f"data directory {settings.data_dir} is not initialized (no PG_VERSION)"
                 )
+            if standby is None and _is_standby_dir(settings):
+                promote = True
+                standby = StandbyConfig(
+                    primary_host="",
+                    primary_port=0,
+                    slot_name=None,
+                    application_name=self._member_name,
+                )
             self._prepare_start(who, standby)
             pid = self._spawn(who)
         await self._wait_ready(pid, timeout_s)
+        if promote:
+            await self.promote(timeout_s=max(deadline - loop.time(), 0.5))
 
     def _prepare_start(self, who: RunAs, standby: StandbyConfig | None) -> None:
         self.write_auth_files()

@@ -521,6 +521,20 @@ async def test_clone_clears_the_remains_of_an_interrupted_clone(
     await spare_node.postmaster.start(standby=spare_node.standby_of(n2), timeout_s=START_TIMEOUT_S)
     await _insert(n2, "to-spare")
     await _visible_on([spare_node], "to-spare")
+    await drop_slots(n2.postmaster, [spare_node.slot])  # in use: kept
+    assert await n2.postmaster.fetch(
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+        spare_node.slot,
+        timeout_s=SQL_TIMEOUT_S,
+    ) == [(1,)]
+
+    # Started as a primary, a stopped standby is promoted: it moves to a timeline of its own.
+    await spare_node.postmaster.stop(StopMode.FAST, timeout_s=10)
+    await spare_node.postmaster.start(standby=None, timeout_s=START_TIMEOUT_S)
+    assert not _exists(os.path.join(spare_node.settings.data_dir, "standby.signal"))
+    state = await _probe(spare_node)
+    assert state.is_primary
+    assert state.timeline == 3
     await spare_node.postmaster.stop(StopMode.IMMEDIATE, timeout_s=5)
     await drop_slots(n2.postmaster, [spare_node.slot])
 
