@@ -63,12 +63,13 @@ async def initdb(settings: PostgresSettings, *, run_dir: str, timeout_s: float =
         "--encoding=UTF8",
         "--locale=C.UTF-8",
         f"--username={settings.superuser.username}",
-        # The agent's own hba_file replaces initdb's; these only make the unused file safe.
+        # The agent's own hba_file replaces initdb's; these only make the unused file safe
+        # (initdb refuses a password method without a password).
         "--auth-local=peer",
-        "--auth-host=scram-sha-256",
     ]
     pwfile = os.path.join(replication.conf_dir(run_dir), "initdb.pw")
     password = settings.superuser.password
+    args.append("--auth-host=scram-sha-256" if password is not None else "--auth-host=reject")
     try:
         if password is not None:
             write_file(pwfile, password.reveal() + "\n", who)

@@ -75,9 +75,10 @@ def _chown_to(path: str, os_user: str | None) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def make_nodes(base: str, names: list[str]) -> list[PgNode]:
+def make_nodes(base: str, names: list[str], *, passwords: bool = True) -> list[PgNode]:
     """Settings for `names` on distinct free ports, each in `<base>/<name>/` (owned by the
-    PostgreSQL OS user, holding `data/` and the socket) with its run dir `<base>/<name>-run`."""
+    PostgreSQL OS user, holding `data/` and the socket) with its run dir `<base>/<name>-run`.
+    Without `passwords` the roles have none (loopback trust, as in a demo)."""
     os_user = pg_os_user()
     nodes = []
     for name, port in zip(names, free_ports(len(names)), strict=True):
@@ -91,8 +92,14 @@ def make_nodes(base: str, names: list[str]) -> list[PgNode]:
             port=port,
             connect_host="127.0.0.1",
             os_user=os_user,
-            superuser=Credentials(username="postgres", password=Secret(SUPERUSER_PASSWORD)),
-            replication=Credentials(username="replicator", password=Secret(REPLICATION_PASSWORD)),
+            superuser=Credentials(
+                username="postgres",
+                password=Secret(SUPERUSER_PASSWORD) if passwords else None,
+            ),
+            replication=Credentials(
+                username="replicator",
+                password=Secret(REPLICATION_PASSWORD) if passwords else None,
+            ),
             parameters=(("shared_buffers", "16MB"), ("max_connections", "20")),
         )
         nodes.append(PgNode(name=name, settings=settings, run_dir=f"{home}-run"))

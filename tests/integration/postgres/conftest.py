@@ -36,3 +36,16 @@ async def spare_node() -> AsyncIterator[PgNode]:
         finally:
             await nodes[0].postmaster.close()
             kill_leftovers(nodes)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def passwordless_pair() -> AsyncIterator[list[PgNode]]:
+    """Two nodes whose roles have no password (loopback trust, as in a demo)."""
+    with pg_base_dir() as base:
+        nodes = make_nodes(base, ["open1", "open2"], passwords=False)
+        try:
+            yield nodes
+        finally:
+            for node in nodes:
+                await node.postmaster.close()
+            kill_leftovers(nodes)

@@ -565,3 +565,20 @@ async def test_a_server_that_cannot_start_raises_with_the_log_tail(spare_node: P
     with pytest.raises(PostgresError, match="work_mem"):
         await spare_node.postmaster.start(standby=None, timeout_s=10)
     assert spare_node.postmaster.pid() is None
+
+
+async def test_roles_without_passwords_replicate_over_loopback_trust(
+    passwordless_pair: list[PgNode],
+) -> None:
+    primary, replica = passwordless_pair
+    await initdb(primary.settings, run_dir=primary.run_dir)
+    await primary.postmaster.start(standby=None, timeout_s=START_TIMEOUT_S)
+    await create_roles(primary.postmaster, primary.settings)
+    await ensure_slots(primary.postmaster, [replica.slot])
+    await primary.postmaster.execute("CREATE TABLE t (v text)", timeout_s=SQL_TIMEOUT_S)
+    await clone(
+        replica.settings, replica.standby_of(primary), run_dir=replica.run_dir, timeout_s=60
+    )
+    await replica.postmaster.start(standby=replica.standby_of(primary), timeout_s=START_TIMEOUT_S)
+    await _insert(primary, "open")
+    await _visible_on([replica], "open")
