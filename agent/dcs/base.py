@@ -34,9 +34,10 @@ Contract (tests/contract/dcs_contract.py checks each line against every backend)
    and may do so even if a `get_cluster()` already returned it: reads do not consume
    changes, because other tasks (the API) read through the same handle and must not swallow
    a wake meant for the HA loop. What counts: a change made by another member or by the
-   store itself (a lease expiring) to the leader record, to any `RecordKind` record, or the
-   disappearance of a member record. Not counted: this handle's own writes (its callers
-   know of them), and other members re-publishing their member records (a heartbeat written
+   store itself (a lease expiring) to the leader record, to any `RecordKind` record, a
+   member record that appears or disappears, or one whose role, state, address or tags
+   change. Not counted: this handle's own writes (its callers know of them), and other
+   members re-publishing their records with only new WAL positions (a heartbeat written
    every cycle under write load: waking on it would make members wake each other in a
    ring). It never raises for a dropped watch stream: it resumes, and on a compacted
    revision wakes so the caller re-reads.

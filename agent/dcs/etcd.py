@@ -101,6 +101,7 @@ class EtcdDcs:
         self._watched_to = 0  # the watch has delivered every event below this revision
         self._resync = False  # the watch lost events (compaction): wake, the caller re-reads
         self._changed = asyncio.Event()
+        self._member_signatures: dict[str, str] = {}  # member key -> last seen signature
         self._watch_task: asyncio.Task[None] | None = None
         self._closed = False
         self._log = structlog.get_logger("pgwarden.dcs").bind(
@@ -424,8 +425,17 @@ class EtcdDcs:
         return result.revision + 1
 
     def _on_event(self, event: WatchEvent) -> None:
-        if event.type is EventType.PUT and keys.is_member_key(self._relative(event.kv.key)):
-            return  # a member heartbeat wakes nobody (base.py, point 8)
+        relative = self._relative(event.kv.key)
+        if keys.is_member_key(relative):
+            # A heartbeat (new WAL positions only) wakes nobody; a new role, state or
+            # address does, and so does a record that appears or goes (base.py, point 8).
+            if event.type is EventType.DELETE:
+                self._member_signatures.pop(relative, None)
+            else:
+                signature = keys.member_signature(event.kv.value)
+                if self._member_signatures.get(relative) == signature:
+                    return
+                self._member_signatures[relative] = signature
         self._pending.add(event.kv.mod_revision)
         self._changed.set()
 

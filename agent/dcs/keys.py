@@ -9,6 +9,7 @@ as absent (DESIGN.md section 3, invariant 6).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import structlog
@@ -31,6 +32,22 @@ def record_key(kind: RecordKind) -> str:
 
 def is_member_key(key: str) -> bool:
     return key.startswith(MEMBERS)
+
+
+def member_signature(value: bytes) -> str:
+    """What of a member record is worth waking other members for: everything but the WAL
+    positions, which change with every write (see base.py, point 8). A record that does not
+    parse has its raw bytes as signature, so any change to it counts."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return value.decode("utf-8", errors="replace")
+    if not isinstance(data, dict):
+        return value.decode("utf-8", errors="replace")
+    return json.dumps({k: v for k, v in data.items() if k not in _HEARTBEAT_FIELDS}, sort_keys=True)
+
+
+_HEARTBEAT_FIELDS = frozenset({"wal_lsn", "replay_lsn"})
 
 
 def expected_version(version: str | None) -> str | None:

@@ -148,9 +148,14 @@ class MemoryStore:
         self._entries[key] = _Entry(
             value=value, create_revision=created, mod_revision=self._revision, lease=lease
         )
-        # A member record is a heartbeat rewritten often: publishing one wakes nobody, or
-        # members would wake each other in a ring under write load (see base.py, point 8).
-        if not keys.is_member_key(key):
+        # A member record is a heartbeat rewritten often: a new WAL position wakes nobody, or
+        # members would wake each other in a ring under write load; a new role, state or
+        # address does (see base.py, point 8).
+        if (
+            not keys.is_member_key(key)
+            or old is None
+            or (keys.member_signature(old.value) != keys.member_signature(value))
+        ):
             self._notify(author)
 
     def _delete(self, key: str, *, author: MemoryDcs | None) -> None:

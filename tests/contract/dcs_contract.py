@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Protocol
 
 import pytest
@@ -440,9 +441,20 @@ class DcsContract:
         assert await a.write_record(RecordKind.CONFIG, "{}", expected_version=None)
         await a.publish_member(member("a"))
         await b.publish_member(member("b"))
-        await b.publish_member(member("b", wal_lsn=99))
+        assert await a.wait_for_change(cluster.quiet_s * 4) is True  # a new member: wakes
+        await b.publish_member(member("b", wal_lsn=99))  # a heartbeat: new WAL position only
         await asyncio.sleep(cluster.quiet_s)
         assert await a.wait_for_change(cluster.quiet_s) is False
+
+    async def test_a_member_changing_role_or_state_wakes_the_others(
+        self, cluster: ContractCluster
+    ) -> None:
+        a, b = cluster.make("a"), cluster.make("b")
+        await a.get_cluster()
+        await b.publish_member(member("b"))
+        assert await a.wait_for_change(cluster.quiet_s * 4) is True
+        await b.publish_member(replace(member("b"), state=PgState.RUNNING, role=Role.PRIMARY))
+        assert await a.wait_for_change(cluster.quiet_s * 4) is True
 
     async def test_own_writes_do_not_wake_a_wait_running_at_the_same_time(
         self, cluster: ContractCluster
