@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,10 +16,16 @@ from agent.config import (
     ConfigError,
     ConfigProblem,
     DcsKind,
+    EtcdSettings,
+    HaSettings,
+    KubernetesSettings,
     LockKind,
     LogFormat,
+    LogSettings,
+    PostgresSettings,
     Secret,
     Settings,
+    Tags,
     Timing,
     env_var_name,
     known_settings,
@@ -655,3 +662,30 @@ def test_every_setting_is_documented_in_the_configuration_reference() -> None:
                 break
         else:
             raise AssertionError(f"{path}: no section documents it")
+
+
+def test_the_api_url_brackets_an_ipv6_listen_host(tmp_path: Path) -> None:
+    s = load(tmp_path, with_changes({"api.listen_host": "::1"}))
+    assert s.api.url == "http://[::1]:8008"
+
+
+@pytest.mark.parametrize(
+    ("section", "cls"),
+    [
+        ("dcs.etcd", EtcdSettings),
+        ("dcs.kubernetes", KubernetesSettings),
+        ("postgresql", PostgresSettings),
+        ("timing", Timing),
+        ("tags", Tags),
+        ("ha", HaSettings),
+        ("log", LogSettings),
+        ("", Settings),
+    ],
+)
+def test_every_settings_field_can_be_configured(section: str, cls: type) -> None:
+    # A field added to a settings class without a key in the loader would silently keep its
+    # default for ever; this catches it.
+    known = known_settings()
+    for f in dataclasses.fields(cls):
+        path = f"{section}.{f.name}" if section else f.name
+        assert path in known, f"{path} has no configuration key"
