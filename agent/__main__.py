@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from agent.config import CONFIG_ENV_VAR, ConfigError, load_settings, render_effective
 
@@ -91,8 +90,9 @@ def _passthrough(command: str, rest: list[str]) -> int:
         from agent import ctl  # noqa: PLC0415 - lazily, see the module docstring
 
         return ctl.main(rest)
-    demo_main: Callable[[list[str]], int] = importlib.import_module("agent.demo").main
-    return demo_main(rest)
+    from agent import demo  # noqa: PLC0415 - lazily, see the module docstring
+
+    return demo.main(rest)
 
 
 if __name__ == "__main__":
