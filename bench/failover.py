@@ -89,13 +89,31 @@ async def converge(cluster: BenchCluster, timeout: float | None = None) -> int:
     return found[0]
 
 
+class BenchAppWriter(AppWriter):
+    """AppWriter that survives asyncpg's InternalClientError.
+
+    A connection whose server was SIGKILLed mid-statement can raise
+    `InternalClientError: cannot switch to state 12; another operation (2) is in progress`,
+    which tests/support/workload.py's loop does not catch: the writer task would die and take
+    the whole bench with it. The loop is resumed instead (it reconnects, keeping its log).
+    """
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await super()._run()
+                return
+            except asyncpg.InternalClientError:
+                await asyncio.sleep(self.interval_s)
+
+
 async def write_gap(
     cluster: BenchCluster, fault: Callable[[int], Awaitable[None]], settle_s: float
 ) -> float:
     """Run `fault(primary)` under a writer; the longest stretch without an acknowledged write."""
     primary = await converge(cluster)
     await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
-    app = AppWriter(
+    app = BenchAppWriter(
         hosts=[("127.0.0.1", m.pg_port) for m in cluster.members],
         start_value=int(time.time() * 1000) % 10**12,
     )
