@@ -41,6 +41,11 @@ def cluster() -> Iterator[LocalCluster]:
 async def _converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
     """Wait until the cluster view shows one primary and two streaming replicas, and the
     primary's own /primary probe agrees (it holds a fresh lease)."""
+    # A scenario that failed half-way may have left a member stopped: start it again, so
+    # one failure does not cascade into the scenarios after it.
+    for index, member in enumerate(cluster.members):
+        if member.process is not None and member.process.poll() is not None:
+            cluster.start_member(index)
     found: list[int] = []
     async with aiohttp.ClientSession() as session:
 

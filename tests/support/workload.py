@@ -88,8 +88,7 @@ class _Writer:
                 self.log.acks.append(
                     Ack(at=time.monotonic(), member=self._member(conn), value=value)
                 )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                del exc
+            except Exception:  # any failure means "not acknowledged"; the next try reconnects
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.terminate()

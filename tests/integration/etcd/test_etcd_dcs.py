@@ -136,6 +136,9 @@ async def test_with_two_of_three_etcd_members_killed_calls_raise_dcs_unavailable
     await a.get_cluster()
     etcd3.kill(1)
     etcd3.kill(2)
+    # A raft leader that lost its quorum keeps answering lease keepalives (served by the
+    # leader alone) until it steps down, one election timeout (0.5 s here) later.
+    await asyncio.sleep(1.5)
     calls: dict[str, Callable[[], Awaitable[object]]] = {
         "get_cluster": a.get_cluster,
         "renew_leader": a.renew_leader,
