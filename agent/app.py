@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -24,6 +25,7 @@ from agent.fence import FenceClient
 from agent.logging import bind_member, configure_logging
 from agent.loop import HaLoop
 from agent.metrics import Metrics
+from agent.model import AgentStatus
 from agent.postgres.probe import Prober
 from agent.postgres.process import Postmaster
 
@@ -37,8 +39,38 @@ def build_dcs(settings: Settings) -> Dcs:
 
         return EtcdDcs.from_settings(settings)
     if settings.dcs.kind == DcsKind.KUBERNETES:
-        raise SystemExit("the kubernetes DCS backend is not available in this build yet")
+        from agent.dcs.kubernetes import KubernetesDcs  # noqa: PLC0415 - as above
+        from agent.kube.client import client_factory  # noqa: PLC0415 - as above
+
+        k8s = settings.dcs.kubernetes
+        if k8s is None:
+            raise SystemExit("dcs.kubernetes: required when dcs.kind is kubernetes")
+        return KubernetesDcs.from_settings(settings, client_factory=client_factory(k8s.kubeconfig))
     raise SystemExit(f"unknown DCS kind {settings.dcs.kind}")
+
+
+def start_pod_labeler(
+    settings: Settings, status: Callable[[], AgentStatus]
+) -> asyncio.Task[None] | None:
+    """Start the pod role label task when Kubernetes settings are present and labels are
+    managed; it only reads the published status and never stops the agent (failures are
+    logged and retried inside it)."""
+    k8s = settings.dcs.kubernetes
+    if k8s is None or not k8s.manage_role_label:
+        return None
+    from agent.kube.client import client_factory  # noqa: PLC0415 - Kubernetes only
+    from agent.kube.labels import PodLabeler, RoleLabel  # noqa: PLC0415 - Kubernetes only
+
+    labeler = PodLabeler(
+        client_factory=client_factory(k8s.kubeconfig),
+        namespace=k8s.namespace,
+        pod_name=k8s.pod_name or settings.name,
+        label=RoleLabel.from_settings(k8s),
+        status=status,
+        reassert_s=settings.timing.loop_wait_s,
+        timeout_s=settings.timing.retry_timeout_s,
+    )
+    return asyncio.create_task(labeler.run(), name="pod-labeler")
 
 
 async def run_agent(settings: Settings) -> int:
@@ -72,6 +104,7 @@ async def run_agent(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         ev_loop.add_signal_handler(sig, loop.request_shutdown)
     ha_task = asyncio.create_task(loop.run(), name="ha-loop")
+    label_task = start_pod_labeler(settings, loop.status)
     exit_code = 0
     try:
         await ha_task
@@ -82,6 +115,10 @@ async def run_agent(settings: Settings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             ev_loop.remove_signal_handler(sig)
+        if label_task is not None:
+            label_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await label_task
         await _bounded_cleanup(settings, postmaster, prober, dcs, runner)
     return exit_code
 

@@ -32,6 +32,7 @@ from tests.contract.dcs_contract import (
     member,
 )
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
+from tests.k8s_apiserver.errors import ApiError
 from tests.support.etcd import BlackHole
 from tests.support.kube import api_client, kube_server, write_kubeconfig
 
@@ -302,7 +303,7 @@ async def test_a_failed_endpointslice_write_is_retried_by_the_next_renewal(
                 Fault(mode=FaultMode.ERROR, status=503, path_prefix="/apis/discovery.k8s.io")
             )
             assert await a.acquire_leader()  # the lock is ours even if the slice failed
-            with pytest.raises(Exception, match="not found|NotFound"):
+            with pytest.raises(ApiError):
                 kube.store.get(slices, NAMESPACE, c.cluster)
             kube.faults.clear()
             assert await a.renew_leader()

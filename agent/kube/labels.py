@@ -1,0 +1,153 @@
+"""Pod role labels: keep this agent's own pod labelled `role=primary|replica` (names from
+`KubernetesSettings`), so that selector Services route to the primary and to the replicas.
+
+Level-triggered: `PodLabeler.run()` compares the label the published `AgentStatus` calls for
+with the one it last applied, patches on a difference, and re-asserts it every
+`reassert_s` (someone may have changed or removed it). It only reads the status; it never
+takes part in a decision. A failed patch is logged (`pod_label_failed`) and retried with
+backoff; it never raises into the HA loop and never blocks it (it runs as its own task,
+every request bounded by `timeout_s`). When the task is cancelled (the agent stops), it
+removes the label once, best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent.config import KubernetesSettings
+from agent.kube.client import ClientFactory
+from agent.model import AgentStatus, PgState, Role
+
+_POLL_S = 0.1  # how often the in-memory status is compared; patches happen only on change
+_BACKOFF_FIRST_S = 0.2
+_BACKOFF_MAX_S = 5.0
+_CLOSE_TIMEOUT_S = 2.0
+
+_RUNNING_REPLICA_STATES = frozenset({PgState.RUNNING, PgState.STREAMING})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoleLabel:
+    """Which label to manage and its two values."""
+
+    key: str = "role"
+    primary: str = "primary"
+    replica: str = "replica"
+
+    @classmethod
+    def from_settings(cls, k8s: KubernetesSettings) -> RoleLabel:
+        return cls(key=k8s.role_label, primary=k8s.primary_value, replica=k8s.replica_value)
+
+
+def desired_role_label(status: AgentStatus, label: RoleLabel) -> str | None:
+    """The label value this member's pod should carry, None for no label: primary only
+    while PostgreSQL runs as primary and this member holds the lease; replica while it runs
+    as a replica; otherwise (stopped, starting, fenced, a primary without the lease) none,
+    so that no Service routes to it."""
+    if status.role is Role.PRIMARY:
+        if status.lease_held and status.state is PgState.RUNNING:
+            return label.primary
+        return None
+    if status.role is Role.REPLICA and status.state in _RUNNING_REPLICA_STATES:
+        return label.replica
+    return None
+
+
+def label_patch(label: RoleLabel, value: str | None) -> dict[str, Any]:
+    """A JSON merge patch that sets (or, for None, removes) the label."""
+    return {"metadata": {"labels": {label.key: value}}}
+
+
+class PodLabeler:
+    """The label task for one pod. Build it in app.py; run `run()` as a named task."""
+
+    def __init__(
+        self,
+        *,
+        client_factory: ClientFactory,
+        namespace: str,
+        pod_name: str,
+        label: RoleLabel,
+        status: Callable[[], AgentStatus],
+        reassert_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._factory = client_factory
+        self._namespace = namespace
+        self._pod = pod_name
+        self._label = label
+        self._status = status
+        self._reassert_s = reassert_s
+        self._timeout_s = timeout_s
+        self._api: Any = None
+        self._log = structlog.get_logger("pgwarden.kube").bind(pod=pod_name, label=label.key)
+
+    async def run(self) -> None:
+        """Forever: apply the desired label on change and every `reassert_s`."""
+        loop = asyncio.get_running_loop()
+        applied: tuple[str | None] | None = None  # (value,) once a patch succeeded
+        applied_at = 0.0
+        backoff_s = _BACKOFF_FIRST_S
+        try:
+            while True:
+                desired = desired_role_label(self._status(), self._label)
+                due = applied != (desired,) or loop.time() - applied_at >= self._reassert_s
+                if due:
+                    try:
+                        await self.apply(desired)
+                    except Exception as exc:  # logged and retried; never fatal
+                        self._log.warning(
+                            "pod_label_failed", value=desired, error=repr(exc), retry_s=backoff_s
+                        )
+                        applied = None
+                        await asyncio.sleep(backoff_s)
+                        backoff_s = min(2 * backoff_s, _BACKOFF_MAX_S)
+                        continue
+                    if applied != (desired,):
+                        self._log.info("pod_labelled", value=desired)
+                    applied, applied_at, backoff_s = (desired,), loop.time(), _BACKOFF_FIRST_S
+                await asyncio.sleep(_POLL_S)
+        finally:
+            # The agent stops: no Service should route to this pod any more (best effort).
+            if applied != (None,):
+                with contextlib.suppress(Exception):
+                    await self.apply(None)
+            await self.close()
+
+    async def apply(self, value: str | None) -> None:
+        """One merge patch of the pod's labels, bounded by `timeout_s`."""
+        async with asyncio.timeout(self._timeout_s):
+            if self._api is None:
+                self._api = await self._factory()
+            response: Any = await self._api.call_api(
+                f"/api/v1/namespaces/{self._namespace}/pods/{self._pod}",
+                "PATCH",
+                header_params={
+                    "Accept": "application/json",
+                    "Content-Type": "application/merge-patch+json",
+                },
+                body=label_patch(self._label, value),
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._timeout_s,
+            )
+            try:
+                status = int(response.status)
+                if status != 200:
+                    text = (await response.read())[:200].decode("utf-8", errors="replace")
+                    raise RuntimeError(f"HTTP {status}: {text}")
+            finally:
+                response.release()
+
+    async def close(self) -> None:
+        api, self._api = self._api, None
+        if api is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await api.close()

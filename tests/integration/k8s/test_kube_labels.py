@@ -1,0 +1,94 @@
+"""The pod label task against the test API server: labels follow the published status, are
+re-asserted after someone removes them, and failures are retried without raising."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.kube.labels import PodLabeler, RoleLabel
+from agent.model import AgentStatus, MemberName, PgState, Role
+from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
+from tests.support.kube import api_client, kube_server
+
+pytestmark = pytest.mark.integration
+
+
+def factory(url: str) -> Callable[[], Awaitable[Any]]:
+    async def build() -> Any:
+        return api_client(url)
+
+    return build
+
+
+REPLICA = AgentStatus(
+    name=MemberName("a"),
+    cluster="c",
+    role=Role.REPLICA,
+    state=PgState.STREAMING,
+    api_url="http://127.0.0.1:8008",
+)
+PRIMARY = replace(REPLICA, role=Role.PRIMARY, state=PgState.RUNNING, lease_held=True)
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+def role_of(server: KubeApiServer, pod: str = "a") -> str | None:
+    obj = server.store.get(server.store_resource("pods"), "default", pod)
+    labels: dict[str, str] = obj["metadata"].get("labels") or {}
+    return labels.get("role")
+
+
+async def test_the_pod_label_follows_the_status_is_reasserted_and_survives_failures(
+    tmp_path: Path,
+) -> None:
+    async with kube_server(tmp_path) as server:
+        pods = server.store_resource("pods")
+        server.store.create(pods, "default", {"metadata": {"name": "a", "labels": {"app": "pg"}}})
+        current = [REPLICA]
+        labeler = PodLabeler(
+            client_factory=factory(server.url),
+            namespace="default",
+            pod_name="a",
+            label=RoleLabel(),
+            status=lambda: current[0],
+            reassert_s=0.3,
+            timeout_s=1.0,
+        )
+        task = asyncio.create_task(labeler.run(), name="test-labeler")
+        try:
+            await eventually(lambda: role_of(server) == "replica")
+            current[0] = PRIMARY
+            await eventually(lambda: role_of(server) == "primary")
+            # Someone removes the label: the periodic re-assertion puts it back.
+            obj = server.store.get(pods, "default", "a")
+            obj["metadata"]["labels"].pop("role")
+            server.store.update(pods, "default", "a", obj)
+            await eventually(lambda: role_of(server) == "primary")
+            # The API server fails: logged, retried, and the label lands once it is back.
+            server.faults.set(Fault(mode=FaultMode.ERROR, status=503))
+            with capture_logs() as logs:
+                current[0] = replace(PRIMARY, lease_held=False)
+                await eventually(lambda: any(e["event"] == "pod_label_failed" for e in logs))
+            assert not task.done()
+            server.faults.clear()
+            await eventually(lambda: role_of(server) is None)
+            assert server.store.get(pods, "default", "a")["metadata"]["labels"] == {"app": "pg"}
+            current[0] = REPLICA
+            await eventually(lambda: role_of(server) == "replica")
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # Stopping removes the label.
+        assert role_of(server) is None
