@@ -92,6 +92,9 @@ class EtcdDcs:
         self._member_key = self._key(keys.member_key(member_name))
         self._lease = 0
         self._lease_lock = asyncio.Lock()
+        # Send time (loop clock) of the last keepalive that found the lease alive: a member
+        # record published soon after needs no keepalive of its own (idle CPU, requests).
+        self._kept_alive_at = -math.inf
         self._published: tuple[bytes, int] | None = None  # (payload, lease) of the last put
         # Change tracking for wait_for_change (base.py, point 8).
         self._read_revision = 0  # header revision of the first get_cluster: the watch start
@@ -203,9 +206,11 @@ class EtcdDcs:
             lease = self._lease
             if lease == 0:
                 return False
+            sent_at = asyncio.get_running_loop().time()
             if await self._client.lease_keepalive(lease) <= 0:
                 self._lease_lost(lease)
                 return False
+            self._kept_alive_at = sent_at
             txn = await self._client.txn(
                 [
                     Compare(
@@ -245,7 +250,7 @@ class EtcdDcs:
     async def publish_member(self, member: Member) -> None:
         payload = member.to_json().encode()
         async with self._write("publish_member"):
-            lease = await self._live_lease()
+            lease = await self._live_lease(fresh_within_s=self._lease_ttl_s / 4)
             if self._published == (payload, lease):
                 return  # unchanged: the keepalive above was all that was needed
             try:
@@ -361,15 +366,21 @@ class EtcdDcs:
             # Only reached without a running watch; a forgotten one costs one spurious wake.
             self._own.discard(min(self._own))
 
-    async def _live_lease(self) -> int:
-        """Our lease, kept alive now; a new one if there was none or it was lost."""
+    async def _live_lease(self, *, fresh_within_s: float = 0.0) -> int:
+        """Our lease, kept alive now (or by a keepalive sent less than `fresh_within_s` ago);
+        a new one if there was none or it was lost."""
         async with self._lease_lock:
             if self._lease != 0:
+                now = asyncio.get_running_loop().time()
+                if now - self._kept_alive_at < fresh_within_s:
+                    return self._lease
                 if await self._client.lease_keepalive(self._lease) > 0:
+                    self._kept_alive_at = now
                     return self._lease
                 self._lease_lost(self._lease)
+            granted_at = asyncio.get_running_loop().time()
             lease, granted = await self._client.lease_grant(self._lease_ttl_s)
-            self._lease = lease
+            self._lease, self._kept_alive_at = lease, granted_at
             self._log.info("dcs_lease_granted", lease=lease, ttl_s=granted)
             return lease
 
