@@ -204,6 +204,7 @@ class HaLoop:
             await self.postmaster.wait_for_exit()
             log.warning("postmaster_exited")
             self._wake.set()
+            await self.check_fencer()
 
         self._pg_watch_task = asyncio.create_task(wait_exit(), name="postmaster-watch")
 
@@ -695,10 +696,11 @@ class HaLoop:
             log.warning("dcs_unavailable", operation="publish_member", error=str(exc))
 
     async def check_fencer(self) -> None:
-        """Count a fencing event the fencer carried out on its own."""
+        """After the postmaster died: count it if the fencer killed it (its deadline passed)."""
         with contextlib.suppress(FenceUnavailable):
             status = await self.fence.status()
             if status.state == FenceState.FENCED:
+                log.error("fenced", reason="the lease could not be renewed before its deadline")
                 self.metrics.count_fencing()
                 await self.fence.disarm()
 
