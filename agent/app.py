@@ -67,7 +67,7 @@ def start_pod_labeler(
         pod_name=k8s.pod_name or settings.name,
         label=RoleLabel.from_settings(k8s),
         status=status,
-        reassert_s=settings.timing.loop_wait_s,
+        reassert_s=max(10 * settings.timing.loop_wait_s, 30.0),
         timeout_s=settings.timing.retry_timeout_s,
     )
     return asyncio.create_task(labeler.run(), name="pod-labeler")

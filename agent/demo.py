@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,27 @@ class LocalCluster:
     etcd_endpoints: list[str] = field(default_factory=list)
     etcd: subprocess.Popen[bytes] | None = None
     members: list[LocalMember] = field(default_factory=list)
+    # dcs_kind="kubernetes": the in-tree test API server (tests/k8s_apiserver) as a process
+    # instead of etcd, one pod object per member (IP 127.0.0.1), lock kind `kube_lock`.
+    dcs_kind: str = "etcd"
+    kube_lock: str = "endpoints"
+    apiserver: subprocess.Popen[bytes] | None = None
+    apiserver_url: str = ""
+    apiserver_token: str = "pgwarden-apiserver-token"  # the agents' (audit user pgwarden)
+    admin_token: str = "pgwarden-admin-token"  # this harness's own requests (user admin)
+
+    @property
+    def kube_namespace(self) -> str:
+        return "default"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (one JSON request record per line)."""
+        return self.base / "apiserver-audit.jsonl"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.base / "kubeconfig.json"
 
     def __post_init__(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -151,6 +173,111 @@ class LocalCluster:
             time.sleep(0.05)
         raise RuntimeError("etcd did not start; see etcd.log")
 
+    # ------------------------------------------------------------------ Kubernetes
+
+    def start_apiserver(self) -> None:
+        """The test API server (a process, with a token and an audit log), a selector-less
+        Service `<cluster>` and one Running pod per member, then a kubeconfig for agents."""
+        if self.apiserver_url:
+            return
+        port = free_port()
+        log = open(self.base / "apiserver.log", "ab")  # noqa: SIM115 - owned by the child
+        repo = Path(__file__).resolve().parents[1]
+        self.apiserver = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.k8s_apiserver",
+                "--port",
+                str(port),
+                "--token",
+                f"{self.apiserver_token}=pgwarden",
+                "--token",
+                f"{self.admin_token}=admin",
+                "--audit-log",
+                str(self.audit_log),
+            ],
+            cwd=repo,
+            env=dict(os.environ, PYTHONPATH=str(repo)),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        self.apiserver_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self._kube_request("GET", "/healthz")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.apiserver.poll() is not None:
+                    raise RuntimeError(
+                        "the test API server did not start; see apiserver.log"
+                    ) from None
+                time.sleep(0.05)
+        ns = self.kube_namespace
+        self._kube_request(
+            "POST",
+            f"/api/v1/namespaces/{ns}/services",
+            {"metadata": {"name": self.cluster}, "spec": {"ports": [{"port": 5432}]}},
+        )
+        for member in self.members:
+            self._kube_request(
+                "POST",
+                f"/api/v1/namespaces/{ns}/pods",
+                {
+                    "metadata": {"name": member.name, "labels": self.kube_labels},
+                    "spec": {"containers": [{"name": "postgres", "image": "pgwarden"}]},
+                    "status": {"phase": "Running", "podIP": "127.0.0.1"},
+                },
+            )
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "local", "cluster": {"server": self.apiserver_url}}],
+                    "users": [{"name": "agent", "user": {"token": self.apiserver_token}}],
+                    "contexts": [
+                        {
+                            "name": "local",
+                            "context": {"cluster": "local", "user": "agent", "namespace": ns},
+                        }
+                    ],
+                    "current-context": "local",
+                }
+            )
+        )
+        os.chmod(self.kubeconfig, 0o644)
+
+    @property
+    def kube_labels(self) -> dict[str, str]:
+        return {"app": "pgwarden", "cluster-name": self.cluster}
+
+    def _kube_request(self, method: str, path: str, body: object = None) -> object:
+        """One request to the test API server (urllib; raises OSError when unreachable)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.apiserver_url + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.admin_token}",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=2) as response:
+            raw = response.read()
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return raw.decode("utf-8", errors="replace")
+
+    def kube_get(self, path: str) -> object:
+        """GET an object from the test API server (for tests and the demo)."""
+        return self._kube_request("GET", path)
+
     # ------------------------------------------------------------------ members
 
     def config_for(self, member: LocalMember) -> dict[str, object]:
@@ -162,7 +289,7 @@ class LocalCluster:
             "cluster": self.cluster,
             "namespace": "pgwarden",
             "run_dir": str(member.run_dir),
-            "dcs": {"kind": "etcd", "etcd": {"endpoints": self.etcd_endpoints}},
+            "dcs": self._dcs_config(member),
             "postgresql": {
                 "bin_dir": PG_BIN,
                 "data_dir": str(member.data_dir),
@@ -184,6 +311,21 @@ class LocalCluster:
         for key, value in self.extra.items():
             config[key] = value
         return config
+
+    def _dcs_config(self, member: LocalMember) -> dict[str, object]:
+        if self.dcs_kind == "kubernetes":
+            return {
+                "kind": "kubernetes",
+                "kubernetes": {
+                    "namespace": self.kube_namespace,
+                    "lock": self.kube_lock,
+                    "pod_name": member.name,
+                    "pod_ip": "127.0.0.1",
+                    "kubeconfig": str(self.kubeconfig),
+                    "labels": self.kube_labels,
+                },
+            }
+        return {"kind": "etcd", "etcd": {"endpoints": self.etcd_endpoints}}
 
     def prepare(self, member: LocalMember) -> None:
         member.base.mkdir(parents=True, exist_ok=True)
@@ -207,7 +349,10 @@ class LocalCluster:
         log.close()
 
     def start(self) -> None:
-        self.start_etcd()
+        if self.dcs_kind == "kubernetes":
+            self.start_apiserver()
+        else:
+            self.start_etcd()
         for index in range(self.size):
             self.start_member(index)
 
@@ -255,6 +400,11 @@ class LocalCluster:
         if self.etcd is not None and self.etcd.poll() is None:
             self.etcd.kill()
             self.etcd.wait()
+        if self.apiserver is not None and self.apiserver.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.apiserver.pid, signal.SIGCONT)
+            self.apiserver.kill()
+            self.apiserver.wait()
 
     # ------------------------------------------------------------------ observing
 

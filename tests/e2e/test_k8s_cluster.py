@@ -1,0 +1,237 @@
+"""End to end with the Kubernetes API as the DCS: the in-tree test API server as a process,
+three real PostgreSQL instances and three agent processes, each with its own pod object
+(IP 127.0.0.1; members differ by PostgreSQL port), lock kind `endpoints`.
+
+The scenarios run in order on one cluster (each leaves it converged for the next), with the
+short e2e timings (ttl 6 s). Besides the HA behaviour they check what Kubernetes clients see:
+the pods' role labels and the primary Service's Endpoints (exactly the leader's address).
+The API server's audit log is kept at a path the module prints (`K8S_AUDIT_LOG=...`), for
+the RBAC check; `tests.support.k8s_audit.agent_permissions` reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.demo import LocalCluster
+from tests.support.cluster import converged, local_cluster, wait_until
+from tests.support.k8s_audit import agent_permissions, request_rate
+from tests.support.workload import MemberWriter, WriterLog, has_split_brain, writer_sequence
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+TTL = 6.0
+AUDIT_COPY = Path("/tmp") / f"pgwarden-k8s-e2e-audit-{os.getpid()}.jsonl"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with local_cluster(dcs_kind="kubernetes", cluster="pgk") as running:
+        try:
+            yield running
+        finally:
+            if running.audit_log.exists():
+                shutil.copyfile(running.audit_log, AUDIT_COPY)
+                print(f"\nK8S_AUDIT_LOG={AUDIT_COPY}")
+                print(f"K8S_AGENT_PERMISSIONS={sorted(agent_permissions(AUDIT_COPY))}")
+
+
+def _pod_role(cluster: LocalCluster, index: int) -> str | None:
+    pod: Any = cluster.kube_get(
+        f"/api/v1/namespaces/{cluster.kube_namespace}/pods/{cluster.members[index].name}"
+    )
+    labels: dict[str, str] = pod["metadata"].get("labels") or {}
+    return labels.get("role")
+
+
+def _endpoint_ports(cluster: LocalCluster) -> list[tuple[str, int]]:
+    """(ip, port) of every address in the primary Service's Endpoints."""
+    try:
+        ep: Any = cluster.kube_get(
+            f"/api/v1/namespaces/{cluster.kube_namespace}/endpoints/{cluster.cluster}"
+        )
+    except OSError:
+        return []
+    return [
+        (address["ip"], port["port"])
+        for subset in ep.get("subsets") or []
+        for address in subset.get("addresses") or []
+        for port in subset.get("ports") or []
+    ]
+
+
+async def _routing_points_at(cluster: LocalCluster, primary: int, timeout: float = 10.0) -> None:
+    """Wait until the labels and the Endpoints name `primary` (and only it) as the primary."""
+
+    async def routed() -> bool:
+        roles = [_pod_role(cluster, i) for i in range(len(cluster.members))]
+        expected = ["replica"] * len(cluster.members)
+        expected[primary] = "primary"
+        return roles == expected and _endpoint_ports(cluster) == [
+            ("127.0.0.1", cluster.members[primary].pg_port)
+        ]
+
+    await wait_until(routed, timeout=timeout, what=f"labels and endpoints on pg-{primary}")
+
+
+async def _converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
+    for index, member in enumerate(cluster.members):
+        if member.process is not None and member.process.poll() is not None:
+            cluster.start_member(index)
+    found: list[int] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def ready() -> bool:
+            if not await converged(cluster, session):
+                return False
+            index = await cluster.primary_index(session)
+            found[:] = [] if index is None else [index]
+            return index is not None
+
+        await wait_until(ready, timeout=timeout, what="convergence")
+    await _routing_points_at(cluster, found[0])
+    return found[0]
+
+
+async def _new_primary(cluster: LocalCluster, old: int, timeout: float) -> int:
+    found: list[int] = []
+
+    async def other_primary() -> bool:
+        async with aiohttp.ClientSession() as session:
+            index = await cluster.primary_index(session)
+        if index is not None and index != old:
+            found.append(index)
+            return True
+        return False
+
+    await wait_until(other_primary, timeout=timeout, interval=0.05, what="a new primary")
+    return found[-1]
+
+
+def _member_writers(cluster: LocalCluster, base: int) -> dict[str, MemberWriter]:
+    return {
+        m.name: MemberWriter(
+            name=m.name, host="127.0.0.1", port=m.pg_port, start_value=base + 1_000_000 * i
+        )
+        for i, m in enumerate(cluster.members)
+    }
+
+
+async def _stop_all(writers: dict[str, MemberWriter]) -> dict[str, WriterLog]:
+    return {name: await w.stop() for name, w in writers.items()}
+
+
+async def test_bootstrap_labels_the_pods_and_points_the_service_at_the_primary(
+    cluster: LocalCluster,
+) -> None:
+    await _converge(cluster, timeout=60)
+
+
+async def test_idle_request_rate_per_member(cluster: LocalCluster) -> None:
+    await _converge(cluster)
+    window_s = 30.0
+    start = time.time()
+    await asyncio.sleep(window_s)
+    rate, counts = request_rate(cluster.audit_log, since=start, until=start + window_s)
+    per_member = rate / len(cluster.members)
+    print(f"\nK8S_IDLE_REQUESTS_PER_S_PER_MEMBER={per_member:.2f} {dict(counts)}")
+    assert per_member < 10
+
+
+async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
+    cluster: LocalCluster,
+) -> None:
+    old = await _converge(cluster)
+    writers = _member_writers(cluster, 100_000)
+    for w in writers.values():
+        w.start()
+    await asyncio.sleep(0.5)
+    t_kill = time.monotonic()
+    cluster.kill_member(old)
+    new = await _new_primary(cluster, old, timeout=TTL + 10)
+    took = time.monotonic() - t_kill
+    print(f"\nK8S_HARD_KILL_FAILOVER_S={took:.2f}")
+    assert took < TTL + 5
+
+    async def endpoints_moved() -> bool:
+        return _endpoint_ports(cluster) == [("127.0.0.1", cluster.members[new].pg_port)]
+
+    await wait_until(endpoints_moved, timeout=5, what="endpoints on the new primary")
+
+    async def new_labelled() -> bool:
+        return _pod_role(cluster, new) == "primary"
+
+    await wait_until(new_labelled, timeout=5, what="the new primary's label")
+    await asyncio.sleep(0.5)
+    logs = await _stop_all(writers)
+    sequence = writer_sequence(logs, start=t_kill - 1, end=time.monotonic())
+    assert not has_split_brain(sequence), sequence
+    # The dead agent cannot relabel its pod (a kubelet would restart the container and its
+    # readiness probe would fail meanwhile); once back, it rejoins and is labelled replica.
+    cluster.start_member(old)
+    assert await _converge(cluster) == new
+    assert _pod_role(cluster, old) == "replica"
+
+
+async def test_sigterm_on_the_primary_hands_over_and_unlabels_the_stopped_pod(
+    cluster: LocalCluster,
+) -> None:
+    old = await _converge(cluster)
+    cluster.signal_agent(old, signal.SIGTERM)
+    new = await _new_primary(cluster, old, timeout=15)
+    process = cluster.members[old].process
+    assert process is not None
+    await asyncio.to_thread(process.wait, 20)
+    assert _pod_role(cluster, old) is None
+    assert _endpoint_ports(cluster) == [("127.0.0.1", cluster.members[new].pg_port)]
+    cluster.start_member(old)
+    assert await _converge(cluster) == new
+
+
+async def test_rest_switchover_moves_labels_and_endpoints_to_the_candidate(
+    cluster: LocalCluster,
+) -> None:
+    old = await _converge(cluster)
+    candidate = (old + 1) % 3
+    async with aiohttp.ClientSession() as session:
+        status, body = await cluster.post(
+            session, old, "/switchover", {"candidate": cluster.members[candidate].name}
+        )
+        assert status == 202, body
+    assert await _new_primary(cluster, old, timeout=15) == candidate
+    assert await _converge(cluster) == candidate
+
+
+async def test_api_server_frozen_longer_than_the_ttl_fences_the_primary_in_time(
+    cluster: LocalCluster,
+) -> None:
+    primary = await _converge(cluster)
+    name = cluster.members[primary].name
+    writers = _member_writers(cluster, 400_000)
+    for w in writers.values():
+        w.start()
+    await asyncio.sleep(0.5)
+    assert cluster.apiserver is not None
+    t_stop = time.monotonic()
+    os.kill(cluster.apiserver.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(TTL + 2)
+    finally:
+        os.kill(cluster.apiserver.pid, signal.SIGCONT)
+    logs = await _stop_all(writers)
+    acks = [a.at for a in logs[name].acks if a.at >= t_stop]
+    last = max(acks, default=t_stop)
+    assert last - t_stop < TTL, f"primary kept writing {last - t_stop:.2f}s without the DCS"
+    others = [a for n, log in logs.items() if n != name for a in log.acks if a.at >= t_stop]
+    assert not others, "a replica accepted writes while the DCS was down"
+    await _converge(cluster, timeout=60)
