@@ -282,7 +282,12 @@ class LocalCluster:
 
     def config_for(self, member: LocalMember) -> dict[str, object]:
         os_user = "postgres" if os.geteuid() == 0 else None
-        timing = {"ttl_s": 10, "loop_wait_s": 2, "retry_timeout_s": 3, "fence_margin_s": 2}
+        timing: dict[str, float] = {
+            "ttl_s": 10,
+            "loop_wait_s": 2,
+            "retry_timeout_s": 3,
+            "fence_margin_s": 2,
+        }
         timing.update(self.timing)
         config: dict[str, object] = {
             "name": member.name,
