@@ -406,9 +406,13 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
 
     actions: list[Action] = [keep]
     reason = "leader renews"
-    if view.initialize == "" and local.system_id:
+    if not view.initialize and local.system_id:
+        # Claimed but not yet written (bootstrap), or lost with a wiped DCS: record which
+        # system this cluster is, so that a member of another one refuses to join.
         actions.append(
-            SetInitialize(system_id=local.system_id, expected_version=view.initialize_version)
+            SetInitialize(
+                system_id=local.system_id, expected_version=view.initialize_version or None
+            )
         )
     slots = _slot_names(view, settings)
     if slots != memory.slots:

@@ -28,6 +28,7 @@ from agent.actions import (
     ReleaseLeader,
     RenewLeader,
     Rewind,
+    SetInitialize,
     StartPostgres,
     StopMode,
     StopPostgres,
@@ -463,6 +464,12 @@ def test_crashed_former_primary_with_no_leader_starts_read_only_first() -> None:
 def test_first_member_of_an_empty_cluster_claims_it_and_bootstraps() -> None:
     decision, _ = decide(obs(ClusterView(), EMPTY), Memory(), A)
     assert decision.actions == (ClaimInitialize(), AcquireLeader(), Bootstrap())
+
+
+def test_leader_records_its_system_id_when_the_dcs_has_none() -> None:
+    cluster = replace(view("a", ME_PRIMARY, B, C), initialize=None, initialize_version="")
+    decision, _ = decide(obs(cluster, PRIMARY), LEASED, A)
+    assert SetInitialize(system_id="42", expected_version=None) in decision.actions
 
 
 def test_member_without_data_clones_from_the_running_leader() -> None:
