@@ -394,9 +394,6 @@ def test_the_lease_role_names_the_lease_and_the_endpointslice_and_no_endpoints(
     assert not any(g.resource == "endpoints" for g in grants(role))
 
 
-def test_with_etcd_the_role_only_reads_and_labels_pods() -> None:
+def test_with_etcd_the_role_only_labels_pods() -> None:
     role = m.find(objects("etcd-dcs"), "Role")
-    assert {(g.verb, g.api_group, g.resource) for g in grants(role)} == {
-        ("get", "", "pods"),
-        ("patch", "", "pods"),
-    }
+    assert {(g.verb, g.api_group, g.resource) for g in grants(role)} == {("patch", "", "pods")}

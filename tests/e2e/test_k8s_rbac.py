@@ -1,0 +1,118 @@
+"""Least privilege, end to end: the requests three real agents make to the Kubernetes API
+(recorded in the test API server's audit log) against the Role of the matching example in
+k8s/examples: every request allowed, every granted verb used.
+
+Each lock kind gets its own LocalCluster named `pgwarden` (as in the manifests, whose Roles
+name the objects of that cluster), driven through bootstrap, a REST switchover and a SIGTERM
+hand-over, so that every code path that talks to the API server has run: creating the lock
+object and the records ConfigMap, taking, renewing and releasing the lock, member records and
+role labels on the pods, the watches. Skipped without kubectl (which renders the Role).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.demo import LocalCluster
+from tests.support import manifests
+from tests.support.cluster import converged, local_cluster, wait_until
+from tests.support.k8s_audit import AGENT_USER, audit_records
+from tests.support.rbac import calls_from_audit, check_calls
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(manifests.kubectl() is None, reason="kubectl is not installed"),
+]
+
+CLUSTER = "pgwarden"  # the cluster name the example Roles are written for
+EXAMPLE_FOR_LOCK = {"endpoints": "kubernetes-dcs", "lease": "kubernetes-dcs-lease"}
+
+
+@pytest.fixture(params=sorted(EXAMPLE_FOR_LOCK))
+def lock_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    with local_cluster(dcs_kind="kubernetes", cluster=CLUSTER, kube_lock=request.param) as running:
+        yield running
+
+
+def _roles(cluster: LocalCluster) -> list[str | None]:
+    out: list[str | None] = []
+    for member in cluster.members:
+        pod: Any = cluster.kube_get(
+            f"/api/v1/namespaces/{cluster.kube_namespace}/pods/{member.name}"
+        )
+        out.append((pod["metadata"].get("labels") or {}).get("role"))
+    return out
+
+
+async def _converge(cluster: LocalCluster, timeout: float = 60.0) -> int:
+    """Restart stopped members; wait for one primary, streaming replicas and role labels."""
+    for index, member in enumerate(cluster.members):
+        if member.process is not None and member.process.poll() is not None:
+            cluster.start_member(index)
+    found: list[int] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def ready() -> bool:
+            if not await converged(cluster, session):
+                return False
+            index = await cluster.primary_index(session)
+            if index is None:
+                return False
+            expected = ["replica"] * len(cluster.members)
+            expected[index] = "primary"
+            found[:] = [index]
+            return _roles(cluster) == expected
+
+        await wait_until(ready, timeout=timeout, what="convergence with role labels")
+    return found[0]
+
+
+async def _primary_other_than(cluster: LocalCluster, old: int, timeout: float) -> int:
+    found: list[int] = []
+
+    async def moved() -> bool:
+        async with aiohttp.ClientSession() as session:
+            index = await cluster.primary_index(session)
+        found[:] = [] if index is None else [index]
+        return index is not None and index != old
+
+    await wait_until(moved, timeout=timeout, what="a new primary")
+    return found[0]
+
+
+async def test_the_example_role_allows_every_request_the_agents_make_and_nothing_more(
+    lock_cluster: LocalCluster,
+) -> None:
+    cluster = lock_cluster
+    first = await _converge(cluster)
+    # A REST switchover: the leader releases, the candidate takes the lock.
+    candidate = (first + 1) % len(cluster.members)
+    async with aiohttp.ClientSession() as session:
+        status, body = await cluster.post(
+            session, first, "/switchover", {"candidate": cluster.members[candidate].name}
+        )
+    assert status == 202, body
+    second = await _primary_other_than(cluster, first, timeout=20)
+    await _converge(cluster)
+    # SIGTERM on the primary (a pod deletion): hand-over, release, the agent exits.
+    cluster.signal_agent(second, signal.SIGTERM)
+    await _primary_other_than(cluster, second, timeout=20)
+    process = cluster.members[second].process
+    assert process is not None
+    await asyncio.to_thread(process.wait, 30)
+    await _converge(cluster)
+
+    example = EXAMPLE_FOR_LOCK[cluster.kube_lock]
+    role_objects = manifests.render(example)
+    calls = calls_from_audit(audit_records(cluster.audit_log), user=AGENT_USER)
+    assert calls, "the audit log recorded no request of the agents"
+    missing, unused = check_calls(role_objects, calls)
+    assert not missing, f"{example}: the Role lacks {[str(r) for r in missing]}"
+    assert not unused, f"{example}: the Role grants unused {[str(g) for g in unused]}"
