@@ -105,9 +105,11 @@ class Demote:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EnsureSlots:
-    """On the primary: physical slots exist for exactly these members (others dropped)."""
+    """On the primary: a physical slot exists for each of `names`; the slots of `drop`
+    (members gone longer than the grace period) are dropped when no walsender uses them."""
 
     names: tuple[MemberName, ...]
+    drop: tuple[MemberName, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

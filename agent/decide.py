@@ -57,6 +57,10 @@ PRIMARY_CONTROL_STATES = frozenset({"in production", "shut down", "in crash reco
 # A failed long action is not retried sooner than this (seconds, monotonic).
 RETRY_BACKOFF_S = 5.0
 
+# A member whose record is gone keeps its slot (and the WAL it holds) this long, so that a
+# member restarting or briefly partitioned can stream on without a new clone.
+SLOT_GRACE_S = 1800.0
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerStatus:
@@ -102,6 +106,7 @@ class Memory:
     last_leader: MemberName | None = None
     last_leader_wal_lsn: Lsn | None = None
     slots: tuple[MemberName, ...] | None = None  # slots last ensured on our primary
+    slots_absent_since: tuple[tuple[MemberName, float], ...] = ()  # kept within the grace
     rewind_failures: int = 0
     failed_at: float | None = None  # when a long action last failed
     handed_over: bool = False  # shutdown: the switchover finished
@@ -270,8 +275,21 @@ def _switchover_due(obs: Observation) -> bool:
     return at is None or at <= obs.wall_now
 
 
-def _slot_names(view: ClusterView, settings: Settings) -> tuple[MemberName, ...]:
-    return tuple(sorted(m.name for m in view.members if m.name != settings.name))
+def _plan_slots(
+    view: ClusterView, memory: Memory, now: float, settings: Settings
+) -> tuple[tuple[MemberName, ...], tuple[MemberName, ...], tuple[tuple[MemberName, float], ...]]:
+    """Slots the primary keeps (present members, and absent ones within SLOT_GRACE_S), the
+    ones to drop, and since when each absent member has been gone."""
+    present = {m.name for m in view.members if m.name != settings.name}
+    since = dict(memory.slots_absent_since)
+    for name in memory.slots or ():
+        if name not in present:
+            since.setdefault(name, now)
+    absent = {n: t for n, t in since.items() if n not in present}
+    drop = tuple(sorted(n for n, t in absent.items() if now - t >= SLOT_GRACE_S))
+    kept = tuple(sorted(present | (absent.keys() - set(drop))))
+    remaining = tuple(sorted((n, t) for n, t in absent.items() if n not in drop))
+    return kept, drop, remaining
 
 
 # --------------------------------------------------------------------------- branches
@@ -414,9 +432,10 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
                 system_id=local.system_id, expected_version=view.initialize_version or None
             )
         )
-    slots = _slot_names(view, settings)
-    if slots != memory.slots:
-        actions.append(EnsureSlots(names=slots))
+    slots, drop, absent = _plan_slots(view, memory, now, settings)
+    memory = replace(memory, slots_absent_since=absent)
+    if slots != memory.slots or drop:
+        actions.append(EnsureSlots(names=slots, drop=drop))
     switchover = view.switchover
     if switchover is not None and _switchover_due(obs):
         if switchover.candidate == settings.name or (

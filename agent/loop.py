@@ -493,8 +493,9 @@ class HaLoop:
             case Follow(leader=leader):
                 await self.postmaster.follow(self._standby_of(view, leader))
                 return True
-            case EnsureSlots(names=names):
+            case EnsureSlots(names=names, drop=drop):
                 await bootstrap.ensure_slots(self.postmaster, [slot_name_for(n) for n in names])
+                await bootstrap.drop_slots(self.postmaster, [slot_name_for(n) for n in drop])
                 return True
             case HandOver(candidate=candidate):
                 await self._hand_over(view, candidate)

@@ -42,7 +42,16 @@ from agent.config import (
     Tags,
     Timing,
 )
-from agent.decide import Memory, Observation, Outcome, PeerStatus, Pending, decide, record_outcome
+from agent.decide import (
+    SLOT_GRACE_S,
+    Memory,
+    Observation,
+    Outcome,
+    PeerStatus,
+    Pending,
+    decide,
+    record_outcome,
+)
 from agent.model import (
     ClusterView,
     ControlData,
@@ -196,6 +205,24 @@ def test_leader_creates_slots_for_the_members_it_does_not_have_yet() -> None:
         RenewLeader(),
         EnsureSlots(names=(MemberName("b"), MemberName("c"))),
     )
+
+
+def test_a_departed_members_slot_is_kept_through_the_grace_period_then_dropped() -> None:
+    decision, memory = decide(obs(view("a", ME_PRIMARY, B), PRIMARY), LEASED, A)
+    assert decision.actions == (RenewLeader(),)  # c is gone, its slot kept for now
+    assert memory.slots_absent_since == ((MemberName("c"), NOW),)
+    later = replace(obs(view("a", ME_PRIMARY, B), PRIMARY), now=NOW + SLOT_GRACE_S)
+    memory = replace(memory, lease_sent_at=NOW + SLOT_GRACE_S - 1)
+    decision, memory = decide(later, memory, A)
+    assert EnsureSlots(names=(MemberName("b"),), drop=(MemberName("c"),)) in decision.actions
+    assert memory.slots_absent_since == ()
+
+
+def test_a_member_that_comes_back_within_the_grace_keeps_its_slot() -> None:
+    memory = replace(LEASED, slots_absent_since=((MemberName("c"), NOW - 10),))
+    decision, memory = decide(obs(view("a", ME_PRIMARY, B, C), PRIMARY), memory, A)
+    assert decision.actions == (RenewLeader(),)
+    assert memory.slots_absent_since == ()
 
 
 def test_primary_fences_itself_once_its_deadline_has_passed() -> None:
