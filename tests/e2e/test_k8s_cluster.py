@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 TTL = 6.0
 AUDIT_COPY = Path("/tmp") / f"pgwarden-k8s-e2e-audit-{os.getpid()}.jsonl"
+LOG_COPY = Path("/tmp") / f"pgwarden-k8s-e2e-logs-{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,10 @@ def cluster() -> Iterator[LocalCluster]:
         try:
             yield running
         finally:
+            for member in running.members:
+                if member.log_path.exists():
+                    LOG_COPY.mkdir(exist_ok=True)
+                    shutil.copyfile(member.log_path, LOG_COPY / f"{member.name}.log")
             if running.audit_log.exists():
                 shutil.copyfile(running.audit_log, AUDIT_COPY)
                 print(f"\nK8S_AUDIT_LOG={AUDIT_COPY}")
@@ -148,6 +153,20 @@ async def test_idle_request_rate_per_member(cluster: LocalCluster) -> None:
     assert per_member < 10
 
 
+async def test_rest_switchover_moves_labels_and_endpoints_to_the_candidate(
+    cluster: LocalCluster,
+) -> None:
+    old = await _converge(cluster)
+    candidate = (old + 1) % 3
+    async with aiohttp.ClientSession() as session:
+        status, body = await cluster.post(
+            session, old, "/switchover", {"candidate": cluster.members[candidate].name}
+        )
+        assert status == 202, body
+    assert await _new_primary(cluster, old, timeout=15) == candidate
+    assert await _converge(cluster) == candidate
+
+
 async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
     cluster: LocalCluster,
 ) -> None:
@@ -196,20 +215,6 @@ async def test_sigterm_on_the_primary_hands_over_and_unlabels_the_stopped_pod(
     assert _endpoint_ports(cluster) == [("127.0.0.1", cluster.members[new].pg_port)]
     cluster.start_member(old)
     assert await _converge(cluster) == new
-
-
-async def test_rest_switchover_moves_labels_and_endpoints_to_the_candidate(
-    cluster: LocalCluster,
-) -> None:
-    old = await _converge(cluster)
-    candidate = (old + 1) % 3
-    async with aiohttp.ClientSession() as session:
-        status, body = await cluster.post(
-            session, old, "/switchover", {"candidate": cluster.members[candidate].name}
-        )
-        assert status == 202, body
-    assert await _new_primary(cluster, old, timeout=15) == candidate
-    assert await _converge(cluster) == candidate
 
 
 async def test_api_server_frozen_longer_than_the_ttl_fences_the_primary_in_time(
