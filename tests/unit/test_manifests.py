@@ -397,3 +397,45 @@ def test_the_lease_role_names_the_lease_and_the_endpointslice_and_no_endpoints(
 def test_with_etcd_the_role_only_labels_pods() -> None:
     role = m.find(objects("etcd-dcs"), "Role")
     assert {(g.verb, g.api_group, g.resource) for g in grants(role)} == {("patch", "", "pods")}
+
+
+# --------------------------------------------------------------------------- the image
+
+
+def _dockerfile_runtime_stage() -> str:
+    """The Dockerfile's last stage (the image that runs), without comments."""
+    text = (m.REPO / "Dockerfile").read_text()
+    stage = text.rsplit("\nFROM ", 1)[1]
+    return "\n".join(line for line in stage.splitlines() if not line.lstrip().startswith("#"))
+
+
+def test_the_image_runs_the_entrypoint_under_tini_as_the_postgres_user() -> None:
+    stage = _dockerfile_runtime_stage()
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", stage, re.M)
+    assert entrypoint is not None
+    assert yaml.safe_load(entrypoint.group(1)) == [
+        "/usr/bin/tini",
+        "--",
+        "/usr/local/lib/pgwarden/entrypoint.sh",
+    ]
+    # The helper is installed next to the entrypoint, where the script looks for it.
+    assert re.search(
+        r"^COPY docker/entrypoint.sh docker/prepare.py /usr/local/lib/pgwarden/$", stage, re.M
+    )
+    assert re.search(r"^USER 999:999$", stage, re.M)
+    assert " tini " in stage and "postgresql-15" in stage
+
+
+def test_the_image_provides_what_the_settings_and_the_entrypoint_expect(
+    example: str, settings: Settings
+) -> None:
+    stage = _dockerfile_runtime_stage()
+    entrypoint = (m.REPO / "docker" / "entrypoint.sh").read_text()
+    python = re.search(r"PGW_PYTHON:-([^}]+)\}", entrypoint)
+    assert python is not None
+    venv = str(Path(python.group(1)).parent.parent)
+    assert f"COPY --from=build {venv} {venv}" in stage
+    assert f"PATH={venv}/bin:{settings.postgresql.bin_dir}:" in stage  # pgwarden, pg_ctl
+    assert f"PGDATA={settings.postgresql.data_dir} " in stage
+    data_mount = str(Path(settings.postgresql.data_dir).parent)
+    assert f"VOLUME {data_mount}" in stage
