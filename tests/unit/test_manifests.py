@@ -163,9 +163,13 @@ def test_the_container_provides_what_the_settings_point_at(
     # The data directory is a subdirectory of the persistent volume.
     data_mount = str(Path(settings.postgresql.data_dir).parent)
     assert mounts[data_mount] in claims
-    # The root filesystem is read-only: the agent's writable directories are emptyDirs.
+    # The run directory keeps state that must outlive the pod (an unfinished clone's marker):
+    # on the persistent volume too, beside the data directory, not inside it.
+    assert str(Path(settings.run_dir).parent) == data_mount
+    assert not Path(settings.run_dir).is_relative_to(settings.postgresql.data_dir)
+    # The root filesystem is read-only: the other writable directories are emptyDirs.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    for directory in (settings.run_dir, settings.postgresql.socket_dir, "/tmp"):
+    for directory in (settings.postgresql.socket_dir, "/tmp"):
         assert directory is not None
         assert "emptyDir" in volumes[mounts[directory]], directory
     # Settings and secrets are mounted from the ConfigMap and the Secret.
