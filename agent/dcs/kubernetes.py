@@ -40,7 +40,9 @@ bounded by `timeoutSeconds` and restarted (a silently dead stream cannot hide ch
 longer than that); a 410 Expired re-lists and wakes the caller. The handle's own writes are
 recognised by the resourceVersion they returned; member records wake only when their
 signature (`keys.member_signature`: all but WAL positions) changes or they appear or vanish.
-Expiries seen on this handle's clock (leader or member) wake it once each.
+A lock write that keeps the holder (a renewal) wakes nobody: it only restarts the
+observers' expiry clocks. Expiries seen on this handle's clock (leader or member) wake it
+once each.
 
 Every public call runs under one deadline (`timeout_s`, also the per-request timeout) and
 raises `DcsUnavailable` (`DcsAuthError` on 401/403) for connection errors, timeouts, 5xx and
@@ -225,6 +227,8 @@ class KubernetesDcs:
         # Change tracking for wait_for_change (base.py, point 8).
         self._start_rv = 0  # list resourceVersion of the first get_cluster: the watch start
         self._seed_signatures: dict[str, str] = {}
+        self._seed_holder = ""
+        self._watched_holder = ""  # the lock holder as the lock watch last saw it
         self._member_signatures: dict[str, str] = {}  # pod name -> last seen signature
         self._own: set[int] = set()
         self._writes_in_flight = 0
@@ -306,6 +310,7 @@ class KubernetesDcs:
         if self._start_rv == 0:
             self._start_rv = _rv(pods.obj)
             self._seed_signatures = self._signatures(pod_items)
+            self._seed_holder = self._holder(lock) if lock is not None else ""
         now = self._clock.monotonic()
         mine: str | None = None
         present: set[str] = set()
@@ -802,13 +807,18 @@ class KubernetesDcs:
             if what is _Watched.PODS and self._seed_signatures:
                 self._member_signatures.update(self._seed_signatures)
                 self._seed_signatures = {}
+            if what is _Watched.LOCK:
+                self._watched_holder = self._seed_holder
             return self._start_rv
         path, query = self._watch_target(what)
         async with self._request(f"list {what.value}"):
             listed = await self._call("GET", path, query=query)
         self._expect(listed, 200)
+        items = listed.obj.get("items") or []
         if what is _Watched.PODS:
-            self._member_signatures = self._signatures(listed.obj.get("items") or [])
+            self._member_signatures = self._signatures(items)
+        if what is _Watched.LOCK:
+            self._watched_holder = self._holder(items[0]) if items else ""
         rv = _rv(listed.obj)
         if self._start_rv == 0:
             self._start_rv = rv
@@ -885,6 +895,9 @@ class KubernetesDcs:
                 self._note(keys.LEADER, str(rv), rv, now)
             else:
                 self._seen.pop(keys.LEADER, None)
+            if holder == self._watched_holder:
+                return  # a renewal by the same holder: it only moves the expiry (noted)
+            self._watched_holder = holder
         self._pending.add(rv)
         self._changed.set()
 

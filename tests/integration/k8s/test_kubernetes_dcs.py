@@ -374,6 +374,31 @@ async def test_of_two_members_taking_over_a_lapsed_leader_only_one_wins(
             await c.close()
 
 
+@pytest.mark.parametrize("lock", [LockKind.ENDPOINTS, LockKind.LEASE])
+async def test_renewals_keep_the_leader_alive_for_watchers_without_waking_them(
+    kube: KubeApiServer, lock: LockKind
+) -> None:
+    async with BlackHole() as hole:
+        c = KubeContractCluster(kube, lock, hole)
+        try:
+            a, b = c.make_kube("a"), c.make_kube("b")
+            assert await a.acquire_leader()
+            await b.get_cluster()
+            assert await b.wait_for_change(0.3) is False  # b starts watching; a leads already
+            # Renew every ttl/4 for more than a ttl while b only waits (no reads): the
+            # renewals restart b's expiry clock through the watch, and never wake it.
+            loop = asyncio.get_running_loop()
+            until = loop.time() + TTL_S * 1.5
+            while loop.time() < until:
+                assert await b.wait_for_change(TTL_S / 4) is False
+                assert await a.renew_leader()
+            view = await b.get_cluster()
+            assert view.leader is not None and view.leader.name == "a"
+            assert not await b.acquire_leader()
+        finally:
+            await c.close()
+
+
 # --------------------------------------------------------------------------- watch trouble
 
 
