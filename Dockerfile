@@ -28,13 +28,14 @@ FROM ${DEBIAN_IMAGE}
 RUN groupadd --system --gid 999 postgres \
  && useradd --system --uid 999 --gid postgres --home-dir /var/lib/postgresql \
       --shell /bin/bash --comment "PostgreSQL administrator" postgres
-# postgresql-common must not create a default cluster: the agent runs initdb itself (only on
-# the member that wins the `initialize` record).
-RUN mkdir -p /etc/postgresql-common/createcluster.d \
- && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/pgwarden.conf \
- && apt-get update \
- && apt-get install -y --no-install-recommends \
-      postgresql-15 python3 tini ca-certificates \
+# postgresql-common first, told not to create a default cluster when postgresql-15 is
+# installed: the agent runs initdb itself (only on the member that wins `initialize`).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-common \
+ && sed -ri 's/^#?\s*create_main_cluster\s*=.*$/create_main_cluster = false/' \
+      /etc/postgresql-common/createcluster.conf \
+ && grep -q '^create_main_cluster = false$' /etc/postgresql-common/createcluster.conf \
+ && apt-get install -y --no-install-recommends postgresql-15 python3 tini ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/pgwarden /opt/pgwarden
 COPY docker/entrypoint.sh docker/prepare.py /usr/local/lib/pgwarden/

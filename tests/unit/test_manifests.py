@@ -89,13 +89,14 @@ def test_every_kustomization_renders_the_objects_of_a_cluster(name: str) -> None
     )
 
 
+@pytest.mark.parametrize("version", [KUBERNETES_VERSION, kubernetes_validate.latest_version()])
 @pytest.mark.parametrize("name", ALL)
 def test_rendered_objects_validate_against_the_kubernetes_schemas_in_strict_mode(
-    name: str,
+    name: str, version: str
 ) -> None:
     for obj in objects(name):
         try:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+            kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {where}: {exc.message}")
@@ -428,6 +429,11 @@ def test_the_image_runs_the_entrypoint_under_tini_as_the_postgres_user() -> None
     )
     assert re.search(r"^USER 999:999$", stage, re.M)
     assert " tini " in stage and "postgresql-15" in stage
+    assert "create_main_cluster = false" in stage, "the agent alone runs initdb"
+    # The container's command is the image's: no command or args in the pod template.
+    for name in EXAMPLES:
+        assert "command" not in m.container(objects(name))
+        assert "args" not in m.container(objects(name))
 
 
 def test_the_image_provides_what_the_settings_and_the_entrypoint_expect(
