@@ -58,10 +58,11 @@ async def make_api_client(
                 environ=env,
             )
             loader.load_and_set(configuration)
+        # Loads the CA file (an unreadable or bad one fails here, as a config error).
+        return k8s_client.ApiClient(configuration=configuration)
     except (k8s_config.ConfigException, OSError, ValueError) as exc:
         source = kubeconfig if kubeconfig is not None else "in-cluster service account"
         raise KubeConfigError(f"kubernetes configuration ({source}): {exc}") from exc
-    return k8s_client.ApiClient(configuration=configuration)
 
 
 def client_factory(
