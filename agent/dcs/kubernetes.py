@@ -120,10 +120,12 @@ def _hash_version(text: str) -> str:
     return "h" + hashlib.sha256(to_bytes(text)).hexdigest()[:16]
 
 
-def _wall_time() -> str:
-    """A MicroTime (RFC 3339 with microseconds), informational only."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+def micro_time(epoch: float) -> str:
+    """A Kubernetes MicroTime (RFC 3339, UTC, microseconds). Informational only: expiry is
+    never judged from it (DESIGN.md invariant 4)."""
+    whole = math.floor(epoch)
+    micros = min(999_999, round((epoch - whole) * 1e6))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
 
 
 def _rv(obj: Mapping[str, Any]) -> int:
@@ -445,7 +447,7 @@ class KubernetesDcs:
                     "annotations": {
                         MEMBER_ANNOTATION: payload,
                         MEMBER_NAME_ANNOTATION: self._name,
-                        HEARTBEAT_ANNOTATION: _wall_time(),
+                        HEARTBEAT_ANNOTATION: micro_time(self._clock.wall()),
                     },
                 }
             }
@@ -583,7 +585,7 @@ class KubernetesDcs:
         labels = dict(meta.get("labels") or {})
         labels[CLUSTER_LABEL] = self._cluster
         meta["labels"] = labels
-        now = _wall_time()
+        now = micro_time(self._clock.wall())
         previous = self._holder(current) if current is not None else ""
         if self._lock_kind is LockKind.LEASE:
             spec = dict((current or {}).get("spec") or {})
