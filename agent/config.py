@@ -222,10 +222,18 @@ CONFIG_ENV_VAR: Final = "PGWARDEN_CONFIG"
 """Names the configuration file for `pgwarden run` when --config is not given; not a setting."""
 
 RESERVED_ENV_VARS: Final = frozenset(
-    {CONFIG_ENV_VAR, "PGWARDEN_URL", "PGWARDEN_TOKEN", "PGWARDEN_USER", "PGWARDEN_PASSWORD"}
+    {
+        CONFIG_ENV_VAR,
+        "PGWARDEN_URL",
+        "PGWARDEN_TOKEN",
+        "PGWARDEN_USER",
+        "PGWARDEN_PASSWORD",
+        "PGWARDEN_SA_DIR",
+    }
 )
 """PGWARDEN_* variables that are not settings (the config file path; `pgwarden ctl`'s
-connection defaults, which may be set in the agent's own environment for `kubectl exec`)."""
+connection defaults, which may be set in the agent's own environment for `kubectl exec`;
+the service-account directory override of agent/kube/client.py)."""
 
 MASK: Final = "********"
 
@@ -968,12 +976,13 @@ def _build_dcs(b: _Builder, member: str, namespace: str) -> DcsSettings:
     kubernetes: KubernetesSettings | None = None
     if kind is DcsKind.ETCD:
         etcd = _build_etcd(b)
+        # Inside Kubernetes with an etcd DCS, this section still drives the pod role labels.
+        if "dcs.kubernetes" in b.raw.sections:
+            kubernetes = _build_kubernetes(b, member, namespace)
     elif kind is DcsKind.KUBERNETES:
         kubernetes = _build_kubernetes(b, member, namespace)
-    if kind is not None:
-        for other in DcsKind:
-            if other is not kind and f"dcs.{other}" in b.raw.sections:
-                b.out.add(f"dcs.{other}", f"is only allowed when dcs.kind is {other}")
+        if "dcs.etcd" in b.raw.sections:
+            b.out.add("dcs.etcd", "is only allowed when dcs.kind is etcd")
     return DcsSettings(kind=kind or DcsKind.ETCD, etcd=etcd, kubernetes=kubernetes)
 
 

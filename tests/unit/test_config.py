@@ -397,7 +397,7 @@ BAD_CASES: list[tuple[str, dict[str, object], str, str]] = [
     ("endpoint no host", {"dcs.etcd.endpoints": ["http://:1"]}, "dcs.etcd.endpoints[0]", "host"),
     ("unknown dcs kind", {"dcs.kind": "zookeeper"}, "dcs.kind", "one of etcd, kubernetes"),
     ("etcd section missing", {"dcs.etcd": DELETE}, "dcs.etcd", "required when dcs.kind is etcd"),
-    ("k8s section with etcd", {"dcs.kubernetes": {}}, "dcs.kubernetes", "only allowed when"),
+    ("etcd section with k8s", {"dcs.kind": "kubernetes"}, "dcs.etcd", "only allowed when"),
     ("ttl below 4", {"timing.ttl_s": 3}, "timing.ttl_s", "must be >= 4"),
     ("ttl infinite", {"timing.ttl_s": float("inf")}, "timing.ttl_s", "finite"),
     ("loop_wait zero", {"timing.loop_wait_s": 0}, "timing.loop_wait_s", "must be > 0"),
@@ -689,3 +689,11 @@ def test_every_settings_field_can_be_configured(section: str, cls: type) -> None
     for f in dataclasses.fields(cls):
         path = f"{section}.{f.name}" if section else f.name
         assert path in known, f"{path} has no configuration key"
+
+
+def test_an_etcd_cluster_inside_kubernetes_may_configure_pod_role_labels(tmp_path: Path) -> None:
+    document = with_changes({"dcs.kubernetes": {"role_label": "pgrole", "pod_name": "pg-0"}})
+    settings = load(tmp_path, document)
+    assert settings.dcs.etcd is not None
+    assert settings.dcs.kubernetes is not None
+    assert settings.dcs.kubernetes.role_label == "pgrole"
