@@ -374,7 +374,7 @@ class KubernetesDcs:
                     self._log.info("dcs_leader_acquired", previous=holder or None)
         if self._lock_kind is LockKind.LEASE:
             self._slice_dirty = True
-            await self._sync_slice_best_effort()
+            await self._sync_slice_best_effort(started=sent)
         return True
 
     async def renew_leader(self) -> bool:
@@ -404,10 +404,11 @@ class KubernetesDcs:
             else:
                 return False
         if self._slice_dirty:
-            await self._sync_slice_best_effort()
+            await self._sync_slice_best_effort(started=sent)
         return True
 
     async def release_leader(self) -> None:
+        started = self._clock.monotonic()
         async with self._write("release_leader"):
             for _ in range(_WRITE_ATTEMPTS):
                 current = await self._get(self._lock_path())
@@ -429,7 +430,7 @@ class KubernetesDcs:
                 break
         if self._lock_kind is LockKind.LEASE:
             self._slice_dirty = True
-            await self._sync_slice_best_effort()
+            await self._sync_slice_best_effort(started=started)
 
     async def publish_member(self, member: Member) -> None:
         payload = member.to_json()
@@ -661,11 +662,16 @@ class KubernetesDcs:
         ip = status.get("podIP") if isinstance(status, dict) else None
         return ip if isinstance(ip, str) and ip else None
 
-    async def _sync_slice_best_effort(self) -> None:
-        """Point the EndpointSlice at the leader (us) or at nobody; a failure is logged and
-        retried with the next renewal."""
+    async def _sync_slice_best_effort(self, *, started: float) -> None:
+        """Point the EndpointSlice at the leader (us) or at nobody, within what is left of
+        the calling operation's deadline (which began at `started`), so that the whole call
+        stays bounded by `timeout_s`. A failure is logged and retried with the next renewal;
+        it never fails the lock operation that already succeeded."""
+        budget_s = self._timeout_s - (self._clock.monotonic() - started)
         try:
-            async with self._request("endpointslice"):
+            if budget_s <= 0:
+                raise DcsUnavailable("no time left in this call's deadline")
+            async with self._request("endpointslice", timeout_s=budget_s):
                 ip = await self._own_ip() if self._holding else None
                 endpoints = (
                     [
@@ -906,19 +912,18 @@ class KubernetesDcs:
     # ------------------------------------------------------------------ requests
 
     @contextlib.asynccontextmanager
-    async def _request(self, what: str) -> AsyncIterator[None]:
+    async def _request(self, what: str, *, timeout_s: float | None = None) -> AsyncIterator[None]:
         """One public call: bounded by the deadline; every failure becomes DcsUnavailable."""
         if self._closed:
             raise DcsUnavailable(f"kubernetes: {what}: this DCS handle is closed")
+        limit_s = self._timeout_s if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(limit_s):
                 yield
         except DcsUnavailable:
             raise
         except TimeoutError:
-            raise DcsUnavailable(
-                f"kubernetes: {what}: no answer within {self._timeout_s:g} s"
-            ) from None
+            raise DcsUnavailable(f"kubernetes: {what}: no answer within {limit_s:g} s") from None
         except (DcsError, OSError, aiohttp.ClientError, ValueError) as exc:
             raise DcsUnavailable(f"kubernetes: {what}: {exc!r}") from exc
 

@@ -312,6 +312,26 @@ async def test_a_failed_endpointslice_write_is_retried_by_the_next_renewal(
             await c.close()
 
 
+async def test_a_hung_endpointslice_write_keeps_acquire_inside_its_deadline(
+    kube: KubeApiServer,
+) -> None:
+    async with BlackHole() as hole:
+        c = KubeContractCluster(kube, LockKind.LEASE, hole)
+        try:
+            a = c.make_kube("a", timeout_s=0.5)
+            slices = kube.store_resource("endpointslices", "discovery.k8s.io")
+            kube.faults.set(Fault(mode=FaultMode.HANG, path_prefix="/apis/discovery.k8s.io"))
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await a.acquire_leader()  # the lock is ours; the slice write gave up
+            assert loop.time() - started < 0.8
+            kube.faults.clear()
+            assert await a.renew_leader()
+            assert kube.store.get(slices, NAMESPACE, c.cluster)["endpoints"]
+        finally:
+            await c.close()
+
+
 # --------------------------------------------------------------------------- conflicts
 
 
