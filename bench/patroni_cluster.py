@@ -18,6 +18,7 @@ replication, trust authentication on loopback (no passwords), so `AppWriter` wor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import yaml
 
 ETCD_BIN = "/usr/bin/etcd"
@@ -406,22 +408,38 @@ class PatroniCluster:
         return {"members": members}
 
     async def converged(self, session: aiohttp.ClientSession) -> bool:
-        """One leader running, every other member streaming on its timeline (as pgwarden's)."""
-        view = await self.cluster_json(session)
-        if view is None:
+        """One member is the primary (GET /primary 200) and every other member streams from it.
+
+        Read from the primary's `pg_stat_replication` (Patroni sets each member's name as its
+        application_name), not from GET /cluster: Patroni refreshes a member's published state
+        only once per loop_wait (10 s by default), which would add up to that much reporting
+        delay to Patroni's figures. A standby that streams from the primary is on its timeline.
+        """
+        index = await self.primary_index(session)
+        if index is None:
             return False
-        members = view.get("members")
-        if not isinstance(members, list) or len(members) != len(self.members):
-            return False
-        leaders = [m for m in members if m.get("leader")]
-        if len(leaders) != 1 or leaders[0].get("state") != "running":
-            return False
-        timeline = leaders[0].get("timeline")
-        return all(
-            m.get("state") == "streaming" and m.get("timeline") == timeline
-            for m in members
-            if not m.get("leader")
-        )
+        others = {m.name for m in self.members if m.index != index}
+        return others <= await self.streaming_from(index)
+
+    async def streaming_from(self, index: int) -> set[str]:
+        """Names of the standbys streaming from member `index`'s PostgreSQL (empty on error)."""
+        query = "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'"
+        try:
+            async with asyncio.timeout(2.0):
+                conn = await asyncpg.connect(
+                    host="127.0.0.1",
+                    port=self.members[index].pg_port,
+                    user="postgres",
+                    database="postgres",
+                    timeout=1.0,
+                )
+                try:
+                    rows = await conn.fetch(query)
+                finally:
+                    await conn.close(timeout=0.5)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return set()
+        return {str(row["application_name"]) for row in rows}
 
     async def primary_index(self, session: aiohttp.ClientSession) -> int | None:
         """The member whose GET /primary says 200 (leader key held, PostgreSQL a primary)."""
