@@ -487,7 +487,8 @@ async def _read_keys(queue: asyncio.Queue[str]) -> None:
 async def run_demo(cluster: LocalCluster, *, refresh_s: float) -> None:
     keys: asyncio.Queue[str] = asyncio.Queue()
     reader = asyncio.create_task(_read_keys(keys), name="demo-keys") if sys.stdin.isatty() else None
-    message = "starting: etcd and 3 members (bootstrap takes a few seconds)"
+    store = "etcd" if cluster.dcs_kind == "etcd" else "the test Kubernetes API server"
+    message = f"starting: {store} and {cluster.size} members (bootstrap takes a few seconds)"
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:
         try:
@@ -542,6 +543,13 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="pgwarden demo")
     parser.add_argument("--dir", help="where to keep the demo's data (default: a new temp dir)")
     parser.add_argument("--size", type=int, default=3)
+    parser.add_argument(
+        "--dcs",
+        choices=["etcd", "kubernetes"],
+        default="etcd",
+        help="etcd, or the Kubernetes API (the in-tree test API server, one pod per member)",
+    )
+    parser.add_argument("--lock", choices=["endpoints", "lease"], default="endpoints")
     parser.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
     parser.add_argument(
         "--for",
@@ -551,12 +559,13 @@ def main(argv: Sequence[str]) -> int:
         help="stop by itself after this many seconds (for scripts)",
     )
     args = parser.parse_args(list(argv))
-    for binary in (ETCD_BIN, f"{PG_BIN}/postgres"):
+    needed = [f"{PG_BIN}/postgres"] + ([ETCD_BIN] if args.dcs == "etcd" else [])
+    for binary in needed:
         if not Path(binary).exists():
             print(f"pgwarden demo: {binary} is missing; run `make demo`", file=sys.stderr)
             return 2
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
-    cluster = LocalCluster(base=base, size=args.size)
+    cluster = LocalCluster(base=base, size=args.size, dcs_kind=args.dcs, kube_lock=args.lock)
 
     async def run() -> None:
         task = asyncio.create_task(run_demo(cluster, refresh_s=args.refresh), name="demo")
