@@ -59,7 +59,11 @@ def start_pod_labeler(
     if k8s is None or not k8s.manage_role_label:
         return None
     from agent.kube.client import client_factory  # noqa: PLC0415 - Kubernetes only
-    from agent.kube.labels import PodLabeler, RoleLabel  # noqa: PLC0415 - Kubernetes only
+    from agent.kube.labels import (  # noqa: PLC0415 - Kubernetes only
+        PodLabeler,
+        RoleLabel,
+        cluster_selector,
+    )
 
     labeler = PodLabeler(
         client_factory=client_factory(k8s.kubeconfig),
@@ -69,6 +73,11 @@ def start_pod_labeler(
         status=status,
         reassert_s=max(10 * settings.timing.loop_wait_s, 30.0),
         timeout_s=settings.timing.retry_timeout_s,
+        peers_selector=(
+            cluster_selector(k8s.labels, settings.cluster)
+            if settings.dcs.kind == DcsKind.KUBERNETES
+            else None
+        ),
     )
     return asyncio.create_task(labeler.run(), name="pod-labeler")
 

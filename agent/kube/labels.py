@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,13 +60,31 @@ def desired_role_label(status: AgentStatus, label: RoleLabel) -> str | None:
     return None
 
 
+# The label the Kubernetes DCS backend puts on each member's pod (agent.dcs.kubernetes
+# CLUSTER_LABEL; the layers keep kube and dcs apart, so the name is repeated here).
+CLUSTER_LABEL = "pgwarden.io/cluster"
+
+
+def cluster_selector(labels: Iterable[tuple[str, str]], cluster: str) -> str:
+    """The label selector of a cluster's member pods: the configured labels plus ours."""
+    selector = dict(labels)
+    selector[CLUSTER_LABEL] = cluster
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
 def label_patch(label: RoleLabel, value: str | None) -> dict[str, Any]:
     """A JSON merge patch that sets (or, for None, removes) the label."""
     return {"metadata": {"labels": {label.key: value}}}
 
 
 class PodLabeler:
-    """The label task for one pod. Build it in app.py; run `run()` as a named task."""
+    """The label task for one pod. Build it in app.py; run `run()` as a named task.
+
+    With `peers_selector` (the label selector of the cluster's pods), a primary also takes
+    the primary label off every other pod of its cluster whenever it applies its own: a
+    former primary that died (SIGKILL, node loss) cannot remove its label itself, and a
+    selector Service must not keep routing writers to it.
+    """
 
     def __init__(
         self,
@@ -77,8 +96,10 @@ class PodLabeler:
         status: Callable[[], AgentStatus],
         reassert_s: float,
         timeout_s: float,
+        peers_selector: str | None = None,
     ) -> None:
         self._factory = client_factory
+        self._peers_selector = peers_selector
         self._namespace = namespace
         self._pod = pod_name
         self._label = label
@@ -121,12 +142,48 @@ class PodLabeler:
             await self.close()
 
     async def apply(self, value: str | None) -> None:
-        """One merge patch of the pod's labels, bounded by `timeout_s`."""
+        """Set (or remove) this pod's label; as primary, take it off the other pods too.
+        Each request is bounded by `timeout_s`."""
+        await self._patch(self._pod, value)
+        if value is None or value != self._label.primary or self._peers_selector is None:
+            return
+        for pod in await self._other_primaries():
+            await self._patch(pod, None)
+            self._log.warning("pod_label_removed_from_peer", peer=pod, value=value)
+
+    async def _other_primaries(self) -> list[str]:
+        selector = f"{self._peers_selector},{self._label.key}={self._label.primary}"
         async with asyncio.timeout(self._timeout_s):
-            if self._api is None:
-                self._api = await self._factory()
-            response: Any = await self._api.call_api(
-                f"/api/v1/namespaces/{self._namespace}/pods/{self._pod}",
+            api = await self._client()
+            response: Any = await api.call_api(
+                f"/api/v1/namespaces/{self._namespace}/pods",
+                "GET",
+                query_params=[("labelSelector", selector)],
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._timeout_s,
+            )
+            try:
+                if int(response.status) != 200:
+                    raise RuntimeError(f"listing pods: HTTP {response.status}")
+                body = json.loads(await response.read())
+            finally:
+                response.release()
+        names = [str(item["metadata"]["name"]) for item in body.get("items") or []]
+        return [name for name in names if name != self._pod]
+
+    async def _client(self) -> Any:
+        if self._api is None:
+            self._api = await self._factory()
+        return self._api
+
+    async def _patch(self, pod: str, value: str | None) -> None:
+        """One merge patch of a pod's labels, bounded by `timeout_s`."""
+        async with asyncio.timeout(self._timeout_s):
+            api = await self._client()
+            response: Any = await api.call_api(
+                f"/api/v1/namespaces/{self._namespace}/pods/{pod}",
                 "PATCH",
                 header_params={
                     "Accept": "application/json",

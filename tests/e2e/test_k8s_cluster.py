@@ -215,8 +215,9 @@ async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
     logs = await _stop_all(writers)
     sequence = writer_sequence(logs, start=t_kill - 1, end=time.monotonic())
     assert not has_split_brain(sequence), sequence
-    # The dead agent cannot relabel its pod (a kubelet would restart the container and its
-    # readiness probe would fail meanwhile); once back, it rejoins and is labelled replica.
+    # The dead agent cannot relabel its pod: the new primary took the label off it.
+    assert _pod_role(cluster, old) is None
+    # Once back, it rejoins and is labelled replica.
     cluster.start_member(old)
     assert await _converge(cluster) == new
     assert _pod_role(cluster, old) == "replica"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config import KubernetesSettings
-from agent.kube.labels import RoleLabel, desired_role_label, label_patch
+from agent.kube.labels import RoleLabel, cluster_selector, desired_role_label, label_patch
 from agent.model import AgentStatus, MemberName, PgState, Role
 
 LABEL = RoleLabel(key="role", primary="master", replica="standby")
@@ -55,3 +55,10 @@ def test_label_names_and_values_come_from_the_kubernetes_settings() -> None:
 def test_the_patch_sets_the_label_or_removes_it_with_null() -> None:
     assert label_patch(LABEL, "master") == {"metadata": {"labels": {"role": "master"}}}
     assert label_patch(LABEL, None) == {"metadata": {"labels": {"role": None}}}
+
+
+def test_the_cluster_selector_is_the_configured_labels_plus_the_pgwarden_cluster_label() -> None:
+    assert cluster_selector([("app", "pg"), ("tier", "db")], "main") == (
+        "app=pg,pgwarden.io/cluster=main,tier=db"
+    )
+    assert cluster_selector([], "main") == "pgwarden.io/cluster=main"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.kube.labels import PodLabeler, RoleLabel
+from agent.kube.labels import PodLabeler, RoleLabel, cluster_selector
 from agent.model import AgentStatus, MemberName, PgState, Role
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
 from tests.support.kube import api_client, kube_server
@@ -92,3 +92,34 @@ async def test_the_pod_label_follows_the_status_is_reasserted_and_survives_failu
                 await task
         # Stopping removes the label.
         assert role_of(server) is None
+
+
+async def test_a_primary_takes_the_primary_label_off_the_other_pods_of_its_cluster(
+    tmp_path: Path,
+) -> None:
+    async with kube_server(tmp_path) as server:
+        pods = server.store_resource("pods")
+        cluster = {"app": "pg", "pgwarden.io/cluster": "c"}
+        for name, labels in (
+            ("a", cluster),
+            ("dead", {**cluster, "role": "primary"}),  # a former primary that was killed
+            ("other-cluster", {"app": "pg", "pgwarden.io/cluster": "x", "role": "primary"}),
+        ):
+            server.store.create(pods, "default", {"metadata": {"name": name, "labels": labels}})
+        labeler = PodLabeler(
+            client_factory=factory(server.url),
+            namespace="default",
+            pod_name="a",
+            label=RoleLabel(),
+            status=lambda: PRIMARY,
+            reassert_s=30.0,
+            timeout_s=1.0,
+            peers_selector=cluster_selector([("app", "pg")], "c"),
+        )
+        with capture_logs() as logs:
+            await labeler.apply("primary")
+        await labeler.close()
+        assert role_of(server, "a") == "primary"
+        assert role_of(server, "dead") is None
+        assert role_of(server, "other-cluster") == "primary"
+        assert [e["peer"] for e in logs if e["event"] == "pod_label_removed_from_peer"] == ["dead"]
