@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.model import HistoryEntry, MemberName
+from agent.model import DynamicConfig, HistoryEntry, MemberName, SyncRecord, SyncStandbys
 
 
 class StopMode(StrEnum):
@@ -134,6 +134,30 @@ class AppendHistory:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SetConfig:
+    """Write the DCS `config` record (CAS on `expected_version`; None: only if absent)."""
+
+    config: DynamicConfig
+    expected_version: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetSyncRecord:
+    """Write the DCS `sync` record (CAS on `expected_version`; None: only if absent)."""
+
+    record: SyncRecord
+    expected_version: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetSyncStandbyNames:
+    """On the primary: ALTER SYSTEM SET synchronous_standby_names to `standbys` (rendered by
+    postgres/replication.py), and reload."""
+
+    standbys: SyncStandbys
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Exit:
     """Shutdown is complete: leave the loop."""
 
@@ -156,6 +180,9 @@ Action = (
     | HandOver
     | ClearSwitchover
     | AppendHistory
+    | SetConfig
+    | SetSyncRecord
+    | SetSyncStandbyNames
     | Exit
 )
 

@@ -165,9 +165,20 @@ class Tags:
     sync_priority: int = 1
 
 
+SYNC_MODES: Final = ("off", "on", "quorum")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HaSettings:
+    """HA behaviour. The `synchronous_*` and `maximum_lag_on_syncnode_bytes` values only seed
+    the DCS `config` record when this member bootstraps the cluster; after that the record
+    (PATCH /config) is what every member follows."""
+
     maximum_lag_on_failover_bytes: int = 1024 * 1024
+    synchronous_mode: str = "off"  # one of SYNC_MODES
+    synchronous_node_count: int = 1
+    synchronous_mode_strict: bool = False
+    maximum_lag_on_syncnode_bytes: int = -1  # -1: no limit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,6 +319,10 @@ _SCHEMA: Final[dict[str, _Kind]] = {
     "tags.sync_priority": _Kind.INT,
     "ha": _Kind.SECTION,
     "ha.maximum_lag_on_failover_bytes": _Kind.INT,
+    "ha.synchronous_mode": _S,
+    "ha.synchronous_node_count": _Kind.INT,
+    "ha.synchronous_mode_strict": _Kind.BOOL,
+    "ha.maximum_lag_on_syncnode_bytes": _Kind.INT,
     "log": _Kind.SECTION,
     "log.level": _S,
     "log.format": _S,
@@ -333,6 +348,7 @@ _MANAGED_PARAMETERS: Final = {
     "logging_collector": "PostgreSQL's output goes to the agent's log",
     "primary_conninfo": "it follows the leader",
     "primary_slot_name": "it follows the leader",
+    "synchronous_standby_names": "use ha.synchronous_mode (the leader manages it)",
 }
 _WAL_LEVELS: Final = ("replica", "logical")
 _HBA_TYPES: Final = frozenset(
@@ -1136,11 +1152,43 @@ def _build_settings(b: _Builder) -> Settings:
         value = getattr(tags, field_name)
         if value < 0:
             b.out.add(f"tags.{field_name}", f"must be >= 0, got {value}")
+    # A member that is never synchronous has no synchronous priority, and one that never
+    # takes over has no failover priority: a value for both says two things at once.
+    if tags.nosync and "tags.sync_priority" in b.raw.values and tags.sync_priority > 0:
+        b.out.add(
+            "tags.sync_priority",
+            f"conflicts with tags.nosync: true (a nosync member is never synchronous); "
+            f"remove it or set it to 0, got {tags.sync_priority}",
+        )
+    if tags.nofailover and "tags.failover_priority" in b.raw.values and tags.failover_priority > 0:
+        b.out.add(
+            "tags.failover_priority",
+            f"conflicts with tags.nofailover: true (such a member never takes over); "
+            f"remove it or set it to 0, got {tags.failover_priority}",
+        )
     ha = HaSettings(
         maximum_lag_on_failover_bytes=b.int_(
             "ha.maximum_lag_on_failover_bytes", d_ha.maximum_lag_on_failover_bytes
-        )
+        ),
+        synchronous_mode=b.str_("ha.synchronous_mode", d_ha.synchronous_mode),
+        synchronous_node_count=b.int_("ha.synchronous_node_count", d_ha.synchronous_node_count),
+        synchronous_mode_strict=b.bool_("ha.synchronous_mode_strict", d_ha.synchronous_mode_strict),
+        maximum_lag_on_syncnode_bytes=b.int_(
+            "ha.maximum_lag_on_syncnode_bytes", d_ha.maximum_lag_on_syncnode_bytes
+        ),
     )
+    if ha.synchronous_mode not in SYNC_MODES:
+        b.out.add(
+            "ha.synchronous_mode",
+            f"must be one of {', '.join(SYNC_MODES)}, got {ha.synchronous_mode[:40]!r}",
+        )
+    if ha.synchronous_node_count < 1:
+        b.out.add("ha.synchronous_node_count", f"must be >= 1, got {ha.synchronous_node_count}")
+    if ha.maximum_lag_on_syncnode_bytes < -1:
+        b.out.add(
+            "ha.maximum_lag_on_syncnode_bytes",
+            f"must be -1 (no limit) or >= 0, got {ha.maximum_lag_on_syncnode_bytes}",
+        )
     if ha.maximum_lag_on_failover_bytes < 0:
         b.out.add(
             "ha.maximum_lag_on_failover_bytes",

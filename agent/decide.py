@@ -11,6 +11,13 @@ Safety (DESIGN.md section 3) is kept by three rules that the property tests chec
   or no leader record at all, is demoted at once (the fencer process does the same
   independently of this loop).
 - A member that was a primary never streams from a new leader without pg_rewind first.
+- Synchronous replication (DESIGN.md invariant 3): while the DCS `sync` record claims a
+  quorum, only its members (and its own leader) may promote, and a member only after it has
+  seen `len(members) - quorum + 1` of them and found none further ahead (`sync_refusal`).
+  The leader keeps the record a superset of who may hold the latest commit: a change of
+  `synchronous_standby_names` that adds a standby is preceded by a record naming it, and a
+  record that drops one follows the change in PostgreSQL and the remaining standbys'
+  confirmation that they flushed WAL past the point where it took effect (`_plan_sync`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ from agent.actions import (
     ReleaseLeader,
     RenewLeader,
     Rewind,
+    SetConfig,
     SetInitialize,
+    SetSyncRecord,
+    SetSyncStandbyNames,
     StartPostgres,
     StopMode,
     StopPostgres,
@@ -42,6 +52,7 @@ from agent.actions import (
 from agent.config import Settings
 from agent.model import (
     ClusterView,
+    DynamicConfig,
     LocalRequestKind,
     LocalState,
     Lsn,
@@ -49,6 +60,10 @@ from agent.model import (
     MemberName,
     PgState,
     Role,
+    SyncMode,
+    SyncRecord,
+    SyncRole,
+    SyncStandbys,
 )
 
 # pg_controldata states of an instance that last ran as a primary.
@@ -111,6 +126,9 @@ class Memory:
     failed_at: float | None = None  # when a long action last failed
     handed_over: bool = False  # shutdown: the switchover finished
     refused: str | None = None  # a reason this member will not take part (wrong system id)
+    # Leader: the synchronous_standby_names value PostgreSQL was first seen to run with, and
+    # our WAL position then; every commit acknowledged before lies at or below that position.
+    sync_effective: tuple[SyncStandbys, Lsn] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,7 +224,9 @@ def choose_candidate(view: ClusterView, settings: Settings) -> Member | None:
     eligible = [
         m
         for m in view.members
-        if m.name != settings.name and _candidate_ok(m, leader_lsn, settings)
+        if m.name != settings.name
+        and _candidate_ok(m, leader_lsn, settings)
+        and _sync_candidate_ok(view, m.name)
     ]
     if not eligible:
         return None
@@ -228,7 +248,14 @@ def _am_healthiest(obs: Observation, settings: Settings, memory: Memory) -> tupl
     me_tl = local_timeline(local) or 0
     if settings.tags.nofailover:
         return False, "tagged nofailover"
-    if memory.last_leader_wal_lsn is not None:
+    refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=True)
+    if refusal is not None:
+        return False, refusal
+    record = view.sync
+    in_sync_set = record is not None and record.quorum > 0
+    # A member of the synchronous set holds every acknowledged commit (with the quorum check
+    # above): the leader's published position may include WAL no commit waited for.
+    if memory.last_leader_wal_lsn is not None and not in_sync_set:
         lag = memory.last_leader_wal_lsn - me_lsn
         if lag > settings.ha.maximum_lag_on_failover_bytes:
             return False, f"lag {lag} bytes exceeds maximum_lag_on_failover_bytes"
@@ -259,6 +286,12 @@ def _am_healthiest(obs: Observation, settings: Settings, memory: Memory) -> tupl
                 )
     mine = (me_tl, me_lsn, settings.tags.failover_priority)
     for name, tl, lsn, prio, nofailover in rivals:
+        if in_sync_set and record is not None:
+            if name not in record.members:
+                continue  # cannot take over; its WAL is no concern of ours
+            if (tl, lsn) > (me_tl, me_lsn):
+                # Ahead of us: it may hold a commit we lack, even if it will not take over.
+                return False, f"{name} of the synchronous set is further ahead"
         if nofailover:
             continue
         theirs = (tl, lsn, prio)
@@ -290,6 +323,262 @@ def _plan_slots(
     kept = tuple(sorted(present | (absent.keys() - set(drop))))
     remaining = tuple(sorted((n, t) for n, t in absent.items() if n not in drop))
     return kept, drop, remaining
+
+
+# ------------------------------------------------------------------ synchronous replication
+
+_NO_STANDBYS = SyncStandbys(quorum=False, count=0, names=())
+_SYNC_STATES = frozenset({"sync", "quorum"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """ "Every acknowledged commit is held by at least `count` of `members`" (count 0: nothing
+    is promised)."""
+
+    members: frozenset[str]
+    count: int
+
+
+_NOTHING = Claim(members=frozenset(), count=0)
+
+
+def claim_of(standbys: SyncStandbys, *, exclude: str = "") -> Claim:
+    """What PostgreSQL running with `standbys` promises about each commit. FIRST k of a longer
+    list still puts each commit on k of the listed names; our own name never confirms."""
+    names = frozenset(n for n in standbys.names if n != exclude)
+    count = min(standbys.count, len(names))
+    return Claim(members=names, count=count) if count > 0 else _NOTHING
+
+
+def record_claim(record: SyncRecord | None) -> Claim:
+    if record is None or record.quorum <= 0:
+        return _NOTHING
+    return Claim(members=frozenset(record.members), count=record.quorum)
+
+
+def covers(record: Claim, truth: Claim) -> bool:
+    """A record promising `record` is never wrong while `truth` holds (truth's members are all
+    named, and the record counts on no more of them than truth guarantees)."""
+    if truth.count == 0:
+        return True
+    return record.count > 0 and truth.members <= record.members and record.count <= truth.count
+
+
+def combine(*claims: Claim) -> Claim:
+    """The strongest claim implied by each of `claims` (the weakest one over their union)."""
+    real = [c for c in claims if c.count > 0]
+    if not real:
+        return _NOTHING
+    return Claim(
+        members=frozenset().union(*(c.members for c in real)),
+        count=min(c.count for c in real),
+    )
+
+
+def sync_refusal(
+    view: ClusterView, name: str, peers: tuple[PeerStatus, ...] | None, *, check_quorum: bool
+) -> str | None:
+    """Why `name` may not take over under the DCS `sync` record, or None if it may.
+
+    No record, or one promising nothing (asynchronous): anyone may. Else only the record's
+    leader or one of its members; with `check_quorum`, a member must also see (in `peers`,
+    the fresh answers to the pre-race check) at least `len(members) - quorum + 1` members of
+    the set, itself included: any `quorum` of them hold every commit, so that many include
+    one that does (R + W > N); the caller then requires it to be the most advanced of them.
+    """
+    record = view.sync
+    if record is None or record.quorum <= 0:
+        return None
+    if name == record.leader:
+        return None
+    if name not in record.members:
+        return f"not in the synchronous set {list(record.members)}"
+    needed = len(record.members) - record.quorum + 1
+    if not check_quorum or needed <= 1:
+        return None
+    seen = {name}
+    for peer in peers or ():
+        if peer.reachable and peer.name in record.members and peer.role == Role.REPLICA:
+            seen.add(peer.name)
+    if len(seen) < needed:
+        return (
+            f"sees {len(seen)} of the synchronous set {list(record.members)}, "
+            f"needs {needed} to be sure of the latest commit"
+        )
+    return None
+
+
+def _sync_candidate_ok(view: ClusterView, name: str) -> bool:
+    """In synchronous mode a switchover goes only to a member of the recorded set."""
+    return sync_refusal(view, name, None, check_quorum=False) is None
+
+
+def desired_standbys(view: ClusterView, local: LocalState, settings: Settings) -> SyncStandbys:
+    """synchronous_standby_names for the config record's mode, from the standbys streaming from
+    us now (pg_stat_replication), not tagged nosync or nofailover (a synchronous standby must
+    be able to take over), sync_priority > 0, ordered by sync_priority (higher first), then
+    name. One further behind than maximum_lag_on_syncnode_bytes is left out while enough
+    others remain. With none: strict mode keeps commits waiting on the last set, otherwise
+    replication becomes asynchronous."""
+    config = view.config
+    if config.synchronous_mode == SyncMode.OFF:
+        return _NO_STANDBYS
+    streaming = {r.application_name: r for r in local.replication if r.state == "streaming"}
+    candidates = []
+    for m in view.members:
+        row = streaming.get(m.name)
+        if m.name == settings.name or row is None or m.role != Role.REPLICA:
+            continue
+        if m.tags.nosync or m.tags.nofailover or m.tags.sync_priority <= 0:
+            continue
+        lag = (local.wal_lsn or 0) - (row.flush_lsn or 0)
+        lagging = 0 <= config.maximum_lag_on_syncnode_bytes < lag
+        candidates.append((lagging, -m.tags.sync_priority, m.name))
+    candidates.sort()
+    k = config.synchronous_node_count
+    fresh = [c for c in candidates if not c[0]]
+    chosen = fresh if len(fresh) >= min(k, len(candidates)) else candidates
+    names = tuple(c[2] for c in chosen)
+    quorum = config.synchronous_mode == SyncMode.QUORUM
+    if not quorum:
+        names = names[:k]
+    if names:
+        return SyncStandbys(quorum=quorum, count=min(k, len(names)), names=names)
+    if not config.synchronous_mode_strict:
+        return _NO_STANDBYS
+    # Strict: never fall back to asynchronous commits. Keep what PostgreSQL waits for now,
+    # else the last recorded set, else any standby.
+    current = local.sync_standbys
+    if current is not None and claim_of(current, exclude=settings.name).count > 0:
+        kept = tuple(n for n in current.names if n != settings.name)
+        return SyncStandbys(quorum=current.quorum, count=min(current.count, len(kept)), names=kept)
+    record = view.sync
+    if record is not None and record.quorum > 0:
+        kept = tuple(n for n in record.members if n != settings.name)
+        if kept:
+            return SyncStandbys(quorum=quorum, count=min(k, len(kept)), names=kept)
+    return SyncStandbys(quorum=False, count=1, names=("*",))
+
+
+def _same(a: SyncStandbys, b: SyncStandbys) -> bool:
+    if a.count <= 0 or not a.names:
+        return b.count <= 0 or not b.names
+    return a == b
+
+
+def plan_sync(
+    view: ClusterView, local: LocalState, memory: Memory, settings: Settings
+) -> tuple[Action | None, Memory]:
+    """The leader's next step towards the desired synchronous set, one step per cycle.
+
+    Order (the record stays a superset of who may hold the latest commit):
+    1. PostgreSQL differs from the desired set: first make the record cover both what
+       PostgreSQL promises now and what it will promise (SetSyncRecord), then change
+       PostgreSQL (SetSyncStandbyNames).
+    2. PostgreSQL runs with the desired set: note our WAL position (every commit acknowledged
+       under an earlier setting lies below it).
+    3. Once `count` of the desired standbys report sync/quorum in pg_stat_replication and have
+       flushed past that position, narrow the record to exactly the desired set.
+    """
+    current = local.sync_standbys
+    if current is None or not local.is_primary:
+        return None, memory
+    me = MemberName(settings.name)
+    record = view.sync
+    desired = desired_standbys(view, local, settings)
+    want, now, recorded = claim_of(desired), claim_of(current, exclude=me), record_claim(record)
+    if not _same(current, desired):
+        memory = replace(memory, sync_effective=None)
+        need = combine(now, want)
+        if not covers(recorded, need) or (record is not None and record.leader != me):
+            target = combine(recorded, need)
+            return _sync_record(me, target, record), memory
+        return SetSyncStandbyNames(standbys=desired), memory
+    if memory.sync_effective is None or memory.sync_effective[0] != desired:
+        return None, replace(memory, sync_effective=(desired, local.wal_lsn or 0))
+    names = tuple(MemberName(n) for n in desired.names) if want.count else ()
+    exact = SyncRecord(leader=me, members=names, quorum=want.count)
+    if record is None and want.count == 0:
+        return None, memory  # never synchronous under this leader: nothing to record
+    if record is not None and (record.leader, record.members, record.quorum) == (
+        exact.leader,
+        exact.members,
+        exact.quorum,
+    ):
+        return None, memory
+    since = memory.sync_effective[1]
+    confirmed = sum(
+        1
+        for r in local.replication
+        if r.application_name in want.members
+        and r.sync_state in _SYNC_STATES
+        and (r.flush_lsn or 0) >= since
+    )
+    if confirmed >= want.count:
+        target = Claim(members=frozenset(exact.members), count=want.count)
+        return _sync_record(me, target, record, order=exact.members), memory
+    if not covers(recorded, want):
+        return _sync_record(me, combine(recorded, want), record), memory
+    return None, memory
+
+
+def _sync_record(
+    me: MemberName,
+    claim: Claim,
+    record: SyncRecord | None,
+    order: tuple[MemberName, ...] | None = None,
+) -> SetSyncRecord:
+    members = order if order is not None else tuple(sorted(claim.members))
+    return SetSyncRecord(
+        record=SyncRecord(
+            leader=me,
+            members=tuple(MemberName(m) for m in members) if claim.count else (),
+            quorum=claim.count,
+        ),
+        expected_version=(record.version or None) if record is not None else None,
+    )
+
+
+def sync_role_of(name: str, view: ClusterView, local: LocalState) -> SyncRole:
+    """This member's synchronous role: a running replica that the leader's PostgreSQL reports
+    as sync or quorum (published in the leader's member record) and that is in the `sync`
+    record of that leader's term; else ASYNC for a replica, NONE otherwise."""
+    if not local.is_replica:
+        return SyncRole.NONE
+    leader = view.leader_member
+    record = view.sync
+    if (
+        leader is not None
+        and name in leader.sync_standbys
+        and record is not None
+        and record.quorum > 0
+        and record.leader == leader.name
+        and name in record.members
+    ):
+        if view.config.synchronous_mode == SyncMode.QUORUM:
+            return SyncRole.QUORUM
+        return SyncRole.SYNC
+    return SyncRole.ASYNC
+
+
+def seed_config(settings: Settings) -> DynamicConfig:
+    """The first `config` record, from the bootstrapping member's `ha` settings."""
+    ha = settings.ha
+    return DynamicConfig(
+        synchronous_mode=SyncMode(ha.synchronous_mode),
+        synchronous_node_count=ha.synchronous_node_count,
+        synchronous_mode_strict=ha.synchronous_mode_strict,
+        maximum_lag_on_syncnode_bytes=ha.maximum_lag_on_syncnode_bytes,
+    )
+
+
+def sync_fallback(view: ClusterView, local: LocalState, settings: Settings) -> bool:
+    """Leader: synchronous mode is asked for but commits wait for no standby."""
+    if view.config.synchronous_mode == SyncMode.OFF or not local.is_primary:
+        return False
+    current = local.sync_standbys
+    return current is not None and claim_of(current, exclude=settings.name).count == 0
 
 
 # --------------------------------------------------------------------------- branches
@@ -432,10 +721,16 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
                 system_id=local.system_id, expected_version=view.initialize_version or None
             )
         )
+        if not view.config.version:
+            # The bootstrapping leader seeds the cluster-wide settings from its own.
+            actions.append(SetConfig(config=seed_config(settings), expected_version=None))
     slots, drop, absent = _plan_slots(view, memory, now, settings)
     memory = replace(memory, slots_absent_since=absent)
     if slots != memory.slots or drop:
         actions.append(EnsureSlots(names=slots, drop=drop))
+    sync_step, memory = plan_sync(view, local, memory, settings)
+    if sync_step is not None:
+        actions.append(sync_step)
     switchover = view.switchover
     if switchover is not None and _switchover_due(obs):
         if switchover.candidate == settings.name or (
@@ -454,6 +749,9 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
             if target is None or not _candidate_ok(target, local.wal_lsn, settings):
                 actions.append(ClearSwitchover(version=switchover.version))
                 reason = "switchover request has no healthy candidate: cleared"
+            elif not _sync_candidate_ok(view, target.name):
+                actions.append(ClearSwitchover(version=switchover.version))
+                reason = f"switchover to {target.name} refused: not a synchronous standby"
             else:
                 actions.append(HandOver(candidate=target.name))
                 reason = f"switchover to {target.name}"
@@ -528,6 +826,9 @@ def _when_leaderless(
     request = view.switchover
     if request is not None and request.candidate is not None:
         if request.candidate == settings.name:
+            refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=False)
+            if refusal is not None:
+                return _decision(memory, f"named switchover candidate, but {refusal}")
             return _decision(
                 memory,
                 "named switchover candidate: taking the lease",
@@ -623,11 +924,13 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
                 return replace(memory, lease_sent_at=None, handed_over=True, slots=None)
             return replace(memory, failed_at=outcome.sent_at)
         case Demote() | StopPostgres():
-            return replace(memory, following=None, slots=None)
+            return replace(memory, following=None, slots=None, sync_effective=None)
         case Promote() if outcome.ok:
-            return replace(memory, following=None, slots=None)
+            return replace(memory, following=None, slots=None, sync_effective=None)
         case StartPostgres() | Promote() | Follow() | EnsureSlots():
             return replace(memory, failed_at=outcome.sent_at) if not outcome.ok else memory
+        case SetSyncStandbyNames() | SetSyncRecord() | SetConfig():
+            return memory
         case ClaimInitialize() | SetInitialize() | ClearSwitchover() | Exit():
             return memory
         case _:

@@ -37,7 +37,10 @@ from agent.actions import (
     ReleaseLeader,
     RenewLeader,
     Rewind,
+    SetConfig,
     SetInitialize,
+    SetSyncRecord,
+    SetSyncStandbyNames,
     StartPostgres,
     StopMode,
     StopPostgres,
@@ -56,6 +59,8 @@ from agent.decide import (
     fence_deadline,
     pg_state_of,
     record_outcome,
+    sync_fallback,
+    sync_role_of,
 )
 from agent.fence import FenceClient, FenceState, FenceUnavailable
 from agent.metrics import Metrics
@@ -72,13 +77,18 @@ from agent.model import (
     RecordKind,
     Role,
     SwitchoverRequest,
+    SyncRole,
     history_to_json,
 )
 from agent.postgres import bootstrap
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig
 from agent.postgres.process import StopMode as PgStopMode
-from agent.postgres.replication import slot_name_for
+from agent.postgres.replication import (
+    quote_literal,
+    render_synchronous_standby_names,
+    slot_name_for,
+)
 
 log = structlog.get_logger("pgwarden.loop")
 _T = TypeVar("_T")
@@ -509,6 +519,38 @@ class HaLoop:
                 )
             case AppendHistory(entry=entry, expected_version=version):
                 return await self._append_history(view, entry, version)
+            case SetConfig(config=config, expected_version=version):
+                return await self._dcs_call(
+                    "write_record",
+                    lambda: self.dcs.write_record(
+                        RecordKind.CONFIG, config.to_json(), expected_version=version
+                    ),
+                )
+            case SetSyncRecord(record=record, expected_version=version):
+                ok = await self._dcs_call(
+                    "write_record",
+                    lambda: self.dcs.write_record(
+                        RecordKind.SYNC, record.to_json(), expected_version=version
+                    ),
+                )
+                log.info(
+                    "sync_record_written",
+                    ok=ok,
+                    members=list(record.members),
+                    quorum=record.quorum,
+                )
+                return ok
+            case SetSyncStandbyNames(standbys=standbys):
+                value = render_synchronous_standby_names(standbys)
+                await self.postmaster.execute(
+                    f"ALTER SYSTEM SET synchronous_standby_names = {quote_literal(value)}",
+                    timeout_s=timing.retry_timeout_s,
+                )
+                await self.postmaster.execute(
+                    "SELECT pg_reload_conf()", timeout_s=timing.retry_timeout_s
+                )
+                log.info("synchronous_standby_names_set", value=value)
+                return True
             case Exit():
                 self._exit = True
                 return True
@@ -659,6 +701,8 @@ class HaLoop:
             observed_at=now,
             cluster_view=view if view is not None else self._view,
             replication=local.replication,
+            sync_role=sync_role_of(s.name, view, local) if view is not None else SyncRole.NONE,
+            sync_fallback=view is not None and sync_fallback(view, local, s),
         )
         self.metrics.update(self._status)
         duration = self.clock.monotonic() - started
@@ -689,6 +733,11 @@ class HaLoop:
                 failover_priority=s.tags.failover_priority,
                 nosync=s.tags.nosync,
                 sync_priority=s.tags.sync_priority,
+            ),
+            sync_standbys=tuple(
+                MemberName(r.application_name)
+                for r in local.replication
+                if local.is_primary and r.sync_state in ("sync", "quorum")
             ),
         )
         try:

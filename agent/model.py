@@ -44,6 +44,23 @@ class PgState(StrEnum):
     UNKNOWN = "unknown"
 
 
+class SyncMode(StrEnum):
+    """`synchronous_mode` of the DCS config record."""
+
+    OFF = "off"
+    ON = "on"  # FIRST k (...): the k listed standbys confirm every commit
+    QUORUM = "quorum"  # ANY k (...): any k of the listed standbys confirm every commit
+
+
+class SyncRole(StrEnum):
+    """A member's part in synchronous replication, as its /sync, /quorum, /async probes see it."""
+
+    SYNC = "sync"  # a FIRST-k synchronous standby
+    QUORUM = "quorum"  # a member of an ANY-k quorum
+    ASYNC = "async"  # a replica that no commit waits for
+    NONE = "none"  # the primary, or not a running replica
+
+
 class RecordKind(StrEnum):
     """Cluster-wide records besides the leader key and the member records."""
 
@@ -86,6 +103,17 @@ class ReplicationRow:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SyncStandbys:
+    """What `synchronous_standby_names` asks of commits: `count` confirmations from `names`
+    (the `count` first-listed connected ones with `quorum=False`, any `count` with True).
+    `count == 0` (no names) is asynchronous replication."""
+
+    quorum: bool
+    count: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ControlData:
     """The parts of pg_controldata the agent needs while PostgreSQL is stopped."""
 
@@ -117,6 +145,9 @@ class LocalState:
     upstream: str | None = None  # application-level name of who we stream from, if known
     replication: tuple[ReplicationRow, ...] = ()
     control: ControlData | None = None
+    # current_setting('synchronous_standby_names') as parsed by the probe; None when not read.
+    # A value the agent cannot read is reported as FIRST 1 ("*") (any standby: the worst case).
+    sync_standbys: SyncStandbys | None = None
 
     @property
     def is_primary(self) -> bool:
@@ -153,6 +184,9 @@ class Member:
     replay_lsn: Lsn | None = None
     system_id: str | None = None
     tags: MemberTags = field(default_factory=MemberTags)
+    # On a primary: the standbys pg_stat_replication reports as sync or quorum (so that each
+    # replica can answer its own /sync probe from the DCS).
+    sync_standbys: tuple[MemberName, ...] = ()
     version: str = ""  # the DCS's version of this record; not part of the payload
 
     def to_json(self) -> str:
@@ -173,6 +207,7 @@ class Member:
                     "nosync": self.tags.nosync,
                     "sync_priority": self.tags.sync_priority,
                 },
+                "sync_standbys": list(self.sync_standbys),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -221,13 +256,57 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DynamicConfig:
-    """Cluster-wide settings kept in the DCS `config` record (shared by every member)."""
+    """Cluster-wide settings kept in the DCS `config` record (shared by every member).
+
+    `version` is "" when the record is absent (the bootstrapping leader then writes one
+    seeded from its own settings).
+    """
 
     paused: bool = False
+    synchronous_mode: SyncMode = SyncMode.OFF
+    synchronous_node_count: int = 1
+    synchronous_mode_strict: bool = False
+    maximum_lag_on_syncnode_bytes: int = -1  # -1: no lag limit for synchronous standbys
     version: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"paused": self.paused}, sort_keys=True)
+        return json.dumps(
+            {
+                "paused": self.paused,
+                "synchronous_mode": self.synchronous_mode.value,
+                "synchronous_node_count": self.synchronous_node_count,
+                "synchronous_mode_strict": self.synchronous_mode_strict,
+                "maximum_lag_on_syncnode_bytes": self.maximum_lag_on_syncnode_bytes,
+            },
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncRecord:
+    """The DCS `sync` record: who may hold the latest acknowledged commit of `leader`'s term.
+
+    Guarantee kept by the leader (decide.py, `_plan_sync`): every commit acknowledged while
+    this record stands is held by at least `quorum` of `members`. So a candidate that sees
+    `len(members) - quorum + 1` of them (itself included) and is the most advanced of those
+    holds every acknowledged commit (R + W > N). `quorum == 0` (or no members) means
+    asynchronous replication: no guarantee, no restriction on failover.
+    """
+
+    leader: MemberName
+    members: tuple[MemberName, ...] = ()
+    quorum: int = 0
+    version: str = ""
+
+    @property
+    def is_synchronous(self) -> bool:
+        return self.quorum > 0 and bool(self.members)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"leader": self.leader, "members": list(self.members), "quorum": self.quorum},
+            sort_keys=True,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,6 +325,8 @@ class ClusterView:
     history: tuple[HistoryEntry, ...] = ()
     history_version: str = ""
     config: DynamicConfig = field(default_factory=DynamicConfig)
+    sync: SyncRecord | None = None
+    sync_version: str = ""  # of the `sync` record, also when it did not parse
 
     def member(self, name: str) -> Member | None:
         for member in self.members:
@@ -310,6 +391,9 @@ def parse_member(name: str, raw: RawRecord) -> Member:
     if port is None:
         raise ValueError("port missing")
     system_id = data.get("system_id")
+    sync_raw = data.get("sync_standbys") or []
+    if not isinstance(sync_raw, list):
+        raise ValueError("sync_standbys is not a list")
     return Member(
         name=MemberName(name),
         role=Role(data["role"]),
@@ -322,6 +406,7 @@ def parse_member(name: str, raw: RawRecord) -> Member:
         replay_lsn=_int_or_none(data.get("replay_lsn")),
         system_id=_str(system_id, "system_id") if system_id is not None else None,
         tags=tags,
+        sync_standbys=tuple(MemberName(_str(n, "sync_standbys")) for n in sync_raw),
         version=raw.version,
     )
 
@@ -385,7 +470,42 @@ def parse_config(raw: RawRecord) -> DynamicConfig:
     paused = data.get("paused", False)
     if not isinstance(paused, bool):
         raise ValueError("paused is not a boolean")
-    return DynamicConfig(paused=paused, version=raw.version)
+    mode = SyncMode(data.get("synchronous_mode", "off"))
+    count = _int_or_none(data.get("synchronous_node_count", 1))
+    if count is None or count < 1:
+        raise ValueError("synchronous_node_count must be an integer >= 1")
+    strict = data.get("synchronous_mode_strict", False)
+    if not isinstance(strict, bool):
+        raise ValueError("synchronous_mode_strict is not a boolean")
+    max_lag = _int_or_none(data.get("maximum_lag_on_syncnode_bytes", -1))
+    if max_lag is None or max_lag < -1:
+        raise ValueError("maximum_lag_on_syncnode_bytes must be an integer >= -1")
+    return DynamicConfig(
+        paused=paused,
+        synchronous_mode=mode,
+        synchronous_node_count=count,
+        synchronous_mode_strict=strict,
+        maximum_lag_on_syncnode_bytes=max_lag,
+        version=raw.version,
+    )
+
+
+def parse_sync(raw: RawRecord) -> SyncRecord:
+    data = json.loads(raw.value)
+    if not isinstance(data, dict):
+        raise ValueError("sync record is not an object")
+    members = data.get("members") or []
+    if not isinstance(members, list):
+        raise ValueError("members is not a list")
+    quorum = _int_or_none(data.get("quorum", 0))
+    if quorum is None or quorum < 0:
+        raise ValueError("quorum must be an integer >= 0")
+    return SyncRecord(
+        leader=MemberName(_str(data.get("leader"), "leader")),
+        members=tuple(MemberName(_str(m, "members")) for m in members),
+        quorum=quorum,
+        version=raw.version,
+    )
 
 
 def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
@@ -436,6 +556,16 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
     if (rec := raw.records.get(RecordKind.CONFIG)) is not None:
         config = attempt("config", parse_config, rec) or DynamicConfig(version=rec.version)
 
+    sync = None
+    sync_version = ""
+    if (rec := raw.records.get(RecordKind.SYNC)) is not None:
+        sync_version = rec.version
+        sync = attempt("sync", parse_sync, rec)
+        if sync is None:
+            # Unreadable: assume the worst for failover (no one is known to hold every
+            # commit), see decide.py `sync_eligibility`.
+            sync = SyncRecord(leader=MemberName(""), members=(), quorum=1, version=rec.version)
+
     view = ClusterView(
         initialize=initialize,
         initialize_version=initialize_version,
@@ -445,6 +575,8 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         history=history,
         history_version=history_version,
         config=config,
+        sync=sync,
+        sync_version=sync_version,
     )
     return view, tuple(problems)
 
@@ -489,3 +621,5 @@ class AgentStatus:
     observed_at: float = 0.0  # monotonic
     cluster_view: ClusterView | None = None
     replication: tuple[ReplicationRow, ...] = ()
+    sync_role: SyncRole = SyncRole.NONE
+    sync_fallback: bool = False  # leader: synchronous mode asked, but commits are asynchronous

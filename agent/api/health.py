@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import assert_never
 
-from agent.model import AgentStatus, PgState, Role
+from agent.model import AgentStatus, PgState, Role, SyncRole
 
 
 class Probe(StrEnum):
@@ -22,6 +22,9 @@ class Probe(StrEnum):
     PRIMARY = "primary"
     REPLICA = "replica"
     READ_ONLY = "read-only"
+    SYNC = "sync"
+    QUORUM = "quorum"
+    ASYNC = "async"
 
 
 _RUNNING = frozenset({PgState.RUNNING, PgState.STREAMING})
@@ -90,6 +93,10 @@ def probe_ok(
     - primary: fresh, role primary, running, lease held and its fencing deadline ahead.
     - replica: fresh, role replica, streaming; lag (when a limit is given) known and within it.
     - read-only: primary as above, or replica as above.
+    - sync: replica as above, and a synchronous standby (FIRST k) or quorum member (ANY k):
+      the leader's PostgreSQL reports it so and it is in the DCS `sync` record.
+    - quorum: as sync, but only a member of an ANY-k quorum.
+    - async: replica as above, not synchronous.
     A lag limit with an unknown lag fails: the probe cannot vouch for what it does not know.
     """
     if probe is Probe.LIVENESS:
@@ -107,6 +114,19 @@ def probe_ok(
             return _is_streaming_replica(status, max_lag_bytes)
         case Probe.READ_ONLY:
             return _is_writable_primary(status, now) or _is_streaming_replica(status, max_lag_bytes)
+        case Probe.SYNC:
+            return _is_streaming_replica(status, max_lag_bytes) and status.sync_role in (
+                SyncRole.SYNC,
+                SyncRole.QUORUM,
+            )
+        case Probe.QUORUM:
+            return (
+                _is_streaming_replica(status, max_lag_bytes) and status.sync_role is SyncRole.QUORUM
+            )
+        case Probe.ASYNC:
+            return (
+                _is_streaming_replica(status, max_lag_bytes) and status.sync_role is SyncRole.ASYNC
+            )
         case Probe.LIVENESS:  # answered above, before the freshness check
             return True
         case _:

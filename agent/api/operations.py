@@ -14,10 +14,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from agent.api.errors import ApiError
-from agent.model import ClusterView, Member, MemberName, PgState, Role, SwitchoverRequest
+from agent.model import (
+    ClusterView,
+    DynamicConfig,
+    Member,
+    MemberName,
+    PgState,
+    Role,
+    SwitchoverRequest,
+    SyncMode,
+)
 
+_V = TypeVar("_V")
 _ELIGIBLE_STATES = frozenset({PgState.RUNNING, PgState.STREAMING})
 
 
@@ -87,6 +98,102 @@ def parse_failover_body(body: Mapping[str, object]) -> MemberName:
     return candidate
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigPatch:
+    """The fields a PATCH /config body sets (None: left as they are)."""
+
+    paused: bool | None = None
+    synchronous_mode: SyncMode | None = None
+    synchronous_node_count: int | None = None
+    synchronous_mode_strict: bool | None = None
+    maximum_lag_on_syncnode_bytes: int | None = None
+
+
+_CONFIG_FIELDS = frozenset(
+    {
+        "paused",
+        "synchronous_mode",
+        "synchronous_node_count",
+        "synchronous_mode_strict",
+        "maximum_lag_on_syncnode_bytes",
+    }
+)
+
+
+def _optional_bool(body: Mapping[str, object], field: str) -> bool | None:
+    if field not in body:
+        return None
+    value = body[field]
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{field}: expected true or false")
+    return value
+
+
+def _optional_int(body: Mapping[str, object], field: str, *, minimum: int, rule: str) -> int | None:
+    if field not in body:
+        return None
+    value = body[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ApiError(400, f"{field}: expected an integer {rule}, got {value!r}")
+    return value
+
+
+def parse_config_patch(body: Mapping[str, object]) -> ConfigPatch:
+    """A PATCH /config body: at least one known field, each of its type and range."""
+    reject_unknown_fields(body, _CONFIG_FIELDS)
+    if not body:
+        raise ApiError(400, f"body: name at least one of {', '.join(sorted(_CONFIG_FIELDS))}")
+    mode = None
+    if "synchronous_mode" in body:
+        raw = body["synchronous_mode"]
+        # JSON has no YAML-style `on`, but a client may well send true/false for it.
+        if raw is True:
+            raw = "on"
+        elif raw is False:
+            raw = "off"
+        if not isinstance(raw, str) or raw not in {m.value for m in SyncMode}:
+            raise ApiError(400, f"synchronous_mode: expected off, on or quorum, got {raw!r}")
+        mode = SyncMode(raw)
+    return ConfigPatch(
+        paused=_optional_bool(body, "paused"),
+        synchronous_mode=mode,
+        synchronous_node_count=_optional_int(
+            body, "synchronous_node_count", minimum=1, rule=">= 1"
+        ),
+        synchronous_mode_strict=_optional_bool(body, "synchronous_mode_strict"),
+        maximum_lag_on_syncnode_bytes=_optional_int(
+            body, "maximum_lag_on_syncnode_bytes", minimum=-1, rule=">= -1 (-1: no limit)"
+        ),
+    )
+
+
+def apply_config_patch(config: DynamicConfig, patch: ConfigPatch) -> DynamicConfig:
+    def pick(new: _V | None, old: _V) -> _V:
+        return old if new is None else new
+
+    return DynamicConfig(
+        paused=pick(patch.paused, config.paused),
+        synchronous_mode=pick(patch.synchronous_mode, config.synchronous_mode),
+        synchronous_node_count=pick(patch.synchronous_node_count, config.synchronous_node_count),
+        synchronous_mode_strict=pick(patch.synchronous_mode_strict, config.synchronous_mode_strict),
+        maximum_lag_on_syncnode_bytes=pick(
+            patch.maximum_lag_on_syncnode_bytes, config.maximum_lag_on_syncnode_bytes
+        ),
+        version=config.version,
+    )
+
+
+def sync_ineligibility(member: Member, view: ClusterView) -> str | None:
+    """In synchronous mode (a `sync` record with a quorum) only its members may take over."""
+    record = view.sync
+    if record is None or record.quorum <= 0 or member.name in record.members:
+        return None
+    return (
+        f"{member.name} is not a synchronous standby "
+        f"(synchronous set: {', '.join(record.members) or 'none'})"
+    )
+
+
 def lag_bytes(member: Member, leader: Member) -> int | None:
     if member.wal_lsn is None or leader.wal_lsn is None:
         return None
@@ -111,7 +218,7 @@ def switchover_ineligibility(
         return f"{member.name}'s lag is unknown (no WAL position published)"
     if lag > max_lag_bytes:
         return f"{member.name} is {lag} bytes behind the leader (limit {max_lag_bytes})"
-    return None
+    return sync_ineligibility(member, view)
 
 
 def _known_member(view: ClusterView, name: MemberName, field: str) -> Member:
@@ -182,5 +289,7 @@ def plan_failover(candidate_name: MemberName, view: ClusterView) -> SwitchoverRe
             f"candidate: {candidate.name} is not a running replica "
             f"(role {candidate.role}, state {candidate.state})",
         )
+    if (why := sync_ineligibility(candidate, view)) is not None:
+        raise ApiError(409, f"candidate: {why}")
     leader = view.leader.name if view.leader is not None else None
     return SwitchoverRequest(leader=leader, candidate=candidate.name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 import structlog
@@ -25,12 +26,13 @@ from agent.api import auth
 from agent.api.errors import ApiError
 from agent.api.health import Probe, parse_lag, probe_ok, status_age_s
 from agent.api.operations import (
+    apply_config_patch,
+    parse_config_patch,
     parse_failover_body,
     parse_switchover_body,
     plan_failover,
     plan_switchover,
     reject_unknown_fields,
-    required_bool,
 )
 from agent.api.views import (
     Json,
@@ -169,7 +171,9 @@ class _Routes:
     def probe(self, probe: Probe) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
             max_lag: int | None = None
-            if probe in (Probe.REPLICA, Probe.READ_ONLY) and "lag" in request.query:
+            if probe not in (Probe.HEALTH, Probe.LIVENESS, Probe.READINESS, Probe.PRIMARY) and (
+                "lag" in request.query
+            ):
                 try:
                     max_lag = parse_lag(request.query["lag"])
                 except ValueError as exc:
@@ -222,22 +226,31 @@ class _Routes:
     async def get_config(self, request: web.Request) -> web.StreamResponse:
         return _json(config_body((await self._fresh_view()).config))
 
-    async def _set_paused(self, paused: bool) -> web.StreamResponse:
+    async def _change_config(
+        self, change: Callable[[DynamicConfig], DynamicConfig]
+    ) -> web.StreamResponse:
+        """Apply `change` to the config record as read now; write it (CAS) if it differs."""
         view = await self._fresh_view()
-        if view.config.paused != paused:
-            wanted = DynamicConfig(paused=paused)
+        wanted = change(view.config)
+        if wanted.to_json() != view.config.to_json() or not view.config.version:
             if not await self._write(
                 RecordKind.CONFIG, wanted.to_json(), view.config.version or None
             ):
                 raise ApiError(409, "config: changed concurrently; read it again and retry")
-            _log.info("api_config_changed", paused=paused)
+            _log.info("api_config_changed", config=wanted.to_json())
             self._requests.wake()
-        return _json(config_body(DynamicConfig(paused=paused)))
+        return _json(config_body(wanted))
+
+    async def _set_paused(self, paused: bool) -> web.StreamResponse:
+        view = await self._fresh_view()
+        if view.config.paused == paused:
+            return _json(config_body(view.config))
+        return await self._change_config(lambda c: replace(c, paused=paused))
 
     async def patch_config(self, request: web.Request) -> web.StreamResponse:
         body = await _json_object(request, allow_empty=False)
-        reject_unknown_fields(body, {"paused"})
-        return await self._set_paused(required_bool(body, "paused"))
+        patch = parse_config_patch(body)
+        return await self._change_config(lambda c: apply_config_patch(c, patch))
 
     async def pause(self, request: web.Request) -> web.StreamResponse:
         reject_unknown_fields(await _json_object(request, allow_empty=True), set())
@@ -348,6 +361,11 @@ def build_app(
         router.add_get(path, routes.probe(Probe.PRIMARY))
     router.add_get("/replica", routes.probe(Probe.REPLICA))
     router.add_get("/read-only", routes.probe(Probe.READ_ONLY))
+    for path in ("/sync", "/synchronous"):
+        router.add_get(path, routes.probe(Probe.SYNC))
+    router.add_get("/quorum", routes.probe(Probe.QUORUM))
+    for path in ("/async", "/asynchronous"):
+        router.add_get(path, routes.probe(Probe.ASYNC))
     router.add_get("/cluster", routes.cluster)
     router.add_get("/history", routes.history)
     router.add_get("/config", routes.get_config)

@@ -14,7 +14,9 @@ from agent.model import (
     DynamicConfig,
     HistoryEntry,
     Member,
+    Role,
     SwitchoverRequest,
+    SyncMode,
     format_lsn,
 )
 
@@ -59,6 +61,7 @@ def status_body(status: AgentStatus, *, age_s: float) -> Json:
         "pending": status.pending,
         "cycle": status.cycle,
         "status_age_s": round(age_s, 3),
+        "sync_role": status.sync_role.value,
     }
 
 
@@ -70,6 +73,27 @@ def switchover_body(request: SwitchoverRequest | None) -> Json | None:
         "candidate": request.candidate,
         "scheduled_at": iso_utc(request.scheduled_at),
     }
+
+
+def sync_role_in(member: Member, view: ClusterView) -> str:
+    """`sync`, `quorum` or `async` for a replica (as the leader reports it and the `sync`
+    record confirms), `leader` for the leader, `none` for a member not running as a replica."""
+    leader = view.leader_member
+    if leader is not None and member.name == leader.name:
+        return "leader"
+    if member.role is not Role.REPLICA:
+        return "none"
+    record = view.sync
+    if (
+        leader is not None
+        and member.name in leader.sync_standbys
+        and record is not None
+        and record.quorum > 0
+        and record.leader == leader.name
+        and member.name in record.members
+    ):
+        return "quorum" if view.config.synchronous_mode is SyncMode.QUORUM else "sync"
+    return "async"
 
 
 def member_body(member: Member, leader: Member | None) -> Json:
@@ -101,9 +125,13 @@ def cluster_body(cluster: str, view: ClusterView) -> Json:
     return {
         "cluster": cluster,
         "leader": view.leader.name if view.leader is not None else None,
-        "members": [member_body(m, leader) for m in members],
+        "members": [
+            {**member_body(m, leader), "sync_role": sync_role_in(m, view)} for m in members
+        ],
         "switchover": switchover_body(view.switchover),
         "paused": view.config.paused,
+        "synchronous_mode": view.config.synchronous_mode.value,
+        "sync": sync_body(view),
     }
 
 
@@ -123,4 +151,17 @@ def history_body(view: ClusterView) -> Json:
 
 
 def config_body(config: DynamicConfig) -> Json:
-    return {"paused": config.paused}
+    return {
+        "paused": config.paused,
+        "synchronous_mode": config.synchronous_mode.value,
+        "synchronous_node_count": config.synchronous_node_count,
+        "synchronous_mode_strict": config.synchronous_mode_strict,
+        "maximum_lag_on_syncnode_bytes": config.maximum_lag_on_syncnode_bytes,
+    }
+
+
+def sync_body(view: ClusterView) -> Json | None:
+    record = view.sync
+    if record is None:
+        return None
+    return {"leader": record.leader, "members": list(record.members), "quorum": record.quorum}

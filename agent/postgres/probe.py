@@ -15,8 +15,9 @@ import os
 import asyncpg
 
 from agent.config import PostgresSettings
-from agent.model import ControlData, LocalState, Lsn, ReplicationRow, parse_lsn
+from agent.model import ControlData, LocalState, Lsn, ReplicationRow, SyncStandbys, parse_lsn
 from agent.postgres.process import connect_local, is_initialized, run_tool
+from agent.postgres.replication import parse_synchronous_standby_names
 
 # One round trip. `r` is evaluated once (a volatile subquery is not flattened), and once a
 # server is out of recovery it never goes back, so the primary-only functions are only called
@@ -35,6 +36,7 @@ SELECT
   w.received_tli AS received_tli,
   w.sender_host AS sender_host,
   w.sender_port AS sender_port,
+  current_setting('synchronous_standby_names') AS synchronous_standby_names,
   (SELECT coalesce(json_agg(json_build_object(
       'application_name', application_name, 'state', state, 'sync_state', sync_state,
       'sent_lsn', sent_lsn::text, 'write_lsn', write_lsn::text,
@@ -208,6 +210,8 @@ class Prober:
             streaming=streaming,
             upstream=upstream,
             replication=parse_replication(row["replication"]),
+            sync_standbys=parse_synchronous_standby_names(row["synchronous_standby_names"] or "")
+            or SyncStandbys(quorum=False, count=1, names=("*",)),
         )
 
     async def close(self) -> None:

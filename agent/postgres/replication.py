@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 
 from agent.config import PostgresSettings
+from agent.model import SyncStandbys
 
 IDENT_MAP = "pgwarden"
 """The pg_ident.conf map that lets the agent's OS user(s) connect as the superuser (peer)."""
@@ -237,3 +238,85 @@ def render_auto_conf(existing: str, *, conninfo: str | None, slot_name: str | No
     if slot_name is not None:
         kept.append(f"primary_slot_name = {quote_config_value(slot_name)}")
     return "\n".join(kept) + "\n"
+
+
+# ------------------------------------------------------------------ synchronous_standby_names
+
+
+ASYNC = SyncStandbys(quorum=False, count=0, names=())
+"""No synchronous standby: commits wait for no one."""
+
+
+def _ssn_name(name: str) -> str:
+    """An application name in synchronous_standby_names, always double-quoted (so `*`, `FIRST`
+    or a dash are names, not syntax); an embedded double quote is doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def render_synchronous_standby_names(standbys: SyncStandbys) -> str:
+    """`FIRST k ("a", "b")` or `ANY k ("a", "b")`; "" for asynchronous replication.
+
+    `count` is clamped to the number of names (PostgreSQL rejects a larger one)."""
+    if standbys.count <= 0 or not standbys.names:
+        return ""
+    count = min(standbys.count, len(standbys.names))
+    keyword = "ANY" if standbys.quorum else "FIRST"
+    return f"{keyword} {count} ({', '.join(_ssn_name(n) for n in standbys.names)})"
+
+
+_SSN_RE = re.compile(r"^\s*(FIRST|ANY)?\s*(\d+)?\s*\((.*)\)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def _split_names(text: str) -> tuple[str, ...] | None:
+    names: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i] in " \t,":
+            i += 1
+        if i >= n:
+            break
+        if text[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    return None
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(text[j])
+                j += 1
+            names.append("".join(buf))
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in ",":
+                j += 1
+            names.append(text[i:j].strip().lower())
+            i = j
+    return tuple(names)
+
+
+def parse_synchronous_standby_names(text: str) -> SyncStandbys | None:
+    """The inverse of the renderer, tolerant of PostgreSQL's other spellings (`a, b` is
+    `FIRST 1 (a, b)`; bare names fold to lower case). None when it cannot be read (the caller
+    then assumes the worst)."""
+    if not text.strip():
+        return ASYNC
+    match = _SSN_RE.match(text)
+    if match is None:
+        names = _split_names(text)
+        if names is None or not names:
+            return None
+        return SyncStandbys(quorum=False, count=1, names=names)
+    keyword, count, inner = match.groups()
+    names = _split_names(inner)
+    if names is None or not names:
+        return None
+    return SyncStandbys(
+        quorum=(keyword or "").upper() == "ANY",
+        count=int(count) if count is not None else 1,
+        names=names,
+    )

@@ -381,6 +381,7 @@ async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -
         "lag_bytes": 1000,
         "leader": False,
         "tags": {"nofailover": False, "failover_priority": 1, "nosync": False, "sync_priority": 1},
+        "sync_role": "async",
     }
     assert members["c"]["tags"]["nofailover"] is True
     assert members["d"]["lag_bytes"] == 10 * MIB
@@ -704,23 +705,28 @@ async def config_record(api: Api) -> object:
     return api.backend.record(RecordKind.CONFIG)
 
 
+async def paused_in_record(api: Api) -> object:
+    record = await config_record(api)
+    return record.get("paused") if isinstance(record, dict) else None
+
+
 async def test_pause_and_resume_write_the_config_record(api: Api) -> None:
-    assert await (await api.client.get("/config")).json() == {"paused": False}
+    assert (await (await api.client.get("/config")).json())["paused"] is False
     response = await api.client.post("/pause", headers=AUTH)
     assert response.status == 200
-    assert await response.json() == {"paused": True}
-    assert await config_record(api) == {"paused": True}
-    assert await (await api.client.get("/config")).json() == {"paused": True}
+    assert (await response.json())["paused"] is True
+    assert await paused_in_record(api) is True
+    assert (await (await api.client.get("/config")).json())["paused"] is True
     assert api.inbox.wakes == 1
     assert (await api.client.post("/resume", headers=AUTH)).status == 200
-    assert await config_record(api) == {"paused": False}
+    assert await paused_in_record(api) is False
     assert api.inbox.wakes == 2
 
 
 async def test_patch_config_sets_paused(api: Api) -> None:
     response = await api.client.patch("/config", json={"paused": True}, headers=AUTH)
     assert response.status == 200
-    assert await config_record(api) == {"paused": True}
+    assert await paused_in_record(api) is True
 
 
 async def test_setting_paused_to_its_present_value_writes_nothing(api: Api) -> None:
@@ -733,7 +739,7 @@ async def test_setting_paused_to_its_present_value_writes_nothing(api: Api) -> N
     [
         ('{"paused": "yes"}', "paused"),
         ('{"paused": 1}', "paused"),
-        ("{}", "paused"),
+        ("{}", "body"),
         ('{"paused": true, "ttl": 5}', "ttl"),
         ("true", "body"),
         ("", "body"),
@@ -755,7 +761,7 @@ async def test_a_config_change_that_loses_the_write_race_answers_409(api: Api) -
     api.backend.handle("a").faults.lose_races = 1  # another member's change lands first
     response = await api.client.post("/pause", headers=AUTH)
     assert response.status == 409
-    assert await config_record(api) == {"paused": False}
+    assert await paused_in_record(api) is False
 
 
 # --------------------------------------------------------------------------- local requests

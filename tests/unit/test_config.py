@@ -183,7 +183,7 @@ def test_full_config_loads_every_field(tmp_path: Path) -> None:
         "timing": {"ttl_s": 20, "loop_wait_s": 3, "retry_timeout_s": 5.5, "fence_margin_s": 1,
                    "primary_start_timeout_s": 30, "switchover_timeout_s": 20,
                    "peer_check_timeout_s": 1, "shutdown_timeout_s": 15},
-        "tags": {"nofailover": True, "failover_priority": 0, "nosync": True, "sync_priority": 3},
+        "tags": {"nofailover": True, "failover_priority": 0, "nosync": True, "sync_priority": 0},
         "ha": {"maximum_lag_on_failover_bytes": 0},
         "log": {"level": "debug", "format": "json"},
     }  # fmt: skip
@@ -210,7 +210,7 @@ def test_full_config_loads_every_field(tmp_path: Path) -> None:
     assert s.api.basic is not None and s.api.basic.username == "ops"
     assert s.api.basic.password == Secret("ops-secret")
     assert s.timing.retry_timeout_s == 5.5 and s.timing.ttl_s == 20.0
-    assert s.tags.nofailover and s.tags.failover_priority == 0 and s.tags.sync_priority == 3
+    assert s.tags.nofailover and s.tags.failover_priority == 0 and s.tags.sync_priority == 0
     assert s.ha.maximum_lag_on_failover_bytes == 0
     assert (s.log.level, s.log.format) == ("debug", LogFormat.JSON)
 
