@@ -567,6 +567,12 @@ class HaLoop:
             self.metrics.count_switchover()
         else:
             self.metrics.count_failover()
+        with contextlib.suppress(PostgresError, asyncpg.PostgresError, OSError, TimeoutError):
+            switch = await bootstrap.last_timeline_switch(self.postmaster)
+            if switch is not None:
+                # Exact, unlike the probe taken before the promotion: replicas compare their
+                # position with it to decide whether they need pg_rewind.
+                old_timeline, switch_lsn = switch
         if old_timeline is not None:
             entry = HistoryEntry(
                 timeline=old_timeline,

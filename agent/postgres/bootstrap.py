@@ -15,6 +15,7 @@ from collections.abc import Collection
 import asyncpg
 
 from agent.config import PostgresSettings
+from agent.model import Lsn, parse_lsn
 from agent.postgres import replication
 from agent.postgres.process import (
     PostgresError,
@@ -288,3 +289,31 @@ async def rewind(
         what="pg_rewind",
     )
     configure_standby(settings, source)
+
+
+def parse_timeline_history(text: str) -> tuple[int, Lsn] | None:
+    """The last entry of a timeline history file: (the timeline that ended, where it ended).
+
+    Each line is `<parent timeline>\\t<switch point LSN>\\t<reason>`; comments start with #."""
+    last: tuple[int, Lsn] | None = None
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) < 2 or line.lstrip().startswith("#"):
+            continue
+        try:
+            last = (int(fields[0]), parse_lsn(fields[1].strip()))
+        except ValueError:
+            continue
+    return last
+
+
+async def last_timeline_switch(postmaster: Postmaster) -> tuple[int, Lsn] | None:
+    """On a primary: the exact point where the previous timeline ended, from the current
+    timeline's history file (a probe taken before the promotion can be behind it)."""
+    rows = await postmaster.fetch(
+        "SELECT pg_read_file('pg_wal/' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+        " || '.history')",
+        timeout_s=_SQL_TIMEOUT_S,
+    )
+    text = rows[0][0] if rows else None
+    return parse_timeline_history(text) if isinstance(text, str) else None

@@ -33,7 +33,7 @@ from agent.postgres import (
     read_controldata,
     rewind,
 )
-from agent.postgres.bootstrap import clear_data_dir, drop_slots
+from agent.postgres.bootstrap import clear_data_dir, drop_slots, last_timeline_switch
 from tests.support.postgres import (
     REPLICATION_PASSWORD,
     SUPERUSER_PASSWORD,
@@ -222,12 +222,19 @@ async def test_promoting_a_replica_gives_a_writable_primary_on_the_next_timeline
     # Freeze the old primary (a split brain: it keeps running, unaware) so that it writes no
     # WAL that n3 could receive beyond n2's fork point before n3 is re-pointed.
     os.killpg(n1.postmaster.pid() or 0, signal.SIGSTOP)
+    before = await _probe(n2)
     began = time.monotonic()
     await n2.postmaster.promote(timeout_s=10)
     _report("promote", time.monotonic() - began)
     state = await _probe(n2)
     assert state.is_primary
     assert state.timeline == 2
+    # The exact end of timeline 1, from the new timeline's history file: at or past what the
+    # replica had replayed before the promotion, and before anything written since.
+    switch = await last_timeline_switch(n2.postmaster)
+    assert switch is not None and switch[0] == 1
+    assert before.replay_lsn is not None and state.wal_lsn is not None
+    assert before.replay_lsn <= switch[1] <= state.wal_lsn
     await _insert(n2, "after-promote")
     assert await _count(n2, "after-promote") == 1
     await n2.postmaster.promote(timeout_s=10)  # a primary is left as it is
