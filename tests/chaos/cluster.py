@@ -1,0 +1,458 @@
+"""A pgwarden cluster whose hosts are network namespaces: 3 etcd hosts, N member hosts, a client.
+
+Each member host runs its agent (as root, `python -m agent run --config`) and, through the
+agent, its PostgreSQL as the `postgres` OS user. Each etcd host runs one etcd member. Since
+every host has its own namespace, fixed ports (5432, 8008, 2379, 2380) cannot collide.
+
+Processes are started with `ip netns exec`, which execs the command: the Popen pid is the
+agent's (or etcd's) own pid, so signals reach it directly. `stop` kills everything left in the
+namespaces (fencers and orphaned postmasters too) and deletes them.
+
+The observing methods (`cluster_view`, `primary`, `converged`, SQL helpers) open sockets, so
+they must run while the calling thread is in the client namespace (`netns.entered`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import yaml
+
+from tests.chaos.netns import SUBNET, Host, Network
+
+ETCD_BIN = "/usr/bin/etcd"
+PG_BIN = "/usr/lib/postgresql/15/bin"
+REPO = Path(__file__).resolve().parents[2]
+PG_PORT = 5432
+API_PORT = 8008
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+TOKEN = "chaos-token"
+TABLE = "pgwarden_probe"
+
+# The quick profile's timings (the timing rule holds: 1 + 2 * 1.5 + 1 <= 6).
+QUICK_TIMING: dict[str, float] = {
+    "ttl_s": 6.0,
+    "loop_wait_s": 1.0,
+    "retry_timeout_s": 1.5,
+    "fence_margin_s": 1.0,
+    "primary_start_timeout_s": 5.0,
+    "switchover_timeout_s": 5.0,
+    "peer_check_timeout_s": 0.3,
+}
+
+
+@dataclass(slots=True)
+class Proc:
+    """A process this cluster started in one host's namespace."""
+
+    host: Host
+    argv: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        with open(self.log, "ab") as log:
+            self.popen = subprocess.Popen(
+                self.host.exec_args(*self.argv),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL and reap (SIGCONT too, so a frozen process dies at once)."""
+        if self.popen is None:
+            return
+        self.signal(signal.SIGKILL)
+        self.signal(signal.SIGCONT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+
+    def wait(self, timeout: float) -> bool:
+        """True when it exited within `timeout`."""
+        if self.popen is None:
+            return True
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+@dataclass(slots=True, kw_only=True)
+class Member:
+    name: str
+    host: Host
+    base: Path
+    agent: Proc
+
+    @property
+    def address(self) -> str:
+        return self.host.address
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.address}:{API_PORT}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "data"
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+
+@dataclass(slots=True, kw_only=True)
+class EtcdNode:
+    name: str
+    host: Host
+    proc: Proc
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.host.address}:{ETCD_CLIENT_PORT}"
+
+
+@dataclass(slots=True, kw_only=True)
+class ChaosCluster:
+    """Namespaces, etcd and agents of one chaos run. `start` builds it, `stop` removes it all."""
+
+    size: int = 3
+    etcd_size: int = 3
+    timing: dict[str, float] = field(default_factory=lambda: dict(QUICK_TIMING))
+    base: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgw-chaos-", dir="/tmp"))
+    )
+    network: Network = field(init=False)
+    members: list[Member] = field(default_factory=list)
+    etcd: list[EtcdNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        keys = [f"n{i + 1}" for i in range(self.size)]
+        keys += [f"e{i + 1}" for i in range(self.etcd_size)]
+        self.network = Network(keys=(*keys, "c"))
+
+    @property
+    def client(self) -> Host:
+        return self.network.hosts["c"]
+
+    @property
+    def member_keys(self) -> list[str]:
+        return [m.host.key for m in self.members]
+
+    @property
+    def etcd_keys(self) -> list[str]:
+        return [e.host.key for e in self.etcd]
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Namespaces, then etcd, then the agents. Everything is removed again on failure."""
+        try:
+            os.chmod(self.base, 0o755)
+            self.network.create()
+            self._start_etcd()
+            for i in range(self.size):
+                host = self.network.hosts[f"n{i + 1}"]
+                base = self.base / f"pg-{i}"
+                member = Member(
+                    name=f"pg-{i}",
+                    host=host,
+                    base=base,
+                    agent=Proc(
+                        host=host,
+                        argv=[
+                            sys.executable,
+                            "-m",
+                            "agent",
+                            "run",
+                            "--config",
+                            str(base / "pgwarden.yaml"),
+                        ],
+                        log=base / "agent.log",
+                    ),
+                )
+                self._prepare(member)
+                self.members.append(member)
+                member.agent.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Kill every process of the run and delete its namespaces. Safe to call twice."""
+        for member in self.members:
+            member.agent.signal(signal.SIGCONT)
+        self.network.destroy()  # SIGKILLs whatever still runs in each namespace
+        for member in self.members:
+            member.agent.kill()
+        for node in self.etcd:
+            node.proc.kill()
+
+    def remove_files(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def _start_etcd(self) -> None:
+        (self.base / "etcd").mkdir(exist_ok=True)
+        initial = ",".join(
+            f"etcd{i + 1}=http://{self.network.hosts[f'e{i + 1}'].address}:{ETCD_PEER_PORT}"
+            for i in range(self.etcd_size)
+        )
+        for i in range(self.etcd_size):
+            host = self.network.hosts[f"e{i + 1}"]
+            name = f"etcd{i + 1}"
+            client = f"http://{host.address}:{ETCD_CLIENT_PORT}"
+            peer = f"http://{host.address}:{ETCD_PEER_PORT}"
+            argv = [
+                ETCD_BIN,
+                f"--name={name}",
+                f"--data-dir={self.base / 'etcd' / name}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster={initial}",
+                "--initial-cluster-state=new",
+                "--initial-cluster-token=pgw-chaos",
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+            ]
+            node = EtcdNode(
+                name=name, host=host, proc=Proc(host=host, argv=argv, log=self.base / f"{name}.log")
+            )
+            self.etcd.append(node)
+            node.proc.start()
+
+    def _prepare(self, member: Member) -> None:
+        member.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(member.base, 0o755)
+        entry = pwd.getpwnam("postgres")
+        os.chown(member.base, entry.pw_uid, entry.pw_gid)
+        (member.base / "pgwarden.yaml").write_text(
+            yaml.safe_dump(self.config_for(member), sort_keys=False)
+        )
+
+    def config_for(self, member: Member) -> dict[str, object]:
+        """The agent's configuration: addresses on the bridge, trust only from the subnet."""
+        subnet = f"{SUBNET}.0/24"
+        return {
+            "name": member.name,
+            "cluster": "chaos",
+            "namespace": "pgwarden",
+            "run_dir": str(member.base / "run"),
+            "dcs": {"kind": "etcd", "etcd": {"endpoints": [n.client_url for n in self.etcd]}},
+            "postgresql": {
+                "bin_dir": PG_BIN,
+                "data_dir": str(member.data_dir),
+                "listen_host": member.address,
+                "connect_host": member.address,
+                "port": PG_PORT,
+                "os_user": "postgres",
+                # No passwords in tests: trust, but only from the run's own namespaces.
+                "pg_hba": [
+                    f"host replication replicator {subnet} trust",
+                    f"host all postgres {subnet} trust",
+                ],
+                "parameters": {
+                    "shared_buffers": "32MB",
+                    "max_connections": 40,
+                    "wal_keep_size": "128MB",
+                },
+            },
+            "api": {"listen_host": member.address, "port": API_PORT, "token": TOKEN},
+            "timing": dict(self.timing),
+            "log": {"format": "json", "level": "info"},
+        }
+
+    # ------------------------------------------------------------------ processes
+
+    def start_agent(self, index: int) -> None:
+        """Start the member's agent again if it is not running."""
+        self.members[index].agent.start()
+
+    def restart_dead_agents(self) -> list[str]:
+        started = []
+        for member in self.members:
+            member.agent.signal(signal.SIGCONT)
+            if not member.agent.running:
+                member.agent.start()
+                started.append(member.name)
+        return started
+
+    def kill_postgres(self, index: int) -> None:
+        pid = self.members[index].postmaster_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def restart_dead_etcd(self) -> list[str]:
+        started = []
+        for node in self.etcd:
+            node.proc.signal(signal.SIGCONT)
+            if not node.proc.running:
+                node.proc.start()
+                started.append(node.name)
+        return started
+
+    # ------------------------------------------------------------------ observing (client ns)
+
+    def etcd_leader(self) -> int | None:
+        """Index of the etcd raft leader, asked over the v3 HTTP gateway; None if unknown."""
+        for index, node in enumerate(self.etcd):
+            if not node.proc.running:
+                continue
+            request = urllib.request.Request(
+                node.client_url + "/v3/maintenance/status", data=b"{}", method="POST"
+            )
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(request, timeout=1.0) as response:
+                    status = json.loads(response.read())
+                if status.get("leader") == status.get("header", {}).get("member_id"):
+                    return index
+        return None
+
+    async def cluster_view(self, session: aiohttp.ClientSession) -> dict[str, object] | None:
+        """/cluster from the first member that answers."""
+        for member in self.members:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with session.get(
+                    member.api_url + "/cluster", timeout=aiohttp.ClientTimeout(total=0.5)
+                ) as resp:
+                    if resp.status == 200:
+                        body: dict[str, object] = await resp.json()
+                        return body
+        return None
+
+    async def primaries(self, session: aiohttp.ClientSession) -> list[int]:
+        """Members whose /primary probe says 200 (lease held, PostgreSQL writable)."""
+        found = []
+        for index, member in enumerate(self.members):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(
+                    member.api_url + "/primary", timeout=aiohttp.ClientTimeout(total=0.5)
+                ) as resp:
+                    if resp.status == 200:
+                        found.append(index)
+        return found
+
+    async def converged(self, session: aiohttp.ClientSession) -> int | None:
+        """The primary's index when one member leads as a running primary, all others stream
+        on its timeline, and exactly one /primary probe agrees; else None."""
+        view = await self.cluster_view(session)
+        if view is None:
+            return None
+        members = view.get("members")
+        if not isinstance(members, list) or len(members) != len(self.members):
+            return None
+        leaders = [m for m in members if m.get("leader")]
+        if len(leaders) != 1 or leaders[0].get("role") != "primary":
+            return None
+        if leaders[0].get("state") != "running":
+            return None
+        timeline = leaders[0].get("timeline")
+        for m in members:
+            if not m.get("leader") and (
+                m.get("state") != "streaming" or m.get("timeline") != timeline
+            ):
+                return None
+        primaries = await self.primaries(session)
+        if len(primaries) != 1 or self.members[primaries[0]].name != leaders[0].get("name"):
+            return None
+        return primaries[0]
+
+    async def wait_converged(self, timeout: float) -> tuple[int | None, float]:
+        """(primary index or None on timeout, seconds waited)."""
+        start = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                primary = await self.converged(session)
+                if primary is not None or time.monotonic() - start > timeout:
+                    return primary, time.monotonic() - start
+                await asyncio.sleep(0.2)
+
+    async def connect(self, index: int, timeout: float = 3.0) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host=self.members[index].address,
+            port=PG_PORT,
+            user="postgres",
+            database="postgres",
+            timeout=timeout,
+        )
+
+    async def ensure_table(self, index: int) -> None:
+        conn = await self.connect(index)
+        try:
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} (value bigint PRIMARY KEY, writer text, "
+                "at timestamptz DEFAULT now())"
+            )
+        finally:
+            await conn.close()
+
+    async def values(self, index: int) -> set[int]:
+        conn = await self.connect(index)
+        try:
+            async with asyncio.timeout(10):
+                rows = await conn.fetch(f"SELECT value FROM {TABLE}")
+            return {int(r["value"]) for r in rows}
+        finally:
+            await conn.close()
+
+    async def wal_position(self, index: int, *, primary: bool) -> int:
+        """The primary's current WAL position, or a replica's replay position (bytes)."""
+        conn = await self.connect(index)
+        try:
+            query = (
+                "SELECT pg_current_wal_lsn() - '0/0'"
+                if primary
+                else "SELECT pg_last_wal_replay_lsn() - '0/0'"
+            )
+            async with asyncio.timeout(5):
+                value = await conn.fetchval(query)
+            return int(value or 0)
+        finally:
+            await conn.close()
+
+    def logs_tail(self, lines: int = 40) -> str:
+        """The last lines of each agent log (for failure messages and the report)."""
+        out = []
+        for member in self.members:
+            path = member.base / "agent.log"
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {member.name} ({member.address})\n" + "\n".join(text))
+        return "\n".join(out)

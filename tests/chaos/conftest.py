@@ -1,0 +1,72 @@
+"""Fixtures of the chaos suite: support probe and leftover cleanup, a cluster per module (the
+test thread runs in the client namespace for the module's duration), the report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chaos import netns, report
+from tests.chaos.cluster import QUICK_TIMING, ChaosCluster
+from tests.chaos.runner import Runner, ScenarioResult
+
+CONVERGE_BOUND_S = 45.0  # after healing, one primary and all others streaming within this
+
+
+@pytest.fixture(scope="session")
+def chaos_support() -> None:
+    """Skip the suite with the reason when namespaces cannot be used; remove leftovers of
+    crashed runs (namespaces of pytest processes that no longer exist) once per session."""
+    why = netns.probe_support()
+    if why is not None:
+        pytest.skip(why)
+    netns.cleanup_leftovers()
+
+
+@pytest.fixture(scope="session")
+def chaos_results() -> Iterator[list[ScenarioResult]]:
+    """Every scenario result of the session; written as a report when CHAOS_REPORT names a
+    path stem (`make chaos` sets docs/chaos-report)."""
+    results: list[ScenarioResult] = []
+    yield results
+    stem = os.environ.get("CHAOS_REPORT")
+    if stem and results:
+        duration = os.environ.get("CHAOS_DURATION")
+        report.write(
+            results,
+            stem=Path(stem),
+            profile="quick + random mix" if duration else "quick",
+            settings={
+                **{
+                    k: v
+                    for k, v in QUICK_TIMING.items()
+                    if k in ("ttl_s", "loop_wait_s", "retry_timeout_s", "fence_margin_s")
+                },
+                "replication": "asynchronous",
+                "converge_bound_s": CONVERGE_BOUND_S,
+                "mix_duration_s": duration or 0,
+            },
+        )
+
+
+@pytest.fixture(scope="module")
+def runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+    """A started cluster; the test thread is in its client namespace until the module ends."""
+    cluster = ChaosCluster()
+    keep = False
+    try:
+        cluster.start()
+        with netns.entered(cluster.client.netns):
+            chaos = Runner(cluster=cluster, converge_bound_s=CONVERGE_BOUND_S)
+            try:
+                yield chaos
+            finally:
+                chaos_results.extend(chaos.results)
+                keep = any(r.split_brain or r.diverged for r in chaos.results)
+    finally:
+        cluster.stop()
+        if not (keep or os.environ.get("CHAOS_KEEP")):
+            cluster.remove_files()

@@ -1,0 +1,227 @@
+"""Running scenarios: workload on, fault, hold, heal, converge, then the checker.
+
+Must run while the calling thread is in the client namespace (see `netns.entered`): the
+workload and every probe talk from the client host through the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+
+from tests.chaos import checker
+from tests.chaos.cluster import ChaosCluster
+from tests.chaos.nemesis import Nemesis, heal_all
+from tests.chaos.workload import Attempt, Workload
+
+CATCH_UP_S = 15.0  # how long replicas get to replay the primary's rows before a diff counts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScenarioResult:
+    scenario: str
+    faults: tuple[str, ...]
+    attempts: int
+    acked: int
+    write_unavailability_s: float
+    split_brain: tuple[checker.SplitBrain, ...]
+    lost: int | None  # None: no converged primary to compare with
+    lost_examples: tuple[str, ...]
+    converge_s: float | None  # None: did not converge within the bound
+    diverged: tuple[str, ...]  # "pg-1: 3 extra, 0 missing"
+    must_not_lose: bool
+    primary_before: str
+    primary_after: str | None
+    started_wall: float  # time.time() at the window's start, to match the servers' logs
+
+
+def _utc(wall: float) -> str:
+    """A wall-clock instant as the servers log it (UTC, milliseconds)."""
+    whole = time.strftime("%H:%M:%S", time.gmtime(wall))
+    return f"{whole}.{int(wall % 1 * 1000):03d} UTC"
+
+
+@dataclass(slots=True)
+class Runner:
+    cluster: ChaosCluster
+    converge_bound_s: float
+    next_base: int = 1_000_000_000
+    results: list[ScenarioResult] = field(default_factory=list)
+
+    def _base_value(self) -> int:
+        base = self.next_base
+        self.next_base += 100_000_000
+        return base
+
+    async def converge(self) -> tuple[int | None, float]:
+        """Wait for one primary and all others streaming; agents that died (a SIGTERM hand-over
+        finishing late) are started again while waiting."""
+        start = time.monotonic()
+        while True:
+            self.cluster.restart_dead_agents()
+            primary, _ = await self.cluster.wait_converged(timeout=2.0)
+            waited = time.monotonic() - start
+            if primary is not None or waited > self.converge_bound_s:
+                return primary, waited
+
+    async def ready(self) -> int:
+        """Heal everything and wait for a converged cluster with the probe table."""
+        heal_all(self.cluster)
+        primary, _ = await self.converge()
+        if primary is None:
+            raise AssertionError(
+                "the cluster did not converge before the scenario\n" + self.cluster.logs_tail()
+            )
+        await self.cluster.ensure_table(primary)
+        return primary
+
+    def _workload(self) -> Workload:
+        members = {m.name: m.address for m in self.cluster.members}
+        workload = Workload(members=members, base_value=self._base_value())
+        workload.start()
+        return workload
+
+    async def run(self, nemesis: Nemesis) -> ScenarioResult:
+        primary = await self.ready()
+        workload = self._workload()
+        try:
+            await asyncio.sleep(1.0)
+            t_fault = time.monotonic()
+            wall = time.time()
+            fault = nemesis.inject(self.cluster, primary)
+            await asyncio.sleep(nemesis.hold_s)
+        finally:
+            nemesis.heal(self.cluster)
+        after, converge_s = await self.converge()
+        await asyncio.sleep(1.0)
+        attempts = await workload.stop()
+        result = await self._check(
+            scenario=nemesis.name,
+            faults=(fault,),
+            attempts=attempts,
+            window=(t_fault, time.monotonic()),
+            after=after,
+            converge_s=converge_s,
+            must_not_lose=nemesis.must_not_lose,
+            before=primary,
+            wall=wall,
+        )
+        self.results.append(result)
+        return result
+
+    async def run_mix(self, pool: list[Nemesis], *, duration_s: float, seed: int) -> ScenarioResult:
+        """Random faults one after the other for `duration_s`, healing and converging between
+        them, under one continuous workload; checked once at the end."""
+        rng = random.Random(seed)
+        primary = await self.ready()
+        first = primary
+        workload = self._workload()
+        faults: list[str] = []
+        worst_converge: float | None = 0.0
+        t_start = time.monotonic()
+        wall = time.time()
+        try:
+            await asyncio.sleep(1.0)
+            while time.monotonic() - t_start < duration_s:
+                nemesis = rng.choice(pool)
+                try:
+                    faults.append(f"{nemesis.name}: {nemesis.inject(self.cluster, primary)}")
+                    await asyncio.sleep(rng.uniform(1.0, nemesis.hold_s))
+                finally:
+                    nemesis.heal(self.cluster)
+                found, took = await self.converge()
+                if found is None:
+                    worst_converge = None
+                    break
+                if worst_converge is not None:
+                    worst_converge = max(worst_converge, took)
+                primary = found
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
+        finally:
+            heal_all(self.cluster)
+        after, took = await self.converge()
+        if after is None:
+            worst_converge = None
+        elif worst_converge is not None:
+            worst_converge = max(worst_converge, took)
+        await asyncio.sleep(1.0)
+        attempts = await workload.stop()
+        result = await self._check(
+            scenario="random-mix",
+            faults=tuple(faults),
+            attempts=attempts,
+            window=(t_start, time.monotonic()),
+            after=after,
+            converge_s=worst_converge,
+            must_not_lose=False,
+            before=first,
+            wall=wall,
+        )
+        self.results.append(result)
+        return result
+
+    async def _check(
+        self,
+        *,
+        scenario: str,
+        faults: tuple[str, ...],
+        attempts: list[Attempt],
+        window: tuple[float, float],
+        after: int | None,
+        converge_s: float | None,
+        must_not_lose: bool,
+        before: int,
+        wall: float,
+    ) -> ScenarioResult:
+        names = [m.name for m in self.cluster.members]
+        split = checker.split_brain_instants(attempts, names)
+        lost: list[Attempt] | None = None
+        diverged: list[str] = []
+        if after is not None:
+            primary_rows = await self.cluster.values(after)
+            lost = checker.lost_writes(attempts, primary_rows)
+            for index, member in enumerate(self.cluster.members):
+                if index == after:
+                    continue
+                extra, missing = await self._settled_diff(index, primary_rows)
+                if extra < 0:
+                    diverged.append(f"{member.name}: unreachable for the row comparison")
+                elif extra or missing:
+                    diverged.append(f"{member.name}: {extra} extra, {missing} missing")
+        start, end = window
+        return ScenarioResult(
+            scenario=scenario,
+            faults=faults,
+            attempts=len(attempts),
+            acked=sum(1 for a in attempts if a.acked),
+            write_unavailability_s=checker.longest_unavailability(
+                attempts, writer="app", start=start, end=end
+            ),
+            split_brain=tuple(split),
+            lost=None if lost is None else len(lost),
+            lost_examples=tuple(
+                f"{a.value} by {a.writer} on {a.member} acked at +{a.ended - start:.3f}s "
+                f"({_utc(wall + a.ended - start)})"
+                for a in (lost or [])[:5]
+            ),
+            converge_s=converge_s,
+            diverged=tuple(diverged),
+            must_not_lose=must_not_lose,
+            primary_before=names[before],
+            primary_after=None if after is None else names[after],
+            started_wall=wall,
+        )
+
+    async def _settled_diff(self, index: int, primary_rows: set[int]) -> tuple[int, int]:
+        """(extra, missing) rows of a member once it had CATCH_UP_S to replay the primary's."""
+        deadline = time.monotonic() + CATCH_UP_S
+        while True:
+            try:
+                extra, missing = checker.divergence(await self.cluster.values(index), primary_rows)
+            except Exception:  # unreachable yet (or still starting): keep waiting
+                extra, missing = -1, -1
+            if (extra, missing) == (0, 0) or time.monotonic() > deadline:
+                return extra, missing
+            await asyncio.sleep(0.3)

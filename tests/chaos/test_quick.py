@@ -1,0 +1,53 @@
+"""The quick chaos profile: every nemesis once against one 3-member cluster in namespaces.
+
+Each scenario heals its fault, waits for convergence and runs the checker. Any split-brain
+instant fails; a member left with rows that diverge from the primary fails; the cluster must
+converge within the bound; with asynchronous replication the frozen- and killed-agent
+scenarios must lose no acknowledged write (self-fencing), other losses are only reported.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.cluster import QUICK_TIMING
+from tests.chaos.nemesis import Nemesis, nemeses
+from tests.chaos.runner import Runner, ScenarioResult
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
+
+# Found by this suite (quick profile, asynchronous replication). The strong checks above stay
+# strict; only this loss check is an expected failure until the agent is fixed.
+LOSS_DEFECT = (
+    "DEFECT: with the primary's agent frozen or killed, the fencer SIGKILLs PostgreSQL's "
+    "process group at the deadline; a commit acknowledged a few ms before that instant is "
+    "flushed locally but not yet sent by the walsender, so the promoted replica lacks it and "
+    "the old primary's copy is rewound away (1-2 writes acknowledged within ~50 ms of the "
+    "fence, about 1 run in 3)."
+)
+
+QUICK = {n.name: n for n in nemeses(QUICK_TIMING["ttl_s"]) if n.quick}
+
+
+def assert_invariants(result: ScenarioResult, runner: Runner) -> None:
+    """The checker's verdict, with the evidence and the agents' last log lines on failure."""
+    logs = runner.cluster.logs_tail(15)
+    assert not result.split_brain, (
+        f"{result.scenario}: {len(result.split_brain)} split-brain instants, first "
+        f"{result.split_brain[:3]}\n{logs}"
+    )
+    assert result.converge_s is not None, f"{result.scenario}: no convergence\n{logs}"
+    assert not result.diverged, f"{result.scenario}: diverged {result.diverged}\n{logs}"
+    if result.must_not_lose and result.lost != 0:
+        # Known agent defect (reported to the lead, not patched here): see LOSS_DEFECT.
+        pytest.xfail(f"{LOSS_DEFECT} Here: {result.lost} lost, {result.lost_examples}")
+
+
+@pytest.mark.parametrize("name", list(QUICK))
+async def test_after_each_fault_no_split_brain_and_the_cluster_converges_without_divergence(
+    runner: Runner, name: str
+) -> None:
+    nemesis: Nemesis = QUICK[name]
+    result = await runner.run(nemesis)
+    assert result.acked > 0, "the workload acknowledged nothing"
+    assert_invariants(result, runner)
