@@ -390,14 +390,15 @@ def sync_refusal(
     record = view.sync
     if record is None or record.quorum <= 0:
         return None
-    if name == record.leader:
-        return None
-    if name not in record.members:
+    is_leader = name == record.leader and name not in record.members
+    if name not in record.members and not is_leader:
         return f"not in the synchronous set {list(record.members)}"
+    # The record's own leader had every commit of its term, but a later leader may have
+    # committed on the set before writing its own record: it too must see enough of the set.
     needed = len(record.members) - record.quorum + 1
-    if not check_quorum or needed <= 1:
+    if not check_quorum or (needed <= 1 and not is_leader):
         return None
-    seen = {name}
+    seen = set() if is_leader else {name}
     for peer in peers or ():
         if peer.reachable and peer.name in record.members and peer.role == Role.REPLICA:
             seen.add(peer.name)

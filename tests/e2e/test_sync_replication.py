@@ -1,0 +1,207 @@
+"""End to end, synchronous replication: real etcd, three real PostgreSQL, three agents.
+
+One cluster, started with `ha.synchronous_mode: on` (so the bootstrapping leader seeds the
+DCS config record), then switched with PATCH /config. An application writer (libpq
+multi-host, read-write) records every acknowledged commit; after each SIGKILL of the primary
+(agent and PostgreSQL) every acknowledged commit must be on the new primary in `on` and
+`quorum` modes. In `off` mode the loss is reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import asyncpg
+import pytest
+
+from agent.demo import LocalCluster
+from tests.support.cluster import converged, local_cluster, query_values, wait_until
+from tests.support.workload import AppWriter, ensure_table
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+TTL = 6.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with local_cluster(extra={"ha": {"synchronous_mode": "on"}}) as running:
+        yield running
+
+
+async def _cluster_json(cluster: LocalCluster) -> dict[str, object]:
+    async with aiohttp.ClientSession() as session:
+        return await cluster.cluster_json(session) or {}
+
+
+async def _sync_settled(cluster: LocalCluster, members: int) -> int:
+    """Wait until the cluster converged and the `sync` record of the current leader names
+    `members` standbys that the leader's PostgreSQL reports as synchronous; the leader's index."""
+    for index, member in enumerate(cluster.members):
+        if member.process is not None and member.process.poll() is not None:
+            cluster.start_member(index)
+    found: list[int] = []
+
+    async def ready() -> bool:
+        async with aiohttp.ClientSession() as session:
+            if not await converged(cluster, session):
+                return False
+            view = await cluster.cluster_json(session)
+            index = await cluster.primary_index(session)
+        if view is None or index is None:
+            return False
+        sync = view.get("sync")
+        if not isinstance(sync, dict) or sync.get("leader") != view.get("leader"):
+            return False
+        roles = [m.get("sync_role") for m in view["members"]]  # type: ignore[union-attr]
+        listed = sync.get("members")
+        if not isinstance(listed, list) or len(listed) != members:
+            return False
+        if sum(1 for r in roles if r in ("sync", "quorum")) != members:
+            return False
+        found[:] = [index]
+        return True
+
+    await wait_until(ready, timeout=60, what=f"a settled synchronous set of {members}")
+    return found[0]
+
+
+async def _patch_config(cluster: LocalCluster, body: dict[str, object]) -> None:
+    """PATCH /config on the current primary (any member would do; this one is up)."""
+    index = await _sync_settled_any(cluster)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            cluster.members[index].api_url + "/config",
+            json=body,
+            headers={"Authorization": f"Bearer {cluster.token}"},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+
+
+async def _sync_settled_any(cluster: LocalCluster) -> int:
+    found: list[int] = []
+
+    async def ready() -> bool:
+        async with aiohttp.ClientSession() as session:
+            index = await cluster.primary_index(session)
+        found[:] = [] if index is None else [index]
+        return index is not None
+
+    await wait_until(ready, timeout=60, what="a primary")
+    return found[0]
+
+
+async def _new_primary(cluster: LocalCluster, old: int) -> int:
+    found: list[int] = []
+
+    async def other() -> bool:
+        async with aiohttp.ClientSession() as session:
+            index = await cluster.primary_index(session)
+        if index is not None and index != old:
+            found[:] = [index]
+            return True
+        return False
+
+    await wait_until(other, timeout=TTL + 20, what="a new primary")
+    return found[0]
+
+
+async def _kill_rounds(cluster: LocalCluster, rounds: int, members: int) -> list[int]:
+    """SIGKILL the primary `rounds` times under a continuous writer; per round, how many
+    acknowledged commits the new primary lacks."""
+    lost: list[int] = []
+    primary = await _sync_settled(cluster, members)
+    hosts = [("127.0.0.1", m.pg_port) for m in cluster.members]
+    await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
+    writer = AppWriter(hosts=hosts, interval_s=0.01, start_value=int(time.time() * 1000) * 1000)
+    writer.start()
+    try:
+        for _ in range(rounds):
+            primary = await _sync_settled(cluster, members)
+            await asyncio.sleep(1.0)  # commits in flight when the primary dies
+            acked_before = len(writer.log.acks)
+            cluster.kill_member(primary)
+            new = await _new_primary(cluster, primary)
+            await asyncio.sleep(0.5)
+            acked = writer.log.acked_values()
+            present = await query_values(cluster.members[new].pg_port)
+            lost.append(len(acked - present))
+            assert len(writer.log.acks) > acked_before  # the writer did write
+            cluster.start_member(primary)
+    finally:
+        await writer.stop()
+    return lost
+
+
+async def test_on_mode_loses_no_acknowledged_commit_over_repeated_primary_kills(
+    cluster: LocalCluster,
+) -> None:
+    await _sync_settled(cluster, 1)
+    config = (await _cluster_json(cluster)).get("synchronous_mode")
+    assert config == "on"  # seeded from the bootstrapping member's YAML
+    lost = await _kill_rounds(cluster, rounds=3, members=1)
+    print(f"synchronous_mode=on: acknowledged commits lost per kill: {lost}")
+    assert lost == [0, 0, 0]
+
+
+async def test_quorum_mode_loses_no_acknowledged_commit_over_repeated_primary_kills(
+    cluster: LocalCluster,
+) -> None:
+    await _patch_config(cluster, {"synchronous_mode": "quorum", "synchronous_node_count": 1})
+    lost = await _kill_rounds(cluster, rounds=3, members=2)
+    print(f"synchronous_mode=quorum: acknowledged commits lost per kill: {lost}")
+    assert lost == [0, 0, 0]
+
+
+async def test_off_mode_reports_lost_commits(cluster: LocalCluster) -> None:
+    await _patch_config(cluster, {"synchronous_mode": "off"})
+    lost = await _kill_rounds(cluster, rounds=1, members=0)
+    print(f"synchronous_mode=off: acknowledged commits lost per kill: {lost} (not asserted)")
+
+
+async def _try_write(port: int, timeout_s: float) -> bool:
+    """Whether one commit is acknowledged within `timeout_s`. (A statement_timeout would not
+    do: PostgreSQL cancels the wait for the standby with a warning and reports success.)"""
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=3
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            await conn.execute("CREATE TABLE IF NOT EXISTS sync_probe (at timestamptz)")
+            await conn.execute("INSERT INTO sync_probe VALUES (now())")
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        conn.terminate()
+
+
+async def test_strict_mode_blocks_commits_without_replicas_and_non_strict_degrades_and_recovers(
+    cluster: LocalCluster,
+) -> None:
+    await _patch_config(cluster, {"synchronous_mode": "on", "synchronous_mode_strict": True})
+    primary = await _sync_settled(cluster, 1)
+    port = cluster.members[primary].pg_port
+    await _try_write(port, 5.0)  # the table exists before the replicas go
+    replicas = [i for i in range(len(cluster.members)) if i != primary]
+    for index in replicas:
+        cluster.kill_member(index)
+    await asyncio.sleep(TTL + 2)  # their member records expire; the leader re-plans
+    assert not await _try_write(port, 1.5), "strict mode accepted an unreplicated commit"
+
+    await _patch_config(cluster, {"synchronous_mode_strict": False})
+
+    async def degraded() -> bool:
+        sync = (await _cluster_json(cluster)).get("sync")
+        return isinstance(sync, dict) and sync.get("members") == []
+
+    await wait_until(degraded, timeout=20, what="the recorded fallback to asynchronous")
+    assert await _try_write(port, 1.5)
+    for index in replicas:
+        cluster.start_member(index)
+    assert await _sync_settled(cluster, 1) == primary
