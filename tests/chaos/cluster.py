@@ -154,6 +154,7 @@ class ChaosCluster:
     size: int = 3
     etcd_size: int = 3
     timing: dict[str, float] = field(default_factory=lambda: dict(QUICK_TIMING))
+    synchronous_mode: str = "off"  # seeds the DCS config at bootstrap: off, on or quorum
     base: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgw-chaos-", dir="/tmp"))
     )
@@ -295,6 +296,7 @@ class ChaosCluster:
             },
             "api": {"listen_host": member.address, "port": API_PORT, "token": TOKEN},
             "timing": dict(self.timing),
+            "ha": {"synchronous_mode": self.synchronous_mode},
             "log": {"format": "json", "level": "info"},
         }
 

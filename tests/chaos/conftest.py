@@ -3,6 +3,7 @@ test thread runs in the client namespace for the module's duration), the report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,28 +46,42 @@ def chaos_results() -> Iterator[list[ScenarioResult]]:
                     for k, v in QUICK_TIMING.items()
                     if k in ("ttl_s", "loop_wait_s", "retry_timeout_s", "fence_margin_s")
                 },
-                "replication": "asynchronous",
+                "replication": "asynchronous; [sync]: synchronous_mode on",
                 "converge_bound_s": CONVERGE_BOUND_S,
                 "mix_duration_s": duration or 0,
             },
         )
 
 
-@pytest.fixture(scope="module")
-def runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
-    """A started cluster; the test thread is in its client namespace until the module ends."""
-    cluster = ChaosCluster()
+@contextlib.contextmanager
+def _running(results: list[ScenarioResult], *, sync: bool) -> Iterator[Runner]:
+    """A started cluster; the calling thread is in its client namespace until the exit."""
+    cluster = ChaosCluster(synchronous_mode="on" if sync else "off")
     keep = False
     try:
         cluster.start()
         with netns.entered(cluster.client.netns):
-            chaos = Runner(cluster=cluster, converge_bound_s=CONVERGE_BOUND_S)
+            chaos = Runner(cluster=cluster, converge_bound_s=CONVERGE_BOUND_S, sync=sync)
             try:
                 yield chaos
             finally:
-                chaos_results.extend(chaos.results)
+                results.extend(chaos.results)
                 keep = any(r.split_brain or r.diverged for r in chaos.results)
     finally:
         cluster.stop()
         if not (keep or os.environ.get("CHAOS_KEEP")):
             cluster.remove_files()
+
+
+@pytest.fixture(scope="module")
+def runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+    """Asynchronous replication; the test thread is in the client namespace for the module."""
+    with _running(chaos_results, sync=False) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def sync_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+    """synchronous_mode: on; the test thread is in the client namespace for the module."""
+    with _running(chaos_results, sync=True) as chaos:
+        yield chaos

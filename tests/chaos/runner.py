@@ -47,6 +47,9 @@ def _utc(wall: float) -> str:
 class Runner:
     cluster: ChaosCluster
     converge_bound_s: float
+    # Synchronous replication: no acknowledged write may be lost in any scenario; the
+    # scenario names in the report get a " [sync]" suffix.
+    sync: bool = False
     next_base: int = 1_000_000_000
     results: list[ScenarioResult] = field(default_factory=list)
 
@@ -75,7 +78,28 @@ class Runner:
                 "the cluster did not converge before the scenario\n" + self.cluster.logs_tail()
             )
         await self.cluster.ensure_table(primary)
+        if self.sync and not await self._has_sync_standby(primary):
+            raise AssertionError(
+                "synchronous_mode is on but the primary names no synchronous standby\n"
+                + self.cluster.logs_tail()
+            )
         return primary
+
+    async def _has_sync_standby(self, primary: int) -> bool:
+        """Within 15 s, the primary's synchronous_standby_names names a standby (else a sync
+        scenario would test nothing)."""
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            conn = await self.cluster.connect(primary)
+            try:
+                async with asyncio.timeout(3):
+                    names = await conn.fetchval("SHOW synchronous_standby_names")
+            finally:
+                await conn.close()
+            if names:
+                return True
+            await asyncio.sleep(0.3)
+        return False
 
     def _workload(self) -> Workload:
         members = {m.name: m.address for m in self.cluster.members}
@@ -98,13 +122,13 @@ class Runner:
         await asyncio.sleep(1.0)
         attempts = await workload.stop()
         result = await self._check(
-            scenario=nemesis.name,
+            scenario=nemesis.name + (" [sync]" if self.sync else ""),
             faults=(fault,),
             attempts=attempts,
             window=(t_fault, time.monotonic()),
             after=after,
             converge_s=converge_s,
-            must_not_lose=nemesis.must_not_lose,
+            must_not_lose=nemesis.must_not_lose or self.sync,
             before=primary,
             wall=wall,
         )
@@ -149,13 +173,13 @@ class Runner:
         await asyncio.sleep(1.0)
         attempts = await workload.stop()
         result = await self._check(
-            scenario="random-mix",
+            scenario="random-mix" + (" [sync]" if self.sync else ""),
             faults=tuple(faults),
             attempts=attempts,
             window=(t_start, time.monotonic()),
             after=after,
             converge_s=worst_converge,
-            must_not_lose=False,
+            must_not_lose=self.sync,
             before=first,
             wall=wall,
         )
