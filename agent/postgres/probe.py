@@ -32,6 +32,7 @@ SELECT
   CASE WHEN s.r THEN pg_last_wal_receive_lsn() END AS receive_lsn,
   CASE WHEN s.r THEN pg_last_wal_replay_lsn() END AS replay_lsn,
   (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_tli,
+  (SELECT min_recovery_end_timeline FROM pg_control_recovery()) AS min_recovery_tli,
   w.status AS receiver_status,
   w.received_tli AS received_tli,
   w.sender_host AS sender_host,
@@ -126,6 +127,11 @@ class Prober:
         self._run_dir = run_dir
         self._member_name = member_name
         self._conn: asyncpg.Connection | None = None
+        # The highest timeline a standby's WAL receiver reported, per postmaster: once the
+        # upstream is gone pg_stat_wal_receiver is empty, and the checkpoint's timeline lags
+        # until the next restartpoint (a standby would then look behind a timeline switch it
+        # already followed, and be rewound for nothing).
+        self._seen_tli: tuple[int | None, int] | None = None
 
     async def probe(
         self, *, running: bool, postmaster_pid: int | None, timeout_s: float
@@ -191,9 +197,16 @@ class Prober:
             wal_lsn = max(
                 (lsn for lsn in (receive_lsn, replay_lsn) if lsn is not None), default=None
             )
-            timeline = row["received_tli"] or row["checkpoint_tli"]
-            if row["received_tli"] is not None and row["checkpoint_tli"] is not None:
-                timeline = max(row["received_tli"], row["checkpoint_tli"])
+            known = [
+                t
+                for t in (row["received_tli"], row["checkpoint_tli"], row["min_recovery_tli"])
+                if t
+            ]
+            if self._seen_tli is not None and self._seen_tli[0] == postmaster_pid:
+                known.append(self._seen_tli[1])
+            timeline = max(known) if known else None
+            if timeline is not None:
+                self._seen_tli = (postmaster_pid, timeline)
         else:
             wal_lsn = row["write_lsn"]
             timeline = int(row["walfile"][:8], 16)
