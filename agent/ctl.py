@@ -79,9 +79,15 @@ def _lag_mb(member: Mapping[str, object]) -> str:
     return str(round(lag / _MIB))
 
 
+_SYNC_ROLES = {"sync": "Sync Standby", "quorum": "Quorum Standby"}
+
+
 def _role(member: Mapping[str, object]) -> str:
     if member.get("leader") is True:
         return "Leader"
+    sync_role = _SYNC_ROLES.get(_text(member.get("sync_role")))
+    if sync_role is not None:
+        return sync_role
     return _text(member.get("role"), "unknown").capitalize()
 
 
@@ -136,6 +142,20 @@ def render_table(cluster: Mapping[str, object]) -> str:
         lines.append(text)
     if cluster.get("paused") is True:
         lines.append("Maintenance mode: on (paused; the agents take no automatic action)")
+    mode = _text(cluster.get("synchronous_mode"))
+    sync = cluster.get("sync")
+    if mode and mode != "off":
+        text = f"Synchronous mode: {mode}"
+        if isinstance(sync, dict):
+            listed = sync.get("members")
+            names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
+            quorum = sync.get("quorum")
+            text += (
+                f" (recorded set: {names}; every commit on {quorum} of them)"
+                if names and quorum
+                else " (no synchronous standby: commits are asynchronous)"
+            )
+        lines.append(text)
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from agent.model import AgentStatus, PgState, Role
+from agent.model import AgentStatus, PgState, Role, SyncMode, SyncRole
 
 PREFIX = "pgwarden"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -84,6 +84,33 @@ class Metrics:
         self._paused = Gauge(
             f"{p}_paused", "1 while the cluster is in maintenance mode", registry=r
         )
+        self._sync_set_size = Gauge(
+            f"{p}_sync_set_size",
+            "Members of the DCS sync record (the set that holds every acknowledged commit)",
+            registry=r,
+        )
+        self._sync_quorum = Gauge(
+            f"{p}_sync_quorum",
+            "How many members of the sync record confirm each commit (0: asynchronous)",
+            registry=r,
+        )
+        self._sync_mode = Gauge(
+            f"{p}_sync_mode",
+            "synchronous_mode of the DCS config record (1 for the mode in force)",
+            ["mode"],
+            registry=r,
+        )
+        self._sync_fallback = Gauge(
+            f"{p}_sync_fallback",
+            "1 on a leader whose synchronous mode fell back to asynchronous commits (non-strict)",
+            registry=r,
+        )
+        self._sync_role = Gauge(
+            f"{p}_sync_role",
+            "This member's synchronous role (1 for the one it has)",
+            ["role"],
+            registry=r,
+        )
         self._failovers = Counter(
             f"{p}_failovers", "Promotions without a switchover request", registry=r
         )
@@ -144,7 +171,20 @@ class Metrics:
         self._dcs_up.set(1 if status.dcs_ok else 0)
         self._paused.set(1 if status.paused else 0)
         self._streaming.set(sum(1 for row in status.replication if row.state == "streaming"))
+        for sync_role in SyncRole:
+            self._sync_role.labels(role=sync_role.value).set(
+                1 if status.sync_role is sync_role else 0
+            )
+        self._sync_fallback.set(1 if status.sync_fallback else 0)
         if status.cluster_view is not None:
+            view = status.cluster_view
+            record = view.sync
+            self._sync_set_size.set(len(record.members) if record is not None else 0)
+            self._sync_quorum.set(record.quorum if record is not None else 0)
+            for mode in SyncMode:
+                self._sync_mode.labels(mode=mode.value).set(
+                    1 if view.config.synchronous_mode is mode else 0
+                )
             counts = dict.fromkeys(PgState, 0)
             for member in status.cluster_view.members:
                 counts[member.state] += 1
