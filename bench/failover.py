@@ -14,6 +14,13 @@ in the same run, and every figure gets a pgwarden/Patroni ratio.
 
     .venv/bin/python bench/failover.py [--runs 5] [--json] [--idle-seconds 60]
         [--baseline {none,patroni,patroni-fast}]
+
+With `--sync-mode {off,on,quorum,all}` it measures synchronous replication instead, on one
+cluster switched between modes with PATCH /config: per mode, the median (and p95) latency of
+a single-row INSERT commit with one client connected to the primary, then the write gap and
+the acknowledged commits missing on the new primary after a SIGKILL of the primary (agent
+and PostgreSQL), and the write gap of a REST switchover. `all` runs off, on and quorum in the
+same run, so the commit latency cost of on/quorum is read against off.
 """
 
 from __future__ import annotations
@@ -403,8 +410,175 @@ def render(out: dict[str, dict[str, float | int]]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- synchronous modes
+
+SYNC_MODES = ("off", "on", "quorum")
+
+
+async def _view(cluster: LocalCluster) -> dict[str, object]:
+    async with aiohttp.ClientSession() as session:
+        return await cluster.cluster_json(session) or {}
+
+
+async def sync_settle(cluster: LocalCluster, mode: str) -> int:
+    """Converged, and the leader's `sync` record names what `mode` asks (0, 1 or 2 standbys)."""
+    want = {"off": 0, "on": 1, "quorum": 2}[mode]
+    primary = await converge(cluster)
+
+    async def ready() -> bool:
+        view = await _view(cluster)
+        sync = view.get("sync")
+        members = sync.get("members") if isinstance(sync, dict) else []
+        if want == 0:
+            return sync is None or members == []
+        return (
+            isinstance(sync, dict)
+            and sync.get("leader") == view.get("leader")
+            and isinstance(members, list)
+            and len(members) == want
+        )
+
+    await wait_until(ready, timeout=90, what=f"synchronous set for {mode}")
+    return await converge(cluster) if want else primary
+
+
+async def set_mode(cluster: LocalCluster, mode: str) -> None:
+    primary = await converge(cluster)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            cluster.members[primary].api_url + "/config",
+            json={"synchronous_mode": mode, "synchronous_node_count": 1},
+            headers={"Authorization": f"Bearer {cluster.token}"},
+        ) as resp,
+    ):
+        if resp.status != 200:
+            raise RuntimeError(f"PATCH /config refused: {resp.status} {await resp.text()}")
+
+
+async def commit_latencies(port: int, count: int) -> list[float]:
+    """Seconds per single-row INSERT (autocommit) on one connection to the primary."""
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="postgres")
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit (id bigint, at timestamptz)")
+        for i in range(20):  # warm up the connection and the statement
+            await conn.execute("INSERT INTO bench_commit VALUES ($1, now())", i)
+        out = []
+        for i in range(count):
+            t0 = time.perf_counter()
+            await conn.execute("INSERT INTO bench_commit VALUES ($1, now())", i)
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        await conn.close()
+
+
+async def sync_hard_kill(cluster: LocalCluster, mode: str) -> tuple[float, int]:
+    """Write gap of a SIGKILL of the primary, and acknowledged commits the new primary lacks."""
+    primary = await sync_settle(cluster, mode)
+    await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
+    app = BenchAppWriter(
+        hosts=[("127.0.0.1", m.pg_port) for m in cluster.members],
+        interval_s=0.01,
+        start_value=int(time.time() * 1000) % 10**12,
+    )
+    app.start()
+    await asyncio.sleep(1.5)
+    t0 = time.monotonic()
+    cluster.kill_member(primary)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (
+            app.log.first_ack_after(time.monotonic() - 0.2) is not None
+            and time.monotonic() > t0 + 1
+        ):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    log = await app.stop()
+    gap = log.longest_gap(t0, time.monotonic())
+    async with aiohttp.ClientSession() as session:
+        new = await cluster.primary_index(session)
+    lost = -1
+    if new is not None:
+        conn = await asyncpg.connect(
+            host="127.0.0.1",
+            port=cluster.members[new].pg_port,
+            user="postgres",
+            database="postgres",
+        )
+        try:
+            rows = await conn.fetch("SELECT value FROM pgwarden_probe")
+        finally:
+            await conn.close()
+        lost = len(log.acked_values() - {int(r["value"]) for r in rows})
+    cluster.start_member(primary)
+    return gap, lost
+
+
+async def measure_sync(args: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
+    modes = SYNC_MODES if args.sync_mode == "all" else (args.sync_mode,)
+    cluster = LocalCluster(base=root / "sync", size=3, timing=dict(DEFAULT_TIMING))
+    out: dict[str, dict[str, float]] = {}
+    try:
+        cluster.start()
+        await converge(cluster, timeout=120)
+        for mode in modes:
+            await set_mode(cluster, mode)
+            primary = await sync_settle(cluster, mode)
+            lat = sorted(await commit_latencies(cluster.members[primary].pg_port, args.commits))
+            kills = []
+            for run in range(args.runs):
+                kills.append(await sync_hard_kill(cluster, mode))
+                print(f"[sync {mode}] hard kill run {run + 1}: {kills[-1]}", file=sys.stderr)
+            switch = []
+            for run in range(args.runs):
+                await sync_settle(cluster, mode)
+                switch.append(await scenario_switchover(cluster))
+                print(f"[sync {mode}] switchover run {run + 1}: {switch[-1]:.3f}", file=sys.stderr)
+            out[mode] = {
+                "commit_ms_median": round(statistics.median(lat) * 1000, 3),
+                "commit_ms_p95": round(lat[int(len(lat) * 0.95) - 1] * 1000, 3),
+                "hard_kill_gap_s_median": round(statistics.median(g for g, _ in kills), 3),
+                "hard_kill_gap_s_max": round(max(g for g, _ in kills), 3),
+                "hard_kill_lost_total": sum(max(lost, 0) for _, lost in kills),
+                "hard_kill_lost_max": max(lost for _, lost in kills),
+                "switchover_gap_s_median": round(statistics.median(switch), 3),
+                "runs": args.runs,
+            }
+    finally:
+        cluster.stop()
+    return out
+
+
+def render_sync(out: dict[str, dict[str, float]]) -> str:
+    base = out.get("off", {}).get("commit_ms_median")
+    lines = [
+        "| synchronous_mode | commit ms median | commit ms p95 | vs off | hard kill gap s "
+        "median (max) | acked commits lost on hard kill (total, worst run) | switchover gap s "
+        "median | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, row in out.items():
+        ratio = f"{row['commit_ms_median'] / base:.2f}x" if base else "-"
+        lines.append(
+            f"| {mode} | {row['commit_ms_median']:.3f} | {row['commit_ms_p95']:.3f} | {ratio} | "
+            f"{row['hard_kill_gap_s_median']:.2f} ({row['hard_kill_gap_s_max']:.2f}) | "
+            f"{row['hard_kill_lost_total']:.0f}, {row['hard_kill_lost_max']:.0f} | "
+            f"{row['switchover_gap_s_median']:.2f} | {row['runs']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--sync-mode",
+        choices=[*SYNC_MODES, "all"],
+        default=None,
+        help="measure synchronous replication in this mode (all: off, on, quorum) instead",
+    )
+    parser.add_argument("--commits", type=int, default=500, help="INSERTs per latency sample")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
@@ -416,6 +590,15 @@ def main() -> int:
         help="also run every scenario on a Patroni 4.1.5 cluster in this run (default: none)",
     )
     args = parser.parse_args()
+    if args.sync_mode is not None:
+        root = Path(tempfile.mkdtemp(prefix="pgwarden-bench-sync-", dir="/tmp"))
+        os.chmod(root, 0o755)
+        try:
+            sync_out = asyncio.run(measure_sync(args, root))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(json.dumps(sync_out, indent=2) if args.json else render_sync(sync_out))
+        return 0
     load_before = os.getloadavg()[0]
     ours, baseline = asyncio.run(main_async(args))
     load_after = os.getloadavg()[0]
