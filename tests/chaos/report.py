@@ -46,7 +46,10 @@ def rows(results: Iterable[ScenarioResult]) -> list[Row]:
     for result in results:
         grouped.setdefault(result.scenario, []).append(result)
     out = []
-    for scenario, runs in grouped.items():
+    # Single scenarios first, the random mixes last, each in the order they ran.
+    order = sorted(grouped, key=lambda name: name.startswith("random-mix"))
+    for scenario in order:
+        runs = grouped[scenario]
         losses = [r.lost for r in runs]
         converges = [r.converge_s for r in runs]
         out.append(
