@@ -30,11 +30,12 @@ integration: setup
 e2e: setup
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
-# The long chaos profile: the quick scenarios, then a random mix of faults for CHAOS_DURATION
-# seconds; writes docs/chaos-report.md and docs/chaos-report.json (needs root).
+# The long chaos profile: the quick scenarios (CHAOS_RUNS times each), then a random mix of
+# faults for CHAOS_DURATION seconds; writes docs/chaos-report.md and .json (needs root).
 CHAOS_DURATION ?= 300
+CHAOS_RUNS ?= 3
 chaos: setup
-	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_REPORT=docs/chaos-report \
+	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_REPORT=docs/chaos-report \
 		$(PY) -m pytest -q -p no:cacheprovider -rxs tests/chaos $(PYTEST_ARGS)
 
 bench: setup

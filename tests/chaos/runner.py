@@ -86,9 +86,9 @@ class Runner:
         return primary
 
     async def _has_sync_standby(self, primary: int) -> bool:
-        """Within 15 s, the primary's synchronous_standby_names names a standby (else a sync
+        """Within 30 s, the primary's synchronous_standby_names names a standby (else a sync
         scenario would test nothing)."""
-        deadline = time.monotonic() + 15.0
+        deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
             conn = await self.cluster.connect(primary)
             try:

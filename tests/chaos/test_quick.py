@@ -8,6 +8,8 @@ scenarios must lose no acknowledged write (self-fencing), other losses are only 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.chaos.cluster import QUICK_TIMING
@@ -26,6 +28,9 @@ LOSS_DEFECT = (
     "fence, about 1 run in 3)."
 )
 
+# `make chaos` may run each scenario several times (CHAOS_RUNS) for frequencies in the report.
+RUNS = max(1, int(os.environ.get("CHAOS_RUNS", "1") or 1))
+
 QUICK = {n.name: n for n in nemeses(QUICK_TIMING["ttl_s"]) if n.quick}
 
 
@@ -43,9 +48,10 @@ def assert_invariants(result: ScenarioResult, runner: Runner) -> None:
         pytest.xfail(f"{LOSS_DEFECT} Here: {result.lost} lost, {result.lost_examples}")
 
 
+@pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("name", list(QUICK))
 async def test_after_each_fault_no_split_brain_and_the_cluster_converges_without_divergence(
-    runner: Runner, name: str
+    runner: Runner, name: str, run: int
 ) -> None:
     nemesis: Nemesis = QUICK[name]
     result = await runner.run(nemesis)
