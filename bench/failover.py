@@ -431,11 +431,20 @@ async def sync_settle(cluster: LocalCluster, mode: str) -> int:
         members = sync.get("members") if isinstance(sync, dict) else []
         if want == 0:
             return sync is None or members == []
+        listed = view.get("members")
+        roles = (
+            [m.get("sync_role") for m in listed if isinstance(m, dict)]
+            if isinstance(listed, list)
+            else []
+        )
+        # The record alone may be the widened one written before PostgreSQL's setting
+        # changed: also require the leader's PostgreSQL to report that many synchronous.
         return (
             isinstance(sync, dict)
             and sync.get("leader") == view.get("leader")
             and isinstance(members, list)
             and len(members) == want
+            and sum(1 for r in roles if r in ("sync", "quorum")) == want
         )
 
     await wait_until(ready, timeout=90, what=f"synchronous set for {mode}")
