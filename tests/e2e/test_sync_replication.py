@@ -158,6 +158,39 @@ async def test_quorum_mode_loses_no_acknowledged_commit_over_repeated_primary_ki
     assert lost == [0, 0, 0]
 
 
+async def test_quorum_candidate_waits_until_it_sees_enough_of_the_set(
+    cluster: LocalCluster,
+) -> None:
+    """ANY 1 of 2: with the primary and one standby killed together, the survivor sees 1 of
+    the 2 it needs (N - k + 1) and does not promote; when the other comes back, the most
+    advanced of them does, with every acknowledged commit."""
+    primary = await _sync_settled(cluster, 2)
+    standby = next(i for i in range(len(cluster.members)) if i != primary)
+    hosts = [("127.0.0.1", m.pg_port) for m in cluster.members]
+    writer = AppWriter(hosts=hosts, interval_s=0.01, start_value=int(time.time() * 1000) * 1000)
+    writer.start()
+    try:
+        await asyncio.sleep(1.0)
+        cluster.kill_member(standby)
+        cluster.kill_member(primary)
+        deadline = time.monotonic() + TTL + 4
+        while time.monotonic() < deadline:
+            async with aiohttp.ClientSession() as session:
+                assert await cluster.primary_index(session) is None, "promoted without a quorum"
+            await asyncio.sleep(0.5)
+        cluster.start_member(standby)
+        new = await _new_primary(cluster, primary)
+        await asyncio.sleep(0.5)
+        present = await query_values(cluster.members[new].pg_port)
+        assert writer.log.acked_values() <= present
+    finally:
+        await writer.stop()
+        for index in (standby, primary):
+            process = cluster.members[index].process
+            if process is not None and process.poll() is not None:
+                cluster.start_member(index)
+
+
 async def test_off_mode_reports_lost_commits(cluster: LocalCluster) -> None:
     await _patch_config(cluster, {"synchronous_mode": "off"})
     lost = await _kill_rounds(cluster, rounds=1, members=0)
