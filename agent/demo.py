@@ -34,11 +34,19 @@ ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free loopback port, never one this process handed out before: the kernel may give a
+    just-released port again, and two members must not get the same one."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @dataclass(slots=True)
