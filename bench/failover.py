@@ -65,10 +65,22 @@ BASELINE_TIMING = {"patroni": PATRONI_DEFAULT_TIMING, "patroni-fast": PATRONI_FA
 BASELINE_LABEL = {"patroni": "Patroni", "patroni-fast": "Patroni fast"}
 
 
-def make_cluster(kind: str, base: Path) -> BenchCluster:
-    """`pgwarden` (our agents, default timings) or a Patroni baseline (`patroni[-fast]`)."""
+# pgwarden's DCS for `--dcs`: (LocalCluster dcs_kind, Kubernetes lock kind).
+PGWARDEN_DCS = {
+    "etcd": ("etcd", "endpoints"),
+    "kubernetes": ("kubernetes", "endpoints"),
+    "kubernetes-lease": ("kubernetes", "lease"),
+}
+
+
+def make_cluster(kind: str, base: Path, dcs: str = "etcd") -> BenchCluster:
+    """`pgwarden` (our agents, default timings, on `dcs`) or a Patroni baseline
+    (`patroni[-fast]`, always on etcd)."""
     if kind == "pgwarden":
-        return LocalCluster(base=base, size=3, timing=dict(DEFAULT_TIMING))
+        dcs_kind, lock = PGWARDEN_DCS[dcs]
+        return LocalCluster(
+            base=base, size=3, timing=dict(DEFAULT_TIMING), dcs_kind=dcs_kind, kube_lock=lock
+        )
     return PatroniCluster(base=base, size=3, timing=dict(BASELINE_TIMING[kind]))
 
 
@@ -251,10 +263,13 @@ async def floor_figures(cluster: LocalCluster) -> dict[str, float]:
     return {"sql_round_trip_s": rtt}
 
 
-async def bootstrap_time(base: Path, kind: str = "pgwarden") -> float:
-    cluster = make_cluster(kind, base)
+async def bootstrap_time(base: Path, kind: str = "pgwarden", dcs: str = "etcd") -> float:
+    cluster = make_cluster(kind, base, dcs)
     try:
-        cluster.start_etcd()
+        if isinstance(cluster, LocalCluster) and cluster.dcs_kind == "kubernetes":
+            cluster.start_apiserver()
+        else:
+            cluster.start_etcd()
         t0 = time.monotonic()
         for index in range(3):
             cluster.start_member(index)
@@ -286,10 +301,10 @@ async def measure(kind: str, args: argparse.Namespace, root: Path) -> Report:
     results: dict[str, list[float]] = {}
     boots = []
     for run in range(args.runs):
-        boots.append(await bootstrap_time(root / f"{kind}-boot-{run}", kind))
+        boots.append(await bootstrap_time(root / f"{kind}-boot-{run}", kind, args.dcs))
         print(f"[{kind}] bootstrap run {run + 1}: {boots[-1]:.2f}s", file=sys.stderr)
     results["bootstrap_3_members"] = boots
-    cluster = make_cluster(kind, root / f"{kind}-main")
+    cluster = make_cluster(kind, root / f"{kind}-main", args.dcs)
     floor: dict[str, float] = {}
     try:
         cluster.start()
@@ -592,6 +607,13 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument(
+        "--dcs",
+        choices=list(PGWARDEN_DCS),
+        default="etcd",
+        help="pgwarden's DCS: etcd, or the Kubernetes API (the in-tree test API server) with "
+        "the Endpoints or the Lease lock",
+    )
     parser.add_argument(
         "--baseline",
         choices=["none", *BASELINE_TIMING],
