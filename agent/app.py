@@ -92,7 +92,11 @@ async def run_agent(settings: Settings) -> int:
         settings.postgresql, member_name=settings.name, run_dir=settings.run_dir
     )
     prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
-    fence = FenceClient(run_dir=settings.run_dir, data_dir=settings.postgresql.data_dir)
+    fence = FenceClient(
+        run_dir=settings.run_dir,
+        data_dir=settings.postgresql.data_dir,
+        grace_s=settings.timing.fence_margin_s / 2,
+    )
     metrics = Metrics()
     fence_status = await fence.start()
     log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)

@@ -624,7 +624,9 @@ def _when_busy(obs: Observation, memory: Memory, settings: Settings) -> tuple[De
     view = obs.cluster
     deadline = fence_deadline(memory, settings)
     if obs.local.is_primary and deadline is not None and obs.now >= deadline:
-        return _decision(memory, f"fence deadline passed during {what}", _fence("deadline passed"))
+        return _decision(
+            memory, f"fence deadline passed during {what}", _fence_at_deadline("deadline passed")
+        )
     if memory.lease_sent_at is not None and (
         view is None or (view.leader is not None and view.leader.name == settings.name)
     ):
@@ -633,7 +635,16 @@ def _when_busy(obs: Observation, memory: Memory, settings: Settings) -> tuple[De
 
 
 def _fence(reason: str) -> Demote:
+    """Stop writing at once: another member may lead already, or ours is unknown."""
     return Demote(mode=StopMode.IMMEDIATE, reason=reason)
+
+
+def _fence_at_deadline(reason: str) -> Demote:
+    """Our own fence deadline passed: the lease is still ours for the others until
+    `deadline + fence_margin_s`, so a fast shutdown (bounded by half the margin) lets the WAL
+    senders ship what was committed, instead of leaving acknowledged commits on this node
+    alone (the fencer process does the same)."""
+    return Demote(mode=StopMode.FAST, reason=reason)
 
 
 def _when_dcs_unavailable(
@@ -645,7 +656,9 @@ def _when_dcs_unavailable(
                 memory, "DCS unreachable; retrying renewal before the fence", RenewLeader()
             )
         return _decision(
-            memory, "DCS unreachable and the lease cannot be confirmed", _fence("no valid lease")
+            memory,
+            "DCS unreachable and the lease cannot be confirmed",
+            _fence_at_deadline("no valid lease"),
         )
     return _decision(memory, "DCS unreachable")
 
@@ -676,7 +689,9 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     assert view is not None
     deadline = fence_deadline(memory, settings)
     if local.is_primary and deadline is not None and now >= deadline:
-        return _decision(memory, "fence deadline passed", _fence("fence deadline passed"))
+        return _decision(
+            memory, "fence deadline passed", _fence_at_deadline("fence deadline passed")
+        )
     keep: Action = RenewLeader() if memory.lease_sent_at is not None else AcquireLeader()
 
     if not local.running:

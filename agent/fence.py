@@ -37,10 +37,11 @@ class FenceStatus:
 
 
 class FenceClient:
-    def __init__(self, *, run_dir: str, data_dir: str) -> None:
+    def __init__(self, *, run_dir: str, data_dir: str, grace_s: float = 0.5) -> None:
         self.socket_path = str(Path(run_dir) / "fencer.sock")
         self.log_path = str(Path(run_dir) / "fencer.log")
         self.data_dir = data_dir
+        self.grace_s = grace_s  # fast-shutdown time before SIGKILL (half the fence margin)
         self._process: asyncio.subprocess.Process | None = None
 
     async def _call(self, line: str) -> str:
@@ -86,6 +87,8 @@ class FenceClient:
                 self.data_dir,
                 "--agent-pid",
                 str(os.getpid()),
+                "--grace",
+                str(self.grace_s),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -12,9 +12,11 @@ Protocol: one line per connection on a Unix socket, one line answered.
     DISARM            PostgreSQL is not a primary any more
     STATUS            -> "OK <armed|disarmed|fenced> <seconds left or ->"
     ADOPT <pid>       a restarted agent takes over this fencer
-At the deadline it kills the postmaster's whole process group with SIGKILL (the agent starts
-the postmaster in a session of its own, so that group is PostgreSQL and nothing else): no
-backend can acknowledge a commit after that instant. Then it reports `fenced` until re-armed.
+At the deadline it asks the postmaster for a fast shutdown (client backends terminated, WAL
+senders ship what was committed), and after a grace of half the fence margin kills the
+postmaster's whole process group with SIGKILL (the agent starts the postmaster in a session of
+its own, so that group is PostgreSQL and nothing else): either way no backend acknowledges a
+commit once the lease may have expired for the others. It then reports `fenced` until re-armed.
 It exits once its agent is gone and it is not armed; while armed it outlives the agent and
 fences at the deadline.
 """
@@ -63,22 +65,40 @@ def postmaster_pid(data_dir: str) -> int | None:
     return pid if b"postgres" in cmdline else None
 
 
-def kill_postgres(data_dir: str) -> str:
-    """Stop every PostgreSQL process of `data_dir` now. Returns what was done."""
+def _wait_gone(pid: int, seconds: float) -> bool:
+    give_up = time.monotonic() + seconds
+    while time.monotonic() < give_up:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.01)
+    return not _pid_alive(pid)
+
+
+def fence_postgres(data_dir: str, grace_s: float) -> str:
+    """Make PostgreSQL of `data_dir` stop accepting writes now. Returns what was done.
+
+    First a fast shutdown (SIGINT): no new connection, every client backend is terminated,
+    and the WAL senders ship every committed record to the standbys before they exit, so a
+    commit acknowledged just before the deadline is not left on this node alone (the chaos
+    suite lost such commits when the fencer killed at once). After `grace_s` (half the fence
+    margin: still before the lease can expire for the others) whatever is left of the
+    process group is killed with SIGKILL.
+    """
     pid = postmaster_pid(data_dir)
     if pid is None:
         return "no postmaster running"
     try:
+        os.kill(pid, signal.SIGINT)
+        if _wait_gone(pid, grace_s):
+            return f"postmaster {pid} stopped by a fast shutdown"
         if os.getpgid(pid) == pid:
             os.killpg(pid, signal.SIGKILL)
-            return f"killed process group {pid}"
+            return f"fast shutdown took over {grace_s}s: killed process group {pid}"
         # Not a group leader (started by someone else): immediate shutdown makes every
         # backend exit without committing; SIGKILL follows if the postmaster lingers.
         os.kill(pid, signal.SIGQUIT)
-        for _ in range(20):
-            if not _pid_alive(pid):
-                return f"postmaster {pid} stopped by SIGQUIT"
-            time.sleep(0.05)
+        if _wait_gone(pid, 1.0):
+            return f"postmaster {pid} stopped by an immediate shutdown"
         os.kill(pid, signal.SIGKILL)
         return f"postmaster {pid} killed"
     except ProcessLookupError:
@@ -86,9 +106,10 @@ def kill_postgres(data_dir: str) -> str:
 
 
 class Fencer:
-    def __init__(self, socket_path: str, data_dir: str, agent_pid: int) -> None:
+    def __init__(self, socket_path: str, data_dir: str, agent_pid: int, grace_s: float) -> None:
         self.socket_path = socket_path
         self.data_dir = data_dir
+        self.grace_s = grace_s
         self.agent_pid = agent_pid
         self.deadline: float | None = None
         self.fenced = False
@@ -122,7 +143,7 @@ class Fencer:
         return f"OK armed {self.deadline - time.monotonic():.3f}"
 
     def fire(self) -> None:
-        done = kill_postgres(self.data_dir)
+        done = fence_postgres(self.data_dir, self.grace_s)
         _log(f"fence deadline reached: {done}")
         self.deadline = None
         self.fenced = True
@@ -185,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--agent-pid", type=int, required=True)
+    parser.add_argument(
+        "--grace", type=float, default=0.5, help="seconds a fast shutdown gets before SIGKILL"
+    )
     args = parser.parse_args(argv)
-    Fencer(args.socket, args.data_dir, args.agent_pid).serve()
+    Fencer(args.socket, args.data_dir, args.agent_pid, args.grace).serve()
     return 0
 
 

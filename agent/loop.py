@@ -493,7 +493,10 @@ class HaLoop:
                 return True
             case Demote(mode=mode, reason=reason):
                 log.warning("demoting", reason=reason, mode=mode.value)
-                await self.postmaster.stop(_pg_mode(mode), timeout_s=timing.shutdown_timeout_s)
+                # A fast demotion at the fence deadline must be over well before the lease can
+                # expire for the others: half the margin, then immediate, then SIGKILL.
+                limit = timing.fence_margin_s / 2 if mode == StopMode.FAST else 5.0
+                await self.postmaster.stop(_pg_mode(mode), timeout_s=limit)
                 await self.fence.disarm()
                 self.metrics.count_demotion()
                 return True

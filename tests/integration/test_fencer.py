@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def postmaster(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A fake postmaster leading its own process group, with a child (a 'backend')."""
     proc = subprocess.Popen(
-        ["bash", "-c", "sleep 300 & exec -a postgres sleep 300"],
+        ["bash", "-c", "trap '' INT; sleep 300 & exec -a postgres sleep 300"],
         start_new_session=True,
     )
     (tmp_path / "postmaster.pid").write_text(f"{proc.pid}\n{tmp_path}\n")

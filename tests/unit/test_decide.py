@@ -228,7 +228,7 @@ def test_a_member_that_comes_back_within_the_grace_keeps_its_slot() -> None:
 def test_primary_fences_itself_once_its_deadline_has_passed() -> None:
     memory = Memory(lease_sent_at=NOW - TIMING.ttl_s + TIMING.fence_margin_s)  # deadline == now
     decision, _ = decide(obs(view("a", ME_PRIMARY, B), PRIMARY), memory, A)
-    assert decision.actions == (Demote(mode=StopMode.IMMEDIATE, reason="fence deadline passed"),)
+    assert decision.actions == (Demote(mode=StopMode.FAST, reason="fence deadline passed"),)
 
 
 def test_leader_restarts_a_crashed_postgres_in_place_while_holding_the_lease() -> None:
