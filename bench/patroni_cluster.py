@@ -34,8 +34,8 @@ import aiohttp
 import asyncpg
 import yaml
 
-ETCD_BIN = "/usr/bin/etcd"
-PG_BIN = "/usr/lib/postgresql/15/bin"
+from agent.demo import ETCD_BIN, PG_BIN, LocalMember
+
 PATRONI_VERSION = "4.1.5"
 VENV = Path(__file__).resolve().parent / ".venv-patroni"
 
@@ -118,26 +118,10 @@ def _kill_group_of(pid: int) -> None:
 
 
 @dataclass(slots=True)
-class PatroniMember:
-    name: str
-    index: int
-    pg_port: int
-    api_port: int
-    base: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.base / "data"
-
-    @property
-    def run_dir(self) -> Path:
-        # No fencer here; present so the bench's per-member helpers apply unchanged.
-        return self.base / "run"
+class PatroniMember(LocalMember):
+    """A pgwarden demo member's layout (ports, data and run dirs, postmaster pid), with
+    Patroni's own configuration and log file. `run_dir` has no fencer here; it is kept so
+    the bench's per-member helpers apply unchanged."""
 
     @property
     def config_path(self) -> Path:
@@ -146,14 +130,6 @@ class PatroniMember:
     @property
     def log_path(self) -> Path:
         return self.base / "patroni.log"
-
-    def postmaster_pid(self) -> int | None:
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
 
 
 @dataclass(slots=True)
