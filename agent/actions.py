@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.model import DynamicConfig, HistoryEntry, MemberName, SyncRecord, SyncStandbys
+from agent.model import (
+    DynamicConfig,
+    FailsafeRecord,
+    HistoryEntry,
+    MemberName,
+    SyncRecord,
+    SyncStandbys,
+)
 
 
 class StopMode(StrEnum):
@@ -158,6 +165,24 @@ class SetSyncStandbyNames:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SetFailsafeRecord:
+    """Write the DCS `failsafe` record (CAS on `expected_version`; None: only if absent);
+    `record=None` deletes it."""
+
+    record: FailsafeRecord | None
+    expected_version: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfirmFailsafe:
+    """Primary, DCS unreachable, failsafe mode: POST /failsafe to every member of `members`
+    (name, api_url) at once. Never fails the decision: the executor records when the round
+    was sent if every member accepted (it extends the fencing deadline), else nothing."""
+
+    members: tuple[tuple[MemberName, str], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Exit:
     """Shutdown is complete: leave the loop."""
 
@@ -183,6 +208,8 @@ Action = (
     | SetConfig
     | SetSyncRecord
     | SetSyncStandbyNames
+    | SetFailsafeRecord
+    | ConfirmFailsafe
     | Exit
 )
 

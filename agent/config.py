@@ -10,6 +10,7 @@ Derived timing (the fencing deadline) is computed in exactly one place: `Timing`
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import difflib
 import ipaddress
@@ -136,6 +137,17 @@ class ApiSettings:
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
         return f"http://{host}:{self.port}"
 
+    def authorization_header(self) -> dict[str, str]:
+        """The `Authorization` header this agent sends to its peers' APIs (failsafe mode): the
+        members of a cluster share the API credentials. Empty with neither configured."""
+        if self.token is not None:
+            return {"Authorization": f"Bearer {self.token.reveal()}"}
+        if self.basic is not None:
+            password = self.basic.password.reveal() if self.basic.password else ""
+            raw = f"{self.basic.username}:{password}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+        return {}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timing:
@@ -170,15 +182,16 @@ SYNC_MODES: Final = ("off", "on", "quorum")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HaSettings:
-    """HA behaviour. The `synchronous_*` and `maximum_lag_on_syncnode_bytes` values only seed
-    the DCS `config` record when this member bootstraps the cluster; after that the record
-    (PATCH /config) is what every member follows."""
+    """HA behaviour. The `synchronous_*`, `maximum_lag_on_syncnode_bytes` and `failsafe_mode`
+    values only seed the DCS `config` record when this member bootstraps the cluster; after
+    that the record (PATCH /config) is what every member follows."""
 
     maximum_lag_on_failover_bytes: int = 1024 * 1024
     synchronous_mode: str = "off"  # one of SYNC_MODES
     synchronous_node_count: int = 1
     synchronous_mode_strict: bool = False
     maximum_lag_on_syncnode_bytes: int = -1  # -1: no limit
+    failsafe_mode: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -323,6 +336,7 @@ _SCHEMA: Final[dict[str, _Kind]] = {
     "ha.synchronous_node_count": _Kind.INT,
     "ha.synchronous_mode_strict": _Kind.BOOL,
     "ha.maximum_lag_on_syncnode_bytes": _Kind.INT,
+    "ha.failsafe_mode": _Kind.BOOL,
     "log": _Kind.SECTION,
     "log.level": _S,
     "log.format": _S,
@@ -1176,6 +1190,7 @@ def _build_settings(b: _Builder) -> Settings:
         maximum_lag_on_syncnode_bytes=b.int_(
             "ha.maximum_lag_on_syncnode_bytes", d_ha.maximum_lag_on_syncnode_bytes
         ),
+        failsafe_mode=b.bool_("ha.failsafe_mode", d_ha.failsafe_mode),
     )
     if ha.synchronous_mode not in SYNC_MODES:
         b.out.add(

@@ -11,6 +11,13 @@ Safety (DESIGN.md section 3) is kept by three rules that the property tests chec
   or no leader record at all, is demoted at once (the fencer process does the same
   independently of this loop).
 - A member that was a primary never streams from a new leader without pg_rewind first.
+- Failsafe mode (DESIGN.md section 3, DCS unreachable): a primary that cannot reach the DCS
+  extends its fencing deadline only by a round of POST /failsafe that every member named in
+  the `failsafe` record (and every member it may have just added there) accepted; the deadline
+  is then `send time + ttl - margin`. A member that accepted does not race for the lease for
+  `ttl` after it accepted (its clock; `Observation.promised_until`), and while a `failsafe`
+  record stands, a member it does not name never takes over: so until the later of the
+  lease's and the failsafe deadline nobody else can promote.
 - Synchronous replication (DESIGN.md invariant 3): while the DCS `sync` record claims a
   quorum, only its members (and its own leader) may promote, and a member only after it has
   seen `len(members) - quorum + 1` of them and found none further ahead (`sync_refusal`).
@@ -31,6 +38,7 @@ from agent.actions import (
     ClaimInitialize,
     ClearSwitchover,
     Clone,
+    ConfirmFailsafe,
     Decision,
     Demote,
     EnsureSlots,
@@ -42,6 +50,7 @@ from agent.actions import (
     RenewLeader,
     Rewind,
     SetConfig,
+    SetFailsafeRecord,
     SetInitialize,
     SetSyncRecord,
     SetSyncStandbyNames,
@@ -53,6 +62,7 @@ from agent.config import Settings
 from agent.model import (
     ClusterView,
     DynamicConfig,
+    FailsafeRecord,
     LocalRequestKind,
     LocalState,
     Lsn,
@@ -109,6 +119,12 @@ class Observation:
     peers: tuple[PeerStatus, ...] | None = None  # only fetched when there is no leader
     local_requests: tuple[LocalRequestKind, ...] = ()
     shutting_down: bool = False
+    # Failsafe: until when (monotonic) this member promised a primary in failsafe not to race
+    # (it accepted its POST /failsafe), and when this agent started (a promise given by an
+    # earlier run of it is unknown, so a fresh agent holds back for one ttl).
+    promised_until: float | None = None
+    promised_to: MemberName | None = None
+    started_at: float = float("-inf")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,6 +145,12 @@ class Memory:
     # Leader: the synchronous_standby_names value PostgreSQL was first seen to run with, and
     # our WAL position then; every commit acknowledged before lies at or below that position.
     sync_effective: tuple[SyncStandbys, Lsn] | None = None
+    # Leader, failsafe mode: the members to consult over REST when the DCS is unreachable
+    # (name, api_url): the `failsafe` record it read naming it, plus what it is writing there.
+    # None: failsafe cannot be used (mode off, or the record naming us not read back yet).
+    failsafe_peers: tuple[tuple[MemberName, str], ...] | None = None
+    # Send time of the last POST /failsafe round that every one of them accepted.
+    failsafe_sent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,9 +167,73 @@ class Outcome:
 
 
 def fence_deadline(memory: Memory, settings: Settings) -> float | None:
-    if memory.lease_sent_at is None:
+    """The later of the lease's deadline and the failsafe deadline (None: neither)."""
+    sent = [t for t in (memory.lease_sent_at, memory.failsafe_sent_at) if t is not None]
+    if not sent:
         return None
-    return settings.timing.fence_deadline(memory.lease_sent_at)
+    return settings.timing.fence_deadline(max(sent))
+
+
+def failsafe_active(memory: Memory, now: float, settings: Settings) -> bool:
+    """Our PostgreSQL stays primary on the members' confirmation alone (the failsafe deadline
+    is later than the lease's)."""
+    if memory.failsafe_sent_at is None:
+        return False
+    fs = settings.timing.fence_deadline(memory.failsafe_sent_at)
+    lease = (
+        settings.timing.fence_deadline(memory.lease_sent_at)
+        if memory.lease_sent_at is not None
+        else float("-inf")
+    )
+    return now < fs and fs > lease
+
+
+def failsafe_hold(obs: Observation, settings: Settings) -> str | None:
+    """Why this member may not take over because of failsafe mode, or None if it may."""
+    view = obs.cluster
+    assert view is not None
+    if obs.promised_until is not None and obs.now < obs.promised_until:
+        return (
+            f"promised {obs.promised_to} (primary in failsafe) not to race for "
+            f"{obs.promised_until - obs.now:.1f} s more"
+        )
+    record = view.failsafe
+    if (
+        record is not None
+        and settings.name != record.leader
+        and settings.name not in record.names()
+    ):
+        return f"not named in the failsafe record of {record.leader}: it never consulted us"
+    in_use = view.config.failsafe_mode or record is not None
+    if in_use and obs.now < obs.started_at + settings.timing.ttl_s:
+        return "failsafe mode: an agent that just started waits one ttl (promises it gave are lost)"
+    return None
+
+
+def _plan_failsafe(
+    view: ClusterView, memory: Memory, settings: Settings
+) -> tuple[Action | None, Memory]:
+    """Leader: keep the `failsafe` record naming every other member (with its API address)
+    while failsafe mode is on; delete it when the mode is off. Failsafe is usable once the
+    record naming us was read back; we then consult its members and those we are adding."""
+    me = MemberName(settings.name)
+    record = view.failsafe
+    version = view.failsafe_version or None
+    if not view.config.failsafe_mode:
+        memory = replace(memory, failsafe_peers=None)
+        if record is not None or view.failsafe_version:
+            return SetFailsafeRecord(record=None, expected_version=version), memory
+        return None, memory
+    desired = tuple(sorted((m.name, m.api_url) for m in view.members if m.name != me))
+    if record is not None and record.leader == me:
+        peers = tuple(sorted(set(desired) | set(record.members)))
+        memory = replace(memory, failsafe_peers=peers)
+    else:
+        memory = replace(memory, failsafe_peers=None)
+    if record is None or record.leader != me or record.members != desired:
+        wanted = FailsafeRecord(leader=me, members=desired)
+        return SetFailsafeRecord(record=wanted, expected_version=version), memory
+    return None, memory
 
 
 def lease_valid(memory: Memory, now: float, settings: Settings) -> bool:
@@ -571,6 +657,7 @@ def seed_config(settings: Settings) -> DynamicConfig:
         synchronous_node_count=ha.synchronous_node_count,
         synchronous_mode_strict=ha.synchronous_mode_strict,
         maximum_lag_on_syncnode_bytes=ha.maximum_lag_on_syncnode_bytes,
+        failsafe_mode=ha.failsafe_mode,
     )
 
 
@@ -651,6 +738,13 @@ def _when_dcs_unavailable(
     obs: Observation, memory: Memory, settings: Settings
 ) -> tuple[Decision, Memory]:
     if obs.local.is_primary:
+        if lease_valid(memory, obs.now, settings) and memory.failsafe_peers is not None:
+            return _decision(
+                memory,
+                "DCS unreachable; failsafe: asking every member to confirm us, retrying renewal",
+                ConfirmFailsafe(members=memory.failsafe_peers),
+                *((RenewLeader(),) if memory.lease_sent_at is not None else ()),
+            )
         if lease_valid(memory, obs.now, settings):
             return _decision(
                 memory, "DCS unreachable; retrying renewal before the fence", RenewLeader()
@@ -698,7 +792,13 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
         down_since = memory.pg_down_since if memory.pg_down_since is not None else now
         memory = replace(memory, pg_down_since=down_since)
         if now - down_since >= settings.timing.primary_start_timeout_s:
-            memory = replace(memory, pg_down_since=None, lease_sent_at=None)
+            memory = replace(
+                memory,
+                pg_down_since=None,
+                lease_sent_at=None,
+                failsafe_peers=None,
+                failsafe_sent_at=None,
+            )
             return _decision(
                 memory,
                 "PostgreSQL did not come back within primary_start_timeout_s: releasing the lease",
@@ -747,6 +847,9 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     sync_step, memory = plan_sync(view, local, memory, settings)
     if sync_step is not None:
         actions.append(sync_step)
+    failsafe_step, memory = _plan_failsafe(view, memory, settings)
+    if failsafe_step is not None:
+        actions.append(failsafe_step)
     switchover = view.switchover
     if switchover is not None and _switchover_due(obs):
         if switchover.candidate == settings.name or (
@@ -778,7 +881,9 @@ def _when_follower(obs: Observation, memory: Memory, settings: Settings) -> tupl
     view, local = obs.cluster, obs.local
     assert view is not None and view.leader is not None
     leader_name = view.leader.name
-    memory = replace(memory, lease_sent_at=None, pg_down_since=None)
+    memory = replace(
+        memory, lease_sent_at=None, pg_down_since=None, failsafe_peers=None, failsafe_sent_at=None
+    )
     if local.is_primary:
         return _decision(
             memory,
@@ -825,6 +930,17 @@ def _when_leaderless(
     view, local = obs.cluster, obs.local
     assert view is not None
     memory = replace(memory, lease_sent_at=None)
+    if local.is_primary and failsafe_active(memory, obs.now, settings):
+        # The DCS is back (or readable) and our lease expired meanwhile, but every member
+        # promised not to race: take the lease back, confirming ourselves again first.
+        peers = memory.failsafe_peers or ()
+        return _decision(
+            memory,
+            "no leader record; primary in failsafe: taking the lease back",
+            ConfirmFailsafe(members=peers),
+            AcquireLeader(),
+        )
+    memory = replace(memory, failsafe_peers=None, failsafe_sent_at=None)
     if local.is_primary:
         return _decision(
             memory,
@@ -839,6 +955,9 @@ def _when_leaderless(
         )
     if view.config.paused:
         return _decision(memory, "no leader, but the cluster is paused")
+    hold = failsafe_hold(obs, settings)
+    if hold is not None:
+        return _decision(memory, f"no leader; not racing: {hold}")
     request = view.switchover
     if request is not None and request.candidate is not None:
         if request.candidate == settings.name:
@@ -914,7 +1033,11 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
                 return replace(memory, lease_sent_at=outcome.sent_at)
             return replace(memory, lease_sent_at=None)
         case ReleaseLeader():
-            return replace(memory, lease_sent_at=None)
+            return replace(memory, lease_sent_at=None, failsafe_peers=None, failsafe_sent_at=None)
+        case ConfirmFailsafe():
+            if outcome.ok:
+                return replace(memory, failsafe_sent_at=outcome.sent_at)
+            return memory
         case Follow(leader=leader) if outcome.ok:
             return replace(memory, following=leader)
         case StartPostgres(upstream=upstream) if outcome.ok:
@@ -937,7 +1060,14 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return replace(memory, slots=names)
         case HandOver():
             if outcome.ok:
-                return replace(memory, lease_sent_at=None, handed_over=True, slots=None)
+                return replace(
+                    memory,
+                    lease_sent_at=None,
+                    handed_over=True,
+                    slots=None,
+                    failsafe_peers=None,
+                    failsafe_sent_at=None,
+                )
             return replace(memory, failed_at=outcome.sent_at)
         case Demote() | StopPostgres():
             return replace(memory, following=None, slots=None, sync_effective=None)
@@ -945,7 +1075,7 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return replace(memory, following=None, slots=None, sync_effective=None)
         case StartPostgres() | Promote() | Follow() | EnsureSlots():
             return replace(memory, failed_at=outcome.sent_at) if not outcome.ok else memory
-        case SetSyncStandbyNames() | SetSyncRecord() | SetConfig():
+        case SetSyncStandbyNames() | SetSyncRecord() | SetConfig() | SetFailsafeRecord():
             return memory
         case ClaimInitialize() | SetInitialize() | ClearSwitchover() | Exit():
             return memory

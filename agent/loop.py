@@ -27,6 +27,7 @@ from agent.actions import (
     ClaimInitialize,
     ClearSwitchover,
     Clone,
+    ConfirmFailsafe,
     Decision,
     Demote,
     EnsureSlots,
@@ -38,6 +39,7 @@ from agent.actions import (
     RenewLeader,
     Rewind,
     SetConfig,
+    SetFailsafeRecord,
     SetInitialize,
     SetSyncRecord,
     SetSyncStandbyNames,
@@ -56,6 +58,7 @@ from agent.decide import (
     PeerStatus,
     Pending,
     decide,
+    failsafe_active,
     fence_deadline,
     pg_state_of,
     record_outcome,
@@ -141,6 +144,11 @@ class HaLoop:
         self._watch_task: asyncio.Task[None] | None = None
         self._pg_watch_task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
+        # Failsafe (decide.py): whom we promised not to race, until when; and whether the
+        # decision being executed races for the lease (no promise may be given meanwhile).
+        self._started_at = clock.monotonic()
+        self._promise: tuple[MemberName, float] | None = None
+        self._racing = False
 
     # ------------------------------------------------------------------ inputs from outside
 
@@ -153,6 +161,32 @@ class HaLoop:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def accept_failsafe(self, leader: str) -> str | None:
+        """A primary in failsafe mode asks us (POST /failsafe) to confirm it. Accepting is a
+        promise: no race for the lease for ttl_s from now (decide.py, `failsafe_hold`).
+        Returns why we refuse, or None when we accept."""
+        local = self._local
+        view = self._view
+        if leader == self.settings.name:
+            return "the request names this member itself"
+        if local is not None and local.is_primary:
+            return "this member runs a primary"
+        if self._racing or self.memory.lease_sent_at is not None:
+            return "this member holds or is taking the leader lease"
+        if (
+            self._status.dcs_ok
+            and view is not None
+            and view.leader is not None
+            and view.leader.name != leader
+        ):
+            return f"{view.leader.name} holds the leader lease"
+        until = self.clock.monotonic() + self.settings.timing.ttl_s
+        first = self._promise is None or self._promise[0] != leader
+        self._promise = (MemberName(leader), until)
+        if first:
+            log.warning("failsafe_confirmed", primary=leader, promise_s=self.settings.timing.ttl_s)
+        return None
 
     def request_shutdown(self) -> None:
         self._shutting_down = True
@@ -255,6 +289,7 @@ class HaLoop:
             peers = await self._check_peers(view)
         requests = tuple(self._requests)
         self._requests.clear()
+        promise = self._promise
         return Observation(
             now=self.clock.monotonic(),
             wall_now=self.clock.wall(),
@@ -264,6 +299,9 @@ class HaLoop:
             peers=peers,
             local_requests=requests,
             shutting_down=self._shutting_down,
+            promised_to=promise[0] if promise is not None else None,
+            promised_until=promise[1] if promise is not None else None,
+            started_at=self._started_at,
         )
 
     async def _check_peers(self, view: ClusterView) -> tuple[PeerStatus, ...]:
@@ -297,6 +335,13 @@ class HaLoop:
 
     async def _execute(self, decision: Decision, obs: Observation) -> bool:
         """Run the actions in order; stop at the first failure. True: cycle again at once."""
+        self._racing = any(isinstance(a, AcquireLeader) for a in decision.actions)
+        try:
+            return await self._execute_actions(decision, obs)
+        finally:
+            self._racing = False
+
+    async def _execute_actions(self, decision: Decision, obs: Observation) -> bool:
         changed = False
         for action in decision.actions:
             if is_long(action):
@@ -318,6 +363,12 @@ class HaLoop:
             ) as exc:
                 ok, detail = False, repr(exc)
             outcome = Outcome(action=action, ok=bool(ok), sent_at=sent_at, detail=detail)
+            if isinstance(action, ConfirmFailsafe):
+                # Never stops the decision: the renewal after it may still succeed.
+                self.memory = record_outcome(self.memory, outcome, self.settings)
+                if ok:
+                    await self._arm_failsafe()
+                continue
             if isinstance(action, RenewLeader) and ok is None:
                 # Unreachable, not lost: keep the lease until its fencing deadline and retry.
                 log.warning("renew_failed", detail=detail)
@@ -388,6 +439,47 @@ class HaLoop:
 
     async def _arm_after(self, sent_at: float) -> None:
         await self.fence.arm(self.settings.timing.fence_deadline(sent_at))
+
+    async def _arm_failsafe(self) -> None:
+        """Move the fencer's deadline to the one the members just confirmed; without a
+        fencer the confirmation is worth nothing (it would not stop us in time)."""
+        deadline = fence_deadline(self.memory, self.settings)
+        try:
+            if deadline is None:
+                raise FenceUnavailable("no deadline")
+            await self.fence.arm(deadline)
+        except FenceUnavailable as exc:
+            log.error("failsafe_unarmed", error=repr(exc))
+            self.memory = replace(self.memory, failsafe_sent_at=None)
+
+    async def _confirm_failsafe(self, members: tuple[tuple[MemberName, str], ...]) -> bool:
+        """POST /failsafe to every member at once; True only if every one accepted."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        session = self._http
+        timeout = aiohttp.ClientTimeout(total=self.settings.timing.peer_check_timeout_s)
+        headers = self.settings.api.authorization_header()
+        body = {"leader": self.settings.name, "cluster": self.settings.cluster}
+
+        async def ask(name: MemberName, url: str) -> str | None:
+            try:
+                async with session.post(
+                    url + "/failsafe", json=body, headers=headers, timeout=timeout
+                ) as resp:
+                    if resp.status == 200:
+                        return None
+                    answer = await resp.json(content_type=None)
+                    return f"{name}: {resp.status} {answer.get('error', '')}"
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+                return f"{name}: unreachable ({type(exc).__name__})"
+
+        refusals = [r for r in await asyncio.gather(*(ask(n, u) for n, u in members)) if r]
+        self.metrics.count_failsafe_round(not refusals)
+        if refusals:
+            log.warning("failsafe_not_confirmed", refusals=refusals)
+            return False
+        log.info("failsafe_confirmed_by_all", members=[n for n, _ in members])
+        return True
 
     async def _dcs_call(self, operation: str, call: Callable[[], Awaitable[_T]]) -> _T:
         t0 = self.clock.monotonic()
@@ -554,6 +646,23 @@ class HaLoop:
                 )
                 log.info("synchronous_standby_names_set", value=value)
                 return True
+            case ConfirmFailsafe(members=members):
+                return await self._confirm_failsafe(members)
+            case SetFailsafeRecord(record=failsafe, expected_version=version):
+                ok = await self._dcs_call(
+                    "write_record",
+                    lambda: self.dcs.write_record(
+                        RecordKind.FAILSAFE,
+                        failsafe.to_json() if failsafe is not None else None,
+                        expected_version=version,
+                    ),
+                )
+                log.info(
+                    "failsafe_record_written",
+                    ok=ok,
+                    members=[n for n, _ in failsafe.members] if failsafe is not None else None,
+                )
+                return ok
             case Exit():
                 self._exit = True
                 return True
@@ -698,7 +807,16 @@ class HaLoop:
             replay_lsn=local.replay_lsn,
             lag_bytes=lag if local.is_replica else 0 if local.is_primary else None,
             leader=leader,
-            lease_held=deadline is not None and now < deadline and leader == s.name,
+            # While the DCS cannot be read, a lease we renewed in time (or the members'
+            # failsafe confirmation) still counts: probes and pod labels keep routing to us
+            # until the fencing deadline, as the fencer would stop us then.
+            lease_held=deadline is not None
+            and now < deadline
+            and (
+                leader == s.name
+                or (view is None and self.memory.lease_sent_at is not None)
+                or (local.is_primary and failsafe_active(self.memory, now, s))
+            ),
             lease_age_s=(now - self.memory.lease_sent_at) if self.memory.lease_sent_at else None,
             fence_remaining_s=(deadline - now) if deadline is not None else None,
             dcs_ok=view is not None,
@@ -712,6 +830,7 @@ class HaLoop:
             replication=local.replication,
             sync_role=sync_role_of(s.name, view, local) if view is not None else SyncRole.NONE,
             sync_fallback=view is not None and sync_fallback(view, local, s),
+            failsafe_active=local.is_primary and failsafe_active(self.memory, now, s),
         )
         self.metrics.update(self._status)
         duration = self.clock.monotonic() - started

@@ -111,6 +111,17 @@ class Metrics:
             ["role"],
             registry=r,
         )
+        self._failsafe_active = Gauge(
+            f"{p}_failsafe_active",
+            "1 while this primary stays primary on its members' confirmation alone (DCS down)",
+            registry=r,
+        )
+        self._failsafe_rounds = Counter(
+            f"{p}_failsafe_rounds",
+            "POST /failsafe rounds of this primary, by result (confirmed: every member accepted)",
+            ["result"],
+            registry=r,
+        )
         self._failovers = Counter(
             f"{p}_failovers", "Promotions without a switchover request", registry=r
         )
@@ -176,6 +187,7 @@ class Metrics:
                 1 if status.sync_role is sync_role else 0
             )
         self._sync_fallback.set(1 if status.sync_fallback else 0)
+        self._failsafe_active.set(1 if status.failsafe_active else 0)
         if status.cluster_view is not None:
             view = status.cluster_view
             record = view.sync
@@ -215,6 +227,9 @@ class Metrics:
 
     def count_lease_loss(self) -> None:
         self._lease_losses.inc()
+
+    def count_failsafe_round(self, confirmed: bool) -> None:
+        self._failsafe_rounds.labels(result="confirmed" if confirmed else "refused").inc()
 
     def count_fencing(self) -> None:
         self._fencing.inc()

@@ -69,6 +69,7 @@ class RecordKind(StrEnum):
     SYNC = "sync"
     SWITCHOVER = "switchover"
     HISTORY = "history"
+    FAILSAFE = "failsafe"
 
 
 def format_lsn(lsn: Lsn | None) -> str:
@@ -267,6 +268,9 @@ class DynamicConfig:
     synchronous_node_count: int = 1
     synchronous_mode_strict: bool = False
     maximum_lag_on_syncnode_bytes: int = -1  # -1: no lag limit for synchronous standbys
+    # Keep the primary through a DCS outage while every other member confirms it over the
+    # agents' REST API (DESIGN.md section 3; decide.py, failsafe).
+    failsafe_mode: bool = False
     version: str = ""
 
     def to_json(self) -> str:
@@ -277,6 +281,7 @@ class DynamicConfig:
                 "synchronous_node_count": self.synchronous_node_count,
                 "synchronous_mode_strict": self.synchronous_mode_strict,
                 "maximum_lag_on_syncnode_bytes": self.maximum_lag_on_syncnode_bytes,
+                "failsafe_mode": self.failsafe_mode,
             },
             sort_keys=True,
         )
@@ -310,6 +315,30 @@ class SyncRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FailsafeRecord:
+    """The DCS `failsafe` record: the members a leader in failsafe mode consults over their
+    REST API when the DCS is unreachable, with their API addresses.
+
+    Written by the leader (only while it can reach the DCS) whenever the member list changes.
+    While it stands, only its `leader` and its `members` may take over (decide.py): a member
+    the leader would not consult never promised anything, so it must not promote.
+    """
+
+    leader: MemberName
+    members: tuple[tuple[MemberName, str], ...] = ()  # (name, api_url), sorted by name
+    version: str = ""
+
+    def names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.members)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"leader": self.leader, "members": {name: url for name, url in self.members}},
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterView:
     """One consistent read of the whole cluster from the DCS.
 
@@ -327,6 +356,8 @@ class ClusterView:
     config: DynamicConfig = field(default_factory=DynamicConfig)
     sync: SyncRecord | None = None
     sync_version: str = ""  # of the `sync` record, also when it did not parse
+    failsafe: FailsafeRecord | None = None
+    failsafe_version: str = ""  # of the `failsafe` record, also when it did not parse
 
     def member(self, name: str) -> Member | None:
         for member in self.members:
@@ -480,12 +511,35 @@ def parse_config(raw: RawRecord) -> DynamicConfig:
     max_lag = _int_or_none(data.get("maximum_lag_on_syncnode_bytes", -1))
     if max_lag is None or max_lag < -1:
         raise ValueError("maximum_lag_on_syncnode_bytes must be an integer >= -1")
+    failsafe = data.get("failsafe_mode", False)
+    if not isinstance(failsafe, bool):
+        raise ValueError("failsafe_mode is not a boolean")
     return DynamicConfig(
         paused=paused,
         synchronous_mode=mode,
         synchronous_node_count=count,
         synchronous_mode_strict=strict,
         maximum_lag_on_syncnode_bytes=max_lag,
+        failsafe_mode=failsafe,
+        version=raw.version,
+    )
+
+
+def parse_failsafe(raw: RawRecord) -> FailsafeRecord:
+    data = json.loads(raw.value)
+    if not isinstance(data, dict):
+        raise ValueError("failsafe record is not an object")
+    members = data.get("members")
+    if not isinstance(members, dict):
+        raise ValueError("members is not an object of name: api_url")
+    pairs = []
+    for name, url in members.items():
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"members.{name}: api_url is not an http(s) URL")
+        pairs.append((MemberName(_str(name, "members")), url))
+    return FailsafeRecord(
+        leader=MemberName(_str(data.get("leader"), "leader")),
+        members=tuple(sorted(pairs)),
         version=raw.version,
     )
 
@@ -566,6 +620,13 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
             # commit), see decide.py `sync_eligibility`.
             sync = SyncRecord(leader=MemberName(""), members=(), quorum=1, version=rec.version)
 
+    failsafe = None
+    failsafe_version = ""
+    if (rec := raw.records.get(RecordKind.FAILSAFE)) is not None:
+        # Unreadable: read as absent (logged), as if the leader had not written one yet.
+        failsafe_version = rec.version
+        failsafe = attempt("failsafe", parse_failsafe, rec)
+
     view = ClusterView(
         initialize=initialize,
         initialize_version=initialize_version,
@@ -577,6 +638,8 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         config=config,
         sync=sync,
         sync_version=sync_version,
+        failsafe=failsafe,
+        failsafe_version=failsafe_version,
     )
     return view, tuple(problems)
 
@@ -623,3 +686,4 @@ class AgentStatus:
     replication: tuple[ReplicationRow, ...] = ()
     sync_role: SyncRole = SyncRole.NONE
     sync_fallback: bool = False  # leader: synchronous mode asked, but commits are asynchronous
+    failsafe_active: bool = False  # primary kept by its members' confirmation (DCS down)

@@ -107,6 +107,7 @@ class ConfigPatch:
     synchronous_node_count: int | None = None
     synchronous_mode_strict: bool | None = None
     maximum_lag_on_syncnode_bytes: int | None = None
+    failsafe_mode: bool | None = None
 
 
 _CONFIG_FIELDS = frozenset(
@@ -116,6 +117,7 @@ _CONFIG_FIELDS = frozenset(
         "synchronous_node_count",
         "synchronous_mode_strict",
         "maximum_lag_on_syncnode_bytes",
+        "failsafe_mode",
     }
 )
 
@@ -164,6 +166,7 @@ def parse_config_patch(body: Mapping[str, object]) -> ConfigPatch:
         maximum_lag_on_syncnode_bytes=_optional_int(
             body, "maximum_lag_on_syncnode_bytes", minimum=-1, rule=">= -1 (-1: no limit)"
         ),
+        failsafe_mode=_optional_bool(body, "failsafe_mode"),
     )
 
 
@@ -179,6 +182,7 @@ def apply_config_patch(config: DynamicConfig, patch: ConfigPatch) -> DynamicConf
         maximum_lag_on_syncnode_bytes=pick(
             patch.maximum_lag_on_syncnode_bytes, config.maximum_lag_on_syncnode_bytes
         ),
+        failsafe_mode=pick(patch.failsafe_mode, config.failsafe_mode),
         version=config.version,
     )
 

@@ -70,6 +70,10 @@ class LocalRequestSink(Protocol):
     def wake(self) -> None:
         """Wake the HA loop now (after the API wrote a request to the DCS)."""
 
+    def accept_failsafe(self, leader: str) -> str | None:
+        """A primary in failsafe mode asks this member to confirm it; accepting promises not
+        to race for the lease for one ttl. Returns why it refuses, or None."""
+
 
 class MetricsSource(Protocol):
     """What /metrics needs: `agent.metrics.Metrics` is one."""
@@ -317,6 +321,32 @@ class _Routes:
         _log.info("api_failover_requested", leader=planned.leader, candidate=planned.candidate)
         return response
 
+    # ------------------------------------------------------------------ failsafe
+
+    async def post_failsafe(self, request: web.Request) -> web.StreamResponse:
+        """A primary that cannot reach the DCS asks us to confirm it (failsafe mode)."""
+        body = await _json_object(request, allow_empty=False)
+        reject_unknown_fields(body, {"leader", "cluster"})
+        leader, cluster = body.get("leader"), body.get("cluster")
+        if not isinstance(leader, str) or not leader:
+            raise ApiError(400, "leader: expected the requesting member's name")
+        if not isinstance(cluster, str) or cluster != self._settings.cluster:
+            raise ApiError(
+                409, f"cluster: this member belongs to {self._settings.cluster!r}, not {cluster!r}"
+            )
+        refusal = self._requests.accept_failsafe(leader)
+        if refusal is not None:
+            _log.warning("failsafe_refused", primary=leader, reason=refusal)
+            raise ApiError(409, f"failsafe: {refusal}")
+        return _json(
+            {
+                "accepted": True,
+                "member": self._settings.name,
+                "leader": leader,
+                "promise_s": self._settings.timing.ttl_s,
+            }
+        )
+
     # ------------------------------------------------------------------ local requests
 
     def local(self, kind: LocalRequestKind) -> Handler:
@@ -376,6 +406,7 @@ def build_app(
     router.add_post("/switchover", routes.post_switchover)
     router.add_delete("/switchover", routes.delete_switchover)
     router.add_post("/failover", routes.post_failover)
+    router.add_post("/failsafe", routes.post_failsafe)
     router.add_post("/restart", routes.local(LocalRequestKind.RESTART))
     router.add_post("/reinitialize", routes.local(LocalRequestKind.REINITIALIZE))
     return app

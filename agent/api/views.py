@@ -62,6 +62,7 @@ def status_body(status: AgentStatus, *, age_s: float) -> Json:
         "cycle": status.cycle,
         "status_age_s": round(age_s, 3),
         "sync_role": status.sync_role.value,
+        "failsafe_active": status.failsafe_active,
     }
 
 
@@ -157,6 +158,7 @@ def config_body(config: DynamicConfig) -> Json:
         "synchronous_node_count": config.synchronous_node_count,
         "synchronous_mode_strict": config.synchronous_mode_strict,
         "maximum_lag_on_syncnode_bytes": config.maximum_lag_on_syncnode_bytes,
+        "failsafe_mode": config.failsafe_mode,
     }
 
 

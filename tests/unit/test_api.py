@@ -99,12 +99,18 @@ class Backend:
 class Inbox:
     submitted: list[LocalRequestKind] = field(default_factory=list)
     wakes: int = 0
+    failsafe_asks: list[str] = field(default_factory=list)
+    failsafe_refusal: str | None = None
 
     def submit(self, kind: LocalRequestKind) -> None:
         self.submitted.append(kind)
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def accept_failsafe(self, leader: str) -> str | None:
+        self.failsafe_asks.append(leader)
+        return self.failsafe_refusal
 
 
 @dataclass

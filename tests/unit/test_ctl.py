@@ -166,6 +166,9 @@ class Node:
     def wake(self) -> None:
         self.wakes += 1
 
+    def accept_failsafe(self, leader: str) -> str | None:
+        return "ctl tests never confirm a failsafe primary"
+
     def handle(self, name: str) -> MemoryDcs:
         if name not in self.handles:
             self.handles[name] = MemoryDcs(self.store, name, ttl_s=10.0, clock=self.clock)
@@ -280,6 +283,9 @@ class _Forward:
 
     def wake(self) -> None:
         self.holder[0].wake()
+
+    def accept_failsafe(self, leader: str) -> str | None:
+        return self.holder[0].accept_failsafe(leader)
 
 
 async def test_list_prints_the_cluster_table(node: Node) -> None:

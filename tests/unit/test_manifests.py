@@ -245,6 +245,9 @@ class _Inbox:
     def wake(self) -> None:
         raise AssertionError("probes must not wake the loop")
 
+    def accept_failsafe(self, leader: str) -> str | None:
+        raise AssertionError("probes must not confirm a failsafe primary")
+
 
 @pytest.fixture
 async def agent_api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
