@@ -1,8 +1,15 @@
-"""A pgwarden cluster whose hosts are network namespaces: 3 etcd hosts, N member hosts, a client.
+"""A pgwarden cluster whose hosts are network namespaces: the DCS hosts, N member hosts, a client.
 
 Each member host runs its agent (as root, `python -m agent run --config`) and, through the
-agent, its PostgreSQL as the `postgres` OS user. Each etcd host runs one etcd member. Since
-every host has its own namespace, fixed ports (5432, 8008, 2379, 2380) cannot collide.
+agent, its PostgreSQL as the `postgres` OS user. The DCS is either 3 etcd hosts, each running
+one etcd member (`dcs="etcd"`), or one host `k` running the in-tree test Kubernetes API server
+(`dcs="kubernetes"`, tests/k8s_apiserver, lock kind `endpoints`), with one pod object per
+member whose podIP is the member host's address. Since every host has its own namespace,
+fixed ports (5432, 8008, 2379, 2380, 6443) cannot collide.
+
+The test API server keeps its objects in memory only: killing it would lose the leader, the
+member records and the cluster's `initialize` record, which a real API server never does. So
+it is only ever frozen (SIGSTOP/SIGCONT) or cut off, never killed, while a run lasts.
 
 Processes are started with `ip netns exec`, which execs the command: the Popen pid is the
 agent's (or etcd's) own pid, so signals reach it directly. `stop` kills everything left in the
@@ -33,7 +40,7 @@ import aiohttp
 import asyncpg
 import yaml
 
-from tests.chaos.netns import SUBNET, Host, Network
+from tests.chaos.netns import SUBNET, Host, Network, entered
 
 ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -42,6 +49,11 @@ PG_PORT = 5432
 API_PORT = 8008
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+KUBE_PORT = 6443
+KUBE_NAMESPACE = "default"
+KUBE_AGENT_TOKEN = "chaos-agent-token"  # the agents' bearer token (user pgwarden)
+KUBE_ADMIN_TOKEN = "chaos-admin-token"  # the harness's own requests (user admin)
+KUBE_LABELS = {"app": "pgwarden", "cluster-name": "chaos"}
 TOKEN = "chaos-token"
 TABLE = "pgwarden_probe"
 
@@ -148,23 +160,43 @@ class EtcdNode:
 
 
 @dataclass(slots=True, kw_only=True)
+class ApiServer:
+    """The test Kubernetes API server on its own host (state in memory: never kill it)."""
+
+    host: Host
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host.address}:{KUBE_PORT}"
+
+
+@dataclass(slots=True, kw_only=True)
 class ChaosCluster:
-    """Namespaces, etcd and agents of one chaos run. `start` builds it, `stop` removes it all."""
+    """Namespaces, DCS and agents of one chaos run. `start` builds it, `stop` removes it all."""
 
     size: int = 3
+    dcs: str = "etcd"  # "etcd" (3 etcd hosts) or "kubernetes" (the test API server's host)
     etcd_size: int = 3
     timing: dict[str, float] = field(default_factory=lambda: dict(QUICK_TIMING))
     synchronous_mode: str = "off"  # seeds the DCS config at bootstrap: off, on or quorum
+    failsafe_mode: bool = False  # seeds the DCS config's failsafe_mode (ha.failsafe_mode)
     base: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgw-chaos-", dir="/tmp"))
     )
     network: Network = field(init=False)
     members: list[Member] = field(default_factory=list)
     etcd: list[EtcdNode] = field(default_factory=list)
+    apiserver: ApiServer | None = None
 
     def __post_init__(self) -> None:
+        if self.dcs not in ("etcd", "kubernetes"):
+            raise ValueError(f"dcs must be etcd or kubernetes, got {self.dcs!r}")
         keys = [f"n{i + 1}" for i in range(self.size)]
-        keys += [f"e{i + 1}" for i in range(self.etcd_size)]
+        if self.dcs == "etcd":
+            keys += [f"e{i + 1}" for i in range(self.etcd_size)]
+        else:
+            keys.append("k")
         self.network = Network(keys=(*keys, "c"))
 
     @property
@@ -179,14 +211,22 @@ class ChaosCluster:
     def etcd_keys(self) -> list[str]:
         return [e.host.key for e in self.etcd]
 
+    @property
+    def dcs_keys(self) -> list[str]:
+        """The hosts of the DCS: the etcd hosts, or the API server's."""
+        return self.etcd_keys if self.dcs == "etcd" else ["k"]
+
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
-        """Namespaces, then etcd, then the agents. Everything is removed again on failure."""
+        """Namespaces, then the DCS, then the agents. Everything is removed again on failure."""
         try:
             os.chmod(self.base, 0o755)
             self.network.create()
-            self._start_etcd()
+            if self.dcs == "etcd":
+                self._start_etcd()
+            else:
+                self._start_apiserver()
             for i in range(self.size):
                 host = self.network.hosts[f"n{i + 1}"]
                 base = self.base / f"pg-{i}"
@@ -223,6 +263,8 @@ class ChaosCluster:
             member.agent.kill()
         for node in self.etcd:
             node.proc.kill()
+        if self.apiserver is not None:
+            self.apiserver.proc.kill()
 
     def remove_files(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
@@ -258,6 +300,99 @@ class ChaosCluster:
             self.etcd.append(node)
             node.proc.start()
 
+    def _start_apiserver(self) -> None:
+        """The API server on host `k`, then (from the client host) the selector-less primary
+        Service `chaos` and one Running pod per member with the member host's address as its
+        podIP, as a StatefulSet would have them before the agents start."""
+        host = self.network.hosts["k"]
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.k8s_apiserver",
+            "--host",
+            host.address,
+            "--port",
+            str(KUBE_PORT),
+            "--token",
+            f"{KUBE_AGENT_TOKEN}=pgwarden",
+            "--token",
+            f"{KUBE_ADMIN_TOKEN}=admin",
+        ]
+        self.apiserver = ApiServer(
+            host=host, proc=Proc(host=host, argv=argv, log=self.base / "apiserver.log")
+        )
+        self.apiserver.proc.start()
+        with entered(self.client.netns):
+            deadline = time.monotonic() + 15.0
+            while True:
+                try:
+                    self.kube_request("GET", "/healthz")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or not self.apiserver.proc.running:
+                        raise RuntimeError("the test API server did not start") from None
+                    time.sleep(0.05)
+            ns = KUBE_NAMESPACE
+            self.kube_request(
+                "POST",
+                f"/api/v1/namespaces/{ns}/services",
+                {"metadata": {"name": "chaos"}, "spec": {"ports": [{"port": PG_PORT}]}},
+            )
+            for i in range(self.size):
+                self.kube_request(
+                    "POST",
+                    f"/api/v1/namespaces/{ns}/pods",
+                    {
+                        "metadata": {"name": f"pg-{i}", "labels": dict(KUBE_LABELS)},
+                        "spec": {"containers": [{"name": "postgres", "image": "pgwarden"}]},
+                        "status": {
+                            "phase": "Running",
+                            "podIP": self.network.hosts[f"n{i + 1}"].address,
+                        },
+                    },
+                )
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "chaos", "cluster": {"server": self.apiserver.url}}],
+                    "users": [{"name": "agent", "user": {"token": KUBE_AGENT_TOKEN}}],
+                    "contexts": [
+                        {
+                            "name": "chaos",
+                            "context": {"cluster": "chaos", "user": "agent", "namespace": ns},
+                        }
+                    ],
+                    "current-context": "chaos",
+                }
+            )
+        )
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.base / "kubeconfig.json"
+
+    def kube_request(self, method: str, path: str, body: object = None) -> object:
+        """One admin request to the API server (the calling thread must be in the client
+        namespace; raises OSError when unreachable)."""
+        assert self.apiserver is not None
+        request = urllib.request.Request(
+            self.apiserver.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={
+                "Authorization": f"Bearer {KUBE_ADMIN_TOKEN}",
+                "Content-Type": "application/json",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=2.0) as response:
+            raw = response.read()
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:  # /healthz answers a plain "ok"
+            return raw.decode(errors="replace")
+
     def _prepare(self, member: Member) -> None:
         member.base.mkdir(parents=True, exist_ok=True)
         os.chmod(member.base, 0o755)
@@ -275,7 +410,7 @@ class ChaosCluster:
             "cluster": "chaos",
             "namespace": "pgwarden",
             "run_dir": str(member.base / "run"),
-            "dcs": {"kind": "etcd", "etcd": {"endpoints": [n.client_url for n in self.etcd]}},
+            "dcs": self._dcs_config(member),
             "postgresql": {
                 "bin_dir": PG_BIN,
                 "data_dir": str(member.data_dir),
@@ -296,9 +431,30 @@ class ChaosCluster:
             },
             "api": {"listen_host": member.address, "port": API_PORT, "token": TOKEN},
             "timing": dict(self.timing),
-            "ha": {"synchronous_mode": self.synchronous_mode},
+            "ha": self._ha_config(),
             "log": {"format": "json", "level": "info"},
         }
+
+    def _dcs_config(self, member: Member) -> dict[str, object]:
+        if self.dcs == "etcd":
+            return {"kind": "etcd", "etcd": {"endpoints": [n.client_url for n in self.etcd]}}
+        return {
+            "kind": "kubernetes",
+            "kubernetes": {
+                "namespace": KUBE_NAMESPACE,
+                "lock": "endpoints",
+                "pod_name": member.name,
+                "pod_ip": member.address,
+                "kubeconfig": str(self.kubeconfig),
+                "labels": dict(KUBE_LABELS),
+            },
+        }
+
+    def _ha_config(self) -> dict[str, object]:
+        ha: dict[str, object] = {"synchronous_mode": self.synchronous_mode}
+        if self.failsafe_mode:  # only when asked: an agent without failsafe rejects the key
+            ha["failsafe_mode"] = True
+        return ha
 
     # ------------------------------------------------------------------ processes
 
@@ -328,6 +484,16 @@ class ChaosCluster:
             if not node.proc.running:
                 node.proc.start()
                 started.append(node.name)
+        return started
+
+    def resume_dcs(self) -> list[str]:
+        """SIGCONT every DCS process and start dead etcd members. A dead API server is not
+        started again (its state is gone): raise, since the run can no longer be judged."""
+        started = self.restart_dead_etcd()
+        if self.apiserver is not None:
+            self.apiserver.proc.signal(signal.SIGCONT)
+            if not self.apiserver.proc.running:
+                raise RuntimeError("the test API server died; its in-memory state is lost")
         return started
 
     # ------------------------------------------------------------------ observing (client ns)

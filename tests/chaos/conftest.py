@@ -47,6 +47,8 @@ def chaos_results() -> Iterator[list[ScenarioResult]]:
                     if k in ("ttl_s", "loop_wait_s", "retry_timeout_s", "fence_margin_s")
                 },
                 "replication": "asynchronous; [sync]: synchronous_mode on",
+                "dcs": "3 etcd members; [k8s]: the test Kubernetes API server, lock endpoints",
+                "failsafe": "off; [failsafe]: failsafe_mode on",
                 "converge_bound_s": CONVERGE_BOUND_S,
                 "mix_duration_s": duration or 0,
             },
@@ -54,14 +56,25 @@ def chaos_results() -> Iterator[list[ScenarioResult]]:
 
 
 @contextlib.contextmanager
-def _running(results: list[ScenarioResult], *, sync: bool) -> Iterator[Runner]:
+def _running(
+    results: list[ScenarioResult],
+    *,
+    sync: bool = False,
+    dcs: str = "etcd",
+    failsafe: bool = False,
+    suffix: str = "",
+) -> Iterator[Runner]:
     """A started cluster; the calling thread is in its client namespace until the exit."""
-    cluster = ChaosCluster(synchronous_mode="on" if sync else "off")
+    cluster = ChaosCluster(
+        synchronous_mode="on" if sync else "off", dcs=dcs, failsafe_mode=failsafe
+    )
     keep = False
     try:
         cluster.start()
         with netns.entered(cluster.client.netns):
-            chaos = Runner(cluster=cluster, converge_bound_s=CONVERGE_BOUND_S, sync=sync)
+            chaos = Runner(
+                cluster=cluster, converge_bound_s=CONVERGE_BOUND_S, sync=sync, suffix=suffix
+            )
             try:
                 yield chaos
             finally:
@@ -84,4 +97,24 @@ def runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator
 def sync_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
     """synchronous_mode: on; the test thread is in the client namespace for the module."""
     with _running(chaos_results, sync=True) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def k8s_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+    """The DCS is the test Kubernetes API server (lock kind endpoints) on its own host;
+    asynchronous replication; scenario names get " [k8s]"."""
+    with _running(chaos_results, dcs="kubernetes", suffix=" [k8s]") as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def failsafe_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+    """etcd, asynchronous replication, `ha.failsafe_mode: true` (CHAOS_FAILSAFE=off builds
+    the same cluster without it, to see the failsafe assertions fail); names get
+    " [failsafe]" (" [failsafe off]" when off)."""
+    on = os.environ.get("CHAOS_FAILSAFE", "on") != "off"
+    with _running(
+        chaos_results, failsafe=on, suffix=" [failsafe]" if on else " [failsafe off]"
+    ) as chaos:
         yield chaos

@@ -6,8 +6,14 @@ processes continued, dead agents and etcd members started again), so healing is 
 and safe after a failed scenario. `hold_s` is how long the fault stays in place.
 
 Partitions are iptables DROP rules in the namespaces (both directions). The "primary isolated"
-fault cuts the primary from etcd and from the other members but not from the client: the
+fault cuts the primary from the DCS and from the other members but not from the client: the
 strongest test of self-fencing, since clients could go on writing to it.
+
+`nemeses(ttl_s, dcs=...)` maps the faults onto the DCS in use. With the Kubernetes API server
+(one host, state in memory) "cut from the DCS" is a cut from its host; the outages are
+`dcs-majority-cut` (its host cut from every host) and `dcs-frozen` (the server SIGSTOPped,
+SIGCONTed on heal; it is never killed, since a restart would lose its state); there is no
+`etcd-leader-killed` and no `etcd-all-stopped`.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from tests.chaos.cluster import ChaosCluster
 
 
 def heal_all(cluster: ChaosCluster) -> None:
-    """Flush every DROP rule, SIGCONT every agent, start dead etcd members and agents."""
+    """Flush every DROP rule, SIGCONT every agent and DCS process, start dead etcd members and
+    agents."""
     cluster.network.heal()
-    cluster.restart_dead_etcd()
+    cluster.resume_dcs()
     cluster.restart_dead_agents()
 
 
@@ -32,8 +39,8 @@ def _replica(cluster: ChaosCluster, primary: int) -> int:
 
 def _partition_primary_from_dcs(cluster: ChaosCluster, primary: int) -> str:
     member = cluster.members[primary]
-    cluster.network.drop_between(member.host.key, cluster.etcd_keys)
-    return f"{member.name} cut from etcd"
+    cluster.network.drop_between(member.host.key, cluster.dcs_keys)
+    return f"{member.name} cut from the DCS ({cluster.dcs})"
 
 
 def _partition_primary_from_replicas(cluster: ChaosCluster, primary: int) -> str:
@@ -46,8 +53,8 @@ def _partition_primary_from_replicas(cluster: ChaosCluster, primary: int) -> str
 def _isolate_primary(cluster: ChaosCluster, primary: int) -> str:
     member = cluster.members[primary]
     others = [k for k in cluster.member_keys if k != member.host.key]
-    cluster.network.drop_between(member.host.key, [*cluster.etcd_keys, *others])
-    return f"{member.name} cut from etcd and replicas (clients still reach it)"
+    cluster.network.drop_between(member.host.key, [*cluster.dcs_keys, *others])
+    return f"{member.name} cut from the DCS and the replicas (clients still reach it)"
 
 
 def _isolate_replica(cluster: ChaosCluster, primary: int) -> str:
@@ -57,10 +64,29 @@ def _isolate_replica(cluster: ChaosCluster, primary: int) -> str:
 
 
 def _cut_dcs_majority(cluster: ChaosCluster, primary: int) -> str:
+    if cluster.dcs == "kubernetes":
+        cluster.network.isolate("k")
+        return "the API server's host cut from every host"
     cut = cluster.etcd_keys[-2:]
     for key in cut:
         cluster.network.isolate(key)
     return f"etcd hosts {', '.join(cut)} cut from every host (no quorum)"
+
+
+def _freeze_apiserver(cluster: ChaosCluster, primary: int) -> str:
+    assert cluster.apiserver is not None
+    cluster.apiserver.proc.signal(signal.SIGSTOP)
+    return "the API server SIGSTOPped (connections stay open, nothing answers)"
+
+
+def _dcs_outage_and_replica_agent_killed(cluster: ChaosCluster, primary: int) -> str:
+    """The DCS unreachable for everyone and one replica's agent dead: with failsafe mode the
+    primary cannot confirm every member, so it must stop at its deadline."""
+    member = cluster.members[_replica(cluster, primary)]
+    member.agent.signal(signal.SIGKILL)
+    member.agent.wait(timeout=5)
+    what = _cut_dcs_majority(cluster, primary)
+    return f"SIGKILL to the agent of {member.name} (replica), then {what}"
 
 
 def _stop_all_etcd(cluster: ChaosCluster, primary: int) -> str:
@@ -103,9 +129,30 @@ class Nemesis:
     heal: Callable[[ChaosCluster], None] = heal_all
 
 
-def nemeses(ttl_s: float) -> list[Nemesis]:
-    """Every nemesis, with holds long enough for the fault to matter (a lease to expire)."""
+def nemeses(ttl_s: float, *, dcs: str = "etcd") -> list[Nemesis]:
+    """Every nemesis for a cluster whose DCS is `dcs` ("etcd" or "kubernetes"), with holds
+    long enough for the fault to matter (a lease to expire)."""
     expire = ttl_s + 3.0
+    every = _every(expire)
+    if dcs == "etcd":
+        return every
+    frozen = Nemesis(name="dcs-frozen", inject=_freeze_apiserver, hold_s=expire)
+    out = [n for n in every if n.name not in ("etcd-all-stopped", "etcd-leader-killed")]
+    index = next(i for i, n in enumerate(out) if n.name == "dcs-majority-cut")
+    return [*out[: index + 1], frozen, *out[index + 1 :]]
+
+
+def dcs_outage_with_dead_replica_agent(ttl_s: float) -> Nemesis:
+    """Not in the quick profile: the failsafe profile's case where confirmation must fail."""
+    return Nemesis(
+        name="dcs-outage-replica-agent-killed",
+        inject=_dcs_outage_and_replica_agent_killed,
+        hold_s=ttl_s + 3.0,
+        quick=False,
+    )
+
+
+def _every(expire: float) -> list[Nemesis]:
     return [
         Nemesis(name="primary-cut-from-dcs", inject=_partition_primary_from_dcs, hold_s=expire),
         Nemesis(

@@ -7,6 +7,7 @@ workload and every probe talk from the client host through the bridge.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ class ScenarioResult:
     primary_before: str
     primary_after: str | None
     started_wall: float  # time.time() at the window's start, to match the servers' logs
+    # Seconds from the fault to the last write the old primary acknowledged (either writer)
+    # before the heal; None when it acknowledged none after the fault (single scenarios only).
+    old_primary_last_ack_s: float | None = None
+    held_s: float = 0.0  # from the fault to the heal
 
 
 def _utc(wall: float) -> str:
@@ -50,6 +55,8 @@ class Runner:
     # Synchronous replication: no acknowledged write may be lost in any scenario; the
     # scenario names in the report get a " [sync]" suffix.
     sync: bool = False
+    # Appended to every scenario name (after " [sync]"): " [k8s]", " [failsafe]".
+    suffix: str = ""
     next_base: int = 1_000_000_000
     results: list[ScenarioResult] = field(default_factory=list)
 
@@ -101,6 +108,9 @@ class Runner:
             await asyncio.sleep(0.3)
         return False
 
+    def _name(self, base: str) -> str:
+        return base + (" [sync]" if self.sync else "") + self.suffix
+
     def _workload(self) -> Workload:
         members = {m.name: m.address for m in self.cluster.members}
         workload = Workload(members=members, base_value=self._base_value())
@@ -118,11 +128,18 @@ class Runner:
             await asyncio.sleep(nemesis.hold_s)
         finally:
             nemesis.heal(self.cluster)
+        t_heal = time.monotonic()
         after, converge_s = await self.converge()
         await asyncio.sleep(1.0)
         attempts = await workload.stop()
+        old = self.cluster.members[primary].name
+        served = [
+            a.ended
+            for a in attempts
+            if a.acked and a.member == old and t_fault <= a.ended <= t_heal
+        ]
         result = await self._check(
-            scenario=nemesis.name + (" [sync]" if self.sync else ""),
+            scenario=self._name(nemesis.name),
             faults=(fault,),
             attempts=attempts,
             window=(t_fault, time.monotonic()),
@@ -131,6 +148,11 @@ class Runner:
             must_not_lose=nemesis.must_not_lose or self.sync,
             before=primary,
             wall=wall,
+        )
+        result = dataclasses.replace(
+            result,
+            old_primary_last_ack_s=max(served) - t_fault if served else None,
+            held_s=t_heal - t_fault,
         )
         self.results.append(result)
         return result
@@ -173,7 +195,7 @@ class Runner:
         await asyncio.sleep(1.0)
         attempts = await workload.stop()
         result = await self._check(
-            scenario="random-mix" + (" [sync]" if self.sync else ""),
+            scenario=self._name("random-mix"),
             faults=tuple(faults),
             attempts=attempts,
             window=(t_start, time.monotonic()),
