@@ -89,7 +89,10 @@ async def run_agent(settings: Settings) -> int:
     clock = SystemClock()
     dcs = build_dcs(settings)
     postmaster = Postmaster(
-        settings.postgresql, member_name=settings.name, run_dir=settings.run_dir
+        settings.postgresql,
+        member_name=settings.name,
+        run_dir=settings.run_dir,
+        ttl_s=settings.timing.ttl_s,
     )
     prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
     fence = FenceClient(

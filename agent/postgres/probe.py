@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import re
+from collections.abc import Iterable
 
 import asyncpg
 
 from agent.config import PostgresSettings
-from agent.model import ControlData, LocalState, Lsn, ReplicationRow, SyncStandbys, parse_lsn
-from agent.postgres.process import connect_local, is_initialized, run_tool
+from agent.model import (
+    ControlData,
+    LocalState,
+    Lsn,
+    ReplicationRow,
+    SyncStandbys,
+    format_lsn,
+    parse_lsn,
+)
+from agent.postgres.process import (
+    PostgresError,
+    connect_local,
+    is_initialized,
+    run_tool,
+    run_tool_result,
+)
 from agent.postgres.replication import parse_synchronous_standby_names
 
 # One round trip. `r` is evaluated once (a volatile subquery is not flattened), and once a
@@ -38,6 +55,10 @@ SELECT
   w.sender_host AS sender_host,
   w.sender_port AS sender_port,
   current_setting('synchronous_standby_names') AS synchronous_standby_names,
+  CASE WHEN s.r THEN (SELECT wait_event FROM pg_stat_activity
+                      WHERE backend_type = 'startup' LIMIT 1) END AS startup_wait,
+  CASE WHEN s.r THEN (SELECT bytes_per_wal_segment FROM pg_control_init()) END AS wal_segment_size,
+  CASE WHEN s.r THEN (SELECT wal_block_size FROM pg_control_init()) END AS wal_block_size,
   (SELECT coalesce(json_agg(json_build_object(
       'application_name', application_name, 'state', state, 'sync_state', sync_state,
       'sent_lsn', sent_lsn::text, 'write_lsn', write_lsn::text,
@@ -119,6 +140,145 @@ async def read_controldata(
     return parse_controldata(out)
 
 
+# ------------------------------------------------------------------ the end of the local WAL
+#
+# A standby restarted after a crash accepts connections as soon as it is consistent, while
+# its startup process still replays the WAL it had received into pg_wal before the crash.
+# Until then pg_last_wal_replay_lsn() is below what the standby holds, and there is no
+# receive position (no WAL receiver ran since the start). Reported as the member's position,
+# that would let a peer that holds less win a failover race and lose a commit only this
+# standby has. So a standby that does not stream and is not yet waiting for WAL reports the
+# end of the valid WAL in its pg_wal, found by pg_waldump from the replay position.
+
+_WAITING_FOR_WAL = frozenset({"RecoveryRetrieveRetryInterval", "RecoveryWalStream"})
+"""Startup-process wait events that mean "every local WAL record is replayed" (PG 15)."""
+
+_SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+_LSN_RE = re.compile(r"\b([0-9A-F]{1,8}/[0-9A-F]{1,8})\b")
+_RECORD_LEN_RE = re.compile(r"len \(rec/tot\):\s*\d+/\s*(\d+),.*?lsn: ([0-9A-F]+/[0-9A-F]+)")
+_SHORT_PAGE_HEADER = 24  # SizeOfXLogShortPHD
+_LONG_PAGE_HEADER = 40  # SizeOfXLogLongPHD, on a segment's first page
+_MAXALIGN = 8
+
+
+def replay_settled(startup_wait: str | None) -> bool:
+    """The startup process waits for new WAL: it has replayed all it could read locally."""
+    return startup_wait in _WAITING_FOR_WAL
+
+
+def segment_timelines(file_names: Iterable[str], segno: int, segment_size: int) -> list[int]:
+    """Timelines of the WAL segment files named in `file_names` that hold segment `segno`,
+    highest first (`.partial`, `.history` and other names are ignored)."""
+    per_id = 0x1_0000_0000 // segment_size
+    found = []
+    for name in file_names:
+        match = _SEGMENT_RE.match(name)
+        if match is None:
+            continue
+        tli, log, seg = (int(part, 16) for part in match.groups())
+        if log * per_id + seg == segno:
+            found.append(tli)
+    return sorted(found, reverse=True)
+
+
+def record_end(start: Lsn, total_len: int, *, block_size: int, segment_size: int) -> Lsn:
+    """Where the record of `total_len` bytes starting at `start` ends, as replay positions
+    count it (xlogreader's EndRecPtr): its bytes plus the page headers of every page it
+    continues on, rounded up to MAXALIGN."""
+    pos, remaining = start, total_len
+    while remaining > block_size - pos % block_size:
+        remaining -= block_size - pos % block_size
+        pos += block_size - pos % block_size
+        pos += _LONG_PAGE_HEADER if pos % segment_size == 0 else _SHORT_PAGE_HEADER
+    pos += remaining
+    return (pos + _MAXALIGN - 1) // _MAXALIGN * _MAXALIGN
+
+
+def parse_last_good_record(stderr: str) -> tuple[Lsn | None, bool]:
+    """From the error pg_waldump stops with: (start of the last record it read, whether it
+    read none). `error in WAL record at A: ...` names the last good record A, whatever broke
+    after it; `could not find a valid record after B`: none at or after the start. Other
+    errors (a missing segment file) tell nothing: (None, False)."""
+    for line in reversed(stderr.splitlines()):
+        _, sep, rest = line.partition("error in WAL record at ")
+        if sep:
+            positions = _LSN_RE.findall(rest.partition(":")[0])
+            return (parse_lsn(positions[0]) if positions else None), False
+        if "could not find a valid record after" in line:
+            return None, True
+    return None, False
+
+
+def parse_record_line(stdout: str) -> tuple[Lsn, int] | None:
+    """(lsn, total length) of the first record line of pg_waldump's output."""
+    for line in stdout.splitlines():
+        match = _RECORD_LEN_RE.search(line)
+        if match is not None:
+            return parse_lsn(match.group(2)), int(match.group(1))
+    return None
+
+
+async def local_wal_end(
+    settings: PostgresSettings,
+    *,
+    start: Lsn,
+    timeline: int | None,
+    block_size: int,
+    segment_size: int,
+    timeout_s: float,
+) -> Lsn | None:
+    """The end of the valid WAL in pg_wal from `start` on (pg_waldump, within `timeout_s`).
+
+    Reads the highest timeline that has a segment file holding `start` (the timeline the
+    startup process follows), else `timeline`. None when it cannot be told (no such file, a
+    tool error or timeout): the caller then knows no more than the replay position.
+    """
+    wal_dir = os.path.join(settings.data_dir, "pg_wal")
+    try:
+        names = os.listdir(wal_dir)
+    except OSError:
+        names = []
+    timelines = segment_timelines(names, start // segment_size, segment_size)
+    tli = timelines[0] if timelines else timeline
+    if tli is None:
+        return None
+    base = [
+        os.path.join(settings.bin_dir, "pg_waldump"),
+        "--path",
+        wal_dir,
+        "--timeline",
+        str(tli),
+    ]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        # Pass 1, silent: read every record from `start` until the first that is not valid.
+        scan = await run_tool_result(
+            settings,
+            [*base, "--quiet", "--start", format_lsn(start)],
+            timeout_s=timeout_s,
+            what="pg_waldump",
+        )
+        last, none_valid = parse_last_good_record(scan.stderr)
+        if none_valid:
+            return start
+        if last is None:
+            return None
+        # Pass 2: the length of that last record, hence where it ends.
+        one = await run_tool_result(
+            settings,
+            [*base, "--start", format_lsn(last), "--limit", "1"],
+            timeout_s=max(deadline - loop.time(), 0.1),
+            what="pg_waldump",
+        )
+    except (PostgresError, OSError):
+        return None
+    record = parse_record_line(one.stdout)
+    if record is None or record[0] != last:
+        return None
+    return record_end(last, record[1], block_size=block_size, segment_size=segment_size)
+
+
 class Prober:
     """Probes the local PostgreSQL; one instance per agent, used by one task at a time."""
 
@@ -132,6 +292,11 @@ class Prober:
         # until the next restartpoint (a standby would then look behind a timeline switch it
         # already followed, and be rewound for nothing).
         self._seen_tli: tuple[int | None, int] | None = None
+        # The end of the local WAL found for (postmaster pid, timeline): nothing but a WAL
+        # receiver (or restore_command) adds WAL to pg_wal, so one scan per start suffices
+        # while the standby does not stream. Dropped when it streams (the receiver may
+        # overwrite what the scan saw).
+        self._wal_end: tuple[int | None, int | None, Lsn] | None = None
 
     async def probe(
         self, *, running: bool, postmaster_pid: int | None, timeout_s: float
@@ -151,8 +316,11 @@ class Prober:
             try:
                 # 70% for SQL, the rest for pg_controldata if SQL fails (a frozen server).
                 async with asyncio.timeout(timeout_s * 0.7):
-                    state = await self._query(initialized, postmaster_pid)
-                return state
+                    row = await self._query()
+                    state = self._state_from_row(row, initialized, postmaster_pid)
+                return await self._with_local_wal(
+                    state, row, timeout_s=max(deadline - loop.time(), 0.1)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:  # a down or broken server is a state to report, not an error
@@ -167,12 +335,12 @@ class Prober:
             control=control,
         )
 
-    async def _query(self, initialized: bool, postmaster_pid: int | None) -> LocalState:
+    async def _query(self) -> asyncpg.Record:
         conn = self._conn
         if conn is not None and not conn.is_closed():
             try:
-                row = await conn.fetchrow(_PROBE_SQL)
-                return self._state_from_row(row, initialized, postmaster_pid)
+                row: asyncpg.Record = await conn.fetchrow(_PROBE_SQL)
+                return row
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 # Lost since the last probe (a restart, an admin shutdown): reconnect once.
                 await self.close()
@@ -181,7 +349,39 @@ class Prober:
         )
         self._conn = conn
         row = await conn.fetchrow(_PROBE_SQL)
-        return self._state_from_row(row, initialized, postmaster_pid)
+        return row
+
+    async def _with_local_wal(
+        self, state: LocalState, row: asyncpg.Record, *, timeout_s: float
+    ) -> LocalState:
+        """`state` with `wal_lsn` raised to the end of the valid WAL in pg_wal, for a standby
+        that does not stream and has not replayed all of it yet (see `local_wal_end`)."""
+        if not state.in_recovery:
+            return state
+        if state.streaming:
+            self._wal_end = None
+            return state
+        replay = state.replay_lsn
+        if replay_settled(row["startup_wait"]) or replay is None:
+            return state
+        key = (state.postmaster_pid, state.timeline)
+        cached = self._wal_end
+        if cached is not None and cached[:2] == key and cached[2] >= replay:
+            end: Lsn | None = cached[2]
+        else:
+            end = await local_wal_end(
+                self._settings,
+                start=replay,
+                timeline=state.timeline,
+                block_size=int(row["wal_block_size"]),
+                segment_size=int(row["wal_segment_size"]),
+                timeout_s=timeout_s,
+            )
+            if end is not None:
+                self._wal_end = (*key, end)
+        if end is None or (state.wal_lsn is not None and end <= state.wal_lsn):
+            return state
+        return dataclasses.replace(state, wal_lsn=end)
 
     def _state_from_row(
         self, row: asyncpg.Record, initialized: bool, postmaster_pid: int | None

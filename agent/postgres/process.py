@@ -199,6 +199,15 @@ def _tail(text: str) -> str:
     return text if len(text) <= _TAIL_CHARS else "..." + text[-_TAIL_CHARS:]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolResult:
+    """A finished tool: its exit code and decoded output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 async def run_tool(
     settings: PostgresSettings,
     args: Sequence[str],
@@ -212,6 +221,24 @@ async def run_tool(
     Raises PostgresError (with stderr's tail) on a non-zero exit or after `timeout_s`; a
     timed-out or cancelled tool is killed with its whole process group.
     """
+    result = await run_tool_result(settings, args, timeout_s=timeout_s, env=env, what=what)
+    if result.returncode != 0:
+        message = _tail(result.stderr) or _tail(result.stdout)
+        raise PostgresError(f"{what} failed (exit {result.returncode}): {message}")
+    return result.stdout
+
+
+async def run_tool_result(
+    settings: PostgresSettings,
+    args: Sequence[str],
+    *,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    what: str,
+) -> ToolResult:
+    """Like `run_tool`, but a non-zero exit is a result, not an error (for tools such as
+    pg_waldump whose normal end is an error message). Raises PostgresError only after
+    `timeout_s` (the tool is then killed with its process group)."""
     who = run_as(settings)
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -237,10 +264,11 @@ async def run_tool(
         if isinstance(exc, TimeoutError):
             raise PostgresError(f"{what} timed out after {timeout_s:.1f} s") from None
         raise
-    if proc.returncode != 0:
-        message = _tail(err.decode(errors="replace")) or _tail(out.decode(errors="replace"))
-        raise PostgresError(f"{what} failed (exit {proc.returncode}): {message}")
-    return out.decode(errors="replace")
+    return ToolResult(
+        returncode=proc.returncode if proc.returncode is not None else -1,
+        stdout=out.decode(errors="replace"),
+        stderr=err.decode(errors="replace"),
+    )
 
 
 # --------------------------------------------------------------------------- data directory
@@ -378,13 +406,47 @@ async def wait_pid_exit(pid: int) -> None:
 # --------------------------------------------------------------------------- the postmaster
 
 
+def replication_timeout_options(ttl_s: float) -> list[str]:
+    """`-c` options that bound how long a silent replication peer is trusted, from the HA ttl.
+
+    PostgreSQL's defaults (wal_sender_timeout and wal_receiver_timeout 60 s) keep a walsender
+    'streaming' to a standby that was cut off without a TCP reset for a minute: a synchronous
+    commit waits for it all that time, far longer than the agent takes to notice the standby
+    is gone (its member record expires after one ttl) and drop it from the synchronous set.
+    So both timeouts are one ttl, and the standby replies at least every ttl/4 (at least 1 s,
+    the setting's unit) so that a live one is never mistaken for a silent one. They come
+    before `postgresql.parameters` on the command line: a user's value wins (the last `-c`
+    of a name counts).
+    """
+    timeout_ms = max(int(ttl_s * 1000), 1000)
+    interval_s = max(int(ttl_s / 4), 1)
+    return [
+        "-c",
+        f"wal_sender_timeout={timeout_ms}ms",
+        "-c",
+        f"wal_receiver_timeout={timeout_ms}ms",
+        "-c",
+        f"wal_receiver_status_interval={interval_s}s",
+    ]
+
+
 class Postmaster:
     """Owner of one postmaster (started here or adopted). One task should own each instance."""
 
-    def __init__(self, settings: PostgresSettings, *, member_name: str, run_dir: str) -> None:
+    def __init__(
+        self,
+        settings: PostgresSettings,
+        *,
+        member_name: str,
+        run_dir: str,
+        ttl_s: float | None = None,
+    ) -> None:
+        """`ttl_s`: the HA lease ttl, from which the replication timeouts are derived
+        (`replication_timeout_options`); None leaves PostgreSQL's own defaults."""
         self._settings = settings
         self._member_name = member_name
         self._run_dir = run_dir
+        self._ttl_s = ttl_s
         self._child: subprocess.Popen[bytes] | None = None
         self._conn: asyncpg.Connection | None = None
         self._log_offset = 0
@@ -486,6 +548,7 @@ class Postmaster:
             os.path.join(settings.bin_dir, "postgres"),
             "-D",
             settings.data_dir,
+            *(replication_timeout_options(self._ttl_s) if self._ttl_s is not None else []),
             *replication.server_options(
                 settings, member_name=self._member_name, run_dir=self._run_dir
             ),
@@ -726,12 +789,15 @@ __all__ = [
     "RunAs",
     "StandbyConfig",
     "StopMode",
+    "ToolResult",
     "configure_standby",
     "connect_local",
     "ensure_dir",
     "is_initialized",
+    "replication_timeout_options",
     "run_as",
     "run_tool",
+    "run_tool_result",
     "running_postmaster_pid",
     "standby_conninfo",
     "wait_pid_exit",
