@@ -133,7 +133,16 @@ def cluster_body(cluster: str, view: ClusterView) -> Json:
         "paused": view.config.paused,
         "synchronous_mode": view.config.synchronous_mode.value,
         "sync": sync_body(view),
+        "failsafe_mode": view.config.failsafe_mode,
+        "failsafe": failsafe_body(view),
     }
+
+
+def failsafe_body(view: ClusterView) -> Json | None:
+    record = view.failsafe
+    if record is None:
+        return None
+    return {"leader": record.leader, "members": [name for name, _ in record.members]}
 
 
 def history_entry_body(entry: HistoryEntry) -> Json:

@@ -17,11 +17,17 @@ import aiohttp
 import pytest
 
 from agent.demo import LocalCluster
-from tests.support.cluster import converged, local_cluster, query_values, wait_until
+from tests.support.cluster import (
+    converge,
+    local_cluster,
+    member_writers,
+    new_primary,
+    query_values,
+    stop_writers,
+    wait_until,
+)
 from tests.support.workload import (
     AppWriter,
-    MemberWriter,
-    WriterLog,
     ensure_table,
     has_split_brain,
     writer_sequence,
@@ -38,60 +44,10 @@ def cluster() -> Iterator[LocalCluster]:
         yield running
 
 
-async def _converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
-    """Wait until the cluster view shows one primary and two streaming replicas, and the
-    primary's own /primary probe agrees (it holds a fresh lease)."""
-    # A scenario that failed half-way may have left a member stopped: start it again, so
-    # one failure does not cascade into the scenarios after it.
-    for index, member in enumerate(cluster.members):
-        if member.process is not None and member.process.poll() is not None:
-            cluster.start_member(index)
-    found: list[int] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def ready() -> bool:
-            if not await converged(cluster, session):
-                return False
-            index = await cluster.primary_index(session)
-            found[:] = [] if index is None else [index]
-            return index is not None
-
-        await wait_until(ready, timeout=timeout, what="convergence")
-    return found[0]
-
-
-def _member_writers(cluster: LocalCluster, base: int) -> dict[str, MemberWriter]:
-    return {
-        m.name: MemberWriter(
-            name=m.name, host="127.0.0.1", port=m.pg_port, start_value=base + 1_000_000 * i
-        )
-        for i, m in enumerate(cluster.members)
-    }
-
-
-async def _stop_all(writers: dict[str, MemberWriter]) -> dict[str, WriterLog]:
-    return {name: await w.stop() for name, w in writers.items()}
-
-
-async def _new_primary(cluster: LocalCluster, old: int, timeout: float) -> int:
-    found: list[int] = []
-
-    async def other_primary() -> bool:
-        async with aiohttp.ClientSession() as session:
-            index = await cluster.primary_index(session)
-        if index is not None and index != old:
-            found.append(index)
-            return True
-        return False
-
-    await wait_until(other_primary, timeout=timeout, interval=0.05, what="a new primary")
-    return found[-1]
-
-
 async def test_bootstrap_elects_one_primary_and_two_streaming_replicas(
     cluster: LocalCluster,
 ) -> None:
-    primary = await _converge(cluster, timeout=60)
+    primary = await converge(cluster, timeout=60)
     port = cluster.members[primary].pg_port
     await ensure_table("127.0.0.1", port)
     writer = AppWriter(hosts=[("127.0.0.1", m.pg_port) for m in cluster.members])
@@ -111,7 +67,7 @@ async def test_bootstrap_elects_one_primary_and_two_streaming_replicas(
 
 
 async def test_rest_switchover_hands_over_with_a_short_write_gap(cluster: LocalCluster) -> None:
-    old = await _converge(cluster)
+    old = await converge(cluster)
     candidate = (old + 1) % 3
     app = AppWriter(hosts=[("127.0.0.1", m.pg_port) for m in cluster.members], start_value=10_000)
     app.start()
@@ -122,25 +78,25 @@ async def test_rest_switchover_hands_over_with_a_short_write_gap(cluster: LocalC
             session, old, "/switchover", {"candidate": cluster.members[candidate].name}
         )
         assert status == 202, body
-    new = await _new_primary(cluster, old, timeout=15)
+    new = await new_primary(cluster, old, timeout=15)
     assert new == candidate
     await asyncio.sleep(1.0)
     log = await app.stop()
     gap = log.longest_gap(t0, time.monotonic())
     assert gap < 3.0, f"switchover left {gap:.2f}s without writes"
-    await _converge(cluster)
+    await converge(cluster)
 
 
 async def test_sigterm_on_the_primary_agent_hands_over_then_it_rejoins(
     cluster: LocalCluster,
 ) -> None:
-    old = await _converge(cluster)
+    old = await converge(cluster)
     app = AppWriter(hosts=[("127.0.0.1", m.pg_port) for m in cluster.members], start_value=20_000)
     app.start()
     await asyncio.sleep(0.5)
     t0 = time.monotonic()
     cluster.signal_agent(old, signal.SIGTERM)
-    await _new_primary(cluster, old, timeout=15)
+    await new_primary(cluster, old, timeout=15)
     process = cluster.members[old].process
     assert process is not None
     await asyncio.to_thread(process.wait, 20)
@@ -149,13 +105,13 @@ async def test_sigterm_on_the_primary_agent_hands_over_then_it_rejoins(
     gap = log.longest_gap(t0, time.monotonic())
     assert gap < 3.0, f"SIGTERM hand-over left {gap:.2f}s without writes (ttl is {TTL}s)"
     cluster.start_member(old)
-    await _converge(cluster)
+    await converge(cluster)
 
 
 async def test_postgres_crash_under_the_leader_is_restarted_in_place(
     cluster: LocalCluster,
 ) -> None:
-    primary = await _converge(cluster)
+    primary = await converge(cluster)
     old_pid = cluster.members[primary].postmaster_pid()
     cluster.kill_postgres(primary)
 
@@ -165,27 +121,27 @@ async def test_postgres_crash_under_the_leader_is_restarted_in_place(
             return pid not in (None, old_pid) and await cluster.primary_index(session) == primary
 
     await wait_until(restarted, timeout=15, what="PostgreSQL restarted in place as primary")
-    await _converge(cluster)
+    await converge(cluster)
 
 
 async def test_hard_kill_of_the_primary_fails_over_and_it_rejoins_with_no_divergent_rows(
     cluster: LocalCluster,
 ) -> None:
-    old = await _converge(cluster)
-    writers = _member_writers(cluster, 100_000)
+    old = await converge(cluster)
+    writers = member_writers(cluster, 100_000)
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
     t_kill = time.monotonic()
     cluster.kill_member(old)
-    new = await _new_primary(cluster, old, timeout=TTL + 10)
+    new = await new_primary(cluster, old, timeout=TTL + 10)
     assert time.monotonic() - t_kill < TTL + 5
     await asyncio.sleep(0.5)
-    logs = await _stop_all(writers)
+    logs = await stop_writers(writers)
     sequence = writer_sequence(logs, start=t_kill - 1, end=time.monotonic())
     assert not has_split_brain(sequence), sequence
     cluster.start_member(old)
-    await _converge(cluster)
+    await converge(cluster)
     # The old primary was rewound: it holds exactly the new primary's rows.
     await asyncio.sleep(1.0)
     assert await query_values(cluster.members[old].pg_port) == await query_values(
@@ -197,18 +153,18 @@ async def test_hard_kill_of_the_primary_fails_over_and_it_rejoins_with_no_diverg
 async def test_primary_agent_frozen_or_killed_fences_postgres_before_the_lease_expires(
     cluster: LocalCluster, how: str
 ) -> None:
-    old = await _converge(cluster)
+    old = await converge(cluster)
     old_name = cluster.members[old].name
-    writers = _member_writers(cluster, 200_000 if how == "SIGSTOP" else 300_000)
+    writers = member_writers(cluster, 200_000 if how == "SIGSTOP" else 300_000)
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
     t_fault = time.monotonic()
     cluster.signal_agent(old, getattr(signal, how))
     try:
-        new = await _new_primary(cluster, old, timeout=TTL + 10)
+        new = await new_primary(cluster, old, timeout=TTL + 10)
         await asyncio.sleep(1.0)
-        logs = await _stop_all(writers)
+        logs = await stop_writers(writers)
     finally:
         if how == "SIGSTOP":
             cluster.signal_agent(old, signal.SIGCONT)
@@ -225,15 +181,15 @@ async def test_primary_agent_frozen_or_killed_fences_postgres_before_the_lease_e
         assert process is not None
         process.wait()
         cluster.start_member(old)
-    await _converge(cluster)
+    await converge(cluster)
 
 
 async def test_etcd_unreachable_longer_than_the_ttl_demotes_the_primary_in_time(
     cluster: LocalCluster,
 ) -> None:
-    primary = await _converge(cluster)
+    primary = await converge(cluster)
     name = cluster.members[primary].name
-    writers = _member_writers(cluster, 400_000)
+    writers = member_writers(cluster, 400_000)
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
@@ -244,16 +200,16 @@ async def test_etcd_unreachable_longer_than_the_ttl_demotes_the_primary_in_time(
         await asyncio.sleep(TTL + 2)
     finally:
         os.kill(cluster.etcd.pid, signal.SIGCONT)
-    logs = await _stop_all(writers)
+    logs = await stop_writers(writers)
     last = max((a.at for a in logs[name].acks if a.at >= t_stop), default=t_stop)
     assert last - t_stop < TTL, f"primary kept writing {last - t_stop:.2f}s without the DCS"
     others = [a for n, log in logs.items() if n != name for a in log.acks if a.at >= t_stop]
     assert not others, "a replica accepted writes while the DCS was down"
-    await _converge(cluster, timeout=60)
+    await converge(cluster, timeout=60)
 
 
 async def test_bad_api_requests_get_4xx_and_change_nothing(cluster: LocalCluster) -> None:
-    primary = await _converge(cluster)
+    primary = await converge(cluster)
     async with aiohttp.ClientSession() as session:
         before = await cluster.cluster_json(session)
         url = cluster.members[primary].api_url

@@ -26,9 +26,16 @@ import aiohttp
 import pytest
 
 from agent.demo import LocalCluster
-from tests.support.cluster import converged, local_cluster, wait_until
+from tests.support.cluster import (
+    converge,
+    local_cluster,
+    member_writers,
+    new_primary,
+    stop_writers,
+    wait_until,
+)
 from tests.support.k8s_audit import agent_permissions, request_rate
-from tests.support.workload import MemberWriter, WriterLog, has_split_brain, writer_sequence
+from tests.support.workload import has_split_brain, writer_sequence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -108,50 +115,10 @@ async def _routing_points_at(cluster: LocalCluster, primary: int, timeout: float
 
 
 async def _converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
-    for index, member in enumerate(cluster.members):
-        if member.process is not None and member.process.poll() is not None:
-            cluster.start_member(index)
-    found: list[int] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def ready() -> bool:
-            if not await converged(cluster, session):
-                return False
-            index = await cluster.primary_index(session)
-            found[:] = [] if index is None else [index]
-            return index is not None
-
-        await wait_until(ready, timeout=timeout, what="convergence")
-    await _routing_points_at(cluster, found[0])
-    return found[0]
-
-
-async def _new_primary(cluster: LocalCluster, old: int, timeout: float) -> int:
-    found: list[int] = []
-
-    async def other_primary() -> bool:
-        async with aiohttp.ClientSession() as session:
-            index = await cluster.primary_index(session)
-        if index is not None and index != old:
-            found.append(index)
-            return True
-        return False
-
-    await wait_until(other_primary, timeout=timeout, interval=0.05, what="a new primary")
-    return found[-1]
-
-
-def _member_writers(cluster: LocalCluster, base: int) -> dict[str, MemberWriter]:
-    return {
-        m.name: MemberWriter(
-            name=m.name, host="127.0.0.1", port=m.pg_port, start_value=base + 1_000_000 * i
-        )
-        for i, m in enumerate(cluster.members)
-    }
-
-
-async def _stop_all(writers: dict[str, MemberWriter]) -> dict[str, WriterLog]:
-    return {name: await w.stop() for name, w in writers.items()}
+    """Converged as for etcd, and the labels and Endpoints name the primary."""
+    primary = await converge(cluster, timeout)
+    await _routing_points_at(cluster, primary)
+    return primary
 
 
 async def test_bootstrap_labels_the_pods_and_points_the_service_at_the_primary(
@@ -183,7 +150,7 @@ async def test_rest_switchover_moves_labels_and_endpoints_to_the_candidate(
             session, old, "/switchover", {"candidate": cluster.members[candidate].name}
         )
         assert status == 202, body
-    assert await _new_primary(cluster, old, timeout=15) == candidate
+    assert await new_primary(cluster, old, timeout=15) == candidate
     assert await _converge(cluster) == candidate
 
 
@@ -191,13 +158,13 @@ async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
     cluster: LocalCluster,
 ) -> None:
     old = await _converge(cluster)
-    writers = _member_writers(cluster, 100_000)
+    writers = member_writers(cluster, 100_000)
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
     t_kill = time.monotonic()
     cluster.kill_member(old)
-    new = await _new_primary(cluster, old, timeout=TTL + 10)
+    new = await new_primary(cluster, old, timeout=TTL + 10)
     took = time.monotonic() - t_kill
     print(f"\nK8S_HARD_KILL_FAILOVER_S={took:.2f}")
     assert took < TTL + 5
@@ -212,7 +179,7 @@ async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
 
     await wait_until(new_labelled, timeout=5, what="the new primary's label")
     await asyncio.sleep(0.5)
-    logs = await _stop_all(writers)
+    logs = await stop_writers(writers)
     sequence = writer_sequence(logs, start=t_kill - 1, end=time.monotonic())
     assert not has_split_brain(sequence), sequence
     # The dead agent cannot relabel its pod: the new primary took the label off it.
@@ -228,7 +195,7 @@ async def test_sigterm_on_the_primary_hands_over_and_unlabels_the_stopped_pod(
 ) -> None:
     old = await _converge(cluster)
     cluster.signal_agent(old, signal.SIGTERM)
-    new = await _new_primary(cluster, old, timeout=15)
+    new = await new_primary(cluster, old, timeout=15)
     process = cluster.members[old].process
     assert process is not None
     await asyncio.to_thread(process.wait, 20)
@@ -243,7 +210,7 @@ async def test_api_server_frozen_longer_than_the_ttl_fences_the_primary_in_time(
 ) -> None:
     primary = await _converge(cluster)
     name = cluster.members[primary].name
-    writers = _member_writers(cluster, 400_000)
+    writers = member_writers(cluster, 400_000)
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
@@ -254,7 +221,7 @@ async def test_api_server_frozen_longer_than_the_ttl_fences_the_primary_in_time(
         await asyncio.sleep(TTL + 2)
     finally:
         os.kill(cluster.apiserver.pid, signal.SIGCONT)
-    logs = await _stop_all(writers)
+    logs = await stop_writers(writers)
     acks = [a.at for a in logs[name].acks if a.at >= t_stop]
     last = max(acks, default=t_stop)
     assert last - t_stop < TTL, f"primary kept writing {last - t_stop:.2f}s without the DCS"

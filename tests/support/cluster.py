@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 
 from agent.demo import LocalCluster
+from tests.support.workload import MemberWriter, WriterLog
 
 # Short timings so that lease expiry scenarios take seconds; the timing rule still holds:
 # loop_wait + 2 * retry_timeout + fence_margin = 1 + 3 + 1 <= ttl.
@@ -96,3 +97,56 @@ async def query_values(port: int) -> set[int]:
         return {int(r["value"]) for r in rows}
     finally:
         await conn.close()
+
+
+async def converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
+    """Wait until the cluster view shows one primary and every other member streaming, and
+    the primary's own /primary probe agrees (it holds a fresh lease); returns its index.
+
+    A scenario that failed half-way may have left an agent stopped: it is started again, so
+    one failure does not cascade into the scenarios after it."""
+    for index, member in enumerate(cluster.members):
+        if member.process is not None and member.process.poll() is not None:
+            cluster.start_member(index)
+    found: list[int] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def ready() -> bool:
+            if not await converged(cluster, session):
+                return False
+            index = await cluster.primary_index(session)
+            found[:] = [] if index is None else [index]
+            return index is not None
+
+        await wait_until(ready, timeout=timeout, what="convergence")
+    return found[0]
+
+
+async def new_primary(cluster: LocalCluster, old: int, timeout: float) -> int:
+    """Wait until a member other than `old` answers /primary with 200; returns its index."""
+    found: list[int] = []
+
+    async def other_primary() -> bool:
+        async with aiohttp.ClientSession() as session:
+            index = await cluster.primary_index(session)
+        if index is not None and index != old:
+            found.append(index)
+            return True
+        return False
+
+    await wait_until(other_primary, timeout=timeout, interval=0.05, what="a new primary")
+    return found[-1]
+
+
+def member_writers(cluster: LocalCluster, base: int) -> dict[str, MemberWriter]:
+    """One writer per member, each straight to that member's PostgreSQL (values disjoint)."""
+    return {
+        m.name: MemberWriter(
+            name=m.name, host="127.0.0.1", port=m.pg_port, start_value=base + 1_000_000 * i
+        )
+        for i, m in enumerate(cluster.members)
+    }
+
+
+async def stop_writers(writers: dict[str, MemberWriter]) -> dict[str, WriterLog]:
+    return {name: await w.stop() for name, w in writers.items()}

@@ -1,0 +1,137 @@
+"""End to end, failsafe mode: real etcd, three real PostgreSQL instances, three agents, with
+`ha.failsafe_mode: true` (seeded into the DCS config at bootstrap) and the short e2e timings.
+
+With etcd frozen for twice the ttl, the primary keeps acknowledging writes (every member
+confirms it over REST) and nobody else does; with etcd frozen and one member's agent dead,
+the primary cannot be confirmed by all and stops within the same bound as without failsafe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from agent.demo import LocalCluster
+from tests.support.cluster import (
+    converge,
+    local_cluster,
+    member_writers,
+    stop_writers,
+    wait_until,
+)
+from tests.support.workload import ensure_table
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+TTL = 6.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with local_cluster(cluster="fs", extra={"ha": {"failsafe_mode": True}}) as running:
+        yield running
+
+
+async def _failsafe_record(cluster: LocalCluster, primary: int) -> list[str]:
+    """The members named by the DCS `failsafe` record, read through the primary's API."""
+    async with aiohttp.ClientSession() as session:
+        body = await cluster.cluster_json(session)
+    assert body is not None
+    record = body.get("failsafe")
+    if not isinstance(record, dict):
+        return []
+    return sorted(record.get("members") or [])
+
+
+async def _metric(cluster: LocalCluster, index: int, name: str) -> float:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cluster.members[index].api_url + "/metrics") as resp,
+    ):
+        text = await resp.text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_the_leader_names_every_other_member_in_the_failsafe_record(
+    cluster: LocalCluster,
+) -> None:
+    primary = await converge(cluster, timeout=60)
+    await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
+    others = sorted(m.name for i, m in enumerate(cluster.members) if i != primary)
+
+    async def recorded() -> bool:
+        return await _failsafe_record(cluster, primary) == others
+
+    await wait_until(recorded, timeout=15, what="the failsafe record naming the replicas")
+
+
+async def test_with_etcd_down_the_confirmed_primary_keeps_writing_and_nobody_else_does(
+    cluster: LocalCluster,
+) -> None:
+    primary = await converge(cluster)
+    name = cluster.members[primary].name
+    pid = cluster.members[primary].postmaster_pid()
+    rounds_before = await _metric(cluster, primary, 'pgwarden_failsafe_rounds_total{result="co')
+    writers = member_writers(cluster, 500_000)
+    for w in writers.values():
+        w.start()
+    await asyncio.sleep(0.5)
+    assert cluster.etcd is not None
+    t_stop = time.monotonic()
+    os.kill(cluster.etcd.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(2 * TTL + 2)
+        async with aiohttp.ClientSession() as session:
+            health = await cluster.health(session, primary)
+            still_primary = await cluster.primary_index(session)
+    finally:
+        os.kill(cluster.etcd.pid, signal.SIGCONT)
+    t_cont = time.monotonic()
+    logs = await stop_writers(writers)
+    gap = logs[name].longest_gap(t_stop, t_cont)
+    assert gap < 1.5, f"the primary stopped acknowledging for {gap:.2f}s during the outage"
+    others = [a for n, log in logs.items() if n != name for a in log.acks if a.at >= t_stop]
+    assert not others, "another member acknowledged writes during the outage"
+    assert health is not None and health.get("failsafe_active") is True, health
+    assert still_primary == primary, "the /primary probe stopped routing to the primary"
+    assert cluster.members[primary].postmaster_pid() == pid, "PostgreSQL was restarted"
+    rounds = await _metric(cluster, primary, 'pgwarden_failsafe_rounds_total{result="co')
+    assert rounds > rounds_before
+    # etcd is back: the same member takes its lease back; nobody failed over.
+    assert await converge(cluster, timeout=30) == primary
+
+
+async def test_with_etcd_down_and_a_member_unreachable_the_primary_stops_in_time(
+    cluster: LocalCluster,
+) -> None:
+    primary = await converge(cluster)
+    name = cluster.members[primary].name
+    victim = (primary + 1) % len(cluster.members)
+    writers = member_writers(cluster, 600_000)
+    for w in writers.values():
+        w.start()
+    await asyncio.sleep(0.5)
+    assert cluster.etcd is not None
+    cluster.signal_agent(victim, signal.SIGKILL)
+    t_stop = time.monotonic()
+    os.kill(cluster.etcd.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(TTL + 2)
+    finally:
+        os.kill(cluster.etcd.pid, signal.SIGCONT)
+    logs = await stop_writers(writers)
+    last = max((a.at for a in logs[name].acks if a.at >= t_stop), default=t_stop)
+    assert last - t_stop < TTL, f"primary kept writing {last - t_stop:.2f}s unconfirmed"
+    others = [a for n, log in logs.items() if n != name for a in log.acks if a.at >= t_stop]
+    assert not others, "a replica accepted writes while the DCS was down"
+    await converge(cluster, timeout=60)
