@@ -891,3 +891,51 @@ async def test_start_api_fails_cleanly_when_the_port_is_taken(api: Api) -> None:
     )
     with pytest.raises(OSError):
         await start_api(app, settings)
+
+
+# --------------------------------------------------------------------------- failsafe
+
+
+async def test_failsafe_confirmation_is_handed_to_the_ha_loop_and_answered(api: Api) -> None:
+    body = {"leader": "x", "cluster": "demo"}
+    response = await api.client.post("/failsafe", json=body, headers=AUTH)
+    assert response.status == 200
+    answer = await response.json()
+    assert answer["accepted"] is True and answer["leader"] == "x"
+    assert answer["promise_s"] == 10.0
+    assert api.inbox.failsafe_asks == ["x"]
+
+
+async def test_failsafe_refused_by_the_ha_loop_answers_409_with_the_reason(api: Api) -> None:
+    api.inbox.failsafe_refusal = "this member runs a primary"
+    response = await api.client.post(
+        "/failsafe", json={"leader": "x", "cluster": "demo"}, headers=AUTH
+    )
+    assert response.status == 409
+    assert (await response.json())["error"] == "failsafe: this member runs a primary"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"cluster": "demo"}, 400, "leader:"),
+        ({"leader": "", "cluster": "demo"}, 400, "leader:"),
+        ({"leader": 3, "cluster": "demo"}, 400, "leader:"),
+        ({"leader": "x", "cluster": "other"}, 409, "cluster:"),
+        ({"leader": "x"}, 409, "cluster:"),
+        ({"leader": "x", "cluster": "demo", "until": 5}, 400, "until:"),
+    ],
+)
+async def test_a_bad_failsafe_request_is_refused_and_promises_nothing(
+    api: Api, body: dict[str, object], status: int, field: str
+) -> None:
+    response = await api.client.post("/failsafe", json=body, headers=AUTH)
+    assert response.status == status
+    assert (await response.json())["error"].startswith(field)
+    assert api.inbox.failsafe_asks == []
+
+
+async def test_failsafe_needs_credentials_like_every_mutating_request(api: Api) -> None:
+    response = await api.client.post("/failsafe", json={"leader": "x", "cluster": "demo"})
+    assert response.status == 401
+    assert api.inbox.failsafe_asks == []
