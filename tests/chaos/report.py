@@ -8,6 +8,7 @@ k8s or failsafe run does not erase the long profile's rows. Delete the files for
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def _earlier(stem: Path) -> tuple[list[Row], list[dict[str, object]]]:
     try:
         data = json.loads(stem.with_suffix(".json").read_text())
         profile = str(data.get("profile", "?"))
-        generated = str(data.get("generated", "before 2026-11-28 04:00 UTC"))
+        generated = data.get("generated") or _date_in_markdown(stem) or "earlier"
         fallback = f"{generated}, {profile}"
         table = [_row_from_json(item, fallback) for item in data.get("scenarios", [])]
         details = [d for d in data.get("runs", []) if isinstance(d, dict)]
@@ -191,6 +192,15 @@ def write(
         )
         + "\n"
     )
+
+
+def _date_in_markdown(stem: Path) -> str | None:
+    """The generation date an older report (without "generated" in its JSON) states."""
+    try:
+        found = re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", stem.with_suffix(".md").read_text())
+    except OSError:
+        return None
+    return found.group(0) if found else None
 
 
 def _now() -> str:

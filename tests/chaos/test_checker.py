@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tests.chaos import checker, report
 from tests.chaos.runner import ScenarioResult
 from tests.chaos.workload import Attempt
@@ -112,3 +115,37 @@ def test_the_report_aggregates_runs_per_scenario() -> None:
     assert row.acked_writes_lost is None and row.max_time_to_converge_s is None
     text = report.markdown(report.rows([result(0, 1.0, 0.5)]), profile="quick", settings={})
     assert "| s | 1 | 1 | 0.5 s | 0 | 0 of 8 | 1.0 s | 0 |" in text
+
+
+def _result(scenario: str, lost: int) -> ScenarioResult:
+    return ScenarioResult(
+        scenario=scenario,
+        faults=("f",),
+        attempts=10,
+        acked=8,
+        write_unavailability_s=0.5,
+        split_brain=(),
+        lost=lost,
+        lost_examples=(),
+        converge_s=1.0,
+        diverged=(),
+        must_not_lose=False,
+        primary_before="pg-0",
+        primary_after="pg-0",
+        started_wall=0.0,
+    )
+
+
+def test_writing_a_report_keeps_the_earlier_rows_of_scenarios_this_run_did_not_include(
+    tmp_path: Path,
+) -> None:
+    stem = tmp_path / "report"
+    report.write([_result("a", 1), _result("b", 2)], stem=stem, profile="long", settings={})
+    report.write([_result("b [k8s]", 0), _result("b", 5)], stem=stem, profile="k8s", settings={})
+    data = json.loads(stem.with_suffix(".json").read_text())
+    by_name = {row["scenario"]: row for row in data["scenarios"]}
+    assert list(by_name) == ["a", "b", "b [k8s]"]  # plain rows first, then each variant
+    assert by_name["a"]["acked_writes_lost"] == 1 and by_name["a"]["measured"].endswith("long")
+    assert by_name["b"]["acked_writes_lost"] == 5 and by_name["b"]["measured"].endswith("k8s")
+    assert sorted(run["scenario"] for run in data["runs"]) == ["a", "b", "b [k8s]"]
+    assert "| a | 1 | 1 | 0.5 s | 0 | 1 of 8 |" in stem.with_suffix(".md").read_text()
