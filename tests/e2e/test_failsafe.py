@@ -1,9 +1,11 @@
-"""End to end, failsafe mode: real etcd, three real PostgreSQL instances, three agents, with
-`ha.failsafe_mode: true` (seeded into the DCS config at bootstrap) and the short e2e timings.
+"""End to end, failsafe mode: three real PostgreSQL instances and three agents with
+`ha.failsafe_mode: true` (seeded into the DCS config at bootstrap) and the short e2e timings,
+once on real etcd and once on the Kubernetes backend (the in-tree test API server).
 
-With etcd frozen for twice the ttl, the primary keeps acknowledging writes (every member
-confirms it over REST) and nobody else does; with etcd frozen and one member's agent dead,
-the primary cannot be confirmed by all and stops within the same bound as without failsafe.
+With the DCS frozen (SIGSTOP) for twice the ttl, the primary keeps acknowledging writes
+(every member confirms it over REST) and nobody else does; with the DCS frozen and one
+member's agent dead, the primary cannot be confirmed by all and stops within the same bound
+as without failsafe.
 """
 
 from __future__ import annotations
@@ -32,10 +34,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TTL = 6.0
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster(cluster="fs", extra={"ha": {"failsafe_mode": True}}) as running:
+@pytest.fixture(scope="module", params=["etcd", "kubernetes"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    with local_cluster(
+        cluster="fs", dcs_kind=request.param, extra={"ha": {"failsafe_mode": True}}
+    ) as running:
         yield running
+
+
+def _dcs_pid(cluster: LocalCluster) -> int:
+    """The process to freeze for a DCS outage: etcd, or the Kubernetes API server."""
+    proc = cluster.etcd if cluster.dcs_kind == "etcd" else cluster.apiserver
+    assert proc is not None
+    return proc.pid
 
 
 async def _failsafe_record(cluster: LocalCluster, primary: int) -> list[str]:
@@ -75,7 +86,7 @@ async def test_the_leader_names_every_other_member_in_the_failsafe_record(
     await wait_until(recorded, timeout=15, what="the failsafe record naming the replicas")
 
 
-async def test_with_etcd_down_the_confirmed_primary_keeps_writing_and_nobody_else_does(
+async def test_with_the_dcs_down_the_confirmed_primary_keeps_writing_and_nobody_else_does(
     cluster: LocalCluster,
 ) -> None:
     primary = await converge(cluster)
@@ -86,16 +97,15 @@ async def test_with_etcd_down_the_confirmed_primary_keeps_writing_and_nobody_els
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
-    assert cluster.etcd is not None
     t_stop = time.monotonic()
-    os.kill(cluster.etcd.pid, signal.SIGSTOP)
+    os.kill(_dcs_pid(cluster), signal.SIGSTOP)
     try:
         await asyncio.sleep(2 * TTL + 2)
         async with aiohttp.ClientSession() as session:
             health = await cluster.health(session, primary)
             still_primary = await cluster.primary_index(session)
     finally:
-        os.kill(cluster.etcd.pid, signal.SIGCONT)
+        os.kill(_dcs_pid(cluster), signal.SIGCONT)
     t_cont = time.monotonic()
     logs = await stop_writers(writers)
     gap = logs[name].longest_gap(t_stop, t_cont)
@@ -107,11 +117,11 @@ async def test_with_etcd_down_the_confirmed_primary_keeps_writing_and_nobody_els
     assert cluster.members[primary].postmaster_pid() == pid, "PostgreSQL was restarted"
     rounds = await _metric(cluster, primary, 'pgwarden_failsafe_rounds_total{result="co')
     assert rounds > rounds_before
-    # etcd is back: the same member takes its lease back; nobody failed over.
+    # The DCS is back: the same member takes its lease back; nobody failed over.
     assert await converge(cluster, timeout=30) == primary
 
 
-async def test_with_etcd_down_and_a_member_unreachable_the_primary_stops_in_time(
+async def test_with_the_dcs_down_and_a_member_unreachable_the_primary_stops_in_time(
     cluster: LocalCluster,
 ) -> None:
     primary = await converge(cluster)
@@ -121,14 +131,13 @@ async def test_with_etcd_down_and_a_member_unreachable_the_primary_stops_in_time
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
-    assert cluster.etcd is not None
     cluster.signal_agent(victim, signal.SIGKILL)
     t_stop = time.monotonic()
-    os.kill(cluster.etcd.pid, signal.SIGSTOP)
+    os.kill(_dcs_pid(cluster), signal.SIGSTOP)
     try:
         await asyncio.sleep(TTL + 2)
     finally:
-        os.kill(cluster.etcd.pid, signal.SIGCONT)
+        os.kill(_dcs_pid(cluster), signal.SIGCONT)
     logs = await stop_writers(writers)
     last = max((a.at for a in logs[name].acks if a.at >= t_stop), default=t_stop)
     assert last - t_stop < TTL, f"primary kept writing {last - t_stop:.2f}s unconfirmed"
