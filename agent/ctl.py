@@ -156,6 +156,14 @@ def render_table(cluster: Mapping[str, object]) -> str:
                 else " (no synchronous standby: commits are asynchronous)"
             )
         lines.append(text)
+    if cluster.get("failsafe_mode") is True:
+        failsafe = cluster.get("failsafe")
+        listed = failsafe.get("members") if isinstance(failsafe, dict) else None
+        names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
+        lines.append(
+            "Failsafe mode: on"
+            + (f" (a DCS outage is survived while {names} confirm the primary)" if names else "")
+        )
     return "\n".join(lines)
 
 

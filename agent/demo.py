@@ -108,6 +108,7 @@ class LocalCluster:
     apiserver_url: str = ""
     apiserver_token: str = "pgwarden-apiserver-token"  # the agents' (audit user pgwarden)
     admin_token: str = "pgwarden-admin-token"  # this harness's own requests (user admin)
+    dcs_frozen: bool = False  # the demo's [d] key
 
     @property
     def kube_namespace(self) -> str:
@@ -401,6 +402,16 @@ class LocalCluster:
         except subprocess.TimeoutExpired:
             self.kill_member(index)
 
+    def toggle_dcs_frozen(self) -> bool:
+        """SIGSTOP the DCS process (etcd or the test API server), or SIGCONT it if it is
+        frozen; returns whether it is frozen now."""
+        proc = self.etcd if self.dcs_kind == "etcd" else self.apiserver
+        if proc is None or proc.poll() is not None:
+            return False
+        self.dcs_frozen = not self.dcs_frozen
+        os.kill(proc.pid, signal.SIGSTOP if self.dcs_frozen else signal.SIGCONT)
+        return self.dcs_frozen
+
     def stop(self) -> None:
         """Stop everything this cluster started; safe to call twice."""
         for index, member in enumerate(self.members):
@@ -464,6 +475,21 @@ class LocalCluster:
         ) as resp:
             return resp.status, await resp.json()
 
+    async def patch_config(
+        self, session: aiohttp.ClientSession, body: dict[str, object]
+    ) -> tuple[int, dict[str, object]]:
+        """PATCH /config through the first member that answers."""
+        for member in self.members:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.patch(
+                    member.api_url + "/config",
+                    json=body,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    timeout=aiohttp.ClientTimeout(total=5),
+                ) as resp:
+                    return resp.status, await resp.json()
+        return 0, {"error": "no member answers"}
+
 
 def _kill_fencer(member: LocalMember) -> None:
     sock = member.run_dir / "fencer.sock"
@@ -478,7 +504,10 @@ def _kill_fencer(member: LocalMember) -> None:
 
 # --------------------------------------------------------------------------- the live view
 
-HELP = "keys: [k]ill primary (agent+PostgreSQL)  [s]witchover  [r]estart stopped members  [q]uit"
+HELP = (
+    "keys: [k]ill primary (agent+PostgreSQL)  [s]witchover  [r]estart stopped members\n"
+    "      [f]ailsafe mode on/off  [d]CS freeze/thaw (SIGSTOP/SIGCONT)  [q]uit"
+)
 
 
 async def _read_keys(queue: asyncio.Queue[str]) -> None:
@@ -544,6 +573,15 @@ async def _handle_key(cluster: LocalCluster, session: aiohttp.ClientSession, key
                 cluster.start_member(index)
                 started.append(member.name)
         return f"restarted {', '.join(started) or 'nothing'}"
+    if key in ("f", "failsafe"):
+        view = await cluster.cluster_json(session)
+        wanted = not (view is not None and view.get("failsafe_mode") is True)
+        status, body = await cluster.patch_config(session, {"failsafe_mode": wanted})
+        return f"failsafe_mode {'on' if wanted else 'off'}: HTTP {status} {json.dumps(body)}"
+    if key in ("d", "dcs"):
+        frozen = cluster.toggle_dcs_frozen()
+        what = "frozen (SIGSTOP): watch the primary" if frozen else "thawed (SIGCONT)"
+        return f"the DCS is {what} at {time.strftime('%H:%M:%S')}"
     return f"unknown key {key!r}"
 
 

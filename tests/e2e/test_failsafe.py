@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from agent.demo import LocalCluster
+from agent.demo import LocalCluster, _handle_key
 from tests.support.cluster import (
     converge,
     local_cluster,
@@ -86,6 +86,26 @@ async def test_the_leader_names_every_other_member_in_the_failsafe_record(
     await wait_until(recorded, timeout=15, what="the failsafe record naming the replicas")
 
 
+async def test_the_demo_key_turns_failsafe_off_which_deletes_the_record_and_on_again(
+    cluster: LocalCluster,
+) -> None:
+    primary = await converge(cluster)
+    others = sorted(m.name for i, m in enumerate(cluster.members) if i != primary)
+    async with aiohttp.ClientSession() as session:
+        assert (await _handle_key(cluster, session, "f")).startswith("failsafe_mode off: HTTP 200")
+
+        async def deleted() -> bool:
+            return await _failsafe_record(cluster, primary) == []
+
+        await wait_until(deleted, timeout=15, what="the failsafe record deleted")
+        assert (await _handle_key(cluster, session, "f")).startswith("failsafe_mode on: HTTP 200")
+
+        async def recorded() -> bool:
+            return await _failsafe_record(cluster, primary) == others
+
+        await wait_until(recorded, timeout=15, what="the failsafe record written again")
+
+
 async def test_with_the_dcs_down_the_confirmed_primary_keeps_writing_and_nobody_else_does(
     cluster: LocalCluster,
 ) -> None:
@@ -98,14 +118,15 @@ async def test_with_the_dcs_down_the_confirmed_primary_keeps_writing_and_nobody_
         w.start()
     await asyncio.sleep(0.5)
     t_stop = time.monotonic()
-    os.kill(_dcs_pid(cluster), signal.SIGSTOP)
+    assert cluster.toggle_dcs_frozen()  # as the demo's [d] key does
     try:
         await asyncio.sleep(2 * TTL + 2)
         async with aiohttp.ClientSession() as session:
             health = await cluster.health(session, primary)
             still_primary = await cluster.primary_index(session)
     finally:
-        os.kill(_dcs_pid(cluster), signal.SIGCONT)
+        if cluster.dcs_frozen:
+            cluster.toggle_dcs_frozen()
     t_cont = time.monotonic()
     logs = await stop_writers(writers)
     gap = logs[name].longest_gap(t_stop, t_cont)

@@ -431,3 +431,16 @@ def test_main_reports_an_unreachable_member_and_exits_1(
     dead = f"http://127.0.0.1:{free_port()}"
     assert main(["list", "--url", dead]) == 1
     assert capsys.readouterr().err.startswith(f"Error: no member reachable: {dead}")
+
+
+def test_render_table_names_the_members_a_failsafe_primary_relies_on() -> None:
+    cluster = {
+        **CLUSTER,
+        "failsafe_mode": True,
+        "failsafe": {"leader": "pg-0", "members": ["pg-1", "pg-2"]},
+    }
+    lines = render_table(cluster).splitlines()
+    assert lines[-1] == (
+        "Failsafe mode: on (a DCS outage is survived while pg-1, pg-2 confirm the primary)"
+    )
+    assert not any(line.startswith("Failsafe") for line in render_table(CLUSTER).splitlines())
