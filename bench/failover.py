@@ -15,6 +15,9 @@ in the same run, and every figure gets a pgwarden/Patroni ratio.
     .venv/bin/python bench/failover.py [--runs 5] [--json] [--idle-seconds 60]
         [--baseline {none,patroni,patroni-fast}]
 
+Two more scenarios freeze the DCS (SIGSTOP of etcd, or of the test API server) for 30 s,
+with failsafe mode off and on (switched with PATCH /config, on Patroni too).
+
 With `--sync-mode {off,on,quorum,all}` it measures synchronous replication instead, on one
 cluster switched between modes with PATCH /config: per mode, the median (and p95) latency of
 a single-row INSERT commit with one client connected to the primary, then the write gap and
@@ -287,11 +290,58 @@ def summary(values: list[float]) -> dict[str, float | int]:
     }
 
 
+DCS_OUTAGE_S = 30.0
+
+
+async def _set_failsafe(cluster: BenchCluster, on: bool) -> None:
+    """Switch failsafe mode through PATCH /config, then give the leader time to act on it
+    (pgwarden writes its `failsafe` record within a cycle; Patroni within its loop_wait)."""
+    async with aiohttp.ClientSession() as session:
+        status, body = await cluster.patch_config(session, {"failsafe_mode": on})
+    if status != 200:
+        raise RuntimeError(f"PATCH /config failsafe_mode={on}: {status} {body}")
+    loop_wait = (
+        float(cluster.timing.get("loop_wait", 10))
+        if isinstance(cluster, PatroniCluster)
+        else float(DEFAULT_TIMING["loop_wait_s"])
+    )
+    await asyncio.sleep(2 * loop_wait + 1)
+
+
+def scenario_dcs_outage(failsafe: bool) -> Callable[[BenchCluster], Awaitable[float]]:
+    """The DCS frozen (SIGSTOP) for DCS_OUTAGE_S, with failsafe mode off or on."""
+
+    async def run(cluster: BenchCluster) -> float:
+        await _set_failsafe(cluster, failsafe)
+        proc = (
+            cluster.apiserver
+            if isinstance(cluster, LocalCluster) and cluster.dcs_kind != "etcd"
+            else cluster.etcd
+        )
+        assert proc is not None
+
+        async def fault(primary: int) -> None:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(DCS_OUTAGE_S)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+
+        try:
+            return await write_gap(cluster, fault, 2.0)
+        finally:
+            await _set_failsafe(cluster, False)
+
+    return run
+
+
 SCENARIOS: dict[str, Callable[[BenchCluster], Awaitable[float]]] = {
     "rest_switchover": scenario_switchover,
     "sigterm_handover": scenario_sigterm,
     "postgres_crash_under_leader": scenario_pg_crash,
     "hard_kill_primary": scenario_hard_kill,
+    "dcs_outage_30s": scenario_dcs_outage(False),
+    "dcs_outage_30s_failsafe": scenario_dcs_outage(True),
 }
 
 

@@ -455,3 +455,20 @@ class PatroniCluster:
             timeout=aiohttp.ClientTimeout(total=SWITCHOVER_TIMEOUT_S),
         ) as resp:
             return resp.status, {"message": await resp.text()}
+
+    async def patch_config(
+        self, session: aiohttp.ClientSession, body: dict[str, object]
+    ) -> tuple[int, dict[str, object]]:
+        """PATCH Patroni's dynamic configuration (e.g. `{"failsafe_mode": true}`) through the
+        first member that answers."""
+        for member in self.members:
+            try:
+                async with session.patch(
+                    member.api_url + "/config",
+                    json=body,
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as resp:
+                    return resp.status, {"message": await resp.text()}
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        return 0, {"message": "no member answers"}
