@@ -118,3 +118,19 @@ def failsafe_runner(chaos_support: None, chaos_results: list[ScenarioResult]) ->
         chaos_results, failsafe=on, suffix=" [failsafe]" if on else " [failsafe off]"
     ) as chaos:
         yield chaos
+
+
+@pytest.fixture(scope="module")
+def failsafe_k8s_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult]
+) -> Iterator[Runner]:
+    """The Kubernetes DCS with `ha.failsafe_mode: true` (CHAOS_FAILSAFE=off: without);
+    names get " [k8s, failsafe]" (" [k8s, failsafe off]")."""
+    on = os.environ.get("CHAOS_FAILSAFE", "on") != "off"
+    with _running(
+        chaos_results,
+        dcs="kubernetes",
+        failsafe=on,
+        suffix=" [k8s, failsafe]" if on else " [k8s, failsafe off]",
+    ) as chaos:
+        yield chaos
