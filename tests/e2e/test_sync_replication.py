@@ -56,7 +56,10 @@ async def _sync_settled(cluster: LocalCluster, members: int) -> int:
         sync = view.get("sync")
         if not isinstance(sync, dict) or sync.get("leader") != view.get("leader"):
             return False
-        roles = [m.get("sync_role") for m in view["members"]]  # type: ignore[union-attr]
+        rows = view.get("members")
+        if not isinstance(rows, list):
+            return False
+        roles = [m.get("sync_role") for m in rows if isinstance(m, dict)]
         listed = sync.get("members")
         if not isinstance(listed, list) or len(listed) != members:
             return False
