@@ -151,6 +151,8 @@ class Memory:
     failsafe_peers: tuple[tuple[MemberName, str], ...] | None = None
     # Send time of the last POST /failsafe round that every one of them accepted.
     failsafe_sent_at: float | None = None
+    # Members named in the failsafe record whose DCS record is gone, and since when.
+    failsafe_absent_since: tuple[tuple[MemberName, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +174,12 @@ def fence_deadline(memory: Memory, settings: Settings) -> float | None:
     if not sent:
         return None
     return settings.timing.fence_deadline(max(sent))
+
+
+def _lease_alive(memory: Memory, now: float, settings: Settings) -> bool:
+    """The lease's own deadline (not the failsafe one) has not passed."""
+    sent = memory.lease_sent_at
+    return sent is not None and now < settings.timing.fence_deadline(sent)
 
 
 def failsafe_active(memory: Memory, now: float, settings: Settings) -> bool:
@@ -211,20 +219,37 @@ def failsafe_hold(obs: Observation, settings: Settings) -> str | None:
 
 
 def _plan_failsafe(
-    view: ClusterView, memory: Memory, settings: Settings
+    view: ClusterView, memory: Memory, now: float, settings: Settings
 ) -> tuple[Action | None, Memory]:
     """Leader: keep the `failsafe` record naming every other member (with its API address)
     while failsafe mode is on; delete it when the mode is off. Failsafe is usable once the
-    record naming us was read back; we then consult its members and those we are adding."""
+    record naming us was read back; we then consult its members and those we are adding.
+
+    A member whose DCS record went away (its agent down for a ttl) stays named for
+    SLOT_GRACE_S: only named members may take over while a record stands, so dropping it
+    would leave nobody able to replace us if we died next (and while it is named but
+    unreachable, a DCS outage stops us at the fence deadline, as without failsafe)."""
     me = MemberName(settings.name)
     record = view.failsafe
     version = view.failsafe_version or None
     if not view.config.failsafe_mode:
-        memory = replace(memory, failsafe_peers=None)
+        memory = replace(memory, failsafe_peers=None, failsafe_absent_since=())
         if record is not None or view.failsafe_version:
             return SetFailsafeRecord(record=None, expected_version=version), memory
         return None, memory
-    desired = tuple(sorted((m.name, m.api_url) for m in view.members if m.name != me))
+    present = {m.name: m.api_url for m in view.members if m.name != me}
+    recorded = {n: url for n, url in (record.members if record is not None else ()) if n != me}
+    since = dict(memory.failsafe_absent_since)
+    kept: dict[MemberName, str] = {}
+    for name, url in recorded.items():
+        if name not in present:
+            gone = since.setdefault(name, now)
+            if now - gone < SLOT_GRACE_S:
+                kept[name] = url
+    memory = replace(
+        memory, failsafe_absent_since=tuple(sorted((n, t) for n, t in since.items() if n in kept))
+    )
+    desired = tuple(sorted({**kept, **present}.items()))
     if record is not None and record.leader == me:
         peers = tuple(sorted(set(desired) | set(record.members)))
         memory = replace(memory, failsafe_peers=peers)
@@ -743,7 +768,10 @@ def _when_dcs_unavailable(
                 memory,
                 "DCS unreachable; failsafe: asking every member to confirm us, retrying renewal",
                 ConfirmFailsafe(members=memory.failsafe_peers),
-                *((RenewLeader(),) if memory.lease_sent_at is not None else ()),
+                # Retrying the renewal costs a whole DCS timeout per cycle: only while the
+                # lease itself may still be ours (after that, the lease is taken back with
+                # AcquireLeader once the DCS answers).
+                *((RenewLeader(),) if _lease_alive(memory, obs.now, settings) else ()),
             )
         if lease_valid(memory, obs.now, settings):
             return _decision(
@@ -798,6 +826,7 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
                 lease_sent_at=None,
                 failsafe_peers=None,
                 failsafe_sent_at=None,
+                failsafe_absent_since=(),
             )
             return _decision(
                 memory,
@@ -847,7 +876,7 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     sync_step, memory = plan_sync(view, local, memory, settings)
     if sync_step is not None:
         actions.append(sync_step)
-    failsafe_step, memory = _plan_failsafe(view, memory, settings)
+    failsafe_step, memory = _plan_failsafe(view, memory, now, settings)
     if failsafe_step is not None:
         actions.append(failsafe_step)
     switchover = view.switchover
@@ -882,7 +911,12 @@ def _when_follower(obs: Observation, memory: Memory, settings: Settings) -> tupl
     assert view is not None and view.leader is not None
     leader_name = view.leader.name
     memory = replace(
-        memory, lease_sent_at=None, pg_down_since=None, failsafe_peers=None, failsafe_sent_at=None
+        memory,
+        lease_sent_at=None,
+        pg_down_since=None,
+        failsafe_peers=None,
+        failsafe_sent_at=None,
+        failsafe_absent_since=(),
     )
     if local.is_primary:
         return _decision(
@@ -940,7 +974,7 @@ def _when_leaderless(
             ConfirmFailsafe(members=peers),
             AcquireLeader(),
         )
-    memory = replace(memory, failsafe_peers=None, failsafe_sent_at=None)
+    memory = replace(memory, failsafe_peers=None, failsafe_sent_at=None, failsafe_absent_since=())
     if local.is_primary:
         return _decision(
             memory,
@@ -1033,7 +1067,13 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
                 return replace(memory, lease_sent_at=outcome.sent_at)
             return replace(memory, lease_sent_at=None)
         case ReleaseLeader():
-            return replace(memory, lease_sent_at=None, failsafe_peers=None, failsafe_sent_at=None)
+            return replace(
+                memory,
+                lease_sent_at=None,
+                failsafe_peers=None,
+                failsafe_sent_at=None,
+                failsafe_absent_since=(),
+            )
         case ConfirmFailsafe():
             if outcome.ok:
                 return replace(memory, failsafe_sent_at=outcome.sent_at)
@@ -1067,6 +1107,7 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
                     slots=None,
                     failsafe_peers=None,
                     failsafe_sent_at=None,
+                    failsafe_absent_since=(),
                 )
             return replace(memory, failed_at=outcome.sent_at)
         case Demote() | StopPostgres():

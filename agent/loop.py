@@ -96,6 +96,9 @@ from agent.postgres.replication import (
 log = structlog.get_logger("pgwarden.loop")
 _T = TypeVar("_T")
 
+# A primary in failsafe with the DCS down pauses this long between cycles (seconds).
+FAILSAFE_PAUSE_S = 0.3
+
 # Actions that only keep things as they are: a cycle made of these sleeps normally.
 _STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize)
 
@@ -149,6 +152,7 @@ class HaLoop:
         self._started_at = clock.monotonic()
         self._promise: tuple[MemberName, float] | None = None
         self._racing = False
+        self._dcs_down = False
 
     # ------------------------------------------------------------------ inputs from outside
 
@@ -214,6 +218,10 @@ class HaLoop:
 
     def _sleep_for(self) -> float:
         wait = self.settings.timing.loop_wait_s
+        if self._dcs_down and self.memory.failsafe_peers is not None:
+            # A primary in failsafe renews its deadline only by asking the members: each
+            # cycle already waits a whole DCS timeout for the read, so do not sleep long too.
+            wait = min(wait, FAILSAFE_PAUSE_S)
         deadline = fence_deadline(self.memory, self.settings)
         if deadline is not None:
             # Wake in time to retry a renewal (or to fence) before the deadline.
@@ -279,6 +287,7 @@ class HaLoop:
             self.metrics.observe_dcs("get_cluster", self.clock.monotonic() - t0, False)
             log.warning("dcs_unavailable", operation="get_cluster", error=str(exc))
         self._view = view if view is not None else self._view
+        self._dcs_down = view is None
         pid = self.postmaster.pid()
         local = await self.prober.probe(
             running=pid is not None, postmaster_pid=pid, timeout_s=timing.retry_timeout_s

@@ -51,7 +51,11 @@ async def test_patch_config_sets_the_synchronous_settings_and_keeps_the_others(a
     response = await api.client.patch("/config", json=body, headers=AUTH)
     assert response.status == 200
     assert await config_record(api) == {**body, "paused": True, "failsafe_mode": False}
-    assert (await (await api.client.get("/config")).json()) == {**body, "paused": True, "failsafe_mode": False}
+    assert (await (await api.client.get("/config")).json()) == {
+        **body,
+        "paused": True,
+        "failsafe_mode": False,
+    }
     assert api.inbox.wakes == 1
 
 

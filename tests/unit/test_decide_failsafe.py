@@ -18,6 +18,7 @@ from agent.actions import (
     StopPostgres,
 )
 from agent.decide import (
+    SLOT_GRACE_S,
     Memory,
     Observation,
     Outcome,
@@ -105,10 +106,26 @@ def test_a_new_member_is_added_and_consulted_before_the_record_says_so() -> None
     assert [n for n, _ in memory.failsafe_peers] == ["b", "c", "d"]
 
 
-def test_a_member_that_left_is_still_consulted_until_the_record_drops_it() -> None:
+def test_a_member_whose_record_went_away_stays_named_for_the_grace_period() -> None:
+    """Its agent was down for a ttl: if the record dropped it and we died next, nobody could
+    take over (only named members may)."""
+    decision, memory = decide(obs(fs_view("a", ME_PRIMARY, B), PRIMARY), LEASED, A)
+    assert SetFailsafeRecord not in kinds(decision)
+    assert memory.failsafe_peers == PEERS
+    assert memory.failsafe_absent_since == ((MemberName("c"), NOW),)
+    later = replace(obs(fs_view("a", ME_PRIMARY, B), PRIMARY), now=NOW + SLOT_GRACE_S)
+    decision, memory = decide(later, replace(memory, lease_sent_at=NOW + SLOT_GRACE_S - 1), A)
+    writes = [a for a in decision.actions if isinstance(a, SetFailsafeRecord)]
+    assert writes and writes[0].record is not None
+    assert [n for n, _ in writes[0].record.members] == ["b"]
+    # Still consulted until the shorter record is read back (the write may have failed).
+    assert memory.failsafe_peers == PEERS
+
+
+def test_a_member_back_within_the_grace_is_no_longer_counted_absent() -> None:
     _, memory = decide(obs(fs_view("a", ME_PRIMARY, B), PRIMARY), LEASED, A)
-    assert memory.failsafe_peers is not None
-    assert [n for n, _ in memory.failsafe_peers] == ["b", "c"]
+    _, memory = decide(obs(fs_view("a", ME_PRIMARY, B, C), PRIMARY), memory, A)
+    assert memory.failsafe_absent_since == ()
 
 
 def test_a_record_of_a_former_leader_is_rewritten_and_not_relied_on() -> None:
@@ -136,6 +153,15 @@ def test_primary_asks_every_member_to_confirm_it_while_the_dcs_is_down() -> None
     assert kinds(decision) == [ConfirmFailsafe, RenewLeader]
     first = decision.actions[0]
     assert isinstance(first, ConfirmFailsafe) and first.members == PEERS
+
+
+def test_past_the_lease_deadline_a_failsafe_primary_only_asks_the_members() -> None:
+    """Retrying the renewal would cost a whole DCS timeout per cycle for a lease that is gone
+    by now; the lease is taken back with AcquireLeader when the DCS answers."""
+    at = A.timing.fence_deadline(IN_FAILSAFE.lease_sent_at or 0) + 0.5
+    memory = replace(IN_FAILSAFE, failsafe_sent_at=at - 1)
+    decision, _ = decide(replace(obs(None, PRIMARY), now=at), memory, A)
+    assert kinds(decision) == [ConfirmFailsafe]
 
 
 def test_without_failsafe_the_primary_only_retries_its_renewal() -> None:
@@ -219,9 +245,7 @@ def test_a_member_the_failsafe_record_does_not_name_never_takes_over() -> None:
 
 def test_the_record_binds_candidates_even_with_the_mode_switched_off() -> None:
     record = FailsafeRecord(leader=MemberName("x"), members=PEERS, version="3")
-    decision, _ = decide(
-        obs(fs_view(None, B, C, record=record, mode=False), REPLICA), Memory(), A
-    )
+    decision, _ = decide(obs(fs_view(None, B, C, record=record, mode=False), REPLICA), Memory(), A)
     assert decision.actions == ()
 
 
@@ -321,7 +345,7 @@ def test_no_sequence_keeps_a_primary_past_every_deadline_or_races_against_a_prom
             assert promised is None or now >= promised, decision
             if cluster is not None and cluster.failsafe is not None:
                 fs = cluster.failsafe
-                assert "a" == fs.leader or "a" in fs.names(), decision
+                assert fs.leader == "a" or "a" in fs.names(), decision
         for action in actions:
             if fate == "unreachable" and isinstance(action, RenewLeader):
                 break
@@ -333,9 +357,6 @@ def test_no_sequence_keeps_a_primary_past_every_deadline_or_races_against_a_prom
                 continue
             memory = record_outcome(memory, Outcome(action=action, ok=ok, sent_at=now), A)
             if isinstance(action, AcquireLeader | RenewLeader):
-                if ok:
-                    last_lease = now
-                else:
-                    last_lease = None
+                last_lease = now if ok else None
             if not ok:
                 break
