@@ -3,6 +3,10 @@
 The probe keeps one asyncpg connection over the unix socket and asks everything in a single
 round trip. It never raises for a server that is down, starting or broken: that is what it
 reports. Only cancellation propagates.
+
+A standby's `wal_lsn` is the largest of its receive and replay positions and, while it does
+not stream and its startup process still replays, of the end of the valid WAL in its pg_wal
+(one pg_waldump scan per postmaster; see `local_wal_end`).
 """
 
 from __future__ import annotations
@@ -271,7 +275,7 @@ async def local_wal_end(
             timeout_s=max(deadline - loop.time(), 0.1),
             what="pg_waldump",
         )
-    except (PostgresError, OSError):
+    except (PostgresError, OSError, ValueError):
         return None
     record = parse_record_line(one.stdout)
     if record is None or record[0] != last:
@@ -318,13 +322,20 @@ class Prober:
                 async with asyncio.timeout(timeout_s * 0.7):
                     row = await self._query()
                     state = self._state_from_row(row, initialized, postmaster_pid)
-                return await self._with_local_wal(
-                    state, row, timeout_s=max(deadline - loop.time(), 0.1)
-                )
             except asyncio.CancelledError:
                 raise
             except Exception:  # a down or broken server is a state to report, not an error
                 await self.close()
+            else:
+                # The server answered: whatever the scan does, it reports a running server.
+                try:
+                    return await self._with_local_wal(
+                        state, row, timeout_s=max(deadline - loop.time(), 0.1)
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # no better than the replay position, still a state
+                    return state
         else:
             await self.close()
         control = await read_controldata(self._settings, timeout_s=max(deadline - loop.time(), 0.1))
