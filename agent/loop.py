@@ -468,7 +468,11 @@ class HaLoop:
         session = self._http
         timeout = aiohttp.ClientTimeout(total=self.settings.timing.peer_check_timeout_s)
         headers = self.settings.api.authorization_header()
-        body = {"leader": self.settings.name, "cluster": self.settings.cluster}
+        body = {
+            "leader": self.settings.name,
+            "cluster": self.settings.cluster,
+            "sent_at": self.clock.wall(),
+        }
 
         async def ask(name: MemberName, url: str) -> str | None:
             try:

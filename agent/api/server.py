@@ -326,10 +326,19 @@ class _Routes:
     async def post_failsafe(self, request: web.Request) -> web.StreamResponse:
         """A primary that cannot reach the DCS asks us to confirm it (failsafe mode)."""
         body = await _json_object(request, allow_empty=False)
-        reject_unknown_fields(body, {"leader", "cluster"})
-        leader, cluster = body.get("leader"), body.get("cluster")
+        reject_unknown_fields(body, {"leader", "cluster", "sent_at"})
+        leader, cluster, sent_at = body.get("leader"), body.get("cluster"), body.get("sent_at")
         if not isinstance(leader, str) or not leader:
             raise ApiError(400, "leader: expected the requesting member's name")
+        if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
+            raise ApiError(400, "sent_at: expected the sender's wall-clock time (epoch seconds)")
+        age = self._clock.wall() - float(sent_at)
+        if age > self._settings.timing.ttl_s / 2:
+            # Delivered late (a request kept in TCP retransmission while the network was
+            # cut): its sender stopped waiting long ago and may be fenced by now; promising
+            # it would only hold failover back.
+            _log.warning("failsafe_refused", primary=leader, reason="stale", age_s=round(age, 3))
+            raise ApiError(409, f"failsafe: request sent {age:.1f} s ago (stale, or clocks apart)")
         if not isinstance(cluster, str) or cluster != self._settings.cluster:
             raise ApiError(
                 409, f"cluster: this member belongs to {self._settings.cluster!r}, not {cluster!r}"

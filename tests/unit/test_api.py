@@ -896,9 +896,12 @@ async def test_start_api_fails_cleanly_when_the_port_is_taken(api: Api) -> None:
 # --------------------------------------------------------------------------- failsafe
 
 
+def failsafe_body(api: Api, **changes: object) -> dict[str, object]:
+    return {"leader": "x", "cluster": "demo", "sent_at": api.clock.wall(), **changes}
+
+
 async def test_failsafe_confirmation_is_handed_to_the_ha_loop_and_answered(api: Api) -> None:
-    body = {"leader": "x", "cluster": "demo"}
-    response = await api.client.post("/failsafe", json=body, headers=AUTH)
+    response = await api.client.post("/failsafe", json=failsafe_body(api), headers=AUTH)
     assert response.status == 200
     answer = await response.json()
     assert answer["accepted"] is True and answer["leader"] == "x"
@@ -908,27 +911,43 @@ async def test_failsafe_confirmation_is_handed_to_the_ha_loop_and_answered(api: 
 
 async def test_failsafe_refused_by_the_ha_loop_answers_409_with_the_reason(api: Api) -> None:
     api.inbox.failsafe_refusal = "this member runs a primary"
-    response = await api.client.post(
-        "/failsafe", json={"leader": "x", "cluster": "demo"}, headers=AUTH
-    )
+    response = await api.client.post("/failsafe", json=failsafe_body(api), headers=AUTH)
     assert response.status == 409
     assert (await response.json())["error"] == "failsafe: this member runs a primary"
 
 
+async def test_a_failsafe_request_delivered_late_is_refused_and_promises_nothing(
+    api: Api,
+) -> None:
+    """A request kept in TCP retransmission while the network was cut arrives long after its
+    sender stopped waiting (found by the chaos suite, docs/chaos.md finding 4)."""
+    stale = failsafe_body(api, sent_at=api.clock.wall() - 6.0)  # more than ttl/2 ago
+    response = await api.client.post("/failsafe", json=stale, headers=AUTH)
+    assert response.status == 409
+    assert "stale" in (await response.json())["error"]
+    assert api.inbox.failsafe_asks == []
+    recent = failsafe_body(api, sent_at=api.clock.wall() - 4.0)
+    assert (await api.client.post("/failsafe", json=recent, headers=AUTH)).status == 200
+
+
 @pytest.mark.parametrize(
-    ("body", "status", "field"),
+    ("changes", "status", "field"),
     [
-        ({"cluster": "demo"}, 400, "leader:"),
-        ({"leader": "", "cluster": "demo"}, 400, "leader:"),
-        ({"leader": 3, "cluster": "demo"}, 400, "leader:"),
-        ({"leader": "x", "cluster": "other"}, 409, "cluster:"),
-        ({"leader": "x"}, 409, "cluster:"),
-        ({"leader": "x", "cluster": "demo", "until": 5}, 400, "until:"),
+        ({"leader": None}, 400, "leader:"),
+        ({"leader": ""}, 400, "leader:"),
+        ({"leader": 3}, 400, "leader:"),
+        ({"cluster": "other"}, 409, "cluster:"),
+        ({"cluster": None}, 409, "cluster:"),
+        ({"sent_at": None}, 400, "sent_at:"),
+        ({"sent_at": "now"}, 400, "sent_at:"),
+        ({"sent_at": True}, 400, "sent_at:"),
+        ({"until": 5}, 400, "until:"),
     ],
 )
 async def test_a_bad_failsafe_request_is_refused_and_promises_nothing(
-    api: Api, body: dict[str, object], status: int, field: str
+    api: Api, changes: dict[str, object], status: int, field: str
 ) -> None:
+    body = {k: v for k, v in failsafe_body(api, **changes).items() if v is not None}
     response = await api.client.post("/failsafe", json=body, headers=AUTH)
     assert response.status == status
     assert (await response.json())["error"].startswith(field)
@@ -936,6 +955,6 @@ async def test_a_bad_failsafe_request_is_refused_and_promises_nothing(
 
 
 async def test_failsafe_needs_credentials_like_every_mutating_request(api: Api) -> None:
-    response = await api.client.post("/failsafe", json={"leader": "x", "cluster": "demo"})
+    response = await api.client.post("/failsafe", json=failsafe_body(api))
     assert response.status == 401
     assert api.inbox.failsafe_asks == []
