@@ -10,6 +10,9 @@ multi-host, read-write) records every acknowledged commit; after each SIGKILL of
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -248,3 +251,48 @@ async def test_strict_mode_blocks_commits_without_replicas_and_non_strict_degrad
     for index in replicas:
         cluster.start_member(index)
     assert await _sync_settled(cluster, 1) == primary
+
+
+async def test_a_synchronous_standby_whose_stream_goes_silent_stalls_commits_about_one_ttl(
+    cluster: LocalCluster,
+) -> None:
+    """The synchronous standby's WAL receiver stops (SIGSTOP: no FIN, no RST, as behind a
+    silent partition of the replication link) while its agent and PostgreSQL still answer.
+    The primary's walsender stays 'streaming' until wal_sender_timeout, which the agent sets
+    to one ttl (PostgreSQL's default: 60 s); then the leader moves the synchronous role to the
+    other standby and commits resume."""
+    await _patch_config(
+        cluster,
+        {"synchronous_mode": "on", "synchronous_node_count": 1, "synchronous_mode_strict": False},
+    )
+    primary = await _sync_settled(cluster, 1)
+    sync = (await _cluster_json(cluster)).get("sync")
+    assert isinstance(sync, dict)
+    names = sync.get("members")
+    assert isinstance(names, list) and len(names) == 1
+    standby = next(m for m in cluster.members if m.name == names[0])
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=standby.pg_port, user="postgres", database="postgres", timeout=3
+    )
+    try:
+        receiver = await conn.fetchval("SELECT pid FROM pg_stat_wal_receiver")
+    finally:
+        conn.terminate()
+    assert isinstance(receiver, int)
+    await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
+    hosts = [("127.0.0.1", m.pg_port) for m in cluster.members]
+    writer = AppWriter(hosts=hosts, interval_s=0.01, start_value=int(time.time() * 1000) * 1000)
+    writer.start()
+    try:
+        await asyncio.sleep(1.0)
+        os.kill(receiver, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        await asyncio.sleep(TTL + 8)
+        stall = writer.log.longest_gap(stopped_at, time.monotonic())
+        print(f"silent synchronous standby (ttl {TTL:g} s): commits stalled {stall:.1f} s")
+        assert stall < TTL + 4, f"commits stalled {stall:.1f} s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(receiver, signal.SIGCONT)
+        await writer.stop()
+    await _sync_settled(cluster, 1)
