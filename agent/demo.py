@@ -29,6 +29,7 @@ import aiohttp
 import yaml
 
 from agent.ctl import render_table
+from agent.proctree import kill_postmaster_tree
 
 ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -381,12 +382,12 @@ class LocalCluster:
         pid = member.postmaster_pid()
         self.signal_agent(index, signal.SIGKILL)
         if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+            kill_postmaster_tree(pid)  # its backends too: they run in sessions of their own
         if member.process is not None:
             member.process.wait()
 
     def kill_postgres(self, index: int) -> None:
+        """A crash of the postmaster (its backends notice and exit by themselves)."""
         pid = self.members[index].postmaster_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):

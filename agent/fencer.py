@@ -14,8 +14,8 @@ Protocol: one line per connection on a Unix socket, one line answered.
     ADOPT <pid>       a restarted agent takes over this fencer
 At the deadline it asks the postmaster for a fast shutdown (client backends terminated, WAL
 senders ship what was committed), and after a grace of half the fence margin kills the
-postmaster's whole process group with SIGKILL (the agent starts the postmaster in a session of
-its own, so that group is PostgreSQL and nothing else): either way no backend acknowledges a
+postmaster, each of its children and their process groups with SIGKILL (agent/proctree.py:
+every PostgreSQL child runs in a session of its own): either way no backend acknowledges a
 commit once the lease may have expired for the others. It then reports `fenced` until re-armed.
 It exits once its agent is gone and it is not armed; while armed it outlives the agent and
 fences at the deadline.
@@ -32,6 +32,8 @@ import socket
 import sys
 import time
 from pathlib import Path
+
+from agent.proctree import kill_postmaster_tree
 
 AGENT_CHECK_INTERVAL_S = 0.5
 
@@ -92,15 +94,16 @@ def fence_postgres(data_dir: str, grace_s: float) -> str:
         if _wait_gone(pid, grace_s):
             return f"postmaster {pid} stopped by a fast shutdown"
         if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-            return f"fast shutdown took over {grace_s}s: killed process group {pid}"
+            # The backends are in sessions of their own (setsid): kill each of them too.
+            kill_postmaster_tree(pid)
+            return f"fast shutdown took over {grace_s}s: killed postmaster {pid} and children"
         # Not a group leader (started by someone else): immediate shutdown makes every
         # backend exit without committing; SIGKILL follows if the postmaster lingers.
         os.kill(pid, signal.SIGQUIT)
         if _wait_gone(pid, 1.0):
             return f"postmaster {pid} stopped by an immediate shutdown"
-        os.kill(pid, signal.SIGKILL)
-        return f"postmaster {pid} killed"
+        kill_postmaster_tree(pid)
+        return f"postmaster {pid} and its children killed"
     except ProcessLookupError:
         return f"postmaster {pid} already gone"
 

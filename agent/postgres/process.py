@@ -27,6 +27,7 @@ import asyncpg
 
 from agent.config import PostgresSettings
 from agent.postgres import replication
+from agent.proctree import kill_postmaster_tree
 
 _POLL_S = 0.01
 _KILL_WAIT_S = 2.0
@@ -367,36 +368,6 @@ def running_postmaster_pid(data_dir: str) -> int | None:
     return pid
 
 
-def _children(pid: int) -> list[int]:
-    """The pids of `pid`'s children (from /proc; [] when it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-            return [int(word) for word in handle.read().split()]
-    except (OSError, ValueError):
-        return _children_by_scan(pid)
-
-
-def _children_by_scan(pid: int) -> list[int]:
-    """The slow way, for kernels without /proc/<pid>/task/<pid>/children: every process's
-    parent pid from /proc/<n>/stat."""
-    found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 1 and fields[1] == str(pid).encode():
-            found.append(int(entry))
-    return found
-
-
 def _pid_alive(pid: int) -> bool:
     """`pid` exists and is not a zombie."""
     try:
@@ -676,28 +647,8 @@ class Postmaster:
 
     @staticmethod
     def _kill_group(pid: int) -> None:
-        """SIGKILL the postmaster's process group and each of its children's.
-
-        Each child of a PostgreSQL postmaster calls setsid() at its start, so killing the
-        postmaster's group alone leaves its backends running until they next check for the
-        postmaster's death (a busy query only when it ends, and it may then still commit).
-        The postmaster is stopped first: it then neither forks nor reaps, so the children
-        read from /proc are exactly its children, and none of their pids can be reused.
-        """
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            return
-        for target in (*_children(pid), pid):
-            try:
-                # Each child leads its own group (setsid); an adopted postmaster started
-                # otherwise may not lead one.
-                if os.getpgid(target) == target:
-                    os.killpg(target, signal.SIGKILL)
-                else:
-                    os.kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """SIGKILL the postmaster, its children and their groups (agent/proctree.py)."""
+        kill_postmaster_tree(pid)
 
     # ---------------------------------------------------------------- SQL
 

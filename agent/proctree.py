@@ -1,0 +1,64 @@
+"""Killing a PostgreSQL server for good: the postmaster and every one of its children.
+
+Stdlib only: the fencer process (agent/fencer.py) imports it too. Each child of a PostgreSQL
+postmaster calls setsid() when it starts, so killing the postmaster's process group alone
+leaves its backends running until they next check for the postmaster's death (a busy query
+only when it ends, and it may then still commit).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s children (from /proc; [] when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+            return [int(word) for word in handle.read().split()]
+    except (OSError, ValueError):
+        return _children_by_scan(pid)
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    """The slow way, for kernels without /proc/<pid>/task/<pid>/children: every process's
+    parent pid from /proc/<n>/stat."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(pid).encode():
+            found.append(int(entry))
+    return found
+
+
+def kill_postmaster_tree(pid: int) -> None:
+    """SIGKILL the postmaster `pid`, each of its children, and their process groups.
+
+    The postmaster is stopped first: it then neither forks nor reaps, so the children read
+    from /proc are exactly its children, and none of their pids can be reused meanwhile.
+    """
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
+    for target in (*children(pid), pid):
+        try:
+            # Each child leads its own group (setsid); an adopted postmaster started
+            # otherwise may not lead one.
+            if os.getpgid(target) == target:
+                os.killpg(target, signal.SIGKILL)
+            else:
+                os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
