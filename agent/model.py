@@ -130,7 +130,9 @@ class LocalState:
     """One probe of the local PostgreSQL. `running=False` leaves the SQL fields None.
 
     `wal_lsn` is the member's WAL position for comparing candidates: on a primary the
-    current write LSN; on a replica the larger of received and replayed.
+    current write LSN; on a replica the larger of received and replayed, and, while it is not
+    streaming and still replaying what it holds, the end of the valid WAL in its pg_wal (a
+    restarted standby must not look further behind than it is: agent/postgres/probe.py).
     """
 
     data_dir_initialized: bool
