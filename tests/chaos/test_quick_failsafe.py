@@ -82,23 +82,6 @@ async def test_with_failsafe_a_primary_nobody_can_confirm_stops_before_its_lease
         assert result.primary_after not in (None, result.primary_before), why
 
 
-K8S_HOLDS = ("primary-cut-from-dcs", "dcs-frozen")
-K8S = {n.name: n for n in nemeses(TTL_S, dcs="kubernetes")}
-
-
-@pytest.mark.parametrize("name", K8S_HOLDS)
-async def test_with_failsafe_and_the_kubernetes_dcs_an_outage_keeps_the_primary(
-    failsafe_k8s_runner: Runner, name: str
-) -> None:
-    result = await failsafe_k8s_runner.run(K8S[name])
-    assert result.acked > 0, "the workload acknowledged nothing"
-    assert_invariants(result, failsafe_k8s_runner)
-    why = _details(result, failsafe_k8s_runner)
-    assert result.primary_after == result.primary_before, why
-    assert result.write_unavailability_s < MAX_UNAVAILABILITY_S, why
-    assert result.lost == 0, why
-
-
 async def test_with_failsafe_replicas_whose_agents_were_down_still_take_over_from_a_dead_primary(
     failsafe_runner: Runner,
 ) -> None:
