@@ -466,7 +466,12 @@ class HaLoop:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         session = self._http
-        timeout = aiohttp.ClientTimeout(total=self.settings.timing.peer_check_timeout_s)
+        timing = self.settings.timing
+        # More patient than the pre-race check: one slow answer fails the whole round, and a
+        # round only has to be sent before the deadline (a DCS read takes longer anyway).
+        timeout = aiohttp.ClientTimeout(
+            total=max(timing.peer_check_timeout_s, timing.retry_timeout_s / 2)
+        )
         headers = self.settings.api.authorization_header()
         body = {
             "leader": self.settings.name,
