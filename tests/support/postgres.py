@@ -15,10 +15,13 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+import pytest
+
 from agent.config import Credentials, PostgresSettings, Secret
+from agent.postgres import clone, create_roles, ensure_slots, initdb
 from agent.postgres.process import Postmaster, StandbyConfig, running_postmaster_pid
 from agent.postgres.replication import slot_name_for
 from tests.support.ports import free_ports
@@ -145,3 +148,42 @@ async def eventually(
         if loop.time() - start > timeout_s:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(interval_s)
+
+
+@contextlib.asynccontextmanager
+async def streaming_pair(
+    *, table_sql: str, ttl_s: float | None = None
+) -> AsyncIterator[tuple[PgNode, PgNode]]:
+    """A primary (with `table_sql` run on it) and a standby cloned from it and streaming,
+    both run by `Postmaster` (with `ttl_s`, the agent's derived replication timeouts). Skips
+    the test without PostgreSQL; stops both and cleans up afterwards."""
+    if not pg_available():
+        pytest.skip("PostgreSQL 15 binaries not installed")
+    with pg_base_dir() as base:
+        nodes = make_nodes(base, ["p", "s"])
+        if ttl_s is not None:
+            for node in nodes:
+                node.postmaster = Postmaster(
+                    node.settings, member_name=node.name, run_dir=node.run_dir, ttl_s=ttl_s
+                )
+        primary, standby = nodes
+        try:
+            await initdb(primary.settings, run_dir=primary.run_dir)
+            await primary.postmaster.start(standby=None, timeout_s=PAIR_START_TIMEOUT_S)
+            await create_roles(primary.postmaster, primary.settings)
+            await ensure_slots(primary.postmaster, [standby.slot])
+            await primary.postmaster.execute(table_sql, timeout_s=5.0)
+            await clone(
+                standby.settings, standby.standby_of(primary), run_dir=standby.run_dir, timeout_s=60
+            )
+            await standby.postmaster.start(
+                standby=standby.standby_of(primary), timeout_s=PAIR_START_TIMEOUT_S
+            )
+            yield primary, standby
+        finally:
+            for node in nodes:
+                await node.postmaster.close()
+            kill_leftovers(nodes)
+
+
+PAIR_START_TIMEOUT_S = 20.0

@@ -22,9 +22,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from agent.postgres import Postmaster, StopMode, clone, create_roles, ensure_slots, initdb
+from agent.postgres import Postmaster, StopMode
 from agent.postgres.replication import socket_dir
-from tests.support.postgres import PgNode, kill_leftovers, make_nodes, pg_available, pg_base_dir
+from tests.support.postgres import PgNode, streaming_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -34,39 +34,16 @@ TTL_S = 4.0
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def pair() -> AsyncIterator[list[PgNode]]:
-    """Primary `p` and standby `s`, both with the agent's ttl-derived options (ttl 4 s), `s`
-    streaming through its slot. Every postmaster is resumed and killed at the end."""
-    if not pg_available():
-        pytest.skip("PostgreSQL 15 binaries not installed")
-    with pg_base_dir() as base:
-        nodes = make_nodes(base, ["p", "s"])
-        for node in nodes:
-            node.postmaster = Postmaster(
-                node.settings, member_name=node.name, run_dir=node.run_dir, ttl_s=TTL_S
-            )
-        primary, standby = nodes
+async def pair() -> AsyncIterator[tuple[PgNode, PgNode]]:
+    async with streaming_pair(table_sql="CREATE TABLE t (v int)", ttl_s=TTL_S) as nodes:
         try:
-            await initdb(primary.settings, run_dir=primary.run_dir)
-            await primary.postmaster.start(standby=None, timeout_s=START_TIMEOUT_S)
-            await create_roles(primary.postmaster, primary.settings)
-            await ensure_slots(primary.postmaster, [standby.slot])
-            await primary.postmaster.execute("CREATE TABLE t (v int)", timeout_s=SQL_TIMEOUT_S)
-            await clone(
-                standby.settings, standby.standby_of(primary), run_dir=standby.run_dir, timeout_s=60
-            )
-            await standby.postmaster.start(
-                standby=standby.standby_of(primary), timeout_s=START_TIMEOUT_S
-            )
             yield nodes
         finally:
-            for node in nodes:
+            for node in nodes:  # a test may leave a server stopped (SIGSTOP)
                 pid = node.postmaster.pid()
                 if pid is not None:
                     with contextlib.suppress(OSError):
                         _signal_server(pid, signal.SIGCONT)
-                await node.postmaster.close()
-            kill_leftovers(nodes)
 
 
 def _signal_server(pid: int, sig: signal.Signals) -> None:
@@ -85,7 +62,7 @@ async def _show(postmaster: Postmaster, name: str) -> object:
 
 
 async def test_both_servers_run_with_the_timeouts_derived_from_the_ttl(
-    pair: list[PgNode],
+    pair: tuple[PgNode, PgNode],
 ) -> None:
     for node in pair:
         assert await _show(node.postmaster, "wal_sender_timeout") == "4s"
@@ -94,7 +71,7 @@ async def test_both_servers_run_with_the_timeouts_derived_from_the_ttl(
 
 
 async def test_a_value_in_postgresql_parameters_wins_over_the_derived_one(
-    pair: list[PgNode],
+    pair: tuple[PgNode, PgNode],
 ) -> None:
     """Restart the standby with its own wal_receiver_timeout: the user's value is used."""
     primary, standby = pair
@@ -123,7 +100,7 @@ async def _connect(node: PgNode) -> asyncpg.Connection:
 
 
 async def test_a_silent_synchronous_standby_loses_its_walsender_within_one_ttl(
-    pair: list[PgNode],
+    pair: tuple[PgNode, PgNode],
 ) -> None:
     primary, standby = pair
     await primary.postmaster.execute(

@@ -26,12 +26,8 @@ from agent.postgres import (
     Postmaster,
     Prober,
     StandbyConfig,
-    clone,
-    create_roles,
-    ensure_slots,
-    initdb,
 )
-from tests.support.postgres import PgNode, kill_leftovers, make_nodes, pg_available, pg_base_dir
+from tests.support.postgres import PgNode, streaming_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -40,30 +36,9 @@ SQL_TIMEOUT_S = 5.0
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def pair() -> AsyncIterator[list[PgNode]]:
-    """A primary `p` and a streaming standby `s`; every postmaster is killed at the end."""
-    if not pg_available():
-        pytest.skip("PostgreSQL 15 binaries not installed")
-    with pg_base_dir() as base:
-        nodes = make_nodes(base, ["p", "s"])
-        primary, standby = nodes
-        try:
-            await initdb(primary.settings, run_dir=primary.run_dir)
-            await primary.postmaster.start(standby=None, timeout_s=START_TIMEOUT_S)
-            await create_roles(primary.postmaster, primary.settings)
-            await ensure_slots(primary.postmaster, [standby.slot])
-            await primary.postmaster.execute("CREATE TABLE t (v text)", timeout_s=SQL_TIMEOUT_S)
-            await clone(
-                standby.settings, standby.standby_of(primary), run_dir=standby.run_dir, timeout_s=60
-            )
-            await standby.postmaster.start(
-                standby=standby.standby_of(primary), timeout_s=START_TIMEOUT_S
-            )
-            yield nodes
-        finally:
-            for node in nodes:
-                await node.postmaster.close()
-            kill_leftovers(nodes)
+async def pair() -> AsyncIterator[tuple[PgNode, PgNode]]:
+    async with streaming_pair(table_sql="CREATE TABLE t (v text)") as nodes:
+        yield nodes
 
 
 async def _probe(node: PgNode, postmaster: Postmaster) -> tuple[LocalState, float]:
@@ -85,7 +60,7 @@ async def _lsn(postmaster: Postmaster, sql: str) -> int:
 
 
 async def test_a_restarted_standby_reports_the_end_of_its_local_wal_not_its_replay_position(
-    pair: list[PgNode],
+    pair: tuple[PgNode, PgNode],
 ) -> None:
     primary, standby = pair
     await standby.postmaster.execute("SELECT pg_wal_replay_pause()", timeout_s=SQL_TIMEOUT_S)
