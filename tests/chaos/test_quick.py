@@ -34,6 +34,7 @@ QUICK = {n.name: n for n in nemeses(QUICK_TIMING["ttl_s"]) if n.quick}
 
 def assert_invariants(result: ScenarioResult, runner: Runner) -> None:
     """The checker's verdict, with the evidence and the agents' last log lines on failure."""
+    assert result.acked > 0, "the workload acknowledged nothing"
     logs = runner.cluster.logs_tail(15)
     assert not result.split_brain, (
         f"{result.scenario}: {len(result.split_brain)} split-brain instants, first "
@@ -52,5 +53,4 @@ async def test_after_each_fault_no_split_brain_and_the_cluster_converges_without
 ) -> None:
     nemesis: Nemesis = QUICK[name]
     result = await runner.run(nemesis)
-    assert result.acked > 0, "the workload acknowledged nothing"
     assert_invariants(result, runner)

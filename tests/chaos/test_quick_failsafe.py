@@ -56,7 +56,6 @@ async def test_with_failsafe_a_dcs_outage_keeps_the_primary_and_writes_flowing(
 ) -> None:
     nemesis: Nemesis = ALL[name]
     result = await failsafe_runner.run(nemesis)
-    assert result.acked > 0, "the workload acknowledged nothing"
     assert_invariants(result, failsafe_runner)
     why = _details(result, failsafe_runner)
     assert result.primary_after == result.primary_before, why
@@ -72,7 +71,6 @@ async def test_with_failsafe_a_primary_nobody_can_confirm_stops_before_its_lease
 ) -> None:
     nemesis: Nemesis = ALL[name]
     result = await failsafe_runner.run(nemesis)
-    assert result.acked > 0, "the workload acknowledged nothing"
     assert_invariants(result, failsafe_runner)
     why = _details(result, failsafe_runner)
     assert result.held_s > TTL_S, why  # else stopping in time would prove nothing

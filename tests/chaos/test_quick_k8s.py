@@ -40,5 +40,4 @@ async def test_with_the_kubernetes_dcs_no_fault_causes_split_brain_loss_or_diver
 ) -> None:
     nemesis: Nemesis = K8S[name]
     result = await k8s_runner.run(nemesis)
-    assert result.acked > 0, "the workload acknowledged nothing"
     assert_invariants(result, k8s_runner)
