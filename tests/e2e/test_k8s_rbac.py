@@ -21,7 +21,7 @@ import pytest
 
 from agent.demo import LocalCluster
 from tests.support import manifests
-from tests.support.cluster import converged, local_cluster, wait_until
+from tests.support.cluster import converge, local_cluster, new_primary, wait_until
 from tests.support.k8s_audit import AGENT_USER, audit_records
 from tests.support.rbac import calls_from_audit, check_calls
 
@@ -52,39 +52,16 @@ def _roles(cluster: LocalCluster) -> list[str | None]:
 
 
 async def _converge(cluster: LocalCluster, timeout: float = 60.0) -> int:
-    """Restart stopped members; wait for one primary, streaming replicas and role labels."""
-    for index, member in enumerate(cluster.members):
-        if member.process is not None and member.process.poll() is not None:
-            cluster.start_member(index)
-    found: list[int] = []
-    async with aiohttp.ClientSession() as session:
+    """Converged (tests/support/cluster.py), and the pods' role labels agree."""
+    primary = await converge(cluster, timeout)
 
-        async def ready() -> bool:
-            if not await converged(cluster, session):
-                return False
-            index = await cluster.primary_index(session)
-            if index is None:
-                return False
-            expected = ["replica"] * len(cluster.members)
-            expected[index] = "primary"
-            found[:] = [index]
-            return _roles(cluster) == expected
+    async def labelled() -> bool:
+        expected = ["replica"] * len(cluster.members)
+        expected[primary] = "primary"
+        return _roles(cluster) == expected
 
-        await wait_until(ready, timeout=timeout, what="convergence with role labels")
-    return found[0]
-
-
-async def _primary_other_than(cluster: LocalCluster, old: int, timeout: float) -> int:
-    found: list[int] = []
-
-    async def moved() -> bool:
-        async with aiohttp.ClientSession() as session:
-            index = await cluster.primary_index(session)
-        found[:] = [] if index is None else [index]
-        return index is not None and index != old
-
-    await wait_until(moved, timeout=timeout, what="a new primary")
-    return found[0]
+    await wait_until(labelled, timeout=timeout, what="role labels")
+    return primary
 
 
 async def test_the_example_role_allows_every_request_the_agents_make_and_nothing_more(
@@ -99,11 +76,11 @@ async def test_the_example_role_allows_every_request_the_agents_make_and_nothing
             session, first, "/switchover", {"candidate": cluster.members[candidate].name}
         )
     assert status == 202, body
-    second = await _primary_other_than(cluster, first, timeout=20)
+    second = await new_primary(cluster, first, timeout=20)
     await _converge(cluster)
     # SIGTERM on the primary (a pod deletion): hand-over, release, the agent exits.
     cluster.signal_agent(second, signal.SIGTERM)
-    await _primary_other_than(cluster, second, timeout=20)
+    await new_primary(cluster, second, timeout=20)
     process = cluster.members[second].process
     assert process is not None
     await asyncio.to_thread(process.wait, 30)
