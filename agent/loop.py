@@ -313,11 +313,15 @@ class HaLoop:
             started_at=self._started_at,
         )
 
-    async def _check_peers(self, view: ClusterView) -> tuple[PeerStatus, ...]:
-        """Ask every other member directly how far it got (DESIGN.md section 3, failover)."""
+    def _peer_session(self) -> aiohttp.ClientSession:
+        """The HTTP session for other members' APIs (peer checks, failsafe rounds)."""
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        session = self._http
+        return self._http
+
+    async def _check_peers(self, view: ClusterView) -> tuple[PeerStatus, ...]:
+        """Ask every other member directly how far it got (DESIGN.md section 3, failover)."""
+        session = self._peer_session()
         timeout = aiohttp.ClientTimeout(total=self.settings.timing.peer_check_timeout_s)
 
         async def ask(member: Member) -> PeerStatus:
@@ -463,9 +467,7 @@ class HaLoop:
 
     async def _confirm_failsafe(self, members: tuple[tuple[MemberName, str], ...]) -> bool:
         """POST /failsafe to every member at once; True only if every one accepted."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        session = self._http
+        session = self._peer_session()
         timing = self.settings.timing
         # More patient than the pre-race check: one slow answer fails the whole round, and a
         # round only has to be sent before the deadline (a DCS read takes longer anyway).
