@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.proctree import kill_postmaster_tree
+from agent.proctree import kill_postmaster_tree, pid_alive
 
 AGENT_CHECK_INTERVAL_S = 0.5
 
@@ -41,16 +41,6 @@ AGENT_CHECK_INTERVAL_S = 0.5
 def _log(message: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(f"{stamp} fencer[{os.getpid()}] {message}", file=sys.stderr, flush=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def postmaster_pid(data_dir: str) -> int | None:
@@ -68,12 +58,14 @@ def postmaster_pid(data_dir: str) -> int | None:
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
+    """Whether `pid` exits within `seconds`. A zombie has exited: the postmaster's parent is
+    the agent, which does not reap it while frozen or after it died unreaped."""
     give_up = time.monotonic() + seconds
     while time.monotonic() < give_up:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(0.01)
-    return not _pid_alive(pid)
+    return not pid_alive(pid)
 
 
 def fence_postgres(data_dir: str, grace_s: float) -> str:
@@ -173,7 +165,7 @@ class Fencer:
                     self._answer(server)
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.fire()
-                if self.deadline is None and not _pid_alive(self.agent_pid):
+                if self.deadline is None and not pid_alive(self.agent_pid):
                     _log("agent gone and not armed: exiting")
                     break
             if self.stop and self.deadline is not None:

@@ -12,6 +12,32 @@ import os
 import signal
 
 
+def pid_alive(pid: int) -> bool:
+    """Process `pid` exists and has not exited. A zombie (exited, not yet reaped by its
+    parent) counts as exited: a postmaster whose parent, the agent, is frozen or dead stays
+    one, and `os.kill(pid, 0)` would call it alive.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # The state follows the parenthesised command name, which may hold spaces and ')'.
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return _signalable(pid)  # no readable /proc: cannot tell a zombie apart
+    return state not in (b"Z", b"X")
+
+
+def _signalable(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def children(pid: int) -> list[int]:
     """The pids of `pid`'s children (from /proc; [] when it cannot be read)."""
     try:

@@ -151,3 +151,63 @@ async def test_a_restarted_agent_adopts_the_running_fencer_and_its_deadline(
     assert status.remaining_s is not None and 3.0 < status.remaining_s <= 5.0
     await second.disarm()
     await first.stop()
+
+
+def _parent_agent_script(run_dir: Path, data_dir: Path, deadline_in: float, grace_s: float) -> str:
+    """An agent that is the postmaster's parent (as the real one is), and never reaps it."""
+    return f"""
+import asyncio, subprocess, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from agent.fence import FenceClient
+async def main():
+    # A stand-in postmaster that a fast shutdown (SIGINT) stops at once.
+    postmaster = subprocess.Popen(
+        ["bash", "-c", "exec -a postgres sleep 300"], start_new_session=True
+    )
+    with open({str(data_dir / "postmaster.pid")!r}, "w") as handle:
+        handle.write(f"{{postmaster.pid}}\\n{data_dir}\\n")
+    client = FenceClient(run_dir={str(run_dir)!r}, data_dir={str(data_dir)!r}, grace_s={grace_s})
+    await client.start()
+    await client.arm(time.monotonic() + {deadline_in})
+    print(postmaster.pid, flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+async def test_a_postmaster_left_a_zombie_by_its_frozen_agent_counts_as_stopped_at_once(
+    tmp_path: Path,
+) -> None:
+    """The postmaster exits on the fast shutdown but stays a zombie (its parent, the agent, is
+    frozen): the fencer must report the fast shutdown, not wait its grace and 'kill' it."""
+    grace_s = 3.0
+    log = tmp_path / "run" / "fencer.log"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _parent_agent_script(tmp_path / "run", tmp_path, 1.0, grace_s)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert agent.stdout is not None
+        postmaster_pid = int(agent.stdout.readline())
+        os.kill(agent.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        while "fence deadline reached" not in log.read_text():
+            assert time.monotonic() - frozen_at < 1.0 + grace_s + 2.0, log.read_text()
+            await asyncio.sleep(0.02)
+        fenced_after = time.monotonic() - frozen_at
+        assert _zombie(postmaster_pid), "the stand-in postmaster was reaped: not the case tested"
+        fenced = log.read_text()
+        assert f"postmaster {postmaster_pid} stopped by a fast shutdown" in fenced, fenced
+        # The deadline is 1.0 s away at most; the fencer must not sit out its 3 s grace.
+        assert fenced_after < 1.0 + grace_s / 2, f"fenced after {fenced_after:.2f} s"
+        print(f"\n[fencer] zombie postmaster fenced {fenced_after:.3f} s after the freeze")
+    finally:
+        agent.kill()
+        agent.wait()
