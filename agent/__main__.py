@@ -1,4 +1,5 @@
-"""The `pgwarden` command: `run` the agent, `ctl` (operate a cluster), `demo` (a local cluster).
+"""The `pgwarden` command: `run` the agent, `ctl` (operate a cluster), `demo` (a local cluster);
+`pgwarden --version` prints the installed package's version.
 
 Exit codes of `run`: 0 clean stop (or `--check-config` found no problem), 1 the agent failed,
 2 invalid configuration or command line (nothing was started, nothing touched).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,12 +24,23 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 
 _PASSTHROUGH = ("ctl", "demo")
+DISTRIBUTION = "pgwarden"
+
+
+def package_version() -> str:
+    """The installed `pgwarden` distribution's version; "unknown" when the code runs from a
+    checkout that was never installed (no package metadata to read)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgwarden", description="High-availability agent for PostgreSQL."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",

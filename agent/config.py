@@ -1327,7 +1327,7 @@ def render_effective(settings: Settings) -> str:
         "api": {
             "listen_host": s.api.listen_host,
             "port": s.api.port,
-            "connect_url": s.api.connect_url,
+            "connect_url": s.api.url,  # the effective one: unset means derived from the above
             "token": _secret_text(s.api.token),
             "username": s.api.basic.username if s.api.basic else None,
             "password": _secret_text(s.api.basic.password if s.api.basic else None),

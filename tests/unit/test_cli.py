@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -107,3 +108,20 @@ def test_ctl_receives_its_arguments_unparsed(capsys: pytest.CaptureFixture[str])
     # `--url` is ctl's own option; pgwarden's parser must not claim or reject it.
     assert main(["ctl", "--url", "http://127.0.0.1:1", "--help"]) == 0
     assert "--url" in capsys.readouterr().out
+
+
+def test_version_prints_the_installed_package_version_and_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    assert out == f"pgwarden {importlib.metadata.version('pgwarden')}\n"
+
+
+def test_check_config_shows_the_effective_api_url_when_connect_url_is_unset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = {"token": "tok-SECRET", "listen_host": "127.0.0.2", "port": 8010}  # no connect_url
+    document = {**VALID, "api": api}
+    assert main(["run", "--config", config_file(tmp_path, document), "--check-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["api"]["connect_url"] == "http://127.0.0.2:8010"
