@@ -349,11 +349,12 @@ async def measure(kind: str, args: argparse.Namespace, root: Path) -> Report:
     """Every figure for one cluster kind: bootstrap, the scenarios, idle usage (and, for
     pgwarden, the raw PostgreSQL floor)."""
     results: dict[str, list[float]] = {}
-    boots = []
-    for run in range(args.runs):
-        boots.append(await bootstrap_time(root / f"{kind}-boot-{run}", kind, args.dcs))
-        print(f"[{kind}] bootstrap run {run + 1}: {boots[-1]:.2f}s", file=sys.stderr)
-    results["bootstrap_3_members"] = boots
+    if not args.only or "bootstrap_3_members" in args.only:
+        boots = []
+        for run in range(args.runs):
+            boots.append(await bootstrap_time(root / f"{kind}-boot-{run}", kind, args.dcs))
+            print(f"[{kind}] bootstrap run {run + 1}: {boots[-1]:.2f}s", file=sys.stderr)
+        results["bootstrap_3_members"] = boots
     cluster = make_cluster(kind, root / f"{kind}-main", args.dcs)
     floor: dict[str, float] = {}
     try:
@@ -656,7 +657,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=["bootstrap_3_members", *SCENARIOS],
+        metavar="SCENARIO",
+        help="run only these scenarios (bootstrap_3_members included); default: all",
+    )
     parser.add_argument(
         "--dcs",
         choices=list(PGWARDEN_DCS),
