@@ -10,7 +10,8 @@
 (d) divergence: rows a member holds that the primary does not, or rows it still lacks after
     catching up.
 Write unavailability: the longest stretch without an acknowledged write of the application
-writer within a window.
+writer within a window; the write gap of each fault: the same, from the last ack before that
+fault to the next fault.
 """
 
 from __future__ import annotations
@@ -93,3 +94,19 @@ def longest_unavailability(
     inside = [t for t in times if start <= t <= end]
     points = [start, *inside, end]
     return max(b - a for a, b in itertools.pairwise(points))
+
+
+def gaps_after(
+    attempts: Iterable[Attempt], *, writer: str, instants: Sequence[float], end: float
+) -> list[float]:
+    """Per fault instant, the longest time without an acknowledged write of `writer` from its
+    last ack before the instant up to the next instant (or `end`): the write gap that fault
+    caused, counted from the last write that got through before it."""
+    times = sorted(a.ended for a in attempts if a.writer == writer and a.acked)
+    out = []
+    for start, stop in zip(instants, [*instants[1:], end], strict=True):
+        before = [t for t in times if t < start]
+        inside = [t for t in times if start <= t <= stop]
+        points = [before[-1] if before else start, *inside, stop]
+        out.append(max(b - a for a, b in itertools.pairwise(points)))
+    return out

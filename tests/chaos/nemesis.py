@@ -1,9 +1,12 @@
 """Reusable faults. A nemesis injects one fault against the current cluster and heals it.
 
 `inject(cluster, primary)` returns a description of what it did (which member or etcd node);
-`heal(cluster)` undoes every fault of the run whatever it was (network rules flushed, frozen
-processes continued, dead agents and etcd members started again), so healing is idempotent
-and safe after a failed scenario. `hold_s` is how long the fault stays in place.
+a scripted nemesis instead runs `script(cluster, primary)`, a coroutine that makes several
+faults in a row, each when the cluster is in the state it waits for, and returns an
+`Injected` (description and the instant of each fault). `heal(cluster)` undoes every fault
+of the run whatever it was (network rules flushed, frozen processes continued, dead agents
+and etcd members started again), so healing is idempotent and safe after a failed scenario.
+`hold_s` is how long the fault stays in place (after the script, for a scripted one).
 
 Partitions are iptables DROP rules in the namespaces (both directions). The "primary isolated"
 fault cuts the primary from the DCS and from the other members but not from the client: the
@@ -18,11 +21,24 @@ SIGCONTed on heal; it is never killed, since a restart would lose its state); th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from tests.chaos.cluster import ChaosCluster
+import asyncpg
+
+from agent.proctree import children
+from tests.chaos.cluster import ChaosCluster, Member
+
+# sigterm-chain: how many SIGTERMs in a row, how long the workload writes to each new
+# primary before its agent gets the next one, and how long each hand-over may take at most.
+CHAIN_LENGTH = 3
+CHAIN_WRITE_S = 0.3
+CHAIN_HANDOVER_BOUND_S = 30.0
 
 
 def heal_all(cluster: ChaosCluster) -> None:
@@ -119,21 +135,164 @@ def _kill_primary_postgres(cluster: ChaosCluster, primary: int) -> str:
     return f"postmaster of {cluster.members[primary].name} SIGKILLed (agent alive)"
 
 
+@dataclass(slots=True)
+class _FrozenPostgres:
+    """primary-postgres-frozen: SIGSTOP of the primary's postmaster and of every process
+    below it, agent alive (a hung server: connections are accepted by the kernel, nothing
+    answers). Each PostgreSQL child calls setsid(), so a signal to the postmaster's process
+    group would miss them: they are found by parent pid. The heal SIGCONTs those that still
+    exist, then heals as usual."""
+
+    stopped: list[int] = field(default_factory=list)
+
+    def inject(self, cluster: ChaosCluster, primary: int) -> str:
+        member = cluster.members[primary]
+        pid = member.postmaster_pid()
+        if pid is None:
+            return f"{member.name}: no postmaster to freeze"
+        # The postmaster first: stopped, it neither forks nor reaps, so the tree read below
+        # is complete and none of its pids is reused until the heal.
+        os.kill(pid, signal.SIGSTOP)
+        self.stopped.append(pid)
+        pending = children(pid)
+        while pending:
+            child = pending.pop()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+                self.stopped.append(child)
+                pending.extend(children(child))
+        return (
+            f"postmaster of {member.name} and its {len(self.stopped) - 1} descendants "
+            "SIGSTOPped (agent alive)"
+        )
+
+    def heal(self, cluster: ChaosCluster) -> None:
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.stopped.clear()
+        heal_all(cluster)
+
+
+async def _writable(cluster: ChaosCluster, index: int) -> bool:
+    """Member `index`'s PostgreSQL answers now as a primary that takes writes."""
+    try:
+        async with asyncio.timeout(0.5):
+            conn = await cluster.connect(index, timeout=0.5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    try:
+        async with asyncio.timeout(0.5):
+            return bool(
+                await conn.fetchval(
+                    "SELECT NOT pg_is_in_recovery() "
+                    "AND current_setting('transaction_read_only') = 'off'"
+                )
+            )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return False
+    finally:
+        conn.terminate()
+
+
+async def _next_primary(cluster: ChaosCluster, old: int, bound_s: float) -> int | None:
+    """The first member other than `old` found writable within `bound_s` (polled every
+    50 ms), or None."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        for index in range(len(cluster.members)):
+            if index != old and await _writable(cluster, index):
+                return index
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def _start_again_when_exited(member: Member, bound_s: float) -> None:
+    """As a StatefulSet restarts a pod's container: the agent is started again as soon as it
+    exited (within `bound_s`; the heal starts it otherwise)."""
+    deadline = time.monotonic() + bound_s
+    while member.agent.running:
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.05)
+    member.agent.start()
+
+
+async def _sigterm_chain(cluster: ChaosCluster, primary: int) -> Injected:
+    """SIGTERM to the primary's agent (a graceful hand-over); as soon as another member's
+    PostgreSQL takes writes, the workload writes for CHAIN_WRITE_S and that member's agent
+    gets SIGTERM too; CHAIN_LENGTH SIGTERMs in all. Each SIGTERMed agent is started again
+    once it exited, so that a third hand-over in a 3-member cluster has a candidate."""
+    instants: list[float] = []
+    steps: list[str] = []
+    current = primary
+    async with asyncio.TaskGroup() as restarts:
+        for step in range(CHAIN_LENGTH):
+            if step:
+                await asyncio.sleep(CHAIN_WRITE_S)
+            member = cluster.members[current]
+            at = time.monotonic()
+            instants.append(at)
+            member.agent.signal(signal.SIGTERM)
+            restarts.create_task(
+                _start_again_when_exited(member, CHAIN_HANDOVER_BOUND_S),
+                name=f"chaos-restart-{member.name}",
+            )
+            found = await _next_primary(cluster, current, CHAIN_HANDOVER_BOUND_S)
+            if found is None:
+                steps.append(
+                    f"SIGTERM to the agent of {member.name}: no other member writable within "
+                    f"{CHAIN_HANDOVER_BOUND_S:.0f} s"
+                )
+                break
+            steps.append(
+                f"SIGTERM to the agent of {member.name}, {cluster.members[found].name} "
+                f"writable after {time.monotonic() - at:.2f} s"
+            )
+            current = found
+    return Injected(description="; ".join(steps), instants=tuple(instants))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Injected:
+    """What a nemesis did: its description and the monotonic instant of each fault."""
+
+    description: str
+    instants: tuple[float, ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Nemesis:
+    """One fault (`inject`, synchronous) or a scripted series of faults (`script`): exactly
+    one of the two. `hold_s` is waited after either returns, before the heal."""
+
     name: str
-    inject: Callable[[ChaosCluster, int], str]
     hold_s: float
+    inject: Callable[[ChaosCluster, int], str] | None = None
+    script: Callable[[ChaosCluster, int], Awaitable[Injected]] | None = None
+    faults: int = 1  # how many fault instants a complete run of it makes
     must_not_lose: bool = False  # async replication: the fault must lose no acknowledged write
     quick: bool = True  # part of the quick profile (every nemesis is part of the random mix)
     heal: Callable[[ChaosCluster], None] = heal_all
+
+    def __post_init__(self) -> None:
+        if (self.inject is None) == (self.script is None):
+            raise ValueError(f"nemesis {self.name}: give exactly one of inject and script")
+
+    async def run(self, cluster: ChaosCluster, primary: int) -> Injected:
+        """Inject the fault(s) against `primary`'s cluster."""
+        if self.script is not None:
+            return await self.script(cluster, primary)
+        assert self.inject is not None
+        at = time.monotonic()
+        return Injected(description=self.inject(cluster, primary), instants=(at,))
 
 
 def nemeses(ttl_s: float, *, dcs: str = "etcd") -> list[Nemesis]:
     """Every nemesis for a cluster whose DCS is `dcs` ("etcd" or "kubernetes"), with holds
     long enough for the fault to matter (a lease to expire)."""
     expire = ttl_s + 3.0
-    every = _every(expire)
+    every = _every(ttl_s)
     if dcs == "etcd":
         return every
     frozen = Nemesis(name="dcs-frozen", inject=_freeze_apiserver, hold_s=expire)
@@ -152,7 +311,9 @@ def dcs_outage_with_dead_replica_agent(ttl_s: float) -> Nemesis:
     )
 
 
-def _every(expire: float) -> list[Nemesis]:
+def _every(ttl_s: float) -> list[Nemesis]:
+    expire = ttl_s + 3.0
+    frozen = _FrozenPostgres()
     return [
         Nemesis(name="primary-cut-from-dcs", inject=_partition_primary_from_dcs, hold_s=expire),
         Nemesis(
@@ -192,5 +353,19 @@ def _every(expire: float) -> list[Nemesis]:
             name="primary-agent-sigterm",
             inject=_signal_agent(signal.SIGTERM, "primary"),
             hold_s=8.0,
+        ),
+        Nemesis(
+            name="sigterm-chain",
+            script=_sigterm_chain,
+            hold_s=1.0,
+            faults=CHAIN_LENGTH,
+            must_not_lose=True,
+        ),
+        Nemesis(
+            name="primary-postgres-frozen",
+            inject=frozen.inject,
+            heal=frozen.heal,
+            hold_s=2 * ttl_s,
+            must_not_lose=True,
         ),
     ]

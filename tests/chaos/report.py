@@ -30,6 +30,9 @@ class Row:
     diverged_members: int
     must_not_lose: bool
     measured: str = ""  # "<UTC date>, <profile>": when and how this row was measured
+    # Per fault instant of a run (the i-th SIGTERM of sigterm-chain...), the longest write
+    # gap it caused, max over the runs (see ScenarioResult.gaps_s).
+    write_gaps_s: tuple[float, ...] = ()
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -46,6 +49,7 @@ class Row:
             else round(self.max_time_to_converge_s, 2),
             "diverged_members": self.diverged_members,
             "must_not_lose": self.must_not_lose,
+            "write_gaps_s": [round(g, 2) for g in self.write_gaps_s],
         }
 
 
@@ -77,9 +81,22 @@ def rows(results: Iterable[ScenarioResult], *, measured: str = "") -> list[Row]:
                 diverged_members=sum(len(r.diverged) for r in runs),
                 must_not_lose=any(r.must_not_lose for r in runs),
                 measured=measured,
+                write_gaps_s=_max_per_instant(r.gaps_s for r in runs),
             )
         )
     return out
+
+
+def _max_per_instant(per_run: Iterable[tuple[float, ...]]) -> tuple[float, ...]:
+    """The i-th value is the max of the runs' i-th gaps (runs may have fewer instants)."""
+    out: list[float] = []
+    for gaps in per_run:
+        for i, gap in enumerate(gaps):
+            if i < len(out):
+                out[i] = max(out[i], gap)
+            else:
+                out.append(gap)
+    return tuple(out)
 
 
 def _row_from_json(item: dict[str, object], fallback: str) -> Row | None:
@@ -87,6 +104,7 @@ def _row_from_json(item: dict[str, object], fallback: str) -> Row | None:
     try:
         lost = item["acked_writes_lost"]
         converge = item["max_time_to_converge_s"]
+        gaps = item.get("write_gaps_s") or []
         return Row(
             scenario=str(item["scenario"]),
             runs=int(str(item["runs"])),
@@ -99,6 +117,7 @@ def _row_from_json(item: dict[str, object], fallback: str) -> Row | None:
             diverged_members=int(str(item["diverged_members"])),
             must_not_lose=bool(item["must_not_lose"]),
             measured=str(item.get("measured") or fallback),
+            write_gaps_s=tuple(float(str(g)) for g in gaps) if isinstance(gaps, list) else (),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -147,6 +166,19 @@ def markdown(table: Sequence[Row], *, profile: str, settings: dict[str, object])
             f"| {lost} of {row.acked_writes} | {_cell(row.max_time_to_converge_s, ' s')} "
             f"| {row.diverged_members} | {row.measured} |"
         )
+    chains = [row for row in table if len(row.write_gaps_s) > 1]
+    if chains:
+        lines += [
+            "",
+            "Write gap per fault of the scenarios that inject several (the longest stretch "
+            "without an acknowledged application write from the last ack before each fault to "
+            "the next; max over runs):",
+            "",
+        ]
+        lines += [
+            f"- {row.scenario}: " + ", ".join(f"{gap:.2f} s" for gap in row.write_gaps_s)
+            for row in chains
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -176,6 +208,7 @@ def write(
             ],
             "lost_examples": list(r.lost_examples),
             "diverged": list(r.diverged),
+            "write_gaps_s": [round(g, 3) for g in r.gaps_s],
         }
         for r in results
     ]

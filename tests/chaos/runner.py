@@ -40,6 +40,10 @@ class ScenarioResult:
     # before the heal; None when it acknowledged none after the fault (single scenarios only).
     old_primary_last_ack_s: float | None = None
     held_s: float = 0.0  # from the fault to the heal
+    # Per fault instant (one for most nemeses; one per SIGTERM of sigterm-chain): the longest
+    # stretch without an acknowledged application write, from its last ack before that fault
+    # to the next fault (the last: to the end of the window). Single scenarios only.
+    gaps_s: tuple[float, ...] = ()
 
 
 def _utc(wall: float) -> str:
@@ -124,7 +128,7 @@ class Runner:
             await asyncio.sleep(1.0)
             t_fault = time.monotonic()
             wall = time.time()
-            fault = nemesis.inject(self.cluster, primary)
+            injected = await nemesis.run(self.cluster, primary)
             await asyncio.sleep(nemesis.hold_s)
         finally:
             nemesis.heal(self.cluster)
@@ -138,11 +142,12 @@ class Runner:
             for a in attempts
             if a.acked and a.member == old and t_fault <= a.ended <= t_heal
         ]
+        t_end = time.monotonic()
         result = await self._check(
             scenario=self._name(nemesis.name),
-            faults=(fault,),
+            faults=(injected.description,),
             attempts=attempts,
-            window=(t_fault, time.monotonic()),
+            window=(t_fault, t_end),
             after=after,
             converge_s=converge_s,
             must_not_lose=nemesis.must_not_lose or self.sync,
@@ -153,6 +158,9 @@ class Runner:
             result,
             old_primary_last_ack_s=max(served) - t_fault if served else None,
             held_s=t_heal - t_fault,
+            gaps_s=tuple(
+                checker.gaps_after(attempts, writer="app", instants=injected.instants, end=t_end)
+            ),
         )
         self.results.append(result)
         return result
@@ -173,7 +181,8 @@ class Runner:
             while time.monotonic() - t_start < duration_s:
                 nemesis = rng.choice(pool)
                 try:
-                    faults.append(f"{nemesis.name}: {nemesis.inject(self.cluster, primary)}")
+                    injected = await nemesis.run(self.cluster, primary)
+                    faults.append(f"{nemesis.name}: {injected.description}")
                     await asyncio.sleep(rng.uniform(1.0, nemesis.hold_s))
                 finally:
                     nemesis.heal(self.cluster)

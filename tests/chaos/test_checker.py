@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -149,3 +150,29 @@ def test_writing_a_report_keeps_the_earlier_rows_of_scenarios_this_run_did_not_i
     assert by_name["b"]["acked_writes_lost"] == 5 and by_name["b"]["measured"].endswith("k8s")
     assert sorted(run["scenario"] for run in data["runs"]) == ["a", "b", "b [k8s]"]
     assert "| a | 1 | 1 | 0.5 s | 0 | 1 of 8 |" in stem.with_suffix(".md").read_text()
+
+
+def test_the_write_gap_of_each_fault_counts_from_the_last_ack_before_it() -> None:
+    attempts = [
+        *_run("app", "pg-0", 0.0, 1.0),  # last ack ends at 0.96
+        *_run("app", "pg-1", 3.0, 3.5),  # fault 1 at 1.0: gap 0.96 -> 3.01
+        *_run("app", "pg-0", 4.0, 5.0),  # fault 2 at 3.5: gap 3.46 -> 4.01
+    ]
+    gaps = checker.gaps_after(attempts, writer="app", instants=[1.0, 3.5], end=5.0)
+    assert [round(g, 2) for g in gaps] == [2.05, 0.55]
+
+
+def test_the_report_keeps_the_longest_gap_of_each_fault_over_runs(tmp_path: Path) -> None:
+    def chain(gaps: tuple[float, ...]) -> ScenarioResult:
+        return dataclasses.replace(_result("chain", 0), gaps_s=gaps)
+
+    (row,) = report.rows([chain((0.2, 9.0, 0.3)), chain((1.5, 0.4))])
+    assert row.write_gaps_s == (1.5, 9.0, 0.3)
+    stem = tmp_path / "report"
+    report.write([chain((0.2, 9.0, 0.3))], stem=stem, profile="quick", settings={})
+    assert "- chain: 0.20 s, 9.00 s, 0.30 s" in stem.with_suffix(".md").read_text()
+    report.write([_result("other", 0)], stem=stem, profile="quick", settings={})
+    by_name = {
+        r["scenario"]: r for r in json.loads(stem.with_suffix(".json").read_text())["scenarios"]
+    }
+    assert by_name["chain"]["write_gaps_s"] == [0.2, 9.0, 0.3]  # kept from the earlier report

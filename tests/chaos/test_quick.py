@@ -3,7 +3,9 @@
 Each scenario heals its fault, waits for convergence and runs the checker. Any split-brain
 instant fails; a member left with rows that diverge from the primary fails; the cluster must
 converge within the bound; with asynchronous replication the frozen- and killed-agent
-scenarios must lose no acknowledged write (self-fencing), other losses are only reported.
+scenarios, the SIGTERM chain and the frozen PostgreSQL must lose no acknowledged write
+(self-fencing, hand-over), other losses are only reported. A scenario that makes several
+faults (sigterm-chain) must have made all of them.
 """
 
 from __future__ import annotations
@@ -32,10 +34,20 @@ RUNS = max(1, int(os.environ.get("CHAOS_RUNS", "1") or 1))
 QUICK = {n.name: n for n in nemeses(QUICK_TIMING["ttl_s"]) if n.quick}
 
 
+def summary(result: ScenarioResult) -> str:
+    """One line of figures for failure messages: losses, split brain, write gap per fault."""
+    gaps = ", ".join(f"{gap:.2f}" for gap in result.gaps_s) or "n/a"
+    return (
+        f"{result.scenario}: {result.lost} of {result.acked} acknowledged writes lost, "
+        f"{len(result.split_brain)} split-brain instants, write gap per fault [{gaps}] s, "
+        f"faults: {'; '.join(result.faults)}"
+    )
+
+
 def assert_invariants(result: ScenarioResult, runner: Runner) -> None:
     """The checker's verdict, with the evidence and the agents' last log lines on failure."""
     assert result.acked > 0, "the workload acknowledged nothing"
-    logs = runner.cluster.logs_tail(15)
+    logs = summary(result) + "\n" + runner.cluster.logs_tail(15)
     assert not result.split_brain, (
         f"{result.scenario}: {len(result.split_brain)} split-brain instants, first "
         f"{result.split_brain[:3]}\n{logs}"
@@ -43,7 +55,7 @@ def assert_invariants(result: ScenarioResult, runner: Runner) -> None:
     assert result.converge_s is not None, f"{result.scenario}: no convergence\n{logs}"
     assert not result.diverged, f"{result.scenario}: diverged {result.diverged}\n{logs}"
     if result.must_not_lose:
-        assert result.lost == 0, f"{LOSS_RULE}: {result.lost} lost, {result.lost_examples}"
+        assert result.lost == 0, f"{LOSS_RULE}: {result.lost} lost, {result.lost_examples}\n{logs}"
 
 
 @pytest.mark.parametrize("run", range(RUNS))
@@ -54,3 +66,7 @@ async def test_after_each_fault_no_split_brain_and_the_cluster_converges_without
     nemesis: Nemesis = QUICK[name]
     result = await runner.run(nemesis)
     assert_invariants(result, runner)
+    assert len(result.gaps_s) == nemesis.faults, (
+        f"only {len(result.gaps_s)} of the {nemesis.faults} faults could be made: "
+        f"{summary(result)}\n{runner.cluster.logs_tail(15)}"
+    )

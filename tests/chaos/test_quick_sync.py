@@ -11,7 +11,7 @@ import pytest
 from tests.chaos.cluster import QUICK_TIMING
 from tests.chaos.nemesis import Nemesis, nemeses
 from tests.chaos.runner import Runner
-from tests.chaos.test_quick import assert_invariants
+from tests.chaos.test_quick import assert_invariants, summary
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 
@@ -22,6 +22,7 @@ FAILOVERS = {
     "primary-agent-sigkill",
     "primary-agent-sigstop",
     "primary-postgres-sigkill",
+    "primary-postgres-frozen",
 }
 ALL = bool(os.environ.get("CHAOS_DURATION"))
 SYNC = {
@@ -36,7 +37,6 @@ async def test_with_synchronous_replication_no_fault_loses_an_acknowledged_write
     nemesis: Nemesis = SYNC[name]
     result = await sync_runner.run(nemesis)
     assert result.lost == 0, (
-        f"{result.scenario}: {result.lost} acknowledged writes lost {result.lost_examples}\n"
-        + sync_runner.cluster.logs_tail(15)
+        f"{summary(result)}\nlost: {result.lost_examples}\n" + sync_runner.cluster.logs_tail(15)
     )
     assert_invariants(result, sync_runner)
