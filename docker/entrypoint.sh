@@ -7,13 +7,15 @@
 # 1. refuse to run as root: PostgreSQL would refuse later, after the agent has started;
 # 2. docker/prepare.py merges the settings files (a mounted ConfigMap), fills the per-pod
 #    values from the downward API (POD_NAME, POD_IP), creates the data directory (0700) on the
-#    volume and the run directory, and writes the rendered file;
+#    volume, the run directory and the private directory (0700) on the emptyDir mounted at
+#    /run/pgwarden (root-owned, world-writable: not usable as it is), and writes the rendered
+#    file there;
 # 3. exec: the agent replaces this shell, so it is the process tini forwards SIGTERM to, and
 #    its exit status is the container's.
 #
 # Paths, overridable through the environment (the tests run this script as is):
 #   PGW_CONFIG_SOURCE  settings file or directory   default /etc/pgwarden/conf.d
-#   PGW_CONFIG_OUTPUT  the rendered file             default /run/pgwarden/pgwarden.yaml
+#   PGW_CONFIG_OUTPUT  the rendered file   default /run/pgwarden/private/pgwarden.yaml
 #   PGW_PYTHON         python with PyYAML            default /opt/pgwarden/bin/python
 #   PGW_PREPARE        the helper                    default prepare.py next to this script
 #   PGW_PGWARDEN       the agent's command           default pgwarden (on PATH)
@@ -24,7 +26,7 @@ set -eu
 prog="pgwarden entrypoint"
 here=$(dirname -- "$0")
 source_path=${PGW_CONFIG_SOURCE:-/etc/pgwarden/conf.d}
-output_path=${PGW_CONFIG_OUTPUT:-/run/pgwarden/pgwarden.yaml}
+output_path=${PGW_CONFIG_OUTPUT:-/run/pgwarden/private/pgwarden.yaml}
 python=${PGW_PYTHON:-/opt/pgwarden/bin/python}
 prepare=${PGW_PREPARE:-$here/prepare.py}
 pgwarden=${PGW_PGWARDEN:-pgwarden}

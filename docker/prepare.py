@@ -18,7 +18,10 @@ does nothing an unprivileged user cannot do.
 2. Prepare. The data directory (PGWARDEN_POSTGRESQL__DATA_DIR, else `postgresql.data_dir`) is
    created if missing and set to mode 0700 (PostgreSQL refuses group/other access, and a
    volume's fsGroup handling may have added it); the run directory (PGWARDEN_RUN_DIR, else
-   `run_dir`) and the socket directory likewise.
+   `run_dir`), the socket directory and the directory of the rendered file likewise.
+   Each must be owned by this user. A volume's mount point never is (Kubernetes makes an
+   emptyDir root-owned, mode 0777, or 2777 with fsGroup), so the settings name
+   subdirectories of the mounts, which this script creates itself (see `ensure_private_dir`).
 
 Exit codes: 0 done, 2 the input is unusable (the message names the file, field or directory
 and the rule); nothing is written then. Run `prepare.py --help` for the options.
@@ -183,11 +186,30 @@ def _setting(document: Mapping[str, Any], env: Mapping[str, str], path: str) -> 
     return node
 
 
+def _others_may_replace_entries(directory: os.stat_result) -> bool:
+    """Whether users other than its owner may rename or delete entries of this directory
+    (group- or world-writable without the sticky bit, like a Kubernetes emptyDir: root-owned,
+    mode 0777, or 2777 with fsGroup)."""
+    writable_by_others = directory.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return bool(writable_by_others) and not directory.st_mode & stat.S_ISVTX
+
+
 def ensure_private_dir(path: Path, what: str) -> None:
     """Create `path` (and missing parents) and make it mode 0700, owned by this user.
 
-    A directory owned by someone else is an error (chmod would fail, and PostgreSQL would
-    refuse it): typically the volume was not made writable with the pod's fsGroup."""
+    A directory owned by someone else is refused, never used as it is. That is deliberate for
+    a shared mount point such as the pod's emptyDir (root-owned, world-writable, no sticky
+    bit): any user with access to it could unlink PostgreSQL's socket and put its own in its
+    place, and the agent, which probes and controls PostgreSQL over that socket, would take
+    an impostor's answers (recovery state, WAL positions) into its failover decisions; or
+    replace the rendered settings before the agent reads them. chmod cannot close that (only
+    the owner may chmod). A subdirectory this user creates with mode 0700 inside
+    the mount can: nobody else may enter it, nor rename it (that needs write access to the
+    directory itself, to update its `..`). So the settings point at such subdirectories (as
+    PGDATA is a subdirectory of its volume), and this function creates them.
+
+    In a directory where others may replace entries, `path` must be a real directory, not a
+    symbolic link (which its owner could later point elsewhere)."""
     if not path.is_absolute():
         raise PrepareError(f"{what} {path}: must be an absolute path")
     try:
@@ -202,7 +224,13 @@ def ensure_private_dir(path: Path, what: str) -> None:
         raise PrepareError(f"{what} {path}: exists and is not a directory")
     if info.st_uid != os.getuid():
         raise PrepareError(
-            f"{what} {path}: owned by uid {info.st_uid}, not by this user (uid {os.getuid()})"
+            f"{what} {path}: owned by uid {info.st_uid}, not by this user (uid {os.getuid()});"
+            " if it is a volume's mount point, name a subdirectory of it instead: the"
+            " entrypoint creates that with mode 0700"
+        )
+    if path.is_symlink() and _others_may_replace_entries(path.parent.lstat()):
+        raise PrepareError(
+            f"{what} {path}: a symbolic link in a directory other users may write to"
         )
     # chmod also clears a setgid bit inherited from an fsGroup-managed volume root.
     if stat.S_IMODE(info.st_mode) != 0o700:
@@ -245,6 +273,11 @@ def prepare(source: Path, output: Path, env: Mapping[str, str]) -> dict[str, Any
     for what, directory in (("run directory", run_dir), ("socket directory", socket_dir)):
         if directory is not None:
             ensure_private_dir(Path(directory), what)
+    # The rendered file may name secret files or hold secrets, and whoever could replace it
+    # would choose the agent's commands (postgresql.bin_dir): it goes to a private directory
+    # too. By default it shares the socket directory, which then is never empty, so nobody
+    # can delete it and put their own in its place before PostgreSQL creates its socket.
+    ensure_private_dir(output.parent.absolute(), "directory of the rendered settings")
     text = HEADER.format(source=source) + yaml.safe_dump(
         document, sort_keys=False, default_flow_style=False
     )

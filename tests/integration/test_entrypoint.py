@@ -4,6 +4,8 @@ A fake `pgwarden` on PATH records its argv, environment and pid, so the tests se
 entrypoint prepared, what it passed and that it `exec`ed (same pid, SIGTERM reaches the
 agent). The entrypoint refuses root, so when the tests run as root it runs as the `postgres`
 OS user with its own temp dir; its helper needs a Python with PyYAML that user can execute.
+Run as root, the tests also build the pod's volume mounts as the kubelet leaves them with
+`fsGroup` (root-owned, group = the fsGroup, setgid, an emptyDir world-writable).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -25,6 +28,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import manifests
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
@@ -123,10 +128,15 @@ class Sandbox:
         return env
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        # As in the pod: runAsUser, runAsGroup, and the fsGroup as the one supplementary group
+        # (not root's groups, which Popen would otherwise keep).
+        gid = None if self.user is None else pwd.getpwnam(self.user).pw_gid
         return subprocess.Popen(
             [str(ENTRYPOINT), *args],
             env=self.env(**env),
             user=self.user,
+            group=gid,
+            extra_groups=None if gid is None else [gid],
             cwd=self.root,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -190,6 +200,35 @@ def sandbox() -> Iterator[Sandbox]:
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+EMPTYDIR_FSGROUP_MODE = 0o2777  # the kubelet's emptyDir (0777) after the fsGroup change
+VOLUME_FSGROUP_MODE = 0o2775  # a fresh volume's root (0755) after the fsGroup change
+
+
+def _kubelet_mount(sandbox: Sandbox, path: Path, mode: int) -> Path:
+    """`path` as the kubelet leaves a volume's mount point with securityContext.fsGroup:
+    owned by root, group = the fsGroup (the entrypoint user's group, 999 in the image)."""
+    if sandbox.user is None:
+        pytest.skip("needs root to make a root-owned mount point")
+    fs_group = pwd.getpwnam(sandbox.user).pw_gid
+    path.mkdir(parents=True)
+    for parent in path.relative_to(sandbox.root).parents:
+        (sandbox.root / parent).chmod(0o755)  # traversable, as on the image's root filesystem
+    os.chown(path, 0, fs_group)
+    path.chmod(mode)
+    return path
+
+
+def _inside(sandbox: Sandbox, absolute: str) -> Path:
+    """A path of the pod's filesystem, inside the sandbox."""
+    return sandbox.root / Path(absolute).relative_to("/")
+
+
+def _write_settings(sandbox: Sandbox, socket_dir: Path) -> None:
+    document = yaml.safe_load(BASE_CONFIG.format(root=sandbox.root))
+    document["postgresql"]["socket_dir"] = str(socket_dir)
+    (sandbox.conf_dir / "00-base.yaml").write_text(yaml.safe_dump(document))
 
 
 def test_entrypoint_prepares_the_volume_renders_the_settings_and_execs_the_agent(
@@ -291,6 +330,92 @@ def test_entrypoint_refuses_a_data_directory_owned_by_another_user(sandbox: Sand
     code, err, _ = sandbox.run()
     assert code == 2
     assert "owned by uid 0" in err
+    assert not Path(f"{sandbox.record}.json").exists()
+
+
+def test_the_shipped_settings_start_on_the_fsgroup_mounts_of_the_shipped_statefulset(
+    sandbox: Sandbox,
+) -> None:
+    # k8s/base as the pod sees it: its ConfigMap's settings, the entrypoint's default output,
+    # and the StatefulSet's emptyDir and volume mounted where it says, moved into the sandbox.
+    if manifests.kubectl() is None:
+        pytest.skip("kubectl (kustomize) is not installed")
+    objects = manifests.render("base")
+    document = manifests.rendered_document(objects, sandbox.root / "configmap", {})
+    run_mount = _kubelet_mount(
+        sandbox, _inside(sandbox, manifests.mount_path(objects, "run")), EMPTYDIR_FSGROUP_MODE
+    )
+    _kubelet_mount(
+        sandbox, _inside(sandbox, manifests.mount_path(objects, "pgdata")), VOLUME_FSGROUP_MODE
+    )
+    postgresql = document["postgresql"]
+    document["run_dir"] = str(_inside(sandbox, document["run_dir"]))
+    postgresql["data_dir"] = str(_inside(sandbox, postgresql["data_dir"]))
+    postgresql["socket_dir"] = str(_inside(sandbox, postgresql["socket_dir"]))
+    for stale in sandbox.conf_dir.iterdir():
+        stale.unlink()
+    (sandbox.conf_dir / "00-base.yaml").write_text(yaml.safe_dump(document))
+    default_output = re.search(r"PGW_CONFIG_OUTPUT:-([^}]+)\}", ENTRYPOINT.read_text())
+    assert default_output is not None
+    output = _inside(sandbox, default_output.group(1))
+
+    code, err, _ = sandbox.run(PGW_CONFIG_OUTPUT=str(output))
+
+    assert code == 0, err
+    uid = pwd.getpwnam(str(sandbox.user)).pw_uid
+    socket_dir = Path(postgresql["socket_dir"])
+    assert socket_dir.parent == run_mount, "the sockets go to a subdirectory of the emptyDir"
+    assert socket_dir.stat().st_uid == uid
+    assert _mode(socket_dir) == 0o700
+    assert output.parent.stat().st_uid == uid
+    assert _mode(output.parent) == 0o700
+    assert _mode(output) == 0o600
+    assert sandbox.recorded()["argv"] == ["run", "--config", str(output)]
+    assert _mode(run_mount) == EMPTYDIR_FSGROUP_MODE, "the mount point itself is left alone"
+
+
+def test_entrypoint_refuses_sockets_in_a_world_writable_mount_point_it_does_not_own(
+    sandbox: Sandbox,
+) -> None:
+    # Another user could replace PostgreSQL's socket there with an impostor the agent would
+    # probe and trust: the directory must be the agent's own.
+    mount = _kubelet_mount(sandbox, sandbox.root / "mnt" / "run", EMPTYDIR_FSGROUP_MODE)
+    _write_settings(sandbox, socket_dir=mount)
+    code, err, _ = sandbox.run()
+    assert code == 2
+    assert f"socket directory {mount}: owned by uid 0" in err
+    assert "name a subdirectory of it instead" in err
+    assert not Path(f"{sandbox.record}.json").exists()
+    assert not sandbox.output.exists()
+
+
+def test_entrypoint_refuses_to_write_the_settings_into_a_mount_point_it_does_not_own(
+    sandbox: Sandbox,
+) -> None:
+    # Whoever could replace the rendered file would choose the agent's commands.
+    mount = _kubelet_mount(sandbox, sandbox.root / "mnt" / "run", EMPTYDIR_FSGROUP_MODE)
+    _write_settings(sandbox, socket_dir=mount / "private")
+    output = mount / "pgwarden.yaml"
+    code, err, _ = sandbox.run(PGW_CONFIG_OUTPUT=str(output))
+    assert code == 2
+    assert f"directory of the rendered settings {mount}: owned by uid 0" in err
+    assert not output.exists()
+    assert not Path(f"{sandbox.record}.json").exists()
+
+
+def test_entrypoint_refuses_a_symlinked_socket_directory_in_a_world_writable_mount(
+    sandbox: Sandbox,
+) -> None:
+    # The link's owner (anyone, in that directory) could later point it elsewhere.
+    mount = _kubelet_mount(sandbox, sandbox.root / "mnt" / "run", EMPTYDIR_FSGROUP_MODE)
+    target = sandbox.root / "elsewhere"
+    target.mkdir(mode=0o700)
+    sandbox.chown(target)
+    (mount / "private").symlink_to(target)
+    _write_settings(sandbox, socket_dir=mount / "private")
+    code, err, _ = sandbox.run()
+    assert code == 2
+    assert "a symbolic link in a directory other users may write to" in err
     assert not Path(f"{sandbox.record}.json").exists()
 
 
