@@ -19,8 +19,15 @@ Known differences from a real kube-apiserver (on purpose, to stay small):
   gets `phase: Pending`;
 - a watch or list from a future resourceVersion is a 504 at once (the real server waits
   up to 3 s first); BOOKMARKs every `bookmark_interval_s` (default 60 s);
-- /openapi/v2 and /v3 are 404: `kubectl get/label/annotate/patch/delete/get -w` do not need
-  them; `kubectl create -f` / `apply -f` need `--validate=false`;
+- request bodies: JSON, YAML, and Kubernetes protobuf only for ConfigMap and Namespace (what
+  `kubectl create configmap|namespace` send, bodies.py); other media types and the protobuf
+  of other kinds are a 415 UnsupportedMediaType `Status` (client-go does not retry those in
+  JSON: its 415 fallback is for CBOR only, so e.g. `kubectl create service` fails);
+- /openapi/v3 is a minimal document per group version (openapi.py): operations, path
+  parameters and `fieldValidation`, no schemas; enough for `kubectl create -f` / `replace -f`
+  / `apply -f` with the default strict validation (which then relies on the server; the
+  server keeps unknown fields). `apply -f` of a changed object warns "error calculating patch
+  from openapi v3 spec" and still patches. /openapi/v2 is 404;
 - the admin endpoints (`/_fault`, `/_audit`, `/_compact`, `/_state`) need no token.
 
 Run it in-process with `KubeApiServer` or as a process with

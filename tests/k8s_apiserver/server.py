@@ -25,7 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.k8s_apiserver import openapi
 from tests.k8s_apiserver.audit import AuditLog, AuditRecord, now
+from tests.k8s_apiserver.bodies import JSON, decode_body
 from tests.k8s_apiserver.errors import ApiError, Reason, bad_request, status_object
 from tests.k8s_apiserver.faults import FaultInjector, FaultMode, parse_fault
 from tests.k8s_apiserver.patch import (
@@ -418,14 +420,14 @@ class ApiServerApp:
                     raise ApiError(
                         405, "the server does not allow this method on the requested resource"
                     )
-                obj = self.store.create(res, info.namespace, await self._json_body(request))
+                obj = self.store.create(res, info.namespace, await self._object_body(request))
                 return _json_response(obj, status=201)
             case "update":
                 obj, created = self.store.update(
                     res,
                     info.namespace,
                     info.name,
-                    await self._json_body(request),
+                    await self._object_body(request),
                     subresource=info.subresource or None,
                 )
                 return _json_response(obj, status=201 if created else 200)
@@ -438,13 +440,13 @@ class ApiServerApp:
         raise ApiError(405, f"the server does not allow this method: {request.method}")
 
     async def _json_body(self, request: web.Request) -> Any:
-        text = await request.text()
-        if not text.strip():
-            return None
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise bad_request(f"the body of the request is not valid JSON: {exc}") from None
+        return decode_body(JSON, await request.read())
+
+    async def _object_body(self, request: web.Request) -> Any:
+        """A create, update or delete body in any media type the server decodes (415 for
+        the others, as a real server answers a media type it does not accept)."""
+        content_type = request.content_type if "Content-Type" in request.headers else None
+        return decode_body(content_type, await request.read())
 
     # ---- discovery -----------------------------------------------------------------------
 
@@ -466,6 +468,17 @@ class ApiServerApp:
                     "platform": "linux/amd64",
                 }
             )
+        if path == "/openapi/v3":
+            return _json_response(openapi.index())
+        if path.startswith("/openapi/v3/"):
+            rest = path.removeprefix("/openapi/v3/").split("/")
+            doc = None
+            if rest[0] == "api" and len(rest) == 2:
+                doc = openapi.gv_document("", rest[1])
+            elif rest[0] == "apis" and len(rest) == 3:
+                doc = openapi.gv_document(rest[1], rest[2])
+            if doc is not None:
+                return _json_response(doc)
         host = request.host
         if path == "/api":
             return _json_response(
@@ -812,7 +825,7 @@ class ApiServerApp:
     async def _delete(
         self, request: web.Request, res: ResourceType, info: RequestInfo
     ) -> web.StreamResponse:
-        body = await self._json_body(request)
+        body = await self._object_body(request)
         precondition_rv: int | None = None
         precondition_uid: str | None = None
         if body is not None:
