@@ -24,6 +24,7 @@ from agent.model import (
 class StopMode(StrEnum):
     FAST = "fast"
     IMMEDIATE = "immediate"
+    KILL = "kill"  # SIGKILL the postmaster and every child now: a server that does not answer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,12 +122,17 @@ class EnsureSlots:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HandOver:
-    """Switchover from this leader to `candidate`: write the switchover request if there is
-    none (so only the candidate races), checkpoint, stop fast, wait until the candidate has
-    received all WAL, release the lease (long). On failure PostgreSQL is started again as the
-    primary (the lease was held throughout)."""
+    """Switchover from this leader to `candidate`, which streams from it and is caught up:
+    write the switchover request if there is none (so only the candidate races), checkpoint,
+    stop fast, wait until the candidate has received all WAL, write that position into the
+    request (`handover_lsn`: the hand-over is complete), release the lease (long).
+
+    On failure the request is deleted; PostgreSQL is started again as the primary (the lease
+    was held throughout), unless `shutting_down`: then it stays stopped and the next decision
+    releases the lease without naming anyone."""
 
     candidate: MemberName
+    shutting_down: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

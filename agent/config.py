@@ -162,6 +162,9 @@ class Timing:
     switchover_timeout_s: float = 10.0
     peer_check_timeout_s: float = 0.5
     shutdown_timeout_s: float = 10.0
+    # A leader's PostgreSQL whose process exists but answers no query for this long is hung,
+    # not down: it is SIGKILLed (with every child) before anything else happens to it.
+    postgres_unresponsive_s: float = 2.0
 
     def fence_deadline(self, renew_sent_at: float) -> float:
         """The instant (monotonic) by which a primary must stop accepting writes, given the
@@ -1126,6 +1129,16 @@ def _build_timing(b: _Builder) -> Timing:
         b.out.add(
             "timing.peer_check_timeout_s",
             f"must be < timing.loop_wait_s ({t.peer_check_timeout_s:g} >= {t.loop_wait_s:g})",
+        )
+    # Why: a hung server is only noticed by a probe that times out (within retry_timeout_s);
+    # it must then be killed while the lease is surely still ours, before the fence deadline.
+    hung_bound = t.postgres_unresponsive_s + t.retry_timeout_s
+    if min(values.values()) > 0 and hung_bound > t.ttl_s - t.fence_margin_s:
+        b.out.add(
+            "timing.postgres_unresponsive_s",
+            "must leave time to notice and kill a hung server inside the lease: "
+            "postgres_unresponsive_s + retry_timeout_s <= ttl_s - fence_margin_s "
+            f"({hung_bound:g} > {t.ttl_s - t.fence_margin_s:g})",
         )
     # Why: a renewal sent at the start of a cycle may fail after retry_timeout_s; the next
     # one is sent at most loop_wait_s later and may itself take retry_timeout_s; the primary

@@ -70,6 +70,7 @@ from agent.model import (
     MemberName,
     PgState,
     Role,
+    SwitchoverRequest,
     SyncMode,
     SyncRecord,
     SyncRole,
@@ -133,6 +134,13 @@ class Memory:
 
     lease_sent_at: float | None = None  # send time of our last successful acquire/renew
     pg_down_since: float | None = None  # leader only: first cycle PostgreSQL was seen down
+    pg_hung_since: float | None = None  # leader only: first probe its PostgreSQL timed out
+    # Leader: since when it wants to hand over (shutdown, switchover) but no candidate streams
+    # from it caught up yet; it keeps serving meanwhile, for at most switchover_timeout_s.
+    handover_wait_since: float | None = None
+    # Since when this member has seen no leader record (bounds the deference to a candidate
+    # named by a switchover or failover request).
+    leaderless_since: float | None = None
     following: MemberName | None = None  # whom our standby was last pointed at
     last_leader: MemberName | None = None
     last_leader_wal_lsn: Lsn | None = None
@@ -163,6 +171,9 @@ class Outcome:
     ok: bool
     sent_at: float  # monotonic, when the action started (for a renewal: when it was sent)
     detail: str = ""
+    # Failed only because a peer it needs (a rewind's source) could not be reached: a reason
+    # to retry, not evidence against the action (a rewind is not counted as failed).
+    unreachable: bool = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -344,6 +355,39 @@ def choose_candidate(view: ClusterView, settings: Settings) -> Member | None:
     return max(eligible, key=lambda m: (m.wal_lsn or 0, m.tags.failover_priority, _neg(m.name)))
 
 
+def streams_caught_up(name: str, local: LocalState, settings: Settings) -> bool:
+    """`name` streams from our primary (pg_stat_replication, from the probe) and has flushed
+    WAL within maximum_lag_on_failover_bytes of our position: once we stop, the rest of our
+    WAL reaches it in moments. A member still re-pointing at us, or one that connected but
+    lags, is not (yet) a hand-over candidate."""
+    mine = local.wal_lsn
+    for row in local.replication:
+        if row.application_name != name or row.state != "streaming":
+            continue
+        got = row.flush_lsn if row.flush_lsn is not None else row.write_lsn
+        if mine is None or got is None:
+            return False
+        return mine - got <= settings.ha.maximum_lag_on_failover_bytes
+    return False
+
+
+def choose_handover(
+    view: ClusterView, local: LocalState, settings: Settings
+) -> tuple[Member | None, bool]:
+    """The member a leader hands over to, and whether it is ready now: the best eligible
+    member (`choose_candidate`) among those that stream from us caught up; else the best
+    eligible one, not ready (worth waiting for); else (None, False)."""
+    ready = tuple(
+        m
+        for m in view.members
+        if m.name == settings.name or streams_caught_up(m.name, local, settings)
+    )
+    best_ready = choose_candidate(replace(view, members=ready), settings)
+    if best_ready is not None:
+        return best_ready, True
+    return choose_candidate(view, settings), False
+
+
 def _neg(name: str) -> tuple[int, ...]:
     """Sort key that prefers the alphabetically first name under max()."""
     return tuple(-ord(c) for c in name)
@@ -366,8 +410,12 @@ def _am_healthiest(obs: Observation, settings: Settings, memory: Memory) -> tupl
     in_sync_set = record is not None and record.quorum > 0
     # A member of the synchronous set holds every acknowledged commit (with the quorum check
     # above): the leader's published position may include WAL no commit waited for.
-    if memory.last_leader_wal_lsn is not None and not in_sync_set:
-        lag = memory.last_leader_wal_lsn - me_lsn
+    last_known = max(
+        (p for p in (memory.last_leader_wal_lsn, _handover_lsn(view)) if p is not None),
+        default=None,
+    )
+    if last_known is not None and not in_sync_set:
+        lag = last_known - me_lsn
         if lag > settings.ha.maximum_lag_on_failover_bytes:
             return False, f"lag {lag} bytes exceeds maximum_lag_on_failover_bytes"
     rivals: list[tuple[str, int, int, int, bool]] = []
@@ -409,6 +457,11 @@ def _am_healthiest(obs: Observation, settings: Settings, memory: Memory) -> tupl
         if theirs > mine or (theirs == mine and name < settings.name):
             return False, f"{name} is healthier"
     return True, "healthiest eligible member"
+
+
+def _handover_lsn(view: ClusterView) -> Lsn | None:
+    """The old leader's final position, when a hand-over request records it."""
+    return view.switchover.handover_lsn if view.switchover is not None else None
 
 
 def _switchover_due(obs: Observation) -> bool:
@@ -701,33 +754,65 @@ def _decision(memory: Memory, reason: str, *actions: Action) -> tuple[Decision, 
     return Decision(actions=tuple(actions), reason=reason), memory
 
 
+def _stop_before_release(local: LocalState) -> StopPostgres | None:
+    """How to stop our PostgreSQL before the lease goes: fast while it answers; SIGKILL when a
+    process is there that does not (hung, or still starting): one that answers later must
+    not accept writes next to a new leader. None: nothing runs."""
+    if local.running:
+        return StopPostgres(mode=StopMode.FAST)
+    if local.postmaster_pid is not None:
+        return StopPostgres(mode=StopMode.KILL)
+    return None
+
+
 def _when_shutting_down(
     obs: Observation, memory: Memory, settings: Settings
 ) -> tuple[Decision, Memory]:
-    view, local = obs.cluster, obs.local
+    """A leader hands over only to a member that streams from it caught up, and serves on
+    while it waits for one, for at most switchover_timeout_s; else (or when its hand-over
+    failed) it stops, deletes its own switchover request and releases the lease without
+    naming anyone: the normal failover rules pick the next leader."""
+    view, local, now = obs.cluster, obs.local, obs.now
+    i_lead = view is not None and view.leader is not None and view.leader.name == settings.name
     if obs.pending is not None:
-        if view is not None and view.leader is not None and view.leader.name == settings.name:
+        if i_lead:
             return _decision(
                 memory, "shutting down: waiting for the action in flight", RenewLeader()
             )
         return _decision(memory, "shutting down: waiting for the action in flight")
-    i_lead = view is not None and view.leader is not None and view.leader.name == settings.name
-    if i_lead and local.is_primary and not memory.handed_over and view is not None:
-        candidate = choose_candidate(view, settings)
-        if candidate is not None and memory.failed_at is None:
+    deadline = fence_deadline(memory, settings)
+    in_time = deadline is None or now < deadline
+    if i_lead and local.is_primary and not memory.handed_over and memory.failed_at is None:
+        assert view is not None
+        candidate, ready = choose_handover(view, local, settings)
+        if candidate is not None and ready and in_time:
             return _decision(
-                memory,
+                replace(memory, handover_wait_since=None),
                 f"shutting down: handing over to {candidate.name}",
                 RenewLeader(),
-                HandOver(candidate=candidate.name),
+                HandOver(candidate=candidate.name, shutting_down=True),
+            )
+        since = memory.handover_wait_since if memory.handover_wait_since is not None else now
+        if candidate is not None and in_time and now - since < settings.timing.switchover_timeout_s:
+            return _decision(
+                replace(memory, handover_wait_since=since),
+                f"shutting down: serving until {candidate.name} streams from us caught up",
+                RenewLeader(),
             )
     actions: list[Action] = []
-    if local.running:
-        actions.append(StopPostgres(mode=StopMode.FAST))
+    stop = _stop_before_release(local)
+    if stop is not None:
+        actions.append(stop)
+    request = view.switchover if view is not None else None
+    if request is not None and request.leader == settings.name and not memory.handed_over:
+        actions.append(ClearSwitchover(version=request.version))
+    reason = "shutting down"
     if i_lead or memory.lease_sent_at is not None:
         actions.append(ReleaseLeader())
+        if not memory.handed_over:
+            reason = "shutting down: no candidate caught up; releasing the lease naming nobody"
     actions.append(Exit())
-    return _decision(memory, "shutting down", *actions)
+    return _decision(memory, reason, *actions)
 
 
 def _when_busy(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
@@ -817,36 +902,8 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     keep: Action = RenewLeader() if memory.lease_sent_at is not None else AcquireLeader()
 
     if not local.running:
-        down_since = memory.pg_down_since if memory.pg_down_since is not None else now
-        memory = replace(memory, pg_down_since=down_since)
-        if now - down_since >= settings.timing.primary_start_timeout_s:
-            memory = replace(
-                memory,
-                pg_down_since=None,
-                lease_sent_at=None,
-                failsafe_peers=None,
-                failsafe_sent_at=None,
-                failsafe_absent_since=(),
-            )
-            return _decision(
-                memory,
-                "PostgreSQL did not come back within primary_start_timeout_s: releasing the lease",
-                ReleaseLeader(),
-            )
-        if was_primary(local):
-            return _decision(
-                memory,
-                "PostgreSQL is down under the leader: restarting it in place",
-                keep,
-                StartPostgres(upstream=None, as_primary=True),
-            )
-        return _decision(
-            memory,
-            "leader with a standby data directory: starting it to promote",
-            keep,
-            StartPostgres(upstream=None),
-        )
-    memory = replace(memory, pg_down_since=None)
+        return _when_leader_pg_down(obs, memory, settings, keep)
+    memory = replace(memory, pg_down_since=None, pg_hung_since=None)
 
     if local.is_replica:
         return _decision(
@@ -879,31 +936,107 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     failsafe_step, memory = _plan_failsafe(view, memory, now, settings)
     if failsafe_step is not None:
         actions.append(failsafe_step)
-    switchover = view.switchover
-    if switchover is not None and _switchover_due(obs):
-        if switchover.candidate == settings.name or (
-            switchover.leader is not None and switchover.leader != settings.name
-        ):
-            # Stale: written for another leader, or naming us (the new leader) as candidate.
-            actions.append(ClearSwitchover(version=switchover.version))
-            reason = "leader renews; clearing a finished switchover request"
-        elif memory.failed_at is not None and now - memory.failed_at < RETRY_BACKOFF_S:
-            actions.append(ClearSwitchover(version=switchover.version))
-            reason = "switchover failed: request cleared"
-        else:
-            target = view.member(switchover.candidate) if switchover.candidate else None
-            if target is None:
-                target = choose_candidate(view, settings)
-            if target is None or not _candidate_ok(target, local.wal_lsn, settings):
-                actions.append(ClearSwitchover(version=switchover.version))
-                reason = "switchover request has no healthy candidate: cleared"
-            elif not _sync_candidate_ok(view, target.name):
-                actions.append(ClearSwitchover(version=switchover.version))
-                reason = f"switchover to {target.name} refused: not a synchronous standby"
-            else:
-                actions.append(HandOver(candidate=target.name))
-                reason = f"switchover to {target.name}"
+    if view.switchover is not None and _switchover_due(obs):
+        step, why, memory = _plan_switchover(obs, memory, settings)
+        reason = why
+        if step is not None:
+            actions.append(step)
+    else:
+        memory = replace(memory, handover_wait_since=None)
     return _decision(memory, reason, *actions)
+
+
+def _when_leader_pg_down(
+    obs: Observation, memory: Memory, settings: Settings, keep: Action
+) -> tuple[Decision, Memory]:
+    """The leader's PostgreSQL does not answer. Down (no process): restart it in place. Hung
+    (a process that let the probe time out): SIGKILL it, with every child, after
+    postgres_unresponsive_s, then restart it. Starting (a process that answers with an error):
+    wait. After primary_start_timeout_s in all: release the lease, but only once no process is
+    left: a hung server that resumed would acknowledge writes next to the new leader."""
+    local, now, timing = obs.local, obs.now, settings.timing
+    down_since = memory.pg_down_since if memory.pg_down_since is not None else now
+    hung_since = None
+    if local.unresponsive:
+        hung_since = memory.pg_hung_since if memory.pg_hung_since is not None else now
+    memory = replace(memory, pg_down_since=down_since, pg_hung_since=hung_since)
+    kill = StopPostgres(mode=StopMode.KILL)
+    if now - down_since >= timing.primary_start_timeout_s:
+        first = (kill,) if local.postmaster_pid is not None else ()
+        return _decision(
+            memory,
+            "PostgreSQL did not come back within primary_start_timeout_s: releasing the lease",
+            *first,
+            ReleaseLeader(),
+        )
+    if hung_since is not None:
+        if now - hung_since >= timing.postgres_unresponsive_s:
+            return _decision(
+                memory,
+                f"PostgreSQL has not answered for {now - hung_since:.1f} s: killing it",
+                kill,
+                keep,
+            )
+        return _decision(memory, "PostgreSQL does not answer: hung, not down", keep)
+    if local.postmaster_pid is not None:
+        return _decision(memory, "PostgreSQL is not accepting connections yet", keep)
+    if was_primary(local):
+        return _decision(
+            memory,
+            "PostgreSQL is down under the leader: restarting it in place",
+            keep,
+            StartPostgres(upstream=None, as_primary=True),
+        )
+    return _decision(
+        memory,
+        "leader with a standby data directory: starting it to promote",
+        keep,
+        StartPostgres(upstream=None),
+    )
+
+
+def _plan_switchover(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[Action | None, str, Memory]:
+    """The leader's step for a due switchover request: hand over to a candidate that streams
+    from us caught up; wait (serving) up to switchover_timeout_s for one that does not yet;
+    clear the request when it is stale, failed, or names nobody eligible."""
+    view, local, now = obs.cluster, obs.local, obs.now
+    assert view is not None and view.switchover is not None
+    request = view.switchover
+    clear = ClearSwitchover(version=request.version)
+    done = replace(memory, handover_wait_since=None)
+    if request.candidate == settings.name or (
+        request.leader is not None and request.leader != settings.name
+    ):
+        # Stale: written for another leader, or naming us (the new leader) as candidate.
+        return clear, "leader renews; clearing a finished switchover request", done
+    if memory.failed_at is not None and now - memory.failed_at < RETRY_BACKOFF_S:
+        return clear, "switchover failed: request cleared", done
+    if request.candidate is not None:
+        target = view.member(request.candidate)
+        ready = target is not None and streams_caught_up(target.name, local, settings)
+    else:
+        target, ready = choose_handover(view, local, settings)
+    if target is None or not _candidate_ok(target, local.wal_lsn, settings):
+        return clear, "switchover request has no healthy candidate: cleared", done
+    if not _sync_candidate_ok(view, target.name):
+        return clear, f"switchover to {target.name} refused: not a synchronous standby", done
+    if ready:
+        return HandOver(candidate=target.name), f"switchover to {target.name}", done
+    since = memory.handover_wait_since if memory.handover_wait_since is not None else now
+    if now - since >= settings.timing.switchover_timeout_s:
+        return (
+            clear,
+            f"switchover to {target.name} cleared: it did not stream from us caught up "
+            "within switchover_timeout_s",
+            done,
+        )
+    return (
+        None,
+        f"switchover to {target.name}: waiting for it to stream from us caught up",
+        replace(memory, handover_wait_since=since),
+    )
 
 
 def _when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
@@ -923,6 +1056,12 @@ def _when_follower(obs: Observation, memory: Memory, settings: Settings) -> tupl
             memory,
             f"{leader_name} holds the lease but we are a primary: demoting at once",
             _fence(f"{leader_name} holds the lease"),
+        )
+    if local.unresponsive and was_primary(local):
+        return _decision(
+            memory,
+            f"{leader_name} holds the lease and our former primary does not answer: killing it",
+            StopPostgres(mode=StopMode.KILL),
         )
     leader = view.leader_member
     leader_up = (
@@ -963,7 +1102,11 @@ def _when_leaderless(
 ) -> tuple[Decision, Memory]:
     view, local = obs.cluster, obs.local
     assert view is not None
-    memory = replace(memory, lease_sent_at=None)
+    memory = replace(
+        memory,
+        lease_sent_at=None,
+        leaderless_since=obs.now if memory.leaderless_since is None else memory.leaderless_since,
+    )
     if local.is_primary and failsafe_active(memory, obs.now, settings):
         # The DCS is back (or readable) and our lease expired meanwhile, but every member
         # promised not to race: take the lease back, confirming ourselves again first.
@@ -981,6 +1124,12 @@ def _when_leaderless(
             "no leader record but we are a primary: demoting at once",
             _fence("no leader record"),
         )
+    if local.unresponsive and was_primary(local):
+        return _decision(
+            memory,
+            "no leader record and our former primary does not answer: killing it",
+            StopPostgres(mode=StopMode.KILL),
+        )
     if not local.running:
         return _decision(
             memory,
@@ -994,19 +1143,9 @@ def _when_leaderless(
         return _decision(memory, f"no leader; not racing: {hold}")
     request = view.switchover
     if request is not None and request.candidate is not None:
-        if request.candidate == settings.name:
-            refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=False)
-            if refusal is not None:
-                return _decision(memory, f"named switchover candidate, but {refusal}")
-            return _decision(
-                memory,
-                "named switchover candidate: taking the lease",
-                AcquireLeader(),
-                Promote(reason="switchover"),
-            )
-        named = view.member(request.candidate)
-        if named is not None and is_healthy_replica(named):
-            return _decision(memory, f"no leader: {request.candidate} is the named candidate")
+        named = _named_candidate(obs, memory, settings, request)
+        if named is not None:
+            return named
     healthiest, why = _am_healthiest(obs, settings, memory)
     if not healthiest:
         return _decision(memory, f"no leader; not racing: {why}")
@@ -1018,6 +1157,53 @@ def _when_leaderless(
     )
 
 
+def _named_candidate(
+    obs: Observation, memory: Memory, settings: Settings, request: SwitchoverRequest
+) -> tuple[Decision, Memory] | None:
+    """No leader, and a request names a candidate. The request may speed the race up, never
+    skip its safety:
+    - a failover (no leader named: POST /failover, the operator's pick) lets the candidate
+      take the lease; the others leave it to it;
+    - a switchover only once the old leader wrote `handover_lsn` (it saw the candidate
+      receive its shutdown checkpoint), and the candidate only while it holds WAL past it;
+    - anything else (a hand-over abandoned or never completed) is the normal race (None),
+      as is the end of the deference: the others wait for the candidate at most
+      max(ttl_s, switchover_timeout_s) after they saw the leader record go."""
+    view, now = obs.cluster, obs.now
+    assert view is not None and request.candidate is not None
+    forced = request.leader is None
+    if not forced and request.handover_lsn is None:
+        return None
+    since = memory.leaderless_since if memory.leaderless_since is not None else now
+    deferring = now - since < max(settings.timing.ttl_s, settings.timing.switchover_timeout_s)
+    if request.candidate != settings.name:
+        named = view.member(request.candidate)
+        if named is not None and is_healthy_replica(named) and deferring:
+            return _decision(memory, f"no leader: {request.candidate} is the named candidate")
+        return None
+    refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=False)
+    if refusal is not None:
+        return _decision(memory, f"named switchover candidate, but {refusal}")
+    if request.handover_lsn is not None and not forced:
+        mine = local_position(obs.local)
+        last = memory.last_leader_wal_lsn
+        behind = last is not None and (mine or 0) < last - settings.ha.maximum_lag_on_failover_bytes
+        if mine is None or mine <= request.handover_lsn or behind:
+            if deferring:
+                return _decision(
+                    memory,
+                    f"named switchover candidate, but at {mine}, not past the hand-over "
+                    f"position {request.handover_lsn}: waiting",
+                )
+            return None
+    return _decision(
+        memory,
+        f"named {'failover' if forced else 'switchover'} candidate: taking the lease",
+        AcquireLeader(),
+        Promote(reason="switchover"),
+    )
+
+
 def decide(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
     """One HA decision. See the module docstring for the safety rules."""
     view = obs.cluster
@@ -1025,6 +1211,8 @@ def decide(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decisi
         leader = view.leader_member
         if leader is not None and leader.name != settings.name:
             memory = replace(memory, last_leader=leader.name, last_leader_wal_lsn=leader.wal_lsn)
+        if view.leader is not None:
+            memory = replace(memory, leaderless_since=None)
     if obs.shutting_down:
         return _when_shutting_down(obs, memory, settings)
     if obs.pending is not None:
@@ -1070,6 +1258,9 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return replace(
                 memory,
                 lease_sent_at=None,
+                pg_down_since=None,
+                pg_hung_since=None,
+                handover_wait_since=None,
                 failsafe_peers=None,
                 failsafe_sent_at=None,
                 failsafe_absent_since=(),
@@ -1085,6 +1276,8 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
         case Rewind(source=source):
             if outcome.ok:
                 return replace(memory, following=source, rewind_failures=0, failed_at=None)
+            if outcome.unreachable:
+                return replace(memory, failed_at=outcome.sent_at)
             return replace(
                 memory, rewind_failures=memory.rewind_failures + 1, failed_at=outcome.sent_at
             )

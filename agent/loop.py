@@ -404,7 +404,7 @@ class HaLoop:
         view = self._view
 
         async def run() -> None:
-            ok, detail = False, ""
+            ok, detail, unreachable = False, "", False
             try:
                 ok = await self._run_action(
                     action,
@@ -419,11 +419,16 @@ class HaLoop:
                 raise
             except Exception as exc:
                 detail = repr(exc)
+                unreachable = isinstance(exc, bootstrap.SourceUnreachable)
                 log.error("long_action_failed", action=type(action).__name__, error=detail)
             finally:
                 self._pending = None
                 self._pending_outcome = Outcome(
-                    action=action, ok=bool(ok), sent_at=started, detail=detail
+                    action=action,
+                    ok=bool(ok),
+                    sent_at=started,
+                    detail=detail,
+                    unreachable=unreachable,
                 )
                 self._wake.set()
             log.info(
@@ -600,6 +605,9 @@ class HaLoop:
                 )
                 return True
             case StopPostgres(mode=mode):
+                if mode is StopMode.KILL:
+                    log.error("postgres_killed", reason="the server does not answer")
+                    await self.prober.close()
                 await self.postmaster.stop(_pg_mode(mode), timeout_s=timing.shutdown_timeout_s)
                 await self.fence.disarm()
                 return True
@@ -622,8 +630,8 @@ class HaLoop:
                 await bootstrap.ensure_slots(self.postmaster, [slot_name_for(n) for n in names])
                 await bootstrap.drop_slots(self.postmaster, [slot_name_for(n) for n in drop])
                 return True
-            case HandOver(candidate=candidate):
-                await self._hand_over(view, candidate)
+            case HandOver(candidate=candidate, shutting_down=shutting_down):
+                await self._hand_over(view, candidate, shutting_down=shutting_down)
                 return True
             case ClearSwitchover(version=version):
                 return await self._dcs_call(
@@ -729,13 +737,20 @@ class HaLoop:
             ),
         )
 
-    async def _hand_over(self, view: ClusterView | None, candidate: MemberName) -> None:
-        """Switchover, leader side. The lease is held (and renewed by the loop) throughout."""
-        s = self.settings
-        timing = s.timing
+    async def _hand_over(
+        self, view: ClusterView | None, candidate: MemberName, *, shutting_down: bool
+    ) -> None:
+        """Switchover, leader side. The lease is held (and renewed by the loop) throughout.
+
+        The candidate streamed from us caught up when this started (decide.py). On success the
+        request carries our shutdown checkpoint (`handover_lsn`) before the lease goes, so
+        the candidate takes over only holding all our WAL. On failure our request is deleted,
+        and PostgreSQL starts again as the primary unless we are shutting down (then the
+        next decision releases the lease naming nobody)."""
+        timing = self.settings.timing
         target = self._member(view, candidate)
         if view is not None and view.switchover is None:
-            request = SwitchoverRequest(leader=MemberName(s.name), candidate=candidate)
+            request = SwitchoverRequest(leader=MemberName(self.settings.name), candidate=candidate)
             await self._dcs_call(
                 "write_record",
                 lambda: self.dcs.write_record(
@@ -747,21 +762,59 @@ class HaLoop:
         await self.postmaster.execute("CHECKPOINT", timeout_s=timing.switchover_timeout_s)
         await self.postmaster.stop(PgStopMode.FAST, timeout_s=timing.switchover_timeout_s)
         stopped_at = self.clock.monotonic()
-        control = await bootstrap_controldata(self.settings)
         try:
+            control = await bootstrap_controldata(self.settings)
             await self._wait_received(target, control, timing.switchover_timeout_s)
-        except ActionFailed:
-            log.error("switchover_aborted", candidate=candidate, reason="candidate behind")
-            await self.postmaster.start(standby=None, timeout_s=timing.primary_start_timeout_s)
-            raise
+            await self._record_handover(candidate, control)
+        except (ActionFailed, DcsError, TimeoutError) as exc:
+            log.error("switchover_aborted", candidate=candidate, reason=str(exc))
+            await self._delete_own_switchover()
+            if not shutting_down:
+                await self.postmaster.start(standby=None, timeout_s=timing.primary_start_timeout_s)
+            raise ActionFailed(f"hand-over to {candidate} aborted: {exc}") from exc
         await self._dcs_call("release_leader", self.dcs.release_leader)
         await self.fence.disarm()
         log.info(
             "handed_over",
             candidate=candidate,
+            handover_lsn=control,
             stop_s=round(stopped_at - t0, 3),
             total_s=round(self.clock.monotonic() - t0, 3),
         )
+
+    async def _record_handover(self, candidate: MemberName, control_lsn: int) -> None:
+        """Complete our switchover request with the position the candidate received."""
+        view = await self._dcs_call("get_cluster", self.dcs.get_cluster)
+        request = view.switchover
+        if (
+            request is None
+            or request.leader != self.settings.name
+            or (request.candidate not in (None, candidate))
+        ):
+            raise ActionFailed("the switchover request was cancelled or replaced")
+        done = replace(request, candidate=candidate, handover_lsn=control_lsn)
+        if not await self._dcs_call(
+            "write_record",
+            lambda: self.dcs.write_record(
+                RecordKind.SWITCHOVER, done.to_json(), expected_version=request.version
+            ),
+        ):
+            raise ActionFailed("the switchover request changed under us")
+
+    async def _delete_own_switchover(self) -> None:
+        """Best effort: a failed hand-over leaves no request naming its candidate behind."""
+        try:
+            view = await self._dcs_call("get_cluster", self.dcs.get_cluster)
+            request = view.switchover
+            if request is not None and request.leader == self.settings.name:
+                await self._dcs_call(
+                    "write_record",
+                    lambda: self.dcs.write_record(
+                        RecordKind.SWITCHOVER, None, expected_version=request.version
+                    ),
+                )
+        except (DcsError, TimeoutError) as exc:
+            log.warning("switchover_not_deleted", error=repr(exc))
 
     async def _wait_received(self, target: Member, control_lsn: int, timeout_s: float) -> None:
         """Wait until `target` has received WAL past our shutdown checkpoint."""
@@ -904,7 +957,15 @@ class HaLoop:
 
 
 def _pg_mode(mode: StopMode) -> PgStopMode:
-    return PgStopMode.IMMEDIATE if mode == StopMode.IMMEDIATE else PgStopMode.FAST
+    match mode:
+        case StopMode.FAST:
+            return PgStopMode.FAST
+        case StopMode.IMMEDIATE:
+            return PgStopMode.IMMEDIATE
+        case StopMode.KILL:
+            return PgStopMode.KILL
+        case _:
+            assert_never(mode)
 
 
 def _state_during(action: Action, state: PgState) -> PgState:

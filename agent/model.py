@@ -138,6 +138,10 @@ class LocalState:
     data_dir_initialized: bool
     running: bool
     postmaster_pid: int | None = None
+    # A postmaster process exists but did not answer the probe's query in time (stopped,
+    # stuck in I/O): hung, not down. A server that answers with an error (starting up,
+    # shutting down) is not unresponsive.
+    unresponsive: bool = False
     in_recovery: bool | None = None
     system_id: str | None = None
     timeline: int | None = None
@@ -231,19 +235,27 @@ class SwitchoverRequest:
 
     `leader` is the member that must hand over (None for a failover to `candidate` when there
     is no healthy leader). `scheduled_at` is a wall-clock epoch, informational except for
-    when the leader starts acting on it.
+    when the leader starts acting on it. `handover_lsn` is written by the leader last, just
+    before it releases the lease: its shutdown checkpoint, which it saw the candidate receive.
+    Until it is there the hand-over is not complete, and nobody may take the lease on the
+    strength of this record alone (decide.py, `_when_leaderless`).
     """
 
     leader: MemberName | None
     candidate: MemberName | None
     scheduled_at: float | None = None
+    handover_lsn: Lsn | None = None
     version: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"leader": self.leader, "candidate": self.candidate, "scheduled_at": self.scheduled_at},
-            sort_keys=True,
-        )
+        data: dict[str, object] = {
+            "leader": self.leader,
+            "candidate": self.candidate,
+            "scheduled_at": self.scheduled_at,
+        }
+        if self.handover_lsn is not None:
+            data["handover_lsn"] = self.handover_lsn
+        return json.dumps(data, sort_keys=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -453,10 +465,14 @@ def parse_switchover(raw: RawRecord) -> SwitchoverRequest:
         raise ValueError("switchover names neither leader nor candidate")
     if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
         raise ValueError("scheduled_at is not a number")
+    lsn = data.get("handover_lsn")
+    if lsn is not None and (isinstance(lsn, bool) or not isinstance(lsn, int) or lsn < 0):
+        raise ValueError("handover_lsn is not a WAL position")
     return SwitchoverRequest(
         leader=MemberName(_str(leader, "leader")) if leader is not None else None,
         candidate=MemberName(_str(candidate, "candidate")) if candidate is not None else None,
         scheduled_at=float(at) if at is not None else None,
+        handover_lsn=Lsn(lsn) if lsn is not None else None,
         version=raw.version,
     )
 

@@ -316,6 +316,7 @@ class Prober:
         initialized = is_initialized(self._settings)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        unresponsive = False
         if running and initialized:
             try:
                 # 70% for SQL, the rest for pg_controldata if SQL fails (a frozen server).
@@ -324,8 +325,9 @@ class Prober:
                     state = self._state_from_row(row, initialized, postmaster_pid)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a down or broken server is a state to report, not an error
+            except Exception as exc:  # a down or broken server is a state to report
                 await self.close()
+                unresponsive = isinstance(exc, TimeoutError)
             else:
                 # The server answered: whatever the scan does, it reports a running server.
                 try:
@@ -343,6 +345,7 @@ class Prober:
             data_dir_initialized=initialized,
             running=False,
             postmaster_pid=postmaster_pid,
+            unresponsive=unresponsive and postmaster_pid is not None,
             control=control,
         )
 

@@ -38,6 +38,7 @@ class StopMode(StrEnum):
     SMART = "smart"
     FAST = "fast"
     IMMEDIATE = "immediate"
+    KILL = "kill"  # SIGKILL the process tree at once: a server that no longer answers
 
 
 _STOP_SIGNALS = {
@@ -415,13 +416,21 @@ def replication_timeout_options(ttl_s: float) -> list[str]:
     commit waits for it all that time, far longer than the agent takes to notice the standby
     is gone (its member record expires after one ttl) and drop it from the synchronous set.
     So both timeouts are one ttl, and the standby replies at least every ttl/4 (at least 1 s,
-    the setting's unit) so that a live one is never mistaken for a silent one. They come
-    before `postgresql.parameters` on the command line: a user's value wins (the last `-c`
-    of a name counts).
+    the setting's unit) so that a live one is never mistaken for a silent one.
+    A standby whose upstream changed (a failover, a hand-over) retries streaming every
+    `wal_retrieve_retry_interval`, 5 s by default: its first attempt usually fails (the new
+    primary has not created its slot yet), so it streamed again only after 5-7 s, and a
+    leader handing over on SIGTERM waits for that. ttl/20 (at least 100 ms) makes the retry
+    quick; the cost is one connection attempt per interval while no upstream is reachable.
+    They come before `postgresql.parameters` on the command line: a user's value wins (the
+    last `-c` of a name counts).
     """
     timeout_ms = max(int(ttl_s * 1000), 1000)
     interval_s = max(int(ttl_s / 4), 1)
+    retry_ms = max(int(ttl_s * 1000 / 20), 100)
     return [
+        "-c",
+        f"wal_retrieve_retry_interval={retry_ms}ms",
         "-c",
         f"wal_sender_timeout={timeout_ms}ms",
         "-c",
@@ -608,15 +617,20 @@ class Postmaster:
         Sends the mode's signal (smart SIGTERM, fast SIGINT, immediate SIGQUIT). If it is
         still alive after 80% of `timeout_s` (all of it for immediate), escalates to an
         immediate shutdown for the rest, then SIGKILLs its process group; returns at most
-        ~2 s after `timeout_s`. A smart shutdown waits for every session, including a
-        Prober's: close the Prober first. Raises PostgresError only if even SIGKILL fails.
+        ~2 s after `timeout_s`. KILL sends SIGKILL to the postmaster and every child at once
+        (a pending SIGKILL also ends a stopped process, and one in uninterruptible I/O before
+        it returns to user space) and waits up to ~2 s for the postmaster to be gone.
+        A smart shutdown waits for every session, including a Prober's: close the Prober
+        first. Raises PostgresError only if even SIGKILL fails.
         """
         await self._close_conn()
         pid = self.pid()
         if pid is None:
             return
         phases: list[tuple[signal.Signals, float]] = []
-        if mode is not StopMode.IMMEDIATE:
+        if mode is StopMode.KILL:
+            pass  # a hung server: no signal it must handle itself, SIGKILL the tree below
+        elif mode is not StopMode.IMMEDIATE:
             phases.append((_STOP_SIGNALS[mode], timeout_s * 0.8))
             phases.append((signal.SIGQUIT, timeout_s * 0.2))
         else:

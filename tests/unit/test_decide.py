@@ -64,6 +64,7 @@ from agent.model import (
     MemberName,
     MemberTags,
     PgState,
+    ReplicationRow,
     Role,
     SwitchoverRequest,
 )
@@ -170,6 +171,26 @@ CRASHED_PRIMARY = LocalState(
 )
 EMPTY = LocalState(data_dir_initialized=False, running=False)
 
+
+def streamed_by(*names: str, lsn: int = 1000) -> LocalState:
+    """Our primary, with `names` streaming from it (pg_stat_replication) flushed to `lsn`."""
+    rows = tuple(
+        ReplicationRow(
+            application_name=n,
+            state="streaming",
+            sync_state="async",
+            sent_lsn=lsn,
+            write_lsn=lsn,
+            flush_lsn=lsn,
+            replay_lsn=lsn,
+        )
+        for n in names
+    )
+    return replace(PRIMARY, replication=rows)
+
+
+STREAMED_PRIMARY = streamed_by("b", "c")
+
 LEASED = Memory(lease_sent_at=NOW - 1, slots=(MemberName("b"), MemberName("c")))
 
 
@@ -241,7 +262,8 @@ def test_leader_releases_the_lease_when_postgres_stays_down_past_primary_start_t
     memory = replace(LEASED, pg_down_since=NOW - TIMING.primary_start_timeout_s)
     decision, memory = decide(obs(view("a", ME_PRIMARY, B), CRASHED_PRIMARY), memory, A)
     assert decision.actions == (ReleaseLeader(),)
-    assert memory.lease_sent_at is None
+    memory = record_outcome(memory, Outcome(action=ReleaseLeader(), ok=True, sent_at=NOW), A)
+    assert memory.lease_sent_at is None and memory.pg_down_since is None
 
 
 def test_leader_whose_postgres_is_a_standby_promotes_it() -> None:
@@ -251,14 +273,15 @@ def test_leader_whose_postgres_is_a_standby_promotes_it() -> None:
 
 def test_switchover_request_makes_the_leader_hand_over_to_the_named_candidate() -> None:
     request = SwitchoverRequest(leader=MemberName("a"), candidate=MemberName("c"), version="3")
-    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C, switchover=request), PRIMARY), LEASED, A)
+    cluster = view("a", ME_PRIMARY, B, C, switchover=request)
+    decision, _ = decide(obs(cluster, STREAMED_PRIMARY), LEASED, A)
     assert decision.actions == (RenewLeader(), HandOver(candidate=MemberName("c")))
 
 
 def test_switchover_without_candidate_picks_the_most_advanced_eligible_member() -> None:
     request = SwitchoverRequest(leader=MemberName("a"), candidate=None, version="3")
     cluster = view("a", ME_PRIMARY, member("b", lsn=900), member("c", lsn=1000), switchover=request)
-    decision, _ = decide(obs(cluster, PRIMARY), LEASED, A)
+    decision, _ = decide(obs(cluster, STREAMED_PRIMARY), LEASED, A)
     assert HandOver(candidate=MemberName("c")) in decision.actions
 
 
@@ -384,7 +407,9 @@ def test_paused_cluster_does_not_fail_over() -> None:
 
 
 def test_named_switchover_candidate_takes_the_lease_without_the_healthiest_check() -> None:
-    request = SwitchoverRequest(leader=MemberName("b"), candidate=MemberName("a"), version="3")
+    request = SwitchoverRequest(
+        leader=MemberName("b"), candidate=MemberName("a"), handover_lsn=999, version="3"
+    )
     peers = (
         PeerStatus(
             name=MemberName("c"), reachable=True, role=Role.REPLICA, timeline=1, wal_lsn=5000
@@ -396,7 +421,9 @@ def test_named_switchover_candidate_takes_the_lease_without_the_healthiest_check
 
 
 def test_others_leave_the_lease_to_a_healthy_named_candidate() -> None:
-    request = SwitchoverRequest(leader=MemberName("c"), candidate=MemberName("b"), version="3")
+    request = SwitchoverRequest(
+        leader=MemberName("c"), candidate=MemberName("b"), handover_lsn=999, version="3"
+    )
     decision, _ = decide(obs(view(None, member("a"), B, switchover=request), REPLICA), Memory(), A)
     assert decision.actions == ()
 
@@ -550,7 +577,9 @@ def test_replica_does_nothing_while_the_dcs_is_down() -> None:
 
 
 def test_leader_hands_over_on_shutdown() -> None:
-    decision, _ = decide(obs(view("a", ME_PRIMARY, B, C), PRIMARY, shutting_down=True), LEASED, A)
+    decision, _ = decide(
+        obs(view("a", ME_PRIMARY, B, C), STREAMED_PRIMARY, shutting_down=True), LEASED, A
+    )
     assert kinds(decision) == [RenewLeader, HandOver]
 
 

@@ -91,6 +91,8 @@ def test_replay_is_settled_only_while_the_startup_process_waits_for_wal() -> Non
 def test_the_replication_timeouts_are_one_ttl_and_replies_come_every_quarter_ttl() -> None:
     assert replication_timeout_options(10.0) == [
         "-c",
+        "wal_retrieve_retry_interval=500ms",
+        "-c",
         "wal_sender_timeout=10000ms",
         "-c",
         "wal_receiver_timeout=10000ms",
@@ -99,3 +101,5 @@ def test_the_replication_timeouts_are_one_ttl_and_replies_come_every_quarter_ttl
     ]
     # The status interval's unit is a second: never 0 (which would turn the replies off).
     assert "wal_receiver_status_interval=1s" in replication_timeout_options(2.5)
+    # A standby re-pointed at a new primary retries streaming quickly (not after PG's 5 s).
+    assert "wal_retrieve_retry_interval=100ms" in replication_timeout_options(1.0)
