@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Collection
 
@@ -26,6 +27,7 @@ from agent.postgres.process import (
     is_initialized,
     run_as,
     run_tool,
+    run_tool_result,
     write_file,
 )
 
@@ -208,6 +210,84 @@ async def clone(
     os.unlink(marker)
 
 
+class SourceUnreachable(PostgresError):
+    """The rewind's source could not be reached for the whole of the rewind's time budget.
+
+    Raised by `rewind()` when every attempt failed to connect to the source: connection
+    refused, no route to host, a connection or query timed out, a host name not resolved, the
+    connection dropped during the pre-check, or the source not accepting connections yet
+    (starting up, shutting down, too many clients). pg_rewind had not started changing the
+    target then (it connects before anything else), so the data directory is intact: retry
+    the rewind later; this is no reason to re-clone. Any other failure (a wrong password, or
+    pg_rewind failing once connected) stays a plain PostgresError.
+    """
+
+
+# Between attempts to reach an unreachable source: doubling from the first pause to the last.
+_RETRY_FIRST_PAUSE_S = 0.1
+_RETRY_MAX_PAUSE_S = 0.5
+# One connection attempt's limit, as pg_rewind's own (the conninfo's connect_timeout): a
+# black-holed source must leave time for further attempts.
+_CONNECT_TIMEOUT_S = 2.0
+# The pre-check's whole attempt (connect, query, CHECKPOINT) at most.
+_CHECK_TIMEOUT_S = 60.0
+
+# Failures to reach the server in the pre-check (asyncpg): not an answer from PostgreSQL
+# about the request, but no PostgreSQL to ask (yet).
+_UNREACHABLE_ERRORS = (
+    OSError,  # refused, no route to host (113), reset, name not resolved
+    TimeoutError,
+    asyncpg.ConnectionDoesNotExistError,  # dropped during the check
+    asyncpg.CannotConnectNowError,  # starting up, shutting down, in recovery
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+# How libpq (PostgreSQL 15; "could not connect to server" before 14) reports that it did not
+# get a session: pg_rewind then exits before it touches the target.
+_LIBPQ_CONNECT_FAILED = re.compile(
+    r"^(?:connection to server (?:at|on socket) .*? failed: (?P<reason>.*)"
+    r"|could not connect to server: (?P<old_reason>.*)"
+    r"|could not translate host name .*)$"
+)
+# Of the server's own refusals (FATAL) only these are transient: SQLSTATE 57P03 and 53300.
+_TRANSIENT_REFUSALS = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "sorry, too many clients already",
+)
+
+
+def could_not_connect(stderr: str) -> bool:
+    """Whether a libpq tool's stderr says it failed to open its connection for a transient
+    reason (the network, or a server not accepting connections yet), as opposed to an
+    authentication failure or an error after connecting. Decides on the first error line:
+    a tool that failed later has already reported something else first."""
+    for line in stderr.splitlines():
+        _, marker, message = line.partition(": error: ")
+        if not marker:
+            _, marker, message = line.partition(": fatal: ")  # PostgreSQL 13's wording
+        if not marker:
+            continue
+        match = _LIBPQ_CONNECT_FAILED.match(message.strip())
+        if match is None:
+            return False
+        reason = match.group("reason") or match.group("old_reason") or ""
+        if "FATAL:" not in reason:
+            return True  # refused, timeout expired, no route, closed unexpectedly, DNS
+        return any(refusal in reason for refusal in _TRANSIENT_REFUSALS)
+    return False
+
+
+def _tail(text: str, chars: int = 1500) -> str:
+    text = text.strip()
+    return text if len(text) <= chars else "..." + text[-chars:]
+
+
 # The source's timeline per its control file, and its current one (NULL on a standby).
 _SOURCE_TIMELINES_SQL = """
 SELECT (SELECT timeline_id FROM pg_control_checkpoint()),
@@ -225,6 +305,8 @@ async def _checkpoint_if_control_is_stale(
     only when the checkpoint it requests completes; before that pg_rewind sees one timeline,
     says "no rewind required" and leaves the divergent WAL in place (seen here ~100 ms after
     a promotion). The PostgreSQL documentation asks for this CHECKPOINT.
+    Raises SourceUnreachable when the source cannot be reached within `timeout_s` (one
+    attempt), PostgresError when it answers with an error.
     """
     password = settings.superuser.password
     try:
@@ -235,7 +317,7 @@ async def _checkpoint_if_control_is_stale(
                 user=settings.superuser.username,
                 password=password.reveal() if password is not None else None,
                 database="postgres",
-                timeout=timeout_s,
+                timeout=min(timeout_s, _CONNECT_TIMEOUT_S),
                 statement_cache_size=0,
                 server_settings={"application_name": "pgwarden-rewind"},
             )
@@ -245,8 +327,47 @@ async def _checkpoint_if_control_is_stale(
                     await conn.execute("CHECKPOINT")
             finally:
                 await conn.close()
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+    except _UNREACHABLE_ERRORS as exc:
+        raise SourceUnreachable(f"rewind: cannot reach the source: {exc!r}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise PostgresError(f"rewind: cannot check the source's timeline: {exc!r}") from exc
+
+
+async def _rewind_once(
+    settings: PostgresSettings, source: StandbyConfig, *, timeout_s: float
+) -> None:
+    """One attempt: the pre-check, then pg_rewind. SourceUnreachable when either could not
+    connect to the source (the target is untouched then), PostgresError on any other failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    await _checkpoint_if_control_is_stale(
+        settings, source, timeout_s=min(timeout_s, _CHECK_TIMEOUT_S)
+    )
+    password = settings.superuser.password
+    source_conninfo = replication.primary_conninfo(
+        host=source.primary_host,
+        port=source.primary_port,
+        user=settings.superuser.username,
+        password=None,  # from PGPASSWORD
+        application_name=f"pgwarden-rewind-{source.application_name}",
+        dbname="postgres",
+    )
+    result = await run_tool_result(
+        settings,
+        [
+            _tool(settings, "pg_rewind"),
+            f"--target-pgdata={settings.data_dir}",
+            f"--source-server={source_conninfo}",
+        ],
+        timeout_s=max(deadline - loop.time(), 1.0),
+        env=_password_env(password.reveal() if password is not None else None),
+        what="pg_rewind",
+    )
+    if result.returncode != 0:
+        message = f"pg_rewind failed (exit {result.returncode}): {_tail(result.stderr)}"
+        if could_not_connect(result.stderr):
+            raise SourceUnreachable(message)
+        raise PostgresError(message)
 
 
 async def rewind(
@@ -261,33 +382,32 @@ async def rewind(
     primary needs no extra step. It copies the source's postgresql.conf and
     postgresql.auto.conf: the standby settings are rewritten afterwards (the agent's other
     settings are on the postmaster's command line).
-    Raises PostgresError when pg_rewind fails (then re-clone: clear_data_dir() + clone()).
+
+    A source that cannot be reached (right after a partition heals: no route to host,
+    refused while it restarts) is tried again, with pauses, until `timeout_s` is spent; then
+    SourceUnreachable is raised: the data directory is intact, retry later. Raises a plain
+    PostgresError when pg_rewind really fails (then re-clone: clear_data_dir() + clone()).
     """
     if not is_initialized(settings):
         raise PostgresError(f"rewind: data directory {settings.data_dir} is not initialized")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    await _checkpoint_if_control_is_stale(settings, source, timeout_s=min(timeout_s, 60.0))
-    password = settings.superuser.password
-    source_conninfo = replication.primary_conninfo(
-        host=source.primary_host,
-        port=source.primary_port,
-        user=settings.superuser.username,
-        password=None,  # from PGPASSWORD
-        application_name=f"pgwarden-rewind-{source.application_name}",
-        dbname="postgres",
-    )
-    await run_tool(
-        settings,
-        [
-            _tool(settings, "pg_rewind"),
-            f"--target-pgdata={settings.data_dir}",
-            f"--source-server={source_conninfo}",
-        ],
-        timeout_s=max(deadline - loop.time(), 1.0),
-        env=_password_env(password.reveal() if password is not None else None),
-        what="pg_rewind",
-    )
+    pause_s = _RETRY_FIRST_PAUSE_S
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            await _rewind_once(settings, source, timeout_s=max(deadline - loop.time(), 0.1))
+            break
+        except SourceUnreachable as exc:
+            # Another attempt only if it would still have time to connect after the pause.
+            if deadline - loop.time() < pause_s + _RETRY_FIRST_PAUSE_S:
+                raise SourceUnreachable(
+                    f"rewind: source {source.primary_host}:{source.primary_port} unreachable"
+                    f" for {timeout_s:.1f} s ({attempts} attempts); last: {exc}"
+                ) from exc
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, _RETRY_MAX_PAUSE_S)
     configure_standby(settings, source)
 
 
