@@ -27,7 +27,7 @@ import asyncpg
 
 from agent.config import PostgresSettings
 from agent.postgres import replication
-from agent.proctree import kill_postmaster_tree
+from agent.proctree import kill_postmaster_tree, pid_alive
 
 _POLL_S = 0.01
 _KILL_WAIT_S = 2.0
@@ -369,16 +369,6 @@ def running_postmaster_pid(data_dir: str) -> int | None:
     return pid
 
 
-def _pid_alive(pid: int) -> bool:
-    """`pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            # The state follows the parenthesised command name, which may hold spaces.
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
-
 async def wait_pid_exit(pid: int) -> None:
     """Return when process `pid` has exited (a zombie counts as exited). Uses a pidfd."""
     try:
@@ -387,7 +377,7 @@ async def wait_pid_exit(pid: int) -> None:
         return
     except OSError:  # no pidfd (kernel < 5.3, seccomp): poll instead
         while True:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return
             await asyncio.sleep(_POLL_S * 5)
     loop = asyncio.get_running_loop()
