@@ -39,6 +39,8 @@ from tests.chaos.cluster import ChaosCluster, Member
 CHAIN_LENGTH = 3
 CHAIN_WRITE_S = 0.3
 CHAIN_HANDOVER_BOUND_S = 30.0
+# primary-postgres-frozen-until-failover: how long to wait for another primary at most.
+FROZEN_FAILOVER_BOUND_S = 30.0
 
 
 def heal_all(cluster: ChaosCluster) -> None:
@@ -166,12 +168,40 @@ class _FrozenPostgres:
             "SIGSTOPped (agent alive)"
         )
 
-    def heal(self, cluster: ChaosCluster) -> None:
+    def thaw(self) -> int:
+        """SIGCONT every process stopped by `inject` that still exists; how many did."""
+        resumed = 0
         for pid in self.stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+                resumed += 1
         self.stopped.clear()
+        return resumed
+
+    def heal(self, cluster: ChaosCluster) -> None:
+        self.thaw()
         heal_all(cluster)
+
+    async def until_failover(self, cluster: ChaosCluster, primary: int) -> Injected:
+        """The freeze of `inject`, continued as soon as another member's PostgreSQL takes
+        writes (within FROZEN_FAILOVER_BOUND_S): a hung server that comes back right after a
+        failover must find itself fenced already, not a second writable primary."""
+        at = time.monotonic()
+        what = self.inject(cluster, primary)
+        found = await _next_primary(cluster, primary, FROZEN_FAILOVER_BOUND_S)
+        taken = time.monotonic() - at
+        resumed = self.thaw()
+        if found is None:
+            return Injected(
+                description=f"{what}; no other member writable within "
+                f"{FROZEN_FAILOVER_BOUND_S:.0f} s; SIGCONT to the {resumed} still alive",
+                instants=(at,),
+            )
+        return Injected(
+            description=f"{what}; {cluster.members[found].name} writable after {taken:.2f} s, "
+            f"then SIGCONT to the {resumed} of them still alive",
+            instants=(at,),
+        )
 
 
 async def _writable(cluster: ChaosCluster, index: int) -> bool:
@@ -274,6 +304,9 @@ class Nemesis:
     must_not_lose: bool = False  # async replication: the fault must lose no acknowledged write
     quick: bool = True  # part of the quick profile (every nemesis is part of the random mix)
     heal: Callable[[ChaosCluster], None] = heal_all
+    # The workload adds a writer without a statement timeout (single scenarios only): for
+    # faults that hang a server, whose queued statements run when it resumes.
+    patient_writer: bool = False
 
     def __post_init__(self) -> None:
         if (self.inject is None) == (self.script is None):
@@ -314,6 +347,7 @@ def dcs_outage_with_dead_replica_agent(ttl_s: float) -> Nemesis:
 def _every(ttl_s: float) -> list[Nemesis]:
     expire = ttl_s + 3.0
     frozen = _FrozenPostgres()
+    frozen_briefly = _FrozenPostgres()
     return [
         Nemesis(name="primary-cut-from-dcs", inject=_partition_primary_from_dcs, hold_s=expire),
         Nemesis(
@@ -367,5 +401,14 @@ def _every(ttl_s: float) -> list[Nemesis]:
             heal=frozen.heal,
             hold_s=2 * ttl_s,
             must_not_lose=True,
+            patient_writer=True,
+        ),
+        Nemesis(
+            name="primary-postgres-frozen-until-failover",
+            script=frozen_briefly.until_failover,
+            heal=frozen_briefly.heal,
+            hold_s=ttl_s,
+            must_not_lose=True,
+            patient_writer=True,
         ),
     ]

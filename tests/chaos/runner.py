@@ -115,15 +115,15 @@ class Runner:
     def _name(self, base: str) -> str:
         return base + (" [sync]" if self.sync else "") + self.suffix
 
-    def _workload(self) -> Workload:
+    def _workload(self, *, patient: bool = False) -> Workload:
         members = {m.name: m.address for m in self.cluster.members}
-        workload = Workload(members=members, base_value=self._base_value())
+        workload = Workload(members=members, base_value=self._base_value(), patient=patient)
         workload.start()
         return workload
 
     async def run(self, nemesis: Nemesis) -> ScenarioResult:
         primary = await self.ready()
-        workload = self._workload()
+        workload = self._workload(patient=nemesis.patient_writer)
         try:
             await asyncio.sleep(1.0)
             t_fault = time.monotonic()

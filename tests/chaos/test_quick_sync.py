@@ -23,6 +23,7 @@ FAILOVERS = {
     "primary-agent-sigstop",
     "primary-postgres-sigkill",
     "primary-postgres-frozen",
+    "primary-postgres-frozen-until-failover",
 }
 ALL = bool(os.environ.get("CHAOS_DURATION"))
 SYNC = {

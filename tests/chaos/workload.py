@@ -5,6 +5,10 @@
 - `AppWriter` connects the way applications do: libpq multi-host with
   target_session_attrs=read-write (the host order is shuffled on each connect, as libpq's
   load_balance_hosts=random does, so that one blackholed host does not always come first).
+- Optionally (`Workload(patient=True)`) a second application writer, `app-patient`, that
+  waits up to PATIENT_ATTEMPT_TIMEOUT_S for each INSERT, as an application without a statement
+  timeout does: when its server hangs, its INSERT waits in the server's socket and is executed
+  (and acknowledged) the moment the server runs again, whatever happened meanwhile.
 
 Each attempt records its value, which member served it (None when no connection), when it was
 sent and when it ended (monotonic: every namespace shares the host's CLOCK_MONOTONIC), and
@@ -24,6 +28,7 @@ import asyncpg
 from tests.chaos.cluster import PG_PORT, TABLE
 
 ATTEMPT_TIMEOUT_S = 1.0
+PATIENT_ATTEMPT_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 1.5
 
 
@@ -50,9 +55,17 @@ class WriterLog:
 class Writer:
     """Inserts every `interval_s` until stopped; reconnects after any failure."""
 
-    def __init__(self, *, name: str, start_value: int, interval_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        start_value: int,
+        interval_s: float = 0.05,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+    ) -> None:
         self.name = name
         self.interval_s = interval_s
+        self.attempt_timeout_s = attempt_timeout_s
         self.log = WriterLog(name=name)
         self._next = start_value
         self._stop = asyncio.Event()
@@ -75,7 +88,7 @@ class Writer:
                     conn = await self._connect()
             member = self._member_of(conn)
             sent = time.monotonic()
-            async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+            async with asyncio.timeout(self.attempt_timeout_s):
                 await conn.execute(
                     f"INSERT INTO {TABLE} (value, writer) VALUES ($1, $2)", value, self.name
                 )
@@ -125,7 +138,7 @@ class Writer:
     async def stop(self) -> WriterLog:
         self._stop.set()
         if self._task is not None:
-            async with asyncio.timeout(ATTEMPT_TIMEOUT_S + CONNECT_TIMEOUT_S + 2):
+            async with asyncio.timeout(self.attempt_timeout_s + CONNECT_TIMEOUT_S + 2):
                 await self._task
         return self.log
 
@@ -153,8 +166,15 @@ class MemberWriter(Writer):
 class AppWriter(Writer):
     """Writes wherever a read-write session is found (multi-host, target_session_attrs)."""
 
-    def __init__(self, *, members: dict[str, str], start_value: int) -> None:
-        super().__init__(name="app", start_value=start_value)
+    def __init__(
+        self,
+        *,
+        members: dict[str, str],
+        start_value: int,
+        name: str = "app",
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(name=name, start_value=start_value, attempt_timeout_s=attempt_timeout_s)
         self._by_address = {address: name for name, address in members.items()}
 
     async def _connect(self) -> asyncpg.Connection:
@@ -177,14 +197,25 @@ class AppWriter(Writer):
 
 @dataclass(slots=True)
 class Workload:
-    """One AppWriter and one MemberWriter per member, started and stopped together."""
+    """One AppWriter and one MemberWriter per member (and the patient AppWriter if asked),
+    started and stopped together."""
 
     members: dict[str, str]  # member name -> address
     base_value: int
+    patient: bool = False
     writers: list[Writer] = field(default_factory=list)
 
     def start(self) -> None:
         self.writers = [AppWriter(members=self.members, start_value=self.base_value)]
+        if self.patient:
+            self.writers.append(
+                AppWriter(
+                    members=self.members,
+                    start_value=self.base_value + 90_000_000,
+                    name="app-patient",
+                    attempt_timeout_s=PATIENT_ATTEMPT_TIMEOUT_S,
+                )
+            )
         for i, (name, address) in enumerate(self.members.items(), start=1):
             self.writers.append(
                 MemberWriter(
