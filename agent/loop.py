@@ -749,14 +749,25 @@ class HaLoop:
         next decision releases the lease naming nobody)."""
         timing = self.settings.timing
         target = self._member(view, candidate)
-        if view is not None and view.switchover is None:
-            request = SwitchoverRequest(leader=MemberName(self.settings.name), candidate=candidate)
-            await self._dcs_call(
-                "write_record",
-                lambda: self.dcs.write_record(
-                    RecordKind.SWITCHOVER, request.to_json(), expected_version=None
-                ),
-            )
+        # Our own request, naming the candidate we chose, over whatever is there (an
+        # operator's request, or the completed one that made us leader): only the candidate
+        # races, and only once we complete it with handover_lsn.
+        existing = view.switchover if view is not None else None
+        request = SwitchoverRequest(
+            leader=MemberName(self.settings.name),
+            candidate=candidate,
+            scheduled_at=existing.scheduled_at if existing is not None else None,
+        )
+        ours = existing == replace(request, version=existing.version if existing else "")
+        if not ours and not await self._dcs_call(
+            "write_record",
+            lambda: self.dcs.write_record(
+                RecordKind.SWITCHOVER,
+                request.to_json(),
+                expected_version=existing.version if existing is not None else None,
+            ),
+        ):
+            raise ActionFailed("the switchover request changed under us; not handing over")
         t0 = self.clock.monotonic()
         # A checkpoint while still writable makes the shutdown checkpoint (write gap) short.
         await self.postmaster.execute("CHECKPOINT", timeout_s=timing.switchover_timeout_s)
