@@ -149,7 +149,7 @@ class Runner:
             attempts=attempts,
             window=(t_fault, t_end),
             after=after,
-            converge_s=converge_s,
+            converge_s=None if after is None else converge_s,
             must_not_lose=nemesis.must_not_lose or self.sync,
             before=primary,
             wall=wall,
