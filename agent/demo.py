@@ -3,6 +3,12 @@
 `LocalCluster` is also what the end-to-end tests and the failover benchmark drive, so the
 demo shows exactly what is tested: real etcd, real PostgreSQL (run as an unprivileged user),
 one agent process per member, each started with `pgwarden run --config <file>`.
+
+The demo stops everything it started however it ends: `q`, Ctrl-C, SIGTERM, SIGHUP (its
+terminal closed), or a broken stdout (`make demo | tee log` and Ctrl-C: tee is gone first)
+all lead to `LocalCluster.stop()`. If the demo itself is killed (SIGKILL, OOM) it cannot
+clean up, so each process it starts directly carries a parent-death signal
+(`die_with_parent`, see `_parent_death_signal`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import pwd
@@ -21,9 +28,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 import yaml
@@ -33,6 +41,39 @@ from agent.proctree import kill_postmaster_tree
 
 ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send `sig` to the child when this process dies,
+    whatever kills it (Linux `prctl(PR_SET_PDEATHSIG)`); None where there is no prctl.
+
+    Why a parent-death signal and which one. The demo's direct children are etcd (or the test
+    API server) and the agents. The agents start PostgreSQL and their fencers in sessions of
+    their own, on purpose: a fencer must outlive a dead *agent* while it is armed (it stops
+    PostgreSQL at the lease deadline, then exits), and exits by itself once its agent is gone
+    and it is disarmed. So the agents get SIGTERM, not SIGKILL: their usual bounded shutdown
+    stops PostgreSQL and the fencer, replicas included (with SIGKILL a replica's PostgreSQL,
+    whose fencer is never armed, would run on with nobody to stop it). etcd gets SIGTERM at
+    the same moment; an agent that cannot reach it any more still stops PostgreSQL within its
+    shutdown bound (the hand-over simply fails). Only the demo sets this: the kernel sends the
+    signal when the *thread* that started the child exits, and the test harnesses that share
+    `LocalCluster` may start processes from short-lived threads.
+
+    Runs in the child between fork and exec, where another thread of the demo (the resolver
+    pool) may hold a lock: so it only makes a foreign call prepared here and two syscalls,
+    no import, no logging, no allocation outside the interpreter's own."""
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the demo died before prctl: nobody will signal us
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 _handed_out: set[int] = set()
@@ -110,6 +151,8 @@ class LocalCluster:
     apiserver_token: str = "pgwarden-apiserver-token"  # the agents' (audit user pgwarden)
     admin_token: str = "pgwarden-admin-token"  # this harness's own requests (user admin)
     dcs_frozen: bool = False  # the demo's [d] key
+    # The demo's processes get SIGTERM when the demo dies (see `_parent_death_signal`).
+    die_with_parent: bool = False
 
     @property
     def kube_namespace(self) -> str:
@@ -138,6 +181,9 @@ class LocalCluster:
                     base=member_base,
                 )
             )
+
+    def _preexec(self) -> Callable[[], None] | None:
+        return _parent_death_signal(signal.SIGTERM) if self.die_with_parent else None
 
     # ------------------------------------------------------------------ etcd
 
@@ -172,6 +218,7 @@ class LocalCluster:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=self._preexec(),  # noqa: PLW1509 - see _parent_death_signal
         )
         log.close()
         self.etcd_endpoints = [f"http://127.0.0.1:{client}"]
@@ -212,6 +259,7 @@ class LocalCluster:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=self._preexec(),  # noqa: PLW1509 - see _parent_death_signal
         )
         log.close()
         self.apiserver_url = f"http://127.0.0.1:{port}"
@@ -360,6 +408,7 @@ class LocalCluster:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=self._preexec(),  # noqa: PLW1509 - see _parent_death_signal
         )
         log.close()
 
@@ -516,7 +565,10 @@ async def _read_keys(queue: asyncio.Queue[str]) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
-        line = await reader.readline()
+        try:
+            line = await reader.readline()
+        except OSError:  # the terminal hung up (EIO)
+            return
         if not line:
             return
         await queue.put(line.decode().strip().lower())
@@ -533,13 +585,16 @@ async def run_demo(cluster: LocalCluster, *, refresh_s: float) -> None:
             while True:
                 view = await cluster.cluster_json(session)
                 table = render_table(view) if view is not None else "(no member answers yet)"
-                sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n")
-                sys.stdout.write(
-                    f"pgwarden demo - {time.strftime('%H:%M:%S')} - "
-                    f"up {time.monotonic() - started:.0f}s - data in {cluster.base}\n\n"
-                )
-                sys.stdout.write(table + "\n\n" + message + "\n" + HELP + " (then Enter)\n")
-                sys.stdout.flush()
+                try:
+                    sys.stdout.write("\x1b[2J\x1b[H" if sys.stdout.isatty() else "\n")
+                    sys.stdout.write(
+                        f"pgwarden demo - {time.strftime('%H:%M:%S')} - "
+                        f"up {time.monotonic() - started:.0f}s - data in {cluster.base}\n\n"
+                    )
+                    sys.stdout.write(table + "\n\n" + message + "\n" + HELP + " (then Enter)\n")
+                    sys.stdout.flush()
+                except OSError as exc:  # EPIPE: `| tee` ended by Ctrl-C; EIO: terminal closed
+                    raise _OutputGone(exc.strerror or str(exc)) from exc
                 try:
                     key = await asyncio.wait_for(keys.get(), timeout=refresh_s)
                 except TimeoutError:
@@ -612,22 +667,71 @@ def main(argv: Sequence[str]) -> int:
             print(f"pgwarden demo: {binary} is missing; run `make demo`", file=sys.stderr)
             return 2
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
-    cluster = LocalCluster(base=base, size=args.size, dcs_kind=args.dcs, kube_lock=args.lock)
+    cluster = LocalCluster(
+        base=base, size=args.size, dcs_kind=args.dcs, kube_lock=args.lock, die_with_parent=True
+    )
 
     async def run() -> None:
         task = asyncio.create_task(run_demo(cluster, refresh_s=args.refresh), name="demo")
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, task.cancel)
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, timeout=args.duration)
 
+    code = 0
+    for sig in _STOP_SIGNALS:  # until the loop runs, and while `start` waits for etcd
+        signal.signal(sig, _stop_requested)
     try:
         cluster.start()
         asyncio.run(run())
+    except _StopRequested:
+        pass
+    except _OutputGone as exc:
+        _quiet_stdout()
+        _say(f"pgwarden demo: cannot write the view ({exc}); stopping", sys.stderr)
+        code = 1
     finally:
-        print("\nstopping every process the demo started ...", flush=True)
+        # Stopping takes some seconds: another SIGTERM or SIGHUP must not cut it short
+        # (Ctrl-C still does; the agents then get their parent-death SIGTERM).
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _say("\nstopping every process the demo started ...", sys.stdout)
         cluster.stop()
         if not args.dir:
             shutil.rmtree(base, ignore_errors=True)
-    return 0
+    return code
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _StopRequested(Exception):
+    """A stop signal arrived before the live view ran."""
+
+
+class _OutputGone(Exception):
+    """stdout cannot be written any more (a closed pipe, a hung-up terminal)."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+def _say(text: str, stream: TextIO) -> None:
+    """Print `text` if `stream` still works (it may be a closed pipe or a hung-up tty):
+    nothing may keep `cluster.stop()` from running."""
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):
+        if stream is sys.stdout:
+            _quiet_stdout()
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that neither later prints nor the interpreter's final
+    flush fail on the broken one."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
