@@ -148,11 +148,24 @@ def demo(demo_dir: Path) -> Iterator[Demo]:
         log.unlink(missing_ok=True)
 
 
-def test_sigterm_to_the_demo_stops_every_process_it_started(demo: Demo) -> None:
-    demo.process.send_signal(signal.SIGTERM)
-    took = demo.wait_until_all_gone()
-    assert demo.process.returncode == 0
-    print(f"all gone {took:.1f} s after SIGTERM")
+def test_sigterm_while_the_demo_starts_stops_every_process_it_started(demo_dir: Path) -> None:
+    # As soon as etcd runs: the demo is still waiting for it (or starting the agents), before
+    # its live view, which handles SIGTERM like SIGHUP (tested below).
+    process = _start_demo(demo_dir, subprocess.DEVNULL)
+    demo = Demo(base=demo_dir, process=process, log=Path(f"{demo_dir}.stderr"))
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not any("/usr/bin/etcd" in c for c in demo.processes().values()):
+            assert time.monotonic() < deadline and process.poll() is None, "etcd never ran"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        took = demo.wait_until_all_gone()
+        assert process.returncode == 0
+        print(f"all gone {took:.1f} s after SIGTERM during start-up")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
 
 
 def test_sighup_from_a_closed_terminal_stops_every_process_the_demo_started(
