@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 CALL_TIMEOUT_S = 0.5
 SPAWN_TIMEOUT_S = 5.0
@@ -34,6 +35,19 @@ class FenceState(StrEnum):
 class FenceStatus:
     state: FenceState
     remaining_s: float | None
+
+
+class Fence(Protocol):
+    """What the HA loop needs of the fencer (FenceClient; a fake in the unit tests). Every
+    call raises FenceUnavailable when the fencer cannot be reached."""
+
+    async def arm(self, deadline: float) -> FenceStatus:
+        """Fence PostgreSQL at `deadline` (monotonic) unless armed again or disarmed first."""
+
+    async def disarm(self) -> FenceStatus:
+        """PostgreSQL is no longer a primary: nothing to fence."""
+
+    async def status(self) -> FenceStatus: ...
 
 
 class FenceClient:
