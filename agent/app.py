@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from agent.api.server import build_app, start_api
-from agent.clock import SystemClock
+from agent.clock import Clock, SystemClock
 from agent.config import DcsKind, Settings
 from agent.dcs.base import Dcs
 from agent.fence import FenceClient
@@ -26,18 +26,21 @@ from agent.logging import bind_member, configure_logging
 from agent.loop import HaLoop
 from agent.metrics import Metrics
 from agent.model import AgentStatus
+from agent.peers import HttpPeers
+from agent.postgres.control import LocalPostgres, PostgresControl
 from agent.postgres.probe import Prober
 from agent.postgres.process import Postmaster
 
 log = structlog.get_logger("pgwarden.app")
 
 
-def build_dcs(settings: Settings) -> Dcs:
-    """The configured backend. Constructing it does no I/O (it works while the DCS is down)."""
+def build_dcs(settings: Settings, clock: Clock) -> Dcs:
+    """The configured backend, timing on `clock`. Constructing it does no I/O (it works
+    while the DCS is down)."""
     if settings.dcs.kind == DcsKind.ETCD:
         from agent.dcs.etcd import EtcdDcs  # noqa: PLC0415 - only the configured backend loads
 
-        return EtcdDcs.from_settings(settings)
+        return EtcdDcs.from_settings(settings, clock=clock)
     if settings.dcs.kind == DcsKind.KUBERNETES:
         from agent.dcs.kubernetes import KubernetesDcs  # noqa: PLC0415 - as above
         from agent.kube.client import client_factory  # noqa: PLC0415 - as above
@@ -45,7 +48,9 @@ def build_dcs(settings: Settings) -> Dcs:
         k8s = settings.dcs.kubernetes
         if k8s is None:
             raise SystemExit("dcs.kubernetes: required when dcs.kind is kubernetes")
-        return KubernetesDcs.from_settings(settings, client_factory=client_factory(k8s.kubeconfig))
+        return KubernetesDcs.from_settings(
+            settings, client_factory=client_factory(k8s.kubeconfig), clock=clock
+        )
     raise SystemExit(f"unknown DCS kind {settings.dcs.kind}")
 
 
@@ -87,7 +92,7 @@ async def run_agent(settings: Settings) -> int:
     bind_member(settings.cluster, settings.name)
     os.makedirs(settings.run_dir, exist_ok=True)
     clock = SystemClock()
-    dcs = build_dcs(settings)
+    dcs = build_dcs(settings, clock)
     postmaster = Postmaster(
         settings.postgresql,
         member_name=settings.name,
@@ -95,6 +100,7 @@ async def run_agent(settings: Settings) -> int:
         ttl_s=settings.timing.ttl_s,
     )
     prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
+    pg = LocalPostgres(settings, postmaster=postmaster, prober=prober)
     fence = FenceClient(
         run_dir=settings.run_dir,
         data_dir=settings.postgresql.data_dir,
@@ -107,9 +113,9 @@ async def run_agent(settings: Settings) -> int:
         settings=settings,
         clock=clock,
         dcs=dcs,
-        postmaster=postmaster,
-        prober=prober,
+        pg=pg,
         fence=fence,
+        peers=HttpPeers(settings, clock),
         metrics=metrics,
     )
     app = build_app(
@@ -135,14 +141,13 @@ async def run_agent(settings: Settings) -> int:
             label_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await label_task
-        await _bounded_cleanup(settings, postmaster, prober, dcs, runner)
+        await _bounded_cleanup(settings, pg, dcs, runner)
     return exit_code
 
 
 async def _bounded_cleanup(
     settings: Settings,
-    postmaster: Postmaster,
-    prober: Prober,
+    pg: PostgresControl,
     dcs: Dcs,
     runner: web.AppRunner,
 ) -> None:
@@ -153,6 +158,5 @@ async def _bounded_cleanup(
     with contextlib.suppress(Exception):
         async with asyncio.timeout(settings.timing.shutdown_timeout_s):
             await runner.cleanup()
-            await prober.close()
-            await postmaster.close()
+            await pg.close()
             await dcs.close()

@@ -229,6 +229,31 @@ def failsafe_hold(obs: Observation, settings: Settings) -> str | None:
     return None
 
 
+def failsafe_refusal(
+    leader: str,
+    *,
+    settings: Settings,
+    local: LocalState | None,
+    racing: bool,
+    memory: Memory,
+    view: ClusterView | None,
+    dcs_ok: bool,
+) -> str | None:
+    """Why this member refuses to confirm `leader`, a primary in failsafe mode that asks over
+    POST /failsafe, or None: it accepts, which promises not to race for the lease for ttl_s
+    (`failsafe_hold`). `racing`: the decision being executed races for the lease; `view`:
+    the last cluster view read, `dcs_ok`: whether the last read succeeded."""
+    if leader == settings.name:
+        return "the request names this member itself"
+    if local is not None and local.is_primary:
+        return "this member runs a primary"
+    if racing or memory.lease_sent_at is not None:
+        return "this member holds or is taking the leader lease"
+    if dcs_ok and view is not None and view.leader is not None and view.leader.name != leader:
+        return f"{view.leader.name} holds the leader lease"
+    return None
+
+
 def _plan_failsafe(
     view: ClusterView, memory: Memory, now: float, settings: Settings
 ) -> tuple[Action | None, Memory]:
@@ -1268,6 +1293,10 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
         case ConfirmFailsafe():
             if outcome.ok:
                 return replace(memory, failsafe_sent_at=outcome.sent_at)
+            if outcome.unreachable:
+                # Every member confirmed but the fencer could not be armed for it: without a
+                # fencer no confirmation counts (nobody would stop us if we stalled).
+                return replace(memory, failsafe_sent_at=None)
             return memory
         case Follow(leader=leader) if outcome.ok:
             return replace(memory, following=leader)

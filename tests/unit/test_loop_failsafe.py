@@ -24,9 +24,9 @@ def make_loop(local: LocalState = REPLICA) -> tuple[HaLoop, FakeClock]:
         settings=SETTINGS,
         clock=clock,
         dcs=MemoryDcs(MemoryStore(clock), "b", ttl_s=TTL, clock=clock),
-        postmaster=cast(Any, None),  # accept_failsafe touches neither PostgreSQL nor the fencer
-        prober=cast(Any, None),
+        pg=cast(Any, None),  # accept_failsafe touches neither PostgreSQL nor the fencer
         fence=cast(Any, None),
+        peers=cast(Any, None),
         metrics=Metrics(),
     )
     loop._local = local
@@ -48,10 +48,10 @@ def test_a_member_running_a_primary_refuses() -> None:
 
 def test_a_member_holding_or_taking_the_lease_refuses() -> None:
     loop, clock = make_loop()
-    loop.memory = replace(Memory(), lease_sent_at=clock.monotonic())
+    loop.executor.memory = replace(Memory(), lease_sent_at=clock.monotonic())
     assert loop.accept_failsafe("a") is not None
-    loop.memory = Memory()
-    loop._racing = True
+    loop.executor.memory = Memory()
+    loop.executor.racing = True
     assert loop.accept_failsafe("a") is not None
     assert loop._promise is None
 

@@ -1,0 +1,490 @@
+"""Runs a Decision's actions through the PostgresControl, Dcs, Fence and Peers seams.
+
+The stop rules (decide.py relies on them; the loop unit suite checks them):
+- the actions run in order, and the first one that fails or returns False ends the decision
+  (an acquire that lost the race is not followed by the promotion planned after it);
+- a renewal that could not reach the DCS is not a lost lease: it is not recorded (the lease
+  stands until its fencing deadline) and the loop cycles again at once to retry it;
+- a failsafe round never ends the decision (the renewal after it may still succeed);
+- a long action (`is_long`) starts as a tracked task and ends the decision; its Outcome is
+  folded into Memory at the start of the next cycle.
+
+Every result reaches Memory through `record_outcome` (decide.py), here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import assert_never
+
+import structlog
+
+from agent.actions import (
+    AcquireLeader,
+    Action,
+    AppendHistory,
+    Bootstrap,
+    ClaimInitialize,
+    ClearSwitchover,
+    Clone,
+    ConfirmFailsafe,
+    Decision,
+    Demote,
+    EnsureSlots,
+    Exit,
+    Follow,
+    HandOver,
+    Promote,
+    ReleaseLeader,
+    RenewLeader,
+    Rewind,
+    SetConfig,
+    SetFailsafeRecord,
+    SetInitialize,
+    SetSyncRecord,
+    SetSyncStandbyNames,
+    StartPostgres,
+    StopMode,
+    StopPostgres,
+    is_long,
+)
+from agent.clock import Clock
+from agent.config import Settings
+from agent.dcs.base import Dcs, DcsError
+from agent.decide import Memory, Observation, Outcome, Pending, fence_deadline, record_outcome
+from agent.fence import Fence, FenceUnavailable
+from agent.handover import ActionFailed, DcsCalls, Handover, Sleep, member_of
+from agent.metrics import Metrics
+from agent.model import (
+    ClusterView,
+    HistoryEntry,
+    LocalState,
+    MemberName,
+    RecordKind,
+    history_to_json,
+)
+from agent.peers import Peers, confirm_failsafe
+from agent.postgres.bootstrap import SourceUnreachable
+from agent.postgres.control import PostgresControl
+from agent.postgres.process import PostgresError, StandbyConfig
+from agent.postgres.process import StopMode as PgStopMode
+from agent.postgres.replication import render_synchronous_standby_names, slot_name_for
+
+log = structlog.get_logger("pgwarden.loop")
+
+# Actions that only keep things as they are: a cycle made of these sleeps normally.
+_STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize)
+
+# Time limits of the tool runs behind Clone and Rewind (seconds).
+CLONE_TIMEOUT_S = 600.0
+REWIND_TIMEOUT_S = 300.0
+
+RecordWrite = (
+    ClaimInitialize
+    | SetInitialize
+    | ClearSwitchover
+    | SetConfig
+    | SetSyncRecord
+    | SetFailsafeRecord
+)
+Instance = Bootstrap | Clone | Rewind | StartPostgres
+
+
+def record_write(action: RecordWrite) -> tuple[RecordKind, str | None, str | None]:
+    """(record, value, expected version) of a plain DCS record write; value None deletes."""
+    match action:
+        case ClaimInitialize():
+            return RecordKind.INITIALIZE, "", None
+        case SetInitialize(system_id=system_id, expected_version=version):
+            return RecordKind.INITIALIZE, system_id, version or None
+        case ClearSwitchover(version=version):
+            return RecordKind.SWITCHOVER, None, version
+        case SetConfig(config=config, expected_version=version):
+            return RecordKind.CONFIG, config.to_json(), version
+        case SetSyncRecord(record=record, expected_version=version):
+            return RecordKind.SYNC, record.to_json(), version
+        case SetFailsafeRecord(record=failsafe, expected_version=version):
+            return RecordKind.FAILSAFE, failsafe.to_json() if failsafe else None, version
+        case _:
+            assert_never(action)
+
+
+def pg_mode(mode: StopMode) -> PgStopMode:
+    match mode:
+        case StopMode.FAST:
+            return PgStopMode.FAST
+        case StopMode.IMMEDIATE:
+            return PgStopMode.IMMEDIATE
+        case StopMode.KILL:
+            return PgStopMode.KILL
+        case _:
+            assert_never(mode)
+
+
+def standby_of(settings: Settings, view: ClusterView | None, name: MemberName) -> StandbyConfig:
+    member = member_of(view, name)
+    return StandbyConfig(
+        primary_host=member.host,
+        primary_port=member.port,
+        slot_name=slot_name_for(settings.name),
+        application_name=settings.name,
+    )
+
+
+class Executor:
+    """Carries out decisions. Owns the Memory between decide() and the next cycle, and the
+    long action in flight (one at a time)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        dcs: Dcs,
+        pg: PostgresControl,
+        fence: Fence,
+        peers: Peers,
+        metrics: Metrics,
+        wake: Callable[[], None],
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.dcs = dcs
+        self.pg = pg
+        self.fence = fence
+        self.peers = peers
+        self.metrics = metrics
+        self._wake = wake
+        self._call = DcsCalls(
+            dcs=dcs, clock=clock, metrics=metrics, timeout_s=settings.timing.retry_timeout_s
+        )
+        self._handover = Handover(
+            settings=settings,
+            clock=clock,
+            dcs=dcs,
+            call=self._call,
+            pg=pg,
+            fence=fence,
+            sleep=sleep,
+        )
+        self.memory = Memory()
+        self.racing = False  # the decision being executed races for the lease
+        self.exited = False  # an Exit action ran: leave the loop
+        self.pending: Pending | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._finished: Outcome | None = None
+
+    # ------------------------------------------------------------------ decisions
+
+    def fold_finished(self) -> None:
+        """Record the outcome of the long action that ended since the last cycle."""
+        if self._finished is not None:
+            self.memory = record_outcome(self.memory, self._finished, self.settings)
+            self._finished = None
+
+    async def execute(
+        self, decision: Decision, obs: Observation, memory: Memory, *, known: ClusterView | None
+    ) -> bool:
+        """Run the actions in order with `memory` (decide()'s); stop at the first failure.
+        `known`: the last cluster view read (long actions use it while the DCS is down).
+        True: cycle again at once."""
+        self.memory = memory
+        self.racing = any(isinstance(a, AcquireLeader) for a in decision.actions)
+        try:
+            return await self._execute(decision, obs, known)
+        finally:
+            self.racing = False
+
+    async def _execute(
+        self, decision: Decision, obs: Observation, known: ClusterView | None
+    ) -> bool:
+        changed = False
+        for action in decision.actions:
+            if is_long(action):
+                self._start_long(action, known, obs.local)
+                return False
+            sent_at = self.clock.monotonic()
+            ok: bool | None
+            detail = ""
+            try:
+                ok = await self._run(action, obs, sent_at)
+            except (DcsError, TimeoutError) as exc:
+                ok, detail = None, f"DCS: {exc!r}"
+            except (ActionFailed, PostgresError, FenceUnavailable, OSError) as exc:
+                ok, detail = False, repr(exc)
+            outcome = Outcome(action=action, ok=bool(ok), sent_at=sent_at, detail=detail)
+            if isinstance(action, ConfirmFailsafe):
+                # Never stops the decision: the renewal after it may still succeed.
+                self._record(await self._armed(outcome) if ok else outcome)
+                continue
+            if isinstance(action, RenewLeader) and ok is None:
+                # Unreachable, not lost: keep the lease until its fencing deadline and retry.
+                log.warning("renew_failed", detail=detail)
+                self.metrics.count_dcs_error("renew_leader")
+                return True
+            self._record(outcome)
+            if not ok:
+                log.warning("action_failed", action=type(action).__name__, detail=detail)
+                if isinstance(action, RenewLeader):
+                    self.metrics.count_lease_loss()
+                    return True
+                return False
+            if not isinstance(action, _STEADY):
+                changed = True
+        return changed
+
+    def _record(self, outcome: Outcome) -> None:
+        self.memory = record_outcome(self.memory, outcome, self.settings)
+
+    async def _armed(self, confirmed: Outcome) -> Outcome:
+        """Move the fencer's deadline to the one the members just confirmed; without a
+        fencer the confirmation is worth nothing (it would not stop us in time)."""
+        deadline = fence_deadline(
+            record_outcome(self.memory, confirmed, self.settings), self.settings
+        )
+        try:
+            if deadline is None:
+                raise FenceUnavailable("no deadline")
+            await self.fence.arm(deadline)
+        except FenceUnavailable as exc:
+            log.error("failsafe_unarmed", error=repr(exc))
+            return Outcome(
+                action=confirmed.action,
+                ok=False,
+                sent_at=confirmed.sent_at,
+                detail=repr(exc),
+                unreachable=True,
+            )
+        return confirmed
+
+    # ------------------------------------------------------------------ long actions
+
+    def _start_long(self, action: Action, view: ClusterView | None, local: LocalState) -> None:
+        started = self.clock.monotonic()
+        self.pending = Pending(action=action, started_at=started)
+        obs = Observation(now=started, wall_now=self.clock.wall(), cluster=view, local=local)
+        self._task = asyncio.create_task(
+            self._run_long(action, obs), name=f"long-{type(action).__name__}"
+        )
+
+    async def _run_long(self, action: Action, obs: Observation) -> None:
+        started = obs.now
+        ok, detail, unreachable = False, "", False
+        try:
+            ok = await self._run(action, obs, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            detail = repr(exc)
+            unreachable = isinstance(exc, SourceUnreachable)
+            log.error("long_action_failed", action=type(action).__name__, error=detail)
+        finally:
+            self.pending = None
+            self._finished = Outcome(
+                action=action, ok=bool(ok), sent_at=started, detail=detail, unreachable=unreachable
+            )
+            self._wake()
+        log.info(
+            "long_action_done",
+            action=type(action).__name__,
+            ok=ok,
+            duration_s=round(self.clock.monotonic() - started, 3),
+        )
+
+    async def close(self) -> None:
+        """Cancel the long action in flight, if any."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    # ------------------------------------------------------------------ one action
+
+    async def _run(self, action: Action, obs: Observation, sent_at: float) -> bool:
+        view = obs.cluster
+        match action:
+            case (
+                ClaimInitialize()
+                | SetInitialize()
+                | ClearSwitchover()
+                | SetConfig()
+                | SetSyncRecord()
+                | SetFailsafeRecord()
+            ):
+                return await self._write(action)
+            case AppendHistory(entry=entry, expected_version=version):
+                return await self._append_history(view, entry, version)
+            case AcquireLeader() | RenewLeader():
+                return await self._lease(action, sent_at)
+            case ReleaseLeader():
+                await self._call("release_leader", self.dcs.release_leader)
+                if self.pg.pid() is None or not obs.local.is_primary:
+                    await self.fence.disarm()
+                log.info("lease_released")
+                return True
+            case Bootstrap() | Clone() | Rewind() | StartPostgres():
+                await self._make_instance(action, view)
+                return True
+            case StopPostgres() | Demote():
+                await self._stop(action)
+                return True
+            case Promote(reason=reason):
+                await self._promote(view, obs.local, reason)
+                return True
+            case Follow(leader=leader):
+                await self.pg.follow(standby_of(self.settings, view, leader))
+                return True
+            case EnsureSlots(names=names, drop=drop):
+                await self.pg.set_slots(
+                    ensure=[slot_name_for(n) for n in names], drop=[slot_name_for(n) for n in drop]
+                )
+                return True
+            case HandOver(candidate=candidate, shutting_down=shutting_down):
+                await self._handover.run(view, candidate, shutting_down=shutting_down)
+                return True
+            case SetSyncStandbyNames(standbys=standbys):
+                await self.pg.set_sync_standbys(
+                    standbys, timeout_s=self.settings.timing.retry_timeout_s
+                )
+                value = render_synchronous_standby_names(standbys)
+                log.info("synchronous_standby_names_set", value=value)
+                return True
+            case ConfirmFailsafe(members=members):
+                return await confirm_failsafe(self.peers, members, self.metrics)
+            case Exit():
+                self.exited = True
+                return True
+            case _:
+                assert_never(action)
+
+    async def _write(self, action: RecordWrite) -> bool:
+        kind, value, version = record_write(action)
+        ok = await self._call(
+            "write_record",
+            lambda: self.dcs.write_record(kind, value, expected_version=version),
+        )
+        if isinstance(action, SetSyncRecord):
+            record = action.record
+            log.info(
+                "sync_record_written", ok=ok, members=list(record.members), quorum=record.quorum
+            )
+        elif isinstance(action, SetFailsafeRecord):
+            failsafe = action.record
+            members = [n for n, _ in failsafe.members] if failsafe is not None else None
+            log.info("failsafe_record_written", ok=ok, members=members)
+        return ok
+
+    async def _append_history(
+        self, view: ClusterView | None, entry: HistoryEntry, version: str | None
+    ) -> bool:
+        entries = (view.history if view is not None else ()) + (entry,)
+        return await self._call(
+            "write_record",
+            lambda: self.dcs.write_record(
+                RecordKind.HISTORY,
+                history_to_json(entries[-100:]),
+                expected_version=version or None,
+            ),
+        )
+
+    async def _lease(self, action: AcquireLeader | RenewLeader, sent_at: float) -> bool:
+        """Take or keep the lease; the fencer is armed from the send time. Memory learns
+        the send time from the Outcome."""
+        deadline = self.settings.timing.fence_deadline(sent_at)
+        if isinstance(action, RenewLeader):
+            if not await self._call("renew_leader", self.dcs.renew_leader):
+                return False
+            await self.fence.arm(deadline)
+            return True
+        if not await self._call("acquire_leader", self.dcs.acquire_leader):
+            return False
+        try:
+            await self.fence.arm(deadline)
+        except FenceUnavailable:
+            # Without a fencer nobody would stop us if we stalled: do not lead.
+            await self._call("release_leader", self.dcs.release_leader)
+            raise
+        log.info("lease_acquired")
+        return True
+
+    async def _make_instance(self, action: Instance, view: ClusterView | None) -> None:
+        s = self.settings
+        timing = s.timing
+        start_s = timing.primary_start_timeout_s
+        match action:
+            case Bootstrap():
+                await self.pg.initdb()
+                await self.pg.start(standby=None, timeout_s=start_s)
+                await self.pg.create_roles()
+            case Clone(source=source, clear_first=clear_first):
+                standby = standby_of(s, view, source)
+                if clear_first:
+                    await self.pg.stop(PgStopMode.FAST, timeout_s=timing.shutdown_timeout_s)
+                    self.pg.clear_data_dir()
+                await self.pg.clone(standby, timeout_s=CLONE_TIMEOUT_S)
+                await self.pg.start(standby=standby, timeout_s=start_s)
+            case Rewind(source=source):
+                standby = standby_of(s, view, source)
+                await self.pg.stop(PgStopMode.FAST, timeout_s=timing.shutdown_timeout_s)
+                await self.fence.disarm()
+                await self.pg.rewind(standby, timeout_s=REWIND_TIMEOUT_S)
+                await self.pg.start(standby=standby, timeout_s=start_s)
+            case StartPostgres(upstream=upstream, as_primary=as_primary):
+                if as_primary:
+                    await self.pg.start(standby=None, timeout_s=start_s)
+                    return
+                if upstream is None:
+                    standby = StandbyConfig(
+                        primary_host="", primary_port=0, slot_name=None, application_name=s.name
+                    )
+                else:
+                    standby = standby_of(s, view, upstream)
+                await self.pg.start(standby=standby, timeout_s=start_s)
+            case _:
+                assert_never(action)
+
+    async def _stop(self, action: StopPostgres | Demote) -> None:
+        timing = self.settings.timing
+        if isinstance(action, StopPostgres):
+            if action.mode is StopMode.KILL:
+                log.error("postgres_killed", reason="the server does not answer")
+                await self.pg.close_probe()
+            await self.pg.stop(pg_mode(action.mode), timeout_s=timing.shutdown_timeout_s)
+            await self.fence.disarm()
+            return
+        log.warning("demoting", reason=action.reason, mode=action.mode.value)
+        # A fast demotion at the fence deadline must be over well before the lease can
+        # expire for the others: half the margin, then immediate, then SIGKILL.
+        limit = timing.fence_margin_s / 2 if action.mode == StopMode.FAST else 5.0
+        await self.pg.stop(pg_mode(action.mode), timeout_s=limit)
+        await self.fence.disarm()
+        self.metrics.count_demotion()
+
+    async def _promote(self, view: ClusterView | None, local: LocalState, reason: str) -> None:
+        old_timeline = local.timeline
+        switch_lsn = local.replay_lsn or local.wal_lsn or 0
+        t0 = self.clock.monotonic()
+        await self.pg.promote(timeout_s=self.settings.timing.primary_start_timeout_s)
+        log.info("promoted", reason=reason, duration_s=round(self.clock.monotonic() - t0, 3))
+        if reason == "switchover":
+            self.metrics.count_switchover()
+        else:
+            self.metrics.count_failover()
+        switch = await self.pg.last_timeline_switch()
+        if switch is not None:
+            # Exact, unlike the probe taken before the promotion: replicas compare their
+            # position with it to decide whether they need pg_rewind.
+            old_timeline, switch_lsn = switch
+        if old_timeline is not None:
+            entry = HistoryEntry(
+                timeline=old_timeline,
+                switch_lsn=switch_lsn,
+                reason=reason,
+                at=self.clock.wall(),
+                new_leader=MemberName(self.settings.name),
+            )
+            with contextlib.suppress(DcsError, TimeoutError):
+                await self._append_history(view, entry, view.history_version if view else None)

@@ -1,0 +1,123 @@
+"""Calls to the other members' REST APIs: the pre-race health check, failsafe rounds.
+
+`Peers` is the seam (the unit tests answer for the members); `HttpPeers` asks them over
+HTTP. Neither decides anything: the answers go into the Observation (`PeerStatus`) or into
+an Outcome (`confirm_failsafe`), and decide.py judges them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import aiohttp
+import structlog
+
+from agent.clock import Clock
+from agent.config import Settings
+from agent.decide import PeerStatus
+from agent.metrics import Metrics
+from agent.model import Member, MemberName, PgState, Role
+
+log = structlog.get_logger("pgwarden.loop")
+
+
+class Peers(Protocol):
+    async def health(self, members: Sequence[Member]) -> tuple[PeerStatus, ...]:
+        """Ask each member at once how far it got (GET /health); an unreachable member or
+        a bad answer is `reachable=False`. Never raises."""
+
+    async def ask_failsafe(self, members: Sequence[tuple[MemberName, str]]) -> list[str]:
+        """POST /failsafe to every (name, api_url) at once; the refusals, one line each
+        (empty: every member accepted). Never raises."""
+
+    async def close(self) -> None: ...
+
+
+class HttpPeers:
+    """`Peers` over aiohttp; one session, made on first use."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def health(self, members: Sequence[Member]) -> tuple[PeerStatus, ...]:
+        session = self._session()
+        timeout = aiohttp.ClientTimeout(total=self._settings.timing.peer_check_timeout_s)
+
+        async def ask(member: Member) -> PeerStatus:
+            try:
+                async with session.get(member.api_url + "/health", timeout=timeout) as resp:
+                    body = await resp.json(content_type=None)
+                return PeerStatus(
+                    name=member.name,
+                    reachable=True,
+                    role=Role(body.get("role", "unknown")),
+                    state=PgState(body.get("state", "unknown")),
+                    timeline=body.get("timeline"),
+                    wal_lsn=body.get("wal_lsn"),
+                    nofailover=member.tags.nofailover,
+                    failover_priority=member.tags.failover_priority,
+                )
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+                return PeerStatus(name=member.name, reachable=False)
+
+        return tuple(await asyncio.gather(*(ask(m) for m in members)))
+
+    async def ask_failsafe(self, members: Sequence[tuple[MemberName, str]]) -> list[str]:
+        session = self._session()
+        settings = self._settings
+        timing = settings.timing
+        # More patient than the pre-race check: one slow answer fails the whole round, and a
+        # round only has to be sent before the deadline (a DCS read takes longer anyway).
+        timeout = aiohttp.ClientTimeout(
+            total=max(timing.peer_check_timeout_s, timing.retry_timeout_s / 2)
+        )
+        headers = settings.api.authorization_header()
+        body = {"leader": settings.name, "cluster": settings.cluster, "sent_at": self._clock.wall()}
+
+        async def ask(name: MemberName, url: str) -> str | None:
+            try:
+                async with session.post(
+                    url + "/failsafe", json=body, headers=headers, timeout=timeout
+                ) as resp:
+                    if resp.status == 200:
+                        return None
+                    answer = await resp.json(content_type=None)
+                    return f"{name}: {resp.status} {answer.get('error', '')}"
+            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+                return f"{name}: unreachable ({type(exc).__name__})"
+
+        answers = await asyncio.gather(*(ask(n, u) for n, u in members))
+        return [r for r in answers if r]
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
+async def check_peers(
+    peers: Peers, view_members: Sequence[Member], me: str
+) -> tuple[PeerStatus, ...]:
+    """Ask every other member directly how far it got (DESIGN.md section 3, failover)."""
+    return await peers.health([m for m in view_members if m.name != me])
+
+
+async def confirm_failsafe(
+    peers: Peers, members: Sequence[tuple[MemberName, str]], metrics: Metrics
+) -> bool:
+    """One failsafe round: True only if every member accepted."""
+    refusals = await peers.ask_failsafe(members)
+    metrics.count_failsafe_round(not refusals)
+    if refusals:
+        log.warning("failsafe_not_confirmed", refusals=refusals)
+        return False
+    log.info("failsafe_confirmed_by_all", members=[n for n, _ in members])
+    return True
