@@ -58,7 +58,6 @@ from agent.actions import (
     StopMode,
     StopPostgres,
 )
-from agent.config import Settings
 from agent.model import (
     ClusterView,
     DynamicConfig,
@@ -76,6 +75,7 @@ from agent.model import (
     SyncRole,
     SyncStandbys,
 )
+from agent.settings import Settings
 
 # pg_controldata states of an instance that last ran as a primary.
 PRIMARY_CONTROL_STATES = frozenset({"in production", "shut down", "in crash recovery"})
@@ -756,7 +756,7 @@ def seed_config(settings: Settings) -> DynamicConfig:
     """The first `config` record, from the bootstrapping member's `ha` settings."""
     ha = settings.ha
     return DynamicConfig(
-        synchronous_mode=SyncMode(ha.synchronous_mode),
+        synchronous_mode=ha.synchronous_mode,
         synchronous_node_count=ha.synchronous_node_count,
         synchronous_mode_strict=ha.synchronous_mode_strict,
         maximum_lag_on_syncnode_bytes=ha.maximum_lag_on_syncnode_bytes,

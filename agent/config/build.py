@@ -1,0 +1,372 @@
+"""Pass 2 of loading: the settings types from the flat input, and every rule checked.
+
+Plain keys go to their type generically (`Builder.build`, driven by the field list); the type
+supplies defaults and checks its own rules (`problems()`). What is read here by hand: secrets
+(inline or from a file), credentials pairs, values computed from other settings or from the
+Kubernetes downward API; and the rules that depend on how the input was written (a file must
+be readable, a setting conflicts with another only when given explicitly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Protocol, TypeVar
+
+from agent.config.fields import FIELDS, Field, Kind
+from agent.config.read import Collector, Raw
+from agent.settings import (
+    ApiSettings,
+    ConfigProblem,
+    Credentials,
+    DcsKind,
+    DcsSettings,
+    EtcdSettings,
+    HaSettings,
+    KubernetesSettings,
+    LogSettings,
+    PostgresSettings,
+    Secret,
+    Settings,
+    Tags,
+    Timing,
+    unchecked,
+)
+
+
+class _Checked(Protocol):
+    def problems(self) -> Iterable[ConfigProblem]: ...
+
+
+_T = TypeVar("_T", bound=_Checked)
+_E = TypeVar("_E", bound=StrEnum)
+
+# Parameters the agent sets itself (postgres/replication.py AGENT_MANAGED, plus the files and
+# the replication source); accepting them in `postgresql.parameters` would let two settings
+# disagree about one fact, and the agent's value would silently win.
+MANAGED_PARAMETERS: Final = {
+    "port": "use postgresql.port",
+    "listen_addresses": "use postgresql.listen_host",
+    "unix_socket_directories": "use postgresql.socket_dir",
+    "data_directory": "use postgresql.data_dir",
+    "config_file": "it is fixed by postgresql.data_dir",
+    "hba_file": "add lines with postgresql.pg_hba",
+    "ident_file": "pgwarden writes its own",
+    "cluster_name": "it is the cluster setting",
+    "hot_standby": "replicas must serve reads for health checks",
+    "wal_log_hints": "pg_rewind needs it on",
+    "logging_collector": "PostgreSQL's output goes to the agent's log",
+    "primary_conninfo": "it follows the leader",
+    "primary_slot_name": "it follows the leader",
+    "synchronous_standby_names": "use ha.synchronous_mode (the leader manages it)",
+}
+
+
+def _plain_fields(section: str) -> list[Field]:
+    """The keys directly in `section` that fill an attribute of the same name."""
+    prefix = f"{section}." if section else ""
+    return [
+        f
+        for f in FIELDS
+        if f.path.startswith(prefix)
+        and "." not in f.path[len(prefix) :]
+        and f.kind not in (Kind.SECTION, Kind.SECRET)
+        and f.source == ""
+    ]
+
+
+@dataclass(slots=True)
+class Builder:
+    """Typed reads from the flat input; every problem goes to `out`."""
+
+    raw: Raw
+    out: Collector
+    env: Mapping[str, str]
+
+    def values(self, section: str) -> dict[str, object]:
+        """The plain keys of `section` that are set, by attribute name (the type has the
+        defaults); a required key that is missing is reported and given "" to go on."""
+        found: dict[str, object] = {}
+        for f in _plain_fields(section):
+            name = f.path.rsplit(".", 1)[-1]
+            if f.required:
+                found[name] = self.required(f.path)
+            elif f.choices is not None:
+                choice = self.enum(f.path, f.choices)
+                if choice is not None:
+                    found[name] = choice
+            elif f.path in self.raw.values:
+                found[name] = self.raw.values[f.path]
+        return found
+
+    def build(self, section: str, cls: type[_T], **values: object) -> _T:
+        """`cls` from the plain keys of `section` and `values`, its problems reported."""
+        instance = unchecked(cls, **(self.values(section) | values))
+        self.check(section, instance)
+        return instance
+
+    def check(self, section: str, instance: _Checked) -> None:
+        self.out.report(section, instance.problems())
+
+    def opt_str(self, path: str) -> str | None:
+        value = self.raw.values.get(path)
+        return value if isinstance(value, str) else None
+
+    def required(self, path: str) -> str:
+        value = self.opt_str(path)
+        if value is None:
+            self.out.fail(path, "is required")
+            return ""
+        return value
+
+    def enum(self, path: str, enum: type[_E]) -> _E | None:
+        text = self.opt_str(path)
+        if text is None:
+            return None
+        try:
+            return enum(text)
+        except ValueError:
+            allowed = ", ".join(e.value for e in enum)
+            self.out.add(path, f"must be one of {allowed}, got {text[:80]!r}")
+            return None
+
+    def readable_file(self, path: str, value: object) -> None:
+        """An absolute path must name a readable file (the type checks that it is absolute)."""
+        if isinstance(value, str) and os.path.isabs(value):
+            rule = _file_rule(value)
+            if rule is not None:
+                self.out.add(path, rule)
+
+    def secret(self, section: str, name: str = "password") -> Secret | None:
+        """`<section>.<name>` given inline or read from `<section>.<name>_file`."""
+        inline_path, file_path = f"{section}.{name}", f"{section}.{name}_file"
+        inline, filename = self.opt_str(inline_path), self.opt_str(file_path)
+        if inline is not None and filename is not None:
+            self.out.add(inline_path, f"set {name} or {name}_file, not both")
+            return None
+        if inline is not None:
+            if inline == "":
+                self.out.add(inline_path, "must not be empty")
+                return None
+            return Secret(inline)
+        if filename is None:
+            return None
+        if not os.path.isabs(filename):
+            self.out.add(file_path, "must be an absolute path")
+            return None
+        text, rule = _read_secret_file(filename)
+        if rule is not None:
+            self.out.add(file_path, rule)
+            return None
+        return Secret(text)
+
+    def from_pod_env(self, path: str, var: str) -> str | None:
+        """An explicit setting, else the downward-API variable `var`, else None."""
+        explicit = self.opt_str(path)
+        if explicit is not None or path in self.out.failed:
+            return explicit
+        value = self.env.get(var, "")
+        if value == "":
+            return None
+        self.raw.origins[path] = var
+        return value
+
+
+def _file_rule(path: str) -> str | None:
+    """None when `path` is a file this process can open for reading, else the rule broken."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return "file does not exist"
+    except IsADirectoryError:
+        return "is a directory, not a file"
+    except PermissionError:
+        return "file is not readable (permission denied)"
+    except OSError as exc:
+        return f"file cannot be read: {exc.strerror}"
+    return None
+
+
+def _read_secret_file(path: str) -> tuple[str, str | None]:
+    """The secret in `path` without its trailing newline, or ("", the rule broken).
+    Never puts the file's content into a rule."""
+    rule = _file_rule(path)
+    if rule is not None:
+        return "", rule
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        return "", "file must hold UTF-8 text"
+    except OSError as exc:
+        return "", f"file cannot be read: {exc.strerror}"
+    text = text.rstrip("\r\n")
+    if text == "":
+        return "", "file is empty"
+    return text, None
+
+
+# ------------------------------------------------------------------------- sections
+
+
+def _credentials(b: Builder, section: str, default: Credentials) -> Credentials:
+    username = b.values(section).get("username", default.username)
+    return b.build(section, Credentials, username=username, password=b.secret(section))
+
+
+def _basic(b: Builder, section: str) -> Credentials | None:
+    """Optional username + password; each requires the other."""
+    username = b.opt_str(f"{section}.username")
+    password = b.secret(section)
+    has_password_setting = (
+        f"{section}.password" in b.raw.values or f"{section}.password_file" in b.raw.values
+    )
+    if username is not None:
+        if username == "":
+            b.out.add(f"{section}.username", "must not be empty")
+        if password is None and not has_password_setting:
+            b.out.add(f"{section}.password", f"is required when {section}.username is set")
+    elif has_password_setting:
+        b.out.add(f"{section}.username", f"is required when {section}.password is set")
+    if username and password is not None:
+        return Credentials(username=username, password=password)
+    return None
+
+
+def _etcd(b: Builder) -> EtcdSettings | None:
+    section = "dcs.etcd"
+    if section not in b.raw.sections:
+        return None  # DcsSettings says whether it was required
+    values = b.values(section)
+    for name in ("ca_file", "cert_file", "key_file"):
+        b.readable_file(f"{section}.{name}", values.get(name))
+    basic = _basic(b, section)
+    return b.build(
+        section,
+        EtcdSettings,
+        endpoints=values.get("endpoints", ()),
+        username=basic.username if basic else None,
+        password=basic.password if basic else None,
+    )
+
+
+def _kubernetes(b: Builder, member: str, namespace: str) -> KubernetesSettings:
+    p = "dcs.kubernetes"
+    b.readable_file(f"{p}.kubeconfig", b.raw.values.get(f"{p}.kubeconfig"))
+    return b.build(
+        p,
+        KubernetesSettings,
+        namespace=b.from_pod_env(f"{p}.namespace", "POD_NAMESPACE") or namespace,
+        pod_name=b.from_pod_env(f"{p}.pod_name", "POD_NAME") or member,
+        pod_ip=b.from_pod_env(f"{p}.pod_ip", "POD_IP"),
+    )
+
+
+def _dcs(b: Builder, member: str, namespace: str) -> DcsSettings:
+    kind_text = b.required("dcs.kind")
+    kind = b.enum("dcs.kind", DcsKind) if kind_text else None
+    etcd: EtcdSettings | None = None
+    kubernetes: KubernetesSettings | None = None
+    if kind is DcsKind.ETCD:
+        etcd = _etcd(b)
+        # Inside Kubernetes with an etcd DCS, this section still drives the pod role labels.
+        if "dcs.kubernetes" in b.raw.sections:
+            kubernetes = _kubernetes(b, member, namespace)
+    elif kind is DcsKind.KUBERNETES:
+        kubernetes = _kubernetes(b, member, namespace)
+        if "dcs.etcd" in b.raw.sections:  # present, so refused: not built, not checked
+            etcd = unchecked(EtcdSettings, endpoints=())
+    dcs = unchecked(DcsSettings, kind=kind or DcsKind.ETCD, etcd=etcd, kubernetes=kubernetes)
+    if kind is not None:
+        b.check("dcs", dcs)
+    return dcs
+
+
+def _postgres(b: Builder) -> PostgresSettings:
+    p = "postgresql"
+    defaults = unchecked(PostgresSettings, data_dir="")
+    postgres = b.build(
+        p,
+        PostgresSettings,
+        superuser=_credentials(b, f"{p}.superuser", defaults.superuser),
+        replication=_credentials(b, f"{p}.replication", defaults.replication),
+    )
+    for name, _ in postgres.parameters:
+        if name.lower() in MANAGED_PARAMETERS:
+            why = MANAGED_PARAMETERS[name.lower()]
+            b.out.add(f"{p}.parameters", f"{name!r} is set by pgwarden ({why})")
+    return postgres
+
+
+def _api(b: Builder) -> ApiSettings:
+    p = "api"
+    api = b.build(
+        p,
+        ApiSettings,
+        connect_url=b.opt_str(f"{p}.connect_url"),
+        token=b.secret(p, "token"),
+        basic=_basic(b, p),
+    )
+    has_auth_settings = any(
+        f"{p}.{name}" in b.raw.values
+        for name in ("token", "token_file", "username", "password", "password_file")
+    )
+    if not api.insecure_no_auth and not has_auth_settings:
+        b.out.add(f"{p}.token", "set a token or basic credentials, or api.insecure_no_auth: true")
+    if api.insecure_no_auth and has_auth_settings:
+        b.out.add(f"{p}.insecure_no_auth", "must not be true when a token or credentials are set")
+    return api
+
+
+def _tags(b: Builder) -> Tags:
+    tags = b.build("tags", Tags)
+    # A member that is never synchronous has no synchronous priority, and one that never
+    # takes over has no failover priority: a value for both says two things at once.
+    if tags.nosync and "tags.sync_priority" in b.raw.values and tags.sync_priority > 0:
+        b.out.add(
+            "tags.sync_priority",
+            f"conflicts with tags.nosync: true (a nosync member is never synchronous); "
+            f"remove it or set it to 0, got {tags.sync_priority}",
+        )
+    if tags.nofailover and "tags.failover_priority" in b.raw.values and tags.failover_priority > 0:
+        b.out.add(
+            "tags.failover_priority",
+            f"conflicts with tags.nofailover: true (such a member never takes over); "
+            f"remove it or set it to 0, got {tags.failover_priority}",
+        )
+    return tags
+
+
+def build_settings(b: Builder) -> Settings:
+    """Every section built and checked; the result is only valid when `b.out` stayed empty."""
+    top = b.values("")
+    default_namespace = next(
+        f.default for f in dataclasses.fields(Settings) if f.name == "namespace"
+    )
+    name, namespace = str(top["name"]), str(top.get("namespace", default_namespace))
+    settings = unchecked(
+        Settings,
+        **top,
+        dcs=_dcs(b, name, namespace),
+        postgresql=_postgres(b),
+        api=_api(b),
+        timing=b.build("timing", Timing),
+        tags=_tags(b),
+        ha=b.build("ha", HaSettings),
+        log=b.build("log", LogSettings),
+    )
+    b.check("", settings)
+    return settings
+
+
+def with_origin(problem: ConfigProblem, origins: Mapping[str, str]) -> ConfigProblem:
+    """Say which environment variable set a bad value, unless the rule already does."""
+    base = problem.field.split("[", 1)[0]
+    var = origins.get(base)
+    if var is None or var in problem.rule:
+        return problem
+    return ConfigProblem(field=problem.field, rule=f"{problem.rule} (set by {var})")

@@ -1,0 +1,313 @@
+# ruff: noqa: RUF001 - the docs text uses en dashes and the multiplication sign on purpose
+"""The one list of configuration keys: every setting once, with its type, rule and meaning.
+
+The loader (known keys and value types, `PGWARDEN_*` names), the effective-settings renderer
+and the reference tables of docs/configuration.md all derive from `FIELDS`; defaults come from
+the settings types themselves (agent/settings.py), through each field's `source`. A pure
+lookup table: longer than a module should be, on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from agent.settings import DcsKind, LockKind, LogFormat, LogLevel, SyncMode
+
+ENV_PREFIX: Final = "PGWARDEN_"
+
+
+class Kind(StrEnum):
+    """The value type a key takes in the file, in the words the docs and errors use."""
+
+    SECTION = "mapping"
+    STR = "string"
+    SECRET = "string (secret)"
+    INT = "integer"
+    FLOAT = "number"
+    BOOL = "boolean"
+    STR_LIST = "list of strings"
+    STR_MAP = "mapping of string to string"
+    PARAM_MAP = "mapping of name to string, number or boolean"
+
+
+def env_var_name(path: str) -> str:
+    """The environment variable that overrides the setting at dotted `path`."""
+    return ENV_PREFIX + path.upper().replace(".", "__")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Field:
+    """One configuration key.
+
+    `source` is the attribute path in `Settings` the key fills ("" for the same as `path`,
+    None for an input-only key such as a `*_file` one, which is neither rendered nor has a
+    default of its own). `rule` states the checks in words, `doc` what the key is for; the
+    reference's "rules" column is both. `default_doc` replaces the type's default there when
+    the default is computed (from another setting or a downward-API variable)."""
+
+    path: str
+    kind: Kind
+    rule: str = ""
+    doc: str = ""
+    default_doc: str | None = None
+    source: str | None = ""
+    required: bool = False
+    choices: type[StrEnum] | None = None  # the key takes one of these values
+
+    @property
+    def env_var(self) -> str:
+        return env_var_name(self.path)
+
+    @property
+    def attribute_path(self) -> str | None:
+        return self.path if self.source == "" else self.source
+
+
+_S, _B, _N, _I = Kind.STR, Kind.BOOL, Kind.FLOAT, Kind.INT
+
+
+def _section(path: str, doc: str = "", default_doc: str | None = None) -> Field:
+    return Field(path=path, kind=Kind.SECTION, doc=doc, default_doc=default_doc)
+
+
+def _secret_pair(
+    section: str, name: str, rule: str, doc: str = "", source: str = ""
+) -> tuple[Field, Field]:
+    """`<name>` inline (masked) and `<name>_file` (a path read once at start)."""
+    return (
+        Field(path=f"{section}.{name}", kind=Kind.SECRET, rule=rule, doc=doc, source=source),
+        Field(
+            path=f"{section}.{name}_file",
+            kind=_S,
+            rule=f"Absolute path of a readable file; not together with `{name}`.",
+            doc=f"The {name} is read from it at start (see Secrets).",
+            source=None,
+        ),
+    )
+
+
+def _credentials(section: str, doc: str) -> tuple[Field, ...]:
+    return (
+        _section(section),
+        Field(path=f"{section}.username", kind=_S, rule="Non-empty.", doc=doc),
+        *_secret_pair(section, "password", "One of `password` and `password_file` at most."),
+    )
+
+
+def _timing(name: str, default_rule: str, doc: str) -> Field:
+    return Field(path=f"timing.{name}", kind=_N, rule=default_rule, doc=doc)
+
+
+FIELDS: Final[tuple[Field, ...]] = (
+    Field(path="name", kind=_S, required=True,
+          rule="A DNS label: 1–63 characters of `a-z`, `0-9`, `-`, starting and ending with a "
+               "letter or digit.",
+          doc="This member's name, unique in the cluster and stable across restarts (the pod "
+              "name in Kubernetes). It is also PostgreSQL's `application_name` for this member "
+              "(ASCII, < 64 bytes, which a DNS label always is) and the base of its replication "
+              "slot name."),
+    Field(path="cluster", kind=_S, required=True, rule="DNS label.",
+          doc="The cluster's name. All members of a cluster share it."),
+    Field(path="namespace", kind=_S, rule="DNS label.",
+          doc="Key prefix in etcd (`/<namespace>/<cluster>/...`); the default Kubernetes "
+              "namespace (see below)."),
+    Field(path="run_dir", kind=_S, required=True, rule="Absolute path.",
+          doc="The agent's runtime files (the fencer's socket, files it renders). Created at "
+              "start if missing."),
+    _section("dcs"),
+    Field(path="dcs.kind", kind=_S, choices=DcsKind, required=True, rule="`etcd` or `kubernetes`."),
+    _section("dcs.etcd", default_doc="—",
+             doc="Required when `kind` is `etcd`; an error when `kind` is `kubernetes`."),
+    Field(path="dcs.etcd.endpoints", kind=Kind.STR_LIST, default_doc="required",
+          rule="At least one. Each `http://host:port` or `https://host:port`: scheme "
+               "http/https, a host, an explicit port, no path, query or credentials. All with "
+               "the same scheme."),
+    Field(path="dcs.etcd.ca_file", kind=_S, default_doc="unset (system CAs)",
+          rule="Absolute path of a readable file. Only with `https` endpoints."),
+    Field(path="dcs.etcd.cert_file", kind=_S,
+          rule="Absolute, readable; requires `key_file`. Only with `https`.",
+          doc="Client certificate (mTLS)."),
+    Field(path="dcs.etcd.key_file", kind=_S, rule="Absolute, readable; requires `cert_file`.",
+          doc="Client key."),
+    Field(path="dcs.etcd.username", kind=_S, rule="Requires a password.",
+          doc="etcd user (auth enabled)."),
+    *_secret_pair("dcs.etcd", "password", "Requires `username`. Not together with "
+                  "`password_file`."),
+    _section("dcs.kubernetes", default_doc="all defaults",
+             doc="Used when `kind` is `kubernetes` (may be omitted: every field has a default). "
+                 "With `kind: etcd` it is optional and only configures the pod role labels (an "
+                 "agent inside Kubernetes with an etcd DCS)."),
+    Field(path="dcs.kubernetes.namespace", kind=_S, rule="DNS label.",
+          default_doc="`$POD_NAMESPACE`, else the top-level `namespace`",
+          doc="Where the Service/Endpoints or Lease and the pods live."),
+    Field(path="dcs.kubernetes.lock", kind=_S, choices=LockKind, rule="`endpoints` or `lease`.",
+          doc="`endpoints`: the leader record on the Endpoints of a selector-less `<cluster>` "
+              "Service, which then routes to the leader; `lease`: a `coordination.k8s.io/v1` "
+              "Lease (route with the role label)."),
+    Field(path="dcs.kubernetes.pod_name", kind=_S, default_doc="`$POD_NAME`, else `name`",
+          rule="A DNS subdomain (≤ 253).", doc="This member's pod."),
+    Field(path="dcs.kubernetes.pod_ip", kind=_S, default_doc="`$POD_IP`, else unset",
+          rule="An IP address."),
+    Field(path="dcs.kubernetes.kubeconfig", kind=_S,
+          default_doc="unset (in-cluster service account)",
+          rule="Absolute path of a readable kubeconfig."),
+    Field(path="dcs.kubernetes.labels", kind=Kind.STR_MAP,
+          rule="Keys: optional DNS-subdomain prefix and `/`, then a name of 1–63 characters "
+               "`[A-Za-z0-9-_.]`, alphanumeric at both ends. Values: empty, or up to 63 such "
+               "characters. Must not contain `role_label`.",
+          doc="Labels shared by the cluster's pods (used as the selector of its members)."),
+    Field(path="dcs.kubernetes.role_label", kind=_S, rule="A label key (same syntax).",
+          doc="The agent sets it on its own pod."),
+    Field(path="dcs.kubernetes.primary_value", kind=_S, rule="Non-empty label value."),
+    Field(path="dcs.kubernetes.replica_value", kind=_S,
+          rule="Non-empty label value, different from `primary_value`."),
+    Field(path="dcs.kubernetes.manage_role_label", kind=_B,
+          doc="Set the role label on this pod."),
+    _section("postgresql"),
+    Field(path="postgresql.bin_dir", kind=_S, rule="Absolute path",
+          doc="of `postgres`, `pg_ctl`, `initdb`, `pg_basebackup`, `pg_rewind`."),
+    Field(path="postgresql.data_dir", kind=_S, required=True, rule="Absolute path",
+          doc="of the data directory."),
+    Field(path="postgresql.listen_host", kind=_S, rule="Non-empty, no whitespace.",
+          doc="`listen_addresses`."),
+    Field(path="postgresql.port", kind=_I, rule="1–65535."),
+    Field(path="postgresql.connect_host", kind=_S,
+          rule="Not a wildcard (`0.0.0.0`, `::`, `*`).",
+          doc="The address other members and clients use to reach this instance (replicas' "
+              "`primary_conninfo`)."),
+    Field(path="postgresql.socket_dir", kind=_S, default_doc="unset (the data directory's parent)",
+          rule="Absolute path.",
+          doc="`unix_socket_directories`. The agent connects to PostgreSQL through this socket. "
+              "**Unset, it is the directory that holds the data directory** "
+              "(`/var/lib/postgresql/15` for `data_dir: /var/lib/postgresql/15/main`), and that "
+              "directory must be writable by the user PostgreSQL runs as (`os_user`, or the "
+              "agent's user): PostgreSQL creates its socket and lock file (`.s.PGSQL.<port>`, "
+              "`.s.PGSQL.<port>.lock`) there and does not start otherwise. A data directory "
+              "directly under a root-owned directory (`/srv/pgdata` in `/srv`) therefore needs "
+              "`socket_dir` (for example `/run/postgresql`, or a directory under `run_dir`). A "
+              "directory that does not exist yet is created (with missing parents) for that "
+              "user, mode 0700."),
+    Field(path="postgresql.os_user", kind=_S, rule="Non-empty.",
+          doc="When the agent runs as root, PostgreSQL and its tools run as this user (required "
+              "then: PostgreSQL refuses to run as root). Unset, they run as the agent's own "
+              "user, which is how the container image works (see \"Which OS user\" above)."),
+    *_credentials("postgresql.superuser", "The agent connects as this user."),
+    *_credentials("postgresql.replication", "Replicas stream as this user."),
+    Field(path="postgresql.parameters", kind=Kind.PARAM_MAP,
+          rule="Names must be PostgreSQL parameter names (`name` or `extension.name`). Refused, "
+               "because pgwarden sets them itself: `port`, `listen_addresses`, "
+               "`unix_socket_directories`, `data_directory`, `config_file`, `hba_file`, "
+               "`ident_file`, `cluster_name`, `hot_standby`, `wal_log_hints`, "
+               "`logging_collector`, `primary_conninfo`, `primary_slot_name`, "
+               "`synchronous_standby_names`. `wal_level`, when set, must be `replica` or "
+               "`logical`.",
+          doc="Server settings, name → string, integer, number or boolean (`true` → `on`, "
+              "`false` → `off`)."),
+    Field(path="postgresql.pg_hba", kind=Kind.STR_LIST,
+          rule="Each one line starting with a connection type (`local`, `host`, `hostssl`, "
+               "`hostnossl`, `hostgssenc`, `hostnogssenc`, or an `include*` directive).",
+          doc="Extra `pg_hba.conf` lines, placed before the agent's own (first match wins)."),
+    _section("api"),
+    Field(path="api.listen_host", kind=_S, rule="Non-empty."),
+    Field(path="api.port", kind=_I, rule="1–65535; not the PostgreSQL port on the same "
+          "`listen_host`."),
+    Field(path="api.connect_url", kind=_S, source="api.url",
+          default_doc="`http://<listen_host>:<port>`",
+          rule="`http(s)://host[:port]`, no path or credentials. Required when `listen_host` is "
+               "a wildcard (`0.0.0.0`, `::`).",
+          doc="How peers and `pgwarden ctl` reach this agent; `--check-config` shows the "
+              "effective URL."),
+    *_secret_pair("api", "token", "", "Bearer token for mutating routes."),
+    Field(path="api.username", kind=_S, source="api.basic.username", rule="Requires a password.",
+          doc="Basic-auth user for mutating routes."),
+    *_secret_pair("api", "password", "Requires `username`.", source="api.basic.password"),
+    Field(path="api.insecure_no_auth", kind=_B,
+          rule="With no token and no basic credentials the configuration is refused "
+               "(`api.token: set a token or basic credentials, or api.insecure_no_auth: true`) "
+               "unless this is `true`; `true` together with credentials is refused as "
+               "contradictory.",
+          doc="Mutating routes (switchover, failover, restart, ...) need credentials. Read-only "
+              "routes and probes never need credentials."),
+    _section("timing"),
+    _timing("ttl_s", "> 0, ≥ 4, and ≥ `loop_wait_s + 2 * retry_timeout_s + fence_margin_s` "
+            "(see below).", "The leader lease's time to live."),
+    _timing("loop_wait_s", "> 0.", "Time between HA cycles (a DCS watch event or an API request "
+            "starts a cycle at once)."),
+    _timing("retry_timeout_s", "> 0.", "Deadline of one DCS or PostgreSQL operation, retries "
+            "included."),
+    _timing("fence_margin_s", "> 0, ≥ 0.5.", "The leader stops writes this long before its "
+            "lease can expire."),
+    _timing("primary_start_timeout_s", "> 0.", "How long the leader tries to restart a crashed "
+            "PostgreSQL before it releases the lease."),
+    _timing("switchover_timeout_s", "> 0.", "How long a switchover waits for the candidate to "
+            "take over."),
+    _timing("peer_check_timeout_s", "> 0, < `loop_wait_s`.", "Deadline of a direct check of a "
+            "peer's API (failsafe, candidate checks)."),
+    _timing("shutdown_timeout_s", "> 0.", "Bound on a clean shutdown (after the handover of a "
+            "leader)."),
+    _timing("postgres_unresponsive_s",
+            "> 0, and `postgres_unresponsive_s + retry_timeout_s <= ttl_s - fence_margin_s`.",
+            "A leader whose PostgreSQL process exists but answers no query (the probe timed "
+            "out) for this long SIGKILLs it and every child, then restarts it in place (or "
+            "releases the lease after `primary_start_timeout_s`). Counted from the first probe "
+            "that timed out, which itself waited 0.7 × `retry_timeout_s`. The lease is never "
+            "released while that process exists."),
+    _timing("clone_timeout_s", "> 0.", "Bound on one clone of this member from the leader "
+            "(`pg_basebackup`); a clone that takes longer is stopped and counts as failed."),
+    _timing("rewind_timeout_s", "> 0.", "Bound on one `pg_rewind` of a former primary onto "
+            "the new leader; a rewind that takes longer is stopped and counts as failed."),
+    _section("tags"),
+    Field(path="tags.nofailover", kind=_B,
+          doc="Never promote this member (it also never bootstraps an empty cluster)."),
+    Field(path="tags.failover_priority", kind=_I, rule="≥ 0.",
+          doc="Among equally up-to-date candidates, the higher priority wins."),
+    Field(path="tags.nosync", kind=_B,
+          rule="Setting `sync_priority` above 0 as well is a configuration error (the two "
+               "contradict each other).",
+          doc="Never choose this member as a synchronous standby."),
+    Field(path="tags.sync_priority", kind=_I, rule="≥ 0.",
+          doc="Preference when choosing synchronous standbys (higher first, then by name); 0 "
+              "means never synchronous, like `nosync`. `nofailover` members are never "
+              "synchronous either: they could not take over with the commits they hold. "
+              "`nofailover: true` with `failover_priority` above 0 is a configuration error."),
+    _section("ha"),
+    Field(path="ha.maximum_lag_on_failover_bytes", kind=_I, default_doc="`1048576` (1 MiB)",
+          rule="≥ 0.",
+          doc="A replica further behind the last known leader position does not take part in a "
+              "failover (a member of the recorded synchronous set is exempt: it holds every "
+              "acknowledged commit)."),
+    Field(path="ha.synchronous_mode", kind=_S, choices=SyncMode,
+          rule="`off`, `on` (`FIRST k`: the k chosen standbys confirm every commit) or `quorum` "
+               "(`ANY k` of all eligible standbys).",
+          doc="Quote `'on'`/`'off'` in YAML (unquoted they are booleans). Seeds the DCS "
+              "`config` record when this member bootstraps the cluster; afterwards change it "
+              "with `PATCH /config`. See docs/ha.md, \"Synchronous replication\"."),
+    Field(path="ha.synchronous_node_count", kind=_I, rule="≥ 1.",
+          doc="The k above (seed only, as `synchronous_mode`)."),
+    Field(path="ha.synchronous_mode_strict", kind=_B,
+          doc="With no healthy standby: `true` keeps commits waiting; `false` falls back to "
+              "asynchronous replication and records that in the DCS (seed only)."),
+    Field(path="ha.maximum_lag_on_syncnode_bytes", kind=_I, rule="-1 (no limit) or ≥ 0.",
+          doc="A standby further behind (by its flushed position) is swapped out of the "
+              "synchronous set while another is available (seed only)."),
+    Field(path="ha.failsafe_mode", kind=_B,
+          doc="Seed only (then `PATCH /config {\"failsafe_mode\": true}`). When the DCS cannot "
+              "be reached, the primary stays primary past its lease as long as **every** other "
+              "member confirms it over the agents' REST API (`POST /failsafe`), instead of "
+              "stopping at its fencing deadline. All members must share the API credentials. "
+              "See [ha.md](ha.md#failsafe-mode)."),
+    _section("log"),
+    Field(path="log.level", kind=_S, choices=LogLevel,
+          rule="`debug`, `info`, `warning` or `error`.",
+          doc="Library messages (aiohttp, asyncio) are shown from `warning` up whatever the "
+              "level."),
+    Field(path="log.format", kind=_S, choices=LogFormat,
+          rule="`json`, `console` or `auto`.",
+          doc="`json`: one JSON object per line (`timestamp` in ISO 8601 UTC, `level`, `event`, "
+              "`cluster`, `member`, fields); `console`: readable lines; `auto`: console on a "
+              "terminal, JSON otherwise (containers)."),
+)  # fmt: skip
+
+BY_PATH: Final = {f.path: f for f in FIELDS}
