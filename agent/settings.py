@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import ipaddress
-import os.path
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,32 +22,26 @@ from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from agent.model import SyncMode as SyncMode  # noqa: PLC0414 - re-exported: ha.synchronous_mode
+from agent.value_rules import (
+    DNS_SUBDOMAIN,
+    GUC_NAME,
+    HBA_TYPES,
+    WAL_LEVELS,
+    ConfigProblem,
+    Secret,
+    absolute,
+    dns_label,
+    host,
+    is_wildcard,
+    label_key_rule,
+    label_value_rule,
+    non_empty,
+    one_of,
+    port_number,
+    url_rule,
+)
 
 _T = TypeVar("_T")
-
-
-class Secret:
-    """A string that never shows itself in logs, reprs or `--check-config` output."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    def __str__(self) -> str:
-        return "********"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 class DcsKind(StrEnum):
@@ -77,15 +69,6 @@ class LogLevel(StrEnum):
 
 LOG_LEVELS: Final = tuple(level.value for level in LogLevel)
 SYNC_MODES: Final = tuple(mode.value for mode in SyncMode)
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    field: str
-    rule: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.rule}"
 
 
 class InvalidSettings(ValueError):
@@ -120,103 +103,6 @@ def unchecked(cls: type[_T], /, **values: object) -> _T:
     return instance
 
 
-# ------------------------------------------------------------------------- value rules
-
-_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_SUBDOMAIN: Final = re.compile(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-)
-_LABEL_NAME: Final = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
-_GUC_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-_WAL_LEVELS: Final = ("replica", "logical")
-HBA_TYPES: Final = frozenset(
-    {"local", "host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc", "include",
-     "include_if_exists", "include_dir"}
-)  # fmt: skip
-
-
-def is_wildcard(host: str) -> bool:
-    return host in ("0.0.0.0", "::", "*", "")
-
-
-def url_rule(url: str, *, require_port: bool) -> str | None:
-    """None when `url` is http(s)://host[:port] (port required if asked), else the rule.
-    The URL itself is never quoted back: it may carry credentials."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "is not a valid URL"
-    if parts.scheme not in ("http", "https"):
-        return "scheme must be http or https"
-    if not parts.hostname:
-        return "must name a host"
-    if require_port and port is None:
-        return "must include a port, e.g. http://127.0.0.1:2379"
-    if parts.username is not None or parts.password is not None:
-        return "must not carry credentials (use the username/password settings)"
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return "must not have a path, query or fragment"
-    return None
-
-
-def label_key_rule(key: str) -> str | None:
-    prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
-        return f"label key {key!r}: the prefix must be a DNS subdomain (at most 253 characters)"
-    if len(name) > 63 or not _LABEL_NAME.fullmatch(name):
-        return (
-            f"label key {key!r}: the name must be 1-63 characters of A-Z, a-z, 0-9, '-', '_', "
-            "'.', starting and ending with a letter or digit"
-        )
-    return None
-
-
-def label_value_rule(value: str) -> str | None:
-    if value == "" or (len(value) <= 63 and _LABEL_NAME.fullmatch(value)):
-        return None
-    return (
-        f"label value {value[:80]!r}: must be at most 63 characters of A-Z, a-z, 0-9, '-', '_', "
-        "'.', starting and ending with a letter or digit"
-    )
-
-
-def _non_empty(name: str, value: str) -> Iterator[ConfigProblem]:
-    if value == "":
-        yield ConfigProblem(name, "must not be empty")
-
-
-def _absolute(name: str, value: str | None) -> Iterator[ConfigProblem]:
-    if value and not os.path.isabs(value):
-        yield ConfigProblem(name, "must be an absolute path")
-
-
-def _port(name: str, value: int) -> Iterator[ConfigProblem]:
-    if not 1 <= value <= 65535:
-        yield ConfigProblem(name, f"must be a port number in 1..65535, got {value}")
-
-
-def _dns_label(name: str, value: str) -> Iterator[ConfigProblem]:
-    if value and (len(value) > 63 or not _DNS_LABEL.fullmatch(value)):
-        yield ConfigProblem(
-            name,
-            "must be a DNS label: at most 63 characters of a-z, 0-9 and '-', starting and "
-            f"ending with a letter or digit, got {value[:80]!r}",
-        )
-
-
-def _host(name: str, value: str) -> Iterator[ConfigProblem]:
-    yield from _non_empty(name, value)
-    if any(c.isspace() for c in value):
-        yield ConfigProblem(name, "must not contain whitespace")
-
-
-def _one_of(name: str, value: str, choices: type[StrEnum]) -> Iterator[ConfigProblem]:
-    if value not in {c.value for c in choices}:
-        allowed = ", ".join(c.value for c in choices)
-        yield ConfigProblem(name, f"must be one of {allowed}, got {str(value)[:80]!r}")
-
-
 # ------------------------------------------------------------------------- the types
 
 
@@ -229,7 +115,7 @@ class Credentials:
         _check(self, self.problems())
 
     def problems(self) -> Iterator[ConfigProblem]:
-        yield from _non_empty("username", self.username)
+        yield from non_empty("username", self.username)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,7 +134,7 @@ class EtcdSettings:
         if not self.endpoints:
             yield ConfigProblem("endpoints", "at least one endpoint is required")
         for name in ("ca_file", "cert_file", "key_file"):
-            yield from _absolute(name, getattr(self, name))
+            yield from absolute(name, getattr(self, name))
         schemes = set()
         for i, url in enumerate(self.endpoints):
             rule = url_rule(url, require_port=True)
@@ -283,11 +169,11 @@ class KubernetesSettings:
         _check(self, self.problems())
 
     def problems(self) -> Iterator[ConfigProblem]:
-        yield from _dns_label("namespace", self.namespace)
-        yield from _non_empty("namespace", self.namespace)
-        yield from _one_of("lock", self.lock, LockKind)
+        yield from dns_label("namespace", self.namespace)
+        yield from non_empty("namespace", self.namespace)
+        yield from one_of("lock", self.lock, LockKind)
         name = self.pod_name
-        if name and (len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name)):
+        if name and (len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name)):
             yield ConfigProblem(
                 "pod_name", f"must be a DNS subdomain (a pod name), got {name[:80]!r}"
             )
@@ -296,7 +182,7 @@ class KubernetesSettings:
                 ipaddress.ip_address(self.pod_ip)
             except ValueError:
                 yield ConfigProblem("pod_ip", f"must be an IP address, got {self.pod_ip[:80]!r}")
-        yield from _absolute("kubeconfig", self.kubeconfig)
+        yield from absolute("kubeconfig", self.kubeconfig)
         for key, value in self.labels:
             rule = label_key_rule(key) or label_value_rule(value)
             if rule is not None:
@@ -308,7 +194,7 @@ class KubernetesSettings:
             yield ConfigProblem("labels", f"must not contain the role label {self.role_label!r}")
         for name, value in (("primary_value", self.primary_value),
                             ("replica_value", self.replica_value)):  # fmt: skip
-            yield from _non_empty(name, value)
+            yield from non_empty(name, value)
             rule = label_value_rule(value)
             if rule is not None:
                 yield ConfigProblem(name, rule)
@@ -326,7 +212,7 @@ class DcsSettings:
         _check(self, self.problems())
 
     def problems(self) -> Iterator[ConfigProblem]:
-        yield from _one_of("kind", self.kind, DcsKind)
+        yield from one_of("kind", self.kind, DcsKind)
         if self.kind == DcsKind.ETCD and self.etcd is None:
             yield ConfigProblem(
                 "etcd", "is required when dcs.kind is etcd (at least dcs.etcd.endpoints)"
@@ -354,23 +240,23 @@ class PostgresSettings:
 
     def problems(self) -> Iterator[ConfigProblem]:
         for name in ("data_dir", "bin_dir", "socket_dir"):
-            yield from _absolute(name, getattr(self, name))
-        yield from _host("listen_host", self.listen_host)
-        yield from _host("connect_host", self.connect_host)
+            yield from absolute(name, getattr(self, name))
+        yield from host("listen_host", self.listen_host)
+        yield from host("connect_host", self.connect_host)
         if self.connect_host and is_wildcard(self.connect_host):
             yield ConfigProblem(
                 "connect_host", "must be an address others can connect to, not a wildcard"
             )
-        yield from _port("port", self.port)
+        yield from port_number("port", self.port)
         if self.os_user is not None:
-            yield from _non_empty("os_user", self.os_user)
+            yield from non_empty("os_user", self.os_user)
         for name, _ in self.parameters:
-            if not _GUC_NAME.fullmatch(name):
+            if not GUC_NAME.fullmatch(name):
                 yield ConfigProblem(
                     "parameters", f"{name[:80]!r} is not a PostgreSQL parameter name"
                 )
         wal_level = {k.lower(): v for k, v in self.parameters}.get("wal_level")
-        if wal_level is not None and wal_level not in _WAL_LEVELS:
+        if wal_level is not None and wal_level not in WAL_LEVELS:
             yield ConfigProblem(
                 "parameters", "wal_level must be replica or logical (replicas stream WAL)"
             )
@@ -398,8 +284,8 @@ class ApiSettings:
         _check(self, self.problems())
 
     def problems(self) -> Iterator[ConfigProblem]:
-        yield from _non_empty("listen_host", self.listen_host)
-        yield from _port("port", self.port)
+        yield from non_empty("listen_host", self.listen_host)
+        yield from port_number("port", self.port)
         if self.connect_url is not None:
             rule = url_rule(self.connect_url, require_port=False)
             if rule is not None:
@@ -536,7 +422,7 @@ class HaSettings:
         _check(self, self.problems())
 
     def problems(self) -> Iterator[ConfigProblem]:
-        yield from _one_of("synchronous_mode", self.synchronous_mode, SyncMode)
+        yield from one_of("synchronous_mode", self.synchronous_mode, SyncMode)
         if self.synchronous_node_count < 1:
             yield ConfigProblem(
                 "synchronous_node_count", f"must be >= 1, got {self.synchronous_node_count}"
@@ -562,8 +448,8 @@ class LogSettings:
         _check(self, self.problems())
 
     def problems(self) -> Iterator[ConfigProblem]:
-        yield from _one_of("level", self.level, LogLevel)
-        yield from _one_of("format", self.format, LogFormat)
+        yield from one_of("level", self.level, LogLevel)
+        yield from one_of("format", self.format, LogFormat)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -587,8 +473,8 @@ class Settings:
         """The rules across sections and of the top-level fields (each section checks its own)."""
         for name in ("name", "cluster", "namespace"):
             value = getattr(self, name)
-            yield from _non_empty(name, value)
-            yield from _dns_label(name, value)
+            yield from non_empty(name, value)
+            yield from dns_label(name, value)
         # A member's name is its application_name in primary_conninfo and
         # synchronous_standby_names: ASCII and shorter than NAMEDATALEN (64 bytes).
         name = self.name
@@ -596,7 +482,7 @@ class Settings:
             yield ConfigProblem(
                 "name", "must be a valid PostgreSQL application_name (ASCII, < 64 bytes)"
             )
-        yield from _absolute("run_dir", self.run_dir)
+        yield from absolute("run_dir", self.run_dir)
         api, pg = self.api, self.postgresql
         if api.port == pg.port and api.listen_host == pg.listen_host:
             yield ConfigProblem(

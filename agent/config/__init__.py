@@ -31,7 +31,6 @@ from agent.settings import (
     LOG_LEVELS,
     SYNC_MODES,
     ApiSettings,
-    ConfigProblem,
     Credentials,
     DcsKind,
     DcsSettings,
@@ -44,12 +43,12 @@ from agent.settings import (
     LogLevel,
     LogSettings,
     PostgresSettings,
-    Secret,
     Settings,
     SyncMode,
     Tags,
     Timing,
 )
+from agent.value_rules import ConfigProblem, Secret
 
 __all__ = [
     "CONFIG_ENV_VAR",

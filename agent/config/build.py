@@ -20,7 +20,6 @@ from agent.config.fields import FIELDS, Field, Kind
 from agent.config.read import Collector, Raw
 from agent.settings import (
     ApiSettings,
-    ConfigProblem,
     Credentials,
     DcsKind,
     DcsSettings,
@@ -29,12 +28,12 @@ from agent.settings import (
     KubernetesSettings,
     LogSettings,
     PostgresSettings,
-    Secret,
     Settings,
     Tags,
     Timing,
     unchecked,
 )
+from agent.value_rules import ConfigProblem, Secret
 
 
 class _Checked(Protocol):

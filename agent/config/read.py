@@ -13,7 +13,7 @@ from typing import Final
 import yaml
 
 from agent.config.fields import ENV_PREFIX, FIELDS, Kind, env_var_name
-from agent.settings import ConfigProblem
+from agent.value_rules import ConfigProblem
 
 CONFIG_ENV_VAR: Final = "PGWARDEN_CONFIG"
 """Names the configuration file for `pgwarden run` when --config is not given; not a setting."""

@@ -8,7 +8,8 @@ from typing import Final
 import yaml
 
 from agent.config.fields import FIELDS, Kind
-from agent.settings import Secret, Settings
+from agent.settings import Settings
+from agent.value_rules import Secret
 
 MASK: Final = "********"
 

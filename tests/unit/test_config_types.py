@@ -9,7 +9,6 @@ import pytest
 from agent.config import load_settings
 from agent.config.fields import FIELDS, Kind
 from agent.settings import (
-    ConfigProblem,
     Credentials,
     HaSettings,
     InvalidSettings,
@@ -22,6 +21,7 @@ from agent.settings import (
     Timing,
     unchecked,
 )
+from agent.value_rules import ConfigProblem
 
 
 def fields_of(error: pytest.ExceptionInfo[InvalidSettings]) -> set[str]:
