@@ -40,7 +40,7 @@ CHAIN_LENGTH = 3
 CHAIN_WRITE_S = 0.3
 CHAIN_HANDOVER_BOUND_S = 30.0
 # primary-postgres-frozen-until-failover: how long to wait for another primary at most.
-FROZEN_FAILOVER_BOUND_S = 30.0
+FROZEN_FAILOVER_BOUND_S = 20.0
 
 
 def heal_all(cluster: ChaosCluster) -> None:
