@@ -8,12 +8,14 @@ The lease (ttl = `ttl_s` rounded up) is granted lazily and kept alive only by th
 HA loop makes (`renew_leader`, `publish_member`, `acquire_leader`): no background keepalive,
 so an agent whose loop stalls loses its lease on time. A lost lease is re-granted by the next
 `acquire_leader` / `publish_member`, never by `renew_leader` (which would silently re-create
-a leader key that others may already have seen gone).
+a leader key that others may already have seen gone). When a keepalive was last sent is
+timed on the injected `Clock`.
 
 Every public call runs under one deadline (`timeout_s`) and raises `DcsUnavailable` (or
 its subclass `DcsAuthError`) when etcd cannot be reached, refuses us, or does not answer in
 time. `wait_for_change` is fed by a long-lived named watch task on the prefix, started by the
-first `wait_for_change`; the watch never raises into the caller.
+first `wait_for_change` (`changes.watch_forever` around `_follow`); the watch never raises
+into the caller. Own writes and member heartbeats are told apart by `changes.ChangeTracker`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import structlog
 
+from agent.clock import Clock, SystemClock
 from agent.config import Settings
 from agent.dcs import keys
 from agent.dcs.base import DcsError, DcsUnavailable
+from agent.dcs.changes import Backoff, ChangeTracker, WatchResync, watch_forever
 from agent.dcs.etcd_client import (
     Compare,
     CompareResult,
@@ -48,10 +52,7 @@ from agent.model import ClusterView, Member, RecordKind
 # hears `DcsUnavailable` with its reason from us rather than a bare timeout of its own.
 _REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
 
-_WATCH_BACKOFF_FIRST_S = 0.1
-_WATCH_BACKOFF_MAX_S = 2.0
 _CLOSE_TIMEOUT_S = 2.0
-_OWN_REVISIONS_KEPT = 1024
 
 
 class EtcdDcs:
@@ -71,6 +72,7 @@ class EtcdDcs:
         key_file: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if ttl_s <= 0 or timeout_s <= 0:
             raise ValueError("ttl_s and timeout_s must be positive")
@@ -87,24 +89,20 @@ class EtcdDcs:
         self._ttl_s = ttl_s
         self._lease_ttl_s = max(1, math.ceil(ttl_s))
         self._timeout_s = timeout_s
+        self._clock: Clock = clock or SystemClock()
         self._prefix = f"/{namespace.strip('/')}/{cluster.strip('/')}/".encode()
         self._leader_key = self._key(keys.LEADER)
         self._member_key = self._key(keys.member_key(member_name))
         self._lease = 0
         self._lease_lock = asyncio.Lock()
-        # Send time (loop clock) of the last keepalive that found the lease alive: a member
+        # Send time (monotonic) of the last keepalive that found the lease alive: a member
         # record published soon after needs no keepalive of its own (idle CPU, requests).
         self._kept_alive_at = -math.inf
         self._published: tuple[bytes, int] | None = None  # (payload, lease) of the last put
-        # Change tracking for wait_for_change (base.py, point 8).
+        # Change tracking for wait_for_change (base.py, point 8); versions are revisions.
+        self._changes = ChangeTracker(self._clock)
         self._read_revision = 0  # header revision of the first get_cluster: the watch start
-        self._own: set[int] = set()  # revisions of our own writes
-        self._writes_in_flight = 0  # own writes whose revision is not known yet
-        self._pending: set[int] = set()  # revisions of changes the watch delivered, not yet told
-        self._watched_to = 0  # the watch has delivered every event below this revision
-        self._resync = False  # the watch lost events (compaction): wake, the caller re-reads
-        self._changed = asyncio.Event()
-        self._member_signatures: dict[str, str] = {}  # member key -> last seen signature
+        self._watch_from = 0  # where the watch resumes (0: not started)
         self._watch_task: asyncio.Task[None] | None = None
         self._closed = False
         self._log = structlog.get_logger("pgwarden.dcs").bind(
@@ -112,7 +110,7 @@ class EtcdDcs:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EtcdDcs:
+    def from_settings(cls, settings: Settings, *, clock: Clock) -> EtcdDcs:
         etcd = settings.dcs.etcd
         if etcd is None:
             raise ValueError("dcs.etcd: required when dcs.kind is etcd")
@@ -128,6 +126,7 @@ class EtcdDcs:
             key_file=etcd.key_file,
             username=etcd.username,
             password=etcd.password.reveal() if etcd.password is not None else None,
+            clock=clock,
         )
 
     @property
@@ -171,7 +170,7 @@ class EtcdDcs:
                 [RangeOp(key=self._leader_key)],
             )
             if txn.succeeded:
-                self._remember_own(txn.revision)
+                self._changes.own(txn.revision)
                 return True
             current = txn.ranges[0].kvs[0] if txn.ranges and txn.ranges[0].kvs else None
             if current is None or current.value != name:
@@ -198,7 +197,7 @@ class EtcdDcs:
                 [PutOp(key=self._leader_key, value=name, lease=lease)],
             )
             if txn.succeeded:
-                self._remember_own(txn.revision)
+                self._changes.own(txn.revision)
             return txn.succeeded
 
     async def renew_leader(self) -> bool:
@@ -206,7 +205,7 @@ class EtcdDcs:
             lease = self._lease
             if lease == 0:
                 return False
-            sent_at = asyncio.get_running_loop().time()
+            sent_at = self._clock.monotonic()
             if await self._client.lease_keepalive(lease) <= 0:
                 self._lease_lost(lease)
                 return False
@@ -244,7 +243,7 @@ class EtcdDcs:
                 [DeleteOp(key=self._leader_key)],
             )
             if txn.succeeded:
-                self._remember_own(txn.revision)
+                self._changes.own(txn.revision)
                 self._log.info("dcs_leader_released")
 
     async def publish_member(self, member: Member) -> None:
@@ -260,7 +259,7 @@ class EtcdDcs:
                 self._lease_lost(lease)
                 lease = await self._live_lease()
                 revision = await self._client.put(self._member_key, payload, lease=lease)
-            self._remember_own(revision)
+            self._changes.own(revision)
             self._published = (payload, lease)
 
     async def write_record(
@@ -286,7 +285,7 @@ class EtcdDcs:
         async with self._write("write_record"):
             txn = await self._client.txn([compare], [op])
             if txn.succeeded:
-                self._remember_own(txn.revision)
+                self._changes.own(txn.revision)
         return txn.succeeded
 
     async def wait_for_change(self, timeout_s: float) -> bool:
@@ -294,25 +293,7 @@ class EtcdDcs:
             await asyncio.sleep(timeout_s)
             return False
         self._ensure_watch()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            # While one of our writes is in flight, its event may arrive before we learn its
-            # revision: judge only when none is (they are bounded by the request deadline).
-            if self._resync or (self._pending and self._writes_in_flight == 0):
-                foreign = self._pending - self._own
-                self._pending.clear()
-                self._own = {r for r in self._own if r >= self._watched_to}
-                if foreign or self._resync:
-                    self._resync = False
-                    self._changed.clear()
-                    return True
-            self._changed.clear()
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._changed.wait()
-            except TimeoutError:
-                return False
+        return await self._changes.wait(timeout_s)
 
     async def close(self) -> None:
         """Stop the watch and close the connections. The lease is not revoked: its keys
@@ -351,34 +332,23 @@ class EtcdDcs:
     @contextlib.asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[None]:
         """A public call that may write: its revision is ours, not a change to wake on."""
-        self._writes_in_flight += 1
-        try:
+        with self._changes.writing():
             async with self._request(what):
                 yield
-        finally:
-            self._writes_in_flight -= 1
-            if self._writes_in_flight == 0 and self._pending:
-                self._changed.set()  # let a waiter judge what arrived meanwhile
-
-    def _remember_own(self, revision: int) -> None:
-        self._own.add(revision)
-        if len(self._own) > _OWN_REVISIONS_KEPT:
-            # Only reached without a running watch; a forgotten one costs one spurious wake.
-            self._own.discard(min(self._own))
 
     async def _live_lease(self, *, fresh_within_s: float = 0.0) -> int:
         """Our lease, kept alive now (or by a keepalive sent less than `fresh_within_s` ago);
         a new one if there was none or it was lost."""
         async with self._lease_lock:
             if self._lease != 0:
-                now = asyncio.get_running_loop().time()
+                now = self._clock.monotonic()
                 if now - self._kept_alive_at < fresh_within_s:
                     return self._lease
                 if await self._client.lease_keepalive(self._lease) > 0:
                     self._kept_alive_at = now
                     return self._lease
                 self._lease_lost(self._lease)
-            granted_at = asyncio.get_running_loop().time()
+            granted_at = self._clock.monotonic()
             lease, granted = await self._client.lease_grant(self._lease_ttl_s)
             self._lease, self._kept_alive_at = lease, granted_at
             self._log.info("dcs_lease_granted", lease=lease, ttl_s=granted)
@@ -395,37 +365,32 @@ class EtcdDcs:
     def _ensure_watch(self) -> None:
         if self._watch_task is None or self._watch_task.done():
             self._watch_task = asyncio.create_task(
-                self._watch_forever(), name=f"dcs-etcd-watch-{self._name}"
+                watch_forever(
+                    self._follow,
+                    tracker=self._changes,
+                    log=self._log,
+                    position=lambda: self._watch_from,
+                ),
+                name=f"dcs-etcd-watch-{self._name}",
             )
 
-    async def _watch_forever(self) -> None:
-        """Feed `_pending` from a watch on the prefix, forever. Every failure is logged and
-        followed by a resume; a compacted start wakes the caller to re-read."""
-        start = 0
-        backoff_s = _WATCH_BACKOFF_FIRST_S
-        while True:
-            try:
-                if start == 0:
-                    start = await self._watch_start()
-                async for batch in self._client.watch(self._prefix, start_revision=start):
-                    backoff_s = _WATCH_BACKOFF_FIRST_S
-                    for event in batch.events:
-                        start = event.kv.mod_revision + 1
-                        self._on_event(event)
-                    self._watched_to = start
-            except EtcdCompacted as exc:
-                # Changes between our start and the compaction are lost: make the caller
-                # re-read, and watch on from the oldest revision still kept.
-                self._log.warning(
-                    "dcs_watch_compacted", start=start, compact_revision=exc.compact_revision
-                )
-                start = exc.compact_revision
-                self._resync = True
-                self._changed.set()
-            except Exception as exc:  # the watch must outlive any trouble; it is logged
-                self._log.warning("dcs_watch_failed", error=repr(exc), resume_at=start)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(2 * backoff_s, _WATCH_BACKOFF_MAX_S)
+    async def _follow(self, backoff: Backoff) -> None:
+        """One watch stream on the prefix, from where the last one stopped; a compacted
+        start resumes from the oldest revision still kept, and the caller re-reads."""
+        if self._watch_from == 0:
+            self._watch_from = await self._watch_start()
+        try:
+            async for batch in self._client.watch(self._prefix, start_revision=self._watch_from):
+                backoff.reset()
+                for event in batch.events:
+                    self._watch_from = event.kv.mod_revision + 1
+                    self._on_event(event)
+                self._changes.watched_to(self._watch_from)
+        except EtcdCompacted as exc:
+            start, self._watch_from = self._watch_from, exc.compact_revision
+            raise WatchResync(
+                "dcs_watch_compacted", start=start, compact_revision=exc.compact_revision
+            ) from exc
 
     async def _watch_start(self) -> int:
         if self._read_revision > 0:
@@ -439,16 +404,13 @@ class EtcdDcs:
         relative = self._relative(event.kv.key)
         if keys.is_member_key(relative):
             # A heartbeat (new WAL positions only) wakes nobody; a new role, state or
-            # address does, and so does a record that appears or goes (base.py, point 8).
+            # address does, and so does a record that appears (base.py, point 8). A record
+            # that goes always counts, known or not (etcd deletes only what was there).
             if event.type is EventType.DELETE:
-                self._member_signatures.pop(relative, None)
-            else:
-                signature = keys.member_signature(event.kv.value)
-                if self._member_signatures.get(relative) == signature:
-                    return
-                self._member_signatures[relative] = signature
-        self._pending.add(event.kv.mod_revision)
-        self._changed.set()
+                self._changes.member_changed(relative, None)
+            elif not self._changes.member_changed(relative, keys.member_signature(event.kv.value)):
+                return
+        self._changes.observed(event.kv.mod_revision)
 
     # ------------------------------------------------------------------ keys
 

@@ -70,6 +70,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import LockKind, Settings
 from agent.dcs import keys
 from agent.dcs.base import DcsAuthError, DcsError, DcsUnavailable
+from agent.dcs.changes import Backoff, ChangeTracker, WatchResync, watch_forever
 from agent.model import ClusterView, Member, RecordKind
 
 ClientFactory = Callable[[], Awaitable[Any]]
@@ -94,10 +95,7 @@ PORT_NAME = "postgresql"
 _REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
 _WATCH_TIMEOUT_S = 30  # server-side end of each watch; the stream is then resumed
 _WATCH_READ_GRACE_S = 10.0  # a stream silent for timeoutSeconds + this is dead
-_WATCH_BACKOFF_FIRST_S = 0.1
-_WATCH_BACKOFF_MAX_S = 2.0
 _CLOSE_TIMEOUT_S = 2.0
-_OWN_VERSIONS_KEPT = 1024
 _WRITE_ATTEMPTS = 5  # conflicts on the ConfigMap caused by writes of other records
 _HEARTBEAT_SHARE_OF_TTL = 1 / 3
 
@@ -164,6 +162,58 @@ class _Seen:
     expiry_told: bool = False
 
 
+class ObservedExpiry:
+    """Expiry of records judged on the observer's own monotonic clock (DESIGN.md invariant
+    4), never from timestamps written by others: a record whose token has not changed for
+    `ttl_s` since this observer first saw it is expired. Pure: every time is passed in.
+
+    Keys are record keys (`leader`, `members/<name>`); a token is whatever changes when the
+    writer renews (the leader's resourceVersion, a member's record and heartbeat); `rv`
+    orders observations, so that an older one read late never restarts a newer clock.
+    Implements `changes.Timers`: each expiry is reported once.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        self._ttl_s = ttl_s
+        self._seen: dict[str, _Seen] = {}
+
+    def note(self, key: str, token: str, rv: int, now: float) -> bool:
+        """Remember what we saw of a record at `now`; True while it is not expired."""
+        seen = self._seen.get(key)
+        if seen is None or (seen.token != token and rv >= seen.rv):
+            self._seen[key] = seen = _Seen(token=token, rv=rv, first_seen=now)
+        return now - seen.first_seen < self._ttl_s
+
+    def is_expired(self, key: str, rv: int, now: float) -> bool:
+        """True if the record is still at `rv` as we last saw it, and that is `ttl_s` old."""
+        seen = self._seen.get(key)
+        return seen is not None and seen.rv == rv and now - seen.first_seen >= self._ttl_s
+
+    def forget(self, key: str) -> None:
+        """The record went away: nothing left to expire."""
+        self._seen.pop(key, None)
+
+    def known(self) -> list[str]:
+        """The keys being timed."""
+        return list(self._seen)
+
+    def take_due(self, now: float) -> bool:
+        """True if a record expired at `now` that was not reported before; reports it."""
+        told = False
+        for seen in self._seen.values():
+            if not seen.expiry_told and now - seen.first_seen >= self._ttl_s:
+                seen.expiry_told = True
+                told = True
+        return told
+
+    def next_due(self) -> float | None:
+        """When the next record not yet reported expires, if it is not renewed."""
+        pending = [s.first_seen + self._ttl_s for s in self._seen.values() if not s.expiry_told]
+        return min(pending) if pending else None
+
+
 class _Response:
     """Status and decoded JSON body of one API answer."""
 
@@ -224,19 +274,15 @@ class KubernetesDcs:
         self._slice_dirty = False
         self._published: tuple[str, float] | None = None  # (payload, monotonic write time)
         # What this handle saw, for expiry on its own clock (invariant 4).
-        self._seen: dict[str, _Seen] = {}
+        self._expiry = ObservedExpiry(ttl_s)
         self._seen_pod: dict[str, str] = {}  # member key -> pod name
-        # Change tracking for wait_for_change (base.py, point 8).
+        # Change tracking for wait_for_change (base.py, point 8); versions are
+        # resourceVersions, member signatures are kept per pod name.
+        self._changes = ChangeTracker(self._clock, timers=self._expiry)
         self._start_rv = 0  # list resourceVersion of the first get_cluster: the watch start
         self._seed_signatures: dict[str, str] = {}
         self._seed_holder = ""
         self._watched_holder = ""  # the lock holder as the lock watch last saw it
-        self._member_signatures: dict[str, str] = {}  # pod name -> last seen signature
-        self._own: set[int] = set()
-        self._writes_in_flight = 0
-        self._pending: set[int] = set()
-        self._resync = False
-        self._changed = asyncio.Event()
         self._watch_tasks: dict[_Watched, asyncio.Task[None]] = {}
         self._closed = False
         self._log = structlog.get_logger("pgwarden.dcs").bind(
@@ -244,7 +290,9 @@ class KubernetesDcs:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, client_factory: ClientFactory) -> KubernetesDcs:
+    def from_settings(
+        cls, settings: Settings, *, client_factory: ClientFactory, clock: Clock
+    ) -> KubernetesDcs:
         k8s = settings.dcs.kubernetes
         if k8s is None:
             raise ValueError("dcs.kubernetes: required when dcs.kind is kubernetes")
@@ -260,6 +308,7 @@ class KubernetesDcs:
             pod_ip=k8s.pod_ip,
             pg_port=settings.postgresql.port,
             labels=dict(k8s.labels),
+            clock=clock,
         )
 
     @property
@@ -325,18 +374,19 @@ class KubernetesDcs:
             self._seen_pod[keys.member_key(name)] = str(pod.get("metadata", {}).get("name", ""))
             if pod.get("metadata", {}).get("name") == self._pod:
                 mine = value
-            if self._note(keys.member_key(name), token, _rv(pod), now):
+            if self._expiry.note(keys.member_key(name), token, _rv(pod), now):
                 items.append((keys.member_key(name), to_bytes(value), _hash_version(value)))
-        for gone in [k for k in self._seen if keys.is_member_key(k) and k not in present]:
-            del self._seen[gone]  # its pod or record went away: nothing left to expire
+        for gone in [k for k in self._expiry.known() if keys.is_member_key(k)]:
+            if gone not in present:
+                self._expiry.forget(gone)  # its pod or record went away
         if lock is not None:
             holder = self._holder(lock)
             if holder:
                 rv = _rv(lock)
-                if self._note(keys.LEADER, str(rv), rv, now):
+                if self._expiry.note(keys.LEADER, str(rv), rv, now):
                     items.append((keys.LEADER, to_bytes(holder), str(rv)))
             else:
-                self._seen.pop(keys.LEADER, None)
+                self._expiry.forget(keys.LEADER)
         notes = _annotations(config)
         for kind in RecordKind:
             text = notes.get(record_annotation(kind))
@@ -361,8 +411,12 @@ class KubernetesDcs:
             else:
                 holder, rv = self._holder(current), _rv(current)
                 if holder:
-                    self._note(keys.LEADER, str(rv), rv, sent)
-                if holder and holder != self._name and not self._is_stale(keys.LEADER, rv):
+                    self._expiry.note(keys.LEADER, str(rv), rv, sent)
+                if (
+                    holder
+                    and holder != self._name
+                    and not self._expiry.is_expired(keys.LEADER, rv, self._clock.monotonic())
+                ):
                     return False
                 body = self._lock_body(current, holder=self._name, ip=await self._own_ip())
                 put = await self._call("PUT", self._lock_path(), body=body)
@@ -422,10 +476,10 @@ class KubernetesDcs:
                 if put.status == 404:
                     return
                 self._expect(put, 200)
-                self._remember_own(_rv(put.obj))
+                self._changes.own(_rv(put.obj))
                 self._holding = False
                 self._lock_obj = None
-                self._seen.pop(keys.LEADER, None)
+                self._expiry.forget(keys.LEADER)
                 self._log.info("dcs_leader_released")
                 break
         if self._lock_kind is LockKind.LEASE:
@@ -461,7 +515,7 @@ class KubernetesDcs:
             if response.status == 404:
                 raise DcsUnavailable(f"kubernetes: publish_member: pod {self._pod} not found")
             self._expect(response, 200)
-            self._remember_own(_rv(response.obj))
+            self._changes.own(_rv(response.obj))
             self._published = (payload, now)
             if self._pod_ip is None:
                 self._pod_ip = self._pod_ip_of(response.obj)
@@ -513,7 +567,7 @@ class KubernetesDcs:
                 if response.status in (404, 409):
                     continue  # the object changed under us: compare again
                 self._expect(response, 200, 201)
-                self._remember_own(_rv(response.obj))
+                self._changes.own(_rv(response.obj))
                 return True
         return False
 
@@ -522,31 +576,7 @@ class KubernetesDcs:
             await asyncio.sleep(timeout_s)
             return False
         self._ensure_watches()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            if self._expired_untold():
-                return True
-            # While one of our writes is in flight, its event may arrive before we learn its
-            # resourceVersion: judge only when none is (they are bounded by the deadline).
-            if self._resync or (self._pending and self._writes_in_flight == 0):
-                foreign = self._pending - self._own
-                self._own -= self._pending
-                self._pending.clear()
-                if foreign or self._resync:
-                    self._resync = False
-                    self._changed.clear()
-                    return True
-            self._changed.clear()
-            wait_s = deadline - loop.time()
-            next_expiry = self._next_expiry()
-            if next_expiry is not None:
-                wait_s = min(wait_s, max(0.0, next_expiry - self._clock.monotonic()) + 0.01)
-            if wait_s <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._changed.wait()
+        return await self._changes.wait(timeout_s)
 
     async def close(self) -> None:
         """Stop the watches and close the client. The leader record is left as it is (a clean
@@ -636,11 +666,11 @@ class KubernetesDcs:
 
     def _acquired(self, obj: dict[str, Any], sent: float) -> None:
         rv = _rv(obj)
-        self._remember_own(rv)
+        self._changes.own(rv)
         self._holding = True
         self._lock_obj = obj
         self._last_renew_sent = sent
-        self._note(keys.LEADER, str(rv), rv, self._clock.monotonic())
+        self._expiry.note(keys.LEADER, str(rv), rv, self._clock.monotonic())
 
     def _lost(self, why: str) -> None:
         if self._holding:
@@ -732,42 +762,21 @@ class KubernetesDcs:
                 out[str(pod["metadata"]["name"])] = keys.member_signature(to_bytes(entry[1]))
         return out
 
-    def _note(self, key: str, token: str, rv: int, now: float) -> bool:
-        """Remember what we saw of a record; True while it is not stale on our clock."""
-        seen = self._seen.get(key)
-        if seen is None or (seen.token != token and rv >= seen.rv):
-            self._seen[key] = seen = _Seen(token=token, rv=rv, first_seen=now)
-        return now - seen.first_seen < self._ttl_s
-
-    def _is_stale(self, key: str, rv: int) -> bool:
-        seen = self._seen.get(key)
-        return (
-            seen is not None
-            and seen.rv == rv
-            and self._clock.monotonic() - seen.first_seen >= self._ttl_s
-        )
-
-    def _next_expiry(self) -> float | None:
-        pending = [s.first_seen + self._ttl_s for s in self._seen.values() if not s.expiry_told]
-        return min(pending) if pending else None
-
-    def _expired_untold(self) -> bool:
-        now = self._clock.monotonic()
-        told = False
-        for seen in self._seen.values():
-            if not seen.expiry_told and now - seen.first_seen >= self._ttl_s:
-                seen.expiry_told = True
-                told = True
-        return told
-
     # ------------------------------------------------------------------ watches
 
     def _ensure_watches(self) -> None:
         for what in _Watched:
             task = self._watch_tasks.get(what)
             if task is None or task.done():
+                follow, position = self._follower(what)
                 self._watch_tasks[what] = asyncio.create_task(
-                    self._watch_forever(what), name=f"dcs-k8s-watch-{what}-{self._name}"
+                    watch_forever(
+                        follow,
+                        tracker=self._changes,
+                        log=self._log.bind(watch=what.value),
+                        position=position,
+                    ),
+                    name=f"dcs-k8s-watch-{what}-{self._name}",
                 )
 
     def _watch_target(self, what: _Watched) -> tuple[str, dict[str, str]]:
@@ -783,37 +792,34 @@ class KubernetesDcs:
                     "fieldSelector": f"metadata.name={self._config_name}"
                 }
 
-    async def _watch_forever(self, what: _Watched) -> None:
-        """Feed `_pending` from one watch, forever; every failure is logged and followed by
-        a resume, a 410 by a re-list and a wake."""
+    def _follower(
+        self, what: _Watched
+    ) -> tuple[Callable[[Backoff], Awaitable[None]], Callable[[], int]]:
+        """One watch's `follow` coroutine for `watch_forever` and its position: each stream
+        resumes from the last resourceVersion seen; a 410 re-lists and wakes the caller."""
         rv = 0
         first = True
-        backoff_s = _WATCH_BACKOFF_FIRST_S
-        while True:
+
+        async def follow(backoff: Backoff) -> None:
+            nonlocal rv, first
+            if rv == 0:
+                rv = await self._watch_start(what, from_first_read=first)
+                first = False
             try:
-                if rv == 0:
-                    rv = await self._watch_start(what, from_first_read=first)
-                    first = False
                 rv = await self._watch_once(what, rv)
-                backoff_s = _WATCH_BACKOFF_FIRST_S
             except _Expired:
-                self._log.warning("dcs_watch_expired", watch=what.value, resource_version=rv)
-                rv = 0
-                self._resync = True
-                self._changed.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the watch must outlive any trouble; it is logged
-                self._log.warning("dcs_watch_failed", watch=what.value, error=repr(exc))
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(2 * backoff_s, _WATCH_BACKOFF_MAX_S)
+                expired_at, rv = rv, 0
+                raise WatchResync("dcs_watch_expired", resource_version=expired_at) from None
+            backoff.reset()
+
+        return follow, lambda: rv
 
     async def _watch_start(self, what: _Watched, *, from_first_read: bool) -> int:
         """Where a watch starts: the first read's resourceVersion, or (never read, or after a
         410) a fresh list's, which also re-seeds the member signatures."""
         if from_first_read and self._start_rv > 0:
             if what is _Watched.PODS and self._seed_signatures:
-                self._member_signatures.update(self._seed_signatures)
+                self._changes.seed_members(self._seed_signatures, replace=False)
                 self._seed_signatures = {}
             if what is _Watched.LOCK:
                 self._watched_holder = self._seed_holder
@@ -824,7 +830,7 @@ class KubernetesDcs:
         self._expect(listed, 200)
         items = listed.obj.get("items") or []
         if what is _Watched.PODS:
-            self._member_signatures = self._signatures(items)
+            self._changes.seed_members(self._signatures(items), replace=True)
         if what is _Watched.LOCK:
             self._watched_holder = self._holder(items[0]) if items else ""
         rv = _rv(listed.obj)
@@ -884,30 +890,28 @@ class KubernetesDcs:
             entry = None if kind == "DELETED" else self._member_entry(obj)
             if entry is None:
                 # The record (or the pod) went away: a change if we had seen it.
-                for key in [k for k in self._seen if keys.is_member_key(k)]:
-                    if self._seen_pod.get(key) == pod:
-                        self._seen.pop(key, None)
-                if self._member_signatures.pop(pod, None) is None:
+                for key in self._expiry.known():
+                    if keys.is_member_key(key) and self._seen_pod.get(key) == pod:
+                        self._expiry.forget(key)
+                if not self._changes.member_changed(pod, None):
                     return
             else:
                 name, value, token = entry
-                self._note(keys.member_key(name), token, rv, now)
+                self._expiry.note(keys.member_key(name), token, rv, now)
                 self._seen_pod[keys.member_key(name)] = pod
                 signature = keys.member_signature(to_bytes(value))
-                if self._member_signatures.get(pod) == signature:
+                if not self._changes.member_changed(pod, signature):
                     return  # a heartbeat: new WAL positions only
-                self._member_signatures[pod] = signature
         elif what is _Watched.LOCK:
             holder = "" if kind == "DELETED" else self._holder(obj)
             if holder:
-                self._note(keys.LEADER, str(rv), rv, now)
+                self._expiry.note(keys.LEADER, str(rv), rv, now)
             else:
-                self._seen.pop(keys.LEADER, None)
+                self._expiry.forget(keys.LEADER)
             if holder == self._watched_holder:
                 return  # a renewal by the same holder: it only moves the expiry (noted)
             self._watched_holder = holder
-        self._pending.add(rv)
-        self._changed.set()
+        self._changes.observed(rv)
 
     # ------------------------------------------------------------------ requests
 
@@ -930,22 +934,9 @@ class KubernetesDcs:
     @contextlib.asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[None]:
         """A public call that may write: its resourceVersions are ours, not changes."""
-        self._writes_in_flight += 1
-        try:
+        with self._changes.writing():
             async with self._request(what):
                 yield
-        finally:
-            self._writes_in_flight -= 1
-            if self._writes_in_flight == 0 and self._pending:
-                self._changed.set()  # let a waiter judge what arrived meanwhile
-
-    def _remember_own(self, rv: int) -> None:
-        if rv <= 0:
-            return
-        self._own.add(rv)
-        if len(self._own) > _OWN_VERSIONS_KEPT:
-            # Only reached without a running watch; a forgotten one costs one spurious wake.
-            self._own.discard(min(self._own))
 
     async def _client(self) -> Any:
         async with self._api_lock:

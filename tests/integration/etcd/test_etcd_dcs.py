@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.clock import SystemClock
 from agent.config import (
     DcsKind,
     DcsSettings,
@@ -243,15 +244,19 @@ def secure_settings(etcd: EtcdCluster, tmp_path: Path, name: str, password: str)
             ),
         ),
         postgresql=PostgresSettings(data_dir=str(tmp_path / "data")),
-        timing=Timing(ttl_s=TTL_S, retry_timeout_s=TIMEOUT_S),
+        timing=Timing(),  # valid defaults: these tests never wait for an expiry
     )
 
 
 async def test_a_backend_built_from_settings_works_over_tls_with_a_password(
     etcd_secure: EtcdCluster, tmp_path: Path
 ) -> None:
-    a = EtcdDcs.from_settings(secure_settings(etcd_secure, tmp_path, "a", SECURE_PASSWORD))
-    b = EtcdDcs.from_settings(secure_settings(etcd_secure, tmp_path, "b", SECURE_PASSWORD))
+    a = EtcdDcs.from_settings(
+        secure_settings(etcd_secure, tmp_path, "a", SECURE_PASSWORD), clock=SystemClock()
+    )
+    b = EtcdDcs.from_settings(
+        secure_settings(etcd_secure, tmp_path, "b", SECURE_PASSWORD), clock=SystemClock()
+    )
     try:
         await b.get_cluster()
         assert await b.wait_for_change(0.3) is False
@@ -271,7 +276,7 @@ async def test_a_wrong_etcd_password_raises_dcs_auth_error_within_the_deadline(
     etcd_secure: EtcdCluster, tmp_path: Path
 ) -> None:
     settings = secure_settings(etcd_secure, tmp_path, "a", "not-the-password")
-    handle = EtcdDcs.from_settings(settings)
+    handle = EtcdDcs.from_settings(settings, clock=SystemClock())
     loop = asyncio.get_running_loop()
     try:
         started = loop.time()
