@@ -81,7 +81,11 @@ class Demo:
             if len(fencers) == SIZE and len(postmasters) == SIZE:
                 return
             time.sleep(0.2)
-        raise AssertionError(f"the demo did not start: {self.processes()}")
+        logs = "".join(
+            f"\n--- {log}\n{log.read_text(errors='replace')[-1500:]}"
+            for log in sorted(self.base.glob("pg-*/agent.log"))
+        )
+        raise AssertionError(f"the demo did not start: {self.processes()}{logs}")
 
     def wait_until_all_gone(self) -> float:
         """Seconds until no process of the demo is left (the demo itself included)."""
