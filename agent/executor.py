@@ -51,7 +51,6 @@ from agent.actions import (
     is_long,
 )
 from agent.clock import Clock
-from agent.config import Settings
 from agent.dcs.base import Dcs, DcsError
 from agent.decide import Memory, Observation, Outcome, Pending, fence_deadline, record_outcome
 from agent.fence import Fence, FenceUnavailable
@@ -71,15 +70,12 @@ from agent.postgres.control import PostgresControl
 from agent.postgres.process import PostgresError, StandbyConfig
 from agent.postgres.process import StopMode as PgStopMode
 from agent.postgres.replication import render_synchronous_standby_names, slot_name_for
+from agent.settings import Settings
 
 log = structlog.get_logger("pgwarden.loop")
 
 # Actions that only keep things as they are: a cycle made of these sleeps normally.
 _STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize)
-
-# Time limits of the tool runs behind Clone and Rewind (seconds).
-CLONE_TIMEOUT_S = 600.0
-REWIND_TIMEOUT_S = 300.0
 
 RecordWrite = (
     ClaimInitialize
@@ -424,13 +420,13 @@ class Executor:
                 if clear_first:
                     await self.pg.stop(PgStopMode.FAST, timeout_s=timing.shutdown_timeout_s)
                     self.pg.clear_data_dir()
-                await self.pg.clone(standby, timeout_s=CLONE_TIMEOUT_S)
+                await self.pg.clone(standby, timeout_s=timing.clone_timeout_s)
                 await self.pg.start(standby=standby, timeout_s=start_s)
             case Rewind(source=source):
                 standby = standby_of(s, view, source)
                 await self.pg.stop(PgStopMode.FAST, timeout_s=timing.shutdown_timeout_s)
                 await self.fence.disarm()
-                await self.pg.rewind(standby, timeout_s=REWIND_TIMEOUT_S)
+                await self.pg.rewind(standby, timeout_s=timing.rewind_timeout_s)
                 await self.pg.start(standby=standby, timeout_s=start_s)
             case StartPostgres(upstream=upstream, as_primary=as_primary):
                 if as_primary:

@@ -21,13 +21,13 @@ from typing import TypeVar
 import structlog
 
 from agent.clock import Clock
-from agent.config import Settings
 from agent.dcs.base import Dcs, DcsError
 from agent.fence import Fence
 from agent.metrics import Metrics
 from agent.model import ClusterView, Lsn, Member, MemberName, RecordKind, SwitchoverRequest
 from agent.postgres.control import RECEIVED_ATTEMPT_S, PostgresControl
 from agent.postgres.process import StopMode
+from agent.settings import Settings
 
 log = structlog.get_logger("pgwarden.loop")
 _T = TypeVar("_T")
@@ -89,14 +89,26 @@ class Handover:
         did not complete, DcsError/TimeoutError when the request could not be written."""
         timing = self.settings.timing
         target = member_of(view, candidate)
-        if view is not None and view.switchover is None:
-            request = SwitchoverRequest(leader=MemberName(self.settings.name), candidate=candidate)
-            await self.call(
-                "write_record",
-                lambda: self.dcs.write_record(
-                    RecordKind.SWITCHOVER, request.to_json(), expected_version=None
-                ),
-            )
+        # Our own request, naming the candidate we chose, over whatever is there (an
+        # operator's request, or the completed one that made us leader): only the candidate
+        # races, and only once we complete it with handover_lsn. If it cannot be written we
+        # stop here, before PostgreSQL is stopped.
+        existing = view.switchover if view is not None else None
+        request = SwitchoverRequest(
+            leader=MemberName(self.settings.name),
+            candidate=candidate,
+            scheduled_at=existing.scheduled_at if existing is not None else None,
+        )
+        ours = existing == replace(request, version=existing.version if existing else "")
+        if not ours and not await self.call(
+            "write_record",
+            lambda: self.dcs.write_record(
+                RecordKind.SWITCHOVER,
+                request.to_json(),
+                expected_version=existing.version if existing is not None else None,
+            ),
+        ):
+            raise ActionFailed("the switchover request changed under us; not handing over")
         t0 = self.clock.monotonic()
         # A checkpoint while still writable makes the shutdown checkpoint (write gap) short.
         await self.pg.checkpoint(timeout_s=timing.switchover_timeout_s)

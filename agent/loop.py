@@ -17,7 +17,6 @@ import structlog
 
 from agent.actions import Decision
 from agent.clock import Clock
-from agent.config import Settings
 from agent.dcs.base import Dcs, DcsError
 from agent.decide import Memory, Observation, decide, failsafe_refusal, fence_deadline
 from agent.executor import Executor
@@ -35,6 +34,7 @@ from agent.model import (
 )
 from agent.peers import Peers, check_peers
 from agent.postgres.control import PostgresControl
+from agent.settings import Settings
 from agent.status import CycleValues, member_of_status, status_of
 
 log = structlog.get_logger("pgwarden.loop")
@@ -213,8 +213,12 @@ class HaLoop:
         """One cycle: observe, decide, act, publish. True: cycle again at once."""
         started = self.clock.monotonic()
         self._cycle += 1
-        self.executor.fold_finished()
         obs = await self._observe()
+        # Right after the observation, with no await between: a long action that ended while
+        # we observed is both absent from `obs.pending` and folded into Memory (folded before
+        # observing, its end would be seen as "nothing in flight" with Memory not knowing
+        # the result: a completed hand-over looked abandoned and its request was deleted).
+        self.executor.fold_finished()
         decision, memory = decide(obs, self.memory, self.settings)
         busy = await self.executor.execute(decision, obs, memory, known=self._view)
         self._watch_postmaster()

@@ -15,10 +15,10 @@ import aiohttp
 import structlog
 
 from agent.clock import Clock
-from agent.config import Settings
 from agent.decide import PeerStatus
 from agent.metrics import Metrics
 from agent.model import Member, MemberName, PgState, Role
+from agent.settings import Settings
 
 log = structlog.get_logger("pgwarden.loop")
 

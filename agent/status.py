@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.actions import Action, Bootstrap, Clone, Decision, Rewind
-from agent.config import Settings
 from agent.decide import (
     Memory,
     Pending,
@@ -30,6 +29,7 @@ from agent.model import (
     Role,
     SyncRole,
 )
+from agent.settings import Settings
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

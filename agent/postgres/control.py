@@ -20,12 +20,12 @@ from typing import Protocol
 
 import asyncpg
 
-from agent.config import Settings
 from agent.model import LocalState, Lsn, Member, SyncStandbys
 from agent.postgres import bootstrap
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig, StopMode
 from agent.postgres.replication import quote_literal, render_synchronous_standby_names
+from agent.settings import Settings
 
 # How long one attempt to read a remote member's received position may take (seconds).
 RECEIVED_ATTEMPT_S = 1.0
