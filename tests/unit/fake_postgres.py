@@ -1,0 +1,417 @@
+"""An in-memory PostgreSQL that keeps `agent.postgres.control.PostgresControl`.
+
+One `FakeCluster` holds the instances of a test cluster; an instance is addressed by its
+host (the member's `postgresql.connect_host`). Each instance has a data directory
+(`DataDir`: system id, timeline, WAL end, timeline history, control-file state) and runs as a
+primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes PostgreSQL:
+- a write on a primary advances its WAL; every running standby whose conninfo names a
+  running upstream receives it (`FakeCluster.replicate`, run on every probe and stop), and
+  follows a timeline switch of its upstream if its WAL is contained in the new history;
+- a fast stop of a primary writes a shutdown checkpoint and ships it to its standbys first;
+  an immediate stop, a SIGKILL or a crash leaves the control file "in production";
+- promote starts a new timeline (unique in the cluster) at the current WAL end and records
+  the switch in the history file (`last_timeline_switch`);
+- a standby whose WAL is not contained in its upstream's history (diverged) does not stream:
+  only `rewind` (or a fresh `clone`) brings it back;
+- a data directory last running as a standby and started as a primary is promoted.
+
+Fault injection (test controls): `fail(op, exc, times)` makes the next calls of an operation
+raise; `gate(op)` makes an operation wait until the test opens the gate (a long action that
+hangs, or a crash in the middle of one); `crash()` kills the postmaster; `hang()` makes it
+stop answering (probes report it unresponsive, SQL times out) until `resume()` or a kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+
+from agent.model import ControlData, LocalState, Lsn, Member, ReplicationRow, SyncStandbys
+from agent.postgres.bootstrap import SourceUnreachable
+from agent.postgres.process import PostgresError, StandbyConfig, StopMode
+
+START_LSN = 0x1000000  # where a fresh cluster's WAL ends
+WRITE_BYTES = 128  # the WAL one write adds
+CHECKPOINT_BYTES = 104  # a checkpoint or end-of-recovery record
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataDir:
+    system_id: str
+    timeline: int
+    lsn: Lsn  # the end of the WAL it holds
+    history: tuple[tuple[int, Lsn], ...] = ()  # (the timeline that ended, where), oldest first
+    was_primary: bool = True  # it last ran as a primary
+    clean: bool = True  # shut down cleanly (or running)
+    checkpoint_lsn: Lsn = START_LSN
+
+    def holds(self, timeline: int, lsn: Lsn) -> bool:
+        """This WAL contains the position (timeline, lsn): no divergence from it."""
+        if timeline == self.timeline:
+            return lsn <= self.lsn
+        return any(tli == timeline and lsn <= end for tli, end in self.history)
+
+    def control(self) -> ControlData:
+        if self.was_primary:
+            state = "shut down" if self.clean else "in production"
+        else:
+            state = "shut down in recovery" if self.clean else "in archive recovery"
+        return ControlData(
+            system_id=self.system_id,
+            cluster_state=state,
+            timeline=self.timeline,
+            checkpoint_lsn=self.checkpoint_lsn,
+            min_recovery_end_lsn=None if self.was_primary else self.lsn,
+        )
+
+
+class FakeCluster:
+    """The PostgreSQL instances of one test cluster."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, FakePostgres] = {}
+        self._timelines = itertools.count(2)
+        self._system_ids = itertools.count(7_300_000_000_000_000_001)
+        self._pids = itertools.count(4000)
+
+    def add(self, host: str) -> FakePostgres:
+        pg = FakePostgres(self, host)
+        self.instances[host] = pg
+        return pg
+
+    def next_timeline(self) -> int:
+        return next(self._timelines)
+
+    def next_system_id(self) -> str:
+        return str(next(self._system_ids))
+
+    def next_pid(self) -> int:
+        return next(self._pids)
+
+    def replicate(self) -> None:
+        """Every running standby receives what its running upstream holds, if it can."""
+        for _ in range(len(self.instances)):  # cascades settle within n rounds
+            for pg in self.instances.values():
+                pg.receive()
+
+    def primaries(self) -> list[str]:
+        return [h for h, pg in self.instances.items() if pg.is_primary]
+
+
+class FakePostgres:
+    """One instance; keeps the PostgresControl protocol."""
+
+    def __init__(self, cluster: FakeCluster, host: str) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.data: DataDir | None = None
+        self.running = False
+        self.in_recovery = False
+        self.conninfo: StandbyConfig | None = None  # primary_conninfo / slot, when a standby
+        self.streaming = False
+        self.receiving = True  # False: cut off from its upstream (the WAL receiver gets nothing)
+        self.hung = False
+        self.slots: set[str] = set()
+        self.sync = SyncStandbys(quorum=False, count=0, names=())
+        self.calls: list[str] = []
+        self.stops: list[StopMode] = []
+        self._pid: int | None = None
+        self._exited = asyncio.Event()
+        self._failures: dict[str, list[Exception]] = {}
+        self._gates: dict[str, asyncio.Event] = {}
+
+    # ------------------------------------------------------------------ test controls
+
+    @property
+    def is_primary(self) -> bool:
+        return self.running and not self.in_recovery and not self.hung
+
+    @property
+    def lsn(self) -> Lsn:
+        assert self.data is not None
+        return self.data.lsn
+
+    def fail(self, op: str, exc: Exception | None = None, *, times: int = 1) -> None:
+        """The next `times` calls of `op` raise `exc` (a PostgresError by default)."""
+        error = exc if exc is not None else PostgresError(f"{op}: injected failure")
+        self._failures.setdefault(op, []).extend([error] * times)
+
+    def gate(self, op: str) -> asyncio.Event:
+        """`op` waits until the returned event is set (then the gate is gone)."""
+        event = asyncio.Event()
+        self._gates[op] = event
+        return event
+
+    def write(self, count: int = 1) -> Lsn:
+        """`count` commits on a running primary; returns the new WAL end."""
+        if not self.is_primary or self.data is None:
+            raise PostgresError(f"{self.host}: not a writable primary")
+        self.data = replace(self.data, lsn=self.data.lsn + WRITE_BYTES * count)
+        self.cluster.replicate()
+        return self.data.lsn
+
+    def crash(self) -> None:
+        """The postmaster dies (no shutdown checkpoint)."""
+        if self.running and self.data is not None:
+            self.data = replace(self.data, clean=False)
+        self._gone()
+
+    def hang(self) -> None:
+        self.hung = True
+
+    def resume(self) -> None:
+        self.hung = False
+
+    def receive(self) -> None:
+        """As a running standby: take what the upstream holds, if our WAL is in its history."""
+        if not (self.running and self.in_recovery and not self.hung) or self.data is None:
+            return
+        up = self.cluster.instances.get(self.conninfo.primary_host) if self.conninfo else None
+        self.streaming = False
+        if not self.receiving:
+            return
+        if up is None or not up.running or up.hung or up.data is None:
+            return
+        if up.data.system_id != self.data.system_id:
+            return
+        if not up.data.holds(self.data.timeline, self.data.lsn):
+            return  # diverged: the WAL receiver gives up, pg_rewind is needed
+        self.streaming = True
+        self.data = replace(
+            self.data, timeline=up.data.timeline, lsn=up.data.lsn, history=up.data.history
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    async def _enter(self, op: str, *, sql: bool = False) -> None:
+        self.calls.append(op)
+        await asyncio.sleep(0)
+        gate = self._gates.pop(op, None)
+        if gate is not None:
+            await gate.wait()
+        failures = self._failures.get(op)
+        if failures:
+            raise failures.pop(0)
+        if sql and not self.running:
+            raise PostgresError(f"{op}: connection refused (not running)")
+        if sql and self.hung:
+            raise PostgresError(f"{op}: TimeoutError() (the server does not answer)")
+
+    def _gone(self) -> None:
+        self.running = False
+        self.streaming = False
+        self.hung = False
+        self._pid = None
+        self._exited.set()
+
+    def _require_primary(self, op: str) -> DataDir:
+        if not self.running or self.in_recovery or self.data is None:
+            raise PostgresError(f"{op}: not a primary")
+        return self.data
+
+    # ------------------------------------------------------------------ PostgresControl
+
+    def pid(self) -> int | None:
+        return self._pid
+
+    async def wait_for_exit(self) -> None:
+        if self._pid is None:
+            return
+        await self._exited.wait()
+
+    async def probe(self, *, timeout_s: float) -> LocalState:
+        self.calls.append("probe")
+        self.cluster.replicate()
+        data = self.data
+        if not self.running or self.hung or data is None:
+            return LocalState(
+                data_dir_initialized=data is not None,
+                running=False,
+                postmaster_pid=self._pid,
+                unresponsive=self.hung and self._pid is not None,
+                control=data.control() if data is not None else None,
+            )
+        if self.in_recovery:
+            return LocalState(
+                data_dir_initialized=True,
+                running=True,
+                postmaster_pid=self._pid,
+                in_recovery=True,
+                system_id=data.system_id,
+                timeline=data.timeline,
+                wal_lsn=data.lsn,
+                receive_lsn=data.lsn if self.streaming else None,
+                replay_lsn=data.lsn,
+                streaming=self.streaming,
+                upstream=self.conninfo.primary_host if self.streaming and self.conninfo else None,
+                sync_standbys=self.sync,
+            )
+        return LocalState(
+            data_dir_initialized=True,
+            running=True,
+            postmaster_pid=self._pid,
+            in_recovery=False,
+            system_id=data.system_id,
+            timeline=data.timeline,
+            wal_lsn=data.lsn,
+            replication=self._replication_rows(),
+            sync_standbys=self.sync,
+        )
+
+    def _replication_rows(self) -> tuple[ReplicationRow, ...]:
+        rows = []
+        for name, pg in sorted(self.cluster.instances.items()):
+            if pg.streaming and pg.conninfo is not None and pg.conninfo.primary_host == self.host:
+                assert pg.data is not None
+                named = name in self.sync.names or "*" in self.sync.names
+                sync_state = ("quorum" if self.sync.quorum else "sync") if named else "async"
+                lsn = pg.data.lsn
+                rows.append(
+                    ReplicationRow(
+                        application_name=pg.conninfo.application_name,
+                        state="streaming",
+                        sync_state=sync_state,
+                        sent_lsn=lsn,
+                        write_lsn=lsn,
+                        flush_lsn=lsn,
+                        replay_lsn=lsn,
+                    )
+                )
+        return tuple(rows)
+
+    async def close_probe(self) -> None:
+        self.calls.append("close_probe")
+
+    async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
+        await self._enter("start")
+        if self.running:
+            return
+        if self.data is None:
+            raise PostgresError(f"{self.host}: data directory is not initialized")
+        promote = standby is None and not self.data.was_primary
+        self.conninfo = standby
+        self.in_recovery = standby is not None or promote
+        self.running = True
+        self.data = replace(self.data, clean=True)  # crash recovery, if it was needed
+        self._pid = self.cluster.next_pid()
+        self._exited = asyncio.Event()
+        self.cluster.replicate()
+        if promote:
+            await self.promote(timeout_s=timeout_s)
+
+    async def stop(self, mode: StopMode, *, timeout_s: float) -> None:
+        await self._enter("stop")
+        self.stops.append(mode)
+        if self._pid is None or self.data is None:
+            return
+        clean = mode in (StopMode.SMART, StopMode.FAST) and not self.hung
+        if clean and not self.in_recovery:
+            # The shutdown checkpoint, shipped to the standbys before the WAL senders exit.
+            end = self.data.lsn
+            self.data = replace(self.data, checkpoint_lsn=end, lsn=end + CHECKPOINT_BYTES)
+            self.cluster.replicate()
+        elif clean:
+            self.data = replace(self.data, checkpoint_lsn=self.data.lsn)
+        self.data = replace(self.data, clean=clean, was_primary=not self.in_recovery)
+        self._gone()
+        self.cluster.replicate()
+
+    async def promote(self, *, timeout_s: float) -> None:
+        await self._enter("promote", sql=True)
+        if not self.in_recovery or self.data is None:
+            return
+        old, end = self.data.timeline, self.data.lsn
+        self.data = replace(
+            self.data,
+            timeline=self.cluster.next_timeline(),
+            lsn=end + CHECKPOINT_BYTES,
+            history=(*self.data.history, (old, end)),
+            was_primary=True,
+        )
+        self.in_recovery = False
+        self.streaming = False
+        self.conninfo = None
+        self.cluster.replicate()
+
+    async def follow(self, standby: StandbyConfig) -> None:
+        await self._enter("follow", sql=True)
+        self.conninfo = standby
+        self.cluster.replicate()
+
+    async def initdb(self) -> None:
+        await self._enter("initdb")
+        if self.data is not None:
+            raise PostgresError(f"initdb: data directory of {self.host} is not empty")
+        self.data = DataDir(system_id=self.cluster.next_system_id(), timeline=1, lsn=START_LSN)
+
+    async def create_roles(self) -> None:
+        await self._enter("create_roles", sql=True)
+        self._require_primary("create_roles")
+
+    def clear_data_dir(self) -> None:
+        self.calls.append("clear_data_dir")
+        if self.running:
+            raise PostgresError("clear_data_dir: the postmaster runs")
+        self.data = None
+
+    async def clone(self, standby: StandbyConfig, *, timeout_s: float) -> None:
+        await self._enter("clone")
+        if self.data is not None:
+            raise PostgresError(f"clone: data directory of {self.host} is not empty")
+        source = self.cluster.instances.get(standby.primary_host)
+        if source is None or not source.running or source.hung or source.data is None:
+            raise PostgresError(f"pg_basebackup: could not connect to {standby.primary_host}")
+        self.data = replace(source.data, was_primary=False, clean=True)
+        self.conninfo = standby
+
+    async def rewind(self, standby: StandbyConfig, *, timeout_s: float) -> None:
+        await self._enter("rewind")
+        if self.running or self.data is None:
+            raise PostgresError("rewind: the data directory must be stopped and initialized")
+        source = self.cluster.instances.get(standby.primary_host)
+        if source is None or not source.running or source.hung or source.data is None:
+            raise SourceUnreachable(f"rewind: source {standby.primary_host} unreachable")
+        if source.data.system_id != self.data.system_id:
+            raise PostgresError("pg_rewind: source and target clusters are from different systems")
+        self.data = replace(source.data, was_primary=False, clean=True)
+        self.conninfo = standby
+
+    async def set_slots(self, *, ensure: Collection[str], drop: Collection[str]) -> None:
+        await self._enter("set_slots", sql=True)
+        self._require_primary("set_slots")
+        self.slots = (self.slots | set(ensure)) - set(drop)
+
+    async def set_sync_standbys(self, standbys: SyncStandbys, *, timeout_s: float) -> None:
+        await self._enter("set_sync_standbys", sql=True)
+        self._require_primary("set_sync_standbys")
+        self.sync = standbys
+
+    async def checkpoint(self, *, timeout_s: float) -> None:
+        await self._enter("checkpoint", sql=True)
+
+    async def checkpoint_lsn(self) -> Lsn | None:
+        self.calls.append("checkpoint_lsn")
+        return self.data.checkpoint_lsn if self.data is not None else None
+
+    async def last_timeline_switch(self) -> tuple[int, Lsn] | None:
+        try:
+            await self._enter("last_timeline_switch", sql=True)
+        except PostgresError:
+            return None
+        if self.data is None or not self.data.history:
+            return None
+        return self.data.history[-1]
+
+    async def received_lsn(self, member: Member, *, timeout_s: float) -> Lsn | None:
+        self.calls.append("received_lsn")
+        await asyncio.sleep(0)
+        self.cluster.replicate()
+        other = self.cluster.instances.get(member.host)
+        if other is None or not other.running or other.hung or not other.in_recovery:
+            return None
+        return other.data.lsn if other.data is not None else None
+
+    async def close(self) -> None:
+        self.calls.append("close")

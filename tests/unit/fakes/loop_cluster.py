@@ -1,0 +1,267 @@
+"""A cluster of real HaLoops on fakes: the memory DCS, the fake PostgreSQL, a fake fencer
+and peers that call each other's loops directly. Time is a FakeClock moved by the test; no
+test sleeps (long actions progress while the event loop is yielded to).
+
+Each `round()` moves the clock by one step, lets the fencers act on their deadlines, then
+runs one cycle of every member that is `alive` (in name order) and checks the invariant that
+at most one PostgreSQL accepts writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from agent.clock import FakeClock
+from agent.config import Settings
+from agent.dcs.memory import MemoryDcs, MemoryStore
+from agent.decide import PeerStatus
+from agent.fence import FenceState, FenceStatus, FenceUnavailable
+from agent.loop import HaLoop
+from agent.metrics import Metrics
+from agent.model import Member, MemberName, RecordKind, SwitchoverRequest
+from tests.unit.fake_postgres import FakeCluster, FakePostgres
+from tests.unit.test_decide import make_settings
+
+YIELDS = 50  # event-loop turns given to background tasks after each cycle
+
+
+def member_settings(name: str, *, failsafe: bool = False) -> Settings:
+    base = make_settings(name)
+    return replace(
+        base,
+        postgresql=replace(base.postgresql, connect_host=name, data_dir=f"/data/{name}"),
+        ha=replace(base.ha, failsafe_mode=failsafe),
+    )
+
+
+class FakeFence:
+    """The fencer: armed with a deadline, it kills PostgreSQL when `tick()` finds it passed."""
+
+    def __init__(self, clock: FakeClock, pg: FakePostgres) -> None:
+        self.clock = clock
+        self.pg = pg
+        self.deadline: float | None = None
+        self.state = FenceState.DISARMED
+        self.unavailable = False
+        self.enforcing = True  # False: the fencer process is not there to act on its own
+        self.armed: list[float] = []
+        self.fenced_at: float | None = None
+
+    def _status(self) -> FenceStatus:
+        remaining = self.deadline - self.clock.monotonic() if self.deadline is not None else None
+        return FenceStatus(state=self.state, remaining_s=remaining)
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise FenceUnavailable("fencer unreachable (injected)")
+
+    async def arm(self, deadline: float) -> FenceStatus:
+        self._check()
+        self.deadline = deadline
+        self.state = FenceState.ARMED
+        self.armed.append(deadline)
+        return self._status()
+
+    async def disarm(self) -> FenceStatus:
+        self._check()
+        self.deadline = None
+        self.state = FenceState.DISARMED
+        return self._status()
+
+    async def status(self) -> FenceStatus:
+        self._check()
+        return self._status()
+
+    def tick(self) -> None:
+        due = self.deadline is not None and self.clock.monotonic() >= self.deadline
+        if self.state is FenceState.ARMED and due and self.enforcing:
+            self.state = FenceState.FENCED
+            self.fenced_at = self.clock.monotonic()
+            self.pg.crash()
+
+
+@dataclass(slots=True)
+class FakePeers:
+    """Other members' REST APIs, answered by their loops (GET /health, POST /failsafe)."""
+
+    cluster: LoopCluster
+    me: str
+    unreachable: set[str] = field(default_factory=set)
+
+    async def health(self, members: Sequence[Member]) -> tuple[PeerStatus, ...]:
+        answers = []
+        for m in members:
+            node = self.cluster.nodes.get(m.name)
+            if node is None or not node.alive or m.name in self.unreachable:
+                answers.append(PeerStatus(name=m.name, reachable=False))
+                continue
+            st = node.loop.status()
+            answers.append(
+                PeerStatus(
+                    name=m.name,
+                    reachable=True,
+                    role=st.role,
+                    state=st.state,
+                    timeline=st.timeline,
+                    wal_lsn=st.wal_lsn,
+                    nofailover=m.tags.nofailover,
+                    failover_priority=m.tags.failover_priority,
+                )
+            )
+        return tuple(answers)
+
+    async def ask_failsafe(self, members: Sequence[tuple[MemberName, str]]) -> list[str]:
+        refusals = []
+        for name, _ in members:
+            node = self.cluster.nodes.get(name)
+            if node is None or not node.alive or name in self.unreachable:
+                refusals.append(f"{name}: unreachable (injected)")
+                continue
+            refusal = node.loop.accept_failsafe(self.me)
+            if refusal is not None:
+                refusals.append(f"{name}: 409 {refusal}")
+        return refusals
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Node:
+    name: str
+    settings: Settings
+    dcs: MemoryDcs
+    pg: FakePostgres
+    fence: FakeFence
+    peers: FakePeers
+    loop: HaLoop
+    alive: bool = True  # False: the agent is frozen or gone (its loop does not cycle)
+
+
+class LoopCluster:
+    def __init__(self, names: Sequence[str] = ("a", "b", "c"), *, failsafe: bool = False) -> None:
+        self.clock = FakeClock()
+        self.store = MemoryStore(self.clock)
+        self.postgres = FakeCluster()
+        self.nodes: dict[str, Node] = {}
+        self.primaries_seen: list[tuple[float, tuple[str, ...]]] = []
+        for name in names:
+            settings = member_settings(name, failsafe=failsafe)
+            pg = self.postgres.add(name)
+            fence = FakeFence(self.clock, pg)
+            peers = FakePeers(self, name)
+            dcs = MemoryDcs(
+                self.store,
+                name,
+                ttl_s=settings.timing.ttl_s,
+                clock=self.clock,
+                timeout_s=settings.timing.retry_timeout_s,
+            )
+            loop = HaLoop(
+                settings=settings,
+                clock=self.clock,
+                dcs=dcs,
+                pg=pg,
+                fence=fence,
+                peers=peers,
+                metrics=Metrics(),
+                sleep=self.sleep,
+            )
+            self.nodes[name] = Node(
+                name=name, settings=settings, dcs=dcs, pg=pg, fence=fence, peers=peers, loop=loop
+            )
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    async def sleep(self, seconds: float) -> None:
+        """What the loops' hand-over waits with: the fake clock moves, the event loop turns."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.store.expire_leases()
+        for node in self.nodes.values():
+            node.fence.tick()
+
+    async def settle(self) -> None:
+        for _ in range(YIELDS):
+            await asyncio.sleep(0)
+
+    async def cycle(self, name: str) -> bool:
+        busy = await self.nodes[name].loop.cycle_once()
+        await self.settle()
+        self.check_invariants()
+        return busy
+
+    async def round(self, step_s: float = 1.0) -> None:
+        """Move the clock by `step_s`, then one cycle of every live member."""
+        self.advance(step_s)
+        for name, node in sorted(self.nodes.items()):
+            if node.alive and not node.loop.executor.exited:
+                await self.cycle(name)
+
+    async def run_until(
+        self, done: Callable[[], bool], *, limit_s: float = 120.0, step_s: float = 1.0
+    ) -> float:
+        """Rounds until `done()`; returns the fake seconds it took (fails past `limit_s`)."""
+        start = self.clock.monotonic()
+        while not done():
+            if self.clock.monotonic() - start > limit_s:
+                raise AssertionError(f"not done within {limit_s} s of fake time")
+            await self.round(step_s)
+        return self.clock.monotonic() - start
+
+    def check_invariants(self) -> None:
+        primaries = tuple(self.postgres.primaries())
+        self.primaries_seen.append((self.clock.monotonic(), primaries))
+        assert len(primaries) <= 1, f"two primaries accept writes: {primaries}"
+
+    # ------------------------------------------------------------------ views
+
+    def leader(self) -> str | None:
+        raw = self.store.get_raw("leader")
+        return raw.decode() if raw is not None else None
+
+    def switchover(self) -> bytes | None:
+        return self.store.get_raw("switchover")
+
+    def streaming_from(self, leader: str) -> list[str]:
+        return sorted(
+            n
+            for n, pg in self.postgres.instances.items()
+            if pg.streaming and pg.conninfo is not None and pg.conninfo.primary_host == leader
+        )
+
+    def healthy(self, leader: str) -> bool:
+        """`leader` holds the lease and runs the only primary; every other member streams
+        from it."""
+        others = sorted(n for n in self.nodes if n != leader)
+        return (
+            self.leader() == leader
+            and self.postgres.primaries() == [leader]
+            and self.streaming_from(leader) == others
+        )
+
+    async def request_switchover(self, leader: str, candidate: str | None) -> None:
+        request = SwitchoverRequest(
+            leader=MemberName(leader),
+            candidate=MemberName(candidate) if candidate is not None else None,
+        )
+        any_dcs = next(iter(self.nodes.values())).dcs
+        assert await any_dcs.write_record(
+            RecordKind.SWITCHOVER, request.to_json(), expected_version=None
+        )
+
+    async def bootstrap(self) -> str:
+        """Rounds until one leader runs and the others stream from it; its name."""
+        await self.run_until(
+            lambda: self.leader() is not None and self.healthy(self.leader() or "")
+        )
+        await self.round()  # every member record in the DCS shows it, too
+        leader = self.leader()
+        assert leader is not None
+        return leader

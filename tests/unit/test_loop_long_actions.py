@@ -1,0 +1,74 @@
+"""Crashes and failures in the long actions (Bootstrap, Clone, Rewind): the loop keeps its
+lease while one runs, records the failure, backs off and converges."""
+
+from __future__ import annotations
+
+from agent.postgres.bootstrap import SourceUnreachable
+from tests.unit.fakes.loop_cluster import LoopCluster
+
+
+async def test_a_clone_whose_source_crashes_midway_is_retried_after_the_backoff() -> None:
+    c = LoopCluster()
+    gate = c["b"].pg.gate("clone")
+    await c.run_until(lambda: c["b"].loop.executor.pending is not None)
+    assert c["b"].loop.status().state == "cloning"
+    c["a"].pg.crash()  # the source dies while b copies it
+    gate.set()
+    await c.run_until(lambda: c.healthy("a"))
+    assert c["b"].pg.calls.count("clone") == 2
+    assert c.leader() == "a"
+
+
+async def test_the_leader_keeps_its_lease_through_a_hung_bootstrap() -> None:
+    c = LoopCluster()
+    gate = c["a"].pg.gate("create_roles")
+    await c.run_until(lambda: c["a"].loop.executor.pending is not None)
+    for _ in range(15):  # longer than a ttl
+        await c.round()
+        assert c.leader() == "a"
+        assert c["a"].loop.status().state == "bootstrapping"
+    gate.set()
+    await c.run_until(lambda: c.healthy("a"))
+
+
+async def test_a_failed_rewind_is_repaired_by_clearing_and_cloning_again() -> None:
+    c = LoopCluster()
+    await c.bootstrap()
+    a = c["a"]
+    a.alive = False
+    a.pg.crash()
+    await c.run_until(lambda: c.leader() == "b" and c.streaming_from("b") == ["c"])
+    a.pg.fail("rewind")
+    a.alive = True
+    await c.run_until(lambda: c.healthy("b"))
+    assert a.pg.calls.count("rewind") == 1
+    assert "clear_data_dir" in a.pg.calls
+    await c.round()
+    assert a.loop.memory.rewind_failures == 0
+
+
+async def test_a_rewind_source_out_of_reach_is_retried_not_recloned() -> None:
+    c = LoopCluster()
+    await c.bootstrap()
+    a = c["a"]
+    a.alive = False
+    a.pg.crash()
+    await c.run_until(lambda: c.leader() == "b" and c.streaming_from("b") == ["c"])
+    a.pg.fail("rewind", SourceUnreachable("no route to host (injected)"))
+    a.alive = True
+    await c.run_until(lambda: c.healthy("b"))
+    assert a.pg.calls.count("rewind") == 2
+    assert "clear_data_dir" not in a.pg.calls
+
+
+async def test_a_failed_promotion_does_not_leave_two_leaders() -> None:
+    c = LoopCluster()
+    await c.bootstrap()
+    c["a"].alive = False
+    c["a"].pg.crash()
+    c["b"].pg.fail("promote")
+    await c.run_until(
+        lambda: c.postgres.primaries() != [] and len(c.streaming_from(c.leader() or "")) == 1
+    )
+    leader = c.leader()
+    assert leader is not None and c.postgres.primaries() == [leader]
