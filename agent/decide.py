@@ -344,6 +344,24 @@ def needs_rewind(local: LocalState, leader: Member | None, view: ClusterView) ->
     return False
 
 
+def cluster_timeline(view: ClusterView) -> int | None:
+    """The lowest timeline the cluster's current leader can be on: one past the last timeline
+    the DCS history says ended (None: no switch recorded)."""
+    if not view.history:
+        return None
+    return max(entry.timeline for entry in view.history) + 1
+
+
+def timeline_refusal(local: LocalState, view: ClusterView) -> str | None:
+    """Why this member must not be promoted because it is behind a timeline switch: its WAL
+    lacks everything written since, and PostgreSQL would pick a new timeline ID it never saw
+    in use, the same ID as the one it missed (a later rewind cannot tell the two apart)."""
+    current, ours = cluster_timeline(view), local_timeline(local)
+    if current is not None and ours is not None and ours < current:
+        return f"on timeline {ours}, behind the cluster's timeline {current} (DCS history)"
+    return None
+
+
 def pg_state_of(local: LocalState) -> PgState:
     if not local.running:
         return PgState.STOPPED
@@ -429,6 +447,9 @@ def _am_healthiest(obs: Observation, settings: Settings, memory: Memory) -> tupl
     if settings.tags.nofailover:
         return False, "tagged nofailover"
     refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=True)
+    if refusal is not None:
+        return False, refusal
+    refusal = timeline_refusal(local, view)
     if refusal is not None:
         return False, refusal
     record = view.sync
@@ -818,10 +839,19 @@ def _when_shutting_down(
                 HandOver(candidate=candidate.name, shutting_down=True),
             )
         since = memory.handover_wait_since if memory.handover_wait_since is not None else now
-        if candidate is not None and in_time and now - since < settings.timing.switchover_timeout_s:
+        # Members restarting (a rolling restart, two pods deleted close together) have no
+        # healthy record yet: wait for them too, not only for an eligible one.
+        others = bool(memory.slots) or any(m.name != settings.name for m in view.members)
+        waited = now - since
+        if (
+            (candidate is not None or others)
+            and in_time
+            and waited < settings.timing.switchover_timeout_s
+        ):
+            who = candidate.name if candidate is not None else "a member"
             return _decision(
                 replace(memory, handover_wait_since=since),
-                f"shutting down: serving until {candidate.name} streams from us caught up",
+                f"shutting down: serving until {who} streams from us caught up",
                 RenewLeader(),
             )
     actions: list[Action] = []
@@ -1207,6 +1237,7 @@ def _named_candidate(
             return _decision(memory, f"no leader: {request.candidate} is the named candidate")
         return None
     refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=False)
+    refusal = refusal or timeline_refusal(obs.local, view)
     if refusal is not None:
         return _decision(memory, f"named switchover candidate, but {refusal}")
     if request.handover_lsn is not None and not forced:

@@ -591,7 +591,8 @@ def test_leader_stops_and_releases_after_handing_over() -> None:
 
 
 def test_leader_without_candidates_stops_postgres_before_releasing_on_shutdown() -> None:
-    decision, _ = decide(obs(view("a", ME_PRIMARY), PRIMARY, shutting_down=True), LEASED, A)
+    alone = replace(LEASED, slots=())  # no other member known: nobody to wait for
+    decision, _ = decide(obs(view("a", ME_PRIMARY), PRIMARY, shutting_down=True), alone, A)
     assert decision.actions == (StopPostgres(mode=StopMode.FAST), ReleaseLeader(), Exit())
 
 

@@ -26,7 +26,7 @@ from agent.actions import (
     StopPostgres,
 )
 from agent.decide import Memory, Observation, Outcome, decide, record_outcome
-from agent.model import LocalState, MemberName, PgState, Role, SwitchoverRequest
+from agent.model import HistoryEntry, LocalState, MemberName, PgState, Role, SwitchoverRequest
 from tests.unit.test_decide import (
     CRASHED_PRIMARY,
     LEASED,
@@ -113,6 +113,13 @@ def test_shutdown_after_a_completed_hand_over_leaves_the_request_to_the_candidat
     stopped = replace(CRASHED_PRIMARY, running=False)
     decision, _ = decide(obs(cluster, stopped, shutting_down=True), memory, A)
     assert decision.actions == (Exit(),)
+
+
+def test_shutdown_waits_for_members_that_are_restarting() -> None:
+    # b and c have no record (their agents are restarting) but we keep slots for them.
+    decision, memory = decide(obs(view("a", ME_PRIMARY), PRIMARY, shutting_down=True), LEASED, A)
+    assert decision.actions == (RenewLeader(),)
+    assert "a member" in decision.reason and memory.handover_wait_since == NOW
 
 
 def test_shutdown_kills_a_hung_server_before_releasing() -> None:
@@ -231,6 +238,29 @@ def test_no_named_candidate_promotes_behind_the_last_known_leader_position(
                 assert max(known) - position <= MAX_LAG, (decision, before, request)
         for action in decision.actions:
             memory = record_outcome(memory, Outcome(action=action, ok=True, sent_at=now), A)
+
+
+def test_a_member_behind_a_recorded_timeline_switch_never_races() -> None:
+    # The DCS history says timeline 2 ended: the leader that died was on 3 at least. A member
+    # still on timeline 1 (its agent restarted, no memory of any leader position) must not
+    # promote: it lacks that WAL and would pick timeline 2 again (sigterm-chain finding).
+    history = (
+        HistoryEntry(
+            timeline=1, switch_lsn=900, reason="switchover", at=1.0, new_leader=MemberName("b")
+        ),
+        HistoryEntry(
+            timeline=2, switch_lsn=950, reason="switchover", at=2.0, new_leader=MemberName("c")
+        ),
+    )
+    cluster = view(None, member("a"), history=history)
+    decision, _ = decide(obs(cluster, REPLICA), Memory(), A)  # REPLICA is on timeline 1
+    assert decision.actions == () and "timeline" in decision.reason
+    on_three = replace(REPLICA, timeline=3)
+    decision, _ = decide(obs(cluster, on_three), Memory(), A)
+    assert kinds(decision) == [AcquireLeader, Promote]
+    forced = view(None, member("a"), history=history, switchover=_request(None, "a"))
+    decision, _ = decide(obs(forced, REPLICA), Memory(), A)
+    assert decision.actions == ()
 
 
 # --------------------------------------------------------------------------- hung PostgreSQL
