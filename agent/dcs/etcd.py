@@ -91,8 +91,8 @@ class EtcdDcs:
         self._timeout_s = timeout_s
         self._clock: Clock = clock or SystemClock()
         self._prefix = f"/{namespace.strip('/')}/{cluster.strip('/')}/".encode()
-        self._leader_key = self._key(keys.LEADER)
-        self._member_key = self._key(keys.member_key(member_name))
+        self._leader_key = _full_key(self._prefix, keys.LEADER)
+        self._member_key = _full_key(self._prefix, keys.member_key(member_name))
         self._lease = 0
         self._lease_lock = asyncio.Lock()
         # Send time (monotonic) of the last keepalive that found the lease alive: a member
@@ -150,7 +150,10 @@ class EtcdDcs:
         if mine is None or (mine.value, mine.lease) != self._published:
             # Removed, expired or rewritten behind our back: the next publish puts it again.
             self._published = None
-        items = [(self._relative(kv.key), kv.value, str(kv.mod_revision)) for kv in result.kvs]
+        items = [
+            (_relative_key(self._prefix, kv.key), kv.value, str(kv.mod_revision))
+            for kv in result.kvs
+        ]
         return keys.to_view(items, self._log)
 
     async def acquire_leader(self) -> bool:
@@ -265,7 +268,7 @@ class EtcdDcs:
     async def write_record(
         self, kind: RecordKind, value: str | None, *, expected_version: str | None
     ) -> bool:
-        key = self._key(keys.record_key(kind))
+        key = _full_key(self._prefix, keys.record_key(kind))
         expected = keys.expected_version(expected_version)
         if expected is None:
             compare = Compare(
@@ -401,7 +404,7 @@ class EtcdDcs:
         return result.revision + 1
 
     def _on_event(self, event: WatchEvent) -> None:
-        relative = self._relative(event.kv.key)
+        relative = _relative_key(self._prefix, event.kv.key)
         if keys.is_member_key(relative):
             # A heartbeat (new WAL positions only) wakes nobody; a new role, state or
             # address does, and so does a record that appears (base.py, point 8). A record
@@ -412,10 +415,10 @@ class EtcdDcs:
                 return
         self._changes.observed(event.kv.mod_revision)
 
-    # ------------------------------------------------------------------ keys
 
-    def _key(self, relative: str) -> bytes:
-        return self._prefix + relative.encode()
+def _full_key(prefix: bytes, relative: str) -> bytes:
+    return prefix + relative.encode()
 
-    def _relative(self, key: bytes) -> str:
-        return key[len(self._prefix) :].decode("utf-8", errors="replace")
+
+def _relative_key(prefix: bytes, key: bytes) -> str:
+    return key[len(prefix) :].decode("utf-8", errors="replace")

@@ -17,6 +17,7 @@ from agent.dcs.kubernetes import (
     record_version_annotation,
     to_bytes,
 )
+from agent.dcs.kubernetes.locks import EndpointsLock, LeaseLock, lock_object
 from agent.model import RecordKind
 
 
@@ -60,9 +61,28 @@ def test_record_annotations_are_named_after_the_record_kind() -> None:
     assert record_version_annotation(RecordKind.CONFIG) == "pgwarden.io/config.version"
 
 
+NOW = micro_time(1_700_000_000.25)
+
+
+def endpoints(pod: str) -> EndpointsLock:
+    return EndpointsLock(namespace="ns", cluster="pg", ttl_s=10.0, pod=pod, pg_port=5433)
+
+
+def test_the_configured_lock_kind_chooses_the_lock_object() -> None:
+    endpoints_lock, lease_lock = (
+        lock_object(kind, namespace="ns", cluster="pg", ttl_s=10.0, pod="a", pg_port=5433)
+        for kind in (LockKind.ENDPOINTS, LockKind.LEASE)
+    )
+    assert endpoints_lock.path() == "/api/v1/namespaces/ns/endpoints/pg"
+    assert endpoints_lock.routes
+    assert lease_lock.path() == "/apis/coordination.k8s.io/v1/namespaces/ns/leases/pg-leader"
+    assert lease_lock.path(named=False) == "/apis/coordination.k8s.io/v1/namespaces/ns/leases"
+    assert not lease_lock.routes
+
+
 def test_the_endpoints_lock_write_routes_to_the_leader_and_counts_transitions() -> None:
-    dcs = handle(LockKind.ENDPOINTS)
-    first = dcs._lock_body(None, holder="a", ip="10.0.0.7")
+    lock = endpoints("a")
+    first = lock.body(None, holder="a", ip="10.0.0.7", now=NOW)
     assert first["metadata"]["name"] == "pg"
     assert first["metadata"]["annotations"][LEADER_ANNOTATION] == "a"
     assert first["metadata"]["annotations"][TRANSITIONS_ANNOTATION] == "0"
@@ -74,35 +94,31 @@ def test_the_endpoints_lock_write_routes_to_the_leader_and_counts_transitions() 
             "ports": [{"name": "postgresql", "port": 5433, "protocol": "TCP"}],
         }
     ]
-    taken = handle(LockKind.ENDPOINTS, "b")._lock_body(first, holder="b", ip="10.0.0.8")
+    assert lock.holder(first) == "a"
+    taken = endpoints("b").body(first, holder="b", ip="10.0.0.8", now=NOW)
     assert taken["metadata"]["annotations"][TRANSITIONS_ANNOTATION] == "1"
-    renewed = handle(LockKind.ENDPOINTS, "b")._lock_body(taken, holder="b", ip="10.0.0.8")
+    renewed = endpoints("b").body(taken, holder="b", ip="10.0.0.8", now=NOW)
     assert renewed["metadata"]["annotations"][TRANSITIONS_ANNOTATION] == "1"
-    released = dcs._lock_body(renewed, holder=None, ip=None)
+    released = lock.body(renewed, holder=None, ip=None, now=NOW)
     assert released["subsets"] == []
     assert LEADER_ANNOTATION not in released["metadata"]["annotations"]
+    assert lock.holder(released) == ""
 
 
 @pytest.mark.parametrize("ttl_s", [10.0, 2.5])
 def test_the_lease_lock_write_carries_holder_duration_and_transitions(ttl_s: float) -> None:
-    dcs = KubernetesDcs(
-        client_factory=no_io,
-        namespace="ns",
-        cluster="pg",
-        member_name="a",
-        ttl_s=ttl_s,
-        timeout_s=1.0,
-        lock=LockKind.LEASE,
-        clock=FakeClock(),
-    )
-    lease = dcs._lock_body(None, holder="a", ip=None)
+    lock = LeaseLock(namespace="ns", cluster="pg", ttl_s=ttl_s)
+    lease = lock.body(None, holder="a", ip=None, now=NOW)
     assert lease["metadata"]["name"] == "pg-leader"
     spec = lease["spec"]
     assert spec["holderIdentity"] == "a"
     assert spec["leaseDurationSeconds"] == (10 if ttl_s == 10.0 else 3)
     assert spec["leaseTransitions"] == 0
     assert spec["acquireTime"] == spec["renewTime"]
-    other = dcs._lock_body(lease, holder="b", ip=None)["spec"]
+    assert spec["acquireTime"] == NOW
+    assert lock.holder(lease) == "a"
+    other = lock.body(lease, holder="b", ip=None, now=NOW)["spec"]
     assert other["leaseTransitions"] == 1
-    released = dcs._lock_body(lease, holder=None, ip=None)["spec"]
-    assert "holderIdentity" not in released
+    released = lock.body(lease, holder=None, ip=None, now=NOW)
+    assert "holderIdentity" not in released["spec"]
+    assert lock.holder(released) == ""

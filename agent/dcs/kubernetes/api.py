@@ -1,0 +1,175 @@
+"""The one transport of the Kubernetes backend: JSON requests and watch streams over a
+kubernetes_asyncio `ApiClient` built lazily by the injected factory (constructing this does
+no I/O). Every request carries the request timeout; statuses a caller may handle (2xx, 404,
+409, 410, 422) come back as a `Response`, the rest raise `DcsUnavailable` (`DcsAuthError` for
+401/403). `bounded()` turns any failure inside a deadline into `DcsUnavailable`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from agent.dcs.base import DcsAuthError, DcsError, DcsUnavailable
+from agent.dcs.kubernetes.objects import KubeObject
+
+ClientFactory = Callable[[], Awaitable[Any]]
+
+_CLOSE_TIMEOUT_S = 2.0
+_WATCH_READ_GRACE_S = 10.0  # a stream silent for timeoutSeconds + this is dead
+
+
+class Expired(Exception):
+    """A watch asked for a resourceVersion the server no longer has (410 Gone)."""
+
+
+class Response:
+    """Status and decoded JSON body of one API answer."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+
+    @property
+    def obj(self) -> KubeObject:
+        return self.body if isinstance(self.body, dict) else {}
+
+
+def message(body: Any) -> str:
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("reason") or "")[:200]
+    return ""
+
+
+def expect(response: Response, *statuses: int) -> None:
+    """Raise DcsUnavailable unless the answer has one of `statuses`."""
+    if response.status not in statuses:
+        raise DcsUnavailable(
+            f"kubernetes: unexpected HTTP {response.status}: {message(response.body)}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def bounded(what: str, limit_s: float) -> AsyncIterator[None]:
+    """One operation bounded by `limit_s`; every failure becomes DcsUnavailable."""
+    try:
+        async with asyncio.timeout(limit_s):
+            yield
+    except DcsUnavailable:
+        raise
+    except TimeoutError:
+        raise DcsUnavailable(f"kubernetes: {what}: no answer within {limit_s:g} s") from None
+    except (DcsError, OSError, aiohttp.ClientError, ValueError) as exc:
+        raise DcsUnavailable(f"kubernetes: {what}: {exc!r}") from exc
+
+
+class KubeApi:
+    """Requests to one API server for one DCS handle."""
+
+    def __init__(self, factory: ClientFactory, *, timeout_s: float) -> None:
+        self._factory = factory
+        self._timeout_s = timeout_s
+        self._api: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _client(self) -> Any:
+        async with self._lock:
+            if self._api is None:
+                try:
+                    self._api = await self._factory()
+                except Exception as exc:  # a bad kubeconfig or service account
+                    raise DcsUnavailable(f"kubernetes: client configuration: {exc}") from exc
+            return self._api
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Response:
+        """One API request, bounded by the request timeout (see the module docstring)."""
+        api = await self._client()
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        response: Any = await api.call_api(
+            path,
+            method,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=self._timeout_s,
+        )
+        try:
+            status = int(response.status)
+            data = await response.read()
+        finally:
+            response.release()
+        try:
+            decoded: Any = json.loads(data) if data else None
+        except ValueError:
+            decoded = None
+        if status in (401, 403):
+            raise DcsAuthError(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
+        if status >= 500 or status == 429 or status in (400, 415):
+            raise DcsUnavailable(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
+        return Response(status, decoded)
+
+    async def get(self, path: str) -> KubeObject | None:
+        """The object at `path`, None if there is none."""
+        response = await self.call("GET", path)
+        if response.status == 404:
+            return None
+        expect(response, 200)
+        return response.obj
+
+    async def watch(
+        self, path: str, query: Mapping[str, str], *, timeout_s: int
+    ) -> AsyncGenerator[tuple[str, KubeObject]]:
+        """The (type, object) events of one watch stream, bookmarks included; ends when the
+        server ends it (after `timeout_s`). Raises `Expired` for 410 Gone."""
+        read_timeout = aiohttp.ClientTimeout(
+            sock_connect=self._timeout_s, sock_read=timeout_s + _WATCH_READ_GRACE_S
+        )
+        params = dict(query, watch="true", timeoutSeconds=str(timeout_s))
+        api = await self._client()
+        response: Any = await api.call_api(
+            path,
+            "GET",
+            query_params=list(params.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=read_timeout,
+        )
+        try:
+            if response.status == 410:
+                raise Expired
+            if response.status != 200:
+                raise DcsUnavailable(f"watch {path}: HTTP {response.status}")
+            while line := await response.content.readline():
+                event = json.loads(line)
+                kind, obj = str(event.get("type")), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired
+                    raise DcsUnavailable(f"watch {path}: {obj.get('message')}")
+                yield kind, obj
+        finally:
+            response.release()
+
+    async def close(self) -> None:
+        api, self._api = self._api, None
+        if api is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await api.close()

@@ -1,0 +1,400 @@
+"""`KubernetesDcs`: the DCS protocol (base.py) over the Kubernetes API, composed of the
+parts of this package (see its docstring for where each record lives). This class does the
+protocol's reads and writes and keeps this handle's lock state; the lock object, expiry,
+routing, records, watches and transport are its collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import structlog
+
+from agent.clock import Clock, SystemClock
+from agent.config import LockKind, Settings
+from agent.dcs import keys
+from agent.dcs.base import DcsUnavailable
+from agent.dcs.changes import ChangeTracker
+from agent.dcs.kubernetes.api import ClientFactory, KubeApi, bounded, expect
+from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.locks import LockObject, lock_object
+from agent.dcs.kubernetes.objects import (
+    KubeObject,
+    cluster_selector,
+    hash_version,
+    member_entry,
+    member_patch,
+    micro_time,
+    name_of,
+    pod_ip_of,
+    resource_version,
+    to_bytes,
+)
+from agent.dcs.kubernetes.records import ConfigRecords, record_items
+from agent.dcs.kubernetes.routing import EndpointSliceRouter
+from agent.dcs.kubernetes.watches import WATCH_TIMEOUT_S, ClusterWatches
+from agent.model import ClusterView, Member, RecordKind
+
+# The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
+# hears `DcsUnavailable` with its reason from us rather than a bare timeout of its own.
+_REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
+_RELEASE_ATTEMPTS = 5  # conflicts on the lock object caused by others' annotations
+_HEARTBEAT_SHARE_OF_TTL = 1 / 3
+
+Items = list[tuple[str, bytes, str]]
+
+
+class KubernetesDcs:
+    """One member's handle on one cluster in the Kubernetes API. See the package docstring."""
+
+    def __init__(
+        self,
+        *,
+        client_factory: ClientFactory,
+        namespace: str,
+        cluster: str,
+        member_name: str,
+        ttl_s: float,
+        timeout_s: float,
+        lock: LockKind = LockKind.ENDPOINTS,
+        pod_name: str | None = None,
+        pod_ip: str | None = None,
+        pg_port: int = 5432,
+        labels: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        watch_timeout_s: int = WATCH_TIMEOUT_S,
+    ) -> None:
+        if ttl_s <= 0 or timeout_s <= 0:
+            raise ValueError("ttl_s and timeout_s must be positive")
+        self._api = KubeApi(client_factory, timeout_s=timeout_s)
+        self._cluster = cluster
+        self._name = member_name
+        self._pod = pod_name or member_name
+        self._pod_ip = pod_ip
+        self._lock_kind = lock
+        self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._clock: Clock = clock or SystemClock()
+        self._log = structlog.get_logger("pgwarden.dcs").bind(
+            backend="kubernetes", cluster=cluster, member=member_name, lock=lock.value
+        )
+        self._pods_path = f"/api/v1/namespaces/{namespace}/pods"
+        self._selector = cluster_selector(labels or {}, cluster)
+        self._lock = lock_object(
+            lock, namespace=namespace, cluster=cluster, ttl_s=ttl_s, pod=self._pod, pg_port=pg_port
+        )
+        self._records = ConfigRecords(self._api, namespace=namespace, cluster=cluster)
+        self._router = EndpointSliceRouter(
+            self._api,
+            namespace=namespace,
+            cluster=cluster,
+            pod=self._pod,
+            pg_port=pg_port,
+            log=self._log,
+        )
+        self._holding = False
+        self._lock_obj: KubeObject | None = None  # as returned by our last lock write
+        self._last_renew_sent = 0.0  # monotonic send time of the last successful acquire/renew
+        self._published: tuple[str, float] | None = None  # (payload, monotonic write time)
+        # What this handle saw, timed on its own clock (invariant 4), and what changed.
+        self._expiry = ObservedExpiry(ttl_s)
+        self._changes = ChangeTracker(self._clock, timers=self._expiry)
+        self._watches = ClusterWatches(
+            self._api,
+            pods=(self._pods_path, self._selector),
+            lock=self._lock,
+            config=self._records,
+            tracker=self._changes,
+            expiry=self._expiry,
+            clock=self._clock,
+            log=self._log,
+            timeout_s=timeout_s,
+            watch_timeout_s=watch_timeout_s,
+            task_suffix=member_name,
+        )
+        self._closed = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, client_factory: ClientFactory, clock: Clock
+    ) -> KubernetesDcs:
+        k8s = settings.dcs.kubernetes
+        if k8s is None:
+            raise ValueError("dcs.kubernetes: required when dcs.kind is kubernetes")
+        return cls(
+            client_factory=client_factory,
+            namespace=k8s.namespace,
+            cluster=settings.cluster,
+            member_name=settings.name,
+            ttl_s=settings.timing.ttl_s,
+            timeout_s=settings.timing.retry_timeout_s * _REQUEST_SHARE_OF_RETRY_TIMEOUT,
+            lock=k8s.lock,
+            pod_name=k8s.pod_name,
+            pod_ip=k8s.pod_ip,
+            pg_port=settings.postgresql.port,
+            labels=dict(k8s.labels),
+            clock=clock,
+        )
+
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
+
+    @property
+    def lock_kind(self) -> LockKind:
+        return self._lock_kind
+
+    # ------------------------------------------------------------------ the protocol
+
+    async def get_cluster(self) -> ClusterView:
+        async with self._request("get_cluster"):
+            # The list first: a change after it is delivered by a watch started at its
+            # resourceVersion, even if the reads below already show it (a spurious wake).
+            pods = await self._api.call(
+                "GET", self._pods_path, query={"labelSelector": self._selector}
+            )
+            if pods.status != 200:
+                raise DcsUnavailable(f"listing pods: HTTP {pods.status}")
+            lock = await self._api.get(self._lock.path())
+            config = await self._api.get(self._records.path())
+        pod_items: list[Any] = pods.obj.get("items") or []
+        self._watches.first_read(resource_version(pods.obj), pod_items, lock)
+        now = self._clock.monotonic()
+        items = self._member_items(pod_items, now)
+        items += leader_items(self._lock, lock, self._expiry, now)
+        items += record_items(config)
+        return keys.to_view(items, self._log)
+
+    async def acquire_leader(self) -> bool:
+        async with self._write("acquire_leader"):
+            sent = self._clock.monotonic()
+            current = await self._api.get(self._lock.path())
+            if current is None:
+                body = self._lock_body(None, holder=self._name, ip=await self._own_ip())
+                created = await self._api.call("POST", self._lock.path(named=False), body=body)
+                if created.status == 409:
+                    return False
+                expect(created, 201, 200)
+                self._acquired(created.obj, sent)
+            else:
+                holder, rv = self._lock.holder(current), resource_version(current)
+                if holder:
+                    self._expiry.note(keys.LEADER, str(rv), rv, sent)
+                expired = self._expiry.is_expired(keys.LEADER, rv, self._clock.monotonic())
+                if holder and holder != self._name and not expired:
+                    return False
+                body = self._lock_body(current, holder=self._name, ip=await self._own_ip())
+                put = await self._api.call("PUT", self._lock.path(), body=body)
+                if put.status in (404, 409):
+                    return False  # someone else wrote it first
+                expect(put, 200)
+                self._acquired(put.obj, sent)
+                if holder != self._name:
+                    self._log.info("dcs_leader_acquired", previous=holder or None)
+        if not self._lock.routes:
+            self._router.mark_dirty()
+            await self._route(started=sent)
+        return True
+
+    async def renew_leader(self) -> bool:
+        async with self._write("renew_leader"):
+            sent = self._clock.monotonic()
+            if not self._holding or self._lock_obj is None:
+                return False
+            if sent - self._last_renew_sent >= self._ttl_s:
+                # Our lease has lapsed in the others' eyes: never write the record back.
+                self._lost("lease lapsed before renewal")
+                return False
+            current = self._lock_obj
+            for _ in range(2):
+                body = self._lock_body(current, holder=self._name, ip=await self._own_ip())
+                put = await self._api.call("PUT", self._lock.path(), body=body)
+                if put.status == 200:
+                    self._acquired(put.obj, sent)
+                    break
+                if put.status not in (404, 409):
+                    expect(put, 200)
+                # Changed behind our back: still ours (an annotation by someone else)?
+                fresh = await self._api.get(self._lock.path())
+                if fresh is None or self._lock.holder(fresh) != self._name:
+                    self._lost("leader record taken or deleted")
+                    return False
+                current = fresh
+            else:
+                return False
+        if self._router.is_dirty:
+            await self._route(started=sent)
+        return True
+
+    async def release_leader(self) -> None:
+        started = self._clock.monotonic()
+        async with self._write("release_leader"):
+            for _ in range(_RELEASE_ATTEMPTS):
+                current = await self._api.get(self._lock.path())
+                if current is None or self._lock.holder(current) != self._name:
+                    self._holding = False
+                    return
+                body = self._lock_body(current, holder=None, ip=None)
+                put = await self._api.call("PUT", self._lock.path(), body=body)
+                if put.status == 409:
+                    continue
+                if put.status == 404:
+                    return
+                expect(put, 200)
+                self._changes.own(resource_version(put.obj))
+                self._holding = False
+                self._lock_obj = None
+                self._expiry.forget(keys.LEADER)
+                self._log.info("dcs_leader_released")
+                break
+        if not self._lock.routes:
+            self._router.mark_dirty()
+            await self._route(started=started)
+
+    async def publish_member(self, member: Member) -> None:
+        payload = member.to_json()
+        async with self._write("publish_member"):
+            now = self._clock.monotonic()
+            if (
+                self._published is not None
+                and self._published[0] == payload
+                and now - self._published[1] < self._ttl_s * _HEARTBEAT_SHARE_OF_TTL
+            ):
+                return  # unchanged and recently written: the heartbeat is still fresh
+            heartbeat = micro_time(self._clock.wall())
+            patch = member_patch(self._cluster, self._name, payload, heartbeat=heartbeat)
+            response = await self._api.call(
+                "PATCH",
+                f"{self._pods_path}/{self._pod}",
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+            if response.status == 404:
+                raise DcsUnavailable(f"kubernetes: publish_member: pod {self._pod} not found")
+            expect(response, 200)
+            self._changes.own(resource_version(response.obj))
+            self._published = (payload, now)
+            if self._pod_ip is None:
+                self._pod_ip = pod_ip_of(response.obj)
+
+    async def write_record(
+        self, kind: RecordKind, value: str | None, *, expected_version: str | None
+    ) -> bool:
+        expected = keys.expected_version(expected_version)
+        async with self._write("write_record"):
+            return await self._records.compare_and_set(kind, value, expected, own=self._changes.own)
+
+    async def wait_for_change(self, timeout_s: float) -> bool:
+        if self._closed:
+            await asyncio.sleep(timeout_s)
+            return False
+        self._watches.ensure()
+        return await self._changes.wait(timeout_s)
+
+    async def close(self) -> None:
+        """Stop the watches and close the client. The leader record is left as it is (a clean
+        shutdown releases it first); others see it lapse after the ttl."""
+        self._closed = True
+        await self._watches.close()
+        await self._api.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def _member_items(self, pods: list[Any], now: float) -> Items:
+        """The member records carried by `pods` that are not expired on our clock."""
+        items: Items = []
+        mine: str | None = None
+        present: set[str] = set()
+        for pod in pods:
+            entry = member_entry(pod)
+            if entry is None:
+                continue
+            name, value, token = entry
+            key = keys.member_key(name)
+            present.add(key)
+            if name_of(pod) == self._pod:
+                mine = value
+            fresh = self._expiry.note(key, token, resource_version(pod), now, source=name_of(pod))
+            if fresh:
+                items.append((key, to_bytes(value), hash_version(value)))
+        # Pods or records that went away: nothing left to expire.
+        self._expiry.forget_all_but(present, prefix=keys.MEMBERS)
+        if mine is None or (self._published is not None and self._published[0] != mine):
+            self._published = None  # removed or rewritten behind our back: publish again
+        return items
+
+    # ------------------------------------------------------------------ the lock
+
+    def _lock_body(
+        self, current: KubeObject | None, *, holder: str | None, ip: str | None
+    ) -> KubeObject:
+        return self._lock.body(current, holder=holder, ip=ip, now=micro_time(self._clock.wall()))
+
+    def _acquired(self, obj: KubeObject, sent: float) -> None:
+        rv = resource_version(obj)
+        self._changes.own(rv)
+        self._holding = True
+        self._lock_obj = obj
+        self._last_renew_sent = sent
+        self._expiry.note(keys.LEADER, str(rv), rv, self._clock.monotonic())
+
+    def _lost(self, why: str) -> None:
+        if self._holding:
+            self._log.warning("dcs_leader_lost", reason=why)
+        self._holding = False
+        self._lock_obj = None
+
+    async def _own_ip(self) -> str | None:
+        if self._pod_ip is None:
+            pod = await self._api.get(f"{self._pods_path}/{self._pod}")
+            self._pod_ip = pod_ip_of(pod) if pod is not None else None
+            if self._pod_ip is None:
+                self._log.warning("dcs_pod_ip_unknown", pod=self._pod)
+        return self._pod_ip
+
+    async def _route(self, *, started: float) -> None:
+        """Point the EndpointSlice at us (holding) or at nobody, within what is left of the
+        calling operation's deadline (which began at `started`), so that the whole call
+        stays bounded by `timeout_s`."""
+
+        async def address() -> str | None:
+            return await self._own_ip() if self._holding else None
+
+        budget_s = self._timeout_s - (self._clock.monotonic() - started)
+        await self._router.sync(address, budget_s)
+
+    # ------------------------------------------------------------------ requests
+
+    @contextlib.asynccontextmanager
+    async def _request(self, what: str) -> AsyncIterator[None]:
+        """One public call: bounded by the deadline; every failure becomes DcsUnavailable."""
+        if self._closed:
+            raise DcsUnavailable(f"kubernetes: {what}: this DCS handle is closed")
+        async with bounded(what, self._timeout_s):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _write(self, what: str) -> AsyncIterator[None]:
+        """A public call that may write: its resourceVersions are ours, not changes."""
+        with self._changes.writing():
+            async with self._request(what):
+                yield
+
+
+def leader_items(
+    lock: LockObject, obj: KubeObject | None, expiry: ObservedExpiry, now: float
+) -> Items:
+    """The leader record `obj` holds, unless it names nobody or is expired on our clock
+    (which this observation restarts when the record changed)."""
+    if obj is None:
+        return []
+    holder = lock.holder(obj)
+    if not holder:
+        expiry.forget(keys.LEADER)
+        return []
+    rv = resource_version(obj)
+    if not expiry.note(keys.LEADER, str(rv), rv, now):
+        return []
+    return [(keys.LEADER, to_bytes(holder), str(rv))]

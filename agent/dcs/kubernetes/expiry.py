@@ -1,0 +1,78 @@
+"""Expiry judged on the observer's own monotonic clock (DESIGN.md invariant 4): pods and
+lock objects do not expire, so each handle times what it sees itself, never trusting
+timestamps written by others (their clocks may be wrong; a stopped writer writes none).
+
+Pure: every time is passed in. A record (key `leader` or `members/<name>`) whose token has
+not changed for `ttl_s` since this observer first saw that token is expired. The token is
+whatever the writer changes when it renews (the lock object's resourceVersion; a member's
+record plus its heartbeat); `rv` orders observations, so an older one read late (a list
+racing a watch) never restarts a newer clock. A new observer gives every record a full
+`ttl_s` of its own. Implements `changes.Timers`: each expiry is reported once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, kw_only=True)
+class _Seen:
+    token: str
+    rv: int
+    first_seen: float  # monotonic, when `token` was first seen
+    source: str = ""  # the object carrying the record (a pod name), if any
+    expiry_told: bool = False
+
+
+class ObservedExpiry:
+    """What one handle saw of each record, and since when."""
+
+    def __init__(self, ttl_s: float) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        self._ttl_s = ttl_s
+        self._seen: dict[str, _Seen] = {}
+
+    def note(self, key: str, token: str, rv: int, now: float, *, source: str = "") -> bool:
+        """Remember what we saw of a record at `now` (carried by the object `source`);
+        True while it is not expired."""
+        seen = self._seen.get(key)
+        if seen is None or (seen.token != token and rv >= seen.rv):
+            self._seen[key] = seen = _Seen(token=token, rv=rv, first_seen=now)
+        if source:
+            seen.source = source
+        return now - seen.first_seen < self._ttl_s
+
+    def is_expired(self, key: str, rv: int, now: float) -> bool:
+        """True if the record is still at `rv` as we last saw it, and that is `ttl_s` old."""
+        seen = self._seen.get(key)
+        return seen is not None and seen.rv == rv and now - seen.first_seen >= self._ttl_s
+
+    def forget(self, key: str) -> None:
+        """The record went away: nothing left to expire."""
+        self._seen.pop(key, None)
+
+    def forget_all_but(self, keep: set[str], *, prefix: str) -> None:
+        """Forget the records under `prefix` that are not in `keep` (a complete list)."""
+        for key in [k for k in self._seen if k.startswith(prefix) and k not in keep]:
+            del self._seen[key]
+
+    def forget_source(self, source: str, *, prefix: str) -> None:
+        """Forget the records under `prefix` carried by `source` (its object went away)."""
+        for key in [k for k, s in self._seen.items() if k.startswith(prefix)]:
+            if self._seen[key].source == source:
+                del self._seen[key]
+
+    def take_due(self, now: float) -> bool:
+        """True if a record expired at `now` that was not reported before; reports it."""
+        told = False
+        for seen in self._seen.values():
+            if not seen.expiry_told and now - seen.first_seen >= self._ttl_s:
+                seen.expiry_told = True
+                told = True
+        return told
+
+    def next_due(self) -> float | None:
+        """When the next record not yet reported expires, if nothing renews it."""
+        pending = [s.first_seen + self._ttl_s for s in self._seen.values() if not s.expiry_told]
+        return min(pending) if pending else None

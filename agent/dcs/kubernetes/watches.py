@@ -1,0 +1,216 @@
+"""The three watches that feed `wait_for_change` (base.py point 8): the member pods (by
+label selector), the lock object and the ConfigMap. Each is a named task running
+`changes.watch_forever`, resumed from its last resourceVersion, bounded by `timeoutSeconds`
+and restarted (a silently dead stream cannot hide changes for longer than that); a 410
+Expired re-lists and wakes the caller.
+
+What counts: member records only when their signature (`keys.member_signature`: all but
+WAL positions) changes or they appear or vanish; the lock only when its holder changes (a
+renewal only restarts the observers' expiry clocks, which it notes); any ConfigMap change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from agent.clock import Clock
+from agent.dcs import keys
+from agent.dcs.changes import Backoff, ChangeTracker, WatchResync, watch_forever
+from agent.dcs.kubernetes.api import Expired, KubeApi, bounded, expect
+from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.locks import LockObject
+from agent.dcs.kubernetes.objects import (
+    KubeObject,
+    member_entry,
+    member_signatures,
+    name_of,
+    resource_version,
+    to_bytes,
+)
+from agent.dcs.kubernetes.records import ConfigRecords
+
+WATCH_TIMEOUT_S = 30  # server-side end of each watch; the stream is then resumed
+_CLOSE_TIMEOUT_S = 2.0
+
+
+class Watched(StrEnum):
+    PODS = "pods"
+    LOCK = "lock"
+    CONFIG = "config"
+
+
+class ClusterWatches:
+    """The watches of one handle; started by the first `wait_for_change` (`ensure`)."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        pods: tuple[str, str],
+        lock: LockObject,
+        config: ConfigRecords,
+        tracker: ChangeTracker,
+        expiry: ObservedExpiry,
+        clock: Clock,
+        log: structlog.typing.FilteringBoundLogger,
+        timeout_s: float,
+        watch_timeout_s: int,
+        task_suffix: str,
+    ) -> None:
+        self._api = api
+        pods_path, selector = pods
+        # The collection path and selector of each watch.
+        self._targets: dict[Watched, tuple[str, dict[str, str]]] = {
+            Watched.PODS: (pods_path, {"labelSelector": selector}),
+            Watched.LOCK: (lock.path(named=False), {"fieldSelector": f"metadata.name={lock.name}"}),
+            Watched.CONFIG: (
+                config.path(named=False),
+                {"fieldSelector": f"metadata.name={config.name}"},
+            ),
+        }
+        self._lock = lock
+        self._tracker = tracker
+        self._expiry = expiry
+        self._clock = clock
+        self._log = log
+        self._timeout_s = timeout_s
+        self._watch_timeout_s = watch_timeout_s
+        self._suffix = task_suffix
+        self._start_rv = 0  # list resourceVersion of the first read: where watches start
+        self._seed_signatures: dict[str, str] = {}
+        self._seed_holder = ""
+        self._watched_holder = ""  # the lock holder as the lock watch last saw it
+        self._tasks: dict[Watched, asyncio.Task[None]] = {}
+
+    def first_read(self, rv: int, pods: list[Any], lock: KubeObject | None) -> None:
+        """The handle's first read (the pod list at `rv`): the watches start there, so that a
+        change after it wakes the caller even if the read already showed it."""
+        if self._start_rv == 0:
+            self._start_rv = rv
+            self._seed_signatures = member_signatures(pods)
+            self._seed_holder = self._lock.holder(lock) if lock is not None else ""
+
+    def ensure(self) -> None:
+        """Start every watch that is not running."""
+        for what in Watched:
+            task = self._tasks.get(what)
+            if task is None or task.done():
+                follow, position = self._follower(what)
+                self._tasks[what] = asyncio.create_task(
+                    watch_forever(
+                        follow,
+                        tracker=self._tracker,
+                        log=self._log.bind(watch=what.value),
+                        position=position,
+                    ),
+                    name=f"dcs-k8s-watch-{what}-{self._suffix}",
+                )
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await task
+
+    def _follower(
+        self, what: Watched
+    ) -> tuple[Callable[[Backoff], Awaitable[None]], Callable[[], int]]:
+        """One watch's `follow` coroutine for `watch_forever`, and its position: each stream
+        resumes from the last resourceVersion seen; a 410 re-lists and wakes the caller."""
+        rv = 0
+        first = True
+
+        async def follow(backoff: Backoff) -> None:
+            nonlocal rv, first
+            if rv == 0:
+                rv = await self._start(what, from_first_read=first)
+                first = False
+            try:
+                rv = await self._follow_once(what, rv)
+            except Expired:
+                expired_at, rv = rv, 0
+                raise WatchResync("dcs_watch_expired", resource_version=expired_at) from None
+            backoff.reset()
+
+        return follow, lambda: rv
+
+    async def _start(self, what: Watched, *, from_first_read: bool) -> int:
+        """Where a watch starts: the first read's resourceVersion, or (never read, or after a
+        410) a fresh list's, which also re-seeds what the watch compares against."""
+        if from_first_read and self._start_rv > 0:
+            if what is Watched.PODS and self._seed_signatures:
+                self._tracker.seed_members(self._seed_signatures, replace=False)
+                self._seed_signatures = {}
+            if what is Watched.LOCK:
+                self._watched_holder = self._seed_holder
+            return self._start_rv
+        path, query = self._targets[what]
+        async with bounded(f"list {what.value}", self._timeout_s):
+            listed = await self._api.call("GET", path, query=query)
+        expect(listed, 200)
+        items = listed.obj.get("items") or []
+        if what is Watched.PODS:
+            self._tracker.seed_members(member_signatures(items), replace=True)
+        if what is Watched.LOCK:
+            self._watched_holder = self._lock.holder(items[0]) if items else ""
+        rv = resource_version(listed.obj)
+        if self._start_rv == 0:
+            self._start_rv = rv
+        return rv
+
+    async def _follow_once(self, what: Watched, rv: int) -> int:
+        """One watch stream from `rv`; returns the resourceVersion to resume from."""
+        path, query = self._targets[what]
+        query = dict(query, resourceVersion=str(rv), allowWatchBookmarks="true")
+        events = self._api.watch(path, query, timeout_s=self._watch_timeout_s)
+        async with contextlib.aclosing(events):
+            async for kind, obj in events:
+                rv = max(rv, resource_version(obj))
+                if kind != "BOOKMARK" and self._counts(what, kind, obj):
+                    self._tracker.observed(resource_version(obj))
+        return rv  # the server ended the stream (timeoutSeconds): resume
+
+    def _counts(self, what: Watched, kind: str, obj: KubeObject) -> bool:
+        """Note what the event shows for expiry; True if it is a change point 8 counts."""
+        match what:
+            case Watched.PODS:
+                return self._pod_counts(kind, obj)
+            case Watched.LOCK:
+                return self._lock_counts(kind, obj)
+            case Watched.CONFIG:
+                return True
+
+    def _pod_counts(self, kind: str, obj: KubeObject) -> bool:
+        pod = name_of(obj)
+        entry = None if kind == "DELETED" else member_entry(obj)
+        if entry is None:
+            # The record (or the pod) went away: a change if we had seen it.
+            self._expiry.forget_source(pod, prefix=keys.MEMBERS)
+            return self._tracker.member_changed(pod, None)
+        name, value, token = entry
+        now = self._clock.monotonic()
+        self._expiry.note(keys.member_key(name), token, resource_version(obj), now, source=pod)
+        # A heartbeat (new WAL positions only) does not count.
+        return self._tracker.member_changed(pod, keys.member_signature(to_bytes(value)))
+
+    def _lock_counts(self, kind: str, obj: KubeObject) -> bool:
+        holder = "" if kind == "DELETED" else self._lock.holder(obj)
+        rv = resource_version(obj)
+        if holder:
+            self._expiry.note(keys.LEADER, str(rv), rv, self._clock.monotonic())
+        else:
+            self._expiry.forget(keys.LEADER)
+        if holder == self._watched_holder:
+            return False  # a renewal by the same holder: it only moves the expiry (noted)
+        self._watched_holder = holder
+        return True
