@@ -33,6 +33,13 @@ class ClaimInitialize:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClearInitialize:
+    """Withdraw a claim to bootstrap that never completed (the record's value is still "")."""
+
+    version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SetInitialize:
     """Write the system identifier into our claimed `initialize` record."""
 
@@ -195,6 +202,7 @@ class Exit:
 
 Action = (
     ClaimInitialize
+    | ClearInitialize
     | SetInitialize
     | AcquireLeader
     | RenewLeader

@@ -36,6 +36,7 @@ from agent.actions import (
     Action,
     Bootstrap,
     ClaimInitialize,
+    ClearInitialize,
     ClearSwitchover,
     Clone,
     ConfirmFailsafe,
@@ -930,6 +931,17 @@ def _when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple
     assert view is not None
     if memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S:
         return _decision(memory, "waiting before retrying a failed bootstrap or clone")
+    claimant = view.leader.name if view.leader is not None else None
+    if view.initialize == "" and claimant in (None, settings.name):
+        # A claim to bootstrap that never completed: ours failed (we still hold the lease we
+        # took with it), or the claimant's lease is gone. Left alone it would keep every
+        # member waiting for a leader to clone from, forever.
+        return _decision(
+            memory,
+            "a bootstrap that did not complete: withdrawing its claim",
+            ClearInitialize(version=view.initialize_version),
+            *((ReleaseLeader(),) if claimant is not None else ()),
+        )
     if view.initialize is None and view.leader is None:
         if settings.tags.nofailover:
             return _decision(memory, "empty cluster, but nofailover members do not bootstrap")
@@ -1371,7 +1383,7 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return replace(memory, failed_at=outcome.sent_at) if not outcome.ok else memory
         case SetSyncStandbyNames() | SetSyncRecord() | SetConfig() | SetFailsafeRecord():
             return memory
-        case ClaimInitialize() | SetInitialize() | ClearSwitchover() | Exit():
+        case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover() | Exit():
             return memory
         case _:
             return memory

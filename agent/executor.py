@@ -27,6 +27,7 @@ from agent.actions import (
     AppendHistory,
     Bootstrap,
     ClaimInitialize,
+    ClearInitialize,
     ClearSwitchover,
     Clone,
     ConfirmFailsafe,
@@ -79,6 +80,7 @@ _STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize)
 
 RecordWrite = (
     ClaimInitialize
+    | ClearInitialize
     | SetInitialize
     | ClearSwitchover
     | SetConfig
@@ -93,6 +95,8 @@ def record_write(action: RecordWrite) -> tuple[RecordKind, str | None, str | Non
     match action:
         case ClaimInitialize():
             return RecordKind.INITIALIZE, "", None
+        case ClearInitialize(version=version):
+            return RecordKind.INITIALIZE, None, version
         case SetInitialize(system_id=system_id, expected_version=version):
             return RecordKind.INITIALIZE, system_id, version or None
         case ClearSwitchover(version=version):
@@ -304,6 +308,7 @@ class Executor:
         match action:
             case (
                 ClaimInitialize()
+                | ClearInitialize()
                 | SetInitialize()
                 | ClearSwitchover()
                 | SetConfig()

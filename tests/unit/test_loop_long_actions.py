@@ -72,3 +72,24 @@ async def test_a_failed_promotion_does_not_leave_two_leaders() -> None:
     )
     leader = c.leader()
     assert leader is not None and c.postgres.primaries() == [leader]
+
+
+async def test_a_failed_bootstrap_withdraws_its_claim_and_the_cluster_still_forms() -> None:
+    c = LoopCluster()
+    c["a"].pg.fail("initdb")  # the first bootstrap fails (a claims first: name order)
+    leader = await c.bootstrap()
+    assert c.healthy(leader)
+
+
+async def test_a_claim_whose_claimant_died_mid_bootstrap_is_withdrawn() -> None:
+    c = LoopCluster()
+    gate = c["a"].pg.gate("initdb")
+    await c.run_until(lambda: c["a"].loop.executor.pending is not None)
+    c["a"].alive = False  # its agent dies during initdb: its lease lapses
+
+    def formed() -> bool:
+        new = c.leader()
+        return new in ("b", "c") and c.postgres.primaries() == [new] and bool(c.streaming_from(new))
+
+    await c.run_until(formed)
+    gate.set()
