@@ -138,15 +138,22 @@ def pg_base_dir() -> Iterator[str]:
 async def eventually(
     check: Callable[[], Awaitable[bool]], *, timeout_s: float, interval_s: float = 0.01
 ) -> float:
-    """Poll `check` until true; return the seconds it took. AssertionError after `timeout_s`."""
+    """Poll `check` until true; return the seconds it took. A check that raises counts as
+    not yet (a server still starting refuses connections); after `timeout_s`, AssertionError
+    naming the last exception, chained to it, so a timeout shows why the check kept failing."""
     loop = asyncio.get_running_loop()
     start = loop.time()
+    last: Exception | None = None
     while True:
-        with contextlib.suppress(Exception):
+        try:
             if await check():
                 return loop.time() - start
+            last = None  # the latest try answered false: an older exception is not the cause
+        except Exception as exc:
+            last = exc
         if loop.time() - start > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
+            why = "" if last is None else f"; the last try raised {last!r}"
+            raise AssertionError(f"condition not met within {timeout_s} s{why}") from last
         await asyncio.sleep(interval_s)
 
 

@@ -1,17 +1,14 @@
-"""Pure parts of the Kubernetes DCS backend: no server, no I/O (construction does none)."""
+"""Pure parts of the Kubernetes DCS backend: no server, no I/O (that construction does none
+is tested in test_dcs_construction.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from agent.clock import FakeClock
 from agent.config import LockKind
 from agent.dcs.kubernetes import (
     LEADER_ANNOTATION,
     TRANSITIONS_ANNOTATION,
-    KubernetesDcs,
     micro_time,
     record_annotation,
     record_version_annotation,
@@ -19,30 +16,6 @@ from agent.dcs.kubernetes import (
 )
 from agent.dcs.kubernetes.locks import EndpointsLock, LeaseLock, lock_object
 from agent.model import RecordKind
-
-
-async def no_io() -> Any:
-    raise AssertionError("the backend built its API client without a call")
-
-
-def handle(lock: LockKind, name: str = "a") -> KubernetesDcs:
-    return KubernetesDcs(
-        client_factory=no_io,
-        namespace="ns",
-        cluster="pg",
-        member_name=name,
-        ttl_s=10.0,
-        timeout_s=1.0,
-        lock=lock,
-        pod_ip="10.0.0.7",
-        pg_port=5433,
-        clock=FakeClock(),
-    )
-
-
-def test_construction_does_no_io() -> None:
-    handle(LockKind.ENDPOINTS)
-    handle(LockKind.LEASE)
 
 
 def test_micro_time_is_rfc3339_utc_with_microseconds() -> None:
