@@ -30,14 +30,29 @@ E2E_TIMING = {
 
 
 @contextmanager
-def local_cluster(size: int = 3, **kw: object) -> Iterator[LocalCluster]:
+def local_cluster(
+    size: int = 3,
+    *,
+    cluster: str = "demo",
+    dcs_kind: str = "etcd",
+    kube_lock: str = "endpoints",
+    extra: dict[str, object] | None = None,
+) -> Iterator[LocalCluster]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
-    cluster = LocalCluster(base=base, size=size, timing=dict(E2E_TIMING), **kw)  # type: ignore[arg-type]
+    running = LocalCluster(
+        base=base,
+        size=size,
+        timing=dict(E2E_TIMING),
+        cluster=cluster,
+        dcs_kind=dcs_kind,
+        kube_lock=kube_lock,
+        extra=extra or {},
+    )
     try:
-        cluster.start()
-        yield cluster
+        running.start()
+        yield running
     finally:
-        cluster.stop()
+        running.stop()
         if not _keep_on_failure():
             shutil.rmtree(base, ignore_errors=True)
 

@@ -74,8 +74,7 @@ class _Writer:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                if conn is None or conn.is_closed():
-                    conn = await asyncio.wait_for(self._connect(), timeout=1.0)
+                conn = await self._reuse_or_connect(conn)
                 value = self._next
                 self._next += 1
                 self.log.attempts += 1
@@ -99,6 +98,11 @@ class _Writer:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.terminate()
+
+    async def _reuse_or_connect(self, conn: asyncpg.Connection | None) -> asyncpg.Connection:
+        if conn is not None and not conn.is_closed():
+            return conn
+        return await asyncio.wait_for(self._connect(), timeout=1.0)
 
     def _member(self, conn: asyncpg.Connection) -> str:
         return self.name

@@ -202,6 +202,7 @@ def replica_status(clock: FakeClock, **changes: object) -> AgentStatus:
         dcs_ok=True,
         observed_at=clock.monotonic(),
     )
+    # mypy checks each keyword of replace() against its field; `changes` is a mix by design
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -420,7 +421,11 @@ async def test_cluster_and_history_answer_503_before_the_first_dcs_read(api: Api
 
 async def test_history_lists_timeline_switches(api: Api) -> None:
     entry = HistoryEntry(
-        timeline=2, switch_lsn=0x5000060, reason="failover", at=1_800_000_000.0, new_leader="a"
+        timeline=2,
+        switch_lsn=0x5000060,
+        reason="failover",
+        at=1_800_000_000.0,
+        new_leader=MemberName("a"),
     )
     view = replace(await api.view(), history=(entry,))
     api.status.value = primary_status(api.clock, view)

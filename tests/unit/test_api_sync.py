@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from agent.clock import FakeClock
-from agent.model import AgentStatus, PgState, RecordKind, SyncRole
+from agent.model import AgentStatus, MemberName, PgState, RecordKind, SyncRole
 from tests.unit.test_api import (
     AUTH,
     Api,
@@ -167,11 +167,10 @@ async def test_an_asynchronous_record_restricts_nothing(api: Api) -> None:
 
 async def test_cluster_view_shows_the_sync_record_and_roles(api: Api) -> None:
     _sync_record(api, "b")
-    leader = replace(
-        (await api.view()).leader_member,  # type: ignore[type-var]
-        sync_standbys=("b",),
-    )
-    await api.backend.publish(leader)  # type: ignore[arg-type]
+    current = (await api.view()).leader_member
+    assert current is not None
+    leader = replace(current, sync_standbys=(MemberName("b"),))
+    await api.backend.publish(leader)
     api.status.value = primary_status(api.clock, await api.view())
     body = await (await api.client.get("/cluster")).json()
     assert body["sync"] == {"leader": "a", "members": ["b"], "quorum": 1}

@@ -395,11 +395,17 @@ async def test_failover_names_the_candidate(node: Node) -> None:
     }
 
 
+def paused(node: Node) -> object:
+    config = node.record(RecordKind.CONFIG)
+    assert isinstance(config, dict)
+    return config["paused"]
+
+
 async def test_pause_and_resume(node: Node) -> None:
     assert (await node.ctl("pause"))[0] == 0
-    assert node.record(RecordKind.CONFIG)["paused"] is True  # type: ignore[index]
+    assert paused(node) is True
     assert (await node.ctl("resume"))[0] == 0
-    assert node.record(RecordKind.CONFIG)["paused"] is False  # type: ignore[index]
+    assert paused(node) is False
 
 
 async def test_restart_goes_to_the_member_and_reinitialize_is_refused_on_the_leader(

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 import structlog
 
-from agent.config import LOG_LEVELS, LogFormat, LogSettings, Secret
+from agent.config import LOG_LEVELS, LogFormat, LogLevel, LogSettings, Secret
 from agent.logging import LEVELS, bind_member, configure_logging, get_logger
 
 
@@ -40,7 +40,7 @@ def json_lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 def test_json_mode_writes_one_object_per_line_with_event_level_and_member() -> None:
     stream = io.StringIO()
-    configure_logging(LogSettings(level="info", format=LogFormat.JSON), stream=stream)
+    configure_logging(LogSettings(level=LogLevel.INFO, format=LogFormat.JSON), stream=stream)
     bind_member("demo", "pg-0")
     log = get_logger("pgwarden.test")
     log.info("lease_acquired", ttl_s=10)
@@ -69,7 +69,7 @@ def test_secrets_in_event_fields_are_masked() -> None:
 
 def test_events_below_the_configured_level_are_dropped() -> None:
     stream = io.StringIO()
-    configure_logging(LogSettings(level="warning", format=LogFormat.JSON), stream=stream)
+    configure_logging(LogSettings(level=LogLevel.WARNING, format=LogFormat.JSON), stream=stream)
     log = get_logger("t")
     log.info("quiet")
     log.debug("quieter")
@@ -79,7 +79,7 @@ def test_events_below_the_configured_level_are_dropped() -> None:
 
 def test_library_logs_go_through_the_same_renderer_from_warning_up() -> None:
     stream = io.StringIO()
-    configure_logging(LogSettings(level="debug", format=LogFormat.JSON), stream=stream)
+    configure_logging(LogSettings(level=LogLevel.DEBUG, format=LogFormat.JSON), stream=stream)
     bind_member("demo", "pg-1")
     logging.getLogger("aiohttp.access").info("GET /health 200")
     logging.getLogger("aiohttp.server").warning("bad request from %s", "127.0.0.1")

@@ -220,12 +220,14 @@ def test_ident_map_lets_each_agent_os_user_in_as_the_superuser_once() -> None:
 
 
 def _settings(**kwargs: object) -> PostgresSettings:
+    # mypy checks each keyword against its field; the callers pass a mix by design
     return PostgresSettings(data_dir="/srv/pg/data", port=6543, **kwargs)  # type: ignore[arg-type]
 
 
 def _options(options: list[str]) -> list[tuple[str, str]]:
     assert options[::2] == ["-c"] * (len(options) // 2)
-    return [tuple(item.split("=", 1)) for item in options[1::2]]  # type: ignore[misc]
+    pairs = [item.split("=", 1) for item in options[1::2]]
+    return [(name, value) for name, value in pairs]
 
 
 def test_server_options_let_parameters_raise_defaults_but_never_move_identity() -> None:

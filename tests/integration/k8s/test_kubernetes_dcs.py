@@ -356,11 +356,11 @@ async def test_conflicting_writes_of_two_agents_are_resolved_by_resource_version
             assert view.config.version != "" and view.history_version != ""
             # The same record at the same version: exactly one wins.
             version = view.history_version
-            results = await asyncio.gather(
+            raced = await asyncio.gather(
                 a.write_record(RecordKind.HISTORY, "[]", expected_version=version),
                 b.write_record(RecordKind.HISTORY, "[]", expected_version=version),
             )
-            assert sorted(results) == [False, True]
+            assert sorted(raced) == [False, True]
             # Someone else annotates the lock object: the holder's renewal still succeeds,
             # the other member's acquire still fails.
             assert await a.acquire_leader()
