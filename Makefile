@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := postgresql etcd-server etcd-client iproute2 iptables nftables iputils-ping procps kubectl
+DEB_PACKAGES := postgresql etcd-server etcd-client iproute2 iptables nftables iputils-ping procps kubectl fuse3
 PYTEST_ARGS ?=
 
 .PHONY: demo test check unit integration e2e chaos bench setup deb venv clean

@@ -40,11 +40,16 @@ import aiohttp
 import asyncpg
 import yaml
 
+from tests.chaos.fuse_fs import FuseStore
 from tests.chaos.netns import SUBNET, Host, Network, entered
 
 ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 REPO = Path(__file__).resolve().parents[2]
+# The directory whose `agent` package the agents run (`python -m agent` from there): the
+# checkout by default; CHAOS_AGENT_SRC=<dir> runs another version of the agent (a copy of an
+# older commit, for before/after figures) against the same harness.
+AGENT_SRC = Path(os.environ.get("CHAOS_AGENT_SRC") or REPO)
 PG_PORT = 5432
 API_PORT = 8008
 ETCD_CLIENT_PORT = 2379
@@ -77,6 +82,7 @@ class Proc:
     argv: list[str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    cwd: Path = REPO
 
     def start(self) -> None:
         if self.running:
@@ -84,7 +90,7 @@ class Proc:
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
                 self.host.exec_args(*self.argv),
-                cwd=REPO,
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -126,6 +132,8 @@ class Member:
     host: Host
     base: Path
     agent: Proc
+    # The data directory on a FUSE store that can hang every write (ChaosCluster.fuse_storage).
+    store: FuseStore | None = None
 
     @property
     def address(self) -> str:
@@ -181,6 +189,9 @@ class ChaosCluster:
     timing: dict[str, float] = field(default_factory=lambda: dict(QUICK_TIMING))
     synchronous_mode: str = "off"  # seeds the DCS config at bootstrap: off, on or quorum
     failsafe_mode: bool = False  # seeds the DCS config's failsafe_mode (ha.failsafe_mode)
+    # Each member's data directory is a FUSE passthrough of `<base>/store` whose writes and
+    # fsyncs can be hung on command (tests/chaos/fuse_fs.py); the storage-hang scenarios.
+    fuse_storage: bool = False
     base: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgw-chaos-", dir="/tmp"))
     )
@@ -245,6 +256,7 @@ class ChaosCluster:
                             str(base / "pgwarden.yaml"),
                         ],
                         log=base / "agent.log",
+                        cwd=AGENT_SRC,
                     ),
                 )
                 self._prepare(member)
@@ -258,9 +270,14 @@ class ChaosCluster:
         """Kill every process of the run and delete its namespaces. Safe to call twice."""
         for member in self.members:
             member.agent.signal(signal.SIGCONT)
+        for member in self.members:
+            if member.store is not None:  # hung processes cannot die while it stays blocked
+                member.store.unblock()
         self.network.destroy()  # SIGKILLs whatever still runs in each namespace
         for member in self.members:
             member.agent.kill()
+            if member.store is not None:
+                member.store.stop()
         for node in self.etcd:
             node.proc.kill()
         if self.apiserver is not None:
@@ -398,6 +415,14 @@ class ChaosCluster:
         os.chmod(member.base, 0o755)
         entry = pwd.getpwnam("postgres")
         os.chown(member.base, entry.pw_uid, entry.pw_gid)
+        if self.fuse_storage:
+            member.store = FuseStore(
+                source=member.base / "store",
+                mountpoint=member.data_dir,
+                control=member.base / "storage.blocked",
+                log=member.base / "fuse.log",
+            )
+            member.store.start(owner=(entry.pw_uid, entry.pw_gid))
         (member.base / "pgwarden.yaml").write_text(
             yaml.safe_dump(self.config_for(member), sort_keys=False)
         )

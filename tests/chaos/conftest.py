@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,10 +64,14 @@ def _running(
     dcs: str = "etcd",
     failsafe: bool = False,
     suffix: str = "",
+    fuse_storage: bool = False,
 ) -> Iterator[Runner]:
     """A started cluster; the calling thread is in its client namespace until the exit."""
     cluster = ChaosCluster(
-        synchronous_mode="on" if sync else "off", dcs=dcs, failsafe_mode=failsafe
+        synchronous_mode="on" if sync else "off",
+        dcs=dcs,
+        failsafe_mode=failsafe,
+        fuse_storage=fuse_storage,
     )
     keep = False
     try:
@@ -133,4 +138,16 @@ def failsafe_k8s_runner(
         failsafe=on,
         suffix=" [k8s, failsafe]" if on else " [k8s, failsafe off]",
     ) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def storage_sync_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult]
+) -> Iterator[Runner]:
+    """synchronous_mode: on, every member's data directory on a FUSE store whose writes can
+    be hung (tests/chaos/fuse_fs.py); names get " [sync]"."""
+    if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
+        pytest.skip("FUSE is not usable here (fusermount3 from Debian fuse3, /dev/fuse)")
+    with _running(chaos_results, sync=True, fuse_storage=True) as chaos:
         yield chaos

@@ -41,6 +41,13 @@ CHAIN_WRITE_S = 0.3
 CHAIN_HANDOVER_BOUND_S = 30.0
 # primary-postgres-frozen-until-failover: how long to wait for another primary at most.
 FROZEN_FAILOVER_BOUND_S = 20.0
+# primary-storage-hang: how long to wait for another primary at most (the issue's bound is
+# ttl + 1 s; waiting longer measures how late a slow failover comes).
+STORAGE_FAILOVER_BOUND_S = 30.0
+# agent-restart-loop: how many kills (of the primary's agent; every second one of a replica's
+# too) and their period: about 20 s of churn.
+CHURN_KILLS = 13
+CHURN_PERIOD_S = 1.5
 
 
 def heal_all(cluster: ChaosCluster) -> None:
@@ -204,6 +211,96 @@ class _FrozenPostgres:
         )
 
 
+def _client_backends(postmaster: int, client_address: str) -> list[int]:
+    """Pids of the postmaster's client backends connected from `client_address` (the
+    workload's), read from each child's process title."""
+    out = []
+    for pid in children(postmaster):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace")
+            if f" {client_address}(" in title and "walsender" not in title:
+                out.append(pid)
+    return out
+
+
+def _oom_kill_primary_backend(cluster: ChaosCluster, primary: int) -> str:
+    """SIGKILL of one client backend, as the OOM killer does: the postmaster sees a child die
+    abnormally and goes through its crash-restart cycle (every backend ended, crash recovery,
+    accepting connections again), while the agent and the postmaster stay alive."""
+    member = cluster.members[primary]
+    pid = member.postmaster_pid()
+    if pid is None:
+        return f"{member.name}: no postmaster"
+    backends = _client_backends(pid, cluster.client.address)
+    if not backends:
+        return f"{member.name}: no client backend to kill"
+    os.kill(backends[0], signal.SIGKILL)
+    return f"SIGKILL to client backend {backends[0]} of {member.name} (postmaster {pid})"
+
+
+@dataclass(slots=True)
+class _StorageHang:
+    """primary-storage-hang: every write and fsync of the primary's data directory (a FUSE
+    store, `ChaosCluster(fuse_storage=True)`) hangs; reads, the postmaster, the walsenders and
+    the agent stay up, so the server answers probes but cannot commit (the zombie primary of
+    issue 16). Held until another member takes writes (at most STORAGE_FAILOVER_BOUND_S),
+    then for the nemesis' hold, still hung: the heal resumes the storage, when every write
+    that waited in it completes."""
+
+    failover_s: list[float | None] = field(default_factory=list)
+
+    async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
+        member = cluster.members[primary]
+        if member.store is None:
+            raise RuntimeError("primary-storage-hang needs ChaosCluster(fuse_storage=True)")
+        at = time.monotonic()
+        member.store.block()
+        found = await _next_primary(cluster, primary, STORAGE_FAILOVER_BOUND_S)
+        taken = time.monotonic() - at
+        self.failover_s.append(None if found is None else taken)
+        what = f"every write and fsync of {member.name}'s data directory hung"
+        if found is None:
+            return Injected(
+                description=f"{what}; no other member writable within "
+                f"{STORAGE_FAILOVER_BOUND_S:.0f} s",
+                instants=(at,),
+            )
+        return Injected(
+            description=f"{what}; {cluster.members[found].name} writable after {taken:.2f} s",
+            instants=(at,),
+        )
+
+    def heal(self, cluster: ChaosCluster) -> None:
+        for member in cluster.members:
+            if member.store is not None:
+                member.store.unblock()
+        heal_all(cluster)
+
+
+async def _agent_restart_loop(cluster: ChaosCluster, primary: int) -> Injected:
+    """CHURN_KILLS times, every CHURN_PERIOD_S: SIGKILL of the first primary's agent, started again
+    at once (PostgreSQL and the fencer live on: the new agent must adopt them); every second
+    time a replica's agent too. A crash-looping container whose database keeps running."""
+    instants: list[float] = []
+    replica = cluster.members[_replica(cluster, primary)]
+    member = cluster.members[primary]
+    for kill in range(CHURN_KILLS):
+        if kill:
+            await asyncio.sleep(CHURN_PERIOD_S)
+        instants.append(time.monotonic())
+        for target in [member] if kill % 2 == 0 else [member, replica]:
+            target.agent.signal(signal.SIGKILL)
+            target.agent.wait(timeout=5)
+            target.agent.start()
+    return Injected(
+        description=f"SIGKILL + restart of {member.name}'s agent (primary) {CHURN_KILLS} "
+        f"times, of {replica.name}'s (replica) {CHURN_KILLS // 2} times, every "
+        f"{CHURN_PERIOD_S} s",
+        instants=tuple(instants),
+    )
+
+
 async def _writable(cluster: ChaosCluster, index: int) -> bool:
     """Member `index`'s PostgreSQL answers now as a primary that takes writes."""
     try:
@@ -307,6 +404,8 @@ class Nemesis:
     # The workload adds a writer without a statement timeout (single scenarios only): for
     # faults that hang a server, whose queued statements run when it resumes.
     patient_writer: bool = False
+    # No failover may happen: the primary after the heal is the one before (single scenarios).
+    same_primary: bool = False
 
     def __post_init__(self) -> None:
         if (self.inject is None) == (self.script is None):
@@ -332,6 +431,20 @@ def nemeses(ttl_s: float, *, dcs: str = "etcd") -> list[Nemesis]:
     out = [n for n in every if n.name not in ("etcd-all-stopped", "etcd-leader-killed")]
     index = next(i for i, n in enumerate(out) if n.name == "dcs-majority-cut")
     return [*out[: index + 1], frozen, *out[index + 1 :]]
+
+
+def storage_hang(ttl_s: float) -> Nemesis:
+    """The gray profile's zombie primary (needs a cluster with FUSE storage)."""
+    hang = _StorageHang()
+    return Nemesis(
+        name="primary-storage-hang",
+        script=hang.script,
+        heal=hang.heal,
+        hold_s=ttl_s,
+        must_not_lose=True,
+        patient_writer=True,
+        quick=False,
+    )
 
 
 def dcs_outage_with_dead_replica_agent(ttl_s: float) -> Nemesis:
@@ -402,6 +515,20 @@ def _every(ttl_s: float) -> list[Nemesis]:
             hold_s=2 * ttl_s,
             must_not_lose=True,
             patient_writer=True,
+        ),
+        Nemesis(
+            name="primary-backend-oom-killed",
+            inject=_oom_kill_primary_backend,
+            hold_s=4.0,
+            must_not_lose=True,
+            same_primary=True,
+        ),
+        Nemesis(
+            name="agent-restart-loop",
+            script=_agent_restart_loop,
+            hold_s=1.0,
+            faults=CHURN_KILLS,
+            must_not_lose=True,
         ),
         Nemesis(
             name="primary-postgres-frozen-until-failover",

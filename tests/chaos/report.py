@@ -33,6 +33,10 @@ class Row:
     # Per fault instant of a run (the i-th SIGTERM of sigterm-chain...), the longest write
     # gap it caused, max over the runs (see ScenarioResult.gaps_s).
     write_gaps_s: tuple[float, ...] = ()
+    # From the fault to the first write another member acknowledged, max over the runs (None:
+    # no run failed over); writes the old primary acknowledged after that, summed.
+    max_failover_s: float | None = None
+    old_primary_acks_after_failover: int = 0
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -50,6 +54,10 @@ class Row:
             "diverged_members": self.diverged_members,
             "must_not_lose": self.must_not_lose,
             "write_gaps_s": [round(g, 2) for g in self.write_gaps_s],
+            "max_failover_s": None
+            if self.max_failover_s is None
+            else round(self.max_failover_s, 2),
+            "old_primary_acks_after_failover": self.old_primary_acks_after_failover,
         }
 
 
@@ -82,6 +90,12 @@ def rows(results: Iterable[ScenarioResult], *, measured: str = "") -> list[Row]:
                 must_not_lose=any(r.must_not_lose for r in runs),
                 measured=measured,
                 write_gaps_s=_max_per_instant(r.gaps_s for r in runs),
+                max_failover_s=max(
+                    (r.failover_s for r in runs if r.failover_s is not None), default=None
+                ),
+                old_primary_acks_after_failover=sum(
+                    r.old_primary_acks_after_failover for r in runs
+                ),
             )
         )
     return out
@@ -105,6 +119,7 @@ def _row_from_json(item: dict[str, object], fallback: str) -> Row | None:
         lost = item["acked_writes_lost"]
         converge = item["max_time_to_converge_s"]
         gaps = item.get("write_gaps_s") or []
+        failover = item.get("max_failover_s")
         return Row(
             scenario=str(item["scenario"]),
             runs=int(str(item["runs"])),
@@ -118,6 +133,10 @@ def _row_from_json(item: dict[str, object], fallback: str) -> Row | None:
             must_not_lose=bool(item["must_not_lose"]),
             measured=str(item.get("measured") or fallback),
             write_gaps_s=tuple(float(str(g)) for g in gaps) if isinstance(gaps, list) else (),
+            max_failover_s=None if failover is None else float(str(failover)),
+            old_primary_acks_after_failover=int(
+                str(item.get("old_primary_acks_after_failover") or 0)
+            ),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -179,7 +198,29 @@ def markdown(table: Sequence[Row], *, profile: str, settings: dict[str, object])
             f"- {row.scenario}: " + ", ".join(f"{gap:.2f} s" for gap in row.write_gaps_s)
             for row in chains
         ]
+    gray = [row for row in table if _is_gray(row.scenario)]
+    if gray:
+        lines += [
+            "",
+            "Gray faults (tests/chaos/test_gray.py and the gray rows of the quick profile): "
+            "time from the fault to the first write another member acknowledged (max over "
+            "runs; *none*: no failover), and writes the old primary acknowledged after that:",
+            "",
+        ]
+        lines += [
+            f"- {row.scenario}: failover "
+            + ("none" if row.max_failover_s is None else f"{row.max_failover_s:.2f} s")
+            + f", old primary acknowledged {row.old_primary_acks_after_failover} after it"
+            for row in gray
+        ]
     return "\n".join(lines) + "\n"
+
+
+GRAY_PREFIXES = ("primary-storage-", "replica-storage-", "primary-backend-", "agent-restart-")
+
+
+def _is_gray(scenario: str) -> bool:
+    return scenario.startswith(GRAY_PREFIXES)
 
 
 def write(
@@ -209,6 +250,8 @@ def write(
             "lost_examples": list(r.lost_examples),
             "diverged": list(r.diverged),
             "write_gaps_s": [round(g, 3) for g in r.gaps_s],
+            "failover_s": None if r.failover_s is None else round(r.failover_s, 3),
+            "old_primary_acks_after_failover": r.old_primary_acks_after_failover,
         }
         for r in results
     ]

@@ -44,6 +44,12 @@ class ScenarioResult:
     # stretch without an acknowledged application write, from its last ack before that fault
     # to the next fault (the last: to the end of the window). Single scenarios only.
     gaps_s: tuple[float, ...] = ()
+    # Seconds from the fault to the first write acknowledged by a member other than the
+    # primary before it (either writer); None when none took writes (single scenarios only).
+    failover_s: float | None = None
+    # Writes the old primary acknowledged after another member had acknowledged one (a zombie
+    # primary that came back: each is a split brain or a lost write unless fenced).
+    old_primary_acks_after_failover: int = 0
 
 
 def _utc(wall: float) -> str:
@@ -143,6 +149,17 @@ class Runner:
             if a.acked and a.member == old and t_fault <= a.ended <= t_heal
         ]
         t_end = time.monotonic()
+        elsewhere = [
+            a.ended
+            for a in attempts
+            if a.acked and a.member not in (None, old) and a.ended >= t_fault
+        ]
+        failover_at = min(elsewhere) if elsewhere else None
+        zombie = (
+            0
+            if failover_at is None
+            else sum(1 for a in attempts if a.acked and a.member == old and a.ended > failover_at)
+        )
         result = await self._check(
             scenario=self._name(nemesis.name),
             faults=(injected.description,),
@@ -161,6 +178,8 @@ class Runner:
             gaps_s=tuple(
                 checker.gaps_after(attempts, writer="app", instants=injected.instants, end=t_end)
             ),
+            failover_s=None if failover_at is None else failover_at - t_fault,
+            old_primary_acks_after_failover=zombie,
         )
         self.results.append(result)
         return result

@@ -66,6 +66,11 @@ async def test_after_each_fault_no_split_brain_and_the_cluster_converges_without
     nemesis: Nemesis = QUICK[name]
     result = await runner.run(nemesis)
     assert_invariants(result, runner)
+    if nemesis.same_primary:
+        assert result.primary_after == result.primary_before, (
+            f"{result.scenario}: failover to {result.primary_after} (no failover allowed)\n"
+            f"{summary(result)}\n{runner.cluster.logs_tail(15)}"
+        )
     assert len(result.gaps_s) == nemesis.faults, (
         f"only {len(result.gaps_s)} of the {nemesis.faults} faults could be made: "
         f"{summary(result)}\n{runner.cluster.logs_tail(15)}"
