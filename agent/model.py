@@ -142,6 +142,9 @@ class LocalState:
     # stuck in I/O): hung, not down. A server that answers with an error (starting up,
     # shutting down) is not unresponsive.
     unresponsive: bool = False
+    # A primary that answers queries but could not commit the probe's heartbeat transaction
+    # in time (storage under pg_wal hung or failing): it cannot acknowledge writes.
+    commit_stalled: bool = False
     in_recovery: bool | None = None
     system_id: str | None = None
     timeline: int | None = None

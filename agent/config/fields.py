@@ -253,7 +253,10 @@ FIELDS: Final[tuple[Field, ...]] = (
             "out) for this long SIGKILLs it and every child, then restarts it in place (or "
             "releases the lease after `primary_start_timeout_s`). Counted from the first probe "
             "that timed out, which itself waited 0.7 × `retry_timeout_s`. The lease is never "
-            "released while that process exists."),
+            "released while that process exists. A primary that answers but cannot commit "
+            "(WAL waits to be flushed, the flush does not move, and a heartbeat commit does "
+            "not complete: hung storage) for this long is SIGKILLed too and hands the lease "
+            "on at once, without a restart in place."),
     _timing("clone_timeout_s", "> 0.", "Bound on one clone of this member from the leader "
             "(`pg_basebackup`); a clone that takes longer is stopped and counts as failed."),
     _timing("rewind_timeout_s", "> 0.", "Bound on one `pg_rewind` of a former primary onto "

@@ -50,6 +50,8 @@ SELECT
   (SELECT system_identifier FROM pg_control_system())::text AS system_id,
   CASE WHEN s.r THEN NULL ELSE pg_current_wal_lsn() END AS write_lsn,
   CASE WHEN s.r THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
+  CASE WHEN s.r THEN NULL ELSE pg_current_wal_insert_lsn() END AS insert_lsn,
+  CASE WHEN s.r THEN NULL ELSE pg_current_wal_flush_lsn() END AS flush_lsn,
   CASE WHEN s.r THEN pg_last_wal_receive_lsn() END AS receive_lsn,
   CASE WHEN s.r THEN pg_last_wal_replay_lsn() END AS replay_lsn,
   (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_tli,
@@ -72,6 +74,15 @@ SELECT
 FROM (SELECT pg_is_in_recovery() AS r) AS s
 LEFT JOIN pg_stat_wal_receiver AS w ON true
 """
+
+
+# The commit heartbeat (Prober._can_commit): simple protocol, one round trip.
+# A transactional logical message is a WAL record (any wal_level), so the commit must flush
+# WAL; a transaction that only took an xid (txid_current()) commits without a flush.
+_HEARTBEAT_SQL = (
+    "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; "
+    "SELECT pg_logical_emit_message(true, 'pgwarden', 'heartbeat'); COMMIT"
+)
 
 
 def _lsn_or_none(value: object) -> Lsn | None:
@@ -301,6 +312,8 @@ class Prober:
         # while the standby does not stream. Dropped when it streams (the receiver may
         # overwrite what the scan saw).
         self._wal_end: tuple[int | None, int | None, Lsn] | None = None
+        # A primary's WAL flush position at the previous probe, per postmaster.
+        self._flush_seen: tuple[int | None, Lsn | None] | None = None
 
     async def probe(
         self, *, running: bool, postmaster_pid: int | None, timeout_s: float
@@ -329,6 +342,10 @@ class Prober:
                 await self.close()
                 unresponsive = isinstance(exc, TimeoutError)
             else:
+                if not state.in_recovery and self._flush_stuck(row, postmaster_pid):
+                    budget = max(deadline - loop.time() - timeout_s * 0.3, 0.1)
+                    if not await self._can_commit(budget):
+                        state = dataclasses.replace(state, commit_stalled=True)
                 # The server answered: whatever the scan does, it reports a running server.
                 try:
                     return await self._with_local_wal(
@@ -348,6 +365,44 @@ class Prober:
             unresponsive=unresponsive and postmaster_pid is not None,
             control=control,
         )
+
+    def _flush_stuck(self, row: asyncpg.Record, postmaster_pid: int | None) -> bool:
+        """Whether a primary's WAL flush may be stuck: WAL is waiting to be flushed and the
+        flush position has not moved since the previous probe of this postmaster. Progress,
+        or nothing to flush, proves enough; only this ambiguous case (hung storage, or an
+        idle server with a partly filled WAL page that nobody needed flushed, e.g. hint-bit
+        records) is settled by committing the heartbeat, which forces a flush."""
+        flush: Lsn | None = row["flush_lsn"]
+        insert: Lsn | None = row["insert_lsn"]
+        previous, self._flush_seen = self._flush_seen, (postmaster_pid, flush)
+        if flush is None or insert is None or insert <= flush:
+            return False
+        return previous == (postmaster_pid, flush)
+
+    async def _can_commit(self, timeout_s: float) -> bool:
+        """A primary proves it can commit: one transaction that writes a WAL record (a
+        logical message, ignored by physical standbys), so that its commit flushes WAL to
+        local storage, within `timeout_s`.
+        `synchronous_commit = local`: a standby that does not answer must not look like a
+        broken primary (that is the synchronous set's business, not liveness). Answering
+        reads proves nothing when the storage under pg_wal hangs: commits block in fsync
+        while every catalog query is served from memory (the "zombie primary").
+        Costs one transaction id, about 100 bytes of WAL and one WAL flush, and runs only
+        when `_flush_stuck` cannot tell (so an idle primary does not write WAL every cycle,
+        which would archive a segment per archive_timeout). False: timed out or failed (the
+        connection is dropped; its backend may stay blocked in the kernel)."""
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await conn.execute(_HEARTBEAT_SQL)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await self.close()
+            return False
+        return True
 
     async def _query(self) -> asyncpg.Record:
         conn = self._conn

@@ -369,6 +369,15 @@ def running_postmaster_pid(data_dir: str) -> int | None:
     return pid
 
 
+def _in_uninterruptible_sleep(pid: int) -> bool:
+    """`pid` is in state D (blocked in the kernel; a pending SIGKILL waits for the I/O)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"D"
+    except (OSError, IndexError):
+        return False
+
+
 async def wait_pid_exit(pid: int) -> None:
     """Return when process `pid` has exited (a zombie counts as exited). Uses a pidfd."""
     try:
@@ -632,6 +641,11 @@ class Postmaster:
                 return
         self._kill_group(pid)
         if not await self._gone_within(pid, _KILL_WAIT_S):
+            if mode is StopMode.KILL and _in_uninterruptible_sleep(pid):
+                # Blocked in the kernel (hung storage): it exits as soon as that I/O returns,
+                # without reaching user space again, so it can acknowledge nothing more.
+                # Waiting for it could take forever; the kill has done its job.
+                return
             raise PostgresError(f"postgres (pid {pid}) survived SIGKILL")
 
     async def _gone_within(self, pid: int, timeout_s: float) -> bool:
