@@ -136,6 +136,7 @@ class Memory:
     lease_sent_at: float | None = None  # send time of our last successful acquire/renew
     pg_down_since: float | None = None  # leader only: first cycle PostgreSQL was seen down
     pg_hung_since: float | None = None  # leader only: first probe its PostgreSQL timed out
+    commit_stalled_since: float | None = None  # leader only: first failed commit heartbeat
     # Leader: since when it wants to hand over (shutdown, switchover) but no candidate streams
     # from it caught up yet; it keeps serving meanwhile, for at most switchover_timeout_s.
     handover_wait_since: float | None = None
@@ -971,6 +972,9 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     if not local.running:
         return _when_leader_pg_down(obs, memory, settings, keep)
     memory = replace(memory, pg_down_since=None, pg_hung_since=None)
+    stalled, memory = _commit_stall(obs, memory, settings)
+    if stalled is not None:
+        return stalled
 
     if local.is_replica:
         return _decision(
@@ -1011,6 +1015,34 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     else:
         memory = replace(memory, handover_wait_since=None)
     return _decision(memory, reason, *actions)
+
+
+def _commit_stall(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[tuple[Decision, Memory] | None, Memory]:
+    """A leader whose PostgreSQL answers but cannot commit (the probe's heartbeat) is a
+    zombie primary: its storage hangs, no write can be acknowledged, and renewing the lease
+    would block failover for as long as the storage does. After postgres_unresponsive_s it
+    SIGKILLs the server (a pending SIGKILL ends a process blocked in I/O before it returns to
+    user space, so nothing it was committing can be acknowledged afterwards) and hands the
+    lease on at once; it does not restart in place (the storage is the problem). The
+    executor stops at a failed kill, and then the lease lapses at the fencing deadline."""
+    local, now = obs.local, obs.now
+    if not (local.is_primary and local.commit_stalled):
+        return None, replace(memory, commit_stalled_since=None)
+    since = memory.commit_stalled_since if memory.commit_stalled_since is not None else now
+    memory = replace(memory, commit_stalled_since=since)
+    keep: Action = RenewLeader() if memory.lease_sent_at is not None else AcquireLeader()
+    if now - since < settings.timing.postgres_unresponsive_s:
+        return _decision(memory, "PostgreSQL answers but cannot commit: waiting", keep), memory
+    decision = _decision(
+        memory,
+        f"PostgreSQL has not committed for {now - since:.1f} s: killing it and handing the "
+        "lease on",
+        StopPostgres(mode=StopMode.KILL),
+        ReleaseLeader(),
+    )
+    return decision, memory
 
 
 def _when_leader_pg_down(
@@ -1328,6 +1360,7 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
                 lease_sent_at=None,
                 pg_down_since=None,
                 pg_hung_since=None,
+                commit_stalled_since=None,
                 handover_wait_since=None,
                 failsafe_peers=None,
                 failsafe_sent_at=None,
