@@ -496,6 +496,28 @@ class ChaosCluster:
                 started.append(member.name)
         return started
 
+    def kill_fencer(self, index: int) -> list[int]:
+        """SIGKILL the member's fencer process(es) (`python -m agent.fencer` in its namespace):
+        removes the protection that stops PostgreSQL when the agent is gone, so a scenario can
+        show its assertion depends on it (CHAOS_UNFENCED=1)."""
+        member = self.members[index]
+        done = subprocess.run(
+            ["ip", "netns", "pids", member.host.netns],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        killed = []
+        for word in done.stdout.split():
+            with contextlib.suppress(OSError, ValueError):
+                with open(f"/proc/{int(word)}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+                if b"agent.fencer" in argv:
+                    os.kill(int(word), signal.SIGKILL)
+                    killed.append(int(word))
+        return killed
+
     def kill_postgres(self, index: int) -> None:
         pid = self.members[index].postmaster_pid()
         if pid is not None:

@@ -48,6 +48,10 @@ STORAGE_FAILOVER_BOUND_S = 30.0
 # too) and their period: about 20 s of churn.
 CHURN_KILLS = 13
 CHURN_PERIOD_S = 1.5
+# CHAOS_UNFENCED=1: agent-restart-loop also SIGKILLs the member's fencer with its agent, which
+# removes the protection (a dead agent's PostgreSQL is stopped at the lease's deadline): its
+# no-split-brain / no-loss assertions must then fail. Only to check the suite.
+UNFENCED = os.environ.get("CHAOS_UNFENCED") == "1"
 
 
 def heal_all(cluster: ChaosCluster) -> None:
@@ -292,11 +296,13 @@ async def _agent_restart_loop(cluster: ChaosCluster, primary: int) -> Injected:
         for target in [member] if kill % 2 == 0 else [member, replica]:
             target.agent.signal(signal.SIGKILL)
             target.agent.wait(timeout=5)
+            if UNFENCED:
+                cluster.kill_fencer(cluster.members.index(target))
             target.agent.start()
     return Injected(
         description=f"SIGKILL + restart of {member.name}'s agent (primary) {CHURN_KILLS} "
         f"times, of {replica.name}'s (replica) {CHURN_KILLS // 2} times, every "
-        f"{CHURN_PERIOD_S} s",
+        f"{CHURN_PERIOD_S} s" + (" (fencers killed too: CHAOS_UNFENCED)" if UNFENCED else ""),
         instants=tuple(instants),
     )
 
