@@ -1,6 +1,6 @@
 """What `decide()` can ask for, and its answer.
 
-Actions are values. The executor in `loop.py` runs a Decision's actions in order and stops at
+Actions are values. The executor (`executor.py`) runs a Decision's actions in order and stops at
 the first one that fails or returns False (an acquire that lost the race must not be followed
 by the promotion planned after it). Long actions (`is_long`) run as a tracked task while the
 loop keeps renewing the lease; `decide()` sees them as `Observation.pending`.
@@ -96,11 +96,20 @@ class StopPostgres:
     mode: StopMode
 
 
+class PromoteReason(StrEnum):
+    """Why a member is promoted (counted as a switchover or a failover; written into the
+    DCS history)."""
+
+    FAILOVER = "failover"
+    SWITCHOVER = "switchover"  # also a failover to the candidate an operator named
+    LEADER_IS_STANDBY = "leader is a standby"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Promote:
     """pg_promote(); only ever planned while holding the lease (after AcquireLeader)."""
 
-    reason: str
+    reason: PromoteReason
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

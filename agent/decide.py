@@ -30,10 +30,13 @@ Safety (DESIGN.md section 3) is kept by three rules that the property tests chec
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import assert_never
 
 from agent.actions import (
     AcquireLeader,
     Action,
+    AppendHistory,
     Bootstrap,
     ClaimInitialize,
     ClearInitialize,
@@ -47,6 +50,7 @@ from agent.actions import (
     Follow,
     HandOver,
     Promote,
+    PromoteReason,
     ReleaseLeader,
     RenewLeader,
     Rewind,
@@ -165,17 +169,30 @@ class Memory:
     failsafe_absent_since: tuple[tuple[MemberName, float], ...] = ()
 
 
+class Result(StrEnum):
+    """How an executed action fared."""
+
+    OK = "ok"
+    # It failed, or the DCS refused it (a lost race, a lease gone): evidence against it.
+    LOST = "lost"
+    # What it needs could not be reached (the DCS, a rewind's source, the fencer): a reason
+    # to retry, not evidence against the action. Counts as LOST where record_outcome does
+    # not say otherwise.
+    UNREACHABLE = "unreachable"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """What the executor reports for one action."""
 
     action: Action
-    ok: bool
+    result: Result
     sent_at: float  # monotonic, when the action started (for a renewal: when it was sent)
     detail: str = ""
-    # Failed only because a peer it needs (a rewind's source) could not be reached: a reason
-    # to retry, not evidence against the action (a rewind is not counted as failed).
-    unreachable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.result is Result.OK
 
 
 # --------------------------------------------------------------------------- helpers
@@ -981,7 +998,7 @@ def _when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[
             memory,
             "leader's PostgreSQL is a standby: promoting",
             keep,
-            Promote(reason="leader is a standby"),
+            Promote(reason=PromoteReason.LEADER_IS_STANDBY),
         )
 
     actions: list[Action] = [keep]
@@ -1252,7 +1269,7 @@ def _when_leaderless(
         memory,
         f"no leader; racing for the lease: {why}",
         AcquireLeader(),
-        Promote(reason="failover"),
+        Promote(reason=PromoteReason.FAILOVER),
     )
 
 
@@ -1300,7 +1317,7 @@ def _named_candidate(
         memory,
         f"named {'failover' if forced else 'switchover'} candidate: taking the lease",
         AcquireLeader(),
-        Promote(reason="switchover"),
+        Promote(reason=PromoteReason.SWITCHOVER),
     )
 
 
@@ -1347,13 +1364,47 @@ def decide(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decisi
 
 
 def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memory:
-    """Fold one executed action's result into Memory."""
+    """Fold one executed action's result into Memory: the only way a result reaches it.
+    UNREACHABLE counts as LOST except where a case below says otherwise."""
     action = outcome.action
+    failed = replace(memory, failed_at=outcome.sent_at)
     match action:
-        case AcquireLeader() | RenewLeader():
+        case AcquireLeader() | RenewLeader() | ReleaseLeader() | HandOver() | ConfirmFailsafe():
+            return _record_leadership(memory, action, outcome)
+        case Bootstrap() | Clone() | Rewind() | StartPostgres():
+            return _record_instance(memory, action, outcome)
+        case Demote() | StopPostgres():
+            return replace(memory, following=None, slots=None, sync_effective=None)
+        case Promote():
             if outcome.ok:
-                return replace(memory, lease_sent_at=outcome.sent_at)
-            return replace(memory, lease_sent_at=None)
+                return replace(memory, following=None, slots=None, sync_effective=None)
+            return failed
+        case Follow(leader=leader):
+            return replace(memory, following=leader) if outcome.ok else failed
+        case EnsureSlots(names=names):
+            return replace(memory, slots=names) if outcome.ok else failed
+        case SetSyncStandbyNames() | SetSyncRecord() | SetConfig() | SetFailsafeRecord():
+            return memory
+        case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover():
+            return memory
+        case AppendHistory() | Exit():
+            return memory
+        case _:
+            assert_never(action)
+
+
+def _record_leadership(
+    memory: Memory,
+    action: AcquireLeader | RenewLeader | ReleaseLeader | HandOver | ConfirmFailsafe,
+    outcome: Outcome,
+) -> Memory:
+    match action:
+        case RenewLeader() if outcome.result is Result.UNREACHABLE:
+            # Not lost: the DCS may have applied it or not. The lease stands until its fencing
+            # deadline (the executor cycles again at once to retry the renewal).
+            return memory
+        case AcquireLeader() | RenewLeader():
+            return replace(memory, lease_sent_at=outcome.sent_at if outcome.ok else None)
         case ReleaseLeader():
             return replace(
                 memory,
@@ -1366,57 +1417,49 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
                 failsafe_sent_at=None,
                 failsafe_absent_since=(),
             )
+        case HandOver():
+            if not outcome.ok:
+                return replace(memory, failed_at=outcome.sent_at)
+            return replace(
+                memory,
+                lease_sent_at=None,
+                handed_over=True,
+                slots=None,
+                failsafe_peers=None,
+                failsafe_sent_at=None,
+                failsafe_absent_since=(),
+            )
         case ConfirmFailsafe():
-            if outcome.ok:
-                return replace(memory, failsafe_sent_at=outcome.sent_at)
-            if outcome.unreachable:
+            if outcome.result is Result.UNREACHABLE:
                 # Every member confirmed but the fencer could not be armed for it: without a
                 # fencer no confirmation counts (nobody would stop us if we stalled).
                 return replace(memory, failsafe_sent_at=None)
-            return memory
-        case Follow(leader=leader) if outcome.ok:
-            return replace(memory, following=leader)
-        case StartPostgres(upstream=upstream) if outcome.ok:
-            return replace(memory, following=upstream, failed_at=None)
-        case Rewind(source=source):
-            if outcome.ok:
-                return replace(memory, following=source, rewind_failures=0, failed_at=None)
-            if outcome.unreachable:
-                return replace(memory, failed_at=outcome.sent_at)
+            # A round not every member accepted changes nothing.
+            return replace(memory, failsafe_sent_at=outcome.sent_at) if outcome.ok else memory
+        case _:
+            assert_never(action)
+
+
+def _record_instance(
+    memory: Memory, action: Bootstrap | Clone | Rewind | StartPostgres, outcome: Outcome
+) -> Memory:
+    if not outcome.ok:
+        if isinstance(action, Rewind) and outcome.result is Result.LOST:
+            # Only a rewind that ran and failed counts against rewinding (then: re-clone).
             return replace(
                 memory, rewind_failures=memory.rewind_failures + 1, failed_at=outcome.sent_at
             )
-        case Clone(source=source):
-            if outcome.ok:
-                return replace(
-                    memory, following=source, rewind_failures=0, failed_at=None, refused=None
-                )
-            return replace(memory, failed_at=outcome.sent_at)
+        return replace(memory, failed_at=outcome.sent_at)
+    match action:
         case Bootstrap():
-            return memory if outcome.ok else replace(memory, failed_at=outcome.sent_at)
-        case EnsureSlots(names=names) if outcome.ok:
-            return replace(memory, slots=names)
-        case HandOver():
-            if outcome.ok:
-                return replace(
-                    memory,
-                    lease_sent_at=None,
-                    handed_over=True,
-                    slots=None,
-                    failsafe_peers=None,
-                    failsafe_sent_at=None,
-                    failsafe_absent_since=(),
-                )
-            return replace(memory, failed_at=outcome.sent_at)
-        case Demote() | StopPostgres():
-            return replace(memory, following=None, slots=None, sync_effective=None)
-        case Promote() if outcome.ok:
-            return replace(memory, following=None, slots=None, sync_effective=None)
-        case StartPostgres() | Promote() | Follow() | EnsureSlots():
-            return replace(memory, failed_at=outcome.sent_at) if not outcome.ok else memory
-        case SetSyncStandbyNames() | SetSyncRecord() | SetConfig() | SetFailsafeRecord():
             return memory
-        case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover() | Exit():
-            return memory
+        case Clone(source=source):
+            return replace(
+                memory, following=source, rewind_failures=0, failed_at=None, refused=None
+            )
+        case Rewind(source=source):
+            return replace(memory, following=source, rewind_failures=0, failed_at=None)
+        case StartPostgres(upstream=upstream):
+            return replace(memory, following=upstream, failed_at=None)
         case _:
-            return memory
+            assert_never(action)

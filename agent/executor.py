@@ -1,22 +1,26 @@
 """Runs a Decision's actions through the PostgresControl, Dcs, Fence and Peers seams.
 
-The stop rules (decide.py relies on them; the loop unit suite checks them):
-- the actions run in order, and the first one that fails or returns False ends the decision
+Each action's result is an Outcome: OK, LOST (it failed, or returned False), or UNREACHABLE
+(a DCS call that raised or timed out; a rewind whose source did not answer; a failsafe round
+every member accepted but the fencer could not be armed for). What a result means for
+Memory is decided by `record_outcome` (decide.py), here and nowhere else; when to stop is
+decided by `next_step`, pure (decide.py relies on these rules; the property tests replay
+them through `next_step`, the loop unit suite through the Executor):
+- the actions run in order, and the first one that does not succeed ends the decision
   (an acquire that lost the race is not followed by the promotion planned after it);
-- a renewal that could not reach the DCS is not a lost lease: it is not recorded (the lease
-  stands until its fencing deadline) and the loop cycles again at once to retry it;
+- after a failed renewal (lost, or unreachable: then the lease stands until its fencing
+  deadline) the loop cycles again at once;
 - a failsafe round never ends the decision (the renewal after it may still succeed);
 - a long action (`is_long`) starts as a tracked task and ends the decision; its Outcome is
   folded into Memory at the start of the next cycle.
-
-Every result reaches Memory through `record_outcome` (decide.py), here and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import assert_never
 
 import structlog
@@ -38,6 +42,7 @@ from agent.actions import (
     Follow,
     HandOver,
     Promote,
+    PromoteReason,
     ReleaseLeader,
     RenewLeader,
     Rewind,
@@ -53,7 +58,15 @@ from agent.actions import (
 )
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
-from agent.decide import Memory, Observation, Outcome, Pending, fence_deadline, record_outcome
+from agent.decide import (
+    Memory,
+    Observation,
+    Outcome,
+    Pending,
+    Result,
+    fence_deadline,
+    record_outcome,
+)
 from agent.fence import Fence, FenceUnavailable
 from agent.handover import ActionFailed, DcsCalls, Handover, Sleep, member_of
 from agent.metrics import Metrics
@@ -76,7 +89,7 @@ from agent.settings import Settings
 log = structlog.get_logger("pgwarden.loop")
 
 # Actions that only keep things as they are: a cycle made of these sleeps normally.
-_STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize)
+_STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize, ConfirmFailsafe)
 
 RecordWrite = (
     ClaimInitialize
@@ -88,6 +101,34 @@ RecordWrite = (
     | SetFailsafeRecord
 )
 Instance = Bootstrap | Clone | Rewind | StartPostgres
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Done:
+    """The decision ends here; `again`: cycle again at once, without sleeping."""
+
+    again: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartLong:
+    """Start `action` as a tracked task; the decision ends here (not again at once)."""
+
+    action: Action
+
+
+def next_step(actions: Sequence[Action], done: Sequence[Outcome]) -> Action | StartLong | Done:
+    """The stop rules (module docstring), pure: what follows the outcomes `done` of the first
+    `len(done)` of `actions`."""
+    if done:
+        last = done[-1]
+        if not last.ok and not isinstance(last.action, ConfirmFailsafe):
+            # After a failed renewal: at once, to retry it or to act on the loss.
+            return Done(again=isinstance(last.action, RenewLeader))
+    if len(done) == len(actions):
+        return Done(again=any(o.ok and not isinstance(o.action, _STEADY) for o in done))
+    action = actions[len(done)]
+    return StartLong(action=action) if is_long(action) else action
 
 
 def record_write(action: RecordWrite) -> tuple[RecordKind, str | None, str | None]:
@@ -201,43 +242,47 @@ class Executor:
     async def _execute(
         self, decision: Decision, obs: Observation, known: ClusterView | None
     ) -> bool:
-        changed = False
-        for action in decision.actions:
-            if is_long(action):
-                self._start_long(action, known, obs.local)
+        done: list[Outcome] = []
+        while True:
+            step = next_step(decision.actions, done)
+            if isinstance(step, Done):
+                return step.again
+            if isinstance(step, StartLong):
+                self._start_long(step.action, known, obs.local)
                 return False
-            sent_at = self.clock.monotonic()
-            ok: bool | None
-            detail = ""
-            try:
-                ok = await self._run(action, obs, sent_at)
-            except (DcsError, TimeoutError) as exc:
-                ok, detail = None, f"DCS: {exc!r}"
-            except (ActionFailed, PostgresError, FenceUnavailable, OSError) as exc:
-                ok, detail = False, repr(exc)
-            outcome = Outcome(action=action, ok=bool(ok), sent_at=sent_at, detail=detail)
-            if isinstance(action, ConfirmFailsafe):
-                # Never stops the decision: the renewal after it may still succeed.
-                self._record(await self._armed(outcome) if ok else outcome)
-                continue
-            if isinstance(action, RenewLeader) and ok is None:
-                # Unreachable, not lost: keep the lease until its fencing deadline and retry.
-                log.warning("renew_failed", detail=detail)
-                self.metrics.count_dcs_error("renew_leader")
-                return True
-            self._record(outcome)
-            if not ok:
-                log.warning("action_failed", action=type(action).__name__, detail=detail)
-                if isinstance(action, RenewLeader):
-                    self.metrics.count_lease_loss()
-                    return True
-                return False
-            if not isinstance(action, _STEADY):
-                changed = True
-        return changed
+            outcome = await self._attempt(step, obs)
+            self._report(outcome)
+            self.memory = record_outcome(self.memory, outcome, self.settings)
+            done.append(outcome)
 
-    def _record(self, outcome: Outcome) -> None:
-        self.memory = record_outcome(self.memory, outcome, self.settings)
+    async def _attempt(self, action: Action, obs: Observation) -> Outcome:
+        """Run one action; its Outcome."""
+        sent_at = self.clock.monotonic()
+        result, detail = Result.LOST, ""
+        try:
+            if await self._run(action, obs, sent_at):
+                result = Result.OK
+        except (DcsError, TimeoutError) as exc:
+            result, detail = Result.UNREACHABLE, f"DCS: {exc!r}"
+        except (ActionFailed, PostgresError, FenceUnavailable, OSError) as exc:
+            detail = repr(exc)
+        outcome = Outcome(action=action, result=result, sent_at=sent_at, detail=detail)
+        if isinstance(action, ConfirmFailsafe) and outcome.ok:
+            return await self._armed(outcome)
+        return outcome
+
+    def _report(self, outcome: Outcome) -> None:
+        """Log and count a failed action (a failsafe round logs its own refusals)."""
+        action, detail = outcome.action, outcome.detail
+        if outcome.ok or isinstance(action, ConfirmFailsafe):
+            return
+        if isinstance(action, RenewLeader) and outcome.result is Result.UNREACHABLE:
+            log.warning("renew_failed", detail=detail)
+            self.metrics.count_dcs_error("renew_leader")
+            return
+        log.warning("action_failed", action=type(action).__name__, detail=detail)
+        if isinstance(action, RenewLeader):
+            self.metrics.count_lease_loss()
 
     async def _armed(self, confirmed: Outcome) -> Outcome:
         """Move the fencer's deadline to the one the members just confirmed; without a
@@ -253,10 +298,9 @@ class Executor:
             log.error("failsafe_unarmed", error=repr(exc))
             return Outcome(
                 action=confirmed.action,
-                ok=False,
+                result=Result.UNREACHABLE,
                 sent_at=confirmed.sent_at,
                 detail=repr(exc),
-                unreachable=True,
             )
         return confirmed
 
@@ -272,25 +316,25 @@ class Executor:
 
     async def _run_long(self, action: Action, obs: Observation) -> None:
         started = obs.now
-        ok, detail, unreachable = False, "", False
+        result, detail = Result.LOST, ""
         try:
-            ok = await self._run(action, obs, started)
+            if await self._run(action, obs, started):
+                result = Result.OK
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             detail = repr(exc)
-            unreachable = isinstance(exc, SourceUnreachable)
+            if isinstance(exc, SourceUnreachable):
+                result = Result.UNREACHABLE
             log.error("long_action_failed", action=type(action).__name__, error=detail)
         finally:
             self.pending = None
-            self._finished = Outcome(
-                action=action, ok=bool(ok), sent_at=started, detail=detail, unreachable=unreachable
-            )
+            self._finished = Outcome(action=action, result=result, sent_at=started, detail=detail)
             self._wake()
         log.info(
             "long_action_done",
             action=type(action).__name__,
-            ok=ok,
+            ok=result is Result.OK,
             duration_s=round(self.clock.monotonic() - started, 3),
         )
 
@@ -464,13 +508,15 @@ class Executor:
         await self.fence.disarm()
         self.metrics.count_demotion()
 
-    async def _promote(self, view: ClusterView | None, local: LocalState, reason: str) -> None:
+    async def _promote(
+        self, view: ClusterView | None, local: LocalState, reason: PromoteReason
+    ) -> None:
         old_timeline = local.timeline
         switch_lsn = local.replay_lsn or local.wal_lsn or 0
         t0 = self.clock.monotonic()
         await self.pg.promote(timeout_s=self.settings.timing.primary_start_timeout_s)
-        log.info("promoted", reason=reason, duration_s=round(self.clock.monotonic() - t0, 3))
-        if reason == "switchover":
+        log.info("promoted", reason=reason.value, duration_s=round(self.clock.monotonic() - t0, 3))
+        if reason is PromoteReason.SWITCHOVER:
             self.metrics.count_switchover()
         else:
             self.metrics.count_failover()
@@ -483,7 +529,7 @@ class Executor:
             entry = HistoryEntry(
                 timeline=old_timeline,
                 switch_lsn=switch_lsn,
-                reason=reason,
+                reason=reason.value,
                 at=self.clock.wall(),
                 new_leader=MemberName(self.settings.name),
             )

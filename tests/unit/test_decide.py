@@ -25,6 +25,7 @@ from agent.actions import (
     Follow,
     HandOver,
     Promote,
+    PromoteReason,
     ReleaseLeader,
     RenewLeader,
     Rewind,
@@ -49,6 +50,7 @@ from agent.decide import (
     Outcome,
     PeerStatus,
     Pending,
+    Result,
     decide,
     record_outcome,
 )
@@ -68,6 +70,7 @@ from agent.model import (
     Role,
     SwitchoverRequest,
 )
+from tests.unit.fakes.replay import outcomes_of, promotes_unleased
 
 NOW = 1000.0
 TIMING = Timing(ttl_s=10, loop_wait_s=2, retry_timeout_s=3, fence_margin_s=2)
@@ -262,7 +265,9 @@ def test_leader_releases_the_lease_when_postgres_stays_down_past_primary_start_t
     memory = replace(LEASED, pg_down_since=NOW - TIMING.primary_start_timeout_s)
     decision, memory = decide(obs(view("a", ME_PRIMARY, B), CRASHED_PRIMARY), memory, A)
     assert decision.actions == (ReleaseLeader(),)
-    memory = record_outcome(memory, Outcome(action=ReleaseLeader(), ok=True, sent_at=NOW), A)
+    memory = record_outcome(
+        memory, Outcome(action=ReleaseLeader(), result=Result.OK, sent_at=NOW), A
+    )
     assert memory.lease_sent_at is None and memory.pg_down_since is None
 
 
@@ -319,7 +324,7 @@ def test_leader_keeps_renewing_while_a_long_action_runs() -> None:
 
 def test_replica_that_is_healthiest_races_for_the_lease_and_promotes() -> None:
     decision, _ = decide(obs(view(None, member("a"), member("b", lsn=900)), REPLICA), Memory(), A)
-    assert decision.actions == (AcquireLeader(), Promote(reason="failover"))
+    assert decision.actions == (AcquireLeader(), Promote(reason=PromoteReason.FAILOVER))
 
 
 def test_replica_does_not_race_when_a_peer_has_more_wal() -> None:
@@ -417,7 +422,7 @@ def test_named_switchover_candidate_takes_the_lease_without_the_healthiest_check
     )
     cluster = view(None, member("a"), C, switchover=request)
     decision, _ = decide(obs(cluster, REPLICA, peers=peers), Memory(), A)
-    assert decision.actions == (AcquireLeader(), Promote(reason="switchover"))
+    assert decision.actions == (AcquireLeader(), Promote(reason=PromoteReason.SWITCHOVER))
 
 
 def test_others_leave_the_lease_to_a_healthy_named_candidate() -> None:
@@ -605,18 +610,20 @@ def test_replica_stops_on_shutdown() -> None:
 
 
 def test_a_successful_renewal_moves_the_lease_to_its_send_time() -> None:
-    memory = record_outcome(LEASED, Outcome(action=RenewLeader(), ok=True, sent_at=NOW), A)
+    memory = record_outcome(LEASED, Outcome(action=RenewLeader(), result=Result.OK, sent_at=NOW), A)
     assert memory.lease_sent_at == NOW
 
 
 def test_a_lost_renewal_drops_the_lease() -> None:
-    memory = record_outcome(LEASED, Outcome(action=RenewLeader(), ok=False, sent_at=NOW), A)
+    memory = record_outcome(
+        LEASED, Outcome(action=RenewLeader(), result=Result.LOST, sent_at=NOW), A
+    )
     assert memory.lease_sent_at is None
 
 
 def test_a_failed_rewind_is_remembered() -> None:
     action = Rewind(source=MemberName("b"))
-    memory = record_outcome(Memory(), Outcome(action=action, ok=False, sent_at=NOW), A)
+    memory = record_outcome(Memory(), Outcome(action=action, result=Result.LOST, sent_at=NOW), A)
     assert memory.rewind_failures == 1
 
 
@@ -626,11 +633,11 @@ LOCALS = st.sampled_from([PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY])
 LEADERS = st.sampled_from([None, "a", "b"])
 
 
-OUTCOMES = st.sampled_from(["ok", "failed", "unreachable"])
+OUTCOMES = st.sampled_from(list(Result))
 
 
 @st.composite
-def steps(draw: st.DrawFn) -> tuple[str | None, LocalState, float, bool, str]:
+def steps(draw: st.DrawFn) -> tuple[str | None, LocalState, float, bool, Result]:
     return (
         draw(LEADERS),
         draw(LOCALS),
@@ -640,24 +647,34 @@ def steps(draw: st.DrawFn) -> tuple[str | None, LocalState, float, bool, str]:
     )
 
 
-def _check_safety(decision: Decision, memory_before: Memory, ob: Observation) -> None:
-    actions = list(decision.actions)
-    deadline = (
-        A.timing.fence_deadline(memory_before.lease_sent_at)
-        if (memory_before.lease_sent_at is not None)
-        else None
-    )
-    lease_ok = deadline is not None and ob.now < deadline
-    i_lead = (
+def _lease_deadline(memory_before: Memory) -> float | None:
+    sent = memory_before.lease_sent_at
+    return A.timing.fence_deadline(sent) if sent is not None else None
+
+
+def _i_lead(ob: Observation) -> bool:
+    return (
         ob.cluster is not None and ob.cluster.leader is not None and (ob.cluster.leader.name == "a")
     )
+
+
+def _leading(memory_before: Memory, ob: Observation) -> bool:
+    """Our leader record stands and our lease has not passed its deadline."""
+    deadline = _lease_deadline(memory_before)
+    return deadline is not None and ob.now < deadline and _i_lead(ob)
+
+
+def _check_safety(decision: Decision, memory_before: Memory, ob: Observation) -> None:
+    actions = list(decision.actions)
+    deadline = _lease_deadline(memory_before)
+    i_lead = _i_lead(ob)
     for index, action in enumerate(actions):
         earlier = actions[:index]
         acquired = any(isinstance(a, AcquireLeader | RenewLeader) for a in earlier)
         if isinstance(action, Promote) or (isinstance(action, StartPostgres) and action.as_primary):
             # Only ever after taking/renewing the lease in the same decision (the executor
             # stops at a failed one), or while a valid lease is held.
-            assert acquired or (lease_ok and i_lead), (decision, memory_before)
+            assert acquired or _leading(memory_before, ob), (decision, memory_before)
     if ob.local.is_primary:
         others_lead = ob.cluster is not None and not i_lead
         past_deadline = deadline is not None and ob.now >= deadline
@@ -674,8 +691,11 @@ def _check_safety(decision: Decision, memory_before: Memory, ob: Observation) ->
 @settings(max_examples=400, deadline=None)
 @given(st.lists(steps(), min_size=1, max_size=25))
 def test_no_sequence_promotes_without_the_lease_or_writes_past_the_fence(
-    sequence: list[tuple[str | None, LocalState, float, bool, str]],
+    sequence: list[tuple[str | None, LocalState, float, bool, Result]],
 ) -> None:
+    """Each decision's outcomes are fed back by the executor's own stop rules
+    (`outcomes_of`), and what ran is checked too: a promotion only after a lease write that
+    succeeded in the same run, or under a lease held."""
     memory = Memory()
     now = NOW
     for leader, local, advance, readable, fate in sequence:
@@ -693,12 +713,11 @@ def test_no_sequence_promotes_without_the_lease_or_writes_past_the_fence(
         before = memory
         decision, memory = decide(ob, memory, A)
         _check_safety(decision, before, ob)
-        for action in decision.actions:
-            if fate == "unreachable" and isinstance(action, RenewLeader):
-                break  # as the loop does: an unreachable DCS keeps the lease until its deadline
-            memory = record_outcome(memory, Outcome(action=action, ok=fate == "ok", sent_at=now), A)
-            if fate != "ok":
-                break
+        outcomes = outcomes_of(decision, fate, now)
+        unleased = promotes_unleased(outcomes)
+        assert unleased is None or _leading(before, ob), (decision, outcomes, before)
+        for outcome in outcomes:
+            memory = record_outcome(memory, outcome, A)
 
 
 @pytest.mark.parametrize("local", [PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY, EMPTY])
@@ -708,4 +727,4 @@ def test_every_decision_has_a_reason(local: LocalState, leader: str | None) -> N
         obs(view(leader, member("b", Role.PRIMARY, PgState.RUNNING)), local), LEASED, A
     )
     assert decision.reason
-    assert all(isinstance(a, Action.__args__) for a in decision.actions)  # type: ignore[attr-defined]
+    assert all(isinstance(a, Action.__args__) for a in decision.actions)

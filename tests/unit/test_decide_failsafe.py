@@ -22,6 +22,7 @@ from agent.decide import (
     Memory,
     Observation,
     Outcome,
+    Result,
     decide,
     failsafe_active,
     fence_deadline,
@@ -36,6 +37,7 @@ from agent.model import (
     PgState,
     Role,
 )
+from tests.unit.fakes.replay import outcomes_of, promotes_unleased
 from tests.unit.test_decide import (
     LEASED,
     ME_PRIMARY,
@@ -172,7 +174,9 @@ def test_without_failsafe_the_primary_only_retries_its_renewal() -> None:
 def test_a_confirmed_round_moves_the_deadline_to_its_send_time() -> None:
     sent = NOW + 5
     memory = record_outcome(
-        IN_FAILSAFE, Outcome(action=ConfirmFailsafe(members=PEERS), ok=True, sent_at=sent), A
+        IN_FAILSAFE,
+        Outcome(action=ConfirmFailsafe(members=PEERS), result=Result.OK, sent_at=sent),
+        A,
     )
     assert fence_deadline(memory, A) == sent + TTL - MARGIN
     assert failsafe_active(memory, sent + 1, A)
@@ -180,7 +184,9 @@ def test_a_confirmed_round_moves_the_deadline_to_its_send_time() -> None:
 
 def test_a_round_not_every_member_accepted_changes_nothing() -> None:
     memory = record_outcome(
-        IN_FAILSAFE, Outcome(action=ConfirmFailsafe(members=PEERS), ok=False, sent_at=NOW + 5), A
+        IN_FAILSAFE,
+        Outcome(action=ConfirmFailsafe(members=PEERS), result=Result.LOST, sent_at=NOW + 5),
+        A,
     )
     assert memory == IN_FAILSAFE
 
@@ -277,13 +283,15 @@ RECORDS = st.sampled_from(
 
 
 @st.composite
-def steps(draw: st.DrawFn) -> tuple[str | None, bool, LocalState, float, str, float | None, object]:
+def steps(
+    draw: st.DrawFn,
+) -> tuple[str | None, bool, LocalState, float, Result, float | None, object]:
     return (
         draw(st.sampled_from([None, "a", "b"])),  # leader record
         draw(st.booleans()),  # DCS readable this cycle
         draw(LOCALS),
         draw(st.floats(min_value=0.0, max_value=6.0)),  # time passing
-        draw(st.sampled_from(["ok", "failed", "unreachable"])),  # how the actions fare
+        draw(st.sampled_from(list(Result))),  # how the actions fare
         draw(st.one_of(st.none(), st.floats(min_value=-5.0, max_value=10.0))),  # promise
         draw(RECORDS),
     )
@@ -292,13 +300,14 @@ def steps(draw: st.DrawFn) -> tuple[str | None, bool, LocalState, float, str, fl
 @settings(max_examples=400, deadline=None)
 @given(st.lists(steps(), min_size=1, max_size=25))
 def test_no_sequence_keeps_a_primary_past_every_deadline_or_races_against_a_promise(
-    sequence: list[tuple[str | None, bool, LocalState, float, str, float | None, object]],
+    sequence: list[tuple[str | None, bool, LocalState, float, Result, float | None, object]],
 ) -> None:
     """Tracked outside decide(): the send time of the last lease write and of the last round
     every member accepted. A primary that decide() lets go on writing (no Demote/Stop first)
     is within one of those deadlines or is taking the lease in this very decision; a member
     never races for a free lease while promised, nor when a standing failsafe record does not
-    name it."""
+    name it. Each decision's outcomes are fed back by the executor's own stop rules
+    (`outcomes_of`)."""
     memory = Memory()
     now = NOW
     last_lease: float | None = None
@@ -328,9 +337,9 @@ def test_no_sequence_keeps_a_primary_past_every_deadline_or_races_against_a_prom
         )
         decision, memory = decide(ob, memory, A)
         actions = list(decision.actions)
+        sent = [t for t in (last_lease, last_round) if t is not None]
+        within = bool(sent) and now < A.timing.fence_deadline(max(sent))
         if local.is_primary and not (actions and isinstance(actions[0], Demote | StopPostgres)):
-            sent = [t for t in (last_lease, last_round) if t is not None]
-            within = bool(sent) and now < A.timing.fence_deadline(max(sent))
             # With the DCS readable, the lease write comes first (the executor stops at a
             # failed one); with it unreachable, nothing but a deadline keeps us primary.
             taking = cluster is not None and any(
@@ -346,17 +355,15 @@ def test_no_sequence_keeps_a_primary_past_every_deadline_or_races_against_a_prom
             if cluster is not None and cluster.failsafe is not None:
                 fs = cluster.failsafe
                 assert fs.leader == "a" or "a" in fs.names(), decision
-        for action in actions:
-            if fate == "unreachable" and isinstance(action, RenewLeader):
-                break
-            ok = fate == "ok"
-            if isinstance(action, ConfirmFailsafe):
-                memory = record_outcome(memory, Outcome(action=action, ok=ok, sent_at=now), A)
-                if ok:
-                    last_round = now
-                continue
-            memory = record_outcome(memory, Outcome(action=action, ok=ok, sent_at=now), A)
-            if isinstance(action, AcquireLeader | RenewLeader):
-                last_lease = now if ok else None
-            if not ok:
-                break
+        outcomes = outcomes_of(decision, fate, now)
+        # A promotion planned after a lease write ran only once the write succeeded.
+        assert promotes_unleased(outcomes) is None or within, (decision, outcomes)
+        for outcome in outcomes:
+            memory = record_outcome(memory, outcome, A)
+            action = outcome.action
+            if isinstance(action, ConfirmFailsafe) and outcome.ok:
+                last_round = now
+            unknown = isinstance(action, RenewLeader) and outcome.result is Result.UNREACHABLE
+            if isinstance(action, AcquireLeader | RenewLeader) and not unknown:
+                # A renewal that did not reach the DCS leaves the last accepted write standing.
+                last_lease = now if outcome.ok else None

@@ -18,6 +18,7 @@ from agent.actions import (
     Exit,
     HandOver,
     Promote,
+    PromoteReason,
     ReleaseLeader,
     RenewLeader,
     Rewind,
@@ -25,7 +26,7 @@ from agent.actions import (
     StopMode,
     StopPostgres,
 )
-from agent.decide import Memory, Observation, Outcome, decide, record_outcome
+from agent.decide import Memory, Observation, Outcome, Result, decide, record_outcome
 from agent.model import HistoryEntry, LocalState, MemberName, PgState, Role, SwitchoverRequest
 from tests.unit.test_decide import (
     CRASHED_PRIMARY,
@@ -172,7 +173,7 @@ def test_named_candidate_behind_the_hand_over_position_waits() -> None:
 def test_named_candidate_past_the_hand_over_position_takes_the_lease() -> None:
     cluster = view(None, member("a"), C, switchover=_request("b", "a", handover_lsn=999))
     decision, _ = decide(obs(cluster, REPLICA), Memory(), A)
-    assert decision.actions == (AcquireLeader(), Promote(reason="switchover"))
+    assert decision.actions == (AcquireLeader(), Promote(reason=PromoteReason.SWITCHOVER))
 
 
 def test_others_do_not_wait_for_the_candidate_of_an_unfinished_hand_over() -> None:
@@ -194,7 +195,7 @@ def test_others_wait_for_a_named_candidate_only_for_a_bounded_time() -> None:
 def test_an_operator_failover_names_its_candidate_without_a_hand_over() -> None:
     cluster = view(None, member("a"), C, switchover=_request(None, "a"))
     decision, _ = decide(obs(cluster, REPLICA), Memory(), A)
-    assert decision.actions == (AcquireLeader(), Promote(reason="switchover"))
+    assert decision.actions == (AcquireLeader(), Promote(reason=PromoteReason.SWITCHOVER))
 
 
 @st.composite
@@ -237,7 +238,9 @@ def test_no_named_candidate_promotes_behind_the_last_known_leader_position(
             if known:
                 assert max(known) - position <= MAX_LAG, (decision, before, request)
         for action in decision.actions:
-            memory = record_outcome(memory, Outcome(action=action, ok=True, sent_at=now), A)
+            memory = record_outcome(
+                memory, Outcome(action=action, result=Result.OK, sent_at=now), A
+            )
 
 
 def test_a_member_behind_a_recorded_timeline_switch_never_races() -> None:
@@ -325,8 +328,8 @@ def test_a_hung_replica_that_never_was_a_primary_is_left_alone_by_followers() ->
 def test_a_rewind_whose_source_was_unreachable_is_retried_not_replaced_by_a_clone() -> None:
     rewind = Rewind(source=MemberName("b"))
     memory = record_outcome(
-        Memory(), Outcome(action=rewind, ok=False, sent_at=NOW, unreachable=True), A
+        Memory(), Outcome(action=rewind, result=Result.UNREACHABLE, sent_at=NOW), A
     )
     assert memory.rewind_failures == 0 and memory.failed_at == NOW
-    memory = record_outcome(Memory(), Outcome(action=rewind, ok=False, sent_at=NOW), A)
+    memory = record_outcome(Memory(), Outcome(action=rewind, result=Result.LOST, sent_at=NOW), A)
     assert memory.rewind_failures == 1

@@ -22,6 +22,7 @@ from agent.decide import (
     Memory,
     Outcome,
     PeerStatus,
+    Result,
     decide,
     local_position,
     record_outcome,
@@ -228,7 +229,7 @@ def test_a_new_leader_writes_its_own_record_before_changing_postgresql() -> None
 
 
 def test_the_bootstrapping_leader_seeds_the_config_record_from_its_settings() -> None:
-    settings = replace(A, ha=HaSettings(synchronous_mode="quorum", synchronous_node_count=2))
+    settings = replace(A, ha=HaSettings(synchronous_mode=SyncMode.QUORUM, synchronous_node_count=2))
     cluster = replace(view("a", ME_PRIMARY), initialize="", initialize_version="1")
     decision, _ = decide(obs(cluster, PRIMARY), LEASED, settings)
     seeded = [a for a in decision.actions if isinstance(a, SetConfig)]
@@ -389,7 +390,9 @@ def test_no_sequence_of_observations_lets_a_member_outside_the_recorded_set_prom
             cluster = replace(drawn, leader=LeaderRecord(name=MemberName("b"), version="1"))
         decision, memory = decide(obs(cluster, local, peers=peers), memory, A)
         for action in decision.actions:
-            memory = record_outcome(memory, Outcome(action=action, ok=True, sent_at=NOW), A)
+            memory = record_outcome(
+                memory, Outcome(action=action, result=Result.OK, sent_at=NOW), A
+            )
         if Promote not in kinds(decision):
             continue
         record = cluster.sync
@@ -453,7 +456,11 @@ def test_the_record_never_drops_a_standby_postgresql_still_waits_for(
                 ssn = action.standbys
             elif isinstance(action, SetSyncRecord) and applies:
                 record = replace(action.record, version=str(NOW))
-            memory = record_outcome(memory, Outcome(action=action, ok=applies, sent_at=NOW), A)
+            memory = record_outcome(
+                memory,
+                Outcome(action=action, result=Result.OK if applies else Result.LOST, sent_at=NOW),
+                A,
+            )
         promised = {n for n in ssn.names if n != "a"} if ssn.count else set()
         if promised:
             assert record is not None and record.quorum > 0, (ssn, record)

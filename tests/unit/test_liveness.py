@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent.actions import ReleaseLeader, RenewLeader, StopMode, StopPostgres
-from agent.decide import Outcome, decide, record_outcome
+from agent.decide import Outcome, Result, decide, record_outcome
 from tests.unit.test_decide import (
     LEASED,
     ME_PRIMARY,
@@ -34,7 +34,9 @@ def test_a_primary_that_cannot_commit_past_the_bound_is_killed_and_hands_the_lea
     decision, memory = decide(obs(view("a", ME_PRIMARY, B), STALLED), memory, A)
     assert decision.actions == (StopPostgres(mode=StopMode.KILL), ReleaseLeader())
     assert RenewLeader() not in decision.actions
-    memory = record_outcome(memory, Outcome(action=ReleaseLeader(), ok=True, sent_at=NOW), A)
+    memory = record_outcome(
+        memory, Outcome(action=ReleaseLeader(), result=Result.OK, sent_at=NOW), A
+    )
     assert memory.commit_stalled_since is None and memory.lease_sent_at is None
 
 
