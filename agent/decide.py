@@ -15,9 +15,9 @@ Safety (DESIGN.md section 3) is kept by three rules that the property tests chec
   extends its fencing deadline only by a round of POST /failsafe that every member named in
   the `failsafe` record (and every member it may have just added there) accepted; the deadline
   is then `send time + ttl - margin`. A member that accepted does not race for the lease for
-  `ttl` after it accepted (its clock; `Observation.promised_until`), and while a `failsafe`
-  record stands, a member it does not name never takes over: so until the later of the
-  lease's and the failsafe deadline nobody else can promote.
+  `ttl` after it accepted (its clock; `Memory.promised_until`, set by `answer_failsafe`),
+  and while a `failsafe` record stands, a member it does not name never takes over: so until
+  the later of the lease's and the failsafe deadline nobody else can promote.
 - Synchronous replication (DESIGN.md invariant 3): while the DCS `sync` record claims a
   quorum, only its members (and its own leader) may promote, and a member only after it has
   seen `len(members) - quorum + 1` of them and found none further ahead (`sync_refusal`).
@@ -125,11 +125,8 @@ class Observation:
     peers: tuple[PeerStatus, ...] | None = None  # only fetched when there is no leader
     local_requests: tuple[LocalRequestKind, ...] = ()
     shutting_down: bool = False
-    # Failsafe: until when (monotonic) this member promised a primary in failsafe not to race
-    # (it accepted its POST /failsafe), and when this agent started (a promise given by an
-    # earlier run of it is unknown, so a fresh agent holds back for one ttl).
-    promised_until: float | None = None
-    promised_to: MemberName | None = None
+    # Failsafe: when this agent started (a promise given by an earlier run of it is unknown,
+    # so a fresh agent holds back for one ttl).
     started_at: float = float("-inf")
 
 
@@ -167,6 +164,10 @@ class Memory:
     failsafe_sent_at: float | None = None
     # Members named in the failsafe record whose DCS record is gone, and since when.
     failsafe_absent_since: tuple[tuple[MemberName, float], ...] = ()
+    # Any member, failsafe mode: the primary in failsafe whose POST /failsafe we accepted
+    # last, and until when (monotonic) we promised it not to race (`answer_failsafe`).
+    promised_to: MemberName | None = None
+    promised_until: float | None = None
 
 
 class Result(StrEnum):
@@ -226,14 +227,15 @@ def failsafe_active(memory: Memory, now: float, settings: Settings) -> bool:
     return now < fs and fs > lease
 
 
-def failsafe_hold(obs: Observation, settings: Settings) -> str | None:
+def failsafe_hold(obs: Observation, memory: Memory, settings: Settings) -> str | None:
     """Why this member may not take over because of failsafe mode, or None if it may."""
     view = obs.cluster
     assert view is not None
-    if obs.promised_until is not None and obs.now < obs.promised_until:
+    until = memory.promised_until
+    if until is not None and obs.now < until:
         return (
-            f"promised {obs.promised_to} (primary in failsafe) not to race for "
-            f"{obs.promised_until - obs.now:.1f} s more"
+            f"promised {memory.promised_to} (primary in failsafe) not to race for "
+            f"{until - obs.now:.1f} s more"
         )
     record = view.failsafe
     if (
@@ -271,6 +273,35 @@ def failsafe_refusal(
     if dcs_ok and view is not None and view.leader is not None and view.leader.name != leader:
         return f"{view.leader.name} holds the leader lease"
     return None
+
+
+def answer_failsafe(
+    leader: str,
+    *,
+    settings: Settings,
+    local: LocalState | None,
+    racing: bool,
+    memory: Memory,
+    view: ClusterView | None,
+    dcs_ok: bool,
+    now: float,
+) -> tuple[str | None, Memory]:
+    """Answer `leader`'s POST /failsafe (arguments as for `failsafe_refusal`; `now`: our
+    monotonic clock): the refusal with Memory unchanged, or None with the promise recorded in
+    Memory: no race for the lease for ttl_s from now (`failsafe_hold`)."""
+    refusal = failsafe_refusal(
+        leader,
+        settings=settings,
+        local=local,
+        racing=racing,
+        memory=memory,
+        view=view,
+        dcs_ok=dcs_ok,
+    )
+    if refusal is not None:
+        return refusal, memory
+    until = now + settings.timing.ttl_s
+    return None, replace(memory, promised_to=MemberName(leader), promised_until=until)
 
 
 def _plan_failsafe(
@@ -1254,7 +1285,7 @@ def _when_leaderless(
         )
     if view.config.paused:
         return _decision(memory, "no leader, but the cluster is paused")
-    hold = failsafe_hold(obs, settings)
+    hold = failsafe_hold(obs, memory, settings)
     if hold is not None:
         return _decision(memory, f"no leader; not racing: {hold}")
     request = view.switchover

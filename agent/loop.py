@@ -18,7 +18,7 @@ import structlog
 from agent.actions import Decision
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
-from agent.decide import Memory, Observation, decide, failsafe_refusal, fence_deadline
+from agent.decide import Memory, Observation, answer_failsafe, decide, fence_deadline
 from agent.executor import Executor
 from agent.fence import Fence, FenceState, FenceUnavailable
 from agent.handover import DcsCalls, Sleep
@@ -93,9 +93,7 @@ class HaLoop:
         self._cycle = 0
         self._watch_task: asyncio.Task[None] | None = None
         self._pg_watch_task: asyncio.Task[None] | None = None
-        # Failsafe (decide.py): whom we promised not to race, until when.
         self._started_at = clock.monotonic()
-        self._promise: tuple[MemberName, float] | None = None
         self._dcs_down = False
 
     @property
@@ -117,23 +115,25 @@ class HaLoop:
 
     def accept_failsafe(self, leader: str) -> str | None:
         """A primary in failsafe mode asks us (POST /failsafe) to confirm it. Accepting is a
-        promise: no race for the lease for ttl_s from now (decide.py, `failsafe_hold`).
-        Returns why we refuse, or None when we accept."""
-        refusal = failsafe_refusal(
+        promise kept in Memory: no race for the lease for ttl_s from now (decide.py,
+        `answer_failsafe`, `failsafe_hold`). Returns why we refuse, or None when we accept."""
+        before = self.memory
+        refusal, after = answer_failsafe(
             leader,
             settings=self.settings,
             local=self._local,
             racing=self.executor.racing,
-            memory=self.memory,
+            memory=before,
             view=self._view,
             dcs_ok=self._status.dcs_ok,
+            now=self.clock.monotonic(),
         )
         if refusal is not None:
             return refusal
-        until = self.clock.monotonic() + self.settings.timing.ttl_s
-        first = self._promise is None or self._promise[0] != leader
-        self._promise = (MemberName(leader), until)
-        if first:
+        # Not a result of an action: the promise is the one write to Memory from outside
+        # the executor, between its steps (this runs on the event loop, with no await).
+        self.executor.memory = after
+        if before.promised_to != leader:
             log.warning("failsafe_confirmed", primary=leader, promise_s=self.settings.timing.ttl_s)
         return None
 
@@ -247,7 +247,6 @@ class HaLoop:
             peers = await check_peers(self.peers, view.members, self.settings.name)
         requests = tuple(self._requests)
         self._requests.clear()
-        promise = self._promise
         return Observation(
             now=self.clock.monotonic(),
             wall_now=self.clock.wall(),
@@ -257,8 +256,6 @@ class HaLoop:
             peers=peers,
             local_requests=requests,
             shutting_down=self._shutting_down,
-            promised_to=promise[0] if promise is not None else None,
-            promised_until=promise[1] if promise is not None else None,
             started_at=self._started_at,
         )
 

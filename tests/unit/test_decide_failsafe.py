@@ -23,6 +23,7 @@ from agent.decide import (
     Observation,
     Outcome,
     Result,
+    answer_failsafe,
     decide,
     failsafe_active,
     fence_deadline,
@@ -230,15 +231,49 @@ def test_a_failsafe_primary_that_sees_another_leader_fences_at_once() -> None:
 
 
 def test_a_member_that_confirmed_a_failsafe_primary_does_not_race() -> None:
-    ob = obs(fs_view(None, B, C), REPLICA, promised_until=NOW + 3, promised_to=MemberName("x"))
-    decision, _ = decide(ob, Memory(), A)
+    promised = Memory(promised_to=MemberName("x"), promised_until=NOW + 3)
+    decision, _ = decide(obs(fs_view(None, B, C), REPLICA), promised, A)
     assert decision.actions == ()
     assert "promised x" in decision.reason
 
 
+def test_an_accepted_request_is_a_promise_that_holds_across_cycles() -> None:
+    refusal, promised = answer_failsafe(
+        "x",
+        settings=A,
+        local=REPLICA,
+        racing=False,
+        memory=Memory(),
+        view=None,
+        dcs_ok=False,
+        now=NOW - 1,
+    )
+    assert refusal is None
+    assert (promised.promised_to, promised.promised_until) == ("x", NOW - 1 + TTL)
+    first, memory = decide(obs(fs_view(None, B, C), REPLICA), promised, A)
+    second, _ = decide(replace(obs(fs_view(None, B, C), REPLICA), now=NOW + 1), memory, A)
+    assert first.actions == () and second.actions == ()
+    assert "promised x" in second.reason
+
+
+def test_a_refused_request_promises_nothing() -> None:
+    refusal, memory = answer_failsafe(
+        "x",
+        settings=A,
+        local=PRIMARY,
+        racing=False,
+        memory=Memory(),
+        view=None,
+        dcs_ok=False,
+        now=NOW,
+    )
+    assert refusal == "this member runs a primary"
+    assert memory == Memory()
+
+
 def test_once_its_promise_expired_the_member_races_again() -> None:
-    ob = obs(fs_view(None, B, C), REPLICA, promised_until=NOW - 0.1, promised_to=MemberName("x"))
-    decision, _ = decide(ob, Memory(), A)
+    promised = Memory(promised_to=MemberName("x"), promised_until=NOW - 0.1)
+    decision, _ = decide(obs(fs_view(None, B, C), REPLICA), promised, A)
     assert kinds(decision) == [AcquireLeader, Promote]
 
 
@@ -327,14 +362,13 @@ def test_no_sequence_keeps_a_primary_past_every_deadline_or_races_against_a_prom
             else None
         )
         promised = None if promise is None else now + promise
-        ob = Observation(
-            now=now,
-            wall_now=1.7e9,
-            cluster=cluster,
-            local=local,
+        # The promise as the API leaves it in Memory between cycles (`answer_failsafe`).
+        memory = replace(
+            memory,
             promised_until=promised,
             promised_to=MemberName("x") if promised is not None else None,
         )
+        ob = Observation(now=now, wall_now=1.7e9, cluster=cluster, local=local)
         decision, memory = decide(ob, memory, A)
         actions = list(decision.actions)
         sent = [t for t in (last_lease, last_round) if t is not None]

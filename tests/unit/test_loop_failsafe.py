@@ -1,5 +1,5 @@
 """HaLoop.accept_failsafe: when a member may promise a primary in failsafe mode not to race,
-and how the promise reaches decide() (the next observation carries it for one ttl)."""
+and how the promise reaches decide() (it is kept in Memory, for one ttl)."""
 
 from __future__ import annotations
 
@@ -37,13 +37,14 @@ def test_a_replica_accepts_and_is_bound_for_one_ttl_from_now() -> None:
     loop, clock = make_loop()
     clock.advance(5)
     assert loop.accept_failsafe("a") is None
-    assert loop._promise == (MemberName("a"), clock.monotonic() + TTL)
+    assert loop.memory.promised_to == MemberName("a")
+    assert loop.memory.promised_until == clock.monotonic() + TTL
 
 
 def test_a_member_running_a_primary_refuses() -> None:
     loop, _ = make_loop(PRIMARY)
     assert loop.accept_failsafe("a") == "this member runs a primary"
-    assert loop._promise is None
+    assert loop.memory == Memory()
 
 
 def test_a_member_holding_or_taking_the_lease_refuses() -> None:
@@ -53,7 +54,7 @@ def test_a_member_holding_or_taking_the_lease_refuses() -> None:
     loop.executor.memory = Memory()
     loop.executor.racing = True
     assert loop.accept_failsafe("a") is not None
-    assert loop._promise is None
+    assert loop.memory == Memory()
 
 
 def test_a_member_that_sees_another_leader_in_the_dcs_refuses() -> None:
