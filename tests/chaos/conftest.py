@@ -4,6 +4,7 @@ test thread runs in the client namespace for the module's duration), the report.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -149,5 +150,7 @@ def storage_sync_runner(
     be hung (tests/chaos/fuse_fs.py); names get " [sync]"."""
     if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
         pytest.skip("FUSE is not usable here (fusermount3 from Debian fuse3, /dev/fuse)")
+    if importlib.util.find_spec("mfusepy") is None:
+        pytest.skip("mfusepy is not installed (pip install -e '.[test]')")
     with _running(chaos_results, sync=True, fuse_storage=True) as chaos:
         yield chaos
