@@ -3,8 +3,8 @@
 Each action's result is an Outcome: OK, LOST (it failed, or returned False), or UNREACHABLE
 (a DCS call that raised or timed out; a rewind whose source did not answer; a failsafe round
 every member accepted but the fencer could not be armed for). What a result means for
-Memory is decided by `record_outcome` (decide.py), here and nowhere else; when to stop is
-decided by `next_step`, pure (decide.py relies on these rules; the property tests replay
+Memory is decided by `record_outcome` (agent.decide), here and nowhere else; when to stop is
+decided by `next_step`, pure (decide() relies on these rules; the property tests replay
 them through `next_step`, the loop unit suite through the Executor):
 - the actions run in order, and the first one that does not succeed ends the decision
   (an acquire that lost the race is not followed by the promotion planned after it);

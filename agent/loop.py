@@ -98,7 +98,7 @@ class HaLoop:
 
     @property
     def memory(self) -> Memory:
-        """All cross-cycle state (decide.py); the executor keeps it between cycles."""
+        """All cross-cycle state (agent.decide); the executor keeps it between cycles."""
         return self.executor.memory
 
     # ------------------------------------------------------------------ inputs from outside
@@ -115,7 +115,7 @@ class HaLoop:
 
     def accept_failsafe(self, leader: str) -> str | None:
         """A primary in failsafe mode asks us (POST /failsafe) to confirm it. Accepting is a
-        promise kept in Memory: no race for the lease for ttl_s from now (decide.py,
+        promise kept in Memory: no race for the lease for ttl_s from now (agent.decide,
         `answer_failsafe`, `failsafe_hold`). Returns why we refuse, or None when we accept."""
         before = self.memory
         refusal, after = answer_failsafe(

@@ -2,7 +2,7 @@
 
 `Peers` is the seam (the unit tests answer for the members); `HttpPeers` asks them over
 HTTP. Neither decides anything: the answers go into the Observation (`PeerStatus`) or into
-an Outcome (`confirm_failsafe`), and decide.py judges them.
+an Outcome (`confirm_failsafe`), and agent.decide judges them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,238 @@
+"""The branches where this member does not hold the leader record, or cannot tell: a long
+action in flight, the DCS unreachable, no data directory yet, following a leader, and no
+leader at all (the race for the lease).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.actions import (
+    AcquireLeader,
+    Bootstrap,
+    ClaimInitialize,
+    ClearInitialize,
+    Clone,
+    ConfirmFailsafe,
+    Decision,
+    Follow,
+    Promote,
+    PromoteReason,
+    ReleaseLeader,
+    RenewLeader,
+    Rewind,
+    StartPostgres,
+    StopMode,
+    StopPostgres,
+)
+from agent.decide.candidates import am_healthiest, named_candidate, needs_rewind, was_primary
+from agent.decide.failsafe import failsafe_active, failsafe_hold
+from agent.decide.state import (
+    RETRY_BACKOFF_S,
+    Memory,
+    Observation,
+    decided,
+    fence,
+    fence_at_deadline,
+    fence_deadline,
+    lease_alive,
+    lease_valid,
+)
+from agent.model import (
+    LocalRequestKind,
+    PgState,
+    Role,
+)
+from agent.settings import Settings
+
+
+def when_busy(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    assert obs.pending is not None
+    what = type(obs.pending.action).__name__
+    view = obs.cluster
+    deadline = fence_deadline(memory, settings)
+    if obs.local.is_primary and deadline is not None and obs.now >= deadline:
+        return decided(
+            memory, f"fence deadline passed during {what}", fence_at_deadline("deadline passed")
+        )
+    if memory.lease_sent_at is not None and (
+        view is None or (view.leader is not None and view.leader.name == settings.name)
+    ):
+        return decided(memory, f"{what} in flight; keeping the lease", RenewLeader())
+    return decided(memory, f"{what} in flight")
+
+
+def when_dcs_unavailable(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[Decision, Memory]:
+    if obs.local.is_primary:
+        if lease_valid(memory, obs.now, settings) and memory.failsafe_peers is not None:
+            return decided(
+                memory,
+                "DCS unreachable; failsafe: asking every member to confirm us, retrying renewal",
+                ConfirmFailsafe(members=memory.failsafe_peers),
+                # Retrying the renewal costs a whole DCS timeout per cycle: only while the
+                # lease itself may still be ours (after that, the lease is taken back with
+                # AcquireLeader once the DCS answers).
+                *((RenewLeader(),) if lease_alive(memory, obs.now, settings) else ()),
+            )
+        if lease_valid(memory, obs.now, settings):
+            return decided(
+                memory, "DCS unreachable; retrying renewal before the fence", RenewLeader()
+            )
+        return decided(
+            memory,
+            "DCS unreachable and the lease cannot be confirmed",
+            fence_at_deadline("no valid lease"),
+        )
+    return decided(memory, "DCS unreachable")
+
+
+def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    view = obs.cluster
+    assert view is not None
+    if memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S:
+        return decided(memory, "waiting before retrying a failed bootstrap or clone")
+    claimant = view.leader.name if view.leader is not None else None
+    if view.initialize == "" and claimant in (None, settings.name):
+        # A claim to bootstrap that never completed: ours failed (we still hold the lease we
+        # took with it), or the claimant's lease is gone. Left alone it would keep every
+        # member waiting for a leader to clone from, forever.
+        return decided(
+            memory,
+            "a bootstrap that did not complete: withdrawing its claim",
+            ClearInitialize(version=view.initialize_version),
+            *((ReleaseLeader(),) if claimant is not None else ()),
+        )
+    if view.initialize is None and view.leader is None:
+        if settings.tags.nofailover:
+            return decided(memory, "empty cluster, but nofailover members do not bootstrap")
+        return decided(
+            memory,
+            "empty cluster: claiming it and bootstrapping",
+            ClaimInitialize(),
+            AcquireLeader(),
+            Bootstrap(),
+        )
+    leader = view.leader_member
+    if leader is not None and leader.state == PgState.RUNNING and leader.role == Role.PRIMARY:
+        return decided(memory, f"no data: cloning from {leader.name}", Clone(source=leader.name))
+    return decided(memory, "no data: waiting for a running leader to clone from")
+
+
+def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    view, local = obs.cluster, obs.local
+    assert view is not None and view.leader is not None
+    leader_name = view.leader.name
+    memory = replace(
+        memory,
+        lease_sent_at=None,
+        pg_down_since=None,
+        failsafe_peers=None,
+        failsafe_sent_at=None,
+        failsafe_absent_since=(),
+    )
+    if local.is_primary:
+        return decided(
+            memory,
+            f"{leader_name} holds the lease but we are a primary: demoting at once",
+            fence(f"{leader_name} holds the lease"),
+        )
+    if local.unresponsive and was_primary(local):
+        return decided(
+            memory,
+            f"{leader_name} holds the lease and our former primary does not answer: killing it",
+            StopPostgres(mode=StopMode.KILL),
+        )
+    leader = view.leader_member
+    leader_up = (
+        leader is not None and leader.role == Role.PRIMARY and leader.state == PgState.RUNNING
+    )
+    backing_off = memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S
+    if needs_rewind(local, leader, view):
+        if not leader_up:
+            return decided(memory, f"waiting for {leader_name} to run before rewinding")
+        if backing_off:
+            return decided(memory, "waiting before retrying a failed rewind")
+        if memory.rewind_failures > 0:
+            return decided(
+                memory,
+                f"rewind failed before: re-cloning from {leader_name}",
+                Clone(source=leader_name, clear_first=True),
+            )
+        return decided(memory, f"rewinding to follow {leader_name}", Rewind(source=leader_name))
+    if LocalRequestKind.REINITIALIZE in obs.local_requests and leader_up:
+        return decided(
+            memory, "reinitialize requested", Clone(source=leader_name, clear_first=True)
+        )
+    if not local.running:
+        if backing_off:
+            return decided(memory, "waiting before starting PostgreSQL again")
+        return decided(
+            memory, f"starting as a standby of {leader_name}", StartPostgres(upstream=leader_name)
+        )
+    if LocalRequestKind.RESTART in obs.local_requests:
+        return decided(memory, "restart requested", StopPostgres(mode=StopMode.FAST))
+    if memory.following != leader_name:
+        return decided(memory, f"following {leader_name}", Follow(leader=leader_name))
+    return decided(memory, f"streaming from {leader_name}")
+
+
+def when_leaderless(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[Decision, Memory]:
+    view, local = obs.cluster, obs.local
+    assert view is not None
+    memory = replace(
+        memory,
+        lease_sent_at=None,
+        leaderless_since=obs.now if memory.leaderless_since is None else memory.leaderless_since,
+    )
+    if local.is_primary and failsafe_active(memory, obs.now, settings):
+        # The DCS is back (or readable) and our lease expired meanwhile, but every member
+        # promised not to race: take the lease back, confirming ourselves again first.
+        peers = memory.failsafe_peers or ()
+        return decided(
+            memory,
+            "no leader record; primary in failsafe: taking the lease back",
+            ConfirmFailsafe(members=peers),
+            AcquireLeader(),
+        )
+    memory = replace(memory, failsafe_peers=None, failsafe_sent_at=None, failsafe_absent_since=())
+    if local.is_primary:
+        return decided(
+            memory,
+            "no leader record but we are a primary: demoting at once",
+            fence("no leader record"),
+        )
+    if local.unresponsive and was_primary(local):
+        return decided(
+            memory,
+            "no leader record and our former primary does not answer: killing it",
+            StopPostgres(mode=StopMode.KILL),
+        )
+    if not local.running:
+        return decided(
+            memory,
+            "no leader: starting as a standby with no upstream",
+            StartPostgres(upstream=None),
+        )
+    if view.config.paused:
+        return decided(memory, "no leader, but the cluster is paused")
+    hold = failsafe_hold(obs, memory, settings)
+    if hold is not None:
+        return decided(memory, f"no leader; not racing: {hold}")
+    request = view.switchover
+    if request is not None and request.candidate is not None:
+        named = named_candidate(obs, memory, settings, request)
+        if named is not None:
+            return named
+    healthiest, why = am_healthiest(obs, settings, memory)
+    if not healthiest:
+        return decided(memory, f"no leader; not racing: {why}")
+    return decided(
+        memory,
+        f"no leader; racing for the lease: {why}",
+        AcquireLeader(),
+        Promote(reason=PromoteReason.FAILOVER),
+    )

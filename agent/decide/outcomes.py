@@ -1,0 +1,140 @@
+"""`record_outcome`: the only way the result of an executed action reaches Memory. Every
+action type has its case (`assert_never`); an UNREACHABLE result counts as LOST except where
+a case says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import assert_never
+
+from agent.actions import (
+    AcquireLeader,
+    AppendHistory,
+    Bootstrap,
+    ClaimInitialize,
+    ClearInitialize,
+    ClearSwitchover,
+    Clone,
+    ConfirmFailsafe,
+    Demote,
+    EnsureSlots,
+    Exit,
+    Follow,
+    HandOver,
+    Promote,
+    ReleaseLeader,
+    RenewLeader,
+    Rewind,
+    SetConfig,
+    SetFailsafeRecord,
+    SetInitialize,
+    SetSyncRecord,
+    SetSyncStandbyNames,
+    StartPostgres,
+    StopPostgres,
+)
+from agent.decide.state import Memory, Outcome, Result
+from agent.settings import Settings
+
+
+def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memory:
+    """Fold one executed action's result into Memory: the only way a result reaches it.
+    UNREACHABLE counts as LOST except where a case below says otherwise."""
+    action = outcome.action
+    failed = replace(memory, failed_at=outcome.sent_at)
+    match action:
+        case AcquireLeader() | RenewLeader() | ReleaseLeader() | HandOver() | ConfirmFailsafe():
+            return _record_leadership(memory, action, outcome)
+        case Bootstrap() | Clone() | Rewind() | StartPostgres():
+            return _record_instance(memory, action, outcome)
+        case Demote() | StopPostgres():
+            return replace(memory, following=None, slots=None, sync_effective=None)
+        case Promote():
+            if outcome.ok:
+                return replace(memory, following=None, slots=None, sync_effective=None)
+            return failed
+        case Follow(leader=leader):
+            return replace(memory, following=leader) if outcome.ok else failed
+        case EnsureSlots(names=names):
+            return replace(memory, slots=names) if outcome.ok else failed
+        case SetSyncStandbyNames() | SetSyncRecord() | SetConfig() | SetFailsafeRecord():
+            return memory
+        case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover():
+            return memory
+        case AppendHistory() | Exit():
+            return memory
+        case _:
+            assert_never(action)
+
+
+def _record_leadership(
+    memory: Memory,
+    action: AcquireLeader | RenewLeader | ReleaseLeader | HandOver | ConfirmFailsafe,
+    outcome: Outcome,
+) -> Memory:
+    match action:
+        case RenewLeader() if outcome.result is Result.UNREACHABLE:
+            # Not lost: the DCS may have applied it or not. The lease stands until its fencing
+            # deadline (the executor cycles again at once to retry the renewal).
+            return memory
+        case AcquireLeader() | RenewLeader():
+            return replace(memory, lease_sent_at=outcome.sent_at if outcome.ok else None)
+        case ReleaseLeader():
+            return replace(
+                memory,
+                lease_sent_at=None,
+                pg_down_since=None,
+                pg_hung_since=None,
+                commit_stalled_since=None,
+                handover_wait_since=None,
+                failsafe_peers=None,
+                failsafe_sent_at=None,
+                failsafe_absent_since=(),
+            )
+        case HandOver():
+            if not outcome.ok:
+                return replace(memory, failed_at=outcome.sent_at)
+            return replace(
+                memory,
+                lease_sent_at=None,
+                handed_over=True,
+                slots=None,
+                failsafe_peers=None,
+                failsafe_sent_at=None,
+                failsafe_absent_since=(),
+            )
+        case ConfirmFailsafe():
+            if outcome.result is Result.UNREACHABLE:
+                # Every member confirmed but the fencer could not be armed for it: without a
+                # fencer no confirmation counts (nobody would stop us if we stalled).
+                return replace(memory, failsafe_sent_at=None)
+            # A round not every member accepted changes nothing.
+            return replace(memory, failsafe_sent_at=outcome.sent_at) if outcome.ok else memory
+        case _:
+            assert_never(action)
+
+
+def _record_instance(
+    memory: Memory, action: Bootstrap | Clone | Rewind | StartPostgres, outcome: Outcome
+) -> Memory:
+    if not outcome.ok:
+        if isinstance(action, Rewind) and outcome.result is Result.LOST:
+            # Only a rewind that ran and failed counts against rewinding (then: re-clone).
+            return replace(
+                memory, rewind_failures=memory.rewind_failures + 1, failed_at=outcome.sent_at
+            )
+        return replace(memory, failed_at=outcome.sent_at)
+    match action:
+        case Bootstrap():
+            return memory
+        case Clone(source=source):
+            return replace(
+                memory, following=source, rewind_failures=0, failed_at=None, refused=None
+            )
+        case Rewind(source=source):
+            return replace(memory, following=source, rewind_failures=0, failed_at=None)
+        case StartPostgres(upstream=upstream):
+            return replace(memory, following=upstream, failed_at=None)
+        case _:
+            assert_never(action)

@@ -1,0 +1,175 @@
+"""What decide() reads and writes: the Observation of one cycle, the Memory carried from
+one cycle to the next, the Outcome the executor reports for an action; the lease deadlines
+derived from Memory; and the builders every branch uses (`decided`, `fence`,
+`fence_at_deadline`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from agent.actions import (
+    Action,
+    Decision,
+    Demote,
+    StopMode,
+)
+from agent.model import (
+    ClusterView,
+    LocalRequestKind,
+    LocalState,
+    Lsn,
+    MemberName,
+    PgState,
+    Role,
+    SyncStandbys,
+)
+from agent.settings import Settings
+
+# A failed long action is not retried sooner than this (seconds, monotonic).
+RETRY_BACKOFF_S = 5.0
+
+# A member whose record is gone keeps its slot (and the WAL it holds) this long, so that a
+# member restarting or briefly partitioned can stream on without a new clone.
+SLOT_GRACE_S = 1800.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerStatus:
+    """A peer's answer to the pre-race health check over its REST API."""
+
+    name: MemberName
+    reachable: bool
+    role: Role = Role.UNKNOWN
+    state: PgState = PgState.UNKNOWN
+    timeline: int | None = None
+    wal_lsn: Lsn | None = None
+    nofailover: bool = False
+    failover_priority: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pending:
+    """A long action in flight, and since when (monotonic)."""
+
+    action: Action
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    now: float  # monotonic
+    wall_now: float  # epoch seconds, for scheduled switchovers only
+    cluster: ClusterView | None  # None: the DCS could not be read this cycle
+    local: LocalState
+    pending: Pending | None = None
+    peers: tuple[PeerStatus, ...] | None = None  # only fetched when there is no leader
+    local_requests: tuple[LocalRequestKind, ...] = ()
+    shutting_down: bool = False
+    # Failsafe: when this agent started (a promise given by an earlier run of it is unknown,
+    # so a fresh agent holds back for one ttl).
+    started_at: float = float("-inf")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Memory:
+    """All state the agent carries from one cycle to the next."""
+
+    lease_sent_at: float | None = None  # send time of our last successful acquire/renew
+    pg_down_since: float | None = None  # leader only: first cycle PostgreSQL was seen down
+    pg_hung_since: float | None = None  # leader only: first probe its PostgreSQL timed out
+    commit_stalled_since: float | None = None  # leader only: first failed commit heartbeat
+    # Leader: since when it wants to hand over (shutdown, switchover) but no candidate streams
+    # from it caught up yet; it keeps serving meanwhile, for at most switchover_timeout_s.
+    handover_wait_since: float | None = None
+    # Since when this member has seen no leader record (bounds the deference to a candidate
+    # named by a switchover or failover request).
+    leaderless_since: float | None = None
+    following: MemberName | None = None  # whom our standby was last pointed at
+    last_leader: MemberName | None = None
+    last_leader_wal_lsn: Lsn | None = None
+    slots: tuple[MemberName, ...] | None = None  # slots last ensured on our primary
+    slots_absent_since: tuple[tuple[MemberName, float], ...] = ()  # kept within the grace
+    rewind_failures: int = 0
+    failed_at: float | None = None  # when a long action last failed
+    handed_over: bool = False  # shutdown: the switchover finished
+    refused: str | None = None  # a reason this member will not take part (wrong system id)
+    # Leader: the synchronous_standby_names value PostgreSQL was first seen to run with, and
+    # our WAL position then; every commit acknowledged before lies at or below that position.
+    sync_effective: tuple[SyncStandbys, Lsn] | None = None
+    # Leader, failsafe mode: the members to consult over REST when the DCS is unreachable
+    # (name, api_url): the `failsafe` record it read naming it, plus what it is writing there.
+    # None: failsafe cannot be used (mode off, or the record naming us not read back yet).
+    failsafe_peers: tuple[tuple[MemberName, str], ...] | None = None
+    # Send time of the last POST /failsafe round that every one of them accepted.
+    failsafe_sent_at: float | None = None
+    # Members named in the failsafe record whose DCS record is gone, and since when.
+    failsafe_absent_since: tuple[tuple[MemberName, float], ...] = ()
+    # Any member, failsafe mode: the primary in failsafe whose POST /failsafe we accepted
+    # last, and until when (monotonic) we promised it not to race (`answer_failsafe`).
+    promised_to: MemberName | None = None
+    promised_until: float | None = None
+
+
+class Result(StrEnum):
+    """How an executed action fared."""
+
+    OK = "ok"
+    # It failed, or the DCS refused it (a lost race, a lease gone): evidence against it.
+    LOST = "lost"
+    # What it needs could not be reached (the DCS, a rewind's source, the fencer): a reason
+    # to retry, not evidence against the action. Counts as LOST where record_outcome does
+    # not say otherwise.
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What the executor reports for one action."""
+
+    action: Action
+    result: Result
+    sent_at: float  # monotonic, when the action started (for a renewal: when it was sent)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is Result.OK
+
+
+def fence_deadline(memory: Memory, settings: Settings) -> float | None:
+    """The later of the lease's deadline and the failsafe deadline (None: neither)."""
+    sent = [t for t in (memory.lease_sent_at, memory.failsafe_sent_at) if t is not None]
+    if not sent:
+        return None
+    return settings.timing.fence_deadline(max(sent))
+
+
+def lease_alive(memory: Memory, now: float, settings: Settings) -> bool:
+    """The lease's own deadline (not the failsafe one) has not passed."""
+    sent = memory.lease_sent_at
+    return sent is not None and now < settings.timing.fence_deadline(sent)
+
+
+def lease_valid(memory: Memory, now: float, settings: Settings) -> bool:
+    deadline = fence_deadline(memory, settings)
+    return deadline is not None and now < deadline
+
+
+def decided(memory: Memory, reason: str, *actions: Action) -> tuple[Decision, Memory]:
+    """What a branch returns: the actions in order, one line why, and the new Memory."""
+    return Decision(actions=tuple(actions), reason=reason), memory
+
+
+def fence(reason: str) -> Demote:
+    """Stop writing at once: another member may lead already, or ours is unknown."""
+    return Demote(mode=StopMode.IMMEDIATE, reason=reason)
+
+
+def fence_at_deadline(reason: str) -> Demote:
+    """Our own fence deadline passed: the lease is still ours for the others until
+    `deadline + fence_margin_s`, so a fast shutdown (bounded by half the margin) lets the WAL
+    senders ship what was committed, instead of leaving acknowledged commits on this node
+    alone (the fencer process does the same)."""
+    return Demote(mode=StopMode.FAST, reason=reason)
