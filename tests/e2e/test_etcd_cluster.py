@@ -1,8 +1,10 @@
 """End to end: real etcd, three real PostgreSQL instances, three agent processes.
 
-The scenarios run in order on one cluster (each leaves it converged for the next), with
-short timings (ttl 6 s). Writers record every acknowledged insert per member, so the tests
-can check that at no instant two members accepted writes.
+The scenarios share one cluster, with short timings (ttl 6 s), but not its state: each starts
+with `converge`, which revives what an earlier scenario that failed half-way left stopped or
+frozen and waits for one primary, streaming replicas and no pending switchover; a failing
+scenario does not fail the ones after it. Writers record every acknowledged insert per
+member, so the tests can check that at no instant two members accepted writes.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ With the DCS frozen (SIGSTOP) for twice the ttl, the primary keeps acknowledging
 (every member confirms it over REST) and nobody else does; with the DCS frozen and one
 member's agent dead, the primary cannot be confirmed by all and stops within the same bound
 as without failsafe.
+
+The tests share each cluster but not its state: each first waits for a converged cluster with
+failsafe mode on and the record written (turning it back on if an earlier test left it off),
+so a failing test does not fail the ones after it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
@@ -34,12 +39,49 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TTL = 6.0
 
 
+@dataclass(frozen=True, slots=True)
+class Started:
+    cluster: LocalCluster
+    seeded_failsafe: object  # the config record's failsafe_mode once the cluster first formed
+
+
+async def _seeded_failsafe(cluster: LocalCluster) -> object:
+    await converge(cluster, timeout=60)
+    async with aiohttp.ClientSession() as session:
+        view = await cluster.cluster_json(session)
+    return None if view is None else view.get("failsafe_mode")
+
+
 @pytest.fixture(scope="module", params=["etcd", "kubernetes"])
-def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+def started(request: pytest.FixtureRequest) -> Iterator[Started]:
     with local_cluster(
         cluster="fs", dcs_kind=request.param, extra={"ha": {"failsafe_mode": True}}
     ) as running:
-        yield running
+        # Read before any test changes it, whichever test runs first.
+        yield Started(cluster=running, seeded_failsafe=asyncio.run(_seeded_failsafe(running)))
+
+
+@pytest.fixture
+def cluster(started: Started) -> LocalCluster:
+    return started.cluster
+
+
+async def _failsafe_ready(cluster: LocalCluster) -> int:
+    """Converged (see `converge`), failsafe mode on, and the leader's record naming every
+    other member; the leader's index."""
+    primary = await converge(cluster)
+    async with aiohttp.ClientSession() as session:
+        view = await cluster.cluster_json(session)
+        if view is None or view.get("failsafe_mode") is not True:
+            status, body = await cluster.patch_config(session, {"failsafe_mode": True})
+            assert status == 200, body
+    others = sorted(m.name for i, m in enumerate(cluster.members) if i != primary)
+
+    async def recorded() -> bool:
+        return await _failsafe_record(cluster, primary) == others
+
+    await wait_until(recorded, timeout=15, what="the failsafe record naming the replicas")
+    return primary
 
 
 def _dcs_pid(cluster: LocalCluster) -> int:
@@ -73,23 +115,20 @@ async def _metric(cluster: LocalCluster, index: int, name: str) -> float:
     return total
 
 
+def test_the_bootstrapping_member_seeds_failsafe_mode_from_its_yaml(started: Started) -> None:
+    assert started.seeded_failsafe is True
+
+
 async def test_the_leader_names_every_other_member_in_the_failsafe_record(
     cluster: LocalCluster,
 ) -> None:
-    primary = await converge(cluster, timeout=60)
-    await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
-    others = sorted(m.name for i, m in enumerate(cluster.members) if i != primary)
-
-    async def recorded() -> bool:
-        return await _failsafe_record(cluster, primary) == others
-
-    await wait_until(recorded, timeout=15, what="the failsafe record naming the replicas")
+    await _failsafe_ready(cluster)  # waits for the record
 
 
 async def test_the_demo_key_turns_failsafe_off_which_deletes_the_record_and_on_again(
     cluster: LocalCluster,
 ) -> None:
-    primary = await converge(cluster)
+    primary = await _failsafe_ready(cluster)
     others = sorted(m.name for i, m in enumerate(cluster.members) if i != primary)
     async with aiohttp.ClientSession() as session:
         assert (await _handle_key(cluster, session, "f")).startswith("failsafe_mode off: HTTP 200")
@@ -109,7 +148,8 @@ async def test_the_demo_key_turns_failsafe_off_which_deletes_the_record_and_on_a
 async def test_with_the_dcs_down_the_confirmed_primary_keeps_writing_and_nobody_else_does(
     cluster: LocalCluster,
 ) -> None:
-    primary = await converge(cluster)
+    primary = await _failsafe_ready(cluster)
+    await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
     name = cluster.members[primary].name
     pid = cluster.members[primary].postmaster_pid()
     rounds_before = await _metric(cluster, primary, 'pgwarden_failsafe_rounds_total{result="co')
@@ -145,7 +185,8 @@ async def test_with_the_dcs_down_the_confirmed_primary_keeps_writing_and_nobody_
 async def test_with_the_dcs_down_and_a_member_unreachable_the_primary_stops_in_time(
     cluster: LocalCluster,
 ) -> None:
-    primary = await converge(cluster)
+    primary = await _failsafe_ready(cluster)
+    await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
     name = cluster.members[primary].name
     victim = (primary + 1) % len(cluster.members)
     writers = member_writers(cluster, 600_000)

@@ -4,7 +4,12 @@ One cluster, started with `ha.synchronous_mode: on` (so the bootstrapping leader
 DCS config record), then switched with PATCH /config. An application writer (libpq
 multi-host, read-write) records every acknowledged commit; after each SIGKILL of the primary
 (agent and PostgreSQL) every acknowledged commit must be on the new primary in `on` and
-`quorum` modes. In `off` mode the loss is reported, not asserted.
+`quorum` modes. In `off` mode commits may be lost, but only the tail that had not reached the
+standby yet: every commit acknowledged longer than `ASYNC_TAIL_S` before the kill must be there.
+
+The tests share the cluster but not its state: each one first sets the whole synchronous
+configuration it needs and waits for a converged cluster with that configuration in force (a
+stopped or frozen member is revived), so a failing test does not fail the ones after it.
 """
 
 from __future__ import annotations
@@ -15,24 +20,52 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
 import pytest
 
 from agent.demo import LocalCluster
-from tests.support.cluster import converged, local_cluster, query_values, wait_until
-from tests.support.workload import AppWriter, ensure_table
+from tests.support.cluster import (
+    converge,
+    converged,
+    local_cluster,
+    query_values,
+    revive,
+    wait_until,
+)
+from tests.support.workload import AppWriter, WriterLog, ensure_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 TTL = 6.0
+# Asynchronous replication on loopback shows a commit on the standby 14-18 ms after it is
+# acknowledged (shared/FACTS.md); a second is sixty times that and still a small tail.
+ASYNC_TAIL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    cluster: LocalCluster
+    seeded_mode: object  # the config record's synchronous_mode once the cluster first formed
+
+
+async def _seeded_mode(cluster: LocalCluster) -> object:
+    await converge(cluster, timeout=60)
+    return (await _cluster_json(cluster)).get("synchronous_mode")
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def started() -> Iterator[Started]:
     with local_cluster(extra={"ha": {"synchronous_mode": "on"}}) as running:
-        yield running
+        # Read before any test changes it, whichever test runs first.
+        yield Started(cluster=running, seeded_mode=asyncio.run(_seeded_mode(running)))
+
+
+@pytest.fixture
+def cluster(started: Started) -> LocalCluster:
+    return started.cluster
 
 
 async def _cluster_json(cluster: LocalCluster) -> dict[str, object]:
@@ -43,9 +76,7 @@ async def _cluster_json(cluster: LocalCluster) -> dict[str, object]:
 async def _sync_settled(cluster: LocalCluster, members: int) -> int:
     """Wait until the cluster converged and the `sync` record of the current leader names
     `members` standbys that the leader's PostgreSQL reports as synchronous; the leader's index."""
-    for index, member in enumerate(cluster.members):
-        if member.process is not None and member.process.poll() is not None:
-            cluster.start_member(index)
+    revive(cluster)
     found: list[int] = []
 
     async def ready() -> bool:
@@ -73,6 +104,23 @@ async def _sync_settled(cluster: LocalCluster, members: int) -> int:
 
     await wait_until(ready, timeout=60, what=f"a settled synchronous set of {members}")
     return found[0]
+
+
+async def _configure(
+    cluster: LocalCluster, mode: str, *, members: int, node_count: int = 1, strict: bool = False
+) -> int:
+    """Whatever an earlier test left: every member running, the whole synchronous
+    configuration set, and a settled synchronous set of `members`; the leader's index."""
+    revive(cluster)
+    await _patch_config(
+        cluster,
+        {
+            "synchronous_mode": mode,
+            "synchronous_node_count": node_count,
+            "synchronous_mode_strict": strict,
+        },
+    )
+    return await _sync_settled(cluster, members)
 
 
 async def _patch_config(cluster: LocalCluster, body: dict[str, object]) -> None:
@@ -117,10 +165,28 @@ async def _new_primary(cluster: LocalCluster, old: int) -> int:
     return found[0]
 
 
-async def _kill_rounds(cluster: LocalCluster, rounds: int, members: int) -> list[int]:
-    """SIGKILL the primary `rounds` times under a continuous writer; per round, how many
-    acknowledged commits the new primary lacks."""
-    lost: list[int] = []
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One SIGKILL of the primary: the acknowledged commits the new primary lacks, each as
+    the seconds between its acknowledgement and the kill (negative: acknowledged just after
+    the signal was sent, before the old primary died)."""
+
+    lost_ages_s: tuple[float, ...]
+
+    @property
+    def lost(self) -> int:
+        return len(self.lost_ages_s)
+
+
+def _round(log: WriterLog, present: set[int], killed_at: float) -> Round:
+    ages = sorted(killed_at - a.at for a in log.acks if a.value not in present)
+    return Round(lost_ages_s=tuple(ages))
+
+
+async def _kill_rounds(cluster: LocalCluster, rounds: int, members: int) -> list[Round]:
+    """SIGKILL the primary `rounds` times under a continuous writer; per round, what the new
+    primary lacks of the acknowledged commits."""
+    lost: list[Round] = []
     primary = await _sync_settled(cluster, members)
     hosts = [("127.0.0.1", m.pg_port) for m in cluster.members]
     await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
@@ -131,12 +197,15 @@ async def _kill_rounds(cluster: LocalCluster, rounds: int, members: int) -> list
             primary = await _sync_settled(cluster, members)
             await asyncio.sleep(1.0)  # commits in flight when the primary dies
             acked_before = len(writer.log.acks)
+            killed_at = time.monotonic()
             cluster.kill_member(primary)
             new = await _new_primary(cluster, primary)
             await asyncio.sleep(0.5)
-            acked = writer.log.acked_values()
+            # The acknowledgements are read first: a commit acknowledged by the new primary
+            # after the query is no loss.
+            log = WriterLog(acks=list(writer.log.acks))
             present = await query_values(cluster.members[new].pg_port)
-            lost.append(len(acked - present))
+            lost.append(_round(log, present, killed_at))
             assert len(writer.log.acks) > acked_before  # the writer did write
             cluster.start_member(primary)
     finally:
@@ -144,13 +213,15 @@ async def _kill_rounds(cluster: LocalCluster, rounds: int, members: int) -> list
     return lost
 
 
+def test_the_bootstrapping_member_seeds_synchronous_mode_from_its_yaml(started: Started) -> None:
+    assert started.seeded_mode == "on"
+
+
 async def test_on_mode_loses_no_acknowledged_commit_over_repeated_primary_kills(
     cluster: LocalCluster,
 ) -> None:
-    await _sync_settled(cluster, 1)
-    config = (await _cluster_json(cluster)).get("synchronous_mode")
-    assert config == "on"  # seeded from the bootstrapping member's YAML
-    lost = await _kill_rounds(cluster, rounds=3, members=1)
+    await _configure(cluster, "on", members=1)
+    lost = [r.lost for r in await _kill_rounds(cluster, rounds=3, members=1)]
     print(f"synchronous_mode=on: acknowledged commits lost per kill: {lost}")
     assert lost == [0, 0, 0]
 
@@ -158,8 +229,8 @@ async def test_on_mode_loses_no_acknowledged_commit_over_repeated_primary_kills(
 async def test_quorum_mode_loses_no_acknowledged_commit_over_repeated_primary_kills(
     cluster: LocalCluster,
 ) -> None:
-    await _patch_config(cluster, {"synchronous_mode": "quorum", "synchronous_node_count": 1})
-    lost = await _kill_rounds(cluster, rounds=3, members=2)
+    await _configure(cluster, "quorum", members=2)
+    lost = [r.lost for r in await _kill_rounds(cluster, rounds=3, members=2)]
     print(f"synchronous_mode=quorum: acknowledged commits lost per kill: {lost}")
     assert lost == [0, 0, 0]
 
@@ -172,8 +243,7 @@ async def test_quorum_candidate_waits_until_it_sees_enough_of_the_set(
     advanced of them does, with every acknowledged commit. The restarted standby may hold
     WAL in pg_wal it has not replayed yet: its reported position must cover it (the probe's
     scan of the local WAL), or the survivor could promote without a commit only it had."""
-    await _patch_config(cluster, {"synchronous_mode": "quorum", "synchronous_node_count": 1})
-    primary = await _sync_settled(cluster, 2)
+    primary = await _configure(cluster, "quorum", members=2)
     await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
     standby = next(i for i in range(len(cluster.members)) if i != primary)
     hosts = [("127.0.0.1", m.pg_port) for m in cluster.members]
@@ -204,10 +274,17 @@ async def test_quorum_candidate_waits_until_it_sees_enough_of_the_set(
                 cluster.start_member(index)
 
 
-async def test_off_mode_reports_lost_commits(cluster: LocalCluster) -> None:
-    await _patch_config(cluster, {"synchronous_mode": "off"})
-    lost = await _kill_rounds(cluster, rounds=1, members=0)
-    print(f"synchronous_mode=off: acknowledged commits lost per kill: {lost} (not asserted)")
+async def test_off_mode_loses_at_most_the_commits_of_the_last_moment_before_a_primary_kill(
+    cluster: LocalCluster,
+) -> None:
+    await _configure(cluster, "off", members=0)
+    (kill,) = await _kill_rounds(cluster, rounds=1, members=0)
+    oldest = max(kill.lost_ages_s, default=0.0)
+    print(
+        f"synchronous_mode=off: {kill.lost} acknowledged commits lost by the kill, the oldest "
+        f"acknowledged {oldest * 1000:.0f} ms before it"
+    )
+    assert oldest < ASYNC_TAIL_S, f"lost a commit acknowledged {oldest:.2f} s before the kill"
 
 
 async def _try_write(port: int, timeout_s: float) -> bool:
@@ -230,8 +307,7 @@ async def _try_write(port: int, timeout_s: float) -> bool:
 async def test_strict_mode_blocks_commits_without_replicas_and_non_strict_degrades_and_recovers(
     cluster: LocalCluster,
 ) -> None:
-    await _patch_config(cluster, {"synchronous_mode": "on", "synchronous_mode_strict": True})
-    primary = await _sync_settled(cluster, 1)
+    primary = await _configure(cluster, "on", members=1, strict=True)
     port = cluster.members[primary].pg_port
     await _try_write(port, 5.0)  # the table exists before the replicas go
     replicas = [i for i in range(len(cluster.members)) if i != primary]
@@ -261,11 +337,7 @@ async def test_a_synchronous_standby_whose_stream_goes_silent_stalls_commits_abo
     The primary's walsender stays 'streaming' until wal_sender_timeout, which the agent sets
     to one ttl (PostgreSQL's default: 60 s); then the leader moves the synchronous role to the
     other standby and commits resume."""
-    await _patch_config(
-        cluster,
-        {"synchronous_mode": "on", "synchronous_node_count": 1, "synchronous_mode_strict": False},
-    )
-    primary = await _sync_settled(cluster, 1)
+    primary = await _configure(cluster, "on", members=1)
     sync = (await _cluster_json(cluster)).get("sync")
     assert isinstance(sync, dict)
     names = sync.get("members")

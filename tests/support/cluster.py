@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -114,20 +117,36 @@ async def query_values(port: int) -> set[int]:
         await conn.close()
 
 
-async def converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
-    """Wait until the cluster view shows one primary and every other member streaming, and
-    the primary's own /primary probe agrees (it holds a fresh lease); returns its index.
-
-    A scenario that failed half-way may have left an agent stopped: it is started again, so
-    one failure does not cascade into the scenarios after it."""
+def revive(cluster: LocalCluster) -> None:
+    """Undo what a scenario that failed half-way may have left: a frozen (SIGSTOP) agent or
+    DCS process is continued, an agent that exited is started again."""
+    dcs = [cluster.etcd, cluster.apiserver]
+    for process in [*(m.process for m in cluster.members), *dcs]:
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+    cluster.dcs_frozen = False
     for index, member in enumerate(cluster.members):
         if member.process is not None and member.process.poll() is not None:
             cluster.start_member(index)
+
+
+async def converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
+    """Wait until the cluster view shows one primary, every other member streaming and no
+    switchover pending, and the primary's own /primary probe agrees (it holds a fresh
+    lease); returns its index.
+
+    Each scenario starts here, whatever the one before it left (see `revive`), so one
+    failure does not cascade into the scenarios after it."""
+    revive(cluster)
     found: list[int] = []
     async with aiohttp.ClientSession() as session:
 
         async def ready() -> bool:
             if not await converged(cluster, session):
+                return False
+            view = await cluster.cluster_json(session)
+            if view is None or view.get("switchover") is not None:
                 return False
             index = await cluster.primary_index(session)
             found[:] = [] if index is None else [index]
