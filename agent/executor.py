@@ -123,7 +123,8 @@ def next_step(actions: Sequence[Action], done: Sequence[Outcome]) -> Action | St
     if done:
         last = done[-1]
         if not last.ok and not isinstance(last.action, ConfirmFailsafe):
-            # After a failed renewal: at once, to retry it or to act on the loss.
+            # The first failure ends the decision; after a failed renewal the loop cycles
+            # again at once, to retry it (unreachable) or to act on the loss (lost).
             return Done(again=isinstance(last.action, RenewLeader))
     if len(done) == len(actions):
         return Done(again=any(o.ok and not isinstance(o.action, _STEADY) for o in done))
