@@ -3,24 +3,15 @@
 Each action's result is an Outcome: OK, LOST (it failed, or returned False), or UNREACHABLE
 (a DCS call that raised or timed out; a rewind whose source did not answer; a failsafe round
 every member accepted but the fencer could not be armed for). What a result means for
-Memory is decided by `record_outcome` (agent.decide), here and nowhere else; when to stop is
-decided by `next_step`, pure (decide() relies on these rules; the property tests replay
-them through `next_step`, the loop unit suite through the Executor):
-- the actions run in order, and the first one that does not succeed ends the decision
-  (an acquire that lost the race is not followed by the promotion planned after it);
-- after a failed renewal (lost, or unreachable: then the lease stands until its fencing
-  deadline) the loop cycles again at once;
-- a failsafe round never ends the decision (the renewal after it may still succeed);
-- a long action (`is_long`) starts as a tracked task and ends the decision; its Outcome is
-  folded into Memory at the start of the next cycle.
+Memory is decided by `record_outcome` (agent.decide), here and nowhere else; when to stop,
+by `next_step` (agent/stop_rules.py, pure), which the executor runs by.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import assert_never
 
 import structlog
@@ -54,7 +45,6 @@ from agent.actions import (
     StartPostgres,
     StopMode,
     StopPostgres,
-    is_long,
 )
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
@@ -85,11 +75,9 @@ from agent.postgres.process import PostgresError, StandbyConfig
 from agent.postgres.process import StopMode as PgStopMode
 from agent.postgres.replication import render_synchronous_standby_names, slot_name_for
 from agent.settings import Settings
+from agent.stop_rules import Done, StartLong, next_step
 
 log = structlog.get_logger("pgwarden.loop")
-
-# Actions that only keep things as they are: a cycle made of these sleeps normally.
-_STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize, ConfirmFailsafe)
 
 RecordWrite = (
     ClaimInitialize
@@ -101,35 +89,6 @@ RecordWrite = (
     | SetFailsafeRecord
 )
 Instance = Bootstrap | Clone | Rewind | StartPostgres
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Done:
-    """The decision ends here; `again`: cycle again at once, without sleeping."""
-
-    again: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StartLong:
-    """Start `action` as a tracked task; the decision ends here (not again at once)."""
-
-    action: Action
-
-
-def next_step(actions: Sequence[Action], done: Sequence[Outcome]) -> Action | StartLong | Done:
-    """The stop rules (module docstring), pure: what follows the outcomes `done` of the first
-    `len(done)` of `actions`."""
-    if done:
-        last = done[-1]
-        if not last.ok and not isinstance(last.action, ConfirmFailsafe):
-            # The first failure ends the decision; after a failed renewal the loop cycles
-            # again at once, to retry it (unreachable) or to act on the loss (lost).
-            return Done(again=isinstance(last.action, RenewLeader))
-    if len(done) == len(actions):
-        return Done(again=any(o.ok and not isinstance(o.action, _STEADY) for o in done))
-    action = actions[len(done)]
-    return StartLong(action=action) if is_long(action) else action
 
 
 def record_write(action: RecordWrite) -> tuple[RecordKind, str | None, str | None]:

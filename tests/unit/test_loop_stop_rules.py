@@ -1,4 +1,4 @@
-"""executor.next_step: the executor's stop rules as a table (the Executor runs by this
+"""stop_rules.next_step: the executor's stop rules as a table (the Executor runs by this
 function; the decide property tests replay it through tests/unit/fakes/replay.py)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from agent.actions import (
     SetInitialize,
 )
 from agent.decide import Outcome, Result
-from agent.executor import Done, StartLong, next_step
 from agent.model import MemberName
+from agent.stop_rules import Done, StartLong, next_step
 
 RACE: tuple[Action, ...] = (AcquireLeader(), Promote(reason=PromoteReason.FAILOVER))
 FAILSAFE: tuple[Action, ...] = (ConfirmFailsafe(members=()), RenewLeader())

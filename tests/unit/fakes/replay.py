@@ -1,6 +1,6 @@
 """The executor's stop rules replayed without I/O, for the property tests of decide().
 
-`outcomes_of` runs a decision by `executor.next_step`, the function the Executor itself
+`outcomes_of` runs a decision by `stop_rules.next_step`, the function the Executor itself
 runs by, with every action faring as `fate` says: a change in the executor's rules changes
 what these tests feed back into Memory.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent.actions import AcquireLeader, Decision, Promote, RenewLeader, StartPostgres
 from agent.decide import Outcome, Result
-from agent.executor import Done, StartLong, next_step
+from agent.stop_rules import Done, StartLong, next_step
 
 
 def outcomes_of(decision: Decision, fate: Result, sent_at: float) -> list[Outcome]:
