@@ -60,31 +60,6 @@ def failsafe_hold(obs: Observation, memory: Memory, settings: Settings) -> str |
     return None
 
 
-def failsafe_refusal(
-    leader: str,
-    *,
-    settings: Settings,
-    local: LocalState | None,
-    racing: bool,
-    memory: Memory,
-    view: ClusterView | None,
-    dcs_ok: bool,
-) -> str | None:
-    """Why this member refuses to confirm `leader`, a primary in failsafe mode that asks over
-    POST /failsafe, or None: it accepts, which promises not to race for the lease for ttl_s
-    (`failsafe_hold`). `racing`: the decision being executed races for the lease; `view`:
-    the last cluster view read, `dcs_ok`: whether the last read succeeded."""
-    if leader == settings.name:
-        return "the request names this member itself"
-    if local is not None and local.is_primary:
-        return "this member runs a primary"
-    if racing or memory.lease_sent_at is not None:
-        return "this member holds or is taking the leader lease"
-    if dcs_ok and view is not None and view.leader is not None and view.leader.name != leader:
-        return f"{view.leader.name} holds the leader lease"
-    return None
-
-
 def answer_failsafe(
     leader: str,
     *,
@@ -96,17 +71,14 @@ def answer_failsafe(
     dcs_ok: bool,
     now: float,
 ) -> tuple[str | None, Memory]:
-    """Answer `leader`'s POST /failsafe (arguments as for `failsafe_refusal`; `now`: our
-    monotonic clock): the refusal with Memory unchanged, or None with the promise recorded in
-    Memory: no race for the lease for ttl_s from now (`failsafe_hold`)."""
+    """Answer `leader`, a primary in failsafe mode that asks over POST /failsafe to be
+    confirmed: why this member refuses, with Memory unchanged; or None: it accepts, and Memory
+    records the promise not to race for the lease for ttl_s from `now` (its monotonic clock;
+    `failsafe_hold`). `racing`: the decision being executed races for the lease; `view`: the
+    last cluster view read, `dcs_ok`: whether the last read succeeded."""
+    leading = racing or memory.lease_sent_at is not None
     refusal = failsafe_refusal(
-        leader,
-        settings=settings,
-        local=local,
-        racing=racing,
-        memory=memory,
-        view=view,
-        dcs_ok=dcs_ok,
+        leader, me=settings.name, local=local, leading=leading, view=view if dcs_ok else None
     )
     if refusal is not None:
         return refusal, memory
@@ -155,3 +127,19 @@ def plan_failsafe(
         wanted = FailsafeRecord(leader=me, members=desired)
         return SetFailsafeRecord(record=wanted, expected_version=version), memory
     return None, memory
+
+
+def failsafe_refusal(
+    leader: str, *, me: str, local: LocalState | None, leading: bool, view: ClusterView | None
+) -> str | None:
+    """Why member `me` refuses to confirm `leader` (None: it accepts). `leading`: it holds or
+    is taking the lease; `view`: the cluster as last read, None when that read failed."""
+    if leader == me:
+        return "the request names this member itself"
+    if local is not None and local.is_primary:
+        return "this member runs a primary"
+    if leading:
+        return "this member holds or is taking the leader lease"
+    if view is not None and view.leader is not None and view.leader.name != leader:
+        return f"{view.leader.name} holds the leader lease"
+    return None
