@@ -237,17 +237,22 @@ def test_a_member_that_confirmed_a_failsafe_primary_does_not_race() -> None:
     assert "promised x" in decision.reason
 
 
-def test_an_accepted_request_is_a_promise_that_holds_across_cycles() -> None:
-    refusal, promised = answer_failsafe(
+def answer_x(local: LocalState, now: float) -> tuple[str | None, Memory]:
+    """This member's answer to x, a primary in failsafe, with the DCS unreadable."""
+    return answer_failsafe(
         "x",
         settings=A,
-        local=REPLICA,
+        local=local,
         racing=False,
         memory=Memory(),
         view=None,
         dcs_ok=False,
-        now=NOW - 1,
+        now=now,
     )
+
+
+def test_an_accepted_request_is_a_promise_that_holds_across_cycles() -> None:
+    refusal, promised = answer_x(REPLICA, NOW - 1)
     assert refusal is None
     assert (promised.promised_to, promised.promised_until) == ("x", NOW - 1 + TTL)
     first, memory = decide(obs(fs_view(None, B, C), REPLICA), promised, A)
@@ -257,16 +262,7 @@ def test_an_accepted_request_is_a_promise_that_holds_across_cycles() -> None:
 
 
 def test_a_refused_request_promises_nothing() -> None:
-    refusal, memory = answer_failsafe(
-        "x",
-        settings=A,
-        local=PRIMARY,
-        racing=False,
-        memory=Memory(),
-        view=None,
-        dcs_ok=False,
-        now=NOW,
-    )
+    refusal, memory = answer_x(PRIMARY, NOW)
     assert refusal == "this member runs a primary"
     assert memory == Memory()
 
