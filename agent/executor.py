@@ -177,6 +177,7 @@ class Executor:
         self.pending: Pending | None = None
         self._task: asyncio.Task[None] | None = None
         self._finished: Outcome | None = None
+        self._reason = ""  # the reason of the decision being executed
 
     # ------------------------------------------------------------------ decisions
 
@@ -194,6 +195,7 @@ class Executor:
         True: cycle again at once."""
         self.memory = memory
         self.racing = any(isinstance(a, AcquireLeader) for a in decision.actions)
+        self._reason = decision.reason  # for the events of its actions (postgres_killed)
         try:
             return await self._execute(decision, obs, known)
         finally:
@@ -455,7 +457,7 @@ class Executor:
         timing = self.settings.timing
         if isinstance(action, StopPostgres):
             if action.mode is StopMode.KILL:
-                log.error("postgres_killed", reason="the server does not answer")
+                log.error("postgres_killed", reason=self._reason)
                 await self.pg.close_probe()
             await self.pg.stop(pg_mode(action.mode), timeout_s=timing.shutdown_timeout_s)
             await self.fence.disarm()
