@@ -241,7 +241,7 @@ class SwitchoverRequest:
     when the leader starts acting on it. `handover_lsn` is written by the leader last, just
     before it releases the lease: its shutdown checkpoint, which it saw the candidate receive.
     Until it is there the hand-over is not complete, and nobody may take the lease on the
-    strength of this record alone (decide.py, `_when_leaderless`).
+    strength of this record alone (agent/decide/candidates.py, `named_candidate`).
     """
 
     leader: MemberName | None
@@ -286,7 +286,7 @@ class DynamicConfig:
     synchronous_mode_strict: bool = False
     maximum_lag_on_syncnode_bytes: int = -1  # -1: no lag limit for synchronous standbys
     # Keep the primary through a DCS outage while every other member confirms it over the
-    # agents' REST API (DESIGN.md section 3; decide.py, failsafe).
+    # agents' REST API (DESIGN.md section 3; agent/decide/failsafe.py).
     failsafe_mode: bool = False
     version: str = ""
 
@@ -308,7 +308,7 @@ class DynamicConfig:
 class SyncRecord:
     """The DCS `sync` record: who may hold the latest acknowledged commit of `leader`'s term.
 
-    Guarantee kept by the leader (decide.py, `_plan_sync`): every commit acknowledged while
+    Guarantee kept by the leader (agent/decide/sync.py, `plan_sync`): every commit acknowledged while
     this record stands is held by at least `quorum` of `members`. So a candidate that sees
     `len(members) - quorum + 1` of them (itself included) and is the most advanced of those
     holds every acknowledged commit (R + W > N). `quorum == 0` (or no members) means
@@ -337,7 +337,7 @@ class FailsafeRecord:
     REST API when the DCS is unreachable, with their API addresses.
 
     Written by the leader (only while it can reach the DCS) whenever the member list changes.
-    While it stands, only its `leader` and its `members` may take over (decide.py): a member
+    While it stands, only its `leader` and its `members` may take over (agent/decide/sync.py): a member
     the leader would not consult never promised anything, so it must not promote.
     """
 
@@ -638,7 +638,7 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         sync = attempt("sync", parse_sync, rec)
         if sync is None:
             # Unreadable: assume the worst for failover (no one is known to hold every
-            # commit), see decide.py `sync_eligibility`.
+            # commit), see agent/decide/sync.py.
             sync = SyncRecord(leader=MemberName(""), members=(), quorum=1, version=rec.version)
 
     failsafe = None
