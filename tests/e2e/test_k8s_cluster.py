@@ -3,10 +3,11 @@ three real PostgreSQL instances and three agent processes, each with its own pod
 (IP 127.0.0.1; members differ by PostgreSQL port), once per lock kind (`endpoints`, then
 `lease`).
 
-The scenarios run in order on one cluster (each leaves it converged for the next), with the
-short e2e timings (ttl 6 s). Besides the HA behaviour they check what Kubernetes clients see:
-the pods' role labels and the primary Service's Endpoints or EndpointSlice (exactly the
-leader's address).
+The scenarios share one cluster, with the short e2e timings (ttl 6 s), but not its state:
+each starts with `_converge` (stopped or frozen processes revived, one primary, streaming
+replicas, routing on the primary), so a failing scenario does not fail the ones after it.
+Besides the HA behaviour they check what Kubernetes clients see: the pods' role labels and
+the primary Service's Endpoints or EndpointSlice (exactly the leader's address).
 The API server's audit log is kept at a path the module prints (`K8S_AUDIT_LOG=...`), for
 the RBAC check; `tests.support.k8s_audit.agent_permissions` reads it.
 """
