@@ -308,11 +308,11 @@ class DynamicConfig:
 class SyncRecord:
     """The DCS `sync` record: who may hold the latest acknowledged commit of `leader`'s term.
 
-    Guarantee kept by the leader (agent/decide/sync.py, `plan_sync`): every commit acknowledged while
-    this record stands is held by at least `quorum` of `members`. So a candidate that sees
-    `len(members) - quorum + 1` of them (itself included) and is the most advanced of those
-    holds every acknowledged commit (R + W > N). `quorum == 0` (or no members) means
-    asynchronous replication: no guarantee, no restriction on failover.
+    Guarantee kept by the leader (agent/decide/sync.py, `plan_sync`): every commit
+    acknowledged while this record stands is held by at least `quorum` of `members`. So a
+    candidate that sees `len(members) - quorum + 1` of them (itself included) and is the most
+    advanced of those holds every acknowledged commit (R + W > N). `quorum == 0` (or no
+    members) means asynchronous replication: no guarantee, no restriction on failover.
     """
 
     leader: MemberName
@@ -337,8 +337,9 @@ class FailsafeRecord:
     REST API when the DCS is unreachable, with their API addresses.
 
     Written by the leader (only while it can reach the DCS) whenever the member list changes.
-    While it stands, only its `leader` and its `members` may take over (agent/decide/sync.py): a member
-    the leader would not consult never promised anything, so it must not promote.
+    While it stands, only its `leader` and its `members` may take over
+    (agent/decide/failsafe.py): a member the leader would not consult never promised
+    anything, so it must not promote.
     """
 
     leader: MemberName
