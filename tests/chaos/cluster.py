@@ -40,6 +40,7 @@ import aiohttp
 import asyncpg
 import yaml
 
+from tests.chaos.delay_proxy import redirect_rules, write_control
 from tests.chaos.fuse_fs import FuseStore
 from tests.chaos.netns import SUBNET, Host, Network, entered
 
@@ -55,6 +56,7 @@ API_PORT = 8008
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 KUBE_PORT = 6443
+PROXY_PORT = 15999  # the delaying proxy in each member's namespace (delay_proxies)
 KUBE_NAMESPACE = "default"
 KUBE_AGENT_TOKEN = "chaos-agent-token"  # the agents' bearer token (user pgwarden)
 KUBE_ADMIN_TOKEN = "chaos-admin-token"  # the harness's own requests (user admin)
@@ -134,6 +136,14 @@ class Member:
     agent: Proc
     # The data directory on a FUSE store that can hang every write (ChaosCluster.fuse_storage).
     store: FuseStore | None = None
+    # The transparent delaying proxy every outgoing TCP connection of the member goes through
+    # (ChaosCluster.delay_proxies; tests/chaos/delay_proxy.py).
+    proxy: Proc | None = None
+
+    @property
+    def delay_control(self) -> Path:
+        """The proxy's control file: one-way delay per destination address."""
+        return self.base / "delay.json"
 
     @property
     def address(self) -> str:
@@ -192,6 +202,12 @@ class ChaosCluster:
     # Each member's data directory is a FUSE passthrough of `<base>/store` whose writes and
     # fsyncs can be hung on command (tests/chaos/fuse_fs.py); the storage-hang scenarios.
     fuse_storage: bool = False
+    # Every member's outgoing TCP connections to the other hosts (etcd, the other members'
+    # PostgreSQL and REST API) go through a delaying proxy in its namespace, from the start
+    # (tests/chaos/delay_proxy.py); the slow-network scenarios set its delays.
+    delay_proxies: bool = False
+    # Extra keys of the agents' `ha` section (e.g. maximum_lag_on_failover_bytes).
+    ha_extra: dict[str, object] = field(default_factory=dict)
     base: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgw-chaos-", dir="/tmp"))
     )
@@ -261,6 +277,8 @@ class ChaosCluster:
                 )
                 self._prepare(member)
                 self.members.append(member)
+                if self.delay_proxies:
+                    self._start_proxy(member)
                 member.agent.start()
         except BaseException:
             self.stop()
@@ -278,6 +296,9 @@ class ChaosCluster:
             member.agent.kill()
             if member.store is not None:
                 member.store.stop()
+        for member in self.members:
+            if member.proxy is not None:
+                member.proxy.kill()
         for node in self.etcd:
             node.proc.kill()
         if self.apiserver is not None:
@@ -427,6 +448,45 @@ class ChaosCluster:
             yaml.safe_dump(self.config_for(member), sort_keys=False)
         )
 
+    def _start_proxy(self, member: Member) -> None:
+        """The member's delaying proxy, and the REDIRECT rule that sends it every connection
+        the member opens to another host of the run."""
+        write_control(member.delay_control, {})
+        member.proxy = Proc(
+            host=member.host,
+            argv=[
+                sys.executable,
+                "-m",
+                "tests.chaos.delay_proxy",
+                str(PROXY_PORT),
+                str(member.delay_control),
+            ],
+            log=member.base / "proxy.log",
+        )
+        member.proxy.start()
+        for rule in redirect_rules(PROXY_PORT, member.address, f"{SUBNET}.0/24"):
+            member.host.iptables(*rule)
+        deadline = time.monotonic() + 10.0
+        while not self._listening(member, PROXY_PORT):
+            if time.monotonic() > deadline or not member.proxy.running:
+                raise RuntimeError(f"the delaying proxy of {member.name} did not start")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _listening(member: Member, port: int) -> bool:
+        done = subprocess.run(
+            member.host.exec_args("ss", "-Hltn", f"sport = :{port}"),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return bool(done.stdout.strip())
+
+    def set_delays(self, index: int, delays: dict[str, float]) -> None:
+        """One-way delay per destination address for member `index`'s outgoing traffic."""
+        write_control(self.members[index].delay_control, delays)
+
     def config_for(self, member: Member) -> dict[str, object]:
         """The agent's configuration: addresses on the bridge, trust only from the subnet."""
         subnet = f"{SUBNET}.0/24"
@@ -476,7 +536,7 @@ class ChaosCluster:
         }
 
     def _ha_config(self) -> dict[str, object]:
-        ha: dict[str, object] = {"synchronous_mode": self.synchronous_mode}
+        ha: dict[str, object] = {"synchronous_mode": self.synchronous_mode, **self.ha_extra}
         if self.failsafe_mode:  # only when asked: an agent without failsafe rejects the key
             ha["failsafe_mode"] = True
         return ha

@@ -66,6 +66,9 @@ def _running(
     failsafe: bool = False,
     suffix: str = "",
     fuse_storage: bool = False,
+    delay_proxies: bool = False,
+    timing: dict[str, float] | None = None,
+    ha_extra: dict[str, object] | None = None,
 ) -> Iterator[Runner]:
     """A started cluster; the calling thread is in its client namespace until the exit."""
     cluster = ChaosCluster(
@@ -73,6 +76,9 @@ def _running(
         dcs=dcs,
         failsafe_mode=failsafe,
         fuse_storage=fuse_storage,
+        delay_proxies=delay_proxies,
+        timing=dict(timing or QUICK_TIMING),
+        ha_extra=dict(ha_extra or {}),
     )
     keep = False
     try:
@@ -142,15 +148,91 @@ def failsafe_k8s_runner(
         yield chaos
 
 
+def _need_fuse() -> None:
+    if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
+        pytest.skip("FUSE is not usable here (fusermount3 from Debian fuse3, /dev/fuse)")
+    if importlib.util.find_spec("mfusepy") is None:
+        pytest.skip("mfusepy is not installed (pip install -e '.[test]')")
+
+
 @pytest.fixture(scope="module")
 def storage_sync_runner(
     chaos_support: None, chaos_results: list[ScenarioResult]
 ) -> Iterator[Runner]:
     """synchronous_mode: on, every member's data directory on a FUSE store whose writes can
     be hung (tests/chaos/fuse_fs.py); names get " [sync]"."""
-    if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
-        pytest.skip("FUSE is not usable here (fusermount3 from Debian fuse3, /dev/fuse)")
-    if importlib.util.find_spec("mfusepy") is None:
-        pytest.skip("mfusepy is not installed (pip install -e '.[test]')")
+    _need_fuse()
     with _running(chaos_results, sync=True, fuse_storage=True) as chaos:
+        yield chaos
+
+
+# The slow-network clusters' timings: a request may take 0.9 x retry_timeout_s = 6.3 s, more
+# than the 5 s round trip of the slowest scenario plus etcd's own time (the timing rule holds:
+# 2 + 2 x 7 + 2 <= 20). CHAOS_SLOW_TIMING=quick runs them at the quick timings instead (a
+# request may take 1.35 s), where renewals cannot succeed through the latency: the
+# no-demotion assertions must then fail, which shows they can.
+SLOW_TIMING: dict[str, float] = {
+    "ttl_s": 20.0,
+    "loop_wait_s": 2.0,
+    "retry_timeout_s": 7.0,
+    "fence_margin_s": 2.0,
+    "peer_check_timeout_s": 0.5,
+}
+
+
+def slow_timing() -> dict[str, float]:
+    return dict(QUICK_TIMING) if os.environ.get("CHAOS_SLOW_TIMING") == "quick" else SLOW_TIMING
+
+
+@pytest.fixture(scope="module")
+def slow_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+    """Asynchronous replication, every member's outgoing connections through a delaying proxy
+    (tests/chaos/delay_proxy.py), SLOW_TIMING; names get " [ttl 20]"."""
+    with _running(
+        chaos_results, delay_proxies=True, timing=slow_timing(), suffix=" [ttl 20]"
+    ) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def slow_failsafe_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult]
+) -> Iterator[Runner]:
+    """The same with `ha.failsafe_mode: true`; names get " [ttl 20, failsafe]"."""
+    with _running(
+        chaos_results,
+        delay_proxies=True,
+        failsafe=True,
+        timing=slow_timing(),
+        suffix=" [ttl 20, failsafe]",
+    ) as chaos:
+        yield chaos
+
+
+# maximum_lag_on_failover_bytes of the async-under-load clusters: the agent's default (1 MiB)
+# and one large enough never to refuse (the race then decides on position alone).
+LAG_LIMITS = {"1MiB": 1024 * 1024, "1GiB": 1024 * 1024 * 1024}
+
+
+@pytest.fixture(scope="module", params=sorted(LAG_LIMITS))
+def load_runner(
+    request: pytest.FixtureRequest, chaos_support: None, chaos_results: list[ScenarioResult]
+) -> Iterator[Runner]:
+    """Asynchronous replication, quick timings, maximum_lag_on_failover_bytes from
+    LAG_LIMITS; names get " [max lag <limit>]"."""
+    limit: str = request.param
+    with _running(
+        chaos_results,
+        ha_extra={"maximum_lag_on_failover_bytes": LAG_LIMITS[limit]},
+        suffix=f" [max lag {limit}]",
+    ) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def storage_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+    """Asynchronous replication, every member's data directory on a FUSE store that can fail
+    writes with ENOSPC (tests/chaos/fuse_fs.py)."""
+    _need_fuse()
+    with _running(chaos_results, fuse_storage=True) as chaos:
         yield chaos

@@ -9,6 +9,9 @@ checks permissions against the source's owners and modes, so PostgreSQL running 
 sees its own files). Files and directories created through the mount are given the caller's
 uid and gid, as a kernel filesystem would.
 
+While `CONTROL.full` exists, the store is full: write, create, mkdir, link, symlink and
+fallocate fail with ENOSPC (the disk-full scenarios).
+
 While the file CONTROL exists, every call that changes the store (write, fsync, fdatasync,
 create, mkdir, unlink, rename, truncate, fallocate, chmod, chown, utimens, link, symlink)
 waits until it is removed, as on a disk whose controller stopped completing writes; reads,
@@ -37,17 +40,21 @@ from typing import Any, TypeVar
 POLL_S = 0.01
 MOUNT_TIMEOUT_S = 10.0
 
+FULL_SUFFIX = ".full"  # `<control>.full` exists: the store is full (ENOSPC)
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class Gate:
-    """Open unless the control file exists; `wait` blocks the caller while it is closed."""
+    """Open unless the control file exists; `wait` blocks the caller while it is closed.
+    While `<control>.full` exists, `full` is true: calls that need space fail with ENOSPC."""
 
     def __init__(self, control: str) -> None:
         self.control = control
         self._open = threading.Event()
         self._open.set()
         self.blocked_calls = 0
+        self.full = False
 
     def watch_forever(self) -> None:
         while True:
@@ -55,6 +62,7 @@ class Gate:
                 self._open.clear()
             else:
                 self._open.set()
+            self.full = os.path.exists(self.control + FULL_SUFFIX)
             time.sleep(POLL_S)
 
     def wait(self) -> None:
@@ -66,6 +74,20 @@ class Gate:
 def _gated(method: _F) -> _F:
     def wrapper(self: Passthrough, *args: Any) -> Any:
         self.gate.wait()
+        return method(self, *args)
+
+    wrapper.__name__ = method.__name__
+    return wrapper  # type: ignore[return-value]
+
+
+def _needs_space(method: _F) -> _F:
+    """Gated, and failing with ENOSPC while the store is full (as a full disk fails writes,
+    file and directory creation, and allocation; unlink, rename and truncation still work)."""
+
+    def wrapper(self: Passthrough, *args: Any) -> Any:
+        self.gate.wait()
+        if self.gate.full:  # mfusepy answers an OSError with its errno
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return method(self, *args)
 
     wrapper.__name__ = method.__name__
@@ -142,7 +164,7 @@ def _make_passthrough() -> type:
             return 0
 
         # ---- changes: gated
-        @_gated
+        @_needs_space
         def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
             return os.pwrite(fh, data, offset)
 
@@ -158,28 +180,28 @@ def _make_passthrough() -> type:
         def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
             return 0
 
-        @_gated
+        @_needs_space
         def create(self, path: str, mode: int, flags: int = os.O_RDWR) -> int:
             full = self._full(path)
             fd = os.open(full, flags | os.O_CREAT, mode)
             self._own(full)
             return fd
 
-        @_gated
+        @_needs_space
         def mkdir(self, path: str, mode: int) -> int:
             full = self._full(path)
             os.mkdir(full, mode)
             self._own(full)
             return 0
 
-        @_gated
+        @_needs_space
         def symlink(self, target: str, source: str) -> int:
             full = self._full(target)
             os.symlink(source, full)
             self._own(full, symlink=True)
             return 0
 
-        @_gated
+        @_needs_space
         def link(self, target: str, source: str) -> int:
             os.link(self._full(source), self._full(target))
             return 0
@@ -207,7 +229,7 @@ def _make_passthrough() -> type:
                 os.truncate(self._full(path), length)
             return 0
 
-        @_gated
+        @_needs_space
         def fallocate(self, path: str, mode: int, offset: int, size: int, fh: int) -> int:
             if mode:
                 raise fuse.FuseOSError(errno.EOPNOTSUPP)
@@ -274,6 +296,7 @@ class FuseStore:
             os.chown(path, *owner)
             os.chmod(path, 0o700)
         self.unblock()
+        self.unfill()
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
                 [
@@ -311,9 +334,23 @@ class FuseStore:
         with contextlib.suppress(FileNotFoundError):
             self.control.unlink()
 
+    @property
+    def full_control(self) -> Path:
+        return self.control.parent / (self.control.name + FULL_SUFFIX)
+
+    def fill(self) -> None:
+        """Every later write, create, mkdir and allocation fails with ENOSPC until `unfill`."""
+        self.full_control.touch()
+        time.sleep(3 * POLL_S)
+
+    def unfill(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.full_control.unlink()
+
     def stop(self) -> None:
         """Unblock, unmount (lazily: processes still inside see it go) and end the server."""
         self.unblock()
+        self.unfill()
         subprocess.run(
             ["fusermount3", "-u", "-z", str(self.mountpoint)],
             capture_output=True,

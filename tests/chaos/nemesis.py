@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from agent.proctree import children
-from tests.chaos.cluster import ChaosCluster, Member
+from tests.chaos.cluster import PG_BIN, ChaosCluster, Member
+from tests.chaos.netns import kill_namespace_processes
 
 # sigterm-chain: how many SIGTERMs in a row, how long the workload writes to each new
 # primary before its agent gets the next one, and how long each hand-over may take at most.
@@ -545,3 +547,267 @@ def _every(ttl_s: float) -> list[Nemesis]:
             patient_writer=True,
         ),
     ]
+
+
+# ---------------------------------------------------------------- slow network (issue 16)
+
+
+@dataclass(slots=True)
+class _SlowNetwork:
+    """slow-network: `rtt_s` of added round-trip latency (half each way) on every connection
+    between the primary and the DCS hosts and between the primary and the other members
+    (their WAL receivers, the agents' REST calls both ways), through the delaying proxies of a
+    `ChaosCluster(delay_proxies=True)` (tests/chaos/delay_proxy.py). The client's traffic is
+    not delayed. The heal sets every delay back to 0 (what is queued drains)."""
+
+    rtt_s: float
+
+    def inject(self, cluster: ChaosCluster, primary: int) -> str:
+        if any(m.proxy is None for m in cluster.members):
+            raise RuntimeError("slow-network needs ChaosCluster(delay_proxies=True)")
+        one_way = self.rtt_s / 2
+        old = cluster.members[primary]
+        dcs = [cluster.network.hosts[k].address for k in cluster.dcs_keys]
+        others = [m.address for m in cluster.members if m is not old]
+        cluster.set_delays(primary, dict.fromkeys([*dcs, *others], one_way))
+        for index, member in enumerate(cluster.members):
+            if member is not old:
+                cluster.set_delays(index, {old.address: one_way})
+        return (
+            f"+{self.rtt_s:g} s round trip between {old.name} (primary) and the DCS and "
+            "between it and the other members"
+        )
+
+    def heal(self, cluster: ChaosCluster) -> None:
+        for index in range(len(cluster.members)):
+            cluster.set_delays(index, {})
+        heal_all(cluster)
+
+
+def slow_network(rtt_s: float, hold_s: float) -> Nemesis:
+    """The gray profile's slow network around the primary, held `hold_s` (more than a ttl:
+    the lease must be renewed through the latency, not merely outlast it)."""
+    slow = _SlowNetwork(rtt_s=rtt_s)
+    return Nemesis(
+        name=f"slow-network-{rtt_s:g}s",
+        inject=slow.inject,
+        heal=slow.heal,
+        hold_s=hold_s,
+        must_not_lose=True,
+        same_primary=True,
+        quick=False,
+    )
+
+
+# ---------------------------------------------------------------- write load, hard kill (issue 16)
+
+LOAD_TABLE = "pgwarden_load"
+LOAD_CLIENTS = 8
+LOAD_ROWS_PER_TX = 40  # rows of ~2 kB each: ~100 kB of WAL per transaction
+LOAD_WARMUP_S = 8.0  # load before the kill, for the replicas to fall behind
+LOAD_FAILOVER_BOUND_S = 30.0
+
+
+@dataclass(slots=True)
+class _LoadThenKill:
+    """async-load-hard-kill: a pgbench write load (LOAD_CLIENTS clients, each transaction
+    inserting LOAD_ROWS_PER_TX rows of ~2 kB) saturates the primary for LOAD_WARMUP_S, so
+    replication lags; then every process of the primary's host is SIGKILLed at once (agent,
+    fencer, PostgreSQL: a node that died). Lag is sampled (primary's current WAL position
+    minus each replica's replay position) just before the kill. Waits up to
+    LOAD_FAILOVER_BOUND_S for another member to take writes; the heal starts the dead agent
+    again (it rejoins, rewound if it must)."""
+
+    load: subprocess.Popen[bytes] | None = None
+    lag_bytes: dict[str, int] = field(default_factory=dict)
+    tps: float | None = None
+
+    async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
+        old = cluster.members[primary]
+        conn = await cluster.connect(primary)
+        try:
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {LOAD_TABLE} (id bigint, pad text)")
+        finally:
+            await conn.close()
+        script = cluster.base / "load.sql"
+        script.write_text(
+            f"INSERT INTO {LOAD_TABLE} SELECT g, repeat(md5(g::text), 64) "
+            f"FROM generate_series(1, {LOAD_ROWS_PER_TX}) g;\n"
+        )
+        log = open(cluster.base / "pgbench.log", "ab")  # noqa: SIM115  # closed by the heal
+        self.load = subprocess.Popen(
+            cluster.client.exec_args(
+                f"{PG_BIN}/pgbench",
+                "-n",
+                "-h",
+                old.address,
+                "-U",
+                "postgres",
+                "-c",
+                str(LOAD_CLIENTS),
+                "-j",
+                "2",
+                "-T",
+                "120",
+                "-P",
+                "1",
+                "-f",
+                str(script),
+                "postgres",
+            ),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        await asyncio.sleep(LOAD_WARMUP_S)
+        position = await cluster.wal_position(primary, primary=True)
+        for index, member in enumerate(cluster.members):
+            if index != primary:
+                with contextlib.suppress(Exception):
+                    replayed = await cluster.wal_position(index, primary=False)
+                    self.lag_bytes[member.name] = position - replayed
+        at = time.monotonic()
+        kill_namespace_processes(old.host.netns)
+        old.agent.wait(timeout=5)
+        found = await _next_primary(cluster, primary, LOAD_FAILOVER_BOUND_S)
+        taken = time.monotonic() - at
+        lags = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(self.lag_bytes.items()))
+        what = (
+            f"pgbench ({LOAD_CLIENTS} clients) on {old.name} for {LOAD_WARMUP_S:g} s, replay "
+            f"lag at the kill: {lags}; every process of {old.name}'s host SIGKILLed"
+        )
+        if found is None:
+            return Injected(
+                description=f"{what}; no other member writable within "
+                f"{LOAD_FAILOVER_BOUND_S:.0f} s",
+                instants=(at,),
+            )
+        return Injected(
+            description=f"{what}; {cluster.members[found].name} writable after {taken:.2f} s",
+            instants=(at,),
+        )
+
+    def heal(self, cluster: ChaosCluster) -> None:
+        if self.load is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.load.pid, signal.SIGKILL)
+            self.load.wait(timeout=10)
+            self.load = None
+        heal_all(cluster)
+
+
+def load_then_kill(hold_s: float) -> tuple[Nemesis, _LoadThenKill]:
+    """The async-under-load scenario (gray profile) and its state (the lag at the kill)."""
+    state = _LoadThenKill()
+    nemesis = Nemesis(
+        name="async-load-hard-kill",
+        script=state.script,
+        heal=state.heal,
+        hold_s=hold_s,
+        quick=False,
+    )
+    return nemesis, state
+
+
+# ---------------------------------------------------------------- disk full (issue 16)
+
+DISK_FULL_BROKEN_S = 4.0  # how long the replica's store is full before the primary dies
+DISK_FULL_FAILOVER_BOUND_S = 30.0
+
+
+def _fill(cluster: ChaosCluster, index: int) -> None:
+    store = cluster.members[index].store
+    if store is None:
+        raise RuntimeError("the disk-full scenarios need ChaosCluster(fuse_storage=True)")
+    store.fill()
+
+
+def _unfill_all(cluster: ChaosCluster) -> None:
+    for member in cluster.members:
+        if member.store is not None:
+            member.store.unfill()
+    heal_all(cluster)
+
+
+@dataclass(slots=True)
+class _ReplicaDiskFull:
+    """replica-disk-full-then-primary-killed: a replica's data directory (a FUSE store) fails
+    every write with ENOSPC, under the workload, for DISK_FULL_BROKEN_S (its WAL receiver
+    cannot write what it receives); then every process of the primary's host is SIGKILLed.
+    The broken replica must not be the one promoted. `winner` is who was."""
+
+    winner: list[str | None] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+    async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
+        index = _replica(cluster, primary)
+        broken, old = cluster.members[index], cluster.members[primary]
+        _fill(cluster, index)
+        self.broken.append(broken.name)
+        await asyncio.sleep(DISK_FULL_BROKEN_S)
+        at = time.monotonic()
+        kill_namespace_processes(old.host.netns)
+        old.agent.wait(timeout=5)
+        found = await _next_primary(cluster, primary, DISK_FULL_FAILOVER_BOUND_S)
+        taken = time.monotonic() - at
+        self.winner.append(None if found is None else cluster.members[found].name)
+        what = (
+            f"{broken.name}'s (replica) data directory full (ENOSPC on every write) for "
+            f"{DISK_FULL_BROKEN_S:g} s, then every process of {old.name}'s (primary) host "
+            "SIGKILLed"
+        )
+        if found is None:
+            return Injected(
+                description=f"{what}; no member writable within {DISK_FULL_FAILOVER_BOUND_S:.0f} s",
+                instants=(at,),
+            )
+        return Injected(
+            description=f"{what}; {cluster.members[found].name} writable after {taken:.2f} s",
+            instants=(at,),
+        )
+
+
+def replica_disk_full(ttl_s: float) -> tuple[Nemesis, _ReplicaDiskFull]:
+    state = _ReplicaDiskFull()
+    nemesis = Nemesis(
+        name="replica-disk-full-then-primary-killed",
+        script=state.script,
+        heal=_unfill_all,
+        hold_s=ttl_s,
+        quick=False,
+    )
+    return nemesis, state
+
+
+async def _primary_disk_full(cluster: ChaosCluster, primary: int) -> Injected:
+    """primary-disk-full: the primary's data directory (a FUSE store) fails every write with
+    ENOSPC (PostgreSQL PANICs at its next WAL write and cannot restart); held until another
+    member takes writes (at most DISK_FULL_FAILOVER_BOUND_S)."""
+    member = cluster.members[primary]
+    at = time.monotonic()
+    _fill(cluster, primary)
+    found = await _next_primary(cluster, primary, DISK_FULL_FAILOVER_BOUND_S)
+    taken = time.monotonic() - at
+    what = f"{member.name}'s (primary) data directory full (ENOSPC on every write)"
+    if found is None:
+        return Injected(
+            description=f"{what}; no other member writable within "
+            f"{DISK_FULL_FAILOVER_BOUND_S:.0f} s",
+            instants=(at,),
+        )
+    return Injected(
+        description=f"{what}; {cluster.members[found].name} writable after {taken:.2f} s",
+        instants=(at,),
+    )
+
+
+def primary_disk_full(ttl_s: float) -> Nemesis:
+    return Nemesis(
+        name="primary-disk-full",
+        script=_primary_disk_full,
+        heal=_unfill_all,
+        hold_s=ttl_s,
+        must_not_lose=True,
+        quick=False,
+    )

@@ -13,12 +13,19 @@ The quick gray faults (primary-backend-oom-killed, agent-restart-loop) are in te
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from tests.chaos.cluster import QUICK_TIMING
-from tests.chaos.nemesis import storage_hang
+from tests.chaos.nemesis import (
+    load_then_kill,
+    primary_disk_full,
+    replica_disk_full,
+    slow_network,
+    storage_hang,
+)
 from tests.chaos.runner import Runner, ScenarioResult
 from tests.chaos.test_quick import assert_invariants, summary
 
@@ -57,3 +64,130 @@ async def test_a_primary_whose_storage_hangs_is_replaced_within_ttl_without_losi
     assert result.failover_s <= TTL_S + 1.0, (
         f"failover {result.failover_s:.2f} s after the storage hung (bound ttl + 1 s): {logs}"
     )
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_primary_whose_disk_is_full_is_replaced_without_losing_a_write(
+    storage_sync_runner: Runner, run: int
+) -> None:
+    """Synchronous: the primary's store fails every write with ENOSPC (PostgreSQL PANICs);
+    another member takes over; nothing acknowledged is lost, no split brain."""
+    runner = storage_sync_runner
+    result = await runner.run(primary_disk_full(TTL_S))
+    print(f"\n{summary(result)}; {_figures(result)}")
+    assert_invariants(result, runner)
+    logs = f"{summary(result)}; {_figures(result)}\n{runner.cluster.logs_tail(15)}"
+    assert result.old_primary_acks_after_failover == 0, logs
+    assert result.failover_s is not None, f"no failover from a primary that cannot write: {logs}"
+
+
+# ---------------------------------------------------------------- disk full on a replica
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_replica_whose_disk_is_full_is_not_promoted_when_the_primary_dies(
+    storage_runner: Runner, run: int
+) -> None:
+    """Asynchronous: a replica's store fails every write with ENOSPC for a few seconds, then
+    the primary's host dies; the healthy replica must win, never the broken one."""
+    nemesis, state = replica_disk_full(TTL_S)
+    result = await storage_runner.run(nemesis)
+    print(f"\n{summary(result)}; {_figures(result)}; broken {state.broken}, won {state.winner}")
+    assert_invariants(result, storage_runner)
+    logs = f"{summary(result)}\n{storage_runner.cluster.logs_tail(15)}"
+    assert state.winner and state.winner[-1] is not None, f"no member took over: {logs}"
+    assert state.winner[-1] not in state.broken, f"the broken replica was promoted: {logs}"
+    assert result.primary_after not in state.broken, f"the broken replica leads: {logs}"
+
+
+# ---------------------------------------------------------------- slow network
+
+# Events in the agents' logs that stop or replace a primary (counted in the fault's window).
+STOPPING_EVENTS = ("fenced", "demoting", "postgres_killed", "lease_acquired", "promoted")
+SLOW_RTTS_S = (2.0, 5.0)
+
+
+def _log_sizes(runner: Runner) -> list[int]:
+    return [
+        (m.base / "agent.log").stat().st_size if (m.base / "agent.log").exists() else 0
+        for m in runner.cluster.members
+    ]
+
+
+def _lines_since(runner: Runner, sizes: list[int]) -> list[tuple[str, dict[str, object]]]:
+    """(member, parsed JSON line) for each agent log line written since `sizes`."""
+    found = []
+    for member, size in zip(runner.cluster.members, sizes, strict=True):
+        with open(member.base / "agent.log", "rb") as f:
+            f.seek(size)
+            for raw in f.read().decode(errors="replace").splitlines():
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(line, dict):
+                    found.append((member.name, line))
+    return found
+
+
+def _events(lines: list[tuple[str, dict[str, object]]], names: tuple[str, ...]) -> list[str]:
+    return [f"{member}: {line['event']}" for member, line in lines if line.get("event") in names]
+
+
+def _slowest_cycle_s(lines: list[tuple[str, dict[str, object]]], member: str) -> float:
+    """The longest `ha_cycle` of `member` (its DCS reads and lease renewal), in seconds."""
+    durations = [
+        float(str(line.get("duration_ms", 0))) / 1000
+        for name, line in lines
+        if name == member and line.get("event") == "ha_cycle"
+    ]
+    return max(durations, default=0.0)
+
+
+async def _slow_network(runner: Runner, rtt_s: float) -> None:
+    ttl_s = runner.cluster.timing["ttl_s"]
+    await runner.ready()  # bootstrap's own lease_acquired/promoted are not the fault's
+    sizes = _log_sizes(runner)
+    result = await runner.run(slow_network(rtt_s, hold_s=ttl_s + 5.0))
+    lines = _lines_since(runner, sizes)
+    stops = _events(lines, STOPPING_EVENTS)
+    trouble = _events(lines, ("renew_failed", "dcs_unavailable", "failsafe_not_confirmed"))
+    slowest = _slowest_cycle_s(lines, result.primary_before)
+    print(
+        f"\n{summary(result)}; stopping events {stops}; DCS trouble {trouble}; the primary's "
+        f"slowest cycle {slowest:.2f} s"
+    )
+    assert_invariants(result, runner)
+    logs = f"{summary(result)}\n{runner.cluster.logs_tail(15)}"
+    assert not stops, f"a primary whose renewals succeed was stopped or replaced: {stops}\n{logs}"
+    assert result.primary_after == result.primary_before, f"failover: {logs}"
+    assert result.lost == 0, logs
+
+
+@pytest.mark.parametrize("rtt_s", SLOW_RTTS_S)
+async def test_a_slow_network_around_the_primary_never_demotes_it_while_its_lease_holds(
+    slow_runner: Runner, rtt_s: float
+) -> None:
+    await _slow_network(slow_runner, rtt_s)
+
+
+@pytest.mark.parametrize("rtt_s", SLOW_RTTS_S)
+async def test_with_failsafe_a_slow_network_around_the_primary_never_demotes_it(
+    slow_failsafe_runner: Runner, rtt_s: float
+) -> None:
+    await _slow_network(slow_failsafe_runner, rtt_s)
+
+
+# ---------------------------------------------------------------- async loss under load
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_under_write_load_a_hard_killed_primary_is_reported_with_loss_and_failover_time(
+    load_runner: Runner, run: int
+) -> None:
+    """Asynchronous: acknowledged writes may be lost (reported, not asserted); no split brain,
+    convergence, no divergence. Figures in the report."""
+    nemesis, state = load_then_kill(hold_s=TTL_S)
+    result = await load_runner.run(nemesis)
+    print(f"\n{summary(result)}; {_figures(result)}; lag at kill {state.lag_bytes}")
+    assert_invariants(result, load_runner)

@@ -1,0 +1,164 @@
+"""A transparent TCP proxy that delays traffic by destination, for the slow-network scenarios.
+
+`tc netem` is not available on these machines, so latency is added in user space. One proxy
+runs in each member's namespace (as root), for the whole life of the cluster:
+
+    python -m tests.chaos.delay_proxy PORT CONTROL
+
+and an iptables `nat OUTPUT ... REDIRECT --to-ports PORT` rule in the same namespace sends it
+every TCP connection the member opens to another host of the run (etcd, the other members'
+PostgreSQL and REST API): the agent's etcd client, its peer requests and the WAL receiver all
+go through it without any change to their configuration. The proxy reads each connection's
+original destination (`SO_ORIGINAL_DST`) and connects there with a socket mark (`SO_MARK`)
+that the REDIRECT rule skips, so its own connections are not redirected again.
+
+CONTROL is a JSON object `{"<address>": one_way_delay_s, ...}`, read every 50 ms (absent or
+empty: no delay). Each chunk read from either side of a connection to `<address>` is
+forwarded `one_way_delay_s` after it was read, in order (a pipe, not stop-and-wait: the added
+round trip is twice the one-way delay, whatever the throughput). A change of CONTROL applies
+to the chunks read after it, on the connections already open too: that is why the proxies
+run from the start rather than being put in place at the fault (existing connections would
+bypass a new REDIRECT rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+MARK = 0x29A  # the REDIRECT rule skips packets with this mark (the proxy's own connections)
+_SO_ORIGINAL_DST = 80
+_SO_MARK = 36
+_POLL_S = 0.05
+_CHUNK = 65536
+
+
+def redirect_rules(port: int, own_address: str, subnet: str) -> list[list[str]]:
+    """The iptables rules (nat table, OUTPUT) that send this host's TCP connections to the
+    run's other hosts through the proxy on `port`: its own address is left alone, and so are
+    the proxy's own connections (marked)."""
+    nat = ["-t", "nat", "-A", "OUTPUT", "-p", "tcp"]
+    return [
+        [*nat, "-d", own_address, "-j", "RETURN"],
+        [*nat, "-m", "mark", "--mark", str(MARK), "-j", "RETURN"],
+        [*nat, "-d", subnet, "-j", "REDIRECT", "--to-ports", str(port)],
+    ]
+
+
+def write_control(path: Path, delays: dict[str, float]) -> None:
+    """Set the one-way delay per destination address (atomically: the proxy polls it)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(delays))
+    tmp.replace(path)
+
+
+class Delays:
+    """The control file's current content, reloaded every _POLL_S."""
+
+    def __init__(self, control: Path) -> None:
+        self.control = control
+        self.by_address: dict[str, float] = {}
+
+    def reload(self) -> None:
+        try:
+            loaded = json.loads(self.control.read_text() or "{}")
+        except (OSError, ValueError):
+            loaded = {}
+        self.by_address = {str(k): float(v) for k, v in loaded.items()}
+
+    async def watch(self) -> None:
+        while True:
+            self.reload()
+            await asyncio.sleep(_POLL_S)
+
+
+def _original_destination(sock: socket.socket) -> tuple[str, int]:
+    raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+    port = struct.unpack_from("!H", raw, 2)[0]
+    return socket.inet_ntoa(raw[4:8]), port
+
+
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delays: Delays, address: str
+) -> None:
+    """Forward what `reader` yields to `writer`, each chunk one delay after it was read."""
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def read() -> None:
+        while True:
+            data = await reader.read(_CHUNK)
+            queue.put_nowait((time.monotonic() + delays.by_address.get(address, 0.0), data))
+            if not data:
+                return
+
+    reading = asyncio.create_task(read(), name=f"read-{address}")
+    try:
+        while True:
+            due, data = await queue.get()
+            pause = due - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if not data:
+                with contextlib.suppress(OSError):
+                    writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+    finally:
+        reading.cancel()
+
+
+async def _serve(
+    delays: Delays, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+) -> None:
+    sock = client_writer.get_extra_info("socket")
+    try:
+        address, port = _original_destination(sock)
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.setsockopt(socket.SOL_SOCKET, _SO_MARK, MARK)
+        upstream.setblocking(False)
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.get_running_loop().sock_connect(upstream, (address, port))
+        except BaseException:
+            upstream.close()
+            raise
+        up_reader, up_writer = await asyncio.open_connection(sock=upstream)
+    except (OSError, TimeoutError):
+        client_writer.close()
+        return
+    try:
+        await asyncio.gather(
+            _pump(client_reader, up_writer, delays, address),
+            _pump(up_reader, client_writer, delays, address),
+        )
+    except (OSError, ConnectionError):
+        pass
+    finally:
+        for w in (client_writer, up_writer):
+            with contextlib.suppress(OSError):
+                w.close()
+
+
+async def main(port: int, control: Path) -> None:
+    delays = Delays(control)
+    delays.reload()
+    watcher = asyncio.create_task(delays.watch(), name="control-watch")
+    server = await asyncio.start_server(
+        lambda r, w: _serve(delays, r, w), host="0.0.0.0", port=port, reuse_address=True
+    )
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        watcher.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), Path(sys.argv[2])))
