@@ -221,6 +221,39 @@ class DcsSettings:
             yield ConfigProblem("etcd", "is only allowed when dcs.kind is etcd")
 
 
+class TlsVerify(StrEnum):
+    """How a member checks the server certificate of the member it streams or rewinds from
+    (libpq's `sslmode`). Both verify the chain against `postgresql.tls.ca_file`."""
+
+    FULL = "verify-full"  # and that the certificate names the host connected to
+    CA = "verify-ca"  # members addressed by an IP no certificate can name (pod IPs)
+
+
+SERVER_TLS_PARAMETERS: Final = ("ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file")
+"""Server settings `postgresql.tls` sets; refused in `postgresql.parameters` alongside it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostgresTls:
+    """PostgreSQL's TLS: the server's certificate and key, and the CA members verify each
+    other against. All three or none (no `postgresql.tls` section): replication and the
+    superuser's connections from the network then accept TLS only (`hostssl`)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    verify: TlsVerify = TlsVerify.FULL
+
+    def __post_init__(self) -> None:
+        _check(self, self.problems())
+
+    def problems(self) -> Iterator[ConfigProblem]:
+        for name in ("cert_file", "key_file", "ca_file"):
+            yield from non_empty(name, getattr(self, name))
+            yield from absolute(name, getattr(self, name))
+        yield from one_of("verify", self.verify, TlsVerify)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostgresSettings:
     bin_dir: str = "/usr/lib/postgresql/15/bin"
@@ -234,6 +267,7 @@ class PostgresSettings:
     replication: Credentials = field(default_factory=lambda: Credentials(username="replicator"))
     parameters: tuple[tuple[str, str], ...] = ()
     pg_hba: tuple[str, ...] = ()  # extra lines, added before the agent's own
+    tls: PostgresTls | None = None
 
     def __post_init__(self) -> None:
         _check(self, self.problems())
@@ -255,6 +289,12 @@ class PostgresSettings:
                 yield ConfigProblem(
                     "parameters", f"{name[:80]!r} is not a PostgreSQL parameter name"
                 )
+        if self.tls is not None:
+            for name, _ in self.parameters:
+                if name.lower() in SERVER_TLS_PARAMETERS:
+                    yield ConfigProblem(
+                        "parameters", f"{name!r} is set by pgwarden (use postgresql.tls)"
+                    )
         wal_level = {k.lower(): v for k, v in self.parameters}.get("wal_level")
         if wal_level is not None and wal_level not in WAL_LEVELS:
             yield ConfigProblem(
@@ -271,14 +311,51 @@ class PostgresSettings:
                 )
 
 
+class ClientVerify(StrEnum):
+    """Whether the API asks TLS clients for a certificate signed by `api.tls.ca_file`."""
+
+    OFF = "off"
+    OPTIONAL = "optional"  # asked for; a client without one is served, a bad one refused
+    REQUIRED = "required"  # a client without a verified certificate fails the handshake
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiTlsSettings:
+    """The REST API's TLS: its certificate and key (re-read when the files change), the CA
+    that signs the members' certificates (peers and client certificates are verified
+    against it), and whether clients must present a certificate. A verified client
+    certificate does not replace the token: mutating routes need both (the certificate
+    says who may connect, the token what they may change)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+    verify_client: ClientVerify = ClientVerify.OFF
+
+    def __post_init__(self) -> None:
+        _check(self, self.problems())
+
+    def problems(self) -> Iterator[ConfigProblem]:
+        for name in ("cert_file", "key_file", "ca_file"):
+            yield from absolute(name, getattr(self, name))
+        yield from non_empty("cert_file", self.cert_file)
+        yield from non_empty("key_file", self.key_file)
+        yield from one_of("verify_client", self.verify_client, ClientVerify)
+        if self.verify_client != ClientVerify.OFF and self.ca_file is None:
+            yield ConfigProblem(
+                "verify_client", "requires ca_file (the CA client certificates are checked against)"
+            )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiSettings:
     listen_host: str = "127.0.0.1"
     port: int = 8008
-    connect_url: str | None = None  # default http://<listen_host>:<port>
+    connect_url: str | None = None  # default http(s)://<listen_host>:<port>
     token: Secret | None = None
     basic: Credentials | None = None
     insecure_no_auth: bool = False
+    tls: ApiTlsSettings | None = None
 
     def __post_init__(self) -> None:
         _check(self, self.problems())
@@ -290,6 +367,8 @@ class ApiSettings:
             rule = url_rule(self.connect_url, require_port=False)
             if rule is not None:
                 yield ConfigProblem("connect_url", rule)
+            elif self.tls is not None and not self.connect_url.startswith("https://"):
+                yield ConfigProblem("connect_url", "must be an https URL when api.tls is set")
         elif self.listen_host and is_wildcard(self.listen_host):
             yield ConfigProblem(
                 "connect_url",
@@ -303,7 +382,8 @@ class ApiSettings:
         if self.connect_url:
             return self.connect_url
         host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def authorization_header(self) -> dict[str, str]:
         """The `Authorization` header this agent sends to its peers' APIs (failsafe mode): the

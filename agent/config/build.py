@@ -20,6 +20,7 @@ from agent.config.fields import FIELDS, Field, Kind
 from agent.config.read import Collector, Raw
 from agent.settings import (
     ApiSettings,
+    ApiTlsSettings,
     Credentials,
     DcsKind,
     DcsSettings,
@@ -28,6 +29,7 @@ from agent.settings import (
     KubernetesSettings,
     LogSettings,
     PostgresSettings,
+    PostgresTls,
     Settings,
     Tags,
     Timing,
@@ -285,6 +287,16 @@ def _dcs(b: Builder, member: str, namespace: str) -> DcsSettings:
     return dcs
 
 
+def _postgres_tls(b: Builder) -> PostgresTls | None:
+    section = "postgresql.tls"
+    if section not in b.raw.sections:
+        return None
+    tls = b.build(section, PostgresTls)
+    for name in ("cert_file", "key_file", "ca_file"):
+        b.readable_file(f"{section}.{name}", getattr(tls, name))
+    return tls
+
+
 def _postgres(b: Builder) -> PostgresSettings:
     p = "postgresql"
     defaults = unchecked(PostgresSettings, data_dir="")
@@ -293,12 +305,27 @@ def _postgres(b: Builder) -> PostgresSettings:
         PostgresSettings,
         superuser=_credentials(b, f"{p}.superuser", defaults.superuser),
         replication=_credentials(b, f"{p}.replication", defaults.replication),
+        tls=_postgres_tls(b),
     )
     for name, _ in postgres.parameters:
         if name.lower() in MANAGED_PARAMETERS:
             why = MANAGED_PARAMETERS[name.lower()]
             b.out.add(f"{p}.parameters", f"{name!r} is set by pgwarden ({why})")
     return postgres
+
+
+def _api_tls(b: Builder) -> ApiTlsSettings | None:
+    section = "api.tls"
+    if section not in b.raw.sections:
+        return None
+    values = b.values(section)
+    for name in ("cert_file", "key_file", "ca_file"):
+        b.readable_file(f"{section}.{name}", values.get(name))
+    for name in ("cert_file", "key_file"):
+        if name not in values:
+            b.out.add(f"{section}.{name}", "is required when api.tls is set")
+            values[name] = ""
+    return b.build(section, ApiTlsSettings, **values)
 
 
 def _api(b: Builder) -> ApiSettings:
@@ -309,6 +336,7 @@ def _api(b: Builder) -> ApiSettings:
         connect_url=b.opt_str(f"{p}.connect_url"),
         token=b.secret(p, "token"),
         basic=_basic(b, p),
+        tls=_api_tls(b),
     )
     has_auth_settings = any(
         f"{p}.{name}" in b.raw.values

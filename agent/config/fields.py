@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from agent.settings import DcsKind, LockKind, LogFormat, LogLevel, SyncMode
+from agent.settings import (
+    ClientVerify,
+    DcsKind,
+    LockKind,
+    LogFormat,
+    LogLevel,
+    SyncMode,
+    TlsVerify,
+)
 
 ENV_PREFIX: Final = "PGWARDEN_"
 
@@ -209,12 +217,37 @@ FIELDS: Final[tuple[Field, ...]] = (
           rule="Each one line starting with a connection type (`local`, `host`, `hostssl`, "
                "`hostnossl`, `hostgssenc`, `hostnogssenc`, or an `include*` directive).",
           doc="Extra `pg_hba.conf` lines, placed before the agent's own (first match wins)."),
+    _section("postgresql.tls", default_doc="unset (no TLS)",
+             doc="TLS for PostgreSQL: `ssl = on` with these files, the agent's `pg_hba` lines "
+                 "for replication and the superuser become `hostssl` (a connection without TLS "
+                 "from the network is refused), and replicas, `pg_basebackup` and `pg_rewind` "
+                 "verify the member they connect to (`verify`). The files are copied into "
+                 "`<run_dir>/postgres/tls/` (owned by PostgreSQL's OS user, the key with mode "
+                 "0600, as PostgreSQL requires) before every start and reload, so a rotated "
+                 "Secret takes effect on the next reload. See \"TLS\" below."),
+    Field(path="postgresql.tls.cert_file", kind=_S, required=True, default_doc="required",
+          rule="Absolute path of a readable PEM file.",
+          doc="The server certificate (chain) of this member."),
+    Field(path="postgresql.tls.key_file", kind=_S, required=True, default_doc="required",
+          rule="Absolute path of a readable PEM file (readable by the agent; any owner and mode).",
+          doc="Its private key."),
+    Field(path="postgresql.tls.ca_file", kind=_S, required=True, default_doc="required",
+          rule="Absolute path of a readable PEM file.",
+          doc="The CA that signs the members' certificates (`sslrootcert` of replicas and tools; "
+              "the server's `ssl_ca_file`)."),
+    Field(path="postgresql.tls.verify", kind=_S, choices=TlsVerify,
+          rule="`verify-full` or `verify-ca`.",
+          doc="`verify-full`: the certificate must name the member's `connect_host` (a DNS name "
+              "or an IP address in its subjectAltName). `verify-ca`: any certificate of that CA "
+              "is accepted: for members addressed by IP addresses that cannot be known when the "
+              "certificate is made (pod IPs in Kubernetes); use a CA that signs nothing but this "
+              "cluster's members then."),
     _section("api"),
     Field(path="api.listen_host", kind=_S, rule="Non-empty."),
     Field(path="api.port", kind=_I, rule="1–65535; not the PostgreSQL port on the same "
           "`listen_host`."),
     Field(path="api.connect_url", kind=_S, source="api.url",
-          default_doc="`http://<listen_host>:<port>`",
+          default_doc="`http://<listen_host>:<port>` (`https` with `api.tls`)",
           rule="`http(s)://host[:port]`, no path or credentials. Required when `listen_host` is "
                "a wildcard (`0.0.0.0`, `::`).",
           doc="How peers and `pgwarden ctl` reach this agent; `--check-config` shows the "
@@ -230,6 +263,26 @@ FIELDS: Final[tuple[Field, ...]] = (
                "contradictory.",
           doc="Mutating routes (switchover, failover, restart, ...) need credentials. Read-only "
               "routes and probes never need credentials."),
+    _section("api.tls", default_doc="unset (plain HTTP)",
+             doc="Serve the API over HTTPS; the certificate and key are re-read when their files "
+                 "change (no restart; a bad new pair keeps the old one and logs "
+                 "`api_tls_reload_failed`). Peers and `pgwarden ctl` verify `https` members "
+                 "against `ca_file`."),
+    Field(path="api.tls.cert_file", kind=_S, default_doc="required",
+          rule="Absolute path of a readable PEM file.",
+          doc="The API's certificate (chain); with `verify_client` also the client certificate "
+              "this member presents to its peers."),
+    Field(path="api.tls.key_file", kind=_S, default_doc="required",
+          rule="Absolute path of a readable PEM file.", doc="Its private key."),
+    Field(path="api.tls.ca_file", kind=_S, default_doc="unset (system CAs)",
+          rule="Absolute path of a readable PEM file. Required unless `verify_client` is `off`.",
+          doc="The CA that signs the members' certificates: peers' API certificates and client "
+              "certificates are verified against it."),
+    Field(path="api.tls.verify_client", kind=_S, choices=ClientVerify,
+          rule="`off`, `optional` or `required`.",
+          doc="`required`: a client without a certificate signed by `ca_file` fails the TLS "
+              "handshake; `optional`: one is asked for and, if sent, must verify. A verified "
+              "certificate does not replace the token: mutating routes need both."),
     _section("timing"),
     _timing("ttl_s", "> 0, ≥ 4, and ≥ `loop_wait_s + 2 * retry_timeout_s + fence_margin_s` "
             "(see below).", "The leader lease's time to live."),

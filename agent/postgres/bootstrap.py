@@ -1,7 +1,8 @@
 """Making a data directory: initdb, pg_basebackup (clone), pg_rewind; roles and slots.
 
 Every tool runs as the unprivileged OS user (process.run_tool). Passwords reach the tools
-through PGPASSWORD in their environment or a private --pwfile, never on a command line.
+through the agent's libpq password file (named by `passfile` in their conninfo) or a private
+--pwfile, never on a command line or in their environment.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from agent.postgres.process import (
     configure_standby,
     ensure_dir,
     is_initialized,
+    passfile_for,
     run_as,
     run_tool,
     run_tool_result,
+    write_client_files,
     write_file,
 )
+from agent.postgres.tls import client_ssl_context
 
 _SQL_TIMEOUT_S = 5.0
 
@@ -148,10 +152,6 @@ def clear_data_dir(settings: PostgresSettings) -> None:
             os.unlink(entry.path)
 
 
-def _password_env(password: str | None) -> dict[str, str]:
-    return {"PGPASSWORD": password} if password is not None else {}
-
-
 def _prepare_clone(settings: PostgresSettings, run_dir: str) -> str:
     """An empty data directory for pg_basebackup, and the in-progress marker's path."""
     who = run_as(settings)
@@ -180,12 +180,13 @@ async def clone(
     PostgresError: call clear_data_dir() deliberately to re-clone over a real cluster.
     """
     marker = _prepare_clone(settings, run_dir)
-    password = settings.replication.password
+    write_client_files(settings, run_dir)
     conninfo = replication.primary_conninfo(
         host=source.primary_host,
         port=source.primary_port,
         user=settings.replication.username,
-        password=None,  # from PGPASSWORD: keeps it off the command line
+        passfile=passfile_for(settings, run_dir),
+        tls=replication.client_tls(settings, run_dir),
         application_name=f"pgwarden-clone-{source.application_name}",
     )
     await run_tool(
@@ -202,11 +203,10 @@ async def clone(
             "--no-password",
         ],
         timeout_s=timeout_s,
-        env=_password_env(password.reveal() if password is not None else None),
         what="pg_basebackup",
     )
     os.chmod(settings.data_dir, 0o700)
-    configure_standby(settings, source)
+    configure_standby(settings, source, run_dir=run_dir)
     os.unlink(marker)
 
 
@@ -317,6 +317,7 @@ async def _checkpoint_if_control_is_stale(
                 user=settings.superuser.username,
                 password=password.reveal() if password is not None else None,
                 database="postgres",
+                ssl=client_ssl_context(settings),
                 timeout=min(timeout_s, _CONNECT_TIMEOUT_S),
                 statement_cache_size=0,
                 server_settings={"application_name": "pgwarden-rewind"},
@@ -334,7 +335,7 @@ async def _checkpoint_if_control_is_stale(
 
 
 async def _rewind_once(
-    settings: PostgresSettings, source: StandbyConfig, *, timeout_s: float
+    settings: PostgresSettings, source: StandbyConfig, *, run_dir: str, timeout_s: float
 ) -> None:
     """One attempt: the pre-check, then pg_rewind. SourceUnreachable when either could not
     connect to the source (the target is untouched then), PostgresError on any other failure."""
@@ -343,12 +344,12 @@ async def _rewind_once(
     await _checkpoint_if_control_is_stale(
         settings, source, timeout_s=min(timeout_s, _CHECK_TIMEOUT_S)
     )
-    password = settings.superuser.password
     source_conninfo = replication.primary_conninfo(
         host=source.primary_host,
         port=source.primary_port,
         user=settings.superuser.username,
-        password=None,  # from PGPASSWORD
+        passfile=passfile_for(settings, run_dir),
+        tls=replication.client_tls(settings, run_dir),
         application_name=f"pgwarden-rewind-{source.application_name}",
         dbname="postgres",
     )
@@ -360,7 +361,6 @@ async def _rewind_once(
             f"--source-server={source_conninfo}",
         ],
         timeout_s=max(deadline - loop.time(), 1.0),
-        env=_password_env(password.reveal() if password is not None else None),
         what="pg_rewind",
     )
     if result.returncode != 0:
@@ -390,6 +390,7 @@ async def rewind(
     """
     if not is_initialized(settings):
         raise PostgresError(f"rewind: data directory {settings.data_dir} is not initialized")
+    write_client_files(settings, run_dir)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     pause_s = _RETRY_FIRST_PAUSE_S
@@ -397,7 +398,9 @@ async def rewind(
     while True:
         attempts += 1
         try:
-            await _rewind_once(settings, source, timeout_s=max(deadline - loop.time(), 0.1))
+            await _rewind_once(
+                settings, source, run_dir=run_dir, timeout_s=max(deadline - loop.time(), 0.1)
+            )
             break
         except SourceUnreachable as exc:
             # Another attempt only if it would still have time to connect after the pause.
@@ -408,7 +411,7 @@ async def rewind(
                 ) from exc
         await asyncio.sleep(pause_s)
         pause_s = min(pause_s * 2, _RETRY_MAX_PAUSE_S)
-    configure_standby(settings, source)
+    configure_standby(settings, source, run_dir=run_dir)
 
 
 def parse_timeline_history(text: str) -> tuple[int, Lsn] | None:

@@ -25,6 +25,7 @@ from agent.postgres import bootstrap
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig, StopMode
 from agent.postgres.replication import quote_literal, render_synchronous_standby_names
+from agent.postgres.tls import client_ssl_context
 from agent.settings import Settings
 
 # How long one attempt to read a remote member's received position may take (seconds).
@@ -191,6 +192,7 @@ class LocalPostgres:
                     user=superuser.username,
                     password=password,
                     database="postgres",
+                    ssl=client_ssl_context(self._pg),
                 )
                 try:
                     received = await conn.fetchval(

@@ -284,11 +284,14 @@ def _is_standby_dir(settings: PostgresSettings) -> bool:
     return os.path.exists(os.path.join(settings.data_dir, "standby.signal"))
 
 
-def configure_standby(settings: PostgresSettings, standby: StandbyConfig | None) -> None:
+def configure_standby(
+    settings: PostgresSettings, standby: StandbyConfig | None, *, run_dir: str
+) -> None:
     """While stopped: make the data directory start as a standby of `standby`, or as a primary.
 
     A standby gets standby.signal and its own primary_conninfo/primary_slot_name lines in
     postgresql.auto.conf (the rest of the file is kept); a primary loses standby.signal.
+    The conninfo names the password file `write_client_files` writes into `run_dir`.
     """
     who = run_as(settings)
     signal_path = os.path.join(settings.data_dir, "standby.signal")
@@ -303,25 +306,68 @@ def configure_standby(settings: PostgresSettings, standby: StandbyConfig | None)
     except FileNotFoundError:
         existing = ""
     text = replication.render_auto_conf(
-        existing, conninfo=standby_conninfo(settings, standby), slot_name=standby.slot_name
+        existing,
+        conninfo=standby_conninfo(settings, standby, run_dir=run_dir),
+        slot_name=standby.slot_name,
     )
     write_file(auto_path, text, who)
     write_file(signal_path, "", who)
 
 
-def standby_conninfo(settings: PostgresSettings, standby: StandbyConfig) -> str | None:
+def standby_conninfo(
+    settings: PostgresSettings, standby: StandbyConfig, *, run_dir: str
+) -> str | None:
     """primary_conninfo for `standby`; None when it names no primary (an empty host): such a
-    standby replays what it has and waits for a later follow()."""
+    standby replays what it has and waits for a later follow(). The password stays in the
+    password file (`write_client_files`), TLS as postgresql.tls says."""
     if not standby.primary_host:
         return None
-    password = settings.replication.password
     return replication.primary_conninfo(
         host=standby.primary_host,
         port=standby.primary_port,
         user=settings.replication.username,
-        password=password.reveal() if password is not None else None,
+        passfile=passfile_for(settings, run_dir),
+        tls=replication.client_tls(settings, run_dir),
         application_name=standby.application_name,
     )
+
+
+def passfile_for(settings: PostgresSettings, run_dir: str) -> str | None:
+    """The password file's path when a replication or superuser password is set, else None."""
+    if settings.replication.password is None and settings.superuser.password is None:
+        return None
+    return replication.passfile_path(run_dir)
+
+
+def write_client_files(settings: PostgresSettings, run_dir: str) -> None:
+    """The files PostgreSQL and its tools read as the OS user, in `<run_dir>/postgres/`:
+
+    - the libpq password file (mode 0600; libpq ignores a looser one) with the replication
+      and superuser passwords, which conninfo strings name instead of holding the password;
+    - with postgresql.tls, copies of its certificate, key and CA in `tls/`. PostgreSQL refuses
+      a key file that is not owned by its OS user with mode 0600 (or root-owned with 0640),
+      which a mounted Secret or a root-owned file seldom is; the copies always are. Rewritten
+      before every start and reload, so a rotated certificate is used after the next reload.
+    Raises OSError when a source file cannot be read.
+    """
+    who = run_as(settings)
+    ensure_dir(replication.conf_dir(run_dir), who)
+    entries = [
+        (credentials.username, credentials.password.reveal())
+        for credentials in (settings.replication, settings.superuser)
+        if credentials.password is not None
+    ]
+    if entries:
+        write_file(replication.passfile_path(run_dir), replication.render_passfile(entries), who)
+    tls = settings.tls
+    if tls is None:
+        return
+    ensure_dir(replication.tls_dir(run_dir), who)
+    for source, target in zip(
+        (tls.cert_file, tls.key_file, tls.ca_file), replication.tls_paths(run_dir), strict=True
+    ):
+        with open(source, encoding="utf-8") as handle:
+            write_file(target, handle.read(), who)
 
 
 def _read_pidfile(data_dir: str) -> list[str] | None:
@@ -486,7 +532,8 @@ class Postmaster:
     # ---------------------------------------------------------------- start / stop
 
     def write_auth_files(self) -> None:
-        """(Re)write the agent's pg_hba.conf and pg_ident.conf into `<run_dir>/postgres/`."""
+        """(Re)write the agent's pg_hba.conf, pg_ident.conf, the password file and the TLS
+        files (`write_client_files`) into `<run_dir>/postgres/`."""
         settings = self._settings
         who = run_as(settings)
         os.makedirs(self._run_dir, exist_ok=True)
@@ -497,12 +544,14 @@ class Postmaster:
             replication_user=settings.replication.username,
             replication_password_set=settings.replication.password is not None,
             extra_lines=settings.pg_hba,
+            tls=settings.tls is not None,
         )
         ident = replication.render_ident(
             os_users=agent_os_users(who), superuser=settings.superuser.username
         )
         write_file(replication.hba_path(self._run_dir), hba, who)
         write_file(replication.ident_path(self._run_dir), ident, who)
+        write_client_files(settings, self._run_dir)
 
     async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
         """Start the postmaster (as a primary, or as a standby of `standby`) and return once it
@@ -549,7 +598,7 @@ class Postmaster:
         sock_dir = replication.socket_dir(self._settings)
         if not os.path.isdir(sock_dir):
             ensure_dir(sock_dir, who)
-        configure_standby(self._settings, standby)
+        configure_standby(self._settings, standby, run_dir=self._run_dir)
 
     def _spawn(self, who: RunAs) -> int:
         settings = self._settings
@@ -752,7 +801,7 @@ class Postmaster:
         receiver. Each ALTER SYSTEM is its own statement (it refuses a transaction block).
         A `standby` with an empty primary_host (or no slot) resets that setting.
         """
-        conninfo = standby_conninfo(self._settings, standby)
+        conninfo = standby_conninfo(self._settings, standby, run_dir=self._run_dir)
         if conninfo is None:
             await self.execute("ALTER SYSTEM RESET primary_conninfo", timeout_s=timeout_s)
         else:
@@ -807,6 +856,7 @@ __all__ = [
     "connect_local",
     "ensure_dir",
     "is_initialized",
+    "passfile_for",
     "replication_timeout_options",
     "run_as",
     "run_tool",
@@ -814,5 +864,6 @@ __all__ = [
     "running_postmaster_pid",
     "standby_conninfo",
     "wait_pid_exit",
+    "write_client_files",
     "write_file",
 ]

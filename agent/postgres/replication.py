@@ -11,9 +11,11 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from agent.config import PostgresSettings
 from agent.model import SyncStandbys
+from agent.settings import TlsVerify
 
 IDENT_MAP = "pgwarden"
 """The pg_ident.conf map that lets the agent's OS user(s) connect as the superuser (peer)."""
@@ -68,29 +70,61 @@ def _conninfo_value(value: str) -> str:
     return f"'{escaped}'"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientTls:
+    """How a libpq client (walreceiver, pg_basebackup, pg_rewind) checks the server:
+    `sslmode` (verify-full or verify-ca) against the CA in `root_cert` (a path)."""
+
+    sslmode: TlsVerify
+    root_cert: str
+
+
 def primary_conninfo(
     *,
     host: str,
     port: int,
     user: str,
-    password: str | None,
     application_name: str,
+    passfile: str | None = None,
+    tls: ClientTls | None = None,
     connect_timeout_s: int = 2,
     dbname: str | None = None,
 ) -> str:
     """A libpq key=value connection string (as primary_conninfo or a tool's source server).
 
-    Values are quoted and escaped by libpq's rules, so spaces, quotes and backslashes in any
-    of them (passwords especially) survive. `dbname` is only for non-replication use (pg_rewind).
+    It never holds a password: libpq reads it from `passfile` (see `render_passfile`), so it
+    is neither in postgresql.auto.conf (which pg_basebackup and pg_rewind copy to other
+    members) nor on a command line. With `tls` the connection must use TLS and verify the
+    server (`sslmode`, `sslrootcert`). Values are quoted and escaped by libpq's rules, so
+    spaces, quotes and backslashes survive. `dbname` is only for non-replication use
+    (pg_rewind).
     """
     pairs: list[tuple[str, str]] = [("host", host), ("port", str(port)), ("user", user)]
-    if password is not None:
-        pairs.append(("password", password))
+    if passfile is not None:
+        pairs.append(("passfile", passfile))
+    if tls is not None:
+        pairs.append(("sslmode", tls.sslmode.value))
+        pairs.append(("sslrootcert", tls.root_cert))
     if dbname is not None:
         pairs.append(("dbname", dbname))
     pairs.append(("application_name", application_name))
     pairs.append(("connect_timeout", str(connect_timeout_s)))
     return " ".join(f"{key}={_conninfo_value(value)}" for key, value in pairs)
+
+
+def _pgpass_field(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError("a password file entry cannot hold a line break")
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def render_passfile(entries: Iterable[tuple[str, str]]) -> str:
+    """A libpq password file: one `*:*:*:<user>:<password>` line per (user, password), so
+    any host, port and database (`replication` included) finds the user's password; `:` and
+    `\\` escaped as libpq reads them. libpq ignores the file unless its mode is 0600 or
+    stricter, and it must be readable by PostgreSQL's OS user (the walreceiver reads it)."""
+    lines = [f"*:*:*:{_pgpass_field(user)}:{_pgpass_field(password)}" for user, password in entries]
+    return "".join(line + "\n" for line in lines)
 
 
 def quote_literal(value: str) -> str:
@@ -128,6 +162,7 @@ def render_hba(
     replication_user: str,
     replication_password_set: bool,
     extra_lines: Iterable[str] = (),
+    tls: bool = False,
 ) -> str:
     """The agent's pg_hba.conf (kept outside the data directory, passed as hba_file).
 
@@ -138,7 +173,12 @@ def render_hba(
       (pg_rewind's source) from anywhere with scram-sha-256.
     A user without a password (test and demo set-ups) gets `trust`, and then from loopback
     only, never from the network.
+    With `tls` (postgresql.tls set) these TCP lines are `hostssl`: a replication or superuser
+    connection without TLS matches none of them and is refused, from loopback too. An
+    operator's extra `host` line may still admit such connections: the docs say to write
+    `hostssl` there as well.
     """
+    connection_type = "hostssl" if tls else "host"
     lines = ["# Written by pgwarden before every start; edits are lost.", *extra_lines]
     lines.append(f"local all {_hba_token(superuser)} peer map={IDENT_MAP}")
     for database, user, has_password in (
@@ -147,10 +187,12 @@ def render_hba(
     ):
         if has_password:
             for network in ("0.0.0.0/0", "::0/0"):
-                lines.append(f"host {database} {_hba_token(user)} {network} scram-sha-256")
+                lines.append(
+                    f"{connection_type} {database} {_hba_token(user)} {network} scram-sha-256"
+                )
         else:
             for network in ("127.0.0.0/8", "::1/128"):
-                lines.append(f"host {database} {_hba_token(user)} {network} trust")
+                lines.append(f"{connection_type} {database} {_hba_token(user)} {network} trust")
     return "\n".join(lines) + "\n"
 
 
@@ -186,6 +228,34 @@ def log_path(run_dir: str) -> str:
     return os.path.join(conf_dir(run_dir), "postgres.log")
 
 
+def passfile_path(run_dir: str) -> str:
+    """The libpq password file of the replication and superuser passwords (mode 0600)."""
+    return os.path.join(conf_dir(run_dir), "pgpass")
+
+
+def tls_dir(run_dir: str) -> str:
+    """Where the agent copies postgresql.tls's files, owned by PostgreSQL's OS user."""
+    return os.path.join(conf_dir(run_dir), "tls")
+
+
+def tls_paths(run_dir: str) -> tuple[str, str, str]:
+    """The copies' paths: (certificate, key, CA)."""
+    directory = tls_dir(run_dir)
+    return (
+        os.path.join(directory, "server.crt"),
+        os.path.join(directory, "server.key"),
+        os.path.join(directory, "ca.crt"),
+    )
+
+
+def client_tls(settings: PostgresSettings, run_dir: str) -> ClientTls | None:
+    """The libpq TLS settings of this member's connections to another member (None: no TLS).
+    The CA is the copy in the run directory: the OS user's tools can read it."""
+    if settings.tls is None:
+        return None
+    return ClientTls(sslmode=settings.tls.verify, root_cert=tls_paths(run_dir)[2])
+
+
 def _list_guc_value(path: str) -> str:
     """A one-element list setting: double-quoted when it holds a separator."""
     if any(ch in path for ch in ', "'):
@@ -212,6 +282,14 @@ def server_options(settings: PostgresSettings, *, member_name: str, run_dir: str
         ("wal_log_hints", "on"),
         ("logging_collector", "off"),
     ]
+    if settings.tls is not None:
+        cert, key, ca = tls_paths(run_dir)
+        managed += [
+            ("ssl", "on"),
+            ("ssl_cert_file", cert),
+            ("ssl_key_file", key),
+            ("ssl_ca_file", ca),
+        ]
     options: list[str] = []
     for name, value in (*_TUNABLE_DEFAULTS, *settings.parameters, *managed):
         options += ["-c", f"{name}={value}"]

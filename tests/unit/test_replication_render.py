@@ -64,40 +64,38 @@ def test_conninfo_quotes_spaces_quotes_and_backslashes_so_libpq_reads_them_back(
         host="127.0.0.1",
         port=5432,
         user="rep user",
-        password="it's a \\secret\\",
+        passfile="/run/it's a \\dir\\/pgpass",
         application_name="member one",
     )
     assert parse_conninfo(text) == {
         "host": "127.0.0.1",
         "port": "5432",
         "user": "rep user",
-        "password": "it's a \\secret\\",
+        "passfile": "/run/it's a \\dir\\/pgpass",
         "application_name": "member one",
         "connect_timeout": "2",
     }
-    assert "password='it\\'s a \\\\secret\\\\'" in text
+    assert "passfile='/run/it\\'s a \\\\dir\\\\/pgpass'" in text
 
 
-def test_conninfo_leaves_out_a_missing_password_and_quotes_an_empty_value() -> None:
-    text = primary_conninfo(
-        host="db", port=1, user="", password=None, application_name="a", connect_timeout_s=5
-    )
-    assert "password" not in text
+def test_conninfo_leaves_out_a_missing_passfile_and_quotes_an_empty_value() -> None:
+    text = primary_conninfo(host="db", port=1, user="", application_name="a", connect_timeout_s=5)
+    assert "passfile" not in text
     assert "user=''" in text
     assert parse_conninfo(text)["connect_timeout"] == "5"
 
 
 @given(
     user=st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1),
-    password=st.text(st.characters(blacklist_categories=["Cs", "Cc"])),
+    passfile=st.text(st.characters(blacklist_categories=["Cs", "Cc"])),
     name=st.text(st.characters(blacklist_categories=["Cs", "Cc"])),
 )
-def test_conninfo_round_trips_any_printable_values(user: str, password: str, name: str) -> None:
-    text = primary_conninfo(host="h", port=2, user=user, password=password, application_name=name)
+def test_conninfo_round_trips_any_printable_values(user: str, passfile: str, name: str) -> None:
+    text = primary_conninfo(host="h", port=2, user=user, passfile=passfile, application_name=name)
     parsed = parse_conninfo(text)
-    assert (parsed["user"], parsed["password"], parsed["application_name"]) == (
+    assert (parsed["user"], parsed["passfile"], parsed["application_name"]) == (
         user,
-        password,
+        passfile,
         name,
     )
 
