@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from agent.api.server import build_app, start_api
+from agent.api.tls import ReloadingTls
 from agent.clock import Clock, SystemClock
 from agent.config import DcsKind, Settings
 from agent.dcs.base import Dcs
@@ -107,6 +108,8 @@ async def run_agent(settings: Settings) -> int:
         grace_s=settings.timing.fence_margin_s / 2,
     )
     metrics = Metrics()
+    # Loaded before anything starts: a certificate that does not load stops the agent here.
+    api_tls = ReloadingTls(settings.api.tls) if settings.api.tls is not None else None
     fence_status = await fence.start()
     log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)
     loop = HaLoop(
@@ -115,13 +118,13 @@ async def run_agent(settings: Settings) -> int:
         dcs=dcs,
         pg=pg,
         fence=fence,
-        peers=HttpPeers(settings, clock),
+        peers=HttpPeers(settings, clock, api_tls.client if api_tls is not None else None),
         metrics=metrics,
     )
     app = build_app(
         settings=settings, status=loop.status, dcs=dcs, requests=loop, metrics=metrics, clock=clock
     )
-    runner = await start_api(app, settings.api)
+    runner = await start_api(app, settings.api, api_tls)
     ev_loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         ev_loop.add_signal_handler(sig, loop.request_shutdown)

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -40,6 +41,16 @@ class Target:
     user: str | None = None
     password: str | None = None
     timeout_s: float = 5.0
+    ca_file: str | None = None  # verify https members against it (default: the system CAs)
+    cert_file: str | None = None  # a client certificate, for api.tls.verify_client
+    key_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """How `https` URLs are verified: always, against `ca_file` or the system CAs."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,6 +381,13 @@ def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--password", default=default, help="basic auth password ($PGWARDEN_PASSWORD)"
     )
     parser.add_argument(
+        "--ca-file", default=default, help="CA for https members ($PGWARDEN_CA_FILE)"
+    )
+    parser.add_argument(
+        "--cert-file", default=default, help="client certificate ($PGWARDEN_CERT_FILE)"
+    )
+    parser.add_argument("--key-file", default=default, help="client key ($PGWARDEN_KEY_FILE)")
+    parser.add_argument(
         "--json",
         action="store_true",
         default=argparse.SUPPRESS if suppress else False,
@@ -437,10 +455,17 @@ async def run(
         user=args.user or env.get("PGWARDEN_USER") or None,
         password=args.password or env.get("PGWARDEN_PASSWORD") or None,
         timeout_s=args.request_timeout,
+        ca_file=args.ca_file or env.get("PGWARDEN_CA_FILE") or None,
+        cert_file=args.cert_file or env.get("PGWARDEN_CERT_FILE") or None,
+        key_file=args.key_file or env.get("PGWARDEN_KEY_FILE") or None,
     )
     io = _Io(out=out, err=err, sleep=sleep, monotonic=monotonic)
     try:
-        async with aiohttp.ClientSession() as session:
+        try:
+            connector = aiohttp.TCPConnector(ssl=target.ssl_context())
+        except (OSError, ssl.SSLError) as exc:
+            raise CtlError(f"TLS files: {exc}") from None
+        async with aiohttp.ClientSession(connector=connector) as session:
             return await _command(args, session, target, io)
     except CtlError as exc:
         print(f"Error: {exc}", file=err)

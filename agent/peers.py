@@ -8,7 +8,8 @@ an Outcome (`confirm_failsafe`), and agent.decide judges them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import ssl
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -38,10 +39,23 @@ class Peers(Protocol):
 class HttpPeers:
     """`Peers` over aiohttp; one session, made on first use."""
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        client_tls: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
+        """`client_tls` returns the current TLS context for `https` members (api.tls, which
+        may have been rotated since the last call); None: the system CAs."""
         self._settings = settings
         self._clock = clock
+        self._client_tls = client_tls
         self._http: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        """For `https` members: verified against api.tls.ca_file (system CAs without TLS
+        settings). A member whose certificate does not verify fails the call (unreachable)."""
+        return self._client_tls() if self._client_tls is not None else True
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -54,7 +68,9 @@ class HttpPeers:
 
         async def ask(member: Member) -> PeerStatus:
             try:
-                async with session.get(member.api_url + "/health", timeout=timeout) as resp:
+                async with session.get(
+                    member.api_url + "/health", timeout=timeout, ssl=self._ssl()
+                ) as resp:
                     body = await resp.json(content_type=None)
                 return PeerStatus(
                     name=member.name,
@@ -86,7 +102,7 @@ class HttpPeers:
         async def ask(name: MemberName, url: str) -> str | None:
             try:
                 async with session.post(
-                    url + "/failsafe", json=body, headers=headers, timeout=timeout
+                    url + "/failsafe", json=body, headers=headers, timeout=timeout, ssl=self._ssl()
                 ) as resp:
                     if resp.status == 200:
                         return None

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from agent.api import auth
+from agent.api import auth, openapi
 from agent.api.errors import ApiError
 from agent.api.health import Probe, parse_lag, probe_ok, status_age_s
 from agent.api.operations import (
@@ -34,6 +34,7 @@ from agent.api.operations import (
     plan_switchover,
     reject_unknown_fields,
 )
+from agent.api.tls import ReloadingTls
 from agent.api.views import (
     Json,
     cluster_body,
@@ -418,20 +419,33 @@ def build_app(
     router.add_post("/failsafe", routes.post_failsafe)
     router.add_post("/restart", routes.local(LocalRequestKind.RESTART))
     router.add_post("/reinitialize", routes.local(LocalRequestKind.REINITIALIZE))
+    router.add_get("/openapi.json", _openapi)
     return app
 
 
-async def start_api(app: web.Application, settings: ApiSettings) -> web.AppRunner:
-    """Serve `app` on settings.listen_host:port. Returns the runner; the caller owns it and
-    must `await runner.cleanup()` (also when anything after this call fails)."""
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    return _json(openapi.document())
+
+
+async def start_api(
+    app: web.Application, settings: ApiSettings, tls: ReloadingTls | None = None
+) -> web.AppRunner:
+    """Serve `app` on settings.listen_host:port, over TLS when `tls` is given (then plain
+    HTTP is not served at all). Returns the runner; the caller owns it and must
+    `await runner.cleanup()` (also when anything after this call fails)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     try:
         async with asyncio.timeout(_START_TIMEOUT_S):
             await runner.setup()
-            site = web.TCPSite(runner, settings.listen_host, settings.port)
+            site = web.TCPSite(
+                runner,
+                settings.listen_host,
+                settings.port,
+                ssl_context=tls.listener if tls is not None else None,
+            )
             await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    _log.info("api_listening", host=settings.listen_host, port=settings.port)
+    _log.info("api_listening", host=settings.listen_host, port=settings.port, tls=tls is not None)
     return runner

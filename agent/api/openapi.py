@@ -1,0 +1,360 @@
+"""The REST API's OpenAPI 3.1 document: the one written description of its routes, bodies and
+answers. Served at `GET /openapi.json` and kept as docs/openapi.json
+(`python -m agent.api.openapi docs/openapi.json` writes it); a unit test checks both against
+the router, and the fuzzer (tests/integration/test_openapi_fuzz.py) checks live answers
+against the schemas. A pure table, like agent/config/fields.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from agent.model import PgState, Role, SyncMode, SyncRole
+
+Schema = Mapping[str, object]
+
+_NULL_INT: Final = {"type": ["integer", "null"]}
+_NULL_STR: Final = {"type": ["string", "null"]}
+_NULL_NUM: Final = {"type": ["number", "null"]}
+_BOOL: Final = {"type": "boolean"}
+_STR: Final = {"type": "string"}
+_INT: Final = {"type": "integer"}
+
+
+def _obj(properties: Mapping[str, object], *, required: Sequence[str] | None = None) -> Schema:
+    """A closed object: every listed property required unless `required` says otherwise."""
+    return {
+        "type": "object",
+        "properties": dict(properties),
+        "required": list(properties if required is None else required),
+        "additionalProperties": False,
+    }
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(name: str) -> Schema:
+    return {"oneOf": [_ref(name), {"type": "null"}]}
+
+
+_CONFIG_FIELDS: Final = {
+    "paused": _BOOL,
+    "synchronous_mode": {"enum": [m.value for m in SyncMode]},
+    "synchronous_node_count": {"type": "integer", "minimum": 1},
+    "synchronous_mode_strict": _BOOL,
+    "maximum_lag_on_syncnode_bytes": {"type": "integer", "minimum": -1},
+    "failsafe_mode": _BOOL,
+}
+
+SCHEMAS: Final[Mapping[str, Schema]] = {
+    "Error": _obj({"error": _STR}),
+    "Status": _obj(
+        {
+            "name": _STR,
+            "cluster": _STR,
+            "role": {"enum": [r.value for r in Role]},
+            "state": {"enum": [s.value for s in PgState]},
+            "leader": _NULL_STR,
+            "lease_held": _BOOL,
+            "timeline": _NULL_INT,
+            "wal_lsn": _NULL_INT,
+            "replay_lsn": _NULL_INT,
+            "lag_bytes": _NULL_INT,
+            "fence_remaining_s": _NULL_NUM,
+            "dcs_ok": _BOOL,
+            "paused": _BOOL,
+            "pending": _NULL_STR,
+            "cycle": _INT,
+            "status_age_s": {"type": ["number", "null"]},
+            "sync_role": {"enum": [r.value for r in SyncRole]},
+            "failsafe_active": _BOOL,
+        }
+    ),
+    "Member": _obj(
+        {
+            "name": _STR,
+            "role": {"enum": [r.value for r in Role]},
+            "state": {"enum": [s.value for s in PgState]},
+            "host": _STR,
+            "port": _INT,
+            "api_url": _STR,
+            "timeline": _NULL_INT,
+            "wal_lsn": _NULL_INT,
+            "wal_lsn_text": _NULL_STR,
+            "lag_bytes": _NULL_INT,
+            "leader": _BOOL,
+            "tags": _obj(
+                {
+                    "nofailover": _BOOL,
+                    "failover_priority": _INT,
+                    "nosync": _BOOL,
+                    "sync_priority": _INT,
+                }
+            ),
+            "sync_role": {"enum": ["leader", "sync", "quorum", "async", "none"]},
+        }
+    ),
+    "Switchover": _obj({"leader": _NULL_STR, "candidate": _NULL_STR, "scheduled_at": _NULL_STR}),
+    "Cluster": _obj(
+        {
+            "cluster": _STR,
+            "leader": _NULL_STR,
+            "members": {"type": "array", "items": _ref("Member")},
+            "switchover": _nullable("Switchover"),
+            "paused": _BOOL,
+            "synchronous_mode": {"enum": [m.value for m in SyncMode]},
+            "sync": {
+                "oneOf": [
+                    _obj(
+                        {
+                            "leader": _STR,
+                            "members": {"type": "array", "items": _STR},
+                            "quorum": _INT,
+                        }
+                    ),
+                    {"type": "null"},
+                ]
+            },
+            "failsafe_mode": _BOOL,
+            "failsafe": {
+                "oneOf": [
+                    _obj({"leader": _STR, "members": {"type": "array", "items": _STR}}),
+                    {"type": "null"},
+                ]
+            },
+        }
+    ),
+    "History": _obj(
+        {
+            "history": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "timeline": _INT,
+                        "switch_lsn": _INT,
+                        "switch_lsn_text": _STR,
+                        "reason": _STR,
+                        "at": _NULL_STR,
+                        "new_leader": _NULL_STR,
+                    }
+                ),
+            }
+        }
+    ),
+    "Config": _obj(_CONFIG_FIELDS),
+    "ConfigPatch": {**_obj(_CONFIG_FIELDS, required=()), "minProperties": 1},
+    "SwitchoverRequest": _obj(
+        {
+            "leader": _STR,
+            "candidate": _STR,
+            "scheduled_at": {"type": "string", "description": "ISO-8601 with a zone, future"},
+        },
+        required=(),
+    ),
+    "FailoverRequest": _obj({"candidate": _STR}),
+    "FailsafeRequest": _obj({"leader": _STR, "cluster": _STR, "sent_at": {"type": "number"}}),
+    "Empty": _obj({}),
+    "Accepted": _obj(
+        {
+            "accepted": {"const": True},
+            "leader": _NULL_STR,
+            "candidate": _NULL_STR,
+            "scheduled_at": _NULL_STR,
+        }
+    ),
+    "Cancelled": _obj({"cancelled": {"const": True}, "leader": _NULL_STR, "candidate": _NULL_STR}),
+    "FailsafeAccepted": _obj(
+        {
+            "accepted": {"const": True},
+            "member": _STR,
+            "leader": _STR,
+            "promise_s": {"type": "number"},
+        }
+    ),
+    "LocalAccepted": _obj({"accepted": {"const": True}, "request": _STR}),
+}
+
+_PROBES: Final = {
+    "/health": "200 when PostgreSQL runs.",
+    "/liveness": "200 while the HA loop cycles.",
+    "/readiness": "200 for a primary holding the lease, or a streaming replica.",
+    "/primary": "200 only on the primary holding a valid lease.",
+    "/leader": "Same as /primary.",
+    "/read-write": "Same as /primary.",
+    "/replica": "200 on a streaming replica (within `lag`).",
+    "/read-only": "200 on a running member that serves reads (within `lag`).",
+    "/sync": "200 on a synchronous standby.",
+    "/synchronous": "Same as /sync.",
+    "/quorum": "200 on a member of the synchronous quorum.",
+    "/async": "200 on an asynchronous replica.",
+    "/asynchronous": "Same as /async.",
+}
+_LAG_PROBES: Final = frozenset(
+    {"/replica", "/read-only", "/sync", "/synchronous", "/quorum", "/async", "/asynchronous"}
+)
+
+
+def _json_answer(description: str, schema: Schema) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Schema]:
+    return {str(c): _json_answer("Error (see docs/api.md)", _ref("Error")) for c in codes}
+
+
+def _body(name: str, *, required: bool) -> Schema:
+    return {"required": required, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_AUTH: Final[list[dict[str, list[str]]]] = [{"bearer": []}, {"basic": []}]
+# Every mutating route: bad credentials, bad body, body too large, the DCS unavailable.
+_MUTATING_ERRORS: Final[tuple[int, ...]] = (400, 401, 413, 503)
+
+
+def _probe(path: str, doc: str) -> Schema:
+    operation: dict[str, object] = {
+        "summary": doc,
+        "responses": {
+            "200": _json_answer("Healthy for this probe", _ref("Status")),
+            "503": _json_answer("Not healthy for this probe", _ref("Status")),
+        },
+    }
+    if path in _LAG_PROBES:
+        operation["parameters"] = [
+            {
+                "name": "lag",
+                "in": "query",
+                "required": False,
+                "schema": _STR,
+                "description": "Maximum lag: bytes, or a size such as 16MB.",
+            }
+        ]
+        operation["responses"] = {**operation["responses"], **_errors(400)}  # type: ignore[dict-item]
+    return {"get": operation}
+
+
+def _mutating(summary: str, body: str, required: bool, ok: str, answer: str, *extra: int) -> Schema:
+    return {
+        "summary": summary,
+        "security": _AUTH,
+        "requestBody": _body(body, required=required),
+        "responses": {
+            ok: _json_answer(summary, _ref(answer)),
+            **_errors(*_MUTATING_ERRORS, *extra),
+        },
+    }
+
+
+def _view(summary: str, schema: str) -> Schema:
+    return {
+        "summary": summary,
+        "responses": {"200": _json_answer(summary, _ref(schema)), **_errors(503)},
+    }
+
+
+def _paths() -> dict[str, Schema]:
+    paths: dict[str, Schema] = {p: _probe(p, doc) for p, doc in _PROBES.items()}
+    paths["/cluster"] = {"get": _view("The cluster view the agent last read", "Cluster")}
+    paths["/history"] = {"get": _view("The timeline history", "History")}
+    paths["/config"] = {
+        "get": _view("The dynamic configuration, read from the DCS now", "Config"),
+        "patch": _mutating(
+            "Change the dynamic configuration", "ConfigPatch", True, "200", "Config", 409
+        ),
+    }
+    paths["/pause"] = {
+        "post": _mutating("Enter maintenance mode", "Empty", False, "200", "Config", 409)
+    }
+    paths["/resume"] = {
+        "post": _mutating("Leave maintenance mode", "Empty", False, "200", "Config", 409)
+    }
+    paths["/metrics"] = {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {
+                    "description": "The exposition",
+                    "content": {"text/plain": {"schema": _STR}},
+                }
+            },
+        }
+    }
+    paths["/switchover"] = {
+        "post": _mutating(
+            "Request a switchover", "SwitchoverRequest", False, "202", "Accepted", 409
+        ),
+        "delete": _mutating(
+            "Cancel a scheduled switchover", "Empty", False, "200", "Cancelled", 404, 409
+        ),
+    }
+    paths["/failover"] = {
+        "post": _mutating("Promote a named member", "FailoverRequest", True, "202", "Accepted", 409)
+    }
+    paths["/failsafe"] = {
+        "post": _mutating(
+            "A primary in failsafe mode asks for confirmation",
+            "FailsafeRequest",
+            True,
+            "200",
+            "FailsafeAccepted",
+            409,
+        )
+    }
+    paths["/restart"] = {
+        "post": _mutating(
+            "Restart this member's PostgreSQL", "Empty", False, "202", "LocalAccepted"
+        )
+    }
+    paths["/reinitialize"] = {
+        "post": _mutating(
+            "Re-clone this replica from the leader", "Empty", False, "202", "LocalAccepted", 409
+        )
+    }
+    paths["/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
+    return paths
+
+
+def document() -> dict[str, object]:
+    """The OpenAPI 3.1 document of the REST API (the same every call)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pgwarden REST API",
+            "version": "1",
+            "description": "See docs/api.md. GET routes are open; mutating routes need a bearer "
+            'token or HTTP basic credentials. Every error is {"error": "..."}.',
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": dict(SCHEMAS),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
+    }
+
+
+def rendered() -> str:
+    """The document as docs/openapi.json holds it."""
+    return json.dumps(document(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], "w", encoding="utf-8") as out:
+        out.write(rendered())
