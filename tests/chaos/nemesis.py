@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 
@@ -603,7 +605,8 @@ def slow_network(rtt_s: float, hold_s: float) -> Nemesis:
 
 LOAD_TABLE = "pgwarden_load"
 LOAD_CLIENTS = 8
-LOAD_ROWS_PER_TX = 40  # rows of ~2 kB each: ~100 kB of WAL per transaction
+# Rows of ~2 kB each, below the TOAST threshold (not compressed): ~80 kB of WAL per transaction.
+LOAD_ROWS_PER_TX = 40
 LOAD_WARMUP_S = 8.0  # load before the kill, for the replicas to fall behind
 LOAD_FAILOVER_BOUND_S = 30.0
 
@@ -619,22 +622,27 @@ class _LoadThenKill:
     again (it rejoins, rewound if it must)."""
 
     load: subprocess.Popen[bytes] | None = None
-    lag_bytes: dict[str, int] = field(default_factory=dict)
-    tps: float | None = None
+    log: Path | None = None  # this run's pgbench output
+    # Per replica, bytes behind the primary's current WAL position just before the kill:
+    # (received, replayed). Upper bounds: the replicas are read first.
+    lag_bytes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    failover_s: float | None = None  # from the kill to another member taking writes
 
     async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
         old = cluster.members[primary]
         conn = await cluster.connect(primary)
         try:
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {LOAD_TABLE} (id bigint, pad text)")
+            await conn.execute(f"TRUNCATE {LOAD_TABLE}")
         finally:
             await conn.close()
         script = cluster.base / "load.sql"
         script.write_text(
-            f"INSERT INTO {LOAD_TABLE} SELECT g, repeat(md5(g::text), 64) "
+            f"INSERT INTO {LOAD_TABLE} SELECT g, repeat(md5(random()::text), 60) "
             f"FROM generate_series(1, {LOAD_ROWS_PER_TX}) g;\n"
         )
-        log = open(cluster.base / "pgbench.log", "ab")  # noqa: SIM115  # closed by the heal
+        self.log = cluster.base / f"pgbench-{time.monotonic_ns()}.log"
+        log = open(self.log, "ab")  # noqa: SIM115  # closed below, once pgbench has it
         self.load = subprocess.Popen(
             cluster.client.exec_args(
                 f"{PG_BIN}/pgbench",
@@ -661,21 +669,30 @@ class _LoadThenKill:
         )
         log.close()
         await asyncio.sleep(LOAD_WARMUP_S)
-        position = await cluster.wal_position(primary, primary=True)
+        # The replicas first, then the primary: the lag is an upper bound (both move on).
+        positions: dict[str, tuple[int, int]] = {}
         for index, member in enumerate(cluster.members):
             if index != primary:
                 with contextlib.suppress(Exception):
-                    replayed = await cluster.wal_position(index, primary=False)
-                    self.lag_bytes[member.name] = position - replayed
+                    positions[member.name] = await _replica_positions(cluster, index)
+        position = await cluster.wal_position(primary, primary=True)
+        self.lag_bytes = {
+            name: (position - received, position - replayed)
+            for name, (received, replayed) in positions.items()
+        }
         at = time.monotonic()
         kill_namespace_processes(old.host.netns)
         old.agent.wait(timeout=5)
         found = await _next_primary(cluster, primary, LOAD_FAILOVER_BOUND_S)
         taken = time.monotonic() - at
-        lags = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(self.lag_bytes.items()))
+        self.failover_s = None if found is None else taken
+        lags = ", ".join(
+            f"{k} {received / 1e6:.1f} MB received, {replayed / 1e6:.1f} MB replayed"
+            for k, (received, replayed) in sorted(self.lag_bytes.items())
+        )
         what = (
             f"pgbench ({LOAD_CLIENTS} clients) on {old.name} for {LOAD_WARMUP_S:g} s, replay "
-            f"lag at the kill: {lags}; every process of {old.name}'s host SIGKILLed"
+            f"lag at the kill (behind): {lags}; every process of {old.name}'s host SIGKILLed"
         )
         if found is None:
             return Injected(
@@ -690,11 +707,46 @@ class _LoadThenKill:
 
     def heal(self, cluster: ChaosCluster) -> None:
         if self.load is not None:
+            # pgbench ends by itself once every client lost the killed primary, and prints
+            # its count of processed transactions only then.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.load.wait(timeout=5)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.load.pid, signal.SIGKILL)
             self.load.wait(timeout=10)
             self.load = None
         heal_all(cluster)
+
+    def acknowledged_transactions(self) -> int | None:
+        """Transactions pgbench reported as processed (each acknowledged; LOAD_ROWS_PER_TX
+        rows each); None when its output has no count."""
+        if self.log is None:
+            return None
+        found = re.search(r"number of transactions actually processed: (\d+)", self.log.read_text())
+        return None if found is None else int(found.group(1))
+
+    async def rows(self, cluster: ChaosCluster, index: int) -> int:
+        conn = await cluster.connect(index)
+        try:
+            async with asyncio.timeout(10):
+                return int(await conn.fetchval(f"SELECT count(*) FROM {LOAD_TABLE}"))
+        finally:
+            await conn.close()
+
+
+async def _replica_positions(cluster: ChaosCluster, index: int) -> tuple[int, int]:
+    """A replica's (received, replayed) WAL positions in bytes."""
+    conn = await cluster.connect(index)
+    try:
+        async with asyncio.timeout(5):
+            row = await conn.fetchrow(
+                "SELECT pg_last_wal_receive_lsn() - '0/0' AS received, "
+                "pg_last_wal_replay_lsn() - '0/0' AS replayed"
+            )
+        assert row is not None
+        return int(row["received"] or 0), int(row["replayed"] or 0)
+    finally:
+        await conn.close()
 
 
 def load_then_kill(hold_s: float) -> tuple[Nemesis, _LoadThenKill]:

@@ -216,7 +216,16 @@ def markdown(table: Sequence[Row], *, profile: str, settings: dict[str, object])
     return "\n".join(lines) + "\n"
 
 
-GRAY_PREFIXES = ("primary-storage-", "replica-storage-", "primary-backend-", "agent-restart-")
+GRAY_PREFIXES = (
+    "primary-storage-",
+    "replica-storage-",
+    "primary-backend-",
+    "agent-restart-",
+    "slow-network-",
+    "primary-disk-",
+    "replica-disk-",
+    "async-load-",
+)
 
 
 def _is_gray(scenario: str) -> bool:

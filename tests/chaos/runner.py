@@ -178,7 +178,11 @@ class Runner:
             gaps_s=tuple(
                 checker.gaps_after(attempts, writer="app", instants=injected.instants, end=t_end)
             ),
-            failover_s=None if failover_at is None else failover_at - t_fault,
+            # From the first fault instant (a scripted nemesis may prepare before it: the
+            # load scenario's warm-up).
+            failover_s=None
+            if failover_at is None
+            else failover_at - (injected.instants[0] if injected.instants else t_fault),
             old_primary_acks_after_failover=zombie,
         )
         self.results.append(result)

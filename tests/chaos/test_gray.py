@@ -20,6 +20,7 @@ import pytest
 
 from tests.chaos.cluster import QUICK_TIMING
 from tests.chaos.nemesis import (
+    LOAD_ROWS_PER_TX,
     load_then_kill,
     primary_disk_full,
     replica_disk_full,
@@ -104,7 +105,19 @@ async def test_a_replica_whose_disk_is_full_is_not_promoted_when_the_primary_die
 
 # Events in the agents' logs that stop or replace a primary (counted in the fault's window).
 STOPPING_EVENTS = ("fenced", "demoting", "postgres_killed", "lease_acquired", "promoted")
-SLOW_RTTS_S = (2.0, 5.0)
+# Finding 11 (docs/chaos.md): a renewal is a lease keepalive then a compare txn, two round trips
+# in a row under one deadline of 0.9 x retry_timeout_s (6.3 s at ttl 20): at 5 s of round trip
+# each request reaches etcd (the keepalive extends the lease there) but the pair cannot finish
+# in time, so the primary counts the renewal failed and fences itself while its lease holds.
+# Expected to fail until the agent renews within one round trip (or a deadline per request).
+RENEWAL_TWO_ROUND_TRIPS = (
+    "agent: a renewal's keepalive and txn run one after the other under one deadline, so a "
+    "round trip above 0.45 x retry_timeout_s fences a primary whose lease holds (finding 11)"
+)
+SLOW_RTTS_S = (
+    2.0,
+    pytest.param(5.0, marks=pytest.mark.xfail(strict=True, reason=RENEWAL_TWO_ROUND_TRIPS)),
+)
 
 
 def _log_sizes(runner: Runner) -> list[int]:
@@ -189,5 +202,18 @@ async def test_under_write_load_a_hard_killed_primary_is_reported_with_loss_and_
     convergence, no divergence. Figures in the report."""
     nemesis, state = load_then_kill(hold_s=TTL_S)
     result = await load_runner.run(nemesis)
-    print(f"\n{summary(result)}; {_figures(result)}; lag at kill {state.lag_bytes}")
+    took = "none" if state.failover_s is None else f"{state.failover_s:.2f} s"
+    acknowledged = state.acknowledged_transactions()
+    names = [m.name for m in load_runner.cluster.members]
+    kept = (
+        None
+        if result.primary_after is None
+        else await state.rows(load_runner.cluster, names.index(result.primary_after))
+    )
+    print(
+        f"\n{summary(result)}; failover after the kill {took}; lag {state.lag_bytes}; "
+        f"pgbench acknowledged {acknowledged} transactions of {LOAD_ROWS_PER_TX} rows, the "
+        f"primary after holds {kept} rows ({None if kept is None else kept / LOAD_ROWS_PER_TX} "
+        "transactions)"
+    )
     assert_invariants(result, load_runner)
