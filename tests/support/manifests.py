@@ -31,6 +31,7 @@ KUSTOMIZATIONS: dict[str, Path] = {
     "kubernetes-dcs": K8S / "examples" / "kubernetes-dcs",
     "kubernetes-dcs-lease": K8S / "examples" / "kubernetes-dcs-lease",
     "etcd-dcs": K8S / "examples" / "etcd-dcs",
+    "secure": K8S / "examples" / "secure",
 }
 RENDER_TIMEOUT_S = 60.0
 AGENT_CONFIGMAP = "pgwarden-agent"

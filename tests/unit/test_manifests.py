@@ -20,10 +20,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.api import build_app
 from agent.api.auth import MUTATING_METHODS
 from agent.clock import FakeClock
-from agent.config import DcsKind, LockKind, Settings, Timing
+from agent.config import DcsKind, LockKind, Settings, Timing, load_settings
 from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.metrics import Metrics
 from agent.model import AgentStatus, LocalRequestKind, MemberName, PgState, Role
+from agent.settings import ClientVerify, TlsVerify
 from tests.support import manifests as m
 from tests.support.rbac import allowed, grants
 
@@ -456,3 +457,176 @@ def test_the_image_provides_what_the_settings_and_the_entrypoint_expect(
     assert f"PGDATA={settings.postgresql.data_dir} " in stage
     data_mount = str(Path(settings.postgresql.data_dir).parent)
     assert f"VOLUME {data_mount}" in stage
+
+
+# --------------------------------------------------------------------------- the secure example
+# k8s/examples/secure (issue 13, item 6): TLS for PostgreSQL and the API from the Secret
+# `pgwarden-tls`, members addressed by DNS names the certificate holds, a NetworkPolicy.
+
+SECURE = "secure"
+TLS_VOLUME = "tls"
+
+
+def secure_pod_env() -> dict[str, str]:
+    """The container's environment in pod pgwarden-1: the downward-API values, then each
+    literal variable with its $(VAR) references expanded as the kubelet does (only from
+    variables defined earlier in the list)."""
+    env = dict(m.POD_ENV)
+    seen: set[str] = set()
+    for var in m.container(objects(SECURE))["env"]:
+        seen.add(var["name"])
+        if "value" in var:
+            env[var["name"]] = re.sub(
+                r"\$\((\w+)\)",
+                lambda ref: env[ref.group(1)] if ref.group(1) in seen else ref.group(0),
+                var["value"],
+            )
+    return env
+
+
+def secure_settings(directory: Path) -> Settings:
+    """Settings as a pod of the secure example loads them (secret and TLS files faked)."""
+    env = secure_pod_env()
+    document = m.rendered_document(objects(SECURE), directory, env)
+    fake_dir = directory / "fake"
+    fake_dir.mkdir()
+    for volume in (m.SECRETS_VOLUME, TLS_VOLUME):
+        document = m._fake_secret_files(document, m.mount_path(objects(SECURE), volume), fake_dir)
+    path = directory / "pgwarden.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return load_settings(str(path), env)
+
+
+def test_the_secure_example_renders_the_cluster_and_a_network_policy() -> None:
+    kinds = sorted(o["kind"] for o in objects(SECURE))
+    assert kinds == sorted([o["kind"] for o in objects("kubernetes-dcs")] + ["NetworkPolicy"])
+    for obj in objects(SECURE):
+        assert obj["metadata"].get("namespace") == "pgwarden", obj["kind"]
+
+
+@pytest.mark.parametrize("version", [KUBERNETES_VERSION, kubernetes_validate.latest_version()])
+def test_the_secure_example_validates_against_the_kubernetes_schemas(version: str) -> None:
+    for obj in objects(SECURE):
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {where}: {exc.message}")
+
+
+def test_the_secure_example_loads_with_tls_from_the_mounted_secret(tmp_path: Path) -> None:
+    settings = secure_settings(tmp_path)
+    tls_dir = m.mount_path(objects(SECURE), TLS_VOLUME)
+    pg_tls, api_tls = settings.postgresql.tls, settings.api.tls
+    assert pg_tls is not None and api_tls is not None
+    assert pg_tls.verify is TlsVerify.FULL
+    # Every TLS file was a path in the Secret's mount (faked here): the rendered document's.
+    document = yaml.safe_dump(m.rendered_document(objects(SECURE), tmp_path / "r", m.POD_ENV))
+    tls_files = re.findall(r"(?:cert|key|ca)_file: (\S+)", document)
+    assert len(tls_files) == 6 and all(f.startswith(tls_dir + "/") for f in tls_files)
+    volumes = {v["name"]: v for v in pod_spec(SECURE)["volumes"]}
+    assert volumes[TLS_VOLUME]["secret"]["secretName"] == "pgwarden-tls"
+    assert volumes[TLS_VOLUME]["secret"]["defaultMode"] == 0o440
+    assert settings.postgresql.os_user is None
+
+
+def test_secure_members_are_addressed_by_the_dns_names_the_certificate_holds(
+    tmp_path: Path,
+) -> None:
+    """verify-full and the API's https checks need a name in the certificate: each member's
+    name in the headless Service (the StatefulSet's serviceName), never its pod IP."""
+    settings = secure_settings(tmp_path)
+    service = m.find(objects(SECURE), "StatefulSet")["spec"]["serviceName"]
+    headless = m.find(objects(SECURE), "Service", service)
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True  # reachable while cloning
+    name = f"{m.POD_ENV['POD_NAME']}.{service}.{m.POD_ENV['POD_NAMESPACE']}.svc"
+    assert settings.postgresql.connect_host == name
+    assert settings.api.url == f"https://{name}:{settings.api.port}"
+    assert m.POD_ENV["POD_IP"] not in (settings.postgresql.connect_host, settings.api.url)
+
+
+def test_secure_probes_use_https_and_clients_need_no_certificate(tmp_path: Path) -> None:
+    """The kubelet presents no client certificate: `required` would fail every probe."""
+    settings = secure_settings(tmp_path)
+    container = m.container(objects(SECURE))
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    assert settings.api.tls is not None
+    assert settings.api.tls.verify_client is not ClientVerify.REQUIRED
+
+
+def test_secure_pg_hba_admits_no_connection_without_tls(tmp_path: Path) -> None:
+    lines = secure_settings(tmp_path).postgresql.pg_hba
+    assert lines and all(line.split()[0] == "hostssl" for line in lines), lines
+
+
+def _admits(
+    policy: dict[str, Any],
+    *,
+    pod_labels: dict[str, str],
+    namespace: str,
+    port: str,
+) -> bool:
+    """Whether the NetworkPolicy lets a pod (its labels, its namespace) connect to the named
+    port of a selected pod in the policy's namespace (the rules as Kubernetes applies them:
+    a podSelector alone means the policy's own namespace; the peers of a rule are ORed)."""
+    own_namespace = policy["metadata"]["namespace"]
+    namespace_labels = {"kubernetes.io/metadata.name": namespace}
+
+    def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+        assert set(selector) <= {"matchLabels"}, "only matchLabels is evaluated here"
+        return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+    def peer_admits(peer: dict[str, Any]) -> bool:
+        assert set(peer) <= {"podSelector", "namespaceSelector"}, peer
+        if "namespaceSelector" in peer:
+            ns_ok = matches(peer["namespaceSelector"], namespace_labels)
+        else:
+            ns_ok = namespace == own_namespace
+        return ns_ok and matches(peer.get("podSelector", {}), pod_labels)
+
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from") and rule.get("ports"), "a rule without peers or ports admits all"
+        if any(p["port"] == port for p in rule["ports"]) and any(
+            peer_admits(peer) for peer in rule["from"]
+        ):
+            return True
+    return False
+
+
+MEMBER = dict(APP_LABELS)
+CLIENT = {"pgwarden.io/client": "true"}
+
+
+@pytest.mark.parametrize(
+    ("who", "pod_labels", "namespace", "port", "admitted"),
+    [
+        ("a member, for replication", MEMBER, "pgwarden", "postgresql", True),
+        ("a member, for peer checks", MEMBER, "pgwarden", "api", True),
+        ("an application pod", CLIENT, "pgwarden", "postgresql", True),
+        ("an application pod, at the API", CLIENT, "pgwarden", "api", False),
+        ("an unlabelled pod", {}, "pgwarden", "postgresql", False),
+        ("an unlabelled pod, at the API", {"app": "x"}, "pgwarden", "api", False),
+        ("Prometheus, for /metrics", {"app": "prometheus"}, "monitoring", "api", True),
+        ("Prometheus, at PostgreSQL", {"app": "prometheus"}, "monitoring", "postgresql", False),
+        ("a client label in another namespace", CLIENT, "other", "postgresql", False),
+        ("member labels in another namespace", MEMBER, "other", "api", False),
+    ],
+)
+def test_the_network_policy_lets_only_members_clients_and_monitoring_in(
+    who: str, pod_labels: dict[str, str], namespace: str, port: str, admitted: bool
+) -> None:
+    policy = m.find(objects(SECURE), "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert _admits(policy, pod_labels=pod_labels, namespace=namespace, port=port) is admitted, who
+
+
+def test_the_network_policy_covers_the_members_and_names_their_ports() -> None:
+    policy = m.find(objects(SECURE), "NetworkPolicy")
+    template = m.find(objects(SECURE), "StatefulSet")["spec"]["template"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": APP_LABELS}
+    assert all(template["metadata"]["labels"].get(k) == v for k, v in APP_LABELS.items())
+    names = {p["name"] for p in m.container(objects(SECURE))["ports"]}
+    used = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert used == names == {"postgresql", "api"}
