@@ -3,8 +3,10 @@ API token, the API basic-auth password, PostgreSQL's superuser and replication p
 is run through a switchover (so that the replica's clone, its replication connection and a
 pg_rewind-free hand-over all use them), and then every place an operator or another process
 can read is searched for each secret, in clear or base64 (as in a basic-auth header):
-every line of every agent's log (PostgreSQL's own output included), the arguments of every
-process on the machine (`ps`), every etcd key and value, the API's views (`/cluster`,
+every line of every agent's log (PostgreSQL's own output included), the arguments and
+environment of every process on the machine, every etcd key and value, PostgreSQL's
+configuration files and every file in the agent's run directory but the private (0600)
+libpq password file, the API's views (`/cluster`,
 `/config`, `/metrics`, `/health`, `/history`, `/openapi.json`) on every member, and
 `pgwarden run --check-config`.
 
@@ -93,6 +95,29 @@ def _leaks(where: str, text: str) -> list[str]:
     return found
 
 
+def _file_leaks(member: LocalMember) -> list[str]:
+    """Secrets in the data directory's configuration files and the run directory; the libpq
+    password file is where the passwords belong, if it is private (0600)."""
+    found = []
+    files = [
+        member.data_dir / n for n in ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf")
+    ]
+    files += [p for p in member.run_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "pgpass" for p in files), "no libpq password file in the run directory"
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if path.name == "pgpass":
+            mode = path.stat().st_mode & 0o777
+            if mode != 0o600:
+                found.append(f"{path}: a password file with mode {mode:o}")
+            continue
+        found += _leaks(str(path), text)
+    return found
+
+
 def _etcd_dump(cluster: LocalCluster) -> str:
     body = json.dumps({"key": base64.b64encode(b"\0").decode(), "range_end": "AA=="}).encode()
     request = urllib.request.Request(
@@ -158,6 +183,8 @@ async def test_no_secret_appears_in_logs_processes_dcs_views_or_check_config(
             continue
         leaks += _leaks(f"/proc/{pid}/environ", environ.replace("\0", " "))
     leaks += _leaks("etcd", _etcd_dump(cluster))
+    for member in cluster.members:
+        leaks += _file_leaks(member)
     for where, text in (await _api_views(cluster)).items():
         leaks += _leaks(where, text)
     check = subprocess.run(
