@@ -309,3 +309,41 @@ def test_with_credentials_every_answer_is_documented_and_no_500(agent: Agent) ->
     token = st.just(f"Bearer {agent.cluster.token}")
     for op in operations():
         _fuzz(agent, op, token)
+
+
+_UNDOCUMENTED = st.tuples(
+    st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+    st.one_of(
+        st.sampled_from(["/", "/nope", "/cluster/x", "/switchover/", "/HEALTH", "/%00", "//"]),
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz/-_.", max_size=20).map(lambda p: "/" + p),
+    ),
+)
+
+
+def test_unknown_routes_and_methods_answer_404_or_405_as_json(agent: Agent) -> None:
+    documented = {(op.method.upper(), op.path) for op in operations()}
+    before = agent.dcs_state()
+
+    @settings(max_examples=60, derandomize=True, database=None, deadline=None)
+    @given(call=_UNDOCUMENTED, auth=_WRONG_AUTH)
+    def run(call: tuple[str, str], auth: str | None) -> None:
+        method, path = call
+        if (method, path) in documented or (method == "HEAD"):
+            return
+        connection = http.client.HTTPConnection(agent.host, agent.port, timeout=10)
+        try:
+            headers = {} if auth is None else {"Authorization": auth}
+            connection.request(method, path, headers=headers)
+            answer = connection.getresponse()
+            status, body = answer.status, answer.read()
+        finally:
+            connection.close()
+        assert status in (404, 405), (method, path, status, body[:200])
+        validator = jsonschema.Draft202012Validator({**_ERROR, "components": COMPONENTS})
+        validator.validate(json.loads(body))
+
+    run()
+    assert agent.dcs_state() == before
+
+
+_ERROR: Schema = {"$ref": "#/components/schemas/Error"}

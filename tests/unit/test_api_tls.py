@@ -299,3 +299,15 @@ def test_api_tls_without_a_key_or_with_a_missing_file_is_refused(tmp_path: Path)
     problems = problems_of(tmp_path, document)
     assert has_problem(problems, "api.tls.key_file", "required")
     assert has_problem(problems, "api.tls.cert_file", "does not exist")
+
+
+async def test_verify_client_optional_serves_a_client_without_a_certificate_but_not_a_bad_one(
+    pki: Pki,
+) -> None:
+    async for served in _serve(pki, ClientVerify.OPTIONAL):
+        assert await _get(served.url, pki.client_context()) == 200
+        assert await _get(served.url, pki.client_context(with_cert=True)) == 200
+        foreign = pki.client_context()
+        trustme.CA().issue_cert("client.example").configure_cert(foreign)
+        with pytest.raises(aiohttp.ClientError):
+            await _get(served.url, foreign)
