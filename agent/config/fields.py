@@ -223,8 +223,8 @@ FIELDS: Final[tuple[Field, ...]] = (
                  "from the network is refused), and replicas, `pg_basebackup` and `pg_rewind` "
                  "verify the member they connect to (`verify`). The files are copied into "
                  "`<run_dir>/postgres/tls/` (owned by PostgreSQL's OS user, the key with mode "
-                 "0600, as PostgreSQL requires) before every start and reload, so a rotated "
-                 "Secret takes effect on the next reload. See \"TLS\" below."),
+                 "0600, as PostgreSQL requires) before every start of PostgreSQL: renewed "
+                 "files are used from its next start. See \"TLS\" above."),
     Field(path="postgresql.tls.cert_file", kind=_S, required=True, default_doc="required",
           rule="Absolute path of a readable PEM file.",
           doc="The server certificate (chain) of this member."),
