@@ -305,12 +305,6 @@ def test_without_valid_credentials_nothing_breaks_and_nothing_changes(agent: Age
     assert agent.cluster.members[0].postmaster_pid() == postmaster  # no restart queued
 
 
-def test_with_credentials_every_answer_is_documented_and_no_500(agent: Agent) -> None:
-    token = st.just(f"Bearer {agent.cluster.token}")
-    for op in operations():
-        _fuzz(agent, op, token)
-
-
 _UNDOCUMENTED = st.tuples(
     st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
     st.one_of(
@@ -347,3 +341,10 @@ def test_unknown_routes_and_methods_answer_404_or_405_as_json(agent: Agent) -> N
 
 
 _ERROR: Schema = {"$ref": "#/components/schemas/Error"}
+
+
+# Last: requests with the token change the cluster (pause, restart, configuration).
+def test_with_credentials_every_answer_is_documented_and_no_500(agent: Agent) -> None:
+    token = st.just(f"Bearer {agent.cluster.token}")
+    for op in operations():
+        _fuzz(agent, op, token)
