@@ -548,7 +548,14 @@ class ChaosCluster:
         self.members[index].agent.start()
 
     def restart_dead_agents(self) -> list[str]:
+        """Start dead agents again (and first their delaying proxies: a host whose processes
+        were all killed lost its proxy, and its REDIRECT rule would blackhole every
+        connection)."""
         started = []
+        for member in self.members:
+            if member.proxy is not None and not member.proxy.running:
+                member.proxy.start()
+                time.sleep(0.3)  # listening before the agent connects (a cold start is ~0.2 s)
         for member in self.members:
             member.agent.signal(signal.SIGCONT)
             if not member.agent.running:

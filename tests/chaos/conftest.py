@@ -41,7 +41,9 @@ def chaos_results() -> Iterator[list[ScenarioResult]]:
         report.write(
             results,
             stem=Path(stem),
-            profile="quick + random mix" if duration else "quick",
+            profile="quick + random mix"
+            if duration
+            else ("gray" if os.environ.get("CHAOS_GRAY") else "quick"),
             settings={
                 **{
                     k: v
@@ -219,10 +221,12 @@ def load_runner(
     request: pytest.FixtureRequest, chaos_support: None, chaos_results: list[ScenarioResult]
 ) -> Iterator[Runner]:
     """Asynchronous replication, quick timings, maximum_lag_on_failover_bytes from
-    LAG_LIMITS; names get " [max lag <limit>]"."""
+    LAG_LIMITS, delaying proxies (no delay unless a scenario sets one); names get
+    " [max lag <limit>]"."""
     limit: str = request.param
     with _running(
         chaos_results,
+        delay_proxies=True,
         ha_extra={"maximum_lag_on_failover_bytes": LAG_LIMITS[limit]},
         suffix=f" [max lag {limit}]",
     ) as chaos:

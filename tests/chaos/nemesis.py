@@ -621,6 +621,9 @@ class _LoadThenKill:
     LOAD_FAILOVER_BOUND_S for another member to take writes; the heal starts the dead agent
     again (it rejoins, rewound if it must)."""
 
+    # One-way delay added to every connection of the replicas to the primary (their WAL
+    # streams; needs ChaosCluster(delay_proxies=True)): replication that cannot keep up.
+    replication_delay_s: float = 0.0
     load: subprocess.Popen[bytes] | None = None
     log: Path | None = None  # this run's pgbench output
     # Per replica, bytes behind the primary's current WAL position just before the kill:
@@ -636,6 +639,10 @@ class _LoadThenKill:
             await conn.execute(f"TRUNCATE {LOAD_TABLE}")
         finally:
             await conn.close()
+        if self.replication_delay_s:
+            for index in range(len(cluster.members)):
+                if index != primary:
+                    cluster.set_delays(index, {old.address: self.replication_delay_s})
         script = cluster.base / "load.sql"
         script.write_text(
             f"INSERT INTO {LOAD_TABLE} SELECT g, repeat(md5(random()::text), 60) "
@@ -690,8 +697,14 @@ class _LoadThenKill:
             f"{k} {received / 1e6:.1f} MB received, {replayed / 1e6:.1f} MB replayed"
             for k, (received, replayed) in sorted(self.lag_bytes.items())
         )
+        slower = (
+            f", +{self.replication_delay_s:g} s each way on the replicas' connections to it"
+            if self.replication_delay_s
+            else ""
+        )
         what = (
-            f"pgbench ({LOAD_CLIENTS} clients) on {old.name} for {LOAD_WARMUP_S:g} s, replay "
+            f"pgbench ({LOAD_CLIENTS} clients) on {old.name}{slower} for {LOAD_WARMUP_S:g} s, "
+            "replay "
             f"lag at the kill (behind): {lags}; every process of {old.name}'s host SIGKILLed"
         )
         if found is None:
@@ -715,6 +728,9 @@ class _LoadThenKill:
                 os.killpg(self.load.pid, signal.SIGKILL)
             self.load.wait(timeout=10)
             self.load = None
+        if self.replication_delay_s:
+            for index in range(len(cluster.members)):
+                cluster.set_delays(index, {})
         heal_all(cluster)
 
     def acknowledged_transactions(self) -> int | None:
@@ -749,11 +765,16 @@ async def _replica_positions(cluster: ChaosCluster, index: int) -> tuple[int, in
         await conn.close()
 
 
-def load_then_kill(hold_s: float) -> tuple[Nemesis, _LoadThenKill]:
-    """The async-under-load scenario (gray profile) and its state (the lag at the kill)."""
-    state = _LoadThenKill()
+def load_then_kill(
+    hold_s: float, *, replication_delay_s: float = 0.0
+) -> tuple[Nemesis, _LoadThenKill]:
+    """The async-under-load scenario (gray profile) and its state (the lag at the kill);
+    with `replication_delay_s`, the replicas' connections to the primary are that much slower
+    each way (named `...-slow-replication`)."""
+    state = _LoadThenKill(replication_delay_s=replication_delay_s)
+    suffix = "-slow-replication" if replication_delay_s else ""
     nemesis = Nemesis(
-        name="async-load-hard-kill",
+        name=f"async-load-hard-kill{suffix}",
         script=state.script,
         heal=state.heal,
         hold_s=hold_s,

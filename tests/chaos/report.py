@@ -160,7 +160,15 @@ def _cell(value: float | None, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.1f}{unit}"
 
 
-def markdown(table: Sequence[Row], *, profile: str, settings: dict[str, object]) -> str:
+def markdown(
+    table: Sequence[Row],
+    *,
+    profile: str,
+    settings: dict[str, object],
+    gray_runs: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The report; `gray_runs` is (scenario, what the fault did) per run of a gray scenario
+    whose description carries its own figures (lag, failover after the kill, pgbench)."""
     lines = [
         "# Chaos report",
         "",
@@ -213,6 +221,9 @@ def markdown(table: Sequence[Row], *, profile: str, settings: dict[str, object])
             + f", old primary acknowledged {row.old_primary_acks_after_failover} after it"
             for row in gray
         ]
+    if gray_runs:
+        lines += ["", "Each run of the gray scenarios, as its nemesis described it:", ""]
+        lines += [f"- {scenario}: {what}" for scenario, what in gray_runs]
     return "\n".join(lines) + "\n"
 
 
@@ -245,7 +256,6 @@ def write(
     kept_details = [d for d in kept_details if d.get("scenario") not in names]
     table = _ordered([*kept_rows, *fresh])
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".md").write_text(markdown(table, profile=profile, settings=settings))
     details = kept_details + [
         {
             "scenario": r.scenario,
@@ -264,6 +274,14 @@ def write(
         }
         for r in results
     ]
+    gray_runs = [
+        (str(d.get("scenario")), "; ".join(str(f) for f in faults))
+        for d in details
+        if _is_gray(str(d.get("scenario"))) and isinstance(faults := d.get("faults"), list)
+    ]
+    stem.with_suffix(".md").write_text(
+        markdown(table, profile=profile, settings=settings, gray_runs=gray_runs)
+    )
     stem.with_suffix(".json").write_text(
         json.dumps(
             {
