@@ -5,7 +5,9 @@ and the fencer are one unprivileged user and nothing switches users (issue 13, i
 The core cases of test_etcd_cluster.py on that path: bootstrap, a hard kill of the primary
 (failover, then the old primary rewound and streaming again), and the primary's agent
 SIGKILLed, where its fencer (the same unprivileged user) must stop PostgreSQL before the
-lease can pass on.
+lease can pass on. The members run PostgreSQL with `postgresql.tls`, as the secure
+Kubernetes example does (issue 13, item 2, through the agent): every replica streams over
+TLS (pg_stat_ssl), after the bootstrap's clones and after the rewind alike.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import yaml
 
@@ -50,7 +53,7 @@ def cluster() -> Iterator[NonRootCluster]:
     reason = nonroot_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    with nonroot_cluster() as running:
+    with nonroot_cluster(pg_tls=True) as running:
         yield running
 
 
@@ -72,6 +75,11 @@ async def test_bootstrap_as_postgres_without_os_user_runs_every_process_as_that_
     assert fencers, "the leader runs no fencer"
     assert {process_uid(pid) for pid in fencers} == {uid}
     await ensure_table("127.0.0.1", leader.pg_port)
+    await wait_until(
+        lambda: _replicas_stream_over_tls(cluster, primary),
+        timeout=10,
+        what="every replica streaming over TLS",
+    )
 
 
 async def test_hard_kill_of_the_primary_fails_over_and_it_is_rewound_back(
@@ -96,7 +104,32 @@ async def test_hard_kill_of_the_primary_fails_over_and_it_is_rewound_back(
         return old_rows == await query_values(cluster.members[new].pg_port)
 
     await wait_until(same_rows, timeout=10, what="the rewound member holding the new rows")
+    await wait_until(
+        lambda: _replicas_stream_over_tls(cluster, new),
+        timeout=10,
+        what="the rewound member streaming over TLS",
+    )
     assert _rewound(cluster.members[old].log_path), "the old primary rejoined without a rewind"
+
+
+async def _replicas_stream_over_tls(cluster: NonRootCluster, primary: int) -> bool:
+    """Every other member has a walsender on the primary, and each uses TLS."""
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=cluster.members[primary].pg_port,
+        user="postgres",
+        database="postgres",
+        timeout=3,
+    )
+    try:
+        rows = await conn.fetch(
+            "SELECT r.application_name, s.ssl FROM pg_stat_replication r"
+            " JOIN pg_stat_ssl s USING (pid) WHERE r.state = 'streaming'"
+        )
+    finally:
+        await conn.close()
+    others = {m.name for i, m in enumerate(cluster.members) if i != primary}
+    return {r["application_name"] for r in rows if r["ssl"]} == others
 
 
 def _rewound(log_path: Path) -> bool:
