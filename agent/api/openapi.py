@@ -152,7 +152,11 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
         {
             "leader": _STR,
             "candidate": _STR,
-            "scheduled_at": {"type": "string", "description": "ISO-8601 with a zone, future"},
+            "scheduled_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "ISO-8601 with a zone, in the future",
+            },
         },
         required=(),
     ),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from agent.api.errors import ApiError
@@ -66,6 +66,12 @@ def parse_timestamp(value: object, *, field: str, now_wall: float) -> float:
         raise ApiError(400, f"{field}: not an ISO-8601 timestamp: {value!r}") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ApiError(400, f"{field}: the timestamp needs a time zone (e.g. +00:00 or Z)")
+    try:
+        # Answers and views give times in UTC: one that is not a UTC date (after 9999-12-31
+        # once the zone is removed) would be accepted here and then fail every view.
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(400, f"{field}: {value} is out of range in UTC") from None
     epoch = moment.timestamp()
     if epoch <= now_wall:
         raise ApiError(400, f"{field}: {value} is not in the future")

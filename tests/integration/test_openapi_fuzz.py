@@ -23,6 +23,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode, urlsplit
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs installed
@@ -62,6 +63,12 @@ def _resolve(schema: Schema) -> Schema:
 
 _NAMES = st.sampled_from(["pg-0", "pg-1", "", "x" * 300, "pg-0\n", "../etc", "ü"])
 _TEXT = st.one_of(_NAMES, st.text(max_size=30))
+# ISO-8601 times with a zone, the extremes included (the year 1 and 9999, zones of +-23:59).
+_TIMESTAMPS = st.builds(
+    lambda moment, minutes: moment.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
+    st.one_of(st.datetimes(), st.datetimes(min_value=datetime(9999, 12, 31))),
+    st.integers(min_value=-1439, max_value=1439),
+) | st.just("9999-12-31T23:59:59-23:59")  # after 9999 in UTC (finding 1)
 
 
 def from_schema(schema: Schema) -> st.SearchStrategy[object]:
@@ -92,6 +99,8 @@ def from_schema(schema: Schema) -> st.SearchStrategy[object]:
         items = schema.get("items", {})
         assert isinstance(items, dict)
         return st.lists(from_schema(items), max_size=3)
+    if kind == "string" and schema.get("format") == "date-time":
+        return st.one_of(_TIMESTAMPS, _TEXT)
     if kind == "string":
         return _TEXT
     if kind == "integer":

@@ -1,0 +1,48 @@
+"""What the OpenAPI fuzzer (tests/integration/test_openapi_fuzz.py) found, each kept as a
+unit test against the in-process API (tests/unit/test_api.py's fixtures)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent.clock import FakeClock
+from tests.unit.test_api import (
+    AUTH,
+    Api,
+    Backend,
+    StatusBox,
+    make_settings,
+    primary_status,
+    serve,
+    standard_cluster,
+)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    """The API of member a of test_api's standard cluster (a leads, b and c stream)."""
+    clock = FakeClock()
+    backend = Backend(clock)
+    await standard_cluster(backend)
+    view = await backend.handle("a").get_cluster()
+    served = await serve(make_settings(), backend, StatusBox(primary_status(clock, view)), clock)
+    try:
+        yield served
+    finally:
+        await served.client.close()
+
+
+async def test_a_switchover_scheduled_after_9999_in_utc_is_refused_not_stored(api: Api) -> None:
+    # 9999-12-31T23:59:59-23:59 is 10000-01-01 in UTC: it parsed and was in the future, so it
+    # was written to the DCS, and the answer (times in UTC) raised: a 500, and every later
+    # GET /cluster too, while the record stood.
+    revision = api.backend.revision
+    answer = await api.client.post(
+        "/switchover", json={"scheduled_at": "9999-12-31T23:59:59-23:59"}, headers=AUTH
+    )
+    assert answer.status == 400
+    assert (await answer.json())["error"].startswith("scheduled_at: ")
+    assert api.backend.revision == revision
+    assert (await api.client.get("/cluster")).status == 200
