@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 from collections.abc import Callable
 
 import structlog
@@ -109,7 +110,10 @@ async def run_agent(settings: Settings) -> int:
     )
     metrics = Metrics()
     # Loaded before anything starts: a certificate that does not load stops the agent here.
-    api_tls = ReloadingTls(settings.api.tls) if settings.api.tls is not None else None
+    try:
+        api_tls = ReloadingTls(settings.api.tls) if settings.api.tls is not None else None
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"api.tls: the certificate, key or CA does not load: {exc}") from None
     fence_status = await fence.start()
     log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)
     loop = HaLoop(
