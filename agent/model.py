@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import NewType, TypeVar
 
@@ -460,6 +461,15 @@ def parse_member(name: str, raw: RawRecord) -> Member:
     )
 
 
+def _is_utc_instant(epoch: float) -> bool:
+    """`epoch` names a date that datetime can show (the API renders it as ISO 8601)."""
+    try:
+        datetime.fromtimestamp(epoch, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
+
+
 def parse_switchover(raw: RawRecord) -> SwitchoverRequest:
     data = json.loads(raw.value)
     if not isinstance(data, dict):
@@ -469,6 +479,8 @@ def parse_switchover(raw: RawRecord) -> SwitchoverRequest:
         raise ValueError("switchover names neither leader nor candidate")
     if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
         raise ValueError("scheduled_at is not a number")
+    if at is not None and not _is_utc_instant(float(at)):
+        raise ValueError("scheduled_at is not a time between years 1 and 9999 (UTC)")
     lsn = data.get("handover_lsn")
     if lsn is not None and (isinstance(lsn, bool) or not isinstance(lsn, int) or lsn < 0):
         raise ValueError("handover_lsn is not a WAL position")
