@@ -25,6 +25,9 @@ RESERVED_ENV_VARS: Final = frozenset(
         "PGWARDEN_TOKEN",
         "PGWARDEN_USER",
         "PGWARDEN_PASSWORD",
+        "PGWARDEN_CA_FILE",
+        "PGWARDEN_CERT_FILE",
+        "PGWARDEN_KEY_FILE",
         "PGWARDEN_SA_DIR",
     }
 )

@@ -634,6 +634,8 @@ def test_ctl_connection_variables_in_the_agent_environment_are_not_settings(
     tmp_path: Path,
 ) -> None:
     env = {"PGWARDEN_URL": "http://127.0.0.1:8008", "PGWARDEN_TOKEN": "t", "PGWARDEN_CONFIG": "/x"}
+    # `pgwarden ctl`'s TLS files too (a pod sets them for `kubectl exec ... pgwarden ctl`).
+    env |= {f"PGWARDEN_{n}_FILE": "/etc/tls/x" for n in ("CA", "CERT", "KEY")}
     assert load(tmp_path, MINIMAL, env).api.token is None
 
 
