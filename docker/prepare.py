@@ -10,7 +10,8 @@ does nothing an unprivileged user cannot do.
    merged document does not set it:
      name                     <- $POD_NAME
      postgresql.connect_host  <- $POD_IP
-     api.connect_url          <- http://$POD_IP:<api port>  (IPv6 in brackets)
+     api.connect_url          <- http(s)://$POD_IP:<api port>  (IPv6 in brackets; https
+                                 when api.tls is set)
      postgresql.data_dir      <- $PGDATA
    The api port is $PGWARDEN_API__PORT, else `api.port`, else 8008. Nothing set explicitly is
    ever changed; PGWARDEN_* variables still override the file when the agent loads it. The
@@ -156,7 +157,12 @@ def render(document: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any
     if pod_ip:
         api = _section(out, "api")
         if _unset(api, "connect_url"):
-            api["connect_url"] = f"http://{_url_host(pod_ip)}:{_api_port(api, env)}"
+            # With api.tls the agent serves https (and refuses an http connect_url).
+            tls = isinstance(api.get("tls"), dict) or any(
+                k.startswith("PGWARDEN_API__TLS__") for k in env
+            )
+            scheme = "https" if tls else "http"
+            api["connect_url"] = f"{scheme}://{_url_host(pod_ip)}:{_api_port(api, env)}"
     return out
 
 

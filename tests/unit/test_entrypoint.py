@@ -38,6 +38,13 @@ def test_the_per_pod_values_are_filled_from_the_downward_api() -> None:
     assert out["api"] == {"port": 8009, "connect_url": "http://10.1.2.3:8009"}
 
 
+def test_the_filled_api_url_is_https_when_the_api_serves_tls() -> None:
+    out = render({"api": {"tls": {"cert_file": "/t/tls.crt", "key_file": "/t/tls.key"}}})
+    assert out["api"]["connect_url"] == "https://10.1.2.3:8008"
+    from_env = render({}, {"POD_IP": "10.1.2.3", "PGWARDEN_API__TLS__CERT_FILE": "/t/c"})
+    assert from_env["api"]["connect_url"].startswith("https://")
+
+
 def test_explicit_settings_are_never_replaced() -> None:
     document = {
         "name": "fixed",
