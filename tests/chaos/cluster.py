@@ -483,8 +483,9 @@ class ChaosCluster:
         )
         return bool(done.stdout.strip())
 
-    def set_delays(self, index: int, delays: dict[str, float]) -> None:
-        """One-way delay per destination address for member `index`'s outgoing traffic."""
+    def set_delays(self, index: int, delays: dict[str, object]) -> None:
+        """One-way delay (or `{"delay_s", "rate_bps"}`) per destination address for member
+        `index`'s outgoing traffic (tests/chaos/delay_proxy.py)."""
         write_control(self.members[index].delay_control, delays)
 
     def config_for(self, member: Member) -> dict[str, object]:

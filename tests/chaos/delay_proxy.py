@@ -37,6 +37,8 @@ _SO_ORIGINAL_DST = 80
 _SO_MARK = 36
 _POLL_S = 0.05
 _CHUNK = 65536
+_RATE_CHUNK = 16384  # smaller reads while rate-limited: a smoother rate
+_RATE_QUEUE_CHUNKS = 4  # how far a rate-limited direction reads ahead
 
 
 def redirect_rules(port: int, own_address: str, subnet: str) -> list[list[str]]:
@@ -51,7 +53,7 @@ def redirect_rules(port: int, own_address: str, subnet: str) -> list[list[str]]:
     ]
 
 
-def write_control(path: Path, delays: dict[str, float]) -> None:
+def write_control(path: Path, delays: dict[str, object]) -> None:
     """Set the one-way delay per destination address (atomically: the proxy polls it)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(delays))
@@ -59,18 +61,31 @@ def write_control(path: Path, delays: dict[str, float]) -> None:
 
 
 class Delays:
-    """The control file's current content, reloaded every _POLL_S."""
+    """The control file's current content, reloaded every _POLL_S. A value is a one-way delay
+    in seconds, or `{"delay_s": ..., "rate_bps": ...}`: a rate limit (bytes per second, each
+    direction) makes the proxy read no faster than it forwards, so a sender's backlog stays in
+    the sender's socket buffers (and dies with it), as on a saturated link."""
 
     def __init__(self, control: Path) -> None:
         self.control = control
         self.by_address: dict[str, float] = {}
+        self.rate_by_address: dict[str, float] = {}
 
     def reload(self) -> None:
         try:
             loaded = json.loads(self.control.read_text() or "{}")
         except (OSError, ValueError):
             loaded = {}
-        self.by_address = {str(k): float(v) for k, v in loaded.items()}
+        delays: dict[str, float] = {}
+        rates: dict[str, float] = {}
+        for key, value in loaded.items():
+            if isinstance(value, dict):
+                delays[str(key)] = float(value.get("delay_s", 0.0))
+                if value.get("rate_bps"):
+                    rates[str(key)] = float(value["rate_bps"])
+            else:
+                delays[str(key)] = float(value)
+        self.by_address, self.rate_by_address = delays, rates
 
     async def watch(self) -> None:
         while True:
@@ -92,7 +107,12 @@ async def _pump(
 
     async def read() -> None:
         while True:
-            data = await reader.read(_CHUNK)
+            limited = address in delays.rate_by_address
+            # Rate-limited: read no further ahead than a few chunks (backpressure).
+            while limited and queue.qsize() >= _RATE_QUEUE_CHUNKS:
+                await asyncio.sleep(0.005)
+                limited = address in delays.rate_by_address
+            data = await reader.read(_RATE_CHUNK if limited else _CHUNK)
             queue.put_nowait((time.monotonic() + delays.by_address.get(address, 0.0), data))
             if not data:
                 return
@@ -110,6 +130,9 @@ async def _pump(
                 return
             writer.write(data)
             await writer.drain()
+            rate = delays.rate_by_address.get(address)
+            if rate:
+                await asyncio.sleep(len(data) / rate)
     finally:
         reading.cancel()
 

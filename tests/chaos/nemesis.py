@@ -624,6 +624,9 @@ class _LoadThenKill:
     # One-way delay added to every connection of the replicas to the primary (their WAL
     # streams; needs ChaosCluster(delay_proxies=True)): replication that cannot keep up.
     replication_delay_s: float = 0.0
+    # Or a rate limit (bytes per second) on those connections: the WAL the replicas cannot
+    # take yet stays in the primary's socket buffers and dies with it (a saturated link).
+    replication_rate_bps: float = 0.0
     load: subprocess.Popen[bytes] | None = None
     log: Path | None = None  # this run's pgbench output
     # Per replica, bytes behind the primary's current WAL position just before the kill:
@@ -639,10 +642,15 @@ class _LoadThenKill:
             await conn.execute(f"TRUNCATE {LOAD_TABLE}")
         finally:
             await conn.close()
-        if self.replication_delay_s:
+        if self.replication_delay_s or self.replication_rate_bps:
+            link: object = (
+                {"delay_s": self.replication_delay_s, "rate_bps": self.replication_rate_bps}
+                if self.replication_rate_bps
+                else self.replication_delay_s
+            )
             for index in range(len(cluster.members)):
                 if index != primary:
-                    cluster.set_delays(index, {old.address: self.replication_delay_s})
+                    cluster.set_delays(index, {old.address: link})
         script = cluster.base / "load.sql"
         script.write_text(
             f"INSERT INTO {LOAD_TABLE} SELECT g, repeat(md5(random()::text), 60) "
@@ -702,6 +710,11 @@ class _LoadThenKill:
             if self.replication_delay_s
             else ""
         )
+        if self.replication_rate_bps:
+            slower = (
+                f", the replicas' connections to it limited to "
+                f"{self.replication_rate_bps / 1e6:g} MB/s"
+            )
         what = (
             f"pgbench ({LOAD_CLIENTS} clients) on {old.name}{slower} for {LOAD_WARMUP_S:g} s, "
             "replay "
@@ -728,7 +741,7 @@ class _LoadThenKill:
                 os.killpg(self.load.pid, signal.SIGKILL)
             self.load.wait(timeout=10)
             self.load = None
-        if self.replication_delay_s:
+        if self.replication_delay_s or self.replication_rate_bps:
             for index in range(len(cluster.members)):
                 cluster.set_delays(index, {})
         heal_all(cluster)
@@ -766,13 +779,19 @@ async def _replica_positions(cluster: ChaosCluster, index: int) -> tuple[int, in
 
 
 def load_then_kill(
-    hold_s: float, *, replication_delay_s: float = 0.0
+    hold_s: float, *, replication_delay_s: float = 0.0, replication_rate_bps: float = 0.0
 ) -> tuple[Nemesis, _LoadThenKill]:
     """The async-under-load scenario (gray profile) and its state (the lag at the kill);
     with `replication_delay_s`, the replicas' connections to the primary are that much slower
     each way (named `...-slow-replication`)."""
-    state = _LoadThenKill(replication_delay_s=replication_delay_s)
-    suffix = "-slow-replication" if replication_delay_s else ""
+    state = _LoadThenKill(
+        replication_delay_s=replication_delay_s, replication_rate_bps=replication_rate_bps
+    )
+    suffix = (
+        "-throttled-replication"
+        if replication_rate_bps
+        else ("-slow-replication" if replication_delay_s else "")
+    )
     nemesis = Nemesis(
         name=f"async-load-hard-kill{suffix}",
         script=state.script,

@@ -227,6 +227,26 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def figures_tables(runs: Sequence[tuple[str, dict[str, str]]]) -> str:
+    """One Markdown table of the runs that carry their own figures (a column per figure, a
+    row per run), after a heading; empty when none does."""
+    if not runs:
+        return ""
+    columns: list[str] = []
+    for _scenario, found in runs:
+        columns += [k for k in found if k not in columns]
+    lines = [
+        "",
+        "Figures of each run (the scenarios that measure their own; see docs/chaos.md):",
+        "",
+        "| scenario | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for scenario, found in runs:
+        lines.append(f"| {scenario} | " + " | ".join(found.get(c, "") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 GRAY_PREFIXES = (
     "primary-storage-",
     "replica-storage-",
@@ -271,6 +291,7 @@ def write(
             "write_gaps_s": [round(g, 3) for g in r.gaps_s],
             "failover_s": None if r.failover_s is None else round(r.failover_s, 3),
             "old_primary_acks_after_failover": r.old_primary_acks_after_failover,
+            "figures": dict(r.figures),
         }
         for r in results
     ]
@@ -279,8 +300,14 @@ def write(
         for d in details
         if _is_gray(str(d.get("scenario"))) and isinstance(faults := d.get("faults"), list)
     ]
+    figures = [
+        (str(d.get("scenario")), {str(k): str(v) for k, v in found.items()})
+        for d in details
+        if isinstance(found := d.get("figures"), dict) and found
+    ]
     stem.with_suffix(".md").write_text(
         markdown(table, profile=profile, settings=settings, gray_runs=gray_runs)
+        + figures_tables(figures)
     )
     stem.with_suffix(".json").write_text(
         json.dumps(

@@ -50,6 +50,9 @@ class ScenarioResult:
     # Writes the old primary acknowledged after another member had acknowledged one (a zombie
     # primary that came back: each is a split brain or a lost write unless fenced).
     old_primary_acks_after_failover: int = 0
+    # A scenario's own figures (name, value), shown as a table per scenario in the report
+    # (the async-load runs: pgbench's acknowledged transactions, rows kept, lag, failover).
+    figures: tuple[tuple[str, str], ...] = ()
 
 
 def _utc(wall: float) -> str:

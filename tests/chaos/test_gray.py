@@ -195,18 +195,25 @@ async def test_with_failsafe_a_slow_network_around_the_primary_never_demotes_it(
 # ---------------------------------------------------------------- async loss under load
 
 REPLICATION_DELAY_S = 0.2  # one way, on the replicas' connections to the primary
+# Or their bandwidth (each direction): below the load's WAL rate, so the replicas fall behind
+# and the backlog dies with the primary.
+REPLICATION_RATE_BPS = 8e6
 
 
 @pytest.mark.parametrize("run", range(RUNS))
-@pytest.mark.parametrize("replication_delay_s", [0.0, REPLICATION_DELAY_S])
+@pytest.mark.parametrize("link", ["plain", "slow", "throttled"])
 async def test_under_write_load_a_hard_killed_primary_is_reported_with_loss_and_failover_time(
-    load_runner: Runner, replication_delay_s: float, run: int
+    load_runner: Runner, link: str, run: int
 ) -> None:
     """Asynchronous: acknowledged writes may be lost (reported, not asserted); no split brain,
     convergence, no divergence. Figures in the report. On one host the WAL receivers keep up
     with any load (replay lags, reception does not), so a second variant slows the replicas'
     connections to the primary to make reception lag too."""
-    nemesis, state = load_then_kill(hold_s=TTL_S, replication_delay_s=replication_delay_s)
+    nemesis, state = load_then_kill(
+        hold_s=TTL_S,
+        replication_delay_s=REPLICATION_DELAY_S if link == "slow" else 0.0,
+        replication_rate_bps=REPLICATION_RATE_BPS if link == "throttled" else 0.0,
+    )
     result = await load_runner.run(nemesis)
     took = "none" if state.failover_s is None else f"{state.failover_s:.2f} s"
     acknowledged = state.acknowledged_transactions()
@@ -227,7 +234,26 @@ async def test_under_write_load_a_hard_killed_primary_is_reported_with_loss_and_
         f"pgbench acknowledged {acknowledged} transactions ({LOAD_ROWS_PER_TX} rows each); "
         f"the primary after holds {kept} rows"
     )
+    received = [lag[0] for lag in state.lag_bytes.values()]
     load_runner.results[-1] = dataclasses.replace(
-        result, faults=(*result.faults[:-1], f"{result.faults[-1]}; {figures}")
+        result,
+        faults=(*result.faults[:-1], f"{result.faults[-1]}; {figures}"),
+        figures=(
+            ("pgbench tx acknowledged", str(acknowledged)),
+            ("tx kept", "n/a" if kept is None else f"{kept / LOAD_ROWS_PER_TX:g}"),
+            (
+                "tx lost",
+                "n/a"
+                if kept is None or acknowledged is None
+                else f"{max(acknowledged - kept / LOAD_ROWS_PER_TX, 0):g}",
+            ),
+            ("probe writes lost", f"{result.lost} of {result.acked}"),
+            (
+                "least received lag at the kill (upper bound)",
+                f"{min(received) / 1e6:.1f} MB" if received else "n/a",
+            ),
+            ("failover after the kill", took),
+            ("new primary", str(result.primary_after)),
+        ),
     )
     assert_invariants(result, load_runner)
