@@ -156,13 +156,19 @@ async def test_a_restarted_agent_adopts_the_running_fencer_and_its_deadline(
 def _parent_agent_script(run_dir: Path, data_dir: Path, deadline_in: float, grace_s: float) -> str:
     """An agent that is the postmaster's parent (as the real one is), and never reaps it."""
     return f"""
-import asyncio, subprocess, sys, time
+import asyncio, signal, subprocess, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from agent.fence import FenceClient
+def default_sigint():
+    # A test run started in the background of a shell without job control inherits SIGINT
+    # ignored (bash does that to asynchronous commands): the stand-in must not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 async def main():
     # A stand-in postmaster that a fast shutdown (SIGINT) stops at once.
     postmaster = subprocess.Popen(
-        ["bash", "-c", "exec -a postgres sleep 300"], start_new_session=True
+        ["bash", "-c", "exec -a postgres sleep 300"],
+        start_new_session=True,
+        preexec_fn=default_sigint,
     )
     with open({str(data_dir / "postmaster.pid")!r}, "w") as handle:
         handle.write(f"{{postmaster.pid}}\\n{data_dir}\\n")
