@@ -757,7 +757,8 @@ class _LoadThenKill:
     async def rows(self, cluster: ChaosCluster, index: int) -> int:
         conn = await cluster.connect(index)
         try:
-            async with asyncio.timeout(10):
+            # A seq scan of up to ~1 GB while the replicas catch up: give it time.
+            async with asyncio.timeout(90):
                 return int(await conn.fetchval(f"SELECT count(*) FROM {LOAD_TABLE}"))
         finally:
             await conn.close()
