@@ -8,6 +8,17 @@ runs under `make chaos` (CHAOS_DURATION set) or with CHAOS_GRAY=1, and is skippe
   primary acknowledges nothing once another member took writes, convergence, and another
   member takes writes within ttl + 1 s of the hang (the zombie primary must be replaced).
 
+- **primary-disk-full [sync]** (same cluster): the primary's store fails every write with
+  ENOSPC; another member takes over, nothing lost, the old primary acknowledges nothing after.
+- **replica-disk-full-then-primary-killed** (async, FUSE stores): a replica's store full, then
+  the primary's host killed; the member that takes over is not the broken replica.
+- **slow-network-2s / -5s** (`[ttl 20]`, `[ttl 20, failsafe]`; delaying proxies): added round
+  trip around the primary; no stopping event in any log, same primary, nothing lost (5 s is
+  an expected failure: docs/chaos.md finding 11).
+- **async-load-hard-kill** (plain, -slow-replication, -throttled-replication; max lag 1 MiB
+  and 1 GiB): pgbench saturates the primary, its host is killed; losses and failover time are
+  reported (docs/chaos.md finding 14), only (a), (c), (d) asserted.
+
 The quick gray faults (primary-backend-oom-killed, agent-restart-loop) are in test_quick.py.
 """
 
