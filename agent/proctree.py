@@ -12,20 +12,28 @@ import os
 import signal
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of `pid` in /proc (R, S, D, T, Z, ...); None when it has no entry or
+    /proc cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # The state follows the parenthesised command name, which may hold spaces and ')'.
+            return handle.read().rsplit(b")", 1)[1].split()[0].decode("ascii", "replace")
+    except (OSError, IndexError):
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """Process `pid` exists and has not exited. A zombie (exited, not yet reaped by its
     parent) counts as exited: a postmaster whose parent, the agent, is frozen or dead stays
     one, and `os.kill(pid, 0)` would call it alive.
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            # The state follows the parenthesised command name, which may hold spaces and ')'.
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    except (OSError, IndexError):
-        return _signalable(pid)  # no readable /proc: cannot tell a zombie apart
-    return state not in (b"Z", b"X")
+    state = process_state(pid)
+    if state is not None:
+        return state not in ("Z", "X")
+    if not os.path.exists("/proc/self/stat"):
+        return _signalable(pid)  # no /proc to read: cannot tell a zombie apart
+    return False  # no entry: gone
 
 
 def _signalable(pid: int) -> bool:

@@ -27,7 +27,7 @@ import asyncpg
 
 from agent.config import PostgresSettings
 from agent.postgres import replication
-from agent.proctree import kill_postmaster_tree, pid_alive
+from agent.proctree import kill_postmaster_tree, pid_alive, process_state
 
 _POLL_S = 0.01
 _KILL_WAIT_S = 2.0
@@ -415,15 +415,6 @@ def running_postmaster_pid(data_dir: str) -> int | None:
     return pid
 
 
-def _in_uninterruptible_sleep(pid: int) -> bool:
-    """`pid` is in state D (blocked in the kernel; a pending SIGKILL waits for the I/O)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] == b"D"
-    except (OSError, IndexError):
-        return False
-
-
 async def wait_pid_exit(pid: int) -> None:
     """Return when process `pid` has exited (a zombie counts as exited). Uses a pidfd."""
     try:
@@ -690,7 +681,7 @@ class Postmaster:
                 return
         self._kill_group(pid)
         if not await self._gone_within(pid, _KILL_WAIT_S):
-            if mode is StopMode.KILL and _in_uninterruptible_sleep(pid):
+            if mode is StopMode.KILL and process_state(pid) == "D":
                 # Blocked in the kernel (hung storage): it exits as soon as that I/O returns,
                 # without reaching user space again, so it can acknowledge nothing more.
                 # Waiting for it could take forever; the kill has done its job.
