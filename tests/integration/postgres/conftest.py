@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from agent.postgres import initdb
 from tests.support.postgres import PgNode, kill_leftovers, make_nodes, pg_available, pg_base_dir
 
 
@@ -48,4 +49,20 @@ async def passwordless_pair() -> AsyncIterator[list[PgNode]]:
         finally:
             for node in nodes:
                 await node.postmaster.close()
+            kill_leftovers(nodes)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def node() -> AsyncIterator[PgNode]:
+    """One initialized, running primary of its own."""
+    if not pg_available():
+        pytest.skip("PostgreSQL 15 binaries not installed")
+    with pg_base_dir() as base:
+        nodes = make_nodes(base, ["solo"])
+        try:
+            await initdb(nodes[0].settings, run_dir=nodes[0].run_dir)
+            await nodes[0].postmaster.start(standby=None, timeout_s=20)
+            yield nodes[0]
+        finally:
+            await nodes[0].postmaster.close()
             kill_leftovers(nodes)

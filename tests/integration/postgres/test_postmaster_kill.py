@@ -10,32 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
-from agent.postgres import initdb
 from agent.postgres.replication import socket_dir
-from tests.support.postgres import PgNode, kill_leftovers, make_nodes, pg_available, pg_base_dir
+from tests.support.postgres import PgNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def node() -> AsyncIterator[PgNode]:
-    if not pg_available():
-        pytest.skip("PostgreSQL 15 binaries not installed")
-    with pg_base_dir() as base:
-        nodes = make_nodes(base, ["k"])
-        try:
-            await initdb(nodes[0].settings, run_dir=nodes[0].run_dir)
-            await nodes[0].postmaster.start(standby=None, timeout_s=20)
-            yield nodes[0]
-        finally:
-            await nodes[0].postmaster.close()
-            kill_leftovers(nodes)
 
 
 def _alive(pid: int) -> bool:
