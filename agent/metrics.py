@@ -14,7 +14,7 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from agent.model import AgentStatus, PgState, Role, SyncMode, SyncRole
+from agent.model import AgentStatus, PgState, Role, SyncMode, SyncRole, WalSenderState
 
 PREFIX = "pgwarden"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -181,7 +181,9 @@ class Metrics:
         self._lag.set(_value(status.lag_bytes))
         self._dcs_up.set(1 if status.dcs_ok else 0)
         self._paused.set(1 if status.paused else 0)
-        self._streaming.set(sum(1 for row in status.replication if row.state == "streaming"))
+        self._streaming.set(
+            sum(1 for row in status.replication if row.state is WalSenderState.STREAMING)
+        )
         for sync_role in SyncRole:
             self._sync_role.labels(role=sync_role.value).set(
                 1 if status.sync_role is sync_role else 0

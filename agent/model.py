@@ -62,6 +62,33 @@ class SyncRole(StrEnum):
     NONE = "none"  # the primary, or not a running replica
 
 
+class WalSenderState(StrEnum):
+    """`pg_stat_replication.state` of one walsender; UNKNOWN for a value this version does
+    not know (read tolerantly, never raised)."""
+
+    STARTUP = "startup"
+    CATCHUP = "catchup"
+    STREAMING = "streaming"
+    BACKUP = "backup"
+    STOPPING = "stopping"
+    UNKNOWN = "unknown"
+
+
+class StandbySyncState(StrEnum):
+    """`pg_stat_replication.sync_state`: whether commits wait for this standby."""
+
+    ASYNC = "async"
+    POTENTIAL = "potential"
+    SYNC = "sync"
+    QUORUM = "quorum"
+    UNKNOWN = "unknown"
+
+    @property
+    def confirms_commits(self) -> bool:
+        """A standby commits wait for (FIRST k: sync; ANY k: quorum)."""
+        return self in (StandbySyncState.SYNC, StandbySyncState.QUORUM)
+
+
 class RecordKind(StrEnum):
     """Cluster-wide records besides the leader key and the member records."""
 
@@ -96,8 +123,8 @@ class ReplicationRow:
     """One row of pg_stat_replication on a primary."""
 
     application_name: str
-    state: str
-    sync_state: str
+    state: WalSenderState
+    sync_state: StandbySyncState
     sent_lsn: Lsn | None
     write_lsn: Lsn | None
     flush_lsn: Lsn | None

@@ -151,6 +151,6 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
         sync_standbys=tuple(
             MemberName(r.application_name)
             for r in local.replication
-            if local.is_primary and r.sync_state in ("sync", "quorum")
+            if local.is_primary and r.sync_state.confirms_commits
         ),
     )

@@ -24,6 +24,7 @@ from agent.model import (
     PgState,
     Role,
     SwitchoverRequest,
+    WalSenderState,
 )
 from agent.settings import Settings
 
@@ -134,7 +135,7 @@ def streams_caught_up(name: str, local: LocalState, settings: Settings) -> bool:
     lags, is not (yet) a hand-over candidate."""
     mine = local.wal_lsn
     for row in local.replication:
-        if row.application_name != name or row.state != "streaming":
+        if row.application_name != name or row.state is not WalSenderState.STREAMING:
             continue
         got = row.flush_lsn if row.flush_lsn is not None else row.write_lsn
         if mine is None or got is None:

@@ -23,13 +23,11 @@ from agent.model import (
     SyncRecord,
     SyncRole,
     SyncStandbys,
+    WalSenderState,
 )
 from agent.settings import Settings
 
 _NO_STANDBYS = SyncStandbys(quorum=False, count=0, names=())
-
-
-_SYNC_STATES = frozenset({"sync", "quorum"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,7 +124,9 @@ def desired_standbys(view: ClusterView, local: LocalState, settings: Settings) -
     config = view.config
     if config.synchronous_mode == SyncMode.OFF:
         return _NO_STANDBYS
-    streaming = {r.application_name: r for r in local.replication if r.state == "streaming"}
+    streaming = {
+        r.application_name: r for r in local.replication if r.state is WalSenderState.STREAMING
+    }
     candidates = []
     for m in view.members:
         row = streaming.get(m.name)
@@ -214,7 +214,7 @@ def plan_sync(
         1
         for r in local.replication
         if r.application_name in want.members
-        and r.sync_state in _SYNC_STATES
+        and r.sync_state.confirms_commits
         and (r.flush_lsn or 0) >= since
     )
     if confirmed >= want.count:

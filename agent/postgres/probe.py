@@ -18,6 +18,8 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from enum import StrEnum
+from typing import TypeVar
 
 import asyncpg
 
@@ -27,7 +29,9 @@ from agent.model import (
     LocalState,
     Lsn,
     ReplicationRow,
+    StandbySyncState,
     SyncStandbys,
+    WalSenderState,
     format_lsn,
     parse_lsn,
 )
@@ -39,6 +43,8 @@ from agent.postgres.process import (
     run_tool_result,
 )
 from agent.postgres.replication import parse_synchronous_standby_names
+
+_E = TypeVar("_E", bound=StrEnum)
 
 # One round trip. `r` is evaluated once (a volatile subquery is not flattened), and once a
 # server is out of recovery it never goes back, so the primary-only functions are only called
@@ -94,6 +100,14 @@ def _lsn_or_none(value: object) -> Lsn | None:
     return None
 
 
+def _enum_or_unknown(kind: type[_E], value: object) -> _E:
+    """`kind(value)`, or `kind.UNKNOWN` for a value this agent does not know."""
+    try:
+        return kind(str(value))
+    except ValueError:
+        return kind("unknown")
+
+
 def parse_replication(text: str) -> tuple[ReplicationRow, ...]:
     """pg_stat_replication rows from the probe's JSON array (tolerant of missing fields)."""
     data = json.loads(text)
@@ -106,8 +120,8 @@ def parse_replication(text: str) -> tuple[ReplicationRow, ...]:
         rows.append(
             ReplicationRow(
                 application_name=str(item.get("application_name") or ""),
-                state=str(item.get("state") or ""),
-                sync_state=str(item.get("sync_state") or ""),
+                state=_enum_or_unknown(WalSenderState, item.get("state")),
+                sync_state=_enum_or_unknown(StandbySyncState, item.get("sync_state")),
                 sent_lsn=_lsn_or_none(item.get("sent_lsn")),
                 write_lsn=_lsn_or_none(item.get("write_lsn")),
                 flush_lsn=_lsn_or_none(item.get("flush_lsn")),

@@ -28,7 +28,16 @@ import itertools
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from agent.model import ControlData, LocalState, Lsn, Member, ReplicationRow, SyncStandbys
+from agent.model import (
+    ControlData,
+    LocalState,
+    Lsn,
+    Member,
+    ReplicationRow,
+    StandbySyncState,
+    SyncStandbys,
+    WalSenderState,
+)
 from agent.postgres.bootstrap import SourceUnreachable
 from agent.postgres.process import PostgresError, StandbyConfig, StopMode
 
@@ -266,12 +275,16 @@ class FakePostgres:
             if pg.streaming and pg.conninfo is not None and pg.conninfo.primary_host == self.host:
                 assert pg.data is not None
                 named = name in self.sync.names or "*" in self.sync.names
-                sync_state = ("quorum" if self.sync.quorum else "sync") if named else "async"
+                sync_state = (
+                    (StandbySyncState.QUORUM if self.sync.quorum else StandbySyncState.SYNC)
+                    if named
+                    else StandbySyncState.ASYNC
+                )
                 lsn = pg.data.lsn
                 rows.append(
                     ReplicationRow(
                         application_name=pg.conninfo.application_name,
-                        state="streaming",
+                        state=WalSenderState.STREAMING,
                         sync_state=sync_state,
                         sent_lsn=lsn,
                         write_lsn=lsn,

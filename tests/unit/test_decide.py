@@ -66,7 +66,9 @@ from agent.model import (
     PgState,
     ReplicationRow,
     Role,
+    StandbySyncState,
     SwitchoverRequest,
+    WalSenderState,
 )
 from tests.unit.fakes.replay import outcomes_of, promotes_unleased
 
@@ -178,8 +180,8 @@ def streamed_by(*names: str, lsn: int = 1000) -> LocalState:
     rows = tuple(
         ReplicationRow(
             application_name=n,
-            state="streaming",
-            sync_state="async",
+            state=WalSenderState.STREAMING,
+            sync_state=StandbySyncState.ASYNC,
             sent_lsn=lsn,
             write_lsn=lsn,
             flush_lsn=lsn,

@@ -37,10 +37,12 @@ from agent.model import (
     PgState,
     ReplicationRow,
     Role,
+    StandbySyncState,
     SwitchoverRequest,
     SyncMode,
     SyncRecord,
     SyncStandbys,
+    WalSenderState,
 )
 from tests.unit.test_decide import (
     LEASED,
@@ -62,10 +64,12 @@ ANY1_BC = SyncStandbys(quorum=True, count=1, names=("b", "c"))
 NO_STANDBYS = SyncStandbys(quorum=False, count=0, names=())
 
 
-def row(name: str, *, flush: int = 1000, sync_state: str = "async") -> ReplicationRow:
+def row(
+    name: str, *, flush: int = 1000, sync_state: StandbySyncState = StandbySyncState.ASYNC
+) -> ReplicationRow:
     return ReplicationRow(
         application_name=name,
-        state="streaming",
+        state=WalSenderState.STREAMING,
         sync_state=sync_state,
         sent_lsn=flush,
         write_lsn=flush,
@@ -133,7 +137,7 @@ def test_postgresql_is_changed_once_the_record_names_the_standby() -> None:
 
 def test_a_settled_set_needs_no_step() -> None:
     cluster = sync_view("a", ME_PRIMARY, B, C, record=rec("a", "b"))
-    local = primary(B_ONLY, row("b", sync_state="sync"), row("c"))
+    local = primary(B_ONLY, row("b", sync_state=StandbySyncState.SYNC), row("c"))
     _, memory = decide(obs(cluster, local), LEASED, A)
     assert leader_step(cluster, local, memory) is None
 
@@ -150,14 +154,14 @@ def test_swapping_a_standby_widens_the_record_first_then_changes_postgresql() ->
 
 def test_the_record_narrows_only_after_the_new_standby_flushed_past_the_switch() -> None:
     cluster = sync_view("a", ME_PRIMARY, C, record=rec("a", "b", "c"))
-    switched = primary(C_ONLY, row("c", flush=900, sync_state="sync"), wal=1000)
+    switched = primary(C_ONLY, row("c", flush=900, sync_state=StandbySyncState.SYNC), wal=1000)
     # First cycle with the new setting: notes the position, writes nothing.
     decision, memory = decide(obs(cluster, switched), LEASED, A)
     assert not any(isinstance(a, SetSyncRecord) for a in decision.actions)
     assert memory.sync_effective == (C_ONLY, 1000)
     # c has not flushed past 1000 yet: the record keeps b.
     assert leader_step(cluster, switched, memory) is None
-    caught_up = primary(C_ONLY, row("c", flush=1000, sync_state="sync"), wal=1100)
+    caught_up = primary(C_ONLY, row("c", flush=1000, sync_state=StandbySyncState.SYNC), wal=1100)
     step = leader_step(cluster, caught_up, memory)
     assert step == SetSyncRecord(record=replace(rec("a", "c"), version=""), expected_version="9")
 
@@ -202,13 +206,18 @@ def test_higher_sync_priority_is_preferred() -> None:
 
 def test_a_lagging_standby_is_swapped_out_when_another_is_available() -> None:
     cluster = sync_view("a", ME_PRIMARY, B, C, max_lag=100, record=rec("a", "b", "c"))
-    local = primary(B_ONLY, row("b", flush=500, sync_state="sync"), row("c", flush=1000), wal=1000)
+    local = primary(
+        B_ONLY,
+        row("b", flush=500, sync_state=StandbySyncState.SYNC),
+        row("c", flush=1000),
+        wal=1000,
+    )
     assert leader_step(cluster, local) == SetSyncStandbyNames(standbys=C_ONLY)
 
 
 def test_a_lagging_standby_stays_when_it_is_the_only_one() -> None:
     cluster = sync_view("a", ME_PRIMARY, B, max_lag=100, record=rec("a", "b"))
-    local = primary(B_ONLY, row("b", flush=500, sync_state="sync"), wal=1000)
+    local = primary(B_ONLY, row("b", flush=500, sync_state=StandbySyncState.SYNC), wal=1000)
     assert leader_step(cluster, local) is None
 
 
@@ -241,7 +250,7 @@ def test_the_bootstrapping_leader_seeds_the_config_record_from_its_settings() ->
 def test_switchover_to_a_member_outside_the_synchronous_set_is_refused() -> None:
     request = SwitchoverRequest(leader=MemberName("a"), candidate=MemberName("c"))
     cluster = sync_view("a", ME_PRIMARY, B, C, record=rec("a", "b"), switchover=request)
-    local = primary(B_ONLY, row("b", sync_state="sync"), row("c"))
+    local = primary(B_ONLY, row("b", sync_state=StandbySyncState.SYNC), row("c"))
     decision, _ = decide(obs(cluster, local), LEASED, A)
     assert ClearSwitchover in kinds(decision) and HandOver not in kinds(decision)
 
@@ -250,7 +259,7 @@ def test_switchover_without_a_candidate_goes_to_the_synchronous_standby() -> Non
     request = SwitchoverRequest(leader=MemberName("a"), candidate=None)
     far = member("c", lsn=5000)
     cluster = sync_view("a", ME_PRIMARY, B, far, record=rec("a", "b"), switchover=request)
-    local = primary(B_ONLY, row("b", sync_state="sync"), row("c"))
+    local = primary(B_ONLY, row("b", sync_state=StandbySyncState.SYNC), row("c"))
     decision, _ = decide(obs(cluster, local), LEASED, A)
     assert HandOver(candidate=MemberName("b")) in decision.actions
 
@@ -417,7 +426,7 @@ def leader_cycles(draw: st.DrawFn) -> tuple[ClusterView, LocalState, bool]:
         row(
             n,
             flush=draw(st.integers(800, 1100)),
-            sync_state=draw(st.sampled_from(["sync", "quorum", "async"])),
+            sync_state=draw(st.sampled_from(list(StandbySyncState))),
         )
         for n in present
     )

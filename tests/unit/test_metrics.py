@@ -16,6 +16,8 @@ from agent.model import (
     PgState,
     ReplicationRow,
     Role,
+    StandbySyncState,
+    WalSenderState,
 )
 
 
@@ -45,8 +47,8 @@ def a_member(name: str, state: PgState) -> Member:
 def primary() -> AgentStatus:
     row = ReplicationRow(
         application_name="b",
-        state="streaming",
-        sync_state="async",
+        state=WalSenderState.STREAMING,
+        sync_state=StandbySyncState.ASYNC,
         sent_lsn=1,
         write_lsn=1,
         flush_lsn=1,

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.config import Credentials, PostgresSettings, Secret
+from agent.model import StandbySyncState, WalSenderState
 from agent.postgres.probe import parse_controldata, parse_replication
 from agent.postgres.replication import (
     primary_conninfo,
@@ -295,3 +296,16 @@ def test_replication_rows_are_parsed_tolerantly() -> None:
     assert rows[0].flush_lsn is None
     assert rows[0].replay_lsn == 1 << 32
     assert parse_replication("{}") == ()
+
+
+def test_walsender_states_are_enums_and_an_unknown_value_reads_as_unknown() -> None:
+    rows = parse_replication(
+        '[{"application_name": "n2", "state": "streaming", "sync_state": "quorum"},'
+        ' {"application_name": "n3", "state": "rewinding?", "sync_state": null}]'
+    )
+    assert rows[0].state is WalSenderState.STREAMING
+    assert rows[0].sync_state is StandbySyncState.QUORUM
+    assert rows[0].sync_state.confirms_commits
+    assert rows[1].state is WalSenderState.UNKNOWN
+    assert rows[1].sync_state is StandbySyncState.UNKNOWN
+    assert not rows[1].sync_state.confirms_commits
