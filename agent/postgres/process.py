@@ -19,9 +19,10 @@ import os
 import pwd
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import asyncpg
 
@@ -495,6 +496,11 @@ class Postmaster:
         self._ttl_s = ttl_s
         self._child: subprocess.Popen[bytes] | None = None
         self._conn: asyncpg.Connection | None = None
+        # One statement at a time on the control connection: the loop's short actions, a
+        # hand-over's CHECKPOINT in the background and the API share it, and asyncpg refuses
+        # a second operation in progress (the refusal used to drop the connection under the
+        # first). A waiting caller still keeps its own time limit.
+        self._sql_lock = asyncio.Lock()
         self._log_offset = 0
 
     # ---------------------------------------------------------------- state
@@ -725,16 +731,9 @@ class Postmaster:
         """Run a query as the superuser over the unix socket; rows as tuples.
 
         Raises PostgresError on any failure (SQL error, connection refused, timeout); the
-        connection is dropped after a failure and made again on the next call.
+        connection is dropped after a failure of its own and made again on the next call.
         """
-        try:
-            async with asyncio.timeout(timeout_s):
-                conn = await self._connection(timeout_s)
-                rows = await conn.fetch(sql, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            if not isinstance(exc, asyncpg.PostgresError):
-                await self._close_conn()
-            raise PostgresError(f"{_first_line(sql)}: {exc!r}") from exc
+        rows = await self._on_connection(sql, timeout_s, lambda conn: conn.fetch(sql, *args))
         return [tuple(row) for row in rows]
 
     async def execute(self, sql: str, *args: object, timeout_s: float) -> None:
@@ -742,13 +741,28 @@ class Postmaster:
 
         Without `args` it goes over the simple protocol, so utility statements such as
         ALTER SYSTEM work."""
+        await self._on_connection(sql, timeout_s, lambda conn: conn.execute(sql, *args))
+
+    async def _on_connection(
+        self,
+        sql: str,
+        timeout_s: float,
+        statement: Callable[[asyncpg.Connection], Awaitable[Any]],
+    ) -> Any:
+        """`statement` on the control connection, alone on it, within `timeout_s` (waiting
+        for the connection included). Only a failure while this caller holds the connection
+        drops it: a caller that timed out waiting leaves the running statement alone."""
         try:
-            async with asyncio.timeout(timeout_s):
-                conn = await self._connection(timeout_s)
-                await conn.execute(sql, *args)
+            async with asyncio.timeout(timeout_s), self._sql_lock:
+                try:
+                    conn = await self._connection(timeout_s)
+                    return await statement(conn)
+                except asyncpg.PostgresError:
+                    raise  # an SQL error: the connection is fine
+                except BaseException:  # interface error, OSError, our timeout's cancellation
+                    await self._close_conn()
+                    raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            if not isinstance(exc, asyncpg.PostgresError):
-                await self._close_conn()
             raise PostgresError(f"{_first_line(sql)}: {exc!r}") from exc
 
     async def reload(self) -> None:
