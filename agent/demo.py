@@ -38,6 +38,7 @@ import yaml
 
 from agent.ctl import render_table
 from agent.proctree import kill_postmaster_tree
+from agent.settings import LockKind
 
 ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -145,7 +146,7 @@ class LocalCluster:
     # dcs_kind="kubernetes": the in-tree test API server (tests/k8s_apiserver) as a process
     # instead of etcd, one pod object per member (IP 127.0.0.1), lock kind `kube_lock`.
     dcs_kind: str = "etcd"
-    kube_lock: str = "endpoints"
+    kube_lock: str = "lease"
     apiserver: subprocess.Popen[bytes] | None = None
     apiserver_url: str = ""
     apiserver_token: str = "pgwarden-apiserver-token"  # the agents' (audit user pgwarden)
@@ -651,7 +652,7 @@ def main(argv: Sequence[str]) -> int:
         default="etcd",
         help="etcd, or the Kubernetes API (the in-tree test API server, one pod per member)",
     )
-    parser.add_argument("--lock", choices=["endpoints", "lease"], default="endpoints")
+    parser.add_argument("--lock", choices=[k.value for k in LockKind], default="lease")
     parser.add_argument("--refresh", type=float, default=1.0, help="seconds between redraws")
     parser.add_argument(
         "--for",

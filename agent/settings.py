@@ -52,6 +52,9 @@ class DcsKind(StrEnum):
 class LockKind(StrEnum):
     ENDPOINTS = "endpoints"
     LEASE = "lease"
+    # The migration step between the two: leadership means holding both objects, so an agent
+    # of this kind excludes agents of either other kind (docs/kubernetes.md, "Migrating").
+    ENDPOINTS_AND_LEASE = "endpoints-and-lease"
 
 
 class LogFormat(StrEnum):
@@ -155,7 +158,7 @@ class EtcdSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KubernetesSettings:
     namespace: str = "default"
-    lock: LockKind = LockKind.ENDPOINTS
+    lock: LockKind = LockKind.LEASE
     pod_name: str | None = None  # defaults to the member name
     pod_ip: str | None = None
     kubeconfig: str | None = None  # None: in-cluster service account

@@ -150,10 +150,14 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(path="dcs.kubernetes.namespace", kind=_S, rule="DNS label.",
           default_doc="`$POD_NAMESPACE`, else the top-level `namespace`",
           doc="Where the Service/Endpoints or Lease and the pods live."),
-    Field(path="dcs.kubernetes.lock", kind=_S, choices=LockKind, rule="`endpoints` or `lease`.",
-          doc="`endpoints`: the leader record on the Endpoints of a selector-less `<cluster>` "
-              "Service, which then routes to the leader; `lease`: a `coordination.k8s.io/v1` "
-              "Lease (route with the role label)."),
+    Field(path="dcs.kubernetes.lock", kind=_S, choices=LockKind,
+          rule="`lease`, `endpoints` or `endpoints-and-lease`.",
+          doc="`lease`: a `coordination.k8s.io/v1` Lease `<cluster>-leader`, and the leader "
+              "keeps the EndpointSlice `<cluster>` of the selector-less primary Service on its "
+              "address; `endpoints` (deprecated API): the leader record on the Endpoints of the "
+              "selector-less `<cluster>` Service, which then routes to the leader; "
+              "`endpoints-and-lease`: the step of a migration from `endpoints` to `lease`, "
+              "holding both (docs/kubernetes.md)."),
     Field(path="dcs.kubernetes.pod_name", kind=_S, default_doc="`$POD_NAME`, else `name`",
           rule="A DNS subdomain (≤ 253).", doc="This member's pod."),
     Field(path="dcs.kubernetes.pod_ip", kind=_S, default_doc="`$POD_IP`, else unset",

@@ -32,7 +32,11 @@ pytestmark = [
 ]
 
 CLUSTER = "pgwarden"  # the cluster name the example Roles are written for
-EXAMPLE_FOR_LOCK = {"endpoints": "kubernetes-dcs", "lease": "kubernetes-dcs-lease"}
+EXAMPLE_FOR_LOCK = {
+    "endpoints": "kubernetes-dcs-endpoints",
+    "lease": "kubernetes-dcs",
+    "endpoints-and-lease": "migrate-to-lease",
+}
 
 
 @pytest.fixture(params=sorted(EXAMPLE_FOR_LOCK))

@@ -29,7 +29,8 @@ K8S = REPO / "k8s"
 KUSTOMIZATIONS: dict[str, Path] = {
     "base": K8S / "base",
     "kubernetes-dcs": K8S / "examples" / "kubernetes-dcs",
-    "kubernetes-dcs-lease": K8S / "examples" / "kubernetes-dcs-lease",
+    "kubernetes-dcs-endpoints": K8S / "examples" / "kubernetes-dcs-endpoints",
+    "migrate-to-lease": K8S / "examples" / "migrate-to-lease",
     "etcd-dcs": K8S / "examples" / "etcd-dcs",
     "secure": K8S / "examples" / "secure",
 }

@@ -225,7 +225,7 @@ def test_kubernetes_settings_default_from_member_name_and_top_level_namespace(
         "pgwarden",
         "pg-0",
         None,
-        LockKind.ENDPOINTS,
+        LockKind.LEASE,
     )
     assert (k.role_label, k.primary_value, k.replica_value) == ("role", "primary", "replica")
     assert k.manage_role_label and k.kubeconfig is None and k.labels == ()
@@ -240,13 +240,13 @@ def test_kubernetes_downward_api_variables_fill_unset_pod_fields(tmp_path: Path)
 
 def test_explicit_kubernetes_settings_win_over_downward_api_variables(tmp_path: Path) -> None:
     kube = {"kind": "kubernetes", "kubernetes": {
-        "pod_name": "a-0", "pod_ip": "10.9.9.9", "namespace": "ns", "lock": "lease",
+        "pod_name": "a-0", "pod_ip": "10.9.9.9", "namespace": "ns", "lock": "endpoints",
         "labels": {"app.kubernetes.io/name": "pg", "team": "db"},
     }}  # fmt: skip
     env = {"POD_NAME": "pg-7", "POD_IP": "10.1.2.3", "POD_NAMESPACE": "db"}
     k = load(tmp_path, with_changes({"dcs": kube}), env).dcs.kubernetes
     assert k is not None and (k.pod_name, k.pod_ip, k.namespace) == ("a-0", "10.9.9.9", "ns")
-    assert k.lock is LockKind.LEASE
+    assert k.lock is LockKind.ENDPOINTS
     assert k.labels == (("app.kubernetes.io/name", "pg"), ("team", "db"))
 
 

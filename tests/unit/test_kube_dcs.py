@@ -14,7 +14,7 @@ from agent.dcs.kubernetes import (
     record_version_annotation,
     to_bytes,
 )
-from agent.dcs.kubernetes.locks import EndpointsLock, LeaseLock, lock_object
+from agent.dcs.kubernetes.locks import EndpointsLock, LeaseLock, lock_objects
 from agent.model import RecordKind
 
 
@@ -41,11 +41,13 @@ def endpoints(pod: str) -> EndpointsLock:
     return EndpointsLock(namespace="ns", cluster="pg", ttl_s=10.0, pod=pod, pg_port=5433)
 
 
-def test_the_configured_lock_kind_chooses_the_lock_object() -> None:
-    endpoints_lock, lease_lock = (
-        lock_object(kind, namespace="ns", cluster="pg", ttl_s=10.0, pod="a", pg_port=5433)
-        for kind in (LockKind.ENDPOINTS, LockKind.LEASE)
+def test_the_configured_lock_kind_chooses_the_lock_objects() -> None:
+    (endpoints_lock,), (lease_lock,), both = (
+        lock_objects(kind, namespace="ns", cluster="pg", ttl_s=10.0, pod="a", pg_port=5433)
+        for kind in (LockKind.ENDPOINTS, LockKind.LEASE, LockKind.ENDPOINTS_AND_LEASE)
     )
+    # The migration step takes the Endpoints (the old agents' lock) first, then the Lease.
+    assert [lock.path() for lock in both] == [endpoints_lock.path(), lease_lock.path()]
     assert endpoints_lock.path() == "/api/v1/namespaces/ns/endpoints/pg"
     assert endpoints_lock.routes
     assert lease_lock.path() == "/apis/coordination.k8s.io/v1/namespaces/ns/leases/pg-leader"

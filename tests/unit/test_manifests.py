@@ -31,9 +31,14 @@ from tests.support.rbac import allowed, grants
 pytestmark = pytest.mark.skipif(m.kubectl() is None, reason="kubectl is not installed")
 
 KUBERNETES_VERSION = "1.32"  # the installed kubectl's; schemas are bundled (no network)
-EXAMPLES = ("kubernetes-dcs", "kubernetes-dcs-lease", "etcd-dcs")
+EXAMPLES = ("kubernetes-dcs", "kubernetes-dcs-endpoints", "migrate-to-lease", "etcd-dcs")
 ALL = ("base", *EXAMPLES)
-KUBE_DCS = ("kubernetes-dcs", "kubernetes-dcs-lease")
+KUBE_DCS = ("kubernetes-dcs", "kubernetes-dcs-endpoints", "migrate-to-lease")
+LOCK_OF_EXAMPLE = {
+    "kubernetes-dcs": LockKind.LEASE,
+    "kubernetes-dcs-endpoints": LockKind.ENDPOINTS,
+    "migrate-to-lease": LockKind.ENDPOINTS_AND_LEASE,
+}
 APP_LABELS = {"app.kubernetes.io/name": "pgwarden", "app.kubernetes.io/instance": "pgwarden"}
 
 
@@ -138,8 +143,7 @@ def test_the_mounted_settings_load_in_a_pod(example: str, settings: Settings) ->
         assert settings.dcs.kubernetes is not None
         assert settings.dcs.kubernetes.namespace == m.POD_ENV["POD_NAMESPACE"]
         assert settings.dcs.kubernetes.pod_ip == m.POD_ENV["POD_IP"]
-        expected = LockKind.LEASE if example.endswith("lease") else LockKind.ENDPOINTS
-        assert settings.dcs.kubernetes.lock is expected
+        assert settings.dcs.kubernetes.lock is LOCK_OF_EXAMPLE[example]
 
 
 def test_the_container_provides_what_the_settings_point_at(
@@ -381,8 +385,8 @@ def test_the_pods_run_under_the_service_account_the_role_is_bound_to(example: st
 
 
 def test_the_endpoints_role_names_exactly_the_objects_of_this_cluster(tmp_path: Path) -> None:
-    settings = m.pod_settings(objects("kubernetes-dcs"), tmp_path)
-    role = m.find(objects("kubernetes-dcs"), "Role")
+    settings = m.pod_settings(objects("kubernetes-dcs-endpoints"), tmp_path)
+    role = m.find(objects("kubernetes-dcs-endpoints"), "Role")
     cluster = settings.cluster
     assert allowed(role, "update", "", "endpoints", name=cluster)
     assert not allowed(role, "update", "", "endpoints", name="some-other-service")
@@ -397,8 +401,8 @@ def test_the_endpoints_role_names_exactly_the_objects_of_this_cluster(tmp_path: 
 def test_the_lease_role_names_the_lease_and_the_endpointslice_and_no_endpoints(
     tmp_path: Path,
 ) -> None:
-    settings = m.pod_settings(objects("kubernetes-dcs-lease"), tmp_path)
-    role = m.find(objects("kubernetes-dcs-lease"), "Role")
+    settings = m.pod_settings(objects("kubernetes-dcs"), tmp_path)
+    role = m.find(objects("kubernetes-dcs"), "Role")
     cluster = settings.cluster
     assert allowed(role, "update", "coordination.k8s.io", "leases", name=f"{cluster}-leader")
     assert allowed(role, "update", "discovery.k8s.io", "endpointslices", name=cluster)

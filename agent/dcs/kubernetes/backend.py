@@ -19,7 +19,8 @@ from agent.dcs.base import DcsUnavailable
 from agent.dcs.changes import ChangeTracker
 from agent.dcs.kubernetes.api import ClientFactory, KubeApi, bounded, expect
 from agent.dcs.kubernetes.expiry import ObservedExpiry
-from agent.dcs.kubernetes.locks import LockObject, lock_object
+from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal
+from agent.dcs.kubernetes.locks import LockObject, lock_objects
 from agent.dcs.kubernetes.objects import (
     KubeObject,
     cluster_selector,
@@ -40,7 +41,6 @@ from agent.model import ClusterView, Member, RecordKind
 # The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
 # hears `DcsUnavailable` with its reason from us rather than a bare timeout of its own.
 _REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
-_RELEASE_ATTEMPTS = 5  # conflicts on the lock object caused by others' annotations
 _HEARTBEAT_SHARE_OF_TTL = 1 / 3
 
 Items = list[tuple[str, bytes, str]]
@@ -58,7 +58,7 @@ class KubernetesDcs:
         member_name: str,
         ttl_s: float,
         timeout_s: float,
-        lock: LockKind = LockKind.ENDPOINTS,
+        lock: LockKind = LockKind.LEASE,
         pod_name: str | None = None,
         pod_ip: str | None = None,
         pg_port: int = 5432,
@@ -82,9 +82,28 @@ class KubernetesDcs:
         )
         self._pods_path = f"/api/v1/namespaces/{namespace}/pods"
         self._selector = cluster_selector(labels or {}, cluster)
-        self._lock = lock_object(
-            lock, namespace=namespace, cluster=cluster, ttl_s=ttl_s, pod=self._pod, pg_port=pg_port
+        self._expiry = ObservedExpiry(ttl_s)
+        self._changes = ChangeTracker(self._clock, timers=self._expiry)
+        self._holders = tuple(
+            LockHolder(
+                self._api,
+                lock_obj,
+                member=member_name,
+                expiry=self._expiry,
+                changes=self._changes,
+                log=self._log,
+            )
+            for lock_obj in lock_objects(
+                lock,
+                namespace=namespace,
+                cluster=cluster,
+                ttl_s=ttl_s,
+                pod=self._pod,
+                pg_port=pg_port,
+            )
         )
+        # An EndpointSlice to keep unless every lock object routes in its own write.
+        self._slice = not all(h.lock.routes for h in self._holders)
         self._records = ConfigRecords(self._api, namespace=namespace, cluster=cluster)
         self._router = EndpointSliceRouter(
             self._api,
@@ -95,16 +114,12 @@ class KubernetesDcs:
             log=self._log,
         )
         self._holding = False
-        self._lock_obj: KubeObject | None = None  # as returned by our last lock write
         self._last_renew_sent = 0.0  # monotonic send time of the last successful acquire/renew
         self._published: tuple[str, float] | None = None  # (payload, monotonic write time)
-        # What this handle saw, timed on its own clock (invariant 4), and what changed.
-        self._expiry = ObservedExpiry(ttl_s)
-        self._changes = ChangeTracker(self._clock, timers=self._expiry)
         self._watches = ClusterWatches(
             self._api,
             pods=(self._pods_path, self._selector),
-            lock=self._lock,
+            locks=tuple((h.lock, h.key) for h in self._holders),
             config=self._records,
             tracker=self._changes,
             expiry=self._expiry,
@@ -157,43 +172,29 @@ class KubernetesDcs:
             )
             if pods.status != 200:
                 raise DcsUnavailable(f"listing pods: HTTP {pods.status}")
-            lock = await self._api.get(self._lock.path())
+            locks = [await self._api.get(h.lock.path()) for h in self._holders]
             config = await self._api.get(self._records.path())
         pod_items: list[Any] = pods.obj.get("items") or []
-        self._watches.first_read(resource_version(pods.obj), pod_items, lock)
+        self._watches.first_read(resource_version(pods.obj), pod_items, locks)
         now = self._clock.monotonic()
         items = self._member_items(pod_items, now)
-        items += leader_items(self._lock, lock, self._expiry, now)
+        items += self._leader_items(locks, now)
         items += record_items(config)
         return keys.to_view(items, self._log)
 
     async def acquire_leader(self) -> bool:
         async with self._write("acquire_leader"):
             sent = self._clock.monotonic()
-            current = await self._api.get(self._lock.path())
-            if current is None:
-                body = self._lock_body(None, holder=self._name, ip=await self._own_ip())
-                created = await self._api.call("POST", self._lock.path(named=False), body=body)
-                if created.status == 409:
+            body = self._lock_body(await self._own_ip())
+            for i, holder in enumerate(self._holders):
+                if not await holder.take(body, sent=sent, now=self._clock.monotonic()):
+                    # Never keep part of a lock: give back what this attempt took.
+                    for taken in self._holders[:i]:
+                        await taken.release(body)
                     return False
-                expect(created, 201, 200)
-                self._acquired(created.obj, sent)
-            else:
-                holder, rv = self._lock.holder(current), resource_version(current)
-                if holder:
-                    self._expiry.note(keys.LEADER, str(rv), rv, sent)
-                expired = self._expiry.is_expired(keys.LEADER, rv, self._clock.monotonic())
-                if holder and holder != self._name and not expired:
-                    return False
-                body = self._lock_body(current, holder=self._name, ip=await self._own_ip())
-                put = await self._api.call("PUT", self._lock.path(), body=body)
-                if put.status in (404, 409):
-                    return False  # someone else wrote it first
-                expect(put, 200)
-                self._acquired(put.obj, sent)
-                if holder != self._name:
-                    self._log.info("dcs_leader_acquired", previous=holder or None)
-        if not self._lock.routes:
+            self._holding = True
+            self._last_renew_sent = sent
+        if self._slice:
             self._router.mark_dirty()
             await self._route(started=sent)
         return True
@@ -201,29 +202,21 @@ class KubernetesDcs:
     async def renew_leader(self) -> bool:
         async with self._write("renew_leader"):
             sent = self._clock.monotonic()
-            if not self._holding or self._lock_obj is None:
+            if not self._holding:
                 return False
             if sent - self._last_renew_sent >= self._ttl_s:
                 # Our lease has lapsed in the others' eyes: never write the record back.
                 self._lost("lease lapsed before renewal")
                 return False
-            current = self._lock_obj
-            for _ in range(2):
-                body = self._lock_body(current, holder=self._name, ip=await self._own_ip())
-                put = await self._api.call("PUT", self._lock.path(), body=body)
-                if put.status == 200:
-                    self._acquired(put.obj, sent)
-                    break
-                if put.status not in (404, 409):
-                    expect(put, 200)
-                # Changed behind our back: still ours (an annotation by someone else)?
-                fresh = await self._api.get(self._lock.path())
-                if fresh is None or self._lock.holder(fresh) != self._name:
+            body = self._lock_body(await self._own_ip())
+            for holder in self._holders:
+                renewal = await holder.renew(body, now=self._clock.monotonic())
+                if renewal is Renewal.LOST:
                     self._lost("leader record taken or deleted")
                     return False
-                current = fresh
-            else:
-                return False
+                if renewal is Renewal.CONFLICT:
+                    return False
+            self._last_renew_sent = sent
         if self._router.is_dirty:
             await self._route(started=sent)
         return True
@@ -231,25 +224,11 @@ class KubernetesDcs:
     async def release_leader(self) -> None:
         started = self._clock.monotonic()
         async with self._write("release_leader"):
-            for _ in range(_RELEASE_ATTEMPTS):
-                current = await self._api.get(self._lock.path())
-                if current is None or self._lock.holder(current) != self._name:
-                    self._holding = False
-                    return
-                body = self._lock_body(current, holder=None, ip=None)
-                put = await self._api.call("PUT", self._lock.path(), body=body)
-                if put.status == 409:
-                    continue
-                if put.status == 404:
-                    return
-                expect(put, 200)
-                self._changes.own(resource_version(put.obj))
-                self._holding = False
-                self._lock_obj = None
-                self._expiry.forget(keys.LEADER)
-                self._log.info("dcs_leader_released")
-                break
-        if not self._lock.routes:
+            body = self._lock_body(None)
+            for holder in self._holders:
+                await holder.release(body)
+            self._holding = False
+        if self._slice:
             self._router.mark_dirty()
             await self._route(started=started)
 
@@ -327,24 +306,34 @@ class KubernetesDcs:
 
     # ------------------------------------------------------------------ the lock
 
-    def _lock_body(
-        self, current: KubeObject | None, *, holder: str | None, ip: str | None
-    ) -> KubeObject:
-        return self._lock.body(current, holder=holder, ip=ip, now=micro_time(self._clock.wall()))
+    def _lock_body(self, ip: str | None) -> Body:
+        """The lock objects' writer for this operation (`ip`: ours, where they route)."""
+        now = micro_time(self._clock.wall())
 
-    def _acquired(self, obj: KubeObject, sent: float) -> None:
-        rv = resource_version(obj)
-        self._changes.own(rv)
-        self._holding = True
-        self._lock_obj = obj
-        self._last_renew_sent = sent
-        self._expiry.note(keys.LEADER, str(rv), rv, self._clock.monotonic())
+        def body(current: KubeObject | None, holder: str | None, lock: LockObject) -> KubeObject:
+            return lock.body(current, holder=holder, ip=ip if holder else None, now=now)
+
+        return body
+
+    def _leader_items(self, locks: list[KubeObject | None], now: float) -> Items:
+        """The leader record: the holder named by the lock objects (one, or during a
+        migration two, which name the same member unless an agent of the old kind took the
+        Endpoints alone; then the Endpoints' holder is the leader the old agents follow)."""
+        found: Items = []
+        for holder, obj in zip(self._holders, locks, strict=True):
+            found += leader_items(holder.lock, holder.key, obj, self._expiry, now)
+        names = {value for _, value, _ in found}
+        if len(names) > 1:
+            holders = sorted(n.decode() for n in names)
+            self._log.warning("dcs_lock_objects_disagree", holders=holders)
+        return found[:1]
 
     def _lost(self, why: str) -> None:
         if self._holding:
             self._log.warning("dcs_leader_lost", reason=why)
         self._holding = False
-        self._lock_obj = None
+        for holder in self._holders:
+            holder.obj = None
 
     async def _own_ip(self) -> str | None:
         if self._pod_ip is None:
@@ -384,7 +373,7 @@ class KubernetesDcs:
 
 
 def leader_items(
-    lock: LockObject, obj: KubeObject | None, expiry: ObservedExpiry, now: float
+    lock: LockObject, key: str, obj: KubeObject | None, expiry: ObservedExpiry, now: float
 ) -> Items:
     """The leader record `obj` holds, unless it names nobody or is expired on our clock
     (which this observation restarts when the record changed)."""
@@ -392,9 +381,9 @@ def leader_items(
         return []
     holder = lock.holder(obj)
     if not holder:
-        expiry.forget(keys.LEADER)
+        expiry.forget(key)
         return []
     rv = resource_version(obj)
-    if not expiry.note(keys.LEADER, str(rv), rv, now):
+    if not expiry.note(key, str(rv), rv, now):
         return []
     return [(keys.LEADER, to_bytes(holder), str(rv))]

@@ -158,16 +158,21 @@ class LeaseLock:
         }
 
 
-def lock_object(
+def lock_objects(
     kind: LockKind, *, namespace: str, cluster: str, ttl_s: float, pod: str, pg_port: int
-) -> LockObject:
-    """The lock object for the configured kind."""
+) -> tuple[LockObject, ...]:
+    """The lock objects a leader of the configured kind holds, in the order it takes them.
+    `endpoints-and-lease` takes the Endpoints first: the lock the agents it replaces hold."""
+    endpoints = EndpointsLock(
+        namespace=namespace, cluster=cluster, ttl_s=ttl_s, pod=pod, pg_port=pg_port
+    )
+    lease = LeaseLock(namespace=namespace, cluster=cluster, ttl_s=ttl_s)
     match kind:
         case LockKind.ENDPOINTS:
-            return EndpointsLock(
-                namespace=namespace, cluster=cluster, ttl_s=ttl_s, pod=pod, pg_port=pg_port
-            )
+            return (endpoints,)
         case LockKind.LEASE:
-            return LeaseLock(namespace=namespace, cluster=cluster, ttl_s=ttl_s)
+            return (lease,)
+        case LockKind.ENDPOINTS_AND_LEASE:
+            return (endpoints, lease)
         case _:
             assert_never(kind)

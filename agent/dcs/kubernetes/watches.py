@@ -1,8 +1,8 @@
-"""The three watches that feed `wait_for_change` (base.py point 8): the member pods (by
-label selector), the lock object and the ConfigMap. Each is a named task running
-`changes.watch_forever`, resumed from its last resourceVersion, bounded by `timeoutSeconds`
-and restarted (a silently dead stream cannot hide changes for longer than that); a 410
-Expired re-lists and wakes the caller.
+"""The watches that feed `wait_for_change` (base.py point 8): the member pods (by label
+selector), each lock object (one, two during a lock migration) and the ConfigMap. Each is a
+named task running `changes.watch_forever`, resumed from its last resourceVersion, bounded
+by `timeoutSeconds` and restarted (a silently dead stream cannot hide changes for longer
+than that); a 410 Expired re-lists and wakes the caller.
 
 What counts: member records only when their signature (`keys.member_signature`: all but
 WAL positions) changes or they appear or vanish; the lock only when its holder changes (a
@@ -45,6 +45,10 @@ class Watched(StrEnum):
     CONFIG = "config"
 
 
+# A lock object and the key under which its leader record's expiry is timed.
+WatchedLock = tuple[LockObject, str]
+
+
 class ClusterWatches:
     """The watches of one handle; started by the first `wait_for_change` (`ensure`)."""
 
@@ -53,7 +57,7 @@ class ClusterWatches:
         api: KubeApi,
         *,
         pods: tuple[str, str],
-        lock: LockObject,
+        locks: tuple[WatchedLock, ...],
         config: ConfigRecords,
         tracker: ChangeTracker,
         expiry: ObservedExpiry,
@@ -65,16 +69,21 @@ class ClusterWatches:
     ) -> None:
         self._api = api
         pods_path, selector = pods
-        # The collection path and selector of each watch.
-        self._targets: dict[Watched, tuple[str, dict[str, str]]] = {
-            Watched.PODS: (pods_path, {"labelSelector": selector}),
-            Watched.LOCK: (lock.path(named=False), {"fieldSelector": f"metadata.name={lock.name}"}),
-            Watched.CONFIG: (
+        # Each watch: its name, what it watches, and its collection path and selector.
+        self._targets: dict[str, tuple[Watched, str, dict[str, str]]] = {
+            Watched.PODS.value: (Watched.PODS, pods_path, {"labelSelector": selector}),
+            Watched.CONFIG.value: (
+                Watched.CONFIG,
                 config.path(named=False),
                 {"fieldSelector": f"metadata.name={config.name}"},
             ),
         }
-        self._lock = lock
+        self._locks: dict[str, WatchedLock] = {}  # by watch name
+        for lock, key in locks:
+            name = Watched.LOCK.value if len(locks) == 1 else f"{Watched.LOCK}-{lock.name}"
+            query = {"fieldSelector": f"metadata.name={lock.name}"}
+            self._targets[name] = (Watched.LOCK, lock.path(named=False), query)
+            self._locks[name] = (lock, key)
         self._tracker = tracker
         self._expiry = expiry
         self._clock = clock
@@ -84,32 +93,34 @@ class ClusterWatches:
         self._suffix = task_suffix
         self._start_rv = 0  # list resourceVersion of the first read: where watches start
         self._seed_signatures: dict[str, str] = {}
-        self._seed_holder = ""
-        self._watched_holder = ""  # the lock holder as the lock watch last saw it
-        self._tasks: dict[Watched, asyncio.Task[None]] = {}
+        self._seed_holders: dict[str, str] = {}  # by watch name
+        self._watched_holders: dict[str, str] = {}  # each lock's holder as its watch last saw
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def first_read(self, rv: int, pods: list[Any], lock: KubeObject | None) -> None:
-        """The handle's first read (the pod list at `rv`): the watches start there, so that a
-        change after it wakes the caller even if the read already showed it."""
+    def first_read(self, rv: int, pods: list[Any], locks: list[KubeObject | None]) -> None:
+        """The handle's first read (the pod list at `rv`, then the lock objects in the
+        order given at construction): the watches start there, so that a change after it
+        wakes the caller even if the read already showed it."""
         if self._start_rv == 0:
             self._start_rv = rv
             self._seed_signatures = member_signatures(pods)
-            self._seed_holder = self._lock.holder(lock) if lock is not None else ""
+            for (name, (lock, _)), obj in zip(self._locks.items(), locks, strict=True):
+                self._seed_holders[name] = lock.holder(obj) if obj is not None else ""
 
     def ensure(self) -> None:
         """Start every watch that is not running."""
-        for what in Watched:
-            task = self._tasks.get(what)
+        for name in self._targets:
+            task = self._tasks.get(name)
             if task is None or task.done():
-                follow, position = self._follower(what)
-                self._tasks[what] = asyncio.create_task(
+                follow, position = self._follower(name)
+                self._tasks[name] = asyncio.create_task(
                     watch_forever(
                         follow,
                         tracker=self._tracker,
-                        log=self._log.bind(watch=what.value),
+                        log=self._log.bind(watch=name),
                         position=position,
                     ),
-                    name=f"dcs-k8s-watch-{what}-{self._suffix}",
+                    name=f"dcs-k8s-watch-{name}-{self._suffix}",
                 )
 
     async def close(self) -> None:
@@ -123,7 +134,7 @@ class ClusterWatches:
                     await task
 
     def _follower(
-        self, what: Watched
+        self, name: str
     ) -> tuple[Callable[[Backoff], Awaitable[None]], Callable[[], int]]:
         """One watch's `follow` coroutine for `watch_forever`, and its position: each stream
         resumes from the last resourceVersion seen; a 410 re-lists and wakes the caller."""
@@ -133,10 +144,10 @@ class ClusterWatches:
         async def follow(backoff: Backoff) -> None:
             nonlocal rv, first
             if rv == 0:
-                rv = await self._start(what, from_first_read=first)
+                rv = await self._start(name, from_first_read=first)
                 first = False
             try:
-                rv = await self._follow_once(what, rv)
+                rv = await self._follow_once(name, rv)
             except Expired:
                 expired_at, rv = rv, 0
                 raise WatchResync("dcs_watch_expired", resource_version=expired_at) from None
@@ -144,17 +155,17 @@ class ClusterWatches:
 
         return follow, lambda: rv
 
-    async def _start(self, what: Watched, *, from_first_read: bool) -> int:
+    async def _start(self, name: str, *, from_first_read: bool) -> int:
         """Where a watch starts: the first read's resourceVersion, or (never read, or after a
         410) a fresh list's, which also re-seeds what the watch compares against."""
+        what, path, query = self._targets[name]
         if from_first_read and self._start_rv > 0:
             if what is Watched.PODS and self._seed_signatures:
                 self._tracker.seed_members(self._seed_signatures, replace=False)
                 self._seed_signatures = {}
             if what is Watched.LOCK:
-                self._watched_holder = self._seed_holder
+                self._watched_holders[name] = self._seed_holders.get(name, "")
             return self._start_rv
-        path, query = self._targets[what]
         async with bounded(f"list {what.value}", self._timeout_s):
             listed = await self._api.call("GET", path, query=query)
         expect(listed, 200)
@@ -162,31 +173,32 @@ class ClusterWatches:
         if what is Watched.PODS:
             self._tracker.seed_members(member_signatures(items), replace=True)
         if what is Watched.LOCK:
-            self._watched_holder = self._lock.holder(items[0]) if items else ""
+            lock, _ = self._locks[name]
+            self._watched_holders[name] = lock.holder(items[0]) if items else ""
         rv = resource_version(listed.obj)
         if self._start_rv == 0:
             self._start_rv = rv
         return rv
 
-    async def _follow_once(self, what: Watched, rv: int) -> int:
+    async def _follow_once(self, name: str, rv: int) -> int:
         """One watch stream from `rv`; returns the resourceVersion to resume from."""
-        path, query = self._targets[what]
+        _, path, query = self._targets[name]
         query = dict(query, resourceVersion=str(rv), allowWatchBookmarks="true")
         events = self._api.watch(path, query, timeout_s=self._watch_timeout_s)
         async with contextlib.aclosing(events):
             async for kind, obj in events:
                 rv = max(rv, resource_version(obj))
-                if kind != "BOOKMARK" and self._counts(what, kind, obj):
+                if kind != "BOOKMARK" and self._counts(name, kind, obj):
                     self._tracker.observed(resource_version(obj))
         return rv  # the server ended the stream (timeoutSeconds): resume
 
-    def _counts(self, what: Watched, kind: str, obj: KubeObject) -> bool:
+    def _counts(self, name: str, kind: str, obj: KubeObject) -> bool:
         """Note what the event shows for expiry; True if it is a change point 8 counts."""
-        match what:
+        match self._targets[name][0]:
             case Watched.PODS:
                 return self._pod_counts(kind, obj)
             case Watched.LOCK:
-                return self._lock_counts(kind, obj)
+                return self._lock_counts(name, kind, obj)
             case Watched.CONFIG:
                 return True
 
@@ -203,14 +215,15 @@ class ClusterWatches:
         # A heartbeat (new WAL positions only) does not count.
         return self._tracker.member_changed(pod, keys.member_signature(to_bytes(value)))
 
-    def _lock_counts(self, kind: str, obj: KubeObject) -> bool:
-        holder = "" if kind == "DELETED" else self._lock.holder(obj)
+    def _lock_counts(self, name: str, kind: str, obj: KubeObject) -> bool:
+        lock, key = self._locks[name]
+        holder = "" if kind == "DELETED" else lock.holder(obj)
         rv = resource_version(obj)
         if holder:
-            self._expiry.note(keys.LEADER, str(rv), rv, self._clock.monotonic())
+            self._expiry.note(key, str(rv), rv, self._clock.monotonic())
         else:
-            self._expiry.forget(keys.LEADER)
-        if holder == self._watched_holder:
+            self._expiry.forget(key)
+        if holder == self._watched_holders.get(name, ""):
             return False  # a renewal by the same holder: it only moves the expiry (noted)
-        self._watched_holder = holder
+        self._watched_holders[name] = holder
         return True

@@ -72,12 +72,18 @@ class KubeContractCluster:
         self.handles: list[KubernetesDcs] = []
         self.pods = server.store_resource("pods")
         self.configmaps = server.store_resource("configmaps")
-        self.lock_res = (
-            server.store_resource("leases", "coordination.k8s.io")
-            if lock is LockKind.LEASE
-            else server.store_resource("endpoints")
-        )
-        self.lock_name = f"{self.cluster}-leader" if lock is LockKind.LEASE else self.cluster
+        leases = server.store_resource("leases", "coordination.k8s.io")
+        endpoints = server.store_resource("endpoints")
+        lease_lock = (leases, f"{self.cluster}-leader")
+        endpoints_lock = (endpoints, self.cluster)
+        # The lock objects of `lock`, in the order a leader takes them.
+        self.lock_objects = {
+            LockKind.LEASE: [lease_lock],
+            LockKind.ENDPOINTS: [endpoints_lock],
+            LockKind.ENDPOINTS_AND_LEASE: [endpoints_lock, lease_lock],
+        }[lock]
+        self.lock_res, self.lock_name = self.lock_objects[0]
+        self.leases = leases
 
     def ensure_pod(self, name: str) -> None:
         store = self.server.store
@@ -96,7 +102,12 @@ class KubeContractCluster:
             )
 
     def make_kube(
-        self, name: str, *, url: str | None = None, timeout_s: float = TIMEOUT_S
+        self,
+        name: str,
+        *,
+        url: str | None = None,
+        timeout_s: float = TIMEOUT_S,
+        lock: LockKind | None = None,
     ) -> KubernetesDcs:
         self.ensure_pod(name)
         handle = KubernetesDcs(
@@ -106,7 +117,7 @@ class KubeContractCluster:
             member_name=name,
             ttl_s=self.ttl_s,
             timeout_s=timeout_s,
-            lock=self.lock,
+            lock=lock or self.lock,
             labels=APP_LABELS,
             pg_port=5432,
         )
@@ -125,7 +136,7 @@ class KubeContractCluster:
             obj = copy.deepcopy(store.get(res, NAMESPACE, name))
         except Exception:
             obj = {"metadata": {"name": name}}
-            if res is self.lock_res and self.lock is LockKind.LEASE:
+            if res is self.leases:
                 obj["spec"] = {}
             change(obj)
             store.create(res, NAMESPACE, obj)
@@ -149,14 +160,13 @@ class KubeContractCluster:
             return change
 
         if key == "leader":
-            if self.lock is LockKind.LEASE:
 
-                def hold(obj: dict[str, Any]) -> None:
-                    obj.setdefault("spec", {})["holderIdentity"] = text
+            def hold(obj: dict[str, Any]) -> None:
+                obj.setdefault("spec", {})["holderIdentity"] = text
 
-                self._modify(self.lock_res, self.lock_name, hold)
-            else:
-                self._modify(self.lock_res, self.lock_name, annotate(LEADER_ANNOTATION))
+            for res, name in self.lock_objects:
+                change = hold if res is self.leases else annotate(LEADER_ANNOTATION)
+                self._modify(res, name, change)
         elif key.startswith("members/"):
             name = key.removeprefix("members/")
             self.ensure_pod(name)
@@ -189,7 +199,7 @@ async def kube(tmp_path: Path) -> AsyncIterator[KubeApiServer]:
         yield server
 
 
-@pytest.fixture(params=[LockKind.ENDPOINTS, LockKind.LEASE], ids=["endpoints", "lease"])
+@pytest.fixture(params=list(LockKind), ids=[kind.value for kind in LockKind])
 async def kube_dcs(
     request: pytest.FixtureRequest, kube: KubeApiServer
 ) -> AsyncIterator[KubeContractCluster]:
@@ -483,6 +493,7 @@ async def test_a_watch_that_ends_on_its_timeout_is_restarted(kube: KubeApiServer
                 member_name="b",
                 ttl_s=TTL_S,
                 timeout_s=TIMEOUT_S,
+                lock=LockKind.ENDPOINTS,
                 watch_timeout_s=1,
             )
             c.handles.append(b)

@@ -1,0 +1,139 @@
+"""This handle's side of one lock object: take, renew and release it, each write conditional
+on the resourceVersion read or last written (DESIGN.md invariant 1), and what it last wrote.
+
+The backend holds one `LockHolder` per lock object of its `LockKind`: one, or two during a
+migration from the Endpoints lock to the Lease lock (`endpoints-and-lease`, where leadership
+means holding both). Expiry is judged on the handle's own clock (`expiry.ObservedExpiry`,
+under this holder's `key`), never from the times written into the object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+import structlog
+
+from agent.dcs import keys
+from agent.dcs.changes import ChangeTracker
+from agent.dcs.kubernetes.api import KubeApi, expect
+from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.locks import LockObject
+from agent.dcs.kubernetes.objects import KubeObject, resource_version
+
+_RELEASE_ATTEMPTS = 5  # conflicts on the lock object caused by others' annotations
+_RENEW_ATTEMPTS = 2
+
+# Builds the object `lock` must be after a write over `current` (None: create) that names
+# `holder` (None: releases).
+Body = Callable[[KubeObject | None, str | None, LockObject], KubeObject]
+
+
+class Renewal(StrEnum):
+    RENEWED = "renewed"
+    LOST = "lost"  # the object names someone else, or is gone
+    CONFLICT = "conflict"  # still ours, but changed behind our back on every attempt
+
+
+def expiry_key(lock: LockObject) -> str:
+    """The key under which a handle times the leader record of `lock` (one per object)."""
+    return f"{keys.LEADER}@{lock.name}"
+
+
+class LockHolder:
+    """Takes, renews and releases one lock object for the member `member`."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        lock: LockObject,
+        *,
+        member: str,
+        expiry: ObservedExpiry,
+        changes: ChangeTracker,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self._api = api
+        self.lock = lock
+        self.key = expiry_key(lock)
+        self._member = member
+        self._expiry = expiry
+        self._changes = changes
+        self._log = log.bind(lock_object=lock.name)
+        self.obj: KubeObject | None = None  # as returned by our last write while holding
+
+    async def take(self, body: Body, *, sent: float, now: float) -> bool:
+        """Take the lock if it is free, ours, or expired on our clock; `sent` is when the
+        operation began."""
+        current = await self._api.get(self.lock.path())
+        if current is None:
+            created = await self._api.call(
+                "POST", self.lock.path(named=False), body=body(None, self._member, self.lock)
+            )
+            if created.status == 409:
+                return False
+            expect(created, 201, 200)
+            self._took(created.obj, now)
+            return True
+        holder, rv = self.lock.holder(current), resource_version(current)
+        if holder:
+            self._expiry.note(self.key, str(rv), rv, sent)
+        expired = self._expiry.is_expired(self.key, rv, now)
+        if holder and holder != self._member and not expired:
+            return False
+        written = body(current, self._member, self.lock)
+        put = await self._api.call("PUT", self.lock.path(), body=written)
+        if put.status in (404, 409):
+            return False  # someone else wrote it first
+        expect(put, 200)
+        self._took(put.obj, now)
+        if holder != self._member:
+            self._log.info("dcs_leader_acquired", previous=holder or None)
+        return True
+
+    async def renew(self, body: Body, *, now: float) -> Renewal:
+        """Write the lock again over what we last wrote; on a conflict, re-read it and
+        retry once if it still names us."""
+        current = self.obj
+        if current is None:
+            return Renewal.LOST
+        for _ in range(_RENEW_ATTEMPTS):
+            written = body(current, self._member, self.lock)
+            put = await self._api.call("PUT", self.lock.path(), body=written)
+            if put.status == 200:
+                self._took(put.obj, now)
+                return Renewal.RENEWED
+            if put.status not in (404, 409):
+                expect(put, 200)
+            # Changed behind our back: still ours (an annotation by someone else)?
+            fresh = await self._api.get(self.lock.path())
+            if fresh is None or self.lock.holder(fresh) != self._member:
+                self.obj = None
+                return Renewal.LOST
+            current = fresh
+        return Renewal.CONFLICT
+
+    async def release(self, body: Body) -> None:
+        """Empty the lock if it still names us (it may already name someone else)."""
+        for _ in range(_RELEASE_ATTEMPTS):
+            current = await self._api.get(self.lock.path())
+            if current is None or self.lock.holder(current) != self._member:
+                self.obj = None
+                return
+            put = await self._api.call("PUT", self.lock.path(), body=body(current, None, self.lock))
+            if put.status == 409:
+                continue
+            self.obj = None
+            if put.status == 404:
+                return
+            expect(put, 200)
+            self._changes.own(resource_version(put.obj))
+            self._expiry.forget(self.key)
+            self._log.info("dcs_leader_released")
+            return
+
+    def _took(self, obj: KubeObject, now: float) -> None:
+        rv = resource_version(obj)
+        self._changes.own(rv)
+        self.obj = obj
+        self._expiry.note(self.key, str(rv), rv, now)

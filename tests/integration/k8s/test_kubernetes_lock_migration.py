@@ -1,0 +1,122 @@
+"""The migration from the Endpoints lock to the Lease lock (docs/kubernetes.md, "Migrating
+from the Endpoints lock"): two rolling updates, `endpoints` -> `endpoints-and-lease` ->
+`lease`. During each, agents of the two adjacent kinds run side by side against one API
+server; they must never both hold leadership, because the kinds of each pair share a lock
+object (the Endpoints in the first step, the Lease in the second)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import LockKind
+from agent.dcs.kubernetes import KubernetesDcs
+from tests.integration.k8s.test_kubernetes_dcs import (
+    NAMESPACE,
+    TTL_S,
+    KubeContractCluster,
+)
+from tests.k8s_apiserver.errors import ApiError
+from tests.support.etcd import BlackHole
+from tests.support.kube import kube_server
+
+pytestmark = pytest.mark.integration
+
+OLD, STEP, NEW = LockKind.ENDPOINTS, LockKind.ENDPOINTS_AND_LEASE, LockKind.LEASE
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
+    async with kube_server(tmp_path) as server, BlackHole() as hole:
+        c = KubeContractCluster(server, OLD, hole)
+        try:
+            yield c
+        finally:
+            await c.close()
+
+
+async def leaders(handles: list[KubernetesDcs]) -> set[str]:
+    """The leader each handle reads (None counted out)."""
+    names: set[str] = set()
+    for handle in handles:
+        view = await handle.get_cluster()
+        if view.leader is not None:
+            names.add(view.leader.name)
+    return names
+
+
+async def test_a_migration_step_agent_and_an_endpoints_agent_exclude_each_other(
+    cluster: KubeContractCluster,
+) -> None:
+    old, step = cluster.make_kube("old", lock=OLD), cluster.make_kube("step", lock=STEP)
+    assert await old.acquire_leader()
+    assert not await step.acquire_leader()
+    # The step agent stopped at the Endpoints: it never touched the Lease.
+    with pytest.raises(ApiError):
+        cluster.server.store.get(cluster.leases, NAMESPACE, f"{cluster.cluster}-leader")
+    assert await leaders([old, step]) == {"old"}
+    await old.release_leader()
+    assert await step.acquire_leader()
+    assert not await old.acquire_leader()
+    assert await step.renew_leader()
+    assert await leaders([old, step]) == {"step"}
+
+
+async def test_a_lease_agent_and_a_migration_step_agent_exclude_each_other(
+    cluster: KubeContractCluster,
+) -> None:
+    step, new = cluster.make_kube("step", lock=STEP), cluster.make_kube("new", lock=NEW)
+    assert await step.acquire_leader()
+    assert not await new.acquire_leader()
+    assert await leaders([step, new]) == {"step"}
+    await step.release_leader()
+    # The release emptied the Endpoints too: no old-style route is left behind.
+    endpoints = cluster.server.store.get(cluster.lock_res, NAMESPACE, cluster.cluster)
+    assert endpoints.get("subsets") in (None, [])
+    assert await new.acquire_leader()
+    # The step agent takes the Endpoints, fails on the Lease, and gives the Endpoints back.
+    assert not await step.acquire_leader()
+    endpoints = cluster.server.store.get(cluster.lock_res, NAMESPACE, cluster.cluster)
+    assert "pgwarden.io/leader" not in (endpoints["metadata"].get("annotations") or {})
+    assert await leaders([step, new]) == {"new"}
+
+
+@pytest.mark.parametrize("pair", [(OLD, STEP), (STEP, NEW)], ids=["step-1", "step-2"])
+async def test_racing_agents_of_adjacent_kinds_never_hold_leadership_together(
+    cluster: KubeContractCluster, pair: tuple[LockKind, LockKind]
+) -> None:
+    """Four agents, two of each kind, race for leadership round after round; the holder
+    releases, or (twice) dies silently and its lease lapses. At no point do two hold it."""
+    rng = random.Random(15)
+    names = {
+        cluster.make_kube(f"{kind.value}-{i}", lock=kind): f"{kind.value}-{i}"
+        for i in range(2)
+        for kind in pair
+    }
+    handles = list(names)
+    for handle in handles:
+        await handle.get_cluster()
+    holder: KubernetesDcs | None = None
+    dies = {3, 7}
+    for round_no in range(10):
+        others = [h for h in handles if h is not holder]
+        won = await asyncio.gather(*(h.acquire_leader() for h in others))
+        held = [h for h, ok in zip(others, won, strict=True) if ok]
+        if holder is not None and await holder.renew_leader():
+            held.append(holder)
+        assert len(held) == 1, f"round {round_no}: {[names[h] for h in held]} hold leadership"
+        holder = held[0]
+        assert await leaders(handles) == {names[holder]}
+        if round_no in dies:
+            handles.remove(holder)  # it stops renewing: the others wait out its lease
+            for handle in handles:
+                await handle.get_cluster()
+            await asyncio.sleep(TTL_S + 0.3)
+            holder = None
+        elif rng.random() < 0.7:
+            await holder.release_leader()
+            holder = None
