@@ -113,6 +113,15 @@ class Promote:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrePromote:
+    """Run the `pre_promote` callback while holding the lease, before promoting for `reason`
+    (long: the lease is renewed meanwhile). Success lets the next decision plan `Promote`;
+    a failure vetoes the promotion (agent/decide: the lease is released, no race for ttl)."""
+
+    reason: PromoteReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Follow:
     """Point a running standby at `leader` (ALTER SYSTEM + reload, no restart)."""
 
@@ -222,6 +231,7 @@ Action = (
     | StartPostgres
     | StopPostgres
     | Promote
+    | PrePromote
     | Follow
     | Demote
     | EnsureSlots
@@ -236,7 +246,7 @@ Action = (
     | Exit
 )
 
-LONG_ACTIONS = (Bootstrap, Clone, Rewind, HandOver)
+LONG_ACTIONS = (Bootstrap, Clone, Rewind, HandOver, PrePromote)
 
 
 def is_long(action: Action) -> bool:

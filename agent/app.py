@@ -20,6 +20,7 @@ from aiohttp import web
 
 from agent.api.server import build_app, start_api
 from agent.api.tls import ReloadingTls
+from agent.callbacks import Callbacks
 from agent.clock import Clock, SystemClock
 from agent.config import DcsKind, Settings
 from agent.dcs.base import Dcs
@@ -124,6 +125,7 @@ async def run_agent(settings: Settings) -> int:
         fence=fence,
         peers=HttpPeers(settings, clock, api_tls.client if api_tls is not None else None),
         metrics=metrics,
+        callbacks=Callbacks(settings, clock=clock, metrics=metrics),
     )
     app = build_app(
         settings=settings, status=loop.status, dcs=dcs, requests=loop, metrics=metrics, clock=clock

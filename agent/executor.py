@@ -32,6 +32,7 @@ from agent.actions import (
     Exit,
     Follow,
     HandOver,
+    PrePromote,
     Promote,
     PromoteReason,
     ReleaseLeader,
@@ -46,6 +47,13 @@ from agent.actions import (
     StopMode,
     StopPostgres,
 )
+from agent.callbacks import (
+    CallbackRunner,
+    NoCallbacks,
+    notification,
+    post_bootstrap,
+    pre_promote,
+)
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
 from agent.decide import (
@@ -58,11 +66,12 @@ from agent.decide import (
     record_outcome,
 )
 from agent.fence import Fence, FenceUnavailable
-from agent.handover import ActionFailed, DcsCalls, Handover, Sleep, member_of
+from agent.handover import ActionFailed, DcsCalls, Handover, Sleep
 from agent.metrics import Metrics
 from agent.model import (
     ClusterView,
     HistoryEntry,
+    LocalRequestKind,
     LocalState,
     MemberName,
     RecordKind,
@@ -75,63 +84,12 @@ from agent.postgres.process import PostgresError, StandbyConfig
 from agent.postgres.process import StopMode as PgStopMode
 from agent.postgres.replication import render_synchronous_standby_names, slot_name_for
 from agent.settings import Settings
+from agent.steps import RecordWrite, pg_mode, record_write, standby_of
 from agent.stop_rules import Done, StartLong, next_step
 
 log = structlog.get_logger("pgwarden.loop")
 
-RecordWrite = (
-    ClaimInitialize
-    | ClearInitialize
-    | SetInitialize
-    | ClearSwitchover
-    | SetConfig
-    | SetSyncRecord
-    | SetFailsafeRecord
-)
 Instance = Bootstrap | Clone | Rewind | StartPostgres
-
-
-def record_write(action: RecordWrite) -> tuple[RecordKind, str | None, str | None]:
-    """(record, value, expected version) of a plain DCS record write; value None deletes."""
-    match action:
-        case ClaimInitialize():
-            return RecordKind.INITIALIZE, "", None
-        case ClearInitialize(version=version):
-            return RecordKind.INITIALIZE, None, version
-        case SetInitialize(system_id=system_id, expected_version=version):
-            return RecordKind.INITIALIZE, system_id, version or None
-        case ClearSwitchover(version=version):
-            return RecordKind.SWITCHOVER, None, version
-        case SetConfig(config=config, expected_version=version):
-            return RecordKind.CONFIG, config.to_json(), version
-        case SetSyncRecord(record=record, expected_version=version):
-            return RecordKind.SYNC, record.to_json(), version
-        case SetFailsafeRecord(record=failsafe, expected_version=version):
-            return RecordKind.FAILSAFE, failsafe.to_json() if failsafe else None, version
-        case _:
-            assert_never(action)
-
-
-def pg_mode(mode: StopMode) -> PgStopMode:
-    match mode:
-        case StopMode.FAST:
-            return PgStopMode.FAST
-        case StopMode.IMMEDIATE:
-            return PgStopMode.IMMEDIATE
-        case StopMode.KILL:
-            return PgStopMode.KILL
-        case _:
-            assert_never(mode)
-
-
-def standby_of(settings: Settings, view: ClusterView | None, name: MemberName) -> StandbyConfig:
-    member = member_of(view, name)
-    return StandbyConfig(
-        primary_host=member.host,
-        primary_port=member.port,
-        slot_name=slot_name_for(settings.name),
-        application_name=settings.name,
-    )
 
 
 class Executor:
@@ -150,8 +108,13 @@ class Executor:
         metrics: Metrics,
         wake: Callable[[], None],
         sleep: Sleep = asyncio.sleep,
+        callbacks: CallbackRunner | None = None,
     ) -> None:
         self.settings = settings
+        self.callbacks = callbacks if callbacks is not None else NoCallbacks()
+        # A restart's stop ran (on request): the next start is an `on_restart`, not an
+        # `on_start`. Only names the callback; no decision depends on it.
+        self._restarting = False
         self.clock = clock
         self.dcs = dcs
         self.pg = pg
@@ -229,6 +192,8 @@ class Executor:
         except (ActionFailed, PostgresError, FenceUnavailable, OSError) as exc:
             detail = repr(exc)
         outcome = Outcome(action=action, result=result, sent_at=sent_at, detail=detail)
+        if outcome.ok:
+            self._notify(action, obs)
         if isinstance(action, ConfirmFailsafe) and outcome.ok:
             return await self._armed(outcome)
         return outcome
@@ -282,6 +247,7 @@ class Executor:
         try:
             if await self._run(action, obs, started):
                 result = Result.OK
+                self._notify(action, obs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -301,11 +267,29 @@ class Executor:
         )
 
     async def close(self) -> None:
-        """Cancel the long action in flight, if any."""
+        """Cancel the long action in flight, if any; give running callbacks a moment."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        timing = self.settings.timing
+        await self.callbacks.close(min(self.settings.callbacks.timeout_s, timing.loop_wait_s))
+
+    def _notify(self, action: Action, obs: Observation) -> None:
+        """Start the `on_*` callback that follows a successful action (never waits)."""
+        requested = LocalRequestKind.RESTART in obs.local_requests
+        step = notification(
+            action,
+            was_primary=obs.local.is_primary,
+            restart_requested=requested,
+            restarting=self._restarting,
+        )
+        if isinstance(action, StopPostgres) and requested:
+            self._restarting = True
+        elif isinstance(action, StartPostgres):
+            self._restarting = False
+        if step is not None:
+            self.callbacks.fire(*step)
 
     # ------------------------------------------------------------------ one action
 
@@ -341,6 +325,8 @@ class Executor:
             case Promote(reason=reason):
                 await self._promote(view, obs.local, reason)
                 return True
+            case PrePromote():
+                return await pre_promote(self.callbacks, self.settings)
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
                 return True
@@ -426,6 +412,7 @@ class Executor:
                 await self.pg.initdb()
                 await self.pg.start(standby=None, timeout_s=start_s)
                 await self.pg.create_roles()
+                await post_bootstrap(self.callbacks, self.settings, self.pg)
             case Clone(source=source, clear_first=clear_first):
                 standby = standby_of(s, view, source)
                 if clear_first:

@@ -16,6 +16,7 @@ import contextlib
 import structlog
 
 from agent.actions import Decision
+from agent.callbacks import CallbackRunner
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
 from agent.decide import Memory, Observation, answer_failsafe, decide, fence_deadline
@@ -55,8 +56,10 @@ class HaLoop:
         peers: Peers,
         metrics: Metrics,
         sleep: Sleep = asyncio.sleep,
+        callbacks: CallbackRunner | None = None,
     ) -> None:
-        """`sleep`: how the hand-over pauses between polls (tests move a fake clock)."""
+        """`sleep`: how the hand-over pauses between polls (tests move a fake clock);
+        `callbacks`: runs the configured callbacks (None: none)."""
         self.settings = settings
         self.clock = clock
         self.dcs = dcs
@@ -75,6 +78,7 @@ class HaLoop:
             metrics=metrics,
             wake=self._wake.set,
             sleep=sleep,
+            callbacks=callbacks,
         )
         self._call = DcsCalls(
             dcs=dcs, clock=clock, metrics=metrics, timeout_s=settings.timing.retry_timeout_s

@@ -23,6 +23,8 @@ every scraper understands."""
 
 # An HA cycle is a DCS round trip plus a few SQL queries: milliseconds, seconds when slow.
 _CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A callback is a script: from milliseconds to its timeout (a minute by default).
+_CALLBACK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # A DCS request on a healthy network takes about a millisecond (FACTS.md).
 _DCS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -151,6 +153,19 @@ class Metrics:
             buckets=_DCS_BUCKETS,
             registry=r,
         )
+        self._callbacks = Counter(
+            f"{p}_callbacks",
+            "Callback runs by event and result (ok, failed, timeout, superseded, error)",
+            ["event", "result"],
+            registry=r,
+        )
+        self._callback_duration = Histogram(
+            f"{p}_callback_duration_seconds",
+            "Duration of callback runs, from start to exit or kill",
+            ["event"],
+            buckets=_CALLBACK_BUCKETS,
+            registry=r,
+        )
         # Every role and state gets a series from the start, so that a 0 is a 0, not absent.
         self._role_children = {role: self._role.labels(role=role.value) for role in Role}
         self._state_children = {state: self._members.labels(state=state.value) for state in PgState}
@@ -235,6 +250,11 @@ class Metrics:
 
     def count_fencing(self) -> None:
         self._fencing.inc()
+
+    def observe_callback(self, event: str, result: str, seconds: float) -> None:
+        """One callback run (agent/callbacks.py) ended with `result` after `seconds`."""
+        self._callbacks.labels(event=event, result=result).inc()
+        self._callback_duration.labels(event=event).observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition in the Prometheus text format, and its content type."""

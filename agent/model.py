@@ -225,6 +225,8 @@ class Member:
     # On a primary: the standbys pg_stat_replication reports as sync or quorum (so that each
     # replica can answer its own /sync probe from the DCS).
     sync_standbys: tuple[MemberName, ...] = ()
+    # pre_promote vetoed this member's promotion within the last ttl: not a candidate now.
+    promotion_vetoed: bool = False
     version: str = ""  # the DCS's version of this record; not part of the payload
 
     def to_json(self) -> str:
@@ -246,6 +248,7 @@ class Member:
                     "sync_priority": self.tags.sync_priority,
                 },
                 "sync_standbys": list(self.sync_standbys),
+                "promotion_vetoed": self.promotion_vetoed,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -484,6 +487,7 @@ def parse_member(name: str, raw: RawRecord) -> Member:
         system_id=_str(system_id, "system_id") if system_id is not None else None,
         tags=tags,
         sync_standbys=tuple(MemberName(_str(n, "sync_standbys")) for n in sync_raw),
+        promotion_vetoed=data.get("promotion_vetoed") is True,
         version=raw.version,
     )
 
@@ -748,3 +752,4 @@ class AgentStatus:
     sync_role: SyncRole = SyncRole.NONE
     sync_fallback: bool = False  # leader: synchronous mode asked, but commits are asynchronous
     failsafe_active: bool = False  # primary kept by its members' confirmation (DCS down)
+    promotion_vetoed: bool = False  # pre_promote vetoed our promotion within the last ttl

@@ -79,7 +79,7 @@ class HttpPeers:
                     state=PgState(body.get("state", "unknown")),
                     timeline=body.get("timeline"),
                     wal_lsn=body.get("wal_lsn"),
-                    nofailover=member.tags.nofailover,
+                    nofailover=member.tags.nofailover or member.promotion_vetoed,
                     failover_priority=member.tags.failover_priority,
                 )
             except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):

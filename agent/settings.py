@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
+from agent.callback_settings import CallbackSettings
 from agent.model import SyncMode as SyncMode  # noqa: PLC0414 - re-exported: ha.synchronous_mode
 from agent.value_rules import (
     DNS_SUBDOMAIN,
@@ -40,6 +41,7 @@ from agent.value_rules import (
     port_number,
     url_rule,
 )
+from agent.value_rules import InvalidSettings as InvalidSettings  # noqa: PLC0414 - re-exported
 
 _T = TypeVar("_T")
 
@@ -72,14 +74,6 @@ class LogLevel(StrEnum):
 
 LOG_LEVELS: Final = tuple(level.value for level in LogLevel)
 SYNC_MODES: Final = tuple(mode.value for mode in SyncMode)
-
-
-class InvalidSettings(ValueError):
-    """A settings value broke its rules; `problems` names each field and rule."""
-
-    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("; ".join(str(p) for p in self.problems))
 
 
 def _check(value: object, problems: Iterable[ConfigProblem]) -> None:
@@ -548,6 +542,7 @@ class Settings:
     tags: Tags = field(default_factory=Tags)
     ha: HaSettings = field(default_factory=HaSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
 
     def __post_init__(self) -> None:
         _check(self, self.problems())

@@ -15,6 +15,7 @@ from agent.decide import (
     failsafe_active,
     fence_deadline,
     pg_state_of,
+    promotion_vetoed,
     sync_fallback,
     sync_role_of,
 )
@@ -125,6 +126,7 @@ def status_of(c: CycleValues, settings: Settings) -> AgentStatus:
         sync_role=sync_role_of(s.name, view, local) if view is not None else SyncRole.NONE,
         sync_fallback=view is not None and sync_fallback(view, local, s),
         failsafe_active=local.is_primary and failsafe_active(memory, now, s),
+        promotion_vetoed=promotion_vetoed(memory, now, s),
     )
 
 
@@ -153,4 +155,5 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
             for r in local.replication
             if local.is_primary and r.sync_state.confirms_commits
         ),
+        promotion_vetoed=status.promotion_vetoed,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os.path
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -44,6 +44,14 @@ class ConfigProblem:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.rule}"
+
+
+class InvalidSettings(ValueError):
+    """A settings value broke its rules; `problems` names each field and rule."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
 
 
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")

@@ -97,6 +97,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
                 }
             ),
             "sync_role": {"enum": ["leader", "sync", "quorum", "async", "none"]},
+            "promotion_vetoed": _BOOL,
         }
     ),
     "Switchover": _obj({"leader": _NULL_STR, "candidate": _NULL_STR, "scheduled_at": _NULL_STR}),

@@ -116,6 +116,7 @@ def member_body(member: Member, leader: Member | None) -> Json:
             "nosync": member.tags.nosync,
             "sync_priority": member.tags.sync_priority,
         },
+        "promotion_vetoed": member.promotion_vetoed,
     }
 
 

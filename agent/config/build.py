@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
+from agent.callback_settings import CallbackEvent, CallbackSettings, command_rule
 from agent.config.fields import FIELDS, Field, Kind
 from agent.config.read import Collector, Raw
 from agent.settings import (
@@ -368,6 +370,17 @@ def _tags(b: Builder) -> Tags:
     return tags
 
 
+def _callbacks(b: Builder) -> CallbackSettings:
+    callbacks = b.build("callbacks", CallbackSettings)
+    for event in CallbackEvent:
+        command = callbacks.command(event)
+        if command is not None and command_rule(command) is None:
+            program = shlex.split(command)[0]
+            if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+                b.out.add(f"callbacks.{event.value}", f"{program!r} is not an executable file")
+    return callbacks
+
+
 def build_settings(b: Builder) -> Settings:
     """Every section built and checked; the result is only valid when `b.out` stayed empty."""
     top = b.values("")
@@ -385,6 +398,7 @@ def build_settings(b: Builder) -> Settings:
         tags=_tags(b),
         ha=b.build("ha", HaSettings),
         log=b.build("log", LogSettings),
+        callbacks=_callbacks(b),
     )
     b.check("", settings)
     return settings

@@ -358,6 +358,54 @@ FIELDS: Final[tuple[Field, ...]] = (
               "member confirms it over the agents' REST API (`POST /failsafe`), instead of "
               "stopping at its fencing deadline. All members must share the API credentials. "
               "See [ha.md](ha.md#failsafe-mode)."),
+    _section("callbacks",
+             doc="Commands run on PostgreSQL events, each as a separate process (never through "
+                 "a shell): the command's words, then three arguments, as Patroni passes them: "
+                 "the event (`on_start`, ...), the member's role (`primary`, `replica`, "
+                 "`demoted`) and the cluster name. They run as PostgreSQL's OS user "
+                 "(`postgresql.os_user`, else the agent's), in `/`, with `PGHOST` (the socket "
+                 "directory), `PGPORT`, `PGUSER` (the superuser) and `PGDATABASE=postgres` set, "
+                 "so `psql` connects to the local server."),
+    *(Field(path=f"callbacks.{name}", kind=_S,
+            rule="A command line (shell quoting, no shell); its program an absolute path of an "
+                 "executable file.",
+            doc=doc)
+      for name, doc in (
+          ("on_start", "After the agent started PostgreSQL (not after a restart or a "
+                       "demotion's stop)."),
+          ("on_stop", "After the agent stopped PostgreSQL (shutdown, a kill of a hung "
+                      "server; not a restart or a demotion)."),
+          ("on_restart", "After a restart the operator asked for (`POST /restart`)."),
+          ("on_reload", "After the agent reloaded PostgreSQL's configuration at an operator's "
+                        "request."),
+          ("on_role_change", "After a promotion (role `primary`) and after a demotion stopped "
+                             "the former primary (role `demoted`: repoint a virtual IP or "
+                             "PgBouncer away from it)."),
+          ("pre_promote", "Run after this member took the leader lease and before it "
+                          "promotes (the lease is renewed meanwhile). A non-zero exit or no "
+                          "exit within `pre_promote_timeout_s` vetoes that promotion: the "
+                          "member releases the lease and stays out of the race for `ttl_s` "
+                          "(its member record says `promotion_vetoed`), so another member "
+                          "takes over."),
+          ("post_bootstrap", "Run once, on the member that ran initdb for a new cluster, "
+                             "after the roles exist and before the cluster is recorded as "
+                             "initialized (create roles and databases). A non-zero exit or a "
+                             "timeout fails the bootstrap: PostgreSQL is stopped, the new data "
+                             "directory's contents are removed, the claim to initialize the "
+                             "cluster is withdrawn and the lease released, and a member "
+                             "bootstraps again after a pause (nothing half-initialized ever "
+                             "serves as the leader)."),
+      )),
+    Field(path="callbacks.timeout_s", kind=_N, rule="> 0.",
+          doc="An `on_*` callback still running after this long is killed (SIGKILL to its "
+              "process group). A new call for the same event kills an older one still "
+              "running. The HA loop never waits for them."),
+    Field(path="callbacks.pre_promote_timeout_s", kind=_N, rule="> 0.",
+          doc="`pre_promote` still running after this long is killed, and vetoes the "
+              "promotion."),
+    Field(path="callbacks.post_bootstrap_timeout_s", kind=_N, rule="> 0.",
+          doc="`post_bootstrap` still running after this long is killed, and fails the "
+              "bootstrap."),
     _section("log"),
     Field(path="log.level", kind=_S, choices=LogLevel,
           rule="`debug`, `info`, `warning` or `error`.",

@@ -80,6 +80,8 @@ from agent.decide.state import (
     fence,
     fence_deadline,
     lease_valid,
+    promotion,
+    promotion_vetoed,
 )
 from agent.decide.sync import (
     Claim,
@@ -127,6 +129,8 @@ __all__ = [
     "needs_rewind",
     "pg_state_of",
     "plan_sync",
+    "promotion",
+    "promotion_vetoed",
     "record_claim",
     "record_outcome",
     "seed_config",

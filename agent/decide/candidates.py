@@ -11,10 +11,9 @@ from dataclasses import replace
 from agent.actions import (
     AcquireLeader,
     Decision,
-    Promote,
     PromoteReason,
 )
-from agent.decide.state import Memory, Observation, decided
+from agent.decide.state import Memory, Observation, decided, promotion, promotion_vetoed
 from agent.decide.sync import sync_candidate_ok, sync_refusal
 from agent.model import (
     ClusterView,
@@ -105,7 +104,7 @@ def is_healthy_replica(member: Member) -> bool:
 
 
 def candidate_ok(member: Member, leader_lsn: Lsn | None, settings: Settings) -> bool:
-    if member.tags.nofailover or not is_healthy_replica(member):
+    if member.tags.nofailover or member.promotion_vetoed or not is_healthy_replica(member):
         return False
     if leader_lsn is None or member.wal_lsn is None:
         return member.wal_lsn is not None or leader_lsn is None
@@ -239,7 +238,7 @@ def _rivals(
                         m.timeline or 0,
                         m.wal_lsn or 0,
                         m.tags.failover_priority,
-                        m.tags.nofailover,
+                        m.tags.nofailover or m.promotion_vetoed,
                     )
                 )
     return rivals
@@ -276,6 +275,8 @@ def named_candidate(
         return None
     refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=False)
     refusal = refusal or timeline_refusal(obs.local, view)
+    if promotion_vetoed(memory, now, settings):
+        refusal = "pre_promote vetoed our last promotion"
     if refusal is not None:
         return decided(memory, f"named switchover candidate, but {refusal}")
     if request.handover_lsn is not None and not forced:
@@ -294,5 +295,5 @@ def named_candidate(
         memory,
         f"named {'failover' if forced else 'switchover'} candidate: taking the lease",
         AcquireLeader(),
-        Promote(reason=PromoteReason.SWITCHOVER),
+        promotion(settings, PromoteReason.SWITCHOVER),
     )

@@ -36,6 +36,8 @@ from agent.decide.state import (
     decided,
     fence_at_deadline,
     fence_deadline,
+    promotion,
+    promotion_vetoed,
 )
 from agent.decide.sync import plan_sync, sync_candidate_ok
 from agent.model import (
@@ -63,12 +65,7 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
         return stalled
 
     if local.is_replica:
-        return decided(
-            memory,
-            "leader's PostgreSQL is a standby: promoting",
-            keep,
-            Promote(reason=PromoteReason.LEADER_IS_STANDBY),
-        )
+        return _when_leader_is_standby(obs, memory, settings, keep)
 
     actions: list[Action] = [keep]
     reason = "leader renews"
@@ -101,6 +98,26 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
     else:
         memory = replace(memory, handover_wait_since=None)
     return decided(memory, reason, *actions)
+
+
+def _when_leader_is_standby(
+    obs: Observation, memory: Memory, settings: Settings, keep: Action
+) -> tuple[Decision, Memory]:
+    """We hold the lease over a standby: promote it, after `pre_promote` when configured
+    (a long action of its own; `memory.pre_promoted` says it passed). A veto hands the lease
+    back at once, so that another member may take over."""
+    if promotion_vetoed(memory, obs.now, settings):
+        return decided(
+            replace(memory, pre_promoted=None),
+            "pre_promote vetoed the promotion: releasing the lease",
+            ReleaseLeader(),
+        )
+    if memory.pre_promoted is not None:
+        return decided(
+            memory, "pre_promote passed: promoting", keep, Promote(reason=memory.pre_promoted)
+        )
+    step = promotion(settings, PromoteReason.LEADER_IS_STANDBY)
+    return decided(memory, "leader's PostgreSQL is a standby: promoting", keep, step)
 
 
 def _commit_stall(

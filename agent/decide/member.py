@@ -16,7 +16,6 @@ from agent.actions import (
     ConfirmFailsafe,
     Decision,
     Follow,
-    Promote,
     PromoteReason,
     ReleaseLeader,
     RenewLeader,
@@ -37,6 +36,8 @@ from agent.decide.state import (
     fence_deadline,
     lease_alive,
     lease_valid,
+    promotion,
+    promotion_vetoed,
 )
 from agent.model import (
     LocalRequestKind,
@@ -91,19 +92,20 @@ def when_dcs_unavailable(
 def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
     view = obs.cluster
     assert view is not None
-    if memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S:
-        return decided(memory, "waiting before retrying a failed bootstrap or clone")
     claimant = view.leader.name if view.leader is not None else None
     if view.initialize == "" and claimant in (None, settings.name):
         # A claim to bootstrap that never completed: ours failed (we still hold the lease we
         # took with it), or the claimant's lease is gone. Left alone it would keep every
-        # member waiting for a leader to clone from, forever.
+        # member waiting for a leader to clone from, forever. Withdrawn at once (before our
+        # own retry pause), so that another member may bootstrap meanwhile.
         return decided(
             memory,
             "a bootstrap that did not complete: withdrawing its claim",
             ClearInitialize(version=view.initialize_version),
             *((ReleaseLeader(),) if claimant is not None else ()),
         )
+    if memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S:
+        return decided(memory, "waiting before retrying a failed bootstrap or clone")
     if view.initialize is None and view.leader is None:
         if settings.tags.nofailover:
             return decided(memory, "empty cluster, but nofailover members do not bootstrap")
@@ -127,6 +129,7 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
     memory = replace(
         memory,
         lease_sent_at=None,
+        pre_promoted=None,
         pg_down_since=None,
         failsafe_peers=None,
         failsafe_sent_at=None,
@@ -186,6 +189,7 @@ def when_leaderless(
     memory = replace(
         memory,
         lease_sent_at=None,
+        pre_promoted=None,
         leaderless_since=obs.now if memory.leaderless_since is None else memory.leaderless_since,
     )
     if local.is_primary and failsafe_active(memory, obs.now, settings):
@@ -222,6 +226,8 @@ def when_leaderless(
     hold = failsafe_hold(obs, memory, settings)
     if hold is not None:
         return decided(memory, f"no leader; not racing: {hold}")
+    if promotion_vetoed(memory, obs.now, settings):
+        return decided(memory, "no leader; not racing: pre_promote vetoed our last promotion")
     request = view.switchover
     if request is not None and request.candidate is not None:
         named = named_candidate(obs, memory, settings, request)
@@ -234,5 +240,5 @@ def when_leaderless(
         memory,
         f"no leader; racing for the lease: {why}",
         AcquireLeader(),
-        Promote(reason=PromoteReason.FAILOVER),
+        promotion(settings, PromoteReason.FAILOVER),
     )

@@ -22,6 +22,7 @@ from agent.actions import (
     Exit,
     Follow,
     HandOver,
+    PrePromote,
     Promote,
     ReleaseLeader,
     RenewLeader,
@@ -52,8 +53,15 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return replace(memory, following=None, slots=None, sync_effective=None)
         case Promote():
             if outcome.ok:
-                return replace(memory, following=None, slots=None, sync_effective=None)
-            return failed
+                return replace(
+                    memory, following=None, slots=None, sync_effective=None, pre_promoted=None
+                )
+            return replace(failed, pre_promoted=None)
+        case PrePromote(reason=reason):
+            if outcome.ok:
+                return replace(memory, pre_promoted=reason, promote_vetoed_at=None)
+            # Any failure (a non-zero exit, a timeout, a command that did not start) vetoes.
+            return replace(memory, pre_promoted=None, promote_vetoed_at=outcome.sent_at)
         case Follow(leader=leader):
             return replace(memory, following=leader) if outcome.ok else failed
         case EnsureSlots(names=names):
@@ -84,6 +92,7 @@ def _record_leadership(
             return replace(
                 memory,
                 lease_sent_at=None,
+                pre_promoted=None,
                 pg_down_since=None,
                 pg_hung_since=None,
                 commit_stalled_since=None,

@@ -13,6 +13,9 @@ from agent.actions import (
     Action,
     Decision,
     Demote,
+    PrePromote,
+    Promote,
+    PromoteReason,
     StopMode,
 )
 from agent.model import (
@@ -110,6 +113,10 @@ class Memory:
     # last, and until when (monotonic) we promised it not to race (`answer_failsafe`).
     promised_to: MemberName | None = None
     promised_until: float | None = None
+    # pre_promote (callbacks): it passed while we hold the lease (promote next, for this
+    # reason); or when it last vetoed a promotion of ours (no race for ttl_s after that).
+    pre_promoted: PromoteReason | None = None
+    promote_vetoed_at: float | None = None
 
 
 class Result(StrEnum):
@@ -173,3 +180,18 @@ def fence_at_deadline(reason: str) -> Demote:
     senders ship what was committed, instead of leaving acknowledged commits on this node
     alone (the fencer process does the same)."""
     return Demote(mode=StopMode.FAST, reason=reason)
+
+
+def promotion(settings: Settings, reason: PromoteReason) -> Promote | PrePromote:
+    """The step that promotes us once we hold the lease: the `pre_promote` callback first
+    when one is configured (it may veto), else the promotion itself."""
+    if settings.callbacks.pre_promote is not None:
+        return PrePromote(reason=reason)
+    return Promote(reason=reason)
+
+
+def promotion_vetoed(memory: Memory, now: float, settings: Settings) -> bool:
+    """pre_promote vetoed a promotion of ours less than ttl_s ago: we stay out of the race
+    (and say so in our member record) so that another member takes over."""
+    vetoed = memory.promote_vetoed_at
+    return vetoed is not None and now - vetoed < settings.timing.ttl_s

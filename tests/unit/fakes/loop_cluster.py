@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from agent.callback_settings import CallbackSettings
 from agent.clock import FakeClock
 from agent.config import Settings
 from agent.dcs.memory import MemoryDcs, MemoryStore
@@ -22,17 +23,21 @@ from agent.loop import HaLoop
 from agent.metrics import Metrics
 from agent.model import Member, MemberName, RecordKind, SwitchoverRequest
 from tests.unit.fake_postgres import FakeCluster, FakePostgres
+from tests.unit.fakes.callbacks import FakeCallbacks
 from tests.unit.test_decide import make_settings
 
 YIELDS = 50  # event-loop turns given to background tasks after each cycle
 
 
-def member_settings(name: str, *, failsafe: bool = False) -> Settings:
+def member_settings(
+    name: str, *, failsafe: bool = False, callbacks: CallbackSettings | None = None
+) -> Settings:
     base = make_settings(name)
     return replace(
         base,
         postgresql=replace(base.postgresql, connect_host=name, data_dir=f"/data/{name}"),
         ha=replace(base.ha, failsafe_mode=failsafe),
+        callbacks=callbacks if callbacks is not None else base.callbacks,
     )
 
 
@@ -106,7 +111,7 @@ class FakePeers:
                     state=st.state,
                     timeline=st.timeline,
                     wal_lsn=st.wal_lsn,
-                    nofailover=m.tags.nofailover,
+                    nofailover=m.tags.nofailover or m.promotion_vetoed,
                     failover_priority=m.tags.failover_priority,
                 )
             )
@@ -137,18 +142,26 @@ class Node:
     fence: FakeFence
     peers: FakePeers
     loop: HaLoop
+    callbacks: FakeCallbacks
     alive: bool = True  # False: the agent is frozen or gone (its loop does not cycle)
 
 
 class LoopCluster:
-    def __init__(self, names: Sequence[str] = ("a", "b", "c"), *, failsafe: bool = False) -> None:
+    def __init__(
+        self,
+        names: Sequence[str] = ("a", "b", "c"),
+        *,
+        failsafe: bool = False,
+        callbacks: CallbackSettings | None = None,
+    ) -> None:
         self.clock = FakeClock()
         self.store = MemoryStore(self.clock)
         self.postgres = FakeCluster()
         self.nodes: dict[str, Node] = {}
         self.primaries_seen: list[tuple[float, tuple[str, ...]]] = []
         for name in names:
-            settings = member_settings(name, failsafe=failsafe)
+            settings = member_settings(name, failsafe=failsafe, callbacks=callbacks)
+            runner = FakeCallbacks(self.clock)
             pg = self.postgres.add(name)
             fence = FakeFence(self.clock, pg)
             peers = FakePeers(self, name)
@@ -168,9 +181,17 @@ class LoopCluster:
                 peers=peers,
                 metrics=Metrics(),
                 sleep=self.sleep,
+                callbacks=runner,
             )
             self.nodes[name] = Node(
-                name=name, settings=settings, dcs=dcs, pg=pg, fence=fence, peers=peers, loop=loop
+                name=name,
+                settings=settings,
+                dcs=dcs,
+                pg=pg,
+                fence=fence,
+                peers=peers,
+                loop=loop,
+                callbacks=runner,
             )
 
     def __getitem__(self, name: str) -> Node:

@@ -1,0 +1,153 @@
+"""Callbacks in the real HaLoop + Executor on the memory DCS, the fake PostgreSQL and a fake
+clock (tests/unit/fakes): which callback follows which event, with which role; a
+`pre_promote` veto that hands the race to the next member; a failed `post_bootstrap` that
+leaves nothing half-initialized as the leader. The processes themselves are tested in
+tests/integration/test_callbacks.py."""
+
+from __future__ import annotations
+
+from agent.actions import (
+    Bootstrap,
+    Clone,
+    Demote,
+    HandOver,
+    Promote,
+    PromoteReason,
+    Rewind,
+    StartPostgres,
+    StopMode,
+    StopPostgres,
+)
+from agent.callback_settings import CallbackEvent, CallbackSettings
+from agent.callbacks import CallbackResult, notification
+from agent.model import MemberName
+from tests.unit.fakes.loop_cluster import LoopCluster
+
+ALL = CallbackSettings(
+    on_start="/cb",
+    on_stop="/cb",
+    on_restart="/cb",
+    on_reload="/cb",
+    on_role_change="/cb",
+    pre_promote="/cb",
+    post_bootstrap="/cb",
+)
+
+
+def test_each_action_is_followed_by_its_callback_with_the_role() -> None:
+    def after(action: object, **kw: bool) -> tuple[str, str] | None:
+        flags = {"was_primary": False, "restart_requested": False, "restarting": False} | kw
+        step = notification(action, **flags)  # type: ignore[arg-type]
+        return (step[0].value, step[1]) if step is not None else None
+
+    assert after(Promote(reason=PromoteReason.FAILOVER)) == ("on_role_change", "primary")
+    assert after(Demote(mode=StopMode.FAST, reason="x")) == ("on_role_change", "demoted")
+    assert after(HandOver(candidate=MemberName("b"))) == ("on_role_change", "demoted")
+    assert after(StopPostgres(mode=StopMode.FAST), was_primary=True) == ("on_stop", "primary")
+    assert after(StopPostgres(mode=StopMode.FAST)) == ("on_stop", "replica")
+    assert after(StopPostgres(mode=StopMode.FAST), restart_requested=True) is None
+    assert after(StartPostgres(upstream=MemberName("a"))) == ("on_start", "replica")
+    assert after(StartPostgres(upstream=None, as_primary=True)) == ("on_start", "primary")
+    assert after(StartPostgres(upstream=MemberName("a")), restarting=True) == (
+        "on_restart",
+        "replica",
+    )
+    assert after(Bootstrap()) == ("on_start", "primary")
+    assert after(Clone(source=MemberName("a"))) == ("on_start", "replica")
+    assert after(Rewind(source=MemberName("a"))) == ("on_start", "replica")
+
+
+async def test_bootstrap_clone_failover_and_rejoin_call_their_callbacks() -> None:
+    c = LoopCluster(callbacks=ALL)
+    assert await c.bootstrap() == "a"
+    a, b, cc = c["a"], c["b"], c["c"]
+    assert a.callbacks.calls == [("post_bootstrap", "primary"), ("on_start", "primary")]
+    assert b.callbacks.calls == [("on_start", "replica")]  # cloned, then started
+    assert cc.callbacks.calls == [("on_start", "replica")]
+    a.alive = False
+    a.pg.crash()
+    await c.run_until(lambda: b.pg.is_primary and c.streaming_from("b") == ["c"], step_s=0.5)
+    # b took the lease, ran pre_promote (it passed), then promoted.
+    assert b.callbacks.calls[1:] == [("pre_promote", "replica"), ("on_role_change", "primary")]
+    assert ("pre_promote", "replica") not in cc.callbacks.calls
+    a.alive = True
+    await c.run_until(lambda: c.streaming_from("b") == ["a", "c"])
+    assert a.callbacks.calls[2:] == [("on_start", "replica")]  # rewound, started as replica
+
+
+async def test_a_restart_request_calls_on_restart_not_on_stop_and_on_start() -> None:
+    c = LoopCluster(callbacks=ALL)
+    await c.bootstrap()
+    b = c["b"]
+    before = len(b.callbacks.calls)
+    from agent.model import LocalRequestKind  # noqa: PLC0415 - only here
+
+    b.loop.submit(LocalRequestKind.RESTART)
+    await c.run_until(lambda: len(b.callbacks.calls) > before and c.healthy("a"))
+    assert b.callbacks.calls[before:] == [("on_restart", "replica")]
+
+
+async def test_a_demoted_primary_calls_on_role_change_demoted() -> None:
+    c = LoopCluster(callbacks=ALL)
+    await c.bootstrap()
+    a = c["a"]
+    a.fence.enforcing = False  # the loop itself demotes at its deadline
+    c.store.partition("a")
+    await c.run_until(lambda: not a.pg.is_primary, step_s=0.25)
+    assert a.callbacks.events(CallbackEvent.ON_ROLE_CHANGE) == ["demoted"]
+
+
+async def test_a_pre_promote_veto_hands_the_race_to_the_next_member() -> None:
+    c = LoopCluster(callbacks=ALL)
+    await c.bootstrap()
+    a, b, cc = c["a"], c["b"], c["c"]
+    # b and c are equally up to date; b wins ties by name, so b races first.
+    b.callbacks.script(CallbackEvent.PRE_PROMOTE, CallbackResult.FAILED)
+    a.alive = False
+    a.pg.crash()
+    took = await c.run_until(
+        lambda: c.leader() == "c" and c.streaming_from("c") == ["b"], step_s=0.5
+    )
+    assert took <= 2 * a.settings.timing.ttl_s
+    assert "promote" not in b.pg.calls
+    assert b.callbacks.events(CallbackEvent.PRE_PROMOTE) == ["replica"]
+    assert cc.callbacks.events(CallbackEvent.PRE_PROMOTE) == ["replica"]
+    assert cc.callbacks.events(CallbackEvent.ON_ROLE_CHANGE) == ["primary"]
+    # While its veto holds, b says so in its member record and stays out of the race.
+    record = next(m for m in (await c["c"].dcs.get_cluster()).members if m.name == "b")
+    assert record.promotion_vetoed
+    assert b.loop.status().promotion_vetoed
+    # b's lease was held only between its acquire and the release that followed the veto.
+    assert c.postgres.primaries() == ["c"]
+
+
+async def test_a_timed_out_pre_promote_vetoes_too_and_a_lone_candidate_retries_after_ttl() -> None:
+    c = LoopCluster(("a", "b"), callbacks=ALL)
+    await c.bootstrap()
+    a, b = c["a"], c["b"]
+    b.callbacks.script(CallbackEvent.PRE_PROMOTE, CallbackResult.TIMEOUT)
+    a.alive = False
+    a.pg.crash()
+    took = await c.run_until(lambda: c.leader() == "b" and b.pg.is_primary, step_s=0.5)
+    # Vetoed once, out of the race for ttl_s, then tried again (and passed).
+    assert b.callbacks.events(CallbackEvent.PRE_PROMOTE) == ["replica", "replica"]
+    assert took >= b.settings.timing.ttl_s
+
+
+async def test_a_failed_post_bootstrap_discards_the_new_cluster_and_bootstraps_again() -> None:
+    c = LoopCluster(callbacks=ALL)
+    a = c["a"]
+    a.callbacks.script(CallbackEvent.POST_BOOTSTRAP, CallbackResult.FAILED)
+    await c.run_until(lambda: a.callbacks.events(CallbackEvent.POST_BOOTSTRAP) == ["primary"])
+    assert a.pg.data is None  # data directory emptied
+    assert not a.pg.running
+    assert "clone" not in c["b"].pg.calls + c["c"].pg.calls  # nobody cloned the discarded one
+    await c.round()  # a withdraws its claim and releases the lease at once
+    assert c.leader() != "a"
+    leader = await c.bootstrap()
+    assert leader != "a"  # a pauses before retrying; another member bootstrapped
+    node = c[leader]
+    assert node.callbacks.events(CallbackEvent.POST_BOOTSTRAP) == ["primary"]
+    system_id = node.pg.data.system_id  # type: ignore[union-attr]
+    assert c.store.get_raw("initialize") == system_id.encode()
+    assert a.pg.data is not None and a.pg.data.system_id == system_id  # a cloned the new one
