@@ -389,6 +389,7 @@ async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -
         "leader": False,
         "tags": {"nofailover": False, "failover_priority": 1, "nosync": False, "sync_priority": 1},
         "sync_role": "async",
+        "promotion_vetoed": False,
     }
     assert members["c"]["tags"]["nofailover"] is True
     assert members["d"]["lag_bytes"] == 10 * MIB
