@@ -1,9 +1,11 @@
 """Composition root: builds every part, starts the named root tasks, handles SIGTERM.
 
 Root tasks: the HA loop (owns the lease and the postmaster) and the REST API server. An
-unexpected exit of the loop stops the agent. SIGTERM or SIGINT asks the loop to shut down:
-a leader hands over to the healthiest replica first, then stops PostgreSQL and releases the
-lease; the whole shutdown is bounded by `timing.shutdown_timeout_s` (plus the switchover).
+unexpected exit of the loop stops the agent. Helpers that never stop it: the pod role
+labeler (Kubernetes) and the PostgreSQL certificate renewal (postgresql.tls). SIGTERM or
+SIGINT asks the loop to shut down: a leader hands over to the healthiest replica first, then
+stops PostgreSQL and releases the lease; the whole shutdown is bounded by
+`timing.shutdown_timeout_s` (plus the switchover).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from agent.peers import HttpPeers
 from agent.postgres.control import LocalPostgres, PostgresControl
 from agent.postgres.probe import Prober
 from agent.postgres.process import Postmaster
+from agent.postgres.tls import TlsRenewal, check_server_files
 
 log = structlog.get_logger("pgwarden.app")
 
@@ -90,6 +93,21 @@ def start_pod_labeler(
     return asyncio.create_task(labeler.run(), name="pod-labeler")
 
 
+def start_tls_renewal(settings: Settings, postmaster: Postmaster) -> asyncio.Task[None] | None:
+    """With postgresql.tls: the task that has PostgreSQL take a rotated certificate without a
+    restart (agent/postgres/tls.py), checking the files every `loop_wait_s`. It never stops
+    the agent (its failures are logged inside)."""
+    tls = settings.postgresql.tls
+    if tls is None:
+        return None
+    renewal = TlsRenewal(
+        tls, running=lambda: postmaster.pid() is not None, reload=postmaster.reload
+    )
+    return asyncio.create_task(
+        renewal.run(settings.timing.loop_wait_s), name="postgres-tls-renewal"
+    )
+
+
 async def run_agent(settings: Settings) -> int:
     configure_logging(settings.log)
     bind_member(settings.cluster, settings.name)
@@ -115,6 +133,14 @@ async def run_agent(settings: Settings) -> int:
         api_tls = ReloadingTls(settings.api.tls) if settings.api.tls is not None else None
     except (OSError, ssl.SSLError) as exc:
         raise SystemExit(f"api.tls: the certificate, key or CA does not load: {exc}") from None
+    pg_tls = settings.postgresql.tls
+    if pg_tls is not None:
+        try:
+            check_server_files(pg_tls.cert_file, pg_tls.key_file, pg_tls.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(
+                f"postgresql.tls: the certificate, key or CA does not load: {exc}"
+            ) from None
     fence_status = await fence.start()
     log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)
     loop = HaLoop(
@@ -136,6 +162,7 @@ async def run_agent(settings: Settings) -> int:
         ev_loop.add_signal_handler(sig, loop.request_shutdown)
     ha_task = asyncio.create_task(loop.run(), name="ha-loop")
     label_task = start_pod_labeler(settings, loop.status)
+    renewal_task = start_tls_renewal(settings, postmaster)
     exit_code = 0
     try:
         await ha_task
@@ -146,10 +173,11 @@ async def run_agent(settings: Settings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             ev_loop.remove_signal_handler(sig)
-        if label_task is not None:
-            label_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await label_task
+        for task in (label_task, renewal_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await _bounded_cleanup(settings, pg, dcs, runner)
     return exit_code
 

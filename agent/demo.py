@@ -100,10 +100,11 @@ class LocalMember:
     api_port: int
     base: Path
     process: subprocess.Popen[bytes] | None = None
+    scheme: str = "http"  # https when the cluster's agents serve api.tls
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{self.scheme}://127.0.0.1:{self.api_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -483,6 +484,12 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ observing
 
+    def api_session(self) -> aiohttp.ClientSession:
+        """A client session for the members' APIs; every request this module and the test
+        helpers make goes through one (a TLS cluster's gives the CA and a client
+        certificate)."""
+        return aiohttp.ClientSession()
+
     async def cluster_json(self, session: aiohttp.ClientSession) -> dict[str, object] | None:
         """/cluster from the first member that answers."""
         for member in self.members:
@@ -581,7 +588,7 @@ async def run_demo(cluster: LocalCluster, *, refresh_s: float) -> None:
     store = "etcd" if cluster.dcs_kind == "etcd" else "the test Kubernetes API server"
     message = f"starting: {store} and {cluster.size} members (bootstrap takes a few seconds)"
     started = time.monotonic()
-    async with aiohttp.ClientSession() as session:
+    async with cluster.api_session() as session:
         try:
             while True:
                 view = await cluster.cluster_json(session)

@@ -11,13 +11,12 @@ once per set of files seen.
 
 from __future__ import annotations
 
-import os
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
+from agent.filewatch import FileSetWatch
 from agent.settings import ApiTlsSettings, ClientVerify
 
 _log = structlog.get_logger(__name__)
@@ -27,21 +26,6 @@ _VERIFY_MODES = {
     ClientVerify.OPTIONAL: ssl.CERT_OPTIONAL,
     ClientVerify.REQUIRED: ssl.CERT_REQUIRED,
 }
-
-# What the files looked like when last read: (path, mtime_ns, size, inode) per file; a
-# missing file is all zeros, so that its return counts as a change.
-_Signature = tuple[tuple[str, int, int, int], ...]
-
-
-def _signature(paths: Sequence[str]) -> _Signature:
-    found = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            found.append((path, st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            found.append((path, 0, 0, 0))
-    return tuple(found)
 
 
 def server_context(tls: ApiTlsSettings) -> ssl.SSLContext:
@@ -70,7 +54,6 @@ def client_context(tls: ApiTlsSettings | None) -> ssl.SSLContext:
 
 @dataclass(frozen=True, slots=True)
 class _Loaded:
-    signature: _Signature
     server: ssl.SSLContext
     client: ssl.SSLContext
 
@@ -85,25 +68,24 @@ class ReloadingTls:
 
     def __init__(self, tls: ApiTlsSettings) -> None:
         self._tls = tls
-        self._paths = tuple(p for p in (tls.cert_file, tls.key_file, tls.ca_file) if p)
-        self._loaded = self._load(_signature(self._paths))
-        self._refused: _Signature | None = None
+        self._files = FileSetWatch([p for p in (tls.cert_file, tls.key_file, tls.ca_file) if p])
+        self._loaded = self._load()
         # The context the listening socket is made with; each handshake is moved to the
         # current one in `_on_hello`, so a rotation never needs a new socket.
         self.listener = server_context(tls)
         self.listener.sni_callback = self._on_hello
 
-    def _load(self, signature: _Signature) -> _Loaded:
-        return _Loaded(signature, server_context(self._tls), client_context(self._tls))
+    def _load(self) -> _Loaded:
+        return _Loaded(server_context(self._tls), client_context(self._tls))
 
     def _current(self) -> _Loaded:
-        signature = _signature(self._paths)
-        if signature in (self._loaded.signature, self._refused):
+        signature = self._files.pending()
+        if signature is None:
             return self._loaded
         try:
-            self._loaded = self._load(signature)
+            self._loaded = self._load()
         except (OSError, ssl.SSLError) as exc:
-            self._refused = signature
+            self._files.refuse(signature)
             _log.error(
                 "api_tls_reload_failed",
                 cert_file=self._tls.cert_file,
@@ -111,7 +93,7 @@ class ReloadingTls:
                 kept="the previous certificate",
             )
             return self._loaded
-        self._refused = None
+        self._files.accept(signature)
         _log.info("api_tls_reloaded", cert_file=self._tls.cert_file)
         return self._loaded
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -28,6 +27,15 @@ import asyncpg
 
 from agent.config import PostgresSettings
 from agent.postgres import replication
+from agent.postgres.osfiles import (
+    PostgresError,
+    RunAs,
+    agent_os_users,
+    ensure_dir,
+    run_as,
+    write_file,
+)
+from agent.postgres.tls import install_server_files
 from agent.proctree import kill_postmaster_tree, pid_alive, process_state
 
 _POLL_S = 0.01
@@ -49,10 +57,6 @@ _STOP_SIGNALS = {
 }
 
 
-class PostgresError(Exception):
-    """A PostgreSQL command or tool failed; the message carries the tool's stderr tail."""
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StandbyConfig:
     """Where a replica streams from. `application_name` is the replica's member name."""
@@ -61,125 +65,6 @@ class StandbyConfig:
     primary_port: int
     slot_name: str | None
     application_name: str
-
-
-# --------------------------------------------------------------------------- OS identity
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunAs:
-    """The unprivileged OS user PostgreSQL runs as; `switch` is False when we already are it."""
-
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-    switch: bool
-
-    @property
-    def user(self) -> int | None:
-        """For subprocess `user=`: None when no switch is needed."""
-        return self.uid if self.switch else None
-
-    @property
-    def group(self) -> int | None:
-        return self.gid if self.switch else None
-
-    @property
-    def extra_groups(self) -> list[int] | None:
-        # Always set with a switch: root's supplementary groups must not leak to PostgreSQL.
-        return list(self.groups) if self.switch else None
-
-
-def run_as(settings: PostgresSettings) -> RunAs:
-    """Who runs PostgreSQL. Raises PostgresError when that is root or an impossible switch."""
-    euid = os.geteuid()
-    if settings.os_user is None:
-        if euid == 0:
-            raise PostgresError("PostgreSQL refuses to run as root: set postgresql.os_user")
-        try:
-            entry = pwd.getpwuid(euid)
-            name, home = entry.pw_name, entry.pw_dir
-        except KeyError:  # an arbitrary uid without a passwd entry (some container platforms)
-            name, home = str(euid), "/"
-        return RunAs(name=name, uid=euid, gid=os.getegid(), groups=(), home=home, switch=False)
-    try:
-        entry = pwd.getpwnam(settings.os_user)
-    except KeyError:
-        raise PostgresError(f"postgresql.os_user {settings.os_user!r} does not exist") from None
-    if entry.pw_uid == 0:
-        raise PostgresError("postgresql.os_user must not be root")
-    if euid not in (0, entry.pw_uid):
-        raise PostgresError(
-            f"the agent runs as uid {euid}: it cannot run PostgreSQL as {settings.os_user!r}"
-        )
-    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    return RunAs(
-        name=entry.pw_name,
-        uid=entry.pw_uid,
-        gid=entry.pw_gid,
-        groups=groups,
-        home=entry.pw_dir,
-        switch=euid == 0,
-    )
-
-
-def agent_os_users(who: RunAs) -> list[str]:
-    """OS users that may connect as the superuser over the socket: the agent's and PostgreSQL's."""
-    names = [who.name]
-    with contextlib.suppress(KeyError):
-        names.insert(0, pwd.getpwuid(os.geteuid()).pw_name)
-    return names
-
-
-def ensure_dir(path: str, who: RunAs, *, mode: int = 0o700) -> None:
-    """Create `path` (and missing parents) owned by the OS user. An existing directory is left
-    as it is, except that the directory itself gets the owner and mode (it is ours)."""
-    missing: list[str] = []
-    current = os.path.abspath(path)
-    while not os.path.isdir(current):
-        missing.append(current)
-        current = os.path.dirname(current)
-    for directory in reversed(missing):
-        os.mkdir(directory, mode)
-        if who.switch:
-            os.chown(directory, who.uid, who.gid)
-    if who.switch:
-        os.chown(path, who.uid, who.gid)
-    os.chmod(path, mode)
-    _ensure_traversable(os.path.dirname(os.path.abspath(path)), who)
-
-
-def _ensure_traversable(path: str, who: RunAs) -> None:
-    """Let the OS user pass through `path` (execute only, not list) when it cannot."""
-    if not who.switch:
-        return
-    st = os.stat(path)
-    if st.st_uid == who.uid:
-        return
-    if st.st_gid in who.groups and st.st_mode & 0o010:
-        return
-    if not st.st_mode & 0o001:
-        os.chmod(path, st.st_mode | 0o001)
-
-
-def write_file(path: str, text: str, who: RunAs, *, mode: int = 0o600) -> None:
-    """Atomically replace `path` with `text`, owned by the OS user."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if who.switch:
-            os.chown(tmp, who.uid, who.gid)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def tool_env(who: RunAs, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -345,11 +230,12 @@ def write_client_files(settings: PostgresSettings, run_dir: str) -> None:
 
     - the libpq password file (mode 0600; libpq ignores a looser one) with the replication
       and superuser passwords, which conninfo strings name instead of holding the password;
-    - with postgresql.tls, copies of its certificate, key and CA in `tls/`. PostgreSQL refuses
-      a key file that is not owned by its OS user with mode 0600 (or root-owned with 0640),
-      which a mounted Secret or a root-owned file seldom is; the copies always are. Rewritten
-      before every start and reload, so a rotated certificate is used after the next reload.
-    Raises OSError when a source file cannot be read.
+    - with postgresql.tls, copies of its certificate, key and CA in `tls/`
+      (`tls.install_server_files`: mode 0600, replaced only by a set that loads). Rewritten
+      before every start and reload, so a rotated certificate is used after the next reload
+      (`tls.TlsRenewal` reloads when the files change).
+    Raises OSError when a source file cannot be read, PostgresError when the TLS files do not
+    load together.
     """
     who = run_as(settings)
     ensure_dir(replication.conf_dir(run_dir), who)
@@ -360,15 +246,8 @@ def write_client_files(settings: PostgresSettings, run_dir: str) -> None:
     ]
     if entries:
         write_file(replication.passfile_path(run_dir), replication.render_passfile(entries), who)
-    tls = settings.tls
-    if tls is None:
-        return
-    ensure_dir(replication.tls_dir(run_dir), who)
-    for source, target in zip(
-        (tls.cert_file, tls.key_file, tls.ca_file), replication.tls_paths(run_dir), strict=True
-    ):
-        with open(source, encoding="utf-8") as handle:
-            write_file(target, handle.read(), who)
+    if settings.tls is not None:
+        install_server_files(settings.tls, run_dir, who)
 
 
 def _read_pidfile(data_dir: str) -> list[str] | None:

@@ -11,12 +11,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 
-from agent.demo import LocalCluster
+from agent.demo import LocalCluster, LocalMember
+from tests.support.tls import ClusterPki
 from tests.support.workload import MemberWriter, WriterLog
 
 # Short timings so that lease expiry scenarios take seconds; the timing rule still holds:
@@ -32,6 +35,46 @@ E2E_TIMING = {
 }
 
 
+@dataclass(slots=True, kw_only=True)
+class TlsCluster(LocalCluster):
+    """A `LocalCluster` on TLS, files from a CA made in `<base>/tls` (tests/support/tls.py):
+    with `api_tls` the agents serve their API over https only and require a client
+    certificate (members call each other with their own), and the helpers here reach them
+    with the test's client certificate (`api_session`); with `pg_tls` they run PostgreSQL
+    with `postgresql.tls` (hostssl, verify-full replication)."""
+
+    api_tls: bool = True
+    pg_tls: bool = True
+    pki: ClusterPki | None = None
+
+    def __post_init__(self) -> None:
+        LocalCluster.__post_init__(self)  # slotted dataclasses: no zero-argument super()
+        self.pki = ClusterPki.create(self.base / "tls")
+        if self.api_tls:
+            for member in self.members:
+                member.scheme = "https"
+
+    @property
+    def tls(self) -> ClusterPki:
+        assert self.pki is not None
+        return self.pki
+
+    def config_for(self, member: LocalMember) -> dict[str, object]:
+        config = LocalCluster.config_for(self, member)
+        if self.api_tls:
+            api = config["api"]
+            assert isinstance(api, dict)
+            api["tls"] = self.tls.api_settings()
+        if self.pg_tls:
+            postgresql = config["postgresql"]
+            assert isinstance(postgresql, dict)
+            postgresql["tls"] = self.tls.pg_settings()
+        return config
+
+    def api_session(self) -> aiohttp.ClientSession:
+        return self.tls.session() if self.api_tls else LocalCluster.api_session(self)
+
+
 @contextmanager
 def local_cluster(
     size: int = 3,
@@ -40,16 +83,25 @@ def local_cluster(
     dcs_kind: str = "etcd",
     kube_lock: str = "endpoints",
     extra: dict[str, object] | None = None,
+    api_tls: bool = False,
+    pg_tls: bool = False,
 ) -> Iterator[LocalCluster]:
+    """A running cluster of `size` agents (stopped and removed afterwards); with `api_tls`
+    or `pg_tls` a `TlsCluster`."""
     base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
-    running = LocalCluster(
-        base=base,
-        size=size,
-        timing=dict(E2E_TIMING),
-        cluster=cluster,
-        dcs_kind=dcs_kind,
-        kube_lock=kube_lock,
-        extra=extra or {},
+    common: dict[str, Any] = {
+        "base": base,
+        "size": size,
+        "timing": dict(E2E_TIMING),
+        "cluster": cluster,
+        "dcs_kind": dcs_kind,
+        "kube_lock": kube_lock,
+        "extra": extra or {},
+    }
+    running = (
+        TlsCluster(**common, api_tls=api_tls, pg_tls=pg_tls)
+        if api_tls or pg_tls
+        else LocalCluster(**common)
     )
     try:
         running.start()
@@ -140,7 +192,7 @@ async def converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
     failure does not cascade into the scenarios after it."""
     revive(cluster)
     found: list[int] = []
-    async with aiohttp.ClientSession() as session:
+    async with cluster.api_session() as session:
 
         async def ready() -> bool:
             if not await converged(cluster, session):
@@ -161,7 +213,7 @@ async def new_primary(cluster: LocalCluster, old: int, timeout: float) -> int:
     found: list[int] = []
 
     async def other_primary() -> bool:
-        async with aiohttp.ClientSession() as session:
+        async with cluster.api_session() as session:
             index = await cluster.primary_index(session)
         if index is not None and index != old:
             found.append(index)

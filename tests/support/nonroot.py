@@ -9,8 +9,9 @@ checkout and the venv's site-packages on PYTHONPATH (the same CPython minor vers
 compiled extension modules load). The fencer inherits both (it is `sys.executable -m
 agent.fencer`).
 
-With `pg_tls` the members also run PostgreSQL with `postgresql.tls` (a trustme CA made here,
-one certificate for 127.0.0.1 checked with verify-full), as the secure Kubernetes example does.
+With `pg_tls` the members also run PostgreSQL with `postgresql.tls` (tests/support/tls.py: a
+CA made here, one certificate for 127.0.0.1 checked with verify-full), as the secure
+Kubernetes example does.
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import trustme
-
-from agent.demo import LocalCluster, LocalMember
-from tests.support.cluster import E2E_TIMING
+from agent.demo import LocalMember
+from tests.support.cluster import E2E_TIMING, TlsCluster
 
 OS_USER = "postgres"
 SYSTEM_PYTHON = "/usr/bin/python3.11"
@@ -61,20 +60,19 @@ def agent_env(user: pwd.struct_passwd) -> dict[str, str]:
     }
 
 
-@dataclass(slots=True)
-class NonRootCluster(LocalCluster):
-    """Agents as `postgres`, configured without `postgresql.os_user`; `pg_tls` is their
-    `postgresql.tls` section (empty: none)."""
+@dataclass(slots=True, kw_only=True)
+class NonRootCluster(TlsCluster):
+    """Agents as `postgres`, configured without `postgresql.os_user`; TLS as `TlsCluster`
+    (none unless asked for)."""
 
-    pg_tls: dict[str, str] = field(default_factory=dict)
+    api_tls: bool = False
+    pg_tls: bool = False
 
     def config_for(self, member: LocalMember) -> dict[str, object]:
-        config = LocalCluster.config_for(self, member)
+        config = TlsCluster.config_for(self, member)
         postgresql = config["postgresql"]
         assert isinstance(postgresql, dict)
         postgresql.pop("os_user", None)
-        if self.pg_tls:
-            postgresql["tls"] = dict(self.pg_tls)
         return config
 
     def start_member(self, index: int) -> None:
@@ -95,33 +93,13 @@ class NonRootCluster(LocalCluster):
             )
 
 
-def make_pg_tls(directory: Path) -> dict[str, str]:
-    """A CA and a certificate for 127.0.0.1 in `directory` (files any user may read, as
-    loose as a mounted Secret: the agent makes PostgreSQL's copy of the key private)."""
-    directory.mkdir(mode=0o755)
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1")
-    files = {
-        "cert_file": directory / "tls.crt",
-        "key_file": directory / "tls.key",
-        "ca_file": directory / "ca.crt",
-    }
-    leaf.cert_chain_pems[0].write_to_path(str(files["cert_file"]))
-    leaf.private_key_pem.write_to_path(str(files["key_file"]))
-    ca.cert_pem.write_to_path(str(files["ca_file"]))
-    for path in files.values():
-        os.chmod(path, 0o644)
-    return {name: str(path) for name, path in files.items()} | {"verify": "verify-full"}
-
-
 @contextmanager
 def nonroot_cluster(size: int = 3, *, pg_tls: bool = False) -> Iterator[NonRootCluster]:
     """A running `NonRootCluster` (etcd, `size` agents, short e2e timings, PostgreSQL TLS
     with `pg_tls`); stopped and removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="pgwarden-nonroot-", dir="/tmp"))
     os.chmod(base, 0o755)
-    tls = make_pg_tls(base / "tls") if pg_tls else {}
-    running = NonRootCluster(base=base, size=size, timing=dict(E2E_TIMING), pg_tls=tls)
+    running = NonRootCluster(base=base, size=size, timing=dict(E2E_TIMING), pg_tls=pg_tls)
     try:
         running.start()
         yield running

@@ -25,6 +25,7 @@ from agent.postgres.replication import (
 )
 from agent.settings import InvalidSettings, PostgresTls, TlsVerify
 from tests.support.postgres import pg_os_user
+from tests.support.tls import ClusterPki
 from tests.unit.test_replication_render import parse_conninfo
 
 TLS = PostgresTls(cert_file="/tls/tls.crt", key_file="/tls/tls.key", ca_file="/tls/ca.crt")
@@ -184,24 +185,16 @@ def test_passfile_refuses_a_line_break_in_a_password() -> None:
 def test_client_files_are_the_os_users_with_a_private_key_and_password_file(
     tmp_path: Path,
 ) -> None:
-    source = tmp_path / "secret"
-    source.mkdir()
-    for name in ("tls.crt", "tls.key", "ca.crt"):
-        (source / name).write_text(f"-----{name}-----\n")
-        os.chmod(source / name, 0o644)  # as loose as a Secret mounted with defaultMode 0644
-    tls = PostgresTls(
-        cert_file=str(source / "tls.crt"),
-        key_file=str(source / "tls.key"),
-        ca_file=str(source / "ca.crt"),
-    )
+    pki = ClusterPki.create(tmp_path / "secret")  # files as loose as a Secret's: mode 0644
+    tls = pki.pg_tls()
     os.chmod(tmp_path, 0o755)
     run_dir = str(tmp_path / "run")
     write_client_files(settings(tls=tls, os_user=pg_os_user()), run_dir)
     os_user = pg_os_user()
     owner = os.getuid() if os_user is None else pwd.getpwnam(os_user).pw_uid
     cert, key, ca = tls_paths(run_dir)
-    for path, content in ((cert, "tls.crt"), (key, "tls.key"), (ca, "ca.crt")):
-        assert Path(path).read_text() == f"-----{content}-----\n"
+    for path, source in ((cert, tls.cert_file), (key, tls.key_file), (ca, tls.ca_file)):
+        assert Path(path).read_text() == Path(source).read_text()
     for path in (key, passfile_path(run_dir)):
         info = os.stat(path)
         assert stat.S_IMODE(info.st_mode) == 0o600, path

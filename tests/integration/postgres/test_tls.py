@@ -3,7 +3,8 @@
 A primary and a standby with `postgresql.tls` (a CA made here with trustme, one certificate
 per member naming 127.0.0.1, which `verify-full` checks): the clone, the stream and a rewind
 all go through TLS, a replication connection without TLS is refused by the agent's pg_hba,
-and no password is written into postgresql.auto.conf.
+no password is written into postgresql.auto.conf, and a certificate renewed on disk is served
+to new connections after a reload, without a restart.
 
 Why 127.0.0.1 suffices for "from another host": the agent's pg_hba does not single out
 loopback for users with a password: its lines for replication and the superuser cover every
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import stat
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,9 +27,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 import trustme
+from cryptography import x509
 
-from agent.postgres import StopMode, clone, create_roles, ensure_slots, initdb, rewind
+from agent.postgres import StopMode, clone, create_roles, ensure_slots, initdb, replication, rewind
 from agent.postgres.replication import passfile_path, quote_config_value
+from agent.postgres.tls import TlsRenewal
 from agent.settings import PostgresTls
 from tests.support.postgres import (
     PG_BIN_DIR,
@@ -40,6 +44,7 @@ from tests.support.postgres import (
     pg_available,
     pg_base_dir,
 )
+from tests.support.tls import pg_served_certificate
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -52,6 +57,7 @@ class TlsPair:
     primary: PgNode
     standby: PgNode
     ca_file: str
+    ca: trustme.CA
 
 
 def _member_tls(ca: trustme.CA, directory: Path) -> PostgresTls:
@@ -98,7 +104,7 @@ async def pair() -> AsyncIterator[TlsPair]:
             )
             tls = primary.settings.tls
             assert tls is not None
-            yield TlsPair(primary=primary, standby=standby, ca_file=tls.ca_file)
+            yield TlsPair(primary=primary, standby=standby, ca_file=tls.ca_file, ca=ca)
         finally:
             for node in nodes:
                 await node.postmaster.close()
@@ -185,6 +191,44 @@ async def test_no_password_is_written_into_the_standbys_configuration(pair: TlsP
         fragment = max(secret.split(), key=len)  # "pl'pa\\ss": also as the file escapes it
         for form in (fragment, quote_config_value(fragment)[1:-1]):
             assert form not in auto_conf
+
+
+def _rotate(ca: trustme.CA, tls: PostgresTls) -> x509.Certificate:
+    """A new certificate and key written over the member's source files (a Secret update)."""
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.private_key_pem.write_to_path(tls.key_file)
+    leaf.cert_chain_pems[0].write_to_path(tls.cert_file)
+    return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+
+
+async def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
+    pair: TlsPair,
+) -> None:
+    primary = pair.primary
+    tls = primary.settings.tls
+    assert tls is not None
+    pid = primary.postmaster.pid()
+    first = x509.load_pem_x509_certificate(Path(tls.cert_file).read_bytes())
+    served = await pg_served_certificate(primary.port, pair.ca_file)
+    assert served.serial_number == first.serial_number
+    renewal = TlsRenewal(
+        tls,
+        running=lambda: primary.postmaster.pid() is not None,
+        reload=primary.postmaster.reload,
+    )
+    assert await renewal.check()  # the first check applies whatever is on disk
+    renewed = _rotate(pair.ca, tls)
+    assert await renewal.check()
+
+    async def serves_the_new_one() -> bool:
+        served = await pg_served_certificate(primary.port, pair.ca_file)
+        return served.serial_number == renewed.serial_number
+
+    await eventually(serves_the_new_one, timeout_s=10)  # the postmaster handles SIGHUP async
+    assert primary.postmaster.pid() == pid, "PostgreSQL was restarted"
+    assert await _walsender_ssl(primary, pair.standby.name) is True
+    copy = Path(replication.tls_paths(primary.run_dir)[1])
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
 
 
 async def test_the_old_primary_is_rewound_over_tls_and_streams_over_tls(pair: TlsPair) -> None:
