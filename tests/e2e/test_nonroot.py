@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import yaml
 
@@ -30,6 +29,7 @@ from tests.support.cluster import (
     member_writers,
     new_primary,
     query_values,
+    replicas_stream_over_tls,
     stop_writers,
     wait_until,
 )
@@ -76,7 +76,7 @@ async def test_bootstrap_as_postgres_without_os_user_runs_every_process_as_that_
     assert {process_uid(pid) for pid in fencers} == {uid}
     await ensure_table("127.0.0.1", leader.pg_port)
     await wait_until(
-        lambda: _replicas_stream_over_tls(cluster, primary),
+        lambda: replicas_stream_over_tls(cluster, primary),
         timeout=10,
         what="every replica streaming over TLS",
     )
@@ -105,31 +105,11 @@ async def test_hard_kill_of_the_primary_fails_over_and_it_is_rewound_back(
 
     await wait_until(same_rows, timeout=10, what="the rewound member holding the new rows")
     await wait_until(
-        lambda: _replicas_stream_over_tls(cluster, new),
+        lambda: replicas_stream_over_tls(cluster, new),
         timeout=10,
         what="the rewound member streaming over TLS",
     )
     assert _rewound(cluster.members[old].log_path), "the old primary rejoined without a rewind"
-
-
-async def _replicas_stream_over_tls(cluster: NonRootCluster, primary: int) -> bool:
-    """Every other member has a walsender on the primary, and each uses TLS."""
-    conn = await asyncpg.connect(
-        host="127.0.0.1",
-        port=cluster.members[primary].pg_port,
-        user="postgres",
-        database="postgres",
-        timeout=3,
-    )
-    try:
-        rows = await conn.fetch(
-            "SELECT r.application_name, s.ssl FROM pg_stat_replication r"
-            " JOIN pg_stat_ssl s USING (pid) WHERE r.state = 'streaming'"
-        )
-    finally:
-        await conn.close()
-    others = {m.name for i, m in enumerate(cluster.members) if i != primary}
-    return {r["application_name"] for r in rows if r["ssl"]} == others
 
 
 def _rewound(log_path: Path) -> bool:

@@ -236,3 +236,30 @@ def member_writers(cluster: LocalCluster, base: int) -> dict[str, MemberWriter]:
 
 async def stop_writers(writers: dict[str, MemberWriter]) -> dict[str, WriterLog]:
     return {name: await w.stop() for name, w in writers.items()}
+
+
+async def tls_walsenders(cluster: LocalCluster, primary: int) -> dict[str, bool]:
+    """On the primary's PostgreSQL: application_name -> whether its connection uses TLS
+    (pg_stat_ssl), for every walsender that is streaming."""
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=cluster.members[primary].pg_port,
+        user="postgres",
+        database="postgres",
+        timeout=3,
+    )
+    try:
+        rows = await conn.fetch(
+            "SELECT r.application_name, s.ssl FROM pg_stat_replication r"
+            " JOIN pg_stat_ssl s USING (pid) WHERE r.state = 'streaming'"
+        )
+    finally:
+        await conn.close()
+    return {str(r["application_name"]): r["ssl"] is True for r in rows}
+
+
+async def replicas_stream_over_tls(cluster: LocalCluster, primary: int) -> bool:
+    """Every other member streams from the primary, and each over TLS."""
+    walsenders = await tls_walsenders(cluster, primary)
+    others = {m.name for i, m in enumerate(cluster.members) if i != primary}
+    return {name for name, ssl in walsenders.items() if ssl} == others
