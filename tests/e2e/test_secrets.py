@@ -1,28 +1,26 @@
 """End to end, secrets never leak: a two-member cluster on real etcd with known secrets (the
-API token, the API basic-auth password, PostgreSQL's superuser and replication passwords)
-is run through a switchover (so that the replica's clone, its replication connection and a
-pg_rewind-free hand-over all use them), and then every place an operator or another process
-can read is searched for each secret, in clear or base64 (as in a basic-auth header):
-every line of every agent's log (PostgreSQL's own output included), the arguments and
-environment of every process on the machine, every etcd key and value, PostgreSQL's
-configuration files and every file in the agent's run directory but the private (0600)
-libpq password file, the API's views (`/cluster`,
-`/config`, `/metrics`, `/health`, `/history`, `/openapi.json`) on every member, and
-`pgwarden run --check-config`.
+API token, the API basic-auth password, PostgreSQL's superuser and replication passwords,
+the password the agents log in to etcd with: etcd runs with authentication on) is run through
+a switchover (so that the replica's clone, its replication connection and a pg_rewind-free
+hand-over all use them), and then every place an operator or another process can read is
+searched for each secret, in clear or base64 (as in a basic-auth header): every line of every
+agent's log (PostgreSQL's own output included), the arguments and environment of every
+process on the machine, every etcd key and value, PostgreSQL's configuration files and every
+file in the agent's run directory but the private (0600) libpq password file, the API's views
+(`/cluster`, `/config`, `/metrics`, `/health`, `/history`, `/openapi.json`) on every member,
+and `pgwarden run --check-config`.
 
-Not covered: an etcd password (the local cluster's etcd runs without auth).
+Not searched: etcd's own data directory and log.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import pytest
 
 from agent.demo import LocalCluster, LocalMember
 from tests.support.cluster import E2E_TIMING, converge, new_primary
+from tests.support.etcd import EtcdCluster, running_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -40,7 +39,9 @@ SECRETS = {
     "api password": "apipw-Hs7Yd3Kf9Wn",
     "superuser password": "supw-Jb5Tq1Rg6Mz",
     "replication password": "replpw-Xc2Nv8Ld4Pk",
+    "etcd password": "etcdpw-Tm3Wq7Bz5Rj",
 }
+ETCD_USER = "pgwarden"
 
 
 @dataclass(kw_only=True)
@@ -62,18 +63,35 @@ class SecretCluster(LocalCluster):
             "username": "replicator",
             "password": SECRETS["replication password"],
         }
+        config["dcs"] = {
+            "kind": "etcd",
+            "etcd": {
+                "endpoints": self.etcd_endpoints,
+                "username": ETCD_USER,
+                "password": SECRETS["etcd password"],
+            },
+        }
         return config
 
 
+@dataclass(frozen=True, slots=True)
+class Started:
+    cluster: SecretCluster
+    etcd: EtcdCluster  # with auth on: the agents log in as ETCD_USER
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[SecretCluster]:
+def started() -> Iterator[Started]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-secrets-", dir="/tmp"))
+    auth = (ETCD_USER, SECRETS["etcd password"])
     running = SecretCluster(
         base=base, size=2, timing=dict(E2E_TIMING), cluster="sec", token=SECRETS["api token"]
     )
     try:
-        running.start()
-        yield running
+        with running_cluster(1, base / "etcd-auth", auth=auth) as etcd:
+            running.etcd_endpoints = etcd.endpoints  # LocalCluster then starts no etcd of its own
+            running.start()
+            yield Started(cluster=running, etcd=etcd)
     finally:
         running.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -118,20 +136,11 @@ def _file_leaks(member: LocalMember) -> list[str]:
     return found
 
 
-def _etcd_dump(cluster: LocalCluster) -> str:
-    body = json.dumps({"key": base64.b64encode(b"\0").decode(), "range_end": "AA=="}).encode()
-    request = urllib.request.Request(
-        cluster.etcd_endpoints[0] + "/v3/kv/range", data=body, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        kvs = json.load(answer).get("kvs", [])
-    assert kvs, "etcd holds no keys: the cluster did not write its state"
-    return "\n".join(
-        base64.b64decode(kv["key"]).decode()
-        + " = "
-        + base64.b64decode(kv.get("value", "")).decode()
-        for kv in kvs
-    )
+def _etcd_dump(etcd: EtcdCluster) -> str:
+    """Every key and value in etcd (etcdctl, logged in as the agents' user)."""
+    dump = etcd.etcdctl("get", "", "--prefix")
+    assert "/sec/" in dump, "etcd holds no keys: the cluster did not write its state"
+    return dump
 
 
 async def _api_views(cluster: LocalCluster) -> dict[str, str]:
@@ -146,8 +155,9 @@ async def _api_views(cluster: LocalCluster) -> dict[str, str]:
 
 
 async def test_no_secret_appears_in_logs_processes_dcs_views_or_check_config(
-    cluster: SecretCluster,
+    started: Started,
 ) -> None:
+    cluster = started.cluster
     first = await converge(cluster, timeout=60)
     # A switchover: the replica connects for replication with its password, the API checks the
     # token, and the new replica is re-pointed (primary_conninfo rewritten).
@@ -182,7 +192,7 @@ async def test_no_secret_appears_in_logs_processes_dcs_views_or_check_config(
         except OSError:
             continue
         leaks += _leaks(f"/proc/{pid}/environ", environ.replace("\0", " "))
-    leaks += _leaks("etcd", _etcd_dump(cluster))
+    leaks += _leaks("etcd", _etcd_dump(started.etcd))
     for member in cluster.members:
         leaks += _file_leaks(member)
     for where, text in (await _api_views(cluster)).items():
