@@ -227,8 +227,10 @@ FIELDS: Final[tuple[Field, ...]] = (
                  "from the network is refused), and replicas, `pg_basebackup` and `pg_rewind` "
                  "verify the member they connect to (`verify`). The files are copied into "
                  "`<run_dir>/postgres/tls/` (owned by PostgreSQL's OS user, the key with mode "
-                 "0600, as PostgreSQL requires) before every start of PostgreSQL: renewed "
-                 "files are used from its next start. See \"TLS\" above."),
+                 "0600, as PostgreSQL requires) before every start of PostgreSQL, and again "
+                 "when they change on disk (checked every `loop_wait_s`), followed by a reload: "
+                 "renewed files are served to new connections without a restart. See "
+                 "\"TLS\" above."),
     Field(path="postgresql.tls.cert_file", kind=_S, required=True, default_doc="required",
           rule="Absolute path of a readable PEM file.",
           doc="The server certificate (chain) of this member."),

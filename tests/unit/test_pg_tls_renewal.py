@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 import structlog
+import yaml
 
+from agent.app import run_agent
+from agent.config import load_settings
 from agent.postgres.osfiles import PostgresError, RunAs, run_as
 from agent.postgres.replication import tls_paths
 from agent.postgres.tls import TlsRenewal, install_server_files
@@ -124,3 +127,29 @@ async def test_a_stopped_server_is_left_alone_and_a_failed_reload_is_tried_again
     assert not await renewal.check()
     assert await renewal.check()
     assert len(server.reloads) == 1
+
+
+@pytest.mark.parametrize("section", ["postgresql", "api"])
+async def test_a_tls_set_that_does_not_load_stops_the_agent_at_start_naming_its_section(
+    pki: ClusterPki, tmp_path: Path, section: str
+) -> None:
+    pki.write_pg_mismatch()
+    (pki.directory / "api.crt").write_bytes((pki.directory / "pg.crt").read_bytes())
+    document = {
+        "name": "pg-0",
+        "cluster": "demo",
+        "run_dir": str(tmp_path / "run"),
+        "dcs": {"kind": "etcd", "etcd": {"endpoints": ["http://127.0.0.1:9"]}},
+        "postgresql": {"data_dir": str(tmp_path / "data")},
+        "api": {"insecure_no_auth": True, "port": 9},
+    }
+    sections = {"postgresql": pki.pg_settings(), "api": pki.files("api")}
+    target = document[section]
+    assert isinstance(target, dict)
+    target["tls"] = sections[section]
+    path = tmp_path / "pgwarden.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(SystemExit, match=rf"^{section}\.tls: the certificate, key or CA"):
+        await run_agent(load_settings(str(path), {}))
+    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "run" / "fencer.sock").exists()
