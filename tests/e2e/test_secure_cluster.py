@@ -6,15 +6,18 @@ lost across a failover.
 
 The scenarios share the cluster, each from `converge` (which reaches the agents over https
 with the test's client certificate, as every helper in tests/support/cluster.py does):
-bootstrap with every walsender on TLS; a hard kill of the primary (agent and PostgreSQL,
-SIGKILL) under an application writer; a switchover by `pgwarden ctl` over https; a
-PostgreSQL certificate rotated on disk and served without a restart.
+bootstrap with every walsender on TLS, the API refusing plain HTTP and a client without a
+certificate; a hard kill of the primary (agent and PostgreSQL, SIGKILL) under an application
+writer; a switchover by `pgwarden ctl` over https; the API's and PostgreSQL's certificates
+rotated on disk and served without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography import x509
 
 from tests.support.cluster import (
     TlsCluster,
@@ -60,16 +64,24 @@ async def _all_streaming_over_tls(cluster: TlsCluster, primary: int) -> None:
     )
 
 
-async def test_bootstrap_streams_over_tls_and_the_api_refuses_plain_http(
+async def test_bootstrap_streams_over_tls_and_the_api_refuses_plain_http_and_no_certificate(
     cluster: TlsCluster,
 ) -> None:
     primary = await converge(cluster, timeout=60)
     await _all_streaming_over_tls(cluster, primary)
-    assert all(member.api_url.startswith("https://") for member in cluster.members)
-    async with aiohttp.ClientSession() as plain:
+    async with cluster.api_session() as session:
+        view = await cluster.cluster_json(session)
+    assert view is not None and isinstance(view["members"], list)
+    published = [str(m["api_url"]) for m in view["members"]]
+    assert all(url.startswith("https://") for url in published), published
+    no_certificate = ssl.create_default_context(cafile=cluster.tls.ca_file)
+    async with aiohttp.ClientSession() as client:
         for member in cluster.members:
             with pytest.raises(aiohttp.ClientError):
-                async with plain.get(f"http://127.0.0.1:{member.api_port}/health") as answer:
+                async with client.get(f"http://127.0.0.1:{member.api_port}/health") as answer:
+                    await answer.read()
+            with pytest.raises(aiohttp.ClientError):
+                async with client.get(member.api_url + "/health", ssl=no_certificate) as answer:
                     await answer.read()
 
 
@@ -152,21 +164,38 @@ async def test_ctl_switches_over_through_https_and_the_replicas_follow_over_tls(
     assert all(m.name in listed.stdout for m in cluster.members), listed.stdout
 
 
-async def test_a_rotated_postgres_certificate_is_served_without_a_restart(
-    cluster: TlsCluster,
-) -> None:
+async def test_rotated_certificates_are_served_without_a_restart(cluster: TlsCluster) -> None:
     primary = await converge(cluster)
+    agents = [m.process for m in cluster.members]
     postmasters = [m.postmaster_pid() for m in cluster.members]
-    renewed = cluster.tls.rotate("pg", "pg-renewed")
+    renewed_pg = cluster.tls.rotate("pg", "pg-renewed")
+    renewed_api = cluster.tls.rotate("api", "api-renewed")
 
-    async def every_member_serves_it() -> bool:
+    async def every_member_serves_them() -> bool:
         for member in cluster.members:
-            served = await pg_served_certificate(member.pg_port, cluster.tls.ca_file)
-            if served.serial_number != renewed.serial_number:
+            pg = await pg_served_certificate(member.pg_port, cluster.tls.ca_file)
+            api = await asyncio.to_thread(_api_served_certificate, cluster, member.api_port)
+            if (pg.serial_number, api.serial_number) != (
+                renewed_pg.serial_number,
+                renewed_api.serial_number,
+            ):
                 return False
         return True
 
-    # Each agent checks the files every loop_wait_s (1 s here).
-    await wait_until(every_member_serves_it, timeout=15, what="the renewed certificate served")
+    # The API checks its files at every handshake; PostgreSQL's every loop_wait_s (1 s here).
+    await wait_until(every_member_serves_them, timeout=15, what="the renewed certificates")
+    assert [m.process for m in cluster.members] == agents
+    assert all(p is not None and p.poll() is None for p in agents), "an agent stopped"
     assert [m.postmaster_pid() for m in cluster.members] == postmasters, "a restart"
     assert await replicas_stream_over_tls(cluster, primary)
+
+
+def _api_served_certificate(cluster: TlsCluster, port: int) -> x509.Certificate:
+    context = cluster.tls.client_context()
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
