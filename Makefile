@@ -6,14 +6,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := postgresql etcd-server etcd-client iproute2 iptables nftables iputils-ping procps kubectl fuse3
 PYTEST_ARGS ?=
+IMAGE ?= pgwarden:0.1.0
+POSTGRES_JIT ?=
 
-.PHONY: demo test check unit integration e2e chaos bench setup deb venv clean
+.PHONY: demo test check unit integration e2e chaos bench setup deb venv clean \
+	image test-containers constraints
 
 demo: setup
 	$(VENV)/bin/pgwarden demo
 
+# The container tier is not in here: it needs the image (`make test-containers`).
 test: setup check
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/containers $(PYTEST_ARGS)
 
 check: setup
 	$(VENV)/bin/ruff check agent tests bench
@@ -37,6 +41,31 @@ CHAOS_RUNS ?= 3
 chaos: setup
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_REPORT=docs/chaos-report \
 		$(PY) -m pytest -q -p no:cacheprovider -rxs tests/chaos $(PYTEST_ARGS)
+
+# The container image without a Docker engine or a registry: podman (runc, cgroupfs), a
+# Debian bookworm base image made from the Debian archive with mmdebstrap (built once, then
+# kept), the Dockerfile with podman's layer cache (docker/image.sh). Installs what is missing.
+# POSTGRES_JIT=on keeps PostgreSQL's LLVM JIT (156 MB more).
+image:
+	POSTGRES_JIT=$(POSTGRES_JIT) bash docker/image.sh build $(IMAGE)
+
+# The container tier (tests/containers): the image, then clusters of its containers under
+# podman with the pods' hardening. CI runs it after `make test`.
+test-containers: setup image
+	PGWARDEN_TEST_IMAGE=$(IMAGE) $(PY) -m pytest -q -p no:cacheprovider -rs tests/containers \
+		$(PYTEST_ARGS)
+
+# Pin the image's Python packages again (docker/constraints.txt): the newest versions that
+# pyproject.toml allows, and the build backend (setuptools, wheel) the isolated build uses.
+constraints:
+	rm -rf build/constraints-venv
+	python3 -m venv build/constraints-venv
+	build/constraints-venv/bin/pip install -q --no-cache-dir . 'setuptools>=68' wheel
+	{ grep '^#' docker/constraints.txt; \
+	  build/constraints-venv/bin/pip freeze --all --exclude pgwarden --exclude pip; } \
+		> build/constraints.txt
+	mv build/constraints.txt docker/constraints.txt
+	rm -rf build/constraints-venv
 
 bench: setup
 	$(PY) bench/dcs_latency.py
