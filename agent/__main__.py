@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from agent.config import CONFIG_ENV_VAR, ConfigError, load_settings, render_effective
+from agent.pgparams import precedence_comment
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -74,7 +75,7 @@ def _run(config: str | None, check_only: bool, env: Mapping[str, str]) -> int:
         print(f"pgwarden: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if check_only:
-        sys.stdout.write(render_effective(settings))
+        sys.stdout.write(render_effective(settings) + precedence_comment(settings))
         return EXIT_OK
     # Lazily: `--check-config` must work without the agent's dependencies loaded.
     from agent.app import run_agent  # noqa: PLC0415

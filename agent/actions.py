@@ -16,6 +16,8 @@ from agent.model import (
     FailsafeRecord,
     HistoryEntry,
     MemberName,
+    PgConfig,
+    RestartSchedule,
     SyncRecord,
     SyncStandbys,
 )
@@ -214,6 +216,23 @@ class ConfirmFailsafe:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Reconfigure:
+    """Render PostgreSQL's configuration files with the DCS `postgresql` section `config`
+    (as agent/pgparams.py `dynamic_for` holds it back) and make a running server re-read
+    them (SIGHUP); a stopped one reads them at its next start."""
+
+    config: PgConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetRestartSchedule:
+    """Write the DCS `restart` record (CAS on `expected_version`); `schedule=None` deletes it."""
+
+    schedule: RestartSchedule | None
+    expected_version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Exit:
     """Shutdown is complete: leave the loop."""
 
@@ -243,6 +262,8 @@ Action = (
     | SetSyncStandbyNames
     | SetFailsafeRecord
     | ConfirmFailsafe
+    | Reconfigure
+    | SetRestartSchedule
     | Exit
 )
 

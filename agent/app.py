@@ -32,6 +32,7 @@ from agent.loop import HaLoop
 from agent.metrics import Metrics
 from agent.model import AgentStatus
 from agent.peers import HttpPeers
+from agent.postgres.checker import ConfigChecker
 from agent.postgres.control import LocalPostgres, PostgresControl
 from agent.postgres.probe import Prober
 from agent.postgres.process import Postmaster
@@ -154,7 +155,13 @@ async def run_agent(settings: Settings) -> int:
         callbacks=Callbacks(settings, clock=clock, metrics=metrics),
     )
     app = build_app(
-        settings=settings, status=loop.status, dcs=dcs, requests=loop, metrics=metrics, clock=clock
+        settings=settings,
+        status=loop.status,
+        dcs=dcs,
+        requests=loop,
+        metrics=metrics,
+        clock=clock,
+        validator=ConfigChecker(settings, postmaster),
     )
     runner = await start_api(app, settings.api, api_tls)
     ev_loop = asyncio.get_running_loop()

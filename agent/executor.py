@@ -35,12 +35,14 @@ from agent.actions import (
     PrePromote,
     Promote,
     PromoteReason,
+    Reconfigure,
     ReleaseLeader,
     RenewLeader,
     Rewind,
     SetConfig,
     SetFailsafeRecord,
     SetInitialize,
+    SetRestartSchedule,
     SetSyncRecord,
     SetSyncStandbyNames,
     StartPostgres,
@@ -304,8 +306,13 @@ class Executor:
                 | SetConfig()
                 | SetSyncRecord()
                 | SetFailsafeRecord()
+                | SetRestartSchedule()
             ):
                 return await self._write(action)
+            case Reconfigure(config=config):
+                await self.pg.apply_dynamic(config)
+                log.info("postgres_reconfigured", parameters=dict(config.parameters))
+                return True
             case AppendHistory(entry=entry, expected_version=version):
                 return await self._append_history(view, entry, version)
             case AcquireLeader() | RenewLeader():

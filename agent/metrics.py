@@ -118,6 +118,11 @@ class Metrics:
             "1 while this primary stays primary on its members' confirmation alone (DCS down)",
             registry=r,
         )
+        self._pending_restart = Gauge(
+            f"{p}_pending_restart",
+            "1 while PostgreSQL has parameter changes that only a restart applies",
+            registry=r,
+        )
         self._failsafe_rounds = Counter(
             f"{p}_failsafe_rounds",
             "POST /failsafe rounds of this primary, by result (confirmed: every member accepted)",
@@ -205,6 +210,7 @@ class Metrics:
             )
         self._sync_fallback.set(1 if status.sync_fallback else 0)
         self._failsafe_active.set(1 if status.failsafe_active else 0)
+        self._pending_restart.set(1 if status.pending_restart else 0)
         if status.cluster_view is not None:
             view = status.cluster_view
             record = view.sync

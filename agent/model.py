@@ -98,6 +98,7 @@ class RecordKind(StrEnum):
     SWITCHOVER = "switchover"
     HISTORY = "history"
     FAILSAFE = "failsafe"
+    RESTART = "restart"
 
 
 def format_lsn(lsn: Lsn | None) -> str:
@@ -186,6 +187,10 @@ class LocalState:
     # current_setting('synchronous_standby_names') as parsed by the probe; None when not read.
     # A value the agent cannot read is reported as FIRST 1 ("*") (any standby: the worst case).
     sync_standbys: SyncStandbys | None = None
+    # pg_settings: the parameters whose new value waits for a restart, and what the server
+    # runs with for the settings a hot standby needs at least as high as its primary.
+    pending_restart: tuple[str, ...] = ()
+    hot_standby: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_primary(self) -> bool:
@@ -227,11 +232,17 @@ class Member:
     sync_standbys: tuple[MemberName, ...] = ()
     # pre_promote vetoed this member's promotion within the last ttl: not a candidate now.
     promotion_vetoed: bool = False
+    # Parameters whose new value waits for a restart, and the hot-standby settings its
+    # PostgreSQL runs with (agent/pgparams.py reads the leader's and the replicas').
+    pending_restart: tuple[str, ...] = ()
+    hot_standby: tuple[tuple[str, int], ...] = ()
     version: str = ""  # the DCS's version of this record; not part of the payload
 
     def to_json(self) -> str:
         return json.dumps(
             {
+                "pending_restart": list(self.pending_restart),
+                "hot_standby": dict(self.hot_standby),
                 "role": self.role.value,
                 "state": self.state.value,
                 "api_url": self.api_url,
@@ -304,6 +315,50 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PgConfig:
+    """The `postgresql` section of the DCS `config` record: server parameters (sorted by
+    name, values as PostgreSQL reads them) and pg_hba lines, shared by every member
+    (agent/pgparams.py: where they stand among the other sources)."""
+
+    parameters: tuple[tuple[str, str], ...] = ()
+    pg_hba: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {"parameters": dict(self.parameters), "pg_hba": list(self.pg_hba)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartSchedule:
+    """The DCS `restart` record: a rolling restart of `members`, due at `scheduled_at`
+    (wall-clock epoch). Replicas go one at a time (`current`: the one restarting now, until
+    it streams again), in name order; the leader goes last, by a switchover to a restarted
+    replica or, with `in_place`, by a restart in place. `pending`: only members whose
+    PostgreSQL waits for a restart. `done`: the members whose turn has passed
+    (agent/restarts.py)."""
+
+    members: tuple[MemberName, ...]
+    scheduled_at: float
+    pending: bool = False
+    in_place: bool = False
+    done: tuple[MemberName, ...] = ()
+    current: MemberName | None = None
+    version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "members": list(self.members),
+                "scheduled_at": self.scheduled_at,
+                "pending": self.pending,
+                "in_place": self.in_place,
+                "done": list(self.done),
+                "current": self.current,
+            },
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DynamicConfig:
     """Cluster-wide settings kept in the DCS `config` record (shared by every member).
 
@@ -319,11 +374,16 @@ class DynamicConfig:
     # Keep the primary through a DCS outage while every other member confirms it over the
     # agents' REST API (DESIGN.md section 3; agent/decide/failsafe.py).
     failsafe_mode: bool = False
+    postgresql: PgConfig = field(default_factory=PgConfig)
     version: str = ""
 
     def to_json(self) -> str:
+        extra: dict[str, object] = {}
+        if self.postgresql != PgConfig():
+            extra["postgresql"] = self.postgresql.to_dict()
         return json.dumps(
             {
+                **extra,
                 "paused": self.paused,
                 "synchronous_mode": self.synchronous_mode.value,
                 "synchronous_node_count": self.synchronous_node_count,
@@ -407,6 +467,7 @@ class ClusterView:
     sync_version: str = ""  # of the `sync` record, also when it did not parse
     failsafe: FailsafeRecord | None = None
     failsafe_version: str = ""  # of the `failsafe` record, also when it did not parse
+    restart: RestartSchedule | None = None
 
     def member(self, name: str) -> Member | None:
         for member in self.members:
@@ -447,6 +508,70 @@ def _int_or_none(value: object) -> int | None:
     return value
 
 
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what}: expected an integer, got {value!r}")
+    return value
+
+
+def _list(data: Mapping[str, object], key: str) -> list[object]:
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        raise ValueError(f"{key} is not a list")
+    return value
+
+
+def parameter_value(value: object) -> str:
+    """A parameter value as PostgreSQL reads it: strings as they are, numbers in decimal,
+    booleans as on/off. Raises ValueError for anything else (null, lists, objects)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string, number or boolean, got {value!r}")
+
+
+def parse_pg_config(data: object) -> PgConfig:
+    """The `postgresql` section of the config record; raises ValueError when malformed."""
+    if data is None:
+        return PgConfig()
+    if not isinstance(data, dict):
+        raise ValueError("postgresql is not an object")
+    params = data.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ValueError("postgresql.parameters is not an object")
+    hba = data.get("pg_hba") or []
+    if not isinstance(hba, list):
+        raise ValueError("postgresql.pg_hba is not a list")
+    return PgConfig(
+        parameters=tuple(
+            sorted((_str(k, "parameter"), parameter_value(v)) for k, v in params.items())
+        ),
+        pg_hba=tuple(_str(line, "pg_hba") for line in hba),
+    )
+
+
+def parse_restart(raw: RawRecord) -> RestartSchedule:
+    data = json.loads(raw.value)
+    if not isinstance(data, dict):
+        raise ValueError("restart record is not an object")
+    at = data.get("scheduled_at")
+    if isinstance(at, bool) or not isinstance(at, int | float) or not _is_utc_instant(at):
+        raise ValueError("scheduled_at is not a time")
+    current = data.get("current")
+    return RestartSchedule(
+        members=tuple(MemberName(_str(n, "members")) for n in _list(data, "members")),
+        scheduled_at=float(at),
+        pending=data.get("pending") is True,
+        in_place=data.get("in_place") is True,
+        done=tuple(MemberName(_str(n, "done")) for n in _list(data, "done")),
+        current=MemberName(_str(current, "current")) if current is not None else None,
+        version=raw.version,
+    )
+
+
 def _str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what}: expected a string, got {value!r}")
@@ -474,6 +599,9 @@ def parse_member(name: str, raw: RawRecord) -> Member:
     sync_raw = data.get("sync_standbys") or []
     if not isinstance(sync_raw, list):
         raise ValueError("sync_standbys is not a list")
+    hot = data.get("hot_standby") or {}
+    if not isinstance(hot, dict):
+        raise ValueError("hot_standby is not an object")
     return Member(
         name=MemberName(name),
         role=Role(data["role"]),
@@ -488,6 +616,10 @@ def parse_member(name: str, raw: RawRecord) -> Member:
         tags=tags,
         sync_standbys=tuple(MemberName(_str(n, "sync_standbys")) for n in sync_raw),
         promotion_vetoed=data.get("promotion_vetoed") is True,
+        pending_restart=tuple(_str(n, "pending_restart") for n in _list(data, "pending_restart")),
+        hot_standby=tuple(
+            sorted((_str(k, "hot_standby"), _int(v, "hot_standby")) for k, v in hot.items())
+        ),
         version=raw.version,
     )
 
@@ -586,6 +718,7 @@ def parse_config(raw: RawRecord) -> DynamicConfig:
         synchronous_mode_strict=strict,
         maximum_lag_on_syncnode_bytes=max_lag,
         failsafe_mode=failsafe,
+        postgresql=parse_pg_config(data.get("postgresql")),
         version=raw.version,
     )
 
@@ -692,6 +825,13 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         failsafe_version = rec.version
         failsafe = attempt("failsafe", parse_failsafe, rec)
 
+    restart = None
+    if (rec := raw.records.get(RecordKind.RESTART)) is not None:
+        restart = attempt("restart", parse_restart, rec)
+        if restart is None:
+            # Unreadable: read as absent, but keep its version so that it can be deleted.
+            restart = RestartSchedule(members=(), scheduled_at=0.0, version=rec.version)
+
     view = ClusterView(
         initialize=initialize,
         initialize_version=initialize_version,
@@ -705,6 +845,7 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         sync_version=sync_version,
         failsafe=failsafe,
         failsafe_version=failsafe_version,
+        restart=restart,
     )
     return view, tuple(problems)
 
@@ -717,6 +858,7 @@ class LocalRequestKind(StrEnum):
 
     RESTART = "restart"
     REINITIALIZE = "reinitialize"
+    RELOAD = "reload"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -753,3 +895,4 @@ class AgentStatus:
     sync_fallback: bool = False  # leader: synchronous mode asked, but commits are asynchronous
     failsafe_active: bool = False  # primary kept by its members' confirmation (DCS down)
     promotion_vetoed: bool = False  # pre_promote vetoed our promotion within the last ttl
+    pending_restart: tuple[str, ...] = ()  # parameters whose new value waits for a restart

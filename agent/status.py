@@ -127,6 +127,7 @@ def status_of(c: CycleValues, settings: Settings) -> AgentStatus:
         sync_fallback=view is not None and sync_fallback(view, local, s),
         failsafe_active=local.is_primary and failsafe_active(memory, now, s),
         promotion_vetoed=promotion_vetoed(memory, now, s),
+        pending_restart=local.pending_restart,
     )
 
 
@@ -156,4 +157,6 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
             if local.is_primary and r.sync_state.confirms_commits
         ),
         promotion_vetoed=status.promotion_vetoed,
+        pending_restart=local.pending_restart,
+        hot_standby=local.hot_standby,
     )

@@ -14,6 +14,7 @@ from agent.actions import (
     SetConfig,
     SetFailsafeRecord,
     SetInitialize,
+    SetRestartSchedule,
     SetSyncRecord,
     StopMode,
 )
@@ -32,6 +33,7 @@ RecordWrite = (
     | SetConfig
     | SetSyncRecord
     | SetFailsafeRecord
+    | SetRestartSchedule
 )
 
 
@@ -52,6 +54,8 @@ def record_write(action: RecordWrite) -> tuple[RecordKind, str | None, str | Non
             return RecordKind.SYNC, record.to_json(), version
         case SetFailsafeRecord(record=failsafe, expected_version=version):
             return RecordKind.FAILSAFE, failsafe.to_json() if failsafe else None, version
+        case SetRestartSchedule(schedule=schedule, expected_version=version):
+            return RecordKind.RESTART, schedule.to_json() if schedule else None, version
         case _:
             assert_never(action)
 

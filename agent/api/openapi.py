@@ -51,6 +51,34 @@ _CONFIG_FIELDS: Final = {
     "failsafe_mode": _BOOL,
 }
 
+_PARAMETERS: Final = {
+    "type": "object",
+    "additionalProperties": {"type": ["string", "number", "boolean"]},
+    "description": "name: value; PostgreSQL reads booleans as on/off",
+}
+_PG_HBA: Final = {"type": "array", "items": _STR}
+_PG_CONFIG: Final = _obj({"parameters": _PARAMETERS, "pg_hba": _PG_HBA})
+_PG_PATCH: Final = _obj(
+    {
+        "parameters": {
+            **_PARAMETERS,
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+            "description": "merged into the record's; null removes a parameter",
+        },
+        "pg_hba": {**_PG_HBA, "description": "replaces the record's lines"},
+    },
+    required=(),
+)
+_NAMES: Final = {"type": "array", "items": _STR}
+_RESTART: Final = {
+    "members": _NAMES,
+    "scheduled_at": _NULL_STR,
+    "pending": _BOOL,
+    "in_place": _BOOL,
+    "done": _NAMES,
+    "current": _NULL_STR,
+}
+
 SCHEMAS: Final[Mapping[str, Schema]] = {
     "Error": _obj({"error": _STR}),
     "Status": _obj(
@@ -73,6 +101,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
             "status_age_s": {"type": ["number", "null"]},
             "sync_role": {"enum": [r.value for r in SyncRole]},
             "failsafe_active": _BOOL,
+            "pending_restart": _NAMES,
         }
     ),
     "Member": _obj(
@@ -88,6 +117,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
             "wal_lsn_text": _NULL_STR,
             "lag_bytes": _NULL_INT,
             "leader": _BOOL,
+            "pending_restart": _NAMES,
             "tags": _obj(
                 {
                     "nofailover": _BOOL,
@@ -128,6 +158,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
                     {"type": "null"},
                 ]
             },
+            "restart": {"oneOf": [_obj(_RESTART), {"type": "null"}]},
         }
     ),
     "History": _obj(
@@ -147,8 +178,37 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
             }
         }
     ),
-    "Config": _obj(_CONFIG_FIELDS),
-    "ConfigPatch": {**_obj(_CONFIG_FIELDS, required=()), "minProperties": 1},
+    "Config": _obj(
+        {
+            **_CONFIG_FIELDS,
+            "postgresql": _PG_CONFIG,
+            "restart_needed": {
+                **_NAMES,
+                "description": "PATCH: the changed parameters only a restart applies",
+            },
+        },
+        required=[*_CONFIG_FIELDS, "postgresql"],
+    ),
+    "ConfigPatch": {
+        **_obj({**_CONFIG_FIELDS, "postgresql": _PG_PATCH}, required=()),
+        "minProperties": 1,
+    },
+    "RollingRestartRequest": _obj(
+        {
+            "members": {**_NAMES, "description": "default: every member"},
+            "role": {"enum": ["any", "primary", "replica"]},
+            "pending": {**_BOOL, "description": "only members pending restart"},
+            "in_place": {**_BOOL, "description": "the leader restarts in place"},
+            "scheduled_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "ISO-8601 with a zone, in the future; default now",
+            },
+        },
+        required=(),
+    ),
+    "RestartAccepted": _obj({"accepted": {"const": True}, **_RESTART}),
+    "RestartCancelled": _obj({"cancelled": {"const": True}, "done": _NAMES}),
     "SwitchoverRequest": _obj(
         {
             "leader": _STR,
@@ -314,6 +374,28 @@ def _paths() -> dict[str, Schema]:
         "post": _mutating(
             "Restart this member's PostgreSQL", "Empty", False, "202", "LocalAccepted"
         )
+    }
+    paths["/reload"] = {
+        "post": _mutating(
+            "Re-render this member's PostgreSQL configuration and reload it",
+            "Empty",
+            False,
+            "202",
+            "LocalAccepted",
+        )
+    }
+    paths["/rolling-restart"] = {
+        "post": _mutating(
+            "Schedule a rolling restart (now by default)",
+            "RollingRestartRequest",
+            False,
+            "202",
+            "RestartAccepted",
+            409,
+        ),
+        "delete": _mutating(
+            "Cancel the rolling restart", "Empty", False, "200", "RestartCancelled", 404, 409
+        ),
     }
     paths["/reinitialize"] = {
         "post": _mutating(

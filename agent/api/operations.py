@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from agent.api.errors import ApiError
+from agent.api.pgconfig import PgPatch, apply_pg_patch, parse_pg_patch
 from agent.model import (
     ClusterView,
     DynamicConfig,
@@ -114,10 +115,12 @@ class ConfigPatch:
     synchronous_mode_strict: bool | None = None
     maximum_lag_on_syncnode_bytes: int | None = None
     failsafe_mode: bool | None = None
+    postgresql: PgPatch | None = None
 
 
 _CONFIG_FIELDS = frozenset(
     {
+        "postgresql",
         "paused",
         "synchronous_mode",
         "synchronous_node_count",
@@ -173,6 +176,7 @@ def parse_config_patch(body: Mapping[str, object]) -> ConfigPatch:
             body, "maximum_lag_on_syncnode_bytes", minimum=-1, rule=">= -1 (-1: no limit)"
         ),
         failsafe_mode=_optional_bool(body, "failsafe_mode"),
+        postgresql=parse_pg_patch(body["postgresql"]) if "postgresql" in body else None,
     )
 
 
@@ -189,6 +193,11 @@ def apply_config_patch(config: DynamicConfig, patch: ConfigPatch) -> DynamicConf
             patch.maximum_lag_on_syncnode_bytes, config.maximum_lag_on_syncnode_bytes
         ),
         failsafe_mode=pick(patch.failsafe_mode, config.failsafe_mode),
+        postgresql=(
+            apply_pg_patch(config.postgresql, patch.postgresql)
+            if patch.postgresql is not None
+            else config.postgresql
+        ),
         version=config.version,
     )
 

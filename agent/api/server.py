@@ -30,10 +30,12 @@ from agent.api.operations import (
     parse_config_patch,
     parse_failover_body,
     parse_switchover_body,
+    parse_timestamp,
     plan_failover,
     plan_switchover,
     reject_unknown_fields,
 )
+from agent.api.pgconfig import ConfigValidator, changed_parameters, plan_restart
 from agent.api.tls import ReloadingTls
 from agent.api.views import (
     Json,
@@ -41,6 +43,7 @@ from agent.api.views import (
     config_body,
     history_body,
     iso_utc,
+    restart_body,
     status_body,
 )
 from agent.clock import Clock
@@ -51,10 +54,12 @@ from agent.model import (
     ClusterView,
     DynamicConfig,
     LocalRequestKind,
+    PgConfig,
     RecordKind,
     Role,
     SwitchoverRequest,
 )
+from agent.pgparams import ValidationUnavailable
 
 _log = structlog.get_logger(__name__)
 
@@ -161,8 +166,10 @@ class _Routes:
         requests: LocalRequestSink,
         metrics: MetricsSource,
         clock: Clock,
+        validator: ConfigValidator | None = None,
     ) -> None:
         self._settings = settings
+        self._validator = validator
         self._status = status
         self._dcs = dcs
         self._requests = requests
@@ -232,10 +239,14 @@ class _Routes:
         return _json(config_body((await self._fresh_view()).config))
 
     async def _change_config(
-        self, change: Callable[[DynamicConfig], DynamicConfig]
+        self,
+        change: Callable[[DynamicConfig], DynamicConfig],
+        view: ClusterView | None = None,
+        extra: Json | None = None,
     ) -> web.StreamResponse:
-        """Apply `change` to the config record as read now; write it (CAS) if it differs."""
-        view = await self._fresh_view()
+        """Apply `change` to the config record as read now (or in `view`); write it (CAS) if
+        it differs. `extra`: more fields for the answer."""
+        view = view if view is not None else await self._fresh_view()
         wanted = change(view.config)
         if wanted.to_json() != view.config.to_json() or not view.config.version:
             if not await self._write(
@@ -244,7 +255,7 @@ class _Routes:
                 raise ApiError(409, "config: changed concurrently; read it again and retry")
             _log.info("api_config_changed", config=wanted.to_json())
             self._requests.wake()
-        return _json(config_body(wanted))
+        return _json({**config_body(wanted), **(extra or {})})
 
     async def _set_paused(self, paused: bool) -> web.StreamResponse:
         view = await self._fresh_view()
@@ -255,7 +266,29 @@ class _Routes:
     async def patch_config(self, request: web.Request) -> web.StreamResponse:
         body = await _json_object(request, allow_empty=False)
         patch = parse_config_patch(body)
-        return await self._change_config(lambda c: apply_config_patch(c, patch))
+        view = await self._fresh_view()
+        before = view.config.postgresql
+        after = apply_config_patch(view.config, patch).postgresql
+        restart: list[str] = []
+        if after != before:
+            restart = await self._check_postgresql(before, after)
+        return await self._change_config(
+            lambda c: apply_config_patch(c, patch), view, {"restart_needed": restart}
+        )
+
+    async def _check_postgresql(self, before: PgConfig, after: PgConfig) -> list[str]:
+        """400 naming every problem of `after`; else the changed parameters that only a
+        restart applies."""
+        if self._validator is None:
+            raise ApiError(503, "postgresql: this member cannot check PostgreSQL settings")
+        try:
+            check = await self._validator.check(after, timeout_s=self._dcs_timeout_s)
+        except ValidationUnavailable as exc:
+            raise ApiError(503, f"postgresql: cannot check the settings here: {exc}") from None
+        if check.problems:
+            raise ApiError(400, "postgresql: " + "; ".join(check.problems))
+        changed = set(changed_parameters(before, after))
+        return sorted(n for n in check.restart if n in changed)
 
     async def pause(self, request: web.Request) -> web.StreamResponse:
         reject_unknown_fields(await _json_object(request, allow_empty=True), set())
@@ -322,6 +355,36 @@ class _Routes:
         _log.info("api_failover_requested", leader=planned.leader, candidate=planned.candidate)
         return response
 
+    # ------------------------------------------------------------------ rolling restart
+
+    async def post_rolling_restart(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_object(request, allow_empty=True)
+        reject_unknown_fields(body, {"members", "role", "pending", "in_place", "scheduled_at"})
+        at = body.get("scheduled_at")
+        now = self._clock.wall()
+        scheduled_at = (
+            now if at is None else parse_timestamp(at, field="scheduled_at", now_wall=now)
+        )
+        view = await self._fresh_view()
+        schedule = plan_restart(body, view, scheduled_at=scheduled_at)
+        version = view.restart.version if view.restart is not None else None
+        if not await self._write(RecordKind.RESTART, schedule.to_json(), version):
+            raise ApiError(409, "restart: changed concurrently; read it again and retry")
+        _log.info("api_rolling_restart", members=list(schedule.members), at=scheduled_at)
+        self._requests.wake()
+        return _json({"accepted": True, **(restart_body(schedule) or {})}, status=202)
+
+    async def delete_rolling_restart(self, request: web.Request) -> web.StreamResponse:
+        reject_unknown_fields(await _json_object(request, allow_empty=True), set())
+        view = await self._fresh_view()
+        if view.restart is None:
+            raise ApiError(404, "restart: no rolling restart is scheduled")
+        if not await self._write(RecordKind.RESTART, None, view.restart.version):
+            raise ApiError(409, "restart: changed concurrently; read it again and retry")
+        _log.info("api_rolling_restart_cancelled", done=list(view.restart.done))
+        self._requests.wake()
+        return _json({"cancelled": True, "done": list(view.restart.done)})
+
     # ------------------------------------------------------------------ failsafe
 
     async def post_failsafe(self, request: web.Request) -> web.StreamResponse:
@@ -382,12 +445,19 @@ def build_app(
     requests: LocalRequestSink,
     metrics: MetricsSource,
     clock: Clock,
+    validator: ConfigValidator | None = None,
 ) -> web.Application:
     """The API as an aiohttp application. `status` returns the latest published AgentStatus
     (called once per request, never blocks); `dcs` is used only for a fresh read and
     compare-and-set writes of operator requests; `requests` receives local requests."""
     routes = _Routes(
-        settings=settings, status=status, dcs=dcs, requests=requests, metrics=metrics, clock=clock
+        settings=settings,
+        status=status,
+        dcs=dcs,
+        requests=requests,
+        metrics=metrics,
+        clock=clock,
+        validator=validator,
     )
     app = web.Application(
         middlewares=[_errors_as_json, _auth_middleware(settings.api)],
@@ -419,6 +489,9 @@ def build_app(
     router.add_post("/failsafe", routes.post_failsafe)
     router.add_post("/restart", routes.local(LocalRequestKind.RESTART))
     router.add_post("/reinitialize", routes.local(LocalRequestKind.REINITIALIZE))
+    router.add_post("/reload", routes.local(LocalRequestKind.RELOAD))
+    router.add_post("/rolling-restart", routes.post_rolling_restart)
+    router.add_delete("/rolling-restart", routes.delete_rolling_restart)
     router.add_get("/openapi.json", _openapi)
     return app
 

@@ -14,6 +14,7 @@ from agent.model import (
     DynamicConfig,
     HistoryEntry,
     Member,
+    RestartSchedule,
     Role,
     SwitchoverRequest,
     SyncMode,
@@ -63,6 +64,7 @@ def status_body(status: AgentStatus, *, age_s: float) -> Json:
         "status_age_s": round(age_s, 3),
         "sync_role": status.sync_role.value,
         "failsafe_active": status.failsafe_active,
+        "pending_restart": list(status.pending_restart),
     }
 
 
@@ -110,6 +112,7 @@ def member_body(member: Member, leader: Member | None) -> Json:
         "wal_lsn_text": format_lsn(member.wal_lsn) if member.wal_lsn is not None else None,
         "lag_bytes": lag_behind(member, leader),
         "leader": leader is not None and member.name == leader.name,
+        "pending_restart": list(member.pending_restart),
         "tags": {
             "nofailover": member.tags.nofailover,
             "failover_priority": member.tags.failover_priority,
@@ -136,6 +139,21 @@ def cluster_body(cluster: str, view: ClusterView) -> Json:
         "sync": sync_body(view),
         "failsafe_mode": view.config.failsafe_mode,
         "failsafe": failsafe_body(view),
+        "restart": restart_body(view.restart),
+    }
+
+
+def restart_body(schedule: RestartSchedule | None) -> Json | None:
+    """A rolling restart, scheduled or under way."""
+    if schedule is None:
+        return None
+    return {
+        "members": list(schedule.members),
+        "scheduled_at": iso_utc(schedule.scheduled_at),
+        "pending": schedule.pending,
+        "in_place": schedule.in_place,
+        "done": list(schedule.done),
+        "current": schedule.current,
     }
 
 
@@ -169,6 +187,7 @@ def config_body(config: DynamicConfig) -> Json:
         "synchronous_mode_strict": config.synchronous_mode_strict,
         "maximum_lag_on_syncnode_bytes": config.maximum_lag_on_syncnode_bytes,
         "failsafe_mode": config.failsafe_mode,
+        "postgresql": config.postgresql.to_dict(),
     }
 
 

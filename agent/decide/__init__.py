@@ -67,6 +67,7 @@ from agent.decide.member import (
     when_no_data,
 )
 from agent.decide.outcomes import record_outcome
+from agent.decide.restarts import restart_step, with_reconfigure
 from agent.decide.state import (
     RETRY_BACKOFF_S,
     SLOT_GRACE_S,
@@ -133,6 +134,7 @@ __all__ = [
     "promotion_vetoed",
     "record_claim",
     "record_outcome",
+    "restart_step",
     "seed_config",
     "streams_caught_up",
     "sync_fallback",
@@ -144,8 +146,14 @@ __all__ = [
 
 
 def decide(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
-    """One HA decision. See the module docstring for the safety rules; the order of the
-    branches below is their priority."""
+    """One HA decision. See the module docstring for the safety rules; the DCS PostgreSQL
+    settings are rendered alongside whatever the branch decided (`with_reconfigure`)."""
+    decision, memory = _branch(obs, memory, settings)
+    return with_reconfigure(obs, decision, memory, settings)
+
+
+def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
+    """The branches, in their priority order."""
     view = obs.cluster
     if view is not None:
         leader = view.leader_member

@@ -28,6 +28,7 @@ from agent.actions import (
 )
 from agent.decide.candidates import candidate_ok, choose_handover, streams_caught_up, was_primary
 from agent.decide.failsafe import plan_failsafe
+from agent.decide.restarts import restart_step
 from agent.decide.state import (
     RETRY_BACKOFF_S,
     SLOT_GRACE_S,
@@ -43,6 +44,7 @@ from agent.decide.sync import plan_sync, sync_candidate_ok
 from agent.model import (
     ClusterView,
     DynamicConfig,
+    LocalRequestKind,
     LocalState,
     MemberName,
 )
@@ -95,8 +97,15 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
         reason = why
         if step is not None:
             actions.append(step)
-    else:
-        memory = replace(memory, handover_wait_since=None)
+        return decided(memory, reason, *actions)
+    memory = replace(memory, handover_wait_since=None)
+    if LocalRequestKind.RESTART in obs.local_requests:
+        actions.append(StopPostgres(mode=StopMode.FAST))
+        return decided(memory, "restart requested: restarting the leader in place", *actions)
+    restart = restart_step(obs, memory, settings)
+    if restart is not None:
+        actions += restart[0]
+        reason = restart[1]
     return decided(memory, reason, *actions)
 
 

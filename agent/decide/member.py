@@ -26,6 +26,7 @@ from agent.actions import (
 )
 from agent.decide.candidates import am_healthiest, named_candidate, needs_rewind, was_primary
 from agent.decide.failsafe import failsafe_active, failsafe_hold
+from agent.decide.restarts import restart_step
 from agent.decide.state import (
     RETRY_BACKOFF_S,
     Memory,
@@ -176,6 +177,9 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         )
     if LocalRequestKind.RESTART in obs.local_requests:
         return decided(memory, "restart requested", StopPostgres(mode=StopMode.FAST))
+    step = restart_step(obs, memory, settings)
+    if step is not None:
+        return decided(memory, step[1], *step[0])
     if memory.following != leader_name:
         return decided(memory, f"following {leader_name}", Follow(leader=leader_name))
     return decided(memory, f"streaming from {leader_name}")

@@ -24,12 +24,14 @@ from agent.actions import (
     HandOver,
     PrePromote,
     Promote,
+    Reconfigure,
     ReleaseLeader,
     RenewLeader,
     Rewind,
     SetConfig,
     SetFailsafeRecord,
     SetInitialize,
+    SetRestartSchedule,
     SetSyncRecord,
     SetSyncStandbyNames,
     StartPostgres,
@@ -70,8 +72,10 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return memory
         case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover():
             return memory
-        case AppendHistory() | Exit():
+        case AppendHistory() | Exit() | SetRestartSchedule():
             return memory
+        case Reconfigure(config=config):
+            return replace(memory, pg_applied=config) if outcome.ok else memory
         case _:
             assert_never(action)
 

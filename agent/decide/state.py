@@ -6,7 +6,7 @@ derived from Memory; and the builders every branch uses (`decided`, `fence`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from agent.actions import (
@@ -24,6 +24,7 @@ from agent.model import (
     LocalState,
     Lsn,
     MemberName,
+    PgConfig,
     PgState,
     Role,
     SyncStandbys,
@@ -117,6 +118,9 @@ class Memory:
     # reason); or when it last vetoed a promotion of ours (no race for ttl_s after that).
     pre_promoted: PromoteReason | None = None
     promote_vetoed_at: float | None = None
+    # The DCS `postgresql` section the configuration files were last rendered with (a fresh
+    # agent renders none until told; None: a reload was requested).
+    pg_applied: PgConfig | None = field(default_factory=PgConfig)
 
 
 class Result(StrEnum):

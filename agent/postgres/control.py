@@ -20,7 +20,7 @@ from typing import Protocol
 
 import asyncpg
 
-from agent.model import LocalState, Lsn, Member, SyncStandbys
+from agent.model import LocalState, Lsn, Member, PgConfig, SyncStandbys
 from agent.postgres import bootstrap
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig, StopMode
@@ -85,6 +85,10 @@ class PostgresControl(Protocol):
 
     async def checkpoint(self, *, timeout_s: float) -> None:
         """CHECKPOINT on the running server."""
+
+    async def apply_dynamic(self, dynamic: PgConfig) -> None:
+        """Render the configuration files with the DCS settings `dynamic` from now on; a
+        running server re-reads them at once (SIGHUP)."""
 
     async def checkpoint_lsn(self) -> Lsn | None:
         """The last checkpoint's LSN in the control file (after a stop: the shutdown
@@ -170,6 +174,9 @@ class LocalPostgres:
 
     async def checkpoint(self, *, timeout_s: float) -> None:
         await self.postmaster.execute("CHECKPOINT", timeout_s=timeout_s)
+
+    async def apply_dynamic(self, dynamic: PgConfig) -> None:
+        await self.postmaster.apply_dynamic(dynamic)
 
     async def checkpoint_lsn(self) -> Lsn | None:
         control = await read_controldata(self._pg)

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -35,6 +35,7 @@ from agent.model import (
     format_lsn,
     parse_lsn,
 )
+from agent.pgparams import HOT_STANDBY
 from agent.postgres.process import (
     PostgresError,
     connect_local,
@@ -71,6 +72,9 @@ SELECT
                       WHERE backend_type = 'startup' LIMIT 1) END AS startup_wait,
   CASE WHEN s.r THEN (SELECT bytes_per_wal_segment FROM pg_control_init()) END AS wal_segment_size,
   CASE WHEN s.r THEN (SELECT wal_block_size FROM pg_control_init()) END AS wal_block_size,
+  (SELECT json_build_object('pending', coalesce(json_agg(name) FILTER (WHERE pending_restart),
+      '[]'), 'hot', json_object_agg(name, setting) FILTER (WHERE name = ANY($1::text[])))
+   FROM pg_settings)::text AS settings,
   (SELECT coalesce(json_agg(json_build_object(
       'application_name', application_name, 'state', state, 'sync_state', sync_state,
       'sent_lsn', sent_lsn::text, 'write_lsn', write_lsn::text,
@@ -129,6 +133,16 @@ def parse_replication(text: str) -> tuple[ReplicationRow, ...]:
             )
         )
     return tuple(rows)
+
+
+def parse_settings(text: str | None) -> dict[str, Any]:
+    """pending_restart and hot_standby (LocalState) from the probe's pg_settings JSON."""
+    data = json.loads(text or "{}")
+    hot = data.get("hot") or {}
+    return {
+        "pending_restart": tuple(sorted(str(n) for n in data.get("pending") or ())),
+        "hot_standby": tuple(sorted((str(k), int(v)) for k, v in hot.items())),
+    }
 
 
 def parse_controldata(text: str) -> ControlData | None:
@@ -422,7 +436,7 @@ class Prober:
         conn = self._conn
         if conn is not None and not conn.is_closed():
             try:
-                row: asyncpg.Record = await conn.fetchrow(_PROBE_SQL)
+                row: asyncpg.Record = await conn.fetchrow(_PROBE_SQL, list(HOT_STANDBY))
                 return row
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 # Lost since the last probe (a restart, an admin shutdown): reconnect once.
@@ -431,7 +445,7 @@ class Prober:
             self._settings, timeout_s=5.0, purpose="probe", cache_statements=True
         )
         self._conn = conn
-        row = await conn.fetchrow(_PROBE_SQL)
+        row = await conn.fetchrow(_PROBE_SQL, list(HOT_STANDBY))
         return row
 
     async def _with_local_wal(
@@ -506,6 +520,7 @@ class Prober:
             streaming=streaming,
             upstream=upstream,
             replication=parse_replication(row["replication"]),
+            **parse_settings(row["settings"]),
             sync_standbys=parse_synchronous_standby_names(row["synchronous_standby_names"] or "")
             or SyncStandbys(quorum=False, count=1, names=("*",)),
         )

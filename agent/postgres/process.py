@@ -26,7 +26,8 @@ from typing import Any
 import asyncpg
 
 from agent.config import PostgresSettings
-from agent.postgres import replication
+from agent.model import PgConfig
+from agent.postgres import conffile, replication
 from agent.postgres.osfiles import (
     PostgresError,
     RunAs,
@@ -381,6 +382,15 @@ class Postmaster:
         # first). A waiting caller still keeps its own time limit.
         self._sql_lock = asyncio.Lock()
         self._log_offset = 0
+        # The DCS `postgresql` section the files are rendered with (agent/pgparams.py), and
+        # the lock every write of them and every reload takes (agent/postgres/checker.py
+        # writes a trial pg_hba.conf under it).
+        self.dynamic = PgConfig()
+        self.config_lock = asyncio.Lock()
+
+    def who(self) -> RunAs:
+        """The OS user PostgreSQL runs as."""
+        return run_as(self._settings)
 
     # ---------------------------------------------------------------- state
 
@@ -408,25 +418,26 @@ class Postmaster:
     # ---------------------------------------------------------------- start / stop
 
     def write_auth_files(self) -> None:
-        """(Re)write the agent's pg_hba.conf, pg_ident.conf, the password file and the TLS
-        files (`write_client_files`) into `<run_dir>/postgres/`."""
+        """(Re)write the agent's postgresql.conf, pg_hba.conf, pg_ident.conf, the password
+        file and the TLS files (`write_client_files`) into `<run_dir>/postgres/`."""
         settings = self._settings
         who = run_as(settings)
         os.makedirs(self._run_dir, exist_ok=True)
         ensure_dir(replication.conf_dir(self._run_dir), who)
-        hba = replication.render_hba(
-            superuser=settings.superuser.username,
-            superuser_password_set=settings.superuser.password is not None,
-            replication_user=settings.replication.username,
-            replication_password_set=settings.replication.password is not None,
-            extra_lines=settings.pg_hba,
-            tls=settings.tls is not None,
-        )
+        hba = conffile.render_hba_for(settings, self.dynamic.pg_hba)
         ident = replication.render_ident(
             os_users=agent_os_users(who), superuser=settings.superuser.username
         )
+        conf = conffile.render_conf(
+            settings,
+            self.dynamic,
+            member_name=self._member_name,
+            run_dir=self._run_dir,
+            timeouts=replication_timeout_options(self._ttl_s) if self._ttl_s is not None else (),
+        )
         write_file(replication.hba_path(self._run_dir), hba, who)
         write_file(replication.ident_path(self._run_dir), ident, who)
+        write_file(conffile.conf_path(self._run_dir), conf, who)
         write_client_files(settings, self._run_dir)
 
     async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
@@ -482,10 +493,7 @@ class Postmaster:
             os.path.join(settings.bin_dir, "postgres"),
             "-D",
             settings.data_dir,
-            *(replication_timeout_options(self._ttl_s) if self._ttl_s is not None else []),
-            *replication.server_options(
-                settings, member_name=self._member_name, run_dir=self._run_dir
-            ),
+            *conffile.command_line(settings, member_name=self._member_name, run_dir=self._run_dir),
         ]
         log_file = replication.log_path(self._run_dir)
         with open(log_file, "ab") as log:
@@ -645,12 +653,23 @@ class Postmaster:
             raise PostgresError(f"{_first_line(sql)}: {exc!r}") from exc
 
     async def reload(self) -> None:
-        """Rewrite the auth files and make the server re-read its configuration (SIGHUP)."""
-        pid = self.pid()
-        if pid is None:
-            raise PostgresError("reload: postgres is not running")
-        self.write_auth_files()
-        os.kill(pid, signal.SIGHUP)
+        """Rewrite the configuration files and make the server re-read them (SIGHUP)."""
+        async with self.config_lock:
+            pid = self.pid()
+            if pid is None:
+                raise PostgresError("reload: postgres is not running")
+            self.write_auth_files()
+            os.kill(pid, signal.SIGHUP)
+
+    async def apply_dynamic(self, dynamic: PgConfig) -> None:
+        """Render the files with the DCS settings `dynamic` from now on; a running server
+        re-reads them at once (SIGHUP), a stopped one at its next start."""
+        async with self.config_lock:
+            self.dynamic = dynamic
+            self.write_auth_files()
+            pid = self.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGHUP)
 
     async def promote(self, *, timeout_s: float) -> None:
         """Promote a running standby and return once it accepts writes.

@@ -263,14 +263,10 @@ def _list_guc_value(path: str) -> str:
     return path
 
 
-def server_options(settings: PostgresSettings, *, member_name: str, run_dir: str) -> list[str]:
-    """The postmaster's `-c name=value` arguments.
-
-    They are on the command line, not in a file, because pg_rewind and pg_basebackup copy
-    the source's postgresql.conf and postgresql.auto.conf: a file could give the node another
-    member's port. Order: replication defaults, then `settings.parameters` (so an operator may
-    raise max_wal_senders, say), then the agent-managed settings (which always win).
-    """
+def managed_settings(
+    settings: PostgresSettings, *, member_name: str, run_dir: str
+) -> list[tuple[str, str]]:
+    """The settings the agent owns (AGENT_MANAGED, and the TLS files with postgresql.tls)."""
     managed = [
         ("port", str(settings.port)),
         ("listen_addresses", settings.listen_host),
@@ -290,8 +286,32 @@ def server_options(settings: PostgresSettings, *, member_name: str, run_dir: str
             ("ssl_key_file", key),
             ("ssl_ca_file", ca),
         ]
+    return managed
+
+
+def server_settings(
+    settings: PostgresSettings,
+    *,
+    member_name: str,
+    run_dir: str,
+    dynamic: Iterable[tuple[str, str]] = (),
+) -> list[tuple[str, str]]:
+    """Every setting the agent gives the server, lowest precedence first (the last of a name
+    wins): replication defaults, the DCS's `dynamic` parameters, `settings.parameters` (so an
+    operator may raise max_wal_senders, say), then the agent-managed settings (which always
+    win). agent/pgparams.py explains the order."""
+    return [
+        *_TUNABLE_DEFAULTS,
+        *dynamic,
+        *settings.parameters,
+        *managed_settings(settings, member_name=member_name, run_dir=run_dir),
+    ]
+
+
+def server_options(settings: PostgresSettings, *, member_name: str, run_dir: str) -> list[str]:
+    """`server_settings` (without DCS parameters) as `-c name=value` arguments."""
     options: list[str] = []
-    for name, value in (*_TUNABLE_DEFAULTS, *settings.parameters, *managed):
+    for name, value in server_settings(settings, member_name=member_name, run_dir=run_dir):
         options += ["-c", f"{name}={value}"]
     return options
 

@@ -13,7 +13,11 @@ primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes Pos
   the switch in the history file (`last_timeline_switch`);
 - a standby whose WAL is not contained in its upstream's history (diverged) does not stream:
   only `rewind` (or a fresh `clone`) brings it back;
-- a data directory last running as a standby and started as a primary is promoted.
+- a data directory last running as a standby and started as a primary is promoted;
+- DCS parameters (`apply_dynamic`): a reload applies the others at once; `RESTART_PARAMETERS`
+  (shared_buffers and the hot-standby minimums) only at the next start, and meanwhile the
+  instance reports them pending restart; a standby whose hot-standby minimums are below its
+  upstream's refuses to start ("insufficient parameter settings").
 
 Fault injection (test controls): `fail(op, exc, times)` makes the next calls of an operation
 raise; `gate(op)` makes an operation wait until the test opens the gate (a long action that
@@ -33,17 +37,21 @@ from agent.model import (
     LocalState,
     Lsn,
     Member,
+    PgConfig,
     ReplicationRow,
     StandbySyncState,
     SyncStandbys,
     WalSenderState,
 )
+from agent.pgparams import HOT_STANDBY
 from agent.postgres.bootstrap import SourceUnreachable
 from agent.postgres.process import PostgresError, StandbyConfig, StopMode
 
 START_LSN = 0x1000000  # where a fresh cluster's WAL ends
 WRITE_BYTES = 128  # the WAL one write adds
 CHECKPOINT_BYTES = 104  # a checkpoint or end-of-recovery record
+RESTART_PARAMETERS = frozenset({"shared_buffers", *HOT_STANDBY})
+DEFAULT_HOT_STANDBY = 100  # what an instance runs each hot-standby minimum with by default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,8 +138,27 @@ class FakePostgres:
         self._exited = asyncio.Event()
         self._failures: dict[str, list[Exception]] = {}
         self._gates: dict[str, asyncio.Event] = {}
+        self.dynamic = PgConfig()  # the DCS parameters its configuration file holds
+        self.running_params: dict[str, str] = {}  # what the server runs with
 
     # ------------------------------------------------------------------ test controls
+
+    def hot_standby(self) -> tuple[tuple[str, int], ...]:
+        return tuple((n, int(self.running_params.get(n, DEFAULT_HOT_STANDBY))) for n in HOT_STANDBY)
+
+    def pending_restart(self) -> tuple[str, ...]:
+        wanted = dict(self.dynamic.parameters)
+        return tuple(
+            sorted(
+                n
+                for n in RESTART_PARAMETERS
+                if wanted.get(n, self._default(n)) != self.running_params.get(n, self._default(n))
+            )
+        )
+
+    @staticmethod
+    def _default(name: str) -> str:
+        return str(DEFAULT_HOT_STANDBY) if name in HOT_STANDBY else ""
 
     @property
     def is_primary(self) -> bool:
@@ -256,6 +283,8 @@ class FakePostgres:
                 streaming=self.streaming,
                 upstream=self.conninfo.primary_host if self.streaming and self.conninfo else None,
                 sync_standbys=self.sync,
+                pending_restart=self.pending_restart(),
+                hot_standby=self.hot_standby(),
             )
         return LocalState(
             data_dir_initialized=True,
@@ -267,6 +296,8 @@ class FakePostgres:
             wal_lsn=data.lsn,
             replication=self._replication_rows(),
             sync_standbys=self.sync,
+            pending_restart=self.pending_restart(),
+            hot_standby=self.hot_standby(),
         )
 
     def _replication_rows(self) -> tuple[ReplicationRow, ...]:
@@ -304,6 +335,17 @@ class FakePostgres:
         if self.data is None:
             raise PostgresError(f"{self.host}: data directory is not initialized")
         promote = standby is None and not self.data.was_primary
+        params = dict(self.dynamic.parameters)
+        up = self.cluster.instances.get(standby.primary_host) if standby is not None else None
+        if up is not None and up.running:
+            for name, minimum in up.hot_standby():
+                if int(params.get(name, DEFAULT_HOT_STANDBY)) < minimum:
+                    raise PostgresError(
+                        f"{self.host}: hot standby is not possible because of insufficient "
+                        f"parameter settings: {name} = {params.get(name)} is lower than on "
+                        f"the primary ({minimum})"
+                    )
+        self.running_params = params
         self.conninfo = standby
         self.in_recovery = standby is not None or promote
         self.running = True
@@ -403,6 +445,14 @@ class FakePostgres:
 
     async def checkpoint(self, *, timeout_s: float) -> None:
         await self._enter("checkpoint", sql=True)
+
+    async def apply_dynamic(self, dynamic: PgConfig) -> None:
+        await self._enter("apply_dynamic")
+        self.dynamic = dynamic
+        if self.running:  # the reload: everything but what needs a restart
+            for name, value in dynamic.parameters:
+                if name not in RESTART_PARAMETERS:
+                    self.running_params[name] = value
 
     async def checkpoint_lsn(self) -> Lsn | None:
         self.calls.append("checkpoint_lsn")

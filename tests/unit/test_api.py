@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.api import build_app, start_api
 from agent.api.health import parse_lag
+from agent.api.pgconfig import ConfigValidator
 from agent.clock import FakeClock
 from agent.config import (
     ApiSettings,
@@ -224,7 +225,13 @@ class Api:
         return await self.backend.handle("a").get_cluster()
 
 
-async def serve(settings: Settings, backend: Backend, status: StatusBox, clock: FakeClock) -> Api:
+async def serve(
+    settings: Settings,
+    backend: Backend,
+    status: StatusBox,
+    clock: FakeClock,
+    validator: ConfigValidator | None = None,
+) -> Api:
     inbox, metrics = Inbox(), Metrics()
     app = build_app(
         settings=settings,
@@ -233,6 +240,7 @@ async def serve(settings: Settings, backend: Backend, status: StatusBox, clock: 
         requests=inbox,
         metrics=metrics,
         clock=clock,
+        validator=validator,
     )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
@@ -387,6 +395,7 @@ async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -
         "wal_lsn_text": "2/FFFFFC18",
         "lag_bytes": 1000,
         "leader": False,
+        "pending_restart": [],
         "tags": {"nofailover": False, "failover_priority": 1, "nosync": False, "sync_priority": 1},
         "sync_role": "async",
         "promotion_vetoed": False,

@@ -55,6 +55,7 @@ async def test_patch_config_sets_the_synchronous_settings_and_keeps_the_others(a
         **body,
         "paused": True,
         "failsafe_mode": False,
+        "postgresql": {"parameters": {}, "pg_hba": []},
     }
     assert api.inbox.wakes == 1
 

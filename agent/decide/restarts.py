@@ -1,0 +1,139 @@
+"""Day-2 steps every branch may add: rendering the DCS PostgreSQL settings (`with_reconfigure`)
+and a member's turn in a rolling restart (`restart_step`).
+
+Rolling restart (the DCS `restart` record, model.RestartSchedule), once it is due:
+- replicas go one at a time, in name order: the one whose turn it is marks itself `done` and
+  `current` and stops its PostgreSQL (fast) in one decision; the follower branch starts it
+  again as a standby of the leader; once it streams it clears `current`, and only then does
+  the next one go. Members without a DCS record are skipped; with `pending`, a member with
+  nothing waiting for a restart only marks itself done;
+- the leader goes last: by a hand-over (switchover) to a replica that streams from it caught
+  up, which restarts it as a standby, or in place (`in_place`, or when a hot-standby minimum
+  goes down: agent/pgparams.py) through the existing rule for a PostgreSQL down under the
+  leader (restarted in place within primary_start_timeout_s, else the lease is released). It
+  deletes the record as it goes, or when nobody is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.actions import (
+    Action,
+    Decision,
+    HandOver,
+    Reconfigure,
+    SetRestartSchedule,
+    StartPostgres,
+    StopMode,
+    StopPostgres,
+    is_long,
+)
+from agent.decide.candidates import choose_handover
+from agent.decide.state import Memory, Observation
+from agent.model import LocalRequestKind, MemberName
+from agent.pgparams import dynamic_for, hot_standby_decrease
+from agent.settings import Settings
+
+
+def with_reconfigure(
+    obs: Observation, decision: Decision, memory: Memory, settings: Settings
+) -> tuple[Decision, Memory]:
+    """`decision` with a Reconfigure added when the DCS settings as this member renders them
+    differ from what it last rendered (or a reload was asked for): before the first start or
+    long action (so that a server starts with them), else last (never before the lease)."""
+    view = obs.cluster
+    if (
+        view is None
+        or obs.shutting_down
+        or obs.pending is not None
+        or memory.refused is not None
+        or (not obs.local.data_dir_initialized and not any(is_long(a) for a in decision.actions))
+    ):
+        return decision, memory
+    if LocalRequestKind.RELOAD in obs.local_requests:
+        memory = replace(memory, pg_applied=None)
+    wanted = dynamic_for(view, settings, obs.local)
+    if wanted == memory.pg_applied:
+        return decision, memory
+    actions = list(decision.actions)
+    at = next(
+        (i for i, a in enumerate(actions) if is_long(a) or isinstance(a, StartPostgres)),
+        len(actions),
+    )
+    actions.insert(at, Reconfigure(config=wanted))
+    return replace(decision, actions=tuple(actions)), memory
+
+
+def restart_step(
+    obs: Observation, memory: Memory, settings: Settings
+) -> tuple[tuple[Action, ...], str] | None:
+    """This member's step in a due rolling restart (module docstring), or None."""
+    view, local, me = obs.cluster, obs.local, MemberName(settings.name)
+    if view is None or view.restart is None or view.leader is None:
+        return None
+    schedule = view.restart
+    i_lead = view.leader.name == me
+    delete = SetRestartSchedule(schedule=None, expected_version=schedule.version)
+    if not schedule.members:
+        return (
+            ((delete,), "rolling restart record is empty or unreadable: deleted")
+            if i_lead
+            else None
+        )
+    if obs.wall_now < schedule.scheduled_at:
+        return None
+    present = {m.name for m in view.members}
+    if schedule.current is not None:
+        if schedule.current == me and not i_lead and local.is_replica and local.streaming:
+            cleared = replace(schedule, current=None)
+            write = SetRestartSchedule(schedule=cleared, expected_version=schedule.version)
+            return (write,), "rolling restart: streaming again after the restart"
+        if i_lead and schedule.current not in present:
+            cleared = replace(schedule, current=None)
+            write = SetRestartSchedule(schedule=cleared, expected_version=schedule.version)
+            return (write,), f"rolling restart: {schedule.current} is gone; going on without it"
+        return None
+    todo = sorted(n for n in schedule.members if n not in schedule.done and n in present)
+    replicas = [n for n in todo if n != view.leader.name]
+    if replicas:
+        if replicas[0] != me or i_lead:
+            return None
+        done = replace(schedule, done=(*schedule.done, me))
+        if (schedule.pending and not local.pending_restart) or not local.running:
+            write = SetRestartSchedule(schedule=done, expected_version=schedule.version)
+            return (write,), "rolling restart: nothing to restart here"
+        write = SetRestartSchedule(
+            schedule=replace(done, current=me), expected_version=schedule.version
+        )
+        return (write, StopPostgres(mode=StopMode.FAST)), "rolling restart: restarting"
+    if not i_lead:
+        return None
+    return _leader_turn(obs, memory, settings, listed=me in todo)
+
+
+def _leader_turn(
+    obs: Observation, memory: Memory, settings: Settings, *, listed: bool
+) -> tuple[tuple[Action, ...], str] | None:
+    view, local = obs.cluster, obs.local
+    assert view is not None and view.restart is not None
+    delete = SetRestartSchedule(schedule=None, expected_version=view.restart.version)
+    if not listed or not local.is_primary:
+        return (delete,), "rolling restart: every member had its turn"
+    if view.restart.pending and not local.pending_restart:
+        return (delete,), "rolling restart: nothing to restart on the leader"
+    stop = StopPostgres(mode=StopMode.FAST)
+    if view.restart.in_place:
+        return (delete, stop), "rolling restart: restarting the leader in place"
+    if hot_standby_decrease(local, dynamic_for(view, settings, local)):
+        return (delete, stop), (
+            "rolling restart: restarting the leader in place (a hot-standby setting goes down)"
+        )
+    candidate, ready = choose_handover(view, local, settings)
+    if candidate is None:
+        return (delete, stop), "rolling restart: no replica to hand over to; restarting in place"
+    if not ready:
+        return None
+    return (delete, HandOver(candidate=candidate.name)), (
+        f"rolling restart: handing over to {candidate.name}"
+    )

@@ -1,0 +1,131 @@
+"""DCS PostgreSQL settings and rolling restarts through real HaLoops on fakes (memory DCS,
+fake PostgreSQL, fake clock): a change reaches every member by reload, a restart-only one
+leaves every member pending restart, and a rolling restart takes the replicas one at a
+time, then the leader by a switchover; the hot-standby minimums change in the order that
+keeps every standby able to start."""
+
+from __future__ import annotations
+
+import json
+
+from agent.model import MemberName, PgConfig, RecordKind, RestartSchedule
+from tests.unit.fakes.loop_cluster import LoopCluster
+
+
+async def set_parameters(c: LoopCluster, **parameters: str) -> None:
+    """What PATCH /config writes (the API's checks are tested on their own)."""
+    dcs = c["a"].dcs
+    view = await dcs.get_cluster()
+    record = json.loads(view.config.to_json()) if view.config.version else {}
+    record["postgresql"] = PgConfig(parameters=tuple(sorted(parameters.items()))).to_dict()
+    assert await dcs.write_record(
+        RecordKind.CONFIG, json.dumps(record), expected_version=view.config.version or None
+    )
+
+
+async def schedule_restart(c: LoopCluster, *, pending: bool, in_place: bool = False) -> None:
+    schedule = RestartSchedule(
+        members=tuple(MemberName(n) for n in sorted(c.nodes)),
+        scheduled_at=c.clock.wall(),
+        pending=pending,
+        in_place=in_place,
+    )
+    assert await c["a"].dcs.write_record(
+        RecordKind.RESTART, schedule.to_json(), expected_version=None
+    )
+
+
+def pending(c: LoopCluster) -> dict[str, tuple[str, ...]]:
+    return {n: node.pg.pending_restart() for n, node in c.nodes.items() if node.pg.running}
+
+
+async def test_a_reload_parameter_reaches_every_member_and_nothing_is_pending() -> None:
+    c = LoopCluster()
+    await c.bootstrap()
+    await set_parameters(c, work_mem="64MB")
+    await c.round()
+    assert all(node.pg.running_params.get("work_mem") == "64MB" for node in c.nodes.values())
+    assert pending(c) == {"a": (), "b": (), "c": ()}
+
+
+async def test_a_pending_rolling_restart_restarts_replicas_one_at_a_time_then_switches_over() -> (
+    None
+):
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    await set_parameters(c, shared_buffers="256MB")
+    await c.round()
+    assert pending(c) == {n: ("shared_buffers",) for n in c.nodes}
+    await c.round()  # the published status follows the next probe
+    assert all(node.loop.status().pending_restart for node in c.nodes.values())
+    starts = {n: node.pg.calls.count("start") for n, node in c.nodes.items()}
+    await schedule_restart(c, pending=True)
+    down_at_once, started = 0, c.clock.monotonic()
+    while c.store.get_raw("restart") is not None or not c.healthy(c.leader() or ""):
+        await c.round()
+        down_at_once = max(down_at_once, sum(not n.pg.running for n in c.nodes.values()))
+        assert c.clock.monotonic() - started < 100, "the rolling restart did not finish"
+    assert down_at_once <= 1
+    assert pending(c) == {"a": (), "b": (), "c": ()}
+    assert c.leader() != leader  # the old leader went last, by a switchover
+    assert all(node.pg.calls.count("start") == starts[n] + 1 for n, node in c.nodes.items())
+    assert all(node.pg.running_params["shared_buffers"] == "256MB" for node in c.nodes.values())
+
+
+async def test_a_rolling_restart_in_place_keeps_the_leader() -> None:
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    await set_parameters(c, shared_buffers="256MB")
+    await c.round()
+    await schedule_restart(c, pending=False, in_place=True)
+    await c.run_until(lambda: c.store.get_raw("restart") is None and c.healthy(leader))
+    assert pending(c) == {"a": (), "b": (), "c": ()}
+
+
+async def test_raising_a_hot_standby_minimum_reaches_the_replicas_before_the_leader() -> None:
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    await set_parameters(c, max_connections="200")
+    await c.round()
+    await c.round()
+    replicas = sorted(n for n in c.nodes if n != leader)
+    # Replicas render the new value at once; the leader holds it back while they run less.
+    assert all(pending(c)[n] == ("max_connections",) for n in replicas)
+    assert pending(c)[leader] == ()
+    await schedule_restart(c, pending=True)
+    await c.run_until(lambda: c.store.get_raw("restart") is None and c.healthy(c.leader() or ""))
+    for _ in range(3):
+        await c.round()
+    # Every replica restarted at 200 first; the leader then rendered 200 too (pending), and
+    # nobody ever refused to start.
+    assert all(not any("failed" in call for call in n.pg.calls) for n in c.nodes.values())
+    values = {n: dict(node.pg.hot_standby())["max_connections"] for n, node in c.nodes.items()}
+    leader_now = c.leader()
+    assert leader_now is not None
+    assert all(v >= values[leader_now] for v in values.values())
+
+
+async def test_lowering_a_hot_standby_minimum_restarts_the_leader_in_place_first() -> None:
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    for node in c.nodes.values():  # everyone runs 200 already
+        node.pg.running_params["max_connections"] = "200"
+        node.pg.dynamic = PgConfig(parameters=(("max_connections", "200"),))
+    await set_parameters(c, max_connections="200")
+    for _ in range(2):
+        await c.round()
+    await set_parameters(c, max_connections="50")
+    for _ in range(2):
+        await c.round()
+    # Only the leader may go down first; the replicas hold at what it runs.
+    assert pending(c)[leader] == ("max_connections",)
+    assert all(pending(c)[n] == () for n in c.nodes if n != leader)
+    await schedule_restart(c, pending=True)
+    await c.run_until(lambda: c.store.get_raw("restart") is None)
+    assert c.leader() == leader  # in place: a switchover would strand it below its replicas
+    await c.run_until(lambda: c.healthy(leader))
+    assert dict(c[leader].pg.hot_standby())["max_connections"] == 50
+    # The replicas now render 50 as well, pending their own restart.
+    for _ in range(2):
+        await c.round()
+    assert all(pending(c)[n] == ("max_connections",) for n in c.nodes if n != leader)
