@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -123,19 +124,21 @@ async def _streams_over_tls(cluster: TlsCluster, primary: int, name: str) -> boo
     return (await tls_walsenders(cluster, primary)).get(name) is True
 
 
-def _ctl(cluster: TlsCluster, *argv: str) -> subprocess.CompletedProcess[str]:
-    """`pgwarden ctl` as a process, told every member's https URL, the token, the CA and
-    the client certificate by its environment."""
+def _ctl(cluster: TlsCluster, *argv: str, flags: bool = False) -> subprocess.CompletedProcess[str]:
+    """`pgwarden ctl` as a process, told every member's https URL and the token by its
+    environment, the CA and the client certificate by its environment or (`flags`) by
+    --ca-file, --cert-file and --key-file."""
     ca, cert, key = cluster.tls.client_files()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": REPO,
         "PGWARDEN_URL": ",".join(m.api_url for m in cluster.members),
         "PGWARDEN_TOKEN": cluster.token,
-        "PGWARDEN_CA_FILE": ca,
-        "PGWARDEN_CERT_FILE": cert,
-        "PGWARDEN_KEY_FILE": key,
     }
+    if flags:
+        argv = ("--ca-file", ca, "--cert-file", cert, "--key-file", key, *argv)
+    else:
+        env |= {"PGWARDEN_CA_FILE": ca, "PGWARDEN_CERT_FILE": cert, "PGWARDEN_KEY_FILE": key}
     return subprocess.run(
         [sys.executable, "-m", "agent", "ctl", *argv],
         env=env,
@@ -159,7 +162,7 @@ async def test_ctl_switches_over_through_https_and_the_replicas_follow_over_tls(
     assert done.returncode == 0, done.stdout + done.stderr
     assert await converge(cluster, timeout=60) == candidate
     await _all_streaming_over_tls(cluster, candidate)
-    listed = await asyncio.to_thread(_ctl, cluster, "list")
+    listed = await asyncio.to_thread(partial(_ctl, cluster, "list", flags=True))
     assert listed.returncode == 0, listed.stderr
     assert all(m.name in listed.stdout for m in cluster.members), listed.stdout
 
