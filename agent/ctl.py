@@ -18,7 +18,7 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TextIO
 
@@ -58,6 +58,7 @@ class Reply:
     status: int
     body: object  # the parsed JSON (None when the body was not JSON)
     url: str
+    etag: str = ""  # the ETag header (GET /config: the record's version)
 
     @property
     def ok(self) -> bool:
@@ -135,13 +136,15 @@ def render_table(cluster: Mapping[str, object]) -> str:
                 _text(member.get("state"), "unknown"),
                 _text(member.get("timeline")),
                 _lag_mb(member),
+                "*" if member.get("pending_restart") else "",
             ]
         )
     title = f"Cluster: {_text(cluster.get('cluster'), '?')}"
     leader = cluster.get("leader")
     title += f" (leader: {leader})" if leader else " (no leader)"
     lines = [title]
-    lines += _grid(["Member", "Host", "Role", "State", "TL", "Lag in MB"], rows, right={4, 5})
+    headers = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Pending restart"]
+    lines += _grid(headers, rows, right={4, 5})
     switchover = cluster.get("switchover")
     if isinstance(switchover, dict):
         text = (
@@ -151,6 +154,16 @@ def render_table(cluster: Mapping[str, object]) -> str:
         if switchover.get("scheduled_at"):
             text += f", scheduled at {switchover['scheduled_at']}"
         lines.append(text)
+    restart = cluster.get("restart")
+    if isinstance(restart, dict):
+        listed = restart.get("members")
+        names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
+        done = restart.get("done")
+        text = f"Rolling restart of {names} at {_text(restart.get('scheduled_at'))}"
+        text += " (pending only)" if restart.get("pending") else ""
+        if isinstance(done, list) and done:
+            text += f"; done: {', '.join(str(n) for n in done)}"
+        lines.append(text + " (pgwarden ctl cancel-restart cancels it)")
     if cluster.get("paused") is True:
         lines.append("Maintenance mode: on (paused; the agents take no automatic action)")
     mode = _text(cluster.get("synchronous_mode"))
@@ -212,6 +225,8 @@ async def request(
     method: str,
     path: str,
     body: Mapping[str, object] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
 ) -> Reply:
     """Send to the first member that answers (any HTTP status counts as an answer)."""
     failures = []
@@ -227,7 +242,7 @@ async def request(
                     method,
                     url,
                     json=body if body is not None else None,
-                    headers=_headers(target),
+                    headers={**_headers(target), **(headers or {})},
                     auth=auth,
                 ) as response,
             ):
@@ -242,7 +257,8 @@ async def request(
             parsed: object = json.loads(text) if text.strip() else None
         except ValueError:
             parsed = None
-        return Reply(status=response.status, body=parsed, url=url)
+        etag = response.headers.get("ETag", "")
+        return Reply(status=response.status, body=parsed, url=url, etag=etag)
     raise CtlError("no member reachable: " + "; ".join(failures))
 
 
@@ -258,6 +274,8 @@ class _Io:
     err: TextIO
     sleep: Sleep
     monotonic: Callable[[], float]
+    ask: Callable[[str], str] = input
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def _print_json(io: _Io, body: object) -> None:
@@ -298,7 +316,11 @@ async def _wait_for_leader(
 async def _command(
     args: argparse.Namespace, session: aiohttp.ClientSession, target: Target, io: _Io
 ) -> int:
+    from agent import ctl_day2  # noqa: PLC0415 - it imports this module
+
     command: str = args.command
+    if command in ctl_day2.COMMANDS:
+        return await _day2(args, session, target, io)
     if command in ("list", "history"):
         reply = await request(
             session, target, "GET", f"/{'cluster' if command == 'list' else command}"
@@ -318,7 +340,7 @@ async def _command(
         reply = await request(session, target, "POST", "/failover", {"candidate": args.candidate})
     elif command == "cancel-switchover":
         reply = await request(session, target, "DELETE", "/switchover")
-    else:  # pause, resume, restart, reinitialize
+    else:  # pause, resume, reinitialize
         reply = await request(session, target, "POST", f"/{command}")
     if not reply.ok:
         print(f"Error: {reply.error_message()}", file=io.err)
@@ -354,6 +376,37 @@ async def _command(
         if not args.json:
             print(f"New leader: {new_leader}", file=io.out)
     return 0
+
+
+async def _day2(
+    args: argparse.Namespace, session: aiohttp.ClientSession, target: Target, io: _Io
+) -> int:
+    """The commands of agent/ctl_day2.py."""
+    from agent import ctl_day2  # noqa: PLC0415 - it imports this module
+
+    command: str = args.command
+    if command == "show-config":
+        reply = await request(session, target, "GET", "/config")
+        if not reply.ok:
+            raise CtlError(reply.error_message())
+        if args.json:
+            _print_json(io, reply.body)
+        else:
+            print(ctl_day2.to_yaml(ctl_day2.editable(reply.object())).rstrip(), file=io.out)
+        return 0
+    if command == "edit-config":
+        return await ctl_day2.edit_config(args, session, target, out=io.out, ask=io.ask, env=io.env)
+    if command == "restart":
+        return await ctl_day2.restart(
+            args, session, target, out=io.out, sleep=io.sleep, monotonic=io.monotonic
+        )
+    if command == "cancel-restart":
+        reply = await request(session, target, "DELETE", "/rolling-restart")
+        if not reply.ok:
+            raise CtlError(reply.error_message())
+        print("Rolling restart cancelled.", file=io.out)
+        return 0
+    return await ctl_day2.reload(args, session, target, out=io.out)
 
 
 def _seconds_until(iso: object) -> float:
@@ -429,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("cancel-switchover", "cancel a scheduled switchover whose time has not come")
     add("pause", "enter maintenance mode (no automatic failover)")
     add("resume", "leave maintenance mode")
-    add("restart", "restart PostgreSQL on the member at --url")
+    from agent import ctl_day2  # noqa: PLC0415 - it imports this module
+
+    ctl_day2.add_parsers(add)
     add("reinitialize", "re-clone the replica at --url from the leader")
     return parser
 
@@ -442,6 +497,7 @@ async def run(
     err: TextIO,
     sleep: Sleep = asyncio.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    ask: Callable[[str], str] = input,
 ) -> int:
     """`main` with its surroundings passed in (for tests): environment, streams, clock."""
     try:
@@ -459,7 +515,7 @@ async def run(
         cert_file=args.cert_file or env.get("PGWARDEN_CERT_FILE") or None,
         key_file=args.key_file or env.get("PGWARDEN_KEY_FILE") or None,
     )
-    io = _Io(out=out, err=err, sleep=sleep, monotonic=monotonic)
+    io = _Io(out=out, err=err, sleep=sleep, monotonic=monotonic, ask=ask, env=env)
     try:
         try:
             connector = aiohttp.TCPConnector(ssl=target.ssl_context())

@@ -329,7 +329,7 @@ def _paths() -> dict[str, Schema]:
     paths["/config"] = {
         "get": _view("The dynamic configuration, read from the DCS now", "Config"),
         "patch": _mutating(
-            "Change the dynamic configuration", "ConfigPatch", True, "200", "Config", 409
+            "Change the dynamic configuration", "ConfigPatch", True, "200", "Config", 409, 412
         ),
     }
     paths["/pause"] = {

@@ -236,7 +236,10 @@ class _Routes:
     # ------------------------------------------------------------------ config and pause
 
     async def get_config(self, request: web.Request) -> web.StreamResponse:
-        return _json(config_body((await self._fresh_view()).config))
+        config = (await self._fresh_view()).config
+        response = _json(config_body(config))
+        response.headers["ETag"] = f'"{config.version}"'
+        return response
 
     async def _change_config(
         self,
@@ -267,6 +270,9 @@ class _Routes:
         body = await _json_object(request, allow_empty=False)
         patch = parse_config_patch(body)
         view = await self._fresh_view()
+        expected = request.headers.get("If-Match")
+        if expected is not None and expected.strip('"') != view.config.version:
+            raise ApiError(412, "config: changed since it was read (If-Match); read it again")
         before = view.config.postgresql
         after = apply_config_patch(view.config, patch).postgresql
         restart: list[str] = []

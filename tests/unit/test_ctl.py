@@ -64,6 +64,7 @@ CLUSTER = {
             "timeline": 12,
             "lag_bytes": 3 * MIB,
             "leader": False,
+            "pending_restart": ["shared_buffers"],
         },
         {
             "name": "pg-22",
@@ -83,13 +84,13 @@ def test_render_table_lays_out_members_like_patronictl() -> None:
     assert render_table(CLUSTER) == "\n".join(
         [
             "Cluster: demo (leader: pg-0)",
-            "+--------+---------------+---------+-----------+----+-----------+",
-            "| Member | Host          | Role    | State     | TL | Lag in MB |",
-            "+--------+---------------+---------+-----------+----+-----------+",
-            "| pg-0   | 10.0.0.1:5432 | Leader  | running   | 12 |           |",
-            "| pg-1   | 10.0.0.2:5432 | Replica | streaming | 12 |         3 |",
-            "| pg-22  | 10.0.0.3:5433 | Replica | stopped   |    |   unknown |",
-            "+--------+---------------+---------+-----------+----+-----------+",
+            "+--------+---------------+---------+-----------+----+-----------+-----------------+",
+            "| Member | Host          | Role    | State     | TL | Lag in MB | Pending restart |",
+            "+--------+---------------+---------+-----------+----+-----------+-----------------+",
+            "| pg-0   | 10.0.0.1:5432 | Leader  | running   | 12 |           |                 |",
+            "| pg-1   | 10.0.0.2:5432 | Replica | streaming | 12 |         3 | *               |",
+            "| pg-22  | 10.0.0.3:5433 | Replica | stopped   |    |   unknown |                 |",
+            "+--------+---------------+---------+-----------+----+-----------+-----------------+",
         ]
     )
 
@@ -122,7 +123,7 @@ def test_render_table_survives_an_odd_cluster_object() -> None:
 def test_render_table_of_a_cluster_without_members_shows_the_header() -> None:
     lines = render_table({"cluster": "demo", "leader": None, "members": []}).splitlines()
     assert lines[0] == "Cluster: demo (no leader)"
-    assert lines[2] == "| Member | Host | Role | State | TL | Lag in MB |"
+    assert lines[2] == "| Member | Host | Role | State | TL | Lag in MB | Pending restart |"
     assert len(lines) == 5
 
 
@@ -191,6 +192,8 @@ class Node:
         *argv: str,
         env: dict[str, str] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        ask: str = "y",
+        asked: list[str] | None = None,
     ) -> tuple[int, str, str]:
         """Run `pgwarden ctl argv` against this node; no real sleeping (the clock is fake)."""
         out, err = io.StringIO(), io.StringIO()
@@ -205,8 +208,15 @@ class Node:
             err=err,
             sleep=sleep or no_sleep,
             monotonic=self.clock.monotonic,
+            ask=lambda prompt: _answer(prompt, ask, asked),
         )
         return code, out.getvalue(), err.getvalue()
+
+
+def _answer(prompt: str, answer: str, asked: list[str] | None) -> str:
+    if asked is not None:
+        asked.append(prompt)
+    return answer
 
 
 def _member(name: str, role: Role, state: PgState, lsn: int) -> Member:
@@ -408,16 +418,24 @@ async def test_pause_and_resume(node: Node) -> None:
     assert paused(node) is False
 
 
-async def test_restart_goes_to_the_member_and_reinitialize_is_refused_on_the_leader(
+async def test_restart_schedules_a_rolling_restart_and_reinitialize_is_refused_on_the_leader(
     node: Node,
 ) -> None:
-    code, out, _ = await node.ctl("restart")
-    assert code == 0
-    assert out.startswith("Restart: accepted")
+    code, out, _ = await node.ctl(
+        "restart", "b", "--pending", "--scheduled", "2999-01-01T03:00:00+00:00"
+    )
+    assert code == 0, out
+    assert out.startswith("Rolling restart of b scheduled at 2999-01-01T03:00:00")
+    raw = node.store.get_raw("restart")
+    assert raw is not None and json.loads(raw)["members"] == ["b"]
+    assert json.loads(raw)["pending"] is True
+    code, out, _ = await node.ctl("cancel-restart")
+    assert (code, out.strip()) == (0, "Rolling restart cancelled.")
+    assert node.store.get_raw("restart") is None
     code, _, err = await node.ctl("reinitialize")
     assert code == 1
     assert err.startswith("Error: reinitialize:")
-    assert node.submitted == [LocalRequestKind.RESTART]
+    assert node.submitted == []
 
 
 async def test_history_prints_a_table(node: Node) -> None:
