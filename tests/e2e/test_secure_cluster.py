@@ -1,8 +1,9 @@
 """End to end with every connection encrypted (issue 13): real etcd, three real PostgreSQL,
 three agents serving their API over TLS only with `verify_client: required` and running
 PostgreSQL with `postgresql.tls` (hostssl, replication with verify-full), one CA made here
-(tests/support/tls.py). Synchronous replication is on, so that no acknowledged write may be
-lost across a failover.
+(tests/support/tls.py), and talking to an etcd that serves https only and requires their
+client certificate: no network connection between them is in clear. Synchronous replication is on,
+so that no acknowledged write may be lost across a failover.
 
 The scenarios share the cluster, each from `converge` (which reaches the agents over https
 with the test's client certificate, as every helper in tests/support/cluster.py does):
@@ -51,7 +52,7 @@ REPO = str(Path(__file__).resolve().parents[2])
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[TlsCluster]:
     with local_cluster(
-        extra={"ha": {"synchronous_mode": "on"}}, api_tls=True, pg_tls=True
+        extra={"ha": {"synchronous_mode": "on"}}, api_tls=True, pg_tls=True, etcd_tls=True
     ) as running:
         assert isinstance(running, TlsCluster)
         yield running

@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 
 from agent.demo import LocalCluster, LocalMember
+from tests.support.etcd import EtcdCluster, etcd_cluster, make_tls_files
 from tests.support.tls import ClusterPki
 from tests.support.workload import MemberWriter, WriterLog
 
@@ -41,11 +42,15 @@ class TlsCluster(LocalCluster):
     with `api_tls` the agents serve their API over https only and require a client
     certificate (members call each other with their own), and the helpers here reach them
     with the test's client certificate (`api_session`); with `pg_tls` they run PostgreSQL
-    with `postgresql.tls` (hostssl, verify-full replication)."""
+    with `postgresql.tls` (hostssl, verify-full replication); with `etcd_tls` the DCS is an
+    etcd serving https only and requiring a client certificate (tests/support/etcd.py, a CA
+    of its own), which the agents present."""
 
     api_tls: bool = True
     pg_tls: bool = True
+    etcd_tls: bool = False
     pki: ClusterPki | None = None
+    etcd_server: EtcdCluster | None = None
 
     def __post_init__(self) -> None:
         LocalCluster.__post_init__(self)  # slotted dataclasses: no zero-argument super()
@@ -69,7 +74,31 @@ class TlsCluster(LocalCluster):
             postgresql = config["postgresql"]
             assert isinstance(postgresql, dict)
             postgresql["tls"] = self.tls.pg_settings()
+        if self.etcd_server is not None and self.etcd_server.tls is not None:
+            files = self.etcd_server.tls
+            etcd = {
+                "endpoints": self.etcd_endpoints,
+                "ca_file": str(files.ca_file),
+                "cert_file": str(files.client_cert),
+                "key_file": str(files.client_key),
+            }
+            config["dcs"] = {"kind": "etcd", "etcd": etcd}
         return config
+
+    def start_etcd(self) -> None:
+        if not self.etcd_tls:
+            LocalCluster.start_etcd(self)
+            return
+        if self.etcd_server is None:
+            files = make_tls_files(self.base / "etcd-tls", client_cert_auth=True)
+            self.etcd_server = etcd_cluster(1, self.base / "etcd", tls=files)
+            self.etcd_server.start()
+            self.etcd_endpoints = self.etcd_server.endpoints
+
+    def stop(self) -> None:
+        LocalCluster.stop(self)
+        if self.etcd_server is not None:
+            self.etcd_server.stop()
 
     def api_session(self) -> aiohttp.ClientSession:
         return self.tls.session() if self.api_tls else LocalCluster.api_session(self)
@@ -85,9 +114,10 @@ def local_cluster(
     extra: dict[str, object] | None = None,
     api_tls: bool = False,
     pg_tls: bool = False,
+    etcd_tls: bool = False,
 ) -> Iterator[LocalCluster]:
-    """A running cluster of `size` agents (stopped and removed afterwards); with `api_tls`
-    or `pg_tls` a `TlsCluster`."""
+    """A running cluster of `size` agents (stopped and removed afterwards); with `api_tls`,
+    `pg_tls` or `etcd_tls` a `TlsCluster`."""
     base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
     common: dict[str, Any] = {
         "base": base,
@@ -99,8 +129,8 @@ def local_cluster(
         "extra": extra or {},
     }
     running = (
-        TlsCluster(**common, api_tls=api_tls, pg_tls=pg_tls)
-        if api_tls or pg_tls
+        TlsCluster(**common, api_tls=api_tls, pg_tls=pg_tls, etcd_tls=etcd_tls)
+        if api_tls or pg_tls or etcd_tls
         else LocalCluster(**common)
     )
     try:
