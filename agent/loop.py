@@ -3,7 +3,8 @@
 One `HaLoop` per agent. Each cycle reads the DCS and probes PostgreSQL into immutable
 snapshots, asks `decide()` what to do, hands the decision to the `Executor` (executor.py:
 the actions in order, stopping at the first one that fails), then publishes an `AgentStatus`
-(status.py; API, metrics) and this member's DCS record.
+(status.py; API, metrics) and this member's DCS record (in the background: one publish in
+flight at most, never delaying the next cycle).
 The loop sleeps `loop_wait_s` but wakes at once on a DCS watch event, an API request, the end
 of a long action, the death of the postmaster, or when the fencing deadline comes near.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 
 import structlog
 
@@ -29,6 +31,7 @@ from agent.model import (
     ClusterView,
     LocalRequestKind,
     LocalState,
+    Member,
     MemberName,
     PgState,
     Role,
@@ -97,6 +100,8 @@ class HaLoop:
         self._cycle = 0
         self._watch_task: asyncio.Task[None] | None = None
         self._pg_watch_task: asyncio.Task[None] | None = None
+        self._publish_task: asyncio.Task[None] | None = None
+        self._unpublished: Member | None = None  # the newest record not yet sent
         self._started_at = clock.monotonic()
         self._dcs_down = False
 
@@ -160,7 +165,12 @@ class HaLoop:
             await self.close()
 
     async def close(self) -> None:
-        """Stop the watches and the long action in flight; close the peer session."""
+        """Stop the watches and the long action in flight; close the peer session. A
+        publish in flight may finish within its DCS deadline (the last record says how we
+        stopped)."""
+        if self._publish_task is not None:
+            with contextlib.suppress(Exception):
+                await self._publish_task
         for task in (self._watch_task, self._pg_watch_task):
             if task is not None:
                 task.cancel()
@@ -294,11 +304,28 @@ class HaLoop:
         )
         if view is None:
             return
-        member = member_of_status(self._status, local, self.settings)
-        try:
-            await self._call("publish_member", lambda: self.dcs.publish_member(member))
-        except (DcsError, TimeoutError) as exc:
-            log.warning("dcs_unavailable", operation="publish_member", error=str(exc))
+        self._unpublished = member_of_status(self._status, local, self.settings)
+        if self._publish_task is None or self._publish_task.done():
+            self._publish_task = asyncio.create_task(
+                self._publish_member(), name="dcs-publish-member"
+            )
+
+    async def _publish_member(self) -> None:
+        """Publish this member's record, the latest one a cycle made, until none is left.
+
+        Off the cycle's path: on a slow link to the DCS (chaos finding 11: 5 s round trips)
+        a publish costs one or two round trips (a keepalive, a put), and waiting for it in
+        the cycle pushed the next renewal past the fencing deadline of a primary whose
+        renewals all succeeded. At most one publish is in flight; a record made meanwhile
+        replaces the one waiting (only the newest matters)."""
+        while self._unpublished is not None:
+            member, self._unpublished = self._unpublished, None
+            try:
+                await self._call(
+                    "publish_member", functools.partial(self.dcs.publish_member, member)
+                )
+            except (DcsError, TimeoutError) as exc:
+                log.warning("dcs_unavailable", operation="publish_member", error=str(exc))
 
     async def check_fencer(self) -> None:
         """After the postmaster died: count it if the fencer killed it (its deadline passed)."""

@@ -259,7 +259,11 @@ class EtcdDcs:
     async def publish_member(self, member: Member) -> None:
         payload = member.to_json().encode()
         async with self._write("publish_member"):
-            lease = await self._live_lease(fresh_within_s=self._lease_ttl_s / 4)
+            # A keepalive sent less than half a ttl ago will do: a leader's renewal has always
+            # sent one a round trip ago, and on a slow link (chaos finding 11: 5 s round
+            # trips) a keepalive of our own before the put made every publish miss its
+            # deadline. A lease that expired anyway fails the put, which grants a new one.
+            lease = await self._live_lease(fresh_within_s=self._lease_ttl_s / 2)
             if self._published == (payload, lease):
                 return  # unchanged: the keepalive above was all that was needed
             try:

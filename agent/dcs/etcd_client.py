@@ -5,11 +5,15 @@ Contracts shared by every call:
 - Each call is bounded by `timeout_s` in total: endpoint failover, re-authentication and retries
   all happen inside that budget. When nothing answers it raises `EtcdUnavailable` shortly after
   the deadline; it never hangs.
-- On a connection error, a timeout, or an etcd answer that means "this member cannot serve you
-  now" (gRPC Unavailable / DeadlineExceeded: no leader, leader changed, request timed out), the
-  call is tried on the next endpoint; the endpoint that answered last is tried first next time.
-  A retried write may already have been applied by the member that failed to answer; callers
-  make writes safe to repeat with txn compares (as the DCS backend does).
+- Requests are hedged: the endpoint that answered last is asked first; when it has not
+  answered after a quarter of `timeout_s`, the next one is asked too (the first request keeps
+  running), and the first answer wins. On a connection error or an etcd answer that means
+  "this member cannot serve you now" (gRPC Unavailable / DeadlineExceeded: no leader, leader
+  changed, request timed out) the next endpoint is asked at once. So a black-holed endpoint
+  costs a quarter of the deadline, and a slow one that answers within the deadline is not
+  abandoned (`_call_with_failover` says why the duplicates are harmless). A repeated write
+  may already have been applied by a member whose answer we did not wait for; callers make
+  writes safe to repeat with txn compares (as the DCS backend does).
 - Requests (except serializable reads) carry the gRPC metadata `hasleader=true`, so a member cut
   off from its cluster answers at once with "no leader" instead of timing out, and a watch on
   such a member is closed by the server.
@@ -24,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -52,6 +57,13 @@ _RETRYABLE_CODES = frozenset({_GRPC_DEADLINE_EXCEEDED, _GRPC_RESOURCE_EXHAUSTED,
 # Backoff between passes over all endpoints (connection refused fails instantly: do not spin).
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 1.0
+
+# An attempt runs alone for this share of the call's deadline before the same request goes to
+# the next endpoint too (hedging; `EtcdClient._call_with_failover`). 0.25: with three
+# endpoints all have been asked by half the deadline (a black hole costs no more than the
+# old sequential failover's halving did), and an endpoint that answers slowly keeps the
+# rest of the deadline.
+_HEDGE_SHARE_OF_TIMEOUT = 0.25
 
 
 class EtcdError(DcsError):
@@ -315,6 +327,75 @@ class _TokenRejected(Exception):
         self.token = token
 
 
+# One unary request on the wire: (url, JSON body, headers) -> (HTTP status, decoded answer).
+Post = Callable[[str, dict[str, Any], dict[str, str]], Awaitable[tuple[int, Any]]]
+_Attempt = Callable[[int], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a finished attempt's exception as seen (one cancelled after another won)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _Hedge:
+    """The attempts of one call (see `EtcdClient._call_with_failover`): which endpoints of
+    this pass are untried, which attempts run, and why each endpoint last failed."""
+
+    def __init__(
+        self, *, launch: _Attempt, endpoints: Sequence[str], failures: dict[str, str]
+    ) -> None:
+        self._launch = launch
+        self._endpoints = endpoints
+        self._failures = failures
+        self.running: dict[asyncio.Task[dict[str, Any]], int] = {}
+        self.untried: collections.deque[int] = collections.deque()
+
+    def new_pass(self, first: int) -> None:
+        count = len(self._endpoints)
+        self.untried = collections.deque((first + k) % count for k in range(count))
+
+    def start_next(self) -> None:
+        self.start(self.untried.popleft())
+
+    def start(self, index: int) -> None:
+        if index in self.untried:
+            self.untried.remove(index)
+        task = asyncio.ensure_future(self._launch(index))
+        task.add_done_callback(_retrieve)
+        self.running[task] = index
+
+    async def wait(
+        self, timeout_s: float | None
+    ) -> tuple[int, dict[str, Any] | _Retryable | _TokenRejected | TimeoutError] | None:
+        """The first attempt to finish (an answer before a failure): its endpoint and its
+        answer or failure; None if none finished within `timeout_s`. Raises what an
+        endpoint answered that another one would not change (EtcdError)."""
+        done, _ = await asyncio.wait(
+            self.running, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            return None
+        task = next((t for t in done if t.exception() is None), next(iter(done)))
+        index = self.running.pop(task)
+        exc = task.exception()
+        if exc is None:
+            return index, task.result()
+        if isinstance(exc, _Retryable | TimeoutError):
+            self._failures[self._endpoints[index]] = _describe(exc)
+            return index, exc
+        if isinstance(exc, _TokenRejected):
+            return index, exc
+        raise exc
+
+    def cancel(self) -> None:
+        """Cancel the attempts still running (the call is answered, failed or cancelled)."""
+        for task, index in self.running.items():
+            self._failures.setdefault(self._endpoints[index], "no answer in time")
+            task.cancel()
+        self.running.clear()
+
+
 class EtcdClient:
     """A client for one etcd cluster, reachable at any of `endpoints`. See the module docstring.
 
@@ -332,7 +413,11 @@ class EtcdClient:
         username: str | None = None,
         password: str | None = None,
         watch_refresh_s: float = 30.0,
+        post: Post | None = None,
     ) -> None:
+        """`post`: how one unary request is sent, (url, JSON body, headers) -> (HTTP status,
+        decoded JSON answer); aiohttp by default (tests give a fake transport). Watches
+        always use aiohttp."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         if timeout_s <= 0:
@@ -353,6 +438,7 @@ class EtcdClient:
         self._auth_lock: asyncio.Lock | None = None
         self._auth_enabled = True  # until etcd says otherwise
         self._closed = False
+        self._post: Post = post if post is not None else self._post_http
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -598,53 +684,80 @@ class EtcdClient:
         with_token: bool = True,
         failures: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Try the endpoints in turn (the last good one first) until one answers; loops until
-        cancelled (the caller bounds it). Records in `failures` why each endpoint last failed."""
+        """Send the request to the endpoints, hedged, until one answers; loops until
+        cancelled (the caller bounds it). Records in `failures` why each endpoint last failed.
+
+        Hedging: the last good endpoint is asked first. Each time no answer came for
+        `_hedge_after_s()`, the same request goes to the next endpoint as well (after the
+        last one, round again from the first: a request that stalls where it was sent, on a
+        member waiting for an election, may be answered at once when sent anew), so at most
+        about 1 / _HEDGE_SHARE_OF_TIMEOUT copies run. The first answer wins and the attempts
+        still running are cancelled. An attempt that fails (refused, reset, "no leader")
+        hands over to the next endpoint at once; once every endpoint failed and none is
+        still running, the next pass starts after a backoff. A slow attempt is never
+        abandoned for one that has not answered yet: on a link where every endpoint is
+        equally slow (chaos finding 11) the first request still answers within the call's
+        deadline, which cancelling it at a budget could not do.
+
+        Why a duplicate is harmless: the copies are the same request. A read (range), a
+        lease keepalive and a txn with compares only (the renewal's ownership check) change
+        nothing, or only push the lease's expiry to "ttl from now" again. A write is guarded
+        by its own compare-and-set (acquire: the key's create_revision is 0; records: the
+        mod_revision read; release: the value is ours), so of two copies at most one
+        applies, and the other answers "compare failed", which the DCS backend reads back as
+        it reads any repeated write (module docstring). A duplicated plain put (a member
+        record) writes the same value twice. Only `lease_grant` may leave a spare lease,
+        bound to no key, that expires after its ttl. Cancelling an attempt does not unsend
+        it: the old sequential failover duplicated the same requests, it only discarded the
+        first answer.
+        """
         failures = {} if failures is None else failures
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
+        hedge = _Hedge(
+            launch=lambda index: self._attempt(
+                self._endpoints[index], path, body, require_leader, with_token
+            ),
+            endpoints=self._endpoints,
+            failures=failures,
+        )
+        hedge.new_pass(self._preferred)
         backoff_s = _BACKOFF_FIRST_S
         reauthenticated = False
-        count = len(self._endpoints)
-        while True:
-            start = self._preferred
-            for offset in range(count):
-                index = (start + offset) % count
-                untried = count - offset
-                remaining = deadline - loop.time()
-                # Leave time for the other endpoints when this one is a black hole.
-                budget = remaining / 2 if untried > 1 else remaining
-                try:
-                    async with asyncio.timeout(max(budget, 0.001)):
-                        result = await self._attempt(
-                            self._endpoints[index], path, body, require_leader, with_token
-                        )
-                except _TokenRejected as rejected:
-                    if reauthenticated:
-                        raise EtcdAuthFailed(
-                            "etcd: auth token rejected after re-authentication"
-                        ) from None
-                    reauthenticated = True
-                    await self._reauthenticate(rejected.token)
-                    # Retry at once on the same endpoint.
-                    try:
-                        result = await self._attempt(
-                            self._endpoints[index], path, body, require_leader, with_token
-                        )
-                    except (_Retryable, TimeoutError) as exc:
-                        failures[self._endpoints[index]] = _describe(exc)
-                        continue
-                    except _TokenRejected:
-                        raise EtcdAuthFailed(
-                            "etcd: auth token rejected after re-authentication"
-                        ) from None
-                except (_Retryable, TimeoutError) as exc:
-                    failures[self._endpoints[index]] = _describe(exc)
+        try:
+            while True:
+                if not hedge.running:
+                    if not hedge.untried:
+                        await asyncio.sleep(backoff_s)
+                        backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+                        hedge.new_pass(self._preferred)
+                    hedge.start_next()
+                done = await hedge.wait(self._hedge_after_s())
+                if done is None:
+                    # The slow attempts keep running. Past the last endpoint, the rotation
+                    # starts again: a request that stalls where it was sent (a member waiting
+                    # for its cluster to elect a leader) may be answered at once when sent anew.
+                    if not hedge.untried:
+                        hedge.new_pass(self._preferred)
+                    hedge.start_next()
                     continue
-                self._preferred = index
-                return result
-            await asyncio.sleep(min(backoff_s, max(deadline - loop.time(), 0)))
-            backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+                index, outcome = done
+                if isinstance(outcome, _TokenRejected):
+                    if reauthenticated:
+                        raise EtcdAuthFailed("etcd: auth token rejected after re-authentication")
+                    reauthenticated = True
+                    await self._reauthenticate(outcome.token)
+                    hedge.start(index)  # at once on the same endpoint
+                elif isinstance(outcome, BaseException):
+                    if hedge.untried:
+                        hedge.start_next()  # a failure hands over at once
+                else:
+                    self._preferred = index
+                    return outcome
+        finally:
+            hedge.cancel()
+
+    def _hedge_after_s(self) -> float:
+        """How long an attempt runs alone before the next endpoint is asked too."""
+        return self._timeout_s * _HEDGE_SHARE_OF_TIMEOUT
 
     async def _attempt(
         self,
@@ -654,7 +767,6 @@ class EtcdClient:
         require_leader: bool,
         with_token: bool,
     ) -> dict[str, Any]:
-        session = self._ensure_session()
         headers: dict[str, str] = {}
         if with_token:
             if self._needs_token():
@@ -662,9 +774,7 @@ class EtcdClient:
             headers = self._headers(require_leader=require_leader)
         sent_token = headers.get("Authorization")
         try:
-            async with session.post(f"{endpoint}{path}", json=body, headers=headers) as resp:
-                payload = await resp.json(content_type=None)
-                status = resp.status
+            status, payload = await self._post(f"{endpoint}{path}", body, headers)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise _Retryable from exc
         if not isinstance(payload, dict):
@@ -675,6 +785,14 @@ class EtcdClient:
             except _TokenRejected:
                 raise _TokenRejected(sent_token) from None
         return payload
+
+    async def _post_http(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, Any]:
+        """The default `post`: one HTTP POST; (status, decoded JSON body)."""
+        session = self._ensure_session()
+        async with session.post(url, json=body, headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
 
     def _raise_for_error(self, payload: Any, status: int) -> NoReturn:
         err = _dec_error(payload) if isinstance(payload, dict) else None
