@@ -47,6 +47,12 @@ from agent.model import (
 )
 from agent.settings import Settings
 
+# A postmaster is there but refuses connections: starting, stopping, or on its way out after
+# a crash. Starting PostgreSQL again cannot help (the start only waits for the postmaster that
+# exists, and returned at once while postmaster.pid still said "ready": the loop cycled ~38
+# times a second, chaos finding 12); the postmaster's exit wakes the loop.
+_NOT_ACCEPTING = "PostgreSQL is not accepting connections: waiting for its postmaster"
+
 
 def when_busy(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
     assert obs.pending is not None
@@ -170,6 +176,8 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
             memory, "reinitialize requested", Clone(source=leader_name, clear_first=True)
         )
     if not local.running:
+        if local.postmaster_pid is not None:
+            return decided(memory, _NOT_ACCEPTING)
         if backing_off:
             return decided(memory, "waiting before starting PostgreSQL again")
         return decided(
@@ -220,6 +228,8 @@ def when_leaderless(
             StopPostgres(mode=StopMode.KILL),
         )
     if not local.running:
+        if local.postmaster_pid is not None:
+            return decided(memory, f"no leader; {_NOT_ACCEPTING}")
         return decided(
             memory,
             "no leader: starting as a standby with no upstream",

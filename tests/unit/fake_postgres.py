@@ -22,7 +22,8 @@ primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes Pos
 Fault injection (test controls): `fail(op, exc, times)` makes the next calls of an operation
 raise; `gate(op)` makes an operation wait until the test opens the gate (a long action that
 hangs, or a crash in the middle of one); `crash()` kills the postmaster; `hang()` makes it
-stop answering (probes report it unresponsive, SQL times out) until `resume()` or a kill.
+stop answering (probes report it unresponsive, SQL times out) until `resume()` or a kill;
+`linger()` leaves a postmaster that refuses connections until it is killed.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class FakePostgres:
         self.streaming = False
         self.receiving = True  # False: cut off from its upstream (the WAL receiver gets nothing)
         self.hung = False
+        self.lingering = False  # see linger()
         self.slots: set[str] = set()
         self.sync = SyncStandbys(quorum=False, count=0, names=())
         self.calls: list[str] = []
@@ -197,6 +199,15 @@ class FakePostgres:
     def hang(self) -> None:
         self.hung = True
 
+    def linger(self) -> None:
+        """The postmaster is on its way out but still there (a crash it has not finished, a
+        standby whose startup process failed on a full disk): it refuses connections while
+        postmaster.pid still says "ready", so `start` returns at once, as the real one (which
+        only waits for that line when a postmaster exists) does. `crash()` ends it."""
+        self.lingering = True
+        self.running = False
+        self.streaming = False
+
     def resume(self) -> None:
         self.hung = False
 
@@ -236,6 +247,7 @@ class FakePostgres:
             raise PostgresError(f"{op}: TimeoutError() (the server does not answer)")
 
     def _gone(self) -> None:
+        self.lingering = False
         self.running = False
         self.streaming = False
         self.hung = False
@@ -330,7 +342,7 @@ class FakePostgres:
 
     async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
         await self._enter("start")
-        if self.running:
+        if self.running or self.lingering:
             return
         if self.data is None:
             raise PostgresError(f"{self.host}: data directory is not initialized")

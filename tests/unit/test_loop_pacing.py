@@ -1,0 +1,86 @@
+"""How often the real `HaLoop.run()` cycles, on the loop suite's fakes (memory DCS, fake
+PostgreSQL, fake clock) and an event loop on that fake clock (tests/unit/fakes/virtual_time.py),
+where every turn of the event loop that does not wait costs a little fake time, as CPU does.
+
+Chaos finding 12: a replica whose postmaster lingered (dying after its disk filled) cycled
+about 38 times a second: each cycle decided StartPostgres, the start returned at once
+(postmaster.pid still said ready), the end of that long action woke the loop, and so on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from tests.unit.fakes.loop_cluster import LoopCluster
+from tests.unit.fakes.virtual_time import run_virtual
+
+STEP_S = 0.0002  # fake time one turn of the event loop costs when it does not wait
+WINDOW_S = 6.0  # less than the ttl: the leader's loop is not running meanwhile
+
+
+async def _cycles_in_window(cluster: LoopCluster, name: str) -> int:
+    """Run `name`'s real loop for WINDOW_S of fake time; how many cycles it made."""
+    loop = cluster[name].loop
+    before = loop.status().cycle
+    task = asyncio.create_task(loop.run(), name=f"loop-{name}")
+    await asyncio.sleep(WINDOW_S)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return loop.status().cycle - before
+
+
+def test_a_streaming_replica_cycles_once_per_loop_wait() -> None:
+    cluster = LoopCluster()
+
+    async def main() -> int:
+        leader = await cluster.bootstrap()
+        replica = next(n for n in sorted(cluster.nodes) if n != leader)
+        return await _cycles_in_window(cluster, replica)
+
+    cycles = run_virtual(main(), cluster.clock, cluster.advance, step_s=STEP_S)
+    loop_wait_s = cluster["a"].settings.timing.loop_wait_s
+    assert 1 <= cycles <= WINDOW_S / loop_wait_s + 1
+
+
+def test_a_replica_whose_postmaster_lingers_waits_for_it_instead_of_cycling_in_a_spin() -> None:
+    cluster = LoopCluster()
+
+    async def main() -> tuple[int, str, list[str]]:
+        leader = await cluster.bootstrap()
+        replica = next(n for n in sorted(cluster.nodes) if n != leader)
+        pg = cluster[replica].pg
+        pg.linger()
+        pg.calls.clear()
+        cycles = await _cycles_in_window(cluster, replica)
+        return cycles, cluster[replica].loop.status().last_reason, list(pg.calls)
+
+    cycles, reason, calls = run_virtual(main(), cluster.clock, cluster.advance, step_s=STEP_S)
+    loop_wait_s = cluster["a"].settings.timing.loop_wait_s
+    # One cycle per loop_wait (the spin made hundreds in the window).
+    assert cycles <= WINDOW_S / loop_wait_s + 1, (cycles, reason, calls.count("start"))
+    assert calls.count("start") <= 1
+    assert "accepting connections" in reason
+
+
+def test_a_replica_starts_postgres_at_once_when_its_lingering_postmaster_is_gone() -> None:
+    cluster = LoopCluster()
+
+    async def main() -> bool:
+        leader = await cluster.bootstrap()
+        replica = next(n for n in sorted(cluster.nodes) if n != leader)
+        pg = cluster[replica].pg
+        pg.linger()
+        loop = cluster[replica].loop
+        task = asyncio.create_task(loop.run(), name=f"loop-{replica}")
+        await asyncio.sleep(1.0)
+        pg.crash()  # the postmaster is gone: the loop wakes and starts a new one
+        await asyncio.sleep(0.5)  # less than loop_wait: only the exit's wake-up can do it
+        running = pg.running
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return running
+
+    assert run_virtual(main(), cluster.clock, cluster.advance, step_s=STEP_S)
