@@ -403,10 +403,12 @@ class _Routes:
         if isinstance(sent_at, bool) or not isinstance(sent_at, int | float):
             raise ApiError(400, "sent_at: expected the sender's wall-clock time (epoch seconds)")
         age = self._clock.wall() - float(sent_at)
-        if age > self._settings.timing.ttl_s / 2:
+        if abs(age) > self._settings.timing.ttl_s / 2:
             # Delivered late (a request kept in TCP retransmission while the network was
             # cut): its sender stopped waiting long ago and may be fenced by now; promising
-            # it would only hold failover back.
+            # it would only hold failover back. Sent "from the future": the two wall clocks
+            # are apart (one was stepped), so how late it is cannot be told either; refusing
+            # costs the sender its failsafe (it demotes at its deadline), never a split brain.
             _log.warning("failsafe_refused", primary=leader, reason="stale", age_s=round(age, 3))
             raise ApiError(409, f"failsafe: request sent {age:.1f} s ago (stale, or clocks apart)")
         if not isinstance(cluster, str) or cluster != self._settings.cluster:

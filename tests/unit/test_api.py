@@ -945,6 +945,19 @@ async def test_a_failsafe_request_delivered_late_is_refused_and_promises_nothing
     assert (await api.client.post("/failsafe", json=recent, headers=AUTH)).status == 200
 
 
+@pytest.mark.parametrize("step_s", [3600.0, -3600.0])
+async def test_a_failsafe_request_from_a_member_whose_wall_clock_was_stepped_is_refused(
+    api: Api, step_s: float
+) -> None:
+    """The sender's wall clock an hour ahead (or behind) of ours: how late its request is
+    cannot be told, so it is not confirmed (the sender demotes at its deadline instead)."""
+    body = failsafe_body(api, sent_at=api.clock.wall() + step_s)
+    response = await api.client.post("/failsafe", json=body, headers=AUTH)
+    assert response.status == 409
+    assert "clocks apart" in (await response.json())["error"]
+    assert api.inbox.failsafe_asks == []
+
+
 @pytest.mark.parametrize(
     ("changes", "status", "field"),
     [

@@ -133,10 +133,27 @@ class FakePeers:
         pass
 
 
+class MemberClock:
+    """One member's clocks: the cluster's monotonic time (CLOCK_MONOTONIC, which no one can
+    set), and the member's own wall clock, which `wall_step_s` moves (an NTP step, an
+    operator) without moving monotonic time."""
+
+    def __init__(self, base: FakeClock) -> None:
+        self._base = base
+        self.wall_step_s = 0.0
+
+    def monotonic(self) -> float:
+        return self._base.monotonic()
+
+    def wall(self) -> float:
+        return self._base.wall() + self.wall_step_s
+
+
 @dataclass(slots=True)
 class Node:
     name: str
     settings: Settings
+    clock: MemberClock
     dcs: MemoryDcs
     pg: FakePostgres
     fence: FakeFence
@@ -172,9 +189,10 @@ class LoopCluster:
                 clock=self.clock,
                 timeout_s=settings.timing.retry_timeout_s,
             )
+            clock = MemberClock(self.clock)
             loop = HaLoop(
                 settings=settings,
-                clock=self.clock,
+                clock=clock,
                 dcs=dcs,
                 pg=pg,
                 fence=fence,
@@ -186,6 +204,7 @@ class LoopCluster:
             self.nodes[name] = Node(
                 name=name,
                 settings=settings,
+                clock=clock,
                 dcs=dcs,
                 pg=pg,
                 fence=fence,
