@@ -24,6 +24,8 @@ from typing import TextIO
 
 import aiohttp
 
+from agent.ctl_topology import render_topology
+
 DEFAULT_URL = "http://127.0.0.1:8008"
 _MIB = 1024 * 1024
 
@@ -321,9 +323,9 @@ async def _command(
     command: str = args.command
     if command in ctl_day2.COMMANDS:
         return await _day2(args, session, target, io)
-    if command in ("list", "history"):
+    if command in ("list", "history", "topology"):
         reply = await request(
-            session, target, "GET", f"/{'cluster' if command == 'list' else command}"
+            session, target, "GET", f"/{'history' if command == 'history' else 'cluster'}"
         )
     elif command == "switchover":
         body = {
@@ -351,6 +353,8 @@ async def _command(
         print(render_table(reply.object()), file=io.out)
     elif command == "history":
         print(render_history(reply.object()), file=io.out)
+    elif command == "topology":
+        print(render_topology(reply.object()), file=io.out)
     elif command in ("switchover", "failover"):
         answer = reply.object()
         text = f"{command.capitalize()} accepted: {_text(answer.get('leader'), '(no leader)')}"
@@ -479,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=float, default=60.0, help="--wait limit in seconds")
         sub.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
     add("history", "show the timeline history")
+    add("topology", "show the replication tree (who streams from whom)")
     add("cancel-switchover", "cancel a scheduled switchover whose time has not come")
     add("pause", "enter maintenance mode (no automatic failover)")
     add("resume", "leave maintenance mode")

@@ -141,6 +141,8 @@ class LocalCluster:
     token: str = "demo-token"
     timing: dict[str, float] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+    # Per member (by name): sections merged into that member's configuration (tags, callbacks).
+    member_extra: dict[str, dict[str, object]] = field(default_factory=dict)
     etcd_endpoints: list[str] = field(default_factory=list)
     etcd: subprocess.Popen[bytes] | None = None
     members: list[LocalMember] = field(default_factory=list)
@@ -375,6 +377,12 @@ class LocalCluster:
             config["postgresql"]["os_user"] = os_user  # type: ignore[index]
         for key, value in self.extra.items():
             config[key] = value
+        for key, value in self.member_extra.get(member.name, {}).items():
+            current = config.get(key)
+            if isinstance(current, dict) and isinstance(value, dict):
+                config[key] = {**current, **value}
+            else:
+                config[key] = value
         return config
 
     def _dcs_config(self, member: LocalMember) -> dict[str, object]:

@@ -210,6 +210,9 @@ class MemberTags:
     failover_priority: int = 1
     nosync: bool = False
     sync_priority: int = 1
+    replicatefrom: MemberName | None = None
+    clonefrom: bool = False
+    noloadbalance: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,6 +239,8 @@ class Member:
     # PostgreSQL runs with (agent/pgparams.py reads the leader's and the replicas').
     pending_restart: tuple[str, ...] = ()
     hot_standby: tuple[tuple[str, int], ...] = ()
+    # A replica: the member it was last pointed at (the leader, or its replicatefrom).
+    upstream: MemberName | None = None
     version: str = ""  # the DCS's version of this record; not part of the payload
 
     def to_json(self) -> str:
@@ -257,9 +262,13 @@ class Member:
                     "failover_priority": self.tags.failover_priority,
                     "nosync": self.tags.nosync,
                     "sync_priority": self.tags.sync_priority,
+                    "replicatefrom": self.tags.replicatefrom,
+                    "clonefrom": self.tags.clonefrom,
+                    "noloadbalance": self.tags.noloadbalance,
                 },
                 "sync_standbys": list(self.sync_standbys),
                 "promotion_vetoed": self.promotion_vetoed,
+                "upstream": self.upstream,
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -578,6 +587,10 @@ def _str(value: object, what: str) -> str:
     return value
 
 
+def _name_or_none(value: object, what: str) -> MemberName | None:
+    return MemberName(_str(value, what)) if value is not None else None
+
+
 def parse_member(name: str, raw: RawRecord) -> Member:
     """Parse a member record; raises ValueError on anything malformed."""
     data = json.loads(raw.value)
@@ -591,6 +604,9 @@ def parse_member(name: str, raw: RawRecord) -> Member:
         failover_priority=_int_or_none(tags_raw.get("failover_priority", 1)) or 0,
         nosync=bool(tags_raw.get("nosync", False)),
         sync_priority=_int_or_none(tags_raw.get("sync_priority", 1)) or 0,
+        replicatefrom=_name_or_none(tags_raw.get("replicatefrom"), "replicatefrom"),
+        clonefrom=tags_raw.get("clonefrom") is True,
+        noloadbalance=tags_raw.get("noloadbalance") is True,
     )
     port = _int_or_none(data.get("port"))
     if port is None:
@@ -620,6 +636,7 @@ def parse_member(name: str, raw: RawRecord) -> Member:
         hot_standby=tuple(
             sorted((_str(k, "hot_standby"), _int(v, "hot_standby")) for k, v in hot.items())
         ),
+        upstream=_name_or_none(data.get("upstream"), "upstream"),
         version=raw.version,
     )
 
@@ -896,3 +913,5 @@ class AgentStatus:
     failsafe_active: bool = False  # primary kept by its members' confirmation (DCS down)
     promotion_vetoed: bool = False  # pre_promote vetoed our promotion within the last ttl
     pending_restart: tuple[str, ...] = ()  # parameters whose new value waits for a restart
+    upstream: MemberName | None = None  # a replica: whom it was last pointed at
+    noloadbalance: bool = False  # tagged: /replica and a replica's /read-only answer 503

@@ -471,6 +471,12 @@ class Tags:
     failover_priority: int = 1
     nosync: bool = False
     sync_priority: int = 1
+    # Topology (agent/decide/topology.py): stream from this member while it streams itself;
+    # the preferred source of a first clone; no read traffic (/replica, /read-only 503).
+    replicatefrom: str | None = None
+    clonefrom: bool = False
+    noloadbalance: bool = False
+    nostream: bool = False  # refused: WAL from the archive only needs archiving (not yet)
 
     def __post_init__(self) -> None:
         _check(self, self.problems())
@@ -480,6 +486,15 @@ class Tags:
             value = getattr(self, name)
             if value < 0:
                 yield ConfigProblem(name, f"must be >= 0, got {value}")
+        if self.replicatefrom is not None:
+            yield from non_empty("replicatefrom", self.replicatefrom)
+            yield from dns_label("replicatefrom", self.replicatefrom)
+        if self.nostream:
+            yield ConfigProblem(
+                "nostream",
+                "is not supported yet: a member that takes WAL from the archive only needs WAL "
+                "archiving and restore_command, which pgwarden does not manage; remove it",
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -561,6 +576,8 @@ class Settings:
                 "name", "must be a valid PostgreSQL application_name (ASCII, < 64 bytes)"
             )
         yield from absolute("run_dir", self.run_dir)
+        if self.tags.replicatefrom is not None and self.tags.replicatefrom == name:
+            yield ConfigProblem("tags.replicatefrom", "must name another member, not this one")
         api, pg = self.api, self.postgresql
         if api.port == pg.port and api.listen_host == pg.listen_host:
             yield ConfigProblem(

@@ -128,6 +128,8 @@ def status_of(c: CycleValues, settings: Settings) -> AgentStatus:
         failsafe_active=local.is_primary and failsafe_active(memory, now, s),
         promotion_vetoed=promotion_vetoed(memory, now, s),
         pending_restart=local.pending_restart,
+        upstream=memory.following if local.is_replica else None,
+        noloadbalance=s.tags.noloadbalance,
     )
 
 
@@ -150,6 +152,9 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
             failover_priority=s.tags.failover_priority,
             nosync=s.tags.nosync,
             sync_priority=s.tags.sync_priority,
+            replicatefrom=MemberName(s.tags.replicatefrom) if s.tags.replicatefrom else None,
+            clonefrom=s.tags.clonefrom,
+            noloadbalance=s.tags.noloadbalance,
         ),
         sync_standbys=tuple(
             MemberName(r.application_name)
@@ -159,4 +164,5 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
         promotion_vetoed=status.promotion_vetoed,
         pending_restart=local.pending_restart,
         hot_standby=local.hot_standby,
+        upstream=status.upstream,
     )

@@ -73,10 +73,13 @@ def pg_mode(mode: StopMode) -> PgStopMode:
 
 
 def standby_of(settings: Settings, view: ClusterView | None, name: MemberName) -> StandbyConfig:
+    """Stream from `name`: with our replication slot when it is the leader (it keeps one per
+    member), without one from a replica (cascading: the leader keeps none for us then)."""
     member = member_of(view, name)
+    from_leader = view is None or view.leader is None or view.leader.name == name
     return StandbyConfig(
         primary_host=member.host,
         primary_port=member.port,
-        slot_name=slot_name_for(settings.name),
+        slot_name=slot_name_for(settings.name) if from_leader else None,
         application_name=settings.name,
     )

@@ -93,6 +93,7 @@ def probe_ok(
     - primary: fresh, role primary, running, lease held and its fencing deadline ahead.
     - replica: fresh, role replica, streaming; lag (when a limit is given) known and within it.
     - read-only: primary as above, or replica as above.
+    - a member tagged `noloadbalance` fails `replica`, and `read-only` unless it is primary.
     - sync: replica as above, and a synchronous standby (FIRST k) or quorum member (ANY k):
       the leader's PostgreSQL reports it so and it is in the DCS `sync` record.
     - quorum: as sync, but only a member of an ANY-k quorum.
@@ -111,9 +112,11 @@ def probe_ok(
         case Probe.PRIMARY:
             return _is_writable_primary(status, now)
         case Probe.REPLICA:
-            return _is_streaming_replica(status, max_lag_bytes)
+            return not status.noloadbalance and _is_streaming_replica(status, max_lag_bytes)
         case Probe.READ_ONLY:
-            return _is_writable_primary(status, now) or _is_streaming_replica(status, max_lag_bytes)
+            return _is_writable_primary(status, now) or (
+                not status.noloadbalance and _is_streaming_replica(status, max_lag_bytes)
+            )
         case Probe.SYNC:
             return _is_streaming_replica(status, max_lag_bytes) and status.sync_role in (
                 SyncRole.SYNC,

@@ -124,10 +124,14 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
                     "failover_priority": _INT,
                     "nosync": _BOOL,
                     "sync_priority": _INT,
+                    "replicatefrom": _NULL_STR,
+                    "clonefrom": _BOOL,
+                    "noloadbalance": _BOOL,
                 }
             ),
             "sync_role": {"enum": ["leader", "sync", "quorum", "async", "none"]},
             "promotion_vetoed": _BOOL,
+            "upstream": _NULL_STR,
         }
     ),
     "Switchover": _obj({"leader": _NULL_STR, "candidate": _NULL_STR, "scheduled_at": _NULL_STR}),

@@ -118,8 +118,12 @@ def member_body(member: Member, leader: Member | None) -> Json:
             "failover_priority": member.tags.failover_priority,
             "nosync": member.tags.nosync,
             "sync_priority": member.tags.sync_priority,
+            "replicatefrom": member.tags.replicatefrom,
+            "clonefrom": member.tags.clonefrom,
+            "noloadbalance": member.tags.noloadbalance,
         },
         "promotion_vetoed": member.promotion_vetoed,
+        "upstream": member.upstream,
     }
 
 

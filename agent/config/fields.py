@@ -334,6 +334,26 @@ FIELDS: Final[tuple[Field, ...]] = (
               "means never synchronous, like `nosync`. `nofailover` members are never "
               "synchronous either: they could not take over with the commits they hold. "
               "`nofailover: true` with `failover_priority` above 0 is a configuration error."),
+    Field(path="tags.replicatefrom", kind=_S, default_doc="unset (the leader)",
+          rule="A member name (DNS label), not this member's.",
+          doc="Cascading replication: stream from this member instead of the leader while its "
+              "record shows it a replica streaming on the leader's timeline (and it does not "
+              "itself replicate from this member); back to the leader as soon as its record "
+              "says otherwise or is gone (a member that died outright: when its record "
+              "expires, within `ttl_s`). No replication slot is used on the upstream replica "
+              "(WAL is kept there by `wal_keep_size`); the leader drops its slot for this "
+              "member meanwhile and makes it again on the fall-back."),
+    Field(path="tags.clonefrom", kind=_B,
+          doc="Prefer this member as the `pg_basebackup` source when a member without data "
+              "clones (a streaming replica tagged `clonefrom`, by name, before the leader); a "
+              "re-clone after a failed rewind or a reinitialize uses the leader."),
+    Field(path="tags.noloadbalance", kind=_B,
+          doc="Keep read traffic away: `/replica` (and its lag variant) and, on a replica, "
+              "`/read-only` answer 503 (the synchronous-role probes are unchanged)."),
+    Field(path="tags.nostream", kind=_B,
+          rule="Refused when `true` (a configuration error).",
+          doc="A member that replays WAL from the archive only, never streaming: needs WAL "
+              "archiving, which pgwarden does not manage yet."),
     _section("ha"),
     Field(path="ha.maximum_lag_on_failover_bytes", kind=_I, default_doc="`1048576` (1 MiB)",
           rule="≥ 0.",

@@ -41,6 +41,7 @@ from agent.decide.state import (
     promotion_vetoed,
 )
 from agent.decide.sync import plan_sync, sync_candidate_ok
+from agent.decide.topology import cascading
 from agent.model import (
     ClusterView,
     DynamicConfig,
@@ -212,15 +213,21 @@ def _plan_slots(
     """Slots the primary keeps (present members, and absent ones within SLOT_GRACE_S), the
     ones to drop, and since when each absent member has been gone."""
     present = {m.name for m in view.members if m.name != settings.name}
+    # A member streaming from another replica (tags.replicatefrom) uses no slot here: an
+    # unused slot would hold WAL on the primary for as long as it cascades.
+    elsewhere = cascading(view)
     since = dict(memory.slots_absent_since)
     for name in memory.slots or ():
         if name not in present:
             since.setdefault(name, now)
     absent = {n: t for n, t in since.items() if n not in present}
-    drop = tuple(sorted(n for n, t in absent.items() if now - t >= SLOT_GRACE_S))
-    kept = tuple(sorted(present | (absent.keys() - set(drop))))
+    drop = {n for n, t in absent.items() if now - t >= SLOT_GRACE_S}
+    # Its slot from before it cascaded goes: asked every cycle while it cascades, since a
+    # slot still in use (it has not re-pointed yet) is left alone by the drop.
+    drop |= elsewhere
+    kept = tuple(sorted((present | absent.keys()) - drop - elsewhere))
     remaining = tuple(sorted((n, t) for n, t in absent.items() if n not in drop))
-    return kept, drop, remaining
+    return kept, tuple(sorted(drop)), remaining
 
 
 def seed_config(settings: Settings) -> DynamicConfig:

@@ -40,6 +40,7 @@ from agent.decide.state import (
     promotion,
     promotion_vetoed,
 )
+from agent.decide.topology import clone_source, upstream_for
 from agent.model import (
     LocalRequestKind,
     PgState,
@@ -123,9 +124,9 @@ def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[
             AcquireLeader(),
             Bootstrap(),
         )
-    leader = view.leader_member
-    if leader is not None and leader.state == PgState.RUNNING and leader.role == Role.PRIMARY:
-        return decided(memory, f"no data: cloning from {leader.name}", Clone(source=leader.name))
+    source = clone_source(view, settings.name) if view.leader is not None else None
+    if source is not None:
+        return decided(memory, f"no data: cloning from {source}", Clone(source=source))
     return decided(memory, "no data: waiting for a running leader to clone from")
 
 
@@ -175,22 +176,24 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         return decided(
             memory, "reinitialize requested", Clone(source=leader_name, clear_first=True)
         )
+    # The leader, or the member we cascade from while it streams (tags.replicatefrom).
+    upstream = upstream_for(settings.name, settings.tags.replicatefrom, view) or leader_name
     if not local.running:
         if local.postmaster_pid is not None:
             return decided(memory, _NOT_ACCEPTING)
         if backing_off:
             return decided(memory, "waiting before starting PostgreSQL again")
         return decided(
-            memory, f"starting as a standby of {leader_name}", StartPostgres(upstream=leader_name)
+            memory, f"starting as a standby of {upstream}", StartPostgres(upstream=upstream)
         )
     if LocalRequestKind.RESTART in obs.local_requests:
         return decided(memory, "restart requested", StopPostgres(mode=StopMode.FAST))
     step = restart_step(obs, memory, settings)
     if step is not None:
         return decided(memory, step[1], *step[0])
-    if memory.following != leader_name:
-        return decided(memory, f"following {leader_name}", Follow(leader=leader_name))
-    return decided(memory, f"streaming from {leader_name}")
+    if memory.following != upstream:
+        return decided(memory, f"following {upstream}", Follow(leader=upstream))
+    return decided(memory, f"streaming from {upstream}")
 
 
 def when_leaderless(

@@ -397,8 +397,18 @@ async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -
         "leader": False,
         "pending_restart": [],
         "tags": {"nofailover": False, "failover_priority": 1, "nosync": False, "sync_priority": 1},
+        "tags": {
+            "nofailover": False,
+            "failover_priority": 1,
+            "nosync": False,
+            "sync_priority": 1,
+            "replicatefrom": None,
+            "clonefrom": False,
+            "noloadbalance": False,
+        },
         "sync_role": "async",
         "promotion_vetoed": False,
+        "upstream": None,
     }
     assert members["c"]["tags"]["nofailover"] is True
     assert members["d"]["lag_bytes"] == 10 * MIB

@@ -10,12 +10,12 @@ at most one PostgreSQL accepts writes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from agent.callback_settings import CallbackSettings
 from agent.clock import FakeClock
-from agent.config import Settings
+from agent.config import Settings, Tags
 from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.decide import PeerStatus
 from agent.fence import FenceState, FenceStatus, FenceUnavailable
@@ -30,11 +30,16 @@ YIELDS = 50  # event-loop turns given to background tasks after each cycle
 
 
 def member_settings(
-    name: str, *, failsafe: bool = False, callbacks: CallbackSettings | None = None
+    name: str,
+    *,
+    failsafe: bool = False,
+    callbacks: CallbackSettings | None = None,
+    tags: Tags | None = None,
 ) -> Settings:
     base = make_settings(name)
     return replace(
         base,
+        tags=tags if tags is not None else base.tags,
         postgresql=replace(base.postgresql, connect_host=name, data_dir=f"/data/{name}"),
         ha=replace(base.ha, failsafe_mode=failsafe),
         callbacks=callbacks if callbacks is not None else base.callbacks,
@@ -170,6 +175,7 @@ class LoopCluster:
         *,
         failsafe: bool = False,
         callbacks: CallbackSettings | None = None,
+        tags: Mapping[str, Tags] | None = None,
     ) -> None:
         self.clock = FakeClock()
         self.store = MemoryStore(self.clock)
@@ -177,7 +183,9 @@ class LoopCluster:
         self.nodes: dict[str, Node] = {}
         self.primaries_seen: list[tuple[float, tuple[str, ...]]] = []
         for name in names:
-            settings = member_settings(name, failsafe=failsafe, callbacks=callbacks)
+            settings = member_settings(
+                name, failsafe=failsafe, callbacks=callbacks, tags=(tags or {}).get(name)
+            )
             runner = FakeCallbacks(self.clock)
             pg = self.postgres.add(name)
             fence = FakeFence(self.clock, pg)
