@@ -36,6 +36,7 @@ from agent.actions import (
     Demote,
     HandOver,
     Promote,
+    Reconfigure,
     Rewind,
     StartPostgres,
     StopPostgres,
@@ -256,22 +257,30 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 
 def notification(
-    action: Action, *, was_primary: bool, restart_requested: bool, restarting: bool
+    action: Action,
+    *,
+    running: bool,
+    was_primary: bool,
+    restart_requested: bool,
+    restarting: bool,
 ) -> tuple[CallbackEvent, str] | None:
     """The `on_*` callback (event, role) that follows a successful `action`, if any. Pure.
 
-    `was_primary`: the instance was a primary when the action was planned; `restart_requested`:
-    the decision ran on an operator's restart request (its stop is the first half of a
-    restart, not an `on_stop`); `restarting`: such a stop happened and this start ends it."""
+    `running`, `was_primary`: the instance ran, as a primary, when the action was planned;
+    `restart_requested`: the decision restarts this member (an operator's request, or its
+    turn in a rolling restart): its stop is the first half of a restart, not an `on_stop`;
+    `restarting`: such a stop happened and this start ends it."""
+    role = ROLE_PRIMARY if was_primary else ROLE_REPLICA
     match action:
         case Promote():
             return CallbackEvent.ON_ROLE_CHANGE, ROLE_PRIMARY
         case Demote() | HandOver():
             return CallbackEvent.ON_ROLE_CHANGE, ROLE_DEMOTED
         case StopPostgres():
-            if restart_requested:
-                return None
-            return CallbackEvent.ON_STOP, ROLE_PRIMARY if was_primary else ROLE_REPLICA
+            return None if restart_requested else (CallbackEvent.ON_STOP, role)
+        case Reconfigure():
+            # A running server re-read its configuration (SIGHUP): a reload.
+            return (CallbackEvent.ON_RELOAD, role) if running else None
         case StartPostgres(as_primary=as_primary):
             event = CallbackEvent.ON_RESTART if restarting else CallbackEvent.ON_START
             return event, ROLE_PRIMARY if as_primary else ROLE_REPLICA

@@ -117,6 +117,7 @@ class Executor:
         # A restart's stop ran (on request): the next start is an `on_restart`, not an
         # `on_start`. Only names the callback; no decision depends on it.
         self._restarting = False
+        self._restart_step = False
         self.clock = clock
         self.dcs = dcs
         self.pg = pg
@@ -161,6 +162,8 @@ class Executor:
         self.memory = memory
         self.racing = any(isinstance(a, AcquireLeader) for a in decision.actions)
         self._reason = decision.reason  # for the events of its actions (postgres_killed)
+        # A stop in a decision that also moves a rolling restart on is a restart's first half.
+        self._restart_step = any(isinstance(a, SetRestartSchedule) for a in decision.actions)
         try:
             return await self._execute(decision, obs, known)
         finally:
@@ -279,9 +282,10 @@ class Executor:
 
     def _notify(self, action: Action, obs: Observation) -> None:
         """Start the `on_*` callback that follows a successful action (never waits)."""
-        requested = LocalRequestKind.RESTART in obs.local_requests
+        requested = LocalRequestKind.RESTART in obs.local_requests or self._restart_step
         step = notification(
             action,
+            running=obs.local.running,
             was_primary=obs.local.is_primary,
             restart_requested=requested,
             restarting=self._restarting,

@@ -393,13 +393,13 @@ FIELDS: Final[tuple[Field, ...]] = (
                  "executable file.",
             doc=doc)
       for name, doc in (
-          ("on_start", "After the agent started PostgreSQL (not after a restart or a "
-                       "demotion's stop)."),
+          ("on_start", "After the agent started PostgreSQL (not after a restart)."),
           ("on_stop", "After the agent stopped PostgreSQL (shutdown, a kill of a hung "
                       "server; not a restart or a demotion)."),
-          ("on_restart", "After a restart the operator asked for (`POST /restart`)."),
-          ("on_reload", "After the agent reloaded PostgreSQL's configuration at an operator's "
-                        "request."),
+          ("on_restart", "After a restart: one the operator asked for (`POST /restart`), or "
+                         "this member's turn in a rolling restart (in place)."),
+          ("on_reload", "After the agent made a running PostgreSQL re-read its configuration "
+                        "(`POST /reload`, or a change of the DCS `postgresql` settings)."),
           ("on_role_change", "After a promotion (role `primary`) and after a demotion stopped "
                              "the former primary (role `demoted`: repoint a virtual IP or "
                              "PgBouncer away from it)."),

@@ -396,7 +396,6 @@ async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -
         "lag_bytes": 1000,
         "leader": False,
         "pending_restart": [],
-        "tags": {"nofailover": False, "failover_priority": 1, "nosync": False, "sync_priority": 1},
         "tags": {
             "nofailover": False,
             "failover_priority": 1,

@@ -13,6 +13,7 @@ from agent.actions import (
     HandOver,
     Promote,
     PromoteReason,
+    Reconfigure,
     Rewind,
     StartPostgres,
     StopMode,
@@ -20,7 +21,7 @@ from agent.actions import (
 )
 from agent.callback_settings import CallbackEvent, CallbackSettings
 from agent.callbacks import CallbackResult, notification
-from agent.model import MemberName
+from agent.model import MemberName, PgConfig
 from tests.unit.fakes.loop_cluster import LoopCluster
 
 ALL = CallbackSettings(
@@ -36,7 +37,8 @@ ALL = CallbackSettings(
 
 def test_each_action_is_followed_by_its_callback_with_the_role() -> None:
     def after(action: object, **kw: bool) -> tuple[str, str] | None:
-        flags = {"was_primary": False, "restart_requested": False, "restarting": False} | kw
+        flags = {"running": True, "was_primary": False, "restart_requested": False,
+                 "restarting": False} | kw  # fmt: skip
         step = notification(action, **flags)  # type: ignore[arg-type]
         return (step[0].value, step[1]) if step is not None else None
 
@@ -53,6 +55,9 @@ def test_each_action_is_followed_by_its_callback_with_the_role() -> None:
         "replica",
     )
     assert after(Bootstrap()) == ("on_start", "primary")
+    config = PgConfig()
+    assert after(Reconfigure(config=config), was_primary=True) == ("on_reload", "primary")
+    assert after(Reconfigure(config=config), running=False) is None  # only files rendered
     assert after(Clone(source=MemberName("a"))) == ("on_start", "replica")
     assert after(Rewind(source=MemberName("a"))) == ("on_start", "replica")
 
@@ -151,3 +156,27 @@ async def test_a_failed_post_bootstrap_discards_the_new_cluster_and_bootstraps_a
     system_id = node.pg.data.system_id  # type: ignore[union-attr]
     assert c.store.get_raw("initialize") == system_id.encode()
     assert a.pg.data is not None and a.pg.data.system_id == system_id  # a cloned the new one
+
+
+async def test_a_rolling_restart_calls_on_restart_and_a_settings_change_on_reload() -> None:
+    from tests.unit.test_loop_restarts import schedule_restart, set_parameters  # noqa: PLC0415
+
+    c = LoopCluster(callbacks=ALL)
+    await c.bootstrap()
+    marks = {n: len(node.callbacks.calls) for n, node in c.nodes.items()}
+    await set_parameters(c, work_mem="64MB")
+    await c.round()
+    for name, node in c.nodes.items():
+        role = "primary" if name == "a" else "replica"
+        assert node.callbacks.calls[marks[name] :] == [("on_reload", role)], name
+    marks = {n: len(node.callbacks.calls) for n, node in c.nodes.items()}
+    await schedule_restart(c, pending=False, in_place=True)
+    await c.run_until(
+        lambda: all(
+            ("on_restart", "primary" if n == "a" else "replica") in node.callbacks.calls[marks[n] :]
+            for n, node in c.nodes.items()
+        )
+    )
+    for name, node in c.nodes.items():
+        assert ("on_stop", "replica") not in node.callbacks.calls[marks[name] :]
+        assert ("on_start", "replica") not in node.callbacks.calls[marks[name] :]
