@@ -16,6 +16,7 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -38,7 +39,11 @@ from agent.postgres.probe import Prober
 from agent.postgres.process import Postmaster
 from agent.postgres.tls import TlsRenewal, check_server_files
 
+if TYPE_CHECKING:
+    from agent.kube.events import KubeEvents
+
 log = structlog.get_logger("pgwarden.app")
+_EVENTS_FLUSH_S = 2.0  # at shutdown, for the Events not sent yet (the hand-over's)
 
 
 def build_dcs(settings: Settings, clock: Clock) -> Dcs:
@@ -109,6 +114,24 @@ def start_tls_renewal(settings: Settings, postmaster: Postmaster) -> asyncio.Tas
     )
 
 
+def build_events(settings: Settings) -> KubeEvents | None:
+    """The Kubernetes Events of this member's pod, when Kubernetes settings are present and
+    events are on (it never stops the agent: failures are logged and dropped inside it)."""
+    k8s = settings.dcs.kubernetes
+    if k8s is None or not k8s.events:
+        return None
+    from agent.kube.client import client_factory  # noqa: PLC0415 - Kubernetes only
+    from agent.kube.events import KubeEvents  # noqa: PLC0415 - Kubernetes only
+
+    return KubeEvents(
+        client_factory=client_factory(k8s.kubeconfig),
+        namespace=k8s.namespace,
+        pod_name=k8s.pod_name or settings.name,
+        instance=settings.name,
+        timeout_s=settings.timing.retry_timeout_s,
+    )
+
+
 async def run_agent(settings: Settings) -> int:
     configure_logging(settings.log)
     bind_member(settings.cluster, settings.name)
@@ -142,6 +165,7 @@ async def run_agent(settings: Settings) -> int:
             raise SystemExit(
                 f"postgresql.tls: the certificate, key or CA does not load: {exc}"
             ) from None
+    events = build_events(settings)
     fence_status = await fence.start()
     log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)
     loop = HaLoop(
@@ -153,6 +177,7 @@ async def run_agent(settings: Settings) -> int:
         peers=HttpPeers(settings, clock, api_tls.client if api_tls is not None else None),
         metrics=metrics,
         callbacks=Callbacks(settings, clock=clock, metrics=metrics),
+        events=events,
     )
     app = build_app(
         settings=settings,
@@ -170,6 +195,9 @@ async def run_agent(settings: Settings) -> int:
     ha_task = asyncio.create_task(loop.run(), name="ha-loop")
     label_task = start_pod_labeler(settings, loop.status)
     renewal_task = start_tls_renewal(settings, postmaster)
+    events_task = (
+        asyncio.create_task(events.run(), name="kube-events") if events is not None else None
+    )
     exit_code = 0
     try:
         await ha_task
@@ -180,7 +208,9 @@ async def run_agent(settings: Settings) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             ev_loop.remove_signal_handler(sig)
-        for task in (label_task, renewal_task):
+        if events is not None:  # the hand-over on SIGTERM is reported before we exit
+            await events.flush(_EVENTS_FLUSH_S)
+        for task in (label_task, renewal_task, events_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

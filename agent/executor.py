@@ -49,13 +49,7 @@ from agent.actions import (
     StopMode,
     StopPostgres,
 )
-from agent.callbacks import (
-    CallbackRunner,
-    NoCallbacks,
-    notification,
-    post_bootstrap,
-    pre_promote,
-)
+from agent.callbacks import CallbackRunner, NoCallbacks, notification, post_bootstrap, pre_promote
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
 from agent.decide import (
@@ -67,6 +61,7 @@ from agent.decide import (
     fence_deadline,
     record_outcome,
 )
+from agent.events import EventSink, NoEvents, event_for
 from agent.fence import Fence, FenceUnavailable
 from agent.handover import ActionFailed, DcsCalls, Handover, Sleep
 from agent.metrics import Metrics
@@ -111,9 +106,11 @@ class Executor:
         wake: Callable[[], None],
         sleep: Sleep = asyncio.sleep,
         callbacks: CallbackRunner | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self.settings = settings
         self.callbacks = callbacks if callbacks is not None else NoCallbacks()
+        self.events: EventSink = events or NoEvents()
         # A restart's stop ran (on request): the next start is an `on_restart`, not an
         # `on_start`. Only names the callback; no decision depends on it.
         self._restarting = False
@@ -150,6 +147,7 @@ class Executor:
     def fold_finished(self) -> None:
         """Record the outcome of the long action that ended since the last cycle."""
         if self._finished is not None:
+            self._tell(self._finished)
             self.memory = record_outcome(self.memory, self._finished, self.settings)
             self._finished = None
 
@@ -203,8 +201,14 @@ class Executor:
             return await self._armed(outcome)
         return outcome
 
+    def _tell(self, outcome: Outcome) -> None:
+        """A completed action that an operator should see becomes an event."""
+        if outcome.ok and (event := event_for(outcome.action)) is not None:
+            self.events.record(event)
+
     def _report(self, outcome: Outcome) -> None:
-        """Log and count a failed action (a failsafe round logs its own refusals)."""
+        """Tell, or log and count a failed action (a failsafe round logs its own refusals)."""
+        self._tell(outcome)
         action, detail = outcome.action, outcome.detail
         if outcome.ok or isinstance(action, ConfirmFailsafe):
             return

@@ -22,6 +22,7 @@ from agent.callbacks import CallbackRunner
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
 from agent.decide import Memory, Observation, answer_failsafe, decide, fence_deadline
+from agent.events import Event, EventReason, EventSink, NoEvents, failsafe_event
 from agent.executor import Executor
 from agent.fence import Fence, FenceState, FenceUnavailable
 from agent.handover import DcsCalls, Sleep
@@ -60,9 +61,11 @@ class HaLoop:
         metrics: Metrics,
         sleep: Sleep = asyncio.sleep,
         callbacks: CallbackRunner | None = None,
+        events: EventSink | None = None,
     ) -> None:
         """`sleep`: how the hand-over pauses between polls (tests move a fake clock);
-        `callbacks`: runs the configured callbacks (None: none)."""
+        `callbacks`: runs the configured callbacks (None: none); `events`: where what
+        happened to this member is reported (agent/events.py)."""
         self.settings = settings
         self.clock = clock
         self.dcs = dcs
@@ -70,6 +73,7 @@ class HaLoop:
         self.fence = fence
         self.peers = peers
         self.metrics = metrics
+        self.events: EventSink = events or NoEvents()
         self._wake = asyncio.Event()
         self.executor = Executor(
             settings=settings,
@@ -82,6 +86,7 @@ class HaLoop:
             wake=self._wake.set,
             sleep=sleep,
             callbacks=callbacks,
+            events=self.events,
         )
         self._call = DcsCalls(
             dcs=dcs, clock=clock, metrics=metrics, timeout_s=settings.timing.retry_timeout_s
@@ -278,6 +283,7 @@ class HaLoop:
     async def _publish(self, obs: Observation, decision: Decision, started: float) -> None:
         local = self._local or obs.local
         view = obs.cluster
+        was_failsafe = self._status.failsafe_active
         self._status = status_of(
             CycleValues(
                 view=view,
@@ -292,6 +298,8 @@ class HaLoop:
             self.settings,
         )
         self.metrics.update(self._status)
+        if (event := failsafe_event(was_failsafe, self._status.failsafe_active)) is not None:
+            self.events.record(event)
         duration = self.clock.monotonic() - started
         self.metrics.observe_cycle(duration)
         log.info(
@@ -334,4 +342,6 @@ class HaLoop:
             if status.state == FenceState.FENCED:
                 log.error("fenced", reason="the lease could not be renewed before its deadline")
                 self.metrics.count_fencing()
+                note = "the fencer stopped PostgreSQL: the lease could not be renewed in time"
+                self.events.record(Event(reason=EventReason.FENCED, note=note))
                 await self.fence.disarm()

@@ -161,6 +161,7 @@ class KubernetesSettings:
     primary_value: str = "primary"
     replica_value: str = "replica"
     manage_role_label: bool = True
+    events: bool = True  # Kubernetes Events on this member's pod (agent/kube/events.py)
 
     def __post_init__(self) -> None:
         _check(self, self.problems())

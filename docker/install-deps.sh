@@ -25,3 +25,8 @@ if command -v pg_lsclusters >/dev/null 2>&1; then
     $SUDO pg_ctlcluster "$ver" "$name" stop >/dev/null 2>&1 || true
   done
 fi
+# The Debian prometheus package (for promtool, tests/unit/test_monitoring.py) starts a server
+# on 9090 where systemd runs; nothing here needs it.
+if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

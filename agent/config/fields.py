@@ -177,6 +177,10 @@ FIELDS: Final[tuple[Field, ...]] = (
           rule="Non-empty label value, different from `primary_value`."),
     Field(path="dcs.kubernetes.manage_role_label", kind=_B,
           doc="Set the role label on this pod."),
+    Field(path="dcs.kubernetes.events", kind=_B,
+          doc="Post Kubernetes Events (events.k8s.io/v1) on this pod for promotions, "
+              "demotions, fencing, hand-overs, rewinds, re-clones and failsafe; coalesced and "
+              "rate-limited (10 at once, then one per 30 s). Needs events `create` in the Role."),
     _section("postgresql"),
     Field(path="postgresql.bin_dir", kind=_S, rule="Absolute path",
           doc="of `postgres`, `pg_ctl`, `initdb`, `pg_basebackup`, `pg_rewind`."),

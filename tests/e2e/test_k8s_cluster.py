@@ -7,7 +7,10 @@ The scenarios share one cluster, with the short e2e timings (ttl 6 s), but not i
 each starts with `_converge` (stopped or frozen processes revived, one primary, streaming
 replicas, routing on the primary), so a failing scenario does not fail the ones after it.
 Besides the HA behaviour they check what Kubernetes clients see: the pods' role labels and
-the primary Service's Endpoints or EndpointSlice (exactly the leader's address).
+the primary Service's Endpoints or EndpointSlice (exactly the leader's address), and the
+Kubernetes Events each scenario leaves on the pods (Switchover, HandedOver, Failover, Rewind,
+ShutdownHandOver, Demoted). One scenario checks that the monitoring kit (k8s/monitoring) uses
+only metrics a live agent serves.
 The API server's audit log is kept at a path the module prints (`K8S_AUDIT_LOG=...`), for
 the RBAC check; `tests.support.k8s_audit.agent_permissions` reads it.
 """
@@ -15,6 +18,7 @@ the RBAC check; `tests.support.k8s_audit.agent_permissions` reads it.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import os
 import shutil
 import signal
@@ -27,6 +31,7 @@ import aiohttp
 import pytest
 
 from agent.demo import LocalCluster
+from tests.support import monitoring
 from tests.support.cluster import (
     converge,
     local_cluster,
@@ -115,6 +120,31 @@ async def _routing_points_at(cluster: LocalCluster, primary: int, timeout: float
     await wait_until(routed, timeout=timeout, what=f"labels and endpoints on pg-{primary}")
 
 
+def _events(cluster: LocalCluster, since: float) -> set[tuple[str, str]]:
+    """(pod, reason) of the events.k8s.io Events the agents posted after wall time `since`."""
+    listed: Any = cluster.kube_get(
+        f"/apis/events.k8s.io/v1/namespaces/{cluster.kube_namespace}/events"
+    )
+    found: set[tuple[str, str]] = set()
+    for event in listed.get("items") or []:
+        at = event.get("series", {}).get("lastObservedTime") or event["eventTime"]
+        if calendar.timegm(time.strptime(at[:19], "%Y-%m-%dT%H:%M:%S")) >= since - 1:
+            found.add((event["regarding"]["name"], event["reason"]))
+    return found
+
+
+async def _events_appear(
+    cluster: LocalCluster, since: float, expected: set[tuple[int, str]], timeout: float = 10.0
+) -> None:
+    """Wait until the pods of the members (by index) carry the expected Event reasons."""
+    wanted = {(cluster.members[i].name, reason) for i, reason in expected}
+
+    async def posted() -> bool:
+        return wanted <= _events(cluster, since)
+
+    await wait_until(posted, timeout=timeout, what=f"events {sorted(wanted)}")
+
+
 async def _converge(cluster: LocalCluster, timeout: float = 40.0) -> int:
     """Converged as for etcd, and the labels and Endpoints name the primary."""
     primary = await converge(cluster, timeout)
@@ -141,11 +171,29 @@ async def test_idle_request_rate_per_member(cluster: LocalCluster) -> None:
     assert per_member < 10
 
 
+async def test_every_metric_the_monitoring_kit_uses_is_exposed_by_a_live_agent(
+    cluster: LocalCluster,
+) -> None:
+    """k8s/monitoring's rules and dashboard query only what agents serve at /metrics."""
+    if cluster.kube_lock != "lease":
+        pytest.skip("the metrics do not depend on the lock kind")
+    primary = await _converge(cluster)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(cluster.members[primary].api_url + "/metrics") as response,
+    ):
+        assert response.status == 200
+        exposition = await response.text()
+    families = monitoring.exposed_families(exposition)
+    assert monitoring.missing_metrics(monitoring.metrics_used(), families) == []
+
+
 async def test_rest_switchover_moves_labels_and_endpoints_to_the_candidate(
     cluster: LocalCluster,
 ) -> None:
     old = await _converge(cluster)
     candidate = (old + 1) % 3
+    since = time.time()
     async with aiohttp.ClientSession() as session:
         status, body = await cluster.post(
             session, old, "/switchover", {"candidate": cluster.members[candidate].name}
@@ -153,6 +201,7 @@ async def test_rest_switchover_moves_labels_and_endpoints_to_the_candidate(
         assert status == 202, body
     assert await new_primary(cluster, old, timeout=15) == candidate
     assert await _converge(cluster) == candidate
+    await _events_appear(cluster, since, {(candidate, "Switchover"), (old, "HandedOver")})
 
 
 async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
@@ -163,6 +212,7 @@ async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
     for w in writers.values():
         w.start()
     await asyncio.sleep(0.5)
+    since = time.time()
     t_kill = time.monotonic()
     cluster.kill_member(old)
     new = await new_primary(cluster, old, timeout=TTL + 10)
@@ -189,12 +239,15 @@ async def test_hard_kill_of_the_primary_moves_leadership_labels_and_endpoints(
     cluster.start_member(old)
     assert await _converge(cluster) == new
     assert _pod_role(cluster, old) == "replica"
+    # The old primary wrote past the fork (writers ran until the kill): it rewinds.
+    await _events_appear(cluster, since, {(new, "Failover"), (old, "Rewind")})
 
 
 async def test_sigterm_on_the_primary_hands_over_and_unlabels_the_stopped_pod(
     cluster: LocalCluster,
 ) -> None:
     old = await _converge(cluster)
+    since = time.time()
     cluster.signal_agent(old, signal.SIGTERM)
     new = await new_primary(cluster, old, timeout=15)
     process = cluster.members[old].process
@@ -202,6 +255,16 @@ async def test_sigterm_on_the_primary_hands_over_and_unlabels_the_stopped_pod(
     await asyncio.to_thread(process.wait, 20)
     assert _pod_role(cluster, old) is None
     assert _endpoint_ports(cluster) == [("127.0.0.1", cluster.members[new].pg_port)]
+    # A hand-over (the new primary reports a switchover) is reported on the old pod too; when
+    # no replica was ready to take over, the old primary only released the lease.
+    promoted = {(cluster.members[new].name, reason) for reason in ("Switchover", "Failover")}
+
+    async def reported() -> bool:
+        return bool(promoted & _events(cluster, since))
+
+    await wait_until(reported, timeout=10, what="the new primary's promotion event")
+    if (cluster.members[new].name, "Switchover") in _events(cluster, since):
+        await _events_appear(cluster, since, {(old, "ShutdownHandOver")})
     cluster.start_member(old)
     assert await _converge(cluster) == new
 
@@ -216,6 +279,7 @@ async def test_api_server_frozen_longer_than_the_ttl_fences_the_primary_in_time(
         w.start()
     await asyncio.sleep(0.5)
     assert cluster.apiserver is not None
+    t_wall = time.time()
     t_stop = time.monotonic()
     os.kill(cluster.apiserver.pid, signal.SIGSTOP)
     try:
@@ -229,3 +293,11 @@ async def test_api_server_frozen_longer_than_the_ttl_fences_the_primary_in_time(
     others = [a for n, log in logs.items() if n != name for a in log.acks if a.at >= t_stop]
     assert not others, "a replica accepted writes while the DCS was down"
     await _converge(cluster, timeout=60)
+    # Posted once the API server answers again (the Event waited in the agent meanwhile):
+    # demoted by its agent at the deadline, or fenced by its fencer.
+    stopped = {(name, "Demoted"), (name, "Fenced")}
+
+    async def reported() -> bool:
+        return bool(stopped & _events(cluster, t_wall))
+
+    await wait_until(reported, timeout=45, what=f"a Demoted or Fenced event on {name}")

@@ -1,8 +1,9 @@
 """An in-tree Kubernetes API server for tests (no real kube-apiserver can run here).
 
 It serves core/v1 pods, endpoints, services, configmaps, namespaces, discovery.k8s.io/v1
-endpointslices and coordination.k8s.io/v1 leases with the semantics clients depend on:
-one cluster-wide resourceVersion, 409 Conflict on stale writes and failed delete
+endpointslices, coordination.k8s.io/v1 leases and events.k8s.io/v1 events (with the real
+server's field validation of Events on create, validation.py) with the semantics clients
+depend on: one cluster-wide resourceVersion, 409 Conflict on stale writes and failed delete
 preconditions, merge / strategic-merge / JSON patches, label and field selectors, watches that
 resume from a resourceVersion (410 Expired when it is too old), bearer tokens, TLS, fault
 injection and an audit log. kubectl get/label/annotate work against it.

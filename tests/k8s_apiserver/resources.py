@@ -116,6 +116,16 @@ RESOURCES: tuple[ResourceType, ...] = (
         create_on_update=True,
         unconditional_update=False,
     ),
+    ResourceType(
+        group="events.k8s.io",
+        version="v1",
+        plural="events",
+        singular="event",
+        kind="Event",
+        namespaced=True,
+        short_names=("ev",),
+        create_on_update=True,
+    ),
 )
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tests.k8s_apiserver import validation
 from tests.k8s_apiserver.errors import ApiError, Reason, bad_request
 from tests.k8s_apiserver.resources import RESOURCES, ResourceType, find_resource
 from tests.k8s_apiserver.selectors import FieldSelector, LabelSelector
@@ -377,6 +378,8 @@ class Store:
                 f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must'
                 " consist of lower case alphanumeric characters, '-' or '.'",
             )
+        if found := validation.problems(res, obj):
+            raise _invalid(res, name, ", ".join(found))
         if meta.get("resourceVersion"):
             # The real server's storage layer refuses this with a plain error: a 500.
             raise ApiError(

@@ -411,9 +411,12 @@ def test_the_lease_role_names_the_lease_and_the_endpointslice_and_no_endpoints(
     assert not any(g.resource == "endpoints" for g in grants(role))
 
 
-def test_with_etcd_the_role_only_labels_pods() -> None:
+def test_with_etcd_the_role_only_labels_pods_and_reports_events() -> None:
     role = m.find(objects("etcd-dcs"), "Role")
-    assert {(g.verb, g.api_group, g.resource) for g in grants(role)} == {("patch", "", "pods")}
+    assert {(g.verb, g.api_group, g.resource) for g in grants(role)} == {
+        ("patch", "", "pods"),
+        ("create", "events.k8s.io", "events"),
+    }
 
 
 # --------------------------------------------------------------------------- the image
