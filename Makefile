@@ -36,7 +36,7 @@ e2e: setup
 
 # The long chaos profile: the quick scenarios (CHAOS_RUNS times each), then a random mix of
 # faults for CHAOS_DURATION seconds; writes docs/chaos-report.md and .json (needs root).
-CHAOS_DURATION ?= 300
+CHAOS_DURATION ?= 1800
 CHAOS_RUNS ?= 3
 chaos: setup
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_REPORT=docs/chaos-report \

@@ -8,6 +8,7 @@ k8s or failsafe run does not erase the long profile's rows. Delete the files for
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,11 @@ class Row:
     # no run failed over); writes the old primary acknowledged after that, summed.
     max_failover_s: float | None = None
     old_primary_acks_after_failover: int = 0
+    # Each run's figure, in the order they ran, for the distributions (empty in rows kept
+    # from reports written before they were recorded): write-unavailability, and the
+    # failover time of the runs that failed over.
+    write_unavailability_runs_s: tuple[float, ...] = ()
+    failover_runs_s: tuple[float, ...] = ()
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -58,6 +64,8 @@ class Row:
             if self.max_failover_s is None
             else round(self.max_failover_s, 2),
             "old_primary_acks_after_failover": self.old_primary_acks_after_failover,
+            "write_unavailability_runs_s": [round(v, 2) for v in self.write_unavailability_runs_s],
+            "failover_runs_s": [round(v, 2) for v in self.failover_runs_s],
         }
 
 
@@ -96,9 +104,24 @@ def rows(results: Iterable[ScenarioResult], *, measured: str = "") -> list[Row]:
                 old_primary_acks_after_failover=sum(
                     r.old_primary_acks_after_failover for r in runs
                 ),
+                write_unavailability_runs_s=tuple(r.write_unavailability_s for r in runs),
+                failover_runs_s=tuple(r.failover_s for r in runs if r.failover_s is not None),
             )
         )
     return out
+
+
+def distribution(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, 95th percentile, max) of a run's figures. The percentile is the nearest rank
+    (the smallest value with at least 95% of the runs at or below it): below 20 runs it is
+    the max, as it should be (nothing finer can be said of so few)."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    count = len(ordered)
+    middle = count // 2
+    median = ordered[middle] if count % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return median, ordered[math.ceil(0.95 * count) - 1], ordered[-1]
 
 
 def _max_per_instant(per_run: Iterable[tuple[float, ...]]) -> tuple[float, ...]:
@@ -137,9 +160,15 @@ def _row_from_json(item: dict[str, object], fallback: str) -> Row | None:
             old_primary_acks_after_failover=int(
                 str(item.get("old_primary_acks_after_failover") or 0)
             ),
+            write_unavailability_runs_s=_floats(item.get("write_unavailability_runs_s")),
+            failover_runs_s=_floats(item.get("failover_runs_s")),
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _floats(raw: object) -> tuple[float, ...]:
+    return tuple(float(str(v)) for v in raw) if isinstance(raw, list) else ()
 
 
 def _earlier(stem: Path) -> tuple[list[Row], list[dict[str, object]]]:
@@ -206,6 +235,7 @@ def markdown(
             f"- {row.scenario}: " + ", ".join(f"{gap:.2f} s" for gap in row.write_gaps_s)
             for row in chains
         ]
+    lines += _distributions(table)
     gray = [row for row in table if _is_gray(row.scenario)]
     if gray:
         lines += [
@@ -225,6 +255,35 @@ def markdown(
         lines += ["", "Each run of the gray scenarios, as its nemesis described it:", ""]
         lines += [f"- {scenario}: {what}" for scenario, what in gray_runs]
     return "\n".join(lines) + "\n"
+
+
+def _distributions(table: Sequence[Row]) -> list[str]:
+    """The distributions over runs of the rows measured with per-run figures, 2 runs or more."""
+    repeated = [row for row in table if len(row.write_unavailability_runs_s) >= 2]
+    if not repeated:
+        return []
+    lines = [
+        "",
+        "Distributions over the runs (scenarios with 2 runs or more; median / 95th percentile "
+        "(nearest rank: the max below 20 runs) / max): the write-unavailability, and the "
+        "failover time of the runs that failed over (from the fault to the first write "
+        "another member acknowledged):",
+        "",
+        "| scenario | runs | write-unavailability | failovers | failover time |",
+        "|---|---:|---|---:|---|",
+    ]
+    for row in repeated:
+        gaps = " / ".join(f"{v:.2f}" for v in distribution(row.write_unavailability_runs_s))
+        failover = (
+            " / ".join(f"{v:.2f}" for v in distribution(row.failover_runs_s)) + " s"
+            if row.failover_runs_s
+            else "-"
+        )
+        lines.append(
+            f"| {row.scenario} | {len(row.write_unavailability_runs_s)} | {gaps} s "
+            f"| {len(row.failover_runs_s)} | {failover} |"
+        )
+    return lines
 
 
 def figures_tables(runs: Sequence[tuple[str, dict[str, str]]]) -> str:

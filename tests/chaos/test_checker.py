@@ -118,6 +118,26 @@ def test_the_report_aggregates_runs_per_scenario() -> None:
     assert "| s | 1 | 1 | 0.5 s | 0 | 0 of 8 | 1.0 s | 0 |" in text
 
 
+def test_the_report_gives_the_median_95th_percentile_and_max_over_runs() -> None:
+    assert report.distribution([3.0, 1.0, 2.0]) == (2.0, 3.0, 3.0)
+    assert report.distribution([4.0, 1.0, 2.0, 3.0]) == (2.5, 4.0, 4.0)
+    twenty = [float(v) for v in range(1, 21)]
+    assert report.distribution(twenty) == (10.5, 19.0, 20.0)
+    runs = [
+        dataclasses.replace(_result("s", 0), write_unavailability_s=gap, failover_s=failover)
+        for gap, failover in ((0.4, None), (1.6, 6.1), (0.2, 5.9))
+    ]
+    (row,) = report.rows(runs)
+    assert row.write_unavailability_runs_s == (0.4, 1.6, 0.2)
+    assert row.failover_runs_s == (6.1, 5.9)
+    text = report.markdown([row], profile="quick", settings={})
+    assert "| s | 3 | 0.40 / 1.60 / 1.60 s | 2 | 6.00 / 6.10 / 6.10 s |" in text
+    (kept,) = [r for r in [report._row_from_json(row.as_json(), "x")] if r is not None]
+    assert kept.failover_runs_s == row.failover_runs_s
+    single = report.markdown(report.rows(runs[:1]), profile="quick", settings={})
+    assert "Distributions" not in single
+
+
 def _result(scenario: str, lost: int) -> ScenarioResult:
     return ScenarioResult(
         scenario=scenario,

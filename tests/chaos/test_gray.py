@@ -181,16 +181,18 @@ async def _slow_network(runner: Runner, rtt_s: float) -> None:
     assert result.lost == 0, logs
 
 
+@pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("rtt_s", SLOW_RTTS_S)
 async def test_a_slow_network_around_the_primary_never_demotes_it_while_its_lease_holds(
-    slow_runner: Runner, rtt_s: float
+    slow_runner: Runner, rtt_s: float, run: int
 ) -> None:
     await _slow_network(slow_runner, rtt_s)
 
 
+@pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("rtt_s", SLOW_RTTS_S)
 async def test_with_failsafe_a_slow_network_around_the_primary_never_demotes_it(
-    slow_failsafe_runner: Runner, rtt_s: float
+    slow_failsafe_runner: Runner, rtt_s: float, run: int
 ) -> None:
     await _slow_network(slow_failsafe_runner, rtt_s)
 
