@@ -32,6 +32,7 @@ from agent.actions import (
     StopMode,
     StopPostgres,
 )
+from agent.callback_settings import CallbackSettings
 from agent.config import (
     DcsKind,
     DcsSettings,
@@ -696,6 +697,25 @@ def test_no_sequence_promotes_without_the_lease_or_writes_past_the_fence(
     """Each decision's outcomes are fed back by the executor's own stop rules
     (`outcomes_of`), and what ran is checked too: a promotion only after a lease write that
     succeeded in the same run, or under a lease held."""
+    _replay(sequence, A)
+
+
+A_PRE_PROMOTE = replace(A, callbacks=CallbackSettings(pre_promote="/bin/true"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(steps(), min_size=1, max_size=25))
+def test_with_pre_promote_no_sequence_promotes_without_the_lease_or_writes_past_the_fence(
+    sequence: list[tuple[str | None, LocalState, float, bool, Result]],
+) -> None:
+    """As above, with a `pre_promote` callback: the promotion waits for it (a long action of
+    its own), in a later decision that renews the lease first."""
+    _replay(sequence, A_PRE_PROMOTE)
+
+
+def _replay(
+    sequence: list[tuple[str | None, LocalState, float, bool, Result]], config: Settings
+) -> None:
     memory = Memory()
     now = NOW
     for leader, local, advance, readable, fate in sequence:
@@ -711,11 +731,11 @@ def test_no_sequence_promotes_without_the_lease_or_writes_past_the_fence(
         )
         ob = Observation(now=now, wall_now=1.7e9, cluster=cluster, local=local)
         before = memory
-        decision, memory = decide(ob, memory, A)
+        decision, memory = decide(ob, memory, config)
         assert decision.reason, decision  # the ha_cycle event says why, every cycle
         _check_safety(decision, before, ob)
         outcomes = outcomes_of(decision, fate, now)
         unleased = promotes_unleased(outcomes)
         assert unleased is None or _leading(before, ob), (decision, outcomes, before)
         for outcome in outcomes:
-            memory = record_outcome(memory, outcome, A)
+            memory = record_outcome(memory, outcome, config)
