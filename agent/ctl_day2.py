@@ -284,18 +284,17 @@ async def restart(
     while True:
         await sleep(args.poll_interval)
         try:
-            view = await request(session, target, "GET", "/cluster")
+            state = await request(session, target, "GET", "/rolling-restart")
         except CtlError:
             continue  # the member answering may be the one restarting
-        state = view.object().get("restart") if view.ok else None
-        done = state.get("done") if isinstance(state, dict) else None
+        if state.status == 404:
+            _print(out, "Rolling restart: done.")
+            return 0
+        done = state.object().get("done") if state.ok else None
         for name in done if isinstance(done, list) else []:
             if name not in seen:
                 seen.append(name)
                 _print(out, f"  {name}: its turn passed")
-        if view.ok and state is None:
-            _print(out, "Rolling restart: done.")
-            return 0
         if monotonic() >= deadline:
             raise CtlError(f"the rolling restart is still running after {args.timeout:g} s")
 

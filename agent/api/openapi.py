@@ -211,6 +211,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
         },
         required=(),
     ),
+    "RollingRestart": _obj(_RESTART),
     "RestartAccepted": _obj({"accepted": {"const": True}, **_RESTART}),
     "RestartCancelled": _obj({"cancelled": {"const": True}, "done": _NAMES}),
     "SwitchoverRequest": _obj(
@@ -389,6 +390,13 @@ def _paths() -> dict[str, Schema]:
         )
     }
     paths["/rolling-restart"] = {
+        "get": {
+            "summary": "The rolling restart, read from the DCS now",
+            "responses": {
+                "200": _json_answer("The rolling restart", _ref("RollingRestart")),
+                **_errors(404, 503),
+            },
+        },
         "post": _mutating(
             "Schedule a rolling restart (now by default)",
             "RollingRestartRequest",

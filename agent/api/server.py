@@ -380,6 +380,12 @@ class _Routes:
         self._requests.wake()
         return _json({"accepted": True, **(restart_body(schedule) or {})}, status=202)
 
+    async def get_rolling_restart(self, request: web.Request) -> web.StreamResponse:
+        view = await self._fresh_view()
+        if view.restart is None:
+            raise ApiError(404, "restart: no rolling restart is scheduled")
+        return _json(restart_body(view.restart) or {})
+
     async def delete_rolling_restart(self, request: web.Request) -> web.StreamResponse:
         reject_unknown_fields(await _json_object(request, allow_empty=True), set())
         view = await self._fresh_view()
@@ -498,6 +504,7 @@ def build_app(
     router.add_post("/restart", routes.local(LocalRequestKind.RESTART))
     router.add_post("/reinitialize", routes.local(LocalRequestKind.REINITIALIZE))
     router.add_post("/reload", routes.local(LocalRequestKind.RELOAD))
+    router.add_get("/rolling-restart", routes.get_rolling_restart)
     router.add_post("/rolling-restart", routes.post_rolling_restart)
     router.add_delete("/rolling-restart", routes.delete_rolling_restart)
     router.add_get("/openapi.json", _openapi)

@@ -220,11 +220,13 @@ FIELDS: Final[tuple[Field, ...]] = (
                "`synchronous_standby_names`. `wal_level`, when set, must be `replica` or "
                "`logical`.",
           doc="Server settings, name → string, integer, number or boolean (`true` → `on`, "
-              "`false` → `off`)."),
+              "`false` → `off`). They outrank the cluster-wide `postgresql.parameters` of the "
+              "DCS `config` record (see \"PostgreSQL settings from the DCS\" below)."),
     Field(path="postgresql.pg_hba", kind=Kind.STR_LIST,
           rule="Each one line starting with a connection type (`local`, `host`, `hostssl`, "
                "`hostnossl`, `hostgssenc`, `hostnogssenc`, or an `include*` directive).",
-          doc="Extra `pg_hba.conf` lines, placed before the agent's own (first match wins)."),
+          doc="Extra `pg_hba.conf` lines, placed before the DCS's `pg_hba` lines and the "
+              "agent's own (first match wins)."),
     _section("postgresql.tls", default_doc="unset (no TLS)",
              doc="TLS for PostgreSQL: `ssl = on` with these files, the agent's `pg_hba` lines "
                  "for replication and the superuser become `hostssl` (a connection without TLS "
