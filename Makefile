@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := postgresql etcd-server etcd-client iproute2 iptables nftables iputils-ping procps kubectl fuse3 prometheus
+DEB_PACKAGES := postgresql etcd-server etcd-client iproute2 iptables nftables iputils-ping procps kubectl fuse3 prometheus pgbackrest
 PYTEST_ARGS ?=
 IMAGE ?= pgwarden:0.1.0
 POSTGRES_JIT ?=

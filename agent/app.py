@@ -33,6 +33,7 @@ from agent.loop import HaLoop
 from agent.metrics import Metrics
 from agent.model import AgentStatus
 from agent.peers import HttpPeers
+from agent.postgres import pgbackrest
 from agent.postgres.checker import ConfigChecker
 from agent.postgres.control import LocalPostgres, PostgresControl
 from agent.postgres.probe import Prober
@@ -143,6 +144,7 @@ async def run_agent(settings: Settings) -> int:
         member_name=settings.name,
         run_dir=settings.run_dir,
         ttl_s=settings.timing.ttl_s,
+        archive=pgbackrest.archive_settings(settings),
     )
     prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
     pg = LocalPostgres(settings, postmaster=postmaster, prober=prober)

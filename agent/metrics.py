@@ -123,6 +123,16 @@ class Metrics:
             "1 while PostgreSQL has parameter changes that only a restart applies",
             registry=r,
         )
+        self._archive = {
+            name: Gauge(f"{p}_archive_{name}", doc, registry=r)
+            for name, doc in (
+                ("failing", "1 while the latest WAL archiving attempt failed (pg_stat_archiver)"),
+                ("archived_count", "WAL segments archived since the statistics were reset"),
+                ("failed_count", "Failed archiving attempts since the statistics were reset"),
+                ("last_archived_timestamp_seconds", "When the last WAL segment was archived"),
+                ("last_failed_timestamp_seconds", "When archiving last failed"),
+            )
+        }
         self._failsafe_rounds = Counter(
             f"{p}_failsafe_rounds",
             "POST /failsafe rounds of this primary, by result (confirmed: every member accepted)",
@@ -211,6 +221,7 @@ class Metrics:
         self._sync_fallback.set(1 if status.sync_fallback else 0)
         self._failsafe_active.set(1 if status.failsafe_active else 0)
         self._pending_restart.set(1 if status.pending_restart else 0)
+        self._set_archive(status)
         if status.cluster_view is not None:
             view = status.cluster_view
             record = view.sync
@@ -225,6 +236,21 @@ class Metrics:
                 counts[member.state] += 1
             for state, count in counts.items():
                 self._state_children[state].set(count)
+
+    def _set_archive(self, status: AgentStatus) -> None:
+        """pg_stat_archiver; NaN for what is unknown (archiving off: every gauge NaN)."""
+        stats = status.archiver
+        values: dict[str, float | None] = dict.fromkeys(self._archive)
+        if stats is not None:
+            values = {
+                "failing": 1.0 if stats.failing else 0.0,
+                "archived_count": stats.archived_count,
+                "failed_count": stats.failed_count,
+                "last_archived_timestamp_seconds": stats.last_archived_at,
+                "last_failed_timestamp_seconds": stats.last_failed_at,
+            }
+        for name, gauge in self._archive.items():
+            gauge.set(_value(values[name]))
 
     def observe_cycle(self, seconds: float) -> None:
         self._cycle.observe(seconds)

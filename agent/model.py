@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import NewType, TypeVar
 
+from agent.archiving import ArchiverStats, stats_from_dict
+
 _T = TypeVar("_T")
 
 MemberName = NewType("MemberName", str)
@@ -191,6 +193,8 @@ class LocalState:
     # runs with for the settings a hot standby needs at least as high as its primary.
     pending_restart: tuple[str, ...] = ()
     hot_standby: tuple[tuple[str, int], ...] = ()
+    # pg_stat_archiver (agent/archiving.py); None while archive_mode is off or unread.
+    archiver: ArchiverStats | None = None
 
     @property
     def is_primary(self) -> bool:
@@ -241,11 +245,13 @@ class Member:
     hot_standby: tuple[tuple[str, int], ...] = ()
     # A replica: the member it was last pointed at (the leader, or its replicatefrom).
     upstream: MemberName | None = None
+    archiver: ArchiverStats | None = None  # WAL archiving (agent/archiving.py)
     version: str = ""  # the DCS's version of this record; not part of the payload
 
     def to_json(self) -> str:
         return json.dumps(
             {
+                **({"archiver": self.archiver.to_dict()} if self.archiver else {}),
                 "pending_restart": list(self.pending_restart),
                 "hot_standby": dict(self.hot_standby),
                 "role": self.role.value,
@@ -618,6 +624,7 @@ def parse_member(name: str, raw: RawRecord) -> Member:
     hot = data.get("hot_standby") or {}
     if not isinstance(hot, dict):
         raise ValueError("hot_standby is not an object")
+    archiver = data.get("archiver")
     return Member(
         name=MemberName(name),
         role=Role(data["role"]),
@@ -637,6 +644,7 @@ def parse_member(name: str, raw: RawRecord) -> Member:
             sorted((_str(k, "hot_standby"), _int(v, "hot_standby")) for k, v in hot.items())
         ),
         upstream=_name_or_none(data.get("upstream"), "upstream"),
+        archiver=stats_from_dict(archiver) if isinstance(archiver, dict) else None,
         version=raw.version,
     )
 
@@ -915,3 +923,4 @@ class AgentStatus:
     pending_restart: tuple[str, ...] = ()  # parameters whose new value waits for a restart
     upstream: MemberName | None = None  # a replica: whom it was last pointed at
     noloadbalance: bool = False  # tagged: /replica and a replica's /read-only answer 503
+    archiver: ArchiverStats | None = None  # pg_stat_archiver; None: archiving off

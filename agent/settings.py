@@ -21,6 +21,13 @@ from enum import StrEnum
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
+from agent.backup_settings import (
+    DEFAULT_REPLICA_METHODS,
+    BootstrapSettings,
+    PgBackRestSettings,
+    ReplicaMethod,
+    backup_problems,
+)
 from agent.callback_settings import CallbackSettings
 from agent.model import SyncMode as SyncMode  # noqa: PLC0414 - re-exported: ha.synchronous_mode
 from agent.value_rules import (
@@ -559,6 +566,9 @@ class Settings:
     ha: HaSettings = field(default_factory=HaSettings)
     log: LogSettings = field(default_factory=LogSettings)
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    pgbackrest: PgBackRestSettings | None = None
+    create_replica_methods: tuple[ReplicaMethod, ...] = DEFAULT_REPLICA_METHODS
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
 
     def __post_init__(self) -> None:
         _check(self, self.problems())
@@ -579,6 +589,7 @@ class Settings:
         yield from absolute("run_dir", self.run_dir)
         if self.tags.replicatefrom is not None and self.tags.replicatefrom == name:
             yield ConfigProblem("tags.replicatefrom", "must name another member, not this one")
+        yield from backup_problems(self.pgbackrest, self.create_replica_methods, self.bootstrap)
         api, pg = self.api, self.postgresql
         if api.port == pg.port and api.listen_host == pg.listen_host:
             yield ConfigProblem(

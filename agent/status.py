@@ -130,6 +130,7 @@ def status_of(c: CycleValues, settings: Settings) -> AgentStatus:
         pending_restart=local.pending_restart,
         upstream=memory.following if local.is_replica else None,
         noloadbalance=s.tags.noloadbalance,
+        archiver=local.archiver,
     )
 
 
@@ -165,4 +166,5 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
         pending_restart=local.pending_restart,
         hot_standby=local.hot_standby,
         upstream=status.upstream,
+        archiver=local.archiver,
     )

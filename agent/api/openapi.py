@@ -70,6 +70,33 @@ _PG_PATCH: Final = _obj(
     required=(),
 )
 _NAMES: Final = {"type": "array", "items": _STR}
+_ARCHIVING: Final = {
+    "oneOf": [
+        _obj(
+            {
+                "failing": _BOOL,
+                "archived_count": _INT,
+                "last_archived_wal": _NULL_STR,
+                "last_archived_at": _NULL_STR,
+                "last_archived_age_s": _NULL_NUM,
+                "failed_count": _INT,
+                "last_failed_wal": _NULL_STR,
+                "last_failed_at": _NULL_STR,
+            }
+        ),
+        {"type": "null"},
+    ],
+    "description": "pg_stat_archiver; null while archive_mode is off",
+}
+_BACKUP_RUN: Final = _obj(
+    {
+        "type": {"enum": ["full", "incr", "diff"]},
+        "started_at": {"type": "number"},
+        "finished_at": _NULL_NUM,
+        "ok": {"type": ["boolean", "null"]},
+        "error": _NULL_STR,
+    }
+)
 _RESTART: Final = {
     "members": _NAMES,
     "scheduled_at": _NULL_STR,
@@ -102,6 +129,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
             "sync_role": {"enum": [r.value for r in SyncRole]},
             "failsafe_active": _BOOL,
             "pending_restart": _NAMES,
+            "archiving": _ARCHIVING,
         }
     ),
     "Member": _obj(
@@ -132,6 +160,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
             "sync_role": {"enum": ["leader", "sync", "quorum", "async", "none"]},
             "promotion_vetoed": _BOOL,
             "upstream": _NULL_STR,
+            "archiving": _ARCHIVING,
         }
     ),
     "Switchover": _obj({"leader": _NULL_STR, "candidate": _NULL_STR, "scheduled_at": _NULL_STR}),
@@ -229,6 +258,11 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
     "FailoverRequest": _obj({"candidate": _STR}),
     "FailsafeRequest": _obj({"leader": _STR, "cluster": _STR, "sent_at": {"type": "number"}}),
     "Empty": _obj({}),
+    "BackupRequest": _obj({"type": {"enum": ["full", "incr", "diff"]}}, required=()),
+    "BackupAccepted": _obj(
+        {"accepted": {"const": True}, **_BACKUP_RUN["properties"]}  # type: ignore[dict-item]
+    ),
+    "BackupStatus": _obj({"running": _BOOL, "last": {"oneOf": [_BACKUP_RUN, {"type": "null"}]}}),
     "Accepted": _obj(
         {
             "accepted": {"const": True},
@@ -413,6 +447,17 @@ def _paths() -> dict[str, Schema]:
         "post": _mutating(
             "Re-clone this replica from the leader", "Empty", False, "202", "LocalAccepted", 409
         )
+    }
+    paths["/backup"] = {
+        "get": _view("Whether a backup runs on this member, and the last one", "BackupStatus"),
+        "post": _mutating(
+            "Take a pgBackRest backup of this member (the primary)",
+            "BackupRequest",
+            False,
+            "202",
+            "BackupAccepted",
+            409,
+        ),
     }
     paths["/openapi.json"] = {
         "get": {

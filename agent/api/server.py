@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from agent.api import auth, openapi
+from agent.api.backup import add_backup_routes
 from agent.api.errors import ApiError
 from agent.api.health import Probe, parse_lag, probe_ok, status_age_s
 from agent.api.operations import (
@@ -195,7 +196,7 @@ class _Routes:
             ok = probe_ok(
                 probe, status, now=now, ttl_s=self._settings.timing.ttl_s, max_lag_bytes=max_lag
             )
-            body = status_body(status, age_s=status_age_s(status, now))
+            body = status_body(status, age_s=status_age_s(status, now), wall_now=self._clock.wall())
             return _json(body, status=200 if ok else 503)
 
         return handle
@@ -207,7 +208,8 @@ class _Routes:
         return view
 
     async def cluster(self, request: web.Request) -> web.StreamResponse:
-        return _json(cluster_body(self._settings.cluster, self._published_view()))
+        view = self._published_view()
+        return _json(cluster_body(self._settings.cluster, view, wall_now=self._clock.wall()))
 
     async def history(self, request: web.Request) -> web.StreamResponse:
         return _json(history_body(self._published_view()))
@@ -508,6 +510,7 @@ def build_app(
     router.add_post("/rolling-restart", routes.post_rolling_restart)
     router.add_delete("/rolling-restart", routes.delete_rolling_restart)
     router.add_get("/openapi.json", _openapi)
+    add_backup_routes(app, settings=settings, status=status, clock=clock)
     return app
 
 

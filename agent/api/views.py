@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from agent.archiving import archiving_view
 from agent.model import (
     AgentStatus,
     ClusterView,
@@ -43,8 +44,9 @@ def lag_behind(member: Member, leader: Member | None) -> int | None:
     return max(0, leader.wal_lsn - member.wal_lsn)
 
 
-def status_body(status: AgentStatus, *, age_s: float) -> Json:
-    """This member's own state, the body of every health probe."""
+def status_body(status: AgentStatus, *, age_s: float, wall_now: float = 0.0) -> Json:
+    """This member's own state, the body of every health probe (`wall_now`: the clock's
+    wall time, for the age of the last archived WAL segment)."""
     return {
         "name": status.name,
         "cluster": status.cluster,
@@ -65,6 +67,7 @@ def status_body(status: AgentStatus, *, age_s: float) -> Json:
         "sync_role": status.sync_role.value,
         "failsafe_active": status.failsafe_active,
         "pending_restart": list(status.pending_restart),
+        "archiving": archiving_view(status.archiver, wall_now),
     }
 
 
@@ -99,7 +102,7 @@ def sync_role_in(member: Member, view: ClusterView) -> str:
     return "async"
 
 
-def member_body(member: Member, leader: Member | None) -> Json:
+def member_body(member: Member, leader: Member | None, wall_now: float = 0.0) -> Json:
     return {
         "name": member.name,
         "role": member.role.value,
@@ -124,10 +127,11 @@ def member_body(member: Member, leader: Member | None) -> Json:
         },
         "promotion_vetoed": member.promotion_vetoed,
         "upstream": member.upstream,
+        "archiving": archiving_view(member.archiver, wall_now),
     }
 
 
-def cluster_body(cluster: str, view: ClusterView) -> Json:
+def cluster_body(cluster: str, view: ClusterView, wall_now: float = 0.0) -> Json:
     """The whole cluster: members (leader first, then by name), pending switchover, pause."""
     leader = view.leader_member
     members = sorted(view.members, key=lambda m: (leader is None or m.name != leader.name, m.name))
@@ -135,7 +139,8 @@ def cluster_body(cluster: str, view: ClusterView) -> Json:
         "cluster": cluster,
         "leader": view.leader.name if view.leader is not None else None,
         "members": [
-            {**member_body(m, leader), "sync_role": sync_role_in(m, view)} for m in members
+            {**member_body(m, leader, wall_now), "sync_role": sync_role_in(m, view)}
+            for m in members
         ],
         "switchover": switchover_body(view.switchover),
         "paused": view.config.paused,

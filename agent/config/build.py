@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
+from agent.backup_settings import (
+    DEFAULT_REPLICA_METHODS,
+    BootstrapSettings,
+    PgBackRestSettings,
+    ReplicaMethod,
+)
 from agent.callback_settings import CallbackEvent, CallbackSettings, command_rule
 from agent.config.fields import FIELDS, Field, Kind
 from agent.config.read import Collector, Raw
@@ -381,6 +387,43 @@ def _callbacks(b: Builder) -> CallbackSettings:
     return callbacks
 
 
+def _pgbackrest(b: Builder) -> PgBackRestSettings | None:
+    section = "pgbackrest"
+    if section not in b.raw.sections:
+        return None
+    values = b.values(section)
+    if "repo_path" not in values:
+        b.out.add(f"{section}.repo_path", "is required when pgbackrest is set")
+        values["repo_path"] = "/"
+    settings = b.build(section, PgBackRestSettings, **values)
+    command = settings.command
+    if os.path.isabs(command) and not (os.path.isfile(command) and os.access(command, os.X_OK)):
+        b.out.add(f"{section}.command", f"{command!r} is not an executable file")
+    return settings
+
+
+def _replica_methods(b: Builder, given: object) -> tuple[ReplicaMethod, ...]:
+    if not isinstance(given, tuple):
+        return DEFAULT_REPLICA_METHODS
+    methods = []
+    for i, name in enumerate(given):
+        try:
+            methods.append(ReplicaMethod(name))
+        except ValueError:
+            allowed = ", ".join(m.value for m in ReplicaMethod)
+            b.out.add(f"create_replica_methods[{i}]", f"must be one of {allowed}, got {name!r}")
+    return tuple(methods)
+
+
+def _archive_parameters(b: Builder, settings: Settings) -> None:
+    """With pgBackRest the agent sets the archive settings itself."""
+    if settings.pgbackrest is None:
+        return
+    for name, _ in settings.postgresql.parameters:
+        if name.lower() in ("archive_mode", "archive_command", "restore_command"):
+            b.out.add("postgresql.parameters", f"{name!r} is set by pgwarden (pgbackrest)")
+
+
 def build_settings(b: Builder) -> Settings:
     """Every section built and checked; the result is only valid when `b.out` stayed empty."""
     top = b.values("")
@@ -388,9 +431,13 @@ def build_settings(b: Builder) -> Settings:
         f.default for f in dataclasses.fields(Settings) if f.name == "namespace"
     )
     name, namespace = str(top["name"]), str(top.get("namespace", default_namespace))
+    methods = _replica_methods(b, top.pop("create_replica_methods", None))
     settings = unchecked(
         Settings,
         **top,
+        create_replica_methods=methods,
+        pgbackrest=_pgbackrest(b),
+        bootstrap=b.build("bootstrap", BootstrapSettings),
         dcs=_dcs(b, name, namespace),
         postgresql=_postgres(b),
         api=_api(b),
@@ -401,6 +448,7 @@ def build_settings(b: Builder) -> Settings:
         callbacks=_callbacks(b),
     )
     b.check("", settings)
+    _archive_parameters(b, settings)
     return settings
 
 

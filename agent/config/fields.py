@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from agent.backup_settings import ArchiveMode, BootstrapMethod
 from agent.settings import (
     ClientVerify,
     DcsKind,
@@ -434,6 +435,68 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(path="callbacks.post_bootstrap_timeout_s", kind=_N, rule="> 0.",
           doc="`post_bootstrap` still running after this long is killed, and fails the "
               "bootstrap."),
+    _section("pgbackrest", default_doc="unset (no archiving, no backups)",
+             doc="A pgBackRest repository for WAL archiving, backups, replicas restored from "
+                 "a backup and bootstrap from a backup (README, \"Backups\"). The agent writes "
+                 "pgBackRest's configuration to `<run_dir>/pgbackrest/pgbackrest.conf` (the "
+                 "stanza with this member's data directory, port and socket) and runs every "
+                 "member with `archive_mode`, `archive_command = pgbackrest ... archive-push "
+                 "%p` and `restore_command = pgbackrest ... archive-get %f \"%p\"`; those "
+                 "three are refused in `postgresql.parameters` then. The first leader of a new "
+                 "cluster runs `stanza-create`."),
+    Field(path="pgbackrest.repo_path", kind=_S, default_doc="required", rule="Absolute path.",
+          doc="`repo1-path`: the repository's directory (for `s3`, `gcs`, `azure`: the path in "
+              "the bucket or container). Every member must reach the same repository."),
+    Field(path="pgbackrest.repo_type", kind=_S,
+          rule="`posix`, `s3`, `gcs`, `azure`, `cifs` or `sftp`.",
+          doc="`repo1-type`. Only `posix` (a shared or local path) is tested here; the others "
+              "take their options (`repo1-s3-bucket`, `repo1-s3-endpoint`, `repo1-s3-region`, "
+              "keys...) from `options` or pgBackRest's `PGBACKREST_*` environment variables."),
+    Field(path="pgbackrest.stanza", kind=_S, default_doc="the `cluster` name",
+          rule="1–64 characters of `A-Z a-z 0-9 _ . -`.", doc="The stanza of this cluster."),
+    Field(path="pgbackrest.command", kind=_S, rule="Absolute path of an executable file.",
+          doc="The pgBackRest program (Debian package `pgbackrest`)."),
+    Field(path="pgbackrest.options", kind=Kind.PARAM_MAP,
+          rule="Names are pgBackRest option names (`a-z`, `0-9`, `-`); refused: `stanza`, "
+               "`config*`, `repo1-path`, `repo1-type`, `lock-path`, `log-path` and every "
+               "`pgN-*` option (the agent sets them). Values on one line.",
+          doc="More `[global]` options, name → value: `repo1-retention-full`, "
+              "`compress-type`, `process-max`, `repo1-s3-bucket`, `archive-async`, ..."),
+    Field(path="pgbackrest.archive_mode", kind=_S, choices=ArchiveMode, rule="`on` or `always`.",
+          doc="`archive_mode` on every member. `on`: the primary archives (a promoted replica "
+              "archives from its promotion on); `always`: every replica also archives what "
+              "it receives, so the archive has no gap when a primary dies with segments not "
+              "yet archived, at the cost of every member pushing every segment (pgBackRest "
+              "keeps one copy). Quote it in YAML."),
+    Field(path="pgbackrest.backup_timeout_s", kind=_N, rule="> 0.",
+          doc="Bound on one `pgwarden ctl backup` (`pgbackrest backup`)."),
+    Field(path="pgbackrest.restore_timeout_s", kind=_N, rule="> 0.",
+          doc="Bound on one restore (a replica created from the repository, or a bootstrap "
+              "from a backup, recovery included)."),
+    Field(path="create_replica_methods", kind=Kind.STR_LIST,
+          default_doc="`[basebackup]`",
+          rule="`pgbackrest` and/or `basebackup`, each at most once; `pgbackrest` needs the "
+               "`pgbackrest` section.",
+          doc="How a member without data becomes a replica, tried in this order: `pgbackrest` "
+              "restores the latest backup (`--type=standby`), replays the archive and then "
+              "streams from the leader; `basebackup` runs `pg_basebackup` from the leader. A "
+              "method that fails (no backup yet, a repository that cannot be read) is "
+              "followed by the next one."),
+    _section("bootstrap", doc="How the first member of a new cluster makes its data."),
+    Field(path="bootstrap.method", kind=_S, choices=BootstrapMethod,
+          rule="`initdb` or `pgbackrest` (needs the `pgbackrest` section).",
+          doc="`pgbackrest`: restore the repository's backup (to the target below, else to the "
+              "end of the archive), recover, and promote on a new timeline; the other members "
+              "then clone from this one. A target the archive cannot reach fails the bootstrap "
+              "with PostgreSQL's reason and leaves the data directory empty and the cluster "
+              "uninitialized."),
+    Field(path="bootstrap.recovery_target_time", kind=_S,
+          rule="A timestamp with a time zone; not with `recovery_target_lsn`; only with "
+               "`method: pgbackrest`.",
+          doc="Recover up to this time (the last commit at or before it)."),
+    Field(path="bootstrap.recovery_target_lsn", kind=_S,
+          rule="An LSN (`0/3000060`); only with `method: pgbackrest`.",
+          doc="Recover up to this WAL position."),
     _section("log"),
     Field(path="log.level", kind=_S, choices=LogLevel,
           rule="`debug`, `info`, `warning` or `error`.",

@@ -20,7 +20,7 @@ from agent.settings import Settings
 
 CHAPTERS: Final = (
     "", "dcs", "dcs.etcd", "dcs.kubernetes", "postgresql", "api", "timing", "tags", "ha", "log",
-    "callbacks",
+    "callbacks", "pgbackrest", "bootstrap",
 )  # fmt: skip
 """The sections with a table of their own; a key is listed in the longest one holding it."""
 

@@ -30,7 +30,9 @@ def _shown(value: object, kind: Kind) -> object:
     if isinstance(value, StrEnum):
         return value.value
     if isinstance(value, tuple):
-        return dict(value) if kind in (Kind.STR_MAP, Kind.PARAM_MAP) else list(value)
+        if kind in (Kind.STR_MAP, Kind.PARAM_MAP):
+            return dict(value)
+        return [item.value if isinstance(item, StrEnum) else item for item in value]
     return value
 
 

@@ -42,7 +42,7 @@ def _tool(settings: PostgresSettings, name: str) -> str:
     return os.path.join(settings.bin_dir, name)
 
 
-def _is_empty_dir(path: str) -> bool:
+def is_empty_dir(path: str) -> bool:
     return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
 
 
@@ -58,7 +58,7 @@ async def initdb(settings: PostgresSettings, *, run_dir: str, timeout_s: float =
     password from a private --pwfile. Raises PostgresError if the directory is not empty.
     """
     who = run_as(settings)
-    if not _is_empty_dir(settings.data_dir):
+    if not is_empty_dir(settings.data_dir):
         raise PostgresError(f"initdb: data directory {settings.data_dir} is not empty")
     ensure_dir(settings.data_dir, who)
     ensure_dir(replication.conf_dir(run_dir), who)
@@ -152,12 +152,12 @@ def clear_data_dir(settings: PostgresSettings) -> None:
             os.unlink(entry.path)
 
 
-def _prepare_clone(settings: PostgresSettings, run_dir: str) -> str:
+def prepare_clone(settings: PostgresSettings, run_dir: str) -> str:
     """An empty data directory for pg_basebackup, and the in-progress marker's path."""
     who = run_as(settings)
     ensure_dir(replication.conf_dir(run_dir), who)
     marker = _clone_marker(run_dir)
-    if not _is_empty_dir(settings.data_dir):
+    if not is_empty_dir(settings.data_dir):
         if not os.path.exists(marker):
             raise PostgresError(
                 f"clone: data directory {settings.data_dir} is not empty"
@@ -179,7 +179,7 @@ async def clone(
     by a marker in `<run_dir>/postgres/`), which is cleared first. Anything else raises
     PostgresError: call clear_data_dir() deliberately to re-clone over a real cluster.
     """
-    marker = _prepare_clone(settings, run_dir)
+    marker = prepare_clone(settings, run_dir)
     write_client_files(settings, run_dir)
     conninfo = replication.primary_conninfo(
         host=source.primary_host,

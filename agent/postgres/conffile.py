@@ -38,9 +38,11 @@ def render_conf(
     member_name: str,
     run_dir: str,
     timeouts: Sequence[str] = (),
+    archive: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The configuration file: the data directory's postgresql.conf, then `timeouts` (the
-    replication timeouts' `-c` options), then `replication.server_settings`."""
+    replication timeouts' `-c` options), then `replication.server_settings`, then `archive`
+    (the archive settings pgBackRest needs: agent/postgres/pgbackrest.py)."""
     data_conf = os.path.join(settings.data_dir, "postgresql.conf")
     lines = [
         "# Written by pgwarden before every start and reload; edits are lost.",
@@ -52,6 +54,7 @@ def render_conf(
         *replication.server_settings(
             settings, member_name=member_name, run_dir=run_dir, dynamic=dynamic.parameters
         ),
+        *archive,
     ]
     lines += [f"{name} = {replication.quote_config_value(value)}" for name, value in ordered]
     return "\n".join(lines) + "\n"

@@ -20,8 +20,9 @@ from typing import Protocol
 
 import asyncpg
 
+from agent.backup_settings import BootstrapMethod
 from agent.model import LocalState, Lsn, Member, PgConfig, SyncStandbys
-from agent.postgres import bootstrap
+from agent.postgres import bootstrap, pgbackrest, restore
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig, StopMode
 from agent.postgres.replication import quote_literal, render_synchronous_standby_names
@@ -61,16 +62,19 @@ class PostgresControl(Protocol):
         """Point a running standby at another upstream without a restart."""
 
     async def initdb(self) -> None:
-        """Create a new cluster in the (empty) data directory."""
+        """Create a new cluster in the (empty) data directory: initdb, or (bootstrap.method
+        pgbackrest) a restore from the repository, recovered and promoted: running then."""
 
     async def create_roles(self) -> None:
-        """On a freshly initialized primary: the replication role and the passwords."""
+        """On a freshly initialized primary: the replication role and the passwords (and,
+        with pgBackRest, the stanza in the repository)."""
 
     def clear_data_dir(self) -> None:
         """Remove the data directory's contents (the postmaster must be stopped)."""
 
     async def clone(self, standby: StandbyConfig, *, timeout_s: float) -> None:
-        """pg_basebackup from `standby`'s upstream and configure this as its standby."""
+        """Make this a standby of `standby`'s upstream by `create_replica_methods` in order
+        (pgBackRest restore, pg_basebackup from the upstream)."""
 
     async def rewind(self, standby: StandbyConfig, *, timeout_s: float) -> None:
         """pg_rewind the stopped data directory onto `standby`'s upstream (SourceUnreachable
@@ -142,18 +146,21 @@ class LocalPostgres:
         await self.postmaster.follow(standby)
 
     async def initdb(self) -> None:
+        if self._settings.bootstrap.method is BootstrapMethod.PGBACKREST:
+            await restore.restore_bootstrap(self._settings, self.postmaster)
+            return
         await bootstrap.initdb(self._pg, run_dir=self._settings.run_dir)
 
     async def create_roles(self) -> None:
         await bootstrap.create_roles(self.postmaster, self._pg)
+        if self._settings.pgbackrest is not None:
+            await pgbackrest.stanza_create(self._settings)
 
     def clear_data_dir(self) -> None:
         bootstrap.clear_data_dir(self._pg)
 
     async def clone(self, standby: StandbyConfig, *, timeout_s: float) -> None:
-        await bootstrap.clone(
-            self._pg, standby, run_dir=self._settings.run_dir, timeout_s=timeout_s
-        )
+        await restore.clone_by_methods(self._settings, standby, timeout_s=timeout_s)
 
     async def rewind(self, standby: StandbyConfig, *, timeout_s: float) -> None:
         await bootstrap.rewind(

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from agent.archiving import ARCHIVER_SQL, parse_archiver
 from agent.config import PostgresSettings
 from agent.model import (
     ControlData,
@@ -51,7 +52,8 @@ _E = TypeVar("_E", bound=StrEnum)
 # server is out of recovery it never goes back, so the primary-only functions are only called
 # on a primary. On a primary the timeline comes from the current WAL file name:
 # pg_control_checkpoint() lags until the next checkpoint after a promotion.
-_PROBE_SQL = """
+_PROBE_SQL = (
+    """
 SELECT
   s.r AS in_recovery,
   (SELECT system_identifier FROM pg_control_system())::text AS system_id,
@@ -80,10 +82,14 @@ SELECT
       'sent_lsn', sent_lsn::text, 'write_lsn', write_lsn::text,
       'flush_lsn', flush_lsn::text, 'replay_lsn', replay_lsn::text)
       ORDER BY application_name), '[]'::json)::text
-   FROM pg_stat_replication) AS replication
+   FROM pg_stat_replication) AS replication,
+  """
+    + ARCHIVER_SQL
+    + """ AS archiver
 FROM (SELECT pg_is_in_recovery() AS r) AS s
 LEFT JOIN pg_stat_wal_receiver AS w ON true
 """
+)
 
 
 # The commit heartbeat (Prober._can_commit): simple protocol, one round trip.
@@ -521,6 +527,7 @@ class Prober:
             upstream=upstream,
             replication=parse_replication(row["replication"]),
             **parse_settings(row["settings"]),
+            archiver=parse_archiver(row["archiver"]),
             sync_standbys=parse_synchronous_standby_names(row["synchronous_standby_names"] or "")
             or SyncStandbys(quorum=False, count=1, names=("*",)),
         )

@@ -367,13 +367,16 @@ class Postmaster:
         member_name: str,
         run_dir: str,
         ttl_s: float | None = None,
+        archive: Sequence[tuple[str, str]] = (),
     ) -> None:
         """`ttl_s`: the HA lease ttl, from which the replication timeouts are derived
-        (`replication_timeout_options`); None leaves PostgreSQL's own defaults."""
+        (`replication_timeout_options`); None leaves PostgreSQL's own defaults. `archive`:
+        archive_mode, archive_command, restore_command (agent/postgres/pgbackrest.py)."""
         self._settings = settings
         self._member_name = member_name
         self._run_dir = run_dir
         self._ttl_s = ttl_s
+        self._archive = tuple(archive)
         self._child: subprocess.Popen[bytes] | None = None
         self._conn: asyncpg.Connection | None = None
         # One statement at a time on the control connection: the loop's short actions, a
@@ -434,6 +437,7 @@ class Postmaster:
             member_name=self._member_name,
             run_dir=self._run_dir,
             timeouts=replication_timeout_options(self._ttl_s) if self._ttl_s is not None else (),
+            archive=self._archive,
         )
         write_file(replication.hba_path(self._run_dir), hba, who)
         write_file(replication.ident_path(self._run_dir), ident, who)

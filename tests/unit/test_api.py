@@ -408,6 +408,7 @@ async def test_cluster_lists_members_with_lag_relative_to_the_leader(api: Api) -
         "sync_role": "async",
         "promotion_vetoed": False,
         "upstream": None,
+        "archiving": None,
     }
     assert members["c"]["tags"]["nofailover"] is True
     assert members["d"]["lag_bytes"] == 10 * MIB
