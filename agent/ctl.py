@@ -322,7 +322,7 @@ async def _command(
 
     command: str = args.command
     if command in ctl_day2.COMMANDS:
-        return await _day2(args, session, target, io)
+        return await ctl_day2.run_command(args, session, target, io)
     if command in ("list", "history", "topology"):
         reply = await request(
             session, target, "GET", f"/{'history' if command == 'history' else 'cluster'}"
@@ -380,37 +380,6 @@ async def _command(
         if not args.json:
             print(f"New leader: {new_leader}", file=io.out)
     return 0
-
-
-async def _day2(
-    args: argparse.Namespace, session: aiohttp.ClientSession, target: Target, io: _Io
-) -> int:
-    """The commands of agent/ctl_day2.py."""
-    from agent import ctl_day2  # noqa: PLC0415 - it imports this module
-
-    command: str = args.command
-    if command == "show-config":
-        reply = await request(session, target, "GET", "/config")
-        if not reply.ok:
-            raise CtlError(reply.error_message())
-        if args.json:
-            _print_json(io, reply.body)
-        else:
-            print(ctl_day2.to_yaml(ctl_day2.editable(reply.object())).rstrip(), file=io.out)
-        return 0
-    if command == "edit-config":
-        return await ctl_day2.edit_config(args, session, target, out=io.out, ask=io.ask, env=io.env)
-    if command == "restart":
-        return await ctl_day2.restart(
-            args, session, target, out=io.out, sleep=io.sleep, monotonic=io.monotonic
-        )
-    if command == "cancel-restart":
-        reply = await request(session, target, "DELETE", "/rolling-restart")
-        if not reply.ok:
-            raise CtlError(reply.error_message())
-        print("Rolling restart cancelled.", file=io.out)
-        return 0
-    return await ctl_day2.reload(args, session, target, out=io.out)
 
 
 def _seconds_until(iso: object) -> float:

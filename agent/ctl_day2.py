@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import json
 import os
 import shlex
 import subprocess
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import aiohttp
 import yaml
@@ -149,6 +150,49 @@ def diff(old: str, new: str) -> str:
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+class Io(Protocol):
+    """What agent/ctl.py hands its commands: streams, the clock, the question, environment."""
+
+    @property
+    def out(self) -> TextIO: ...
+    @property
+    def sleep(self) -> Callable[[float], Awaitable[None]]: ...
+    @property
+    def monotonic(self) -> Callable[[], float]: ...
+    @property
+    def ask(self) -> Callable[[str], str]: ...
+    @property
+    def env(self) -> Mapping[str, str]: ...
+
+
+async def run_command(
+    args: argparse.Namespace, session: aiohttp.ClientSession, target: Target, io: Io
+) -> int:
+    """One of `COMMANDS`; raises CtlError to exit 1 with its message."""
+    command: str = args.command
+    if command in ("show-config", "cancel-restart"):
+        method, path = (
+            ("GET", "/config") if command == "show-config" else ("DELETE", "/rolling-restart")
+        )
+        reply = await request(session, target, method, path)
+        if not reply.ok:
+            raise CtlError(reply.error_message())
+        if command == "cancel-restart":
+            _print(io.out, "Rolling restart cancelled.")
+        elif args.json:
+            _print(io.out, json.dumps(reply.body, indent=2, sort_keys=True))
+        else:
+            _print(io.out, to_yaml(editable(reply.object())).rstrip())
+        return 0
+    if command == "edit-config":
+        return await edit_config(args, session, target, out=io.out, ask=io.ask, env=io.env)
+    if command == "restart":
+        return await restart(
+            args, session, target, out=io.out, sleep=io.sleep, monotonic=io.monotonic
+        )
+    return await reload(args, session, target, out=io.out)
 
 
 async def _config(session: aiohttp.ClientSession, target: Target) -> tuple[dict[str, object], str]:
