@@ -40,6 +40,10 @@ class ScenarioResult:
     # before the heal; None when it acknowledged none after the fault (single scenarios only).
     old_primary_last_ack_s: float | None = None
     held_s: float = 0.0  # from the fault to the heal
+    # From the fault to the moment the nemesis had put it fully in place (a nemesis may kill
+    # an agent and wait for it before it cuts the DCS): a lease renewed meanwhile is valid
+    # until at most this plus ttl.
+    injected_s: float = 0.0
     # Per fault instant (one for most nemeses; one per SIGTERM of sigterm-chain): the longest
     # stretch without an acknowledged application write, from its last ack before that fault
     # to the next fault (the last: to the end of the window). Single scenarios only.
@@ -138,6 +142,7 @@ class Runner:
             t_fault = time.monotonic()
             wall = time.time()
             injected = await nemesis.run(self.cluster, primary)
+            t_injected = time.monotonic()
             await asyncio.sleep(nemesis.hold_s)
         finally:
             nemesis.heal(self.cluster)
@@ -178,6 +183,7 @@ class Runner:
             result,
             old_primary_last_ack_s=max(served) - t_fault if served else None,
             held_s=t_heal - t_fault,
+            injected_s=t_injected - t_fault,
             gaps_s=tuple(
                 checker.gaps_after(attempts, writer="app", instants=injected.instants, end=t_end)
             ),
