@@ -79,6 +79,7 @@ constraints:
 bench: setup
 	$(PY) bench/dcs_latency.py
 	$(PY) bench/failover.py
+	$(PY) bench/callbacks.py
 
 setup: deb venv
 

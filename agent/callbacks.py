@@ -91,8 +91,8 @@ class CallbackRunner(Protocol):
     async def run(self, event: CallbackEvent, role: str, *, timeout_s: float) -> CallbackRun | None:
         """Run the `event` callback and wait for it, at most `timeout_s`; None: none is set."""
 
-    async def close(self, grace_s: float) -> None:
-        """Give running callbacks up to `grace_s` to finish, then kill them."""
+    async def close(self) -> None:
+        """Give running callbacks a moment to finish (shutdown), then kill them."""
 
 
 class NoCallbacks:
@@ -104,7 +104,7 @@ class NoCallbacks:
     async def run(self, event: CallbackEvent, role: str, *, timeout_s: float) -> CallbackRun | None:
         return None
 
-    async def close(self, grace_s: float) -> None:
+    async def close(self) -> None:
         pass
 
 
@@ -220,10 +220,12 @@ class Callbacks:
             log.warning("callback_done", **fields)
         self._metrics.observe_callback(run.event.value, run.result.value, run.duration_s)
 
-    async def close(self, grace_s: float) -> None:
+    async def close(self) -> None:
+        """Wait for running callbacks up to min(timeout_s, loop_wait_s), then kill them."""
         running = [t for t in self._running.values() if not t.done()]
         if not running:
             return
+        grace_s = min(self._settings.callbacks.timeout_s, self._settings.timing.loop_wait_s)
         _, late = await asyncio.wait(running, timeout=grace_s)
         for task in late:
             task.cancel()

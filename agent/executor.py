@@ -281,8 +281,7 @@ class Executor:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        timing = self.settings.timing
-        await self.callbacks.close(min(self.settings.callbacks.timeout_s, timing.loop_wait_s))
+        await self.callbacks.close()
 
     def _notify(self, action: Action, obs: Observation) -> None:
         """Start the `on_*` callback that follows a successful action (never waits)."""

@@ -102,7 +102,7 @@ async def test_a_callback_gets_its_words_then_event_role_and_cluster(workdir: Pa
     await _until(lambda: _count(metrics, "on_role_change", "ok") == 1)
     user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     assert _calls(workdir) == [f"{user} two words x on_role_change primary main"]
-    await runner.close(1.0)
+    await runner.close()
 
 
 async def test_fire_returns_at_once_and_a_hanging_callback_is_killed_at_its_timeout(
@@ -157,7 +157,7 @@ async def test_a_new_call_for_the_same_event_kills_the_older_one(workdir: Path) 
     await _until(lambda: len(_calls(workdir)) == 2)
     assert _calls(workdir) == ["started on_role_change primary main",
                                "started on_role_change demoted main"]  # fmt: skip
-    await runner.close(0.1)  # kills the second one
+    await runner.close()  # kills the second one (after loop_wait_s)
     assert _count(metrics, "on_role_change", "superseded") == 2
     await _until(lambda: not _sleepers(workdir), timeout_s=2.0)  # SIGKILL lands at once
 

@@ -30,7 +30,7 @@ class FakeCallbacks:
         code = 0 if result is CallbackResult.OK else 1 if result is CallbackResult.FAILED else None
         return CallbackRun(event=event, result=result, exit_code=code, duration_s=0.0)
 
-    async def close(self, grace_s: float) -> None:
+    async def close(self) -> None:
         pass
 
     def events(self, event: CallbackEvent) -> list[str]:
