@@ -99,15 +99,15 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
         if step is not None:
             actions.append(step)
         return decided(memory, reason, *actions)
-    memory = replace(memory, handover_wait_since=None)
     if LocalRequestKind.RESTART in obs.local_requests:
         actions.append(StopPostgres(mode=StopMode.FAST))
+        memory = replace(memory, handover_wait_since=None)
         return decided(memory, "restart requested: restarting the leader in place", *actions)
     restart = restart_step(obs, memory, settings)
-    if restart is not None:
-        actions += restart[0]
-        reason = restart[1]
-    return decided(memory, reason, *actions)
+    if restart is None:
+        return decided(replace(memory, handover_wait_since=None), reason, *actions)
+    restart_actions, reason, memory = restart
+    return decided(memory, reason, *actions, *restart_actions)
 
 
 def _when_leader_is_standby(

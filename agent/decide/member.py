@@ -190,7 +190,7 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         return decided(memory, "restart requested", StopPostgres(mode=StopMode.FAST))
     step = restart_step(obs, memory, settings)
     if step is not None:
-        return decided(memory, step[1], *step[0])
+        return decided(step[2], step[1], *step[0])
     if memory.following != upstream:
         return decided(memory, f"following {upstream}", Follow(leader=upstream))
     return decided(memory, f"streaming from {upstream}")

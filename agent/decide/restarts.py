@@ -65,10 +65,12 @@ def with_reconfigure(
     return replace(decision, actions=tuple(actions)), memory
 
 
-def restart_step(
-    obs: Observation, memory: Memory, settings: Settings
-) -> tuple[tuple[Action, ...], str] | None:
-    """This member's step in a due rolling restart (module docstring), or None."""
+Step = tuple[tuple[Action, ...], str, Memory]
+
+
+def restart_step(obs: Observation, memory: Memory, settings: Settings) -> Step | None:
+    """This member's step in a due rolling restart (module docstring), its reason and the
+    Memory after it, or None."""
     view, local, me = obs.cluster, obs.local, MemberName(settings.name)
     if view is None or view.restart is None or view.leader is None:
         return None
@@ -76,11 +78,9 @@ def restart_step(
     i_lead = view.leader.name == me
     delete = SetRestartSchedule(schedule=None, expected_version=schedule.version)
     if not schedule.members:
-        return (
-            ((delete,), "rolling restart record is empty or unreadable: deleted")
-            if i_lead
-            else None
-        )
+        if not i_lead:
+            return None
+        return (delete,), "rolling restart record is empty or unreadable: deleted", memory
     if obs.wall_now < schedule.scheduled_at:
         return None
     present = {m.name for m in view.members}
@@ -88,11 +88,12 @@ def restart_step(
         if schedule.current == me and not i_lead and local.is_replica and local.streaming:
             cleared = replace(schedule, current=None)
             write = SetRestartSchedule(schedule=cleared, expected_version=schedule.version)
-            return (write,), "rolling restart: streaming again after the restart"
+            return (write,), "rolling restart: streaming again after the restart", memory
         if i_lead and schedule.current not in present:
             cleared = replace(schedule, current=None)
             write = SetRestartSchedule(schedule=cleared, expected_version=schedule.version)
-            return (write,), f"rolling restart: {schedule.current} is gone; going on without it"
+            why = f"rolling restart: {schedule.current} is gone; going on without it"
+            return (write,), why, memory
         return None
     todo = sorted(n for n in schedule.members if n not in schedule.done and n in present)
     replicas = [n for n in todo if n != view.leader.name]
@@ -102,38 +103,43 @@ def restart_step(
         done = replace(schedule, done=(*schedule.done, me))
         if (schedule.pending and not local.pending_restart) or not local.running:
             write = SetRestartSchedule(schedule=done, expected_version=schedule.version)
-            return (write,), "rolling restart: nothing to restart here"
+            return (write,), "rolling restart: nothing to restart here", memory
         write = SetRestartSchedule(
             schedule=replace(done, current=me), expected_version=schedule.version
         )
-        return (write, StopPostgres(mode=StopMode.FAST)), "rolling restart: restarting"
+        return (write, StopPostgres(mode=StopMode.FAST)), "rolling restart: restarting", memory
     if not i_lead:
         return None
     return _leader_turn(obs, memory, settings, listed=me in todo)
 
 
-def _leader_turn(
-    obs: Observation, memory: Memory, settings: Settings, *, listed: bool
-) -> tuple[tuple[Action, ...], str] | None:
-    view, local = obs.cluster, obs.local
+def _leader_turn(obs: Observation, memory: Memory, settings: Settings, *, listed: bool) -> Step:
+    """The leader's turn, last: a hand-over to a replica that streams from it caught up
+    (waiting for one at most switchover_timeout_s), else a restart in place."""
+    view, local, now = obs.cluster, obs.local, obs.now
     assert view is not None and view.restart is not None
     delete = SetRestartSchedule(schedule=None, expected_version=view.restart.version)
+    done = replace(memory, handover_wait_since=None)
     if not listed or not local.is_primary:
-        return (delete,), "rolling restart: every member had its turn"
+        return (delete,), "rolling restart: every member had its turn", done
     if view.restart.pending and not local.pending_restart:
-        return (delete,), "rolling restart: nothing to restart on the leader"
+        return (delete,), "rolling restart: nothing to restart on the leader", done
     stop = StopPostgres(mode=StopMode.FAST)
     if view.restart.in_place:
-        return (delete, stop), "rolling restart: restarting the leader in place"
+        return (delete, stop), "rolling restart: restarting the leader in place", done
     if hot_standby_decrease(local, dynamic_for(view, settings, local)):
-        return (delete, stop), (
-            "rolling restart: restarting the leader in place (a hot-standby setting goes down)"
-        )
+        why = "rolling restart: restarting the leader in place (a hot-standby setting goes down)"
+        return (delete, stop), why, done
     candidate, ready = choose_handover(view, local, settings)
-    if candidate is None:
-        return (delete, stop), "rolling restart: no replica to hand over to; restarting in place"
-    if not ready:
-        return None
-    return (delete, HandOver(candidate=candidate.name)), (
-        f"rolling restart: handing over to {candidate.name}"
-    )
+    if candidate is not None and ready:
+        return (
+            (delete, HandOver(candidate=candidate.name)),
+            f"rolling restart: handing over to {candidate.name}",
+            done,
+        )
+    since = memory.handover_wait_since if memory.handover_wait_since is not None else now
+    if candidate is None or now - since >= settings.timing.switchover_timeout_s:
+        why = "rolling restart: no replica streams from us caught up; restarting in place"
+        return (delete, stop), why, done
+    why = f"rolling restart: waiting for {candidate.name} to stream from us caught up"
+    return (), why, replace(memory, handover_wait_since=since)

@@ -121,6 +121,8 @@ async def test_a_reload_parameter_reaches_every_member_and_bad_input_changes_not
             (m.run_dir / "postgres" / "pg_hba.conf").read_text() for m in cluster.members
         ] == hba
         assert await shown_everywhere(cluster, "log_min_duration_statement") == {"250ms"}
+        code, out = await pgctl(cluster, "reload")
+        assert code == 0 and out.count("reload requested") == 3, out
 
 
 async def test_a_restart_only_parameter_is_pending_until_a_pending_rolling_restart(

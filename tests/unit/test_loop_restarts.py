@@ -129,3 +129,43 @@ async def test_lowering_a_hot_standby_minimum_restarts_the_leader_in_place_first
     for _ in range(2):
         await c.round()
     assert all(pending(c)[n] == ("max_connections",) for n in c.nodes if n != leader)
+
+
+async def test_a_scheduled_restart_waits_for_its_time() -> None:
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    starts = {n: node.pg.calls.count("start") for n, node in c.nodes.items()}
+    at = c.clock.wall() + 30
+    schedule = RestartSchedule(members=(MemberName("b"),), scheduled_at=at)
+    assert await c["a"].dcs.write_record(
+        RecordKind.RESTART, schedule.to_json(), expected_version=None
+    )
+    for _ in range(20):
+        await c.round()
+    assert c.store.get_raw("restart") is not None
+    assert {n: node.pg.calls.count("start") for n, node in c.nodes.items()} == starts
+    await c.run_until(lambda: c.store.get_raw("restart") is None, limit_s=60)
+    assert c.clock.wall() >= at
+    assert c["b"].pg.calls.count("start") == starts["b"] + 1
+    assert c.leader() == leader and c["a"].pg.calls.count("start") == starts["a"]
+
+
+async def test_a_leader_with_no_caught_up_replica_restarts_in_place_after_the_timeout() -> None:
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    for name in c.nodes:
+        if name != leader:
+            c[name].pg.receiving = False
+    c[leader].pg.write(50)
+    starts = c[leader].pg.calls.count("start")
+    schedule = RestartSchedule(members=(MemberName(leader),), scheduled_at=c.clock.wall())
+    assert await c["a"].dcs.write_record(
+        RecordKind.RESTART, schedule.to_json(), expected_version=None
+    )
+    for _ in range(3):
+        await c.round()
+    assert c[leader].pg.calls.count("start") == starts  # waiting for a hand-over candidate
+    waited = await c.run_until(lambda: c.store.get_raw("restart") is None, limit_s=60)
+    assert waited >= c[leader].settings.timing.switchover_timeout_s - 3
+    await c.run_until(lambda: c[leader].pg.is_primary)
+    assert c.leader() == leader and c[leader].pg.calls.count("start") == starts + 1
