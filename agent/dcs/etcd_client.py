@@ -20,39 +20,87 @@ Contracts shared by every call:
 - The constructor does no I/O: a client can be built while etcd is down. The aiohttp session is
   created on first use, in the running event loop.
 
-The gateway's JSON is decoded in one place (the `_dec_*` functions): keys and values are base64,
-int64 fields are strings, and fields with default values (0, false, PUT) are omitted.
+The gateway's JSON is encoded and decoded in one place, agent/dcs/etcd_wire.py (with the value
+types and errors, which this module re-exports); a hedged call's attempts are tracked by
+agent/dcs/etcd_hedge.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 import aiohttp
 
-from agent.dcs.base import DcsAuthError, DcsError, DcsUnavailable
+from agent.dcs.etcd_hedge import Hedge, Post, Retryable, TokenRejected
+from agent.dcs.etcd_wire import (
+    GRPC_NOT_FOUND,
+    GRPC_PERMISSION_DENIED,
+    GRPC_UNAUTHENTICATED,
+    RETRYABLE_CODES,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteOp,
+    EtcdAuthFailed,
+    EtcdCompacted,
+    EtcdError,
+    EtcdLeaseNotFound,
+    EtcdPermissionDenied,
+    EtcdUnavailable,
+    EventType,
+    GatewayError,
+    KeyValue,
+    PutOp,
+    RangeOp,
+    RangeResult,
+    TxnOp,
+    TxnResult,
+    WatchBatch,
+    WatchEvent,
+    b64,
+    dec_error,
+    dec_event,
+    dec_int,
+    dec_range,
+    dec_revision,
+    enc_compare,
+    enc_key_range,
+    enc_op,
+    is_bad_credentials,
+    is_token_error,
+    prefix_end,
+)
 
-# gRPC status codes the gateway puts in its error bodies.
-_GRPC_INVALID_ARGUMENT = 3
-_GRPC_DEADLINE_EXCEEDED = 4
-_GRPC_NOT_FOUND = 5
-_GRPC_PERMISSION_DENIED = 7
-_GRPC_RESOURCE_EXHAUSTED = 8
-_GRPC_FAILED_PRECONDITION = 9
-_GRPC_UNAVAILABLE = 14
-_GRPC_UNAUTHENTICATED = 16
-
-# Codes that mean "this member cannot serve the request now; another one may".
-_RETRYABLE_CODES = frozenset({_GRPC_DEADLINE_EXCEEDED, _GRPC_RESOURCE_EXHAUSTED, _GRPC_UNAVAILABLE})
+# The client's API: the value types and errors live in etcd_wire, importable from here.
+__all__ = [
+    "Compare",
+    "CompareResult",
+    "CompareTarget",
+    "DeleteOp",
+    "EtcdAuthFailed",
+    "EtcdClient",
+    "EtcdCompacted",
+    "EtcdError",
+    "EtcdLeaseNotFound",
+    "EtcdPermissionDenied",
+    "EtcdUnavailable",
+    "EventType",
+    "KeyValue",
+    "Post",
+    "PutOp",
+    "RangeOp",
+    "RangeResult",
+    "TxnOp",
+    "TxnResult",
+    "WatchBatch",
+    "WatchEvent",
+    "prefix_end",
+]
 
 # Backoff between passes over all endpoints (connection refused fails instantly: do not spin).
 _BACKOFF_FIRST_S = 0.05
@@ -64,336 +112,6 @@ _BACKOFF_MAX_S = 1.0
 # old sequential failover's halving did), and an endpoint that answers slowly keeps the
 # rest of the deadline.
 _HEDGE_SHARE_OF_TIMEOUT = 0.25
-
-
-class EtcdError(DcsError):
-    """etcd refused a request (an error that retrying elsewhere would not fix)."""
-
-
-class EtcdUnavailable(DcsUnavailable):
-    """No endpoint answered usefully within the call's deadline."""
-
-
-class EtcdAuthFailed(DcsAuthError):
-    """etcd refused our credentials (wrong user or password, or none given while auth is on)."""
-
-
-class EtcdPermissionDenied(EtcdError):
-    """Authenticated, but the user's roles do not allow this request."""
-
-
-class EtcdLeaseNotFound(EtcdError):
-    """A put (or txn put) named a lease that does not exist (revoked or expired)."""
-
-
-class EtcdCompacted(EtcdError):
-    """A watch's start (or resume) revision was compacted: events may have been lost."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"watch revision compacted (compact revision {compact_revision})")
-        self.compact_revision = compact_revision
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeyValue:
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RangeResult:
-    kvs: tuple[KeyValue, ...]
-    revision: int  # the store revision the read was served at (response header)
-
-
-class CompareTarget(StrEnum):
-    VERSION = "VERSION"
-    CREATE = "CREATE"
-    MOD = "MOD"
-    VALUE = "VALUE"
-    LEASE = "LEASE"
-
-
-class CompareResult(StrEnum):
-    EQUAL = "EQUAL"
-    GREATER = "GREATER"
-    LESS = "LESS"
-    NOT_EQUAL = "NOT_EQUAL"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Compare:
-    """One txn guard. `value` is bytes for the VALUE target, an int for every other target."""
-
-    key: bytes
-    target: CompareTarget
-    result: CompareResult
-    value: int | bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PutOp:
-    key: bytes
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeleteOp:
-    key: bytes
-    prefix: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RangeOp:
-    key: bytes
-    prefix: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TxnResult:
-    succeeded: bool
-    revision: int
-    ranges: tuple[RangeResult, ...]  # results of the RangeOps in the branch taken, in order
-
-
-class EventType(StrEnum):
-    PUT = "PUT"
-    DELETE = "DELETE"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WatchEvent:
-    """For DELETE only `kv.key` and `kv.mod_revision` (the deletion's revision) are set."""
-
-    type: EventType
-    kv: KeyValue
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WatchBatch:
-    events: tuple[WatchEvent, ...]
-    revision: int  # response header revision
-
-
-TxnOp = PutOp | DeleteOp | RangeOp
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoding and decoding of the gateway's JSON (the only place that knows its quirks).
-
-
-def prefix_end(key: bytes) -> bytes:
-    """The smallest key greater than every key starting with `key` (etcd's `range_end`)."""
-    stripped = key.rstrip(b"\xff")
-    if not stripped:
-        return b"\x00"  # every key
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _dec_bytes(obj: dict[str, Any], name: str) -> bytes:
-    raw = obj.get(name)
-    return base64.b64decode(raw) if raw else b""
-
-
-def _dec_int(obj: dict[str, Any], name: str) -> int:
-    raw = obj.get(name)
-    return int(raw) if raw is not None else 0
-
-
-def _dec_revision(obj: dict[str, Any]) -> int:
-    header = obj.get("header")
-    return _dec_int(header, "revision") if isinstance(header, dict) else 0
-
-
-def _dec_kv(obj: dict[str, Any]) -> KeyValue:
-    return KeyValue(
-        key=_dec_bytes(obj, "key"),
-        value=_dec_bytes(obj, "value"),
-        create_revision=_dec_int(obj, "create_revision"),
-        mod_revision=_dec_int(obj, "mod_revision"),
-        version=_dec_int(obj, "version"),
-        lease=_dec_int(obj, "lease"),
-    )
-
-
-def _dec_range(obj: dict[str, Any], revision: int | None = None) -> RangeResult:
-    kvs = tuple(_dec_kv(kv) for kv in obj.get("kvs", ()))
-    return RangeResult(kvs=kvs, revision=_dec_revision(obj) if revision is None else revision)
-
-
-def _dec_event(obj: dict[str, Any]) -> WatchEvent:
-    kind = EventType.DELETE if obj.get("type") == "DELETE" else EventType.PUT
-    return WatchEvent(type=kind, kv=_dec_kv(obj.get("kv") or {}))
-
-
-def _enc_key_range(key: bytes, prefix: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"key": _b64(key)}
-    if prefix:
-        body["range_end"] = _b64(prefix_end(key))
-    return body
-
-
-def _enc_compare(cmp: Compare) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "key": _b64(cmp.key),
-        "target": str(cmp.target),
-        "result": str(cmp.result),
-    }
-    if cmp.target is CompareTarget.VALUE:
-        if not isinstance(cmp.value, bytes):
-            raise TypeError("a VALUE compare needs a bytes value")
-        body["value"] = _b64(cmp.value)
-        return body
-    if not isinstance(cmp.value, int) or isinstance(cmp.value, bool):
-        raise TypeError(f"a {cmp.target} compare needs an int value")
-    field = {
-        CompareTarget.VERSION: "version",
-        CompareTarget.CREATE: "create_revision",
-        CompareTarget.MOD: "mod_revision",
-        CompareTarget.LEASE: "lease",
-    }[cmp.target]
-    body[field] = str(cmp.value)
-    return body
-
-
-def _enc_op(op: TxnOp) -> dict[str, Any]:
-    match op:
-        case PutOp():
-            put: dict[str, Any] = {"key": _b64(op.key), "value": _b64(op.value)}
-            if op.lease:
-                put["lease"] = str(op.lease)
-            return {"request_put": put}
-        case DeleteOp():
-            return {"request_delete_range": _enc_key_range(op.key, op.prefix)}
-        case RangeOp():
-            return {"request_range": _enc_key_range(op.key, op.prefix)}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _GatewayError:
-    """An error body of the gateway: unary `{"error","code","message"}` or streamed
-    `{"error": {"grpc_code", "message", ...}}`."""
-
-    code: int
-    message: str
-
-
-def _dec_error(obj: dict[str, Any]) -> _GatewayError | None:
-    err = obj.get("error")
-    if err is None:
-        return None
-    if isinstance(err, dict):
-        return _GatewayError(code=_dec_int(err, "grpc_code"), message=str(err.get("message", "")))
-    return _GatewayError(code=_dec_int(obj, "code"), message=str(obj.get("message") or err))
-
-
-def _is_token_error(err: _GatewayError) -> bool:
-    """The token we sent is no longer good (or we sent none and auth is now on): get a new
-    one and retry."""
-    return err.code == _GRPC_UNAUTHENTICATED or (
-        err.code == _GRPC_INVALID_ARGUMENT
-        and ("auth store is old" in err.message or "user name is empty" in err.message)
-    )
-
-
-def _is_bad_credentials(err: _GatewayError) -> bool:
-    return err.code == _GRPC_INVALID_ARGUMENT and (
-        "authentication failed" in err.message or "user name is empty" in err.message
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Internal control-flow exceptions of one attempt on one endpoint.
-
-
-class _Retryable(Exception):
-    """This endpoint failed in a way another endpoint may not: try the next one."""
-
-
-class _TokenRejected(Exception):
-    """The endpoint rejected the auth token we sent (`token`; None when we sent none)."""
-
-    def __init__(self, token: str | None = None) -> None:
-        super().__init__("auth token rejected")
-        self.token = token
-
-
-# One unary request on the wire: (url, JSON body, headers) -> (HTTP status, decoded answer).
-Post = Callable[[str, dict[str, Any], dict[str, str]], Awaitable[tuple[int, Any]]]
-_Attempt = Callable[[int], Coroutine[Any, Any, dict[str, Any]]]
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a finished attempt's exception as seen (one cancelled after another won)."""
-    if not task.cancelled():
-        task.exception()
-
-
-class _Hedge:
-    """The attempts of one call (see `EtcdClient._call_with_failover`): which endpoints of
-    this pass are untried, which attempts run, and why each endpoint last failed."""
-
-    def __init__(
-        self, *, launch: _Attempt, endpoints: Sequence[str], failures: dict[str, str]
-    ) -> None:
-        self._launch = launch
-        self._endpoints = endpoints
-        self._failures = failures
-        self.running: dict[asyncio.Task[dict[str, Any]], int] = {}
-        self.untried: collections.deque[int] = collections.deque()
-
-    def new_pass(self, first: int) -> None:
-        count = len(self._endpoints)
-        self.untried = collections.deque((first + k) % count for k in range(count))
-
-    def start_next(self) -> None:
-        self.start(self.untried.popleft())
-
-    def start(self, index: int) -> None:
-        if index in self.untried:
-            self.untried.remove(index)
-        task = asyncio.ensure_future(self._launch(index))
-        task.add_done_callback(_retrieve)
-        self.running[task] = index
-
-    async def wait(
-        self, timeout_s: float | None
-    ) -> tuple[int, dict[str, Any] | _Retryable | _TokenRejected | TimeoutError] | None:
-        """The first attempt to finish (an answer before a failure): its endpoint and its
-        answer or failure; None if none finished within `timeout_s`. Raises what an
-        endpoint answered that another one would not change (EtcdError)."""
-        done, _ = await asyncio.wait(
-            self.running, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        if not done:
-            return None
-        task = next((t for t in done if t.exception() is None), next(iter(done)))
-        index = self.running.pop(task)
-        exc = task.exception()
-        if exc is None:
-            return index, task.result()
-        if isinstance(exc, _Retryable | TimeoutError):
-            self._failures[self._endpoints[index]] = _describe(exc)
-            return index, exc
-        if isinstance(exc, _TokenRejected):
-            return index, exc
-        raise exc
-
-    def cancel(self) -> None:
-        """Cancel the attempts still running (the call is answered, failed or cancelled)."""
-        for task, index in self.running.items():
-            self._failures.setdefault(self._endpoints[index], "no answer in time")
-            task.cancel()
-        self.running.clear()
 
 
 class EtcdClient:
@@ -455,24 +173,24 @@ class EtcdClient:
     ) -> RangeResult:
         """Read `key` (or every key under the prefix `key`). Linearizable unless
         `serializable` (then any member answers from its local state, even without a leader)."""
-        body = _enc_key_range(key, prefix)
+        body = enc_key_range(key, prefix)
         if serializable:
             body["serializable"] = True
         resp = await self._call("/v3/kv/range", body, require_leader=not serializable)
-        return _dec_range(resp)
+        return dec_range(resp)
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         """Write `key`; returns the revision of the write. Raises `EtcdLeaseNotFound` when
         `lease` is not 0 and no longer exists."""
-        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             body["lease"] = str(lease)
-        return _dec_revision(await self._call("/v3/kv/put", body))
+        return dec_revision(await self._call("/v3/kv/put", body))
 
     async def delete(self, key: bytes, *, prefix: bool = False) -> int:
         """Delete `key` (or every key under the prefix); returns how many keys were deleted."""
-        resp = await self._call("/v3/kv/deleterange", _enc_key_range(key, prefix))
-        return _dec_int(resp, "deleted")
+        resp = await self._call("/v3/kv/deleterange", enc_key_range(key, prefix))
+        return dec_int(resp, "deleted")
 
     async def txn(
         self,
@@ -483,14 +201,14 @@ class EtcdClient:
         """Atomically: if every compare holds run `success`, else run `failure`.
         `ranges` holds the results of the RangeOps of the branch taken, in order."""
         body = {
-            "compare": [_enc_compare(c) for c in compares],
-            "success": [_enc_op(op) for op in success],
-            "failure": [_enc_op(op) for op in failure],
+            "compare": [enc_compare(c) for c in compares],
+            "success": [enc_op(op) for op in success],
+            "failure": [enc_op(op) for op in failure],
         }
         resp = await self._call("/v3/kv/txn", body)
-        revision = _dec_revision(resp)
+        revision = dec_revision(resp)
         ranges = tuple(
-            _dec_range(r["response_range"], revision)
+            dec_range(r["response_range"], revision)
             for r in resp.get("responses", ())
             if "response_range" in r
         )
@@ -500,13 +218,13 @@ class EtcdClient:
         """A new lease; returns (lease id, ttl granted). etcd may grant more than asked for
         (its minimum is about 1.5 election timeouts)."""
         resp = await self._call("/v3/lease/grant", {"TTL": str(ttl_s)})
-        return _dec_int(resp, "ID"), _dec_int(resp, "TTL")
+        return dec_int(resp, "ID"), dec_int(resp, "TTL")
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Renew the lease; returns its ttl from now, or 0 when the lease is gone or expired."""
         resp = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)})
         result = resp.get("result")
-        return _dec_int(result, "TTL") if isinstance(result, dict) else 0
+        return dec_int(result, "TTL") if isinstance(result, dict) else 0
 
     async def lease_revoke(self, lease_id: int) -> None:
         """Revoke the lease, deleting its keys. A lease that is already gone is not an error."""
@@ -548,7 +266,7 @@ class EtcdClient:
         index = self._preferred
         while True:
             create: dict[str, Any] = {
-                **_enc_key_range(key, prefix),
+                **enc_key_range(key, prefix),
                 "start_revision": str(next_revision),
             }
             delivered = False
@@ -564,11 +282,11 @@ class EtcdClient:
                 failures = 0
                 backoff_s = _BACKOFF_FIRST_S
                 continue
-            except _TokenRejected as rejected:
+            except TokenRejected as rejected:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._timeout_s):
                         await self._reauthenticate(rejected.token)
-            except _Retryable:
+            except Retryable:
                 pass
             # The stream failed (or its token was rejected): the member may be gone; try the next.
             index = (index + 1) % len(self._endpoints)
@@ -583,7 +301,7 @@ class EtcdClient:
         self, endpoint: str, body: dict[str, Any]
     ) -> AsyncGenerator[WatchBatch, None]:
         """One watch stream on one endpoint, for at most `watch_refresh_s`. Ends normally when
-        that period is over; raises `_Retryable` / `_TokenRejected` / `EtcdError` otherwise.
+        that period is over; raises `Retryable` / `TokenRejected` / `EtcdError` otherwise.
 
         No `yield` happens inside a timeout block: the consumer runs at each yield, and a
         deadline firing then would cancel the consumer instead of this read."""
@@ -598,7 +316,7 @@ class EtcdClient:
                 sent_token = self._token
                 resp = await session.post(f"{endpoint}/v3/watch", json=body, headers=headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _Retryable from exc
+            raise Retryable from exc
         try:
             if resp.status != 200:
                 payload = await _read_json_bounded(resp, self._timeout_s)
@@ -615,9 +333,9 @@ class EtcdClient:
                 except TimeoutError:
                     if created:
                         return  # refresh period over: the caller opens a new stream
-                    raise _Retryable("watch stream not created in time") from None
+                    raise Retryable("watch stream not created in time") from None
                 if not chunk:
-                    raise _Retryable("watch stream closed by the server")
+                    raise Retryable("watch stream closed by the server")
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
@@ -630,33 +348,33 @@ class EtcdClient:
                     if batch is not None:
                         yield batch
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise _Retryable from exc
-        except _TokenRejected:
-            raise _TokenRejected(sent_token) from None
+            raise Retryable from exc
+        except TokenRejected:
+            raise TokenRejected(sent_token) from None
         finally:
             resp.close()
 
     def _watch_message(self, msg: dict[str, Any]) -> WatchBatch | None:
-        err = _dec_error(msg)
+        err = dec_error(msg)
         if err is not None:
             self._raise_for_gateway_error(err)
         result = msg.get("result")
         if not isinstance(result, dict):
-            raise _Retryable("unexpected watch message")
+            raise Retryable("unexpected watch message")
         if result.get("canceled"):
-            compact_revision = _dec_int(result, "compact_revision")
+            compact_revision = dec_int(result, "compact_revision")
             if compact_revision:
                 raise EtcdCompacted(compact_revision)
             reason = str(result.get("cancel_reason", ""))
             if "Unauthenticated" in reason or "auth store is old" in reason:
-                raise _TokenRejected
+                raise TokenRejected
             if "PermissionDenied" in reason:
                 raise EtcdPermissionDenied("etcd: permission denied for watch")
-            raise _Retryable(f"watch canceled: {reason}")
-        events = tuple(_dec_event(e) for e in result.get("events", ()))
+            raise Retryable(f"watch canceled: {reason}")
+        events = tuple(dec_event(e) for e in result.get("events", ()))
         if not events:
             return None
-        return WatchBatch(events=events, revision=_dec_revision(result))
+        return WatchBatch(events=events, revision=dec_revision(result))
 
     # -- the request engine --------------------------------------------------------------------
 
@@ -712,7 +430,7 @@ class EtcdClient:
         first answer.
         """
         failures = {} if failures is None else failures
-        hedge = _Hedge(
+        hedge = Hedge(
             launch=lambda index: self._attempt(
                 self._endpoints[index], path, body, require_leader, with_token
             ),
@@ -740,7 +458,7 @@ class EtcdClient:
                     hedge.start_next()
                     continue
                 index, outcome = done
-                if isinstance(outcome, _TokenRejected):
+                if isinstance(outcome, TokenRejected):
                     if reauthenticated:
                         raise EtcdAuthFailed("etcd: auth token rejected after re-authentication")
                     reauthenticated = True
@@ -776,14 +494,14 @@ class EtcdClient:
         try:
             status, payload = await self._post(f"{endpoint}{path}", body, headers)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise _Retryable from exc
+            raise Retryable from exc
         if not isinstance(payload, dict):
-            raise _Retryable(f"unexpected answer from {path}")
+            raise Retryable(f"unexpected answer from {path}")
         if status != 200 or "error" in payload:
             try:
                 self._raise_for_error(payload, status)
-            except _TokenRejected:
-                raise _TokenRejected(sent_token) from None
+            except TokenRejected:
+                raise TokenRejected(sent_token) from None
         return payload
 
     async def _post_http(
@@ -795,23 +513,23 @@ class EtcdClient:
             return resp.status, await resp.json(content_type=None)
 
     def _raise_for_error(self, payload: Any, status: int) -> NoReturn:
-        err = _dec_error(payload) if isinstance(payload, dict) else None
+        err = dec_error(payload) if isinstance(payload, dict) else None
         if err is None:
             if status >= 500:
-                raise _Retryable(f"HTTP {status}")
+                raise Retryable(f"HTTP {status}")
             raise EtcdError(f"etcd gateway answered HTTP {status}")
         self._raise_for_gateway_error(err)
 
-    def _raise_for_gateway_error(self, err: _GatewayError) -> NoReturn:
-        if err.code in _RETRYABLE_CODES:
-            raise _Retryable(err.message)
-        if self._username is not None and _is_token_error(err):
-            raise _TokenRejected
-        if err.code == _GRPC_UNAUTHENTICATED or _is_bad_credentials(err):
+    def _raise_for_gateway_error(self, err: GatewayError) -> NoReturn:
+        if err.code in RETRYABLE_CODES:
+            raise Retryable(err.message)
+        if self._username is not None and is_token_error(err):
+            raise TokenRejected
+        if err.code == GRPC_UNAUTHENTICATED or is_bad_credentials(err):
             raise EtcdAuthFailed(f"etcd: {err.message}")
-        if err.code == _GRPC_PERMISSION_DENIED:
+        if err.code == GRPC_PERMISSION_DENIED:
             raise EtcdPermissionDenied(f"etcd: {err.message}")
-        if err.code == _GRPC_NOT_FOUND and "lease not found" in err.message:
+        if err.code == GRPC_NOT_FOUND and "lease not found" in err.message:
             raise EtcdLeaseNotFound(f"etcd: {err.message}")
         raise EtcdError(f"etcd: {err.message} (code {err.code})")
 
@@ -887,12 +605,4 @@ async def _read_json_bounded(resp: aiohttp.ClientResponse, timeout_s: float) -> 
         async with asyncio.timeout(timeout_s):
             return await resp.json(content_type=None)
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-        raise _Retryable from exc
-
-
-def _describe(exc: BaseException) -> str:
-    """A short, secret-free description of why an attempt failed."""
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    return (str(cause) or type(cause).__name__)[:200]
+        raise Retryable from exc

@@ -67,5 +67,14 @@ def run_virtual(
     try:
         return loop.run_until_complete(main)
     finally:
+        # Tasks the test left running (other members' watches): cancelled, not destroyed.
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(_drain(left))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def _drain(tasks: set[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
