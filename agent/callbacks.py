@@ -134,7 +134,7 @@ class Callbacks:
         if self._running.get(event) is task:
             del self._running[event]
         if not task.cancelled():
-            task.exception()  # retrieved: a supervisor that raised was logged already
+            task.exception()  # retrieved (run() reports every ending itself)
 
     async def run(self, event: CallbackEvent, role: str, *, timeout_s: float) -> CallbackRun | None:
         argv = self._settings.callbacks.argv(event, role, self._settings.cluster)
@@ -154,6 +154,14 @@ class Callbacks:
                 role,
             )
             raise
+        except Exception as exc:  # a supervisor bug must not become an unretrieved task error
+            outcome = CallbackRun(
+                event=event,
+                result=CallbackResult.ERROR,
+                exit_code=None,
+                duration_s=self._clock.monotonic() - started,
+                output=repr(exc),
+            )
         self._report(outcome, role)
         return outcome
 
