@@ -177,10 +177,17 @@ class Callbacks:
                 output=output[-_OUTPUT_TAIL:],
             )
 
+        # Shielded: a cancel (a newer call) that lands while the process is being started
+        # (it may already run) must still find it to kill it.
+        spawning = asyncio.ensure_future(self._spawn(argv))
         try:
-            proc = await self._spawn(argv)
+            proc = await asyncio.shield(spawning)
         except (OSError, PostgresError) as exc:
             return ended(CallbackResult.ERROR, None, str(exc))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await _kill_group(await spawning)
+            raise
         try:
             async with asyncio.timeout(timeout_s):
                 out, _ = await proc.communicate()
