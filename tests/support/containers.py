@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -38,6 +39,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.ports import free_ports
+from tests.support.workload import WriterLog
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("PGWARDEN_TEST_IMAGE", "pgwarden:0.1.0")
@@ -46,6 +48,23 @@ BUILD_STAGE_IMAGE = "{0}-build-stage:{2}".format(*IMAGE.rpartition(":"))
 POSTGRES_UID = 999  # the image's postgres user (Dockerfile), runAsUser/fsGroup in the manifests
 GRACE_S = 90  # terminationGracePeriodSeconds of the StatefulSet
 PODMAN_TIMEOUT_S = 120.0
+
+
+_VALUES = itertools.count(1_000_000, 1_000_000)
+
+
+def fresh_values() -> int:
+    """A start value for a writer that no earlier writer of this process used: the probe
+    table's values are its primary key, and a writer whose inserts collide gets no write
+    acknowledged at all."""
+    return next(_VALUES)
+
+
+def first_write_elsewhere(log: WriterLog, at: float, old: ContainerMember) -> float | None:
+    """When an application writer first got a write acknowledged after `at` by a member other
+    than `old` (the old primary may still acknowledge some just after `at`)."""
+    elsewhere = [a.at for a in log.acks if a.at >= at and a.member != f"127.0.0.1:{old.pg_port}"]
+    return min(elsewhere) if elsewhere else None
 
 
 def podman(*args: str, timeout: float = PODMAN_TIMEOUT_S, check: bool = True) -> str:
@@ -105,9 +124,22 @@ def make_pod_volumes(member: ContainerMember) -> None:
 class PodmanCluster:
     """Containers of the real image with the pod's hardening (module docstring)."""
 
-    def __init__(self, *, base: Path, dcs_yaml: str, size: int = 3, image: str = IMAGE) -> None:
+    def __init__(
+        self,
+        *,
+        base: Path,
+        dcs_yaml: str,
+        size: int = 3,
+        image: str = IMAGE,
+        env: dict[str, str] | None = None,
+        mounts: dict[Path, str] | None = None,
+    ) -> None:
+        """`dcs_yaml` is the ConfigMap's `10-dcs.yaml`; `env` and `mounts` (host path to
+        container path, read-only) are added to every member's container."""
         self.base = base
         self.image = image
+        self.env = dict(env or {})
+        self.mounts = dict(mounts or {})
         self.prefix = f"pgw-test-{uuid.uuid4().hex[:8]}"
         self.superuser_password = secrets.token_hex(12)
         self.api_token = secrets.token_hex(12)
@@ -173,7 +205,9 @@ class PodmanCluster:
         args += ["-v", f"{member.volume}:/var/lib/postgresql/data"]
         args += ["-v", f"{self.base / 'conf.d'}:/etc/pgwarden/conf.d:ro"]
         args += ["-v", f"{self.base / 'secrets'}:/etc/pgwarden/secrets:ro"]
-        for key, value in env.items():
+        for source, target in self.mounts.items():
+            args += ["-v", f"{source}:{target}:ro"]
+        for key, value in {**env, **self.env}.items():
             args += ["-e", f"{key}={value}"]
         for item in extra_env:
             args += ["-e", item]
@@ -199,6 +233,13 @@ class PodmanCluster:
         started = time.monotonic()
         podman("stop", "--time", str(GRACE_S), self.members[index].container, timeout=GRACE_S + 30)
         return time.monotonic() - started
+
+    def revive(self) -> None:
+        """Start every container that is not running (what a scenario that failed half-way
+        may have left stopped or killed), as the kubelet would."""
+        for member in self.members:
+            if self.state(member.index).get("Status") != "running":
+                self.start(member.index)
 
     def kill(self, index: int) -> None:
         """`podman kill`: SIGKILL to the whole container (agent, fencer, PostgreSQL)."""

@@ -1,44 +1,85 @@
-"""Three containers of the real image against an etcd on the host, hardened like the pods.
+"""Three containers of the real image, hardened like the pods, with either DCS: an etcd on
+the host, or the in-tree test API server with the service-account token and CA mounted
+where Kubernetes mounts them.
 
-The scenarios share one cluster (tests/support/containers.py: read-only root filesystem, no
-capabilities, no-new-privileges, uid 999, the fsGroup-shaped emptyDir at /run/pgwarden, the
-shipped settings `k8s/base/config/00-base.yaml` with its timings: ttl 10 s). Each starts by
-waiting for a converged cluster, so one that fails half-way does not fail the next. An
-application writer (libpq multi-host, target_session_attrs=read-write, one insert every
-50 ms) measures how long writes stop.
+The scenarios share one cluster per DCS (tests/support/containers.py: read-only root
+filesystem, no capabilities, no-new-privileges, uid 999, the fsGroup-shaped emptyDir at
+/run/pgwarden, the shipped settings `k8s/base/config/00-base.yaml` with its timings: ttl
+10 s). Each starts by waiting for a converged cluster, so one that fails half-way does not
+fail the next. An application writer (libpq multi-host, target_session_attrs=read-write, one
+insert every 50 ms) measures how long writes stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import shutil
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
-from tests.support.containers import POSTGRES_UID, PodmanCluster, make_pod_volumes, podman
+from tests.support.containers import (
+    POSTGRES_UID,
+    REPO,
+    ContainerMember,
+    PodmanCluster,
+    first_write_elsewhere,
+    fresh_values,
+    make_pod_volumes,
+    podman,
+)
 from tests.support.etcd import EtcdCluster
+from tests.support.kube import ApiServerProcess, apiserver_process
 from tests.support.workload import AppWriter, WriterLog, ensure_table
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
 
 TTL_S = 10.0  # timing.ttl_s in k8s/base/config/00-base.yaml
 BOOTSTRAP_TIMEOUT_S = 120.0
-FAILOVER_MARGIN_S = 3.0
+FAILOVER_MARGIN_S = 1.5
+NAMESPACE = "pgwarden"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SHIPPED_K8S_DCS = REPO / "k8s" / "base" / "config" / "10-dcs.yaml"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["etcd", "kubernetes"])
 def cluster(
-    etcd1_cluster: EtcdCluster, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    etcd1_cluster: EtcdCluster,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PodmanCluster]:
-    endpoints = "".join(f"\n      - {url}" for url in etcd1_cluster.endpoints)
-    dcs = f"namespace: containers\ndcs:\n  kind: etcd\n  etcd:\n    endpoints:{endpoints}\n"
-    running = PodmanCluster(base=tmp_path_factory.mktemp("containers"), dcs_yaml=dcs)
+    base = tmp_path_factory.mktemp(f"containers-{request.param}")
+    if request.param == "etcd":
+        endpoints = "".join(f"\n      - {url}" for url in etcd1_cluster.endpoints)
+        dcs = f"namespace: containers\ndcs:\n  kind: etcd\n  etcd:\n    endpoints:{endpoints}\n"
+        yield from started(PodmanCluster(base=base / "pods", dcs_yaml=dcs))
+    else:
+        with kubernetes_api(base) as (api, service_account):
+            running = PodmanCluster(
+                base=base / "pods",
+                dcs_yaml=SHIPPED_K8S_DCS.read_text(),  # the Endpoints lock, as shipped
+                env={
+                    "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                    "KUBERNETES_SERVICE_PORT": str(api.port),
+                    "POD_NAMESPACE": NAMESPACE,
+                },
+                mounts={service_account: SA_DIR},
+            )
+            create_pods(api, running)
+            yield from started(running)
+
+
+def started(running: PodmanCluster) -> Iterator[PodmanCluster]:
     try:
         with pytest.MonkeyPatch.context() as patch:
             # The shipped pg_hba asks every client for a password (scram-sha-256).
@@ -47,6 +88,64 @@ def cluster(
             yield running
     finally:
         running.remove_all()
+
+
+@contextmanager
+def kubernetes_api(base: Path) -> Iterator[tuple[ApiServerProcess, Path]]:
+    """The test API server over TLS (a certificate for 127.0.0.1) with a bearer token, and a
+    directory laid out like the projected service-account volume: token, ca.crt,
+    namespace (files 0644, the volume's default mode)."""
+    with apiserver_process(base / "apiserver", token="pgwarden-sa-token", tls=True) as api:
+        service_account = base / "serviceaccount"
+        service_account.mkdir()
+        assert api.ca_file is not None and api.token is not None
+        shutil.copy(api.ca_file, service_account / "ca.crt")
+        (service_account / "token").write_text(api.token)
+        (service_account / "namespace").write_text(NAMESPACE)
+        for path in (service_account, *service_account.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield api, service_account
+
+
+def create_pods(api: ApiServerProcess, running: PodmanCluster) -> None:
+    """What `kubectl apply` and the StatefulSet controller would have made: the namespace, the
+    selector-less primary Service (named after the cluster) and one Running pod per member,
+    carrying the labels the shipped settings select on, with pod IP 127.0.0.1."""
+    labels = {"app.kubernetes.io/name": "pgwarden", "app.kubernetes.io/instance": "pgwarden"}
+    kube_post(api, "namespaces", {"metadata": {"name": NAMESPACE}})
+    service = {"metadata": {"name": "pgwarden"}, "spec": {"ports": [{"port": 5432}]}}
+    kube_post(api, f"namespaces/{NAMESPACE}/services", service)
+    for member in running.members:
+        pod = {
+            "metadata": {"name": member.name, "labels": labels},
+            "spec": {"containers": [{"name": "postgres", "image": running.image}]},
+            "status": {"phase": "Running", "podIP": "127.0.0.1"},
+        }
+        kube_post(api, f"namespaces/{NAMESPACE}/pods", pod)
+
+
+def kube_request(api: ApiServerProcess, method: str, path: str, body: object = None) -> object:
+    """One request to the test API server's core API (`/api/v1/<path>`), as the agents' user."""
+    request = urllib.request.Request(
+        f"{api.url}/api/v1/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=str(api.ca_file))
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:
+        return json.loads(response.read())
+
+
+def kube_post(api: ApiServerProcess, path: str, body: object) -> None:
+    kube_request(api, "POST", path, body)
+
+
+async def converge(cluster: PodmanCluster) -> int:
+    """Each scenario starts here: containers an earlier scenario left stopped (it failed
+    half-way) are started again, then one primary and two streaming replicas; its index."""
+    await asyncio.to_thread(cluster.revive)
+    return await cluster.wait_converged(BOOTSTRAP_TIMEOUT_S)
 
 
 def hosts(cluster: PodmanCluster) -> list[tuple[str, int]]:
@@ -73,10 +172,15 @@ async def new_primary(cluster: PodmanCluster, old: int, timeout: float) -> int:
     raise AssertionError(f"no new primary within {timeout} s:\n{cluster.diagnose()}")
 
 
-async def first_write_after(writer: AppWriter, at: float, timeout: float) -> float | None:
-    """When the writer first got a write acknowledged after `at` (waiting up to `timeout`)."""
+async def first_write_elsewhere_within(
+    writer: AppWriter, at: float, old: ContainerMember, timeout: float
+) -> float | None:
+    """When the writer first got a write acknowledged by another member than `old` after
+    `at` (waiting up to `timeout`)."""
     deadline = time.monotonic() + timeout
-    while (first := writer.log.first_ack_after(at)) is None and time.monotonic() < deadline:
+    while (first := first_write_elsewhere(writer.log, at, old)) is None:
+        if time.monotonic() > deadline:
+            break
         await asyncio.sleep(0.1)
     return first
 
@@ -91,7 +195,7 @@ def status_line(cluster: PodmanCluster, index: int, key: str) -> str:
 async def test_three_hardened_containers_bootstrap_one_primary_and_two_replicas(
     cluster: PodmanCluster,
 ) -> None:
-    primary = await cluster.wait_converged(BOOTSTRAP_TIMEOUT_S)
+    primary = await converge(cluster)
     for index in range(len(cluster.members)):
         # The hardening the pods have, as the kernel sees it for PID 1.
         assert status_line(cluster, index, "CapEff") == "0000000000000000"
@@ -108,7 +212,7 @@ async def test_three_hardened_containers_bootstrap_one_primary_and_two_replicas(
         assert stat.stdout.split("\n")[:2] == ["0 999 2777", f"{POSTGRES_UID} 999 700"]
     port = cluster.members[primary].pg_port
     await ensure_table("127.0.0.1", port)
-    writer = AppWriter(hosts=hosts(cluster))
+    writer = AppWriter(hosts=hosts(cluster), start_value=fresh_values())
     writer.start()
     await asyncio.sleep(0.5)
     log = await writer.stop()
@@ -130,15 +234,15 @@ async def replicated(port: int, log: WriterLog, timeout: float = 5.0) -> bool:
     return False
 
 
-async def test_podman_stop_of_the_primary_hands_over_through_tini_within_a_second_or_two(
+async def test_podman_stop_of_the_primary_hands_over_through_tini_well_within_the_ttl(
     cluster: PodmanCluster,
 ) -> None:
     """`podman stop` sends SIGTERM to PID 1, tini; tini forwards it to the agent, which hands
     over to a replica and exits 0. Without the forwarding the agent would get SIGKILL after
     the grace period (exit 137) and the replicas would wait out the lease (a ttl)."""
-    primary = await cluster.wait_converged(BOOTSTRAP_TIMEOUT_S)
+    primary = await converge(cluster)
     await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
-    writer = AppWriter(hosts=hosts(cluster))
+    writer = AppWriter(hosts=hosts(cluster), start_value=fresh_values())
     writer.start()
     await asyncio.sleep(1.0)
     stopped_at = time.monotonic()
@@ -152,7 +256,8 @@ async def test_podman_stop_of_the_primary_hands_over_through_tini_within_a_secon
     assert took < 30, took
     assert any(e.get("event") == "agent_stopped" for e in cluster.log_events(primary))
     assert successor != primary
-    assert gap < 3.0, f"writes stopped for {gap:.2f} s"
+    # A hand-over, not a lease expiry: the replicas would wait most of a ttl for that.
+    assert gap < TTL_S / 2, f"writes stopped for {gap:.2f} s"
     # Back as a replica of the new primary.
     await asyncio.to_thread(cluster.start, primary)
     assert await cluster.wait_converged(BOOTSTRAP_TIMEOUT_S) == successor
@@ -165,21 +270,23 @@ async def test_podman_kill_of_the_primary_fails_over_about_a_ttl_later_and_it_re
     """SIGKILL of the whole container (agent, fencer, PostgreSQL): a replica takes over once
     the lease expires, at most a ttl after the kill; restarted, the old primary is rewound and
     streams from the new one with every acknowledged write."""
-    primary = await cluster.wait_converged(BOOTSTRAP_TIMEOUT_S)
+    primary = await converge(cluster)
     await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
-    writer = AppWriter(hosts=hosts(cluster))
+    writer = AppWriter(hosts=hosts(cluster), start_value=fresh_values())
     writer.start()
     await asyncio.sleep(1.0)
     killed_at = time.monotonic()
     await asyncio.to_thread(cluster.kill, primary)
     successor = await new_primary(cluster, primary, timeout=TTL_S + 10)
-    first = await first_write_after(writer, killed_at + 0.2, timeout=TTL_S)
+    first = await first_write_elsewhere_within(
+        writer, killed_at, cluster.members[primary], timeout=TTL_S + 10
+    )
     log = await writer.stop()
     assert first is not None, f"no write after the kill ({log.attempts} attempts)"
     failover_s = first - killed_at
     # The lease ends at most a ttl after the kill (its last renewal came before the kill);
-    # then the replicas see the key go, one promotes and the writer reconnects. About 9.2 s
-    # here when the machine is quiet (bench/containers.py); the margin is for a loaded one.
+    # then the replicas see the key go, one promotes and the writer reconnects: a median of
+    # 9.3 s (bench/containers.py). The margin covers those steps on a loaded machine.
     assert failover_s < TTL_S + FAILOVER_MARGIN_S, f"failover took {failover_s:.2f} s"
     assert cluster.state(primary)["ExitCode"] == 137
     await asyncio.to_thread(cluster.start, primary)
