@@ -67,7 +67,7 @@ def cluster(
         with kubernetes_api(base) as (api, service_account):
             running = PodmanCluster(
                 base=base / "pods",
-                dcs_yaml=SHIPPED_K8S_DCS.read_text(),  # the Endpoints lock, as shipped
+                dcs_yaml=SHIPPED_K8S_DCS.read_text(),  # the lock as shipped (Lease)
                 env={
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                     "KUBERNETES_SERVICE_PORT": str(api.port),
