@@ -71,6 +71,7 @@ def test_the_alerts_cover_the_failures_an_operator_must_hear_about() -> None:
         "PgwardenDcsUnreachable",
         "PgwardenDcsErrors",
         "PgwardenCallbacksFailing",
+        "PgwardenPendingRestart",
     } <= alerts
 
 
