@@ -28,17 +28,21 @@ its key would expire in etcd: a dead agent's record must not look like a healthy
 holder's own lease is judged from the send time of its last successful renewal: past `ttl_s`,
 `renew_leader` answers False without writing.
 
-Change notification (`wait_for_change`, base.py point 8): three watches (`watches.py`) feed
-one `changes.ChangeTracker`; the handle's own writes are recognised by the resourceVersion
-they returned. Expiries seen on this handle's clock (leader or member) wake it once each.
+Change notification (`wait_for_change`, base.py point 8): the watches (`watches.py`: pods,
+each lock object, the ConfigMap) feed one `changes.ChangeTracker`; the handle's own writes
+are recognised by the resourceVersion they returned. Expiries seen on this handle's clock
+(leader or member) wake it once each. Once they run, the pods and ConfigMap watches also
+keep what they saw (`cache.py`), and `get_cluster` reads those from memory and only the lock
+object from the server (one request per cycle instead of three).
 
 Every public call runs under one deadline (`timeout_s`, also the per-request timeout) and
 raises `DcsUnavailable` (`DcsAuthError` on 401/403) for connection errors, timeouts, 5xx and
 429 (`api.KubeApi`, the one transport). Constructing the handle does no I/O: the API client is
 built on the first call.
 
-Modules: `backend` (the protocol, lock state), `locks`, `expiry`, `routing`, `records`,
-`watches`, `api`, `objects` (names and pure helpers).
+Modules: `backend` (the protocol, lock state), `holding` (one lock object taken, renewed,
+released), `locks`, `expiry`, `routing`, `records`, `watches`, `cache`, `api`, `objects`
+(names and pure helpers).
 """
 
 from agent.dcs.kubernetes.api import ClientFactory

@@ -35,7 +35,7 @@ from agent.dcs.kubernetes.objects import (
 )
 from agent.dcs.kubernetes.records import ConfigRecords, record_items
 from agent.dcs.kubernetes.routing import EndpointSliceRouter
-from agent.dcs.kubernetes.watches import WATCH_TIMEOUT_S, ClusterWatches
+from agent.dcs.kubernetes.watches import WATCH_TIMEOUT_S, ClusterWatches, Watched
 from agent.model import ClusterView, Member, RecordKind
 
 # The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
@@ -128,6 +128,9 @@ class KubernetesDcs:
             timeout_s=timeout_s,
             watch_timeout_s=watch_timeout_s,
             task_suffix=member_name,
+            # Every member heartbeats at least every ttl/3: twice that without a pod event
+            # means the stream may have died silently.
+            pods_quiet_s=2 * ttl_s * _HEARTBEAT_SHARE_OF_TTL,
         )
         self._closed = False
 
@@ -165,22 +168,33 @@ class KubernetesDcs:
 
     async def get_cluster(self) -> ClusterView:
         async with self._request("get_cluster"):
-            # The list first: a change after it is delivered by a watch started at its
-            # resourceVersion, even if the reads below already show it (a spurious wake).
-            pods = await self._api.call(
-                "GET", self._pods_path, query={"labelSelector": self._selector}
-            )
-            if pods.status != 200:
-                raise DcsUnavailable(f"listing pods: HTTP {pods.status}")
-            locks = [await self._api.get(h.lock.path()) for h in self._holders]
-            config = await self._api.get(self._records.path())
-        pod_items: list[Any] = pods.obj.get("items") or []
-        self._watches.first_read(resource_version(pods.obj), pod_items, locks)
+            cached = self._watches.cached()
+            if cached is not None:
+                # Pods and ConfigMap as the watches keep them (cache.py); the lock object
+                # from the server: leadership is judged by it, and it proves the server
+                # answers (a handle that cannot reach it must fail here).
+                pod_items, config = cached
+                locks = [await self._api.get(h.lock.path()) for h in self._holders]
+            else:
+                pod_items, locks, config = await self._read_all()
         now = self._clock.monotonic()
         items = self._member_items(pod_items, now)
         items += self._leader_items(locks, now)
         items += record_items(config)
         return keys.to_view(items, self._log)
+
+    async def _read_all(self) -> tuple[list[Any], list[KubeObject | None], KubeObject | None]:
+        """The pods, lock objects and ConfigMap from the server."""
+        # The list first: a change after it is delivered by a watch started at its
+        # resourceVersion, even if the reads below already show it (a spurious wake).
+        pods = await self._api.call("GET", self._pods_path, query={"labelSelector": self._selector})
+        if pods.status != 200:
+            raise DcsUnavailable(f"listing pods: HTTP {pods.status}")
+        locks = [await self._api.get(h.lock.path()) for h in self._holders]
+        config = await self._api.get(self._records.path())
+        pod_items: list[Any] = pods.obj.get("items") or []
+        self._watches.first_read(resource_version(pods.obj), pod_items, locks, config)
+        return pod_items, locks, config
 
     async def acquire_leader(self) -> bool:
         async with self._write("acquire_leader"):
@@ -254,6 +268,7 @@ class KubernetesDcs:
                 raise DcsUnavailable(f"kubernetes: publish_member: pod {self._pod} not found")
             expect(response, 200)
             self._changes.own(resource_version(response.obj))
+            self._watches.caches[Watched.PODS].own_write(resource_version(response.obj))
             self._published = (payload, now)
             if self._pod_ip is None:
                 self._pod_ip = pod_ip_of(response.obj)
@@ -262,8 +277,13 @@ class KubernetesDcs:
         self, kind: RecordKind, value: str | None, *, expected_version: str | None
     ) -> bool:
         expected = keys.expected_version(expected_version)
+
+        def own(rv: int) -> None:
+            self._changes.own(rv)
+            self._watches.caches[Watched.CONFIG].own_write(rv)
+
         async with self._write("write_record"):
-            return await self._records.compare_and_set(kind, value, expected, own=self._changes.own)
+            return await self._records.compare_and_set(kind, value, expected, own=own)
 
     async def wait_for_change(self, timeout_s: float) -> bool:
         if self._closed:

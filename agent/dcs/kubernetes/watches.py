@@ -23,6 +23,7 @@ from agent.clock import Clock
 from agent.dcs import keys
 from agent.dcs.changes import Backoff, ChangeTracker, WatchResync, watch_forever
 from agent.dcs.kubernetes.api import Expired, KubeApi, bounded, expect
+from agent.dcs.kubernetes.cache import ObjectCache
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.locks import LockObject
 from agent.dcs.kubernetes.objects import (
@@ -66,7 +67,10 @@ class ClusterWatches:
         timeout_s: float,
         watch_timeout_s: int,
         task_suffix: str,
+        pods_quiet_s: float | None = None,
     ) -> None:
+        """`pods_quiet_s`: the pods cache is not trusted after this long without an event
+        (cache.py)."""
         self._api = api
         pods_path, selector = pods
         # Each watch: its name, what it watches, and its collection path and selector.
@@ -96,16 +100,40 @@ class ClusterWatches:
         self._seed_holders: dict[str, str] = {}  # by watch name
         self._watched_holders: dict[str, str] = {}  # each lock's holder as its watch last saw
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # What the pods and ConfigMap watches have seen (cache.py), read by get_cluster.
+        self.caches = {
+            Watched.PODS: ObjectCache(max_quiet_s=pods_quiet_s),
+            Watched.CONFIG: ObjectCache(),
+        }
 
-    def first_read(self, rv: int, pods: list[Any], locks: list[KubeObject | None]) -> None:
+    def first_read(
+        self,
+        rv: int,
+        pods: list[Any],
+        locks: list[KubeObject | None],
+        config: KubeObject | None,
+    ) -> None:
         """The handle's first read (the pod list at `rv`, then the lock objects in the
-        order given at construction): the watches start there, so that a change after it
-        wakes the caller even if the read already showed it."""
+        order given at construction, then the ConfigMap): the watches start there, so that
+        a change after it wakes the caller even if the read already showed it."""
         if self._start_rv == 0:
             self._start_rv = rv
             self._seed_signatures = member_signatures(pods)
             for (name, (lock, _)), obj in zip(self._locks.items(), locks, strict=True):
                 self._seed_holders[name] = lock.holder(obj) if obj is not None else ""
+            now = self._clock.monotonic()
+            self.caches[Watched.PODS].fill(pods, rv, now=now)
+            self.caches[Watched.CONFIG].fill([config] if config is not None else [], rv, now=now)
+
+    def cached(self) -> tuple[list[KubeObject], KubeObject | None] | None:
+        """The member pods and the ConfigMap as the watches last saw them, if both caches
+        can be trusted (cache.py); None: read them from the server."""
+        pods, config = self.caches[Watched.PODS], self.caches[Watched.CONFIG]
+        now = self._clock.monotonic()
+        if not (pods.usable(now) and config.usable(now)):
+            return None
+        configs = config.objects()
+        return pods.objects(), configs[0] if configs else None
 
     def ensure(self) -> None:
         """Start every watch that is not running."""
@@ -141,16 +169,26 @@ class ClusterWatches:
         rv = 0
         first = True
 
+        cache = self.caches.get(self._targets[name][0])
+
         async def follow(backoff: Backoff) -> None:
             nonlocal rv, first
-            if rv == 0:
-                rv = await self._start(name, from_first_read=first)
-                first = False
             try:
+                if rv == 0:
+                    rv = await self._start(name, from_first_read=first)
+                    first = False
+                if cache is not None:
+                    cache.set_live(True)
                 rv = await self._follow_once(name, rv)
             except Expired:
                 expired_at, rv = rv, 0
+                if cache is not None:
+                    cache.set_live(False)  # until the re-list refills it
                 raise WatchResync("dcs_watch_expired", resource_version=expired_at) from None
+            except BaseException:
+                if cache is not None:
+                    cache.set_live(False)  # failing: the cache may miss changes meanwhile
+                raise
             backoff.reset()
 
         return follow, lambda: rv
@@ -170,6 +208,8 @@ class ClusterWatches:
             listed = await self._api.call("GET", path, query=query)
         expect(listed, 200)
         items = listed.obj.get("items") or []
+        if what in self.caches:
+            self.caches[what].fill(items, resource_version(listed.obj), now=self._clock.monotonic())
         if what is Watched.PODS:
             self._tracker.seed_members(member_signatures(items), replace=True)
         if what is Watched.LOCK:
@@ -188,6 +228,8 @@ class ClusterWatches:
         async with contextlib.aclosing(events):
             async for kind, obj in events:
                 rv = max(rv, resource_version(obj))
+                if (cache := self.caches.get(self._targets[name][0])) is not None:
+                    cache.apply(kind, obj, now=self._clock.monotonic())
                 if kind != "BOOKMARK" and self._counts(name, kind, obj):
                     self._tracker.observed(resource_version(obj))
         return rv  # the server ended the stream (timeoutSeconds): resume
@@ -223,7 +265,14 @@ class ClusterWatches:
             self._expiry.note(key, str(rv), rv, self._clock.monotonic())
         else:
             self._expiry.forget(key)
-        if holder == self._watched_holders.get(name, ""):
-            return False  # a renewal by the same holder: it only moves the expiry (noted)
+        before = self._leader()
         self._watched_holders[name] = holder
-        return True
+        # A renewal by the same holder only moves the expiry (noted). With two lock objects
+        # (a migration), a change counts only if it changes the leader they name together:
+        # taking both objects is one change, not two.
+        return self._leader() != before
+
+    def _leader(self) -> str:
+        """The leader the lock watches saw: the first lock object that names one."""
+        holders = (self._watched_holders.get(name, "") for name in self._locks)
+        return next((h for h in holders if h), "")
