@@ -80,6 +80,7 @@ bench: setup
 	$(PY) bench/dcs_latency.py
 	$(PY) bench/failover.py
 	$(PY) bench/callbacks.py
+	$(PY) bench/rolling_restart.py
 
 setup: deb venv
 
