@@ -39,6 +39,19 @@ from tests.support.cluster import converged, wait_until
 from tests.support.workload import AppWriter, ensure_table
 
 
+class Writer(AppWriter):
+    """AppWriter that survives asyncpg's InternalClientError (as bench/failover.py's): a
+    connection cut mid-statement can raise it, and the writer task must not die of it."""
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await super()._run()
+                return
+            except asyncpg.InternalClientError:
+                await asyncio.sleep(self.interval_s)
+
+
 class BenchCluster(LocalCluster):
     """The demo cluster without its local shared_buffers (it would outrank the DCS)."""
 
@@ -65,11 +78,21 @@ async def pgctl(cluster: LocalCluster, *argv: str) -> str:
 
 
 async def show_all(cluster: LocalCluster, name: str) -> set[str]:
+    """The values the members run (a member that refuses connections, as one still starting
+    after the previous step's restart, counts as an unknown value)."""
     values = set()
     for member in cluster.members:
-        conn = await asyncpg.connect(
-            host="127.0.0.1", port=member.pg_port, user="postgres", database="postgres", timeout=3
-        )
+        try:
+            conn = await asyncpg.connect(
+                host="127.0.0.1",
+                port=member.pg_port,
+                user="postgres",
+                database="postgres",
+                timeout=3,
+            )
+        except (OSError, asyncpg.PostgresError):
+            values.add("?")
+            continue
         try:
             values.add(str(await conn.fetchval(f"SHOW {name}")))
         finally:
@@ -106,7 +129,11 @@ async def pending_restart(
         return isinstance(members, list) and all(m["pending_restart"] for m in members)
 
     await wait_until(all_pending, timeout=60, what="every member pending restart")
-    writer = AppWriter(hosts=[("127.0.0.1", m.pg_port) for m in cluster.members])
+    writer = Writer(
+        hosts=[("127.0.0.1", m.pg_port) for m in cluster.members],
+        # A value of its own: the table's primary key refuses another writer's values.
+        start_value=int(time.time() * 1000) % 10**12,
+    )
     writer.start()
     await asyncio.sleep(1.0)
     t0 = time.monotonic()
@@ -118,7 +145,11 @@ async def pending_restart(
 
 
 async def switchover_gap(cluster: LocalCluster, session: aiohttp.ClientSession) -> float:
-    writer = AppWriter(hosts=[("127.0.0.1", m.pg_port) for m in cluster.members])
+    writer = Writer(
+        hosts=[("127.0.0.1", m.pg_port) for m in cluster.members],
+        # A value of its own: the table's primary key refuses another writer's values.
+        start_value=int(time.time() * 1000) % 10**12,
+    )
     writer.start()
     await asyncio.sleep(1.0)
     t0 = time.monotonic()

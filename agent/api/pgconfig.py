@@ -23,7 +23,7 @@ from agent.model import (
     Role,
     parameter_value,
 )
-from agent.pgparams import ConfigCheck
+from agent.pgparams import ConfigCheck, ValidationUnavailable
 from agent.value_rules import GUC_NAME
 
 
@@ -86,6 +86,23 @@ def apply_pg_patch(config: PgConfig, patch: PgPatch) -> PgConfig:
 def changed_parameters(old: PgConfig, new: PgConfig) -> list[str]:
     before, after = dict(old.parameters), dict(new.parameters)
     return sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+
+
+async def check_postgresql(
+    validator: ConfigValidator | None, before: PgConfig, after: PgConfig, *, timeout_s: float
+) -> list[str]:
+    """Raises ApiError 400 naming every problem of `after` (503 when it cannot be checked
+    here); else the changed parameters that only a restart applies."""
+    if validator is None:
+        raise ApiError(503, "postgresql: this member cannot check PostgreSQL settings")
+    try:
+        check = await validator.check(after, timeout_s=timeout_s)
+    except ValidationUnavailable as exc:
+        raise ApiError(503, f"postgresql: cannot check the settings here: {exc}") from None
+    if check.problems:
+        raise ApiError(400, "postgresql: " + "; ".join(check.problems))
+    changed = set(changed_parameters(before, after))
+    return sorted(n for n in check.restart if n in changed)
 
 
 # ----------------------------------------------------------------------------- rolling restart

@@ -36,7 +36,7 @@ from agent.api.operations import (
     plan_switchover,
     reject_unknown_fields,
 )
-from agent.api.pgconfig import ConfigValidator, changed_parameters, plan_restart
+from agent.api.pgconfig import ConfigValidator, check_postgresql, plan_restart
 from agent.api.tls import ReloadingTls
 from agent.api.views import (
     Json,
@@ -55,12 +55,10 @@ from agent.model import (
     ClusterView,
     DynamicConfig,
     LocalRequestKind,
-    PgConfig,
     RecordKind,
     Role,
     SwitchoverRequest,
 )
-from agent.pgparams import ValidationUnavailable
 
 _log = structlog.get_logger(__name__)
 
@@ -279,24 +277,12 @@ class _Routes:
         after = apply_config_patch(view.config, patch).postgresql
         restart: list[str] = []
         if after != before:
-            restart = await self._check_postgresql(before, after)
+            restart = await check_postgresql(
+                self._validator, before, after, timeout_s=self._dcs_timeout_s
+            )
         return await self._change_config(
             lambda c: apply_config_patch(c, patch), view, {"restart_needed": restart}
         )
-
-    async def _check_postgresql(self, before: PgConfig, after: PgConfig) -> list[str]:
-        """400 naming every problem of `after`; else the changed parameters that only a
-        restart applies."""
-        if self._validator is None:
-            raise ApiError(503, "postgresql: this member cannot check PostgreSQL settings")
-        try:
-            check = await self._validator.check(after, timeout_s=self._dcs_timeout_s)
-        except ValidationUnavailable as exc:
-            raise ApiError(503, f"postgresql: cannot check the settings here: {exc}") from None
-        if check.problems:
-            raise ApiError(400, "postgresql: " + "; ".join(check.problems))
-        changed = set(changed_parameters(before, after))
-        return sorted(n for n in check.restart if n in changed)
 
     async def pause(self, request: web.Request) -> web.StreamResponse:
         reject_unknown_fields(await _json_object(request, allow_empty=True), set())

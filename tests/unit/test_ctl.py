@@ -468,3 +468,21 @@ def test_render_table_names_the_members_a_failsafe_primary_relies_on() -> None:
         "Failsafe mode: on (a DCS outage is survived while pg-1, pg-2 confirm the primary)"
     )
     assert not any(line.startswith("Failsafe") for line in render_table(CLUSTER).splitlines())
+
+
+def test_render_table_lists_a_scheduled_rolling_restart() -> None:
+    cluster = {
+        **CLUSTER,
+        "restart": {
+            "members": ["pg-1", "pg-22"],
+            "scheduled_at": "2030-01-01T03:00:00+00:00",
+            "pending": True,
+            "in_place": False,
+            "done": ["pg-1"],
+            "current": None,
+        },
+    }
+    assert render_table(cluster).splitlines()[-1] == (
+        "Rolling restart of pg-1, pg-22 at 2030-01-01T03:00:00+00:00 (pending only); "
+        "done: pg-1 (pgwarden ctl cancel-restart cancels it)"
+    )
