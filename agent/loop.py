@@ -18,7 +18,8 @@ import functools
 import structlog
 
 from agent.actions import Decision
-from agent.callbacks import CallbackRunner
+from agent.callback_settings import CallbackEvent
+from agent.callbacks import ROLE_DEMOTED, CallbackRunner
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
 from agent.decide import Memory, Observation, answer_failsafe, decide, fence_deadline
@@ -342,6 +343,8 @@ class HaLoop:
             if status.state == FenceState.FENCED:
                 log.error("fenced", reason="the lease could not be renewed before its deadline")
                 self.metrics.count_fencing()
+                # The fencer, not an action of ours, stopped the primary: say so all the same.
+                self.executor.callbacks.fire(CallbackEvent.ON_ROLE_CHANGE, ROLE_DEMOTED)
                 note = "the fencer stopped PostgreSQL: the lease could not be renewed in time"
                 self.events.record(Event(reason=EventReason.FENCED, note=note))
                 await self.fence.disarm()

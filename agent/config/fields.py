@@ -407,9 +407,9 @@ FIELDS: Final[tuple[Field, ...]] = (
                          "this member's turn in a rolling restart (in place)."),
           ("on_reload", "After the agent made a running PostgreSQL re-read its configuration "
                         "(`POST /reload`, or a change of the DCS `postgresql` settings)."),
-          ("on_role_change", "After a promotion (role `primary`) and after a demotion stopped "
-                             "the former primary (role `demoted`: repoint a virtual IP or "
-                             "PgBouncer away from it)."),
+          ("on_role_change", "After a promotion (role `primary`) and after a demotion, a "
+                             "hand-over or the fencer stopped the former primary (role "
+                             "`demoted`: repoint a virtual IP or PgBouncer away from it)."),
           ("pre_promote", "Run after this member took the leader lease and before it "
                           "promotes (the lease is renewed meanwhile). A non-zero exit or no "
                           "exit within `pre_promote_timeout_s` vetoes that promotion: the "

@@ -180,3 +180,13 @@ async def test_a_rolling_restart_calls_on_restart_and_a_settings_change_on_reloa
     for name, node in c.nodes.items():
         assert ("on_stop", "replica") not in node.callbacks.calls[marks[name] :]
         assert ("on_start", "replica") not in node.callbacks.calls[marks[name] :]
+
+
+async def test_a_primary_stopped_by_its_fencer_calls_on_role_change_demoted() -> None:
+    c = LoopCluster(callbacks=ALL)
+    await c.bootstrap()
+    a = c["a"]
+    a.alive = False  # its loop never cycles again; the fencer acts on its own
+    await c.run_until(lambda: a.fence.fenced_at is not None, step_s=0.25)
+    await c.settle()
+    assert a.callbacks.events(CallbackEvent.ON_ROLE_CHANGE) == ["demoted"]
