@@ -161,7 +161,7 @@ async def test_every_callback_is_called_with_its_arguments_and_a_veto_hands_over
         for e in _events(cluster.members[2].log_path, "callback_done")
         if e.get("callback") == "on_role_change"
     ]
-    assert CALLBACK_TIMEOUT_S <= float(done[0]["duration_s"]) < CALLBACK_TIMEOUT_S + 1.0  # type: ignore[arg-type]
+    assert CALLBACK_TIMEOUT_S <= float(done[0]["duration_s"]) < CALLBACK_TIMEOUT_S + 3.0  # type: ignore[arg-type]
     assert "pg-2 on_role_change primary demo" in _calls(scripts)
     assert "pg-2 on_role_change primary demo finished" not in _calls(scripts)
     async with aiohttp.ClientSession() as session:

@@ -120,7 +120,7 @@ async def test_fire_returns_at_once_and_a_hanging_callback_is_killed_at_its_time
     assert time.monotonic() - t0 < 0.1  # the caller (the HA loop) never waits
     await _until(lambda: _count(metrics, "on_stop", "timeout") == 1)
     took = time.monotonic() - t0
-    assert 0.5 <= took < 2.0
+    assert 0.5 <= took < 5.0  # at its timeout, far from the script's 60 s (slack: shared CPU)
     # The whole process group went: the script's own child (sleep) too.
     await _until(lambda: not _sleepers(workdir), timeout_s=2.0)
     assert _calls(workdir) == ["started on_stop replica main"]
@@ -177,7 +177,7 @@ async def test_run_reports_exit_status_output_and_timeout(workdir: Path) -> None
     t0 = time.monotonic()
     hung = await runner.run(CallbackEvent.POST_BOOTSTRAP, "primary", timeout_s=0.3)
     assert hung is not None and hung.result is CallbackResult.TIMEOUT
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 5.0  # not the script's 60 s
     assert await runner.run(CallbackEvent.ON_START, "primary", timeout_s=1) is None
 
 
