@@ -4,8 +4,11 @@ Prints two tables:
 
 1. The image: its size as podman reports it and what it is made of (`du` of its main parts,
    run inside the image).
-2. Three containers of it against an etcd on the host (tests/support/containers.py: the pods'
-   hardening, host network on 127.0.0.1, the shipped settings with ttl 10 s), `--runs`
+2. Three containers of it against an etcd on the host, or with `--dcs kubernetes` against
+   the test API server (tests/support/container_dcs.py: service-account token and CA mounted
+   where Kubernetes mounts them, the shipped 10-dcs.yaml), each with the pods' hardening
+   (tests/support/containers.py; host network on 127.0.0.1, the shipped settings with
+   ttl 10 s), `--runs`
    rounds of: `podman stop` of the primary (SIGTERM through tini: the agent hands over) with
    the time an application writer (libpq multi-host, target_session_attrs=read-write, an
    insert every 50 ms) got no write acknowledged, and how long the stop took; the container
@@ -13,7 +16,7 @@ Prints two tables:
    time from the kill to the first write acknowledged by the new primary (failover); started
    again, its rejoin. Median, min and max of each; bootstrap once.
 
-    .venv/bin/python bench/containers.py [--runs 5] [--image pgwarden:0.1.0]
+    .venv/bin/python bench/containers.py [--runs 5] [--dcs etcd|kubernetes] [--image IMAGE]
 
 Needs root and podman (make image installs it).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -34,6 +38,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.container_dcs import etcd_cluster, kubernetes_cluster
 from tests.support.containers import (
     PodmanCluster,
     first_write_elsewhere,
@@ -120,14 +125,16 @@ async def writer_gap(cluster: PodmanCluster, action: str) -> dict[str, float]:
     return figures
 
 
-async def cluster_table(image: str, runs: int) -> list[str]:
+async def cluster_table(image: str, runs: int, dcs: str) -> list[str]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-bench-containers-", dir="/tmp"))
     results: dict[str, list[float]] = {}
     try:
-        with running_cluster(1, base / "etcd") as etcd:
-            endpoints = "".join(f"\n      - {url}" for url in etcd.endpoints)
-            dcs = f"dcs:\n  kind: etcd\n  etcd:\n    endpoints:{endpoints}\n"
-            cluster = PodmanCluster(base=base / "pods", dcs_yaml=dcs, image=image)
+        with contextlib.ExitStack() as stack:
+            if dcs == "etcd":
+                etcd = stack.enter_context(running_cluster(1, base / "etcd"))
+                cluster = etcd_cluster(base, etcd.endpoints, image=image)
+            else:
+                cluster = stack.enter_context(kubernetes_cluster(base, image=image))
             os.environ["PGPASSWORD"] = cluster.superuser_password
             try:
                 started = time.monotonic()
@@ -158,6 +165,7 @@ async def cluster_table(image: str, runs: int) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dcs", choices=["etcd", "kubernetes"], default="etcd")
     parser.add_argument("--image", default=os.environ.get("PGWARDEN_TEST_IMAGE", "pgwarden:0.1.0"))
     args = parser.parse_args()
     os.environ["PGWARDEN_TEST_IMAGE"] = args.image
@@ -167,7 +175,7 @@ def main() -> int:
         return 2
     print("\n".join(image_table(args.image)))
     print()
-    print("\n".join(asyncio.run(cluster_table(args.image, args.runs))))
+    print("\n".join(asyncio.run(cluster_table(args.image, args.runs, args.dcs))))
     return 0
 
 

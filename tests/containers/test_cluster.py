@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import shutil
-import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
+from tests.support.container_dcs import etcd_cluster, kubernetes_cluster
 from tests.support.containers import (
     POSTGRES_UID,
-    REPO,
     ContainerMember,
     PodmanCluster,
     first_write_elsewhere,
@@ -39,7 +34,6 @@ from tests.support.containers import (
     podman,
 )
 from tests.support.etcd import EtcdCluster
-from tests.support.kube import ApiServerProcess, apiserver_process
 from tests.support.workload import AppWriter, WriterLog, ensure_table
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
@@ -47,9 +41,6 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
 TTL_S = 10.0  # timing.ttl_s in k8s/base/config/00-base.yaml
 BOOTSTRAP_TIMEOUT_S = 120.0
 FAILOVER_MARGIN_S = 1.5
-NAMESPACE = "pgwarden"
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-SHIPPED_K8S_DCS = REPO / "k8s" / "base" / "config" / "10-dcs.yaml"
 
 
 @pytest.fixture(scope="module", params=["etcd", "kubernetes"])
@@ -60,22 +51,9 @@ def cluster(
 ) -> Iterator[PodmanCluster]:
     base = tmp_path_factory.mktemp(f"containers-{request.param}")
     if request.param == "etcd":
-        endpoints = "".join(f"\n      - {url}" for url in etcd1_cluster.endpoints)
-        dcs = f"namespace: containers\ndcs:\n  kind: etcd\n  etcd:\n    endpoints:{endpoints}\n"
-        yield from started(PodmanCluster(base=base / "pods", dcs_yaml=dcs))
+        yield from started(etcd_cluster(base, etcd1_cluster.endpoints))
     else:
-        with kubernetes_api(base) as (api, service_account):
-            running = PodmanCluster(
-                base=base / "pods",
-                dcs_yaml=SHIPPED_K8S_DCS.read_text(),  # the lock as shipped (Lease)
-                env={
-                    "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-                    "KUBERNETES_SERVICE_PORT": str(api.port),
-                    "POD_NAMESPACE": NAMESPACE,
-                },
-                mounts={service_account: SA_DIR},
-            )
-            create_pods(api, running)
+        with kubernetes_cluster(base) as running:
             yield from started(running)
 
 
@@ -88,57 +66,6 @@ def started(running: PodmanCluster) -> Iterator[PodmanCluster]:
             yield running
     finally:
         running.remove_all()
-
-
-@contextmanager
-def kubernetes_api(base: Path) -> Iterator[tuple[ApiServerProcess, Path]]:
-    """The test API server over TLS (a certificate for 127.0.0.1) with a bearer token, and a
-    directory laid out like the projected service-account volume: token, ca.crt,
-    namespace (files 0644, the volume's default mode)."""
-    with apiserver_process(base / "apiserver", token="pgwarden-sa-token", tls=True) as api:
-        service_account = base / "serviceaccount"
-        service_account.mkdir()
-        assert api.ca_file is not None and api.token is not None
-        shutil.copy(api.ca_file, service_account / "ca.crt")
-        (service_account / "token").write_text(api.token)
-        (service_account / "namespace").write_text(NAMESPACE)
-        for path in (service_account, *service_account.iterdir()):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        yield api, service_account
-
-
-def create_pods(api: ApiServerProcess, running: PodmanCluster) -> None:
-    """What `kubectl apply` and the StatefulSet controller would have made: the namespace, the
-    selector-less primary Service (named after the cluster) and one Running pod per member,
-    carrying the labels the shipped settings select on, with pod IP 127.0.0.1."""
-    labels = {"app.kubernetes.io/name": "pgwarden", "app.kubernetes.io/instance": "pgwarden"}
-    kube_post(api, "namespaces", {"metadata": {"name": NAMESPACE}})
-    service = {"metadata": {"name": "pgwarden"}, "spec": {"ports": [{"port": 5432}]}}
-    kube_post(api, f"namespaces/{NAMESPACE}/services", service)
-    for member in running.members:
-        pod = {
-            "metadata": {"name": member.name, "labels": labels},
-            "spec": {"containers": [{"name": "postgres", "image": running.image}]},
-            "status": {"phase": "Running", "podIP": "127.0.0.1"},
-        }
-        kube_post(api, f"namespaces/{NAMESPACE}/pods", pod)
-
-
-def kube_request(api: ApiServerProcess, method: str, path: str, body: object = None) -> object:
-    """One request to the test API server's core API (`/api/v1/<path>`), as the agents' user."""
-    request = urllib.request.Request(
-        f"{api.url}/api/v1/{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/json"},
-    )
-    context = ssl.create_default_context(cafile=str(api.ca_file))
-    with urllib.request.urlopen(request, timeout=5, context=context) as response:
-        return json.loads(response.read())
-
-
-def kube_post(api: ApiServerProcess, path: str, body: object) -> None:
-    kube_request(api, "POST", path, body)
 
 
 async def converge(cluster: PodmanCluster) -> int:
