@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := postgresql etcd-server etcd-client iproute2 iptables nftables iputils-ping procps kubectl fuse3 prometheus pgbackrest
+DEB_PACKAGES := postgresql etcd-server etcd-client iproute2 iptables nftables iputils-ping procps kubectl fuse3 prometheus pgbackrest stress-ng
 PYTEST_ARGS ?=
 IMAGE ?= pgwarden:0.1.0
 POSTGRES_JIT ?=
@@ -44,12 +44,18 @@ e2e: setup
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
 # The long chaos profile: the quick scenarios (CHAOS_RUNS times each), then a random mix of
-# faults for CHAOS_DURATION seconds; writes docs/chaos-report.md and .json (needs root).
+# faults for CHAOS_DURATION seconds; writes docs/chaos-report.md and .json (needs root). Then
+# the soak: CHAOS_SOAK_MINUTES of CPU and I/O starvation (stress-ng) with no fault, at ttl 6 s
+# and at the default ttl, into the report's soak section (tests/chaos/soak.py; 0 skips it).
+# Neither is part of `make test`.
 CHAOS_DURATION ?= 1800
 CHAOS_RUNS ?= 3
+CHAOS_SOAK_MINUTES ?= 30
 chaos: setup
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_REPORT=docs/chaos-report \
 		$(PY) -m pytest -q -p no:cacheprovider -rxs tests/chaos $(PYTEST_ARGS)
+	if [ "$(CHAOS_SOAK_MINUTES)" != 0 ]; then \
+		$(PY) -m tests.chaos.soak --minutes $(CHAOS_SOAK_MINUTES) --report docs/chaos-report; fi
 
 # The container image without a Docker engine or a registry: podman (runc, cgroupfs), a
 # Debian bookworm base image made from the Debian archive with mmdebstrap (built once, then

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.chaos import soak_report
 from tests.chaos.runner import ScenarioResult
 
 
@@ -331,6 +332,7 @@ def write(
     fresh = rows(results, measured=f"{generated}, {profile}")
     names = {row.scenario for row in fresh}
     kept_rows, kept_details = _earlier(stem)
+    soak = soak_report.read(stem)  # the soak's section is kept as it is (tests/chaos/soak.py)
     kept_rows = [r for r in kept_rows if r.scenario not in names]
     kept_details = [d for d in kept_details if d.get("scenario") not in names]
     table = _ordered([*kept_rows, *fresh])
@@ -367,6 +369,7 @@ def write(
     stem.with_suffix(".md").write_text(
         markdown(table, profile=profile, settings=settings, gray_runs=gray_runs)
         + figures_tables(figures)
+        + ("\n" + soak_report.section(soak) if soak else "")
     )
     stem.with_suffix(".json").write_text(
         json.dumps(
@@ -376,6 +379,7 @@ def write(
                 "settings": settings,
                 "scenarios": [row.as_json() for row in table],
                 "runs": details,
+                **({"soak": [row.as_json() for row in soak]} if soak else {}),
             },
             indent=2,
         )

@@ -25,11 +25,11 @@ The quick gray faults (primary-backend-oom-killed, agent-restart-loop) are in te
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import pytest
 
+from tests.chaos import agentlogs
 from tests.chaos.cluster import QUICK_TIMING
 from tests.chaos.nemesis import (
     LOAD_ROWS_PER_TX,
@@ -115,8 +115,6 @@ async def test_a_replica_whose_disk_is_full_is_not_promoted_when_the_primary_die
 
 # ---------------------------------------------------------------- slow network
 
-# Events in the agents' logs that stop or replace a primary (counted in the fault's window).
-STOPPING_EVENTS = ("fenced", "demoting", "postgres_killed", "lease_acquired", "promoted")
 # Round trips added around the primary. 5 s was finding 11 (docs/chaos.md): the primary fenced
 # itself while its lease held, until requests were hedged instead of cancelled at half their
 # deadline and the member record was published off the cycle's path. CHAOS_SLOW_TIMING=quick
@@ -124,52 +122,15 @@ STOPPING_EVENTS = ("fenced", "demoting", "postgres_killed", "lease_acquired", "p
 SLOW_RTTS_S = (2.0, 5.0)
 
 
-def _log_sizes(runner: Runner) -> list[int]:
-    return [
-        (m.base / "agent.log").stat().st_size if (m.base / "agent.log").exists() else 0
-        for m in runner.cluster.members
-    ]
-
-
-def _lines_since(runner: Runner, sizes: list[int]) -> list[tuple[str, dict[str, object]]]:
-    """(member, parsed JSON line) for each agent log line written since `sizes`."""
-    found = []
-    for member, size in zip(runner.cluster.members, sizes, strict=True):
-        with open(member.base / "agent.log", "rb") as f:
-            f.seek(size)
-            for raw in f.read().decode(errors="replace").splitlines():
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(line, dict):
-                    found.append((member.name, line))
-    return found
-
-
-def _events(lines: list[tuple[str, dict[str, object]]], names: tuple[str, ...]) -> list[str]:
-    return [f"{member}: {line['event']}" for member, line in lines if line.get("event") in names]
-
-
-def _slowest_cycle_s(lines: list[tuple[str, dict[str, object]]], member: str) -> float:
-    """The longest `ha_cycle` of `member` (its DCS reads and lease renewal), in seconds."""
-    durations = [
-        float(str(line.get("duration_ms", 0))) / 1000
-        for name, line in lines
-        if name == member and line.get("event") == "ha_cycle"
-    ]
-    return max(durations, default=0.0)
-
-
 async def _slow_network(runner: Runner, rtt_s: float) -> None:
     ttl_s = runner.cluster.timing["ttl_s"]
     await runner.ready()  # bootstrap's own lease_acquired/promoted are not the fault's
-    sizes = _log_sizes(runner)
+    sizes = agentlogs.log_sizes(runner.cluster)
     result = await runner.run(slow_network(rtt_s, hold_s=ttl_s + 5.0))
-    lines = _lines_since(runner, sizes)
-    stops = _events(lines, STOPPING_EVENTS)
-    trouble = _events(lines, ("renew_failed", "dcs_unavailable", "failsafe_not_confirmed"))
-    slowest = _slowest_cycle_s(lines, result.primary_before)
+    lines = agentlogs.lines_since(runner.cluster, sizes)
+    stops = agentlogs.events(lines, agentlogs.STOPPING_EVENTS)
+    trouble = agentlogs.events(lines, ("renew_failed", "dcs_unavailable", "failsafe_not_confirmed"))
+    slowest = max(agentlogs.cycle_durations_s(lines, result.primary_before), default=0.0)
     print(
         f"\n{summary(result)}; stopping events {stops}; DCS trouble {trouble}; the primary's "
         f"slowest cycle {slowest:.2f} s"
