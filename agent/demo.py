@@ -155,6 +155,7 @@ class LocalCluster:
     apiserver_token: str = "pgwarden-apiserver-token"  # the agents' (audit user pgwarden)
     admin_token: str = "pgwarden-admin-token"  # this harness's own requests (user admin)
     dcs_frozen: bool = False  # the demo's [d] key
+    pg_bin: str = PG_BIN  # the members' postgresql.bin_dir (the tests pick a version)
     # The demo's processes get SIGTERM when the demo dies (see `_parent_death_signal`).
     die_with_parent: bool = False
 
@@ -358,7 +359,7 @@ class LocalCluster:
             "run_dir": str(member.run_dir),
             "dcs": self._dcs_config(member),
             "postgresql": {
-                "bin_dir": PG_BIN,
+                "bin_dir": self.pg_bin,
                 "data_dir": str(member.data_dir),
                 "listen_host": "127.0.0.1",
                 "connect_host": "127.0.0.1",

@@ -195,6 +195,9 @@ class LocalState:
     hot_standby: tuple[tuple[str, int], ...] = ()
     # pg_stat_archiver (agent/archiving.py); None while archive_mode is off or unread.
     archiver: ArchiverStats | None = None
+    # The major version of the local PostgreSQL binaries (`postgres --version`); None until
+    # known. A member never clones, rewinds or streams from a leader of another major.
+    pg_major: int | None = None
 
     @property
     def is_primary(self) -> bool:
@@ -246,6 +249,7 @@ class Member:
     # A replica: the member it was last pointed at (the leader, or its replicatefrom).
     upstream: MemberName | None = None
     archiver: ArchiverStats | None = None  # WAL archiving (agent/archiving.py)
+    pg_major: int | None = None  # the major version of its PostgreSQL binaries, if known
     version: str = ""  # the DCS's version of this record; not part of the payload
 
     def to_json(self) -> str:
@@ -254,6 +258,7 @@ class Member:
                 **({"archiver": self.archiver.to_dict()} if self.archiver else {}),
                 "pending_restart": list(self.pending_restart),
                 "hot_standby": dict(self.hot_standby),
+                "pg_major": self.pg_major,
                 "role": self.role.value,
                 "state": self.state.value,
                 "api_url": self.api_url,
@@ -645,6 +650,7 @@ def parse_member(name: str, raw: RawRecord) -> Member:
         ),
         upstream=_name_or_none(data.get("upstream"), "upstream"),
         archiver=stats_from_dict(archiver) if isinstance(archiver, dict) else None,
+        pg_major=_int_or_none(data.get("pg_major")),
         version=raw.version,
     )
 

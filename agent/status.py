@@ -148,6 +148,7 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
         wal_lsn=local.wal_lsn,
         replay_lsn=local.replay_lsn,
         system_id=local.system_id,
+        pg_major=local.pg_major,
         tags=MemberTags(
             nofailover=s.tags.nofailover,
             failover_priority=s.tags.failover_priority,

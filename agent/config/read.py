@@ -29,11 +29,13 @@ RESERVED_ENV_VARS: Final = frozenset(
         "PGWARDEN_CERT_FILE",
         "PGWARDEN_KEY_FILE",
         "PGWARDEN_SA_DIR",
+        "PGWARDEN_TEST_PG",
     }
 )
 """PGWARDEN_* variables that are not settings (the config file path; `pgwarden ctl`'s
 connection defaults, which may be set in the agent's own environment for `kubectl exec`;
-the service-account directory override of agent/kube/client.py)."""
+the service-account directory override of agent/kube/client.py; the test suite's choice of
+PostgreSQL versions, which the agents it starts inherit)."""
 
 SCHEMA: Final[Mapping[str, Kind]] = {f.path: f.kind for f in FIELDS}
 """Every key by dotted path, sections included: the known keys and their value types."""

@@ -43,6 +43,8 @@ from agent.decide.state import (
 from agent.decide.topology import clone_source, upstream_for
 from agent.model import (
     LocalRequestKind,
+    LocalState,
+    Member,
     PgState,
     Role,
 )
@@ -53,6 +55,23 @@ from agent.settings import Settings
 # exists, and returned at once while postmaster.pid still said "ready": the loop cycled ~38
 # times a second, chaos finding 12); the postmaster's exit wakes the loop.
 _NOT_ACCEPTING = "PostgreSQL is not accepting connections: waiting for its postmaster"
+
+
+def major_refusal(local: LocalState, leader: Member | None) -> str | None:
+    """Why this member must not clone from, rewind against or stream from `leader`: its
+    binaries are of another PostgreSQL major version (data directory and WAL formats differ;
+    pg_basebackup and the WAL receiver would fail, or worse). It stays out, saying so every
+    cycle, until one side is upgraded. None when both majors agree or one is unknown (an
+    agent that does not publish it)."""
+    if leader is None or leader.pg_major is None or local.pg_major is None:
+        return None
+    if leader.pg_major == local.pg_major:
+        return None
+    return (
+        f"refusing to join: this member runs PostgreSQL {local.pg_major} but the leader "
+        f"{leader.name} runs PostgreSQL {leader.pg_major}; members of one cluster must run "
+        "the same major version"
+    )
 
 
 def when_busy(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
@@ -126,6 +145,9 @@ def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[
         )
     source = clone_source(view, settings.name) if view.leader is not None else None
     if source is not None:
+        refusal = major_refusal(obs.local, view.leader_member)
+        if refusal is not None:
+            return decided(memory, refusal)
         return decided(memory, f"no data: cloning from {source}", Clone(source=source))
     return decided(memory, "no data: waiting for a running leader to clone from")
 
@@ -160,6 +182,9 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         leader is not None and leader.role == Role.PRIMARY and leader.state == PgState.RUNNING
     )
     backing_off = memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S
+    refusal = major_refusal(local, leader)
+    if refusal is not None:
+        return decided(memory, refusal)
     if needs_rewind(local, leader, view):
         if not leader_up:
             return decided(memory, f"waiting for {leader_name} to run before rewinding")

@@ -45,6 +45,7 @@ from agent.postgres.process import (
     run_tool_result,
 )
 from agent.postgres.replication import parse_synchronous_standby_names
+from agent.postgres.version import binaries_major
 
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -348,8 +349,21 @@ class Prober:
         self._wal_end: tuple[int | None, int | None, Lsn] | None = None
         # A primary's WAL flush position at the previous probe, per postmaster.
         self._flush_seen: tuple[int | None, Lsn | None] | None = None
+        self._pg_major: int | None = None  # of the binaries; asked until known
 
     async def probe(
+        self, *, running: bool, postmaster_pid: int | None, timeout_s: float
+    ) -> LocalState:
+        """`_probe`, stamped with the binaries' major version (asked once, when known)."""
+        if self._pg_major is None:
+            with contextlib.suppress(PostgresError, ValueError):
+                self._pg_major = await binaries_major(self._settings, timeout_s=timeout_s / 2)
+        state = await self._probe(
+            running=running, postmaster_pid=postmaster_pid, timeout_s=timeout_s
+        )
+        return dataclasses.replace(state, pg_major=self._pg_major)
+
+    async def _probe(
         self, *, running: bool, postmaster_pid: int | None, timeout_s: float
     ) -> LocalState:
         """One snapshot of the local PostgreSQL, within `timeout_s`.

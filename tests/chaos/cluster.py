@@ -208,6 +208,7 @@ class ChaosCluster:
     delay_proxies: bool = False
     # Extra keys of the agents' `ha` section (e.g. maximum_lag_on_failover_bytes).
     ha_extra: dict[str, object] = field(default_factory=dict)
+    pg_bin: str = PG_BIN  # the members' postgresql.bin_dir (tests/support/pgversions.py)
     base: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgw-chaos-", dir="/tmp"))
     )
@@ -498,7 +499,7 @@ class ChaosCluster:
             "run_dir": str(member.base / "run"),
             "dcs": self._dcs_config(member),
             "postgresql": {
-                "bin_dir": PG_BIN,
+                "bin_dir": self.pg_bin,
                 "data_dir": str(member.data_dir),
                 "listen_host": member.address,
                 "connect_host": member.address,

@@ -15,6 +15,7 @@ import pytest
 from tests.chaos import netns, report
 from tests.chaos.cluster import QUICK_TIMING, ChaosCluster
 from tests.chaos.runner import Runner, ScenarioResult
+from tests.support.pgversions import PgInstall, Tier, params, wanted_majors
 
 CONVERGE_BOUND_S = 45.0  # after healing, one primary and all others streaming within this
 
@@ -27,6 +28,14 @@ def chaos_support() -> None:
     if why is not None:
         pytest.skip(why)
     netns.cleanup_leftovers()
+
+
+@pytest.fixture(scope="module", params=params(Tier.CLUSTER))
+def pg_install(request: pytest.FixtureRequest) -> PgInstall:
+    """The PostgreSQL version of the module's cluster: one module pass per version that
+    PGWARDEN_TEST_PG selects for the cluster tier (tests/support/pgversions.py)."""
+    install: PgInstall = request.param
+    return install
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +59,7 @@ def chaos_results() -> Iterator[list[ScenarioResult]]:
                     for k, v in QUICK_TIMING.items()
                     if k in ("ttl_s", "loop_wait_s", "retry_timeout_s", "fence_margin_s")
                 },
+                "postgresql": ", ".join(str(m) for m in wanted_majors(Tier.CLUSTER)),
                 "replication": "asynchronous; [sync]: synchronous_mode on",
                 "dcs": "3 etcd members; [k8s]: the test Kubernetes API server, lock endpoints",
                 "failsafe": "off; [failsafe]: failsafe_mode on",
@@ -63,6 +73,7 @@ def chaos_results() -> Iterator[list[ScenarioResult]]:
 def _running(
     results: list[ScenarioResult],
     *,
+    pg: PgInstall,
     sync: bool = False,
     dcs: str = "etcd",
     failsafe: bool = False,
@@ -72,8 +83,12 @@ def _running(
     timing: dict[str, float] | None = None,
     ha_extra: dict[str, object] | None = None,
 ) -> Iterator[Runner]:
-    """A started cluster; the calling thread is in its client namespace until the exit."""
+    """A started cluster on PostgreSQL `pg`; the calling thread is in its client namespace
+    until the exit. Scenario names get " [pgN]" when more than one version runs."""
+    if len(wanted_majors(Tier.CLUSTER)) > 1:
+        suffix += f" [pg{pg.major}]"
     cluster = ChaosCluster(
+        pg_bin=pg.bin_dir,
         synchronous_mode="on" if sync else "off",
         dcs=dcs,
         failsafe_mode=failsafe,
@@ -101,48 +116,57 @@ def _running(
 
 
 @pytest.fixture(scope="module")
-def runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+def runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
     """Asynchronous replication; the test thread is in the client namespace for the module."""
-    with _running(chaos_results, sync=False) as chaos:
+    with _running(chaos_results, pg=pg_install, sync=False) as chaos:
         yield chaos
 
 
 @pytest.fixture(scope="module")
-def sync_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+def sync_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
     """synchronous_mode: on; the test thread is in the client namespace for the module."""
-    with _running(chaos_results, sync=True) as chaos:
+    with _running(chaos_results, pg=pg_install, sync=True) as chaos:
         yield chaos
 
 
 @pytest.fixture(scope="module")
-def k8s_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+def k8s_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
     """The DCS is the test Kubernetes API server (lock kind endpoints) on its own host;
     asynchronous replication; scenario names get " [k8s]"."""
-    with _running(chaos_results, dcs="kubernetes", suffix=" [k8s]") as chaos:
+    with _running(chaos_results, pg=pg_install, dcs="kubernetes", suffix=" [k8s]") as chaos:
         yield chaos
 
 
 @pytest.fixture(scope="module")
-def failsafe_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+def failsafe_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
     """etcd, asynchronous replication, `ha.failsafe_mode: true` (CHAOS_FAILSAFE=off builds
     the same cluster without it, to see the failsafe assertions fail); names get
     " [failsafe]" (" [failsafe off]" when off)."""
     on = os.environ.get("CHAOS_FAILSAFE", "on") != "off"
     with _running(
-        chaos_results, failsafe=on, suffix=" [failsafe]" if on else " [failsafe off]"
+        chaos_results, pg=pg_install, failsafe=on, suffix=" [failsafe]" if on else " [failsafe off]"
     ) as chaos:
         yield chaos
 
 
 @pytest.fixture(scope="module")
 def failsafe_k8s_runner(
-    chaos_support: None, chaos_results: list[ScenarioResult]
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
 ) -> Iterator[Runner]:
     """The Kubernetes DCS with `ha.failsafe_mode: true` (CHAOS_FAILSAFE=off: without);
     names get " [k8s, failsafe]" (" [k8s, failsafe off]")."""
     on = os.environ.get("CHAOS_FAILSAFE", "on") != "off"
     with _running(
         chaos_results,
+        pg=pg_install,
         dcs="kubernetes",
         failsafe=on,
         suffix=" [k8s, failsafe]" if on else " [k8s, failsafe off]",
@@ -159,12 +183,12 @@ def _need_fuse() -> None:
 
 @pytest.fixture(scope="module")
 def storage_sync_runner(
-    chaos_support: None, chaos_results: list[ScenarioResult]
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
 ) -> Iterator[Runner]:
     """synchronous_mode: on, every member's data directory on a FUSE store whose writes can
     be hung (tests/chaos/fuse_fs.py); names get " [sync]"."""
     _need_fuse()
-    with _running(chaos_results, sync=True, fuse_storage=True) as chaos:
+    with _running(chaos_results, pg=pg_install, sync=True, fuse_storage=True) as chaos:
         yield chaos
 
 
@@ -187,22 +211,25 @@ def slow_timing() -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def slow_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+def slow_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
     """Asynchronous replication, every member's outgoing connections through a delaying proxy
     (tests/chaos/delay_proxy.py), SLOW_TIMING; names get " [ttl 20]"."""
     with _running(
-        chaos_results, delay_proxies=True, timing=slow_timing(), suffix=" [ttl 20]"
+        chaos_results, pg=pg_install, delay_proxies=True, timing=slow_timing(), suffix=" [ttl 20]"
     ) as chaos:
         yield chaos
 
 
 @pytest.fixture(scope="module")
 def slow_failsafe_runner(
-    chaos_support: None, chaos_results: list[ScenarioResult]
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
 ) -> Iterator[Runner]:
     """The same with `ha.failsafe_mode: true`; names get " [ttl 20, failsafe]"."""
     with _running(
         chaos_results,
+        pg=pg_install,
         delay_proxies=True,
         failsafe=True,
         timing=slow_timing(),
@@ -218,7 +245,10 @@ LAG_LIMITS = {"1MiB": 1024 * 1024, "1GiB": 1024 * 1024 * 1024}
 
 @pytest.fixture(scope="module", params=sorted(LAG_LIMITS))
 def load_runner(
-    request: pytest.FixtureRequest, chaos_support: None, chaos_results: list[ScenarioResult]
+    request: pytest.FixtureRequest,
+    chaos_support: None,
+    chaos_results: list[ScenarioResult],
+    pg_install: PgInstall,
 ) -> Iterator[Runner]:
     """Asynchronous replication, quick timings, maximum_lag_on_failover_bytes from
     LAG_LIMITS, delaying proxies (no delay unless a scenario sets one); names get
@@ -226,6 +256,7 @@ def load_runner(
     limit: str = request.param
     with _running(
         chaos_results,
+        pg=pg_install,
         delay_proxies=True,
         ha_extra={"maximum_lag_on_failover_bytes": LAG_LIMITS[limit]},
         suffix=f" [max lag {limit}]",
@@ -234,9 +265,11 @@ def load_runner(
 
 
 @pytest.fixture(scope="module")
-def storage_runner(chaos_support: None, chaos_results: list[ScenarioResult]) -> Iterator[Runner]:
+def storage_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
     """Asynchronous replication, every member's data directory on a FUSE store that can fail
     writes with ENOSPC (tests/chaos/fuse_fs.py)."""
     _need_fuse()
-    with _running(chaos_results, fuse_storage=True) as chaos:
+    with _running(chaos_results, pg=pg_install, fuse_storage=True) as chaos:
         yield chaos

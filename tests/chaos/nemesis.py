@@ -35,7 +35,7 @@ from pathlib import Path
 import asyncpg
 
 from agent.proctree import children
-from tests.chaos.cluster import PG_BIN, ChaosCluster, Member
+from tests.chaos.cluster import ChaosCluster, Member
 from tests.chaos.netns import kill_namespace_processes
 
 # sigterm-chain: how many SIGTERMs in a row, how long the workload writes to each new
@@ -660,7 +660,7 @@ class _LoadThenKill:
         log = open(self.log, "ab")  # noqa: SIM115  # closed below, once pgbench has it
         self.load = subprocess.Popen(
             cluster.client.exec_args(
-                f"{PG_BIN}/pgbench",
+                f"{cluster.pg_bin}/pgbench",
                 "-n",
                 "-h",
                 old.address,

@@ -28,6 +28,7 @@ from tests.support.cluster import (
     stop_writers,
     wait_until,
 )
+from tests.support.pgversions import PgInstall
 from tests.support.workload import (
     AppWriter,
     ensure_table,
@@ -41,8 +42,8 @@ TTL = 6.0
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster() as running:
+def cluster(pg_install: PgInstall) -> Iterator[LocalCluster]:
+    with local_cluster(pg=pg_install) as running:
         yield running
 
 

@@ -32,6 +32,7 @@ from tests.support.cluster import (
     stop_writers,
     wait_until,
 )
+from tests.support.pgversions import PgInstall
 from tests.support.workload import ensure_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -53,9 +54,12 @@ async def _seeded_failsafe(cluster: LocalCluster) -> object:
 
 
 @pytest.fixture(scope="module", params=["etcd", "kubernetes"])
-def started(request: pytest.FixtureRequest) -> Iterator[Started]:
+def started(request: pytest.FixtureRequest, pg_install: PgInstall) -> Iterator[Started]:
     with local_cluster(
-        cluster="fs", dcs_kind=request.param, extra={"ha": {"failsafe_mode": True}}
+        cluster="fs",
+        dcs_kind=request.param,
+        extra={"ha": {"failsafe_mode": True}},
+        pg=pg_install,
     ) as running:
         # Read before any test changes it, whichever test runs first.
         yield Started(cluster=running, seeded_failsafe=asyncio.run(_seeded_failsafe(running)))

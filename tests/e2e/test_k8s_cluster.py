@@ -41,6 +41,7 @@ from tests.support.cluster import (
     wait_until,
 )
 from tests.support.k8s_audit import agent_permissions, request_rate
+from tests.support.pgversions import PgInstall
 from tests.support.workload import has_split_brain, writer_sequence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -50,8 +51,10 @@ KEEP_DIR = Path("/tmp") / f"pgwarden-k8s-e2e-{os.getpid()}"  # audit logs and ag
 
 
 @pytest.fixture(scope="module", params=["endpoints", "lease"])
-def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    with local_cluster(dcs_kind="kubernetes", cluster="pgk", kube_lock=request.param) as running:
+def cluster(request: pytest.FixtureRequest, pg_install: PgInstall) -> Iterator[LocalCluster]:
+    with local_cluster(
+        dcs_kind="kubernetes", cluster="pgk", kube_lock=request.param, pg=pg_install
+    ) as running:
         try:
             yield running
         finally:

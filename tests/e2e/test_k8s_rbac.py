@@ -23,6 +23,7 @@ from agent.demo import LocalCluster
 from tests.support import manifests
 from tests.support.cluster import converge, local_cluster, new_primary, wait_until
 from tests.support.k8s_audit import AGENT_USER, audit_records
+from tests.support.pgversions import PgInstall
 from tests.support.rbac import calls_from_audit, check_calls
 
 pytestmark = [
@@ -40,8 +41,10 @@ EXAMPLE_FOR_LOCK = {
 
 
 @pytest.fixture(params=sorted(EXAMPLE_FOR_LOCK))
-def lock_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    with local_cluster(dcs_kind="kubernetes", cluster=CLUSTER, kube_lock=request.param) as running:
+def lock_cluster(request: pytest.FixtureRequest, pg_install: PgInstall) -> Iterator[LocalCluster]:
+    with local_cluster(
+        dcs_kind="kubernetes", cluster=CLUSTER, kube_lock=request.param, pg=pg_install
+    ) as running:
         yield running
 
 

@@ -41,6 +41,7 @@ from tests.support.nonroot import (
     nonroot_unavailable,
     process_uid,
 )
+from tests.support.pgversions import PgInstall
 from tests.support.workload import ensure_table, has_split_brain, writer_sequence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -49,11 +50,11 @@ TTL = 6.0
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[NonRootCluster]:
+def cluster(pg_install_ssl: PgInstall) -> Iterator[NonRootCluster]:
     reason = nonroot_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    with nonroot_cluster(pg_tls=True) as running:
+    with nonroot_cluster(pg=pg_install_ssl, pg_tls=True) as running:
         yield running
 
 

@@ -31,6 +31,7 @@ import pytest
 from agent.demo import LocalCluster, LocalMember
 from tests.support.cluster import E2E_TIMING, converge, new_primary
 from tests.support.etcd import EtcdCluster, running_cluster
+from tests.support.pgversions import PgInstall
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -81,11 +82,16 @@ class Started:
 
 
 @pytest.fixture(scope="module")
-def started() -> Iterator[Started]:
+def started(pg_install: PgInstall) -> Iterator[Started]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-secrets-", dir="/tmp"))
     auth = (ETCD_USER, SECRETS["etcd password"])
     running = SecretCluster(
-        base=base, size=2, timing=dict(E2E_TIMING), cluster="sec", token=SECRETS["api token"]
+        base=base,
+        size=2,
+        timing=dict(E2E_TIMING),
+        cluster="sec",
+        token=SECRETS["api token"],
+        pg_bin=pg_install.bin_dir,
     )
     try:
         with running_cluster(1, base / "etcd-auth", auth=auth) as etcd:

@@ -35,6 +35,7 @@ from tests.support.cluster import (
     revive,
     wait_until,
 )
+from tests.support.pgversions import PgInstall
 from tests.support.workload import AppWriter, WriterLog, ensure_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -57,8 +58,8 @@ async def _seeded_mode(cluster: LocalCluster) -> object:
 
 
 @pytest.fixture(scope="module")
-def started() -> Iterator[Started]:
-    with local_cluster(extra={"ha": {"synchronous_mode": "on"}}) as running:
+def started(pg_install: PgInstall) -> Iterator[Started]:
+    with local_cluster(extra={"ha": {"synchronous_mode": "on"}}, pg=pg_install) as running:
         # Read before any test changes it, whichever test runs first.
         yield Started(cluster=running, seeded_mode=asyncio.run(_seeded_mode(running)))
 

@@ -20,6 +20,7 @@ import asyncpg
 
 from agent.demo import LocalCluster, LocalMember
 from tests.support.etcd import EtcdCluster, etcd_cluster, make_tls_files
+from tests.support.pgversions import DEBIAN_15_BIN, PgInstall
 from tests.support.tls import ClusterPki
 from tests.support.workload import MemberWriter, WriterLog
 
@@ -115,9 +116,10 @@ def local_cluster(
     api_tls: bool = False,
     pg_tls: bool = False,
     etcd_tls: bool = False,
+    pg: PgInstall | None = None,
 ) -> Iterator[LocalCluster]:
-    """A running cluster of `size` agents (stopped and removed afterwards); with `api_tls`,
-    `pg_tls` or `etcd_tls` a `TlsCluster`."""
+    """A running cluster of `size` agents on PostgreSQL `pg` (default: Debian's 15), stopped
+    and removed afterwards; with `api_tls`, `pg_tls` or `etcd_tls` a `TlsCluster`."""
     base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
     common: dict[str, Any] = {
         "base": base,
@@ -127,6 +129,7 @@ def local_cluster(
         "dcs_kind": dcs_kind,
         "kube_lock": kube_lock,
         "extra": extra or {},
+        "pg_bin": pg.bin_dir if pg is not None else DEBIAN_15_BIN,
     }
     running = (
         TlsCluster(**common, api_tls=api_tls, pg_tls=pg_tls, etcd_tls=etcd_tls)

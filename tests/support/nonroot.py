@@ -29,6 +29,7 @@ from pathlib import Path
 
 from agent.demo import LocalMember
 from tests.support.cluster import E2E_TIMING, TlsCluster
+from tests.support.pgversions import PgInstall
 
 OS_USER = "postgres"
 SYSTEM_PYTHON = "/usr/bin/python3.11"
@@ -94,12 +95,16 @@ class NonRootCluster(TlsCluster):
 
 
 @contextmanager
-def nonroot_cluster(size: int = 3, *, pg_tls: bool = False) -> Iterator[NonRootCluster]:
-    """A running `NonRootCluster` (etcd, `size` agents, short e2e timings, PostgreSQL TLS
-    with `pg_tls`); stopped and removed afterwards."""
+def nonroot_cluster(
+    size: int = 3, *, pg: PgInstall, pg_tls: bool = False
+) -> Iterator[NonRootCluster]:
+    """A running `NonRootCluster` (etcd, `size` agents, short e2e timings, PostgreSQL `pg`,
+    TLS with `pg_tls`); stopped and removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="pgwarden-nonroot-", dir="/tmp"))
     os.chmod(base, 0o755)
-    running = NonRootCluster(base=base, size=size, timing=dict(E2E_TIMING), pg_tls=pg_tls)
+    running = NonRootCluster(
+        base=base, size=size, timing=dict(E2E_TIMING), pg_tls=pg_tls, pg_bin=pg.bin_dir
+    )
     try:
         running.start()
         yield running

@@ -18,23 +18,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-import pytest
-
 from agent.config import Credentials, PostgresSettings, Secret
 from agent.postgres import clone, create_roles, ensure_slots, initdb
 from agent.postgres.process import Postmaster, StandbyConfig, running_postmaster_pid
 from agent.postgres.replication import slot_name_for
+from tests.support.pgversions import PgInstall
 from tests.support.ports import free_ports
-
-PG_BIN_DIR = "/usr/lib/postgresql/15/bin"
 
 # Passwords with a space, a quote and a backslash: every layer of quoting is exercised.
 SUPERUSER_PASSWORD = "su per'pa\\ss"
 REPLICATION_PASSWORD = "re pl'pa\\ss"
-
-
-def pg_available() -> bool:
-    return os.path.isfile(os.path.join(PG_BIN_DIR, "postgres"))
 
 
 def pg_os_user() -> str | None:
@@ -78,10 +71,13 @@ def _chown_to(path: str, os_user: str | None) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def make_nodes(base: str, names: list[str], *, passwords: bool = True) -> list[PgNode]:
+def make_nodes(
+    base: str, names: list[str], *, install: PgInstall, passwords: bool = True
+) -> list[PgNode]:
     """Settings for `names` on distinct free ports, each in `<base>/<name>/` (owned by the
-    PostgreSQL OS user, holding `data/` and the socket) with its run dir `<base>/<name>-run`.
-    Without `passwords` the roles have none (loopback trust, as in a demo)."""
+    PostgreSQL OS user, holding `data/` and the socket) with its run dir `<base>/<name>-run`,
+    running the binaries of `install`. Without `passwords` the roles have none (loopback
+    trust, as in a demo)."""
     os_user = pg_os_user()
     nodes = []
     for name, port in zip(names, free_ports(len(names)), strict=True):
@@ -89,7 +85,7 @@ def make_nodes(base: str, names: list[str], *, passwords: bool = True) -> list[P
         os.mkdir(home, 0o700)
         _chown_to(home, os_user)
         settings = PostgresSettings(
-            bin_dir=PG_BIN_DIR,
+            bin_dir=install.bin_dir,
             data_dir=os.path.join(home, "data"),
             listen_host="127.0.0.1",
             port=port,
@@ -159,15 +155,13 @@ async def eventually(
 
 @contextlib.asynccontextmanager
 async def streaming_pair(
-    *, table_sql: str, ttl_s: float | None = None
+    *, install: PgInstall, table_sql: str, ttl_s: float | None = None
 ) -> AsyncIterator[tuple[PgNode, PgNode]]:
     """A primary (with `table_sql` run on it) and a standby cloned from it and streaming,
-    both run by `Postmaster` (with `ttl_s`, the agent's derived replication timeouts). Skips
-    the test without PostgreSQL; stops both and cleans up afterwards."""
-    if not pg_available():
-        pytest.skip("PostgreSQL 15 binaries not installed")
+    both run by `Postmaster` on `install` (with `ttl_s`, the agent's derived replication
+    timeouts). Stops both and cleans up afterwards."""
     with pg_base_dir() as base:
-        nodes = make_nodes(base, ["p", "s"])
+        nodes = make_nodes(base, ["p", "s"], install=install)
         if ttl_s is not None:
             for node in nodes:
                 node.postmaster = Postmaster(

@@ -34,6 +34,7 @@ from agent.postgres import (
     rewind,
 )
 from agent.postgres.bootstrap import clear_data_dir, drop_slots, last_timeline_switch
+from tests.support.pgversions import PgInstall
 from tests.support.postgres import (
     REPLICATION_PASSWORD,
     SUPERUSER_PASSWORD,
@@ -164,11 +165,12 @@ async def test_two_clones_stream_from_the_primary_through_their_own_slots(
 
 
 async def test_probe_describes_the_primary_and_a_replica_in_one_snapshot_each(
-    three_nodes: list[PgNode],
+    three_nodes: list[PgNode], pg_install: PgInstall
 ) -> None:
     n1, n2, _ = three_nodes
     primary = await _probe(n1)
     assert primary.is_primary
+    assert primary.pg_major == pg_install.major  # what the member record publishes
     assert primary.postmaster_pid == n1.postmaster.pid()
     assert primary.timeline == 1
     assert primary.wal_lsn is not None

@@ -24,6 +24,7 @@ import pytest_asyncio
 
 from agent.postgres import Postmaster, StopMode
 from agent.postgres.replication import socket_dir
+from tests.support.pgversions import PgInstall
 from tests.support.postgres import PgNode, streaming_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -34,8 +35,10 @@ TTL_S = 4.0
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def pair() -> AsyncIterator[tuple[PgNode, PgNode]]:
-    async with streaming_pair(table_sql="CREATE TABLE t (v int)", ttl_s=TTL_S) as nodes:
+async def pair(pg_install: PgInstall) -> AsyncIterator[tuple[PgNode, PgNode]]:
+    async with streaming_pair(
+        install=pg_install, table_sql="CREATE TABLE t (v int)", ttl_s=TTL_S
+    ) as nodes:
         try:
             yield nodes
         finally:

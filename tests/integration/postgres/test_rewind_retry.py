@@ -22,6 +22,7 @@ import pytest_asyncio
 
 from agent.postgres import PostgresError, StandbyConfig, StopMode, ensure_slots, rewind
 from agent.postgres.bootstrap import SourceUnreachable
+from tests.support.pgversions import PgInstall
 from tests.support.postgres import PgNode, streaming_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -35,10 +36,13 @@ def _report(what: str, seconds: float) -> None:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def diverged() -> AsyncIterator[tuple[PgNode, PgNode]]:
+async def diverged(pg_install: PgInstall) -> AsyncIterator[tuple[PgNode, PgNode]]:
     """(old primary, new primary): the standby promoted, then a row only the old primary has,
     and the old primary stopped, as the agent leaves it before a rewind."""
-    async with streaming_pair(table_sql="CREATE TABLE t (v text)") as (old, new):
+    async with streaming_pair(install=pg_install, table_sql="CREATE TABLE t (v text)") as (
+        old,
+        new,
+    ):
         await new.postmaster.promote(timeout_s=10)
         await old.postmaster.execute("INSERT INTO t VALUES ('divergent')", timeout_s=SQL_TIMEOUT_S)
         await old.postmaster.stop(StopMode.FAST, timeout_s=10)

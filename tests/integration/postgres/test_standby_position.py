@@ -27,6 +27,7 @@ from agent.postgres import (
     Prober,
     StandbyConfig,
 )
+from tests.support.pgversions import PgInstall
 from tests.support.postgres import PgNode, streaming_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -36,8 +37,8 @@ SQL_TIMEOUT_S = 5.0
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def pair() -> AsyncIterator[tuple[PgNode, PgNode]]:
-    async with streaming_pair(table_sql="CREATE TABLE t (v text)") as nodes:
+async def pair(pg_install: PgInstall) -> AsyncIterator[tuple[PgNode, PgNode]]:
+    async with streaming_pair(install=pg_install, table_sql="CREATE TABLE t (v text)") as nodes:
         yield nodes
 
 

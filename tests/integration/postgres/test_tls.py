@@ -33,15 +33,14 @@ from agent.postgres import StopMode, clone, create_roles, ensure_slots, initdb, 
 from agent.postgres.replication import passfile_path, quote_config_value
 from agent.postgres.tls import TlsRenewal
 from agent.settings import PostgresTls
+from tests.support.pgversions import PgInstall, has_ssl
 from tests.support.postgres import (
-    PG_BIN_DIR,
     REPLICATION_PASSWORD,
     SUPERUSER_PASSWORD,
     PgNode,
     eventually,
     kill_leftovers,
     make_nodes,
-    pg_available,
     pg_base_dir,
 )
 from tests.support.tls import pg_served_certificate
@@ -75,9 +74,9 @@ def _member_tls(ca: trustme.CA, directory: Path) -> PostgresTls:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def pair() -> AsyncIterator[TlsPair]:
-    if not pg_available():
-        pytest.skip("PostgreSQL 15 binaries not installed")
+async def pair(pg_install: PgInstall) -> AsyncIterator[TlsPair]:
+    if not has_ssl(pg_install):
+        pytest.skip(f"PostgreSQL {pg_install.major} here is built without SSL")
     ca = trustme.CA()
     with pg_base_dir() as base:
         nodes = [
@@ -87,7 +86,7 @@ async def pair() -> AsyncIterator[TlsPair]:
                     node.settings, tls=_member_tls(ca, Path(base) / f"{node.name}-tls")
                 ),
             )
-            for node in make_nodes(base, ["tp", "ts"])
+            for node in make_nodes(base, ["tp", "ts"], install=pg_install)
         ]
         primary, standby = nodes
         try:
@@ -147,7 +146,7 @@ def _identify_system(node: PgNode, **keywords: str) -> subprocess.CompletedProce
         }.items()
     )
     return subprocess.run(
-        [os.path.join(PG_BIN_DIR, "psql"), conninfo, "-Atc", "IDENTIFY_SYSTEM"],
+        [os.path.join(node.settings.bin_dir, "psql"), conninfo, "-Atc", "IDENTIFY_SYSTEM"],
         env={"PGPASSWORD": REPLICATION_PASSWORD, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
