@@ -21,6 +21,7 @@ from agent.model import (
     SyncRecord,
     SyncStandbys,
 )
+from agent.slot_config import PermanentSlot
 
 
 class StopMode(StrEnum):
@@ -145,6 +146,11 @@ class EnsureSlots:
 
     names: tuple[MemberName, ...]
     drop: tuple[MemberName, ...] = ()
+    # The permanent slots of the config record, created if missing (never dropped here).
+    permanent: tuple[PermanentSlot, ...] = ()
+    # synchronized_standby_slots (17+, failover slots): the slots of these members; None
+    # leaves the setting alone (before 17 it does not exist).
+    synchronized: tuple[MemberName, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

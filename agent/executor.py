@@ -81,6 +81,7 @@ from agent.postgres.process import PostgresError, StandbyConfig
 from agent.postgres.process import StopMode as PgStopMode
 from agent.postgres.replication import render_synchronous_standby_names, slot_name_for
 from agent.settings import Settings
+from agent.slot_config import logical_names
 from agent.steps import RecordWrite, pg_mode, record_write, standby_of
 from agent.stop_rules import Done, StartLong, next_step
 
@@ -344,9 +345,12 @@ class Executor:
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
                 return True
-            case EnsureSlots(names=names, drop=drop):
+            case EnsureSlots(names=names, drop=drop, permanent=permanent, synchronized=sync):
                 await self.pg.set_slots(
-                    ensure=[slot_name_for(n) for n in names], drop=[slot_name_for(n) for n in drop]
+                    ensure=[slot_name_for(n) for n in names],
+                    drop=[slot_name_for(n) for n in drop],
+                    permanent=permanent,
+                    synchronized=None if sync is None else [slot_name_for(n) for n in sync],
                 )
                 return True
             case HandOver(candidate=candidate, shutting_down=shutting_down):
@@ -451,6 +455,11 @@ class Executor:
                 else:
                     standby = standby_of(s, view, upstream)
                 await self.pg.start(standby=standby, timeout_s=start_s)
+                if view is not None and (names := logical_names(view.config.slots)):
+                    # A former primary's own copies of the permanent logical slots are stale
+                    # (the leader's are the real ones) and, on 17+, block the slot sync
+                    # worker from making synchronized copies under the same names.
+                    await self.pg.drop_stale_logical_slots(names)
             case _:
                 assert_never(action)
 

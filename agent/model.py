@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import NewType, TypeVar
 
 from agent.archiving import ArchiverStats, stats_from_dict
+from agent.slot_config import PermanentSlot, parse_slots, slots_to_json
 
 _T = TypeVar("_T")
 
@@ -395,12 +396,17 @@ class DynamicConfig:
     # agents' REST API (DESIGN.md section 3; agent/decide/failsafe.py).
     failsafe_mode: bool = False
     postgresql: PgConfig = field(default_factory=PgConfig)
+    # Permanent replication slots the leader keeps (agent/slot_config.py).
+    slots: tuple[PermanentSlot, ...] = ()
     version: str = ""
 
     def to_json(self) -> str:
         extra: dict[str, object] = {}
         if self.postgresql != PgConfig():
             extra["postgresql"] = self.postgresql.to_dict()
+        # `slots` only when some are declared: records of agents without slots stay as they were.
+        if self.slots:
+            extra["slots"] = slots_to_json(self.slots)
         return json.dumps(
             {
                 **extra,
@@ -750,6 +756,7 @@ def parse_config(raw: RawRecord) -> DynamicConfig:
         maximum_lag_on_syncnode_bytes=max_lag,
         failsafe_mode=failsafe,
         postgresql=parse_pg_config(data.get("postgresql")),
+        slots=parse_slots(data.get("slots")),
         version=raw.version,
     )
 

@@ -105,6 +105,14 @@ _RESTART: Final = {
     "done": _NAMES,
     "current": _NULL_STR,
 }
+# Permanent replication slots by name (agent/slot_config.py); in the record only when set.
+_SLOTS: Final = {
+    "type": "object",
+    "additionalProperties": _obj(
+        {"type": {"enum": ["physical", "logical"]}, "database": _STR, "plugin": _STR},
+        required=("type",),
+    ),
+}
 
 SCHEMAS: Final[Mapping[str, Schema]] = {
     "Error": _obj({"error": _STR}),
@@ -215,6 +223,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
         {
             **_CONFIG_FIELDS,
             "postgresql": _PG_CONFIG,
+            "slots": _SLOTS,
             "restart_needed": {
                 **_NAMES,
                 "description": "PATCH: the changed parameters only a restart applies",
@@ -223,7 +232,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
         required=[*_CONFIG_FIELDS, "postgresql"],
     ),
     "ConfigPatch": {
-        **_obj({**_CONFIG_FIELDS, "postgresql": _PG_PATCH}, required=()),
+        **_obj({**_CONFIG_FIELDS, "postgresql": _PG_PATCH, "slots": _SLOTS}, required=()),
         "minProperties": 1,
     },
     "RollingRestartRequest": _obj(

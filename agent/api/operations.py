@@ -28,6 +28,7 @@ from agent.model import (
     SwitchoverRequest,
     SyncMode,
 )
+from agent.slot_config import PermanentSlot, parse_slots
 
 _V = TypeVar("_V")
 _ELIGIBLE_STATES = frozenset({PgState.RUNNING, PgState.STREAMING})
@@ -116,11 +117,13 @@ class ConfigPatch:
     maximum_lag_on_syncnode_bytes: int | None = None
     failsafe_mode: bool | None = None
     postgresql: PgPatch | None = None
+    slots: tuple[PermanentSlot, ...] | None = None  # the whole set (agent/slot_config.py)
 
 
 _CONFIG_FIELDS = frozenset(
     {
         "postgresql",
+        "slots",
         "paused",
         "synchronous_mode",
         "synchronous_node_count",
@@ -177,7 +180,17 @@ def parse_config_patch(body: Mapping[str, object]) -> ConfigPatch:
         ),
         failsafe_mode=_optional_bool(body, "failsafe_mode"),
         postgresql=parse_pg_patch(body["postgresql"]) if "postgresql" in body else None,
+        slots=_optional_slots(body),
     )
+
+
+def _optional_slots(body: Mapping[str, object]) -> tuple[PermanentSlot, ...] | None:
+    if "slots" not in body:
+        return None
+    try:
+        return parse_slots(body["slots"])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def apply_config_patch(config: DynamicConfig, patch: ConfigPatch) -> DynamicConfig:
@@ -198,6 +211,7 @@ def apply_config_patch(config: DynamicConfig, patch: ConfigPatch) -> DynamicConf
             if patch.postgresql is not None
             else config.postgresql
         ),
+        slots=pick(patch.slots, config.slots),
         version=config.version,
     )
 

@@ -50,6 +50,7 @@ from agent.model import (
     MemberName,
 )
 from agent.settings import Settings
+from agent.slot_config import FAILOVER_SLOTS_MAJOR, effective_wal_level, has_logical
 
 
 def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
@@ -85,8 +86,16 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
             actions.append(SetConfig(config=seed_config(settings), expected_version=None))
     slots, drop, absent = _plan_slots(view, memory, now, settings)
     memory = replace(memory, slots_absent_since=absent)
-    if slots != memory.slots or drop:
-        actions.append(EnsureSlots(names=slots, drop=drop))
+    permanent, synchronized = view.config.slots, synchronized_standbys(view, local, settings)
+    if (
+        slots != memory.slots
+        or drop
+        or permanent != memory.permanent_slots
+        or synchronized != memory.synchronized_slots
+    ):
+        actions.append(
+            EnsureSlots(names=slots, drop=drop, permanent=permanent, synchronized=synchronized)
+        )
     sync_step, memory = plan_sync(view, local, memory, settings)
     if sync_step is not None:
         actions.append(sync_step)
@@ -228,6 +237,31 @@ def _plan_slots(
     kept = tuple(sorted((present | absent.keys()) - drop - elsewhere))
     remaining = tuple(sorted((n, t) for n, t in absent.items() if n not in drop))
     return kept, tuple(sorted(drop)), remaining
+
+
+def synchronized_standbys(
+    view: ClusterView, local: LocalState, settings: Settings
+) -> tuple[MemberName, ...] | None:
+    """Whose slots the primary lists in synchronized_standby_slots (PostgreSQL 17+): with a
+    logical permanent slot and failover slots on, the members that stream from us now and
+    may be promoted, so that no logical consumer gets a change before they have it. A
+    standby that stops streaming leaves the list at the next cycle (the consumers would
+    otherwise wait for it). None before 17 or when unknown (the setting does not exist)."""
+    if local.pg_major is None or local.pg_major < FAILOVER_SLOTS_MAJOR:
+        return None
+    wal_level = effective_wal_level(
+        settings.postgresql.parameters, view.config.postgresql.parameters
+    )
+    if not has_logical(view.config.slots) or wal_level != "logical":
+        return ()
+    eligible = {m.name for m in view.members if not m.tags.nofailover}
+    return tuple(
+        sorted(
+            MemberName(row.application_name)
+            for row in local.replication
+            if row.state == "streaming" and row.application_name in eligible
+        )
+    )
 
 
 def seed_config(settings: Settings) -> DynamicConfig:

@@ -66,8 +66,12 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return replace(memory, pre_promoted=None, promote_vetoed_at=outcome.sent_at)
         case Follow(leader=leader):
             return replace(memory, following=leader) if outcome.ok else failed
-        case EnsureSlots(names=names):
-            return replace(memory, slots=names) if outcome.ok else failed
+        case EnsureSlots(names=names, permanent=permanent, synchronized=synchronized):
+            if not outcome.ok:
+                return failed
+            return replace(
+                memory, slots=names, permanent_slots=permanent, synchronized_slots=synchronized
+            )
         case SetSyncStandbyNames() | SetSyncRecord() | SetConfig() | SetFailsafeRecord():
             return memory
         case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover():

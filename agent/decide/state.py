@@ -30,6 +30,7 @@ from agent.model import (
     SyncStandbys,
 )
 from agent.settings import Settings
+from agent.slot_config import PermanentSlot
 
 # A failed long action is not retried sooner than this (seconds, monotonic).
 RETRY_BACKOFF_S = 5.0
@@ -94,6 +95,10 @@ class Memory:
     last_leader: MemberName | None = None
     last_leader_wal_lsn: Lsn | None = None
     slots: tuple[MemberName, ...] | None = None  # slots last ensured on our primary
+    # The permanent slots and synchronized_standby_slots last ensured with them (EnsureSlots;
+    # ensured again whenever `slots` is, e.g. after a promotion).
+    permanent_slots: tuple[PermanentSlot, ...] = ()
+    synchronized_slots: tuple[MemberName, ...] | None = None
     slots_absent_since: tuple[tuple[MemberName, float], ...] = ()  # kept within the grace
     rewind_failures: int = 0
     failed_at: float | None = None  # when a long action last failed

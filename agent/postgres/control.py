@@ -22,12 +22,13 @@ import asyncpg
 
 from agent.backup_settings import BootstrapMethod
 from agent.model import LocalState, Lsn, Member, PgConfig, SyncStandbys
-from agent.postgres import bootstrap, pgbackrest, restore
+from agent.postgres import bootstrap, pgbackrest, restore, slots
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig, StopMode
 from agent.postgres.replication import quote_literal, render_synchronous_standby_names
 from agent.postgres.tls import client_ssl_context
 from agent.settings import Settings
+from agent.slot_config import PermanentSlot
 
 # How long one attempt to read a remote member's received position may take (seconds).
 RECEIVED_ATTEMPT_S = 1.0
@@ -80,9 +81,22 @@ class PostgresControl(Protocol):
         """pg_rewind the stopped data directory onto `standby`'s upstream (SourceUnreachable
         when it could not be reached), and configure this as its standby."""
 
-    async def set_slots(self, *, ensure: Collection[str], drop: Collection[str]) -> None:
+    async def set_slots(
+        self,
+        *,
+        ensure: Collection[str],
+        drop: Collection[str],
+        permanent: Collection[PermanentSlot] = (),
+        synchronized: Collection[str] | None = None,
+    ) -> None:
         """On the primary: create the missing physical slots among `ensure`, then drop the
-        slots of `drop` that exist and are not in use (a slot in use is left for later)."""
+        slots of `drop` that exist and are not in use (a slot in use is left for later);
+        create the missing `permanent` slots; set synchronized_standby_slots to the slots
+        `synchronized` (None: leave it alone)."""
+
+    async def drop_stale_logical_slots(self, names: Collection[str]) -> None:
+        """On a standby: drop the logical slots among `names` that are its own, not in use and
+        not synchronized from the primary (a former primary's copies)."""
 
     async def set_sync_standbys(self, standbys: SyncStandbys, *, timeout_s: float) -> None:
         """Make `synchronous_standby_names` ask for `standbys` (ALTER SYSTEM + reload)."""
@@ -167,9 +181,22 @@ class LocalPostgres:
             self._pg, standby, run_dir=self._settings.run_dir, timeout_s=timeout_s
         )
 
-    async def set_slots(self, *, ensure: Collection[str], drop: Collection[str]) -> None:
+    async def set_slots(
+        self,
+        *,
+        ensure: Collection[str],
+        drop: Collection[str],
+        permanent: Collection[PermanentSlot] = (),
+        synchronized: Collection[str] | None = None,
+    ) -> None:
         await bootstrap.ensure_slots(self.postmaster, ensure)
         await bootstrap.drop_slots(self.postmaster, drop)
+        await slots.ensure_permanent_slots(self.postmaster, self._settings.postgresql, permanent)
+        if synchronized is not None:
+            await slots.set_synchronized_standby_slots(self.postmaster, synchronized)
+
+    async def drop_stale_logical_slots(self, names: Collection[str]) -> None:
+        await slots.drop_stale_logical_slots(self.postmaster, names)
 
     async def set_sync_standbys(self, standbys: SyncStandbys, *, timeout_s: float) -> None:
         value = render_synchronous_standby_names(standbys)

@@ -27,7 +27,7 @@ import asyncpg
 
 from agent.config import PostgresSettings
 from agent.model import PgConfig
-from agent.postgres import conffile, replication
+from agent.postgres import conffile, failover_slots, replication
 from agent.postgres.osfiles import (
     PostgresError,
     RunAs,
@@ -216,6 +216,8 @@ def standby_conninfo(
         passfile=passfile_for(settings, run_dir),
         tls=replication.client_tls(settings, run_dir),
         application_name=standby.application_name,
+        # The slot sync worker (17+) connects with it to a database; streaming ignores it.
+        dbname=failover_slots.conninfo_dbname(settings),
     )
 
 
@@ -427,7 +429,13 @@ class Postmaster:
         who = run_as(settings)
         os.makedirs(self._run_dir, exist_ok=True)
         ensure_dir(replication.conf_dir(self._run_dir), who)
-        hba = conffile.render_hba_for(settings, self.dynamic.pg_hba)
+        hba = conffile.render_hba_for(
+            settings,
+            (
+                *self.dynamic.pg_hba,
+                *failover_slots.slot_sync_hba(settings, self.dynamic.parameters),
+            ),
+        )
         ident = replication.render_ident(
             os_users=agent_os_users(who), superuser=settings.superuser.username
         )
@@ -436,7 +444,10 @@ class Postmaster:
             self.dynamic,
             member_name=self._member_name,
             run_dir=self._run_dir,
-            timeouts=replication_timeout_options(self._ttl_s) if self._ttl_s is not None else (),
+            timeouts=[
+                *(replication_timeout_options(self._ttl_s) if self._ttl_s is not None else ()),
+                *failover_slots.failover_slot_options(settings, self.dynamic.parameters),
+            ],
             archive=self._archive,
         )
         write_file(replication.hba_path(self._run_dir), hba, who)
@@ -734,7 +745,12 @@ def _first_line(sql: str) -> str:
 
 
 async def connect_local(
-    settings: PostgresSettings, *, timeout_s: float, purpose: str, cache_statements: bool = False
+    settings: PostgresSettings,
+    *,
+    timeout_s: float,
+    purpose: str,
+    cache_statements: bool = False,
+    database: str = "postgres",
 ) -> asyncpg.Connection:
     """A superuser connection over the unix socket (peer authentication via the ident map).
 
@@ -744,7 +760,7 @@ async def connect_local(
         host=replication.socket_dir(settings),
         port=settings.port,
         user=settings.superuser.username,
-        database="postgres",
+        database=database,
         timeout=timeout_s,
         statement_cache_size=100 if cache_statements else 0,
         server_settings={"application_name": f"pgwarden-{purpose}"},

@@ -26,6 +26,7 @@ import pytest
 
 from agent.demo import LocalCluster
 from tests.support.cluster import E2E_TIMING, converge, new_primary, wait_until
+from tests.support.pgversions import PgInstall
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -71,9 +72,9 @@ def _callbacks(scripts: Path, name: str) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def cluster(scripts: Path) -> Iterator[LocalCluster]:
+def cluster(scripts: Path, pg_install: PgInstall) -> Iterator[LocalCluster]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
-    running = LocalCluster(base=base, size=3, timing=dict(E2E_TIMING))
+    running = LocalCluster(base=base, size=3, timing=dict(E2E_TIMING), pg_bin=pg_install.bin_dir)
     for member in running.members:
         extra: dict[str, object] = {"callbacks": _callbacks(scripts, member.name)}
         if member.name == "pg-1":

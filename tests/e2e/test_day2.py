@@ -21,6 +21,7 @@ import pytest
 from agent import ctl
 from agent.demo import LocalCluster, LocalMember
 from tests.support.cluster import E2E_TIMING, converge, wait_until
+from tests.support.pgversions import PgInstall
 from tests.support.workload import AppWriter, ensure_table
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -42,9 +43,11 @@ class Day2Cluster(LocalCluster):
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def cluster(pg_install: PgInstall) -> Iterator[LocalCluster]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
-    running = Day2Cluster(base=base, size=3, timing=dict(E2E_TIMING), cluster="day2")
+    running = Day2Cluster(
+        base=base, size=3, timing=dict(E2E_TIMING), cluster="day2", pg_bin=pg_install.bin_dir
+    )
     try:
         running.start()
         yield running

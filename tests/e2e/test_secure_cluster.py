@@ -40,6 +40,7 @@ from tests.support.cluster import (
     tls_walsenders,
     wait_until,
 )
+from tests.support.pgversions import PgInstall
 from tests.support.tls import pg_served_certificate
 from tests.support.workload import AppWriter, ensure_table
 
@@ -50,9 +51,13 @@ REPO = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[TlsCluster]:
+def cluster(pg_install_ssl: PgInstall) -> Iterator[TlsCluster]:
     with local_cluster(
-        extra={"ha": {"synchronous_mode": "on"}}, api_tls=True, pg_tls=True, etcd_tls=True
+        extra={"ha": {"synchronous_mode": "on"}},
+        api_tls=True,
+        pg_tls=True,
+        etcd_tls=True,
+        pg=pg_install_ssl,
     ) as running:
         assert isinstance(running, TlsCluster)
         yield running

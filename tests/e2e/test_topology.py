@@ -26,6 +26,7 @@ from agent.ctl import run as ctl_run
 from agent.demo import LocalCluster
 from agent.postgres.replication import slot_name_for
 from tests.support.cluster import E2E_TIMING, converge, wait_until
+from tests.support.pgversions import PgInstall
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -33,9 +34,9 @@ TTL = E2E_TIMING["ttl_s"]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
+def cluster(pg_install: PgInstall) -> Iterator[LocalCluster]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
-    running = LocalCluster(base=base, size=3, timing=dict(E2E_TIMING))
+    running = LocalCluster(base=base, size=3, timing=dict(E2E_TIMING), pg_bin=pg_install.bin_dir)
     running.member_extra["pg-1"] = {"tags": {"clonefrom": True, "noloadbalance": True}}
     running.member_extra["pg-2"] = {"tags": {"replicatefrom": "pg-1"}}
     try:

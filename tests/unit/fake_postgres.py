@@ -47,6 +47,7 @@ from agent.model import (
 from agent.pgparams import HOT_STANDBY
 from agent.postgres.bootstrap import SourceUnreachable
 from agent.postgres.process import PostgresError, StandbyConfig, StopMode
+from agent.slot_config import PermanentSlot
 
 START_LSN = 0x1000000  # where a fresh cluster's WAL ends
 WRITE_BYTES = 128  # the WAL one write adds
@@ -134,6 +135,7 @@ class FakePostgres:
         self.lingering = False  # see linger()
         self.slots: set[str] = set()
         self.sync = SyncStandbys(quorum=False, count=0, names=())
+        self.synchronized_standby_slots: tuple[str, ...] = ()
         self.calls: list[str] = []
         self.stops: list[StopMode] = []
         self._pid: int | None = None
@@ -445,10 +447,23 @@ class FakePostgres:
         self.data = replace(source.data, was_primary=False, clean=True)
         self.conninfo = standby
 
-    async def set_slots(self, *, ensure: Collection[str], drop: Collection[str]) -> None:
+    async def set_slots(
+        self,
+        *,
+        ensure: Collection[str],
+        drop: Collection[str],
+        permanent: Collection[PermanentSlot] = (),
+        synchronized: Collection[str] | None = None,
+    ) -> None:
         await self._enter("set_slots", sql=True)
         self._require_primary("set_slots")
-        self.slots = (self.slots | set(ensure)) - set(drop)
+        self.slots = (self.slots | set(ensure) | {s.name for s in permanent}) - set(drop)
+        if synchronized is not None:
+            self.synchronized_standby_slots = tuple(sorted(synchronized))
+
+    async def drop_stale_logical_slots(self, names: Collection[str]) -> None:
+        await self._enter("drop_stale_logical_slots", sql=True)
+        self.slots -= set(names)
 
     async def set_sync_standbys(self, standbys: SyncStandbys, *, timeout_s: float) -> None:
         await self._enter("set_sync_standbys", sql=True)

@@ -25,6 +25,7 @@ from agent.postgres.checker import ConfigChecker
 from agent.postgres.probe import Prober
 from agent.postgres.process import PostgresError, StopMode
 from agent.postgres.replication import hba_path
+from tests.support.pgversions import PgInstall
 from tests.support.postgres import PAIR_START_TIMEOUT_S, PgNode, streaming_pair
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -55,8 +56,10 @@ async def probe(node: PgNode) -> LocalState:
         await prober.close()
 
 
-async def test_bad_settings_are_refused_by_name_and_leave_the_server_as_it_was() -> None:
-    async with streaming_pair(table_sql=TABLE) as (primary, _standby):
+async def test_bad_settings_are_refused_by_name_and_leave_the_server_as_it_was(
+    pg_install: PgInstall,
+) -> None:
+    async with streaming_pair(install=pg_install, table_sql=TABLE) as (primary, _standby):
         checker = ConfigChecker(agent_settings(primary), primary.postmaster)
         with open(hba_path(primary.run_dir), encoding="utf-8") as handle:
             hba_before = handle.read()
@@ -102,8 +105,10 @@ async def test_bad_settings_are_refused_by_name_and_leave_the_server_as_it_was()
         assert set(check.restart) == {"shared_buffers", "wal_level"}
 
 
-async def test_a_reload_applies_what_it_can_and_the_rest_is_pending_restart() -> None:
-    async with streaming_pair(table_sql=TABLE) as (primary, standby):
+async def test_a_reload_applies_what_it_can_and_the_rest_is_pending_restart(
+    pg_install: PgInstall,
+) -> None:
+    async with streaming_pair(install=pg_install, table_sql=TABLE) as (primary, standby):
         config = PgConfig(
             parameters=(("log_min_duration_statement", "250ms"), ("wal_buffers", "1MB"))
         )
@@ -132,8 +137,10 @@ async def test_a_reload_applies_what_it_can_and_the_rest_is_pending_restart() ->
         assert (await probe(standby)).pending_restart == ()
 
 
-async def test_a_standby_below_its_primarys_minimum_refuses_to_start_unless_held_up() -> None:
-    async with streaming_pair(table_sql=TABLE) as (primary, standby):
+async def test_a_standby_below_its_primarys_minimum_refuses_to_start_unless_held_up(
+    pg_install: PgInstall,
+) -> None:
+    async with streaming_pair(install=pg_install, table_sql=TABLE) as (primary, standby):
         raised = PgConfig(parameters=(("max_prepared_transactions", "10"),))
         await primary.postmaster.apply_dynamic(raised)
         await primary.postmaster.stop(StopMode.FAST, timeout_s=10)

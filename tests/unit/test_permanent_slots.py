@@ -1,0 +1,135 @@
+"""Permanent slots in the DCS `config` record: parsing, PATCH /config, and what the leader plans
+(agent/slot_config.py, agent/decide/leader.py `synchronized_standbys`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from agent.actions import EnsureSlots
+from agent.clock import FakeClock
+from agent.config import PostgresSettings
+from agent.decide import decide
+from agent.model import ClusterView, DynamicConfig, MemberName, RawRecord, parse_config
+from agent.slot_config import PermanentSlot, SlotType, parse_slots
+from tests.unit.test_api import (
+    AUTH,
+    Api,
+    Backend,
+    StatusBox,
+    config_record,
+    make_settings,
+    primary_status,
+    serve,
+    standard_cluster,
+)
+from tests.unit.test_decide import (
+    LEASED,
+    ME_PRIMARY,
+    A,
+    member,
+    obs,
+    streamed_by,
+    view,
+)
+
+CDC = PermanentSlot(name="cdc", type=SlotType.LOGICAL, database="app", plugin="pgoutput")
+KEEP = PermanentSlot(name="keep", type=SlotType.PHYSICAL)
+SPEC = {
+    "keep": {"type": "physical"},
+    "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+}
+
+
+def test_the_config_record_carries_the_declared_slots_sorted_by_name() -> None:
+    config = DynamicConfig(slots=(CDC, KEEP))
+    assert parse_config(RawRecord(value=config.to_json(), version="1")).slots == (CDC, KEEP)
+    assert parse_slots(SPEC) == (CDC, KEEP)
+    assert '"slots"' not in DynamicConfig().to_json()  # none declared: the record as before
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], "slots: expected an object"),
+        ({"Bad-Name": {"type": "physical"}}, "slots.Bad-Name: a slot name is"),
+        ({"s": {"type": "logcal"}}, "slots.s.type: must be physical or logical"),
+        ({"s": {"type": "logical", "plugin": "pgoutput"}}, "slots.s.database: required"),
+        ({"s": {"type": "logical", "database": "app"}}, "slots.s.plugin: required"),
+        ({"s": {"type": "physical", "plugin": "x"}}, "slots.s: a physical slot has no"),
+        ({"s": {"type": "physical", "size": 1}}, "slots.s: unknown keys ['size']"),
+    ],
+)
+def test_a_bad_slot_declaration_is_an_error_naming_the_slot(value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_slots(value)
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    """test_api.py's standard cluster, a leading."""
+    clock = FakeClock()
+    backend = Backend(clock)
+    await standard_cluster(backend)
+    cluster = await backend.handle("a").get_cluster()
+    served = await serve(make_settings(), backend, StatusBox(primary_status(clock, cluster)), clock)
+    try:
+        yield served
+    finally:
+        await served.client.close()
+
+
+async def test_patch_config_declares_slots_and_refuses_bad_ones(api: Api) -> None:
+    bad = await api.client.patch("/config", json={"slots": {"s": {"type": "x"}}}, headers=AUTH)
+    assert bad.status == 400
+    assert (await bad.json())["error"].startswith("slots.s.type:")
+    assert await config_record(api) is None
+    good = await api.client.patch("/config", json={"slots": SPEC}, headers=AUTH)
+    assert good.status == 200
+    record = await config_record(api)
+    assert isinstance(record, dict) and record["slots"] == SPEC
+
+
+def _leader_view(*slots: PermanentSlot) -> ClusterView:
+    cluster = view("a", ME_PRIMARY, member("b"), member("c", nofailover=True))
+    return replace(cluster, config=DynamicConfig(slots=slots))
+
+
+LOGICAL_A = replace(
+    A, postgresql=PostgresSettings(data_dir="/data", parameters=(("wal_level", "logical"),))
+)
+
+
+def test_the_leader_ensures_the_declared_slots_once() -> None:
+    cluster = _leader_view(CDC, KEEP)
+    decision, _ = decide(obs(cluster, streamed_by("b", "c")), LEASED, A)
+    ensure = [a for a in decision.actions if isinstance(a, EnsureSlots)]
+    assert ensure == [EnsureSlots(names=LEASED.slots or (), permanent=(CDC, KEEP))]
+    done = replace(LEASED, permanent_slots=(CDC, KEEP))
+    decision, _ = decide(obs(cluster, streamed_by("b", "c")), done, A)
+    assert not [a for a in decision.actions if isinstance(a, EnsureSlots)]
+
+
+def test_on_17_the_primary_holds_logical_changes_for_its_streaming_candidates() -> None:
+    local = replace(streamed_by("b", "c"), pg_major=18)
+    decision, _ = decide(obs(_leader_view(CDC), local), LEASED, LOGICAL_A)
+    ensure = [a for a in decision.actions if isinstance(a, EnsureSlots)]
+    # c is nofailover: it is never promoted, so logical consumers need not wait for it.
+    assert ensure and ensure[0].synchronized == (MemberName("b"),)
+    # Before 17 the setting does not exist: left alone.
+    decision, _ = decide(obs(_leader_view(CDC), streamed_by("b", "c")), LEASED, LOGICAL_A)
+    ensure = [a for a in decision.actions if isinstance(a, EnsureSlots)]
+    assert ensure and ensure[0].synchronized is None
+
+
+def test_a_standby_that_stops_streaming_leaves_the_list() -> None:
+    memory = replace(LEASED, permanent_slots=(CDC,), synchronized_slots=(MemberName("b"),))
+    local = replace(streamed_by("c"), pg_major=18)
+    decision, _ = decide(obs(_leader_view(CDC), local), memory, LOGICAL_A)
+    ensure = [a for a in decision.actions if isinstance(a, EnsureSlots)]
+    assert ensure and ensure[0].synchronized == ()
+    still = replace(streamed_by("b"), pg_major=18)
+    decision, _ = decide(obs(_leader_view(CDC), still), memory, LOGICAL_A)
+    assert not [a for a in decision.actions if isinstance(a, EnsureSlots)]
