@@ -133,6 +133,19 @@ class Metrics:
                 ("last_failed_timestamp_seconds", "When archiving last failed"),
             )
         }
+        self._slot_retained = Gauge(
+            f"{p}_replication_slot_retained_bytes",
+            "WAL a replication slot holds back on this primary (current position - restart_lsn)",
+            ["slot"],
+            registry=r,
+        )
+        self._slot_far_behind = Gauge(
+            f"{p}_replication_slot_far_behind",
+            "1 while a slot's WAL may be removed or is gone (wal_status unreserved or lost)",
+            ["slot"],
+            registry=r,
+        )
+        self._slot_names: set[str] = set()
         self._failsafe_rounds = Counter(
             f"{p}_failsafe_rounds",
             "POST /failsafe rounds of this primary, by result (confirmed: every member accepted)",
@@ -222,6 +235,7 @@ class Metrics:
         self._failsafe_active.set(1 if status.failsafe_active else 0)
         self._pending_restart.set(1 if status.pending_restart else 0)
         self._set_archive(status)
+        self._update_slots(status)
         if status.cluster_view is not None:
             view = status.cluster_view
             record = view.sync
@@ -251,6 +265,17 @@ class Metrics:
             }
         for name, gauge in self._archive.items():
             gauge.set(_value(values[name]))
+
+    def _update_slots(self, status: AgentStatus) -> None:
+        """One series per slot the server has now; a dropped slot's series go."""
+        names = {slot.name for slot in status.slots}
+        for gone in self._slot_names - names:
+            self._slot_retained.remove(gone)
+            self._slot_far_behind.remove(gone)
+        self._slot_names = names
+        for slot in status.slots:
+            self._slot_retained.labels(slot=slot.name).set(_value(slot.retained_bytes))
+            self._slot_far_behind.labels(slot=slot.name).set(1 if slot.far_behind else 0)
 
     def observe_cycle(self, seconds: float) -> None:
         self._cycle.observe(seconds)

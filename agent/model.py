@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import NewType, TypeVar
 
 from agent.archiving import ArchiverStats, stats_from_dict
-from agent.slot_config import PermanentSlot, parse_slots, slots_to_json
+from agent.slot_config import PermanentSlot, SlotState, parse_slots, slots_to_json
 
 _T = TypeVar("_T")
 
@@ -199,6 +199,7 @@ class LocalState:
     # The major version of the local PostgreSQL binaries (`postgres --version`); None until
     # known. A member never clones, rewinds or streams from a leader of another major.
     pg_major: int | None = None
+    slots: tuple[SlotState, ...] = ()  # pg_replication_slots
 
     @property
     def is_primary(self) -> bool:
@@ -937,3 +938,4 @@ class AgentStatus:
     upstream: MemberName | None = None  # a replica: whom it was last pointed at
     noloadbalance: bool = False  # tagged: /replica and a replica's /read-only answer 503
     archiver: ArchiverStats | None = None  # pg_stat_archiver; None: archiving off
+    slots: tuple[SlotState, ...] = ()  # the local server's replication slots

@@ -16,6 +16,7 @@ Pure: parsing and rendering only.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,46 @@ def has_logical(slots: tuple[PermanentSlot, ...]) -> bool:
 
 def logical_names(slots: tuple[PermanentSlot, ...]) -> tuple[str, ...]:
     return tuple(slot.name for slot in slots if slot.type == SlotType.LOGICAL)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotState:
+    """One row of pg_replication_slots, as the probe reads it. `retained_bytes`: WAL the slot
+    holds back on a primary (current WAL position - restart_lsn); None on a standby."""
+
+    name: str
+    type: str
+    active: bool
+    wal_status: str | None = None  # reserved, extended, unreserved, lost (PostgreSQL 13+)
+    retained_bytes: int | None = None
+
+    @property
+    def far_behind(self) -> bool:
+        """Past max_wal_size (`unreserved`: its WAL may be removed at the next checkpoint,
+        bounded by max_slot_wal_keep_size) or already invalidated (`lost`)."""
+        return self.wal_status in ("unreserved", "lost")
+
+
+def parse_slot_states(text: str | None) -> tuple[SlotState, ...]:
+    """The probe's JSON array of slots; ValueError on anything else."""
+    if not text:
+        return ()
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+        raise ValueError("slots: not a list")
+    out = []
+    for row in rows:
+        retained = row.get("retained_bytes")
+        out.append(
+            SlotState(
+                name=str(row["name"]),
+                type=str(row["type"]),
+                active=bool(row["active"]),
+                wal_status=row.get("wal_status"),
+                retained_bytes=None if retained is None else int(retained),
+            )
+        )
+    return tuple(out)
 
 
 def effective_wal_level(

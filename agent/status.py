@@ -131,6 +131,7 @@ def status_of(c: CycleValues, settings: Settings) -> AgentStatus:
         upstream=memory.following if local.is_replica else None,
         noloadbalance=s.tags.noloadbalance,
         archiver=local.archiver,
+        slots=local.slots,
     )
 
 

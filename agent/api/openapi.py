@@ -138,6 +138,7 @@ SCHEMAS: Final[Mapping[str, Schema]] = {
             "failsafe_active": _BOOL,
             "pending_restart": _NAMES,
             "archiving": _ARCHIVING,
+            "slots_far_behind": _NAMES,
         }
     ),
     "Member": _obj(

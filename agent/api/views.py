@@ -68,6 +68,8 @@ def status_body(status: AgentStatus, *, age_s: float, wall_now: float = 0.0) -> 
         "failsafe_active": status.failsafe_active,
         "pending_restart": list(status.pending_restart),
         "archiving": archiving_view(status.archiver, wall_now),
+        # Slots whose WAL PostgreSQL may remove or has removed (docs/slots.md).
+        "slots_far_behind": sorted(slot.name for slot in status.slots if slot.far_behind),
     }
 
 

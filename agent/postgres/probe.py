@@ -46,6 +46,7 @@ from agent.postgres.process import (
 )
 from agent.postgres.replication import parse_synchronous_standby_names
 from agent.postgres.version import binaries_major
+from agent.slot_config import parse_slot_states
 
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -84,6 +85,12 @@ SELECT
       'flush_lsn', flush_lsn::text, 'replay_lsn', replay_lsn::text)
       ORDER BY application_name), '[]'::json)::text
    FROM pg_stat_replication) AS replication,
+  (SELECT coalesce(json_agg(json_build_object(
+      'name', slot_name, 'type', slot_type, 'active', active, 'wal_status', wal_status,
+      'retained_bytes', CASE WHEN s.r OR restart_lsn IS NULL THEN NULL
+                             ELSE pg_current_wal_lsn() - restart_lsn END)
+      ORDER BY slot_name), '[]'::json)::text
+   FROM pg_replication_slots) AS slots,
   """
     + ARCHIVER_SQL
     + """ AS archiver
@@ -540,6 +547,7 @@ class Prober:
             streaming=streaming,
             upstream=upstream,
             replication=parse_replication(row["replication"]),
+            slots=parse_slot_states(row["slots"]),
             **parse_settings(row["settings"]),
             archiver=parse_archiver(row["archiver"]),
             sync_standbys=parse_synchronous_standby_names(row["synchronous_standby_names"] or "")
