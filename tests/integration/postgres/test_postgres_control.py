@@ -501,13 +501,13 @@ async def test_slots_are_dropped_only_when_named_and_inactive(three_nodes: list[
 
 
 async def test_starting_on_an_empty_data_dir_fails_and_names_the_problem(
-    spare_node: PgNode,
+    spare_node: PgNode, pg_install: PgInstall
 ) -> None:
     with pytest.raises(PostgresError, match="not initialized"):
         await spare_node.postmaster.start(standby=None, timeout_s=5)
     assert spare_node.postmaster.pid() is None
     state = await _probe(spare_node)
-    assert state == LocalState(data_dir_initialized=False, running=False)
+    assert state == LocalState(data_dir_initialized=False, running=False, pg_major=pg_install.major)
 
 
 async def test_clone_clears_the_remains_of_an_interrupted_clone(
