@@ -1,36 +1,130 @@
-"""Building a kubernetes_asyncio `ApiClient`: from a kubeconfig file, or in a pod from its
-service account (token, CA and the KUBERNETES_SERVICE_HOST/PORT variables).
+"""The agent's Kubernetes API client: a thin layer on aiohttp, built from a kubeconfig file or,
+in a pod, from its service account (token, CA and the KUBERNETES_SERVICE_HOST/PORT
+variables). The agent makes a dozen kinds of JSON requests; kubernetes_asyncio, which did
+this before, costs about 41 MB of RSS for its generated models alone (bench/footprint.py),
+the same rule that replaced etcd3-py with our own client (FACTS.md).
+
+`KubeClient.call_api` keeps the call shape of kubernetes_asyncio's `ApiClient.call_api` that
+the callers use (path, method, query_params, header_params, body, `_request_timeout` as
+seconds or an `aiohttp.ClientTimeout`), and returns the aiohttp response unread: the caller
+reads and releases it (a watch reads it line by line).
 
 The service-account directory defaults to `/var/run/secrets/kubernetes.io/serviceaccount`;
-`PGWARDEN_SA_DIR` (or the `sa_dir` argument) points elsewhere, which is how the in-cluster path
-is tested outside a pod. The token file is re-read when it changes (projected tokens rotate):
-kubernetes_asyncio's in-cluster loader refreshes it every minute.
+`PGWARDEN_SA_DIR` (or the `environ` argument) points elsewhere, which is how the in-cluster
+path is tested outside a pod. Bearer tokens read from files are re-read when the file
+changes (projected tokens rotate). Kubeconfig: the current context's cluster (`server`,
+`certificate-authority[-data]`, `insecure-skip-tls-verify`) and user (`token`, `tokenFile`,
+`client-certificate[-data]` + `client-key[-data]`); exec plugins, auth providers and basic
+auth are refused with a clear error.
 
-Nothing here talks to the API server; building a client only reads local files. Errors in the
-configuration raise `KubeConfigError` with the reason.
+Building a client only reads local files (no request); errors in the configuration raise
+`KubeConfigError` with the reason.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.config.incluster_config import InClusterConfigLoader
+import aiohttp
+import yaml
 
 SA_DIR_ENV = "PGWARDEN_SA_DIR"
 DEFAULT_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-# An ApiClient, untyped in kubernetes_asyncio; only the DCS backend and the label task use it.
+# What the DCS backend, the label task and the Events take: a factory of clients.
 ApiClient = Any
 ClientFactory = Callable[[], Awaitable[ApiClient]]
+_UNSUPPORTED_USER_KEYS = ("exec", "auth-provider", "username", "password")
 
 
 class KubeConfigError(Exception):
     """The kubeconfig or the service account could not be loaded."""
+
+
+class _TokenFile:
+    """A bearer token kept in a file, re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._seen: tuple[int, int] | None = None
+        self._token = ""
+
+    def __call__(self) -> str:
+        stat = self._path.stat()
+        signature = (stat.st_mtime_ns, stat.st_size)
+        if signature != self._seen:
+            self._token = self._path.read_text().strip()
+            self._seen = signature
+        return self._token
+
+
+class KubeClient:
+    """Requests to one API server (see the module docstring)."""
+
+    def __init__(
+        self, *, host: str, token: Callable[[], str] | None, ssl_context: ssl.SSLContext | None
+    ) -> None:
+        self.host = host.rstrip("/")
+        self._token = token
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._session: aiohttp.ClientSession | None = None
+
+    async def call_api(
+        self,
+        path: str,
+        method: str,
+        *,
+        query_params: Sequence[tuple[str, str]] | None = None,
+        header_params: Mapping[str, str] | None = None,
+        body: Any = None,
+        auth_settings: Sequence[str] | None = None,
+        _preload_content: bool = False,
+        _request_timeout: float | aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
+        """One request; the caller reads and releases the response."""
+        del auth_settings, _preload_content  # the call shape of kubernetes_asyncio
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = dict(header_params or {})
+        if (authorization := self.authorization()) is not None:
+            headers["Authorization"] = authorization
+        timeout = (
+            _request_timeout
+            if isinstance(_request_timeout, aiohttp.ClientTimeout)
+            else aiohttp.ClientTimeout(total=_request_timeout)
+        )
+        return await self._session.request(
+            method,
+            self.host + path,
+            params=list(query_params or ()),
+            headers=headers,
+            data=None if body is None else json.dumps(body),
+            ssl=self._ssl,
+            timeout=timeout,
+        )
+
+    def authorization(self) -> str | None:
+        """The Authorization header of the next request (a token file is re-read when it
+        changed), None without a token."""
+        token = self._token() if self._token is not None else ""
+        return f"Bearer {token}" if token else None
+
+    @property
+    def verifies_tls(self) -> bool:
+        """True if https requests check the server's certificate."""
+        return isinstance(self._ssl, ssl.SSLContext) and self._ssl.verify_mode != ssl.CERT_NONE
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
 def service_account_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -38,31 +132,90 @@ def service_account_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(env.get(SA_DIR_ENV) or DEFAULT_SA_DIR)
 
 
+def _in_cluster(environ: Mapping[str, str]) -> KubeClient:
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise KubeConfigError("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set")
+    sa_dir = service_account_dir(environ)
+    token = _TokenFile(sa_dir / "token")
+    token()  # a missing or unreadable token fails here, as a configuration error
+    context = ssl.create_default_context(cafile=str(sa_dir / "ca.crt"))
+    address = f"[{host}]" if ":" in host else host
+    return KubeClient(host=f"https://{address}:{port}", token=token, ssl_context=context)
+
+
+def _named(document: Mapping[str, Any], section: str, name: str, field: str) -> dict[str, Any]:
+    for entry in document.get(section) or []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            value = entry.get(field)
+            return value if isinstance(value, dict) else {}
+    raise KubeConfigError(f"{section}: no entry named {name!r}")
+
+
+def _data_file(data: str, directory: Path, name: str) -> str:
+    """A `*-data` value (base64 PEM) as a private file, for ssl's file-only APIs."""
+    path = directory / name
+    path.write_bytes(base64.b64decode(data))
+    path.chmod(0o600)
+    return str(path)
+
+
+def _from_kubeconfig(path: Path) -> KubeClient:
+    document: Any = yaml.safe_load(path.read_text())
+    if not isinstance(document, dict):
+        raise KubeConfigError("not a kubeconfig document")
+    context = _named(document, "contexts", str(document.get("current-context") or ""), "context")
+    cluster = _named(document, "clusters", str(context.get("cluster") or ""), "cluster")
+    user = _named(document, "users", str(context.get("user") or ""), "user")
+    if unsupported := [key for key in _UNSUPPORTED_USER_KEYS if key in user]:
+        raise KubeConfigError(f"user: {', '.join(unsupported)} is not supported (use a token)")
+    server = str(cluster.get("server") or "")
+    if not server.startswith(("http://", "https://")):
+        raise KubeConfigError(f"cluster.server: must be an http(s) URL, got {server[:80]!r}")
+    base = path.parent
+    ssl_context = None
+    if server.startswith("https://"):
+        ca = cluster.get("certificate-authority")
+        ca_data = cluster.get("certificate-authority-data")
+        ssl_context = ssl.create_default_context(
+            cafile=str(base / ca) if ca else None,
+            cadata=base64.b64decode(ca_data).decode() if ca_data else None,
+        )
+        if cluster.get("insecure-skip-tls-verify"):
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
+        cert, key = user.get("client-certificate"), user.get("client-key")
+        cert_data, key_data = user.get("client-certificate-data"), user.get("client-key-data")
+        if cert_data and key_data:
+            private = Path(tempfile.mkdtemp(prefix="pgwarden-kube-"))
+            cert = _data_file(cert_data, private, "client.crt")
+            key = _data_file(key_data, private, "client.key")
+        if cert and key:
+            ssl_context.load_cert_chain(str(base / cert), str(base / key))
+    token: Callable[[], str] | None = None
+    if isinstance(user.get("token"), str):
+        value = user["token"]
+        token = lambda: value  # noqa: E731 - a constant token
+    elif isinstance(user.get("tokenFile"), str):
+        token = _TokenFile(base / user["tokenFile"])
+        token()
+    return KubeClient(host=server, token=token, ssl_context=ssl_context)
+
+
 async def make_api_client(
     kubeconfig: str | None, *, environ: Mapping[str, str] | None = None
-) -> ApiClient:
-    """A new ApiClient: from `kubeconfig` when given, else the in-cluster service account.
-    The caller closes it (`await api.close()`)."""
-    configuration: Any = k8s_client.Configuration()
+) -> KubeClient:
+    """A new client: from `kubeconfig` when given, else the in-cluster service account.
+    The caller closes it (`await client.close()`)."""
+    env = dict(os.environ if environ is None else environ)
     try:
-        if kubeconfig is not None:
-            await k8s_config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration
-            )
-        else:
-            env = dict(os.environ if environ is None else environ)
-            sa_dir = service_account_dir(env)
-            loader: Any = InClusterConfigLoader(
-                token_filename=str(sa_dir / "token"),
-                cert_filename=str(sa_dir / "ca.crt"),
-                environ=env,
-            )
-            loader.load_and_set(configuration)
-        # Loads the CA file (an unreadable or bad one fails here, as a config error).
-        return k8s_client.ApiClient(configuration=configuration)
-    except (k8s_config.ConfigException, OSError, ValueError) as exc:
+        return _from_kubeconfig(Path(kubeconfig)) if kubeconfig else _in_cluster(env)
+    except (OSError, ValueError, ssl.SSLError, yaml.YAMLError, KeyError) as exc:
         source = kubeconfig if kubeconfig is not None else "in-cluster service account"
         raise KubeConfigError(f"kubernetes configuration ({source}): {exc}") from exc
+    except KubeConfigError as exc:
+        source = kubeconfig if kubeconfig is not None else "in-cluster service account"
+        raise KubeConfigError(f"kubernetes configuration ({source}): {exc}") from None
 
 
 def client_factory(

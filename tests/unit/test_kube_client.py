@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -39,8 +40,8 @@ async def test_a_kubeconfig_gives_its_server_and_bearer_token(tmp_path: Path) ->
     )
     api = await make_api_client(str(path))
     try:
-        assert api.configuration.host == "http://127.0.0.1:6443"
-        assert await api.configuration.get_api_key_with_prefix("BearerToken") == "Bearer t0k"
+        assert api.host == "http://127.0.0.1:6443"
+        assert api.authorization() == "Bearer t0k"
     finally:
         await api.close()
 
@@ -55,9 +56,12 @@ async def test_in_cluster_uses_the_service_host_token_and_ca(tmp_path: Path) -> 
     }
     api = await make_api_client(None, environ=env)
     try:
-        assert api.configuration.host == "https://127.0.0.1:443"
-        assert api.configuration.ssl_ca_cert == str(tmp_path / "ca.crt")
-        assert await api.configuration.get_api_key_with_prefix("BearerToken") == "Bearer sa-token"
+        assert api.host == "https://127.0.0.1:443"
+        assert api.verifies_tls
+        assert api.authorization() == "Bearer sa-token"
+        # A projected token rotates: the next request carries the new one.
+        (tmp_path / "token").write_text("rotated-token")
+        assert api.authorization() == "Bearer rotated-token"
     finally:
         await api.close()
 
@@ -91,3 +95,54 @@ async def test_a_ca_file_that_is_not_a_certificate_is_a_config_error(tmp_path: P
 async def test_a_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(KubeConfigError, match="kubeconfig-missing"):
         await make_api_client(str(tmp_path / "kubeconfig-missing"))
+
+
+def kubeconfig(path: Path, cluster: dict[str, object], user: dict[str, object]) -> str:
+    path.write_text(
+        json.dumps(
+            {
+                "clusters": [{"name": "c", "cluster": cluster}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return str(path)
+
+
+async def test_embedded_ca_and_client_certificate_data_are_loaded(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    client = ca.issue_cert("pgwarden")
+
+    def b64(blob: bytes) -> str:
+        return base64.b64encode(blob).decode()
+
+    path = kubeconfig(
+        tmp_path / "kubeconfig",
+        {"server": "https://10.0.0.1:6443", "certificate-authority-data": b64(ca.cert_pem.bytes())},
+        {
+            "client-certificate-data": b64(client.cert_chain_pems[0].bytes()),
+            "client-key-data": b64(client.private_key_pem.bytes()),
+        },
+    )
+    api = await make_api_client(path)
+    try:
+        assert api.verifies_tls and api.authorization() is None
+    finally:
+        await api.close()
+
+
+@pytest.mark.parametrize("user", [{"exec": {"command": "aws"}}, {"username": "a", "password": "b"}])
+async def test_auth_the_agent_does_not_speak_is_refused_by_name(
+    tmp_path: Path, user: dict[str, object]
+) -> None:
+    path = kubeconfig(tmp_path / "kubeconfig", {"server": "https://10.0.0.1:6443"}, user)
+    with pytest.raises(KubeConfigError, match="not supported"):
+        await make_api_client(path)
+
+
+async def test_a_server_that_is_not_an_url_is_a_config_error(tmp_path: Path) -> None:
+    path = kubeconfig(tmp_path / "kubeconfig", {"server": "10.0.0.1:6443"}, {"token": "t"})
+    with pytest.raises(KubeConfigError, match=r"cluster\.server"):
+        await make_api_client(path)

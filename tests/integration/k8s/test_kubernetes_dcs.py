@@ -616,7 +616,7 @@ async def test_the_in_cluster_service_account_configuration_is_used_without_a_ku
         }
         api = await make_api_client(None, environ=environ)
         try:
-            assert api.configuration.host == f"https://127.0.0.1:{server.port}"
+            assert api.host == f"https://127.0.0.1:{server.port}"
         finally:
             await api.close()
         handle = KubernetesDcs(
