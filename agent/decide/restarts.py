@@ -8,10 +8,12 @@ Rolling restart (the DCS `restart` record, model.RestartSchedule), once it is du
   the next one go. Members without a DCS record are skipped; with `pending`, a member with
   nothing waiting for a restart only marks itself done;
 - the leader goes last: by a hand-over (switchover) to a replica that streams from it caught
-  up, which restarts it as a standby, or in place (`in_place`, or when a hot-standby minimum
-  goes down: agent/pgparams.py) through the existing rule for a PostgreSQL down under the
-  leader (restarted in place within primary_start_timeout_s, else the lease is released). It
-  deletes the record as it goes, or when nobody is left.
+  up, which restarts it as a standby (it marks itself `current` first, and clears it once it
+  streams from the new leader, which then deletes the record; a leader that finds itself
+  `current` again lost its hand-over and restarts in place), or in place (`in_place`, or
+  when a hot-standby minimum goes down: agent/pgparams.py) through the existing rule for a
+  PostgreSQL down under the leader (restarted in place within primary_start_timeout_s, else
+  the lease is released). The leader deletes the record when nobody is left.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def restart_step(obs: Observation, memory: Memory, settings: Settings) -> Step |
             cleared = replace(schedule, current=None)
             write = SetRestartSchedule(schedule=cleared, expected_version=schedule.version)
             return (write,), "rolling restart: streaming again after the restart", memory
+        if i_lead and schedule.current == me:
+            # Our hand-over did not happen (it ran, or would have, as a long action): we
+            # still lead, so restart in place instead.
+            stop = StopPostgres(mode=StopMode.FAST)
+            return (delete, stop), "rolling restart: the hand-over failed; in place", memory
         if i_lead and schedule.current not in present:
             cleared = replace(schedule, current=None)
             write = SetRestartSchedule(schedule=cleared, expected_version=schedule.version)
@@ -132,8 +139,13 @@ def _leader_turn(obs: Observation, memory: Memory, settings: Settings, *, listed
         return (delete, stop), why, done
     candidate, ready = choose_handover(view, local, settings)
     if candidate is not None and ready:
+        # Kept, marking us: once we stream from the new leader we clear `current` and it
+        # deletes the record; if we still lead afterwards, the hand-over failed.
+        me = MemberName(settings.name)
+        mark = replace(view.restart, done=(*view.restart.done, me), current=me)
+        write = SetRestartSchedule(schedule=mark, expected_version=view.restart.version)
         return (
-            (delete, HandOver(candidate=candidate.name)),
+            (write, HandOver(candidate=candidate.name)),
             f"rolling restart: handing over to {candidate.name}",
             done,
         )

@@ -169,3 +169,18 @@ async def test_a_leader_with_no_caught_up_replica_restarts_in_place_after_the_ti
     assert waited >= c[leader].settings.timing.switchover_timeout_s - 3
     await c.run_until(lambda: c[leader].pg.is_primary)
     assert c.leader() == leader and c[leader].pg.calls.count("start") == starts + 1
+
+
+async def test_a_leader_whose_hand_over_fails_restarts_in_place() -> None:
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    starts = c[leader].pg.calls.count("start")
+    c[leader].pg.fail("checkpoint")  # the hand-over stops before PostgreSQL does
+    schedule = RestartSchedule(members=(MemberName(leader),), scheduled_at=c.clock.wall())
+    assert await c["a"].dcs.write_record(
+        RecordKind.RESTART, schedule.to_json(), expected_version=None
+    )
+    await c.run_until(lambda: c.store.get_raw("restart") is None, limit_s=60)
+    await c.run_until(lambda: c.healthy(leader), limit_s=60)
+    assert "stop" in c[leader].pg.calls
+    assert c[leader].pg.calls.count("start") == starts + 1
