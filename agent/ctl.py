@@ -323,6 +323,10 @@ async def _command(
     command: str = args.command
     if command in ctl_day2.COMMANDS:
         return await ctl_day2.run_command(args, session, target, io)
+    if command == "rollout":
+        from agent import ctl_rollout  # noqa: PLC0415 - it imports this module
+
+        return await ctl_rollout.run_command(args, session, target, io)
     if command in ("list", "history", "topology"):
         reply = await request(
             session, target, "GET", f"/{'history' if command == 'history' else 'cluster'}"
@@ -459,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import ctl_day2  # noqa: PLC0415 - it imports this module
 
     ctl_day2.add_parsers(add)
+    from agent import ctl_rollout  # noqa: PLC0415 - it imports this module
+
+    ctl_rollout.add_parser(add)
     add("reinitialize", "re-clone the replica at --url from the leader")
     return parser
 

@@ -1,12 +1,14 @@
 """An in-tree Kubernetes API server for tests (no real kube-apiserver can run here).
 
 It serves core/v1 pods, endpoints, services, configmaps, namespaces, discovery.k8s.io/v1
-endpointslices, coordination.k8s.io/v1 leases and events.k8s.io/v1 events (with the real
-server's field validation of Events on create, validation.py) with the semantics clients
-depend on: one cluster-wide resourceVersion, 409 Conflict on stale writes and failed delete
-preconditions, merge / strategic-merge / JSON patches, label and field selectors, watches that
-resume from a resourceVersion (410 Expired when it is too old), bearer tokens, TLS, fault
-injection and an audit log. kubectl get/label/annotate work against it.
+endpointslices, coordination.k8s.io/v1 leases, events.k8s.io/v1 events (with the real server's
+field validation of Events on create, validation.py), apps/v1 statefulsets and
+controllerrevisions and policy/v1 poddisruptionbudgets (stored only: no controller updates
+their status or creates pods; tests/support/statefulset.py plays those controllers) with the
+semantics clients depend on: one cluster-wide resourceVersion, 409 Conflict on stale writes and
+failed delete preconditions, merge / strategic-merge / JSON patches, label and field selectors,
+watches that resume from a resourceVersion (410 Expired when it is too old), bearer tokens,
+TLS, fault injection and an audit log. kubectl get/label/annotate work against it.
 
 Known differences from a real kube-apiserver (on purpose, to stay small):
 - strategic merge patch merges lists by key only for a table of well-known fields

@@ -126,6 +126,39 @@ RESOURCES: tuple[ResourceType, ...] = (
         short_names=("ev",),
         create_on_update=True,
     ),
+    # Stored only: no controller runs here. A test (tests/support/statefulset.py) plays the
+    # StatefulSet controller (pods again at status.updateRevision) and the disruption
+    # controller (the PodDisruptionBudget's status.disruptionsAllowed).
+    ResourceType(
+        group="apps",
+        version="v1",
+        plural="statefulsets",
+        singular="statefulset",
+        kind="StatefulSet",
+        namespaced=True,
+        short_names=("sts",),
+        has_status=True,
+        has_generation=True,
+    ),
+    ResourceType(
+        group="apps",
+        version="v1",
+        plural="controllerrevisions",
+        singular="controllerrevision",
+        kind="ControllerRevision",
+        namespaced=True,
+    ),
+    ResourceType(
+        group="policy",
+        version="v1",
+        plural="poddisruptionbudgets",
+        singular="poddisruptionbudget",
+        kind="PodDisruptionBudget",
+        namespaced=True,
+        short_names=("pdb",),
+        has_status=True,
+        has_generation=True,
+    ),
 )
 
 
