@@ -318,7 +318,7 @@ async def _wait_for_leader(
 async def _command(
     args: argparse.Namespace, session: aiohttp.ClientSession, target: Target, io: _Io
 ) -> int:
-    from agent import ctl_day2  # noqa: PLC0415 - it imports this module
+    from agent import ctl_backup, ctl_day2  # noqa: PLC0415 - they import this module
 
     command: str = args.command
     if command in ctl_day2.COMMANDS:
@@ -327,6 +327,10 @@ async def _command(
         from agent import ctl_rollout  # noqa: PLC0415 - it imports this module
 
         return await ctl_rollout.run_command(args, session, target, io)
+    if command == ctl_backup.COMMAND:
+        return await ctl_backup.backup(
+            args, session, target, out=io.out, sleep=io.sleep, monotonic=io.monotonic
+        )
     if command in ("list", "history", "topology"):
         reply = await request(
             session, target, "GET", f"/{'history' if command == 'history' else 'cluster'}"
@@ -466,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent import ctl_rollout  # noqa: PLC0415 - it imports this module
 
     ctl_rollout.add_parser(add)
+    from agent import ctl_backup  # noqa: PLC0415 - it imports this module
+
+    ctl_backup.add_parser(add)
     add("reinitialize", "re-clone the replica at --url from the leader")
     return parser
 
