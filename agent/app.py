@@ -137,6 +137,10 @@ async def run_agent(settings: Settings) -> int:
     configure_logging(settings.log)
     bind_member(settings.cluster, settings.name)
     os.makedirs(settings.run_dir, exist_ok=True)
+    if settings.pgbackrest is not None:
+        # PostgreSQL's archive_command and restore_command read it on every member, also on
+        # one that never ran a pgBackRest command itself (cloned by pg_basebackup).
+        pgbackrest.write_conf(settings)
     clock = SystemClock()
     dcs = build_dcs(settings, clock)
     postmaster = Postmaster(

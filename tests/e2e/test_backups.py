@@ -58,7 +58,8 @@ def base() -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if not os.environ.get("KEEP_BACKUP_E2E_DIRS"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _cluster(base: Path, name: str, extra: dict[str, object]) -> LocalCluster:
@@ -172,16 +173,24 @@ async def test_archiving_backup_and_a_replica_restored_from_the_repository(base:
         cluster.stop_member(replica)
         shutil.rmtree(cluster.members[replica].data_dir)
         cluster.start_member(replica)
-        await asyncio.sleep(2.0)
+
+        async def recreated() -> bool:  # its first clone's event, then this one's
+            return len(_log_events(cluster, replica, "replica_created")) == 2
+
+        await wait_until(recreated, timeout=120, what="the replica re-created")
         async with cluster.api_session() as session:
 
             async def streaming() -> bool:
-                return await converged(cluster, session)
+                health = await cluster.health(session, replica)
+                return (health or {}).get("state") == "streaming" and await converged(
+                    cluster, session
+                )
 
             await wait_until(streaming, timeout=120, what="the restored replica streaming")
         log = await writer.stop()
         created = _log_events(cluster, replica, "replica_created")
-        assert [e.get("method") for e in created] == ["basebackup", "pgbackrest"], created
+        failures = _log_events(cluster, replica, "replica_method_failed")
+        assert [e.get("method") for e in created] == ["basebackup", "pgbackrest"], failures
         replica_port = cluster.members[replica].pg_port
         wanted = log.acked_values()
         assert wanted
@@ -236,6 +245,7 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
         await asyncio.sleep(1.0)
         await _sql(port, "INSERT INTO pitr VALUES (2, 'after')")
         old_timeline = (await _health(cluster, primary)).get("timeline")
+        unreachable = await _sql(port, "SELECT (clock_timestamp() + interval '1 day')::text")
         await _archived_through(cluster, primary)
     finally:
         cluster.stop()
@@ -243,7 +253,7 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
 
     # A target the archive cannot reach: the bootstrap fails with PostgreSQL's reason and
     # leaves nothing behind (an empty data directory, no leader).
-    future = {"method": "pgbackrest", "recovery_target_time": "2099-01-01 00:00:00+00"}
+    future = {"method": "pgbackrest", "recovery_target_time": str(unreachable)}
     doomed = LocalCluster(
         base=base / "future",
         size=1,
@@ -295,5 +305,16 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
                     restored.members[index].pg_port, "SELECT array_agg(id) FROM pitr"
                 )
                 assert replica_rows == [1]
+        # A member cloned by pg_basebackup archives too once it leads (every member has
+        # pgBackRest's configuration, not only those that ran a pgBackRest command).
+        candidate = (primary + 1) % 3
+        async with restored.api_session() as session:
+            code, answer = await restored.post(
+                session, primary, "/switchover", {"candidate": restored.members[candidate].name}
+            )
+        assert code == 202, answer
+        assert await converge(restored, timeout=60) == candidate
+        await _archived_through(restored, candidate)
+        assert (await _archiving(restored, candidate))["failing"] is False
     finally:
         restored.stop()
