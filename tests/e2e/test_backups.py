@@ -3,8 +3,9 @@
 a replica re-created from the repository while the primary takes writes, and a new cluster
 bootstrapped from the repository at a point in time between two known commits.
 
-One repository (a path) and one cluster for the first test; the second destroys that cluster
-and bootstraps a new one from the same repository.
+On Debian's PostgreSQL 15 (`LocalCluster`'s default), which Debian's pgBackRest 2.45 is
+built for. One repository (a path) and one cluster for the first test; the second destroys
+that cluster and bootstraps a new one from the same repository.
 """
 
 from __future__ import annotations
