@@ -176,7 +176,9 @@ class EtcdClient:
         body = enc_key_range(key, prefix)
         if serializable:
             body["serializable"] = True
-        resp = await self._call("/v3/kv/range", body, require_leader=not serializable)
+        resp = await self._call(
+            "/v3/kv/range", body, require_leader=not serializable, changes=False
+        )
         return dec_range(resp)
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
@@ -205,7 +207,8 @@ class EtcdClient:
             "success": [enc_op(op) for op in success],
             "failure": [enc_op(op) for op in failure],
         }
-        resp = await self._call("/v3/kv/txn", body)
+        writes = any(not isinstance(op, RangeOp) for op in (*success, *failure))
+        resp = await self._call("/v3/kv/txn", body, changes=writes)
         revision = dec_revision(resp)
         ranges = tuple(
             dec_range(r["response_range"], revision)
@@ -222,7 +225,7 @@ class EtcdClient:
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Renew the lease; returns its ttl from now, or 0 when the lease is gone or expired."""
-        resp = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)})
+        resp = await self._call("/v3/lease/keepalive", {"ID": str(lease_id)}, changes=False)
         result = resp.get("result")
         return dec_int(result, "TTL") if isinstance(result, dict) else 0
 
@@ -379,13 +382,21 @@ class EtcdClient:
     # -- the request engine --------------------------------------------------------------------
 
     async def _call(
-        self, path: str, body: dict[str, Any], *, require_leader: bool = True
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        require_leader: bool = True,
+        changes: bool = True,
     ) -> dict[str, Any]:
-        """POST `body` to `path` on some endpoint within `timeout_s`; the decoded answer."""
+        """POST `body` to `path` on some endpoint within `timeout_s`; the decoded answer.
+        `changes`: the request may change the store (hedged more sparingly)."""
         failures: dict[str, str] = {}
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._call_with_failover(path, body, require_leader, failures=failures)
+                return await self._call_with_failover(
+                    path, body, require_leader, failures=failures, changes=changes
+                )
         except TimeoutError:
             last = "; ".join(f"{endpoint}: {why}" for endpoint, why in failures.items())
             last = f" (last errors: {last})" if last else ""
@@ -401,33 +412,39 @@ class EtcdClient:
         *,
         with_token: bool = True,
         failures: dict[str, str] | None = None,
+        changes: bool,
     ) -> dict[str, Any]:
         """Send the request to the endpoints, hedged, until one answers; loops until
         cancelled (the caller bounds it). Records in `failures` why each endpoint last failed.
 
-        Hedging: the last good endpoint is asked first. Each time no answer came for
-        `_hedge_after_s()`, the same request goes to the next endpoint as well (after the
-        last one, round again from the first: a request that stalls where it was sent, on a
-        member waiting for an election, may be answered at once when sent anew), so at most
-        about 1 / _HEDGE_SHARE_OF_TIMEOUT copies run. The first answer wins and the attempts
-        still running are cancelled. An attempt that fails (refused, reset, "no leader")
-        hands over to the next endpoint at once; once every endpoint failed and none is
-        still running, the next pass starts after a backoff. A slow attempt is never
-        abandoned for one that has not answered yet: on a link where every endpoint is
-        equally slow (chaos finding 11) the first request still answers within the call's
-        deadline, which cancelling it at a budget could not do.
+        Hedging: the last good endpoint is asked first. A request that changes nothing
+        (`changes` false: a read, a keepalive, a txn of compares and reads) goes to the next
+        endpoint as well each time no answer came for a quarter of the deadline, and after
+        the last endpoint round again from the first (a request that stalls where it was
+        sent, on a member waiting for an election, may be answered at once when sent anew):
+        at most about 1 / _HEDGE_SHARE_OF_TIMEOUT copies. A request that may change the
+        store keeps the old failover's schedule, and so sends no more copies than it did:
+        the next endpoint is asked when half of the remaining deadline has passed, once per
+        endpoint, but the slow attempt is no longer cancelled then. The first answer wins
+        and the attempts still running are cancelled. An attempt that fails (refused,
+        reset, "no leader") hands over to the next endpoint at once; once every endpoint
+        failed and none is still running, the next pass starts after a backoff. A slow
+        attempt is never abandoned for one that has not answered yet: on a link where every
+        endpoint is equally slow (chaos finding 11) the first request still answers within
+        the call's deadline, which cancelling it at a budget could not do.
 
-        Why a duplicate is harmless: the copies are the same request. A read (range), a
-        lease keepalive and a txn with compares only (the renewal's ownership check) change
-        nothing, or only push the lease's expiry to "ttl from now" again. A write is guarded
-        by its own compare-and-set (acquire: the key's create_revision is 0; records: the
+        Why the copies are harmless: they are the same request. A read, a keepalive and a
+        txn of compares (the renewal's ownership check) change nothing, or only push the
+        lease's expiry to "ttl from now" again: these are the only requests hedged early. A
+        write gets a second copy only where the old failover sent one too (cancelling an
+        attempt never unsent it; it only threw its answer away), and every write the DCS
+        backend makes is a compare-and-set (acquire: create_revision 0; records: the
         mod_revision read; release: the value is ours), so of two copies at most one
-        applies, and the other answers "compare failed", which the DCS backend reads back as
-        it reads any repeated write (module docstring). A duplicated plain put (a member
-        record) writes the same value twice. Only `lease_grant` may leave a spare lease,
-        bound to no key, that expires after its ttl. Cancelling an attempt does not unsend
-        it: the old sequential failover duplicated the same requests, it only discarded the
-        first answer.
+        applies and the other answers "compare failed", which the backend reads back as it
+        reads any repeated write; a plain member put arriving late may put an older record
+        over a newer one, which the backend's next read notices (the stored record is not
+        the one it published last) and publishes again. `lease_grant` may leave a spare
+        lease bound to no key, which expires after its ttl.
         """
         failures = {} if failures is None else failures
         hedge = Hedge(
@@ -438,6 +455,7 @@ class EtcdClient:
             failures=failures,
         )
         hedge.new_pass(self._preferred)
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         backoff_s = _BACKOFF_FIRST_S
         reauthenticated = False
         try:
@@ -448,7 +466,7 @@ class EtcdClient:
                         backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
                         hedge.new_pass(self._preferred)
                     hedge.start_next()
-                done = await hedge.wait(self._hedge_after_s())
+                done = await hedge.wait(self._hedge_after_s(changes, deadline, hedge))
                 if done is None:
                     # The slow attempts keep running. Past the last endpoint, the rotation
                     # starts again: a request that stalls where it was sent (a member waiting
@@ -473,9 +491,14 @@ class EtcdClient:
         finally:
             hedge.cancel()
 
-    def _hedge_after_s(self) -> float:
-        """How long an attempt runs alone before the next endpoint is asked too."""
-        return self._timeout_s * _HEDGE_SHARE_OF_TIMEOUT
+    def _hedge_after_s(self, changes: bool, deadline: float, hedge: Hedge) -> float | None:
+        """How long the attempts running now run alone before the next copy is sent (None:
+        no further copy, wait for them)."""
+        if not changes:
+            return self._timeout_s * _HEDGE_SHARE_OF_TIMEOUT
+        if not hedge.untried:
+            return None
+        return max((deadline - asyncio.get_running_loop().time()) / 2, 0.001)
 
     async def _attempt(
         self,
@@ -551,7 +574,7 @@ class EtcdClient:
             body = {"name": self._username, "password": self._password or ""}
             try:
                 resp = await self._call_with_failover(
-                    "/v3/auth/authenticate", body, False, with_token=False
+                    "/v3/auth/authenticate", body, False, with_token=False, changes=False
                 )
             except EtcdError as exc:
                 if "authentication is not enabled" in str(exc):

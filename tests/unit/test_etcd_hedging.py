@@ -107,6 +107,28 @@ def test_a_slow_endpoint_is_hedged_by_the_next_one_and_the_duplicates_are_cancel
     run_virtual(main(), clock)
 
 
+def test_a_write_is_copied_only_when_the_old_failover_copied_it_and_its_slow_answer_counts() -> (
+    None
+):
+    """A request that may change the store keeps the old schedule (the next endpoint at half
+    of what remains, once each): no more copies than before, but the first is not cancelled."""
+    clock = FakeClock()
+    fake = FakeEtcd(clock, endpoints_with(5.0, 5.0, 5.0))
+
+    async def main() -> None:
+        start = clock.monotonic()
+        assert await client(fake).put(b"/k", b"v") == 7
+        assert clock.monotonic() - start == pytest.approx(5.0)
+        sent = [(round(t - start, 3), e) for t, e, _ in fake.sent]
+        assert sent == [
+            (0.0, ENDPOINTS[0]),
+            (round(TIMEOUT_S / 2, 3), ENDPOINTS[1]),
+            (round(TIMEOUT_S * 3 / 4, 3), ENDPOINTS[2]),
+        ]
+
+    run_virtual(main(), clock)
+
+
 def test_a_black_hole_costs_a_quarter_of_the_deadline_and_the_answering_endpoint_is_kept() -> None:
     clock = FakeClock()
     fake = FakeEtcd(clock, endpoints_with(BLACK_HOLE, 0.01, 0.01))
