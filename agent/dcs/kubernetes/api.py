@@ -1,5 +1,6 @@
 """The one transport of the Kubernetes backend: JSON requests and watch streams over a
-kubernetes_asyncio `ApiClient` built lazily by the injected factory (constructing this does
+client (agent/kube/client.py, or in tests a kubernetes_asyncio `ApiClient`: the same
+`call_api` shape) built lazily by the injected factory (constructing this does
 no I/O). Every request carries the request timeout; statuses a caller may handle (2xx, 404,
 409, 410, 422) come back as a `Response`, the rest raise `DcsUnavailable` (`DcsAuthError` for
 401/403). `bounded()` turns any failure inside a deadline into `DcsUnavailable`."""
