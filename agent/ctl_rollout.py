@@ -24,7 +24,7 @@ import json
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TextIO
 from urllib.parse import quote
@@ -243,7 +243,12 @@ async def run_command(
     if isinstance(step, rollout.Unhealthy | rollout.Refuse):
         raise CtlError(f"not starting: {rollout.describe(step)}")
     started = io.monotonic()
+    old_leaders: set[str] = set()
     while True:
+        if isinstance(step, rollout.DeletePod) and step.pod in old_leaders:
+            step = replace(step, was_leader=True)
+        if isinstance(step, rollout.Switchover):
+            old_leaders.add(step.leader)
         if isinstance(step, rollout.Done):
             _say(io, f"[{io.monotonic() - started:6.1f}s] {rollout.describe(step)}")
             return 0

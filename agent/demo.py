@@ -154,6 +154,7 @@ class LocalCluster:
     apiserver_url: str = ""
     apiserver_token: str = "pgwarden-apiserver-token"  # the agents' (audit user pgwarden)
     admin_token: str = "pgwarden-admin-token"  # this harness's own requests (user admin)
+    operator_token: str = "pgwarden-operator-token"  # an operator's commands (user operator)
     dcs_frozen: bool = False  # the demo's [d] key
     pg_bin: str = PG_BIN  # the members' postgresql.bin_dir (the tests pick a version)
     # The demo's processes get SIGTERM when the demo dies (see `_parent_death_signal`).
@@ -256,6 +257,8 @@ class LocalCluster:
                 f"{self.apiserver_token}=pgwarden",
                 "--token",
                 f"{self.admin_token}=admin",
+                "--token",
+                f"{self.operator_token}=operator",
                 "--audit-log",
                 str(self.audit_log),
             ],
