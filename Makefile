@@ -87,6 +87,7 @@ bench: setup
 	$(PY) bench/failover.py
 	$(PY) bench/callbacks.py
 	$(PY) bench/rolling_restart.py
+	$(PY) bench/rollout.py
 
 setup: deb venv
 

@@ -52,7 +52,7 @@ class Io(Protocol):
 def add_parser(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     sub = add("rollout", "update an OnDelete StatefulSet's pods: replicas, switchover, old leader")
     sub.add_argument("statefulset", help="the StatefulSet's name")
-    sub.add_argument("--namespace", help="default: the kubeconfig context's, or the pod's")
+    sub.add_argument("-n", "--namespace", help="default: the kubeconfig context's, or the pod's")
     sub.add_argument("--kubeconfig", help="default $KUBECONFIG, ~/.kube/config, or in-cluster")
     sub.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     sub.add_argument("--timeout", type=float, default=600.0, help="seconds to wait per step")

@@ -4,6 +4,7 @@ StatefulSet, its pods, the PodDisruptionBudget and the cluster view."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -243,3 +244,29 @@ def test_every_step_has_a_progress_line() -> None:
     assert lines[2] == "switchover pg-0 -> pg-1"
     assert lines[3] == "delete pod pg-0 (old leader, revision rev-1 -> rev-2)"
     assert all(lines)
+
+
+def test_the_operator_role_validates_and_grants_only_what_the_command_uses() -> None:
+    """k8s/examples/operator-rollout/role.yaml: valid objects (strict schema), and exactly the
+    table of docs/kubernetes.md (the e2e checks the calls against it)."""
+    import kubernetes_validate  # noqa: PLC0415 - only this test needs it
+    import yaml  # noqa: PLC0415
+
+    path = Path(__file__).resolve().parents[2] / "k8s/examples/operator-rollout/role.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    role = next(d for d in docs if d["kind"] == "Role")
+    granted = {
+        (verb, f"{res}.{group}" if group else res)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for res in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {
+        ("get", "statefulsets.apps"),
+        ("list", "pods"),
+        ("delete", "pods"),
+        ("list", "poddisruptionbudgets.policy"),
+    }
