@@ -270,7 +270,14 @@ def named_candidate(
     deferring = now - since < max(settings.timing.ttl_s, settings.timing.switchover_timeout_s)
     if request.candidate != settings.name:
         named = view.member(request.candidate)
-        if named is not None and is_healthy_replica(named) and deferring:
+        # A candidate whose pre_promote vetoed its promotion is out of the race for ttl_s;
+        # deferring to it would keep everyone out (each retry of its restarts the deference).
+        if (
+            named is not None
+            and is_healthy_replica(named)
+            and not named.promotion_vetoed
+            and deferring
+        ):
             return decided(memory, f"no leader: {request.candidate} is the named candidate")
         return None
     refusal = sync_refusal(view, settings.name, obs.peers, check_quorum=False)

@@ -136,6 +136,16 @@ def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     if view.initialize is None and view.leader is None:
         if settings.tags.nofailover:
             return decided(memory, "empty cluster, but nofailover members do not bootstrap")
+        # No initialize record, but members that hold data: the DCS lost its records (wiped,
+        # re-created), the cluster did not. A new one here would fork it (and one restored
+        # from its backup has its system id: its members would be rewound onto ours).
+        holders = sorted(m.name for m in view.members if m.name != settings.name and m.system_id)
+        if holders:
+            return decided(
+                memory,
+                f"no initialize record, but {', '.join(holders)} hold data: not bootstrapping; "
+                "waiting for a leader to clone from",
+            )
         return decided(
             memory,
             "empty cluster: claiming it and bootstrapping",

@@ -526,6 +526,20 @@ def test_first_member_of_an_empty_cluster_claims_it_and_bootstraps() -> None:
     assert decision.actions == (ClaimInitialize(), AcquireLeader(), Bootstrap())
 
 
+def test_member_without_data_does_not_bootstrap_over_members_that_hold_data() -> None:
+    # The DCS lost its records (wiped, a namespace re-created with the volumes kept): a new
+    # cluster here would fork the existing one (restored from a backup it even has the same
+    # system id, so its members would be rewound onto it). Wait for them to elect a leader.
+    lost = ClusterView(members=(member("b"), member("c", Role.PRIMARY, PgState.RUNNING)))
+    decision, _ = decide(obs(lost, EMPTY), Memory(), A)
+    assert decision.actions == ()
+    assert "hold data" in decision.reason
+    empty_b = replace(member("b", Role.UNKNOWN, PgState.STOPPED), system_id=None)
+    fresh = ClusterView(members=(empty_b,))
+    decision, _ = decide(obs(fresh, EMPTY), Memory(), A)
+    assert decision.actions == (ClaimInitialize(), AcquireLeader(), Bootstrap())
+
+
 def test_leader_records_its_system_id_when_the_dcs_has_none() -> None:
     cluster = replace(view("a", ME_PRIMARY, B, C), initialize=None, initialize_version="")
     decision, _ = decide(obs(cluster, PRIMARY), LEASED, A)

@@ -190,3 +190,17 @@ async def test_a_primary_stopped_by_its_fencer_calls_on_role_change_demoted() ->
     await c.run_until(lambda: a.fence.fenced_at is not None, step_s=0.25)
     await c.settle()
     assert a.callbacks.events(CallbackEvent.ON_ROLE_CHANGE) == ["demoted"]
+
+
+async def test_a_switchover_candidate_that_keeps_vetoing_hands_the_race_on() -> None:
+    # The completed switchover request still names b after b's veto: the others must not
+    # keep deferring to it (b retried every ttl_s, each try restarting their deference).
+    c = LoopCluster(callbacks=ALL)
+    await c.bootstrap()
+    a, b, cc = c["a"], c["b"], c["c"]
+    b.callbacks.script(CallbackEvent.PRE_PROMOTE, *[CallbackResult.FAILED] * 50)
+    await c.request_switchover("a", "b")
+    took = await c.run_until(lambda: c.leader() == "c" and cc.pg.is_primary, step_s=0.5)
+    assert took <= 2 * a.settings.timing.ttl_s
+    assert "promote" not in b.pg.calls
+    assert c.postgres.primaries() == ["c"]
