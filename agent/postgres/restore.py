@@ -96,7 +96,7 @@ async def restore_bootstrap(settings: Settings, postmaster: Postmaster) -> None:
         bootstrap.clear_data_dir(pg)
         if isinstance(exc, PostgresError | OSError):
             log.error("bootstrap_from_backup_failed", error=str(exc)[-1000:])
-            raise PostgresError(f"bootstrap from backup failed: {_reason(exc)}") from exc
+            raise PostgresError(f"bootstrap from backup failed: {failure_reason(exc)}") from exc
         raise
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -122,10 +122,18 @@ async def _wait_promoted(postmaster: Postmaster, deadline: float) -> None:
         await asyncio.sleep(_POLL_S)
 
 
-def _reason(exc: BaseException) -> str:
-    """PostgreSQL's FATAL line when there is one (why recovery stopped), else the error."""
+# FATAL lines that only refuse a connection while the server recovers (the agent's own
+# attempts to ask it): never the reason recovery stopped.
+_REFUSALS = ("not yet accepting connections", "is starting up", "is shutting down")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """PostgreSQL's last FATAL line that is not a refused connection (why recovery stopped),
+    else the error itself."""
     text = str(exc)
-    for line in text.splitlines():
-        if "FATAL:" in line:
-            return line.split("FATAL:", 1)[1].strip()
-    return text[-1000:]
+    fatal = [
+        line.split("FATAL:", 1)[1].strip()
+        for line in text.splitlines()
+        if "FATAL:" in line and not any(refusal in line for refusal in _REFUSALS)
+    ]
+    return fatal[-1] if fatal else text[-1000:]

@@ -25,7 +25,7 @@ import pytest
 
 from agent import ctl
 from agent.demo import LocalCluster
-from tests.support.cluster import E2E_TIMING, converge, converged, wait_until
+from tests.support.cluster import E2E_TIMING, converge, converged, new_primary, wait_until
 from tests.support.workload import AppWriter, ensure_table
 
 pytestmark = [
@@ -314,6 +314,7 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
                 session, primary, "/switchover", {"candidate": restored.members[candidate].name}
             )
         assert code == 202, answer
+        assert await new_primary(restored, primary, timeout=30) == candidate
         assert await converge(restored, timeout=60) == candidate
         await _archived_through(restored, candidate)
         assert (await _archiving(restored, candidate))["failing"] is False

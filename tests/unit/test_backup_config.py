@@ -9,6 +9,8 @@ from typing import Any
 from agent.archiving import ArchiverStats, archiving_view, parse_archiver
 from agent.backup_settings import ArchiveMode, BootstrapMethod, ReplicaMethod
 from agent.postgres import pgbackrest
+from agent.postgres.osfiles import PostgresError
+from agent.postgres.restore import failure_reason as restore_reason
 from tests.unit.test_config import MINIMAL, has_problem, load, problems_of, with_changes
 
 BACKREST = {"repo_path": "/var/lib/pgbackrest", "command": "/bin/true"}
@@ -144,3 +146,19 @@ def test_the_probe_column_and_the_api_view() -> None:
     assert view["failing"] is True
     assert view["last_failed_wal"] == "000000010000000000000003"
     assert archiving_view(None, wall_now=0.0) is None
+
+
+def test_a_failed_recovery_is_reported_by_postgresqls_reason_not_by_refused_connections() -> None:
+    log = (
+        "PostgreSQL stopped during recovery: LOG:  starting point-in-time recovery\n"
+        "FATAL:  the database system is not yet accepting connections\n"
+        'LOG:  restored log file "000000010000000000000005" from archive\n'
+        "FATAL:  the database system is starting up\n"
+        "FATAL:  recovery ended before configured recovery target was reached\n"
+        "LOG:  startup process (PID 12) exited with exit code 1"
+    )
+    reason = restore_reason(PostgresError(log))
+    assert reason == "recovery ended before configured recovery target was reached"
+    assert restore_reason(PostgresError("pgbackrest restore failed (exit 75): no backup")) == (
+        "pgbackrest restore failed (exit 75): no backup"
+    )
