@@ -92,6 +92,11 @@ class Starvation:
     # as equals; above 0 gives them a smaller CPU share than the stress (a noisy neighbour
     # with more weight), without starving the machine's other processes any further.
     cluster_nice: int = 0
+    # CPUs each member host (agent, fencer, PostgreSQL; not etcd) may use while the stress
+    # lasts, as a container's CPU limit does: a cgroup (v1 `cpu`) quota per 100 ms period,
+    # after which its processes wait for the next period. 0: no quota.
+    cpu_quota: float = 0.0
+    quotas: list[Path] = field(default_factory=list)
     log: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
@@ -111,6 +116,8 @@ class Starvation:
             )
         if self.cluster_nice:
             renice(cluster, self.cluster_nice)
+        if self.cpu_quota:
+            self.quotas = [limit_cpu(cluster, key, self.cpu_quota) for key in cluster.member_keys]
         return f"stress-ng {self.args} for {self.hold_s:g} s (no fault)"
 
     def stop(self) -> None:
@@ -125,7 +132,37 @@ class Starvation:
         self.stop()
         if self.cluster_nice:
             renice(cluster, 0)
+        while self.quotas:
+            unlimit_cpu(self.quotas.pop())
         heal_all(cluster)
+
+
+CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")  # cgroup v1, as on these machines
+CFS_PERIOD_US = 100_000
+
+
+def limit_cpu(cluster: ChaosCluster, key: str, cpus: float) -> Path:
+    """Move every process of host `key`'s namespace into a new cgroup allowed `cpus` CPUs
+    (children forked later stay in it). Returns the cgroup, for `unlimit_cpu`."""
+    group = CPU_CGROUPS / f"{cluster.network.hosts[key].netns}-soak"
+    group.mkdir(exist_ok=True)
+    (group / "cpu.cfs_period_us").write_text(f"{CFS_PERIOD_US}\n")
+    (group / "cpu.cfs_quota_us").write_text(f"{int(cpus * CFS_PERIOD_US)}\n")
+    listed = netns.run("ip", "netns", "pids", cluster.network.hosts[key].netns, check=False)
+    for word in listed.stdout.split():
+        with contextlib.suppress(OSError):
+            (group / "cgroup.procs").write_text(f"{int(word)}\n")
+    return group
+
+
+def unlimit_cpu(group: Path) -> None:
+    """Move the cgroup's processes back to the root cgroup and remove it."""
+    with contextlib.suppress(OSError):
+        for word in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CPU_CGROUPS / "cgroup.procs").write_text(f"{word}\n")
+    with contextlib.suppress(OSError):
+        group.rmdir()
 
 
 def renice(cluster: ChaosCluster, nice: int) -> int:
@@ -175,6 +212,24 @@ class Poller:
         self._stop.set()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Load:
+    """What starves the cluster: stress-ng's arguments, the cluster's nice value, and a CPU
+    quota per member host (0: none)."""
+
+    stress: str = STRESS
+    nice: int = 0
+    cpu_quota: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return (
+            self.stress
+            + (f"; the cluster at nice {self.nice}" if self.nice else "")
+            + (f"; {self.cpu_quota:g} CPU per member" if self.cpu_quota else "")
+        )
+
+
 def soak_row(
     *,
     timing: dict[str, float],
@@ -194,7 +249,7 @@ def soak_row(
     cycles = agentlogs.cycle_durations_s(lines)
     stopping = [
         f"+{_offset(line, t_start_wall)} {member}: {line['event']}"
-        for member, line in lines
+        for member, line in sorted(lines, key=lambda ml: str(ml[1].get("timestamp", "")))
         if line.get("event") in agentlogs.STOPPING_EVENTS
     ]
     return SoakRow(
@@ -217,7 +272,7 @@ def soak_row(
         load_avg=round(sum(loads) / len(loads), 1) if loads else 0.0,
         stress=stress,
         measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_start_wall)),
-        events=tuple(stopping[:NOTED_EVENTS]),
+        events=(*stopping[:NOTED_EVENTS], *(f"lost {x}" for x in result.lost_examples[:3])),
     )
 
 
@@ -231,13 +286,15 @@ def _offset(line: dict[str, object], t_start_wall: float) -> str:
 
 
 async def soak_once(
-    cluster: ChaosCluster, timing: dict[str, float], minutes: float, stress: str, nice: int
+    cluster: ChaosCluster, timing: dict[str, float], minutes: float, load: Load
 ) -> SoakRow:
     """One profile's run on a started cluster (the thread is in its client namespace)."""
     runner = Runner(cluster=cluster, converge_bound_s=CONVERGE_BOUND_S, suffix=" [soak]")
     await runner.ready()  # bootstrap's own lease_acquired/promoted are not the soak's
     sizes = agentlogs.log_sizes(cluster)
-    starvation = Starvation(args=stress, hold_s=minutes * 60, cluster_nice=nice)
+    starvation = Starvation(
+        args=load.stress, hold_s=minutes * 60, cluster_nice=load.nice, cpu_quota=load.cpu_quota
+    )
     nemesis = Nemesis(
         name="starvation",
         inject=starvation.inject,
@@ -262,19 +319,19 @@ async def soak_once(
         lines=agentlogs.lines_since(cluster, sizes),
         api_s=poller.api_s,
         loads=poller.loads,
-        stress=stress + (f"; the cluster at nice {nice}" if nice else ""),
+        stress=load.label,
         t_start_wall=t_start_wall,
     )
 
 
-def run_profile(name: str, minutes: float, stress: str, nice: int) -> SoakRow:
+def run_profile(name: str, minutes: float, load: Load) -> SoakRow:
     timing = dict(PROFILES[name])
     cluster = ChaosCluster(timing=timing)
     keep = False
     try:
         cluster.start()
         with netns.entered(cluster.client.netns):
-            row = asyncio.run(soak_once(cluster, timing, minutes, stress, nice))
+            row = asyncio.run(soak_once(cluster, timing, minutes, load))
         keep = bool(row.lost or row.split_brain)
         return row
     finally:
@@ -293,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cluster-nice", type=int, default=0, help="the cluster's nice value under the stress"
     )
+    parser.add_argument(
+        "--cpu-quota", type=float, default=0.0, help="CPUs per member host (cgroup quota)"
+    )
     parser.add_argument("--report", default="", help="report path stem (docs/chaos-report)")
     args = parser.parse_args(argv)
     names = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -304,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"soak skipped: {why}", file=sys.stderr)
         return 2
     netns.cleanup_leftovers()
-    rows = [run_profile(n, args.minutes, args.stress, args.cluster_nice) for n in names]
+    load = Load(stress=args.stress, nice=args.cluster_nice, cpu_quota=args.cpu_quota)
+    rows = [run_profile(n, args.minutes, load) for n in names]
     print(soak_report.section(rows))
     if args.report:
         soak_report.write(Path(args.report), rows)

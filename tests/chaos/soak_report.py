@@ -106,7 +106,7 @@ def section(rows: Sequence[SoakRow]) -> str:
     noted = [row for row in rows if row.events]
     if noted:
         lines += ["", "Stopping events (first ones, seconds from the start of the stress):", ""]
-        lines += [f"- {row.profile}: " + "; ".join(row.events) for row in noted]
+        lines += [f"- {row.profile}, `{row.stress}`: " + "; ".join(row.events) for row in noted]
     return "\n".join(lines) + "\n"
 
 
