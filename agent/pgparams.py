@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
-from agent.model import ClusterView, LocalState, PgConfig, PgState, Role
+from agent.model import ClusterView, DynamicConfig, LocalState, PgConfig, PgState, Role, SyncMode
 from agent.settings import SERVER_TLS_PARAMETERS, Settings
 from agent.value_rules import GUC_NAME, HBA_TYPES, WAL_LEVELS
 
@@ -250,6 +250,27 @@ def parameter_problems(
             yield f"{name}: unknown parameter"
 
 
+_COMMIT_BEFORE_STANDBY: Final = frozenset({"off", "false", "no", "0", "local"})
+"""synchronous_commit values that acknowledge a commit before any synchronous standby has it."""
+
+
+def sync_commit_problem(config: DynamicConfig) -> str | None:
+    """Why the DCS `config` record would break synchronous mode's promise (no acknowledged
+    commit lost on failover, docs/ha.md): a cluster-wide synchronous_commit that acknowledges
+    commits no synchronous standby holds yet. None when it keeps it (or the mode is off)."""
+    if config.synchronous_mode is SyncMode.OFF:
+        return None
+    for name, value in config.postgresql.parameters:
+        if name.lower() == "synchronous_commit" and value.strip().lower() in _COMMIT_BEFORE_STANDBY:
+            return (
+                f"postgresql.parameters.{name}: {value!r} acknowledges a commit before any "
+                f"synchronous standby holds it, so with synchronous_mode "
+                f"{config.synchronous_mode.value} a failover could lose acknowledged commits; "
+                "use on, remote_apply or remote_write, or set synchronous_mode off"
+            )
+    return None
+
+
 def needs_restart(names: Mapping[str, str], catalog: Mapping[str, SettingInfo]) -> list[str]:
     """The names among `names` that only a restart applies (context postmaster)."""
     return sorted(n for n in names if (i := catalog.get(n.lower())) and i.context == "postmaster")
@@ -349,5 +370,6 @@ __all__ = [
     "needs_restart",
     "parameter_problems",
     "precedence_comment",
+    "sync_commit_problem",
     "value_problem",
 ]

@@ -28,6 +28,7 @@ from agent.model import (
     SwitchoverRequest,
     SyncMode,
 )
+from agent.pgparams import sync_commit_problem
 from agent.slot_config import PermanentSlot, parse_slots
 
 _V = TypeVar("_V")
@@ -194,10 +195,13 @@ def _optional_slots(body: Mapping[str, object]) -> tuple[PermanentSlot, ...] | N
 
 
 def apply_config_patch(config: DynamicConfig, patch: ConfigPatch) -> DynamicConfig:
+    """The record after `patch`; ApiError 400 when it would break synchronous mode's promise
+    (agent.pgparams.sync_commit_problem), whichever of the two fields the patch changes."""
+
     def pick(new: _V | None, old: _V) -> _V:
         return old if new is None else new
 
-    return DynamicConfig(
+    patched = DynamicConfig(
         paused=pick(patch.paused, config.paused),
         synchronous_mode=pick(patch.synchronous_mode, config.synchronous_mode),
         synchronous_node_count=pick(patch.synchronous_node_count, config.synchronous_node_count),
@@ -214,6 +218,10 @@ def apply_config_patch(config: DynamicConfig, patch: ConfigPatch) -> DynamicConf
         slots=pick(patch.slots, config.slots),
         version=config.version,
     )
+    problem = sync_commit_problem(patched)
+    if problem is not None and problem != sync_commit_problem(config):
+        raise ApiError(400, problem)
+    return patched
 
 
 def sync_ineligibility(member: Member, view: ClusterView) -> str | None:

@@ -127,6 +127,33 @@ async def test_a_bad_change_is_a_400_naming_it_and_nothing_is_written(
     assert served.inbox.wakes == 0
 
 
+async def test_synchronous_mode_and_a_synchronous_commit_that_does_not_wait_are_refused(
+    api: tuple[Api, CatalogValidator],
+) -> None:
+    # synchronous_commit local/off acknowledges commits no synchronous standby holds: with
+    # synchronous_mode on, a failover would lose them. Refused in either order.
+    served, _ = api
+
+    async def patch(body: dict[str, object]) -> tuple[int, str]:
+        response = await served.client.patch("/config", json=body, headers=AUTH)
+        return response.status, (await response.json()).get("error", "")
+
+    assert (await patch({"synchronous_mode": "on"}))[0] == 200
+    revision = served.backend.revision
+    status, error = await patch({"postgresql": {"parameters": {"synchronous_commit": "local"}}})
+    assert status == 400 and "synchronous_commit: 'local' acknowledges a commit" in error
+    assert served.backend.revision == revision
+    status, _ = await patch({"postgresql": {"parameters": {"synchronous_commit": "remote_apply"}}})
+    assert status == 200
+    assert (await patch({"synchronous_mode": "off"}))[0] == 200
+    assert (await patch({"postgresql": {"parameters": {"synchronous_commit": "OFF"}}}))[0] == 200
+    revision = served.backend.revision
+    status, error = await patch({"synchronous_mode": "quorum"})
+    assert status == 400 and "synchronous_mode quorum" in error
+    assert served.backend.revision == revision
+    assert (await patch({"paused": True}))[0] == 200  # unrelated changes still go through
+
+
 async def test_without_a_running_server_to_ask_a_change_is_a_503(
     api: tuple[Api, CatalogValidator],
 ) -> None:

@@ -57,6 +57,12 @@ CATALOG = {
         SettingInfo(name="enable_seqscan", vartype="bool", context="user"),
         SettingInfo(name="block_size", vartype="integer", context="internal"),
         SettingInfo(name="application_name", vartype="string", context="user"),
+        SettingInfo(
+            name="synchronous_commit",
+            vartype="enum",
+            context="user",
+            enumvals=("local", "remote_write", "remote_apply", "on", "off"),
+        ),
     )
 }
 
