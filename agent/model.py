@@ -155,6 +155,9 @@ class ControlData:
     timeline: int
     checkpoint_lsn: Lsn
     min_recovery_end_lsn: Lsn | None
+    # The timeline of min_recovery_end_lsn: a standby that replayed into a newer timeline
+    # before it stopped (and made no restartpoint there yet) is on that timeline.
+    min_recovery_end_timeline: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -49,9 +49,16 @@ def local_position(local: LocalState) -> Lsn | None:
 
 
 def local_timeline(local: LocalState) -> int | None:
+    """The running instance's timeline; when stopped, the control file's: its last
+    checkpoint's, or the newer one a standby replayed into up to its minimum recovery point
+    (a standby stopped soon after it followed a new leader made no restartpoint on the new
+    timeline yet; its WAL past the switch point is the new timeline's, not a divergence)."""
     if local.timeline is not None:
         return local.timeline
-    return local.control.timeline if local.control is not None else None
+    control = local.control
+    if control is None:
+        return None
+    return max(control.timeline, control.min_recovery_end_timeline or 0)
 
 
 def needs_rewind(local: LocalState, leader: Member | None, view: ClusterView) -> bool:

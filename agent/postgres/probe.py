@@ -174,6 +174,11 @@ def parse_controldata(text: str) -> ControlData | None:
             timeline=int(fields["Latest checkpoint's TimeLineID"]),
             checkpoint_lsn=parse_lsn(fields["Latest checkpoint location"]),
             min_recovery_end_lsn=min_recovery or None,
+            min_recovery_end_timeline=(
+                int(fields.get("Min recovery ending loc's timeline") or 0) or None
+                if min_recovery
+                else None
+            ),
         )
     except (KeyError, ValueError):
         return None

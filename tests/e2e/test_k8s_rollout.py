@@ -199,6 +199,10 @@ async def test_rollout_write_gap_is_one_switchover(cluster: LocalCluster) -> Non
             assert set((await sim.revisions()).values()) == {"rev-3"}
             assert sim.deleted == sorted(sim.deleted, key=lambda n: n == before[0])
             assert sim.unready_at_deletion == [0, 0, 0]  # the budget: one pod down at a time
+            # The old leader, restarted soon after it followed the new one, is not diverged:
+            # no pg_rewind, no re-clone (candidates.local_timeline: the min recovery timeline).
+            after_deletion = out.split("(old leader,", 1)[1]
+            assert "rewinding" not in after_deletion and "cloning" not in after_deletion, out
             assert gap < 5.0
         finally:
             task.cancel()

@@ -503,6 +503,30 @@ def test_replica_with_wal_past_the_fork_point_is_rewound_too() -> None:
     assert decision.actions == (Rewind(source=MemberName("b")),)
 
 
+def test_replica_stopped_after_it_replayed_into_the_new_timeline_just_follows() -> None:
+    """A standby that followed the new leader and was stopped before its first restartpoint
+    on the new timeline: the control file's checkpoint is still on timeline 1, its minimum
+    recovery point (past the switch) on timeline 2. Not diverged: pg_rewind would fail on it
+    ("could not find previous WAL record") and cost a re-clone."""
+    history = (
+        HistoryEntry(
+            timeline=1, switch_lsn=950, reason="switchover", at=0, new_leader=MemberName("b")
+        ),
+    )
+    control = STOPPED_REPLICA.control
+    assert control is not None
+    for min_recovery_timeline, expected in (
+        (2, StartPostgres(upstream=MemberName("b"))),
+        (1, Rewind(source=MemberName("b"))),  # its WAL past the fork is timeline 1's
+    ):
+        stopped = replace(
+            STOPPED_REPLICA,
+            control=replace(control, min_recovery_end_timeline=min_recovery_timeline),
+        )
+        decision, _ = decide(obs(view("b", NEW_LEADER, history=history), stopped), Memory(), A)
+        assert decision.actions == (expected,)
+
+
 def test_replica_behind_the_fork_point_just_follows() -> None:
     history = (
         HistoryEntry(

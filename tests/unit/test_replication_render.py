@@ -269,6 +269,7 @@ Latest checkpoint location:           0/5000060
 Latest checkpoint's REDO location:    0/5000028
 Latest checkpoint's TimeLineID:       2
 Minimum recovery ending location:     0/0
+Min recovery ending loc's timeline:   0
 """
 
 
@@ -280,6 +281,14 @@ def test_controldata_output_is_parsed_into_the_fields_the_agent_needs() -> None:
     assert control.timeline == 2
     assert control.checkpoint_lsn == 0x5000060
     assert control.min_recovery_end_lsn is None
+    assert control.min_recovery_end_timeline is None
+    stopped_after_a_switch = CONTROLDATA.replace(
+        "Minimum recovery ending location:     0/0",
+        "Minimum recovery ending location:     0/6000000",
+    ).replace("Min recovery ending loc's timeline:   0", "Min recovery ending loc's timeline:   3")
+    following = parse_controldata(stopped_after_a_switch)
+    assert following is not None
+    assert (following.min_recovery_end_lsn, following.min_recovery_end_timeline) == (0x6000000, 3)
     assert parse_controldata("garbage") is None
 
 
