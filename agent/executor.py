@@ -344,6 +344,7 @@ class Executor:
                 return await pre_promote(self.callbacks, self.settings)
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
+                await self._drop_stale_slots(view)
                 return True
             case EnsureSlots(names=names, drop=drop, permanent=permanent, synchronized=sync):
                 await self.pg.set_slots(
@@ -455,13 +456,17 @@ class Executor:
                 else:
                     standby = standby_of(s, view, upstream)
                 await self.pg.start(standby=standby, timeout_s=start_s)
-                if view is not None and (names := logical_names(view.config.slots)):
-                    # A former primary's own copies of the permanent logical slots are stale
-                    # (the leader's are the real ones) and, on 17+, block the slot sync
-                    # worker from making synchronized copies under the same names.
-                    await self.pg.drop_stale_logical_slots(names)
+                if upstream is not None:
+                    await self._drop_stale_slots(view)
             case _:
                 assert_never(action)
+
+    async def _drop_stale_slots(self, view: ClusterView | None) -> None:
+        """Our own permanent logical slots are stale once we stream from another member (the
+        leader's are the real ones; on 17+ they block the slot sync worker's copies). Never
+        while no one leads: we may win the race again and need them."""
+        if view is not None and (names := logical_names(view.config.slots)):
+            await self.pg.drop_stale_logical_slots(names)
 
     async def _stop(self, action: StopPostgres | Demote) -> None:
         timing = self.settings.timing

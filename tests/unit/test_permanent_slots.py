@@ -133,3 +133,35 @@ def test_a_standby_that_stops_streaming_leaves_the_list() -> None:
     still = replace(streamed_by("b"), pg_major=18)
     decision, _ = decide(obs(_leader_view(CDC), still), memory, LOGICAL_A)
     assert not [a for a in decision.actions if isinstance(a, EnsureSlots)]
+
+
+async def test_a_former_primary_restarting_with_no_leader_keeps_its_logical_slots() -> None:
+    # Its own copies are stale only once another member leads (whose slots are the real
+    # ones); restarting with no leader (a whole cluster stopped and started) it may well win
+    # the race again, and dropping them first made the leader create them anew at its
+    # current position: a logical consumer behind it skipped every change in between.
+    import json  # noqa: PLC0415 - only here
+
+    from agent.config import Tags  # noqa: PLC0415
+    from agent.model import LocalRequestKind, RecordKind  # noqa: PLC0415
+    from tests.unit.fakes.loop_cluster import LoopCluster  # noqa: PLC0415
+
+    c = LoopCluster(("a", "b"), tags={"b": Tags(nofailover=True)})
+    await c.bootstrap()
+    a, b = c["a"], c["b"]
+    view = await a.dcs.get_cluster()
+    record = json.loads(view.config.to_json())
+    record["slots"] = {"cdc": SPEC["cdc"]}
+    assert await a.dcs.write_record(
+        RecordKind.CONFIG, json.dumps(record), expected_version=view.config.version
+    )
+    await c.round()
+    a.alive = False  # the node went down, PostgreSQL with it
+    a.pg.crash()
+    await c.run_until(lambda: c.leader() is None)
+    a.alive = True
+    await c.run_until(lambda: c.leader() == "a" and a.pg.is_primary)
+    assert "drop_stale_logical_slots" not in a.pg.calls
+    # A member that starts as a standby of a leader drops them (they are stale there).
+    b.loop.submit(LocalRequestKind.RESTART)
+    await c.run_until(lambda: "drop_stale_logical_slots" in b.pg.calls and c.healthy("a"))
