@@ -213,7 +213,8 @@ async def read_controldata(
 # end of the valid WAL in its pg_wal, found by pg_waldump from the replay position.
 
 _WAITING_FOR_WAL = frozenset({"RecoveryRetrieveRetryInterval", "RecoveryWalStream"})
-"""Startup-process wait events that mean "every local WAL record is replayed" (PG 15)."""
+"""Startup-process wait events that mean "every local WAL record is replayed" (the same names
+on PostgreSQL 15 and 18: tests/integration/postgres/test_standby_position.py runs on both)."""
 
 _SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 _LSN_RE = re.compile(r"\b([0-9A-F]{1,8}/[0-9A-F]{1,8})\b")
