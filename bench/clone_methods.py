@@ -35,6 +35,7 @@ from agent.settings import (
     EtcdSettings,
     Settings,
 )
+from tests.support.pgversions import DEBIAN_15_BIN, PgInstall
 from tests.support.postgres import (
     PgNode,
     eventually,
@@ -99,7 +100,7 @@ async def main(scale: int, runs: int, compress: str) -> None:
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
             os.chown(repo, entry.pw_uid, entry.pw_gid)
-        nodes = make_nodes(base, ["primary", "replica"])
+        nodes = make_nodes(base, ["primary", "replica"], install=PgInstall(15, DEBIAN_15_BIN))
         primary, replica = nodes
         by_method = {
             m: _settings(replica, repo, compress, m)

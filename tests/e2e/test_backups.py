@@ -136,14 +136,86 @@ def _set_writable(path: Path, writable: bool) -> None:
             os.chmod(target, mode | 0o200 if writable else mode & ~0o222)
 
 
+async def _replica_refuses_a_backup(cluster: LocalCluster, replica: int) -> None:
+    headers = {"Authorization": f"Bearer {cluster.token}"}
+    async with (
+        cluster.api_session() as session,
+        session.post(cluster.members[replica].api_url + "/backup", json={}, headers=headers) as r,
+    ):
+        assert r.status == 409
+        assert "not the primary" in (await r.json())["error"]
+
+
+async def _recreate_under_load(cluster: LocalCluster, primary: int, replica: int) -> None:
+    """Delete `replica`'s data and start it again while a writer inserts on the primary: it
+    is restored from the repository and streams with every acknowledged row."""
+    writer = AppWriter(hosts=[("127.0.0.1", cluster.members[primary].pg_port)], start_value=1_000)
+    writer.start()
+    cluster.stop_member(replica)
+    shutil.rmtree(cluster.members[replica].data_dir)
+    cluster.start_member(replica)
+
+    async def recreated() -> bool:  # its first clone's event, then this one's
+        return len(_log_events(cluster, replica, "replica_created")) == 2
+
+    await wait_until(recreated, timeout=120, what="the replica re-created")
+    async with cluster.api_session() as session:
+
+        async def streaming() -> bool:
+            health = await cluster.health(session, replica)
+            return (health or {}).get("state") == "streaming" and await converged(cluster, session)
+
+        await wait_until(streaming, timeout=120, what="the restored replica streaming")
+    log = await writer.stop()
+    created = _log_events(cluster, replica, "replica_created")
+    failures = _log_events(cluster, replica, "replica_method_failed")
+    assert [e.get("method") for e in created] == ["basebackup", "pgbackrest"], failures
+    replica_port = cluster.members[replica].pg_port
+    wanted = log.acked_values()
+    assert wanted
+
+    async def has_rows() -> bool:
+        rows = await _sql(replica_port, "SELECT array_agg(value) FROM pgwarden_probe")
+        return isinstance(rows, list) and wanted <= set(rows)
+
+    await wait_until(has_rows, timeout=30, what="the writer's rows on the restored replica")
+
+
+async def _read_only_repository_shows(cluster: LocalCluster, primary: int, repo: Path) -> None:
+    """The repository made read-only: archiving fails, and /health and the metrics say so
+    within a loop or two; writable again, it recovers."""
+    port = cluster.members[primary].pg_port
+    archive_dir = repo / "archive"
+    _set_writable(archive_dir, False)
+    try:
+        await _sql(port, "INSERT INTO pgwarden_probe (value) VALUES (-1)")
+        await _sql(port, "SELECT pg_switch_wal()")
+
+        async def failing() -> bool:
+            return (await _archiving(cluster, primary)).get("failing") is True
+
+        took = await wait_until(failing, timeout=30, what="archiving reported failing")
+        metrics_url = cluster.members[primary].api_url + "/metrics"
+        async with cluster.api_session() as session, session.get(metrics_url) as r:
+            metrics = await r.text()
+        assert "pgwarden_archive_failing 1.0" in metrics
+        print(f"archiving failure shown after {took:.1f} s")
+    finally:
+        _set_writable(archive_dir, True)
+
+    async def recovered() -> bool:
+        return (await _archiving(cluster, primary)).get("failing") is False
+
+    await wait_until(recovered, timeout=90, what="archiving working again")
+
+
 async def test_archiving_backup_and_a_replica_restored_from_the_repository(base: Path) -> None:
     repo = base / "repo"
     cluster = _cluster(base, "first", _backup_config(repo))
     try:
         cluster.start()
         primary = await converge(cluster, timeout=90)
-        port = cluster.members[primary].pg_port
-        await ensure_table("127.0.0.1", port)
+        await ensure_table("127.0.0.1", cluster.members[primary].pg_port)
         # No backup yet: the replicas' first method failed and they fell back to basebackup.
         for index in range(3):
             if index != primary:
@@ -156,81 +228,17 @@ async def test_archiving_backup_and_a_replica_restored_from_the_repository(base:
 
         shown = await _backup(cluster, primary)
         assert f"full backup on {cluster.members[primary].name} done" in shown
-        # A replica refuses: backups run on the primary.
         replica = (primary + 1) % 3
-        headers = {"Authorization": f"Bearer {cluster.token}"}
-        async with (
-            cluster.api_session() as session,
-            session.post(
-                cluster.members[replica].api_url + "/backup", json={}, headers=headers
-            ) as answer,
-        ):
-            assert answer.status == 409
-            assert "not the primary" in (await answer.json())["error"]
-
-        # A replica re-created from the repository while the primary takes writes.
-        writer = AppWriter(hosts=[("127.0.0.1", port)], start_value=1_000)
-        writer.start()
-        cluster.stop_member(replica)
-        shutil.rmtree(cluster.members[replica].data_dir)
-        cluster.start_member(replica)
-
-        async def recreated() -> bool:  # its first clone's event, then this one's
-            return len(_log_events(cluster, replica, "replica_created")) == 2
-
-        await wait_until(recreated, timeout=120, what="the replica re-created")
-        async with cluster.api_session() as session:
-
-            async def streaming() -> bool:
-                health = await cluster.health(session, replica)
-                return (health or {}).get("state") == "streaming" and await converged(
-                    cluster, session
-                )
-
-            await wait_until(streaming, timeout=120, what="the restored replica streaming")
-        log = await writer.stop()
-        created = _log_events(cluster, replica, "replica_created")
-        failures = _log_events(cluster, replica, "replica_method_failed")
-        assert [e.get("method") for e in created] == ["basebackup", "pgbackrest"], failures
-        replica_port = cluster.members[replica].pg_port
-        wanted = log.acked_values()
-        assert wanted
-
-        async def has_rows() -> bool:
-            rows = await _sql(replica_port, "SELECT array_agg(value) FROM pgwarden_probe")
-            return isinstance(rows, list) and wanted <= set(rows)
-
-        await wait_until(has_rows, timeout=30, what="the writer's rows on the restored replica")
-
-        # The repository made read-only: archiving fails, and says so within a loop or two.
-        archive_dir = repo / "archive"
-        _set_writable(archive_dir, False)
-        try:
-            await _sql(port, "INSERT INTO pgwarden_probe (value) VALUES (-1)")
-            await _sql(port, "SELECT pg_switch_wal()")
-
-            async def failing() -> bool:
-                return (await _archiving(cluster, primary)).get("failing") is True
-
-            took = await wait_until(failing, timeout=30, what="archiving reported failing")
-            metrics_url = cluster.members[primary].api_url + "/metrics"
-            async with cluster.api_session() as session, session.get(metrics_url) as r:
-                metrics = await r.text()
-            assert "pgwarden_archive_failing 1.0" in metrics
-            print(f"archiving failure shown after {took:.1f} s")
-        finally:
-            _set_writable(archive_dir, True)
-
-        async def recovered() -> bool:
-            return (await _archiving(cluster, primary)).get("failing") is False
-
-        await wait_until(recovered, timeout=90, what="archiving working again")
+        await _replica_refuses_a_backup(cluster, replica)
+        await _recreate_under_load(cluster, primary, replica)
+        await _read_only_repository_shows(cluster, primary, repo)
     finally:
         cluster.stop()
 
 
-async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Path) -> None:
-    repo = base / "repo"
+async def _source_history(base: Path, repo: Path) -> tuple[str, str, int]:
+    """A cluster with a backup, a commit, a target time, another commit, archived, then
+    destroyed: (the target time, a time a day ahead, its timeline)."""
     # A stanza of its own: the first test's belongs to another system (a new cluster pointed
     # at it fails its bootstrap: stanza-create refuses).
     cluster = _cluster(base, "source", _backup_config(repo, "pitr"))
@@ -245,16 +253,20 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
         target = await _sql(port, "SELECT clock_timestamp()::text")
         await asyncio.sleep(1.0)
         await _sql(port, "INSERT INTO pitr VALUES (2, 'after')")
-        old_timeline = (await _health(cluster, primary)).get("timeline")
+        timeline = (await _health(cluster, primary)).get("timeline")
         unreachable = await _sql(port, "SELECT (clock_timestamp() + interval '1 day')::text")
         await _archived_through(cluster, primary)
     finally:
         cluster.stop()
     shutil.rmtree(base / "source", ignore_errors=True)  # the cluster is gone, the repository stays
+    assert isinstance(timeline, int)
+    return str(target), str(unreachable), timeline
 
-    # A target the archive cannot reach: the bootstrap fails with PostgreSQL's reason and
-    # leaves nothing behind (an empty data directory, no leader).
-    future = {"method": "pgbackrest", "recovery_target_time": str(unreachable)}
+
+async def _unreachable_target_fails(base: Path, repo: Path, unreachable: str) -> None:
+    """The bootstrap fails with PostgreSQL's reason and leaves nothing behind (an empty data
+    directory, no leader)."""
+    future = {"method": "pgbackrest", "recovery_target_time": unreachable}
     doomed = LocalCluster(
         base=base / "future",
         size=1,
@@ -283,7 +295,27 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
     finally:
         doomed.stop()
 
-    bootstrap = {"method": "pgbackrest", "recovery_target_time": str(target)}
+
+async def _basebackup_member_archives_once_it_leads(restored: LocalCluster, primary: int) -> None:
+    """Every member has pgBackRest's configuration, not only those that ran a command."""
+    candidate = (primary + 1) % 3
+    async with restored.api_session() as session:
+        code, answer = await restored.post(
+            session, primary, "/switchover", {"candidate": restored.members[candidate].name}
+        )
+    assert code == 202, answer
+    assert await new_primary(restored, primary, timeout=30) == candidate
+    assert await converge(restored, timeout=60) == candidate
+    await _archived_through(restored, candidate)
+    assert (await _archiving(restored, candidate))["failing"] is False
+
+
+async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Path) -> None:
+    repo = base / "repo"
+    target, unreachable, old_timeline = await _source_history(base, repo)
+    await _unreachable_target_fails(base, repo, unreachable)
+
+    bootstrap = {"method": "pgbackrest", "recovery_target_time": target}
     # The other members clone from the new leader (its timeline, not the backup's).
     extra = {
         **_backup_config(repo, "pitr"),
@@ -294,29 +326,11 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
     try:
         restored.start()
         primary = await converge(restored, timeout=180)
-        port = restored.members[primary].pg_port
-        rows = await _sql(port, "SELECT array_agg(id ORDER BY id) FROM pitr")
-        assert rows == [1]
+        for index in range(3):  # exactly the row committed before the target, everywhere
+            rows = await _sql(restored.members[index].pg_port, "SELECT array_agg(id) FROM pitr")
+            assert rows == [1], index
         timeline = (await _health(restored, primary)).get("timeline")
-        assert isinstance(timeline, int) and isinstance(old_timeline, int)
-        assert timeline > old_timeline
-        for index in range(3):
-            if index != primary:
-                replica_rows = await _sql(
-                    restored.members[index].pg_port, "SELECT array_agg(id) FROM pitr"
-                )
-                assert replica_rows == [1]
-        # A member cloned by pg_basebackup archives too once it leads (every member has
-        # pgBackRest's configuration, not only those that ran a pgBackRest command).
-        candidate = (primary + 1) % 3
-        async with restored.api_session() as session:
-            code, answer = await restored.post(
-                session, primary, "/switchover", {"candidate": restored.members[candidate].name}
-            )
-        assert code == 202, answer
-        assert await new_primary(restored, primary, timeout=30) == candidate
-        assert await converge(restored, timeout=60) == candidate
-        await _archived_through(restored, candidate)
-        assert (await _archiving(restored, candidate))["failing"] is False
+        assert isinstance(timeline, int) and timeline > old_timeline
+        await _basebackup_member_archives_once_it_leads(restored, primary)
     finally:
         restored.stop()
