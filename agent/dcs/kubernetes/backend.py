@@ -175,6 +175,14 @@ class KubernetesDcs:
                 # answers (a handle that cannot reach it must fail here).
                 pod_items, config = cached
                 locks = [await self._api.get(h.lock.path()) for h in self._holders]
+                if not any(
+                    obj is not None and h.lock.holder(obj)
+                    for h, obj in zip(self._holders, locks, strict=True)
+                ):
+                    # No leader: this read may start a race judged by the ConfigMap's
+                    # records (sync, failsafe, switchover), which a stream that died silently
+                    # (found only at its timeoutSeconds) could show stale: from the server.
+                    pod_items, locks, config = await self._read_all()
             else:
                 pod_items, locks, config = await self._read_all()
         now = self._clock.monotonic()

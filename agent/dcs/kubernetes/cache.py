@@ -9,7 +9,9 @@ resourceVersion of this handle's own last write to its objects (so a caller read
 writes), and, where its objects change on a schedule (member pods: every member writes a
 heartbeat at least every ttl/3), an event came within `max_quiet_s` (a stream that died
 without a word must not freeze the members' heartbeats, which would expire them on this
-handle's clock). Otherwise the backend reads from the server, as before the watches ran. A peer's
+handle's clock). Otherwise, and whenever the lock object names no leader (a race for it is
+judged by the ConfigMap's records, which a silently dead stream could show stale), the
+backend reads from the server, as before the watches ran. A peer's
 write shows once its watch event arrives (milliseconds on a healthy link); every write stays
 conditional on resourceVersion, so a read that lags a peer's write can cost a failed
 compare-and-set, never safety.

@@ -44,6 +44,7 @@ async def test_reads_come_from_the_watches_and_still_show_every_write(
     server = cluster.server
     a, b = cluster.make_kube("a"), cluster.make_kube("b")
     await a.publish_member(member("a"))
+    assert await a.acquire_leader()  # with no leader, records are read from the server
     await a.get_cluster()
     assert await a.wait_for_change(0.3) is False  # starts the watches
     await asyncio.sleep(0.2)
@@ -77,3 +78,29 @@ async def test_a_handle_whose_server_fails_does_not_read_from_its_cache(
         await a.get_cluster()
     cluster.server.faults.clear()
     await a.get_cluster()
+
+
+async def test_with_no_leader_the_records_are_read_from_the_server_not_the_cache(
+    cluster: KubeContractCluster,
+) -> None:
+    # A race for the lock is judged by the ConfigMap's records (sync, failsafe, switchover):
+    # a watch stream that died without a word (found only at its timeoutSeconds) must not
+    # make a member race on a `sync` record the leader has since narrowed.
+    from agent.dcs.kubernetes.watches import Watched  # noqa: PLC0415 - only here
+
+    a, b = cluster.make_kube("a"), cluster.make_kube("b")
+    await a.publish_member(member("a"))
+    await b.publish_member(member("b"))
+    assert await b.write_record(RecordKind.CONFIG, "{}", expected_version=None)
+    await a.get_cluster()
+    assert await a.wait_for_change(0.3) is False  # starts the watches
+    await asyncio.sleep(0.2)
+    version = (await a.get_cluster()).config.version
+    assert version != ""
+    config_cache = a._watches.caches[Watched.CONFIG]  # its stream goes silent
+    config_cache.apply = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    assert await b.write_record(RecordKind.CONFIG, '{"ttl_s": 9}', expected_version=version)
+    await asyncio.sleep(0.2)
+    view = await a.get_cluster()
+    assert view.leader is None
+    assert view.config.version != version  # fresh: no leader, so read from the server
