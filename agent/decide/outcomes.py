@@ -94,6 +94,10 @@ def _record_leadership(
             # Not lost: the DCS may have applied it or not. The lease stands until its fencing
             # deadline (the executor cycles again at once to retry the renewal).
             return memory
+        case AcquireLeader() if outcome.ok:
+            # Leading again: a hand-over done before (a switchover, a rolling restart) is over;
+            # left set, a later SIGTERM would release the lease naming nobody.
+            return replace(memory, lease_sent_at=outcome.sent_at, handed_over=False)
         case AcquireLeader() | RenewLeader():
             return replace(memory, lease_sent_at=outcome.sent_at if outcome.ok else None)
         case ReleaseLeader():

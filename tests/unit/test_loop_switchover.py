@@ -100,3 +100,22 @@ async def test_a_request_written_for_another_leader_is_cleared() -> None:
     await c.request_switchover("c", "b")  # stale: c does not lead
     await c.run_until(lambda: c.switchover() is None)
     assert c.healthy("a")
+
+
+async def test_a_leader_that_handed_over_once_hands_over_again_on_sigterm() -> None:
+    # `handed_over` is about this shutdown's hand-over: one done earlier (a switchover, a
+    # rolling restart) must not make a later SIGTERM release the lease naming nobody.
+    c = LoopCluster()
+    await c.bootstrap()
+    a = c["a"]
+    await c.request_switchover("a", "b")
+    await c.run_until(lambda: c.healthy("b") and c.switchover() is None)
+    await c.run_until(lambda: c.streaming_from("b") == ["a", "c"])
+    await c.request_switchover("b", "a")
+    await c.run_until(lambda: c.healthy("a") and c.switchover() is None)
+    await c.run_until(lambda: c.streaming_from("a") == ["b", "c"])
+    handovers = a.pg.calls.count("checkpoint")
+    a.loop.request_shutdown()
+    await c.run_until(lambda: a.loop.executor.exited)
+    assert a.pg.calls.count("checkpoint") == handovers + 1  # it handed over again
+    await c.run_until(lambda: c.leader() in ("b", "c") and c.postgres.primaries() == [c.leader()])
