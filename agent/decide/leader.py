@@ -343,7 +343,12 @@ def when_shutting_down(
         return decided(memory, "shutting down: waiting for the action in flight")
     deadline = fence_deadline(memory, settings)
     in_time = deadline is None or now < deadline
-    if i_lead and local.is_primary and not memory.handed_over and memory.failed_at is None:
+    if (
+        i_lead
+        and local.is_primary
+        and not memory.handed_over
+        and not memory.shutdown_handover_failed
+    ):
         assert view is not None
         candidate, ready = choose_handover(view, local, settings)
         if candidate is not None and ready and in_time:

@@ -113,9 +113,10 @@ def _record_leadership(
                 failsafe_sent_at=None,
                 failsafe_absent_since=(),
             )
-        case HandOver():
+        case HandOver(shutting_down=shutting_down):
             if not outcome.ok:
-                return replace(memory, failed_at=outcome.sent_at)
+                failed = memory.shutdown_handover_failed or shutting_down
+                return replace(memory, failed_at=outcome.sent_at, shutdown_handover_failed=failed)
             return replace(
                 memory,
                 lease_sent_at=None,

@@ -103,6 +103,7 @@ class Memory:
     rewind_failures: int = 0
     failed_at: float | None = None  # when a long action last failed
     handed_over: bool = False  # shutdown: the switchover finished
+    shutdown_handover_failed: bool = False  # shutdown: our hand-over failed; release instead
     refused: str | None = None  # a reason this member will not take part (wrong system id)
     # Leader: the synchronous_standby_names value PostgreSQL was first seen to run with, and
     # our WAL position then; every commit acknowledged before lies at or below that position.

@@ -100,7 +100,7 @@ def test_shutdown_releases_naming_nobody_when_no_candidate_catches_up_in_time() 
 
 
 def test_a_failed_hand_over_on_shutdown_deletes_its_request_and_releases_naming_nobody() -> None:
-    memory = replace(LEASED, failed_at=NOW - 0.1)
+    memory = replace(LEASED, failed_at=NOW - 0.1, shutdown_handover_failed=True)
     stopped = replace(CRASHED_PRIMARY, control=CRASHED_PRIMARY.control)
     cluster = view("a", ME_PRIMARY, B, C, switchover=_request("a", "b"))
     decision, _ = decide(obs(cluster, stopped, shutting_down=True), memory, A)

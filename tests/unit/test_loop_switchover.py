@@ -119,3 +119,19 @@ async def test_a_leader_that_handed_over_once_hands_over_again_on_sigterm() -> N
     await c.run_until(lambda: a.loop.executor.exited)
     assert a.pg.calls.count("checkpoint") == handovers + 1  # it handed over again
     await c.run_until(lambda: c.leader() in ("b", "c") and c.postgres.primaries() == [c.leader()])
+
+
+async def test_an_earlier_failed_action_does_not_stop_a_hand_over_on_sigterm() -> None:
+    # Only a failed hand-over means "do not try again, release": not any failure before it
+    # (here b's first slot creation as the new primary).
+    c = LoopCluster()
+    await c.bootstrap()
+    b = c["b"]
+    b.pg.fail("set_slots")
+    await c.request_switchover("a", "b")
+    await c.run_until(lambda: c.healthy("b") and c.switchover() is None)
+    assert b.loop.memory.failed_at is not None
+    b.loop.request_shutdown()
+    await c.run_until(lambda: b.loop.executor.exited)
+    assert "checkpoint" in b.pg.calls  # it handed over
+    assert b.loop.memory.handed_over
