@@ -26,6 +26,7 @@ from agent.backup_settings import (
 from agent.callback_settings import CallbackEvent, CallbackSettings, command_rule
 from agent.config.fields import FIELDS, Field, Kind
 from agent.config.read import Collector, Raw
+from agent.pgparams import AGENT_OWNED
 from agent.settings import (
     ApiSettings,
     ApiTlsSettings,
@@ -53,25 +54,9 @@ class _Checked(Protocol):
 _T = TypeVar("_T", bound=_Checked)
 _E = TypeVar("_E", bound=StrEnum)
 
-# Parameters the agent sets itself (postgres/replication.py AGENT_MANAGED, plus the files and
-# the replication source); accepting them in `postgresql.parameters` would let two settings
-# disagree about one fact, and the agent's value would silently win.
-MANAGED_PARAMETERS: Final = {
-    "port": "use postgresql.port",
-    "listen_addresses": "use postgresql.listen_host",
-    "unix_socket_directories": "use postgresql.socket_dir",
-    "data_directory": "use postgresql.data_dir",
-    "config_file": "it is fixed by postgresql.data_dir",
-    "hba_file": "add lines with postgresql.pg_hba",
-    "ident_file": "pgwarden writes its own",
-    "cluster_name": "it is the cluster setting",
-    "hot_standby": "replicas must serve reads for health checks",
-    "wal_log_hints": "pg_rewind needs it on",
-    "logging_collector": "PostgreSQL's output goes to the agent's log",
-    "primary_conninfo": "it follows the leader",
-    "primary_slot_name": "it follows the leader",
-    "synchronous_standby_names": "use ha.synchronous_mode (the leader manages it)",
-}
+# Parameters the agent sets itself are refused in `postgresql.parameters` (the file's and the
+# DCS's alike): agent/pgparams.py AGENT_OWNED, one list with the reason for each.
+MANAGED_PARAMETERS: Final = AGENT_OWNED
 
 
 def _plain_fields(section: str) -> list[Field]:
