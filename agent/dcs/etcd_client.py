@@ -5,9 +5,12 @@ Contracts shared by every call:
 - Each call is bounded by `timeout_s` in total: endpoint failover, re-authentication and retries
   all happen inside that budget. When nothing answers it raises `EtcdUnavailable` shortly after
   the deadline; it never hangs.
-- Requests are hedged: the endpoint that answered last is asked first; when it has not
-  answered after a quarter of `timeout_s`, the next one is asked too (the first request keeps
-  running), and the first answer wins. On a connection error or an etcd answer that means
+- Requests are hedged: the endpoint that answered last is asked first. A request that changes
+  nothing (a read, a keepalive, a txn of compares) also goes to the next endpoint when no
+  answer came after a quarter of `timeout_s`; one that may change the store goes on to the
+  next endpoint only when half of the remaining deadline has passed, as the sequential
+  failover did. The first request keeps running either way, and the first answer wins. On a
+  connection error or an etcd answer that means
   "this member cannot serve you now" (gRPC Unavailable / DeadlineExceeded: no leader, leader
   changed, request timed out) the next endpoint is asked at once. So a black-holed endpoint
   costs a quarter of the deadline, and a slow one that answers within the deadline is not
