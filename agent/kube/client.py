@@ -7,7 +7,9 @@ the same rule that replaced etcd3-py with our own client (FACTS.md).
 `KubeClient.call_api` keeps the call shape of kubernetes_asyncio's `ApiClient.call_api` that
 the callers use (path, method, query_params, header_params, body, `_request_timeout` as
 seconds or an `aiohttp.ClientTimeout`), and returns the aiohttp response unread: the caller
-reads and releases it (a watch reads it line by line).
+reads and releases it (a watch reads it line by line). `KubeRequests` is the request side
+the pod label task and the Events share: a lazily built client, JSON in and out, a bounded
+request, an error naming the status.
 
 The service-account directory defaults to `/var/run/secrets/kubernetes.io/serviceaccount`;
 `PGWARDEN_SA_DIR` (or the `environ` argument) points elsewhere, which is how the in-cluster
@@ -23,7 +25,9 @@ Building a client only reads local files (no request); errors in the configurati
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
 import ssl
@@ -36,6 +40,7 @@ import aiohttp
 import yaml
 
 SA_DIR_ENV = "PGWARDEN_SA_DIR"
+_CLOSE_TIMEOUT_S = 2.0
 DEFAULT_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 # What the DCS backend, the label task and the Events take: a factory of clients.
@@ -125,6 +130,63 @@ class KubeClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+class KubeRequests:
+    """JSON requests for one part of the agent (the pod label task, the Events): the client is
+    built by `factory` on the first request; each request, client construction included, is
+    bounded by `timeout_s`. An answer whose status is not in `ok` raises `RuntimeError`
+    naming the request, the status and the start of the body."""
+
+    def __init__(self, factory: ClientFactory, *, timeout_s: float) -> None:
+        self._factory = factory
+        self._timeout_s = timeout_s
+        self._api: ApiClient = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        ok: tuple[int, ...] = (200,),
+    ) -> Any:
+        """One request; the decoded JSON body (None if empty or not JSON)."""
+        async with asyncio.timeout(self._timeout_s):
+            if self._api is None:
+                self._api = await self._factory()
+            response: Any = await self._api.call_api(
+                path,
+                method,
+                query_params=list(query),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._timeout_s,
+            )
+            try:
+                status = int(response.status)
+                data = await response.read()
+            finally:
+                response.release()
+        if status not in ok:
+            text = data[:300].decode("utf-8", errors="replace")
+            raise RuntimeError(f"{method} {path}: HTTP {status}: {text}")
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            return None
+
+    async def close(self) -> None:
+        """Close the client if one was built (bounded; errors ignored)."""
+        api, self._api = self._api, None
+        if api is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await api.close()
 
 
 def service_account_dir(environ: Mapping[str, str] | None = None) -> Path:

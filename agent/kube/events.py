@@ -30,13 +30,12 @@ from typing import Any
 import structlog
 
 from agent.events import Event, EventReason
-from agent.kube.client import ClientFactory
+from agent.kube.client import ClientFactory, KubeRequests
 
 REPORTING_CONTROLLER = "pgwarden.io/agent"
 _RETRY_FIRST_S = 1.0
 _RETRY_MAX_S = 30.0
 _MAX_AGE_S = 600.0  # an Event that could not be sent for this long is dropped
-_CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -159,18 +158,16 @@ class KubeEvents:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._factory = client_factory
+        self._requests = KubeRequests(client_factory, timeout_s=timeout_s)
         self._namespace = namespace
         self._pod = pod_name
         self._instance = instance
-        self._timeout_s = timeout_s
         self._monotonic = monotonic
         self._wall = wall
         self._throttle = EventThrottle(
             burst=burst, refill_s=refill_s, max_pending=max_pending, now=monotonic()
         )
         self._wake = asyncio.Event()
-        self._api: Any = None
         self._log = structlog.get_logger("pgwarden.kube").bind(pod=pod_name)
         self._retry_s = _RETRY_FIRST_S
         self.sent = 0
@@ -231,29 +228,12 @@ class KubeEvents:
             instance=self._instance,
             now_wall=self._wall(),
         )
-        async with asyncio.timeout(self._timeout_s):
-            if self._api is None:
-                self._api = await self._factory()
-            response: Any = await self._api.call_api(
-                f"/apis/events.k8s.io/v1/namespaces/{self._namespace}/events",
-                "POST",
-                header_params={"Accept": "application/json", "Content-Type": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self._timeout_s,
-            )
-            try:
-                status = int(response.status)
-                if status not in (200, 201):
-                    text = (await response.read())[:300].decode("utf-8", errors="replace")
-                    raise RuntimeError(f"HTTP {status}: {text}")
-            finally:
-                response.release()
+        await self._requests.request(
+            "POST",
+            f"/apis/events.k8s.io/v1/namespaces/{self._namespace}/events",
+            body=body,
+            ok=(200, 201),
+        )
 
     async def close(self) -> None:
-        api, self._api = self._api, None
-        if api is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await api.close()
+        await self._requests.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +21,12 @@ from typing import Any
 import structlog
 
 from agent.config import KubernetesSettings
-from agent.kube.client import ClientFactory
+from agent.kube.client import ClientFactory, KubeRequests
 from agent.model import AgentStatus, PgState, Role
 
 _POLL_S = 0.1  # how often the in-memory status is compared; patches happen only on change
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0
-_CLOSE_TIMEOUT_S = 2.0
 
 _RUNNING_REPLICA_STATES = frozenset({PgState.RUNNING, PgState.STREAMING})
 
@@ -98,15 +96,13 @@ class PodLabeler:
         timeout_s: float,
         peers_selector: str | None = None,
     ) -> None:
-        self._factory = client_factory
+        self._requests = KubeRequests(client_factory, timeout_s=timeout_s)
         self._peers_selector = peers_selector
         self._namespace = namespace
         self._pod = pod_name
         self._label = label
         self._status = status
         self._reassert_s = reassert_s
-        self._timeout_s = timeout_s
-        self._api: Any = None
         self._log = structlog.get_logger("pgwarden.kube").bind(pod=pod_name, label=label.key)
 
     async def run(self) -> None:
@@ -153,58 +149,21 @@ class PodLabeler:
 
     async def _other_primaries(self) -> list[str]:
         selector = f"{self._peers_selector},{self._label.key}={self._label.primary}"
-        async with asyncio.timeout(self._timeout_s):
-            api = await self._client()
-            response: Any = await api.call_api(
-                f"/api/v1/namespaces/{self._namespace}/pods",
-                "GET",
-                query_params=[("labelSelector", selector)],
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self._timeout_s,
-            )
-            try:
-                if int(response.status) != 200:
-                    raise RuntimeError(f"listing pods: HTTP {response.status}")
-                body = json.loads(await response.read())
-            finally:
-                response.release()
-        names = [str(item["metadata"]["name"]) for item in body.get("items") or []]
+        body = await self._requests.request(
+            "GET", f"/api/v1/namespaces/{self._namespace}/pods", query=[("labelSelector", selector)]
+        )
+        items = (body.get("items") if isinstance(body, dict) else None) or []
+        names = [str(item["metadata"]["name"]) for item in items]
         return [name for name in names if name != self._pod]
-
-    async def _client(self) -> Any:
-        if self._api is None:
-            self._api = await self._factory()
-        return self._api
 
     async def _patch(self, pod: str, value: str | None) -> None:
         """One merge patch of a pod's labels, bounded by `timeout_s`."""
-        async with asyncio.timeout(self._timeout_s):
-            api = await self._client()
-            response: Any = await api.call_api(
-                f"/api/v1/namespaces/{self._namespace}/pods/{pod}",
-                "PATCH",
-                header_params={
-                    "Accept": "application/json",
-                    "Content-Type": "application/merge-patch+json",
-                },
-                body=label_patch(self._label, value),
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self._timeout_s,
-            )
-            try:
-                status = int(response.status)
-                if status != 200:
-                    text = (await response.read())[:200].decode("utf-8", errors="replace")
-                    raise RuntimeError(f"HTTP {status}: {text}")
-            finally:
-                response.release()
+        await self._requests.request(
+            "PATCH",
+            f"/api/v1/namespaces/{self._namespace}/pods/{pod}",
+            body=label_patch(self._label, value),
+            content_type="application/merge-patch+json",
+        )
 
     async def close(self) -> None:
-        api, self._api = self._api, None
-        if api is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await api.close()
+        await self._requests.close()
