@@ -45,7 +45,9 @@ from agent.callback_settings import CallbackEvent
 from agent.clock import Clock
 from agent.metrics import Metrics
 from agent.postgres.control import PostgresControl
-from agent.postgres.process import PostgresError, StopMode, run_as, tool_env
+from agent.postgres.osfiles import PostgresError, run_as
+from agent.postgres.process import StopMode
+from agent.postgres.tools import tool_env
 from agent.settings import Settings
 
 log = structlog.get_logger("pgwarden.callbacks")

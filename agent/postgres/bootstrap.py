@@ -19,21 +19,17 @@ import asyncpg
 from agent.config import PostgresSettings
 from agent.model import Lsn, parse_lsn
 from agent.postgres import replication
-from agent.postgres.process import (
-    PostgresError,
-    Postmaster,
+from agent.postgres.datadir import (
     StandbyConfig,
     configure_standby,
-    ensure_dir,
     is_initialized,
     passfile_for,
-    run_as,
-    run_tool,
-    run_tool_result,
     write_client_files,
-    write_file,
 )
+from agent.postgres.osfiles import PostgresError, ensure_dir, run_as, write_file
+from agent.postgres.process import Postmaster
 from agent.postgres.tls import client_ssl_context
+from agent.postgres.tools import run_tool, run_tool_result
 
 _SQL_TIMEOUT_S = 5.0
 

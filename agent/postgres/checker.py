@@ -22,7 +22,8 @@ from agent.pgparams import (
 )
 from agent.postgres import replication
 from agent.postgres.conffile import render_hba_for
-from agent.postgres.process import PostgresError, Postmaster, RunAs, write_file
+from agent.postgres.osfiles import PostgresError, RunAs, write_file
+from agent.postgres.process import Postmaster
 
 _CATALOG_SQL = "SELECT name, vartype, context, unit, min_val, max_val, enumvals FROM pg_settings"
 _HBA_ERRORS_SQL = (

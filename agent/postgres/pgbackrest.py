@@ -16,7 +16,7 @@ from enum import StrEnum
 from agent.backup_settings import PgBackRestSettings
 from agent.postgres import replication
 from agent.postgres.osfiles import PostgresError, ensure_dir, run_as, write_file
-from agent.postgres.process import run_tool
+from agent.postgres.tools import run_tool
 from agent.settings import PostgresSettings, Settings
 
 

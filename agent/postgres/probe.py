@@ -37,14 +37,11 @@ from agent.model import (
     parse_lsn,
 )
 from agent.pgparams import HOT_STANDBY
-from agent.postgres.process import (
-    PostgresError,
-    connect_local,
-    is_initialized,
-    run_tool,
-    run_tool_result,
-)
+from agent.postgres.datadir import is_initialized
+from agent.postgres.osfiles import PostgresError
 from agent.postgres.replication import parse_synchronous_standby_names
+from agent.postgres.sqlconn import connect_local
+from agent.postgres.tools import run_tool, run_tool_result
 from agent.postgres.version import binaries_major
 from agent.slot_config import parse_slot_states
 

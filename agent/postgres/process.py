@@ -9,6 +9,9 @@ data directory (an agent restart), recognised by postmaster.pid, /proc/<pid>/cwd
 File layout (see replication.py): the agent's pg_hba.conf, pg_ident.conf and the server log
 live in `<run_dir>/postgres/` (owned by the OS user, mode 0700), outside the data directory,
 so pg_rewind and pg_basebackup cannot replace them.
+
+Its neighbours: tools.py runs PostgreSQL's tools, datadir.py writes the standby and client
+files, pidfile.py finds a running postmaster, sqlconn.py holds the control connection.
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
-
-import asyncpg
 
 from agent.config import PostgresSettings
 from agent.model import PgConfig
 from agent.postgres import conffile, failover_slots, replication
+from agent.postgres.datadir import (
+    StandbyConfig,
+    configure_standby,
+    is_initialized,
+    is_standby_dir,
+    standby_conninfo,
+    write_client_files,
+)
 from agent.postgres.osfiles import (
     PostgresError,
     RunAs,
@@ -36,12 +43,17 @@ from agent.postgres.osfiles import (
     run_as,
     write_file,
 )
-from agent.postgres.tls import install_server_files
-from agent.proctree import kill_postmaster_tree, pid_alive, process_state
+from agent.postgres.pidfile import (
+    pidfile_ready,
+    read_pidfile,
+    running_postmaster_pid,
+    wait_pid_exit,
+)
+from agent.postgres.sqlconn import ControlConnection
+from agent.postgres.tools import KILL_WAIT_S, tail, tool_env
+from agent.proctree import kill_postmaster_tree, process_state
 
 _POLL_S = 0.01
-_KILL_WAIT_S = 2.0
-_TAIL_CHARS = 1500
 
 
 class StopMode(StrEnum):
@@ -56,273 +68,6 @@ _STOP_SIGNALS = {
     StopMode.FAST: signal.SIGINT,
     StopMode.IMMEDIATE: signal.SIGQUIT,
 }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StandbyConfig:
-    """Where a replica streams from. `application_name` is the replica's member name."""
-
-    primary_host: str
-    primary_port: int
-    slot_name: str | None
-    application_name: str
-
-
-def tool_env(who: RunAs, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A clean environment for PostgreSQL and its tools (C messages, no inherited PG* vars)."""
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": who.home,
-        "USER": who.name,
-        "LOGNAME": who.name,
-        "LC_ALL": "C.UTF-8",
-        "LANG": "C.UTF-8",
-    }
-    if extra:
-        env.update(extra)
-    return env
-
-
-def _tail(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= _TAIL_CHARS else "..." + text[-_TAIL_CHARS:]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ToolResult:
-    """A finished tool: its exit code and decoded output."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def run_tool(
-    settings: PostgresSettings,
-    args: Sequence[str],
-    *,
-    timeout_s: float,
-    env: Mapping[str, str] | None = None,
-    what: str,
-) -> str:
-    """Run a PostgreSQL tool as the OS user; return its stdout.
-
-    Raises PostgresError (with stderr's tail) on a non-zero exit or after `timeout_s`; a
-    timed-out or cancelled tool is killed with its whole process group.
-    """
-    result = await run_tool_result(settings, args, timeout_s=timeout_s, env=env, what=what)
-    if result.returncode != 0:
-        message = _tail(result.stderr) or _tail(result.stdout)
-        raise PostgresError(f"{what} failed (exit {result.returncode}): {message}")
-    return result.stdout
-
-
-async def run_tool_result(
-    settings: PostgresSettings,
-    args: Sequence[str],
-    *,
-    timeout_s: float,
-    env: Mapping[str, str] | None = None,
-    what: str,
-) -> ToolResult:
-    """Like `run_tool`, but a non-zero exit is a result, not an error (for tools such as
-    pg_waldump whose normal end is an error message). Raises PostgresError only after
-    `timeout_s` (the tool is then killed with its process group)."""
-    who = run_as(settings)
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        cwd="/",
-        env=tool_env(who, env),
-        user=who.user,
-        group=who.group,
-        extra_groups=who.extra_groups,
-    )
-    try:
-        async with asyncio.timeout(timeout_s):
-            out, err = await proc.communicate()
-    except BaseException as exc:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_KILL_WAIT_S):
-                await proc.wait()
-        if isinstance(exc, TimeoutError):
-            raise PostgresError(f"{what} timed out after {timeout_s:.1f} s") from None
-        raise
-    return ToolResult(
-        returncode=proc.returncode if proc.returncode is not None else -1,
-        stdout=out.decode(errors="replace"),
-        stderr=err.decode(errors="replace"),
-    )
-
-
-# --------------------------------------------------------------------------- data directory
-
-
-def is_initialized(settings: PostgresSettings) -> bool:
-    return os.path.isfile(os.path.join(settings.data_dir, "PG_VERSION"))
-
-
-def _is_standby_dir(settings: PostgresSettings) -> bool:
-    return os.path.exists(os.path.join(settings.data_dir, "standby.signal"))
-
-
-def configure_standby(
-    settings: PostgresSettings, standby: StandbyConfig | None, *, run_dir: str
-) -> None:
-    """While stopped: make the data directory start as a standby of `standby`, or as a primary.
-
-    A standby gets standby.signal and its own primary_conninfo/primary_slot_name lines in
-    postgresql.auto.conf (the rest of the file is kept); a primary loses standby.signal.
-    The conninfo names the password file `write_client_files` writes into `run_dir`.
-    """
-    who = run_as(settings)
-    signal_path = os.path.join(settings.data_dir, "standby.signal")
-    if standby is None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(signal_path)
-        return
-    auto_path = os.path.join(settings.data_dir, "postgresql.auto.conf")
-    try:
-        with open(auto_path, encoding="utf-8") as handle:
-            existing = handle.read()
-    except FileNotFoundError:
-        existing = ""
-    text = replication.render_auto_conf(
-        existing,
-        conninfo=standby_conninfo(settings, standby, run_dir=run_dir),
-        slot_name=standby.slot_name,
-    )
-    write_file(auto_path, text, who)
-    write_file(signal_path, "", who)
-
-
-def standby_conninfo(
-    settings: PostgresSettings, standby: StandbyConfig, *, run_dir: str
-) -> str | None:
-    """primary_conninfo for `standby`; None when it names no primary (an empty host): such a
-    standby replays what it has and waits for a later follow(). The password stays in the
-    password file (`write_client_files`), TLS as postgresql.tls says."""
-    if not standby.primary_host:
-        return None
-    return replication.primary_conninfo(
-        host=standby.primary_host,
-        port=standby.primary_port,
-        user=settings.replication.username,
-        passfile=passfile_for(settings, run_dir),
-        tls=replication.client_tls(settings, run_dir),
-        application_name=standby.application_name,
-        # The slot sync worker (17+) connects with it to a database; streaming ignores it.
-        dbname=failover_slots.conninfo_dbname(settings),
-    )
-
-
-def passfile_for(settings: PostgresSettings, run_dir: str) -> str | None:
-    """The password file's path when a replication or superuser password is set, else None."""
-    if settings.replication.password is None and settings.superuser.password is None:
-        return None
-    return replication.passfile_path(run_dir)
-
-
-def write_client_files(settings: PostgresSettings, run_dir: str) -> None:
-    """The files PostgreSQL and its tools read as the OS user, in `<run_dir>/postgres/`:
-
-    - the libpq password file (mode 0600; libpq ignores a looser one) with the replication
-      and superuser passwords, which conninfo strings name instead of holding the password;
-    - with postgresql.tls, copies of its certificate, key and CA in `tls/`
-      (`tls.install_server_files`: mode 0600, replaced only by a set that loads). Rewritten
-      before every start and reload, so a rotated certificate is used after the next reload
-      (`tls.TlsRenewal` reloads when the files change).
-    Raises OSError when a source file cannot be read, PostgresError when the TLS files do not
-    load together.
-    """
-    who = run_as(settings)
-    ensure_dir(replication.conf_dir(run_dir), who)
-    entries = [
-        (credentials.username, credentials.password.reveal())
-        for credentials in (settings.replication, settings.superuser)
-        if credentials.password is not None
-    ]
-    if entries:
-        write_file(replication.passfile_path(run_dir), replication.render_passfile(entries), who)
-    if settings.tls is not None:
-        install_server_files(settings.tls, run_dir, who)
-
-
-def _read_pidfile(data_dir: str) -> list[str] | None:
-    try:
-        with open(os.path.join(data_dir, "postmaster.pid"), encoding="utf-8") as handle:
-            return handle.read().splitlines()
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return None
-
-
-def _pidfile_ready(lines: list[str] | None, pid: int) -> bool:
-    """postmaster.pid says `pid` accepts connections (line 8: "ready" or "standby")."""
-    return (
-        lines is not None
-        and len(lines) >= 8
-        and lines[0].strip() == str(pid)
-        and lines[7].strip() in ("ready", "standby")
-    )
-
-
-def running_postmaster_pid(data_dir: str) -> int | None:
-    """The pid of a live postmaster serving `data_dir`, whoever started it.
-
-    Checked three ways so that a stale postmaster.pid whose pid was reused is not trusted:
-    the pid file, the process's working directory (the postmaster chdirs to its data
-    directory) and its program name.
-    """
-    lines = _read_pidfile(data_dir)
-    if not lines:
-        return None
-    try:
-        pid = int(lines[0])
-    except ValueError:
-        return None
-    try:
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            argv0 = handle.read().split(b"\0", 1)[0]
-    except OSError:
-        return None
-    if os.path.realpath(cwd) != os.path.realpath(data_dir):
-        return None
-    if os.path.basename(argv0.decode(errors="replace")) not in ("postgres", "postmaster"):
-        return None
-    return pid
-
-
-async def wait_pid_exit(pid: int) -> None:
-    """Return when process `pid` has exited (a zombie counts as exited). Uses a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except OSError:  # no pidfd (kernel < 5.3, seccomp): poll instead
-        while True:
-            if not pid_alive(pid):
-                return
-            await asyncio.sleep(_POLL_S * 5)
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        if not gone.done():
-            gone.set_result(None)
-
-    loop.add_reader(fd, on_readable)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
 
 # --------------------------------------------------------------------------- the postmaster
 
@@ -380,12 +125,7 @@ class Postmaster:
         self._ttl_s = ttl_s
         self._archive = tuple(archive)
         self._child: subprocess.Popen[bytes] | None = None
-        self._conn: asyncpg.Connection | None = None
-        # One statement at a time on the control connection: the loop's short actions, a
-        # hand-over's CHECKPOINT in the background and the API share it, and asyncpg refuses
-        # a second operation in progress (the refusal used to drop the connection under the
-        # first). A waiting caller still keeps its own time limit.
-        self._sql_lock = asyncio.Lock()
+        self._sql = ControlConnection(settings)
         self._log_offset = 0
         # The DCS `postgresql` section the files are rendered with (agent/pgparams.py), and
         # the lock every write of them and every reload takes (agent/postgres/checker.py
@@ -481,7 +221,7 @@ class Postmaster:
                 raise PostgresError(
                     f"data directory {settings.data_dir} is not initialized (no PG_VERSION)"
                 )
-            if standby is None and _is_standby_dir(settings):
+            if standby is None and is_standby_dir(settings):
                 promote = True
                 standby = StandbyConfig(
                     primary_host="",
@@ -532,7 +272,7 @@ class Postmaster:
         try:
             with open(replication.log_path(self._run_dir), "rb") as handle:
                 handle.seek(self._log_offset)
-                return _tail(handle.read().decode(errors="replace"))
+                return tail(handle.read().decode(errors="replace"))
         except OSError:
             return ""
 
@@ -548,8 +288,8 @@ class Postmaster:
                 raise PostgresError(
                     f"postgres (pid {pid}) exited during start{code}: {self.log_tail()}"
                 )
-            lines = _read_pidfile(self._settings.data_dir)
-            if _pidfile_ready(lines, pid):
+            lines = read_pidfile(self._settings.data_dir)
+            if pidfile_ready(lines, pid):
                 return
             if loop.time() >= deadline:
                 raise PostgresError(
@@ -570,7 +310,7 @@ class Postmaster:
         A smart shutdown waits for every session, including a Prober's: close the Prober
         first. Raises PostgresError only if even SIGKILL fails.
         """
-        await self._close_conn()
+        await self._sql.close()
         pid = self.pid()
         if pid is None:
             return
@@ -588,7 +328,7 @@ class Postmaster:
             if await self._gone_within(pid, budget):
                 return
         self._kill_group(pid)
-        if not await self._gone_within(pid, _KILL_WAIT_S):
+        if not await self._gone_within(pid, KILL_WAIT_S):
             if mode is StopMode.KILL and process_state(pid) == "D":
                 # Blocked in the kernel (hung storage): it exits as soon as that I/O returns,
                 # without reaching user space again, so it can acknowledge nothing more.
@@ -618,54 +358,20 @@ class Postmaster:
 
     # ---------------------------------------------------------------- SQL
 
-    async def _connection(self, timeout_s: float) -> asyncpg.Connection:
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
-        self._conn = await connect_local(self._settings, timeout_s=timeout_s, purpose="control")
-        return self._conn
-
-    async def _close_conn(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.terminate()
-
     async def fetch(self, sql: str, *args: object, timeout_s: float) -> list[tuple[object, ...]]:
         """Run a query as the superuser over the unix socket; rows as tuples.
 
         Raises PostgresError on any failure (SQL error, connection refused, timeout); the
         connection is dropped after a failure of its own and made again on the next call.
         """
-        rows = await self._on_connection(sql, timeout_s, lambda conn: conn.fetch(sql, *args))
-        return [tuple(row) for row in rows]
+        return await self._sql.fetch(sql, *args, timeout_s=timeout_s)
 
     async def execute(self, sql: str, *args: object, timeout_s: float) -> None:
         """Run one statement as the superuser over the unix socket (see `fetch` for errors).
 
         Without `args` it goes over the simple protocol, so utility statements such as
         ALTER SYSTEM work."""
-        await self._on_connection(sql, timeout_s, lambda conn: conn.execute(sql, *args))
-
-    async def _on_connection(
-        self,
-        sql: str,
-        timeout_s: float,
-        statement: Callable[[asyncpg.Connection], Awaitable[Any]],
-    ) -> Any:
-        """`statement` on the control connection, alone on it, within `timeout_s` (waiting
-        for the connection included). Only a failure while this caller holds the connection
-        drops it: a caller that timed out waiting leaves the running statement alone."""
-        try:
-            async with asyncio.timeout(timeout_s), self._sql_lock:
-                try:
-                    conn = await self._connection(timeout_s)
-                    return await statement(conn)
-                except asyncpg.PostgresError:
-                    raise  # an SQL error: the connection is fine
-                except BaseException:  # interface error, OSError, our timeout's cancellation
-                    await self._close_conn()
-                    raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise PostgresError(f"{_first_line(sql)}: {exc!r}") from exc
+        await self._sql.execute(sql, *args, timeout_s=timeout_s)
 
     async def reload(self) -> None:
         """Rewrite the configuration files and make the server re-read them (SIGHUP)."""
@@ -736,57 +442,13 @@ class Postmaster:
 
     async def close(self) -> None:
         """Drop the SQL connection. The postmaster keeps running."""
-        await self._close_conn()
-
-
-def _first_line(sql: str) -> str:
-    line = sql.strip().splitlines()[0] if sql.strip() else ""
-    return line[:80]
-
-
-async def connect_local(
-    settings: PostgresSettings,
-    *,
-    timeout_s: float,
-    purpose: str,
-    cache_statements: bool = False,
-    database: str = "postgres",
-) -> asyncpg.Connection:
-    """A superuser connection over the unix socket (peer authentication via the ident map).
-
-    `cache_statements` keeps prepared statements: a repeated query then costs one round trip
-    instead of two (parse, then execute); off for ad-hoc control statements."""
-    conn: asyncpg.Connection = await asyncpg.connect(
-        host=replication.socket_dir(settings),
-        port=settings.port,
-        user=settings.superuser.username,
-        database=database,
-        timeout=timeout_s,
-        statement_cache_size=100 if cache_statements else 0,
-        server_settings={"application_name": f"pgwarden-{purpose}"},
-    )
-    return conn
+        await self._sql.close()
 
 
 __all__ = [
     "PostgresError",
     "Postmaster",
-    "RunAs",
     "StandbyConfig",
     "StopMode",
-    "ToolResult",
-    "configure_standby",
-    "connect_local",
-    "ensure_dir",
-    "is_initialized",
-    "passfile_for",
     "replication_timeout_options",
-    "run_as",
-    "run_tool",
-    "run_tool_result",
-    "running_postmaster_pid",
-    "standby_conninfo",
-    "wait_pid_exit",
-    "write_client_files",
-    "write_file",
 ]

@@ -22,15 +22,14 @@ import structlog
 
 from agent.backup_settings import ReplicaMethod
 from agent.postgres import bootstrap, pgbackrest
-from agent.postgres.process import (
-    PostgresError,
-    Postmaster,
+from agent.postgres.datadir import (
     StandbyConfig,
-    StopMode,
     configure_standby,
     is_initialized,
     write_client_files,
 )
+from agent.postgres.osfiles import PostgresError
+from agent.postgres.process import Postmaster, StopMode
 from agent.settings import Settings
 
 log = structlog.get_logger("pgwarden.restore")

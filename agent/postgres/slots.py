@@ -9,7 +9,9 @@ import asyncpg
 
 from agent.config import PostgresSettings
 from agent.postgres.failover_slots import failover_slots_on
-from agent.postgres.process import PostgresError, Postmaster, connect_local
+from agent.postgres.osfiles import PostgresError
+from agent.postgres.process import Postmaster
+from agent.postgres.sqlconn import connect_local
 from agent.slot_config import PermanentSlot, SlotType
 
 _SQL_TIMEOUT_S = 5.0

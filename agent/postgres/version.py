@@ -7,7 +7,7 @@ import os
 import re
 
 from agent.config import PostgresSettings
-from agent.postgres.process import run_tool
+from agent.postgres.tools import run_tool
 
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 from agent.config import Credentials, PostgresSettings, Secret
 from agent.postgres import clone, create_roles, ensure_slots, initdb
-from agent.postgres.process import Postmaster, StandbyConfig, running_postmaster_pid
+from agent.postgres.datadir import StandbyConfig
+from agent.postgres.pidfile import running_postmaster_pid
+from agent.postgres.process import Postmaster
 from agent.postgres.replication import slot_name_for
 from tests.support.pgversions import PgInstall
 from tests.support.ports import free_ports

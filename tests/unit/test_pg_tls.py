@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from agent.config import ConfigError, Credentials, PostgresSettings, Secret, load_settings
-from agent.postgres.process import StandbyConfig, standby_conninfo, write_client_files
+from agent.postgres.datadir import StandbyConfig, standby_conninfo, write_client_files
 from agent.postgres.replication import (
     ClientTls,
     passfile_path,

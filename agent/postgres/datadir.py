@@ -1,0 +1,117 @@
+"""The data directory's role files and the client files PostgreSQL reads as the OS user.
+
+While the postmaster is stopped: standby.signal and the standby's primary_conninfo /
+primary_slot_name lines in postgresql.auto.conf; before every start and reload: the password
+file and the TLS copies in `<run_dir>/postgres/` (see replication.py for the file layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+from agent.config import PostgresSettings
+from agent.postgres import failover_slots, replication
+from agent.postgres.osfiles import ensure_dir, run_as, write_file
+from agent.postgres.tls import install_server_files
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StandbyConfig:
+    """Where a replica streams from. `application_name` is the replica's member name."""
+
+    primary_host: str
+    primary_port: int
+    slot_name: str | None
+    application_name: str
+
+
+def is_initialized(settings: PostgresSettings) -> bool:
+    return os.path.isfile(os.path.join(settings.data_dir, "PG_VERSION"))
+
+
+def is_standby_dir(settings: PostgresSettings) -> bool:
+    return os.path.exists(os.path.join(settings.data_dir, "standby.signal"))
+
+
+def configure_standby(
+    settings: PostgresSettings, standby: StandbyConfig | None, *, run_dir: str
+) -> None:
+    """While stopped: make the data directory start as a standby of `standby`, or as a primary.
+
+    A standby gets standby.signal and its own primary_conninfo/primary_slot_name lines in
+    postgresql.auto.conf (the rest of the file is kept); a primary loses standby.signal.
+    The conninfo names the password file `write_client_files` writes into `run_dir`.
+    """
+    who = run_as(settings)
+    signal_path = os.path.join(settings.data_dir, "standby.signal")
+    if standby is None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(signal_path)
+        return
+    auto_path = os.path.join(settings.data_dir, "postgresql.auto.conf")
+    try:
+        with open(auto_path, encoding="utf-8") as handle:
+            existing = handle.read()
+    except FileNotFoundError:
+        existing = ""
+    text = replication.render_auto_conf(
+        existing,
+        conninfo=standby_conninfo(settings, standby, run_dir=run_dir),
+        slot_name=standby.slot_name,
+    )
+    write_file(auto_path, text, who)
+    write_file(signal_path, "", who)
+
+
+def standby_conninfo(
+    settings: PostgresSettings, standby: StandbyConfig, *, run_dir: str
+) -> str | None:
+    """primary_conninfo for `standby`; None when it names no primary (an empty host): such a
+    standby replays what it has and waits for a later follow(). The password stays in the
+    password file (`write_client_files`), TLS as postgresql.tls says."""
+    if not standby.primary_host:
+        return None
+    return replication.primary_conninfo(
+        host=standby.primary_host,
+        port=standby.primary_port,
+        user=settings.replication.username,
+        passfile=passfile_for(settings, run_dir),
+        tls=replication.client_tls(settings, run_dir),
+        application_name=standby.application_name,
+        # The slot sync worker (17+) connects with it to a database; streaming ignores it.
+        dbname=failover_slots.conninfo_dbname(settings),
+    )
+
+
+def passfile_for(settings: PostgresSettings, run_dir: str) -> str | None:
+    """The password file's path when a replication or superuser password is set, else None."""
+    if settings.replication.password is None and settings.superuser.password is None:
+        return None
+    return replication.passfile_path(run_dir)
+
+
+def write_client_files(settings: PostgresSettings, run_dir: str) -> None:
+    """The files PostgreSQL and its tools read as the OS user, in `<run_dir>/postgres/`:
+
+    - the libpq password file (mode 0600; libpq ignores a looser one) with the replication
+      and superuser passwords, which conninfo strings name instead of holding the password;
+    - with postgresql.tls, copies of its certificate, key and CA in `tls/`
+      (`tls.install_server_files`: mode 0600, replaced only by a set that loads). Rewritten
+      before every start and reload, so a rotated certificate is used after the next reload
+      (`tls.TlsRenewal` reloads when the files change).
+    Raises OSError when a source file cannot be read, PostgresError when the TLS files do not
+    load together.
+    """
+    who = run_as(settings)
+    ensure_dir(replication.conf_dir(run_dir), who)
+    entries = [
+        (credentials.username, credentials.password.reveal())
+        for credentials in (settings.replication, settings.superuser)
+        if credentials.password is not None
+    ]
+    if entries:
+        write_file(replication.passfile_path(run_dir), replication.render_passfile(entries), who)
+    if settings.tls is not None:
+        install_server_files(settings.tls, run_dir, who)
