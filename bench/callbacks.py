@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from failover import DEFAULT_TIMING, converge, scenario_hard_kill
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 
 OK = "#!/bin/sh\nexit 0\n"
 # Vetoes once per token: the bench creates the token before each kill.

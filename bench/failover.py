@@ -55,7 +55,7 @@ from patroni_cluster import (
     ensure_patroni,
 )
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import converged, wait_until
 from tests.support.workload import AppWriter, ensure_table
 

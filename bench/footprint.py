@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from failover import converge, cpu_ticks, fencer_pid, rss_kb
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.k8s_audit import request_rate
 
 DEFAULT_TIMING = {"ttl_s": 10.0, "loop_wait_s": 2.0, "retry_timeout_s": 3.0, "fence_margin_s": 2.0}

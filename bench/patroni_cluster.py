@@ -1,6 +1,6 @@
 """`PatroniCluster`: etcd plus `size` Patroni 4.1.5 members, the same-run baseline of the benchmark.
 
-It offers the interface bench/failover.py's scenarios use on `agent.demo.LocalCluster`
+It offers the interface bench/failover.py's scenarios use on `agent.localcluster.LocalCluster`
 (`members[i].name/.pg_port/.api_url/.process/.postmaster_pid()`, `start()`, `start_etcd()`,
 `start_member(i)`, `signal_agent(i, sig)`, `kill_member(i)`, `kill_postgres(i)`, `stop()`,
 `cluster_json()`, `primary_index()`, `post()`), so the same scenario functions and the same
@@ -34,7 +34,7 @@ import aiohttp
 import asyncpg
 import yaml
 
-from agent.demo import ETCD_BIN, PG_BIN, LocalMember
+from agent.localproc import ETCD_BIN, PG_BIN, LocalMember
 
 PATRONI_VERSION = "4.1.5"
 VENV = Path(__file__).resolve().parent / ".venv-patroni"

@@ -34,7 +34,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import ctl
-from agent.demo import LocalCluster, LocalMember
+from agent.localcluster import LocalCluster
+from agent.localproc import LocalMember
 from tests.support.cluster import converged, wait_until
 from tests.support.workload import AppWriter, ensure_table
 

@@ -36,7 +36,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import ctl
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import converged, wait_until
 from tests.support.statefulset import StatefulSetSim
 from tests.support.workload import AppWriter, ensure_table

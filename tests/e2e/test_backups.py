@@ -24,7 +24,7 @@ import asyncpg
 import pytest
 
 from agent import ctl
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import E2E_TIMING, converge, converged, new_primary, wait_until
 from tests.support.workload import AppWriter, ensure_table
 

@@ -24,7 +24,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import E2E_TIMING, converge, new_primary, wait_until
 from tests.support.pgversions import PgInstall
 

@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 
 from agent import ctl
-from agent.demo import LocalCluster, LocalMember
+from agent.localcluster import LocalCluster
+from agent.localproc import LocalMember
 from tests.support.cluster import E2E_TIMING, converge, wait_until
 from tests.support.pgversions import PgInstall
 from tests.support.workload import AppWriter, ensure_table

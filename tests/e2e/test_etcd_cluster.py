@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import (
     converge,
     local_cluster,

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from agent.demo import LocalCluster, _handle_key
+from agent.demo import _handle_key
+from agent.localcluster import LocalCluster
 from tests.support.cluster import (
     converge,
     local_cluster,

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support import monitoring
 from tests.support.cluster import (
     converge,

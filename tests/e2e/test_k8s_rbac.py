@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support import manifests
 from tests.support.cluster import converge, local_cluster, new_primary, wait_until
 from tests.support.k8s_audit import AGENT_USER, audit_records

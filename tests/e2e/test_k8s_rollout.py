@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from agent import ctl
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import converge, local_cluster, wait_until
 from tests.support.k8s_audit import agent_permissions
 from tests.support.statefulset import StatefulSetSim

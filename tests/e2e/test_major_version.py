@@ -17,7 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.demo import LocalCluster, LocalMember
+from agent.localcluster import LocalCluster
+from agent.localproc import LocalMember
 from tests.support.cluster import E2E_TIMING, wait_until
 from tests.support.pgversions import KNOWN, PgInstall, find_install
 

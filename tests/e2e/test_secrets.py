@@ -28,7 +28,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.demo import LocalCluster, LocalMember
+from agent.localcluster import LocalCluster
+from agent.localproc import LocalMember
 from tests.support.cluster import E2E_TIMING, converge, new_primary
 from tests.support.etcd import EtcdCluster, running_cluster
 from tests.support.pgversions import PgInstall

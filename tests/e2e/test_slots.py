@@ -28,7 +28,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from agent.demo import LocalCluster, LocalMember
+from agent.localcluster import LocalCluster
+from agent.localproc import LocalMember
 from tests.support.cluster import E2E_TIMING, converge, new_primary, wait_until
 from tests.support.pgversions import PgInstall
 

@@ -26,7 +26,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import (
     converge,
     converged,

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from agent.ctl import run as ctl_run
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from agent.postgres.replication import slot_name_for
 from tests.support.cluster import E2E_TIMING, converge, wait_until
 from tests.support.pgversions import PgInstall

@@ -24,7 +24,7 @@ from typing import IO
 
 import pytest
 
-from agent.demo import ETCD_BIN, PG_BIN
+from agent.localproc import ETCD_BIN, PG_BIN
 from agent.proctree import kill_postmaster_tree, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.api import openapi
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from tests.support.cluster import converge, local_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from agent.demo import LocalCluster, LocalMember
+from agent.localcluster import LocalCluster
+from agent.localproc import LocalMember
 from tests.support.etcd import EtcdCluster, etcd_cluster, make_tls_files
 from tests.support.pgversions import DEBIAN_15_BIN, PgInstall
 from tests.support.tls import ClusterPki

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.demo import LocalMember
+from agent.localproc import LocalMember
 from tests.support.cluster import E2E_TIMING, TlsCluster
 from tests.support.pgversions import PgInstall
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.demo import LocalCluster
+from agent.localcluster import LocalCluster
 from agent.rollout import REVISION_LABEL
 
 
