@@ -95,6 +95,10 @@ class EtcdDcs:
         self._member_key = _full_key(self._prefix, keys.member_key(member_name))
         self._lease = 0
         self._lease_lock = asyncio.Lock()
+        # create_revision of the leader key we hold (0: none known). A release and a renewal
+        # compare on it, not on our name alone: a late copy of a release (a hedged write
+        # applied after we gave up on it) must not delete a key we acquired again since.
+        self._leader_created = 0
         # Send time (monotonic) of the last keepalive that found the lease alive: a member
         # record published soon after needs no keepalive of its own (idle CPU, requests).
         self._kept_alive_at = -math.inf
@@ -174,22 +178,19 @@ class EtcdDcs:
             )
             if txn.succeeded:
                 self._changes.own(txn.revision)
+                self._leader_created = txn.revision  # a new key: created by this put
                 return True
             current = txn.ranges[0].kvs[0] if txn.ranges and txn.ranges[0].kvs else None
             if current is None or current.value != name:
                 return False
             if current.lease == lease:
+                self._leader_created = current.create_revision
                 return True  # already ours, on our live lease
             # Our own record from before a restart: bind it to our current lease, unless it
             # changed in between.
             txn = await self._client.txn(
                 [
-                    Compare(
-                        key=self._leader_key,
-                        target=CompareTarget.VALUE,
-                        result=CompareResult.EQUAL,
-                        value=name,
-                    ),
+                    self._names_us(),
                     Compare(
                         key=self._leader_key,
                         target=CompareTarget.MOD,
@@ -201,6 +202,7 @@ class EtcdDcs:
             )
             if txn.succeeded:
                 self._changes.own(txn.revision)
+                self._leader_created = current.create_revision  # a put keeps the creation
             return txn.succeeded
 
     async def renew_leader(self) -> bool:
@@ -215,23 +217,7 @@ class EtcdDcs:
             # twice the latency it did.
             ttl, txn = await asyncio.gather(
                 self._client.lease_keepalive(lease),
-                self._client.txn(
-                    [
-                        Compare(
-                            key=self._leader_key,
-                            target=CompareTarget.VALUE,
-                            result=CompareResult.EQUAL,
-                            value=self._name.encode(),
-                        ),
-                        Compare(
-                            key=self._leader_key,
-                            target=CompareTarget.LEASE,
-                            result=CompareResult.EQUAL,
-                            value=lease,
-                        ),
-                    ],
-                    [],
-                ),
+                self._client.txn(self._holding(lease), []),
             )
             if ttl <= 0:
                 self._lease_lost(lease)
@@ -241,17 +227,22 @@ class EtcdDcs:
 
     async def release_leader(self) -> None:
         async with self._write("release_leader"):
+            created = self._leader_created
+            if created == 0:
+                # Not acquired through this handle (a restarted agent releasing the key its
+                # predecessor held): learn which incarnation of the key to delete first.
+                current = await self._client.range(self._leader_key)
+                kv = current.kvs[0] if current.kvs else None
+                if kv is None or kv.value != self._name.encode():
+                    return
+                created = kv.create_revision
+            # On the key's creation, not on our name alone: a copy of this request that is
+            # applied late (a hedged write, etcd_client.py) must not delete a key we have
+            # acquired again since, with the same name and lease (review R6).
             txn = await self._client.txn(
-                [
-                    Compare(
-                        key=self._leader_key,
-                        target=CompareTarget.VALUE,
-                        result=CompareResult.EQUAL,
-                        value=self._name.encode(),
-                    )
-                ],
-                [DeleteOp(key=self._leader_key)],
+                [self._names_us(), self._created_at(created)], [DeleteOp(key=self._leader_key)]
             )
+            self._leader_created = 0
             if txn.succeeded:
                 self._changes.own(txn.revision)
                 self._log.info("dcs_leader_released")
@@ -323,6 +314,40 @@ class EtcdDcs:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await self._client.close()
+
+    # ------------------------------------------------------------------ compares
+
+    def _names_us(self) -> Compare:
+        return Compare(
+            key=self._leader_key,
+            target=CompareTarget.VALUE,
+            result=CompareResult.EQUAL,
+            value=self._name.encode(),
+        )
+
+    def _created_at(self, revision: int) -> Compare:
+        return Compare(
+            key=self._leader_key,
+            target=CompareTarget.CREATE,
+            result=CompareResult.EQUAL,
+            value=revision,
+        )
+
+    def _holding(self, lease: int) -> list[Compare]:
+        """The leader key names us, on `lease`, and (when known) is the incarnation we
+        acquired: one released and taken again since is a new key of ours, not this one."""
+        compares = [
+            self._names_us(),
+            Compare(
+                key=self._leader_key,
+                target=CompareTarget.LEASE,
+                result=CompareResult.EQUAL,
+                value=lease,
+            ),
+        ]
+        if self._leader_created != 0:
+            compares.append(self._created_at(self._leader_created))
+        return compares
 
     # ------------------------------------------------------------------ requests, lease
 

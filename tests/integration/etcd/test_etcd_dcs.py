@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from agent.config import (
 )
 from agent.dcs.base import Dcs, DcsAuthError, DcsUnavailable
 from agent.dcs.etcd import EtcdDcs
-from agent.dcs.etcd_client import EtcdClient
+from agent.dcs.etcd_client import Compare, DeleteOp, EtcdClient, TxnOp, TxnResult
 from agent.model import RecordKind
 from tests.contract.dcs_contract import ContractCluster, DcsContract, member
 from tests.support.etcd import BlackHole, EtcdCluster, make_tls_files, running_cluster
@@ -205,6 +205,38 @@ async def test_an_idle_member_sends_keepalives_but_no_writes(
     after = (await b.get_cluster()).member("a")
     assert before is not None and after is not None
     assert after.version == before.version  # no write, yet alive past its ttl
+
+
+async def test_a_late_copy_of_a_release_leaves_the_leader_key_acquired_again_alone(
+    etcd_dcs: EtcdContractCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review R6: a hedged release whose first copy is applied only after we acquired the
+    key again (same name, same lease) must not delete the new key. The copy is replayed
+    here, byte for byte, after the re-acquire."""
+    a, b = etcd_dcs.make_etcd("a"), etcd_dcs.make_etcd("b")
+    sent: list[tuple[Sequence[Compare], Sequence[TxnOp]]] = []
+    send = a._client.txn  # records what the handle sends; etcd is real
+
+    async def recording(
+        compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp] = ()
+    ) -> TxnResult:
+        sent.append((compares, success))
+        return await send(compares, success, failure)
+
+    monkeypatch.setattr(a._client, "txn", recording)
+    assert await a.acquire_leader()
+    sent.clear()
+    await a.release_leader()
+    (release,) = [(c, ops) for c, ops in sent if any(isinstance(op, DeleteOp) for op in ops)]
+    assert await a.acquire_leader()
+    assert await a.renew_leader()
+
+    late = await etcd_dcs.raw.txn(*release)  # the first release's copy, applied late
+
+    assert late.succeeded is False
+    view = await b.get_cluster()
+    assert view.leader is not None and view.leader.name == "a"
+    assert await a.renew_leader()
 
 
 # --------------------------------------------------------------------------- settings, TLS, auth
