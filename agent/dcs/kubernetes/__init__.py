@@ -40,9 +40,12 @@ raises `DcsUnavailable` (`DcsAuthError` on 401/403) for connection errors, timeo
 429 (`api.KubeApi`, the one transport). Constructing the handle does no I/O: the API client is
 built on the first call.
 
+A `lease` agent does not take the Lease while the Endpoints lock of `endpoints` agents names
+another live leader (`guard.py`: a skipped migration step).
+
 Modules: `backend` (the protocol, lock state), `holding` (one lock object taken, renewed,
-released), `locks`, `expiry`, `routing`, `records`, `watches`, `cache`, `api`, `objects`
-(names and pure helpers).
+released), `guard`, `locks`, `expiry`, `routing`, `records`, `watches`, `cache`, `api`,
+`objects` (names and pure helpers).
 """
 
 from agent.dcs.kubernetes.api import ClientFactory

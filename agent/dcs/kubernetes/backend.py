@@ -19,8 +19,9 @@ from agent.dcs.base import DcsUnavailable
 from agent.dcs.changes import ChangeTracker
 from agent.dcs.kubernetes.api import ClientFactory, KubeApi, bounded, expect
 from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.guard import EndpointsGuard
 from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal
-from agent.dcs.kubernetes.locks import LockObject, lock_objects
+from agent.dcs.kubernetes.locks import EndpointsLock, LockObject, lock_objects
 from agent.dcs.kubernetes.objects import (
     KubeObject,
     cluster_selector,
@@ -101,6 +102,25 @@ class KubernetesDcs:
                 pod=self._pod,
                 pg_port=pg_port,
             )
+        )
+        # The Lease alone: never taken while an `endpoints` agent leads (guard.py).
+        self._guard = (
+            EndpointsGuard(
+                self._api,
+                EndpointsLock(
+                    namespace=namespace,
+                    cluster=cluster,
+                    ttl_s=ttl_s,
+                    pod=self._pod,
+                    pg_port=pg_port,
+                ),
+                member=member_name,
+                ttl_s=ttl_s,
+                clock=self._clock,
+                log=self._log,
+            )
+            if lock is LockKind.LEASE
+            else None
         )
         # An EndpointSlice to keep unless every lock object routes in its own write.
         self._slice = not all(h.lock.routes for h in self._holders)
@@ -207,6 +227,8 @@ class KubernetesDcs:
     async def acquire_leader(self) -> bool:
         async with self._write("acquire_leader"):
             sent = self._clock.monotonic()
+            if self._guard is not None and not await self._guard.allows():
+                return False
             body = self._lock_body(await self._own_ip())
             for i, holder in enumerate(self._holders):
                 if not await holder.take(body, sent=sent, now=self._clock.monotonic()):

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.config import LockKind
 from agent.dcs.kubernetes import KubernetesDcs
@@ -20,6 +21,7 @@ from tests.integration.k8s.test_kubernetes_dcs import (
     TTL_S,
     KubeContractCluster,
 )
+from tests.k8s_apiserver import Fault, FaultMode
 from tests.k8s_apiserver.errors import ApiError
 from tests.support.etcd import BlackHole
 from tests.support.kube import kube_server
@@ -120,3 +122,60 @@ async def test_racing_agents_of_adjacent_kinds_never_hold_leadership_together(
         elif rng.random() < 0.7:
             await holder.release_leader()
             holder = None
+
+
+async def test_a_lease_agent_never_takes_over_from_a_live_endpoints_leader(
+    cluster: KubeContractCluster,
+) -> None:
+    """A skipped migration step (review R7): `lease` agents started next to `endpoints`
+    agents. The Lease is free, but the Endpoints lock names a live leader: the `lease` agent
+    refuses (and says why) for as long as that leader renews, and takes the Lease once it
+    releases."""
+    old, new = cluster.make_kube("old", lock=OLD), cluster.make_kube("new", lock=NEW)
+    assert await old.acquire_leader()
+    with capture_logs() as logs:
+        for _ in range(3):  # past a ttl: a live leader's renewals keep it live
+            assert not await new.acquire_leader()
+            await asyncio.sleep(TTL_S / 2)
+            assert await old.renew_leader()
+    with pytest.raises(ApiError):  # never touched
+        cluster.server.store.get(cluster.leases, NAMESPACE, f"{cluster.cluster}-leader")
+    refusals = [e for e in logs if e["event"] == "dcs_acquire_refused_endpoints_lock"]
+    assert len(refusals) == 1 and refusals[0]["holder"] == "old", logs
+    await old.release_leader()
+    assert await new.acquire_leader()
+    assert await leaders([old, new]) == {"new"}
+
+
+async def test_a_lease_agent_waits_out_a_dead_endpoints_leader_for_one_ttl(
+    cluster: KubeContractCluster,
+) -> None:
+    old, new = cluster.make_kube("old", lock=OLD), cluster.make_kube("new", lock=NEW)
+    assert await old.acquire_leader()
+    assert not await new.acquire_leader()  # first seen now: a full ttl on the new one's clock
+    await asyncio.sleep(TTL_S - 0.5)
+    assert not await new.acquire_leader()
+    await asyncio.sleep(1.0)  # the old leader stopped renewing a ttl ago
+    assert await new.acquire_leader()
+
+
+async def test_a_role_without_endpoints_get_leaves_the_lease_agent_unguarded_not_stuck(
+    cluster: KubeContractCluster,
+) -> None:
+    """A Role written before the guard (no `get` on endpoints): logged once, then the Lease
+    is taken as before."""
+    new = cluster.make_kube("new", lock=NEW)
+    cluster.server.faults.set(
+        Fault(
+            mode=FaultMode.ERROR,
+            status=403,
+            path_prefix=f"/api/v1/namespaces/{NAMESPACE}/endpoints",
+            methods=("GET",),
+        )
+    )
+    with capture_logs() as logs:
+        assert await new.acquire_leader()
+        await new.release_leader()
+        assert await new.acquire_leader()
+    unchecked = [e for e in logs if e["event"] == "dcs_endpoints_lock_unchecked"]
+    assert len(unchecked) == 1
