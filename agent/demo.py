@@ -29,9 +29,9 @@ from typing import TextIO
 import aiohttp
 
 from agent.ctl import render_table
+from agent.dcs_settings import LockKind
 from agent.localcluster import LocalCluster
 from agent.localproc import ETCD_BIN, PG_BIN
-from agent.settings import LockKind
 
 HELP = (
     "keys: [k]ill primary (agent+PostgreSQL)  [s]witchover  [r]estart stopped members\n"

@@ -32,7 +32,8 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from agent.model import ClusterView, DynamicConfig, LocalState, PgConfig, PgState, Role, SyncMode
-from agent.settings import SERVER_TLS_PARAMETERS, Settings
+from agent.postgres_settings import SERVER_TLS_PARAMETERS
+from agent.settings import Settings
 from agent.value_rules import GUC_NAME, HBA_TYPES, WAL_LEVELS
 
 HOT_STANDBY: Final = (

@@ -1,6 +1,8 @@
 """Rules on single values, shared by the settings types (agent/settings.py): names, hosts,
 ports, paths, URLs and Kubernetes labels. Each yields `ConfigProblem`s naming the field it was
-given and the rule broken; none does I/O. Also `Secret`, the masked string of settings."""
+given and the rule broken; none does I/O. Also `Secret`, the masked string of settings,
+`Credentials` (a user and its password) and `check`, which a settings type's `__post_init__`
+calls to refuse a broken rule."""
 
 from __future__ import annotations
 
@@ -52,6 +54,14 @@ class InvalidSettings(ValueError):
     def __init__(self, problems: Iterable[ConfigProblem]) -> None:
         self.problems = tuple(problems)
         super().__init__("; ".join(str(p) for p in self.problems))
+
+
+def check(problems: Iterable[ConfigProblem]) -> None:
+    """Raise InvalidSettings naming every problem, if there is any (a settings type's
+    `__post_init__`: it refuses to be built with a broken rule)."""
+    found = list(problems)
+    if found:
+        raise InvalidSettings(found)
 
 
 _DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -147,3 +157,15 @@ def one_of(name: str, value: str, choices: type[StrEnum]) -> Iterator[ConfigProb
     if value not in {c.value for c in choices}:
         allowed = ", ".join(c.value for c in choices)
         yield ConfigProblem(name, f"must be one of {allowed}, got {str(value)[:80]!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credentials:
+    username: str
+    password: Secret | None = None
+
+    def __post_init__(self) -> None:
+        check(self.problems())
+
+    def problems(self) -> Iterator[ConfigProblem]:
+        yield from non_empty("username", self.username)

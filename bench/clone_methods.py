@@ -25,16 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.api_settings import ApiSettings
 from agent.backup_settings import PgBackRestSettings, ReplicaMethod
+from agent.dcs_settings import DcsKind, DcsSettings, EtcdSettings
 from agent.postgres import bootstrap, pgbackrest, restore
 from agent.postgres.process import Postmaster, StopMode
-from agent.settings import (
-    ApiSettings,
-    DcsKind,
-    DcsSettings,
-    EtcdSettings,
-    Settings,
-)
+from agent.settings import Settings
 from tests.support.pgversions import DEBIAN_15_BIN, PgInstall
 from tests.support.postgres import (
     PgNode,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.api_settings import ApiTlsSettings, ClientVerify
 from agent.filewatch import FileSetWatch
-from agent.settings import ApiTlsSettings, ClientVerify
 
 _log = structlog.get_logger(__name__)
 

@@ -5,7 +5,8 @@
 `timing.ttl_s`), the rule it breaks and, for a value from the environment, the variable that
 set it. Nothing is ever silently corrected.
 
-The settings types and their own rules live in agent/settings.py (re-exported here); every
+The settings types and their own rules live in agent/settings.py and its sections
+(dcs_settings.py, postgres_settings.py, api_settings.py, ...; re-exported here); every
 configuration key is listed once, in agent/config/fields.py, from which reading (read.py),
 building (build.py), rendering (render.py) and the docs' reference tables (reference.py)
 derive. The pure core imports agent.settings, never this package.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from agent.api_settings import ApiSettings
 from agent.config.build import Builder, build_settings, with_origin
 from agent.config.fields import ENV_PREFIX, FIELDS, env_var_name
 from agent.config.read import (
@@ -27,28 +29,22 @@ from agent.config.read import (
     walk,
 )
 from agent.config.render import MASK, render_effective
+from agent.dcs_settings import DcsKind, DcsSettings, EtcdSettings, KubernetesSettings, LockKind
+from agent.postgres_settings import PostgresSettings
 from agent.settings import (
     LOG_LEVELS,
     SYNC_MODES,
-    ApiSettings,
-    Credentials,
-    DcsKind,
-    DcsSettings,
-    EtcdSettings,
     HaSettings,
     InvalidSettings,
-    KubernetesSettings,
-    LockKind,
     LogFormat,
     LogLevel,
     LogSettings,
-    PostgresSettings,
     Settings,
     SyncMode,
     Tags,
     Timing,
 )
-from agent.value_rules import ConfigProblem, Secret
+from agent.value_rules import ConfigProblem, Credentials, Secret
 
 __all__ = [
     "CONFIG_ENV_VAR",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
+from agent.api_settings import ApiSettings, ApiTlsSettings
 from agent.backup_settings import (
     DEFAULT_REPLICA_METHODS,
     BootstrapSettings,
@@ -26,25 +27,11 @@ from agent.backup_settings import (
 from agent.callback_settings import CallbackEvent, CallbackSettings, command_rule
 from agent.config.fields import FIELDS, Field, Kind
 from agent.config.read import Collector, Raw
+from agent.dcs_settings import DcsKind, DcsSettings, EtcdSettings, KubernetesSettings
 from agent.pgparams import AGENT_OWNED
-from agent.settings import (
-    ApiSettings,
-    ApiTlsSettings,
-    Credentials,
-    DcsKind,
-    DcsSettings,
-    EtcdSettings,
-    HaSettings,
-    KubernetesSettings,
-    LogSettings,
-    PostgresSettings,
-    PostgresTls,
-    Settings,
-    Tags,
-    Timing,
-    unchecked,
-)
-from agent.value_rules import ConfigProblem, Secret
+from agent.postgres_settings import PostgresSettings, PostgresTls
+from agent.settings import HaSettings, LogSettings, Settings, Tags, Timing, unchecked
+from agent.value_rules import ConfigProblem, Credentials, Secret
 
 
 class _Checked(Protocol):

@@ -13,16 +13,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from agent.api_settings import ClientVerify
 from agent.backup_settings import ArchiveMode, BootstrapMethod
-from agent.settings import (
-    ClientVerify,
-    DcsKind,
-    LockKind,
-    LogFormat,
-    LogLevel,
-    SyncMode,
-    TlsVerify,
-)
+from agent.dcs_settings import DcsKind, LockKind
+from agent.postgres_settings import TlsVerify
+from agent.settings import LogFormat, LogLevel, SyncMode
 
 ENV_PREFIX: Final = "PGWARDEN_"
 

@@ -17,7 +17,8 @@ from agent.backup_settings import PgBackRestSettings
 from agent.postgres import replication
 from agent.postgres.osfiles import PostgresError, ensure_dir, run_as, write_file
 from agent.postgres.tools import run_tool
-from agent.settings import PostgresSettings, Settings
+from agent.postgres_settings import PostgresSettings
+from agent.settings import Settings
 
 
 class BackupType(StrEnum):

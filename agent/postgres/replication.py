@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from agent.config import PostgresSettings
 from agent.model import SyncStandbys
-from agent.settings import TlsVerify
+from agent.postgres_settings import TlsVerify
 
 IDENT_MAP = "pgwarden"
 """The pg_ident.conf map that lets the agent's OS user(s) connect as the superuser (peer)."""

@@ -27,7 +27,7 @@ from agent.config import PostgresSettings
 from agent.filewatch import FileSetWatch
 from agent.postgres import replication
 from agent.postgres.osfiles import PostgresError, RunAs, ensure_dir, write_file
-from agent.settings import PostgresTls, TlsVerify
+from agent.postgres_settings import PostgresTls, TlsVerify
 
 _log = structlog.get_logger(__name__)
 

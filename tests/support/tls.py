@@ -22,7 +22,7 @@ import aiohttp
 import trustme
 from cryptography import x509
 
-from agent.settings import PostgresTls
+from agent.postgres_settings import PostgresTls
 
 HOST = "127.0.0.1"
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)  # PostgreSQL's SSLRequest message

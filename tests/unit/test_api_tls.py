@@ -19,6 +19,7 @@ from aiohttp import web
 
 from agent.api import start_api
 from agent.api.tls import ReloadingTls
+from agent.api_settings import ApiTlsSettings, ClientVerify
 from agent.clock import FakeClock
 from agent.config import (
     ApiSettings,
@@ -32,7 +33,6 @@ from agent.config import (
 )
 from agent.model import Member, MemberName, PgState, Role
 from agent.peers import HttpPeers
-from agent.settings import ApiTlsSettings, ClientVerify
 from tests.support.ports import free_port
 from tests.unit.test_config import has_problem, load, problems_of, with_changes
 

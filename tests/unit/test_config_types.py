@@ -9,20 +9,19 @@ import pytest
 
 from agent.config import load_settings
 from agent.config.fields import FIELDS, Kind
+from agent.dcs_settings import KubernetesSettings
+from agent.postgres_settings import PostgresSettings
 from agent.settings import (
-    Credentials,
     HaSettings,
     InvalidSettings,
-    KubernetesSettings,
     LogLevel,
     LogSettings,
-    PostgresSettings,
     SyncMode,
     Tags,
     Timing,
     unchecked,
 )
-from agent.value_rules import ConfigProblem
+from agent.value_rules import ConfigProblem, Credentials
 
 
 def fields_of(error: pytest.ExceptionInfo[InvalidSettings]) -> set[str]:

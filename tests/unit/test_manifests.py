@@ -19,12 +19,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api import build_app
 from agent.api.auth import MUTATING_METHODS
+from agent.api_settings import ClientVerify
 from agent.clock import FakeClock
 from agent.config import DcsKind, LockKind, Settings, Timing, load_settings
 from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.metrics import Metrics
 from agent.model import AgentStatus, LocalRequestKind, MemberName, PgState, Role
-from agent.settings import ClientVerify, TlsVerify
+from agent.postgres_settings import TlsVerify
 from tests.support import manifests as m
 from tests.support.rbac import allowed, grants
 

@@ -23,7 +23,8 @@ from agent.postgres.replication import (
     server_options,
     tls_paths,
 )
-from agent.settings import InvalidSettings, PostgresTls, TlsVerify
+from agent.postgres_settings import PostgresTls, TlsVerify
+from agent.settings import InvalidSettings
 from tests.support.postgres import pg_os_user
 from tests.support.tls import ClusterPki
 from tests.unit.test_replication_render import parse_conninfo

@@ -20,7 +20,7 @@ from agent.config import load_settings
 from agent.postgres.osfiles import PostgresError, RunAs, run_as
 from agent.postgres.replication import tls_paths
 from agent.postgres.tls import TlsRenewal, install_server_files
-from agent.settings import PostgresTls
+from agent.postgres_settings import PostgresTls
 from tests.support.postgres import pg_os_user
 from tests.support.tls import ClusterPki
 from tests.unit.test_pg_tls import settings

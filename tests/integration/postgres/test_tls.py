@@ -32,7 +32,7 @@ from cryptography import x509
 from agent.postgres import StopMode, clone, create_roles, ensure_slots, initdb, replication, rewind
 from agent.postgres.replication import passfile_path, quote_config_value
 from agent.postgres.tls import TlsRenewal
-from agent.settings import PostgresTls
+from agent.postgres_settings import PostgresTls
 from tests.support.pgversions import PgInstall, has_ssl
 from tests.support.postgres import (
     REPLICATION_PASSWORD,
