@@ -18,7 +18,8 @@ from collections.abc import Mapping
 
 from agent.api_settings import ApiSettings
 from agent.config.build import Builder, build_settings, with_origin
-from agent.config.fields import ENV_PREFIX, FIELDS, env_var_name
+from agent.config.field import ENV_PREFIX, env_var_name
+from agent.config.fields import FIELDS
 from agent.config.read import (
     CONFIG_ENV_VAR,
     RESERVED_ENV_VARS,

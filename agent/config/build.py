@@ -25,7 +25,8 @@ from agent.backup_settings import (
     ReplicaMethod,
 )
 from agent.callback_settings import CallbackEvent, CallbackSettings, command_rule
-from agent.config.fields import FIELDS, Field, Kind
+from agent.config.field import Field, Kind
+from agent.config.fields import FIELDS
 from agent.config.read import Collector, Raw
 from agent.dcs_settings import DcsKind, DcsSettings, EtcdSettings, KubernetesSettings
 from agent.pgparams import AGENT_OWNED

@@ -4,104 +4,28 @@
 The loader (known keys and value types, `PGWARDEN_*` names), the effective-settings renderer
 and the reference tables of docs/configuration.md all derive from `FIELDS`; defaults come from
 the settings types themselves (agent/settings.py), through each field's `source`. A pure
-lookup table: longer than a module should be, on purpose.
+lookup table (the type of a key and its constructors: field.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 from agent.api_settings import ClientVerify
 from agent.backup_settings import ArchiveMode, BootstrapMethod
+from agent.config.field import (
+    Field,
+    Kind,
+    credentials,
+    secret_pair,
+    section_field,
+    timing,
+)
 from agent.dcs_settings import DcsKind, LockKind
 from agent.postgres_settings import TlsVerify
 from agent.settings import LogFormat, LogLevel, SyncMode
 
-ENV_PREFIX: Final = "PGWARDEN_"
-
-
-class Kind(StrEnum):
-    """The value type a key takes in the file, in the words the docs and errors use."""
-
-    SECTION = "mapping"
-    STR = "string"
-    SECRET = "string (secret)"
-    INT = "integer"
-    FLOAT = "number"
-    BOOL = "boolean"
-    STR_LIST = "list of strings"
-    STR_MAP = "mapping of string to string"
-    PARAM_MAP = "mapping of name to string, number or boolean"
-
-
-def env_var_name(path: str) -> str:
-    """The environment variable that overrides the setting at dotted `path`."""
-    return ENV_PREFIX + path.upper().replace(".", "__")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Field:
-    """One configuration key.
-
-    `source` is the attribute path in `Settings` the key fills ("" for the same as `path`,
-    None for an input-only key such as a `*_file` one, which is neither rendered nor has a
-    default of its own). `rule` states the checks in words, `doc` what the key is for; the
-    reference's "rules" column is both. `default_doc` replaces the type's default there when
-    the default is computed (from another setting or a downward-API variable)."""
-
-    path: str
-    kind: Kind
-    rule: str = ""
-    doc: str = ""
-    default_doc: str | None = None
-    source: str | None = ""
-    required: bool = False
-    choices: type[StrEnum] | None = None  # the key takes one of these values
-
-    @property
-    def env_var(self) -> str:
-        return env_var_name(self.path)
-
-    @property
-    def attribute_path(self) -> str | None:
-        return self.path if self.source == "" else self.source
-
-
 _S, _B, _N, _I = Kind.STR, Kind.BOOL, Kind.FLOAT, Kind.INT
-
-
-def _section(path: str, doc: str = "", default_doc: str | None = None) -> Field:
-    return Field(path=path, kind=Kind.SECTION, doc=doc, default_doc=default_doc)
-
-
-def _secret_pair(
-    section: str, name: str, rule: str, doc: str = "", source: str = ""
-) -> tuple[Field, Field]:
-    """`<name>` inline (masked) and `<name>_file` (a path read once at start)."""
-    return (
-        Field(path=f"{section}.{name}", kind=Kind.SECRET, rule=rule, doc=doc, source=source),
-        Field(
-            path=f"{section}.{name}_file",
-            kind=_S,
-            rule=f"Absolute path of a readable file; not together with `{name}`.",
-            doc=f"The {name} is read from it at start (see Secrets).",
-            source=None,
-        ),
-    )
-
-
-def _credentials(section: str, doc: str) -> tuple[Field, ...]:
-    return (
-        _section(section),
-        Field(path=f"{section}.username", kind=_S, rule="Non-empty.", doc=doc),
-        *_secret_pair(section, "password", "One of `password` and `password_file` at most."),
-    )
-
-
-def _timing(name: str, default_rule: str, doc: str) -> Field:
-    return Field(path=f"timing.{name}", kind=_N, rule=default_rule, doc=doc)
 
 
 FIELDS: Final[tuple[Field, ...]] = (
@@ -120,9 +44,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(path="run_dir", kind=_S, required=True, rule="Absolute path.",
           doc="The agent's runtime files (the fencer's socket, files it renders). Created at "
               "start if missing."),
-    _section("dcs"),
+    section_field("dcs"),
     Field(path="dcs.kind", kind=_S, choices=DcsKind, required=True, rule="`etcd` or `kubernetes`."),
-    _section("dcs.etcd", default_doc="—",
+    section_field("dcs.etcd", default_doc="—",
              doc="Required when `kind` is `etcd`; an error when `kind` is `kubernetes`."),
     Field(path="dcs.etcd.endpoints", kind=Kind.STR_LIST, default_doc="required",
           rule="At least one. Each `http://host:port` or `https://host:port`: scheme "
@@ -137,9 +61,9 @@ FIELDS: Final[tuple[Field, ...]] = (
           doc="Client key."),
     Field(path="dcs.etcd.username", kind=_S, rule="Requires a password.",
           doc="etcd user (auth enabled)."),
-    *_secret_pair("dcs.etcd", "password", "Requires `username`. Not together with "
+    *secret_pair("dcs.etcd", "password", "Requires `username`. Not together with "
                   "`password_file`."),
-    _section("dcs.kubernetes", default_doc="all defaults",
+    section_field("dcs.kubernetes", default_doc="all defaults",
              doc="Used when `kind` is `kubernetes` (may be omitted: every field has a default). "
                  "With `kind: etcd` it is optional and only configures the pod role labels (an "
                  "agent inside Kubernetes with an etcd DCS)."),
@@ -177,7 +101,7 @@ FIELDS: Final[tuple[Field, ...]] = (
           doc="Post Kubernetes Events (events.k8s.io/v1) on this pod for promotions, "
               "demotions, fencing, hand-overs, rewinds, re-clones and failsafe; coalesced and "
               "rate-limited (10 at once, then one per 30 s). Needs events `create` in the Role."),
-    _section("postgresql"),
+    section_field("postgresql"),
     Field(path="postgresql.bin_dir", kind=_S, rule="Absolute path",
           doc="of `postgres`, `pg_ctl`, `initdb`, `pg_basebackup`, `pg_rewind`."),
     Field(path="postgresql.data_dir", kind=_S, required=True, rule="Absolute path",
@@ -205,8 +129,8 @@ FIELDS: Final[tuple[Field, ...]] = (
           doc="When the agent runs as root, PostgreSQL and its tools run as this user (required "
               "then: PostgreSQL refuses to run as root). Unset, they run as the agent's own "
               "user, which is how the container image works (see \"Which OS user\" above)."),
-    *_credentials("postgresql.superuser", "The agent connects as this user."),
-    *_credentials("postgresql.replication", "Replicas stream as this user."),
+    *credentials("postgresql.superuser", "The agent connects as this user."),
+    *credentials("postgresql.replication", "Replicas stream as this user."),
     Field(path="postgresql.parameters", kind=Kind.PARAM_MAP,
           rule="Names must be PostgreSQL parameter names (`name` or `extension.name`). Refused, "
                "because pgwarden sets them itself: `port`, `listen_addresses`, "
@@ -223,7 +147,7 @@ FIELDS: Final[tuple[Field, ...]] = (
                "`hostnossl`, `hostgssenc`, `hostnogssenc`, or an `include*` directive).",
           doc="Extra `pg_hba.conf` lines, placed before the DCS's `pg_hba` lines and the "
               "agent's own (first match wins)."),
-    _section("postgresql.tls", default_doc="unset (no TLS)",
+    section_field("postgresql.tls", default_doc="unset (no TLS)",
              doc="TLS for PostgreSQL: `ssl = on` with these files, the agent's `pg_hba` lines "
                  "for replication and the superuser become `hostssl` (a connection without TLS "
                  "from the network is refused), and replicas, `pg_basebackup` and `pg_rewind` "
@@ -250,7 +174,7 @@ FIELDS: Final[tuple[Field, ...]] = (
               "is accepted: for members addressed by IP addresses that cannot be known when the "
               "certificate is made (pod IPs in Kubernetes); use a CA that signs nothing but this "
               "cluster's members then."),
-    _section("api"),
+    section_field("api"),
     Field(path="api.listen_host", kind=_S, rule="Non-empty."),
     Field(path="api.port", kind=_I, rule="1–65535; not the PostgreSQL port on the same "
           "`listen_host`."),
@@ -260,10 +184,10 @@ FIELDS: Final[tuple[Field, ...]] = (
                "a wildcard (`0.0.0.0`, `::`).",
           doc="How peers and `pgwarden ctl` reach this agent; `--check-config` shows the "
               "effective URL."),
-    *_secret_pair("api", "token", "", "Bearer token for mutating routes."),
+    *secret_pair("api", "token", "", "Bearer token for mutating routes."),
     Field(path="api.username", kind=_S, source="api.basic.username", rule="Requires a password.",
           doc="Basic-auth user for mutating routes."),
-    *_secret_pair("api", "password", "Requires `username`.", source="api.basic.password"),
+    *secret_pair("api", "password", "Requires `username`.", source="api.basic.password"),
     Field(path="api.insecure_no_auth", kind=_B,
           rule="With no token and no basic credentials the configuration is refused "
                "(`api.token: set a token or basic credentials, or api.insecure_no_auth: true`) "
@@ -271,7 +195,7 @@ FIELDS: Final[tuple[Field, ...]] = (
                "contradictory.",
           doc="Mutating routes (switchover, failover, restart, ...) need credentials. Read-only "
               "routes and probes never need credentials."),
-    _section("api.tls", default_doc="unset (plain HTTP)",
+    section_field("api.tls", default_doc="unset (plain HTTP)",
              doc="Serve the API over HTTPS; the certificate and key are re-read when their files "
                  "change (no restart; a bad new pair keeps the old one and logs "
                  "`api_tls_reload_failed`). Peers and `pgwarden ctl` verify `https` members "
@@ -291,24 +215,24 @@ FIELDS: Final[tuple[Field, ...]] = (
           doc="`required`: a client without a certificate signed by `ca_file` fails the TLS "
               "handshake; `optional`: one is asked for and, if sent, must verify. A verified "
               "certificate does not replace the token: mutating routes need both."),
-    _section("timing"),
-    _timing("ttl_s", "> 0, ≥ 4, and ≥ `loop_wait_s + 2 * retry_timeout_s + fence_margin_s` "
+    section_field("timing"),
+    timing("ttl_s", "> 0, ≥ 4, and ≥ `loop_wait_s + 2 * retry_timeout_s + fence_margin_s` "
             "(see below).", "The leader lease's time to live."),
-    _timing("loop_wait_s", "> 0.", "Time between HA cycles (a DCS watch event or an API request "
+    timing("loop_wait_s", "> 0.", "Time between HA cycles (a DCS watch event or an API request "
             "starts a cycle at once)."),
-    _timing("retry_timeout_s", "> 0.", "Deadline of one DCS or PostgreSQL operation, retries "
+    timing("retry_timeout_s", "> 0.", "Deadline of one DCS or PostgreSQL operation, retries "
             "included."),
-    _timing("fence_margin_s", "> 0, ≥ 0.5.", "The leader stops writes this long before its "
+    timing("fence_margin_s", "> 0, ≥ 0.5.", "The leader stops writes this long before its "
             "lease can expire."),
-    _timing("primary_start_timeout_s", "> 0.", "How long the leader tries to restart a crashed "
+    timing("primary_start_timeout_s", "> 0.", "How long the leader tries to restart a crashed "
             "PostgreSQL before it releases the lease."),
-    _timing("switchover_timeout_s", "> 0.", "How long a switchover waits for the candidate to "
+    timing("switchover_timeout_s", "> 0.", "How long a switchover waits for the candidate to "
             "take over."),
-    _timing("peer_check_timeout_s", "> 0, < `loop_wait_s`.", "Deadline of a direct check of a "
+    timing("peer_check_timeout_s", "> 0, < `loop_wait_s`.", "Deadline of a direct check of a "
             "peer's API (failsafe, candidate checks)."),
-    _timing("shutdown_timeout_s", "> 0.", "Bound on a clean shutdown (after the handover of a "
+    timing("shutdown_timeout_s", "> 0.", "Bound on a clean shutdown (after the handover of a "
             "leader)."),
-    _timing("postgres_unresponsive_s",
+    timing("postgres_unresponsive_s",
             "> 0, and `postgres_unresponsive_s + retry_timeout_s <= ttl_s - fence_margin_s`.",
             "A leader whose PostgreSQL process exists but answers no query (the probe timed "
             "out) for this long SIGKILLs it and every child, then restarts it in place (or "
@@ -318,11 +242,11 @@ FIELDS: Final[tuple[Field, ...]] = (
             "(WAL waits to be flushed, the flush does not move, and a heartbeat commit does "
             "not complete: hung storage) for this long is SIGKILLed too and hands the lease "
             "on at once, without a restart in place."),
-    _timing("clone_timeout_s", "> 0.", "Bound on one clone of this member from the leader "
+    timing("clone_timeout_s", "> 0.", "Bound on one clone of this member from the leader "
             "(`pg_basebackup`); a clone that takes longer is stopped and counts as failed."),
-    _timing("rewind_timeout_s", "> 0.", "Bound on one `pg_rewind` of a former primary onto "
+    timing("rewind_timeout_s", "> 0.", "Bound on one `pg_rewind` of a former primary onto "
             "the new leader; a rewind that takes longer is stopped and counts as failed."),
-    _section("tags"),
+    section_field("tags"),
     Field(path="tags.nofailover", kind=_B,
           doc="Never promote this member (it also never bootstraps an empty cluster)."),
     Field(path="tags.failover_priority", kind=_I, rule="≥ 0.",
@@ -356,7 +280,7 @@ FIELDS: Final[tuple[Field, ...]] = (
           rule="Refused when `true` (a configuration error).",
           doc="A member that replays WAL from the archive only, never streaming: needs WAL "
               "archiving, which pgwarden does not manage yet."),
-    _section("ha"),
+    section_field("ha"),
     Field(path="ha.maximum_lag_on_failover_bytes", kind=_I, default_doc="`1048576` (1 MiB)",
           rule="≥ 0.",
           doc="A replica further behind the last known leader position does not take part in a "
@@ -382,7 +306,7 @@ FIELDS: Final[tuple[Field, ...]] = (
               "member confirms it over the agents' REST API (`POST /failsafe`), instead of "
               "stopping at its fencing deadline. All members must share the API credentials. "
               "See [ha.md](ha.md#failsafe-mode)."),
-    _section("callbacks",
+    section_field("callbacks",
              doc="Commands run on PostgreSQL events, each as a separate process (never through "
                  "a shell): the command's words, then three arguments, as Patroni passes them: "
                  "the event (`on_start`, ...), the member's role (`primary`, `replica`, "
@@ -430,7 +354,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(path="callbacks.post_bootstrap_timeout_s", kind=_N, rule="> 0.",
           doc="`post_bootstrap` still running after this long is killed, and fails the "
               "bootstrap."),
-    _section("pgbackrest", default_doc="unset (no archiving, no backups)",
+    section_field("pgbackrest", default_doc="unset (no archiving, no backups)",
              doc="A pgBackRest repository for WAL archiving, backups, replicas restored from "
                  "a backup and bootstrap from a backup (README, \"Backups\"). The agent writes "
                  "pgBackRest's configuration to `<run_dir>/pgbackrest/pgbackrest.conf` (the "
@@ -477,7 +401,7 @@ FIELDS: Final[tuple[Field, ...]] = (
               "streams from the leader; `basebackup` runs `pg_basebackup` from the leader. A "
               "method that fails (no backup yet, a repository that cannot be read) is "
               "followed by the next one."),
-    _section("bootstrap", doc="How the first member of a new cluster makes its data."),
+    section_field("bootstrap", doc="How the first member of a new cluster makes its data."),
     Field(path="bootstrap.method", kind=_S, choices=BootstrapMethod,
           rule="`initdb` or `pgbackrest` (needs the `pgbackrest` section).",
           doc="`pgbackrest`: restore the repository's backup (to the target below, else to the "
@@ -492,7 +416,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(path="bootstrap.recovery_target_lsn", kind=_S,
           rule="An LSN (`0/3000060`); only with `method: pgbackrest`.",
           doc="Recover up to this WAL position."),
-    _section("log"),
+    section_field("log"),
     Field(path="log.level", kind=_S, choices=LogLevel,
           rule="`debug`, `info`, `warning` or `error`.",
           doc="Library messages (aiohttp, asyncio) are shown from `warning` up whatever the "

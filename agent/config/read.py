@@ -12,7 +12,8 @@ from typing import Final
 
 import yaml
 
-from agent.config.fields import ENV_PREFIX, FIELDS, Kind, env_var_name
+from agent.config.field import ENV_PREFIX, Kind, env_var_name
+from agent.config.fields import FIELDS
 from agent.value_rules import ConfigProblem
 
 CONFIG_ENV_VAR: Final = "PGWARDEN_CONFIG"

@@ -15,7 +15,8 @@ import typing
 from enum import StrEnum
 from typing import Final
 
-from agent.config.fields import FIELDS, Field, Kind
+from agent.config.field import Field, Kind
+from agent.config.fields import FIELDS
 from agent.settings import Settings
 
 CHAPTERS: Final = (

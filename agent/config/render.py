@@ -7,7 +7,8 @@ from typing import Final
 
 import yaml
 
-from agent.config.fields import FIELDS, Kind
+from agent.config.field import Kind
+from agent.config.fields import FIELDS
 from agent.settings import Settings
 from agent.value_rules import Secret
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.config import known_settings
-from agent.config.fields import FIELDS, Kind
+from agent.config.field import Kind
+from agent.config.fields import FIELDS
 from agent.config.reference import CHAPTERS, chapter_of, table, update
 
 DOC = Path(__file__).parents[2] / "docs" / "configuration.md"

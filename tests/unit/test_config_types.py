@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from agent.config import load_settings
-from agent.config.fields import FIELDS, Kind
+from agent.config.field import Kind
+from agent.config.fields import FIELDS
 from agent.dcs_settings import KubernetesSettings
 from agent.postgres_settings import PostgresSettings
 from agent.settings import (
