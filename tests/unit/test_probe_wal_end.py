@@ -1,18 +1,18 @@
-"""The pure parts of the local-WAL-end scan (probe.py) and the ttl-derived replication
+"""The pure parts of the local-WAL-end scan (walend.py) and the ttl-derived replication
 timeouts (process.py). Exercised against real pg_waldump and postmasters in
 tests/integration/postgres/test_standby_position.py and test_replication_timeouts.py."""
 
 from __future__ import annotations
 
 from agent.model import parse_lsn
-from agent.postgres.probe import (
+from agent.postgres.process import replication_timeout_options
+from agent.postgres.walend import (
     parse_last_good_record,
     parse_record_line,
     record_end,
     replay_settled,
     segment_timelines,
 )
-from agent.postgres.process import replication_timeout_options
 
 SEG = 16 * 1024 * 1024
 BLOCK = 8192
