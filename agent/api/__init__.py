@@ -1,5 +1,6 @@
 """The agent's REST API (aiohttp): probes, cluster view, operator requests, /metrics."""
 
-from agent.api.server import LocalRequestSink, MetricsSource, build_app, start_api
+from agent.api.operator import LocalRequestSink
+from agent.api.server import MetricsSource, build_app, start_api
 
 __all__ = ["LocalRequestSink", "MetricsSource", "build_app", "start_api"]
