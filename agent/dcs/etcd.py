@@ -11,6 +11,11 @@ so an agent whose loop stalls loses its lease on time. A lost lease is re-grante
 a leader key that others may already have seen gone). When a keepalive was last sent is
 timed on the injected `Clock`.
 
+Once the watch runs, `get_cluster` answers from the mirror of the prefix that the watch keeps
+(agent/dcs/etcd_mirror.py: the last read plus the events after it) while that is current, and
+a leader's renewal is a keepalive alone, the mirror saying whether the leader key is still
+ours; otherwise they read and compare in etcd. An idle member then sends only keepalives.
+
 Every public call runs under one deadline (`timeout_s`) and raises `DcsUnavailable` (or
 its subclass `DcsAuthError`) when etcd cannot be reached, refuses us, or does not answer in
 time. `wait_for_change` is fed by a long-lived named watch task on the prefix, started by the
@@ -41,11 +46,13 @@ from agent.dcs.etcd_client import (
     EtcdCompacted,
     EtcdLeaseNotFound,
     EventType,
+    KeyValue,
     PutOp,
     RangeOp,
     TxnOp,
     WatchEvent,
 )
+from agent.dcs.etcd_mirror import Mirror
 from agent.model import ClusterView, Member, RecordKind
 
 # The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
@@ -105,6 +112,7 @@ class EtcdDcs:
         self._published: tuple[bytes, int] | None = None  # (payload, lease) of the last put
         # Change tracking for wait_for_change (base.py, point 8); versions are revisions.
         self._changes = ChangeTracker(self._clock)
+        self._mirror = Mirror(self._leader_key)  # what get_cluster answers from, when current
         self._read_revision = 0  # header revision of the first get_cluster: the watch start
         self._watch_from = 0  # where the watch resumes (0: not started)
         self._watch_task: asyncio.Task[None] | None = None
@@ -144,19 +152,26 @@ class EtcdDcs:
     # ------------------------------------------------------------------ the protocol
 
     async def get_cluster(self) -> ClusterView:
+        # From the mirror while it is current (etcd_mirror.py says when): the watch has
+        # applied every change since the last read, so a read would return the same keys.
+        if self._mirror.current(self._clock.monotonic(), max_age_s=self._ttl_s):
+            return self._view_of(self._mirror.kvs())
         async with self._request("get_cluster"):
             result = await self._client.range(self._prefix, prefix=True)
         # Deliberately not "consumed" here: the API reads through this handle too, and a read
         # by another task must not swallow a wake meant for the HA loop (base.py, point 8).
         if self._read_revision == 0:
             self._read_revision = result.revision
-        mine = next((kv for kv in result.kvs if kv.key == self._member_key), None)
+        self._mirror.load(result.kvs, result.revision)
+        return self._view_of(result.kvs)
+
+    def _view_of(self, kvs: tuple[KeyValue, ...]) -> ClusterView:
+        mine = next((kv for kv in kvs if kv.key == self._member_key), None)
         if mine is None or (mine.value, mine.lease) != self._published:
             # Removed, expired or rewritten behind our back: the next publish puts it again.
             self._published = None
         items = [
-            (_relative_key(self._prefix, kv.key), kv.value, str(kv.mod_revision))
-            for kv in result.kvs
+            (_relative_key(self._prefix, kv.key), kv.value, str(kv.mod_revision)) for kv in kvs
         ]
         return keys.to_view(items, self._log)
 
@@ -165,19 +180,12 @@ class EtcdDcs:
         async with self._write("acquire_leader"):
             lease = await self._live_lease()
             txn = await self._client.txn(
-                [
-                    Compare(
-                        key=self._leader_key,
-                        target=CompareTarget.CREATE,
-                        result=CompareResult.EQUAL,
-                        value=0,
-                    )
-                ],
+                [self._leader_is(CompareTarget.CREATE, 0)],
                 [PutOp(key=self._leader_key, value=name, lease=lease)],
                 [RangeOp(key=self._leader_key)],
             )
             if txn.succeeded:
-                self._changes.own(txn.revision)
+                self._own(txn.revision)
                 self._leader_created = txn.revision  # a new key: created by this put
                 return True
             current = txn.ranges[0].kvs[0] if txn.ranges and txn.ranges[0].kvs else None
@@ -190,18 +198,13 @@ class EtcdDcs:
             # changed in between.
             txn = await self._client.txn(
                 [
-                    self._names_us(),
-                    Compare(
-                        key=self._leader_key,
-                        target=CompareTarget.MOD,
-                        result=CompareResult.EQUAL,
-                        value=current.mod_revision,
-                    ),
+                    self._leader_is(CompareTarget.VALUE, name),
+                    self._leader_is(CompareTarget.MOD, current.mod_revision),
                 ],
                 [PutOp(key=self._leader_key, value=name, lease=lease)],
             )
             if txn.succeeded:
-                self._changes.own(txn.revision)
+                self._own(txn.revision)
                 self._leader_created = current.create_revision  # a put keeps the creation
             return txn.succeeded
 
@@ -211,19 +214,26 @@ class EtcdDcs:
             if lease == 0:
                 return False
             sent_at = self._clock.monotonic()
-            # The keepalive and the check that the leader key is still ours are independent
-            # (the check writes nothing): sent together, a renewal costs one round trip, not
-            # two, so a slow link to etcd (chaos finding 11) fences a healthy primary only at
-            # twice the latency it did.
-            ttl, txn = await asyncio.gather(
-                self._client.lease_keepalive(lease),
-                self._client.txn(self._holding(lease), []),
-            )
+            if self._mirror.current(sent_at, max_age_s=self._ttl_s):
+                # The keepalive alone; whether the key is still ours comes from the mirror
+                # once it is answered (below), as current as the txn's compare would be.
+                ttl = await self._client.lease_keepalive(lease)
+                holding = None
+            else:
+                # The keepalive and the check that the leader key is still ours are
+                # independent (the check writes nothing): sent together, a renewal costs one
+                # round trip, not two, so a slow link to etcd (chaos finding 11) fences a
+                # healthy primary only at twice the latency it did.
+                ttl, txn = await asyncio.gather(
+                    self._client.lease_keepalive(lease),
+                    self._client.txn(self._holding(lease), []),
+                )
+                holding = txn.succeeded
             if ttl <= 0:
                 self._lease_lost(lease)
                 return False
             self._kept_alive_at = sent_at
-            return txn.succeeded
+            return holding if holding is not None else self._mirror_holds(lease)
 
     async def release_leader(self) -> None:
         async with self._write("release_leader"):
@@ -240,11 +250,15 @@ class EtcdDcs:
             # applied late (a hedged write, etcd_client.py) must not delete a key we have
             # acquired again since, with the same name and lease (review R6).
             txn = await self._client.txn(
-                [self._names_us(), self._created_at(created)], [DeleteOp(key=self._leader_key)]
+                [
+                    self._leader_is(CompareTarget.VALUE, self._name.encode()),
+                    self._leader_is(CompareTarget.CREATE, created),
+                ],
+                [DeleteOp(key=self._leader_key)],
             )
             self._leader_created = 0
             if txn.succeeded:
-                self._changes.own(txn.revision)
+                self._own(txn.revision)
                 self._log.info("dcs_leader_released")
 
     async def publish_member(self, member: Member) -> None:
@@ -264,7 +278,7 @@ class EtcdDcs:
                 self._lease_lost(lease)
                 lease = await self._live_lease()
                 revision = await self._client.put(self._member_key, payload, lease=lease)
-            self._changes.own(revision)
+            self._own(revision)
             self._published = (payload, lease)
 
     async def write_record(
@@ -290,7 +304,7 @@ class EtcdDcs:
         async with self._write("write_record"):
             txn = await self._client.txn([compare], [op])
             if txn.succeeded:
-                self._changes.own(txn.revision)
+                self._own(txn.revision)
         return txn.succeeded
 
     async def wait_for_change(self, timeout_s: float) -> bool:
@@ -317,43 +331,47 @@ class EtcdDcs:
 
     # ------------------------------------------------------------------ compares
 
-    def _names_us(self) -> Compare:
-        return Compare(
-            key=self._leader_key,
-            target=CompareTarget.VALUE,
-            result=CompareResult.EQUAL,
-            value=self._name.encode(),
-        )
-
-    def _created_at(self, revision: int) -> Compare:
-        return Compare(
-            key=self._leader_key,
-            target=CompareTarget.CREATE,
-            result=CompareResult.EQUAL,
-            value=revision,
-        )
+    def _leader_is(self, target: CompareTarget, value: int | bytes) -> Compare:
+        return Compare(key=self._leader_key, target=target, result=CompareResult.EQUAL, value=value)
 
     def _holding(self, lease: int) -> list[Compare]:
         """The leader key names us, on `lease`, and (when known) is the incarnation we
         acquired: one released and taken again since is a new key of ours, not this one."""
         compares = [
-            self._names_us(),
-            Compare(
-                key=self._leader_key,
-                target=CompareTarget.LEASE,
-                result=CompareResult.EQUAL,
-                value=lease,
-            ),
+            self._leader_is(CompareTarget.VALUE, self._name.encode()),
+            self._leader_is(CompareTarget.LEASE, lease),
         ]
         if self._leader_created != 0:
-            compares.append(self._created_at(self._leader_created))
+            compares.append(self._leader_is(CompareTarget.CREATE, self._leader_created))
         return compares
+
+    def _mirror_holds(self, lease: int) -> bool:
+        """`_holding`, judged on the mirror's copy of the leader key."""
+        kv = self._mirror.leader()
+        return (
+            kv is not None
+            and kv.value == self._name.encode()
+            and kv.lease == lease
+            and self._leader_created in (0, kv.create_revision)
+        )
 
     # ------------------------------------------------------------------ requests, lease
 
     @contextlib.asynccontextmanager
     async def _request(self, what: str) -> AsyncIterator[None]:
-        """One public call: bounded by the deadline; every failure becomes DcsUnavailable."""
+        """One public call: bounded by the deadline; every failure becomes DcsUnavailable.
+        Its outcome tells the mirror whether etcd answers (etcd_mirror.py)."""
+        sent_at = self._clock.monotonic()
+        try:
+            async with self._bounded(what):
+                yield
+        except BaseException:
+            self._mirror.failed()
+            raise
+        self._mirror.answered(sent_at)
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self, what: str) -> AsyncIterator[None]:
         try:
             async with asyncio.timeout(self._timeout_s):
                 yield
@@ -393,6 +411,12 @@ class EtcdDcs:
             self._log.info("dcs_lease_granted", lease=lease, ttl_s=granted)
             return lease
 
+    def _own(self, revision: int) -> None:
+        """A write of ours produced `revision`: not a change to wake on, and the mirror is
+        not current until the watch has brought it back."""
+        self._changes.own(revision)
+        self._mirror.own(revision)
+
     def _lease_lost(self, lease: int) -> None:
         if self._lease == lease:
             self._log.warning("dcs_lease_lost", lease=lease)
@@ -418,14 +442,19 @@ class EtcdDcs:
         start resumes from the oldest revision still kept, and the caller re-reads."""
         if self._watch_from == 0:
             self._watch_from = await self._watch_start()
+        self._mirror.watching_from(self._watch_from)
         try:
-            async for batch in self._client.watch(self._prefix, start_revision=self._watch_from):
+            batches = self._client.watch(
+                self._prefix, start_revision=self._watch_from, on_stream=self._mirror.stream_open
+            )
+            async for batch in batches:
                 backoff.reset()
                 for event in batch.events:
                     self._watch_from = event.kv.mod_revision + 1
                     self._on_event(event)
                 self._changes.watched_to(self._watch_from)
         except EtcdCompacted as exc:
+            self._mirror.unload()
             start, self._watch_from = self._watch_from, exc.compact_revision
             raise WatchResync(
                 "dcs_watch_compacted", start=start, compact_revision=exc.compact_revision
@@ -440,6 +469,7 @@ class EtcdDcs:
         return result.revision + 1
 
     def _on_event(self, event: WatchEvent) -> None:
+        self._mirror.apply(event)  # before the waiter may wake: its read must show it
         relative = _relative_key(self._prefix, event.kv.key)
         if keys.is_member_key(relative):
             # A heartbeat (new WAL positions only) wakes nobody; a new role, state or

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 
 import aiohttp
@@ -247,7 +247,12 @@ class EtcdClient:
     # -- watch ---------------------------------------------------------------------------------
 
     def watch(
-        self, key: bytes, *, prefix: bool = True, start_revision: int
+        self,
+        key: bytes,
+        *,
+        prefix: bool = True,
+        start_revision: int,
+        on_stream: Callable[[bool], None] | None = None,
     ) -> AsyncIterator[WatchBatch]:
         """Batches of events on `key` (or the prefix `key`) from `start_revision` on.
 
@@ -257,14 +262,15 @@ class EtcdClient:
         changes for longer. Raises `EtcdCompacted` if the start or resume revision was compacted.
         While no endpoint is reachable it keeps retrying (it never raises `EtcdUnavailable`):
         bound it with your own timeout. Use it with `contextlib.aclosing` or cancel the consumer
-        task to close the stream.
+        task to close the stream. `on_stream(True)` is called when a stream is created (events
+        from then on arrive with the watch's latency), `on_stream(False)` when it ends.
         """
         if start_revision < 1:
             raise ValueError("start_revision must be >= 1")
-        return self._watch(key, prefix, start_revision)
+        return self._watch(key, prefix, start_revision, on_stream or _ignore)
 
     async def _watch(
-        self, key: bytes, prefix: bool, start_revision: int
+        self, key: bytes, prefix: bool, start_revision: int, on_stream: Callable[[bool], None]
     ) -> AsyncGenerator[WatchBatch, None]:
         next_revision = start_revision
         backoff_s = _BACKOFF_FIRST_S
@@ -277,7 +283,9 @@ class EtcdClient:
             }
             delivered = False
             try:
-                stream = self._watch_stream(self._endpoints[index], {"create_request": create})
+                stream = self._watch_stream(
+                    self._endpoints[index], {"create_request": create}, on_stream
+                )
                 async with contextlib.aclosing(stream):
                     async for batch in stream:
                         delivered = True
@@ -304,7 +312,7 @@ class EtcdClient:
                 backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
 
     async def _watch_stream(
-        self, endpoint: str, body: dict[str, Any]
+        self, endpoint: str, body: dict[str, Any], on_stream: Callable[[bool], None]
     ) -> AsyncGenerator[WatchBatch, None]:
         """One watch stream on one endpoint, for at most `watch_refresh_s`. Ends normally when
         that period is over; raises `Retryable` / `TokenRejected` / `EtcdError` otherwise.
@@ -351,6 +359,7 @@ class EtcdClient:
                     if not created:
                         created = True
                         read_deadline = ends_at
+                        on_stream(True)
                     if batch is not None:
                         yield batch
         except (aiohttp.ClientError, OSError, ValueError) as exc:
@@ -358,6 +367,7 @@ class EtcdClient:
         except TokenRejected:
             raise TokenRejected(sent_token) from None
         finally:
+            on_stream(False)
             resp.close()
 
     def _watch_message(self, msg: dict[str, Any]) -> WatchBatch | None:
@@ -632,3 +642,7 @@ async def _read_json_bounded(resp: aiohttp.ClientResponse, timeout_s: float) -> 
             return await resp.json(content_type=None)
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         raise Retryable from exc
+
+
+def _ignore(_: bool) -> None:
+    """`watch` without an `on_stream` callback."""

@@ -239,6 +239,68 @@ async def test_a_late_copy_of_a_release_leaves_the_leader_key_acquired_again_alo
     assert await a.renew_leader()
 
 
+def count_calls(monkeypatch: pytest.MonkeyPatch, handle: EtcdDcs, method: str) -> list[str]:
+    """Each call the handle's client makes of `method` appends its name (etcd stays real)."""
+    calls: list[str] = []
+    client = handle._client
+    send = getattr(client, method)
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        calls.append(method)
+        return await send(*args, **kwargs)
+
+    monkeypatch.setattr(client, method, counting)
+    return calls
+
+
+async def test_with_its_watch_running_a_member_reads_peer_changes_without_asking_etcd(
+    etcd_dcs: EtcdContractCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 (footprint): the watch's mirror answers get_cluster, and a change a peer
+    makes is in the read that follows the wake (base.py, point 8)."""
+    a, b = etcd_dcs.make_etcd("a"), etcd_dcs.make_etcd("b")
+    assert await a.acquire_leader()
+    assert await b.wait_for_change(0.2) is False  # starts b's watch
+    await b.publish_member(member("b"))  # an answered request: etcd is reachable
+    await b.get_cluster()  # the read the mirror starts from
+    reads = count_calls(monkeypatch, b, "range")
+
+    await a.publish_member(member("a"))
+    assert await b.wait_for_change(etcd_dcs.wake_s) is True
+    view = await b.get_cluster()
+    assert view.member("a") is not None
+    assert await a.write_record(RecordKind.CONFIG, '{"paused": true}', expected_version=None)
+    assert await b.wait_for_change(etcd_dcs.wake_s) is True
+    view = await b.get_cluster()
+    assert view.config.paused is True
+    assert view.leader is not None and view.leader.name == "a"
+    assert reads == []
+
+    await a.release_leader()  # no leader: a race is judged on a fresh read
+    assert await b.wait_for_change(etcd_dcs.wake_s) is True
+    assert (await b.get_cluster()).leader is None
+    assert reads == ["range"]
+
+
+async def test_a_leader_with_its_watch_running_renews_with_a_keepalive_alone(
+    etcd_dcs: EtcdContractCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 (footprint): the mirror says whether the leader key is still ours; a key
+    rewritten behind the leader's back (another name, no lease) fails its next renewal."""
+    a = etcd_dcs.make_etcd("a")
+    assert await a.acquire_leader()
+    assert await a.wait_for_change(0.2) is False  # starts a's watch
+    await a.get_cluster()
+    txns = count_calls(monkeypatch, a, "txn")
+
+    assert await a.renew_leader()
+    assert txns == []
+    await etcd_dcs.write_raw("leader", b"b")
+    assert await a.wait_for_change(etcd_dcs.wake_s) is True
+    assert await a.renew_leader() is False
+    assert txns == []
+
+
 # --------------------------------------------------------------------------- settings, TLS, auth
 
 SECURE_USER = "root"
