@@ -21,6 +21,22 @@ CALL_TIMEOUT_S = 0.5
 SPAWN_TIMEOUT_S = 5.0
 
 
+# `python -I -S`: no site-packages scan and no .pth hooks (the editable install's finder
+# alone imported pathlib, re, urllib); the fencer imports only agent/fencer.py and
+# agent/proctree.py from the directory holding the `agent` package. "agent.fencer" stays an
+# argument of its own, as with `-m`, so that tools find the process by it.
+_BOOTSTRAP = (
+    "import sys; root = sys.argv.pop(1); sys.argv.pop(1); sys.path.insert(0, root); "
+    "from agent.fencer import main; sys.exit(main())"
+)
+
+
+def fencer_command() -> list[str]:
+    """The command line that starts a fencer (its options follow)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, root, "agent.fencer"]
+
+
 class FenceUnavailable(Exception):
     """The fencer process could not be reached or started."""
 
@@ -92,9 +108,7 @@ class FenceClient:
         log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - a child inherits it; instant
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "agent.fencer",
+                *fencer_command(),
                 "--socket",
                 self.socket_path,
                 "--data-dir",

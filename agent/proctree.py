@@ -8,8 +8,9 @@ only when it ends, and it may then still commit).
 
 from __future__ import annotations
 
+# `signal`'s C core (ints, no enum classes): the fencer imports this module and stays small.
+import _signal  # type: ignore[import-not-found]  # no stub
 import os
-import signal
 
 
 def process_state(pid: int) -> str | None:
@@ -83,7 +84,7 @@ def kill_postmaster_tree(pid: int) -> None:
     from /proc are exactly its children, and none of their pids can be reused meanwhile.
     """
     try:
-        os.kill(pid, signal.SIGSTOP)
+        os.kill(pid, _signal.SIGSTOP)
     except ProcessLookupError:
         return
     for target in (*children(pid), pid):
@@ -91,8 +92,8 @@ def kill_postmaster_tree(pid: int) -> None:
             # Each child leads its own group (setsid); an adopted postmaster started
             # otherwise may not lead one.
             if os.getpgid(target) == target:
-                os.killpg(target, signal.SIGKILL)
+                os.killpg(target, _signal.SIGKILL)
             else:
-                os.kill(target, signal.SIGKILL)
+                os.kill(target, _signal.SIGKILL)
         except ProcessLookupError:
             pass
