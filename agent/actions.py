@@ -154,6 +154,15 @@ class EnsureSlots:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DropStaleSlots:
+    """On a standby that streams while a leader runs: drop our own copies of these permanent
+    logical slots (not synchronized from the primary, unused; agent/slot_config.py
+    `stale_copies`). The statement itself drops nothing on a primary or a slot in use."""
+
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HandOver:
     """Switchover from this leader to `candidate`, which streams from it and is caught up:
     write the switchover request if there is none (so only the candidate races), checkpoint,
@@ -260,6 +269,7 @@ Action = (
     | Follow
     | Demote
     | EnsureSlots
+    | DropStaleSlots
     | HandOver
     | ClearSwitchover
     | AppendHistory

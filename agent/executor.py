@@ -28,6 +28,7 @@ from agent.actions import (
     ConfirmFailsafe,
     Decision,
     Demote,
+    DropStaleSlots,
     EnsureSlots,
     Exit,
     Follow,
@@ -81,7 +82,6 @@ from agent.postgres.process import PostgresError, StandbyConfig
 from agent.postgres.process import StopMode as PgStopMode
 from agent.postgres.replication import render_synchronous_standby_names, slot_name_for
 from agent.settings import Settings
-from agent.slot_config import logical_names
 from agent.steps import RecordWrite, pg_mode, record_write, standby_of
 from agent.stop_rules import Done, StartLong, next_step
 
@@ -344,7 +344,6 @@ class Executor:
                 return await pre_promote(self.callbacks, self.settings)
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
-                await self._drop_stale_slots(view)
                 return True
             case EnsureSlots(names=names, drop=drop, permanent=permanent, synchronized=sync):
                 await self.pg.set_slots(
@@ -353,6 +352,10 @@ class Executor:
                     permanent=permanent,
                     synchronized=None if sync is None else [slot_name_for(n) for n in sync],
                 )
+                return True
+            case DropStaleSlots(names=names):
+                await self.pg.drop_stale_logical_slots(names)
+                log.info("stale_slot_copies_dropped", slots=list(names))
                 return True
             case HandOver(candidate=candidate, shutting_down=shutting_down):
                 await self._handover.run(view, candidate, shutting_down=shutting_down)
@@ -456,17 +459,8 @@ class Executor:
                 else:
                     standby = standby_of(s, view, upstream)
                 await self.pg.start(standby=standby, timeout_s=start_s)
-                if upstream is not None:
-                    await self._drop_stale_slots(view)
             case _:
                 assert_never(action)
-
-    async def _drop_stale_slots(self, view: ClusterView | None) -> None:
-        """Our own permanent logical slots are stale once we stream from another member (the
-        leader's are the real ones; on 17+ they block the slot sync worker's copies). Never
-        while no one leads: we may win the race again and need them."""
-        if view is not None and (names := logical_names(view.config.slots)):
-            await self.pg.drop_stale_logical_slots(names)
 
     async def _stop(self, action: StopPostgres | Demote) -> None:
         timing = self.settings.timing

@@ -106,6 +106,8 @@ class SlotState:
     active: bool
     wal_status: str | None = None  # reserved, extended, unreserved, lost (PostgreSQL 13+)
     retained_bytes: int | None = None
+    # Synchronized from the primary by the slot sync worker (17+; always False before).
+    synced: bool = False
 
     @property
     def far_behind(self) -> bool:
@@ -131,9 +133,32 @@ def parse_slot_states(text: str | None) -> tuple[SlotState, ...]:
                 active=bool(row["active"]),
                 wal_status=row.get("wal_status"),
                 retained_bytes=None if retained is None else int(retained),
+                synced=bool(row.get("synced")),
             )
         )
     return tuple(out)
+
+
+def stale_copies(
+    declared: tuple[PermanentSlot, ...], local: tuple[SlotState, ...]
+) -> tuple[str, ...]:
+    """The logical slots of a standby that carry the name of a declared logical slot but were
+    not synchronized from the primary and no one uses: a former primary's own copies, frozen
+    where it stopped leading. The consumer's slot is the leader's; on 17+ such a copy also
+    stops the slot sync worker from making the synchronized one ("exiting from slot
+    synchronization because same name slot ... already exists on the standby"), so it must
+    go for the standby to be ready for the next failover (agent/decide/member.py says when)."""
+    wanted = set(logical_names(declared))
+    return tuple(
+        sorted(
+            slot.name
+            for slot in local
+            if slot.name in wanted
+            and slot.type == "logical"
+            and not slot.synced
+            and not slot.active
+        )
+    )
 
 
 def effective_wal_level(

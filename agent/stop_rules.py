@@ -21,6 +21,7 @@ from agent.actions import (
     Action,
     ClearSwitchover,
     ConfirmFailsafe,
+    DropStaleSlots,
     EnsureSlots,
     RenewLeader,
     SetInitialize,
@@ -29,7 +30,15 @@ from agent.actions import (
 from agent.decide import Outcome
 
 # Actions that only keep things as they are: a cycle made of these sleeps normally.
-_STEADY = (RenewLeader, EnsureSlots, ClearSwitchover, SetInitialize, ConfirmFailsafe)
+# (DropStaleSlots too: it is retried at the next normal cycle, never in a tight loop.)
+_STEADY = (
+    RenewLeader,
+    EnsureSlots,
+    DropStaleSlots,
+    ClearSwitchover,
+    SetInitialize,
+    ConfirmFailsafe,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

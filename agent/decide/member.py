@@ -15,6 +15,7 @@ from agent.actions import (
     Clone,
     ConfirmFailsafe,
     Decision,
+    DropStaleSlots,
     Follow,
     PromoteReason,
     ReleaseLeader,
@@ -49,6 +50,7 @@ from agent.model import (
     Role,
 )
 from agent.settings import Settings
+from agent.slot_config import stale_copies
 
 # A postmaster is there but refuses connections: starting, stopping, or on its way out after
 # a crash. Starting PostgreSQL again cannot help (the start only waits for the postmaster that
@@ -228,6 +230,18 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         return decided(step[2], step[1], *step[0])
     if memory.following != upstream:
         return decided(memory, f"following {upstream}", Follow(leader=upstream))
+    stale = stale_copies(view.config.slots, local.slots) if leader_up and local.streaming else ()
+    if stale:
+        # Every cycle while they are there (a copy that could not be dropped is tried again;
+        # a former primary rewound or started before anyone led still holds its own). Only
+        # while we stream and a leader runs as the primary: the consumer's slot is the
+        # leader's, and the slot sync worker can make the synchronized copy at once. Never
+        # without a leader: we may win the race and our copy is then all we have.
+        return decided(
+            memory,
+            f"streaming from {upstream}; dropping our stale copies of {', '.join(stale)}",
+            DropStaleSlots(names=stale),
+        )
     return decided(memory, f"streaming from {upstream}")
 
 

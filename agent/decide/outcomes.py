@@ -18,6 +18,7 @@ from agent.actions import (
     Clone,
     ConfirmFailsafe,
     Demote,
+    DropStaleSlots,
     EnsureSlots,
     Exit,
     Follow,
@@ -77,6 +78,10 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
         case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover():
             return memory
         case AppendHistory() | Exit() | SetRestartSchedule():
+            return memory
+        case DropStaleSlots():
+            # Nothing to remember: the next probe shows whether the copies are gone, and the
+            # decision asks again while they are there (a failure is only logged).
             return memory
         case Reconfigure(config=config):
             return replace(memory, pg_applied=config) if outcome.ok else memory

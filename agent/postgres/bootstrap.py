@@ -18,7 +18,7 @@ import asyncpg
 
 from agent.config import PostgresSettings
 from agent.model import Lsn, parse_lsn
-from agent.postgres import replication
+from agent.postgres import conffile, replication
 from agent.postgres.datadir import (
     StandbyConfig,
     configure_standby,
@@ -330,6 +330,23 @@ async def _checkpoint_if_control_is_stale(
         raise PostgresError(f"rewind: cannot check the source's timeline: {exc!r}") from exc
 
 
+def _rewind_command(settings: PostgresSettings, source_conninfo: str, run_dir: str) -> list[str]:
+    command = [
+        _tool(settings, "pg_rewind"),
+        f"--target-pgdata={settings.data_dir}",
+        f"--source-server={source_conninfo}",
+    ]
+    config_file = conffile.conf_path(run_dir)
+    if os.path.exists(config_file):
+        # pg_rewind's crash recovery of a target that was not shut down cleanly reads this
+        # file (PostgreSQL 15+), the one the server ran with. With the data directory's
+        # alone it runs with wal_level = replica, and a target holding a logical slot
+        # refuses to start ("logical replication slot ... exists, but wal_level <
+        # logical"): the member was cloned anew instead.
+        command.append(f"--config-file={config_file}")
+    return command
+
+
 async def _rewind_once(
     settings: PostgresSettings, source: StandbyConfig, *, run_dir: str, timeout_s: float
 ) -> None:
@@ -349,13 +366,10 @@ async def _rewind_once(
         application_name=f"pgwarden-rewind-{source.application_name}",
         dbname="postgres",
     )
+    command = _rewind_command(settings, source_conninfo, run_dir)
     result = await run_tool_result(
         settings,
-        [
-            _tool(settings, "pg_rewind"),
-            f"--target-pgdata={settings.data_dir}",
-            f"--source-server={source_conninfo}",
-        ],
+        command,
         timeout_s=max(deadline - loop.time(), 1.0),
         what="pg_rewind",
     )

@@ -83,9 +83,11 @@ SELECT
   (SELECT coalesce(json_agg(json_build_object(
       'name', slot_name, 'type', slot_type, 'active', active, 'wal_status', wal_status,
       'retained_bytes', CASE WHEN s.r OR restart_lsn IS NULL THEN NULL
-                             ELSE pg_current_wal_lsn() - restart_lsn END)
+                             ELSE pg_current_wal_lsn() - restart_lsn END,
+      -- the column exists from 17 on: read through to_jsonb so that 15 and 16 answer too
+      'synced', coalesce((to_jsonb(rs) ->> 'synced')::boolean, false))
       ORDER BY slot_name), '[]'::json)::text
-   FROM pg_replication_slots) AS slots,
+   FROM pg_replication_slots AS rs) AS slots,
   """
     + ARCHIVER_SQL
     + """ AS archiver

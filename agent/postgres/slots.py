@@ -78,10 +78,13 @@ async def set_synchronized_standby_slots(postmaster: Postmaster, names: Collecti
 
 async def drop_stale_logical_slots(postmaster: Postmaster, names: Collection[str]) -> None:
     """On a standby: drop the inactive logical slots among `names` that were not synchronized
-    from the primary (`synced` exists on 17+; before, every slot is the standby's own)."""
+    from the primary (`synced` exists on 17+; before, every slot is the standby's own).
+    Drops nothing on a primary, whatever the caller believed: there such a slot is the one
+    the consumers use."""
     await postmaster.execute(
         "SELECT pg_drop_replication_slot(s.slot_name) FROM pg_replication_slots AS s"
-        " WHERE s.slot_name = ANY($1::text[]) AND s.slot_type = 'logical' AND NOT s.active"
+        " WHERE pg_is_in_recovery()"
+        " AND s.slot_name = ANY($1::text[]) AND s.slot_type = 'logical' AND NOT s.active"
         " AND NOT coalesce((to_jsonb(s) ->> 'synced')::boolean, false)",
         sorted(names),
         timeout_s=_SQL_TIMEOUT_S,

@@ -13,6 +13,13 @@ primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes Pos
   the switch in the history file (`last_timeline_switch`);
 - a standby whose WAL is not contained in its upstream's history (diverged) does not stream:
   only `rewind` (or a fresh `clone`) brings it back;
+- replication slots (PostgreSQL 17+ with failover slots on): logical permanent slots are
+  created on the primary; a standby streaming straight from a primary holds a synchronized
+  copy of each (the slot sync worker), unless a slot of the same name that was not
+  synchronized is there (the worker refuses to overwrite it); pg_rewind leaves the target's
+  slots where they are, pg_basebackup copies none; a promoted standby keeps its synchronized
+  copies (still marked synced, as PostgreSQL leaves them); dropping a standby's own copies
+  drops nothing on a primary, a synchronized copy or a physical slot;
 - a data directory last running as a standby and started as a primary is promoted;
 - DCS parameters (`apply_dynamic`): a reload applies the others at once; `RESTART_PARAMETERS`
   (shared_buffers and the hot-standby minimums) only at the next start, and meanwhile the
@@ -47,7 +54,7 @@ from agent.model import (
 from agent.pgparams import HOT_STANDBY
 from agent.postgres.bootstrap import SourceUnreachable
 from agent.postgres.process import PostgresError, StandbyConfig, StopMode
-from agent.slot_config import PermanentSlot
+from agent.slot_config import PermanentSlot, SlotState, SlotType
 
 START_LSN = 0x1000000  # where a fresh cluster's WAL ends
 WRITE_BYTES = 128  # the WAL one write adds
@@ -134,6 +141,8 @@ class FakePostgres:
         self.hung = False
         self.lingering = False  # see linger()
         self.slots: set[str] = set()
+        self.logical: set[str] = set()  # the logical ones among `slots`
+        self.synced: set[str] = set()  # the logical ones the slot sync worker made
         self.sync = SyncStandbys(quorum=False, count=0, names=())
         self.synchronized_standby_slots: tuple[str, ...] = ()
         self.calls: list[str] = []
@@ -231,6 +240,11 @@ class FakePostgres:
         self.data = replace(
             self.data, timeline=up.data.timeline, lsn=up.data.lsn, history=up.data.history
         )
+        if not up.in_recovery:  # the slot sync worker syncs from a primary only
+            for name in up.logical - self.slots:
+                self.slots.add(name)
+                self.logical.add(name)
+                self.synced.add(name)
 
     # ------------------------------------------------------------------ internals
 
@@ -299,6 +313,7 @@ class FakePostgres:
                 sync_standbys=self.sync,
                 pending_restart=self.pending_restart(),
                 hot_standby=self.hot_standby(),
+                slots=self._slot_states(),
             )
         return LocalState(
             data_dir_initialized=True,
@@ -312,6 +327,18 @@ class FakePostgres:
             sync_standbys=self.sync,
             pending_restart=self.pending_restart(),
             hot_standby=self.hot_standby(),
+            slots=self._slot_states(),
+        )
+
+    def _slot_states(self) -> tuple[SlotState, ...]:
+        return tuple(
+            SlotState(
+                name=name,
+                type="logical" if name in self.logical else "physical",
+                active=False,
+                synced=name in self.synced,
+            )
+            for name in sorted(self.slots)
         )
 
     def _replication_rows(self) -> tuple[ReplicationRow, ...]:
@@ -424,6 +451,7 @@ class FakePostgres:
         if self.running:
             raise PostgresError("clear_data_dir: the postmaster runs")
         self.data = None
+        self.slots, self.logical, self.synced = set(), set(), set()
 
     async def clone(self, standby: StandbyConfig, *, timeout_s: float) -> None:
         await self._enter("clone")
@@ -458,12 +486,17 @@ class FakePostgres:
         await self._enter("set_slots", sql=True)
         self._require_primary("set_slots")
         self.slots = (self.slots | set(ensure) | {s.name for s in permanent}) - set(drop)
+        self.logical |= {s.name for s in permanent if s.type == SlotType.LOGICAL}
         if synchronized is not None:
             self.synchronized_standby_slots = tuple(sorted(synchronized))
 
     async def drop_stale_logical_slots(self, names: Collection[str]) -> None:
         await self._enter("drop_stale_logical_slots", sql=True)
-        self.slots -= set(names)
+        if not self.in_recovery:
+            return
+        stale = (set(names) & self.logical) - self.synced
+        self.slots -= stale
+        self.logical -= stale
 
     async def set_sync_standbys(self, standbys: SyncStandbys, *, timeout_s: float) -> None:
         await self._enter("set_sync_standbys", sql=True)
