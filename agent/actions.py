@@ -15,6 +15,7 @@ from agent.model import (
     DynamicConfig,
     FailsafeRecord,
     HistoryEntry,
+    LeaderPosition,
     MemberName,
     PgConfig,
     RestartSchedule,
@@ -97,6 +98,16 @@ class StartPostgres:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StopPostgres:
     mode: StopMode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartPrimary:
+    """Restart the leader's PostgreSQL in place (long: the lease is renewed meanwhile):
+    CHECKPOINT while it still takes writes (so that the shutdown checkpoint is short), stop
+    fast (bounded by shutdown_timeout_s), start as the primary (bounded by
+    primary_start_timeout_s). The fencer stays armed throughout, and the start happens only
+    while the lease is still ours (renewals may fail meanwhile): a primary that came up after
+    its fencing deadline is stopped again at once."""
 
 
 class PromoteReason(StrEnum):
@@ -205,6 +216,15 @@ class SetSyncRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SetLeaderPosition:
+    """Write the DCS `position` record (CAS on `expected_version`; None: only if absent):
+    the leader's WAL position, read by candidates whose memory of it is gone."""
+
+    position: LeaderPosition
+    expected_version: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SetSyncStandbyNames:
     """On the primary: ALTER SYSTEM SET synchronous_standby_names to `standbys` (rendered by
     postgres/replication.py), and reload."""
@@ -264,6 +284,7 @@ Action = (
     | Rewind
     | StartPostgres
     | StopPostgres
+    | RestartPrimary
     | Promote
     | PrePromote
     | Follow
@@ -275,6 +296,7 @@ Action = (
     | AppendHistory
     | SetConfig
     | SetSyncRecord
+    | SetLeaderPosition
     | SetSyncStandbyNames
     | SetFailsafeRecord
     | ConfirmFailsafe
@@ -283,7 +305,7 @@ Action = (
     | Exit
 )
 
-LONG_ACTIONS = (Bootstrap, Clone, Rewind, HandOver, PrePromote)
+LONG_ACTIONS = (Bootstrap, Clone, Rewind, HandOver, PrePromote, RestartPrimary)
 
 
 def is_long(action: Action) -> bool:

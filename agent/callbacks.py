@@ -37,6 +37,7 @@ from agent.actions import (
     HandOver,
     Promote,
     Reconfigure,
+    RestartPrimary,
     Rewind,
     StartPostgres,
     StopPostgres,
@@ -300,6 +301,8 @@ def notification(
         case Reconfigure():
             # A running server re-read its configuration (SIGHUP): a reload.
             return (CallbackEvent.ON_RELOAD, role) if running else None
+        case RestartPrimary():
+            return CallbackEvent.ON_RESTART, ROLE_PRIMARY
         case StartPostgres(as_primary=as_primary):
             event = CallbackEvent.ON_RESTART if restarting else CallbackEvent.ON_START
             return event, ROLE_PRIMARY if as_primary else ROLE_REPLICA

@@ -39,10 +39,12 @@ from agent.actions import (
     Reconfigure,
     ReleaseLeader,
     RenewLeader,
+    RestartPrimary,
     Rewind,
     SetConfig,
     SetFailsafeRecord,
     SetInitialize,
+    SetLeaderPosition,
     SetRestartSchedule,
     SetSyncRecord,
     SetSyncStandbyNames,
@@ -60,11 +62,13 @@ from agent.decide import (
     Pending,
     Result,
     fence_deadline,
+    lease_valid,
     record_outcome,
 )
 from agent.events import EventSink, NoEvents, event_for
 from agent.fence import Fence, FenceUnavailable
 from agent.handover import ActionFailed, DcsCalls, Handover, Sleep
+from agent.inplace import restart_in_place
 from agent.metrics import Metrics
 from agent.model import (
     ClusterView,
@@ -315,6 +319,7 @@ class Executor:
                 | SetSyncRecord()
                 | SetFailsafeRecord()
                 | SetRestartSchedule()
+                | SetLeaderPosition()
             ):
                 return await self._write(action)
             case Reconfigure(config=config):
@@ -336,6 +341,13 @@ class Executor:
                 return True
             case StopPostgres() | Demote():
                 await self._stop(action)
+                return True
+            case RestartPrimary():
+                # Memory is the loop's, renewed meanwhile by the cycles (`when_busy`).
+                def holds() -> bool:
+                    return lease_valid(self.memory, self.clock.monotonic(), self.settings)
+
+                await restart_in_place(self.pg, self.settings.timing, lease_holds=holds)
                 return True
             case Promote(reason=reason):
                 await self._promote(view, obs.local, reason)

@@ -102,6 +102,13 @@ class RecordKind(StrEnum):
     HISTORY = "history"
     FAILSAFE = "failsafe"
     RESTART = "restart"
+    # The leader's last WAL position, bound to no lease (it outlives the leader): a heartbeat
+    # that wakes nobody (agent/dcs/base.py, point 9).
+    POSITION = "position"
+
+
+# Records whose writes do not count as changes for `wait_for_change` (base.py, point 8).
+QUIET_RECORDS = frozenset({RecordKind.POSITION})
 
 
 def format_lsn(lsn: Lsn | None) -> str:
@@ -426,6 +433,25 @@ class DynamicConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LeaderPosition:
+    """The DCS `position` record: how far the leader's WAL was when it last wrote it
+    (agent/decide/position.py). Unlike the leader's member record it is bound to no lease, so
+    a member whose agent restarted after the leader died still knows how far behind it is
+    (maximum_lag_on_failover_bytes), as Patroni's `/optime/leader` does."""
+
+    leader: MemberName
+    timeline: int | None
+    wal_lsn: Lsn
+    version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"leader": self.leader, "timeline": self.timeline, "wal_lsn": self.wal_lsn},
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SyncRecord:
     """The DCS `sync` record: who may hold the latest acknowledged commit of `leader`'s term.
 
@@ -498,6 +524,8 @@ class ClusterView:
     failsafe: FailsafeRecord | None = None
     failsafe_version: str = ""  # of the `failsafe` record, also when it did not parse
     restart: RestartSchedule | None = None
+    position: LeaderPosition | None = None
+    position_version: str = ""  # of the `position` record, also when it did not parse
 
     def member(self, name: str) -> Member | None:
         for member in self.members:
@@ -784,6 +812,21 @@ def parse_failsafe(raw: RawRecord) -> FailsafeRecord:
     )
 
 
+def parse_position(raw: RawRecord) -> LeaderPosition:
+    data = json.loads(raw.value)
+    if not isinstance(data, dict):
+        raise ValueError("position record is not an object")
+    lsn = _int(data.get("wal_lsn"), "wal_lsn")
+    if lsn < 0:
+        raise ValueError("wal_lsn is not a WAL position")
+    return LeaderPosition(
+        leader=MemberName(_str(data.get("leader"), "leader")),
+        timeline=_int_or_none(data.get("timeline")),
+        wal_lsn=Lsn(lsn),
+        version=raw.version,
+    )
+
+
 def parse_sync(raw: RawRecord) -> SyncRecord:
     data = json.loads(raw.value)
     if not isinstance(data, dict):
@@ -874,6 +917,13 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
             # Unreadable: read as absent, but keep its version so that it can be deleted.
             restart = RestartSchedule(members=(), scheduled_at=0.0, version=rec.version)
 
+    position = None
+    position_version = ""
+    if (rec := raw.records.get(RecordKind.POSITION)) is not None:
+        # Unreadable: read as absent (no lag limit known from it); the leader overwrites it.
+        position_version = rec.version
+        position = attempt("position", parse_position, rec)
+
     view = ClusterView(
         initialize=initialize,
         initialize_version=initialize_version,
@@ -888,6 +938,8 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         failsafe=failsafe,
         failsafe_version=failsafe_version,
         restart=restart,
+        position=position,
+        position_version=position_version,
     )
     return view, tuple(problems)
 

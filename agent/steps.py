@@ -14,6 +14,7 @@ from agent.actions import (
     SetConfig,
     SetFailsafeRecord,
     SetInitialize,
+    SetLeaderPosition,
     SetRestartSchedule,
     SetSyncRecord,
     StopMode,
@@ -34,6 +35,7 @@ RecordWrite = (
     | SetSyncRecord
     | SetFailsafeRecord
     | SetRestartSchedule
+    | SetLeaderPosition
 )
 
 
@@ -56,6 +58,8 @@ def record_write(action: RecordWrite) -> tuple[RecordKind, str | None, str | Non
             return RecordKind.FAILSAFE, failsafe.to_json() if failsafe else None, version
         case SetRestartSchedule(schedule=schedule, expected_version=version):
             return RecordKind.RESTART, schedule.to_json() if schedule else None, version
+        case SetLeaderPosition(position=position, expected_version=version):
+            return RecordKind.POSITION, position.to_json(), version
         case _:
             assert_never(action)
 

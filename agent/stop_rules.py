@@ -25,6 +25,7 @@ from agent.actions import (
     EnsureSlots,
     RenewLeader,
     SetInitialize,
+    SetLeaderPosition,
     is_long,
 )
 from agent.decide import Outcome
@@ -38,6 +39,7 @@ _STEADY = (
     ClearSwitchover,
     SetInitialize,
     ConfirmFailsafe,
+    SetLeaderPosition,
 )
 
 

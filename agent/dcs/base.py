@@ -39,8 +39,12 @@ Contract (tests/contract/dcs_contract.py checks each line against every backend)
    change. Not counted: this handle's own writes (its callers know of them), and other
    members re-publishing their records with only new WAL positions (a heartbeat written
    every cycle under write load: waking on it would make members wake each other in a
-   ring). It never raises for a dropped watch stream: it resumes, and on a compacted
+   ring), nor writes of the quiet records (`model.QUIET_RECORDS`: the leader's `position`).
+   It never raises for a dropped watch stream: it resumes, and on a compacted
    revision wakes so the caller re-reads.
+9. Records (point 7) are bound to no lease: the `position` record the leader writes stays
+   after the leader's lease, its member record and its agent are gone, so that a member
+   whose agent restarted after the leader died still knows how far the leader was.
 
 Versions are opaque strings; compare them only for equality.
 """

@@ -471,6 +471,8 @@ class EtcdDcs:
     def _on_event(self, event: WatchEvent) -> None:
         self._mirror.apply(event)  # before the waiter may wake: its read must show it
         relative = _relative_key(self._prefix, event.kv.key)
+        if keys.is_quiet_key(relative):
+            return  # the leader's position heartbeat (base.py, point 8)
         if keys.is_member_key(relative):
             # A heartbeat (new WAL positions only) wakes nobody; a new role, state or
             # address does, and so does a record that appears (base.py, point 8). A record

@@ -14,7 +14,14 @@ from collections.abc import Iterable
 
 import structlog
 
-from agent.model import ClusterView, RawCluster, RawRecord, RecordKind, parse_cluster
+from agent.model import (
+    QUIET_RECORDS,
+    ClusterView,
+    RawCluster,
+    RawRecord,
+    RecordKind,
+    parse_cluster,
+)
 
 LEADER = "leader"
 MEMBERS = "members/"
@@ -28,6 +35,15 @@ def member_key(name: str) -> str:
 
 def record_key(kind: RecordKind) -> str:
     return kind.value
+
+
+def is_quiet_key(key: str) -> bool:
+    """A record whose writes and deletions wake nobody (base.py, point 8): a heartbeat that
+    only matters once the leader is gone (the leader's `position`)."""
+    return key in _QUIET_KEYS
+
+
+_QUIET_KEYS = frozenset(kind.value for kind in QUIET_RECORDS)
 
 
 def is_member_key(key: str) -> bool:

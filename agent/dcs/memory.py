@@ -151,6 +151,8 @@ class MemoryStore:
         # A member record is a heartbeat rewritten often: a new WAL position wakes nobody, or
         # members would wake each other in a ring under write load; a new role, state or
         # address does (see base.py, point 8).
+        if keys.is_quiet_key(key):
+            return  # the leader's position heartbeat wakes nobody either (point 8)
         if (
             not keys.is_member_key(key)
             or old is None
@@ -162,7 +164,8 @@ class MemoryStore:
         if self._entries.pop(key, None) is None:
             return
         self._revision += 1
-        self._notify(author)
+        if not keys.is_quiet_key(key):
+            self._notify(author)
 
     def _notify(self, author: MemoryDcs | None) -> None:
         for handle in self._handles:

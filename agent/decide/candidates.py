@@ -13,6 +13,7 @@ from agent.actions import (
     Decision,
     PromoteReason,
 )
+from agent.decide.position import last_known_position
 from agent.decide.state import Memory, Observation, decided, promotion, promotion_vetoed
 from agent.decide.sync import sync_candidate_ok, sync_refusal
 from agent.model import (
@@ -191,11 +192,9 @@ def am_healthiest(obs: Observation, settings: Settings, memory: Memory) -> tuple
     record = view.sync
     in_sync_set = record is not None and record.quorum > 0
     # A member of the synchronous set holds every acknowledged commit (with the quorum check
-    # above): the leader's published position may include WAL no commit waited for.
-    last_known = max(
-        (p for p in (memory.last_leader_wal_lsn, _handover_lsn(view)) if p is not None),
-        default=None,
-    )
+    # above): the leader's published position may include WAL no commit waited for. The
+    # position also comes from the DCS, so that an agent restarted since knows it (R3).
+    last_known = last_known_position(view, memory)
     if last_known is not None and not in_sync_set:
         lag = last_known - me_lsn
         if lag > settings.ha.maximum_lag_on_failover_bytes:
@@ -251,11 +250,6 @@ def _rivals(
     return rivals
 
 
-def _handover_lsn(view: ClusterView) -> Lsn | None:
-    """The old leader's final position, when a hand-over request records it."""
-    return view.switchover.handover_lsn if view.switchover is not None else None
-
-
 def named_candidate(
     obs: Observation, memory: Memory, settings: Settings, request: SwitchoverRequest
 ) -> tuple[Decision, Memory] | None:
@@ -295,7 +289,7 @@ def named_candidate(
         return decided(memory, f"named switchover candidate, but {refusal}")
     if request.handover_lsn is not None and not forced:
         mine = local_position(obs.local)
-        last = memory.last_leader_wal_lsn
+        last = last_known_position(view, memory)
         behind = last is not None and (mine or 0) < last - settings.ha.maximum_lag_on_failover_bytes
         if mine is None or mine <= request.handover_lsn or behind:
             if deferring:

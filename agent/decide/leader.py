@@ -20,6 +20,7 @@ from agent.actions import (
     PromoteReason,
     ReleaseLeader,
     RenewLeader,
+    RestartPrimary,
     SetConfig,
     SetInitialize,
     StartPostgres,
@@ -28,6 +29,7 @@ from agent.actions import (
 )
 from agent.decide.candidates import candidate_ok, choose_handover, streams_caught_up, was_primary
 from agent.decide.failsafe import plan_failsafe
+from agent.decide.position import plan_position
 from agent.decide.restarts import restart_step
 from agent.decide.state import (
     RETRY_BACKOFF_S,
@@ -102,21 +104,25 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
     failsafe_step, memory = plan_failsafe(view, memory, now, settings)
     if failsafe_step is not None:
         actions.append(failsafe_step)
+    # Last: a lost or failed write of it stops nothing else (a long action ends the decision
+    # before it: written at a later cycle).
+    position = plan_position(view, local, memory, now, settings)
+    last = (position,) if position is not None else ()
     if view.switchover is not None and _switchover_due(obs):
         step, why, memory = _plan_switchover(obs, memory, settings)
         reason = why
         if step is not None:
             actions.append(step)
-        return decided(memory, reason, *actions)
+        return decided(memory, reason, *actions, *last)
     if LocalRequestKind.RESTART in obs.local_requests:
-        actions.append(StopPostgres(mode=StopMode.FAST))
+        actions.append(RestartPrimary())
         memory = replace(memory, handover_wait_since=None)
         return decided(memory, "restart requested: restarting the leader in place", *actions)
     restart = restart_step(obs, memory, settings)
     if restart is None:
-        return decided(replace(memory, handover_wait_since=None), reason, *actions)
+        return decided(replace(memory, handover_wait_since=None), reason, *actions, *last)
     restart_actions, reason, memory = restart
-    return decided(memory, reason, *actions, *restart_actions)
+    return decided(memory, reason, *actions, *restart_actions, *last)
 
 
 def _when_leader_is_standby(

@@ -28,10 +28,12 @@ from agent.actions import (
     Reconfigure,
     ReleaseLeader,
     RenewLeader,
+    RestartPrimary,
     Rewind,
     SetConfig,
     SetFailsafeRecord,
     SetInitialize,
+    SetLeaderPosition,
     SetRestartSchedule,
     SetSyncRecord,
     SetSyncStandbyNames,
@@ -54,6 +56,11 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return _record_instance(memory, action, outcome)
         case Demote() | StopPostgres():
             return replace(memory, following=None, slots=None, sync_effective=None)
+        case RestartPrimary():
+            # The server ran (or runs now) afresh: its slots and synchronous_standby_names
+            # are read again; a failure (the lease did not hold) is retried like any other.
+            restarted = replace(memory, slots=None, sync_effective=None)
+            return restarted if outcome.ok else replace(restarted, failed_at=outcome.sent_at)
         case Promote():
             if outcome.ok:
                 return replace(
@@ -83,6 +90,8 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             # Nothing to remember: the next probe shows whether the copies are gone, and the
             # decision asks again while they are there (a failure is only logged).
             return memory
+        case SetLeaderPosition():
+            return replace(memory, position_written_at=outcome.sent_at) if outcome.ok else memory
         case Reconfigure(config=config):
             return replace(memory, pg_applied=config) if outcome.ok else memory
         case _:

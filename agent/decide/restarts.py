@@ -11,9 +11,9 @@ Rolling restart (the DCS `restart` record, model.RestartSchedule), once it is du
   up, which restarts it as a standby (it marks itself `current` first, and clears it once it
   streams from the new leader, which then deletes the record; a leader that finds itself
   `current` again lost its hand-over and restarts in place), or in place (`in_place`, or
-  when a hot-standby minimum goes down: agent/pgparams.py) through the existing rule for a
-  PostgreSQL down under the leader (restarted in place within primary_start_timeout_s, else
-  the lease is released). The leader deletes the record when nobody is left.
+  when a hot-standby minimum goes down: agent/pgparams.py) by the long action
+  `RestartPrimary` (agent/inplace.py: checkpoint, stop, start, the lease renewed meanwhile).
+  The leader deletes the record when nobody is left.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from agent.actions import (
     Decision,
     HandOver,
     Reconfigure,
+    RestartPrimary,
     SetRestartSchedule,
     StartPostgres,
     StopMode,
@@ -94,7 +95,7 @@ def restart_step(obs: Observation, memory: Memory, settings: Settings) -> Step |
         if i_lead and schedule.current == me:
             # Our hand-over did not happen (it ran, or would have, as a long action): we
             # still lead, so restart in place instead.
-            stop = StopPostgres(mode=StopMode.FAST)
+            stop = RestartPrimary()
             return (delete, stop), "rolling restart: the hand-over failed; in place", memory
         if i_lead and schedule.current not in present:
             cleared = replace(schedule, current=None)
@@ -131,7 +132,7 @@ def _leader_turn(obs: Observation, memory: Memory, settings: Settings, *, listed
         return (delete,), "rolling restart: every member had its turn", done
     if view.restart.pending and not local.pending_restart:
         return (delete,), "rolling restart: nothing to restart on the leader", done
-    stop = StopPostgres(mode=StopMode.FAST)
+    stop = RestartPrimary()
     if view.restart.in_place:
         return (delete, stop), "rolling restart: restarting the leader in place", done
     if hot_standby_decrease(local, dynamic_for(view, settings, local)):

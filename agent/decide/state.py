@@ -94,6 +94,8 @@ class Memory:
     following: MemberName | None = None  # whom our standby was last pointed at
     last_leader: MemberName | None = None
     last_leader_wal_lsn: Lsn | None = None
+    # Leader: when it last wrote its WAL position into the DCS `position` record.
+    position_written_at: float | None = None
     slots: tuple[MemberName, ...] | None = None  # slots last ensured on our primary
     # The permanent slots and synchronized_standby_slots last ensured with them (EnsureSlots;
     # ensured again whenever `slots` is, e.g. after a promotion).

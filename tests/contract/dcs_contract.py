@@ -1,4 +1,4 @@
-"""The DCS contract suite (agent/dcs/base.py, points 1-8), run against every backend.
+"""The DCS contract suite (agent/dcs/base.py, points 1-9), run against every backend.
 
 Bind it in a few lines: subclass `DcsContract` in a `Test...` class and override the
 `cluster` fixture so that it yields a `ContractCluster` for a fresh, empty cluster (and closes
@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 from agent.dcs.base import Dcs, DcsUnavailable
 from agent.model import (
     HistoryEntry,
+    LeaderPosition,
     Member,
     MemberName,
     PgState,
@@ -476,6 +477,47 @@ class DcsContract:
             await a.publish_member(member("a", wal_lsn=round_))
             await a.release_leader()
         assert await waiter is False
+
+    async def test_the_leader_position_record_wakes_nobody(self, cluster: ContractCluster) -> None:
+        a, b = cluster.make("a"), cluster.make("b")
+        await b.get_cluster()
+        assert await b.wait_for_change(cluster.quiet_s) is False  # b watches from now on
+        version: str | None = None
+        for lsn in (100, 200, 300):
+            position = LeaderPosition(leader=MemberName("a"), timeline=1, wal_lsn=lsn)
+            assert await a.write_record(
+                RecordKind.POSITION, position.to_json(), expected_version=version
+            )
+            version = (await a.get_cluster()).position_version
+        await asyncio.sleep(cluster.quiet_s)
+        assert await b.wait_for_change(cluster.quiet_s) is False
+        seen = (await b.get_cluster()).position
+        assert seen is not None
+        assert (seen.leader, seen.timeline, seen.wal_lsn) == ("a", 1, 300)
+
+    # ---------------------------------------------------------------- 9. records outlive leases
+
+    async def test_the_position_record_outlives_the_leader_its_lease_and_its_agent(
+        self, cluster: ContractCluster
+    ) -> None:
+        a = cluster.make("a")
+        assert await a.acquire_leader()
+        await a.publish_member(member("a"))
+        position = LeaderPosition(leader=MemberName("a"), timeline=3, wal_lsn=7 << 32)
+        assert await a.write_record(RecordKind.POSITION, position.to_json(), expected_version=None)
+        await a.close()  # the leader's agent is gone; nothing renews its lease
+        await let_expire(cluster)
+        restarted = cluster.make("b")  # a member's agent that starts after all that
+        await restarted.get_cluster()
+        await let_expire(cluster)  # an observer times expiry from when it first saw the lease
+        view = await restarted.get_cluster()
+        assert view.leader is None
+        if cluster.member_records_expire:
+            assert view.member("a") is None
+        assert view.position is not None
+        assert (view.position.leader, view.position.timeline) == ("a", 3)
+        assert view.position.wal_lsn == 7 << 32
+        assert view.position_version == view.position.version != ""
 
     # ---------------------------------------------------------------- corrupt values
 

@@ -58,6 +58,7 @@ from agent.model import (
     ControlData,
     DynamicConfig,
     HistoryEntry,
+    LeaderPosition,
     LeaderRecord,
     LocalRequestKind,
     LocalState,
@@ -121,7 +122,16 @@ def view(
     switchover: SwitchoverRequest | None = None,
     paused: bool = False,
     history: tuple[HistoryEntry, ...] = (),
+    position: LeaderPosition | bool | None = True,
 ) -> ClusterView:
+    """`position`: the DCS `position` record; True (default): the leader's, at the position
+    PRIMARY has (so that a leader has nothing to write), none when nobody leads."""
+    if position is True:
+        position = (
+            LeaderPosition(leader=MemberName(leader), timeline=1, wal_lsn=1000, version="9")
+            if leader
+            else None
+        )
     return ClusterView(
         initialize="42",
         leader=LeaderRecord(name=MemberName(leader), version="7") if leader else None,
@@ -129,6 +139,8 @@ def view(
         switchover=switchover,
         config=DynamicConfig(paused=paused),
         history=history,
+        position=position or None,
+        position_version=position.version if isinstance(position, LeaderPosition) else "",
     )
 
 
@@ -304,7 +316,9 @@ def test_switchover_to_a_lagging_candidate_is_cleared_not_executed() -> None:
     lagging = member("b", lsn=0)
     local = replace(PRIMARY, wal_lsn=10 * 1024 * 1024)
     memory = replace(LEASED, slots=(MemberName("b"),))
-    decision, _ = decide(obs(view("a", ME_PRIMARY, lagging, switchover=request), local), memory, A)
+    here = LeaderPosition(leader=MemberName("a"), timeline=1, wal_lsn=10 * 1024 * 1024)
+    cluster = view("a", ME_PRIMARY, lagging, switchover=request, position=here)
+    decision, _ = decide(obs(cluster, local), memory, A)
     assert decision.actions == (RenewLeader(), ClearSwitchover(version="3"))
 
 

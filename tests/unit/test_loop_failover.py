@@ -6,6 +6,7 @@ Every cycle checks that at most one PostgreSQL accepts writes (tests/unit/fakes)
 from __future__ import annotations
 
 from agent.postgres.process import StopMode
+from tests.unit.fake_postgres import WRITE_BYTES
 from tests.unit.fakes.loop_cluster import LoopCluster
 
 
@@ -175,3 +176,30 @@ async def test_a_failsafe_round_the_fencer_cannot_arm_counts_for_nothing() -> No
     await c.run_until(lambda: not a.pg.is_primary, step_s=0.25)
     assert c.clock.monotonic() <= timing.fence_deadline(lease_sent) + 0.25
     assert a.loop.memory.failsafe_sent_at is None
+
+
+async def test_a_replica_whose_agent_restarted_after_the_leader_died_does_not_win_far_behind() -> (
+    None
+):
+    # The lag limit must outlive the leader's records and the candidate's agent (review R3):
+    # the leader's last position is kept in the DCS `position` record.
+    c = LoopCluster(("a", "b"))
+    await c.bootstrap()
+    a, b = c["a"], c["b"]
+    b.pg.receiving = False  # b's WAL receiver gets nothing from now on
+    limit = a.settings.ha.maximum_lag_on_failover_bytes
+    a.pg.write(2 * limit // WRITE_BYTES)
+    for _ in range(3):
+        await c.round()  # a's position reaches the DCS
+    assert a.pg.lsn - b.pg.lsn > limit
+    # a dies with its agent; b's agent is down too until a's lease and records are gone,
+    # then starts again remembering nothing.
+    a.alive = b.alive = False
+    a.pg.crash()
+    await c.run_until(lambda: c.leader() is None and c.store.get_raw("members/a") is None)
+    b = await c.restart_agent("b")
+    for _ in range(int(3 * b.settings.timing.ttl_s)):
+        await c.round()
+    assert "promote" not in b.pg.calls
+    assert c.leader() is None
+    assert "maximum_lag_on_failover_bytes" in b.loop.status().last_reason

@@ -6,9 +6,11 @@ keeps every standby able to start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from agent.model import MemberName, PgConfig, RecordKind, RestartSchedule
+from agent.model import LocalRequestKind, MemberName, PgConfig, RecordKind, RestartSchedule
+from agent.postgres.process import StopMode
 from tests.unit.fakes.loop_cluster import LoopCluster
 
 
@@ -184,3 +186,69 @@ async def test_a_leader_whose_hand_over_fails_restarts_in_place() -> None:
     await c.run_until(lambda: c.healthy(leader), limit_s=60)
     assert "stop" in c[leader].pg.calls
     assert c[leader].pg.calls.count("start") == starts + 1
+
+
+async def in_time(c: LoopCluster) -> None:
+    """One round, which must not block: a cycle that waited for a slow stop would hold the
+    whole loop (and its renewals) with it. The bound is real time, only a guard."""
+    await asyncio.wait_for(c.round(), timeout=10.0)
+
+
+async def test_a_leader_restart_in_place_slower_than_the_lease_keeps_the_leader() -> None:
+    # Review R1: the stop (a long shutdown checkpoint) takes longer than ttl; the loop keeps
+    # renewing meanwhile, so the restart stays a restart, not a failover.
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    node = c[leader]
+    stop = node.pg.gate("stop")
+    before = len(node.pg.calls)
+    node.loop.submit(LocalRequestKind.RESTART)
+    for _ in range(int(2 * node.settings.timing.ttl_s)):
+        await in_time(c)
+        assert c.leader() == leader
+    calls = node.pg.calls[before:]
+    assert calls.index("checkpoint") < calls.index("stop")  # checkpointed while writable
+    stop.set()
+    await c.run_until(lambda: node.loop.executor.pending is None and c.healthy(leader))
+    assert node.fence.fenced_at is None
+    assert node.pg.calls[before:].count("start") == 1
+    assert all("promote" not in c[n].pg.calls for n in c.nodes if n != leader)
+
+
+async def test_a_leader_restart_in_place_does_not_start_once_its_lease_is_gone() -> None:
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    node = c[leader]
+    stop = node.pg.gate("stop")
+    node.loop.submit(LocalRequestKind.RESTART)
+    await in_time(c)
+    c.store.partition(leader)  # renewals fail from now on
+    await c.run_until(lambda: c.leader() not in (None, leader), limit_s=60)
+    stop.set()
+    for _ in range(3):
+        await in_time(c)
+    assert not node.pg.running
+    assert node.pg.calls.count("start") == 1  # its first start, at bootstrap
+    c.store.heal(leader)
+    new = c.leader()
+    assert new is not None
+    await c.run_until(lambda: c.healthy(new))
+
+
+async def test_a_primary_that_came_up_after_its_fencing_deadline_is_stopped_at_once() -> None:
+    # The start (a long crash recovery) outlasts the lease while renewals fail: the fencer
+    # fired while no postmaster ran, so the restart itself must stop what it started.
+    c = LoopCluster()
+    leader = await c.bootstrap()
+    node = c[leader]
+    start = node.pg.gate("start")
+    node.loop.submit(LocalRequestKind.RESTART)
+    await in_time(c)
+    assert "stop" in node.pg.calls
+    c.store.partition(leader)
+    await c.run_until(lambda: c.leader() not in (None, leader), limit_s=60)
+    start.set()
+    await c.settle()
+    assert not node.pg.is_primary
+    assert node.pg.stops[-1] is StopMode.IMMEDIATE
+    c.check_invariants()

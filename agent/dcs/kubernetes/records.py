@@ -8,6 +8,7 @@ retry each other."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from agent.dcs.kubernetes.objects import (
     resource_version,
     to_bytes,
 )
-from agent.model import RecordKind
+from agent.model import QUIET_RECORDS, RecordKind
 
 _WRITE_ATTEMPTS = 5  # conflicts on the ConfigMap caused by writes of other records
 
@@ -39,6 +40,22 @@ def record_items(config: Mapping[str, Any] | None) -> list[tuple[str, bytes, str
             version = notes.get(record_version_annotation(kind)) or hash_version(text)
             items.append((keys.record_key(kind), to_bytes(text), version))
     return items
+
+
+_QUIET_ANNOTATIONS = frozenset(
+    name
+    for kind in QUIET_RECORDS
+    for name in (record_annotation(kind), record_version_annotation(kind))
+)
+
+
+def loud_signature(config: Mapping[str, Any] | None) -> str:
+    """What of the ConfigMap a change must alter to wake other members (base.py, point 8):
+    its annotations, less the quiet records' (the leader's `position` heartbeat)."""
+    notes = annotations_of(config)
+    return json.dumps(
+        {k: v for k, v in notes.items() if k not in _QUIET_ANNOTATIONS}, sort_keys=True
+    )
 
 
 def matches(notes: Mapping[str, str], kind: RecordKind, expected: str | None) -> bool:

@@ -6,7 +6,8 @@ than that); a 410 Expired re-lists and wakes the caller.
 
 What counts: member records only when their signature (`keys.member_signature`: all but
 WAL positions) changes or they appear or vanish; the lock only when its holder changes (a
-renewal only restarts the observers' expiry clocks, which it notes); any ConfigMap change.
+renewal only restarts the observers' expiry clocks, which it notes); a ConfigMap change
+unless it touched only quiet records (the leader's `position` heartbeat).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from agent.dcs.kubernetes.objects import (
     resource_version,
     to_bytes,
 )
-from agent.dcs.kubernetes.records import ConfigRecords
+from agent.dcs.kubernetes.records import ConfigRecords, loud_signature
 
 WATCH_TIMEOUT_S = 30  # server-side end of each watch; the stream is then resumed
 _CLOSE_TIMEOUT_S = 2.0
@@ -99,6 +100,7 @@ class ClusterWatches:
         self._seed_signatures: dict[str, str] = {}
         self._seed_holders: dict[str, str] = {}  # by watch name
         self._watched_holders: dict[str, str] = {}  # each lock's holder as its watch last saw
+        self._config_signature = loud_signature(None)  # of the ConfigMap its watch saw last
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # What the pods and ConfigMap watches have seen (cache.py), read by get_cluster.
         self.caches = {
@@ -124,6 +126,7 @@ class ClusterWatches:
             now = self._clock.monotonic()
             self.caches[Watched.PODS].fill(pods, rv, now=now)
             self.caches[Watched.CONFIG].fill([config] if config is not None else [], rv, now=now)
+            self._config_signature = loud_signature(config)
 
     def cached(self) -> tuple[list[KubeObject], KubeObject | None] | None:
         """The member pods and the ConfigMap as the watches last saw them, if both caches
@@ -212,6 +215,8 @@ class ClusterWatches:
             self.caches[what].fill(items, resource_version(listed.obj), now=self._clock.monotonic())
         if what is Watched.PODS:
             self._tracker.seed_members(member_signatures(items), replace=True)
+        if what is Watched.CONFIG:
+            self._config_signature = loud_signature(items[0] if items else None)
         if what is Watched.LOCK:
             lock, _ = self._locks[name]
             self._watched_holders[name] = lock.holder(items[0]) if items else ""
@@ -242,7 +247,11 @@ class ClusterWatches:
             case Watched.LOCK:
                 return self._lock_counts(name, kind, obj)
             case Watched.CONFIG:
-                return True
+                # A ConfigMap deleted or created counts as its records going or coming.
+                signature = loud_signature(None if kind == "DELETED" else obj)
+                changed = signature != self._config_signature
+                self._config_signature = signature
+                return changed
 
     def _pod_counts(self, kind: str, obj: KubeObject) -> bool:
         pod = name_of(obj)

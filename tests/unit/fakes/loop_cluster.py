@@ -186,40 +186,52 @@ class LoopCluster:
             settings = member_settings(
                 name, failsafe=failsafe, callbacks=callbacks, tags=(tags or {}).get(name)
             )
-            runner = FakeCallbacks(self.clock)
             pg = self.postgres.add(name)
-            fence = FakeFence(self.clock, pg)
-            peers = FakePeers(self, name)
-            dcs = MemoryDcs(
-                self.store,
-                name,
-                ttl_s=settings.timing.ttl_s,
-                clock=self.clock,
-                timeout_s=settings.timing.retry_timeout_s,
-            )
-            clock = MemberClock(self.clock)
-            loop = HaLoop(
-                settings=settings,
-                clock=clock,
-                dcs=dcs,
-                pg=pg,
-                fence=fence,
-                peers=peers,
-                metrics=Metrics(),
-                sleep=self.sleep,
-                callbacks=runner,
-            )
-            self.nodes[name] = Node(
-                name=name,
-                settings=settings,
-                clock=clock,
-                dcs=dcs,
-                pg=pg,
-                fence=fence,
-                peers=peers,
-                loop=loop,
-                callbacks=runner,
-            )
+            self.nodes[name] = self._node(name, settings, pg, FakeFence(self.clock, pg))
+
+    def _node(self, name: str, settings: Settings, pg: FakePostgres, fence: FakeFence) -> Node:
+        """A member's agent (its own DCS handle, loop, Memory) over `pg` and `fence`."""
+        runner = FakeCallbacks(self.clock)
+        peers = FakePeers(self, name)
+        dcs = MemoryDcs(
+            self.store,
+            name,
+            ttl_s=settings.timing.ttl_s,
+            clock=self.clock,
+            timeout_s=settings.timing.retry_timeout_s,
+        )
+        clock = MemberClock(self.clock)
+        loop = HaLoop(
+            settings=settings,
+            clock=clock,
+            dcs=dcs,
+            pg=pg,
+            fence=fence,
+            peers=peers,
+            metrics=Metrics(),
+            sleep=self.sleep,
+            callbacks=runner,
+        )
+        return Node(
+            name=name,
+            settings=settings,
+            clock=clock,
+            dcs=dcs,
+            pg=pg,
+            fence=fence,
+            peers=peers,
+            loop=loop,
+            callbacks=runner,
+        )
+
+    async def restart_agent(self, name: str) -> Node:
+        """The member's agent process starts again (PostgreSQL and the fencer untouched): a
+        new DCS handle and loop, with nothing remembered from before."""
+        old = self.nodes[name]
+        await old.dcs.close()
+        node = self._node(name, old.settings, old.pg, old.fence)
+        self.nodes[name] = node
+        return node
 
     def __getitem__(self, name: str) -> Node:
         return self.nodes[name]
