@@ -1,8 +1,10 @@
 """Idle footprint per member and DCS backend: DCS requests per second, agent and fencer RSS,
-agent CPU, on a converged 3-member cluster at the default timings.
+agent CPU, on a converged 3-member cluster at the default timings; `patroni` is Patroni 4.1.5
+on etcd at its own defaults (ttl 30, loop_wait 10), measured the same way in the same run
+(installed on demand into bench/.venv-patroni, see bench/patroni_cluster.py).
 
     .venv/bin/python bench/footprint.py [--runs 3] [--idle-seconds 30] [--json]
-        [--only etcd kubernetes-lease kubernetes-endpoints]
+        [--only etcd kubernetes-lease kubernetes-endpoints patroni]
 
 Requests: for the Kubernetes backends, every request of the agents in the test API server's
 audit log during the window (a watch counts when it is opened); for etcd, the growth of etcd's
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from failover import converge, cpu_ticks, fencer_pid, rss_kb
+from patroni_cluster import PatroniCluster
 
 from agent.localcluster import LocalCluster
 from tests.support.k8s_audit import request_rate
@@ -41,11 +44,12 @@ BACKENDS = {
     "etcd": ("etcd", "lease"),
     "kubernetes-lease": ("kubernetes", "lease"),
     "kubernetes-endpoints": ("kubernetes", "endpoints"),
+    "patroni": ("etcd", "patroni"),
 }
 _GRPC = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="([^"]+)"[^}]*\} (\S+)$')
 
 
-def etcd_calls(cluster: LocalCluster) -> Counter[str]:
+def etcd_calls(cluster: LocalCluster | PatroniCluster) -> Counter[str]:
     """etcd's gRPC calls handled so far, by method."""
     with urllib.request.urlopen(cluster.etcd_endpoints[0] + "/metrics", timeout=5) as response:
         text = response.read().decode()
@@ -60,13 +64,18 @@ async def one_run(backend: str, seconds: float, root: Path) -> dict[str, float |
     kind, lock = BACKENDS[backend]
     base = Path(tempfile.mkdtemp(prefix=f"fp-{backend}-", dir=root))
     os.chmod(base, 0o755)  # PostgreSQL runs as the postgres user: it must reach its directory
-    cluster = LocalCluster(
-        base=base, size=3, timing=dict(DEFAULT_TIMING), dcs_kind=kind, kube_lock=lock
-    )
+    cluster: LocalCluster | PatroniCluster
+    if lock == "patroni":
+        cluster = PatroniCluster(base=base, size=3)
+    else:
+        cluster = LocalCluster(
+            base=base, size=3, timing=dict(DEFAULT_TIMING), dcs_kind=kind, kube_lock=lock
+        )
     try:
         cluster.start()
         await converge(cluster)
-        await asyncio.sleep(max(2.0, DEFAULT_TIMING["ttl_s"] / 2))  # settle after bootstrap
+        # Settle after bootstrap (Patroni: its members publish once per 10 s loop).
+        await asyncio.sleep(15.0 if lock == "patroni" else max(2.0, DEFAULT_TIMING["ttl_s"] / 2))
         pids = [m.process.pid for m in cluster.members if m.process is not None]
         before = {pid: cpu_ticks(pid) for pid in pids}
         calls_before = etcd_calls(cluster) if kind == "etcd" else Counter()
@@ -81,8 +90,13 @@ async def one_run(backend: str, seconds: float, root: Path) -> dict[str, float |
             counts = +calls
             rate = sum(counts.values()) / elapsed
         else:
+            assert isinstance(cluster, LocalCluster)
             rate, counts = request_rate(cluster.audit_log, since=start, until=start + elapsed)
-        fencers = [p for i in range(len(cluster.members)) if (p := fencer_pid(cluster, i))]
+        fencers = [
+            p
+            for i in range(len(cluster.members))
+            if isinstance(cluster, LocalCluster) and (p := fencer_pid(cluster, i))
+        ]
         agent_rss = max(rss_kb(pid) for pid in pids) / 1024
         fencer_rss = max((rss_kb(p) for p in fencers), default=0) / 1024
         per_minute = {k: round(60 * v / elapsed / 3, 1) for k, v in counts.most_common()}

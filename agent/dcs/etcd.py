@@ -368,7 +368,7 @@ class EtcdDcs:
         except BaseException:
             self._mirror.failed()
             raise
-        self._mirror.answered(sent_at)
+        self._mirror.answered(sent_at, self._client.answered_by)
 
     @contextlib.asynccontextmanager
     async def _bounded(self, what: str) -> AsyncIterator[None]:

@@ -166,6 +166,11 @@ class EtcdClient:
         return self._endpoints
 
     @property
+    def answered_by(self) -> str:
+        """The endpoint that answered the newest call (asked first by the next one)."""
+        return self._endpoints[self._preferred]
+
+    @property
     def timeout_s(self) -> float:
         return self._timeout_s
 
@@ -252,7 +257,7 @@ class EtcdClient:
         *,
         prefix: bool = True,
         start_revision: int,
-        on_stream: Callable[[bool], None] | None = None,
+        on_stream: Callable[[str | None], None] | None = None,
     ) -> AsyncIterator[WatchBatch]:
         """Batches of events on `key` (or the prefix `key`) from `start_revision` on.
 
@@ -262,15 +267,20 @@ class EtcdClient:
         changes for longer. Raises `EtcdCompacted` if the start or resume revision was compacted.
         While no endpoint is reachable it keeps retrying (it never raises `EtcdUnavailable`):
         bound it with your own timeout. Use it with `contextlib.aclosing` or cancel the consumer
-        task to close the stream. `on_stream(True)` is called when a stream is created (events
-        from then on arrive with the watch's latency), `on_stream(False)` when it ends.
+        task to close the stream. `on_stream(endpoint)` is called when a stream is created on
+        `endpoint` (events from then on arrive with the watch's latency), `on_stream(None)`
+        when it ends.
         """
         if start_revision < 1:
             raise ValueError("start_revision must be >= 1")
         return self._watch(key, prefix, start_revision, on_stream or _ignore)
 
     async def _watch(
-        self, key: bytes, prefix: bool, start_revision: int, on_stream: Callable[[bool], None]
+        self,
+        key: bytes,
+        prefix: bool,
+        start_revision: int,
+        on_stream: Callable[[str | None], None],
     ) -> AsyncGenerator[WatchBatch, None]:
         next_revision = start_revision
         backoff_s = _BACKOFF_FIRST_S
@@ -312,7 +322,7 @@ class EtcdClient:
                 backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
 
     async def _watch_stream(
-        self, endpoint: str, body: dict[str, Any], on_stream: Callable[[bool], None]
+        self, endpoint: str, body: dict[str, Any], on_stream: Callable[[str | None], None]
     ) -> AsyncGenerator[WatchBatch, None]:
         """One watch stream on one endpoint, for at most `watch_refresh_s`. Ends normally when
         that period is over; raises `Retryable` / `TokenRejected` / `EtcdError` otherwise.
@@ -359,7 +369,7 @@ class EtcdClient:
                     if not created:
                         created = True
                         read_deadline = ends_at
-                        on_stream(True)
+                        on_stream(endpoint)
                     if batch is not None:
                         yield batch
         except (aiohttp.ClientError, OSError, ValueError) as exc:
@@ -367,7 +377,7 @@ class EtcdClient:
         except TokenRejected:
             raise TokenRejected(sent_token) from None
         finally:
-            on_stream(False)
+            on_stream(None)
             resp.close()
 
     def _watch_message(self, msg: dict[str, Any]) -> WatchBatch | None:
@@ -644,5 +654,5 @@ async def _read_json_bounded(resp: aiohttp.ClientResponse, timeout_s: float) -> 
         raise Retryable from exc
 
 
-def _ignore(_: bool) -> None:
+def _ignore(_: str | None) -> None:
     """`watch` without an `on_stream` callback."""

@@ -14,9 +14,10 @@ Current means all of (`Mirror.current`):
   delivers what it missed only after its creation (so a stream, re-created every 30 s,
   costs one read);
 - every write of this handle has come back through the watch (read your own writes);
-- some request of this handle was answered, sent less than `max_age_s` ago, and none failed
-  since: a watch connection can die silently (it is re-created every 30 s), a request that
-  fails says the store is in doubt now;
+- some request of this handle was answered by the watch's endpoint, sent less than
+  `max_age_s` ago, and none failed or was answered by another endpoint since: a watch
+  connection can die silently or its member freeze (the stream is re-created only every
+  30 s), a request that fails or goes elsewhere says the store is in doubt now;
 - it names a leader: with no leader the members race, and a race is judged on a fresh read
   (the sync, failsafe and switchover records), as the Kubernetes backend does.
 
@@ -39,7 +40,7 @@ class Mirror:
         self._loaded_at = 0  # revision of the full read the keys come from; 0: not loaded
         self._seen_to = 0  # the watch delivered every event below this revision
         self._own_to = 0  # revision of this handle's newest write
-        self._stream_open = False
+        self._stream_on: str | None = None  # the endpoint of the open watch stream
         self._answered_at = -math.inf  # send time of the newest answered request
 
     # ------------------------------------------------------------------ fed by the handle
@@ -77,17 +78,22 @@ class Mirror:
         """A write of this handle produced `revision`."""
         self._own_to = max(self._own_to, revision)
 
-    def stream_open(self, is_open: bool) -> None:
-        """The watch's stream was created (True) or ended (False). A new stream first
+    def stream_open(self, endpoint: str | None) -> None:
+        """The watch's stream was created on `endpoint`, or ended (None). A new stream first
         delivers what happened while none was open, up to etcd's 100 ms catch-up loop later:
         until a read after it, the keys are not trusted."""
-        self._stream_open = is_open
-        if is_open:
+        self._stream_on = endpoint
+        if endpoint is not None:
             self.unload()
 
-    def answered(self, sent_at: float) -> None:
-        """A request sent at `sent_at` was answered by etcd."""
-        self._answered_at = max(self._answered_at, sent_at)
+    def answered(self, sent_at: float, endpoint: str) -> None:
+        """A request sent at `sent_at` was answered by `endpoint`. By another endpoint than
+        the watch's, it puts the store in doubt: the watch's member may be frozen or cut off
+        (a silent stream, re-created only every 30 s) while another one answers."""
+        if endpoint == self._stream_on:
+            self._answered_at = max(self._answered_at, sent_at)
+        else:
+            self._answered_at = -math.inf
 
     def failed(self) -> None:
         """A request failed: the store is in doubt until one is answered again."""
@@ -99,7 +105,7 @@ class Mirror:
         """Whether the keys may stand in for a read now (the module docstring's rules)."""
         return (
             self._loaded_at > 0
-            and self._stream_open
+            and self._stream_on is not None
             and (self._own_to == 0 or self._seen_to > self._own_to)
             and now - self._answered_at < max_age_s
             and self._leader_key in self._kvs

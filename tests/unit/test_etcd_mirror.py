@@ -7,6 +7,7 @@ from agent.dcs.etcd_wire import EventType, KeyValue, WatchEvent
 
 LEADER = b"/ns/c/leader"
 MEMBER = b"/ns/c/members/b"
+E1, E2 = "http://etcd-1:2379", "http://etcd-2:2379"
 
 
 def kv(key: bytes, revision: int, value: bytes = b"a") -> KeyValue:
@@ -27,9 +28,9 @@ def current_mirror() -> Mirror:
     """Watch from revision 5, stream open, read at 10 with a leader, a request answered at 0."""
     mirror = Mirror(LEADER)
     mirror.watching_from(5)
-    mirror.stream_open(True)
+    mirror.stream_open(E1)
     mirror.load((kv(LEADER, 4),), 10)
-    mirror.answered(0.0)
+    mirror.answered(0.0, E1)
     return mirror
 
 
@@ -56,9 +57,9 @@ def test_a_read_older_than_events_already_delivered_is_not_trusted() -> None:
 
 def test_a_new_stream_needs_a_new_read() -> None:
     mirror = current_mirror()
-    mirror.stream_open(False)
+    mirror.stream_open(None)
     assert not mirror.current(1.0, max_age_s=10.0)
-    mirror.stream_open(True)
+    mirror.stream_open(E1)
     assert not mirror.current(1.0, max_age_s=10.0)
     mirror.load((kv(LEADER, 4),), 11)
     assert mirror.current(1.0, max_age_s=10.0)
@@ -77,7 +78,7 @@ def test_a_failed_request_or_an_old_answer_puts_the_store_in_doubt() -> None:
     assert not mirror.current(10.0, max_age_s=10.0)
     mirror.failed()
     assert not mirror.current(1.0, max_age_s=10.0)
-    mirror.answered(2.0)
+    mirror.answered(2.0, E1)
     assert mirror.current(3.0, max_age_s=10.0)
 
 
@@ -92,3 +93,11 @@ def test_a_compacted_watch_unloads_the_keys() -> None:
     mirror.unload()
     assert not mirror.current(1.0, max_age_s=10.0)
     assert mirror.kvs() == ()
+
+
+def test_an_answer_from_another_endpoint_than_the_watch_s_puts_the_store_in_doubt() -> None:
+    mirror = current_mirror()
+    mirror.answered(1.0, E2)  # the watch's member may be frozen: its stream silent
+    assert not mirror.current(2.0, max_age_s=10.0)
+    mirror.answered(2.0, E1)
+    assert mirror.current(3.0, max_age_s=10.0)

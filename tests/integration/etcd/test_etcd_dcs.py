@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -299,6 +301,37 @@ async def test_a_leader_with_its_watch_running_renews_with_a_keepalive_alone(
     assert await a.wait_for_change(etcd_dcs.wake_s) is True
     assert await a.renew_leader() is False
     assert txns == []
+
+
+async def test_with_the_etcd_member_of_its_watch_frozen_a_member_reads_from_another(
+    etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
+) -> None:
+    """Issue 15 (footprint): a frozen member keeps the watch's stream open and silent; the
+    first request another member answers puts the mirror in doubt, so the next read is a
+    real one (without that check it showed the keys from before the freeze)."""
+    a, b = etcd_dcs.make_etcd("a"), etcd_dcs.make_etcd("b")
+    assert await a.acquire_leader()
+    assert await b.wait_for_change(0.2) is False  # b's watch runs on member 0
+    await b.publish_member(member("b"))
+    await b.get_cluster()
+    frozen = etcd3.members[0].process
+    assert frozen is not None
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        written = False
+        for _ in range(10):  # the others may need an election first
+            with contextlib.suppress(DcsUnavailable):
+                written = await a.write_record(
+                    RecordKind.CONFIG, '{"paused": true}', expected_version=None
+                )
+                break
+        assert written
+        # A request of b's that writes nothing (b's own writes, not delivered by the frozen
+        # watch, would put the mirror in doubt anyway): another member answers it.
+        assert await b.renew_leader() is False
+        assert (await b.get_cluster()).config.paused is True
+    finally:
+        frozen.send_signal(signal.SIGCONT)
 
 
 # --------------------------------------------------------------------------- settings, TLS, auth
