@@ -56,8 +56,9 @@ from patroni_cluster import (
 )
 
 from agent.localcluster import LocalCluster
+from bench.writes import BenchAppWriter
 from tests.support.cluster import converged, wait_until
-from tests.support.workload import AppWriter, ensure_table
+from tests.support.workload import ensure_table
 
 DEFAULT_TIMING = {"ttl_s": 10.0, "loop_wait_s": 2.0, "retry_timeout_s": 3.0, "fence_margin_s": 2.0}
 
@@ -109,24 +110,6 @@ async def converge(cluster: BenchCluster, timeout: float | None = None) -> int:
 
         await wait_until(ready, timeout=timeout, interval=0.05, what="convergence")
     return found[0]
-
-
-class BenchAppWriter(AppWriter):
-    """AppWriter that survives asyncpg's InternalClientError.
-
-    A connection whose server was SIGKILLed mid-statement can raise
-    `InternalClientError: cannot switch to state 12; another operation (2) is in progress`,
-    which tests/support/workload.py's loop does not catch: the writer task would die and take
-    the whole bench with it. The loop is resumed instead (it reconnects, keeping its log).
-    """
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await super()._run()
-                return
-            except asyncpg.InternalClientError:
-                await asyncio.sleep(self.interval_s)
 
 
 async def write_gap(

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -33,24 +31,11 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import ctl
 from agent.localcluster import LocalCluster
 from agent.localproc import LocalMember
+from bench.writes import pgctl, table, under_writes
 from tests.support.cluster import converged, wait_until
-from tests.support.workload import AppWriter, ensure_table
-
-
-class Writer(AppWriter):
-    """AppWriter that survives asyncpg's InternalClientError (as bench/failover.py's): a
-    connection cut mid-statement can raise it, and the writer task must not die of it."""
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await super()._run()
-                return
-            except asyncpg.InternalClientError:
-                await asyncio.sleep(self.interval_s)
+from tests.support.workload import ensure_table
 
 
 class BenchCluster(LocalCluster):
@@ -64,18 +49,6 @@ class BenchCluster(LocalCluster):
             k: v for k, v in postgresql["parameters"].items() if k != "shared_buffers"
         }
         return config
-
-
-async def pgctl(cluster: LocalCluster, *argv: str) -> str:
-    out = io.StringIO()
-    env = {
-        "PGWARDEN_URL": ",".join(m.api_url for m in cluster.members),
-        "PGWARDEN_TOKEN": cluster.token,
-    }
-    code = await ctl.run(argv, env=env, out=out, err=out)
-    if code != 0:
-        raise RuntimeError(f"pgwarden ctl {' '.join(argv)}: {out.getvalue()}")
-    return out.getvalue()
 
 
 async def show_all(cluster: LocalCluster, name: str) -> set[str]:
@@ -130,34 +103,16 @@ async def pending_restart(
         return isinstance(members, list) and all(m["pending_restart"] for m in members)
 
     await wait_until(all_pending, timeout=60, what="every member pending restart")
-    writer = Writer(
-        hosts=[("127.0.0.1", m.pg_port) for m in cluster.members],
-        # A value of its own: the table's primary key refuses another writer's values.
-        start_value=int(time.time() * 1000) % 10**12,
+    return await under_writes(
+        cluster, lambda: pgctl(cluster, "restart", "--pending", "--timeout", "300"), after_s=1.0
     )
-    writer.start()
-    await asyncio.sleep(1.0)
-    t0 = time.monotonic()
-    await pgctl(cluster, "restart", "--pending", "--timeout", "300")
-    took = time.monotonic() - t0
-    await asyncio.sleep(1.0)
-    log = await writer.stop()
-    return log.longest_gap(t0, time.monotonic()), took
 
 
 async def switchover_gap(cluster: LocalCluster, session: aiohttp.ClientSession) -> float:
-    writer = Writer(
-        hosts=[("127.0.0.1", m.pg_port) for m in cluster.members],
-        # A value of its own: the table's primary key refuses another writer's values.
-        start_value=int(time.time() * 1000) % 10**12,
+    gap, _ = await under_writes(
+        cluster, lambda: pgctl(cluster, "switchover", "--wait"), after_s=1.5
     )
-    writer.start()
-    await asyncio.sleep(1.0)
-    t0 = time.monotonic()
-    await pgctl(cluster, "switchover", "--wait")
-    await asyncio.sleep(1.5)
-    log = await writer.stop()
-    return log.longest_gap(t0, time.monotonic())
+    return gap
 
 
 async def measure(runs: int) -> dict[str, list[float]]:
@@ -194,16 +149,6 @@ async def measure(runs: int) -> dict[str, list[float]]:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
     return figures
-
-
-def table(figures: dict[str, list[float]]) -> str:
-    lines = ["| figure | median | min | max | runs |", "|---|---:|---:|---:|---:|"]
-    for name, values in figures.items():
-        lines.append(
-            f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | "
-            f"{max(values):.3f} | {len(values)} |"
-        )
-    return "\n".join(lines)
 
 
 def main() -> int:

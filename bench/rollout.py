@@ -20,38 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import ctl
 from agent.localcluster import LocalCluster
+from bench.writes import pgctl, table, under_writes
 from tests.support.cluster import converged, wait_until
 from tests.support.statefulset import StatefulSetSim
-from tests.support.workload import AppWriter, ensure_table
-
-
-class Writer(AppWriter):
-    """AppWriter that survives asyncpg's InternalClientError (see bench/rolling_restart.py)."""
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await super()._run()
-                return
-            except asyncpg.InternalClientError:
-                await asyncio.sleep(self.interval_s)
+from tests.support.workload import ensure_table
 
 
 def operator_kubeconfig(cluster: LocalCluster) -> Path:
@@ -70,34 +54,10 @@ def operator_kubeconfig(cluster: LocalCluster) -> Path:
     return path
 
 
-async def pgctl(cluster: LocalCluster, *argv: str) -> str:
-    out = io.StringIO()
-    env = {
-        "PGWARDEN_URL": ",".join(m.api_url for m in cluster.members),
-        "PGWARDEN_TOKEN": cluster.token,
-        "KUBECONFIG": str(operator_kubeconfig(cluster)),
-    }
-    code = await ctl.run(argv, env=env, out=out, err=out)
-    if code != 0:
-        raise RuntimeError(f"pgwarden ctl {' '.join(argv)}: {out.getvalue()}")
-    return out.getvalue()
-
-
-async def under_writes(cluster: LocalCluster, *argv: str) -> tuple[float, float]:
-    """(longest write gap, duration) of one ctl command under the writer."""
-    writer = Writer(
-        hosts=[("127.0.0.1", m.pg_port) for m in cluster.members],
-        # A value of its own: the table's primary key refuses another writer's values.
-        start_value=int(time.time() * 1000) % 10**12,
-    )
-    writer.start()
-    await asyncio.sleep(1.0)
-    t0 = time.monotonic()
-    await pgctl(cluster, *argv)
-    took = time.monotonic() - t0
-    await asyncio.sleep(1.5)
-    log = await writer.stop()
-    return log.longest_gap(t0, time.monotonic()), took
+async def ctl_under_writes(cluster: LocalCluster, *argv: str) -> tuple[float, float]:
+    """(longest write gap, duration) of one ctl command (as the operator) under the writer."""
+    env = {"KUBECONFIG": str(operator_kubeconfig(cluster))}
+    return await under_writes(cluster, lambda: pgctl(cluster, *argv, env=env), after_s=1.5)
 
 
 async def converge(cluster: LocalCluster, session: aiohttp.ClientSession) -> None:
@@ -127,14 +87,14 @@ async def measure(runs: int) -> dict[str, list[float]]:
                 for run in range(runs):
                     await converge(cluster, session)
                     await sim.new_revision(f"rev-{run + 2}")
-                    gap, took = await under_writes(
+                    gap, took = await ctl_under_writes(
                         cluster, "rollout", "pg", "--timeout", "300", "--poll-interval", "0.2"
                     )
                     figures[names[0]].append(gap)
                     figures[names[1]].append(took)
                     await converge(cluster, session)
                     figures[names[2]].append(
-                        (await under_writes(cluster, "switchover", "--wait"))[0]
+                        (await ctl_under_writes(cluster, "switchover", "--wait"))[0]
                     )
                     print(
                         f"run {run + 1}/{runs}: "
@@ -148,16 +108,6 @@ async def measure(runs: int) -> dict[str, list[float]]:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
     return figures
-
-
-def table(figures: dict[str, list[float]]) -> str:
-    lines = ["| figure | median | min | max | runs |", "|---|---:|---:|---:|---:|"]
-    for name, values in figures.items():
-        lines.append(
-            f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} | "
-            f"{max(values):.3f} | {len(values)} |"
-        )
-    return "\n".join(lines)
 
 
 def main() -> int:
