@@ -3,35 +3,10 @@ unit test against the in-process API (tests/unit/test_api.py's fixtures)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from agent.clock import FakeClock
-from tests.unit.test_api import (
+from tests.unit.api_harness import (
     AUTH,
     Api,
-    Backend,
-    StatusBox,
-    make_settings,
-    primary_status,
-    serve,
-    standard_cluster,
 )
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    """The API of member a of test_api's standard cluster (a leads, b and c stream)."""
-    clock = FakeClock()
-    backend = Backend(clock)
-    await standard_cluster(backend)
-    view = await backend.handle("a").get_cluster()
-    served = await serve(make_settings(), backend, StatusBox(primary_status(clock, view)), clock)
-    try:
-        yield served
-    finally:
-        await served.client.close()
 
 
 async def test_a_switchover_scheduled_after_9999_in_utc_is_refused_not_stored(api: Api) -> None:

@@ -18,7 +18,7 @@ from agent.pgparams import (
     needs_restart,
     parameter_problems,
 )
-from tests.unit.test_api import (
+from tests.unit.api_harness import (
     AUTH,
     Api,
     Backend,

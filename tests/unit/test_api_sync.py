@@ -4,40 +4,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from agent.clock import FakeClock
 from agent.model import AgentStatus, MemberName, PgState, RecordKind, SyncRole
-from tests.unit.test_api import (
+from tests.unit.api_harness import (
     AUTH,
     Api,
-    Backend,
-    StatusBox,
     config_record,
-    make_settings,
     primary_status,
     replica_status,
-    serve,
-    standard_cluster,
     switchover_record,
 )
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    """As test_api.py's: a leads; b is a good candidate; c nofailover; d lags; e stopped."""
-    clock = FakeClock()
-    backend = Backend(clock)
-    await standard_cluster(backend)
-    view = await backend.handle("a").get_cluster()
-    served = await serve(make_settings(), backend, StatusBox(primary_status(clock, view)), clock)
-    try:
-        yield served
-    finally:
-        await served.client.close()
 
 
 async def test_patch_config_sets_the_synchronous_settings_and_keeps_the_others(api: Api) -> None:

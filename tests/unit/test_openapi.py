@@ -12,7 +12,7 @@ from agent.api import openapi, openapi_schemas
 from agent.api.server import build_app
 from agent.clock import FakeClock
 from agent.metrics import Metrics
-from tests.unit.test_api import (
+from tests.unit.api_harness import (
     Backend,
     Inbox,
     StatusBox,

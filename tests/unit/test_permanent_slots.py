@@ -3,27 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 
 from agent.actions import EnsureSlots
-from agent.clock import FakeClock
 from agent.config import PostgresSettings
 from agent.decide import decide
 from agent.model import ClusterView, DynamicConfig, MemberName, RawRecord, parse_config
 from agent.slot_config import PermanentSlot, SlotType, parse_slots
-from tests.unit.test_api import (
+from tests.unit.api_harness import (
     AUTH,
     Api,
-    Backend,
-    StatusBox,
     config_record,
-    make_settings,
-    primary_status,
-    serve,
-    standard_cluster,
 )
 from tests.unit.test_decide import (
     LEASED,
@@ -65,20 +57,6 @@ def test_the_config_record_carries_the_declared_slots_sorted_by_name() -> None:
 def test_a_bad_slot_declaration_is_an_error_naming_the_slot(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_slots(value)
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[Api]:
-    """test_api.py's standard cluster, a leading."""
-    clock = FakeClock()
-    backend = Backend(clock)
-    await standard_cluster(backend)
-    cluster = await backend.handle("a").get_cluster()
-    served = await serve(make_settings(), backend, StatusBox(primary_status(clock, cluster)), clock)
-    try:
-        yield served
-    finally:
-        await served.client.close()
 
 
 async def test_patch_config_declares_slots_and_refuses_bad_ones(api: Api) -> None:
