@@ -52,13 +52,17 @@ class Api:
             return response.status, await response.json()
 
     async def last(self) -> dict[str, object]:
-        async with aiohttp.ClientSession() as session:
-            while True:
-                async with session.get(self.url + "/backup") as response:
-                    body = await response.json()
-                if not body["running"]:
-                    return body  # type: ignore[no-any-return]
-                await asyncio.sleep(0.01)
+        """GET /backup once the backup started has ended: the route's task runs on this test's
+        event loop (the server is in-process), so its end is awaited, not polled for."""
+        running = [t for t in asyncio.all_tasks() if t.get_name() == "pgbackrest-backup"]
+        await asyncio.gather(*running)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.url + "/backup") as response,
+        ):
+            body: dict[str, object] = await response.json()
+        assert body["running"] is False, body
+        return body
 
 
 class _NoRequests:
