@@ -25,7 +25,15 @@ import asyncpg
 import pytest
 
 from agent.localcluster import LocalCluster
-from tests.support.cluster import E2E_TIMING, converge, new_primary, wait_until
+from tests.support.cluster import (
+    E2E_TIMING,
+    converge,
+    new_base,
+    new_primary,
+    start_first_member,
+    started,
+    wait_until,
+)
 from tests.support.pgversions import PgInstall
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -73,20 +81,16 @@ def _callbacks(scripts: Path, name: str) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def cluster(scripts: Path, pg_install: PgInstall) -> Iterator[LocalCluster]:
-    base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
-    running = LocalCluster(base=base, size=3, timing=dict(E2E_TIMING), pg_bin=pg_install.bin_dir)
+    running = LocalCluster(
+        base=new_base(), size=3, timing=dict(E2E_TIMING), pg_bin=pg_install.bin_dir
+    )
     for member in running.members:
         extra: dict[str, object] = {"callbacks": _callbacks(scripts, member.name)}
         if member.name == "pg-1":
             extra["tags"] = {"failover_priority": 2}
         running.member_extra[member.name] = extra
-    try:
-        running.start_etcd()
-        running.start_member(0)  # pg-0 alone: it bootstraps
+    with started(running, start_first_member):  # pg-0 alone: it bootstraps
         yield running
-    finally:
-        running.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _calls(scripts: Path) -> list[str]:

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -21,7 +18,7 @@ import pytest
 from agent import ctl
 from agent.localcluster import LocalCluster
 from agent.localproc import LocalMember
-from tests.support.cluster import E2E_TIMING, converge, wait_until
+from tests.support.cluster import E2E_TIMING, converge, new_base, started, wait_until
 from tests.support.pgversions import PgInstall
 from tests.support.workload import AppWriter, ensure_table
 
@@ -45,16 +42,11 @@ class Day2Cluster(LocalCluster):
 
 @pytest.fixture(scope="module")
 def cluster(pg_install: PgInstall) -> Iterator[LocalCluster]:
-    base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
     running = Day2Cluster(
-        base=base, size=3, timing=dict(E2E_TIMING), cluster="day2", pg_bin=pg_install.bin_dir
+        base=new_base(), size=3, timing=dict(E2E_TIMING), cluster="day2", pg_bin=pg_install.bin_dir
     )
-    try:
-        running.start()
+    with started(running):
         yield running
-    finally:
-        running.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def pgctl(cluster: LocalCluster, *argv: str) -> tuple[int, str]:

@@ -8,18 +8,15 @@ major would be worse) and logs the refusal in every `ha_cycle` event."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from agent.localcluster import LocalCluster
 from agent.localproc import LocalMember
-from tests.support.cluster import E2E_TIMING, wait_until
+from tests.support.cluster import E2E_TIMING, new_base, started, wait_until
 from tests.support.pgversions import KNOWN, PgInstall, find_install
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -48,9 +45,8 @@ def cluster(pg_install: PgInstall) -> Iterator[MixedCluster]:
         pytest.skip("needs a second PostgreSQL major version installed")
     other = find_install(others[0])
     assert other is not None
-    base = Path(tempfile.mkdtemp(prefix="pgwarden-major-", dir="/tmp"))
     running = MixedCluster(
-        base=base,
+        base=new_base("pgwarden-major-"),
         size=2,
         timing=dict(E2E_TIMING),
         cluster="major",
@@ -58,12 +54,8 @@ def cluster(pg_install: PgInstall) -> Iterator[MixedCluster]:
         other_bin=other.bin_dir,
         majors={"pg-0": pg_install.major, "pg-1": other.major},
     )
-    try:
-        running.start()
+    with started(running):
         yield running
-    finally:
-        running.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _reasons(member: LocalMember) -> list[str]:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -25,7 +22,14 @@ import pytest
 from agent.ctl import run as ctl_run
 from agent.localcluster import LocalCluster
 from agent.postgres.replication import slot_name_for
-from tests.support.cluster import E2E_TIMING, converge, wait_until
+from tests.support.cluster import (
+    E2E_TIMING,
+    converge,
+    new_base,
+    start_first_member,
+    started,
+    wait_until,
+)
 from tests.support.pgversions import PgInstall
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -35,17 +39,13 @@ TTL = E2E_TIMING["ttl_s"]
 
 @pytest.fixture(scope="module")
 def cluster(pg_install: PgInstall) -> Iterator[LocalCluster]:
-    base = Path(tempfile.mkdtemp(prefix="pgwarden-e2e-", dir="/tmp"))
-    running = LocalCluster(base=base, size=3, timing=dict(E2E_TIMING), pg_bin=pg_install.bin_dir)
+    running = LocalCluster(
+        base=new_base(), size=3, timing=dict(E2E_TIMING), pg_bin=pg_install.bin_dir
+    )
     running.member_extra["pg-1"] = {"tags": {"clonefrom": True, "noloadbalance": True}}
     running.member_extra["pg-2"] = {"tags": {"replicatefrom": "pg-1"}}
-    try:
-        running.start_etcd()
-        running.start_member(0)
+    with started(running, start_first_member):
         yield running
-    finally:
-        running.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def _fetch(port: int, sql: str) -> list[asyncpg.Record]:

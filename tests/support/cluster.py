@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -24,6 +24,8 @@ from tests.support.etcd import EtcdCluster, etcd_cluster, make_tls_files
 from tests.support.pgversions import DEBIAN_15_BIN, PgInstall
 from tests.support.tls import ClusterPki
 from tests.support.workload import MemberWriter, WriterLog
+
+_C = TypeVar("_C", bound=LocalCluster)
 
 # Short timings so that lease expiry scenarios take seconds; the timing rule still holds:
 # loop_wait + 2 * retry_timeout + fence_margin = 1 + 3 + 1 <= ttl.
@@ -137,13 +139,35 @@ def local_cluster(
         if api_tls or pg_tls or etcd_tls
         else LocalCluster(**common)
     )
+    with started(running) as ready:
+        yield ready
+
+
+def start_first_member(running: LocalCluster) -> None:
+    """The DCS and member 0 alone (it bootstraps); the test starts the others."""
+    running.start_etcd()
+    running.start_member(0)
+
+
+def new_base(prefix: str = "pgwarden-e2e-") -> Path:
+    """A new directory under /tmp for a cluster's files (`started` removes it)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@contextmanager
+def started(running: _C, start: Callable[[_C], None] | None = None) -> Iterator[_C]:
+    """`running` started (all of it, or what `start(running)` starts), then, whatever
+    happened, stopped and its base directory removed."""
     try:
-        running.start()
+        if start is None:
+            running.start()
+        else:
+            start(running)
         yield running
     finally:
         running.stop()
         if not _keep_on_failure():
-            shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(running.base, ignore_errors=True)
 
 
 def _keep_on_failure() -> bool:
