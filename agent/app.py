@@ -30,6 +30,7 @@ from agent.dcs.base import Dcs
 from agent.fence import FenceClient
 from agent.logging import bind_member, configure_logging
 from agent.loop import HaLoop
+from agent.looplag import watch_event_loop_lag
 from agent.metrics import Metrics
 from agent.model import AgentStatus
 from agent.peers import HttpPeers
@@ -204,6 +205,7 @@ async def run_agent(settings: Settings) -> int:
     events_task = (
         asyncio.create_task(events.run(), name="kube-events") if events is not None else None
     )
+    lag_task = asyncio.create_task(watch_event_loop_lag(clock, metrics), name="event-loop-lag")
     exit_code = 0
     try:
         await ha_task
@@ -216,7 +218,7 @@ async def run_agent(settings: Settings) -> int:
             ev_loop.remove_signal_handler(sig)
         if events is not None:  # the hand-over on SIGTERM is reported before we exit
             await events.flush(_EVENTS_FLUSH_S)
-        for task in (label_task, renewal_task, events_task):
+        for task in (label_task, renewal_task, events_task, lag_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -27,6 +27,9 @@ _CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 _CALLBACK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # A DCS request on a healthy network takes about a millisecond (FACTS.md).
 _DCS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The event loop's lag: well under a millisecond idle, a few ms on a busy machine (FACTS.md);
+# seconds mean every deadline of the agent slips by as much.
+_LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 def _value(number: float | None) -> float:
@@ -174,6 +177,12 @@ class Metrics:
             buckets=_CYCLE_BUCKETS,
             registry=r,
         )
+        self._loop_lag = Histogram(
+            f"{p}_event_loop_lag_seconds",
+            "How much later than due the agent's event loop ran a periodic sleeper",
+            buckets=_LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         self._dcs_latency = Histogram(
             f"{p}_dcs_request_duration_seconds",
             "Duration of DCS requests",
@@ -279,6 +288,10 @@ class Metrics:
 
     def observe_cycle(self, seconds: float) -> None:
         self._cycle.observe(seconds)
+
+    def observe_event_loop_lag(self, seconds: float) -> None:
+        """One overshoot of the periodic sleeper (agent/looplag.py)."""
+        self._loop_lag.observe(seconds)
 
     def observe_dcs(self, operation: str, seconds: float, ok: bool) -> None:
         """One DCS request (`operation` is a method name such as `get_cluster`)."""

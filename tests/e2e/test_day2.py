@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from collections.abc import Iterator
 
@@ -140,7 +141,11 @@ async def test_a_restart_only_parameter_is_pending_until_a_pending_rolling_resta
         health = await cluster.health(session, old)
         assert health is not None and "shared_buffers" in health["pending_restart"]  # type: ignore[operator]
         async with session.get(cluster.members[old].api_url + "/metrics") as response:
-            assert "pgwarden_pending_restart 1.0" in await response.text()
+            exposition = await response.text()
+        assert "pgwarden_pending_restart 1.0" in exposition
+        # The agent's event-loop lag watcher runs (agent/looplag.py, one sample a second).
+        lag_count = re.search(r"^pgwarden_event_loop_lag_seconds_count (\S+)$", exposition, re.M)
+        assert lag_count is not None and float(lag_count.group(1)) >= 1, exposition
 
         await ensure_table("127.0.0.1", cluster.members[old].pg_port)
         writer.start()
