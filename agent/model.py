@@ -374,20 +374,23 @@ class RestartSchedule:
     in_place: bool = False
     done: tuple[MemberName, ...] = ()
     current: MemberName | None = None
+    # The leader's timeline when it marked itself `current` to hand over: found leading on a
+    # later one, it was restarted (as a standby) and promoted since, not left unrestarted.
+    current_timeline: int | None = None
     version: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "members": list(self.members),
-                "scheduled_at": self.scheduled_at,
-                "pending": self.pending,
-                "in_place": self.in_place,
-                "done": list(self.done),
-                "current": self.current,
-            },
-            sort_keys=True,
-        )
+        data: dict[str, object] = {
+            "members": list(self.members),
+            "scheduled_at": self.scheduled_at,
+            "pending": self.pending,
+            "in_place": self.in_place,
+            "done": list(self.done),
+            "current": self.current,
+        }
+        if self.current_timeline is not None:
+            data["current_timeline"] = self.current_timeline
+        return json.dumps(data, sort_keys=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -626,6 +629,7 @@ def parse_restart(raw: RawRecord) -> RestartSchedule:
         in_place=data.get("in_place") is True,
         done=tuple(MemberName(_str(n, "done")) for n in _list(data, "done")),
         current=MemberName(_str(current, "current")) if current is not None else None,
+        current_timeline=_int_or_none(data.get("current_timeline")),
         version=raw.version,
     )
 

@@ -8,11 +8,12 @@ Rolling restart (the DCS `restart` record, model.RestartSchedule), once it is du
   the next one go. Members without a DCS record are skipped; with `pending`, a member with
   nothing waiting for a restart only marks itself done;
 - the leader goes last: by a hand-over (switchover) to a replica that streams from it caught
-  up, which restarts it as a standby (it marks itself `current` first, and clears it once it
-  streams from the new leader, which then deletes the record; a leader that finds itself
-  `current` again lost its hand-over and restarts in place), or in place (`in_place`, or
-  when a hot-standby minimum goes down: agent/pgparams.py) by the long action
-  `RestartPrimary` (agent/inplace.py: checkpoint, stop, start, the lease renewed meanwhile).
+  up, which restarts it as a standby (it marks itself `current`, with its timeline, first,
+  and clears it once it streams from the new leader, which then deletes the record; a leader
+  that finds itself `current` again lost its hand-over and restarts in place, unless it runs
+  on a later timeline than it marked: promoted again since, so restarted already), or in
+  place (`in_place`, or when a hot-standby minimum goes down: agent/pgparams.py) by the long
+  action `RestartPrimary` (agent/inplace.py: checkpoint, stop, start, the lease renewed meanwhile).
   The leader deletes the record when nobody is left.
 """
 
@@ -34,7 +35,7 @@ from agent.actions import (
 )
 from agent.decide.candidates import choose_handover
 from agent.decide.state import Memory, Observation
-from agent.model import LocalRequestKind, MemberName
+from agent.model import LocalRequestKind, MemberName, RestartSchedule
 from agent.pgparams import dynamic_for, hot_standby_decrease
 from agent.settings import Settings
 
@@ -93,6 +94,12 @@ def restart_step(obs: Observation, memory: Memory, settings: Settings) -> Step |
             write = SetRestartSchedule(schedule=cleared, expected_version=schedule.version)
             return (write,), "rolling restart: streaming again after the restart", memory
         if i_lead and schedule.current == me:
+            if _promoted_since(schedule, local.timeline):
+                # The hand-over happened (we ran as the new leader's standby: restarted), but
+                # that leader went before we streamed from it and cleared `current`, and we
+                # won the race again: nothing left to restart.
+                why = "rolling restart: restarted by the hand-over, leading again; done"
+                return (delete,), why, memory
             # Our hand-over did not happen (it ran, or would have, as a long action): we
             # still lead, so restart in place instead.
             stop = RestartPrimary()
@@ -143,7 +150,12 @@ def _leader_turn(obs: Observation, memory: Memory, settings: Settings, *, listed
         # Kept, marking us: once we stream from the new leader we clear `current` and it
         # deletes the record; if we still lead afterwards, the hand-over failed.
         me = MemberName(settings.name)
-        mark = replace(view.restart, done=(*view.restart.done, me), current=me)
+        mark = replace(
+            view.restart,
+            done=(*view.restart.done, me),
+            current=me,
+            current_timeline=local.timeline,
+        )
         write = SetRestartSchedule(schedule=mark, expected_version=view.restart.version)
         return (
             (write, HandOver(candidate=candidate.name)),
@@ -156,3 +168,11 @@ def _leader_turn(obs: Observation, memory: Memory, settings: Settings, *, listed
         return (delete, stop), why, done
     why = f"rolling restart: waiting for {candidate.name} to stream from us caught up"
     return (), why, replace(memory, handover_wait_since=since)
+
+
+def _promoted_since(schedule: RestartSchedule, timeline: int | None) -> bool:
+    """We run on a later timeline than when we marked ourselves `current` to hand over: we
+    were promoted since, so our PostgreSQL was restarted (a primary becomes a standby only
+    through a stop)."""
+    marked = schedule.current_timeline
+    return marked is not None and timeline is not None and timeline > marked

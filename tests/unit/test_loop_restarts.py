@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from agent.callback_settings import CallbackEvent, CallbackSettings
+from agent.callbacks import CallbackResult
 from agent.model import LocalRequestKind, MemberName, PgConfig, RecordKind, RestartSchedule
 from agent.postgres.process import StopMode
 from tests.unit.fakes.loop_cluster import LoopCluster
@@ -252,3 +254,25 @@ async def test_a_primary_that_came_up_after_its_fencing_deadline_is_stopped_at_o
     assert not node.pg.is_primary
     assert node.pg.stops[-1] is StopMode.IMMEDIATE
     c.check_invariants()
+
+
+async def test_a_leader_that_won_again_after_its_restart_hand_over_is_not_restarted_again() -> None:
+    # Review R2: a hands over to b for its turn; b's pre_promote vetoes before a streamed
+    # from it (so a never cleared `current`); a wins the race and is promoted again. Its
+    # PostgreSQL was restarted by the hand-over: no second restart in place.
+    veto = CallbackSettings(pre_promote="/cb")
+    c = LoopCluster(("a", "b"), callbacks=veto)
+    leader = await c.bootstrap()
+    assert leader == "a"
+    a, b = c["a"], c["b"]
+    b.callbacks.script(CallbackEvent.PRE_PROMOTE, CallbackResult.FAILED)
+    stops = len(a.pg.stops)
+    schedule = RestartSchedule(members=(MemberName("a"),), scheduled_at=c.clock.wall())
+    assert await a.dcs.write_record(RecordKind.RESTART, schedule.to_json(), expected_version=None)
+    await c.run_until(lambda: b.callbacks.events(CallbackEvent.PRE_PROMOTE) == ["replica"])
+    await c.run_until(lambda: c.leader() == "a" and a.pg.is_primary, limit_s=60)
+    for _ in range(10):
+        await c.round()
+    assert c.store.get_raw("restart") is None
+    assert len(a.pg.stops) == stops + 1  # the hand-over's stop, and no restart in place
+    assert a.pg.is_primary and c.leader() == "a"
