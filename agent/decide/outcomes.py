@@ -80,7 +80,12 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return replace(
                 memory, slots=names, permanent_slots=permanent, synchronized_slots=synchronized
             )
-        case SetSyncStandbyNames() | SetSyncRecord() | SetConfig() | SetFailsafeRecord():
+        case SetSyncStandbyNames(standbys=standbys):
+            if outcome.ok:
+                return replace(memory, sync_unreloaded=None)
+            # The ALTER SYSTEM may have happened without the reload: the file holds it.
+            return replace(memory, sync_unreloaded=standbys, sync_effective=None)
+        case SetSyncRecord() | SetConfig() | SetFailsafeRecord():
             return memory
         case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover():
             return memory

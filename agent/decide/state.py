@@ -110,6 +110,11 @@ class Memory:
     # Leader: the synchronous_standby_names value PostgreSQL was first seen to run with, and
     # our WAL position then; every commit acknowledged before lies at or below that position.
     sync_effective: tuple[SyncStandbys, Lsn] | None = None
+    # Leader: a synchronous_standby_names value ALTER SYSTEM may have left in
+    # postgresql.auto.conf without the reload that applies it (SetSyncStandbyNames failed
+    # between its two statements): any SIGHUP may apply it, so the `sync` record keeps
+    # covering it until a SetSyncStandbyNames succeeds.
+    sync_unreloaded: SyncStandbys | None = None
     # Leader, failsafe mode: the members to consult over REST when the DCS is unreachable
     # (name, api_url): the `failsafe` record it read naming it, plus what it is writing there.
     # None: failsafe cannot be used (mode off, or the record naming us not read back yet).

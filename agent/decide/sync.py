@@ -190,7 +190,10 @@ def plan_sync(
     record = view.sync
     desired = desired_standbys(view, local, settings)
     want, now, recorded = claim_of(desired), claim_of(current, exclude=me), record_claim(record)
-    if not _same(current, desired):
+    unreloaded, memory = _unreloaded(current, desired, memory)
+    if unreloaded is not None:
+        now = combine(now, claim_of(unreloaded, exclude=me))
+    if not _same(current, desired) or unreloaded is not None:
         memory = replace(memory, sync_effective=None)
         need = combine(now, want)
         if not covers(recorded, need) or (record is not None and record.leader != me):
@@ -223,6 +226,21 @@ def plan_sync(
     if not covers(recorded, want):
         return _sync_record(me, combine(recorded, want), record), memory
     return None, memory
+
+
+def _unreloaded(
+    current: SyncStandbys, desired: SyncStandbys, memory: Memory
+) -> tuple[SyncStandbys | None, Memory]:
+    """A value a failed change left in postgresql.auto.conf that any SIGHUP may apply and
+    that differs from the desired one: the record covers it as if it ran, and the desired
+    value is set again (overwriting the file) before any narrowing. Forgotten once it runs
+    (the file then holds what runs, whatever the failed change did)."""
+    unreloaded = memory.sync_unreloaded
+    if unreloaded is not None and _same(current, unreloaded):
+        return None, replace(memory, sync_unreloaded=None)
+    if unreloaded is not None and _same(unreloaded, desired):
+        return None, memory
+    return unreloaded, memory
 
 
 def _sync_record(

@@ -475,3 +475,32 @@ def test_the_record_never_drops_a_standby_postgresql_still_waits_for(
             assert record is not None and record.quorum > 0, (ssn, record)
             assert promised <= set(record.members), (ssn, record)
             assert record.quorum <= min(ssn.count, len(promised)), (ssn, record)
+
+
+def test_a_failed_change_of_synchronous_standby_names_stays_covered_until_overwritten() -> None:
+    # Review R8: ALTER SYSTEM wrote c into postgresql.auto.conf, the reload that applies it
+    # failed. Any later SIGHUP (a reload of other settings) may apply it, so the record must
+    # keep covering c until the file is rewritten, even once PostgreSQL runs what is wanted.
+    cluster = sync_view("a", ME_PRIMARY, C, record=rec("a", "b", "c"))
+    decision, memory = decide(obs(cluster, primary(B_ONLY, row("c"))), LEASED, A)
+    change = SetSyncStandbyNames(standbys=C_ONLY)
+    assert change in decision.actions
+    failed = Outcome(action=change, result=Result.LOST, sent_at=NOW)
+    memory = record_outcome(memory, failed, A)
+    # c went away and b is back: what PostgreSQL runs (b) is wanted again.
+    back = sync_view("a", ME_PRIMARY, B, record=rec("a", "b", "c"))
+    settled = primary(B_ONLY, row("b", flush=2000, sync_state=StandbySyncState.SYNC), wal=1000)
+    for _ in range(3):
+        decision, memory = decide(obs(back, settled), memory, A)
+        for action in decision.actions:
+            if isinstance(action, SetSyncRecord):
+                assert "c" in action.record.members  # never narrowed while c may apply
+    assert SetSyncStandbyNames(standbys=B_ONLY) in decision.actions
+    # Once the file holds what runs, the record narrows as usual.
+    done = Outcome(action=SetSyncStandbyNames(standbys=B_ONLY), result=Result.OK, sent_at=NOW)
+    memory = record_outcome(memory, done, A)
+    steps = []
+    for _ in range(2):
+        decision, memory = decide(obs(back, settled), memory, A)
+        steps += [a for a in decision.actions if isinstance(a, SetSyncRecord)]
+    assert steps and steps[-1].record.members == ("b",)
