@@ -167,3 +167,36 @@ async def test_a_restart_only_parameter_is_pending_until_a_pending_rolling_resta
 
         await wait_until(none_pending, timeout=10, what="nobody pending restart")
         print(f"rolling restart: {restarted_in:.2f} s, longest write gap {gap:.3f} s")
+
+
+async def postmaster_started(port: int) -> str | None:
+    try:
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=3
+        )
+    except (OSError, asyncpg.PostgresError):
+        return None
+    try:
+        return str(await conn.fetchval("SELECT pg_postmaster_start_time()"))
+    finally:
+        await conn.close()
+
+
+async def test_post_restart_on_the_leader_restarts_it_in_place_and_keeps_the_lease(
+    cluster: LocalCluster,
+) -> None:
+    # The real RestartPrimary path (checkpoint, fast stop, start as primary) while the loop
+    # renews the lease: the same leader afterwards, on a new postmaster, no failover.
+    leader = await converge(cluster, timeout=60)
+    port = cluster.members[leader].pg_port
+    before = await postmaster_started(port)
+    assert before is not None
+    async with aiohttp.ClientSession() as session:
+        status, body = await cluster.post(session, leader, "/restart", {})
+        assert status == 202, body
+
+        async def restarted() -> bool:
+            return await postmaster_started(port) not in (None, before)
+
+        await wait_until(restarted, timeout=30, what="the leader's PostgreSQL restarted")
+        assert await converge(cluster, timeout=30) == leader
