@@ -203,3 +203,31 @@ async def test_a_replica_whose_agent_restarted_after_the_leader_died_does_not_wi
     assert "promote" not in b.pg.calls
     assert c.leader() is None
     assert "maximum_lag_on_failover_bytes" in b.loop.status().last_reason
+
+
+async def test_an_idle_leader_writes_its_position_once_and_a_busy_one_at_most_once_a_cycle() -> (
+    None
+):
+    c = LoopCluster()
+    await c.bootstrap()
+    a = c["a"]
+
+    def version() -> int | None:
+        entry = c.store._entry("position")
+        return entry.mod_revision if entry is not None else None
+
+    written = version()
+    assert written is not None
+    for _ in range(30):  # a minute of idle rounds: not one write
+        await c.round()
+        assert version() == written
+    writes: int = 0
+    last: int | None = written
+    limit = a.settings.ha.maximum_lag_on_failover_bytes
+    rounds = 30
+    for _ in range(rounds):  # a heavy write load: past the lag limit every second
+        a.pg.write(2 * limit // WRITE_BYTES)
+        await c.round()
+        if version() != last:
+            writes, last = writes + 1, version()
+    assert 0 < writes <= rounds / a.settings.timing.loop_wait_s
