@@ -5,6 +5,9 @@ record carries it, so `/cluster` shows every member's; `/health` and the metrics
 member's, with the age of the last archived segment computed when they are served (the
 record keeps instants, which change once per segment, not every cycle).
 
+Also here: `BackupPg`, where pgBackRest finds a member's PostgreSQL (published in its record
+for backups from a standby, agent/api/backup.py).
+
 Pure: values and their JSON forms, no I/O.
 """
 
@@ -114,3 +117,29 @@ def archiving_view(stats: ArchiverStats | None, wall_now: float) -> dict[str, ob
         "last_failed_wal": stats.last_failed_wal,
         "last_failed_at": _iso(stats.last_failed_at),
     }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupPg:
+    """Where pgBackRest finds a member's PostgreSQL on that member's host: its data directory,
+    socket directory and superuser (the port is the member record's). Published in the member
+    record when pgBackRest is configured, so that a standby on the same host can take a
+    backup (pgBackRest's backup-standby needs the primary as a second `pg` of its stanza)."""
+
+    path: str
+    socket_path: str
+    user: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "socket_path": self.socket_path, "user": self.user}
+
+    @classmethod
+    def from_dict(cls, data: object) -> BackupPg | None:
+        """Tolerant: None for anything but an object of three strings."""
+        if not isinstance(data, dict):
+            return None
+        values = [data.get(key) for key in ("path", "socket_path", "user")]
+        if not all(isinstance(v, str) and v for v in values):
+            return None
+        path, socket_path, user = (str(v) for v in values)
+        return cls(path=path, socket_path=socket_path, user=user)

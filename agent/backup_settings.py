@@ -16,6 +16,8 @@ from typing import Final
 
 from agent.value_rules import ConfigProblem, InvalidSettings
 
+_STANZA: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
 
 class ReplicaMethod(StrEnum):
     """How a member without data makes itself a replica."""
@@ -86,7 +88,7 @@ class PgBackRestSettings:
             yield ConfigProblem("repo_path", "must be an absolute path")
         if self.repo_type not in REPO_TYPES:
             yield ConfigProblem("repo_type", "must be one of " + ", ".join(REPO_TYPES))
-        if self.stanza is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.stanza):
+        if self.stanza is not None and not _STANZA.fullmatch(self.stanza):
             yield ConfigProblem("stanza", "must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if not os.path.isabs(self.command):
             yield ConfigProblem("command", "must be an absolute path")
@@ -109,6 +111,8 @@ class BootstrapSettings:
     `recovery_target_time`, `recovery_target_lsn` (at most one), else the archive's end."""
 
     method: BootstrapMethod = BootstrapMethod.INITDB
+    # The stanza restored from (the source cluster's); the new cluster archives into its own.
+    stanza: str | None = None
     recovery_target_time: str | None = None
     recovery_target_lsn: str | None = None
 
@@ -123,6 +127,10 @@ class BootstrapSettings:
             yield ConfigProblem("recovery_target_lsn", "set a target time or an LSN, not both")
         if (time is not None or lsn is not None) and self.method != BootstrapMethod.PGBACKREST:
             yield ConfigProblem("method", "a recovery target needs method: pgbackrest")
+        if self.stanza is not None and self.method != BootstrapMethod.PGBACKREST:
+            yield ConfigProblem("stanza", "only with method: pgbackrest")
+        if self.stanza is not None and not _STANZA.fullmatch(self.stanza):
+            yield ConfigProblem("stanza", "must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if time is not None and (not time.strip() or "\n" in time or "'" in time):
             yield ConfigProblem(
                 "recovery_target_time", "must be a timestamp (2026-12-04 22:00:00+00)"
@@ -147,8 +155,11 @@ def backup_problems(
     pgbackrest: PgBackRestSettings | None,
     methods: tuple[ReplicaMethod, ...],
     bootstrap: BootstrapSettings,
+    *,
+    cluster: str,
 ) -> Iterator[ConfigProblem]:
-    """The rules across the three: a method that restores needs a repository."""
+    """The rules across the three: a method that restores needs a repository; a bootstrap
+    from a backup names the source's stanza, which is not the cluster's own."""
     if not methods:
         yield ConfigProblem("create_replica_methods", "must name at least one method")
     if len(set(methods)) != len(methods):
@@ -157,3 +168,21 @@ def backup_problems(
         yield ConfigProblem("create_replica_methods", "pgbackrest needs the pgbackrest section")
     if pgbackrest is None and bootstrap.method == BootstrapMethod.PGBACKREST:
         yield ConfigProblem("bootstrap.method", "pgbackrest needs the pgbackrest section")
+    if pgbackrest is None or bootstrap.method != BootstrapMethod.PGBACKREST:
+        return
+    own = pgbackrest.stanza or cluster
+    if bootstrap.stanza is None:
+        yield ConfigProblem(
+            "bootstrap.stanza",
+            "required with method: pgbackrest: the stanza of the cluster to restore from",
+        )
+    elif bootstrap.stanza == own:
+        # A source cluster still running would archive into the same stanza as the restored
+        # one (same system identifier): history files of both branches in one archive, and
+        # a replica restored from it may follow the other cluster's timeline (review R5).
+        yield ConfigProblem(
+            "bootstrap.stanza",
+            f"must differ from this cluster's own stanza {own!r} (pgbackrest.stanza, by default "
+            "the cluster name): the restored cluster archives into a stanza of its own, never "
+            "into the one it restores from",
+        )

@@ -39,6 +39,7 @@ from agent.model import (
     Role,
 )
 from agent.peers import Peers, check_peers
+from agent.postgres import pgbackrest
 from agent.postgres.control import PostgresControl
 from agent.settings import Settings
 from agent.status import CycleValues, member_of_status, status_of
@@ -313,7 +314,9 @@ class HaLoop:
         )
         if view is None:
             return
-        self._unpublished = member_of_status(self._status, local, self.settings)
+        self._unpublished = member_of_status(
+            self._status, local, self.settings, backup_pg=pgbackrest.backup_pg(self.settings)
+        )
         if self._publish_task is None or self._publish_task.done():
             self._publish_task = asyncio.create_task(
                 self._publish_member(), name="dcs-publish-member"

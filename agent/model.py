@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import NewType, TypeVar
 
-from agent.archiving import ArchiverStats, stats_from_dict
+from agent.archiving import ArchiverStats, BackupPg, stats_from_dict
 from agent.slot_config import PermanentSlot, SlotState, parse_slots, slots_to_json
 
 _T = TypeVar("_T")
@@ -262,12 +262,14 @@ class Member:
     upstream: MemberName | None = None
     archiver: ArchiverStats | None = None  # WAL archiving (agent/archiving.py)
     pg_major: int | None = None  # the major version of its PostgreSQL binaries, if known
+    backup_pg: BackupPg | None = None  # with pgBackRest: its PostgreSQL for pgBackRest
     version: str = ""  # the DCS's version of this record; not part of the payload
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 **({"archiver": self.archiver.to_dict()} if self.archiver else {}),
+                **({"backup_pg": self.backup_pg.to_dict()} if self.backup_pg else {}),
                 "pending_restart": list(self.pending_restart),
                 "hot_standby": dict(self.hot_standby),
                 "pg_major": self.pg_major,
@@ -693,6 +695,7 @@ def parse_member(name: str, raw: RawRecord) -> Member:
         upstream=_name_or_none(data.get("upstream"), "upstream"),
         archiver=stats_from_dict(archiver) if isinstance(archiver, dict) else None,
         pg_major=_int_or_none(data.get("pg_major")),
+        backup_pg=BackupPg.from_dict(data.get("backup_pg")),
         version=raw.version,
     )
 

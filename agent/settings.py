@@ -272,7 +272,9 @@ class Settings:
         yield from absolute("run_dir", self.run_dir)
         if self.tags.replicatefrom is not None and self.tags.replicatefrom == name:
             yield ConfigProblem("tags.replicatefrom", "must name another member, not this one")
-        yield from backup_problems(self.pgbackrest, self.create_replica_methods, self.bootstrap)
+        yield from backup_problems(
+            self.pgbackrest, self.create_replica_methods, self.bootstrap, cluster=self.cluster
+        )
         api, pg = self.api, self.postgresql
         if api.port == pg.port and api.listen_host == pg.listen_host:
             yield ConfigProblem(

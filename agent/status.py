@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.actions import Action, Bootstrap, Clone, Decision, Rewind
+from agent.archiving import BackupPg
 from agent.decide import (
     Memory,
     Pending,
@@ -135,8 +136,14 @@ def status_of(c: CycleValues, settings: Settings) -> AgentStatus:
     )
 
 
-def member_of_status(status: AgentStatus, local: LocalState, settings: Settings) -> Member:
-    """This member's DCS record after a cycle."""
+def member_of_status(
+    status: AgentStatus,
+    local: LocalState,
+    settings: Settings,
+    *,
+    backup_pg: BackupPg | None = None,
+) -> Member:
+    """This member's DCS record after a cycle (`backup_pg`: agent/postgres/pgbackrest.py)."""
     s = settings
     return Member(
         name=MemberName(s.name),
@@ -169,4 +176,5 @@ def member_of_status(status: AgentStatus, local: LocalState, settings: Settings)
         hot_standby=local.hot_standby,
         upstream=status.upstream,
         archiver=local.archiver,
+        backup_pg=backup_pg,
     )

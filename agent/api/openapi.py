@@ -182,7 +182,8 @@ def _paths() -> dict[str, Schema]:
     paths["/backup"] = {
         "get": _view("Whether a backup runs on this member, and the last one", "BackupStatus"),
         "post": _mutating(
-            "Take a pgBackRest backup of this member (the primary)",
+            "Take a pgBackRest backup: of this member's PostgreSQL on the primary, or from this"
+            " streaming replica (backup-standby, the primary on the same host)",
             "BackupRequest",
             False,
             "202",

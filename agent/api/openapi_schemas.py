@@ -86,6 +86,9 @@ _ARCHIVING: Final = {
 _BACKUP_RUN: Final = _obj(
     {
         "type": {"enum": ["full", "incr", "diff"]},
+        "member": STR,
+        "source": {"enum": ["primary", "standby"]},
+        "primary": _NULL_STR,
         "started_at": {"type": "number"},
         "finished_at": _NULL_NUM,
         "ok": {"type": ["boolean", "null"]},

@@ -409,6 +409,14 @@ FIELDS: Final[tuple[Field, ...]] = (
               "then clone from this one. A target the archive cannot reach fails the bootstrap "
               "with PostgreSQL's reason and leaves the data directory empty and the cluster "
               "uninitialized."),
+    Field(path="bootstrap.stanza", kind=_S,
+          rule="Required with `method: pgbackrest`; 1-64 characters of `A-Z a-z 0-9 _ . -`; "
+               "not this cluster's own stanza (`pgbackrest.stanza`, by default the cluster "
+               "name).",
+          doc="The stanza restored from: the source cluster's. The restored cluster archives "
+              "into its own stanza, never into this one, so that a source cluster still "
+              "running and the new one do not push WAL and history files into one archive "
+              "(after a disaster, give the restored cluster a new `pgbackrest.stanza`)."),
     Field(path="bootstrap.recovery_target_time", kind=_S,
           rule="A timestamp with a time zone; not with `recovery_target_lsn`; only with "
                "`method: pgbackrest`.",

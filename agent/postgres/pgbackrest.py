@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
+from agent.archiving import BackupPg
 from agent.backup_settings import PgBackRestSettings
 from agent.postgres import replication
 from agent.postgres.osfiles import PostgresError, ensure_dir, run_as, write_file
@@ -40,11 +42,42 @@ def stanza_of(settings: Settings) -> str:
     return (backrest.stanza if backrest is not None else None) or settings.cluster
 
 
+def standby_conf_path(run_dir: str) -> str:
+    """The configuration of a backup from this standby (the primary as pg2); archive-push
+    and archive-get keep reading pgbackrest.conf."""
+    return os.path.join(conf_dir(run_dir), "backup-standby.conf")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrimaryPg:
+    """The primary, for a backup from a standby: its BackupPg and port (its member record)."""
+
+    pg: BackupPg
+    port: int
+
+
+def backup_pg(settings: Settings) -> BackupPg | None:
+    """Where pgBackRest finds our PostgreSQL on this host (only with pgBackRest configured)."""
+    if settings.pgbackrest is None:
+        return None
+    pg = settings.postgresql
+    return BackupPg(
+        path=pg.data_dir, socket_path=replication.socket_dir(pg), user=pg.superuser.username
+    )
+
+
 def render_conf(
-    backrest: PgBackRestSettings, pg: PostgresSettings, *, stanza: str, run_dir: str
+    backrest: PgBackRestSettings,
+    pg: PostgresSettings,
+    *,
+    stanza: str,
+    run_dir: str,
+    primary: PrimaryPg | None = None,
 ) -> str:
     """pgbackrest.conf: the repository and the user's options in [global], this member's
-    PostgreSQL in [<stanza>]. Pure."""
+    PostgreSQL in [<stanza>]; with `primary`, a backup from this standby: `backup-standby`
+    and the primary as pg2 (on this host: pgBackRest reaches it by its path and socket).
+    Pure."""
     base = conf_dir(run_dir)
     lines = [
         "# Written by pgwarden before every pgBackRest command; edits are lost.",
@@ -66,6 +99,14 @@ def render_conf(
         f"pg1-socket-path={replication.socket_dir(pg)}",
         f"pg1-user={pg.superuser.username}",
     ]
+    if primary is not None:
+        lines.insert(lines.index(""), "backup-standby=y")
+        lines += [
+            f"pg2-path={primary.pg.path}",
+            f"pg2-port={primary.port}",
+            f"pg2-socket-path={primary.pg.socket_path}",
+            f"pg2-user={primary.pg.user}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -122,12 +163,25 @@ async def stanza_create(settings: Settings, *, timeout_s: float = 60.0) -> None:
     await run(settings, ["stanza-create"], timeout_s=timeout_s, what="pgbackrest stanza-create")
 
 
-async def backup(settings: Settings, kind: BackupType) -> None:
-    """A backup of the local PostgreSQL (a primary) into the repository."""
-    backrest = settings.pgbackrest
-    timeout_s = backrest.backup_timeout_s if backrest is not None else 60.0
-    await run(settings, [f"--type={kind.value}", "backup"], timeout_s=timeout_s,
-              what="pgbackrest backup")  # fmt: skip
+async def backup(settings: Settings, kind: BackupType, primary: PrimaryPg | None = None) -> None:
+    """A backup into the repository: of the local PostgreSQL when it is the primary (None);
+    from it, a standby, with `primary` (most files are copied from here, the backup starts
+    and stops on the primary)."""
+    backrest = write_conf(settings)
+    command = _base_command(settings, backrest)
+    if primary is not None:
+        path = standby_conf_path(settings.run_dir)
+        text = render_conf(
+            backrest,
+            settings.postgresql,
+            stanza=stanza_of(settings),
+            run_dir=settings.run_dir,
+            primary=primary,
+        )
+        write_file(path, text, run_as(settings.postgresql))
+        command[1] = f"--config={path}"
+    await run_tool(settings.postgresql, [*command, f"--type={kind.value}", "backup"],
+                   timeout_s=backrest.backup_timeout_s, what="pgbackrest backup")  # fmt: skip
 
 
 async def restore_standby(settings: Settings, *, timeout_s: float) -> None:
@@ -138,17 +192,29 @@ async def restore_standby(settings: Settings, *, timeout_s: float) -> None:
     os.chmod(settings.postgresql.data_dir, 0o700)
 
 
+def source_conf_path(run_dir: str) -> str:
+    """The configuration of a bootstrap's restore: the source's stanza (`bootstrap.stanza`)."""
+    return os.path.join(conf_dir(run_dir), "bootstrap-source.conf")
+
+
 async def restore_for_bootstrap(settings: Settings, *, timeout_s: float) -> None:
-    """Restore into the (empty) data directory for a new cluster: to the bootstrap target
-    (time or LSN, inclusive) or to the end of the archive, promoting once it is reached
-    (recovery.signal, the recovery target settings in postgresql.auto.conf)."""
+    """Restore into the (empty) data directory for a new cluster, from the source's stanza
+    (`bootstrap.stanza`): to the bootstrap target (time or LSN, inclusive) or to the end of
+    the archive, promoting once it is reached (recovery.signal, the recovery target settings
+    and a restore_command reading the source's archive in postgresql.auto.conf)."""
     target = settings.bootstrap.target
     args = ["--target-action=promote"]
     if target is not None:
         args += [f"--type={target[0]}", f"--target={target[1]}"]
     else:
         args = ["--type=default"]
-    await run(settings, [*args, "restore"], timeout_s=timeout_s, what="pgbackrest restore")
+    backrest = write_conf(settings)
+    source = settings.bootstrap.stanza or stanza_of(settings)
+    path = source_conf_path(settings.run_dir)
+    text = render_conf(backrest, settings.postgresql, stanza=source, run_dir=settings.run_dir)
+    write_file(path, text, run_as(settings.postgresql))
+    command = [backrest.command, f"--config={path}", f"--stanza={source}", *args, "restore"]
+    await run_tool(settings.postgresql, command, timeout_s=timeout_s, what="pgbackrest restore")
     os.chmod(settings.postgresql.data_dir, 0o700)
 
 
@@ -161,6 +227,9 @@ RECOVERY_TARGET_SETTINGS = (
     "recovery_target_inclusive",
     "recovery_target_action",
     "recovery_target_timeline",
+    "restore_command",
 )
 """What a restore for a bootstrap leaves in postgresql.auto.conf and the promoted primary
-must forget: as a standby later (after a failover) it would stop replaying at that target."""
+must forget: as a standby later (after a failover) it would stop replaying at that target,
+and fetch WAL from the source's stanza instead of its own (the agent's configuration file
+sets restore_command, which postgresql.auto.conf would override)."""

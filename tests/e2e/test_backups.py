@@ -1,7 +1,9 @@
 """End to end with pgBackRest (issue 17): WAL archiving on a real cluster, its health in
-/health and the metrics (a read-only repository shows as failing), a backup on the primary,
-a replica re-created from the repository while the primary takes writes, and a new cluster
-bootstrapped from the repository at a point in time between two known commits.
+/health and the metrics (a read-only repository shows as failing), a full backup from a
+replica (`ctl backup`: pgBackRest's backup-standby) and an incremental one on the primary, a
+replica re-created from the repository while the primary takes writes, and a new cluster
+bootstrapped from the repository (a backup taken from a replica) at a point in time between
+two known commits.
 
 On Debian's PostgreSQL 15 (`LocalCluster`'s default), which Debian's pgBackRest 2.45 is
 built for. One repository (a path) and one cluster for the first test; the second destroys
@@ -15,6 +17,7 @@ import io
 import json
 import os
 import pwd
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -103,7 +106,8 @@ async def _archived_through(cluster: LocalCluster, primary: int) -> None:
 
 
 async def _backup(cluster: LocalCluster, primary: int) -> str:
-    """`pgwarden ctl backup` through any member (it finds the primary and waits)."""
+    """`pgwarden ctl backup` through any member (a healthy replica takes it, else the primary;
+    it waits); what it printed."""
     out, err = io.StringIO(), io.StringIO()
     urls = ",".join(m.api_url for m in reversed(cluster.members))
     code = await ctl.run(
@@ -136,14 +140,40 @@ def _set_writable(path: Path, writable: bool) -> None:
             os.chmod(target, mode | 0o200 if writable else mode & ~0o222)
 
 
-async def _replica_refuses_a_backup(cluster: LocalCluster, replica: int) -> None:
+async def _primary_backs_up_itself(cluster: LocalCluster, primary: int) -> None:
+    """POST /backup on the primary: an incremental backup of its own PostgreSQL (what ctl
+    falls back to when no replica can take one; tests/unit/test_api_backup.py)."""
     headers = {"Authorization": f"Bearer {cluster.token}"}
-    async with (
-        cluster.api_session() as session,
-        session.post(cluster.members[replica].api_url + "/backup", json={}, headers=headers) as r,
-    ):
-        assert r.status == 409
-        assert "not the primary" in (await r.json())["error"]
+    url = cluster.members[primary].api_url + "/backup"
+    async with cluster.api_session() as session:
+        async with session.post(url, json={"type": "incr"}, headers=headers) as r:
+            body = await r.json()
+            assert r.status == 202, body
+        assert body["source"] == "primary" and body["member"] == cluster.members[primary].name
+
+        async def done() -> bool:
+            async with session.get(url) as r:
+                status = await r.json()
+            return status["running"] is False
+
+        await wait_until(done, timeout=120, what="the primary's incremental backup")
+        async with session.get(url) as r:
+            last = (await r.json())["last"]
+    assert last["ok"] is True and last["type"] == "incr", last
+
+
+async def _standby_backup(cluster: LocalCluster, primary: int) -> int:
+    """`ctl backup` takes the full backup from a replica (backup-standby); which one."""
+    shown = await _backup(cluster, primary)
+    leader = cluster.members[primary].name
+    found = re.search(
+        rf"full backup from the replica (\S+) \(backup-standby; primary {leader}\) done", shown
+    )
+    assert found is not None, shown
+    index = next(i for i, m in enumerate(cluster.members) if m.name == found.group(1))
+    (done,) = _log_events(cluster, index, "backup_done")
+    assert done.get("ok") is True and done.get("source") == "standby", done
+    return index
 
 
 async def _recreate_under_load(cluster: LocalCluster, primary: int, replica: int) -> None:
@@ -226,10 +256,11 @@ async def test_archiving_backup_and_a_replica_restored_from_the_repository(base:
         await _archived_through(cluster, primary)
         assert (await _archiving(cluster, primary))["failing"] is False
 
-        shown = await _backup(cluster, primary)
-        assert f"full backup on {cluster.members[primary].name} done" in shown
-        replica = (primary + 1) % 3
-        await _replica_refuses_a_backup(cluster, replica)
+        # The full backup from a replica, an incremental one on the primary; the replica
+        # re-created below restores that chain.
+        standby = await _standby_backup(cluster, primary)
+        await _primary_backs_up_itself(cluster, primary)
+        replica = next(i for i in range(3) if i not in (primary, standby))
         await _recreate_under_load(cluster, primary, replica)
         await _read_only_repository_shows(cluster, primary, repo)
     finally:
@@ -266,13 +297,13 @@ async def _source_history(base: Path, repo: Path) -> tuple[str, str, int]:
 async def _unreachable_target_fails(base: Path, repo: Path, unreachable: str) -> None:
     """The bootstrap fails with PostgreSQL's reason and leaves nothing behind (an empty data
     directory, no leader)."""
-    future = {"method": "pgbackrest", "recovery_target_time": unreachable}
+    future = {"method": "pgbackrest", "stanza": "pitr", "recovery_target_time": unreachable}
     doomed = LocalCluster(
         base=base / "future",
         size=1,
         timing=dict(E2E_TIMING),
         cluster="demo",
-        extra={**_backup_config(repo, "pitr"), "bootstrap": future},
+        extra={**_backup_config(repo, "doomed"), "bootstrap": future},
     )
     try:
         doomed.start()
@@ -315,10 +346,11 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
     target, unreachable, old_timeline = await _source_history(base, repo)
     await _unreachable_target_fails(base, repo, unreachable)
 
-    bootstrap = {"method": "pgbackrest", "recovery_target_time": target}
+    # Restored from the source's stanza, archiving into its own (review R5).
+    bootstrap = {"method": "pgbackrest", "stanza": "pitr", "recovery_target_time": target}
     # The other members clone from the new leader (its timeline, not the backup's).
     extra = {
-        **_backup_config(repo, "pitr"),
+        **_backup_config(repo, "restored"),
         "bootstrap": bootstrap,
         "create_replica_methods": ["basebackup"],
     }
@@ -332,5 +364,13 @@ async def test_a_new_cluster_bootstrapped_at_a_time_between_two_commits(base: Pa
         timeline = (await _health(restored, primary)).get("timeline")
         assert isinstance(timeline, int) and timeline > old_timeline
         await _basebackup_member_archives_once_it_leads(restored, primary)
+        # Its timelines' history files went into its own stanza, none into the source's.
+        archive = repo / "archive"
+        # (The source may have made timelines of its own when it shut down: a SIGTERM hands
+        # leadership over; the restored cluster's start past every one of them.)
+        for tl in (timeline, timeline + 1):
+            assert not list((archive / "pitr").rglob(f"{tl:08X}.history*")), tl
+        # (The switchover's: pushed by the new primary, whose stanza existed by then.)
+        assert list((archive / "restored").rglob(f"{timeline + 1:08X}.history*"))
     finally:
         restored.stop()

@@ -27,7 +27,11 @@ def test_pgbackrest_section_loads_with_its_defaults_and_the_cluster_as_stanza(
         tmp_path,
         backup_config(
             create_replica_methods=["pgbackrest", "basebackup"],
-            **{"bootstrap.method": "pgbackrest", "bootstrap.recovery_target_lsn": "0/3000060"},
+            **{
+                "bootstrap.method": "pgbackrest",
+                "bootstrap.stanza": "old-cluster",
+                "bootstrap.recovery_target_lsn": "0/3000060",
+            },
         ),
     )
     assert settings.pgbackrest is not None
@@ -35,6 +39,7 @@ def test_pgbackrest_section_loads_with_its_defaults_and_the_cluster_as_stanza(
     assert settings.create_replica_methods == (ReplicaMethod.PGBACKREST, ReplicaMethod.BASEBACKUP)
     assert settings.bootstrap.method is BootstrapMethod.PGBACKREST
     assert settings.bootstrap.target == ("lsn", "0/3000060")
+    assert settings.bootstrap.stanza == "old-cluster"
     assert pgbackrest.stanza_of(settings) == "demo"
 
 
@@ -82,6 +87,30 @@ def test_restoring_methods_need_the_pgbackrest_section(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, document)
     assert has_problem(problems, "create_replica_methods", "needs the pgbackrest section")
     assert has_problem(problems, "bootstrap.method", "needs the pgbackrest section")
+
+
+def test_a_bootstrap_from_a_backup_restores_from_another_stanza_than_its_own(
+    tmp_path: Path,
+) -> None:
+    # Review R5: restored into the stanza it restores from, the new cluster (the source's
+    # system identifier) would archive beside a source still running.
+    restore = {"bootstrap.method": "pgbackrest"}
+    problems = problems_of(tmp_path, backup_config(**restore))
+    assert has_problem(problems, "bootstrap.stanza", "required with method: pgbackrest")
+    for own in ({}, {"pgbackrest.stanza": "main"}):
+        same = own.get("pgbackrest.stanza", "demo")  # by default the cluster's name
+        problems = problems_of(
+            tmp_path, backup_config(**restore, **own, **{"bootstrap.stanza": same})
+        )
+        assert has_problem(
+            problems, "bootstrap.stanza", f"must differ from this cluster's own stanza {same!r}"
+        )
+    problems = problems_of(tmp_path, backup_config(**{"bootstrap.stanza": "old"}))
+    assert has_problem(problems, "bootstrap.stanza", "only with method: pgbackrest")
+    problems = problems_of(tmp_path, backup_config(**restore, **{"bootstrap.stanza": "no spaces"}))
+    assert has_problem(problems, "bootstrap.stanza", "must be 1-64 characters")
+    settings = load(tmp_path, backup_config(**restore, **{"bootstrap.stanza": "old"}))
+    assert settings.bootstrap.stanza == "old"
 
 
 def test_a_missing_pgbackrest_program_is_refused(tmp_path: Path) -> None:
