@@ -566,9 +566,9 @@ class ChaosCluster:
         return started
 
     def kill_fencer(self, index: int) -> list[int]:
-        """SIGKILL the member's fencer process(es) (`python -m agent.fencer` in its namespace):
-        removes the protection that stops PostgreSQL when the agent is gone, so a scenario can
-        show its assertion depends on it (CHAOS_UNFENCED=1)."""
+        """SIGKILL the member's fencer process(es) (an `agent.fencer` argument, in its
+        namespace): removes the protection that stops PostgreSQL when the agent is gone, so a
+        scenario can show its assertion depends on it (CHAOS_UNFENCED=1)."""
         member = self.members[index]
         done = subprocess.run(
             ["ip", "netns", "pids", member.host.netns],

@@ -6,8 +6,8 @@ The test process is root (the e2e suites run as root); each agent is started wit
 `postgres` user's uid, gid and groups. The venv's interpreter lives under /root (mode 0700),
 which that user cannot enter, so the agents run on Debian's /usr/bin/python3.11 with the
 checkout and the venv's site-packages on PYTHONPATH (the same CPython minor version: the
-compiled extension modules load). The fencer inherits both (it is `sys.executable -m
-agent.fencer`).
+compiled extension modules load). The fencer needs neither: it runs with
+`-I -S` and puts the checkout on its own `sys.path` (agent/fence.py).
 
 With `pg_tls` the members also run PostgreSQL with `postgresql.tls` (tests/support/tls.py: a
 CA made here, one certificate for 127.0.0.1 checked with verify-full), as the secure
@@ -126,7 +126,7 @@ def process_uid(pid: int) -> int | None:
 
 
 def fencer_pids(data_dir: Path) -> list[int]:
-    """The pids of fencers guarding `data_dir` (`python -m agent.fencer ... --data-dir X`)."""
+    """The pids of fencers guarding `data_dir` (`agent.fencer ... --data-dir X` arguments)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
