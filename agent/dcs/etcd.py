@@ -361,14 +361,18 @@ class EtcdDcs:
     async def _request(self, what: str) -> AsyncIterator[None]:
         """One public call: bounded by the deadline; every failure becomes DcsUnavailable.
         Its outcome tells the mirror whether etcd answers (etcd_mirror.py)."""
-        sent_at = self._clock.monotonic()
+        sent_at, answers = self._clock.monotonic(), self._client.answers
         try:
             async with self._bounded(what):
                 yield
         except BaseException:
             self._mirror.failed()
             raise
-        self._mirror.answered(sent_at, self._client.answered_by)
+        # Only if etcd answered: a publish of an unchanged record may send nothing at all.
+        # (An answer to another task's call made meanwhile counts too: sent at most one
+        # deadline before ours.)
+        if self._client.answers != answers:
+            self._mirror.answered(sent_at, self._client.answered_by)
 
     @contextlib.asynccontextmanager
     async def _bounded(self, what: str) -> AsyncIterator[None]:

@@ -154,6 +154,7 @@ class EtcdClient:
         self._password = password
         self._watch_refresh_s = watch_refresh_s
         self._preferred = 0  # index of the endpoint that answered last
+        self._answers = 0  # calls answered so far
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
         self._auth_lock: asyncio.Lock | None = None
@@ -169,6 +170,11 @@ class EtcdClient:
     def answered_by(self) -> str:
         """The endpoint that answered the newest call (asked first by the next one)."""
         return self._endpoints[self._preferred]
+
+    @property
+    def answers(self) -> int:
+        """How many calls an endpoint has answered (a watch stream is not a call)."""
+        return self._answers
 
     @property
     def timeout_s(self) -> float:
@@ -510,6 +516,7 @@ class EtcdClient:
                         hedge.start_next()  # a failure hands over at once
                 else:
                     self._preferred = index
+                    self._answers += 1
                     return outcome
         finally:
             hedge.cancel()

@@ -334,6 +334,42 @@ async def test_with_the_etcd_member_of_its_watch_frozen_a_member_reads_from_anot
         frozen.send_signal(signal.SIGCONT)
 
 
+async def test_after_a_failed_renewal_a_publish_that_sends_nothing_does_not_vouch_for_the_mirror(
+    etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
+) -> None:
+    """With every etcd member frozen the leader's renewal fails; a publish of its unchanged
+    record right after needs no request (its keepalive is fresh) and must not count as an
+    answer: the next get_cluster reads, and fails, instead of serving the mirror (failsafe
+    and dcs_up depend on that read failing)."""
+    a = EtcdDcs(
+        endpoints=etcd_dcs.endpoints,
+        namespace=etcd_dcs.namespace,
+        cluster=etcd_dcs.cluster,
+        member_name="a",
+        ttl_s=10.0,  # a keepalive stays fresh for 5 s: the publish below sends nothing
+        timeout_s=1.0,
+    )
+    etcd_dcs.handles.append(a)
+    assert await a.acquire_leader()
+    assert await a.wait_for_change(0.2) is False  # starts a's watch
+    await a.publish_member(member("a"))
+    await asyncio.sleep(0.2)  # the publish came back through the watch
+    await a.get_cluster()
+    assert await a.renew_leader()
+    frozen = [m.process for m in etcd3.members if m.process is not None]
+    for process in frozen:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(DcsUnavailable):
+            await a.renew_leader()
+        await a.publish_member(member("a"))
+        with pytest.raises(DcsUnavailable):
+            await a.get_cluster()
+    finally:
+        for process in frozen:
+            process.send_signal(signal.SIGCONT)
+
+
 # --------------------------------------------------------------------------- settings, TLS, auth
 
 SECURE_USER = "root"
