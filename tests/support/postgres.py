@@ -74,12 +74,18 @@ def _chown_to(path: str, os_user: str | None) -> None:
 
 
 def make_nodes(
-    base: str, names: list[str], *, install: PgInstall, passwords: bool = True
+    base: str,
+    names: list[str],
+    *,
+    install: PgInstall,
+    passwords: bool = True,
+    parameters: tuple[tuple[str, str], ...] = (),
 ) -> list[PgNode]:
     """Settings for `names` on distinct free ports, each in `<base>/<name>/` (owned by the
     PostgreSQL OS user, holding `data/` and the socket) with its run dir `<base>/<name>-run`,
-    running the binaries of `install`. Without `passwords` the roles have none (loopback
-    trust, as in a demo)."""
+    running the binaries of `install`, with `parameters` (postgresql.parameters: the agent's
+    configuration file, not the data directory's). Without `passwords` the roles have none
+    (loopback trust, as in a demo)."""
     os_user = pg_os_user()
     nodes = []
     for name, port in zip(names, free_ports(len(names)), strict=True):
@@ -101,7 +107,7 @@ def make_nodes(
                 username="replicator",
                 password=Secret(REPLICATION_PASSWORD) if passwords else None,
             ),
-            parameters=(("shared_buffers", "16MB"), ("max_connections", "20")),
+            parameters=(("shared_buffers", "16MB"), ("max_connections", "20"), *parameters),
         )
         nodes.append(PgNode(name=name, settings=settings, run_dir=f"{home}-run"))
     return nodes
@@ -157,13 +163,17 @@ async def eventually(
 
 @contextlib.asynccontextmanager
 async def streaming_pair(
-    *, install: PgInstall, table_sql: str, ttl_s: float | None = None
+    *,
+    install: PgInstall,
+    table_sql: str,
+    ttl_s: float | None = None,
+    parameters: tuple[tuple[str, str], ...] = (),
 ) -> AsyncIterator[tuple[PgNode, PgNode]]:
     """A primary (with `table_sql` run on it) and a standby cloned from it and streaming,
     both run by `Postmaster` on `install` (with `ttl_s`, the agent's derived replication
     timeouts). Stops both and cleans up afterwards."""
     with pg_base_dir() as base:
-        nodes = make_nodes(base, ["p", "s"], install=install)
+        nodes = make_nodes(base, ["p", "s"], install=install, parameters=parameters)
         if ttl_s is not None:
             for node in nodes:
                 node.postmaster = Postmaster(

@@ -16,8 +16,9 @@ primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes Pos
 - replication slots (PostgreSQL 17+ with failover slots on): logical permanent slots are
   created on the primary; a standby streaming straight from a primary holds a synchronized
   copy of each (the slot sync worker), unless a slot of the same name that was not
-  synchronized is there (the worker refuses to overwrite it); pg_rewind leaves the target's
-  slots where they are, pg_basebackup copies none; a promoted standby keeps its synchronized
+  synchronized is there (the worker refuses to overwrite it); pg_rewind empties the target's
+  pg_replslot when it rewinds and leaves it when it finds no rewind required (a clean
+  switchover); pg_basebackup copies none; a promoted standby keeps its synchronized
   copies (still marked synced, as PostgreSQL leaves them); dropping a standby's own copies
   drops nothing on a primary, a synchronized copy or a physical slot;
 - a data directory last running as a standby and started as a primary is promoted;
@@ -472,6 +473,10 @@ class FakePostgres:
             raise SourceUnreachable(f"rewind: source {standby.primary_host} unreachable")
         if source.data.system_id != self.data.system_id:
             raise PostgresError("pg_rewind: source and target clusters are from different systems")
+        if not source.data.holds(self.data.timeline, self.data.lsn):
+            # A rewind that changes the data directory empties pg_replslot; "no rewind
+            # required" (a clean switchover) leaves everything, our own slots included.
+            self.slots, self.logical, self.synced = set(), set(), set()
         self.data = replace(source.data, was_primary=False, clean=True)
         self.conninfo = standby
 

@@ -6,8 +6,9 @@ On PostgreSQL 17+ such a copy (not `synced`) stops the slot sync worker from mak
 synchronized one ("exiting from slot synchronization because same name slot ... already
 exists on the standby"), so the standby is never ready for the next failover. The drop ran
 once, after a start or a Follow: a former primary that is rewound (the usual path after a
-switchover, when the new leader is already there) never dropped it (tests/e2e/test_slots.py
-failed 1 run in 3 that way).
+switchover, when the new leader is already there; pg_rewind finds no rewind required and
+leaves the data directory, the slot included) never dropped it (tests/e2e/test_slots.py failed
+1 run in 3 that way).
 """
 
 from __future__ import annotations
