@@ -8,6 +8,10 @@ A fault is set over HTTP (`POST /_fault` with a JSON body) or from Python
     {"mode": "slow", "delay_s": 2}                       every request waits 2 s first
     {"mode": "hang"}                                     requests never answer until cleared
     {"mode": "cut_watches", "abrupt": true}              end every open watch now (one-shot)
+    {"mode": "stall_watches", "path_prefix": "/api/v1/namespaces/default/pods"}
+                                                         open watches (of those paths) go
+                                                         silent forever, without a word, as
+                                                         over a dead connection (one-shot)
     {"mode": "clear"}                                    back to normal; hung requests proceed
 
 `count` (how many requests the fault applies to; default: until cleared), `path_prefix` (only
@@ -33,6 +37,7 @@ class FaultMode(StrEnum):
     SLOW = "slow"
     HANG = "hang"
     CUT_WATCHES = "cut_watches"
+    STALL_WATCHES = "stall_watches"
     CLEAR = "clear"
 
 
@@ -128,10 +133,10 @@ class FaultInjector:
 
     def set(self, fault: Fault) -> None:
         """Activate a request fault (replacing any) or, for CLEAR, deactivate it.
-        CUT_WATCHES is handled by the server (it needs the store)."""
+        CUT_WATCHES and STALL_WATCHES are handled by the server (they need the store)."""
         self._release.set()  # hung requests of the previous fault proceed
         self._release = asyncio.Event()
-        if fault.mode in (FaultMode.CLEAR, FaultMode.CUT_WATCHES):
+        if fault.mode in (FaultMode.CLEAR, FaultMode.CUT_WATCHES, FaultMode.STALL_WATCHES):
             self._fault = None
             self._remaining = None
             return
@@ -178,5 +183,5 @@ class FaultInjector:
                     await release.wait()
                 finally:
                     self.hung_requests -= 1
-            case FaultMode.CUT_WATCHES | FaultMode.CLEAR:
+            case FaultMode.CUT_WATCHES | FaultMode.STALL_WATCHES | FaultMode.CLEAR:
                 return

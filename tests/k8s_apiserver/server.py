@@ -371,6 +371,8 @@ class ApiServerApp:
                 cut = self.store.cut_watches(
                     StreamCut.ABRUPT if fault.abrupt else StreamCut.GRACEFUL
                 )
+            if fault.mode is FaultMode.STALL_WATCHES:
+                cut = self.store.stall_watches(fault.path_prefix)
             self.faults.set(fault)
             return _json_response({"fault": fault.to_json(), "cut_watches": cut})
         if path == "/_fault" and method == "GET":
@@ -711,6 +713,7 @@ class ApiServerApp:
             except ExpiredError as exc:
                 expired = exc
         sub = self.store.subscribe(res)
+        sub.path = request.path
         try:
             response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             response.enable_chunked_encoding()
@@ -731,6 +734,9 @@ class ApiServerApp:
                 wait = self.options.bookmark_interval_s if bookmarks else None
                 if deadline is not None:
                     left = deadline - loop.time()
+                    if left <= 0 and sub.stalled and request.transport is not None:
+                        request.transport.abort()  # a dead connection never ends cleanly
+                        return response
                     if left <= 0:
                         break
                     wait = left if wait is None else min(wait, left)
@@ -738,7 +744,7 @@ class ApiServerApp:
                     async with asyncio.timeout(wait):
                         item = await sub.queue.get()
                 except TimeoutError:
-                    if bookmarks and sub.queue.empty():
+                    if bookmarks and sub.queue.empty() and not sub.stalled:
                         await self._send(response, "BOOKMARK", self._bookmark(res))
                     continue
                 if item is StreamCut.ABRUPT:
@@ -748,6 +754,8 @@ class ApiServerApp:
                 if item is StreamCut.GRACEFUL:
                     break
                 assert isinstance(item, StoreEvent)
+                if sub.stalled:
+                    continue
                 seen = _event_for_watcher(item, namespace, matches)
                 if seen is not None:
                     await self._send(
@@ -941,6 +949,11 @@ class KubeApiServer:
     def cut_watches(self, *, abrupt: bool = False) -> int:
         """End every open watch stream now; returns how many there were."""
         return self.store.cut_watches(StreamCut.ABRUPT if abrupt else StreamCut.GRACEFUL)
+
+    def stall_watches(self, path_prefix: str | None = None) -> int:
+        """Make the open watch streams (whose path starts with `path_prefix`) go silent
+        without a word (FaultMode.STALL_WATCHES); returns how many."""
+        return self.store.stall_watches(path_prefix)
 
     async def wait_for_watches(self, count: int, timeout_s: float = 5.0) -> None:
         """Return once at least `count` watches are open (TimeoutError after `timeout_s`)."""

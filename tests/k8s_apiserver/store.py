@@ -87,6 +87,8 @@ class Subscription:
 
     resource: ResourceType
     queue: asyncio.Queue[StoreEvent | StreamCut] = field(default_factory=asyncio.Queue)
+    path: str = ""  # the watch request's path
+    stalled: bool = False  # delivers nothing more, without a word (a dead connection)
 
 
 class ExpiredError(Exception):
@@ -237,6 +239,18 @@ class Store:
         for sub in self._subscriptions:
             sub.queue.put_nowait(how)
         return len(self._subscriptions)
+
+    def stall_watches(self, path_prefix: str | None) -> int:
+        """Make the open watches whose path starts with `path_prefix` (all: None) go silent
+        forever, as over a connection that died without a word; returns how many."""
+        stalled = [
+            sub
+            for sub in self._subscriptions
+            if path_prefix is None or sub.path.startswith(path_prefix)
+        ]
+        for sub in stalled:
+            sub.stalled = True
+        return len(stalled)
 
     @property
     def open_watches(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.clock import FakeClock
-from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.expiry import ObservedExpiry, heartbeat_interval
 
 TTL_S = 10.0
 
@@ -85,3 +85,21 @@ def test_forgotten_records_neither_expire_nor_wake() -> None:
 def test_a_ttl_must_be_positive() -> None:
     with pytest.raises(ValueError, match="ttl_s"):
         ObservedExpiry(0.0)
+
+
+@pytest.mark.parametrize(
+    ("ttl_s", "loop_wait_s", "timeout_s", "expected"),
+    [
+        (10.0, 2.0, 2.7, 4.3),  # the defaults (retry_timeout_s 3 at 0.9): a write every 6 s
+        (30.0, 10.0, 9.0, 10.0),  # Patroni's defaults
+        (30.0, 2.0, 2.7, 15.0),  # at most half the ttl
+        (2.5, 0.5, 2.0, 0.0),  # no room: every publish writes
+    ],
+)
+def test_the_heartbeat_leaves_a_cycle_a_request_and_a_slack_inside_the_ttl(
+    ttl_s: float, loop_wait_s: float, timeout_s: float, expected: float
+) -> None:
+    interval = heartbeat_interval(ttl_s, loop_wait_s, timeout_s)
+    assert interval == pytest.approx(expected)
+    # The next write: at the first cycle past the interval, and as slow as a request may be.
+    assert interval + loop_wait_s + timeout_s < ttl_s or interval == 0.0

@@ -134,13 +134,18 @@ class KubeApi:
         return response.obj
 
     async def watch(
-        self, path: str, query: Mapping[str, str], *, timeout_s: int
+        self,
+        path: str,
+        query: Mapping[str, str],
+        *,
+        timeout_s: int,
+        quiet_s: float | None = None,
     ) -> AsyncGenerator[tuple[str, KubeObject]]:
         """The (type, object) events of one watch stream, bookmarks included; ends when the
-        server ends it (after `timeout_s`). Raises `Expired` for 410 Gone."""
-        read_timeout = aiohttp.ClientTimeout(
-            sock_connect=self._timeout_s, sock_read=timeout_s + _WATCH_READ_GRACE_S
-        )
+        server ends it (after `timeout_s`). Raises `Expired` for 410 Gone. A stream silent
+        for `quiet_s` (default: `timeout_s` and a grace) is dead: it raises a timeout."""
+        silent_s = timeout_s + _WATCH_READ_GRACE_S if quiet_s is None else quiet_s
+        read_timeout = aiohttp.ClientTimeout(sock_connect=self._timeout_s, sock_read=silent_s)
         params = dict(query, watch="true", timeoutSeconds=str(timeout_s))
         api = await self._client()
         response: Any = await api.call_api(
@@ -157,7 +162,15 @@ class KubeApi:
                 raise Expired
             if response.status != 200:
                 raise DcsUnavailable(f"watch {path}: HTTP {response.status}")
-            while line := await response.content.readline():
+            while True:
+                try:
+                    line = await response.content.readline()
+                except aiohttp.ServerTimeoutError:
+                    if quiet_s is None:
+                        raise
+                    return  # silent for quiet_s: ended like a server end, the caller resumes
+                if not line:
+                    return
                 event = json.loads(line)
                 kind, obj = str(event.get("type")), event.get("object") or {}
                 if kind == "ERROR":

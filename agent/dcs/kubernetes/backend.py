@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -18,9 +18,9 @@ from agent.dcs import keys
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.changes import ChangeTracker
 from agent.dcs.kubernetes.api import ClientFactory, KubeApi, bounded, expect
-from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.expiry import ObservedExpiry, heartbeat_interval
 from agent.dcs.kubernetes.guard import EndpointsGuard
-from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal
+from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal, leader_items
 from agent.dcs.kubernetes.locks import EndpointsLock, LockObject, lock_objects
 from agent.dcs.kubernetes.objects import (
     KubeObject,
@@ -36,13 +36,13 @@ from agent.dcs.kubernetes.objects import (
 )
 from agent.dcs.kubernetes.records import ConfigRecords, record_items
 from agent.dcs.kubernetes.routing import EndpointSliceRouter
-from agent.dcs.kubernetes.watches import WATCH_TIMEOUT_S, ClusterWatches, Watched
+from agent.dcs.kubernetes.watches import WATCH_TIMEOUT_S, ClusterWatches
 from agent.model import ClusterView, Member, RecordKind
 
 # The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
 # hears `DcsUnavailable` with its reason from us rather than a bare timeout of its own.
 _REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
-_HEARTBEAT_SHARE_OF_TTL = 1 / 3
+_LOOP_WAIT_SHARE_OF_TTL = 0.2  # the default timings' ratio, when the caller gives none
 
 Items = list[tuple[str, bytes, str]]
 
@@ -66,9 +66,13 @@ class KubernetesDcs:
         labels: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         watch_timeout_s: int = WATCH_TIMEOUT_S,
+        loop_wait_s: float | None = None,
     ) -> None:
+        """`loop_wait_s`: how often the HA loop calls (it times the heartbeat and how long
+        the watch caches may stay quiet); default a fifth of `ttl_s`."""
         if ttl_s <= 0 or timeout_s <= 0:
             raise ValueError("ttl_s and timeout_s must be positive")
+        loop_s = loop_wait_s if loop_wait_s is not None else ttl_s * _LOOP_WAIT_SHARE_OF_TTL
         self._api = KubeApi(client_factory, timeout_s=timeout_s)
         self._cluster = cluster
         self._name = member_name
@@ -91,7 +95,7 @@ class KubernetesDcs:
                 lock_obj,
                 member=member_name,
                 expiry=self._expiry,
-                changes=self._changes,
+                own=self._own_lock_write(lock_obj.name),
                 log=self._log,
             )
             for lock_obj in lock_objects(
@@ -136,6 +140,13 @@ class KubernetesDcs:
         self._holding = False
         self._last_renew_sent = 0.0  # monotonic send time of the last successful acquire/renew
         self._published: tuple[str, float] | None = None  # (payload, monotonic write time)
+        self._heartbeat_s = heartbeat_interval(ttl_s, loop_s, timeout_s)
+        # Read from the server at the next get_cluster: a request failed since the last read
+        # from it (the caches may look fine while the server does not answer).
+        self._suspect = False
+        # Member records (key, expiry token) a read from the server showed expired: the
+        # cached view may drop them without asking again.
+        self._stale: set[tuple[str, str]] = set()
         self._watches = ClusterWatches(
             self._api,
             pods=(self._pods_path, self._selector),
@@ -148,9 +159,13 @@ class KubernetesDcs:
             timeout_s=timeout_s,
             watch_timeout_s=watch_timeout_s,
             task_suffix=member_name,
-            # Every member heartbeats at least every ttl/3: twice that without a pod event
-            # means the stream may have died silently.
-            pods_quiet_s=2 * ttl_s * _HEARTBEAT_SHARE_OF_TTL,
+            # Pods and lock objects change on a schedule (heartbeats, renewals): a stream
+            # silent for a ttl is resumed. The lock cache is trusted while the leader's
+            # renewals keep coming (one per cycle); the pods cache while this member's own
+            # heartbeat (or any pod event) came within its period and a cycle.
+            steady_quiet_s=ttl_s,
+            lock_quiet_s=loop_s + timeout_s,
+            pods_quiet_s=self._heartbeat_s + loop_s + timeout_s,
         )
         self._closed = False
 
@@ -174,6 +189,7 @@ class KubernetesDcs:
             pg_port=settings.postgresql.port,
             labels=dict(k8s.labels),
             clock=clock,
+            loop_wait_s=settings.timing.loop_wait_s,
         )
 
     @property
@@ -188,28 +204,39 @@ class KubernetesDcs:
 
     async def get_cluster(self) -> ClusterView:
         async with self._request("get_cluster"):
-            cached = self._watches.cached()
+            trusted = False
+            cached = None if self._suspect else self._watches.cached()
             if cached is not None:
-                # Pods and ConfigMap as the watches keep them (cache.py); the lock object
-                # from the server: leadership is judged by it, and it proves the server
-                # answers (a handle that cannot reach it must fail here).
-                pod_items, config = cached
-                locks = [await self._api.get(h.lock.path()) for h in self._holders]
-                if not any(
-                    obj is not None and h.lock.holder(obj)
-                    for h, obj in zip(self._holders, locks, strict=True)
-                ):
-                    # No leader: this read may start a race judged by the ConfigMap's
-                    # records (sync, failsafe, switchover), which a stream that died silently
-                    # (found only at its timeoutSeconds) could show stale: from the server.
-                    pod_items, locks, config = await self._read_all()
-            else:
-                pod_items, locks, config = await self._read_all()
-        now = self._clock.monotonic()
-        items = self._member_items(pod_items, now)
-        items += self._leader_items(locks, now)
-        items += record_items(config)
+                # What the watches keep (cache.py): no request at all.
+                items, trusted = self._view_items(*cached, self._clock.monotonic())
+            if not trusted:
+                pods, locks, config = await self._read_all()
+                self._suspect = False
+                now = self._clock.monotonic()
+                items, _ = self._view_items(pods, locks, config, now, from_server=True)
         return keys.to_view(items, self._log)
+
+    def _view_items(
+        self,
+        pods: list[Any],
+        locks: list[KubeObject | None],
+        config: KubeObject | None,
+        now: float,
+        *,
+        from_server: bool = False,
+    ) -> tuple[Items, bool]:
+        """The view's records from these objects, and whether a view from what the watches
+        kept may be trusted: not with no live leader (a race for the lock starts from this
+        read and is judged by the ConfigMap's records, sync, failsafe, switchover, which a
+        stream that died without a word could show stale), nor when a member record expires
+        on them that the server has not shown expired (a stream that stopped would expire
+        every member whose heartbeats it no longer delivers)."""
+        leader = self._leader_items(locks, now)
+        members, stale = self._member_items(pods, now)
+        if from_server:
+            self._stale = stale
+        trusted = bool(leader) and stale <= self._stale
+        return members + leader + record_items(config), trusted
 
     async def _read_all(self) -> tuple[list[Any], list[KubeObject | None], KubeObject | None]:
         """The pods, lock objects and ConfigMap from the server."""
@@ -283,7 +310,7 @@ class KubernetesDcs:
             if (
                 self._published is not None
                 and self._published[0] == payload
-                and now - self._published[1] < self._ttl_s * _HEARTBEAT_SHARE_OF_TTL
+                and now - self._published[1] < self._heartbeat_s
             ):
                 return  # unchanged and recently written: the heartbeat is still fresh
             heartbeat = micro_time(self._clock.wall())
@@ -298,7 +325,7 @@ class KubernetesDcs:
                 raise DcsUnavailable(f"kubernetes: publish_member: pod {self._pod} not found")
             expect(response, 200)
             self._changes.own(resource_version(response.obj))
-            self._watches.caches[Watched.PODS].own_write(resource_version(response.obj))
+            self._watches.pods_cache.own_write(resource_version(response.obj))
             self._published = (payload, now)
             if self._pod_ip is None:
                 self._pod_ip = pod_ip_of(response.obj)
@@ -310,7 +337,7 @@ class KubernetesDcs:
 
         def own(rv: int) -> None:
             self._changes.own(rv)
-            self._watches.caches[Watched.CONFIG].own_write(rv)
+            self._watches.config_cache.own_write(rv)
 
         async with self._write("write_record"):
             return await self._records.compare_and_set(kind, value, expected, own=own)
@@ -331,9 +358,11 @@ class KubernetesDcs:
 
     # ------------------------------------------------------------------ reading
 
-    def _member_items(self, pods: list[Any], now: float) -> Items:
-        """The member records carried by `pods` that are not expired on our clock."""
+    def _member_items(self, pods: list[Any], now: float) -> tuple[Items, set[tuple[str, str]]]:
+        """The member records carried by `pods` that are not expired on our clock, and the
+        (key, expiry token) of those that are."""
         items: Items = []
+        stale: set[tuple[str, str]] = set()
         mine: str | None = None
         present: set[str] = set()
         for pod in pods:
@@ -348,11 +377,13 @@ class KubernetesDcs:
             fresh = self._expiry.note(key, token, resource_version(pod), now, source=name_of(pod))
             if fresh:
                 items.append((key, to_bytes(value), hash_version(value)))
+            else:
+                stale.add((key, token))
         # Pods or records that went away: nothing left to expire.
         self._expiry.forget_all_but(present, prefix=keys.MEMBERS)
         if mine is None or (self._published is not None and self._published[0] != mine):
             self._published = None  # removed or rewritten behind our back: publish again
-        return items
+        return items, stale
 
     # ------------------------------------------------------------------ the lock
 
@@ -406,13 +437,28 @@ class KubernetesDcs:
 
     # ------------------------------------------------------------------ requests
 
+    def _own_lock_write(self, lock_name: str) -> Callable[[int], None]:
+        """What a lock holder tells of each of its writes: not a change, and its cache is
+        not read until its watch shows that write."""
+
+        def own(rv: int) -> None:
+            self._changes.own(rv)
+            self._watches.lock_cache(lock_name).own_write(rv)
+
+        return own
+
     @contextlib.asynccontextmanager
     async def _request(self, what: str) -> AsyncIterator[None]:
-        """One public call: bounded by the deadline; every failure becomes DcsUnavailable."""
+        """One public call: bounded by the deadline; every failure becomes DcsUnavailable
+        (and makes the next get_cluster read from the server)."""
         if self._closed:
             raise DcsUnavailable(f"kubernetes: {what}: this DCS handle is closed")
-        async with bounded(what, self._timeout_s):
-            yield
+        try:
+            async with bounded(what, self._timeout_s):
+                yield
+        except DcsUnavailable:
+            self._suspect = True
+            raise
 
     @contextlib.asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[None]:
@@ -420,20 +466,3 @@ class KubernetesDcs:
         with self._changes.writing():
             async with self._request(what):
                 yield
-
-
-def leader_items(
-    lock: LockObject, key: str, obj: KubeObject | None, expiry: ObservedExpiry, now: float
-) -> Items:
-    """The leader record `obj` holds, unless it names nobody or is expired on our clock
-    (which this observation restarts when the record changed)."""
-    if obj is None:
-        return []
-    holder = lock.holder(obj)
-    if not holder:
-        expiry.forget(key)
-        return []
-    rv = resource_version(obj)
-    if not expiry.note(key, str(rv), rv, now):
-        return []
-    return [(keys.LEADER, to_bytes(holder), str(rv))]

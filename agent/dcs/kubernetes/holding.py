@@ -15,11 +15,10 @@ from enum import StrEnum
 import structlog
 
 from agent.dcs import keys
-from agent.dcs.changes import ChangeTracker
 from agent.dcs.kubernetes.api import KubeApi, expect
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.locks import LockObject
-from agent.dcs.kubernetes.objects import KubeObject, resource_version
+from agent.dcs.kubernetes.objects import KubeObject, resource_version, to_bytes
 
 _RELEASE_ATTEMPTS = 5  # conflicts on the lock object caused by others' annotations
 _RENEW_ATTEMPTS = 2
@@ -50,7 +49,7 @@ class LockHolder:
         *,
         member: str,
         expiry: ObservedExpiry,
-        changes: ChangeTracker,
+        own: Callable[[int], None],
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
         self._api = api
@@ -58,7 +57,7 @@ class LockHolder:
         self.key = expiry_key(lock)
         self._member = member
         self._expiry = expiry
-        self._changes = changes
+        self._own = own  # told the resourceVersion of each of our writes
         self._log = log.bind(lock_object=lock.name)
         self.obj: KubeObject | None = None  # as returned by our last write while holding
 
@@ -127,13 +126,30 @@ class LockHolder:
             if put.status == 404:
                 return
             expect(put, 200)
-            self._changes.own(resource_version(put.obj))
+            self._own(resource_version(put.obj))
             self._expiry.forget(self.key)
             self._log.info("dcs_leader_released")
             return
 
     def _took(self, obj: KubeObject, now: float) -> None:
         rv = resource_version(obj)
-        self._changes.own(rv)
+        self._own(rv)
         self.obj = obj
         self._expiry.note(self.key, str(rv), rv, now)
+
+
+def leader_items(
+    lock: LockObject, key: str, obj: KubeObject | None, expiry: ObservedExpiry, now: float
+) -> list[tuple[str, bytes, str]]:
+    """The leader record `obj` holds, unless it names nobody or is expired on our clock
+    (which this observation restarts when the record changed)."""
+    if obj is None:
+        return []
+    holder = lock.holder(obj)
+    if not holder:
+        expiry.forget(key)
+        return []
+    rv = resource_version(obj)
+    if not expiry.note(key, str(rv), rv, now):
+        return []
+    return [(keys.LEADER, to_bytes(holder), str(rv))]

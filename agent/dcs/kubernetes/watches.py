@@ -1,8 +1,15 @@
-"""The watches that feed `wait_for_change` (base.py point 8): the member pods (by label
-selector), each lock object (one, two during a lock migration) and the ConfigMap. Each is a
-named task running `changes.watch_forever`, resumed from its last resourceVersion, bounded
-by `timeoutSeconds` and restarted (a silently dead stream cannot hide changes for longer
-than that); a 410 Expired re-lists and wakes the caller.
+"""The watches that feed `wait_for_change` (base.py point 8) and the caches `get_cluster`
+reads (cache.py): the member pods (by label selector), each lock object (one, two during a
+lock migration) and the ConfigMap. Each is a named task running `changes.watch_forever`,
+resumed from its last resourceVersion; a 410 Expired re-lists and wakes the caller.
+
+How long a stream lives: the ConfigMap's, whose object changes only when someone writes a
+record, ends after `timeoutSeconds` (30 s) and is resumed, so a stream that died without a
+word cannot hide a change for longer. The pods' and the locks' objects change on a schedule
+(every member heartbeats, the leader renews every cycle), so their streams ask for a long
+`timeoutSeconds` (`steady_timeout_s`, 300 s) and are instead resumed as soon as they have
+been silent for `steady_quiet_s`: a dead stream is found sooner, for a fraction of the
+requests. A lock stream with no leader to renew is simply resumed that often.
 
 What counts: member records only when their signature (`keys.member_signature`: all but
 WAL positions) changes or they appear or vanish; the lock only when its holder changes (a
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -37,7 +45,8 @@ from agent.dcs.kubernetes.objects import (
 )
 from agent.dcs.kubernetes.records import ConfigRecords, loud_signature
 
-WATCH_TIMEOUT_S = 30  # server-side end of each watch; the stream is then resumed
+WATCH_TIMEOUT_S = 30  # server-side end of the ConfigMap watch; the stream is then resumed
+STEADY_WATCH_TIMEOUT_S = 300  # server-side end of the pods and lock watches
 _CLOSE_TIMEOUT_S = 2.0
 
 
@@ -49,6 +58,17 @@ class Watched(StrEnum):
 
 # A lock object and the key under which its leader record's expiry is timed.
 WatchedLock = tuple[LockObject, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One watch: what it watches, where, and how long its streams live."""
+
+    what: Watched
+    path: str
+    query: dict[str, str]
+    timeout_s: int  # the stream's timeoutSeconds
+    quiet_s: float | None  # resume a stream silent this long (None: timeout_s + a grace)
 
 
 class ClusterWatches:
@@ -68,33 +88,52 @@ class ClusterWatches:
         timeout_s: float,
         watch_timeout_s: int,
         task_suffix: str,
+        steady_timeout_s: int = STEADY_WATCH_TIMEOUT_S,
+        steady_quiet_s: float | None = None,
         pods_quiet_s: float | None = None,
+        lock_quiet_s: float | None = None,
     ) -> None:
-        """`pods_quiet_s`: the pods cache is not trusted after this long without an event
+        """`steady_quiet_s`: resume a pods or lock stream silent this long (None: those
+        streams end after `watch_timeout_s` like the ConfigMap's). `pods_quiet_s`,
+        `lock_quiet_s`: their caches are not trusted after this long without an event
         (cache.py)."""
         self._api = api
         pods_path, selector = pods
-        # Each watch: its name, what it watches, and its collection path and selector.
-        self._targets: dict[str, tuple[Watched, str, dict[str, str]]] = {
-            Watched.PODS.value: (Watched.PODS, pods_path, {"labelSelector": selector}),
-            Watched.CONFIG.value: (
+        steady = (steady_timeout_s, steady_quiet_s) if steady_quiet_s else (watch_timeout_s, None)
+        # Each watch by name: what it watches, its collection path and selector, and its
+        # stream's timeoutSeconds and silence limit.
+        self._targets: dict[str, _Target] = {
+            Watched.PODS.value: _Target(
+                Watched.PODS, pods_path, {"labelSelector": selector}, *steady
+            ),
+            Watched.CONFIG.value: _Target(
                 Watched.CONFIG,
                 config.path(named=False),
                 {"fieldSelector": f"metadata.name={config.name}"},
+                watch_timeout_s,
+                None,
             ),
         }
         self._locks: dict[str, WatchedLock] = {}  # by watch name
+        # What each watch has seen (cache.py), read by get_cluster.
+        self._caches: dict[str, ObjectCache] = {
+            Watched.PODS.value: ObjectCache(max_quiet_s=pods_quiet_s),
+            Watched.CONFIG.value: ObjectCache(),
+        }
+        self._lock_caches: dict[str, ObjectCache] = {}  # by lock object name
         for lock, key in locks:
             name = Watched.LOCK.value if len(locks) == 1 else f"{Watched.LOCK}-{lock.name}"
             query = {"fieldSelector": f"metadata.name={lock.name}"}
-            self._targets[name] = (Watched.LOCK, lock.path(named=False), query)
+            self._targets[name] = _Target(Watched.LOCK, lock.path(named=False), query, *steady)
             self._locks[name] = (lock, key)
+            self._caches[name] = self._lock_caches[lock.name] = ObjectCache(
+                max_quiet_s=lock_quiet_s
+            )
         self._tracker = tracker
         self._expiry = expiry
         self._clock = clock
         self._log = log
         self._timeout_s = timeout_s
-        self._watch_timeout_s = watch_timeout_s
         self._suffix = task_suffix
         self._start_rv = 0  # list resourceVersion of the first read: where watches start
         self._seed_signatures: dict[str, str] = {}
@@ -102,11 +141,18 @@ class ClusterWatches:
         self._watched_holders: dict[str, str] = {}  # each lock's holder as its watch last saw
         self._config_signature = loud_signature(None)  # of the ConfigMap its watch saw last
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        # What the pods and ConfigMap watches have seen (cache.py), read by get_cluster.
-        self.caches = {
-            Watched.PODS: ObjectCache(max_quiet_s=pods_quiet_s),
-            Watched.CONFIG: ObjectCache(),
-        }
+
+    @property
+    def pods_cache(self) -> ObjectCache:
+        return self._caches[Watched.PODS.value]
+
+    @property
+    def config_cache(self) -> ObjectCache:
+        return self._caches[Watched.CONFIG.value]
+
+    def lock_cache(self, lock_name: str) -> ObjectCache:
+        """The cache of the lock object named `lock_name`."""
+        return self._lock_caches[lock_name]
 
     def first_read(
         self,
@@ -121,22 +167,27 @@ class ClusterWatches:
         if self._start_rv == 0:
             self._start_rv = rv
             self._seed_signatures = member_signatures(pods)
+            now = self._clock.monotonic()
             for (name, (lock, _)), obj in zip(self._locks.items(), locks, strict=True):
                 self._seed_holders[name] = lock.holder(obj) if obj is not None else ""
-            now = self._clock.monotonic()
-            self.caches[Watched.PODS].fill(pods, rv, now=now)
-            self.caches[Watched.CONFIG].fill([config] if config is not None else [], rv, now=now)
+                self._caches[name].fill([obj] if obj is not None else [], rv, now=now)
+            self.pods_cache.fill(pods, rv, now=now)
+            self.config_cache.fill([config] if config is not None else [], rv, now=now)
             self._config_signature = loud_signature(config)
 
-    def cached(self) -> tuple[list[KubeObject], KubeObject | None] | None:
-        """The member pods and the ConfigMap as the watches last saw them, if both caches
-        can be trusted (cache.py); None: read them from the server."""
-        pods, config = self.caches[Watched.PODS], self.caches[Watched.CONFIG]
+    def cached(self) -> tuple[list[KubeObject], list[KubeObject | None], KubeObject | None] | None:
+        """The member pods, the lock objects (in the order given at construction) and the
+        ConfigMap as the watches last saw them, if every cache can be trusted (cache.py);
+        None: read them from the server."""
         now = self._clock.monotonic()
-        if not (pods.usable(now) and config.usable(now)):
+        if not all(cache.usable(now) for cache in self._caches.values()):
             return None
-        configs = config.objects()
-        return pods.objects(), configs[0] if configs else None
+        locks: list[KubeObject | None] = []
+        for name in self._locks:
+            objects = self._caches[name].objects()
+            locks.append(objects[0] if objects else None)
+        configs = self.config_cache.objects()
+        return self.pods_cache.objects(), locks, configs[0] if configs else None
 
     def ensure(self) -> None:
         """Start every watch that is not running."""
@@ -172,7 +223,7 @@ class ClusterWatches:
         rv = 0
         first = True
 
-        cache = self.caches.get(self._targets[name][0])
+        cache = self._caches[name]
 
         async def follow(backoff: Backoff) -> None:
             nonlocal rv, first
@@ -180,17 +231,14 @@ class ClusterWatches:
                 if rv == 0:
                     rv = await self._start(name, from_first_read=first)
                     first = False
-                if cache is not None:
-                    cache.set_live(True)
+                cache.set_live(True)
                 rv = await self._follow_once(name, rv)
             except Expired:
                 expired_at, rv = rv, 0
-                if cache is not None:
-                    cache.set_live(False)  # until the re-list refills it
+                cache.set_live(False)  # until the re-list refills it
                 raise WatchResync("dcs_watch_expired", resource_version=expired_at) from None
             except BaseException:
-                if cache is not None:
-                    cache.set_live(False)  # failing: the cache may miss changes meanwhile
+                cache.set_live(False)  # failing: the cache may miss changes meanwhile
                 raise
             backoff.reset()
 
@@ -199,7 +247,8 @@ class ClusterWatches:
     async def _start(self, name: str, *, from_first_read: bool) -> int:
         """Where a watch starts: the first read's resourceVersion, or (never read, or after a
         410) a fresh list's, which also re-seeds what the watch compares against."""
-        what, path, query = self._targets[name]
+        target = self._targets[name]
+        what, path, query = target.what, target.path, target.query
         if from_first_read and self._start_rv > 0:
             if what is Watched.PODS and self._seed_signatures:
                 self._tracker.seed_members(self._seed_signatures, replace=False)
@@ -211,8 +260,7 @@ class ClusterWatches:
             listed = await self._api.call("GET", path, query=query)
         expect(listed, 200)
         items = listed.obj.get("items") or []
-        if what in self.caches:
-            self.caches[what].fill(items, resource_version(listed.obj), now=self._clock.monotonic())
+        self._caches[name].fill(items, resource_version(listed.obj), now=self._clock.monotonic())
         if what is Watched.PODS:
             self._tracker.seed_members(member_signatures(items), replace=True)
         if what is Watched.CONFIG:
@@ -227,21 +275,23 @@ class ClusterWatches:
 
     async def _follow_once(self, name: str, rv: int) -> int:
         """One watch stream from `rv`; returns the resourceVersion to resume from."""
-        _, path, query = self._targets[name]
-        query = dict(query, resourceVersion=str(rv), allowWatchBookmarks="true")
-        events = self._api.watch(path, query, timeout_s=self._watch_timeout_s)
+        target = self._targets[name]
+        query = dict(target.query, resourceVersion=str(rv), allowWatchBookmarks="true")
+        events = self._api.watch(
+            target.path, query, timeout_s=target.timeout_s, quiet_s=target.quiet_s
+        )
+        cache = self._caches[name]
         async with contextlib.aclosing(events):
             async for kind, obj in events:
                 rv = max(rv, resource_version(obj))
-                if (cache := self.caches.get(self._targets[name][0])) is not None:
-                    cache.apply(kind, obj, now=self._clock.monotonic())
+                cache.apply(kind, obj, now=self._clock.monotonic())
                 if kind != "BOOKMARK" and self._counts(name, kind, obj):
                     self._tracker.observed(resource_version(obj))
         return rv  # the server ended the stream (timeoutSeconds): resume
 
     def _counts(self, name: str, kind: str, obj: KubeObject) -> bool:
         """Note what the event shows for expiry; True if it is a change point 8 counts."""
-        match self._targets[name][0]:
+        match self._targets[name].what:
             case Watched.PODS:
                 return self._pod_counts(kind, obj)
             case Watched.LOCK:

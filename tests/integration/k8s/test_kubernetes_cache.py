@@ -1,11 +1,16 @@
 """The Kubernetes backend's watch caches (agent/dcs/kubernetes/cache.py): once its watches
-run, `get_cluster` costs one request (the lock object) instead of three, still shows a
-peer's writes once their watch events arrive and its own writes at once, and still fails
-when the API server does not answer."""
+run and a leader renews, `get_cluster` costs no request (it cost three before the caches,
+then one for the lock object), still shows a peer's writes once their watch events arrive
+and its own writes at once, and still fails when the API server does not answer: at once
+after a request of its own failed, and for a replica once the leader's renewals stop
+arriving. It reads from the server whenever no live leader holds the lock (a race is judged
+by records a dead stream could show stale) and before it lets a member record expire."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +21,7 @@ from agent.config import LockKind
 from agent.dcs.base import DcsUnavailable
 from agent.model import RecordKind
 from tests.contract.dcs_contract import member
-from tests.integration.k8s.test_kubernetes_dcs import KubeContractCluster
+from tests.integration.k8s.test_kubernetes_dcs import NAMESPACE, KubeContractCluster
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
 from tests.support.etcd import BlackHole
 from tests.support.kube import kube_server
@@ -48,10 +53,13 @@ async def test_reads_come_from_the_watches_and_still_show_every_write(
     await a.get_cluster()
     assert await a.wait_for_change(0.3) is False  # starts the watches
     await asyncio.sleep(0.2)
+    assert await a.renew_leader()  # its own write: read once its watch event arrived
+    await asyncio.sleep(0.2)
     since = time.time()
     view = await a.get_cluster()
     assert [m.name for m in view.members] == ["a"]
-    assert requests(server, since) == ["get leases"]
+    assert view.leader is not None and view.leader.name == "a"
+    assert requests(server, since) == []
     # A peer's writes: shown once their watch events arrive (the wake says so).
     await b.publish_member(member("b"))
     assert await b.write_record(RecordKind.CONFIG, "{}", expected_version=None)
@@ -86,8 +94,6 @@ async def test_with_no_leader_the_records_are_read_from_the_server_not_the_cache
     # A race for the lock is judged by the ConfigMap's records (sync, failsafe, switchover):
     # a watch stream that died without a word (found only at its timeoutSeconds) must not
     # make a member race on a `sync` record the leader has since narrowed.
-    from agent.dcs.kubernetes.watches import Watched  # noqa: PLC0415 - only here
-
     a, b = cluster.make_kube("a"), cluster.make_kube("b")
     await a.publish_member(member("a"))
     await b.publish_member(member("b"))
@@ -97,10 +103,120 @@ async def test_with_no_leader_the_records_are_read_from_the_server_not_the_cache
     await asyncio.sleep(0.2)
     version = (await a.get_cluster()).config.version
     assert version != ""
-    config_cache = a._watches.caches[Watched.CONFIG]  # its stream goes silent
+    config_cache = a._watches.config_cache  # its stream goes silent
     config_cache.apply = lambda *args, **kwargs: None  # type: ignore[method-assign]
     assert await b.write_record(RecordKind.CONFIG, '{"ttl_s": 9}', expected_version=version)
     await asyncio.sleep(0.2)
     view = await a.get_cluster()
     assert view.leader is None
     assert view.config.version != version  # fresh: no leader, so read from the server
+
+
+async def test_once_the_leader_stops_renewing_the_records_are_read_from_the_server(
+    cluster: KubeContractCluster,
+) -> None:
+    # The case above with the leader's death instead of a release: its lock object still
+    # names it, and the race that starts once it expired must not be judged by a `sync`
+    # record from a ConfigMap stream that died without a word.
+    a, b = cluster.make_kube("a"), cluster.make_kube("b")
+    await b.publish_member(member("b"))
+    assert await a.acquire_leader()
+    assert await a.write_record(RecordKind.CONFIG, "{}", expected_version=None)
+    await b.get_cluster()
+    assert await b.wait_for_change(0.3) is False  # starts the watches
+    await asyncio.sleep(0.2)
+    view = await b.get_cluster()
+    assert view.leader is not None and view.leader.name == "a"
+    version = view.config.version
+    # b's ConfigMap stream dies without a word; its lock cache, told nothing either, stays
+    # trusted (so that only the rule under test sends b to the server).
+    assert cluster.server.stall_watches(f"/api/v1/namespaces/{NAMESPACE}/configmaps") >= 1
+    b._watches.lock_cache(f"{cluster.cluster}-leader")._max_quiet_s = None
+    assert await a.write_record(RecordKind.CONFIG, '{"ttl_s": 9}', expected_version=version)
+    for _ in range(int(cluster.ttl_s / 0.2) + 2):  # a stops renewing; b lives on
+        await b.publish_member(member("b"))
+        await asyncio.sleep(0.2)  # a stops renewing: its lease lapses on b's clock
+    view = await b.get_cluster()
+    assert view.leader is None
+    assert view.config.version != version
+
+
+async def test_a_member_record_expires_on_cached_objects_only_once_the_server_shows_it(
+    cluster: KubeContractCluster,
+) -> None:
+    """A pods stream that stopped delivering (its objects frozen in the cache) must not
+    expire the members whose heartbeats it no longer shows."""
+    a, b = cluster.make_kube("a"), cluster.make_kube("b")
+    await a.publish_member(member("a"))
+    await b.publish_member(member("b"))
+    assert await a.acquire_leader()
+    # Nothing else will tell b that its pods stream died: no quiet limit on the cache or
+    # the stream, and b does not write its own record (whose event it would wait for).
+    b._watches.pods_cache._max_quiet_s = None
+    target = b._watches._targets["pods"]
+    b._watches._targets["pods"] = dataclasses.replace(target, quiet_s=None, timeout_s=300)
+    await b.get_cluster()
+    assert await b.wait_for_change(0.3) is False  # starts the watches
+    await asyncio.sleep(0.2)
+    assert cluster.server.stall_watches(f"/api/v1/namespaces/{NAMESPACE}/pods") >= 1
+    deadline = time.monotonic() + 2 * cluster.ttl_s
+    while time.monotonic() < deadline:  # a is alive: it heartbeats and renews
+        await a.publish_member(member("a"))
+        assert await a.renew_leader()
+        assert "a" in {m.name for m in (await b.get_cluster()).members}
+        await asyncio.sleep(0.2)
+    # a dies: from the server, its record expires one ttl after its last heartbeat.
+    await asyncio.sleep(cluster.ttl_s + 0.3)
+    assert "a" not in {m.name for m in (await b.get_cluster()).members}
+
+
+async def test_after_a_failed_request_the_next_read_goes_to_the_server(
+    cluster: KubeContractCluster,
+) -> None:
+    """The leader: a renewal that failed means the server may be down, which the caches
+    cannot tell (nothing arrives either way); its next read must fail too, as it did when
+    every read went to the server, so that the loop sees the DCS unreachable at once."""
+    a = cluster.make_kube("a")
+    assert await a.acquire_leader()
+    await a.get_cluster()
+    assert await a.wait_for_change(0.3) is False
+    assert await a.renew_leader()
+    await asyncio.sleep(0.2)
+    since = time.time()
+    await a.get_cluster()
+    assert requests(cluster.server, since) == []  # from the caches
+    cluster.server.faults.set(Fault(mode=FaultMode.ERROR, status=503))
+    with pytest.raises(DcsUnavailable):
+        await a.renew_leader()
+    with pytest.raises(DcsUnavailable):
+        await a.get_cluster()
+    cluster.server.faults.clear()
+    assert (await a.get_cluster()).leader is not None
+
+
+async def test_a_replica_sees_the_server_down_once_the_leaders_renewals_stop_arriving(
+    cluster: KubeContractCluster,
+) -> None:
+    # b's requests time out after 0.5 s: its lock cache is trusted for one cycle (0.5 s by
+    # default at this ttl) and one request timeout after the leader's last renewal arrived,
+    # well before the lease would lapse.
+    a, b = cluster.make_kube("a"), cluster.make_kube("b", timeout_s=0.5)
+    b._watches.pods_cache._max_quiet_s = None  # only the lock tells here
+    assert await a.acquire_leader()
+    await b.get_cluster()
+    assert await b.wait_for_change(0.3) is False
+    assert await a.renew_leader()
+    await asyncio.sleep(0.2)
+    assert (await b.get_cluster()).leader is not None
+    cluster.server.faults.set(Fault(mode=FaultMode.ERROR, status=503))
+    started = time.monotonic()
+    with contextlib.suppress(DcsUnavailable):
+        await a.renew_leader()
+    down = False
+    while not down and time.monotonic() - started < 1.0 + 0.5:
+        try:
+            await b.get_cluster()
+        except DcsUnavailable:
+            down = True
+        await asyncio.sleep(0.1)
+    assert down
