@@ -69,7 +69,7 @@ def build_dcs(settings: Settings, clock: Clock) -> Dcs:
 
 
 def start_pod_labeler(
-    settings: Settings, status: Callable[[], AgentStatus]
+    settings: Settings, status: Callable[[], AgentStatus], changed: asyncio.Event
 ) -> asyncio.Task[None] | None:
     """Start the pod role label task when Kubernetes settings are present and labels are
     managed; it only reads the published status and never stops the agent (failures are
@@ -90,6 +90,7 @@ def start_pod_labeler(
         pod_name=k8s.pod_name or settings.name,
         label=RoleLabel.from_settings(k8s),
         status=status,
+        changed=changed,
         reassert_s=max(10 * settings.timing.loop_wait_s, 30.0),
         timeout_s=settings.timing.retry_timeout_s,
         peers_selector=(
@@ -200,7 +201,7 @@ async def run_agent(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         ev_loop.add_signal_handler(sig, loop.request_shutdown)
     ha_task = asyncio.create_task(loop.run(), name="ha-loop")
-    label_task = start_pod_labeler(settings, loop.status)
+    label_task = start_pod_labeler(settings, loop.status, loop.status_changed)
     renewal_task = start_tls_renewal(settings, postmaster)
     events_task = (
         asyncio.create_task(events.run(), name="kube-events") if events is not None else None

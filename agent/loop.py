@@ -77,6 +77,7 @@ class HaLoop:
         self.metrics = metrics
         self.events: EventSink = events or NoEvents()
         self._wake = asyncio.Event()
+        self.status_changed = asyncio.Event()  # set each time the status is published
         self.executor = Executor(
             settings=settings,
             clock=clock,
@@ -299,6 +300,7 @@ class HaLoop:
             ),
             self.settings,
         )
+        self.status_changed.set()
         self.metrics.update(self._status)
         if (event := failsafe_event(was_failsafe, self._status.failsafe_active)) is not None:
             self.events.record(event)

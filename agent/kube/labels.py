@@ -2,13 +2,13 @@
 `KubernetesSettings`), so that selector Services route to the primary and to the replicas.
 
 Level-triggered: `PodLabeler.run()` compares the label the published `AgentStatus` calls for
-with the one it last applied, patches on a difference, and re-asserts it every
-`reassert_s` (someone may have changed or removed it). It only reads the status; it never
-takes part in a decision. A failed patch is logged (`pod_label_failed`) and retried with
-backoff; it never raises into the HA loop and never blocks it (it runs as its own task,
-every request bounded by `timeout_s`). When the task is cancelled (the agent stops), it
-removes the label once, best effort.
-"""
+with the one it last applied, patches on a difference, and re-asserts it every `reassert_s`
+(someone may have changed or removed it). It looks each time the HA loop publishes a status
+(`changed`, an event the loop sets), or without one every 0.1 s. It only reads the status; it
+never takes part in a decision. A failed patch is logged (`pod_label_failed`) and retried with
+backoff; it never raises into the HA loop and never blocks it (it runs as its own task, every
+request bounded by `timeout_s`). When the task is cancelled (the agent stops), it removes the
+label once, best effort."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from agent.config import KubernetesSettings
 from agent.kube.client import ClientFactory, KubeRequests
 from agent.model import AgentStatus, PgState, Role
 
-_POLL_S = 0.1  # how often the in-memory status is compared; patches happen only on change
+_POLL_S = 0.1  # without a `changed` event: how often the in-memory status is compared
 _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0
 
@@ -95,6 +95,7 @@ class PodLabeler:
         reassert_s: float,
         timeout_s: float,
         peers_selector: str | None = None,
+        changed: asyncio.Event | None = None,
     ) -> None:
         self._requests = KubeRequests(client_factory, timeout_s=timeout_s)
         self._peers_selector = peers_selector
@@ -103,6 +104,7 @@ class PodLabeler:
         self._label = label
         self._status = status
         self._reassert_s = reassert_s
+        self._changed = changed
         self._log = structlog.get_logger("pgwarden.kube").bind(pod=pod_name, label=label.key)
 
     async def run(self) -> None:
@@ -113,6 +115,8 @@ class PodLabeler:
         backoff_s = _BACKOFF_FIRST_S
         try:
             while True:
+                if self._changed is not None:
+                    self._changed.clear()  # before reading: a publish from now on wakes us
                 desired = desired_role_label(self._status(), self._label)
                 due = applied != (desired,) or loop.time() - applied_at >= self._reassert_s
                 if due:
@@ -129,13 +133,22 @@ class PodLabeler:
                     if applied != (desired,):
                         self._log.info("pod_labelled", value=desired)
                     applied, applied_at, backoff_s = (desired,), loop.time(), _BACKOFF_FIRST_S
-                await asyncio.sleep(_POLL_S)
+                await self._wait(self._reassert_s - (loop.time() - applied_at))
         finally:
             # The agent stops: no Service should route to this pod any more (best effort).
             if applied != (None,):
                 with contextlib.suppress(Exception):
                     await self.apply(None)
             await self.close()
+
+    async def _wait(self, limit_s: float) -> None:
+        """Until the status is published again (at most `limit_s`), or one poll period."""
+        if self._changed is None:
+            await asyncio.sleep(_POLL_S)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, limit_s)):
+                await self._changed.wait()
 
     async def apply(self, value: str | None) -> None:
         """Set (or remove) this pod's label; as primary, take it off the other pods too.

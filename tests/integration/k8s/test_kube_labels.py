@@ -123,3 +123,39 @@ async def test_a_primary_takes_the_primary_label_off_the_other_pods_of_its_clust
         assert role_of(server, "dead") is None
         assert role_of(server, "other-cluster") == "primary"
         assert [e["peer"] for e in logs if e["event"] == "pod_label_removed_from_peer"] == ["dead"]
+
+
+async def test_with_the_loops_event_the_label_moves_when_a_status_is_published_not_before(
+    tmp_path: Path,
+) -> None:
+    """The label task wakes when the HA loop publishes a status (it does not poll): a new
+    status is applied at once when the event says so, and not before."""
+    async with kube_server(tmp_path) as server:
+        pods = server.store_resource("pods")
+        server.store.create(pods, "default", {"metadata": {"name": "a", "labels": {"app": "pg"}}})
+        current, changed = [REPLICA], asyncio.Event()
+        labeler = PodLabeler(
+            client_factory=factory(server.url),
+            namespace="default",
+            pod_name="a",
+            label=RoleLabel(),
+            status=lambda: current[0],
+            changed=changed,
+            reassert_s=30.0,
+            timeout_s=1.0,
+        )
+        task = asyncio.create_task(labeler.run(), name="test-labeler")
+        try:
+            await eventually(lambda: role_of(server) == "replica")
+            patches = len([r for r in server.audit.records if r.verb == "patch"])
+            current[0] = PRIMARY  # not published yet
+            await asyncio.sleep(0.5)
+            assert role_of(server) == "replica"
+            changed.set()
+            await eventually(lambda: role_of(server) == "primary", timeout_s=0.5)
+            await asyncio.sleep(0.5)  # idle: no polling, no patch
+            assert len([r for r in server.audit.records if r.verb == "patch"]) == patches + 1
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
