@@ -5,6 +5,12 @@ A fault is set over HTTP (`POST /_fault` with a JSON body) or from Python
 
     {"mode": "error", "status": 503, "count": 2}        next 2 requests answer 503
     {"mode": "error", "status": 429, "retry_after_s": 1} 429 TooManyRequests + Retry-After
+    {"mode": "throttle", "rate": 5, "burst": 5, "retry_after_s": 1}
+                                                         a token bucket (5 a second, 5 at
+                                                         once): a request that finds no token
+                                                         gets 429 TooManyRequests + Retry-After
+                                                         (the real server's priority and
+                                                         fairness rejects before it executes)
     {"mode": "slow", "delay_s": 2}                       every request waits 2 s first
     {"mode": "hang"}                                     requests never answer until cleared
     {"mode": "cut_watches", "abrupt": true}              end every open watch now (one-shot)
@@ -23,6 +29,7 @@ time; setting a new one replaces the previous one (and releases hung requests).
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,6 +41,7 @@ class FaultMode(StrEnum):
     """What a fault does to a matching request."""
 
     ERROR = "error"
+    THROTTLE = "throttle"
     SLOW = "slow"
     HANG = "hang"
     CUT_WATCHES = "cut_watches"
@@ -54,6 +62,8 @@ class Fault:
     methods: tuple[str, ...] | None = None
     abrupt: bool = False
     message: str | None = None
+    rate: float = 0.0  # THROTTLE: tokens a second
+    burst: int = 1  # THROTTLE: the bucket's size
 
     def matches(self, method: str, path: str) -> bool:
         """Whether a request is affected by this fault."""
@@ -68,6 +78,8 @@ class Fault:
             out["status"] = self.status
             if self.retry_after_s is not None:
                 out["retry_after_s"] = self.retry_after_s
+        if self.mode is FaultMode.THROTTLE:
+            out.update(rate=self.rate, burst=self.burst, retry_after_s=self.retry_after_s)
         if self.mode is FaultMode.SLOW:
             out["delay_s"] = self.delay_s
         if self.mode is FaultMode.CUT_WATCHES:
@@ -91,7 +103,9 @@ def parse_fault(raw: Any) -> Fault:
     except ValueError:
         raise bad_request(f"unknown fault mode {raw.get('mode')!r}") from None
     try:
-        status = int(raw.get("status", 429 if raw.get("retry_after_s") is not None else 503))
+        throttle = mode is FaultMode.THROTTLE
+        default_status = 429 if raw.get("retry_after_s") is not None or throttle else 503
+        status = int(raw.get("status", default_status))
         retry = raw.get("retry_after_s")
         if status == 429 and retry is None:
             retry = 1
@@ -107,6 +121,8 @@ def parse_fault(raw: Any) -> Fault:
             methods=None if methods is None else tuple(str(m).upper() for m in methods),
             abrupt=bool(raw.get("abrupt", False)),
             message=raw.get("message"),
+            rate=float(raw.get("rate", 0.0)),
+            burst=int(raw.get("burst", 1)),
         )
     except (TypeError, ValueError) as exc:
         raise bad_request(f"invalid fault: {exc}") from None
@@ -114,6 +130,8 @@ def parse_fault(raw: Any) -> Fault:
         raise bad_request("fault status must be an HTTP error code (400-599)")
     if fault.delay_s < 0 or (fault.count is not None and fault.count < 1):
         raise bad_request("delay_s must be >= 0 and count >= 1")
+    if fault.mode is FaultMode.THROTTLE and (fault.rate <= 0 or fault.burst < 1):
+        raise bad_request("throttle needs rate > 0 and burst >= 1")
     return fault
 
 
@@ -123,6 +141,9 @@ class FaultInjector:
     def __init__(self) -> None:
         self._fault: Fault | None = None
         self._remaining: int | None = None
+        self._tokens = 0.0  # THROTTLE: the bucket, refilled at `rate` since `_filled_at`
+        self._filled_at = 0.0
+        self.throttled = 0  # requests a throttle refused
         self._release = asyncio.Event()
         self.hung_requests = 0
 
@@ -142,6 +163,7 @@ class FaultInjector:
             return
         self._fault = fault
         self._remaining = fault.count
+        self._tokens, self._filled_at = float(fault.burst), time.monotonic()
 
     def clear(self) -> None:
         """Back to normal; hung requests proceed."""
@@ -164,6 +186,22 @@ class FaultInjector:
         if fault is None:
             return
         match fault.mode:
+            case FaultMode.THROTTLE:
+                now = time.monotonic()
+                self._tokens = min(
+                    float(fault.burst), self._tokens + (now - self._filled_at) * fault.rate
+                )
+                self._filled_at = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                self.throttled += 1
+                raise ApiError(
+                    429,
+                    fault.message or "too many requests, please try again later",
+                    reason=reason_for_code(429),
+                    retry_after_s=fault.retry_after_s,
+                )
             case FaultMode.ERROR:
                 code = fault.status
                 raise ApiError(

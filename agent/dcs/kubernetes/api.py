@@ -3,7 +3,8 @@ client (agent/kube/client.py, or in tests a kubernetes_asyncio `ApiClient`: the 
 `call_api` shape) built lazily by the injected factory (constructing this does
 no I/O). Every request carries the request timeout; statuses a caller may handle (2xx, 404,
 409, 410, 422) come back as a `Response`, the rest raise `DcsUnavailable` (`DcsAuthError` for
-401/403). `bounded()` turns any failure inside a deadline into `DcsUnavailable`."""
+401/403). A 429 is sent again after its Retry-After while that fits in the request timeout.
+`bounded()` turns any failure inside a deadline into `DcsUnavailable`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ ClientFactory = Callable[[], Awaitable[Any]]
 
 _CLOSE_TIMEOUT_S = 2.0
 _WATCH_READ_GRACE_S = 10.0  # a stream silent for timeoutSeconds + this is dead
+_THROTTLED_ATTEMPTS = 3  # sends of one request the server throttles (429 + Retry-After)
+
+
+class Throttled(DcsUnavailable):
+    """The server answered 429 Too Many Requests (after the retries its Retry-After allowed):
+    unavailable for the HA loop, but the server is alive."""
 
 
 class Expired(Exception):
@@ -46,6 +53,16 @@ def message(body: Any) -> str:
     if isinstance(body, dict):
         return str(body.get("message") or body.get("reason") or "")[:200]
     return ""
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """The Retry-After of a 429, in seconds (None: absent or not a number of seconds)."""
+    text = (headers or {}).get("Retry-After", "")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 def expect(response: Response, *statuses: int) -> None:
@@ -78,6 +95,7 @@ class KubeApi:
         self._timeout_s = timeout_s
         self._api: Any = None
         self._lock = asyncio.Lock()
+        self.throttled = 0  # requests sent again after a 429's Retry-After
 
     async def _client(self) -> Any:
         async with self._lock:
@@ -97,31 +115,43 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Response:
-        """One API request, bounded by the request timeout (see the module docstring)."""
+        """One API request, bounded by the request timeout (see the module docstring). A 429
+        whose Retry-After leaves room in that timeout is sent again after it (the server's
+        priority and fairness refused it before executing it, so a write is not applied
+        twice), up to `_THROTTLED_ATTEMPTS` times, as client-go does; the caller's deadline
+        bounds the whole."""
         api = await self._client()
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        response: Any = await api.call_api(
-            path,
-            method,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=self._timeout_s,
-        )
-        try:
-            status = int(response.status)
-            data = await response.read()
-        finally:
-            response.release()
+        for attempt in range(1, _THROTTLED_ATTEMPTS + 1):
+            response: Any = await api.call_api(
+                path,
+                method,
+                query_params=list((query or {}).items()),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._timeout_s,
+            )
+            try:
+                status = int(response.status)
+                data = await response.read()
+                wait_s = retry_after_s(response.headers) if status == 429 else None
+            finally:
+                response.release()
+            if wait_s is None or wait_s >= self._timeout_s or attempt == _THROTTLED_ATTEMPTS:
+                break
+            self.throttled += 1
+            await asyncio.sleep(wait_s)
         try:
             decoded: Any = json.loads(data) if data else None
         except ValueError:
             decoded = None
         if status in (401, 403):
             raise DcsAuthError(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
-        if status >= 500 or status == 429 or status in (400, 415):
+        if status == 429:
+            raise Throttled(f"kubernetes: {method} {path}: HTTP 429: {message(decoded)}")
+        if status >= 500 or status in (400, 415):
             raise DcsUnavailable(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
         return Response(status, decoded)
 

@@ -17,7 +17,7 @@ from agent.config import LockKind, Settings
 from agent.dcs import keys
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.changes import ChangeTracker
-from agent.dcs.kubernetes.api import ClientFactory, KubeApi, bounded, expect
+from agent.dcs.kubernetes.api import ClientFactory, KubeApi, Throttled, bounded, expect
 from agent.dcs.kubernetes.expiry import ObservedExpiry, heartbeat_interval
 from agent.dcs.kubernetes.guard import EndpointsGuard
 from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal, leader_items
@@ -450,12 +450,14 @@ class KubernetesDcs:
     @contextlib.asynccontextmanager
     async def _request(self, what: str) -> AsyncIterator[None]:
         """One public call: bounded by the deadline; every failure becomes DcsUnavailable
-        (and makes the next get_cluster read from the server)."""
+        (and, unless the server answered 429, makes the next get_cluster read from it)."""
         if self._closed:
             raise DcsUnavailable(f"kubernetes: {what}: this DCS handle is closed")
         try:
             async with bounded(what, self._timeout_s):
                 yield
+        except Throttled:
+            raise  # the server answered: the caches stay as trusted as they were
         except DcsUnavailable:
             self._suspect = True
             raise

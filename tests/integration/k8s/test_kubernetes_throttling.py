@@ -1,0 +1,207 @@
+"""The 429 / Retry-After path (issue 15): with the API server throttling, no leader is lost
+that was not dead, and throttling that outlasts the ttl ends in the safe outcome: the leader
+fences at its deadline, and another member takes the lock only after it (never two).
+
+Three members of one cluster against the in-process test API server, each driven by a small
+HA loop that keeps the agent's lease rules: a leader renews every cycle and counts its lease
+from the send time of its last successful renewal; it stops being writable ("fenced") at
+that time + ttl - fence margin, or when a renewal says the lock is no longer its own; a
+member with no live leader in its view tries to acquire. Every member's writable intervals
+are recorded on the one monotonic clock of the test, so overlaps are checked exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agent.config import LockKind
+from agent.dcs.base import DcsUnavailable
+from agent.dcs.kubernetes import KubernetesDcs
+from tests.contract.dcs_contract import member
+from tests.integration.k8s.test_kubernetes_dcs import (
+    APP_LABELS,
+    NAMESPACE,
+    KubeContractCluster,
+    url_factory,
+)
+from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
+from tests.support.etcd import BlackHole
+from tests.support.kube import kube_server
+
+pytestmark = pytest.mark.integration
+
+TTL_S, LOOP_S, RETRY_S, MARGIN_S = 6.0, 1.0, 3.0, 2.0
+TIMEOUT_S = 0.9 * RETRY_S  # the backend's share of retry_timeout_s, as from_settings
+
+
+@dataclass
+class Agent:
+    """One member's lease-keeping loop (see the module docstring)."""
+
+    name: str
+    dcs: KubernetesDcs
+    leading_sent: float | None = None  # send time of the last successful acquire/renew
+    intervals: list[list[float]] = field(default_factory=list)  # [start, end] writable
+    renew_failures: int = 0
+
+    @property
+    def leading(self) -> bool:
+        return self.leading_sent is not None
+
+    def stop_leading(self, at: float) -> None:
+        assert self.leading_sent is not None
+        self.intervals[-1].append(min(at, self.leading_sent + TTL_S - MARGIN_S))
+        self.leading_sent = None
+
+    async def cycle(self) -> None:
+        now = time.monotonic()
+        if self.leading_sent is not None and now >= self.leading_sent + TTL_S - MARGIN_S:
+            self.stop_leading(now)  # the fencing deadline
+        try:
+            view = await self.dcs.get_cluster()
+        except DcsUnavailable:
+            view = None
+        sent = time.monotonic()
+        if self.leading:
+            try:
+                renewed = await self.dcs.renew_leader()
+            except DcsUnavailable:
+                self.renew_failures += 1
+            else:
+                if renewed:
+                    self.leading_sent = sent
+                else:
+                    self.stop_leading(time.monotonic())
+        elif view is not None and view.leader is None:
+            with contextlib.suppress(DcsUnavailable):
+                if await self.dcs.acquire_leader():
+                    self.leading_sent = sent
+                    self.intervals.append([sent])
+        with contextlib.suppress(DcsUnavailable):
+            await self.dcs.publish_member(member(self.name))
+
+    async def run(self, until: float) -> None:
+        while time.monotonic() < until:
+            started = time.monotonic()
+            await self.cycle()
+            await asyncio.sleep(max(0.0, LOOP_S - (time.monotonic() - started)))
+        if self.leading:
+            self.intervals[-1].append(time.monotonic())
+
+
+def overlaps(agents: list[Agent]) -> list[str]:
+    """Writable intervals of two different members that overlap."""
+    spans = [(start, end, a.name) for a in agents for start, *rest in a.intervals for end in rest]
+    found = []
+    for i, (s1, e1, n1) in enumerate(spans):
+        for s2, e2, n2 in spans[i + 1 :]:
+            if n1 != n2 and s1 < e2 and s2 < e1:
+                found.append(f"{n1} [{s1:.2f}, {e1:.2f}] and {n2} [{s2:.2f}, {e2:.2f}]")
+    return found
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
+    async with kube_server(tmp_path) as server, BlackHole() as hole:
+        c = KubeContractCluster(server, LockKind.LEASE, hole)
+        try:
+            yield c
+        finally:
+            await c.close()
+
+
+def agents_of(cluster: KubeContractCluster, server: KubeApiServer) -> list[Agent]:
+    out = []
+    for name in ("a", "b", "c"):
+        cluster.ensure_pod(name)
+        handle = KubernetesDcs(
+            client_factory=url_factory(server.url),
+            namespace=NAMESPACE,
+            cluster=cluster.cluster,
+            member_name=name,
+            ttl_s=TTL_S,
+            timeout_s=TIMEOUT_S,
+            loop_wait_s=LOOP_S,
+            lock=LockKind.LEASE,
+            labels=APP_LABELS,
+        )
+        cluster.handles.append(handle)
+        out.append(Agent(name, handle))
+    return out
+
+
+async def elect(agents: list[Agent]) -> Agent:
+    """Run cycles until one leads; that one (a) first, so that it wins."""
+    for _ in range(5):
+        for agent in agents:
+            await agent.cycle()
+        leaders = [a for a in agents if a.leading]
+        if leaders:
+            assert len(leaders) == 1
+            return leaders[0]
+    raise AssertionError("no leader elected")
+
+
+async def test_a_leader_whose_renewals_are_throttled_keeps_its_lease(
+    cluster: KubeContractCluster,
+) -> None:
+    """The Lease's updates are throttled to 0.6 a second (a token bucket of one) while the
+    leader renews every cycle: most renewals are refused (429, Retry-After 1) once or twice
+    and go through when sent again inside the same call, within its deadline. So no renewal
+    fails and the leader keeps its lease; nobody else ever leads. (Without honouring the
+    Retry-After, those renewals fail: the lease then hangs on the ones that happen to find a
+    token, and the `renew_failures == 0` assertion fails.)"""
+    server = cluster.server
+    agents = agents_of(cluster, server)
+    leader = await elect(agents)
+    server.faults.set(
+        Fault(
+            mode=FaultMode.THROTTLE,
+            rate=0.6,
+            burst=1,
+            retry_after_s=1,
+            path_prefix="/apis/coordination.k8s.io/",
+            methods=("PUT",),
+        )
+    )
+    until = time.monotonic() + 3 * TTL_S
+    await asyncio.gather(*(a.run(until) for a in agents))
+    assert server.faults.throttled >= 5, "the renewals were not throttled"
+    assert leader.dcs._api.throttled >= 3, "no renewal was sent again after its Retry-After"
+    assert leader.renew_failures == 0
+    assert leader.intervals == [[leader.intervals[0][0], leader.intervals[0][1]]]
+    assert leader.intervals[0][1] >= until, f"{leader.name} fenced: {leader.intervals}"
+    assert [a.name for a in agents if a.intervals and a is not leader] == []
+
+
+async def test_throttling_that_outlasts_the_ttl_fences_the_leader_before_anyone_takes_over(
+    cluster: KubeContractCluster,
+) -> None:
+    """Every request refused (429, Retry-After 1) for twice the ttl: the leader's renewals
+    fail within their deadline, it fences at its deadline, nobody can take the lock while
+    the server refuses, and once it answers again a new leader is elected whose writable
+    interval starts after the old one's ended."""
+    server = cluster.server
+    agents = agents_of(cluster, server)
+    leader = await elect(agents)
+    for _ in range(2):  # every member has seen the leader renew
+        for agent in agents:
+            await agent.cycle()
+    server.faults.set(Fault(mode=FaultMode.ERROR, status=429, retry_after_s=1))
+    throttled_until = time.monotonic() + 2 * TTL_S
+    runs = [asyncio.create_task(a.run(throttled_until + 2 * TTL_S)) for a in agents]
+    await asyncio.sleep(throttled_until - time.monotonic())
+    assert not leader.leading and len(leader.intervals) == 1, "the leader did not fence"
+    assert leader.renew_failures >= 1
+    assert all(len(a.intervals) == 0 for a in agents if a is not leader)
+    server.faults.clear()
+    await asyncio.gather(*runs)
+    assert sum(len(a.intervals) for a in agents) >= 2, "no new leader after the throttling"
+    assert overlaps(agents) == []
