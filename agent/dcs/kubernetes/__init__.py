@@ -22,7 +22,8 @@ Expiry is judged on this handle's own monotonic clock (`expiry.ObservedExpiry`, 
 invariant 4), never from renewTime. A leader record unchanged for `ttl_s` reads as no
 leader and may be taken over, with a write conditional on the stale resourceVersion, so two
 takers cannot both win. Pods do not expire, so a member also writes a heartbeat annotation
-(`pgwarden.io/heartbeat`) at least every `ttl_s / 3` even when its record is unchanged, and a
+(`pgwarden.io/heartbeat`) when its record is unchanged for `expiry.heartbeat_interval` (4.3 s
+at the default timings; its next write lands inside the ttl even a cycle late), and a
 member whose record and heartbeat have not changed for `ttl_s` is dropped from the view, as
 its key would expire in etcd: a dead agent's record must not look like a healthy replica. The
 holder's own lease is judged from the send time of its last successful renewal: past `ttl_s`,
@@ -31,13 +32,16 @@ holder's own lease is judged from the send time of its last successful renewal: 
 Change notification (`wait_for_change`, base.py point 8): the watches (`watches.py`: pods,
 each lock object, the ConfigMap) feed one `changes.ChangeTracker`; the handle's own writes
 are recognised by the resourceVersion they returned. Expiries seen on this handle's clock
-(leader or member) wake it once each. Once they run, the pods and ConfigMap watches also
-keep what they saw (`cache.py`), and `get_cluster` reads those from memory and only the lock
-object from the server (one request per cycle instead of three).
+(leader or member) wake it once each. Once they run, the watches also keep what they saw
+(`cache.py`), and while a leader renews and they are healthy `get_cluster` reads everything
+from memory (no request; three before the caches). It reads from the server after any failed
+request of its own (a 429 aside), while no live leader holds the lock, and before a member
+record expires on cached objects (`backend.KubernetesDcs._view_items`).
 
 Every public call runs under one deadline (`timeout_s`, also the per-request timeout) and
 raises `DcsUnavailable` (`DcsAuthError` on 401/403) for connection errors, timeouts, 5xx and
-429 (`api.KubeApi`, the one transport). Constructing the handle does no I/O: the API client is
+429 (`api.KubeApi`, the one transport, which first sends a 429 again after its Retry-After
+while that fits in the timeout). Constructing the handle does no I/O: the API client is
 built on the first call.
 
 A `lease` agent does not take the Lease while the Endpoints lock of `endpoints` agents names

@@ -1,17 +1,17 @@
 """What a watch has seen of its objects (an informer's store, as client-go and Patroni keep
-one), so that `get_cluster` reads the member pods and the ConfigMap from memory instead of
-listing them every cycle: the lock object is still read from the API server each time (it is
-what leadership is judged by, and that request proves the server answers).
+one), so that `get_cluster` reads the member pods, the ConfigMap and the lock object from
+memory instead of asking the API server every cycle.
 
 A cache is used only while it can be trusted (`usable`): it was filled by a list or by the
 handle's first read, its watch stream is live (not failing and retrying), it has seen the
 resourceVersion of this handle's own last write to its objects (so a caller reads its own
-writes), and, where its objects change on a schedule (member pods: every member writes a
-heartbeat at least every ttl/3), an event came within `max_quiet_s` (a stream that died
-without a word must not freeze the members' heartbeats, which would expire them on this
-handle's clock). Otherwise, and whenever the lock object names no leader (a race for it is
-judged by the ConfigMap's records, which a silently dead stream could show stale), the
-backend reads from the server, as before the watches ran. A peer's
+writes), and, where its objects change on a schedule (the lock: the leader renews every
+cycle; member pods: every member heartbeats), an event came within `max_quiet_s` (a stream
+that died without a word, or a server that stopped answering, must not look current). The
+backend adds its own conditions (backend.py `_view_items`: a live leader, no member record
+expiring on cached objects, no failed request since its last read from the server);
+otherwise it reads from the server, as before the watches ran. A peer's
+write showsA peer's
 write shows once its watch event arrives (milliseconds on a healthy link); every write stays
 conditional on resourceVersion, so a read that lags a peer's write can cost a failed
 compare-and-set, never safety.
