@@ -247,7 +247,7 @@ class EtcdDcs:
                     return
                 created = kv.create_revision
             # On the key's creation, not on our name alone: a copy of this request that is
-            # applied late (a hedged write, etcd_client.py) must not delete a key we have
+            # applied late (a hedged write, etcd_transport.py) must not delete a key we have
             # acquired again since, with the same name and lease (review R6).
             txn = await self._client.txn(
                 [

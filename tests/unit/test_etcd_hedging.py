@@ -1,4 +1,4 @@
-"""The etcd client's hedged requests (agent/dcs/etcd_client.py, `_call_with_failover`), on a
+"""The etcd client's hedged requests (agent/dcs/etcd_transport.py, `_call_with_failover`), on a
 fake transport and fake time (tests/unit/fakes/virtual_time.py): each endpoint answers after
 its own latency, never (a black hole), or refuses at once.
 
