@@ -5,7 +5,7 @@ the DCS, so it needs nothing but a URL (and credentials for the commands that ch
 a member that cannot be reached is skipped. Exit codes: 0 done, 1 refused by the API (the
 API's error message is printed) or no member reachable, 2 bad command line.
 
-The table and history renderers are pure functions of the API's JSON, tested on their own.
+The table and history renderers are pure functions of the API's JSON, in agent/ctl_render.py.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import TextIO
 
 import aiohttp
 
+from agent.ctl_render import render_history, render_table, text_of
 from agent.ctl_topology import render_topology
 
 DEFAULT_URL = "http://127.0.0.1:8008"
-_MIB = 1024 * 1024
 
 
 class CtlError(Exception):
@@ -75,141 +75,6 @@ class Reply:
         if not isinstance(self.body, dict):
             raise CtlError(f"{self.url}: the answer is not a JSON object")
         return self.body
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def _text(value: object, default: str = "") -> str:
-    return default if value is None else str(value)
-
-
-def _lag_mb(member: Mapping[str, object]) -> str:
-    if member.get("leader") is True:
-        return ""
-    lag = member.get("lag_bytes")
-    if isinstance(lag, bool) or not isinstance(lag, int | float):
-        return "unknown"
-    return str(round(lag / _MIB))
-
-
-_SYNC_ROLES = {"sync": "Sync Standby", "quorum": "Quorum Standby"}
-
-
-def _role(member: Mapping[str, object]) -> str:
-    if member.get("leader") is True:
-        return "Leader"
-    sync_role = _SYNC_ROLES.get(_text(member.get("sync_role")))
-    if sync_role is not None:
-        return sync_role
-    return _text(member.get("role"), "unknown").capitalize()
-
-
-def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def fmt(cells: Sequence[str]) -> str:
-        parts = [
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ]
-        return "| " + " | ".join(parts) + " |"
-
-    return [line, fmt(headers), line, *(fmt(r) for r in rows), line]
-
-
-def render_table(cluster: Mapping[str, object]) -> str:
-    """The `/cluster` object as a table like `patronictl list`:
-    Member | Host | Role | State | TL | Lag in MB, the leader marked `Leader` (and first, as
-    the API sends it), then the pending switchover and the maintenance mode, if any."""
-    members = cluster.get("members")
-    rows = []
-    for member in members if isinstance(members, list) else []:
-        if not isinstance(member, dict):
-            continue
-        host = _text(member.get("host"), "?")
-        if member.get("port") is not None:
-            host = f"{host}:{member['port']}"
-        rows.append(
-            [
-                _text(member.get("name"), "?"),
-                host,
-                _role(member),
-                _text(member.get("state"), "unknown"),
-                _text(member.get("timeline")),
-                _lag_mb(member),
-                "*" if member.get("pending_restart") else "",
-            ]
-        )
-    title = f"Cluster: {_text(cluster.get('cluster'), '?')}"
-    leader = cluster.get("leader")
-    title += f" (leader: {leader})" if leader else " (no leader)"
-    lines = [title]
-    headers = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Pending restart"]
-    lines += _grid(headers, rows, right={4, 5})
-    switchover = cluster.get("switchover")
-    if isinstance(switchover, dict):
-        text = (
-            f"Switchover pending: {_text(switchover.get('leader'), '(no leader)')} -> "
-            f"{_text(switchover.get('candidate'), '(healthiest replica)')}"
-        )
-        if switchover.get("scheduled_at"):
-            text += f", scheduled at {switchover['scheduled_at']}"
-        lines.append(text)
-    restart = cluster.get("restart")
-    if isinstance(restart, dict):
-        listed = restart.get("members")
-        names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
-        done = restart.get("done")
-        text = f"Rolling restart of {names} at {_text(restart.get('scheduled_at'))}"
-        text += " (pending only)" if restart.get("pending") else ""
-        if isinstance(done, list) and done:
-            text += f"; done: {', '.join(str(n) for n in done)}"
-        lines.append(text + " (pgwarden ctl cancel-restart cancels it)")
-    if cluster.get("paused") is True:
-        lines.append("Maintenance mode: on (paused; the agents take no automatic action)")
-    mode = _text(cluster.get("synchronous_mode"))
-    sync = cluster.get("sync")
-    if mode and mode != "off":
-        text = f"Synchronous mode: {mode}"
-        if isinstance(sync, dict):
-            listed = sync.get("members")
-            names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
-            quorum = sync.get("quorum")
-            text += (
-                f" (recorded set: {names}; every commit on {quorum} of them)"
-                if names and quorum
-                else " (no synchronous standby: commits are asynchronous)"
-            )
-        lines.append(text)
-    if cluster.get("failsafe_mode") is True:
-        failsafe = cluster.get("failsafe")
-        listed = failsafe.get("members") if isinstance(failsafe, dict) else None
-        names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
-        lines.append(
-            "Failsafe mode: on"
-            + (f" (a DCS outage is survived while {names} confirm the primary)" if names else "")
-        )
-    return "\n".join(lines)
-
-
-def render_history(history: Mapping[str, object]) -> str:
-    """The `/history` object as a table: TL | LSN | Reason | Time | New leader."""
-    entries = history.get("history")
-    rows = [
-        [
-            _text(e.get("timeline")),
-            _text(e.get("switch_lsn_text"), _text(e.get("switch_lsn"))),
-            _text(e.get("reason")),
-            _text(e.get("at")),
-            _text(e.get("new_leader")),
-        ]
-        for e in (entries if isinstance(entries, list) else [])
-        if isinstance(e, dict)
-    ]
-    if not rows:
-        return "No timeline switch recorded."
-    return "\n".join(_grid(["TL", "LSN", "Reason", "Time", "New leader"], rows, right={0}))
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -365,8 +230,8 @@ async def _command(
         print(render_topology(reply.object()), file=io.out)
     elif command in ("switchover", "failover"):
         answer = reply.object()
-        text = f"{command.capitalize()} accepted: {_text(answer.get('leader'), '(no leader)')}"
-        text += f" -> {_text(answer.get('candidate'), '(healthiest replica)')}"
+        text = f"{command.capitalize()} accepted: {text_of(answer.get('leader'), '(no leader)')}"
+        text += f" -> {text_of(answer.get('candidate'), '(healthiest replica)')}"
         if answer.get("scheduled_at"):
             text += f" at {answer['scheduled_at']}"
         print(text, file=io.out)

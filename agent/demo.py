@@ -28,7 +28,7 @@ from typing import TextIO
 
 import aiohttp
 
-from agent.ctl import render_table
+from agent.ctl_render import render_table
 from agent.dcs_settings import LockKind
 from agent.localcluster import LocalCluster
 from agent.localproc import ETCD_BIN, PG_BIN

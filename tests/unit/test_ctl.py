@@ -21,7 +21,8 @@ from agent.config import (
     Secret,
     Settings,
 )
-from agent.ctl import main, render_history, render_table, run
+from agent.ctl import main, run
+from agent.ctl_render import render_history, render_table
 from agent.dcs import keys
 from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.metrics import Metrics

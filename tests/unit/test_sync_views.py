@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.ctl import render_table
+from agent.ctl_render import render_table
 from agent.decide import sync_role_of
 from agent.metrics import Metrics
 from agent.model import (
