@@ -1,5 +1,5 @@
 """One etcd request on several endpoints: the attempts of a hedged call
-(`EtcdClient._call_with_failover` says how it hedges and why duplicates are harmless), and
+(`EtcdTransport._call_with_failover` says how it hedges and why duplicates are harmless), and
 the control-flow exceptions of one attempt on one endpoint."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def retrieve(task: asyncio.Task[Any]) -> None:
 
 
 class Hedge:
-    """The attempts of one call (see `EtcdClient._call_with_failover`): which endpoints of
+    """The attempts of one call (see `EtcdTransport._call_with_failover`): which endpoints of
     this pass are untried, which attempts run, and why each endpoint last failed."""
 
     def __init__(
