@@ -125,10 +125,10 @@ class LocalCluster(LocalKubeApi):
     def config_for(self, member: LocalMember) -> dict[str, object]:
         os_user = "postgres" if os.geteuid() == 0 else None
         timing: dict[str, float] = {
-            "ttl_s": 10,
+            "ttl_s": 6,
             "loop_wait_s": 2,
-            "retry_timeout_s": 3,
-            "fence_margin_s": 2,
+            "retry_timeout_s": 1.5,
+            "fence_margin_s": 1,
         }
         timing.update(self.timing)
         config: dict[str, object] = {

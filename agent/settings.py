@@ -91,10 +91,10 @@ class Timing:
     fence_margin_s <= ttl_s: a renewal can fail once and be retried inside one ttl, with the
     margin left for fencing (docs/configuration.md explains each rule)."""
 
-    ttl_s: float = 10.0
+    ttl_s: float = 6.0
     loop_wait_s: float = 2.0
-    retry_timeout_s: float = 3.0
-    fence_margin_s: float = 2.0
+    retry_timeout_s: float = 1.5
+    fence_margin_s: float = 1.0
     primary_start_timeout_s: float = 10.0
     switchover_timeout_s: float = 10.0
     peer_check_timeout_s: float = 0.5

@@ -56,11 +56,16 @@ from patroni_cluster import (
 )
 
 from agent.localcluster import LocalCluster
+from agent.settings import Timing
 from bench.writes import BenchAppWriter
 from tests.support.cluster import converged, wait_until
 from tests.support.workload import ensure_table
 
-DEFAULT_TIMING = {"ttl_s": 10.0, "loop_wait_s": 2.0, "retry_timeout_s": 3.0, "fence_margin_s": 2.0}
+# The agent's own defaults (agent/settings.py Timing), so a change of default is measured here.
+DEFAULT_TIMING = {
+    k: float(getattr(Timing(), k))
+    for k in ("ttl_s", "loop_wait_s", "retry_timeout_s", "fence_margin_s")
+}
 
 BenchCluster = LocalCluster | PatroniCluster
 Report = dict[str, dict[str, float | int]]

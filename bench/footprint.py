@@ -37,9 +37,14 @@ from failover import converge, cpu_ticks, fencer_pid, rss_kb
 from patroni_cluster import PatroniCluster
 
 from agent.localcluster import LocalCluster
+from agent.settings import Timing
 from tests.support.k8s_audit import request_rate
 
-DEFAULT_TIMING = {"ttl_s": 10.0, "loop_wait_s": 2.0, "retry_timeout_s": 3.0, "fence_margin_s": 2.0}
+# The agent's own defaults (agent/settings.py Timing), so a change of default is measured here.
+DEFAULT_TIMING = {
+    k: float(getattr(Timing(), k))
+    for k in ("ttl_s", "loop_wait_s", "retry_timeout_s", "fence_margin_s")
+}
 BACKENDS = {
     "etcd": ("etcd", "lease"),
     "kubernetes-lease": ("kubernetes", "lease"),

@@ -191,8 +191,16 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+# The agent's default `ha.maximum_lag_on_failover_bytes`: a switchover to a member further
+# behind (by the published positions) is refused with 409.
+CAUGHT_UP_BYTES = 1024 * 1024
+
+
 async def converged(cluster: LocalCluster, session: aiohttp.ClientSession) -> bool:
-    """One leader running as primary, every other member streaming on its timeline."""
+    """One leader running as primary, every other member streaming on its timeline with a
+    published position within CAUGHT_UP_BYTES of the leader's (right after a bootstrap or a
+    clone the records can be a WAL segment apart for a cycle, and a switchover asked then is
+    rightly refused)."""
     view = await cluster.cluster_json(session)
     if view is None:
         return False
@@ -206,7 +214,10 @@ async def converged(cluster: LocalCluster, session: aiohttp.ClientSession) -> bo
         return False
     timeline = leaders[0].get("timeline")
     return all(
-        m.get("state") == "streaming" and m.get("timeline") == timeline
+        m.get("state") == "streaming"
+        and m.get("timeline") == timeline
+        and isinstance(m.get("lag_bytes"), int)
+        and int(m["lag_bytes"]) <= CAUGHT_UP_BYTES
         for m in members
         if not m.get("leader")
     )

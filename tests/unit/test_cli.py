@@ -43,7 +43,7 @@ def test_check_config_prints_the_effective_settings_with_secrets_masked(
     assert code == 0 and err == ""
     effective = yaml.safe_load(out)
     assert effective["name"] == "pg-0"
-    assert effective["timing"]["ttl_s"] == 10.0  # defaults are shown too
+    assert effective["timing"]["ttl_s"] == 6.0  # defaults are shown too
     assert effective["api"]["token"] == "********"
     assert effective["postgresql"]["superuser"]["password"] == "********"
     assert "tok-SECRET" not in out and "su-XYZ" not in out

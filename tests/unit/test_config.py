@@ -120,10 +120,10 @@ def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
         "http://127.0.0.1:8008",
     )
     assert s.timing == Timing(
-        ttl_s=10.0,
+        ttl_s=6.0,
         loop_wait_s=2.0,
-        retry_timeout_s=3.0,
-        fence_margin_s=2.0,
+        retry_timeout_s=1.5,
+        fence_margin_s=1.0,
         primary_start_timeout_s=10.0,
         switchover_timeout_s=10.0,
         peer_check_timeout_s=0.5,
@@ -137,7 +137,7 @@ def test_minimal_config_loads_with_documented_defaults(tmp_path: Path) -> None:
 def test_default_timings_satisfy_the_timing_rule() -> None:
     t = Timing()
     assert t.loop_wait_s + 2 * t.retry_timeout_s + t.fence_margin_s <= t.ttl_s
-    assert t.fence_deadline(100.0) == 108.0
+    assert t.fence_deadline(100.0) == 105.0
 
 
 def test_full_config_loads_every_field(tmp_path: Path) -> None:
@@ -406,7 +406,7 @@ BAD_CASES: list[tuple[str, dict[str, object], str, str]] = [
     ("peer check too long", {"timing.peer_check_timeout_s": 2}, "timing.peer_check_timeout_s",
      "must be < timing.loop_wait_s"),
     ("timing rule", {"timing.retry_timeout_s": 4}, "timing.ttl_s",
-     "loop_wait_s + 2 * retry_timeout_s + fence_margin_s = 2 + 2 * 4 + 2 = 12, got 10"),
+     "loop_wait_s + 2 * retry_timeout_s + fence_margin_s = 2 + 2 * 4 + 1 = 11, got 6"),
     ("negative priority", {"tags.failover_priority": -1}, "tags.failover_priority", ">= 0"),
     ("negative lag", {"ha.maximum_lag_on_failover_bytes": -1}, "ha.maximum_lag_on_failover_bytes",
      ">= 0"),

@@ -39,10 +39,10 @@ def test_a_hand_built_timing_with_a_one_second_ttl_is_refused_naming_field_and_r
 
 def test_a_hand_built_timing_that_breaks_only_the_lease_rule_is_refused() -> None:
     with pytest.raises(InvalidSettings) as error:
-        Timing(ttl_s=9)
+        Timing(ttl_s=5)
     assert fields_of(error) == {"ttl_s"}
     with pytest.raises(InvalidSettings) as error:
-        Timing(postgres_unresponsive_s=6)
+        Timing(postgres_unresponsive_s=4)
     assert fields_of(error) == {"postgres_unresponsive_s"}
 
 
