@@ -21,22 +21,20 @@ from agent.config import LockKind
 from agent.dcs.base import DcsUnavailable
 from agent.model import RecordKind
 from tests.contract.dcs_contract import member
-from tests.integration.k8s.test_kubernetes_dcs import NAMESPACE, KubeContractCluster
+from tests.integration.k8s.test_kubernetes_dcs import (
+    NAMESPACE,
+    KubeContractCluster,
+    contract_cluster,
+)
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
-from tests.support.etcd import BlackHole
-from tests.support.kube import kube_server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
-    async with kube_server(tmp_path) as server, BlackHole() as hole:
-        c = KubeContractCluster(server, LockKind.LEASE, hole)
-        try:
-            yield c
-        finally:
-            await c.close()
+    async with contract_cluster(tmp_path, LockKind.LEASE) as c:
+        yield c
 
 
 def requests(server: KubeApiServer, since: float) -> list[str]:

@@ -4,6 +4,7 @@ kinds, plus conflicts, watch trouble, faults, TLS with a token and the in-cluste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -197,6 +198,17 @@ class KubeContractCluster:
 async def kube(tmp_path: Path) -> AsyncIterator[KubeApiServer]:
     async with kube_server(tmp_path) as server:
         yield server
+
+
+@contextlib.asynccontextmanager
+async def contract_cluster(tmp_path: Path, kind: LockKind) -> AsyncIterator[KubeContractCluster]:
+    """A test API server of its own and a contract cluster of `kind` on it, closed after."""
+    async with kube_server(tmp_path) as server, BlackHole() as black_hole:
+        cluster = KubeContractCluster(server, kind, black_hole)
+        try:
+            yield cluster
+        finally:
+            await cluster.close()
 
 
 @pytest.fixture(params=list(LockKind), ids=[kind.value for kind in LockKind])

@@ -20,11 +20,10 @@ from tests.integration.k8s.test_kubernetes_dcs import (
     NAMESPACE,
     TTL_S,
     KubeContractCluster,
+    contract_cluster,
 )
 from tests.k8s_apiserver import Fault, FaultMode
 from tests.k8s_apiserver.errors import ApiError
-from tests.support.etcd import BlackHole
-from tests.support.kube import kube_server
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +32,8 @@ OLD, STEP, NEW = LockKind.ENDPOINTS, LockKind.ENDPOINTS_AND_LEASE, LockKind.LEAS
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
-    async with kube_server(tmp_path) as server, BlackHole() as hole:
-        c = KubeContractCluster(server, OLD, hole)
-        try:
-            yield c
-        finally:
-            await c.close()
+    async with contract_cluster(tmp_path, OLD) as c:
+        yield c
 
 
 async def leaders(handles: list[KubernetesDcs]) -> set[str]:

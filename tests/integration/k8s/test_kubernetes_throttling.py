@@ -29,11 +29,10 @@ from tests.integration.k8s.test_kubernetes_dcs import (
     APP_LABELS,
     NAMESPACE,
     KubeContractCluster,
+    contract_cluster,
     url_factory,
 )
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
-from tests.support.etcd import BlackHole
-from tests.support.kube import kube_server
 
 pytestmark = pytest.mark.integration
 
@@ -109,12 +108,8 @@ def overlaps(agents: list[Agent]) -> list[str]:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
-    async with kube_server(tmp_path) as server, BlackHole() as hole:
-        c = KubeContractCluster(server, LockKind.LEASE, hole)
-        try:
-            yield c
-        finally:
-            await c.close()
+    async with contract_cluster(tmp_path, LockKind.LEASE) as c:
+        yield c
 
 
 def agents_of(cluster: KubeContractCluster, server: KubeApiServer) -> list[Agent]:
