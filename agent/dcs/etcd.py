@@ -214,11 +214,15 @@ class EtcdDcs:
             if lease == 0:
                 return False
             sent_at = self._clock.monotonic()
+            holding: bool | None = None
             if self._mirror.current(sent_at, max_age_s=self._ttl_s):
-                # The keepalive alone; whether the key is still ours comes from the mirror
-                # once it is answered (below), as current as the txn's compare would be.
+                # The keepalive alone, the mirror saying whether the key is still ours; unless
+                # another endpoint than the watch's answered (its member may be frozen, the
+                # stream silent): then etcd's compare decides (review hreview2 E2).
                 ttl = await self._client.lease_keepalive(lease)
-                holding = None
+                self._mirror.answered(sent_at, self._client.answered_by)
+                if ttl > 0 and not self._mirror.current(sent_at, max_age_s=self._ttl_s):
+                    holding = (await self._client.txn(self._holding(lease), [])).succeeded
             else:
                 # The keepalive and the check that the leader key is still ours are
                 # independent (the check writes nothing): sent together, a renewal costs one

@@ -333,6 +333,44 @@ async def test_with_the_etcd_member_of_its_watch_frozen_a_member_reads_from_anot
         frozen.send_signal(signal.SIGCONT)
 
 
+async def test_a_renewal_answered_by_another_member_than_the_watch_s_asks_etcd_for_the_key(
+    etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review hreview2 E2: with the watch's etcd member frozen, the leader's keepalive is
+    answered by another member, and its mirror still shows the keys from before the freeze.
+    That very renewal must ask etcd whose key it is: a leader key rewritten meanwhile (by
+    hand: the leader's lease is alive, so nothing else can) fails it. Without the check it
+    trusted the frozen mirror and renewed."""
+    a = EtcdDcs(
+        endpoints=etcd_dcs.endpoints,
+        namespace=etcd_dcs.namespace,
+        cluster=etcd_dcs.cluster,
+        member_name="a",
+        ttl_s=10.0,  # the lease and the mirror's answer outlive the election below
+        timeout_s=TIMEOUT_S,
+    )
+    etcd_dcs.handles.append(a)
+    assert await a.acquire_leader()
+    assert await a.wait_for_change(0.2) is False  # starts a's watch, on member 0
+    await asyncio.sleep(0.3)  # the stream is created and has delivered the acquire
+    await a.get_cluster()  # the read the mirror starts from
+    txns = count_calls(monkeypatch, a, "txn")
+    assert await a.renew_leader()
+    assert txns == []  # the mirror is current: the keepalive alone
+    frozen = etcd3.members[0].process
+    assert frozen is not None
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(10):  # the others may need an election first
+            with contextlib.suppress(DcsUnavailable):
+                await etcd_dcs.write_raw("leader", b"b")
+                break
+        assert await a.renew_leader() is False
+        assert txns == ["txn"]
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+
+
 async def test_after_a_failed_renewal_a_publish_that_sends_nothing_does_not_vouch_for_the_mirror(
     etcd3: EtcdCluster, etcd_dcs: EtcdContractCluster
 ) -> None:
