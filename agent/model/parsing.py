@@ -337,92 +337,97 @@ def parse_sync(raw: RawRecord) -> SyncRecord:
     )
 
 
+class _RecordReader:
+    """Parses the records of one read; what does not parse is read as absent and kept in
+    `problems`, to log."""
+
+    def __init__(self, records: Mapping[RecordKind, RawRecord]) -> None:
+        self._records = records
+        self.problems: list[str] = []
+
+    def attempt(self, what: str, parse: Callable[..., _T], *args: object) -> _T | None:
+        try:
+            return parse(*args)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.problems.append(f"{what}: {exc}")
+            return None
+
+    def present(self, kind: RecordKind) -> bool:
+        return kind in self._records
+
+    def record(self, kind: RecordKind, parse: Callable[[RawRecord], _T]) -> tuple[_T | None, str]:
+        """The parsed record of `kind` and its version: (None, "") when absent, (None, its
+        version) when unreadable."""
+        rec = self._records.get(kind)
+        if rec is None:
+            return None, ""
+        return self.attempt(f"{kind}", parse, rec), rec.version
+
+
+def _parse_leader(raw: RawRecord | None, reader: _RecordReader) -> LeaderRecord | None:
+    if raw is None:
+        return None
+    name = raw.value.strip()
+    if name and len(name) <= 253 and name.isprintable():
+        return LeaderRecord(name=MemberName(name), version=raw.version)
+    reader.problems.append(f"leader: unusable member name {raw.value[:40]!r}")
+    return None
+
+
+def _parse_members(raw: Mapping[str, RawRecord], reader: _RecordReader) -> tuple[Member, ...]:
+    members = []
+    for name, record in sorted(raw.items()):
+        member = reader.attempt(f"members/{name}", parse_member, name, record)
+        if member is not None:
+            members.append(member)
+    return tuple(members)
+
+
 def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
     """Parse everything a backend read. Returns the view and a list of problems to log.
 
     A record that does not parse is read as absent (the leader key excepted: its value is
     only a member name, and an empty one is a problem and reads as no leader).
     """
-    problems: list[str] = []
-
-    def attempt(what: str, parse: Callable[..., _T], *args: object) -> _T | None:
-        try:
-            return parse(*args)
-        except (ValueError, KeyError, TypeError) as exc:
-            problems.append(f"{what}: {exc}")
-            return None
-
-    leader = None
-    if raw.leader is not None:
-        name = raw.leader.value.strip()
-        if name and len(name) <= 253 and name.isprintable():
-            leader = LeaderRecord(name=MemberName(name), version=raw.leader.version)
-        else:
-            problems.append(f"leader: unusable member name {raw.leader.value[:40]!r}")
-
-    members = []
-    for name, record in sorted(raw.members.items()):
-        member = attempt(f"members/{name}", parse_member, name, record)
-        if member is not None:
-            members.append(member)
+    reader = _RecordReader(raw.records)
+    leader = _parse_leader(raw.leader, reader)
+    members = _parse_members(raw.members, reader)
 
     initialize = None
     initialize_version = ""
     if (rec := raw.records.get(RecordKind.INITIALIZE)) is not None:
         initialize, initialize_version = rec.value.strip(), rec.version
 
-    switchover = None
-    if (rec := raw.records.get(RecordKind.SWITCHOVER)) is not None:
-        switchover = attempt("switchover", parse_switchover, rec)
+    switchover, _ = reader.record(RecordKind.SWITCHOVER, parse_switchover)
+    history, history_version = reader.record(RecordKind.HISTORY, parse_history)
+    config, config_version = reader.record(RecordKind.CONFIG, parse_config)
+    if config is None:
+        config = DynamicConfig(version=config_version)
 
-    history: tuple[HistoryEntry, ...] = ()
-    history_version = ""
-    if (rec := raw.records.get(RecordKind.HISTORY)) is not None:
-        history_version = rec.version
-        history = attempt("history", parse_history, rec) or ()
+    sync, sync_version = reader.record(RecordKind.SYNC, parse_sync)
+    if sync is None and reader.present(RecordKind.SYNC):
+        # Unreadable: assume the worst for failover (no one is known to hold every
+        # commit), see agent/decide/sync.py.
+        sync = SyncRecord(leader=MemberName(""), members=(), quorum=1, version=sync_version)
 
-    config = DynamicConfig()
-    if (rec := raw.records.get(RecordKind.CONFIG)) is not None:
-        config = attempt("config", parse_config, rec) or DynamicConfig(version=rec.version)
+    # Unreadable: read as absent (logged), as if the leader had not written one yet.
+    failsafe, failsafe_version = reader.record(RecordKind.FAILSAFE, parse_failsafe)
 
-    sync = None
-    sync_version = ""
-    if (rec := raw.records.get(RecordKind.SYNC)) is not None:
-        sync_version = rec.version
-        sync = attempt("sync", parse_sync, rec)
-        if sync is None:
-            # Unreadable: assume the worst for failover (no one is known to hold every
-            # commit), see agent/decide/sync.py.
-            sync = SyncRecord(leader=MemberName(""), members=(), quorum=1, version=rec.version)
+    restart, restart_version = reader.record(RecordKind.RESTART, parse_restart)
+    if restart is None and reader.present(RecordKind.RESTART):
+        # Unreadable: read as absent, but keep its version so that it can be deleted.
+        restart = RestartSchedule(members=(), scheduled_at=0.0, version=restart_version)
 
-    failsafe = None
-    failsafe_version = ""
-    if (rec := raw.records.get(RecordKind.FAILSAFE)) is not None:
-        # Unreadable: read as absent (logged), as if the leader had not written one yet.
-        failsafe_version = rec.version
-        failsafe = attempt("failsafe", parse_failsafe, rec)
-
-    restart = None
-    if (rec := raw.records.get(RecordKind.RESTART)) is not None:
-        restart = attempt("restart", parse_restart, rec)
-        if restart is None:
-            # Unreadable: read as absent, but keep its version so that it can be deleted.
-            restart = RestartSchedule(members=(), scheduled_at=0.0, version=rec.version)
-
-    position = None
-    position_version = ""
-    if (rec := raw.records.get(RecordKind.POSITION)) is not None:
-        # Unreadable: read as absent (no lag limit known from it); the leader overwrites it.
-        position_version = rec.version
-        position = attempt("position", parse_position, rec)
+    # Unreadable: read as absent (no lag limit known from it); the leader overwrites it.
+    position, position_version = reader.record(RecordKind.POSITION, parse_position)
 
     view = ClusterView(
         initialize=initialize,
         initialize_version=initialize_version,
         leader=leader,
-        members=tuple(members),
+        members=members,
         switchover=switchover,
-        history=history,
+        history=history or (),
         history_version=history_version,
         config=config,
         sync=sync,
@@ -433,4 +438,4 @@ def parse_cluster(raw: RawCluster) -> tuple[ClusterView, tuple[str, ...]]:
         position=position,
         position_version=position_version,
     )
-    return view, tuple(problems)
+    return view, tuple(reader.problems)
