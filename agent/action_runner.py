@@ -77,6 +77,19 @@ from agent.steps import RecordWrite, pg_mode, record_write, standby_of
 log = structlog.get_logger("pgwarden.loop")  # the Executor's logger: log lines unchanged
 
 Instance = Bootstrap | Clone | Rewind | StartPostgres
+# The actions on the local PostgreSQL (`_run_postgres`).
+PostgresAction = (
+    Reconfigure
+    | Instance
+    | StopPostgres
+    | Demote
+    | RestartPrimary
+    | Promote
+    | Follow
+    | EnsureSlots
+    | DropStaleSlots
+    | SetSyncStandbyNames
+)
 
 
 class ActionRunner:
@@ -111,10 +124,6 @@ class ActionRunner:
                 | SetLeaderPosition()
             ):
                 return await self._write(action)
-            case Reconfigure(config=config):
-                await self.pg.apply_dynamic(config)
-                log.info("postgres_reconfigured", parameters=dict(config.parameters))
-                return True
             case AppendHistory(entry=entry, expected_version=version):
                 return await self._append_history(view, entry, version)
             case AcquireLeader() | RenewLeader():
@@ -125,27 +134,57 @@ class ActionRunner:
                     await self.fence.disarm()
                 log.info("lease_released")
                 return True
+            case PrePromote():
+                return await pre_promote(self.callbacks, self.settings)
+            case HandOver(candidate=candidate, shutting_down=shutting_down):
+                await self._handover.run(view, candidate, shutting_down=shutting_down)
+                return True
+            case ConfirmFailsafe(members=members):
+                return await confirm_failsafe(self.peers, members, self.metrics)
+            case Exit():
+                self.exited = True
+                return True
+            case (
+                Reconfigure()
+                | Bootstrap()
+                | Clone()
+                | Rewind()
+                | StartPostgres()
+                | StopPostgres()
+                | Demote()
+                | RestartPrimary()
+                | Promote()
+                | Follow()
+                | EnsureSlots()
+                | DropStaleSlots()
+                | SetSyncStandbyNames()
+            ):
+                await self._run_postgres(action, obs)
+                return True
+            case _:
+                assert_never(action)
+
+    async def _run_postgres(self, action: PostgresAction, obs: Observation) -> None:
+        """The actions on the local PostgreSQL: they succeed or raise."""
+        view = obs.cluster
+        match action:
+            case Reconfigure(config=config):
+                await self.pg.apply_dynamic(config)
+                log.info("postgres_reconfigured", parameters=dict(config.parameters))
             case Bootstrap() | Clone() | Rewind() | StartPostgres():
                 await self._make_instance(action, view)
-                return True
             case StopPostgres() | Demote():
                 await self._stop(action)
-                return True
             case RestartPrimary():
                 # Memory is the loop's, renewed meanwhile by the cycles (`when_busy`).
                 def holds() -> bool:
                     return lease_valid(self.memory, self.clock.monotonic(), self.settings)
 
                 await restart_in_place(self.pg, self.settings.timing, lease_holds=holds)
-                return True
             case Promote(reason=reason):
                 await self._promote(view, obs.local, reason)
-                return True
-            case PrePromote():
-                return await pre_promote(self.callbacks, self.settings)
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
-                return True
             case EnsureSlots(names=names, drop=drop, permanent=permanent, synchronized=sync):
                 await self.pg.set_slots(
                     ensure=[slot_name_for(n) for n in names],
@@ -153,26 +192,15 @@ class ActionRunner:
                     permanent=permanent,
                     synchronized=None if sync is None else [slot_name_for(n) for n in sync],
                 )
-                return True
             case DropStaleSlots(names=names):
                 await self.pg.drop_stale_logical_slots(names)
                 log.info("stale_slot_copies_dropped", slots=list(names))
-                return True
-            case HandOver(candidate=candidate, shutting_down=shutting_down):
-                await self._handover.run(view, candidate, shutting_down=shutting_down)
-                return True
             case SetSyncStandbyNames(standbys=standbys):
                 await self.pg.set_sync_standbys(
                     standbys, timeout_s=self.settings.timing.retry_timeout_s
                 )
                 value = render_synchronous_standby_names(standbys)
                 log.info("synchronous_standby_names_set", value=value)
-                return True
-            case ConfirmFailsafe(members=members):
-                return await confirm_failsafe(self.peers, members, self.metrics)
-            case Exit():
-                self.exited = True
-                return True
             case _:
                 assert_never(action)
 
