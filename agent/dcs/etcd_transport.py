@@ -179,42 +179,47 @@ class EtcdTransport:
             failures=failures,
         )
         hedge.new_pass(self._preferred)
+        try:
+            return await self._until_answered(hedge, changes)
+        finally:
+            hedge.cancel()
+
+    async def _until_answered(self, hedge: Hedge, changes: bool) -> dict[str, Any]:
+        """The loop of `_call_with_failover`: start attempts on `hedge` by its schedule and
+        the outcomes of those that end, until one answers."""
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         backoff_s = BACKOFF_FIRST_S
         reauthenticated = False
-        try:
-            while True:
-                if not hedge.running:
-                    if not hedge.untried:
-                        await asyncio.sleep(backoff_s)
-                        backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
-                        hedge.new_pass(self._preferred)
-                    hedge.start_next()
-                done = await hedge.wait(self._hedge_after_s(changes, deadline, hedge))
-                if done is None:
-                    # The slow attempts keep running. Past the last endpoint, the rotation
-                    # starts again: a request that stalls where it was sent (a member waiting
-                    # for its cluster to elect a leader) may be answered at once when sent anew.
-                    if not hedge.untried:
-                        hedge.new_pass(self._preferred)
-                    hedge.start_next()
-                    continue
-                index, outcome = done
-                if isinstance(outcome, TokenRejected):
-                    if reauthenticated:
-                        raise EtcdAuthFailed("etcd: auth token rejected after re-authentication")
-                    reauthenticated = True
-                    await self._reauthenticate(outcome.token)
-                    hedge.start(index)  # at once on the same endpoint
-                elif isinstance(outcome, BaseException):
-                    if hedge.untried:
-                        hedge.start_next()  # a failure hands over at once
-                else:
-                    self._preferred = index
-                    self._answers += 1
-                    return outcome
-        finally:
-            hedge.cancel()
+        while True:
+            if not hedge.running:
+                if not hedge.untried:
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+                    hedge.new_pass(self._preferred)
+                hedge.start_next()
+            done = await hedge.wait(self._hedge_after_s(changes, deadline, hedge))
+            if done is None:
+                # The slow attempts keep running. Past the last endpoint, the rotation
+                # starts again: a request that stalls where it was sent (a member waiting
+                # for its cluster to elect a leader) may be answered at once when sent anew.
+                if not hedge.untried:
+                    hedge.new_pass(self._preferred)
+                hedge.start_next()
+                continue
+            index, outcome = done
+            if isinstance(outcome, TokenRejected):
+                if reauthenticated:
+                    raise EtcdAuthFailed("etcd: auth token rejected after re-authentication")
+                reauthenticated = True
+                await self._reauthenticate(outcome.token)
+                hedge.start(index)  # at once on the same endpoint
+            elif isinstance(outcome, BaseException):
+                if hedge.untried:
+                    hedge.start_next()  # a failure hands over at once
+            else:
+                self._preferred = index
+                self._answers += 1
+                return outcome
 
     def _hedge_after_s(self, changes: bool, deadline: float, hedge: Hedge) -> float | None:
         """How long the attempts running now run alone before the next copy is sent (None:
