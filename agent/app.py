@@ -135,7 +135,8 @@ def build_events(settings: Settings) -> KubeEvents | None:
     )
 
 
-async def run_agent(settings: Settings) -> int:
+def _prepare_run(settings: Settings) -> None:
+    """Logging, the run directory and the files PostgreSQL reads before anything starts."""
     configure_logging(settings.log)
     bind_member(settings.cluster, settings.name)
     os.makedirs(settings.run_dir, exist_ok=True)
@@ -143,8 +144,9 @@ async def run_agent(settings: Settings) -> int:
         # PostgreSQL's archive_command and restore_command read it on every member, also on
         # one that never ran a pgBackRest command itself (cloned by pg_basebackup).
         pgbackrest.write_conf(settings)
-    clock = SystemClock()
-    dcs = build_dcs(settings, clock)
+
+
+def _build_postgres(settings: Settings) -> tuple[Postmaster, LocalPostgres]:
     postmaster = Postmaster(
         settings.postgresql,
         member_name=settings.name,
@@ -153,13 +155,11 @@ async def run_agent(settings: Settings) -> int:
         archive=pgbackrest.archive_settings(settings),
     )
     prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
-    pg = LocalPostgres(settings, postmaster=postmaster, prober=prober)
-    fence = FenceClient(
-        run_dir=settings.run_dir,
-        data_dir=settings.postgresql.data_dir,
-        grace_s=settings.timing.fence_margin_s / 2,
-    )
-    metrics = Metrics()
+    return postmaster, LocalPostgres(settings, postmaster=postmaster, prober=prober)
+
+
+def _load_tls(settings: Settings) -> ReloadingTls | None:
+    """The REST API's TLS (None without api.tls), after checking PostgreSQL's server files."""
     # Loaded before anything starts: a certificate that does not load stops the agent here.
     try:
         api_tls = ReloadingTls(settings.api.tls) if settings.api.tls is not None else None
@@ -173,6 +173,47 @@ async def run_agent(settings: Settings) -> int:
             raise SystemExit(
                 f"postgresql.tls: the certificate, key or CA does not load: {exc}"
             ) from None
+    return api_tls
+
+
+def _start_helpers(
+    settings: Settings,
+    *,
+    loop: HaLoop,
+    postmaster: Postmaster,
+    events: KubeEvents | None,
+    clock: Clock,
+    metrics: Metrics,
+) -> list[asyncio.Task[None]]:
+    """The side tasks that never stop the agent (cancelled by `_stop_helpers`)."""
+    tasks = [
+        start_pod_labeler(settings, loop.status, loop.status_changed),
+        start_tls_renewal(settings, postmaster),
+        asyncio.create_task(events.run(), name="kube-events") if events is not None else None,
+        asyncio.create_task(watch_event_loop_lag(clock, metrics), name="event-loop-lag"),
+    ]
+    return [task for task in tasks if task is not None]
+
+
+async def _stop_helpers(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def run_agent(settings: Settings) -> int:
+    _prepare_run(settings)
+    clock = SystemClock()
+    dcs = build_dcs(settings, clock)
+    postmaster, pg = _build_postgres(settings)
+    fence = FenceClient(
+        run_dir=settings.run_dir,
+        data_dir=settings.postgresql.data_dir,
+        grace_s=settings.timing.fence_margin_s / 2,
+    )
+    metrics = Metrics()
+    api_tls = _load_tls(settings)
     events = build_events(settings)
     fence_status = await fence.start()
     log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)
@@ -201,12 +242,9 @@ async def run_agent(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         ev_loop.add_signal_handler(sig, loop.request_shutdown)
     ha_task = asyncio.create_task(loop.run(), name="ha-loop")
-    label_task = start_pod_labeler(settings, loop.status, loop.status_changed)
-    renewal_task = start_tls_renewal(settings, postmaster)
-    events_task = (
-        asyncio.create_task(events.run(), name="kube-events") if events is not None else None
+    helpers = _start_helpers(
+        settings, loop=loop, postmaster=postmaster, events=events, clock=clock, metrics=metrics
     )
-    lag_task = asyncio.create_task(watch_event_loop_lag(clock, metrics), name="event-loop-lag")
     exit_code = 0
     try:
         await ha_task
@@ -219,11 +257,7 @@ async def run_agent(settings: Settings) -> int:
             ev_loop.remove_signal_handler(sig)
         if events is not None:  # the hand-over on SIGTERM is reported before we exit
             await events.flush(_EVENTS_FLUSH_S)
-        for task in (label_task, renewal_task, events_task, lag_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await _stop_helpers(helpers)
         await _bounded_cleanup(settings, pg, dcs, runner)
     return exit_code
 
