@@ -19,8 +19,8 @@ ours; otherwise they read and compare in etcd. An idle member then sends only ke
 Every public call runs under one deadline (`timeout_s`) and raises `DcsUnavailable` (or
 its subclass `DcsAuthError`) when etcd cannot be reached, refuses us, or does not answer in
 time. `wait_for_change` is fed by a long-lived named watch task on the prefix, started by the
-first `wait_for_change` (`changes.watch_forever` around `_follow`); the watch never raises
-into the caller. Own writes and member heartbeats are told apart by `changes.ChangeTracker`.
+first `wait_for_change` (agent/dcs/etcd_watch.py); the watch never raises into the caller.
+Own writes and member heartbeats are told apart by `changes.ChangeTracker`.
 """
 
 from __future__ import annotations
@@ -36,23 +36,21 @@ from agent.clock import Clock, SystemClock
 from agent.config import Settings
 from agent.dcs import keys
 from agent.dcs.base import DcsError, DcsUnavailable
-from agent.dcs.changes import Backoff, ChangeTracker, WatchResync, watch_forever
+from agent.dcs.changes import ChangeTracker
 from agent.dcs.etcd_client import (
     Compare,
     CompareResult,
     CompareTarget,
     DeleteOp,
     EtcdClient,
-    EtcdCompacted,
     EtcdLeaseNotFound,
-    EventType,
     KeyValue,
     PutOp,
     RangeOp,
     TxnOp,
-    WatchEvent,
 )
 from agent.dcs.etcd_mirror import Mirror
+from agent.dcs.etcd_watch import EtcdWatch, relative_key
 from agent.model import ClusterView, Member, RecordKind
 
 # The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
@@ -98,27 +96,30 @@ class EtcdDcs:
         self._timeout_s = timeout_s
         self._clock: Clock = clock or SystemClock()
         self._prefix = f"/{namespace.strip('/')}/{cluster.strip('/')}/".encode()
-        self._leader_key = _full_key(self._prefix, keys.LEADER)
+        self._leader = _LeaderKey(_full_key(self._prefix, keys.LEADER), member_name)
         self._member_key = _full_key(self._prefix, keys.member_key(member_name))
         self._lease = 0
         self._lease_lock = asyncio.Lock()
-        # create_revision of the leader key we hold (0: none known). A release and a renewal
-        # compare on it, not on our name alone: a late copy of a release (a hedged write
-        # applied after we gave up on it) must not delete a key we acquired again since.
-        self._leader_created = 0
         # Send time (monotonic) of the last keepalive that found the lease alive: a member
         # record published soon after needs no keepalive of its own (idle CPU, requests).
         self._kept_alive_at = -math.inf
         self._published: tuple[bytes, int] | None = None  # (payload, lease) of the last put
         # Change tracking for wait_for_change (base.py, point 8); versions are revisions.
         self._changes = ChangeTracker(self._clock)
-        self._mirror = Mirror(self._leader_key)  # what get_cluster answers from, when current
-        self._read_revision = 0  # header revision of the first get_cluster: the watch start
-        self._watch_from = 0  # where the watch resumes (0: not started)
-        self._watch_task: asyncio.Task[None] | None = None
+        self._mirror = Mirror(self._leader.key)  # what get_cluster answers from, when current
         self._closed = False
         self._log = structlog.get_logger("pgwarden.dcs").bind(
             backend="etcd", cluster=cluster, member=member_name
+        )
+        self._watch = EtcdWatch(
+            self._client,
+            prefix=self._prefix,
+            leader_key=self._leader.key,
+            mirror=self._mirror,
+            changes=self._changes,
+            timeout_s=timeout_s,
+            log=self._log,
+            member_name=member_name,
         )
 
     @classmethod
@@ -160,8 +161,7 @@ class EtcdDcs:
             result = await self._client.range(self._prefix, prefix=True)
         # Deliberately not "consumed" here: the API reads through this handle too, and a read
         # by another task must not swallow a wake meant for the HA loop (base.py, point 8).
-        if self._read_revision == 0:
-            self._read_revision = result.revision
+        self._watch.read_at(result.revision)
         self._mirror.load(result.kvs, result.revision)
         return self._view_of(result.kvs)
 
@@ -170,9 +170,7 @@ class EtcdDcs:
         if mine is None or (mine.value, mine.lease) != self._published:
             # Removed, expired or rewritten behind our back: the next publish puts it again.
             self._published = None
-        items = [
-            (_relative_key(self._prefix, kv.key), kv.value, str(kv.mod_revision)) for kv in kvs
-        ]
+        items = [(relative_key(self._prefix, kv.key), kv.value, str(kv.mod_revision)) for kv in kvs]
         return keys.to_view(items, self._log)
 
     async def acquire_leader(self) -> bool:
@@ -180,32 +178,32 @@ class EtcdDcs:
         async with self._write("acquire_leader"):
             lease = await self._live_lease()
             txn = await self._client.txn(
-                [self._leader_is(CompareTarget.CREATE, 0)],
-                [PutOp(key=self._leader_key, value=name, lease=lease)],
-                [RangeOp(key=self._leader_key)],
+                [self._leader.is_(CompareTarget.CREATE, 0)],
+                [PutOp(key=self._leader.key, value=name, lease=lease)],
+                [RangeOp(key=self._leader.key)],
             )
             if txn.succeeded:
                 self._own(txn.revision)
-                self._leader_created = txn.revision  # a new key: created by this put
+                self._leader.created = txn.revision  # a new key: created by this put
                 return True
             current = txn.ranges[0].kvs[0] if txn.ranges and txn.ranges[0].kvs else None
             if current is None or current.value != name:
                 return False
             if current.lease == lease:
-                self._leader_created = current.create_revision
+                self._leader.created = current.create_revision
                 return True  # already ours, on our live lease
             # Our own record from before a restart: bind it to our current lease, unless it
             # changed in between.
             txn = await self._client.txn(
                 [
-                    self._leader_is(CompareTarget.VALUE, name),
-                    self._leader_is(CompareTarget.MOD, current.mod_revision),
+                    self._leader.is_(CompareTarget.VALUE, name),
+                    self._leader.is_(CompareTarget.MOD, current.mod_revision),
                 ],
-                [PutOp(key=self._leader_key, value=name, lease=lease)],
+                [PutOp(key=self._leader.key, value=name, lease=lease)],
             )
             if txn.succeeded:
                 self._own(txn.revision)
-                self._leader_created = current.create_revision  # a put keeps the creation
+                self._leader.created = current.create_revision  # a put keeps the creation
             return txn.succeeded
 
     async def renew_leader(self) -> bool:
@@ -222,7 +220,7 @@ class EtcdDcs:
                 ttl = await self._client.lease_keepalive(lease)
                 self._mirror.answered(sent_at, self._client.answered_by)
                 if ttl > 0 and not self._mirror.current(sent_at, max_age_s=self._ttl_s):
-                    holding = (await self._client.txn(self._holding(lease), [])).succeeded
+                    holding = (await self._client.txn(self._leader.holding(lease), [])).succeeded
             else:
                 # The keepalive and the check that the leader key is still ours are
                 # independent (the check writes nothing): sent together, a renewal costs one
@@ -230,22 +228,24 @@ class EtcdDcs:
                 # healthy primary only at twice the latency it did.
                 ttl, txn = await asyncio.gather(
                     self._client.lease_keepalive(lease),
-                    self._client.txn(self._holding(lease), []),
+                    self._client.txn(self._leader.holding(lease), []),
                 )
                 holding = txn.succeeded
             if ttl <= 0:
                 self._lease_lost(lease)
                 return False
             self._kept_alive_at = sent_at
-            return holding if holding is not None else self._mirror_holds(lease)
+            if holding is not None:
+                return holding
+            return self._leader.held_in(self._mirror.leader(), lease)
 
     async def release_leader(self) -> None:
         async with self._write("release_leader"):
-            created = self._leader_created
+            created = self._leader.created
             if created == 0:
                 # Not acquired through this handle (a restarted agent releasing the key its
                 # predecessor held): learn which incarnation of the key to delete first.
-                current = await self._client.range(self._leader_key)
+                current = await self._client.range(self._leader.key)
                 kv = current.kvs[0] if current.kvs else None
                 if kv is None or kv.value != self._name.encode():
                     return
@@ -255,12 +255,12 @@ class EtcdDcs:
             # acquired again since, with the same name and lease (review R6).
             txn = await self._client.txn(
                 [
-                    self._leader_is(CompareTarget.VALUE, self._name.encode()),
-                    self._leader_is(CompareTarget.CREATE, created),
+                    self._leader.is_(CompareTarget.VALUE, self._name.encode()),
+                    self._leader.is_(CompareTarget.CREATE, created),
                 ],
-                [DeleteOp(key=self._leader_key)],
+                [DeleteOp(key=self._leader.key)],
             )
-            self._leader_created = 0
+            self._leader.created = 0
             if txn.succeeded:
                 self._own(txn.revision)
                 self._log.info("dcs_leader_released")
@@ -315,7 +315,7 @@ class EtcdDcs:
         if self._closed:
             await asyncio.sleep(timeout_s)
             return False
-        self._ensure_watch()
+        self._watch.ensure()
         return await self._changes.wait(timeout_s)
 
     async def close(self) -> None:
@@ -323,41 +323,10 @@ class EtcdDcs:
         expire after the ttl, as when the agent dies (a clean shutdown releases the leader
         key first, with `release_leader`)."""
         self._closed = True
-        task, self._watch_task = self._watch_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await task
+        await self._watch.stop(_CLOSE_TIMEOUT_S)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 await self._client.close()
-
-    # ------------------------------------------------------------------ compares
-
-    def _leader_is(self, target: CompareTarget, value: int | bytes) -> Compare:
-        return Compare(key=self._leader_key, target=target, result=CompareResult.EQUAL, value=value)
-
-    def _holding(self, lease: int) -> list[Compare]:
-        """The leader key names us, on `lease`, and (when known) is the incarnation we
-        acquired: one released and taken again since is a new key of ours, not this one."""
-        compares = [
-            self._leader_is(CompareTarget.VALUE, self._name.encode()),
-            self._leader_is(CompareTarget.LEASE, lease),
-        ]
-        if self._leader_created != 0:
-            compares.append(self._leader_is(CompareTarget.CREATE, self._leader_created))
-        return compares
-
-    def _mirror_holds(self, lease: int) -> bool:
-        """`_holding`, judged on the mirror's copy of the leader key."""
-        kv = self._mirror.leader()
-        return (
-            kv is not None
-            and kv.value == self._name.encode()
-            and kv.lease == lease
-            and self._leader_created in (0, kv.create_revision)
-        )
 
     # ------------------------------------------------------------------ requests, lease
 
@@ -431,70 +400,42 @@ class EtcdDcs:
             self._lease = 0
             self._published = None
 
-    # ------------------------------------------------------------------ watch
-
-    def _ensure_watch(self) -> None:
-        if self._watch_task is None or self._watch_task.done():
-            self._watch_task = asyncio.create_task(
-                watch_forever(
-                    self._follow,
-                    tracker=self._changes,
-                    log=self._log,
-                    position=lambda: self._watch_from,
-                ),
-                name=f"dcs-etcd-watch-{self._name}",
-            )
-
-    async def _follow(self, backoff: Backoff) -> None:
-        """One watch stream on the prefix, from where the last one stopped; a compacted
-        start resumes from the oldest revision still kept, and the caller re-reads."""
-        if self._watch_from == 0:
-            self._watch_from = await self._watch_start()
-        self._mirror.watching_from(self._watch_from)
-        try:
-            batches = self._client.watch(
-                self._prefix, start_revision=self._watch_from, on_stream=self._mirror.stream_open
-            )
-            async for batch in batches:
-                backoff.reset()
-                for event in batch.events:
-                    self._watch_from = event.kv.mod_revision + 1
-                    self._on_event(event)
-                self._changes.watched_to(self._watch_from)
-        except EtcdCompacted as exc:
-            self._mirror.unload()
-            start, self._watch_from = self._watch_from, exc.compact_revision
-            raise WatchResync(
-                "dcs_watch_compacted", start=start, compact_revision=exc.compact_revision
-            ) from exc
-
-    async def _watch_start(self) -> int:
-        if self._read_revision > 0:
-            return self._read_revision + 1
-        # Never read: nothing to be newer than; start at the store's current revision.
-        async with asyncio.timeout(self._timeout_s):
-            result = await self._client.range(self._leader_key)
-        return result.revision + 1
-
-    def _on_event(self, event: WatchEvent) -> None:
-        self._mirror.apply(event)  # before the waiter may wake: its read must show it
-        relative = _relative_key(self._prefix, event.kv.key)
-        if keys.is_quiet_key(relative):
-            return  # the leader's position heartbeat (base.py, point 8)
-        if keys.is_member_key(relative):
-            # A heartbeat (new WAL positions only) wakes nobody; a new role, state or
-            # address does, and so does a record that appears (base.py, point 8). A record
-            # that goes always counts, known or not (etcd deletes only what was there).
-            if event.type is EventType.DELETE:
-                self._changes.member_changed(relative, None)
-            elif not self._changes.member_changed(relative, keys.member_signature(event.kv.value)):
-                return
-        self._changes.observed(event.kv.mod_revision)
-
 
 def _full_key(prefix: bytes, relative: str) -> bytes:
     return prefix + relative.encode()
 
 
-def _relative_key(prefix: bytes, key: bytes) -> str:
-    return key[len(prefix) :].decode("utf-8", errors="replace")
+class _LeaderKey:
+    """The leader key as this handle compares on it: which incarnation of it we hold, and
+    the compares that say it is still ours."""
+
+    def __init__(self, key: bytes, member_name: str) -> None:
+        self.key = key
+        self._name = member_name.encode()
+        # create_revision of the leader key we hold (0: none known). A release and a renewal
+        # compare on it, not on our name alone: a late copy of a release (a hedged write
+        # applied after we gave up on it) must not delete a key we acquired again since.
+        self.created = 0
+
+    def is_(self, target: CompareTarget, value: int | bytes) -> Compare:
+        return Compare(key=self.key, target=target, result=CompareResult.EQUAL, value=value)
+
+    def holding(self, lease: int) -> list[Compare]:
+        """The leader key names us, on `lease`, and (when known) is the incarnation we
+        acquired: one released and taken again since is a new key of ours, not this one."""
+        compares = [
+            self.is_(CompareTarget.VALUE, self._name),
+            self.is_(CompareTarget.LEASE, lease),
+        ]
+        if self.created != 0:
+            compares.append(self.is_(CompareTarget.CREATE, self.created))
+        return compares
+
+    def held_in(self, kv: KeyValue | None, lease: int) -> bool:
+        """`holding`, judged on a copy of the leader key (the mirror's)."""
+        return (
+            kv is not None
+            and kv.value == self._name
+            and kv.lease == lease
+            and self.created in (0, kv.create_revision)
+        )
