@@ -196,49 +196,14 @@ async def _command(
         return await ctl_backup.backup(
             args, session, target, out=io.out, sleep=io.sleep, monotonic=io.monotonic
         )
-    if command in ("list", "history", "topology"):
-        reply = await request(
-            session, target, "GET", f"/{'history' if command == 'history' else 'cluster'}"
-        )
-    elif command == "switchover":
-        body = {
-            k: v
-            for k, v in (
-                ("leader", args.leader),
-                ("candidate", args.candidate),
-                ("scheduled_at", args.scheduled),
-            )
-            if v is not None
-        }
-        reply = await request(session, target, "POST", "/switchover", body)
-    elif command == "failover":
-        reply = await request(session, target, "POST", "/failover", {"candidate": args.candidate})
-    elif command == "cancel-switchover":
-        reply = await request(session, target, "DELETE", "/switchover")
-    else:  # pause, resume, reinitialize
-        reply = await request(session, target, "POST", f"/{command}")
+    reply = await _send(args, session, target)
     if not reply.ok:
         print(f"Error: {reply.error_message()}", file=io.err)
         return 1
     if args.json:
         _print_json(io, reply.body)
-    elif command == "list":
-        print(render_table(reply.object()), file=io.out)
-    elif command == "history":
-        print(render_history(reply.object()), file=io.out)
-    elif command == "topology":
-        print(render_topology(reply.object()), file=io.out)
-    elif command in ("switchover", "failover"):
-        answer = reply.object()
-        text = f"{command.capitalize()} accepted: {text_of(answer.get('leader'), '(no leader)')}"
-        text += f" -> {text_of(answer.get('candidate'), '(healthiest replica)')}"
-        if answer.get("scheduled_at"):
-            text += f" at {answer['scheduled_at']}"
-        print(text, file=io.out)
-    elif command == "cancel-switchover":
-        print("Scheduled switchover cancelled.", file=io.out)
     else:
-        print(f"{command.capitalize()}: accepted ({reply.url})", file=io.out)
+        print(_answer_text(command, reply), file=io.out)
     if command in ("switchover", "failover") and args.wait:
         answer = reply.object()
         new_leader = await _wait_for_leader(
@@ -253,6 +218,50 @@ async def _command(
         if not args.json:
             print(f"New leader: {new_leader}", file=io.out)
     return 0
+
+
+async def _send(args: argparse.Namespace, session: aiohttp.ClientSession, target: Target) -> Reply:
+    """The request of a command answered by `_command` itself."""
+    command: str = args.command
+    if command in ("list", "history", "topology"):
+        path = f"/{'history' if command == 'history' else 'cluster'}"
+        return await request(session, target, "GET", path)
+    if command == "switchover":
+        body = {
+            k: v
+            for k, v in (
+                ("leader", args.leader),
+                ("candidate", args.candidate),
+                ("scheduled_at", args.scheduled),
+            )
+            if v is not None
+        }
+        return await request(session, target, "POST", "/switchover", body)
+    if command == "failover":
+        return await request(session, target, "POST", "/failover", {"candidate": args.candidate})
+    if command == "cancel-switchover":
+        return await request(session, target, "DELETE", "/switchover")
+    return await request(session, target, "POST", f"/{command}")  # pause, resume, reinitialize
+
+
+def _answer_text(command: str, reply: Reply) -> str:
+    """What `_command` prints of a successful answer (without --json)."""
+    if command == "list":
+        return render_table(reply.object())
+    if command == "history":
+        return render_history(reply.object())
+    if command == "topology":
+        return render_topology(reply.object())
+    if command in ("switchover", "failover"):
+        answer = reply.object()
+        text = f"{command.capitalize()} accepted: {text_of(answer.get('leader'), '(no leader)')}"
+        text += f" -> {text_of(answer.get('candidate'), '(healthiest replica)')}"
+        if answer.get("scheduled_at"):
+            text += f" at {answer['scheduled_at']}"
+        return text
+    if command == "cancel-switchover":
+        return "Scheduled switchover cancelled."
+    return f"{command.capitalize()}: accepted ({reply.url})"
 
 
 def _seconds_until(iso: object) -> float:
