@@ -54,74 +54,97 @@ def render_table(cluster: Mapping[str, object]) -> str:
     Member | Host | Role | State | TL | Lag in MB, the leader marked `Leader` (and first, as
     the API sends it), then the pending switchover and the maintenance mode, if any."""
     members = cluster.get("members")
-    rows = []
-    for member in members if isinstance(members, list) else []:
-        if not isinstance(member, dict):
-            continue
-        host = text_of(member.get("host"), "?")
-        if member.get("port") is not None:
-            host = f"{host}:{member['port']}"
-        rows.append(
-            [
-                text_of(member.get("name"), "?"),
-                host,
-                _role(member),
-                text_of(member.get("state"), "unknown"),
-                text_of(member.get("timeline")),
-                _lag_mb(member),
-                "*" if member.get("pending_restart") else "",
-            ]
-        )
+    rows = [
+        _member_row(member)
+        for member in (members if isinstance(members, list) else [])
+        if isinstance(member, dict)
+    ]
     title = f"Cluster: {text_of(cluster.get('cluster'), '?')}"
     leader = cluster.get("leader")
     title += f" (leader: {leader})" if leader else " (no leader)"
     lines = [title]
     headers = ["Member", "Host", "Role", "State", "TL", "Lag in MB", "Pending restart"]
     lines += _grid(headers, rows, right={4, 5})
-    switchover = cluster.get("switchover")
-    if isinstance(switchover, dict):
-        text = (
-            f"Switchover pending: {text_of(switchover.get('leader'), '(no leader)')} -> "
-            f"{text_of(switchover.get('candidate'), '(healthiest replica)')}"
-        )
-        if switchover.get("scheduled_at"):
-            text += f", scheduled at {switchover['scheduled_at']}"
-        lines.append(text)
-    restart = cluster.get("restart")
-    if isinstance(restart, dict):
-        listed = restart.get("members")
-        names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
-        done = restart.get("done")
-        text = f"Rolling restart of {names} at {text_of(restart.get('scheduled_at'))}"
-        text += " (pending only)" if restart.get("pending") else ""
-        if isinstance(done, list) and done:
-            text += f"; done: {', '.join(str(n) for n in done)}"
-        lines.append(text + " (pgwarden ctl cancel-restart cancels it)")
-    if cluster.get("paused") is True:
-        lines.append("Maintenance mode: on (paused; the agents take no automatic action)")
-    mode = text_of(cluster.get("synchronous_mode"))
-    sync = cluster.get("sync")
-    if mode and mode != "off":
-        text = f"Synchronous mode: {mode}"
-        if isinstance(sync, dict):
-            listed = sync.get("members")
-            names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
-            quorum = sync.get("quorum")
-            text += (
-                f" (recorded set: {names}; every commit on {quorum} of them)"
-                if names and quorum
-                else " (no synchronous standby: commits are asynchronous)"
-            )
-        lines.append(text)
-    if cluster.get("failsafe_mode") is True:
-        failsafe = cluster.get("failsafe")
-        listed = failsafe.get("members") if isinstance(failsafe, dict) else None
-        names = ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
-        lines.append(
-            "Failsafe mode: on"
-            + (f" (a DCS outage is survived while {names} confirm the primary)" if names else "")
-        )
+    paused = cluster.get("paused") is True
+    notes = (
+        _switchover_line(cluster.get("switchover")),
+        _restart_line(cluster.get("restart")),
+        "Maintenance mode: on (paused; the agents take no automatic action)" if paused else None,
+        _sync_line(cluster),
+        _failsafe_line(cluster),
+    )
+    lines += [note for note in notes if note is not None]
     return "\n".join(lines)
+
+
+def _member_row(member: Mapping[str, object]) -> list[str]:
+    host = text_of(member.get("host"), "?")
+    if member.get("port") is not None:
+        host = f"{host}:{member['port']}"
+    return [
+        text_of(member.get("name"), "?"),
+        host,
+        _role(member),
+        text_of(member.get("state"), "unknown"),
+        text_of(member.get("timeline")),
+        _lag_mb(member),
+        "*" if member.get("pending_restart") else "",
+    ]
+
+
+def _names(listed: object) -> str:
+    return ", ".join(str(n) for n in listed) if isinstance(listed, list) else ""
+
+
+def _switchover_line(switchover: object) -> str | None:
+    if not isinstance(switchover, dict):
+        return None
+    text = (
+        f"Switchover pending: {text_of(switchover.get('leader'), '(no leader)')} -> "
+        f"{text_of(switchover.get('candidate'), '(healthiest replica)')}"
+    )
+    if switchover.get("scheduled_at"):
+        text += f", scheduled at {switchover['scheduled_at']}"
+    return text
+
+
+def _restart_line(restart: object) -> str | None:
+    if not isinstance(restart, dict):
+        return None
+    done = restart.get("done")
+    text = f"Rolling restart of {_names(restart.get('members'))}"
+    text += f" at {text_of(restart.get('scheduled_at'))}"
+    text += " (pending only)" if restart.get("pending") else ""
+    if isinstance(done, list) and done:
+        text += f"; done: {', '.join(str(n) for n in done)}"
+    return text + " (pgwarden ctl cancel-restart cancels it)"
+
+
+def _sync_line(cluster: Mapping[str, object]) -> str | None:
+    mode = text_of(cluster.get("synchronous_mode"))
+    if not mode or mode == "off":
+        return None
+    text = f"Synchronous mode: {mode}"
+    sync = cluster.get("sync")
+    if isinstance(sync, dict):
+        names = _names(sync.get("members"))
+        quorum = sync.get("quorum")
+        text += (
+            f" (recorded set: {names}; every commit on {quorum} of them)"
+            if names and quorum
+            else " (no synchronous standby: commits are asynchronous)"
+        )
+    return text
+
+
+def _failsafe_line(cluster: Mapping[str, object]) -> str | None:
+    if cluster.get("failsafe_mode") is not True:
+        return None
+    failsafe = cluster.get("failsafe")
+    names = _names(failsafe.get("members") if isinstance(failsafe, dict) else None)
+    return "Failsafe mode: on" + (
+        f" (a DCS outage is survived while {names} confirm the primary)" if names else ""
+    )
 
 
 def render_history(history: Mapping[str, object]) -> str:
