@@ -76,17 +76,27 @@ class LocalKubeApi:
         )
         log.close()
         self.apiserver_url = f"http://127.0.0.1:{port}"
+        self._wait_for_apiserver(self.apiserver)
+        self._create_service_and_pods()
+        self.kubeconfig.write_text(
+            json.dumps(_kubeconfig(self.apiserver_url, self.apiserver_token, self.kube_namespace))
+        )
+        os.chmod(self.kubeconfig, 0o644)
+
+    def _wait_for_apiserver(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 15
         while True:
             try:
                 self._kube_request("GET", "/healthz")
-                break
+                return
             except OSError:
-                if time.monotonic() > deadline or self.apiserver.poll() is not None:
+                if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(
                         "the test API server did not start; see apiserver.log"
                     ) from None
                 time.sleep(0.05)
+
+    def _create_service_and_pods(self) -> None:
         ns = self.kube_namespace
         self._kube_request(
             "POST",
@@ -103,24 +113,6 @@ class LocalKubeApi:
                     "status": {"phase": "Running", "podIP": "127.0.0.1"},
                 },
             )
-        self.kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "local", "cluster": {"server": self.apiserver_url}}],
-                    "users": [{"name": "agent", "user": {"token": self.apiserver_token}}],
-                    "contexts": [
-                        {
-                            "name": "local",
-                            "context": {"cluster": "local", "user": "agent", "namespace": ns},
-                        }
-                    ],
-                    "current-context": "local",
-                }
-            )
-        )
-        os.chmod(self.kubeconfig, 0o644)
 
     @property
     def kube_labels(self) -> dict[str, str]:
@@ -148,3 +140,20 @@ class LocalKubeApi:
     def kube_get(self, path: str) -> object:
         """GET an object from the test API server (for tests and the demo)."""
         return self._kube_request("GET", path)
+
+
+def _kubeconfig(server: str, token: str, namespace: str) -> dict[str, object]:
+    """A kubeconfig for the agents: the test API server, their token, the namespace."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server}}],
+        "users": [{"name": "agent", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "local",
+                "context": {"cluster": "local", "user": "agent", "namespace": namespace},
+            }
+        ],
+        "current-context": "local",
+    }
