@@ -120,7 +120,7 @@ async def _handle_key(cluster: LocalCluster, session: aiohttp.ClientSession, key
     return f"unknown key {key!r}"
 
 
-def main(argv: Sequence[str]) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgwarden demo")
     parser.add_argument("--dir", help="where to keep the demo's data (default: a new temp dir)")
     parser.add_argument("--size", type=int, default=3)
@@ -139,7 +139,11 @@ def main(argv: Sequence[str]) -> int:
         default=None,
         help="stop by itself after this many seconds (for scripts)",
     )
-    args = parser.parse_args(list(argv))
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
     needed = [f"{PG_BIN}/postgres"] + ([ETCD_BIN] if args.dcs == "etcd" else [])
     for binary in needed:
         if not Path(binary).exists():
