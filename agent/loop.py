@@ -50,6 +50,17 @@ log = structlog.get_logger("pgwarden.loop")
 FAILSAFE_PAUSE_S = 0.3
 
 
+def _initial_status(settings: Settings) -> AgentStatus:
+    """What the agent publishes before its first cycle: nothing known yet."""
+    return AgentStatus(
+        name=MemberName(settings.name),
+        cluster=settings.cluster,
+        role=Role.UNKNOWN,
+        state=PgState.UNKNOWN,
+        api_url=settings.api.url,
+    )
+
+
 class HaLoop:
     def __init__(
         self,
@@ -94,13 +105,7 @@ class HaLoop:
         self._call = DcsCalls(
             dcs=dcs, clock=clock, metrics=metrics, timeout_s=settings.timing.retry_timeout_s
         )
-        self._status = AgentStatus(
-            name=MemberName(settings.name),
-            cluster=settings.cluster,
-            role=Role.UNKNOWN,
-            state=PgState.UNKNOWN,
-            api_url=settings.api.url,
-        )
+        self._status = _initial_status(settings)
         self._requests: list[LocalRequestKind] = []
         self._shutting_down = False
         self._view: ClusterView | None = None
