@@ -241,6 +241,22 @@ async def test_a_late_copy_of_a_release_leaves_the_leader_key_acquired_again_alo
     assert await a.renew_leader()
 
 
+async def test_a_renewal_fails_once_the_leader_key_is_another_incarnation_on_our_lease(
+    etcd_dcs: EtcdContractCluster,
+) -> None:
+    """The renewal compares on the key's creation, not on our name and lease alone: a leader
+    key deleted and put again (here by hand, with our name on our lease) is not the one we
+    acquired, and the renewal says so."""
+    a = etcd_dcs.make_etcd("a")
+    assert await a.acquire_leader()
+    key = a.prefix + b"leader"
+    (kv,) = (await etcd_dcs.raw.range(key)).kvs
+    await etcd_dcs.raw.txn([], [DeleteOp(key=key)])
+    await etcd_dcs.raw.put(key, b"a", lease=kv.lease)
+
+    assert not await a.renew_leader()
+
+
 def count_calls(monkeypatch: pytest.MonkeyPatch, handle: EtcdDcs, method: str) -> list[str]:
     """Each call the handle's client makes of `method` appends its name (etcd stays real)."""
     calls: list[str] = []
