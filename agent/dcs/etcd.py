@@ -51,6 +51,7 @@ from agent.dcs.etcd_client import (
 )
 from agent.dcs.etcd_mirror import Mirror
 from agent.dcs.etcd_watch import EtcdWatch, relative_key
+from agent.dcs.heartbeat import heartbeat_interval
 from agent.model import ClusterView, Member, RecordKind
 
 # The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
@@ -78,6 +79,7 @@ class EtcdDcs:
         username: str | None = None,
         password: str | None = None,
         clock: Clock | None = None,
+        loop_wait_s: float | None = None,
     ) -> None:
         if ttl_s <= 0 or timeout_s <= 0:
             raise ValueError("ttl_s and timeout_s must be positive")
@@ -93,6 +95,16 @@ class EtcdDcs:
         self._name = member_name
         self._ttl_s = ttl_s
         self._lease_ttl_s = max(1, math.ceil(ttl_s))
+        # A keepalive sent less than this long ago will do for a publish (a leader's renewal
+        # has always sent one a round trip ago, and on a slow link, chaos finding 11, a
+        # keepalive of our own before every put made each publish miss its deadline). The
+        # next one comes at the first cycle past it and may take a request's deadline, which
+        # must still land inside the lease: half the ttl was too long at ttl 6 (review E3).
+        self._keepalive_fresh_s = (
+            heartbeat_interval(self._lease_ttl_s, loop_wait_s, timeout_s)
+            if loop_wait_s is not None
+            else self._lease_ttl_s / 2
+        )
         self._timeout_s = timeout_s
         self._clock: Clock = clock or SystemClock()
         self._prefix = f"/{namespace.strip('/')}/{cluster.strip('/')}/".encode()
@@ -134,6 +146,7 @@ class EtcdDcs:
             member_name=settings.name,
             ttl_s=settings.timing.ttl_s,
             timeout_s=settings.timing.retry_timeout_s * _REQUEST_SHARE_OF_RETRY_TIMEOUT,
+            loop_wait_s=settings.timing.loop_wait_s,
             ca_file=etcd.ca_file,
             cert_file=etcd.cert_file,
             key_file=etcd.key_file,
@@ -268,11 +281,8 @@ class EtcdDcs:
     async def publish_member(self, member: Member) -> None:
         payload = member.to_json().encode()
         async with self._write("publish_member"):
-            # A keepalive sent less than half a ttl ago will do: a leader's renewal has always
-            # sent one a round trip ago, and on a slow link (chaos finding 11: 5 s round
-            # trips) a keepalive of our own before the put made every publish miss its
-            # deadline. A lease that expired anyway fails the put, which grants a new one.
-            lease = await self._live_lease(fresh_within_s=self._lease_ttl_s / 2)
+            # A lease that expired anyway fails the put, which grants a new one.
+            lease = await self._live_lease(fresh_within_s=self._keepalive_fresh_s)
             if self._published == (payload, lease):
                 return  # unchanged: the keepalive above was all that was needed
             try:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.clock import FakeClock
-from agent.dcs.kubernetes.expiry import ObservedExpiry, heartbeat_interval
+from agent.dcs.heartbeat import heartbeat_interval
+from agent.dcs.kubernetes.expiry import ObservedExpiry
 
 TTL_S = 10.0
 

@@ -17,8 +17,9 @@ from agent.config import LockKind, Settings
 from agent.dcs import keys
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.changes import ChangeTracker
+from agent.dcs.heartbeat import heartbeat_interval
 from agent.dcs.kubernetes.api import ClientFactory, KubeApi, Throttled, bounded, expect
-from agent.dcs.kubernetes.expiry import ObservedExpiry, heartbeat_interval
+from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.guard import EndpointsGuard
 from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal, leader_items
 from agent.dcs.kubernetes.locks import EndpointsLock, LockObject, lock_objects

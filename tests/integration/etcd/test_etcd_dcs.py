@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.clock import SystemClock
+from agent.clock import FakeClock, SystemClock
 from agent.config import (
     DcsKind,
     DcsSettings,
@@ -501,3 +501,32 @@ async def test_a_wrong_etcd_password_raises_dcs_auth_error_within_the_deadline(
         assert loop.time() - started <= settings.timing.retry_timeout_s
     finally:
         await handle.close()
+
+
+async def test_at_ttl_6_an_unchanged_member_record_keeps_its_lease_alive_in_time(
+    etcd_dcs: EtcdContractCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review E3: a publish keeps the member lease alive when its last keepalive is older than
+    the heartbeat interval (2.05 s at ttl 6, loop_wait 2, a 1.35 s request deadline), not half
+    the ttl: a keepalive sent at the first cycle past 3 s may land after the lease expired.
+    Real etcd; the fake clock only moves the handle's idea of the keepalive's age."""
+    clock = FakeClock()
+    handle = EtcdDcs(
+        endpoints=etcd_dcs.endpoints,
+        namespace=etcd_dcs.namespace,
+        cluster=etcd_dcs.cluster,
+        member_name="a",
+        ttl_s=6.0,
+        timeout_s=1.35,
+        loop_wait_s=2.0,
+        clock=clock,
+    )
+    etcd_dcs.handles.append(handle)
+    await handle.publish_member(member("a"))  # grants the lease
+    keepalives = count_calls(monkeypatch, handle, "lease_keepalive")
+    clock.advance(1.5)
+    await handle.publish_member(member("a"))
+    assert keepalives == []  # fresh enough: nothing sent
+    clock.advance(1.0)  # 2.5 s: past the 2.05 s interval, short of half the ttl
+    await handle.publish_member(member("a"))
+    assert keepalives == ["lease_keepalive"]
