@@ -54,6 +54,15 @@ from agent.dcs.etcd_watch import EtcdWatch, relative_key
 from agent.dcs.heartbeat import heartbeat_interval
 from agent.model import ClusterView, Member, RecordKind
 
+# A leader's renewal trusts the mirror's copy of its key at most this many times in a row,
+# then asks etcd's compare once more (review hreview2 E1). While our keepalives succeed only
+# someone else's hand (`etcdctl del` or `put`) can change our key, and the mirror sees that
+# through the watch alone: a watch connection that died silently, or whose etcd member lags,
+# would hide it until the stream is re-created (30 s) while another member promotes. With
+# this, for at most two cycles; the price is one compare every other cycle (~0.25 requests/s
+# for the leader, ~0.08 per member of a 3-member cluster).
+COMPARE_EVERY_RENEWALS = 2
+
 # The HA loop bounds each DCS call by `retry_timeout_s`; ours is shorter, so that the loop
 # hears `DcsUnavailable` with its reason from us rather than a bare timeout of its own.
 _REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
@@ -95,6 +104,7 @@ class EtcdDcs:
         self._name = member_name
         self._ttl_s = ttl_s
         self._lease_ttl_s = max(1, math.ceil(ttl_s))
+        self._mirror_renewals = 0  # renewals since the last compare in etcd
         # A keepalive sent less than this long ago will do for a publish (a leader's renewal
         # has always sent one a round trip ago, and on a slow link, chaos finding 11, a
         # keepalive of our own before every put made each publish miss its deadline). The
@@ -226,7 +236,11 @@ class EtcdDcs:
                 return False
             sent_at = self._clock.monotonic()
             holding: bool | None = None
-            if self._mirror.current(sent_at, max_age_s=self._ttl_s):
+            self._mirror_renewals += 1
+            if (
+                self._mirror.current(sent_at, max_age_s=self._ttl_s)
+                and self._mirror_renewals < COMPARE_EVERY_RENEWALS
+            ):
                 # The keepalive alone, the mirror saying whether the key is still ours; unless
                 # another endpoint than the watch's answered (its member may be frozen, the
                 # stream silent): then etcd's compare decides (review hreview2 E2).
@@ -234,6 +248,7 @@ class EtcdDcs:
                 self._mirror.answered(sent_at, self._client.answered_by)
                 if ttl > 0 and not self._mirror.current(sent_at, max_age_s=self._ttl_s):
                     holding = (await self._client.txn(self._leader.holding(lease), [])).succeeded
+                    self._mirror_renewals = 0
             else:
                 # The keepalive and the check that the leader key is still ours are
                 # independent (the check writes nothing): sent together, a renewal costs one
@@ -244,6 +259,7 @@ class EtcdDcs:
                     self._client.txn(self._leader.holding(lease), []),
                 )
                 holding = txn.succeeded
+                self._mirror_renewals = 0
             if ttl <= 0:
                 self._lease_lost(lease)
                 return False

@@ -24,6 +24,7 @@ from agent.config import (
 from agent.dcs.base import Dcs, DcsAuthError, DcsUnavailable
 from agent.dcs.etcd import EtcdDcs
 from agent.dcs.etcd_client import Compare, DeleteOp, EtcdClient, TxnOp, TxnResult
+from agent.dcs.etcd_mirror import Mirror
 from agent.model import RecordKind
 from tests.contract.dcs_contract import ContractCluster, DcsContract, member
 from tests.support.etcd import BlackHole, EtcdCluster, make_tls_files, running_cluster
@@ -313,10 +314,30 @@ async def test_a_leader_with_its_watch_running_renews_with_a_keepalive_alone(
 
     assert await a.renew_leader()
     assert txns == []
+    assert await a.renew_leader()
+    assert txns == ["txn"]  # every second renewal asks etcd's compare (review E1)
     await etcd_dcs.write_raw("leader", b"b")
     assert await a.wait_for_change(etcd_dcs.wake_s) is True
     assert await a.renew_leader() is False
-    assert txns == []
+    assert txns == ["txn"]  # the mirror saw it
+
+
+async def test_a_key_rewritten_while_the_watch_stays_silent_is_found_within_two_renewals(
+    etcd_dcs: EtcdContractCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review hreview2 E1: a leader key rewritten by hand while the watch delivers nothing (a
+    connection that died silently, a lagging etcd member) fails a renewal within two cycles,
+    not when the stream is re-created 30 s later. Without the periodic compare every renewal
+    trusts the mirror and succeeds."""
+    a = etcd_dcs.make_etcd("a")
+    assert await a.acquire_leader()
+    assert await a.wait_for_change(0.2) is False  # starts a's watch
+    await a.get_cluster()
+    assert await a.renew_leader()  # from the mirror
+    monkeypatch.setattr(Mirror, "apply", lambda self, event: None)  # the watch goes silent
+    await etcd_dcs.write_raw("leader", b"b")
+    await asyncio.sleep(0.3)  # what the watch would have delivered by now, it drops
+    assert await a.renew_leader() is False
 
 
 async def test_with_the_etcd_member_of_its_watch_frozen_a_member_reads_from_another(
