@@ -43,7 +43,11 @@ TTL = 6.0
 
 @pytest.fixture(scope="module")
 def cluster(pg_install: PgInstall) -> Iterator[LocalCluster]:
+    """One cluster for the module, with the writers' table, so that each test can also run
+    alone (they used to rely on the bootstrap test creating it)."""
     with local_cluster(pg=pg_install) as running:
+        primary = asyncio.run(converge(running, timeout=60))
+        asyncio.run(ensure_table("127.0.0.1", running.members[primary].pg_port))
         yield running
 
 
