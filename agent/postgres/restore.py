@@ -121,9 +121,16 @@ async def _wait_promoted(postmaster: Postmaster, deadline: float) -> None:
         await asyncio.sleep(_POLL_S)
 
 
-# FATAL lines that only refuse a connection while the server recovers (the agent's own
-# attempts to ask it): never the reason recovery stopped.
-_REFUSALS = ("not yet accepting connections", "is starting up", "is shutting down")
+# FATAL lines that only refuse a connection while the server recovers or goes down after its
+# startup process exited (the agent's own attempts to ask it; SQLSTATE 57P03): never the
+# reason recovery stopped.
+_REFUSALS = (
+    "not yet accepting connections",
+    "is not accepting connections",
+    "is starting up",
+    "is shutting down",
+    "is in recovery mode",
+)
 
 
 def failure_reason(exc: BaseException) -> str:
