@@ -43,6 +43,7 @@ import yaml
 from tests.chaos.delay_proxy import redirect_rules, write_control
 from tests.chaos.fuse_fs import FuseStore
 from tests.chaos.netns import SUBNET, Host, Network, entered
+from tests.chaos.stepped_clock import write_offset
 
 ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -146,6 +147,11 @@ class Member:
         return self.base / "delay.json"
 
     @property
+    def clock_offset(self) -> Path:
+        """The stepped wall clock's offset file (ChaosCluster.stepped_clocks)."""
+        return self.base / "clock.offset"
+
+    @property
     def address(self) -> str:
         return self.host.address
 
@@ -206,6 +212,9 @@ class ChaosCluster:
     # PostgreSQL and REST API) go through a delaying proxy in its namespace, from the start
     # (tests/chaos/delay_proxy.py); the slow-network scenarios set its delays.
     delay_proxies: bool = False
+    # Every agent runs with a wall clock that can be stepped (tests/chaos/stepped_clock.py;
+    # `step_wall_clock`); the random mix's clock-step faults.
+    stepped_clocks: bool = False
     # Extra keys of the agents' `ha` section (e.g. maximum_lag_on_failover_bytes).
     ha_extra: dict[str, object] = field(default_factory=dict)
     pg_bin: str = PG_BIN  # the members' postgresql.bin_dir (tests/support/pgversions.py)
@@ -267,7 +276,11 @@ class ChaosCluster:
                         argv=[
                             sys.executable,
                             "-m",
-                            "agent",
+                            *(
+                                ["tests.chaos.stepped_clock", str(base / "clock.offset")]
+                                if self.stepped_clocks
+                                else ["agent"]
+                            ),
                             "run",
                             "--config",
                             str(base / "pgwarden.yaml"),
@@ -488,6 +501,13 @@ class ChaosCluster:
         """One-way delay (or `{"delay_s", "rate_bps"}`) per destination address for member
         `index`'s outgoing traffic (tests/chaos/delay_proxy.py)."""
         write_control(self.members[index].delay_control, delays)
+
+    def step_wall_clock(self, index: int, offset_s: float) -> None:
+        """Member `index`'s agent's wall clock is the host's plus `offset_s` from now on (0:
+        back to the host's); needs `stepped_clocks`."""
+        if not self.stepped_clocks:
+            raise RuntimeError("a wall clock step needs ChaosCluster(stepped_clocks=True)")
+        write_offset(self.members[index].clock_offset, offset_s)
 
     def config_for(self, member: Member) -> dict[str, object]:
         """The agent's configuration: addresses on the bridge, trust only from the subnet."""

@@ -80,6 +80,7 @@ def _running(
     suffix: str = "",
     fuse_storage: bool = False,
     delay_proxies: bool = False,
+    stepped_clocks: bool = False,
     timing: dict[str, float] | None = None,
     ha_extra: dict[str, object] | None = None,
 ) -> Iterator[Runner]:
@@ -94,6 +95,7 @@ def _running(
         failsafe_mode=failsafe,
         fuse_storage=fuse_storage,
         delay_proxies=delay_proxies,
+        stepped_clocks=stepped_clocks,
         timing=dict(timing or QUICK_TIMING),
         ha_extra=dict(ha_extra or {}),
     )
@@ -272,4 +274,36 @@ def storage_runner(
     writes with ENOSPC (tests/chaos/fuse_fs.py)."""
     _need_fuse()
     with _running(chaos_results, pg=pg_install, fuse_storage=True) as chaos:
+        yield chaos
+
+
+# The random mix's replication modes (CHAOS_MIX_MODES, comma-separated: async, sync); the mix's
+# CHAOS_DURATION is shared equally between them (tests/chaos/test_long.py).
+MIX_MODES = [
+    m.strip() for m in os.environ.get("CHAOS_MIX_MODES", "async,sync").split(",") if m.strip()
+]
+
+
+@pytest.fixture(scope="module", params=MIX_MODES)
+def mix_runner(
+    request: pytest.FixtureRequest,
+    chaos_support: None,
+    chaos_results: list[ScenarioResult],
+    pg_install: PgInstall,
+) -> Iterator[Runner]:
+    """The random mix's cluster, on which every nemesis of tests/chaos/mix.py can be drawn:
+    FUSE data directories, delaying proxies, steppable agent wall clocks; asynchronous (the
+    agent's default maximum_lag_on_failover_bytes) or `synchronous_mode: on` (" [sync]")."""
+    mode: str = request.param
+    if mode not in ("async", "sync"):
+        raise ValueError(f"CHAOS_MIX_MODES: {mode!r} is neither async nor sync")
+    _need_fuse()
+    with _running(
+        chaos_results,
+        pg=pg_install,
+        sync=mode == "sync",
+        fuse_storage=True,
+        delay_proxies=True,
+        stepped_clocks=True,
+    ) as chaos:
         yield chaos

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.chaos import soak_report
+from tests.chaos import mix, soak_report
 from tests.chaos.runner import ScenarioResult
 
 
@@ -353,6 +353,7 @@ def write(
             "failover_s": None if r.failover_s is None else round(r.failover_s, 3),
             "old_primary_acks_after_failover": r.old_primary_acks_after_failover,
             "figures": dict(r.figures),
+            **({"mix_faults": [f.as_json() for f in r.mix_faults]} if r.mix_faults else {}),
         }
         for r in results
     ]
@@ -366,9 +367,11 @@ def write(
         for d in details
         if isinstance(found := d.get("figures"), dict) and found
     ]
+    mixes = mix.section(details)
     stem.with_suffix(".md").write_text(
         markdown(table, profile=profile, settings=settings, gray_runs=gray_runs)
         + figures_tables(figures)
+        + ("\n".join(mixes) + "\n" if mixes else "")
         + ("\n" + soak_report.section(soak) if soak else "")
     )
     stem.with_suffix(".json").write_text(

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from tests.chaos import checker
+from tests.chaos import checker, mix
 from tests.chaos.cluster import ChaosCluster
 from tests.chaos.nemesis import Nemesis, heal_all
 from tests.chaos.workload import Attempt, Workload
@@ -57,6 +57,8 @@ class ScenarioResult:
     # A scenario's own figures (name, value), shown as a table per scenario in the report
     # (the async-load runs: pgbench's acknowledged transactions, rows kept, lag, failover).
     figures: tuple[tuple[str, str], ...] = ()
+    # The random mix's faults, each with its own figures (tests/chaos/mix.py).
+    mix_faults: tuple[mix.MixFault, ...] = ()
 
 
 def _utc(wall: float) -> str:
@@ -74,6 +76,8 @@ class Runner:
     sync: bool = False
     # Appended to every scenario name (after " [sync]"): " [k8s]", " [failsafe]".
     suffix: str = ""
+    # How the mix's report states an asynchronous cluster's loss bound.
+    lag_allowed: str = "asynchronous, maximum_lag_on_failover_bytes 1048576 (the default)"
     next_base: int = 1_000_000_000
     results: list[ScenarioResult] = field(default_factory=list)
 
@@ -198,27 +202,43 @@ class Runner:
         return result
 
     async def run_mix(self, pool: list[Nemesis], *, duration_s: float, seed: int) -> ScenarioResult:
-        """Random faults one after the other for `duration_s`, healing and converging between
-        them, under one continuous workload; checked once at the end."""
+        """Random faults one after the other for `duration_s` (every nemesis of `pool` once
+        per pass, tests/chaos/mix.py), healing and converging between them, under one
+        continuous workload; checked once at the end, and per fault (`mix_faults`)."""
         rng = random.Random(seed)
+        deck = mix.Deck(pool=pool, rng=rng)
         primary = await self.ready()
         first = primary
+        names = [m.name for m in self.cluster.members]
         workload = self._workload()
-        faults: list[str] = []
+        drawn: list[mix.MixFault] = []
         worst_converge: float | None = 0.0
         t_start = time.monotonic()
         wall = time.time()
         try:
             await asyncio.sleep(1.0)
             while time.monotonic() - t_start < duration_s:
-                nemesis = rng.choice(pool)
+                nemesis = deck.draw()
+                at = time.monotonic()
                 try:
                     injected = await nemesis.run(self.cluster, primary)
-                    faults.append(f"{nemesis.name}: {injected.description}")
                     await asyncio.sleep(rng.uniform(1.0, nemesis.hold_s))
                 finally:
                     nemesis.heal(self.cluster)
                 found, took = await self.converge()
+                drawn.append(
+                    mix.MixFault(
+                        name=nemesis.name,
+                        description=injected.description,
+                        at=injected.instants[0] if injected.instants else at,
+                        settled=time.monotonic(),
+                        converge_s=None if found is None else took,
+                        primary_before=names[primary],
+                        primary_after=None if found is None else names[found],
+                        must_not_lose=nemesis.must_not_lose,
+                        same_primary=nemesis.same_primary,
+                    )
+                )
                 if found is None:
                     worst_converge = None
                     break
@@ -235,16 +255,31 @@ class Runner:
             worst_converge = max(worst_converge, took)
         await asyncio.sleep(1.0)
         attempts = await workload.stop()
+        lost: list[Attempt] = []
+        t_end = time.monotonic()
         result = await self._check(
             scenario=self._name("random-mix"),
-            faults=tuple(faults),
+            faults=tuple(f"{f.name}: {f.description}" for f in drawn),
             attempts=attempts,
-            window=(t_start, time.monotonic()),
+            window=(t_start, t_end),
             after=after,
             converge_s=worst_converge,
             must_not_lose=self.sync,
             before=first,
             wall=wall,
+            lost_out=lost,
+        )
+        settled = mix.settle(drawn, attempts, lost, t_end)
+        result = dataclasses.replace(
+            result,
+            mix_faults=tuple(settled),
+            figures=(
+                ("faults drawn", str(len(settled))),
+                ("distinct nemeses drawn", f"{len({f.name for f in settled})} of {len(pool)}"),
+                ("failovers", str(sum(1 for f in settled if f.failed_over))),
+                ("replication", "synchronous_mode on" if self.sync else self.lag_allowed),
+                ("acknowledged writes lost", f"{result.lost} of {result.acked}"),
+            ),
         )
         self.results.append(result)
         return result
@@ -261,6 +296,7 @@ class Runner:
         must_not_lose: bool,
         before: int,
         wall: float,
+        lost_out: list[Attempt] | None = None,
     ) -> ScenarioResult:
         names = [m.name for m in self.cluster.members]
         split = checker.split_brain_instants(attempts, names)
@@ -269,6 +305,8 @@ class Runner:
         if after is not None:
             primary_rows = await self.cluster.values(after)
             lost = checker.lost_writes(attempts, primary_rows)
+            if lost_out is not None:
+                lost_out.extend(lost)
             for index, member in enumerate(self.cluster.members):
                 if index == after:
                     continue
