@@ -112,10 +112,15 @@ class ActionRunner:
     async def _run(self, action: Action, obs: Observation, sent_at: float) -> bool:
         view = obs.cluster
         match action:
+            case SetInitialize():
+                # The cluster is complete. A bootstrap whose agent was restarted before it
+                # ended left its server on the Unix socket only: open it first.
+                start_s = self.settings.timing.primary_start_timeout_s
+                await self.pg.open_to_clients(timeout_s=start_s)
+                return await self._write(action)
             case (
                 ClaimInitialize()
                 | ClearInitialize()
-                | SetInitialize()
                 | ClearSwitchover()
                 | SetConfig()
                 | SetSyncRecord()
@@ -260,10 +265,15 @@ class ActionRunner:
         start_s = timing.primary_start_timeout_s
         match action:
             case Bootstrap():
+                # We hold the lease, and a route (Endpoints subsets, EndpointSlice, a client's
+                # multi-host list) may lead writers here already: until the cluster is
+                # complete PostgreSQL listens on its Unix socket only, so that no write can
+                # be acknowledged that a failed post_bootstrap would discard. [review R4]
                 await self.pg.initdb()
-                await self.pg.start(standby=None, timeout_s=start_s)
+                await self.pg.start(standby=None, timeout_s=start_s, socket_only=True)
                 await self.pg.create_roles()
                 await post_bootstrap(self.callbacks, self.settings, self.pg)
+                await self.pg.open_to_clients(timeout_s=start_s)
             case Clone(source=source, clear_first=clear_first):
                 standby = standby_of(s, view, source)
                 if clear_first:

@@ -342,7 +342,10 @@ FIELDS: Final[tuple[Field, ...]] = (
                              "directory's contents are removed, the claim to initialize the "
                              "cluster is withdrawn and the lease released, and a member "
                              "bootstraps again after a pause (nothing half-initialized ever "
-                             "serves as the leader)."),
+                             "serves as the leader). While it runs PostgreSQL listens on its "
+                             "Unix socket only (`PGHOST`): no TCP client can connect, so no "
+                             "write is acknowledged that a failure would discard; it is "
+                             "restarted listening as configured once the hook succeeded."),
       )),
     Field(path="callbacks.timeout_s", kind=_N, rule="> 0.",
           doc="An `on_*` callback still running after this long is killed (SIGKILL to its "

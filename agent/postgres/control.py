@@ -49,9 +49,16 @@ class PostgresControl(Protocol):
     async def close_probe(self) -> None:
         """Drop the probe's connection (before a smart stop or a SIGKILL of a hung server)."""
 
-    async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
+    async def start(
+        self, *, standby: StandbyConfig | None, timeout_s: float, socket_only: bool = False
+    ) -> None:
         """Start as a primary (`standby=None`) or as a standby of `standby`; return once it
-        accepts connections. A running postmaster keeps its role."""
+        accepts connections. A running postmaster keeps its role. `socket_only`: listening
+        on the Unix socket only, no TCP client can connect (a cluster being bootstrapped)."""
+
+    async def open_to_clients(self, *, timeout_s: float) -> None:
+        """A running server that listens on its Unix socket only: restart it to listen as
+        configured (at once otherwise)."""
 
     async def stop(self, mode: StopMode, *, timeout_s: float) -> None:
         """Stop and wait until the postmaster is gone; escalates to SIGKILL (process.py)."""
@@ -64,7 +71,8 @@ class PostgresControl(Protocol):
 
     async def initdb(self) -> None:
         """Create a new cluster in the (empty) data directory: initdb, or (bootstrap.method
-        pgbackrest) a restore from the repository, recovered and promoted: running then."""
+        pgbackrest) a restore from the repository, recovered and promoted: running then,
+        on its Unix socket only (`start`'s `socket_only`)."""
 
     async def create_roles(self) -> None:
         """On a freshly initialized primary: the replication role and the passwords (and,
@@ -147,8 +155,13 @@ class LocalPostgres:
     async def close_probe(self) -> None:
         await self.prober.close()
 
-    async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
-        await self.postmaster.start(standby=standby, timeout_s=timeout_s)
+    async def start(
+        self, *, standby: StandbyConfig | None, timeout_s: float, socket_only: bool = False
+    ) -> None:
+        await self.postmaster.start(standby=standby, timeout_s=timeout_s, socket_only=socket_only)
+
+    async def open_to_clients(self, *, timeout_s: float) -> None:
+        await self.postmaster.open_to_clients(timeout_s=timeout_s)
 
     async def stop(self, mode: StopMode, *, timeout_s: float) -> None:
         await self.postmaster.stop(mode, timeout_s=timeout_s)

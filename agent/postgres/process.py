@@ -195,9 +195,13 @@ class Postmaster:
         write_file(conffile.conf_path(self._run_dir), conf, who)
         write_client_files(settings, self._run_dir)
 
-    async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
+    async def start(
+        self, *, standby: StandbyConfig | None, timeout_s: float, socket_only: bool = False
+    ) -> None:
         """Start the postmaster (as a primary, or as a standby of `standby`) and return once it
-        accepts connections (a primary: writes).
+        accepts connections (a primary: writes). `socket_only`: it listens on its Unix socket
+        only (`listen_addresses = ''`), so no TCP client can reach it: a new cluster before its
+        bootstrap completed (`open_to_clients` then restarts it as configured).
 
         Writes the auth files, standby.signal and the standby's conninfo/slot first. A data
         directory that was a standby (standby.signal present) and is started as a primary is
@@ -230,7 +234,7 @@ class Postmaster:
                     application_name=self._member_name,
                 )
             self._prepare_start(who, standby)
-            pid = self._spawn(who)
+            pid = self._spawn(who, socket_only=socket_only)
         await self._wait_ready(pid, timeout_s)
         if promote:
             await self.promote(timeout_s=max(deadline - loop.time(), 0.5))
@@ -242,13 +246,15 @@ class Postmaster:
             ensure_dir(sock_dir, who)
         configure_standby(self._settings, standby, run_dir=self._run_dir)
 
-    def _spawn(self, who: RunAs) -> int:
+    def _spawn(self, who: RunAs, *, socket_only: bool) -> int:
         settings = self._settings
         args = [
             os.path.join(settings.bin_dir, "postgres"),
             "-D",
             settings.data_dir,
             *conffile.command_line(settings, member_name=self._member_name, run_dir=self._run_dir),
+            # The last -c of a name wins: no TCP socket at all.
+            *(("-c", "listen_addresses=") if socket_only else ()),
         ]
         log_file = replication.log_path(self._run_dir)
         with open(log_file, "ab") as log:
@@ -275,6 +281,18 @@ class Postmaster:
                 return tail(handle.read().decode(errors="replace"))
         except OSError:
             return ""
+
+    async def open_to_clients(self, *, timeout_s: float) -> bool:
+        """A running server that listens on its Unix socket only (started `socket_only`, or
+        adopted so after an agent restart): restart it (fast) to listen as configured; True
+        when it did. listen_addresses takes a restart; the shutdown checkpoint of a new
+        cluster is short (0.08 s for both on a fresh cluster here)."""
+        rows = await self.fetch("SELECT current_setting('listen_addresses')", timeout_s=timeout_s)
+        if rows[0][0] != "":
+            return False
+        await self.stop(StopMode.FAST, timeout_s=timeout_s)
+        await self.start(standby=None, timeout_s=timeout_s)
+        return True
 
     async def _wait_ready(self, pid: int, timeout_s: float) -> None:
         """Poll postmaster.pid's status line (what `pg_ctl -w` reads) until ready or standby."""

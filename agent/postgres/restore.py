@@ -73,7 +73,8 @@ async def clone_by_methods(
 
 async def restore_bootstrap(settings: Settings, postmaster: Postmaster) -> None:
     """A new cluster from the repository: restore, recover to the target, promote. Leaves a
-    running primary on a new timeline; on failure, an empty data directory and the reason."""
+    running primary on a new timeline, listening on its Unix socket only (the bootstrap opens
+    it once complete); on failure, an empty data directory and the reason."""
     pg = settings.postgresql
     if is_initialized(pg) or not bootstrap.is_empty_dir(pg.data_dir):
         raise PostgresError(f"bootstrap: data directory {pg.data_dir} is not empty")
@@ -85,7 +86,10 @@ async def restore_bootstrap(settings: Settings, postmaster: Postmaster) -> None:
     marker = bootstrap.prepare_clone(pg, settings.run_dir)
     try:
         await pgbackrest.restore_for_bootstrap(settings, timeout_s=backrest.restore_timeout_s)
-        await postmaster.start(standby=None, timeout_s=max(deadline - loop.time(), 1.0))
+        # No TCP client may write to it before the bootstrap completed (post_bootstrap).
+        await postmaster.start(
+            standby=None, timeout_s=max(deadline - loop.time(), 1.0), socket_only=True
+        )
         await _wait_promoted(postmaster, deadline)
         for name in pgbackrest.RECOVERY_TARGET_SETTINGS:
             await postmaster.execute(f"ALTER SYSTEM RESET {name}", timeout_s=5.0)

@@ -3,11 +3,11 @@ a script that appends its arguments to one file (the member's name is the comman
 word).
 
 One scenario, in order, on one cluster: pg-0 bootstraps alone (post_bootstrap creates a
-database), pg-1 and pg-2 clone; pg-0 is SIGKILLed with its PostgreSQL; pg-1 (failover priority
-2, so it races first) takes the lease, its pre_promote exits 1 and vetoes, it hands the lease
-back and pg-2 takes over, whose on_role_change hangs and is killed at its 2 s timeout while
-pg-2 keeps the lease; pg-0 rejoins as a replica; pg-1 is restarted (on_restart) and stopped
-(on_stop).
+database, and finds that no TCP client can connect meanwhile), pg-1 and pg-2 clone; pg-0 is
+SIGKILLed with its PostgreSQL; pg-1 (failover priority 2, so it races first) takes the
+lease, its pre_promote exits 1 and vetoes, it hands the lease back and pg-2 takes over, whose
+on_role_change hangs and is killed at its 2 s timeout while pg-2 keeps the lease; pg-0
+rejoins as a replica; pg-1 is restarted (on_restart) and stopped (on_stop).
 """
 
 from __future__ import annotations
@@ -44,8 +44,12 @@ CALLBACK_TIMEOUT_S = 2.0
 RECORD = '#!/bin/sh\necho "$*" >> {log}\n'
 VETO = '#!/bin/sh\necho "$*" >> {log}\nexit 1\n'
 HANG = '#!/bin/sh\necho "$*" >> {log}\nsleep 60\necho "$* finished" >> {log}\n'
+# It also notes whether a TCP client could reach the new primary meanwhile (review R4).
 POST_BOOTSTRAP = (
     '#!/bin/sh\necho "$*" >> {log}\n'
+    "if python3 -c 'import os, socket; "
+    'socket.create_connection(("127.0.0.1", int(os.environ["PGPORT"])), 2)\' 2>/dev/null; '
+    'then echo "$* tcp open" >> {log}; else echo "$* tcp refused" >> {log}; fi\n'
     'exec /usr/bin/psql -v ON_ERROR_STOP=1 -qc "CREATE DATABASE appdb"\n'
 )
 
@@ -124,6 +128,7 @@ async def test_every_callback_is_called_with_its_arguments_and_a_veto_hands_over
     assert await converge(cluster, timeout=60) == 0
     calls = _calls(scripts)
     assert calls.count("pg-0 post_bootstrap primary demo") == 1
+    assert "pg-0 post_bootstrap primary demo tcp refused" in calls  # on its socket only
     assert "pg-0 on_start primary demo" in calls
     assert "pg-1 on_start replica demo" in calls
     assert "pg-2 on_start replica demo" in calls

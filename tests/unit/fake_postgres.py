@@ -22,6 +22,8 @@ primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes Pos
   copies (still marked synced, as PostgreSQL leaves them); dropping a standby's own copies
   drops nothing on a primary, a synchronized copy or a physical slot;
 - a data directory last running as a standby and started as a primary is promoted;
+- a server started `socket_only` (`tcp` False) can be neither cloned nor streamed from until
+  `open_to_clients` restarts it listening on TCP;
 - DCS parameters (`apply_dynamic`): a reload applies the others at once; `RESTART_PARAMETERS`
   (shared_buffers and the hot-standby minimums) only at the next start, and meanwhile the
   instance reports them pending restart; a standby whose hot-standby minimums are below its
@@ -154,6 +156,7 @@ class FakePostgres:
         self._gates: dict[str, asyncio.Event] = {}
         self.dynamic = PgConfig()  # the DCS parameters its configuration file holds
         self.running_params: dict[str, str] = {}  # what the server runs with
+        self.tcp = False  # listens on TCP too (not only its Unix socket), while running
 
     # ------------------------------------------------------------------ test controls
 
@@ -231,7 +234,7 @@ class FakePostgres:
         self.streaming = False
         if not self.receiving:
             return
-        if up is None or not up.running or up.hung or up.data is None:
+        if up is None or not up.serves_tcp() or up.data is None:
             return
         if up.data.system_id != self.data.system_id:
             return
@@ -370,10 +373,13 @@ class FakePostgres:
     async def close_probe(self) -> None:
         self.calls.append("close_probe")
 
-    async def start(self, *, standby: StandbyConfig | None, timeout_s: float) -> None:
+    async def start(
+        self, *, standby: StandbyConfig | None, timeout_s: float, socket_only: bool = False
+    ) -> None:
         await self._enter("start")
         if self.running or self.lingering:
             return
+        self.tcp = not socket_only
         if self.data is None:
             raise PostgresError(f"{self.host}: data directory is not initialized")
         promote = standby is None and not self.data.was_primary
@@ -414,6 +420,14 @@ class FakePostgres:
         self.data = replace(self.data, clean=clean, was_primary=not self.in_recovery)
         self._gone()
         self.cluster.replicate()
+
+    def serves_tcp(self) -> bool:
+        """Reachable by a client over TCP (pg_basebackup, pg_rewind, a WAL receiver)."""
+        return self.running and self.tcp and not self.hung
+
+    async def open_to_clients(self, *, timeout_s: float) -> None:
+        await self._enter("open_to_clients", sql=True)
+        self.tcp = True  # the restart it takes is not modelled (nothing else changes)
 
     async def promote(self, *, timeout_s: float) -> None:
         await self._enter("promote", sql=True)
@@ -459,7 +473,7 @@ class FakePostgres:
         if self.data is not None:
             raise PostgresError(f"clone: data directory of {self.host} is not empty")
         source = self.cluster.instances.get(standby.primary_host)
-        if source is None or not source.running or source.hung or source.data is None:
+        if source is None or not source.serves_tcp() or source.data is None:
             raise PostgresError(f"pg_basebackup: could not connect to {standby.primary_host}")
         self.data = replace(source.data, was_primary=False, clean=True)
         self.conninfo = standby
@@ -469,7 +483,7 @@ class FakePostgres:
         if self.running or self.data is None:
             raise PostgresError("rewind: the data directory must be stopped and initialized")
         source = self.cluster.instances.get(standby.primary_host)
-        if source is None or not source.running or source.hung or source.data is None:
+        if source is None or not source.serves_tcp() or source.data is None:
             raise SourceUnreachable(f"rewind: source {standby.primary_host} unreachable")
         if source.data.system_id != self.data.system_id:
             raise PostgresError("pg_rewind: source and target clusters are from different systems")

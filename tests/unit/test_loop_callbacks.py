@@ -139,6 +139,38 @@ async def test_a_timed_out_pre_promote_vetoes_too_and_a_lone_candidate_retries_a
     assert took >= b.settings.timing.ttl_s
 
 
+async def test_post_bootstrap_runs_while_no_tcp_client_can_reach_the_new_primary() -> None:
+    # We hold the lease during post_bootstrap and a route may already lead writers here: a
+    # write acknowledged then would be discarded with the cluster if the hook failed.
+    c = LoopCluster(callbacks=ALL)
+    a = c["a"]
+    seen: list[tuple[bool, bool]] = []
+
+    def look(event: CallbackEvent) -> None:
+        if event is CallbackEvent.POST_BOOTSTRAP:
+            seen.append((a.pg.running, a.pg.tcp))
+
+    a.callbacks.on_run = look
+    assert await c.bootstrap() == "a"
+    assert seen == [(True, False)]  # running, on its Unix socket only
+    assert a.pg.running and a.pg.tcp  # opened once the bootstrap completed
+    assert c.healthy("a")  # and the others could clone it
+
+
+async def test_an_agent_restarted_before_its_bootstrap_opened_the_server_opens_it() -> None:
+    c = LoopCluster(callbacks=ALL)
+    a = c["a"]
+    held = a.pg.gate("open_to_clients")  # the old agent stops (dies) just before opening
+    await c.run_until(lambda: "open_to_clients" in a.pg.calls)
+    assert a.pg.running and not a.pg.tcp
+    a = await c.restart_agent("a")  # nothing remembered; PostgreSQL still on its socket
+    assert await c.bootstrap() == "a"
+    assert a.pg.tcp and c.healthy("a")
+    assert c.store.get_raw("initialize") == a.pg.data.system_id.encode()  # type: ignore[union-attr]
+    held.set()  # let the old agent's task end (it finds the server open)
+    await c.settle()
+
+
 async def test_a_failed_post_bootstrap_discards_the_new_cluster_and_bootstraps_again() -> None:
     c = LoopCluster(callbacks=ALL)
     a = c["a"]

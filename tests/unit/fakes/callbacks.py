@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from agent.callback_settings import CallbackEvent
 from agent.callbacks import CallbackResult, CallbackRun
@@ -15,6 +16,8 @@ class FakeCallbacks:
         self.clock = clock
         self.calls: list[tuple[str, str]] = []  # (event, role), fired and run, in order
         self.results: dict[CallbackEvent, deque[CallbackResult]] = {}
+        # Called as each `run()` starts: a test looks at the world the callback would see.
+        self.on_run: Callable[[CallbackEvent], None] | None = None
 
     def script(self, event: CallbackEvent, *results: CallbackResult) -> None:
         """The next `run()`s of `event` end with these results (then: ok)."""
@@ -25,6 +28,8 @@ class FakeCallbacks:
 
     async def run(self, event: CallbackEvent, role: str, *, timeout_s: float) -> CallbackRun | None:
         self.calls.append((event.value, role))
+        if self.on_run is not None:
+            self.on_run(event)
         queue = self.results.get(event)
         result = queue.popleft() if queue else CallbackResult.OK
         code = 0 if result is CallbackResult.OK else 1 if result is CallbackResult.FAILED else None
