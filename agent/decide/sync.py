@@ -190,10 +190,9 @@ def plan_sync(
     record = view.sync
     desired = desired_standbys(view, local, settings)
     want, now, recorded = claim_of(desired), claim_of(current, exclude=me), record_claim(record)
-    unreloaded, memory = _unreloaded(current, desired, memory)
-    if unreloaded is not None:
-        now = combine(now, claim_of(unreloaded, exclude=me))
-    if not _same(current, desired) or unreloaded is not None:
+    unreloaded, memory = _unreloaded(current, desired, memory, local)
+    now = combine(now, *(claim_of(u, exclude=me) for u in unreloaded))
+    if not _same(current, desired) or unreloaded:
         memory = replace(memory, sync_effective=None)
         need = combine(now, want)
         if not covers(recorded, need) or (record is not None and record.leader != me):
@@ -229,18 +228,22 @@ def plan_sync(
 
 
 def _unreloaded(
-    current: SyncStandbys, desired: SyncStandbys, memory: Memory
-) -> tuple[SyncStandbys | None, Memory]:
-    """A value a failed change left in postgresql.auto.conf that any SIGHUP may apply and
-    that differs from the desired one: the record covers it as if it ran, and the desired
-    value is set again (overwriting the file) before any narrowing. Forgotten once it runs
-    (the file then holds what runs, whatever the failed change did)."""
+    current: SyncStandbys, desired: SyncStandbys, memory: Memory, local: LocalState
+) -> tuple[tuple[SyncStandbys, ...], Memory]:
+    """Values a failed change left in postgresql.auto.conf that any SIGHUP may apply and that
+    differ from the desired one: the record covers them as if they ran, and the desired value
+    is set again (overwriting the file) before any narrowing. Two sources: the change this
+    agent saw fail (`memory.sync_unreloaded`, forgotten once it runs: the file then holds what
+    runs, whatever the failed change did), and what the probe read in the files
+    (`local.sync_standbys_pending`), which an agent restarted after the failure sees at once."""
     unreloaded = memory.sync_unreloaded
     if unreloaded is not None and _same(current, unreloaded):
-        return None, replace(memory, sync_unreloaded=None)
-    if unreloaded is not None and _same(unreloaded, desired):
-        return None, memory
-    return unreloaded, memory
+        unreloaded, memory = None, replace(memory, sync_unreloaded=None)
+    found = (unreloaded, local.sync_standbys_pending)
+    pending = tuple(
+        u for u in found if u is not None and not _same(u, desired) and not _same(u, current)
+    )
+    return pending, memory
 
 
 def _sync_record(

@@ -80,6 +80,10 @@ class LocalState:
     # current_setting('synchronous_standby_names') as parsed by the probe; None when not read.
     # A value the agent cannot read is reported as FIRST 1 ("*") (any standby: the worst case).
     sync_standbys: SyncStandbys | None = None
+    # The value the configuration files hold for it (pg_file_settings: what the next reload
+    # applies), when it differs from the running one; None when equal, unset or not read.
+    # A change whose reload failed left it there (agent/decide/sync.py `_unreloaded`).
+    sync_standbys_pending: SyncStandbys | None = None
     # pg_settings: the parameters whose new value waits for a restart, and what the server
     # runs with for the settings a hot standby needs at least as high as its primary.
     pending_restart: tuple[str, ...] = ()

@@ -67,6 +67,8 @@ SELECT
   w.sender_host AS sender_host,
   w.sender_port AS sender_port,
   current_setting('synchronous_standby_names') AS synchronous_standby_names,
+  (SELECT setting FROM pg_file_settings WHERE name = 'synchronous_standby_names' AND applied
+   ORDER BY seqno DESC LIMIT 1) AS synchronous_standby_names_file,
   CASE WHEN s.r THEN (SELECT wait_event FROM pg_stat_activity
                       WHERE backend_type = 'startup' LIMIT 1) END AS startup_wait,
   CASE WHEN s.r THEN (SELECT bytes_per_wal_segment FROM pg_control_init()) END AS wal_segment_size,
@@ -121,6 +123,21 @@ def _enum_or_unknown(kind: type[_E], value: object) -> _E:
         return kind(str(value))
     except ValueError:
         return kind("unknown")
+
+
+def _ssn(text: str | None) -> SyncStandbys:
+    """synchronous_standby_names as read; a value the agent cannot read is FIRST 1 ("*")."""
+    parsed = parse_synchronous_standby_names(text or "")
+    return parsed if parsed is not None else SyncStandbys(quorum=False, count=1, names=("*",))
+
+
+def _ssn_pending(running: str | None, in_files: str | None) -> SyncStandbys | None:
+    """The value the files hold for the next reload, when it differs from the running one
+    (an ALTER SYSTEM whose reload failed, perhaps before this agent started)."""
+    if in_files is None or in_files == running:
+        return None
+    pending = _ssn(in_files)
+    return None if pending == _ssn(running) else pending
 
 
 def parse_replication(text: str) -> tuple[ReplicationRow, ...]:
@@ -413,8 +430,10 @@ class Prober:
             slots=parse_slot_states(row["slots"]),
             **parse_settings(row["settings"]),
             archiver=parse_archiver(row["archiver"]),
-            sync_standbys=parse_synchronous_standby_names(row["synchronous_standby_names"] or "")
-            or SyncStandbys(quorum=False, count=1, names=("*",)),
+            sync_standbys=_ssn(row["synchronous_standby_names"]),
+            sync_standbys_pending=_ssn_pending(
+                row["synchronous_standby_names"], row["synchronous_standby_names_file"]
+            ),
         )
 
     async def close(self) -> None:

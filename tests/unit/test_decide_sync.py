@@ -504,3 +504,26 @@ def test_a_failed_change_of_synchronous_standby_names_stays_covered_until_overwr
         decision, memory = decide(obs(back, settled), memory, A)
         steps += [a for a in decision.actions if isinstance(a, SetSyncRecord)]
     assert steps and steps[-1].record.members == ("b",)
+
+
+def test_a_restarted_leader_covers_a_value_a_failed_change_left_in_the_files() -> None:
+    # Review R8, the agent restarted after the failed reload: its memory is empty, but the
+    # probe reads what postgresql.auto.conf holds (pg_file_settings). The record must cover
+    # c from the first cycle, and PostgreSQL's file be rewritten before any narrowing.
+    cluster = sync_view("a", ME_PRIMARY, B, C, record=rec("a", "b"))
+    local = replace(
+        primary(B_ONLY, row("b", flush=2000, sync_state=StandbySyncState.SYNC), row("c")),
+        sync_standbys_pending=C_ONLY,
+    )
+    assert leader_step(cluster, local) == SetSyncRecord(
+        record=replace(rec("a", "b", "c"), version=""), expected_version="9"
+    )
+    covered = sync_view("a", ME_PRIMARY, B, C, record=rec("a", "b", "c"))
+    assert leader_step(covered, local) == SetSyncStandbyNames(standbys=B_ONLY)
+    # Once the file holds what runs, nothing is pending and the record narrows as usual.
+    memory, rewritten = LEASED, replace(local, sync_standbys_pending=None)
+    steps = []
+    for _ in range(2):
+        decision, memory = decide(obs(covered, rewritten), memory, A)
+        steps += [a for a in decision.actions if isinstance(a, SetSyncRecord)]
+    assert steps and steps[-1].record.members == ("b",)
