@@ -230,13 +230,17 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         return decided(step[2], step[1], *step[0])
     if memory.following != upstream:
         return decided(memory, f"following {upstream}", Follow(leader=upstream))
-    stale = stale_copies(view.config.slots, local.slots) if leader_up and local.streaming else ()
+    from_leader = upstream == leader_name and local.streaming
+    stale = stale_copies(view.config.slots, local.slots) if leader_up and from_leader else ()
     if stale:
         # Every cycle while they are there (a copy that could not be dropped is tried again;
         # a former primary rewound or started before anyone led still holds its own). Only
-        # while we stream and a leader runs as the primary: the consumer's slot is the
-        # leader's, and the slot sync worker can make the synchronized copy at once. Never
-        # without a leader: we may win the race and our copy is then all we have.
+        # while we stream from the leader and its record says it runs as the primary: the
+        # consumer's slot is the leader's, and the slot sync worker can make the synchronized
+        # copy at once. Never without a leader: we may win the race and our copy is then all
+        # we have. Nor while we cascade from another member [review S1]: our stream proves
+        # nothing of the leader, whose record says "running" for up to a ttl after it died,
+        # and the slot sync worker cannot copy from a standby, so the copy is all we have.
         return decided(
             memory,
             f"streaming from {upstream}; dropping our stale copies of {', '.join(stale)}",

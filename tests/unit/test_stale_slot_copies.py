@@ -1,5 +1,6 @@
 """A former primary's own copies of the permanent logical slots: dropped, every cycle they are
-there, while it streams from a running leader; kept whenever it could need them
+there, while it streams from a running leader (itself, not a cascade source); kept whenever
+it could need them
 (agent/slot_config.py `stale_copies`, agent/decide/member.py `when_follower`).
 
 On PostgreSQL 17+ such a copy (not `synced`) stops the slot sync worker from making the
@@ -23,7 +24,7 @@ from agent.decide import Memory, decide
 from agent.model import ClusterView, DynamicConfig, MemberName, PgState, RecordKind, Role
 from agent.slot_config import PermanentSlot, SlotState, SlotType, stale_copies
 from tests.unit.fakes.loop_cluster import LoopCluster
-from tests.unit.test_decide import REPLICA, A, member, obs, view
+from tests.unit.test_decide import REPLICA, A, make_settings, member, obs, view
 
 CDC = PermanentSlot(name="cdc", type=SlotType.LOGICAL, database="postgres", plugin="pgoutput")
 OWN = SlotState(name="cdc", type="logical", active=False)
@@ -88,6 +89,21 @@ def test_a_standby_pointed_elsewhere_follows_first_and_drops_once_it_streams() -
     local = replace(REPLICA, slots=(OWN,))
     decision, _ = decide(obs(_view(), local), Memory(following=MemberName("c")), A)
     assert decision.actions == (Follow(leader=MemberName("b")),)
+
+
+def test_a_cascading_member_keeps_its_copy_while_its_stream_proves_nothing_of_the_leader() -> None:
+    # Review S1: we stream from c (tags.replicatefrom), so our stream says nothing about b,
+    # whose record says "running" for up to a ttl after it died; we may be next to lead,
+    # and the slot sync worker cannot copy from a standby: our copy is all we have.
+    cascading = make_settings("a", replicatefrom="c")
+    local = replace(REPLICA, slots=(OWN,))
+    decision, _ = decide(obs(_view(), local), Memory(following=MemberName("c")), cascading)
+    assert "streaming from c" in decision.reason
+    assert not [a for a in decision.actions if isinstance(a, DropStaleSlots)]
+    # The same member once it streams from the leader (its cascade source stopped streaming).
+    alone = replace(_view(), members=(_view().members[0], member("c", state=PgState.STOPPED)))
+    decision, _ = decide(obs(alone, local), FOLLOWING_B, cascading)
+    assert decision.actions == (DropStaleSlots(names=("cdc",)),)
 
 
 async def _declare(c: LoopCluster) -> None:
