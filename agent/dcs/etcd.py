@@ -180,12 +180,13 @@ class EtcdDcs:
         # applied every change since the last read, so a read would return the same keys.
         if self._mirror.current(self._clock.monotonic(), max_age_s=self._ttl_s):
             return self._view_of(self._mirror.kvs())
+        epoch = self._mirror.epoch
         async with self._request("get_cluster"):
             result = await self._client.range(self._prefix, prefix=True)
         # Deliberately not "consumed" here: the API reads through this handle too, and a read
         # by another task must not swallow a wake meant for the HA loop (base.py, point 8).
         self._watch.read_at(result.revision)
-        self._mirror.load(result.kvs, result.revision)
+        self._mirror.load(result.kvs, result.revision, epoch=epoch)
         return self._view_of(result.kvs)
 
     def _view_of(self, kvs: tuple[KeyValue, ...]) -> ClusterView:

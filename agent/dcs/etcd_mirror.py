@@ -8,11 +8,11 @@ Current means all of (`Mirror.current`):
 - loaded: a full read, and no event the watch delivered is newer than that read (a slow read
   answered after the watch moved on would hide those events);
 - a watch stream is open on the prefix and created (`stream_open`), and the read was made
-  after it opened: the client resumes streams without losing or repeating events
-  (etcd_client.py), so the events applied since the read are every change there was, up to
-  the watch's latency; while no stream is open that latency has no bound, and a new stream
-  delivers what it missed only after its creation (so a stream, re-created every 30 s,
-  costs one read);
+  after it opened (sent after, not only answered after: `epoch`): the client resumes streams
+  without losing or repeating events (etcd_client.py), so the events applied since the read
+  are every change there was, up to the watch's latency; while no stream is open that
+  latency has no bound, and a new stream delivers what it missed only after its creation
+  (so a stream, re-created every 30 s, costs one read);
 - every write of this handle has come back through the watch (read your own writes);
 - some request of this handle was answered by the watch's endpoint, sent less than
   `max_age_s` ago, and none failed or was answered by another endpoint since: a watch
@@ -42,11 +42,21 @@ class Mirror:
         self._own_to = 0  # revision of this handle's newest write
         self._stream_on: str | None = None  # the endpoint of the open watch stream
         self._answered_at = -math.inf  # send time of the newest answered request
+        self._epoch = 0  # how many times a stream opened or ended (`stream_open`)
 
     # ------------------------------------------------------------------ fed by the handle
 
-    def load(self, kvs: tuple[KeyValue, ...], revision: int) -> None:
-        """A full read of the prefix, served at `revision`."""
+    @property
+    def epoch(self) -> int:
+        """Changes whenever a stream opens or ends: the handle notes it when it sends a read."""
+        return self._epoch
+
+    def load(self, kvs: tuple[KeyValue, ...], revision: int, *, epoch: int) -> None:
+        """A full read of the prefix, served at `revision`, sent at stream `epoch`. One sent
+        before the open stream opened is not loaded (the module docstring: the read must be
+        made after it opened, not merely answered after)."""
+        if epoch != self._epoch:
+            return
         if revision + 1 < self._seen_to:
             self.unload()  # older than events already delivered: those would be lost
             return
@@ -83,6 +93,7 @@ class Mirror:
         delivers what happened while none was open, up to etcd's 100 ms catch-up loop later:
         until a read after it, the keys are not trusted."""
         self._stream_on = endpoint
+        self._epoch += 1
         if endpoint is not None:
             self.unload()
 
