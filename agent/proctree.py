@@ -77,6 +77,24 @@ def _children_by_scan(pid: int) -> list[int]:
     return found
 
 
+def has_child_of_type(postmaster: int, backend_type: str) -> bool:
+    """Whether a child of `postmaster` is a `backend_type` process ("startup", ...), read from
+    its process title ("postgres: [cluster_name: ]startup recovering ..."). True when /proc
+    cannot be read at all (nothing can be told: assume it is there)."""
+    if not os.path.exists("/proc/self/stat"):
+        return True
+    for child in children(postmaster):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as handle:
+                title = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        parts = [part.strip() for part in title.split(": ")[1:]]
+        if any(part == backend_type or part.startswith(backend_type + " ") for part in parts):
+            return True
+    return False
+
+
 def kill_postmaster_tree(pid: int) -> None:
     """SIGKILL the postmaster `pid`, each of its children, and their process groups.
 

@@ -155,6 +155,9 @@ def decide(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decisi
 def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:
     """The branches, in their priority order."""
     view = obs.cluster
+    idle = obs.local.postmaster_idle and not obs.local.running
+    if idle != (memory.postmaster_idle_since is not None):
+        memory = replace(memory, postmaster_idle_since=obs.now if idle else None)
     if view is not None:
         leader = view.leader_member
         if leader is not None and leader.name != settings.name:

@@ -57,6 +57,26 @@ from agent.slot_config import stale_copies
 # exists, and returned at once while postmaster.pid still said "ready": the loop cycled ~38
 # times a second, chaos finding 12); the postmaster's exit wakes the loop.
 _NOT_ACCEPTING = "PostgreSQL is not accepting connections: waiting for its postmaster"
+# Unless it has refused them for IDLE_POSTMASTER_S with no startup process under it: then it is
+# neither starting nor recovering (PostgreSQL's crash cycle SIGKILLs children still alive
+# after 5 s and starts the startup process; a shutdown is as short), and PostgreSQL 18 stays
+# so for good after its startup process PANICked in crash recovery (a standby whose disk was
+# full). An immediate stop (the stop escalates to SIGKILL), then the usual start as a standby.
+IDLE_POSTMASTER_S = 15.0
+
+
+def _waiting_for_postmaster(
+    obs: Observation, memory: Memory, prefix: str = ""
+) -> tuple[Decision, Memory]:
+    since = memory.postmaster_idle_since
+    if since is None or obs.now - since < IDLE_POSTMASTER_S:
+        return decided(memory, prefix + _NOT_ACCEPTING)
+    return decided(
+        replace(memory, postmaster_idle_since=None),
+        f"{prefix}PostgreSQL has refused connections for {obs.now - since:.0f} s with no "
+        "startup process: stopping it to start it again",
+        StopPostgres(mode=StopMode.IMMEDIATE),
+    )
 
 
 def major_refusal(local: LocalState, leader: Member | None) -> str | None:
@@ -217,7 +237,7 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
     upstream = upstream_for(settings.name, settings.tags.replicatefrom, view) or leader_name
     if not local.running:
         if local.postmaster_pid is not None:
-            return decided(memory, _NOT_ACCEPTING)
+            return _waiting_for_postmaster(obs, memory)
         if backing_off:
             return decided(memory, "waiting before starting PostgreSQL again")
         return decided(
@@ -285,7 +305,7 @@ def when_leaderless(
         )
     if not local.running:
         if local.postmaster_pid is not None:
-            return decided(memory, f"no leader; {_NOT_ACCEPTING}")
+            return _waiting_for_postmaster(obs, memory, "no leader; ")
         return decided(
             memory,
             "no leader: starting as a standby with no upstream",

@@ -85,6 +85,9 @@ class Memory:
     pg_down_since: float | None = None  # leader only: first cycle PostgreSQL was seen down
     pg_hung_since: float | None = None  # leader only: first probe its PostgreSQL timed out
     commit_stalled_since: float | None = None  # leader only: first failed commit heartbeat
+    # First cycle of the current stretch in which the postmaster refused connections with no
+    # startup process under it (LocalState.postmaster_idle); None outside such a stretch.
+    postmaster_idle_since: float | None = None
     # Leader: since when it wants to hand over (shutdown, switchover) but no candidate streams
     # from it caught up yet; it keeps serving meanwhile, for at most switchover_timeout_s.
     handover_wait_since: float | None = None

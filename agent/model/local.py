@@ -64,6 +64,11 @@ class LocalState:
     # stuck in I/O): hung, not down. A server that answers with an error (starting up,
     # shutting down) is not unresponsive.
     unresponsive: bool = False
+    # A postmaster process exists, refuses connections, and runs no startup process: neither
+    # starting nor recovering. For seconds, normal (its crash cycle, a shutdown); PostgreSQL
+    # 18 stays so for good after its startup process PANICked in crash recovery (a standby
+    # whose disk was full: chaos random mix, issue 16).
+    postmaster_idle: bool = False
     # A primary that answers queries but could not commit the probe's heartbeat transaction
     # in time (storage under pg_wal hung or failing): it cannot acknowledge writes.
     commit_stalled: bool = False

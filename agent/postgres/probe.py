@@ -41,6 +41,7 @@ from agent.postgres.sqlconn import connect_local
 from agent.postgres.tools import run_tool
 from agent.postgres.version import binaries_major
 from agent.postgres.walend import local_wal_end, replay_settled
+from agent.proctree import has_child_of_type
 from agent.slot_config import parse_slot_states
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -264,7 +265,7 @@ class Prober:
         initialized = is_initialized(self._settings)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        unresponsive = False
+        unresponsive = refused = False
         if running and initialized:
             try:
                 # 70% for SQL, the rest for pg_controldata if SQL fails (a frozen server).
@@ -276,6 +277,7 @@ class Prober:
             except Exception as exc:  # a down or broken server is a state to report
                 await self.close()
                 unresponsive = isinstance(exc, TimeoutError)
+                refused = not unresponsive
             else:
                 if not state.in_recovery and self._flush_stuck(row, postmaster_pid):
                     budget = max(deadline - loop.time() - timeout_s * 0.3, 0.1)
@@ -298,6 +300,9 @@ class Prober:
             running=False,
             postmaster_pid=postmaster_pid,
             unresponsive=unresponsive and postmaster_pid is not None,
+            postmaster_idle=refused
+            and postmaster_pid is not None
+            and not has_child_of_type(postmaster_pid, "startup"),
             control=control,
         )
 

@@ -27,6 +27,7 @@ from agent.actions import (
     StopPostgres,
 )
 from agent.decide import Memory, Observation, Outcome, Result, decide, record_outcome
+from agent.decide.member import IDLE_POSTMASTER_S
 from agent.model import HistoryEntry, LocalState, MemberName, PgState, Role, SwitchoverRequest
 from tests.unit.test_decide import (
     CRASHED_PRIMARY,
@@ -320,6 +321,48 @@ def test_a_hung_replica_that_never_was_a_primary_is_left_alone_by_followers() ->
     leader = member("b", Role.PRIMARY, PgState.RUNNING)
     decision, _ = decide(obs(view("b", member("a"), leader), hung_standby), Memory(), A)
     assert StopPostgres(mode=StopMode.KILL) not in decision.actions
+
+
+# A standby's postmaster that refuses connections with no startup process (PostgreSQL 18 after
+# its startup process PANICked in crash recovery on a full disk: it never exits by itself).
+IDLE_STANDBY = LocalState(
+    data_dir_initialized=True, running=False, postmaster_pid=7, postmaster_idle=True
+)
+RECOVERING_STANDBY = replace(IDLE_STANDBY, postmaster_idle=False)
+
+
+def _cycles(local: LocalState, seconds: float, cluster_leader: str | None = "b") -> list[object]:
+    """decide() once a second for `seconds` on the same local state; every cycle's actions."""
+    leader = member("b", Role.PRIMARY, PgState.RUNNING)
+    memory = Memory()
+    seen: list[object] = []
+    for tick in range(int(seconds) + 1):
+        observed = replace(obs(view(cluster_leader, member("a"), leader), local), now=NOW + tick)
+        decision, memory = decide(observed, memory, A)
+        seen.append(decision.actions)
+    return seen
+
+
+def test_a_standby_postmaster_idle_past_the_bound_is_stopped_to_be_started_again() -> None:
+    for leader in ("b", None):
+        seen = _cycles(IDLE_STANDBY, IDLE_POSTMASTER_S, cluster_leader=leader)
+        assert all(actions == () for actions in seen[:-1]), seen
+        assert seen[-1] == (StopPostgres(mode=StopMode.IMMEDIATE),), (leader, seen[-1])
+
+
+def test_a_standby_postmaster_that_is_still_recovering_is_waited_for_however_long() -> None:
+    seen = _cycles(RECOVERING_STANDBY, 10 * IDLE_POSTMASTER_S)
+    assert all(actions == () for actions in seen), [a for a in seen if a]
+
+
+def test_an_idle_stretch_that_ended_does_not_count_towards_the_next() -> None:
+    leader = member("b", Role.PRIMARY, PgState.RUNNING)
+    memory = Memory()
+    for tick, local in enumerate([IDLE_STANDBY] * 10 + [REPLICA] + [IDLE_STANDBY] * 10):
+        decision, memory = decide(
+            replace(obs(view("b", member("a"), leader), local), now=NOW + tick), memory, A
+        )
+        assert StopPostgres(mode=StopMode.IMMEDIATE) not in decision.actions, tick
 
 
 # --------------------------------------------------------------------------- rewind

@@ -1,11 +1,14 @@
-"""proctree.pid_alive against real processes: a zombie has exited, a running process has not."""
+"""proctree against real processes: a zombie has exited, a running process has not; a
+postmaster's child is found by the backend type in its process title."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 
-from agent.proctree import pid_alive
+from agent.proctree import children, has_child_of_type, pid_alive
 
 
 def test_a_zombie_child_counts_as_exited_although_signal_zero_still_reaches_it() -> None:
@@ -28,3 +31,36 @@ def test_a_running_process_is_alive_and_a_reaped_one_is_not() -> None:
         child.kill()
         child.wait()
     assert not pid_alive(child.pid)
+
+
+def _parent_of(*titles: str) -> subprocess.Popen[bytes]:
+    """A bash whose children are `sleep`s titled like a postmaster's children."""
+    script = " ".join(f"(exec -a '{title}' sleep 30) &" for title in titles) + " wait"
+    return subprocess.Popen(["bash", "-c", script], start_new_session=True)
+
+
+def _wait_for_children(pid: int, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(children(pid)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)  # each child's exec -a done
+
+
+def test_a_startup_process_is_found_under_its_postmaster_by_its_title() -> None:
+    recovering = _parent_of(
+        "postgres: pg-1: checkpointer ",
+        "postgres: pg-1: startup recovering 000000010000000000000005",
+    )
+    stuck = _parent_of("postgres: pg-1: checkpointer ", "postgres: pg-1: background writer ")
+    plain = _parent_of("postgres: startup waiting for 000000010000000000000003")
+    try:
+        for parent in (recovering, stuck, plain):
+            _wait_for_children(parent.pid, 1 if parent is plain else 2)
+        assert has_child_of_type(recovering.pid, "startup")
+        assert has_child_of_type(plain.pid, "startup")  # no cluster_name in the title
+        assert not has_child_of_type(stuck.pid, "startup")
+        assert has_child_of_type(stuck.pid, "checkpointer")
+    finally:
+        for parent in (recovering, stuck, plain):
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
