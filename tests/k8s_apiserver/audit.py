@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,14 @@ class AuditLog:
     def __init__(self, path: Path | None = None) -> None:
         self._records: list[AuditRecord] = []
         self._path = path
+        # Requests by verb since the start (not reset by clear): what a benchmark reads
+        # cheaply (GET /_state) instead of the whole log.
+        self.verbs: Counter[str] = Counter()
 
     def add(self, record: AuditRecord) -> None:
         """Record one request (and append it to the file)."""
         self._records.append(record)
+        self.verbs[record.verb] += 1
         if self._path is not None:
             with self._path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.to_json(), sort_keys=True) + "\n")

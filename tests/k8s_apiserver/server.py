@@ -14,7 +14,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import copy
 import datetime
 import json
 import ssl
@@ -51,10 +50,10 @@ from tests.k8s_apiserver.store import (
     ExpiredError,
     KubeObject,
     Store,
-    StoreEvent,
     StreamCut,
     parse_rv,
 )
+from tests.k8s_apiserver.watchhub import WatchItem, clone, selector_matcher, view
 
 GIT_VERSION = "v1.32.0-pgwarden-test"
 ANONYMOUS = "system:anonymous"
@@ -219,7 +218,7 @@ def _table(res: ResourceType, objects: list[KubeObject], rv: str, include: str) 
         cells.append(_age(meta.get("creationTimestamp")))
         row: dict[str, Any] = {"cells": cells}
         if include == "Object":
-            row["object"] = _with_type(res, copy.deepcopy(obj))
+            row["object"] = _with_type(res, clone(obj))
         elif include != "None":
             row["object"] = {
                 "kind": "PartialObjectMetadata",
@@ -234,31 +233,6 @@ def _table(res: ResourceType, objects: list[KubeObject], rv: str, include: str) 
         "columnDefinitions": columns,
         "rows": rows,
     }
-
-
-def _event_for_watcher(
-    event: StoreEvent,
-    namespace: str,
-    matches: Callable[[KubeObject], bool],
-) -> tuple[EventType, KubeObject] | None:
-    """How a filtered watch sees a store event (the real cacher's rules): an object that
-    starts matching is ADDED, one that stops matching is DELETED (previous content, event
-    resourceVersion), others pass through or are dropped."""
-    if namespace and event.namespace != namespace:
-        return None
-    new_ok = event.type is not EventType.DELETED and matches(event.obj)
-    old_ok = event.prev is not None and matches(event.prev)
-    if event.type is EventType.DELETED:
-        return (EventType.DELETED, event.obj) if old_ok else None
-    if new_ok and old_ok:
-        return EventType.MODIFIED, event.obj
-    if new_ok:
-        return EventType.ADDED, event.obj
-    if old_ok and event.prev is not None:
-        gone = copy.deepcopy(event.prev)
-        gone["metadata"]["resourceVersion"] = str(event.rv)
-        return EventType.DELETED, gone
-    return None
 
 
 def _encode_continue(rv: int, namespace: str, name: str) -> str:
@@ -394,6 +368,8 @@ class ApiServerApp:
                     "resourceVersion": str(self.store.resource_version),
                     "oldestResumable": str(self.store.oldest_resumable_rv),
                     "openWatches": self.store.open_watches,
+                    "requestsByVerb": dict(self.audit.verbs),
+                    "throttled": self.faults.throttled,
                 }
             )
         raise ApiError(404, f"no admin endpoint {method} {path}")
@@ -580,12 +556,7 @@ class ApiServerApp:
                 )
             )
 
-        def matches(obj: KubeObject) -> bool:
-            return labels.matches(obj.get("metadata", {}).get("labels") or {}) and fields.matches(
-                obj
-            )
-
-        return matches, labels, fields
+        return selector_matcher(labels, fields), labels, fields
 
     def _get(
         self, request: web.Request, res: ResourceType, info: RequestInfo
@@ -670,7 +641,7 @@ class ApiServerApp:
         self, request: web.Request, res: ResourceType, info: RequestInfo
     ) -> web.StreamResponse:
         query = request.query
-        matches, _, _ = self._selectors(request, res, info.name)
+        matches, labels, fields = self._selectors(request, res, info.name)
         namespace = info.namespace if res.namespaced else ""
         rv = parse_rv(query.get("resourceVersion"))
         timeout_text = query.get("timeoutSeconds", "")
@@ -692,10 +663,7 @@ class ApiServerApp:
         if rv is None or rv == 0 or send_initial:
             first = [
                 (EventType.ADDED, _with_type(res, obj))
-                for obj in self.store.list_objects(
-                    res, namespace or None, parse_label_selector(None), FieldSelector()
-                )
-                if matches(obj)
+                for obj in self.store.list_objects(res, namespace or None, labels, fields)
             ]
         elif rv > self.store.resource_version:
             # The real server first waits up to 3 s for the resourceVersion to appear.
@@ -707,13 +675,14 @@ class ApiServerApp:
         else:
             try:
                 for event in self.store.events_since(res, rv):
-                    seen = _event_for_watcher(event, namespace, matches)
+                    seen = view(event, namespace, matches)
                     if seen is not None:
                         first.append(seen)
             except ExpiredError as exc:
                 expired = exc
-        sub = self.store.subscribe(res)
-        sub.path = request.path
+        sub = self.store.subscribe(
+            res, namespace=namespace, labels=labels, fields=fields, path=request.path
+        )
         try:
             response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             response.enable_chunked_encoding()
@@ -753,14 +722,13 @@ class ApiServerApp:
                     return response
                 if item is StreamCut.GRACEFUL:
                     break
-                assert isinstance(item, StoreEvent)
+                assert isinstance(item, WatchItem)
                 if sub.stalled:
                     continue
-                seen = _event_for_watcher(item, namespace, matches)
-                if seen is not None:
-                    await self._send(
-                        response, str(seen[0]), _with_type(res, copy.deepcopy(seen[1])), table=table
-                    )
+                if table is None:
+                    await response.write(item.line)  # encoded once for every watch (watchhub)
+                else:
+                    await self._send(response, str(item.type), item.obj, table=table)
             await response.write_eof()
             return response
         finally:

@@ -24,24 +24,29 @@ validation of spec fields.
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import datetime
 import re
 import secrets
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from tests.k8s_apiserver import validation
 from tests.k8s_apiserver.errors import ApiError, Reason, bad_request
 from tests.k8s_apiserver.resources import RESOURCES, ResourceType, find_resource
 from tests.k8s_apiserver.selectors import FieldSelector, LabelSelector
+from tests.k8s_apiserver.watchhub import (
+    EventType,
+    StoreEvent,
+    StreamCut,
+    Subscription,
+    WatchHub,
+    clone,
+)
 
 KubeObject = dict[str, Any]  # an arbitrary Kubernetes object as decoded JSON
+__all__ = ["EventType", "ExpiredError", "KubeObject", "Store", "StoreEvent", "StreamCut"]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -50,45 +55,6 @@ _LABEL_KEY_RE = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-
-
-class EventType(StrEnum):
-    """Watch event types."""
-
-    ADDED = "ADDED"
-    MODIFIED = "MODIFIED"
-    DELETED = "DELETED"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoreEvent:
-    """One write: the object after it (for DELETED, the deleted object stamped with the
-    deletion's resourceVersion) and before it (None for ADDED)."""
-
-    rv: int
-    type: EventType
-    resource: ResourceType
-    namespace: str
-    name: str
-    obj: KubeObject
-    prev: KubeObject | None
-
-
-class StreamCut(StrEnum):
-    """Sentinels a subscription receives when the server cuts open watches."""
-
-    GRACEFUL = "graceful"  # end the chunked response cleanly
-    ABRUPT = "abrupt"  # drop the TCP connection without a final chunk
-
-
-@dataclass(eq=False, slots=True)
-class Subscription:
-    """A live watch's queue of events for one resource (all namespaces)."""
-
-    resource: ResourceType
-    queue: asyncio.Queue[StoreEvent | StreamCut] = field(default_factory=asyncio.Queue)
-    path: str = ""  # the watch request's path
-    stalled: bool = False  # delivers nothing more, without a word (a dead connection)
 
 
 class ExpiredError(Exception):
@@ -199,7 +165,7 @@ class Store:
         self._history: deque[StoreEvent] = deque(maxlen=history_size)
         # Resuming a watch from a resourceVersion >= this is possible (no event lost).
         self._oldest_resumable = initial_rv
-        self._subscriptions: set[Subscription] = set()
+        self._watches = WatchHub()
         namespaces = find_resource("", "v1", "namespaces")
         assert namespaces is not None
         for name in INITIAL_NAMESPACES:
@@ -224,29 +190,40 @@ class Store:
 
     # ---- watch plumbing ------------------------------------------------------------------
 
-    def subscribe(self, res: ResourceType) -> Subscription:
-        """A queue receiving every future event of `res` (unfiltered)."""
-        sub = Subscription(res)
-        self._subscriptions.add(sub)
-        return sub
+    def subscribe(
+        self,
+        res: ResourceType,
+        *,
+        namespace: str = "",
+        labels: LabelSelector | None = None,
+        fields: FieldSelector | None = None,
+        path: str = "",
+    ) -> Subscription:
+        """A queue receiving what a watch of `res` with these selectors sees of every future
+        event (watchhub.py)."""
+        return self._watches.subscribe(
+            res,
+            namespace=namespace,
+            labels=labels if labels is not None else LabelSelector(),
+            fields=fields if fields is not None else FieldSelector(),
+            path=path,
+        )
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering events to `sub` (idempotent)."""
-        self._subscriptions.discard(sub)
+        self._watches.unsubscribe(sub)
 
     def cut_watches(self, how: StreamCut) -> int:
         """Tell every open watch to end (cleanly or abruptly); returns how many were open."""
-        for sub in self._subscriptions:
+        for sub in self._watches:
             sub.queue.put_nowait(how)
-        return len(self._subscriptions)
+        return len(self._watches)
 
     def stall_watches(self, path_prefix: str | None) -> int:
         """Make the open watches whose path starts with `path_prefix` (all: None) go silent
         forever, as over a connection that died without a word; returns how many."""
         stalled = [
-            sub
-            for sub in self._subscriptions
-            if path_prefix is None or sub.path.startswith(path_prefix)
+            sub for sub in self._watches if path_prefix is None or sub.path.startswith(path_prefix)
         ]
         for sub in stalled:
             sub.stalled = True
@@ -255,13 +232,21 @@ class Store:
     @property
     def open_watches(self) -> int:
         """How many watch subscriptions are open."""
-        return len(self._subscriptions)
+        return len(self._watches)
 
     def events_since(self, res: ResourceType, rv: int) -> list[StoreEvent]:
-        """The retained events of `res` after `rv`; ExpiredError when some were forgotten."""
+        """The retained events of `res` after `rv`; ExpiredError when some were forgotten.
+        Scans back from the newest (a watch resumes from a recent resourceVersion)."""
         if rv < self._oldest_resumable:
             raise ExpiredError(rv, self._oldest_resumable)
-        return [e for e in self._history if e.rv > rv and e.resource is res]
+        found: list[StoreEvent] = []
+        for event in reversed(self._history):
+            if event.rv <= rv:
+                break
+            if event.resource is res:
+                found.append(event)
+        found.reverse()
+        return found
 
     def _record(
         self,
@@ -279,9 +264,7 @@ class Store:
             rv=self._rv, type=kind, resource=res, namespace=namespace, name=name, obj=obj, prev=prev
         )
         self._history.append(event)
-        for sub in self._subscriptions:
-            if sub.resource is res:
-                sub.queue.put_nowait(event)
+        self._watches.publish(event)
 
     def _next_rv(self) -> str:
         self._rv += 1
@@ -294,7 +277,7 @@ class Store:
         obj = self._objects[res.group_resource].get((namespace, name))
         if obj is None:
             raise _not_found(res, name)
-        return copy.deepcopy(obj)
+        return clone(obj)
 
     def list_objects(
         self,
@@ -312,7 +295,7 @@ class Store:
         if at_rv is not None and at_rv != self._rv:
             objects = self._state_at(res, at_rv)
         return [
-            copy.deepcopy(obj)
+            clone(obj)
             for key, obj in sorted(objects.items())
             if (namespace is None or key[0] == namespace)
             and labels.matches(obj["metadata"].get("labels") or {})
@@ -376,7 +359,7 @@ class Store:
 
     def create(self, res: ResourceType, namespace: str, body: Any) -> KubeObject:
         """POST: store a new object; 409 AlreadyExists, 404 for a missing namespace."""
-        obj = self._check_body(res, namespace, copy.deepcopy(body))
+        obj = self._check_body(res, namespace, clone(body))
         meta = obj["metadata"]
         name = meta.get("name") or ""
         if not name and meta.get("generateName"):
@@ -432,7 +415,7 @@ class Store:
         meta["resourceVersion"] = self._next_rv()
         self._objects[res.group_resource][key] = obj
         self._record(kind=EventType.ADDED, res=res, namespace=key[0], name=name, obj=obj, prev=None)
-        return copy.deepcopy(obj)
+        return clone(obj)
 
     def update(
         self,
@@ -445,7 +428,7 @@ class Store:
     ) -> tuple[KubeObject, bool]:
         """PUT (or the write of a PATCH): returns (object, created). See the module docstring
         for the resourceVersion rules."""
-        obj = self._check_body(res, namespace, copy.deepcopy(body))
+        obj = self._check_body(res, namespace, clone(body))
         meta = obj["metadata"]
         body_name = meta.get("name")
         if body_name not in (None, "", name):
@@ -486,7 +469,7 @@ class Store:
                 f" {old_meta['uid']}",
             )
         if res.has_status and subresource == "status":
-            new = copy.deepcopy(old)
+            new = clone(old)
             if "status" in obj:
                 new["status"] = obj["status"]
             else:
@@ -497,7 +480,7 @@ class Store:
             _check_string_map(res, name, meta, "annotations")
             if res.has_status:
                 if "status" in old:
-                    new["status"] = copy.deepcopy(old["status"])
+                    new["status"] = clone(old["status"])
                 else:
                     new.pop("status", None)
             for keep in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
@@ -509,13 +492,13 @@ class Store:
                 meta["generation"] = int(old_meta.get("generation", 1)) + 1
         new["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if _without_rv(new) == _without_rv(old):
-            return copy.deepcopy(old), False  # a no-op write: no new resourceVersion, no event
+            return clone(old), False  # a no-op write: no new resourceVersion, no event
         new["metadata"]["resourceVersion"] = self._next_rv()
         self._objects[res.group_resource][key] = new
         self._record(
             kind=EventType.MODIFIED, res=res, namespace=key[0], name=name, obj=new, prev=old
         )
-        return copy.deepcopy(new), False
+        return clone(new), False
 
     def delete(
         self,
@@ -549,12 +532,12 @@ class Store:
         if res.kind == "Namespace":
             self._delete_namespace_contents(name)
         del self._objects[res.group_resource][key]
-        gone = copy.deepcopy(old)
+        gone = clone(old)
         gone["metadata"]["resourceVersion"] = self._next_rv()
         self._record(
             kind=EventType.DELETED, res=res, namespace=key[0], name=name, obj=gone, prev=old
         )
-        return copy.deepcopy(gone)
+        return clone(gone)
 
     def _delete_namespace_contents(self, namespace: str) -> None:
         for res in RESOURCES:
