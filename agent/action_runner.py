@@ -132,7 +132,7 @@ class ActionRunner:
             case AppendHistory(entry=entry, expected_version=version):
                 return await self._append_history(view, entry, version)
             case AcquireLeader() | RenewLeader():
-                return await self._lease(action, sent_at)
+                return await self._lease(action, sent_at, obs.local)
             case ReleaseLeader():
                 await self._call("release_leader", self.dcs.release_leader)
                 if self.pg.pid() is None or not obs.local.is_primary:
@@ -239,9 +239,13 @@ class ActionRunner:
             ),
         )
 
-    async def _lease(self, action: AcquireLeader | RenewLeader, sent_at: float) -> bool:
+    async def _lease(
+        self, action: AcquireLeader | RenewLeader, sent_at: float, local: LocalState
+    ) -> bool:
         """Take or keep the lease; the fencer is armed from the send time. Memory learns
-        the send time from the Outcome."""
+        the send time from the Outcome. A renewal whose deadline the fencer did not take
+        raises FenceUnavailable, which the executor counts as unreachable: the lease stands
+        to the deadline armed before (issue 16)."""
         deadline = self.settings.timing.fence_deadline(sent_at)
         if isinstance(action, RenewLeader):
             if not await self._call("renew_leader", self.dcs.renew_leader):
@@ -253,7 +257,14 @@ class ActionRunner:
         try:
             await self.fence.arm(deadline)
         except FenceUnavailable:
-            # Without a fencer nobody would stop us if we stalled: do not lead.
+            # Without a fencer nobody would stop us if we stalled: do not lead. A primary
+            # (an agent restarted over it) stops taking writes first: released while it
+            # still accepted them, the key would let another member promote beside it.
+            if local.is_primary or (self.pg.pid() is not None and not local.is_replica):
+                log.error("postgres_stopped_unfenced", reason="the fencer cannot be reached")
+                await self.pg.stop(
+                    PgStopMode.FAST, timeout_s=self.settings.timing.fence_margin_s / 2
+                )
             await self._call("release_leader", self.dcs.release_leader)
             raise
         log.info("lease_acquired")

@@ -1,8 +1,9 @@
 """Runs a Decision's actions through the PostgresControl, Dcs, Fence and Peers seams.
 
 Each action's result is an Outcome: OK, LOST (it failed, or returned False), or UNREACHABLE
-(a DCS call that raised or timed out; a rewind whose source did not answer; a failsafe round
-every member accepted but the fencer could not be armed for). What a result means for
+(a DCS call that raised or timed out; a renewal whose deadline the fencer did not take; a
+rewind whose source did not answer; a failsafe round every member accepted but the fencer could
+not be armed for). What a result means for
 Memory is decided by `record_outcome` (agent.decide), here and nowhere else; when to stop,
 by `next_step` (agent/stop_rules.py, pure), which the executor runs by. What each action does
 is `ActionRunner` (agent/action_runner.py), a base of `Executor`.
@@ -110,6 +111,7 @@ class Executor(ActionRunner):
         self._task: asyncio.Task[None] | None = None
         self._finished: Outcome | None = None
         self._reason = ""  # the reason of the decision being executed
+        self._fence_silent = False  # this decision's renewal was not armed: no retry at once
 
     # ------------------------------------------------------------------ decisions
 
@@ -140,10 +142,14 @@ class Executor(ActionRunner):
         self, decision: Decision, obs: Observation, known: ClusterView | None
     ) -> bool:
         done: list[Outcome] = []
+        self._fence_silent = False
         while True:
             step = next_step(decision.actions, done)
             if isinstance(step, Done):
-                return step.again
+                # A fencer that does not answer is retried at the loop's pace (it wakes in
+                # time for the deadline), not at once: a dead fencer's socket fails at once,
+                # and the loop would spin renewing against the DCS.
+                return step.again and not self._fence_silent
             if isinstance(step, StartLong):
                 self._start_long(step.action, known, obs.local)
                 return False
@@ -161,7 +167,15 @@ class Executor(ActionRunner):
                 result = Result.OK
         except (DcsError, TimeoutError) as exc:
             result, detail = Result.UNREACHABLE, f"DCS: {exc!r}"
-        except (ActionFailed, PostgresError, FenceUnavailable, OSError) as exc:
+        except FenceUnavailable as exc:
+            # A renewal the DCS accepted but whose deadline the fencer did not take (starved,
+            # issue 16): the fencer still holds the one armed before, so the lease stands to
+            # that deadline, as after a renewal whose answer was lost; retried at once.
+            if isinstance(action, RenewLeader):
+                result = Result.UNREACHABLE
+                self._fence_silent = True
+            detail = f"fencer: {exc!r}"
+        except (ActionFailed, PostgresError, OSError) as exc:
             detail = repr(exc)
         outcome = Outcome(action=action, result=result, sent_at=sent_at, detail=detail)
         if outcome.ok:
@@ -183,7 +197,8 @@ class Executor(ActionRunner):
             return
         if isinstance(action, RenewLeader) and outcome.result is Result.UNREACHABLE:
             log.warning("renew_failed", detail=detail)
-            self.metrics.count_dcs_error("renew_leader")
+            if detail.startswith("DCS:"):
+                self.metrics.count_dcs_error("renew_leader")
             return
         log.warning("action_failed", action=type(action).__name__, detail=detail)
         if isinstance(action, RenewLeader):

@@ -110,8 +110,9 @@ def _record_leadership(
 ) -> Memory:
     match action:
         case RenewLeader() if outcome.result is Result.UNREACHABLE:
-            # Not lost: the DCS may have applied it or not. The lease stands until its fencing
-            # deadline (the executor cycles again at once to retry the renewal).
+            # Not lost: the DCS may have applied it or not (or applied it, and the fencer did
+            # not take the new deadline). The lease stands until the fencing deadline armed
+            # before (the executor cycles again at once to retry the renewal).
             return memory
         case AcquireLeader() if outcome.ok:
             # Leading again: a hand-over done before (a switchover, a rolling restart) is over;

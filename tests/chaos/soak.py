@@ -47,11 +47,13 @@ from tests.chaos.runner import Runner, ScenarioResult
 from tests.chaos.soak_report import SoakRow
 
 CORE = ("ttl_s", "loop_wait_s", "retry_timeout_s", "fence_margin_s")
-# The profiles: ttl 6 with the quick chaos profile's timings (what the chaos suite runs), and
-# the agent's defaults (read from agent.settings, so the soak follows a change of default).
+# The profiles: ttl 6 with the quick chaos profile's timings (what the chaos suite runs), the
+# agent's defaults (read from agent.settings, so the soak follows a change of default).
 PROFILES: dict[str, dict[str, float]] = {
     "6": {k: QUICK_TIMING[k] for k in CORE},
     "default": {k: float(getattr(Timing(), k)) for k in CORE},
+    # The default before ttl 6 (issue 16's 0.01-CPU loss was found at it).
+    "10": {"ttl_s": 10.0, "loop_wait_s": 2.0, "retry_timeout_s": 3.0, "fence_margin_s": 2.0},
 }
 # Every core busy (0 = one worker per online CPU), one sync() loop, one writer of a 256 MB
 # file on the filesystem of the data directories.

@@ -84,3 +84,23 @@ def test_a_replica_starts_postgres_at_once_when_its_lingering_postmaster_is_gone
         return running
 
     assert run_virtual(main(), cluster.clock, cluster.advance, step_s=STEP_S)
+
+
+def test_a_leader_whose_fencer_fails_at_once_retries_at_the_loops_pace_not_in_a_spin() -> None:
+    # A dead fencer's socket refuses at once; each renewal the fencer did not take is
+    # retried (the lease stands to the deadline armed before), but not in a spin of
+    # renewals against the DCS.
+    cluster = LoopCluster()
+
+    async def main() -> int:
+        leader = await cluster.bootstrap()
+        node = cluster[leader]
+        node.fence.unavailable = True
+        node.fence.enforcing = False
+        return await _cycles_in_window(cluster, leader)
+
+    cycles = run_virtual(main(), cluster.clock, cluster.advance, step_s=STEP_S)
+    loop_wait_s = cluster["a"].settings.timing.loop_wait_s
+    # One cycle per loop_wait, and a few more in the last half second before the deadline
+    # (the loop wakes every 0.05 s there); the spin made thousands.
+    assert 1 <= cycles <= WINDOW_S / loop_wait_s + 15, cycles
