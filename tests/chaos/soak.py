@@ -6,7 +6,9 @@ workload (an application writer and one writer per member, 20 inserts a second e
 `stress-ng` keeps every core busy and adds I/O workers, for the given number of minutes. Since
 nothing is injected, every leader change is a false failover and every fencing or demotion
 stopped a healthy primary. Counted from the agents' logs (lease_acquired, fenced, demoting,
-postgres_killed, renew_failed, DCS errors, agent restarts) and from the workload (longest
+postgres_killed, renew_failed, DCS errors, agent restarts), from etcd (member records that
+disappeared: a member whose lease expired while its agent ran, polled twice a second from
+an etcd member's JSON gateway) and from the workload (longest
 write gap, acknowledged writes lost, split-brain instants); the agents' HA cycle durations
 come from their `ha_cycle` events, and their responsiveness from a `/health` poll of every
 member twice a second (the agent exposes no event-loop lag of its own).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import math
 import os
@@ -183,14 +186,73 @@ def renice(cluster: ChaosCluster, nice: int) -> int:
     return done
 
 
+# The member records in etcd (tests/chaos/cluster.py: namespace pgwarden, cluster chaos).
+MEMBERS_PREFIX = b"/pgwarden/chaos/members/"
+
+
+def member_expiries(
+    samples: Sequence[tuple[float, frozenset[str]]],
+) -> tuple[int, float, tuple[str, ...]]:
+    """From (monotonic time, member records present) samples in time order: how many times a
+    member's record disappeared after it had been seen (its lease expired or it was
+    deleted), the longest absence in seconds (to the sample that saw it again, or to the
+    last sample), and one "<member> absent <s> s" note per disappearance."""
+    seen: set[str] = set()
+    gone: dict[str, float] = {}
+    count, longest, notes = 0, 0.0, []
+    for at, present in samples:
+        for name in sorted(seen - present):
+            if name not in gone:
+                gone[name] = at
+                count += 1
+        for name in sorted(present & set(gone)):
+            absent = at - gone.pop(name)
+            longest = max(longest, absent)
+            notes.append(f"{name} absent {absent:.1f} s")
+        seen |= present
+    if samples:
+        end = samples[-1][0]
+        for name, since in sorted(gone.items()):
+            longest = max(longest, end - since)
+            notes.append(f"{name} absent {end - since:.1f} s (at the end)")
+    return count, longest, tuple(notes)
+
+
 @dataclass(slots=True)
 class Poller:
-    """GET /health of every member every POLL_S (answer times), and the load average."""
+    """GET /health of every member every POLL_S (answer times), the load average, and the
+    member records present in etcd (read from an etcd member's JSON gateway, each poll)."""
 
     cluster: ChaosCluster
     api_s: list[float] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
+    members: list[tuple[float, frozenset[str]]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _members(self, session: aiohttp.ClientSession) -> None:
+        """The names under MEMBERS_PREFIX now, from the first etcd member that answers;
+        no sample when none does (an unreadable DCS is not an absence)."""
+        end = MEMBERS_PREFIX[:-1] + bytes([MEMBERS_PREFIX[-1] + 1])
+        body = {
+            "key": base64.b64encode(MEMBERS_PREFIX).decode(),
+            "range_end": base64.b64encode(end).decode(),
+            "keys_only": True,
+        }
+        at = time.monotonic()
+        for node in self.cluster.etcd:
+            try:
+                async with session.post(
+                    node.client_url + "/v3/kv/range",
+                    json=body,
+                    timeout=aiohttp.ClientTimeout(total=API_TIMEOUT_S),
+                ) as resp:
+                    found = await resp.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+            keys = [base64.b64decode(kv["key"]) for kv in found.get("kvs", [])]
+            names = frozenset(k[len(MEMBERS_PREFIX) :].decode() for k in keys)
+            self.members.append((at, names))
+            return
 
     async def _one(self, session: aiohttp.ClientSession, url: str) -> None:
         started = time.monotonic()
@@ -205,7 +267,10 @@ class Poller:
         async with aiohttp.ClientSession() as session:
             while not self._stop.is_set():
                 self.loads.append(os.getloadavg()[0])
-                await asyncio.gather(*(self._one(session, m.api_url) for m in self.cluster.members))
+                await asyncio.gather(
+                    self._members(session),
+                    *(self._one(session, m.api_url) for m in self.cluster.members),
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_S):
                         await self._stop.wait()
@@ -242,6 +307,7 @@ def soak_row(
     loads: Sequence[float],
     stress: str,
     t_start_wall: float,
+    members: Sequence[tuple[float, frozenset[str]]] = (),
 ) -> SoakRow:
     """The figures of one profile's run from what it recorded (pure)."""
 
@@ -254,6 +320,7 @@ def soak_row(
         for member, line in sorted(lines, key=lambda ml: str(ml[1].get("timestamp", "")))
         if line.get("event") in agentlogs.STOPPING_EVENTS
     ]
+    expiries, absent_s, absences = member_expiries(members)
     return SoakRow(
         profile=profile_label(timing),
         ttl_s=timing["ttl_s"],
@@ -274,7 +341,13 @@ def soak_row(
         load_avg=round(sum(loads) / len(loads), 1) if loads else 0.0,
         stress=stress,
         measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t_start_wall)),
-        events=(*stopping[:NOTED_EVENTS], *(f"lost {x}" for x in result.lost_examples[:3])),
+        events=(
+            *stopping[:NOTED_EVENTS],
+            *(f"member record {x}" for x in absences[:NOTED_EVENTS]),
+            *(f"lost {x}" for x in result.lost_examples[:3]),
+        ),
+        member_expiries=expiries if members else None,
+        member_absent_max_s=round(absent_s, 2),
     )
 
 
@@ -323,6 +396,7 @@ async def soak_once(
         loads=poller.loads,
         stress=load.label,
         t_start_wall=t_start_wall,
+        members=poller.members,
     )
 
 

@@ -41,6 +41,11 @@ class SoakRow:
     stress: str  # the stress-ng arguments
     measured: str  # "<UTC date>"
     events: tuple[str, ...] = ()  # the first stopping events, "<+s> <member>: <event>"
+    # Member records that disappeared from etcd during the run (a member's lease expired:
+    # it flapped at ttl 6 before heartbeat_interval, agent/dcs/heartbeat.py); None in rows
+    # measured before they were counted. The longest absence, in seconds.
+    member_expiries: int | None = None
+    member_absent_max_s: float = 0.0
 
     @classmethod
     def from_json(cls, item: dict[str, object]) -> SoakRow | None:
@@ -63,6 +68,14 @@ def _s(value: float) -> str:
     return f"{value:.2f} s"
 
 
+def _expiries(row: SoakRow) -> str:
+    if row.member_expiries is None:
+        return "n/a"
+    if not row.member_expiries:
+        return "0"
+    return f"{row.member_expiries} ({_s(row.member_absent_max_s)})"
+
+
 def section(rows: Sequence[SoakRow]) -> str:
     """The Markdown section (from HEADING), or "" without rows."""
     if not rows:
@@ -78,19 +91,23 @@ def section(rows: Sequence[SoakRow]) -> str:
         "a row marked *short run* is below it and does not earn a ttl. Cycle: the agents' "
         "`ha_cycle` durations (p99 by nearest rank / max); API: the `/health` answer time of "
         "every member seen from the client (the agents' event loops, the client's own "
-        "starvation included); load: the machine's mean 1-minute load average (2 cores).",
+        "starvation included); member records expired: a member's record disappeared from "
+        "etcd while its agent ran (its lease expired), seen by polling etcd twice a second "
+        "(*n/a*: a row measured before they were counted); load: the machine's mean 1-minute "
+        "load average (2 cores).",
         "",
         "| profile | minutes | false failovers | fencings / demotions | renewals failed "
-        "| DCS errors | agent restarts | longest write gap | cycle p99 / max | API p99 / max "
+        "| DCS errors | member records expired (longest absence) | agent restarts "
+        "| longest write gap | cycle p99 / max | API p99 / max "
         "| acknowledged writes lost | split-brain instants | load | stress | measured |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|",
     ]
     for row in rows:
         minutes = f"{row.minutes:g}" + (" (short run)" if row.minutes < FULL_MINUTES else "")
         lost = "n/a" if row.lost is None else str(row.lost)
         lines.append(
             f"| {row.profile} | {minutes} | {row.false_failovers} | {row.stops} "
-            f"| {row.renew_failures} | {row.dcs_errors} | {row.agent_restarts} "
+            f"| {row.renew_failures} | {row.dcs_errors} | {_expiries(row)} | {row.agent_restarts} "
             f"| {_s(row.longest_write_gap_s)} | {_s(row.cycle_p99_s)} / {_s(row.cycle_max_s)} "
             f"| {_s(row.api_p99_s)} / {_s(row.api_max_s)} | {lost} (must be 0) of {row.acked} "
             f"| {row.split_brain} | {row.load_avg:.1f} | `{row.stress}` | {row.measured} |"

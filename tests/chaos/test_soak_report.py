@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.chaos import report, soak_report
 from tests.chaos.runner import ScenarioResult
-from tests.chaos.soak import percentile, soak_row
+from tests.chaos.soak import member_expiries, percentile, soak_row
 from tests.chaos.soak_report import SoakRow
 
 ROW = SoakRow(
@@ -125,3 +125,48 @@ def test_the_scenario_report_keeps_the_soak_section_when_it_rewrites(tmp_path: P
     assert markdown.count(soak_report.HEADING) == 1
     assert soak_report.read(stem) == [ROW]
     assert json.loads(stem.with_suffix(".json").read_text())["scenarios"]
+
+
+ALL = frozenset({"pg-0", "pg-1", "pg-2"})
+
+
+def test_a_member_record_that_disappears_and_comes_back_counts_as_one_expiry() -> None:
+    samples = [
+        (0.0, frozenset({"pg-0", "pg-1"})),  # pg-2 not seen yet: not an absence
+        (0.5, ALL),
+        (1.0, ALL - {"pg-1"}),
+        (1.5, ALL - {"pg-1"}),
+        (3.0, ALL),
+        (3.5, ALL - {"pg-2"}),  # gone at the end
+        (4.0, ALL - {"pg-2"}),
+    ]
+    count, longest, notes = member_expiries(samples)
+    assert count == 2
+    assert longest == 2.0
+    assert notes == ("pg-1 absent 2.0 s", "pg-2 absent 0.5 s (at the end)")
+    assert member_expiries([(0.0, ALL), (0.5, ALL)]) == (0, 0.0, ())
+
+
+def test_a_soak_row_counts_member_record_expiries_seen_in_the_dcs() -> None:
+    row = soak_row(
+        timing={"ttl_s": 6.0, "loop_wait_s": 1.0, "retry_timeout_s": 1.5, "fence_margin_s": 1.0},
+        minutes=3.0,
+        result=_result(),
+        lines=[],
+        api_s=[0.01],
+        loads=[1.0],
+        stress="--cpu 0",
+        t_start_wall=0.0,
+        members=[(0.0, ALL), (1.0, ALL - {"pg-1"}), (4.0, ALL)],
+    )
+    assert (row.member_expiries, row.member_absent_max_s) == (1, 3.0)
+    assert "member record pg-1 absent 3.0 s" in row.events
+    text = soak_report.section([row])
+    assert "member records expired (longest absence)" in text
+    assert "| 1 (3.00 s) |" in text
+    # A row from a report written before the count: n/a, not 0.
+    old = soak_report.SoakRow.from_json(
+        {k: v for k, v in ROW.as_json().items() if not k.startswith("member_")}
+    )
+    assert old is not None and old.member_expiries is None
+    assert "| n/a |" in soak_report.section([old])
