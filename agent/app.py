@@ -69,11 +69,14 @@ def build_dcs(settings: Settings, clock: Clock) -> Dcs:
 
 
 def start_pod_labeler(
-    settings: Settings, status: Callable[[], AgentStatus], changed: asyncio.Event
+    settings: Settings,
+    status: Callable[[], AgentStatus],
+    changed: asyncio.Event,
+    dcs: Dcs | None = None,
 ) -> asyncio.Task[None] | None:
     """Start the pod role label task when Kubernetes settings are present and labels are
-    managed; it only reads the published status and never stops the agent (failures are
-    logged and retried inside it)."""
+    managed; it only reads the published status (and, with the Kubernetes DCS, the pod labels
+    its watch sees) and never stops the agent (failures are logged and retried inside it)."""
     k8s = settings.dcs.kubernetes
     if k8s is None or not k8s.manage_role_label:
         return None
@@ -84,6 +87,12 @@ def start_pod_labeler(
         cluster_selector,
     )
 
+    observed = None
+    if settings.dcs.kind == DcsKind.KUBERNETES:
+        from agent.dcs.kubernetes import KubernetesDcs  # noqa: PLC0415 - Kubernetes only
+
+        if isinstance(dcs, KubernetesDcs):
+            observed = dcs.observed_pod_labels
     labeler = PodLabeler(
         client_factory=client_factory(k8s.kubeconfig),
         namespace=k8s.namespace,
@@ -98,6 +107,7 @@ def start_pod_labeler(
             if settings.dcs.kind == DcsKind.KUBERNETES
             else None
         ),
+        observed=observed,
     )
     return asyncio.create_task(labeler.run(), name="pod-labeler")
 
@@ -180,6 +190,7 @@ def _start_helpers(
     settings: Settings,
     *,
     loop: HaLoop,
+    dcs: Dcs,
     postmaster: Postmaster,
     events: KubeEvents | None,
     clock: Clock,
@@ -187,7 +198,7 @@ def _start_helpers(
 ) -> list[asyncio.Task[None]]:
     """The side tasks that never stop the agent (cancelled by `_stop_helpers`)."""
     tasks = [
-        start_pod_labeler(settings, loop.status, loop.status_changed),
+        start_pod_labeler(settings, loop.status, loop.status_changed, dcs),
         start_tls_renewal(settings, postmaster),
         asyncio.create_task(events.run(), name="kube-events") if events is not None else None,
         asyncio.create_task(watch_event_loop_lag(clock, metrics), name="event-loop-lag"),
@@ -243,7 +254,13 @@ async def run_agent(settings: Settings) -> int:
         ev_loop.add_signal_handler(sig, loop.request_shutdown)
     ha_task = asyncio.create_task(loop.run(), name="ha-loop")
     helpers = _start_helpers(
-        settings, loop=loop, postmaster=postmaster, events=events, clock=clock, metrics=metrics
+        settings,
+        loop=loop,
+        dcs=dcs,
+        postmaster=postmaster,
+        events=events,
+        clock=clock,
+        metrics=metrics,
     )
     exit_code = 0
     try:

@@ -54,6 +54,9 @@ class LocalCluster(LocalKubeApi):
     operator_token: str = "pgwarden-operator-token"  # an operator's commands (user operator)
     dcs_frozen: bool = False  # the demo's [d] key
     pg_bin: str = PG_BIN  # the members' postgresql.bin_dir (the tests pick a version)
+    # The interpreter the agents run on (bench/footprint.py: a venv with the image's runtime
+    # dependencies only, as deployed); the fencer runs on the agent's.
+    python: str = sys.executable
     # The demo's processes get SIGTERM when the demo dies (see `_parent_death_signal`).
     die_with_parent: bool = False
 
@@ -194,7 +197,7 @@ class LocalCluster(LocalKubeApi):
         self.prepare(member)
         log = open(member.log_path, "ab")  # noqa: SIM115 - owned by the child
         member.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(member.config_path)],
+            [self.python, "-m", "agent", "run", "--config", str(member.config_path)],
             stdout=log,
             stderr=log,
             start_new_session=True,

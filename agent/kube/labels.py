@@ -3,7 +3,10 @@
 
 Level-triggered: `PodLabeler.run()` compares the label the published `AgentStatus` calls for
 with the one it last applied, patches on a difference, and re-asserts it every `reassert_s`
-(someone may have changed or removed it). It looks each time the HA loop publishes a status
+(someone may have changed or removed it). With the Kubernetes DCS, whose pod watch already
+sees every member pod (`observed`), a re-assertion that would change nothing is skipped: an
+idle member then sends no label request at all (issue 15), and a label changed by hand is
+still put back at the next re-assertion. It looks each time the HA loop publishes a status
 (`changed`, an event the loop sets), or without one every 0.1 s. It only reads the status; it
 never takes part in a decision. A failed patch is logged (`pod_label_failed`) and retried with
 backoff; it never raises into the HA loop and never blocks it (it runs as its own task, every
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,10 @@ _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0
 
 _RUNNING_REPLICA_STATES = frozenset({PgState.RUNNING, PgState.STREAMING})
+
+ObservedLabels = Callable[[], Mapping[str, Mapping[str, str]] | None]
+"""The labels of the cluster's member pods by pod name, as a watch last saw them; None while
+that view cannot be trusted (KubernetesDcs.observed_pod_labels)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +103,7 @@ class PodLabeler:
         timeout_s: float,
         peers_selector: str | None = None,
         changed: asyncio.Event | None = None,
+        observed: ObservedLabels | None = None,
     ) -> None:
         self._requests = KubeRequests(client_factory, timeout_s=timeout_s)
         self._peers_selector = peers_selector
@@ -105,6 +113,7 @@ class PodLabeler:
         self._status = status
         self._reassert_s = reassert_s
         self._changed = changed
+        self._observed = observed
         self._log = structlog.get_logger("pgwarden.kube").bind(pod=pod_name, label=label.key)
 
     async def run(self) -> None:
@@ -118,8 +127,11 @@ class PodLabeler:
                 if self._changed is not None:
                     self._changed.clear()  # before reading: a publish from now on wakes us
                 desired = desired_role_label(self._status(), self._label)
-                due = applied != (desired,) or loop.time() - applied_at >= self._reassert_s
-                if due:
+                changed = applied != (desired,)
+                due = changed or loop.time() - applied_at >= self._reassert_s
+                if due and not changed and self.observed_as(desired):
+                    applied_at = loop.time()  # the watch shows it in place: nothing to send
+                elif due:
                     try:
                         await self.apply(desired)
                     except Exception as exc:  # logged and retried; never fatal
@@ -140,6 +152,22 @@ class PodLabeler:
                 with contextlib.suppress(Exception):
                     await self.apply(None)
             await self.close()
+
+    def observed_as(self, value: str | None) -> bool:
+        """Whether the pod watch shows this pod labelled `value` (None: no label) and, for
+        the primary value with a peers selector, no other pod of the cluster labelled primary
+        too. False when there is no trusted view, or this pod is not in it."""
+        pods = self._observed() if self._observed is not None else None
+        if pods is None or self._pod not in pods:
+            return False
+        if pods[self._pod].get(self._label.key) != value:
+            return False
+        if value != self._label.primary or self._peers_selector is None:
+            return True
+        return not any(
+            name != self._pod and labels.get(self._label.key) == self._label.primary
+            for name, labels in pods.items()
+        )
 
     async def _wait(self, limit_s: float) -> None:
         """Until the status is published again (at most `limit_s`), or one poll period."""

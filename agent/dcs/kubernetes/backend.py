@@ -350,6 +350,14 @@ class KubernetesDcs:
         self._watches.ensure()
         return await self._changes.wait(timeout_s)
 
+    def observed_pod_labels(self) -> dict[str, dict[str, str]] | None:
+        """The labels of the cluster's member pods by name, as the pods watch last saw them;
+        None while its cache cannot be trusted (cache.py) or a request failed since the last
+        read. For the pod role labeler (agent/kube/labels.py): no request, no decision."""
+        if self._suspect or not self._watches.pods_cache.usable(self._clock.monotonic()):
+            return None
+        return {name_of(pod): _labels_of(pod) for pod in self._watches.pods_cache.objects()}
+
     async def close(self) -> None:
         """Stop the watches and close the client. The leader record is left as it is (a clean
         shutdown releases it first); others see it lapse after the ttl."""
@@ -469,3 +477,9 @@ class KubernetesDcs:
         with self._changes.writing():
             async with self._request(what):
                 yield
+
+
+def _labels_of(obj: KubeObject) -> dict[str, str]:
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}

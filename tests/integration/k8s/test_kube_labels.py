@@ -159,3 +159,66 @@ async def test_with_the_loops_event_the_label_moves_when_a_status_is_published_n
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+async def test_a_reassertion_the_pod_watch_shows_in_place_sends_nothing_and_others_patch(
+    tmp_path: Path,
+) -> None:
+    """With the pod labels a watch sees (`observed`, the Kubernetes DCS's pods cache), the
+    periodic re-assertion sends no request while they are right; it patches when they are
+    wrong (removed by hand, another pod labelled primary) or when no trusted view exists."""
+    async with kube_server(tmp_path) as server:
+        pods = server.store_resource("pods")
+        cluster = {"app": "pg", "pgwarden.io/cluster": "c"}
+        server.store.create(pods, "default", {"metadata": {"name": "a", "labels": cluster}})
+        trusted, names = [True], ["a"]
+
+        def observed() -> dict[str, dict[str, str]] | None:
+            if not trusted[0]:
+                return None
+            items = [server.store.get(pods, "default", name) for name in names]
+            return {o["metadata"]["name"]: dict(o["metadata"].get("labels") or {}) for o in items}
+
+        def patches() -> int:
+            return len([r for r in server.audit.records if r.verb == "patch"])
+
+        current = [REPLICA]
+        labeler = PodLabeler(
+            client_factory=factory(server.url),
+            namespace="default",
+            pod_name="a",
+            label=RoleLabel(),
+            status=lambda: current[0],
+            reassert_s=0.1,
+            timeout_s=1.0,
+            peers_selector=cluster_selector([("app", "pg")], "c"),
+            observed=observed,
+        )
+        task = asyncio.create_task(labeler.run(), name="test-labeler")
+        try:
+            await eventually(lambda: role_of(server) == "replica")
+            sent = patches()
+            await asyncio.sleep(0.6)  # six re-assertions, all in place
+            assert patches() == sent
+            # Removed by hand: the next re-assertion puts it back.
+            obj = server.store.get(pods, "default", "a")
+            obj["metadata"]["labels"].pop("role")
+            server.store.update(pods, "default", "a", obj)
+            await eventually(lambda: role_of(server) == "replica")
+            # No trusted view: re-assertions patch as without a watch.
+            trusted[0], sent = False, patches()
+            await eventually(lambda: patches() >= sent + 2)
+            trusted[0] = True
+            current[0] = PRIMARY
+            await eventually(lambda: role_of(server) == "primary")
+            b = {"metadata": {"name": "b", "labels": {**cluster, "role": "primary"}}}
+            server.store.create(pods, "default", b)
+            names.append("b")
+            await eventually(lambda: role_of(server, "b") is None)  # taken off at re-assertion
+            sent = patches()
+            await asyncio.sleep(0.6)
+            assert patches() == sent
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
