@@ -222,3 +222,27 @@ async def test_a_replica_sees_the_server_down_once_the_leaders_renewals_stop_arr
             down = True
         await asyncio.sleep(0.1)
     assert down
+
+
+async def test_the_pod_labels_the_watch_saw_are_given_only_while_its_cache_is_trusted(
+    cluster: KubeContractCluster,
+) -> None:
+    """What the pod role labeler reads to skip a re-assertion (agent/kube/labels.py)."""
+    server, a = cluster.server, cluster.make_kube("a")
+    await a.publish_member(member("a"))
+    assert a.observed_pod_labels() is None  # no watch yet
+    await a.get_cluster()
+    assert await a.wait_for_change(0.3) is False  # starts the watches
+    await asyncio.sleep(0.2)
+    pods = server.store_resource("pods")
+    obj = server.store.get(pods, NAMESPACE, "a")
+    obj["metadata"]["labels"]["role"] = "replica"  # labelled by someone else
+    server.store.update(pods, NAMESPACE, "a", obj)
+    await asyncio.sleep(0.2)
+    observed = a.observed_pod_labels()
+    assert observed is not None and observed["a"]["role"] == "replica"
+    server.faults.set(Fault(mode=FaultMode.ERROR, status=503))
+    with pytest.raises(DcsUnavailable):
+        await a.get_cluster()
+    assert a.observed_pod_labels() is None  # in doubt after a failed request
+    server.faults.clear()
