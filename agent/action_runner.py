@@ -112,15 +112,10 @@ class ActionRunner:
     async def _run(self, action: Action, obs: Observation, sent_at: float) -> bool:
         view = obs.cluster
         match action:
-            case SetInitialize():
-                # The cluster is complete. A bootstrap whose agent was restarted before it
-                # ended left its server on the Unix socket only: open it first.
-                start_s = self.settings.timing.primary_start_timeout_s
-                await self.pg.open_to_clients(timeout_s=start_s)
-                return await self._write(action)
             case (
                 ClaimInitialize()
                 | ClearInitialize()
+                | SetInitialize()
                 | ClearSwitchover()
                 | SetConfig()
                 | SetSyncRecord()
@@ -320,6 +315,9 @@ class ActionRunner:
                 await self.pg.close_probe()
             await self.pg.stop(pg_mode(action.mode), timeout_s=timing.shutdown_timeout_s)
             await self.fence.disarm()
+            if action.clear_data:
+                self.pg.clear_data_dir()
+                log.warning("bootstrap_discarded", reason=self._reason)
             return
         log.warning("demoting", reason=action.reason, mode=action.mode.value)
         # A fast demotion at the fence deadline must be over well before the lease can

@@ -97,7 +97,11 @@ class StartPostgres:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StopPostgres:
+    """Stop PostgreSQL; `clear_data`: then empty the data directory (a bootstrap that did not
+    complete, whose server never took a TCP client)."""
+
     mode: StopMode
+    clear_data: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

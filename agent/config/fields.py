@@ -345,7 +345,9 @@ FIELDS: Final[tuple[Field, ...]] = (
                              "serves as the leader). While it runs PostgreSQL listens on its "
                              "Unix socket only (`PGHOST`): no TCP client can connect, so no "
                              "write is acknowledged that a failure would discard; it is "
-                             "restarted listening as configured once the hook succeeded."),
+                             "restarted listening as configured once the hook succeeded. An "
+                             "agent stopped while the hook runs discards that cluster the same "
+                             "way at its next start."),
       )),
     Field(path="callbacks.timeout_s", kind=_N, rule="> 0.",
           doc="An `on_*` callback still running after this long is killed (SIGKILL to its "

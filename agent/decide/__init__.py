@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.actions import Clone, Decision
+from agent.actions import Clone, Decision, StopMode, StopPostgres
 from agent.decide.candidates import (
     PRIMARY_CONTROL_STATES,
     choose_candidate,
@@ -176,6 +176,17 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
         return decided(memory, memory.refused)
     if not obs.local.data_dir_initialized:
         return when_no_data(obs, memory, settings)
+    local = obs.local
+    if local.running and local.socket_only and view.initialize != local.system_id:
+        # A bootstrap that did not complete (its agent stopped during post_bootstrap, or
+        # its server could not be opened): it listens on its Unix socket only, so no client
+        # wrote to it, and the cluster is not recorded as this system. Discarded like a
+        # failed post_bootstrap; the claim is then withdrawn and the cluster made again.
+        return decided(
+            memory,
+            "a bootstrap that did not complete: discarding its data directory",
+            StopPostgres(mode=StopMode.IMMEDIATE, clear_data=True),
+        )
     system_id = obs.local.system_id or (obs.local.control.system_id if obs.local.control else None)
     if view.initialize and system_id and view.initialize != system_id:
         refused = (

@@ -89,6 +89,9 @@ class LocalState:
     # applies), when it differs from the running one; None when equal, unset or not read.
     # A change whose reload failed left it there (agent/decide/sync.py `_unreloaded`).
     sync_standbys_pending: SyncStandbys | None = None
+    # listen_addresses is empty: the server takes no TCP client (a bootstrap runs, or one
+    # that did not complete: agent/decide/__init__.py).
+    socket_only: bool = False
     # pg_settings: the parameters whose new value waits for a restart, and what the server
     # runs with for the settings a hot standby needs at least as high as its primary.
     pending_restart: tuple[str, ...] = ()

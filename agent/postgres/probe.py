@@ -68,6 +68,7 @@ SELECT
   w.sender_host AS sender_host,
   w.sender_port AS sender_port,
   current_setting('synchronous_standby_names') AS synchronous_standby_names,
+  current_setting('listen_addresses') = '' AS socket_only,
   (SELECT setting FROM pg_file_settings WHERE name = 'synchronous_standby_names' AND applied
    ORDER BY seqno DESC LIMIT 1) AS synchronous_standby_names_file,
   CASE WHEN s.r THEN (SELECT wait_event FROM pg_stat_activity
@@ -435,6 +436,7 @@ class Prober:
             slots=parse_slot_states(row["slots"]),
             **parse_settings(row["settings"]),
             archiver=parse_archiver(row["archiver"]),
+            socket_only=row["socket_only"] is True,
             sync_standbys=_ssn(row["synchronous_standby_names"]),
             sync_standbys_pending=_ssn_pending(
                 row["synchronous_standby_names"], row["synchronous_standby_names_file"]

@@ -283,10 +283,10 @@ class Postmaster:
             return ""
 
     async def open_to_clients(self, *, timeout_s: float) -> bool:
-        """A running server that listens on its Unix socket only (started `socket_only`, or
-        adopted so after an agent restart): restart it (fast) to listen as configured; True
-        when it did. listen_addresses takes a restart; the shutdown checkpoint of a new
-        cluster is short (0.08 s for both on a fresh cluster here)."""
+        """A running server that listens on its Unix socket only (started `socket_only`):
+        restart it (fast) to listen as configured; True when it did. listen_addresses takes a
+        restart; the shutdown checkpoint of a new cluster is short (0.08 s for both, measured
+        on a fresh cluster here)."""
         rows = await self.fetch("SELECT current_setting('listen_addresses')", timeout_s=timeout_s)
         if rows[0][0] != "":
             return False

@@ -157,17 +157,27 @@ async def test_post_bootstrap_runs_while_no_tcp_client_can_reach_the_new_primary
     assert c.healthy("a")  # and the others could clone it
 
 
-async def test_an_agent_restarted_before_its_bootstrap_opened_the_server_opens_it() -> None:
+async def test_a_bootstrap_interrupted_by_an_agent_restart_is_discarded_and_made_again() -> None:
+    # The agent stops while post_bootstrap runs (the hook's work may be half done): its
+    # server still listens on its Unix socket only, so no client wrote to it. The restarted
+    # agent must not record that cluster as complete: it discards it and bootstraps again.
     c = LoopCluster(callbacks=ALL)
     a = c["a"]
     held = a.pg.gate("open_to_clients")  # the old agent stops (dies) just before opening
     await c.run_until(lambda: "open_to_clients" in a.pg.calls)
-    assert a.pg.running and not a.pg.tcp
+    assert a.pg.running and not a.pg.tcp and a.pg.data is not None
+    first = a.pg.data.system_id
+    assert c.store.get_raw("initialize") == b""  # claimed, never recorded
+    old = a
     a = await c.restart_agent("a")  # nothing remembered; PostgreSQL still on its socket
-    assert await c.bootstrap() == "a"
-    assert a.pg.tcp and c.healthy("a")
-    assert c.store.get_raw("initialize") == a.pg.data.system_id.encode()  # type: ignore[union-attr]
-    held.set()  # let the old agent's task end (it finds the server open)
+    leader = await c.bootstrap()
+    new = c[leader].pg.data
+    assert new is not None and new.system_id != first  # made again, from scratch
+    assert c.store.get_raw("initialize") == new.system_id.encode()
+    assert "clear_data_dir" in a.pg.calls
+    hooks = [n.callbacks.events(CallbackEvent.POST_BOOTSTRAP) for n in (old, *c.nodes.values())]
+    assert sum(len(h) for h in hooks) == 2  # the interrupted run, and the new one
+    held.set()  # let the old agent's task end
     await c.settle()
 
 

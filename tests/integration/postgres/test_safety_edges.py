@@ -2,7 +2,8 @@
 
 - A new cluster is started on its Unix socket only while its bootstrap runs (post_bootstrap):
   no TCP client can connect, so no write can be acknowledged that a failed hook would
-  discard; `open_to_clients` restarts it listening as configured.
+  discard; the probe reports it (`socket_only`); `open_to_clients` restarts it listening as
+  configured.
 - A synchronous_standby_names that ALTER SYSTEM left in postgresql.auto.conf without a reload
   (the reload of SetSyncStandbyNames failed) is seen by the probe of a fresh agent, at once.
 """
@@ -39,11 +40,19 @@ async def test_a_new_cluster_takes_no_tcp_client_until_opened(spare_node: PgNode
     await pm.start(standby=None, timeout_s=START_TIMEOUT_S, socket_only=True)
     first = pm.pid()
     assert not await _tcp_open(node)
-    # What the bootstrap does meanwhile (create_roles, post_bootstrap) works on the socket.
-    await pm.execute("CREATE TABLE made_by_the_hook (v int)", timeout_s=5)
-    assert await pm.open_to_clients(timeout_s=START_TIMEOUT_S)
-    assert pm.pid() != first  # restarted
-    assert await _tcp_open(node)
+    prober = Prober(node.settings, run_dir=node.run_dir, member_name=node.name)
+    try:
+        # The probe tells (an agent restarted now discards such an unfinished bootstrap).
+        assert (await prober.probe(running=True, postmaster_pid=first, timeout_s=5)).socket_only
+        # What the bootstrap does meanwhile (create_roles, post_bootstrap) works on the socket.
+        await pm.execute("CREATE TABLE made_by_the_hook (v int)", timeout_s=5)
+        assert await pm.open_to_clients(timeout_s=START_TIMEOUT_S)
+        assert pm.pid() != first  # restarted
+        assert await _tcp_open(node)
+        state = await prober.probe(running=True, postmaster_pid=pm.pid(), timeout_s=5)
+        assert state.running and not state.socket_only
+    finally:
+        await prober.close()
     rows = await pm.fetch("SELECT count(*) FROM made_by_the_hook", timeout_s=5)
     assert rows[0][0] == 0
     assert not await pm.open_to_clients(timeout_s=START_TIMEOUT_S)  # open already: nothing

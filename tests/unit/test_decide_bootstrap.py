@@ -1,0 +1,40 @@
+"""A bootstrap that did not complete (agent/decide/__init__.py): its server listens on its
+Unix socket only and the cluster is not recorded as its system. It is discarded (stopped,
+its data directory emptied), never recorded as the cluster; a server that is open, or whose
+system the `initialize` record names, is kept."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from agent.actions import StopMode, StopPostgres
+from agent.decide import Memory, decide
+from agent.model import LocalState
+from tests.unit.test_decide import LEASED, ME_PRIMARY, PRIMARY, A, obs, view
+
+DISCARD = StopPostgres(mode=StopMode.IMMEDIATE, clear_data=True)
+SOCKET_ONLY = replace(PRIMARY, socket_only=True)
+
+
+@pytest.mark.parametrize(
+    ("initialize", "local", "memory", "discarded"),
+    [
+        ("", SOCKET_ONLY, Memory(), True),  # claimed, never recorded: its agent restarted
+        ("", SOCKET_ONLY, LEASED, True),  # the open failed: the bootstrap failed
+        (None, SOCKET_ONLY, Memory(), True),  # the claim was withdrawn meanwhile
+        ("77", SOCKET_ONLY, Memory(), True),  # another member made the cluster meanwhile
+        ("42", SOCKET_ONLY, LEASED, False),  # recorded as this system: complete
+        ("", PRIMARY, LEASED, False),  # open: the cluster is recorded (SetInitialize)
+        ("", replace(SOCKET_ONLY, running=False), Memory(), False),  # nothing runs
+    ],
+)
+def test_an_unfinished_bootstrap_is_discarded_and_nothing_else_is(
+    initialize: str | None, local: LocalState, memory: Memory, discarded: bool
+) -> None:
+    cluster = replace(view("a", ME_PRIMARY), initialize=initialize, initialize_version="3")
+    decision, _ = decide(obs(cluster, local), memory, A)
+    assert (DISCARD in decision.actions) is discarded, decision
+    if discarded:
+        assert decision.actions == (DISCARD,)
