@@ -39,7 +39,8 @@ AGENT_CHECK_INTERVAL_S = 0.5
 
 
 def _log(message: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     print(f"{stamp} fencer[{os.getpid()}] {message}", file=sys.stderr, flush=True)
 
 
@@ -139,8 +140,13 @@ class Fencer:
         return f"OK armed {self.deadline - time.monotonic():.3f}"
 
     def fire(self) -> None:
+        # How late it woke and how long the stop took: a fencer starved of CPU (a container's
+        # quota it shares with PostgreSQL and the agent) fences late, and says so.
+        started = time.monotonic()
+        late = started - self.deadline if self.deadline is not None else 0.0
         done = fence_postgres(self.data_dir, self.grace_s)
-        _log(f"fence deadline reached: {done}")
+        took = time.monotonic() - started
+        _log(f"fence deadline reached ({late:.3f} s late, took {took:.3f} s): {done}")
         self.deadline = None
         self.fenced = True
 
