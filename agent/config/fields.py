@@ -346,8 +346,8 @@ FIELDS: Final[tuple[Field, ...]] = (
                              "Unix socket only (`PGHOST`): no TCP client can connect, so no "
                              "write is acknowledged that a failure would discard; it is "
                              "restarted listening as configured once the hook succeeded. An "
-                             "agent stopped while the hook runs discards that cluster the same "
-                             "way at its next start."),
+                             "agent (or a whole pod) stopped while the hook runs discards that "
+                             "cluster the same way at its next start."),
       )),
     Field(path="callbacks.timeout_s", kind=_N, rule="> 0.",
           doc="An `on_*` callback still running after this long is killed (SIGKILL to its "

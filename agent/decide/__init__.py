@@ -177,17 +177,19 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
     if not obs.local.data_dir_initialized:
         return when_no_data(obs, memory, settings)
     local = obs.local
-    if local.running and local.socket_only and view.initialize != local.system_id:
-        # A bootstrap that did not complete (its agent stopped during post_bootstrap, or
-        # its server could not be opened): it listens on its Unix socket only, so no client
-        # wrote to it, and the cluster is not recorded as this system. Discarded like a
-        # failed post_bootstrap; the claim is then withdrawn and the cluster made again.
+    system_id = local.system_id or (local.control.system_id if local.control else None)
+    unfinished = local.bootstrap_incomplete or (local.running and local.socket_only)
+    if unfinished and (not view.initialize or view.initialize != system_id):
+        # A bootstrap that did not complete (its agent, or its whole pod, stopped during
+        # post_bootstrap; or its server could not be opened): it never listened on TCP, so
+        # no client wrote to it, and the cluster is not recorded as this system. Discarded
+        # like a failed post_bootstrap; the claim is then withdrawn and the cluster made
+        # again (or this member clones the one another member made meanwhile).
         return decided(
             memory,
             "a bootstrap that did not complete: discarding its data directory",
             StopPostgres(mode=StopMode.IMMEDIATE, clear_data=True),
         )
-    system_id = obs.local.system_id or (obs.local.control.system_id if obs.local.control else None)
     if view.initialize and system_id and view.initialize != system_id:
         refused = (
             f"data directory holds system {system_id}, the cluster is {view.initialize}: "

@@ -92,6 +92,9 @@ class LocalState:
     # listen_addresses is empty: the server takes no TCP client (a bootstrap runs, or one
     # that did not complete: agent/decide/__init__.py).
     socket_only: bool = False
+    # The data directory holds the marker of a bootstrap that has not completed (running or
+    # not: a pod that died during post_bootstrap).
+    bootstrap_incomplete: bool = False
     # pg_settings: the parameters whose new value waits for a restart, and what the server
     # runs with for the settings a hot standby needs at least as high as its primary.
     pending_restart: tuple[str, ...] = ()

@@ -22,7 +22,7 @@ import asyncpg
 
 from agent.backup_settings import BootstrapMethod
 from agent.model import LocalState, Lsn, Member, PgConfig, SyncStandbys
-from agent.postgres import bootstrap, pgbackrest, restore, slots
+from agent.postgres import bootstrap, datadir, pgbackrest, restore, slots
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig, StopMode
 from agent.postgres.replication import quote_literal, render_synchronous_standby_names
@@ -57,8 +57,8 @@ class PostgresControl(Protocol):
         on the Unix socket only, no TCP client can connect (a cluster being bootstrapped)."""
 
     async def open_to_clients(self, *, timeout_s: float) -> None:
-        """A running server that listens on its Unix socket only: restart it to listen as
-        configured (at once otherwise)."""
+        """The new cluster is complete (its incomplete-bootstrap marker goes first); a running
+        server that listens on its Unix socket only is restarted to listen as configured."""
 
     async def stop(self, mode: StopMode, *, timeout_s: float) -> None:
         """Stop and wait until the postmaster is gone; escalates to SIGKILL (process.py)."""
@@ -72,7 +72,8 @@ class PostgresControl(Protocol):
     async def initdb(self) -> None:
         """Create a new cluster in the (empty) data directory: initdb, or (bootstrap.method
         pgbackrest) a restore from the repository, recovered and promoted: running then,
-        on its Unix socket only (`start`'s `socket_only`)."""
+        on its Unix socket only (`start`'s `socket_only`). The data directory is marked as
+        an incomplete bootstrap until `open_to_clients` (LocalState.bootstrap_incomplete)."""
 
     async def create_roles(self) -> None:
         """On a freshly initialized primary: the replication role and the passwords (and,
@@ -161,6 +162,9 @@ class LocalPostgres:
         await self.postmaster.start(standby=standby, timeout_s=timeout_s, socket_only=socket_only)
 
     async def open_to_clients(self, *, timeout_s: float) -> None:
+        # Complete before it is opened: an agent stopped in between leaves a socket-only
+        # server (discarded as incomplete: nobody wrote to it), never an open one that is.
+        datadir.unmark_bootstrap(self._pg)
         await self.postmaster.open_to_clients(timeout_s=timeout_s)
 
     async def stop(self, mode: StopMode, *, timeout_s: float) -> None:
@@ -177,6 +181,7 @@ class LocalPostgres:
             await restore.restore_bootstrap(self._settings, self.postmaster)
             return
         await bootstrap.initdb(self._pg, run_dir=self._settings.run_dir)
+        datadir.mark_bootstrap(self._pg)
 
     async def create_roles(self) -> None:
         await bootstrap.create_roles(self.postmaster, self._pg)

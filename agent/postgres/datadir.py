@@ -1,8 +1,9 @@
 """The data directory's role files and the client files PostgreSQL reads as the OS user.
 
-While the postmaster is stopped: standby.signal and the standby's primary_conninfo /
-primary_slot_name lines in postgresql.auto.conf; before every start and reload: the password
-file and the TLS copies in `<run_dir>/postgres/` (see replication.py for the file layout).
+The marker of a bootstrap that has not completed; while the postmaster is stopped:
+standby.signal and the standby's primary_conninfo / primary_slot_name lines in
+postgresql.auto.conf; before every start and reload: the password file and the TLS copies in
+`<run_dir>/postgres/` (see replication.py for the file layout).
 """
 
 from __future__ import annotations
@@ -29,6 +30,25 @@ class StandbyConfig:
 
 def is_initialized(settings: PostgresSettings) -> bool:
     return os.path.isfile(os.path.join(settings.data_dir, "PG_VERSION"))
+
+
+# In the data directory of a new cluster from initdb (or the restore) until its bootstrap
+# completed (`unmark_bootstrap`): a member whose PostgreSQL died with it (the whole pod)
+# finds it at its next start and discards that cluster (agent/decide/__init__.py).
+_BOOTSTRAP_MARKER = "pgwarden-bootstrap-incomplete"
+
+
+def mark_bootstrap(settings: PostgresSettings) -> None:
+    write_file(os.path.join(settings.data_dir, _BOOTSTRAP_MARKER), "", run_as(settings))
+
+
+def unmark_bootstrap(settings: PostgresSettings) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(settings.data_dir, _BOOTSTRAP_MARKER))
+
+
+def bootstrap_incomplete(settings: PostgresSettings) -> bool:
+    return os.path.exists(os.path.join(settings.data_dir, _BOOTSTRAP_MARKER))
 
 
 def is_standby_dir(settings: PostgresSettings) -> bool:

@@ -34,7 +34,7 @@ from agent.model import (
     parse_lsn,
 )
 from agent.pgparams import HOT_STANDBY
-from agent.postgres.datadir import is_initialized
+from agent.postgres.datadir import bootstrap_incomplete, is_initialized
 from agent.postgres.osfiles import PostgresError
 from agent.postgres.replication import parse_synchronous_standby_names
 from agent.postgres.sqlconn import connect_local
@@ -250,7 +250,8 @@ class Prober:
         state = await self._probe(
             running=running, postmaster_pid=postmaster_pid, timeout_s=timeout_s
         )
-        return dataclasses.replace(state, pg_major=self._pg_major)
+        incomplete = state.data_dir_initialized and bootstrap_incomplete(self._settings)
+        return dataclasses.replace(state, pg_major=self._pg_major, bootstrap_incomplete=incomplete)
 
     async def _probe(
         self, *, running: bool, postmaster_pid: int | None, timeout_s: float

@@ -26,6 +26,7 @@ from agent.postgres.datadir import (
     StandbyConfig,
     configure_standby,
     is_initialized,
+    mark_bootstrap,
     write_client_files,
 )
 from agent.postgres.osfiles import PostgresError
@@ -86,6 +87,7 @@ async def restore_bootstrap(settings: Settings, postmaster: Postmaster) -> None:
     marker = bootstrap.prepare_clone(pg, settings.run_dir)
     try:
         await pgbackrest.restore_for_bootstrap(settings, timeout_s=backrest.restore_timeout_s)
+        mark_bootstrap(pg)
         # No TCP client may write to it before the bootstrap completed (post_bootstrap).
         await postmaster.start(
             standby=None, timeout_s=max(deadline - loop.time(), 1.0), socket_only=True

@@ -75,6 +75,7 @@ class DataDir:
     was_primary: bool = True  # it last ran as a primary
     clean: bool = True  # shut down cleanly (or running)
     checkpoint_lsn: Lsn = START_LSN
+    incomplete: bool = False  # the marker of a bootstrap that has not completed
 
     def holds(self, timeline: int, lsn: Lsn) -> bool:
         """This WAL contains the position (timeline, lsn): no divergence from it."""
@@ -300,6 +301,7 @@ class FakePostgres:
                 postmaster_pid=self._pid,
                 unresponsive=self.hung and self._pid is not None,
                 control=data.control() if data is not None else None,
+                bootstrap_incomplete=data is not None and data.incomplete,
             )
         if self.in_recovery:
             return LocalState(
@@ -316,6 +318,7 @@ class FakePostgres:
                 upstream=self.conninfo.primary_host if self.streaming and self.conninfo else None,
                 sync_standbys=self.sync,
                 socket_only=not self.tcp,
+                bootstrap_incomplete=data.incomplete,
                 pending_restart=self.pending_restart(),
                 hot_standby=self.hot_standby(),
                 slots=self._slot_states(),
@@ -331,6 +334,7 @@ class FakePostgres:
             replication=self._replication_rows(),
             sync_standbys=self.sync,
             socket_only=not self.tcp,
+            bootstrap_incomplete=data.incomplete,
             pending_restart=self.pending_restart(),
             hot_standby=self.hot_standby(),
             slots=self._slot_states(),
@@ -429,6 +433,8 @@ class FakePostgres:
 
     async def open_to_clients(self, *, timeout_s: float) -> None:
         await self._enter("open_to_clients", sql=True)
+        if self.data is not None:
+            self.data = replace(self.data, incomplete=False)
         self.tcp = True  # the restart it takes is not modelled (nothing else changes)
 
     async def promote(self, *, timeout_s: float) -> None:
@@ -457,7 +463,9 @@ class FakePostgres:
         await self._enter("initdb")
         if self.data is not None:
             raise PostgresError(f"initdb: data directory of {self.host} is not empty")
-        self.data = DataDir(system_id=self.cluster.next_system_id(), timeline=1, lsn=START_LSN)
+        self.data = DataDir(
+            system_id=self.cluster.next_system_id(), timeline=1, lsn=START_LSN, incomplete=True
+        )
 
     async def create_roles(self) -> None:
         await self._enter("create_roles", sql=True)

@@ -1,5 +1,6 @@
 """A bootstrap that did not complete (agent/decide/__init__.py): its server listens on its
-Unix socket only and the cluster is not recorded as its system. It is discarded (stopped,
+Unix socket only, or its data directory holds the incomplete-bootstrap marker (the server is
+down: the whole pod died), and the cluster is not recorded as its system. It is discarded (stopped,
 its data directory emptied), never recorded as the cluster; a server that is open, or whose
 system the `initialize` record names, is kept."""
 
@@ -11,11 +12,25 @@ import pytest
 
 from agent.actions import StopMode, StopPostgres
 from agent.decide import Memory, decide
-from agent.model import LocalState
+from agent.model import ControlData, LocalState
 from tests.unit.test_decide import LEASED, ME_PRIMARY, PRIMARY, A, obs, view
 
 DISCARD = StopPostgres(mode=StopMode.IMMEDIATE, clear_data=True)
 SOCKET_ONLY = replace(PRIMARY, socket_only=True)
+# Not running, the data directory marked as an incomplete bootstrap; the system id from
+# pg_controldata.
+MARKED_DOWN = LocalState(
+    data_dir_initialized=True,
+    running=False,
+    bootstrap_incomplete=True,
+    control=ControlData(
+        system_id="42",
+        cluster_state="in production",
+        timeline=1,
+        checkpoint_lsn=1000,
+        min_recovery_end_lsn=None,
+    ),
+)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +42,11 @@ SOCKET_ONLY = replace(PRIMARY, socket_only=True)
         ("77", SOCKET_ONLY, Memory(), True),  # another member made the cluster meanwhile
         ("42", SOCKET_ONLY, LEASED, False),  # recorded as this system: complete
         ("", PRIMARY, LEASED, False),  # open: the cluster is recorded (SetInitialize)
-        ("", replace(SOCKET_ONLY, running=False), Memory(), False),  # nothing runs
+        ("", replace(SOCKET_ONLY, running=False), Memory(), False),  # nothing says so
+        ("", MARKED_DOWN, Memory(), True),  # the whole pod died during post_bootstrap
+        (None, MARKED_DOWN, Memory(), True),
+        ("42", MARKED_DOWN, Memory(), False),  # recorded as this system: complete
+        ("", replace(PRIMARY, bootstrap_incomplete=True), Memory(), True),
     ],
 )
 def test_an_unfinished_bootstrap_is_discarded_and_nothing_else_is(

@@ -181,6 +181,28 @@ async def test_a_bootstrap_interrupted_by_an_agent_restart_is_discarded_and_made
     await c.settle()
 
 
+async def test_a_bootstrap_whose_pod_died_during_post_bootstrap_is_discarded_and_made_again() -> (
+    None
+):
+    # The agent and PostgreSQL die together while the hook runs: nothing runs on the socket
+    # to tell, but the data directory still holds the incomplete-bootstrap marker.
+    c = LoopCluster(callbacks=ALL)
+    a = c["a"]
+    held = a.pg.gate("open_to_clients")
+    await c.run_until(lambda: "open_to_clients" in a.pg.calls)
+    assert a.pg.data is not None
+    first = a.pg.data.system_id
+    a.pg.crash()
+    a = await c.restart_agent("a")
+    leader = await c.bootstrap()
+    new = c[leader].pg.data
+    assert new is not None and new.system_id != first
+    assert c.store.get_raw("initialize") == new.system_id.encode()
+    assert "clear_data_dir" in a.pg.calls
+    held.set()
+    await c.settle()
+
+
 async def test_a_failed_post_bootstrap_discards_the_new_cluster_and_bootstraps_again() -> None:
     c = LoopCluster(callbacks=ALL)
     a = c["a"]

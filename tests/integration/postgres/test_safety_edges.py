@@ -2,8 +2,9 @@
 
 - A new cluster is started on its Unix socket only while its bootstrap runs (post_bootstrap):
   no TCP client can connect, so no write can be acknowledged that a failed hook would
-  discard; the probe reports it (`socket_only`); `open_to_clients` restarts it listening as
-  configured.
+  discard; the probe reports it (`socket_only`, and the data directory's incomplete-bootstrap
+  marker, which also tells while the server is down); `open_to_clients` restarts it listening
+  as configured.
 - A synchronous_standby_names that ALTER SYSTEM left in postgresql.auto.conf without a reload
   (the reload of SetSyncStandbyNames failed) is seen by the probe of a fresh agent, at once.
 """
@@ -16,6 +17,7 @@ import pytest
 
 from agent.model import SyncStandbys
 from agent.postgres import Prober, initdb
+from agent.postgres.datadir import mark_bootstrap, unmark_bootstrap
 from agent.postgres.replication import ASYNC, quote_literal
 from tests.support.postgres import PgNode, eventually
 
@@ -37,20 +39,26 @@ async def test_a_new_cluster_takes_no_tcp_client_until_opened(spare_node: PgNode
     node = spare_node
     pm = node.postmaster
     await initdb(node.settings, run_dir=node.run_dir)
-    await pm.start(standby=None, timeout_s=START_TIMEOUT_S, socket_only=True)
-    first = pm.pid()
-    assert not await _tcp_open(node)
+    mark_bootstrap(node.settings)  # what LocalPostgres.initdb does after initdb
     prober = Prober(node.settings, run_dir=node.run_dir, member_name=node.name)
     try:
-        # The probe tells (an agent restarted now discards such an unfinished bootstrap).
-        assert (await prober.probe(running=True, postmaster_pid=first, timeout_s=5)).socket_only
+        # Down, the marker tells (the whole pod died): discarded at the next start.
+        down = await prober.probe(running=False, postmaster_pid=None, timeout_s=5)
+        assert down.bootstrap_incomplete and not down.running
+        await pm.start(standby=None, timeout_s=START_TIMEOUT_S, socket_only=True)
+        first = pm.pid()
+        assert not await _tcp_open(node)
+        # Up, so does listen_addresses (an agent restarted now discards it too).
+        up = await prober.probe(running=True, postmaster_pid=first, timeout_s=5)
+        assert up.socket_only and up.bootstrap_incomplete
+        unmark_bootstrap(node.settings)  # LocalPostgres.open_to_clients, before the restart
         # What the bootstrap does meanwhile (create_roles, post_bootstrap) works on the socket.
         await pm.execute("CREATE TABLE made_by_the_hook (v int)", timeout_s=5)
         assert await pm.open_to_clients(timeout_s=START_TIMEOUT_S)
         assert pm.pid() != first  # restarted
         assert await _tcp_open(node)
         state = await prober.probe(running=True, postmaster_pid=pm.pid(), timeout_s=5)
-        assert state.running and not state.socket_only
+        assert state.running and not state.socket_only and not state.bootstrap_incomplete
     finally:
         await prober.close()
     rows = await pm.fetch("SELECT count(*) FROM made_by_the_hook", timeout_s=5)
