@@ -9,8 +9,9 @@ replicas, routing on the primary), so a failing scenario does not fail the ones 
 Besides the HA behaviour they check what Kubernetes clients see: the pods' role labels and
 the primary Service's Endpoints or EndpointSlice (exactly the leader's address), and the
 Kubernetes Events each scenario leaves on the pods (Switchover, HandedOver, Failover, Rewind,
-ShutdownHandOver, Demoted). One scenario checks that the monitoring kit (k8s/monitoring) uses
-only metrics a live agent serves.
+ShutdownHandOver, Demoted, Reclone, FailsafeEntered and FailsafeLeft; the last two with
+failsafe mode turned on for that scenario only). One scenario checks that the monitoring kit
+(k8s/monitoring) uses only metrics a live agent serves.
 The API server's audit log is kept at a path the module prints (`K8S_AUDIT_LOG=...`), for
 the RBAC check; `tests.support.k8s_audit.agent_permissions` reads it.
 """
@@ -304,3 +305,58 @@ async def test_api_server_frozen_longer_than_the_ttl_fences_the_primary_in_time(
         return bool(stopped & _events(cluster, t_wall))
 
     await wait_until(reported, timeout=45, what=f"a Demoted or Fenced event on {name}")
+
+
+async def test_reinitialize_of_a_replica_reclones_it_and_reports_it_on_its_pod(
+    cluster: LocalCluster,
+) -> None:
+    if cluster.kube_lock != "lease":
+        pytest.skip("Events do not depend on the lock kind")
+    primary = await _converge(cluster)
+    replica = (primary + 1) % 3
+    since = time.time()
+    async with aiohttp.ClientSession() as session:
+        status, body = await cluster.post(session, replica, "/reinitialize", {})
+        assert status == 202, body
+    await _events_appear(cluster, since, {(replica, "Reclone")}, timeout=30)
+    assert await _converge(cluster) == primary
+
+
+async def test_failsafe_entered_and_left_are_reported_on_the_primary_pod(
+    cluster: LocalCluster,
+) -> None:
+    """With failsafe mode on, an API server outage longer than the ttl keeps the primary
+    (every replica confirms it over the REST API): FailsafeEntered, then FailsafeLeft once
+    the API server answers again, both posted on its pod after the outage."""
+    if cluster.kube_lock != "lease":
+        pytest.skip("Events do not depend on the lock kind")
+    primary = await _converge(cluster)
+    others = sorted(m.name for i, m in enumerate(cluster.members) if i != primary)
+    assert cluster.apiserver is not None
+    async with aiohttp.ClientSession() as session:
+        status, body = await cluster.patch_config(session, {"failsafe_mode": True})
+        assert status == 200, body
+        try:
+
+            async def recorded() -> bool:
+                view = await cluster.cluster_json(session)
+                record = None if view is None else view.get("failsafe")
+                return isinstance(record, dict) and sorted(record.get("members") or []) == others
+
+            await wait_until(recorded, timeout=15, what="the failsafe record naming the replicas")
+            since = time.time()
+            os.kill(cluster.apiserver.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(TTL + 2)
+            finally:
+                os.kill(cluster.apiserver.pid, signal.SIGCONT)
+            await _events_appear(
+                cluster,
+                since,
+                {(primary, "FailsafeEntered"), (primary, "FailsafeLeft")},
+                timeout=45,
+            )
+            assert await _converge(cluster) == primary
+        finally:
+            status, body = await cluster.patch_config(session, {"failsafe_mode": False})
+            assert status == 200, body

@@ -941,7 +941,15 @@ class KubeApiServer:
         # streaming handler, as on a real server.
         runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.options.host, self.options.port, ssl_context=ssl_context)
+        # A backlog as deep as a Go server's (somaxconn): hundreds of watches opened at once
+        # (bench/scale.py) overflowed aiohttp's 128 and waited out SYN retransmissions.
+        site = web.TCPSite(
+            runner,
+            self.options.host,
+            self.options.port,
+            ssl_context=ssl_context,
+            backlog=4096,
+        )
         await site.start()
         self._runner = runner
         for address in runner.addresses:

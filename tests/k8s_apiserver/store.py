@@ -201,11 +201,17 @@ class Store:
     ) -> Subscription:
         """A queue receiving what a watch of `res` with these selectors sees of every future
         event (watchhub.py)."""
+        objects = self._objects[res.group_resource].values()
+
+        def carriers(key: str, value: str) -> int:
+            return sum(1 for o in objects if (o["metadata"].get("labels") or {}).get(key) == value)
+
         return self._watches.subscribe(
             res,
             namespace=namespace,
             labels=labels if labels is not None else LabelSelector(),
             fields=fields if fields is not None else FieldSelector(),
+            carriers=carriers,
             path=path,
         )
 

@@ -121,14 +121,25 @@ def selector_matcher(labels: LabelSelector, fields: FieldSelector) -> Callable[[
 _Key = tuple[str, ...]
 
 
-def _index_key(res: ResourceType, labels: LabelSelector, fields: FieldSelector) -> _Key:
+def _index_key(
+    res: ResourceType,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    carriers: Callable[[str, str], int],
+) -> _Key:
     for req in fields.requirements:
         if req.path == "metadata.name" and not req.negated:
             return ("name", res.group_resource, req.value)
-    for lreq in labels.requirements:
-        if lreq.op in (Op.EQUALS, Op.IN) and len(lreq.values) == 1:
-            return ("label", res.group_resource, lreq.key, lreq.values[0])
-    return ("all", res.group_resource)
+    pairs = [
+        (lreq.key, lreq.values[0])
+        for lreq in labels.requirements
+        if lreq.op in (Op.EQUALS, Op.IN) and len(lreq.values) == 1
+    ]
+    if not pairs:
+        return ("all", res.group_resource)
+    # The rarest label among today's objects (`app=pg,cluster=c7`: the cluster's).
+    key, value = min(pairs, key=lambda pair: carriers(*pair))
+    return ("label", res.group_resource, key, value)
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -158,14 +169,17 @@ class WatchHub:
         namespace: str,
         labels: LabelSelector,
         fields: FieldSelector,
+        carriers: Callable[[str, str], int],
         path: str = "",
     ) -> Subscription:
-        """A queue receiving what a watch with these selectors sees of every future event."""
+        """A queue receiving what a watch with these selectors sees of every future event.
+        `carriers(key, value)`: how many objects of `res` carry that label now (to index
+        the watch by its rarest label)."""
         sub = Subscription(
             resource=res,
             namespace=namespace,
             matches=selector_matcher(labels, fields),
-            key=_index_key(res, labels, fields),
+            key=_index_key(res, labels, fields, carriers),
             path=path,
         )
         self._index.setdefault(sub.key, set()).add(sub)
