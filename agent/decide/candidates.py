@@ -102,6 +102,10 @@ def timeline_refusal(local: LocalState, view: ClusterView) -> str | None:
 def pg_state_of(local: LocalState) -> PgState:
     if not local.running:
         return PgState.STOPPED
+    if local.socket_only:
+        # No TCP client can reach it: a bootstrap runs, or one that did not complete is
+        # being discarded. Not running as far as clients, clones and labels are concerned.
+        return PgState.BOOTSTRAPPING
     if local.in_recovery and not local.streaming:
         return PgState.RUNNING
     return PgState.STREAMING if local.in_recovery else PgState.RUNNING

@@ -175,6 +175,9 @@ async def test_a_bootstrap_interrupted_by_an_agent_restart_is_discarded_and_made
     assert new is not None and new.system_id != first  # made again, from scratch
     assert c.store.get_raw("initialize") == new.system_id.encode()
     assert "clear_data_dir" in a.pg.calls
+    # While it was being discarded its record never said "running": nobody tried to clone
+    # it (each of the two others cloned once, the new cluster).
+    assert sum(n.pg.calls.count("clone") for n in c.nodes.values()) == 2
     hooks = [n.callbacks.events(CallbackEvent.POST_BOOTSTRAP) for n in (old, *c.nodes.values())]
     assert sum(len(h) for h in hooks) == 2  # the interrupted run, and the new one
     held.set()  # let the old agent's task end
