@@ -27,8 +27,10 @@ Requests: for the Kubernetes backends, every request of the agents in the test A
 audit log during the window (a watch counts when it is opened); for etcd, the growth of etcd's
 own `grpc_server_handled_total` (the JSON gateway turns every request into one gRPC call; a
 watch or keepalive stream counts once per stream). RSS from /proc VmRSS (the largest of the
-three members), CPU from utime+stime over the window, as a share of one core and as
-CPU-seconds per hour (the largest of the three: the leader's, mostly). Each figure is the
+three members); "shared once" counts an agent and its fencer together with each mapped file's
+pages once (`resident_once`: they share the interpreter, libc and libm; a container's memory
+cgroup charges those pages once, summed VmRSS twice). CPU from utime+stime over the window,
+as a share of one core and as CPU-seconds per hour (the largest of the three: the leader's, mostly). Each figure is the
 median over --runs fresh clusters, max in brackets. The load average is printed before and
 after: RSS and request counts do not depend on it; CPU time a little (cache misses).
 """
@@ -106,6 +108,29 @@ def etcd_calls(cluster: LocalCluster | PatroniCluster) -> Counter[str]:
     return calls
 
 
+def resident_once(pids: list[int]) -> int:
+    """kB resident in these processes together, each file's pages once (the agent and its
+    fencer map the same interpreter and libc): their anonymous memory summed, plus per mapped
+    file the most any of them has resident. About what their container's memory cgroup
+    charges (file pages are charged once), where summed VmRSS counts shared pages twice."""
+    anon, files = 0, Counter[str]()
+    for pid in pids:
+        mine: Counter[str] = Counter()
+        path = ""
+        for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            head = line.split()
+            if head and not head[0].endswith(":"):  # a mapping's first line
+                path = head[5] if len(head) > 5 and not head[5].startswith("[") else ""
+            elif head[:1] == ["Rss:"]:
+                if path:
+                    mine[path] += int(head[1])
+                else:
+                    anon += int(head[1])
+        for name, kb in mine.items():
+            files[name] = max(files[name], kb)
+    return anon + sum(files.values())
+
+
 def ensure_agent_venv(venv: Path = AGENT_VENV) -> str:
     """The python of `venv`: Debian's python3 with the image's pinned runtime dependencies
     (docker/constraints.txt, as the Dockerfile installs them) and this working tree installed
@@ -174,12 +199,19 @@ async def one_run(row: Row, seconds: float, root: Path, python: str) -> dict[str
         ]
         agent_rss = max(rss_kb(pid) for pid in pids) / 1024
         fencer_rss = max((rss_kb(p) for p in fencers), default=0) / 1024
+        by_member = [
+            [m.process.pid, *([f] if (f := fencer_pid(cluster, i)) else [])]
+            for i, m in enumerate(cluster.members)
+            if m.process is not None and isinstance(cluster, LocalCluster)
+        ] or [[pid] for pid in pids]
+        member_mb = max(resident_once(group) for group in by_member) / 1024
         per_minute = {k: round(60 * v / elapsed / 3, 1) for k, v in counts.most_common()}
         return {
             "requests_per_s": rate / len(pids),
             "agent_rss_mb": agent_rss,
             "fencer_rss_mb": fencer_rss,
             "total_rss_mb": agent_rss + fencer_rss,
+            "member_mb": member_mb,
             "agent_cpu_pct": max(cpu),
             "agent_cpu_s_per_h": 36.0 * max(cpu),  # % of a core over an hour: 3600 s / 100
             "per_member_per_minute": json.dumps(per_minute),
@@ -217,13 +249,14 @@ def render(out: dict[str, list[dict[str, float | str]]]) -> str:
         "agent_rss_mb",
         "fencer_rss_mb",
         "total_rss_mb",
+        "member_mb",
         "agent_cpu_pct",
         "agent_cpu_s_per_h",
     )
     lines = [
         "| row | ttl/loop/retry s | DCS requests/s per member | agent RSS MB | fencer RSS MB "
-        "| agent+fencer MB | agent CPU % | agent CPU s/h |",
-        "|---|---|---|---|---|---|---|---|",
+        "| agent+fencer MB | shared once MB | agent CPU % | agent CPU s/h |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in out.items():
         t = list(ROWS[name].timing.values())[:3]

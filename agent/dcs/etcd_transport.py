@@ -339,11 +339,14 @@ class EtcdTransport:
             raise EtcdError("etcd client is closed")
         if self._session is None:
             ssl_ctx: ssl.SSLContext | bool = True
-            if any(e.startswith("https://") for e in self._endpoints):
+            tls = any(e.startswith("https://") for e in self._endpoints)
+            if tls:
                 ssl_ctx = ssl.create_default_context(cafile=self._ca_file)
                 if self._cert_file is not None and self._key_file is not None:
                     ssl_ctx.load_cert_chain(self._cert_file, self._key_file)
-            connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=0, enable_cleanup_closed=True)
+            # The clean-up of closed TLS transports (aiohttp, Python < 3.12.8) runs a timer
+            # every 2 s for the session's life; plain HTTP has nothing for it to clean up.
+            connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=0, enable_cleanup_closed=tls)
             # Deadlines are enforced with asyncio.timeout around each attempt, not by aiohttp.
             self._session = aiohttp.ClientSession(
                 connector=connector,

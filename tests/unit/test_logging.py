@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 import structlog
 
+import agent.logging
 from agent.config import LOG_LEVELS, LogFormat, LogLevel, LogSettings, Secret
 from agent.logging import LEVELS, bind_member, configure_logging, get_logger
 
@@ -65,6 +66,31 @@ def test_secrets_in_event_fields_are_masked() -> None:
     (event,) = json_lines(stream)
     assert event["password"] == "********"
     assert event["conninfo"] == {"password": "********"}
+
+
+def test_plain_field_values_skip_the_secret_protocol_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Strings, numbers, booleans and None hold no secret: they are not checked against the
+    runtime-checkable `Revealable` protocol, whose isinstance check was the largest single
+    cost of an idle agent's cycle (issue 15). A secret is still masked."""
+    checked: list[object] = []
+
+    class CountingMeta(type):
+        def __instancecheck__(cls, value: object) -> bool:
+            checked.append(value)
+            return isinstance(value, Secret)
+
+    class Counting(metaclass=CountingMeta):
+        pass
+
+    monkeypatch.setattr(agent.logging, "Revealable", Counting)
+    stream = io.StringIO()
+    configure_logging(LogSettings(format=LogFormat.JSON), stream=stream)
+    get_logger("t").info("ha_cycle", role="replica", duration_ms=2.5, lag=0, paused=False, x=None)
+    assert checked == []
+    get_logger("t").info("connecting", password=Secret("hunter2"))
+    assert "hunter2" not in stream.getvalue() and len(checked) == 1
 
 
 def test_events_below_the_configured_level_are_dropped() -> None:
