@@ -30,8 +30,8 @@ watch or keepalive stream counts once per stream). RSS from /proc VmRSS (the lar
 three members); "shared once" counts an agent and its fencer together with each mapped file's
 pages once (`resident_once`: they share the interpreter, libc and libm; a container's memory
 cgroup charges those pages once, summed VmRSS twice). CPU from utime+stime over the window,
-as a share of one core and as CPU-seconds per hour (the largest of the three: the leader's, mostly). Each figure is the
-median over --runs fresh clusters, max in brackets. The load average is printed before and
+as a share of one core and as CPU-seconds per hour (the largest of the three: the leader's,
+mostly). Each figure is the median over --runs fresh clusters, max in brackets. The load average is printed before and
 after: RSS and request counts do not depend on it; CPU time a little (cache misses).
 """
 
