@@ -29,10 +29,11 @@ own `grpc_server_handled_total` (the JSON gateway turns every request into one g
 watch or keepalive stream counts once per stream). RSS from /proc VmRSS (the largest of the
 three members); "shared once" counts an agent and its fencer together with each mapped file's
 pages once (`resident_once`: they share the interpreter, libc and libm; a container's memory
-cgroup charges those pages once, summed VmRSS twice). CPU from utime+stime over the window,
-as a share of one core and as CPU-seconds per hour (the largest of the three: the leader's,
-mostly). Each figure is the median over --runs fresh clusters, max in brackets. The load average is printed before and
-after: RSS and request counts do not depend on it; CPU time a little (cache misses).
+cgroup charges those pages once, summed VmRSS twice). CPU from utime+stime over the window, as
+a share of one core and as CPU-seconds per hour (the largest of the three: the leader's,
+mostly). Each figure is the median over --runs fresh clusters, max in brackets. The load
+average is printed before and after: RSS and request counts do not depend on it; CPU time a
+little (cache misses).
 """
 
 from __future__ import annotations
