@@ -698,6 +698,24 @@ class ChaosCluster:
             return None
         return primaries[0]
 
+    async def why_not_converged(self) -> str:
+        """What /cluster (first member that answers) and each /primary say now: for the
+        message of a convergence that did not come."""
+        async with aiohttp.ClientSession() as session:
+            view = await self.cluster_view(session)
+            primaries = await self.primaries(session)
+        members = view.get("members") if view is not None else None
+        if not isinstance(members, list):
+            return f"no /cluster answer; /primary 200 from {primaries}"
+        states = ", ".join(
+            f"{m.get('name')}{' (leader)' if m.get('leader') else ''} {m.get('role')} "
+            f"{m.get('state')} tl {m.get('timeline')}"
+            for m in members
+            if isinstance(m, dict)
+        )
+        names = [self.members[i].name for i in primaries]
+        return f"/cluster: {states}; /primary 200 from {names}"
+
     async def wait_converged(self, timeout: float) -> tuple[int | None, float]:
         """(primary index or None on timeout, seconds waited)."""
         start = time.monotonic()

@@ -102,8 +102,14 @@ def _original_destination(sock: socket.socket) -> tuple[str, int]:
 async def _pump(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delays: Delays, address: str
 ) -> None:
-    """Forward what `reader` yields to `writer`, each chunk one delay after it was read."""
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    """Forward what `reader` yields to `writer`, each chunk one delay after it was read. A
+    read that fails (the peer reset the connection) ends the pump with ConnectionResetError,
+    one delay later too, and the caller closes both sides: a reset must reach the other end.
+    (Before, the failed read ended its task silently and this pump waited for its queue for
+    good: a WAL receiver whose primary went down during its connection's start-up packet
+    waited on the proxy forever, and the member never streamed again. The WAL receiver does
+    not apply `connect_timeout` to its own connection.)"""
+    queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
 
     async def read() -> None:
         while True:
@@ -112,7 +118,10 @@ async def _pump(
             while limited and queue.qsize() >= _RATE_QUEUE_CHUNKS:
                 await asyncio.sleep(0.005)
                 limited = address in delays.rate_by_address
-            data = await reader.read(_RATE_CHUNK if limited else _CHUNK)
+            try:
+                data: bytes | None = await reader.read(_RATE_CHUNK if limited else _CHUNK)
+            except (OSError, ConnectionError):
+                data = None
             queue.put_nowait((time.monotonic() + delays.by_address.get(address, 0.0), data))
             if not data:
                 return
@@ -124,6 +133,8 @@ async def _pump(
             pause = due - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
+            if data is None:
+                raise ConnectionResetError(f"the connection to or from {address} was reset")
             if not data:
                 with contextlib.suppress(OSError):
                     writer.write_eof()
@@ -156,14 +167,20 @@ async def _serve(
     except (OSError, TimeoutError):
         client_writer.close()
         return
+    pumps = [
+        asyncio.ensure_future(_pump(client_reader, up_writer, delays, address)),
+        asyncio.ensure_future(_pump(up_reader, client_writer, delays, address)),
+    ]
     try:
-        await asyncio.gather(
-            _pump(client_reader, up_writer, delays, address),
-            _pump(up_reader, client_writer, delays, address),
-        )
+        await asyncio.gather(*pumps)
     except (OSError, ConnectionError):
-        pass
+        # A reset: abort both sides (RST, not FIN), as a reset on the path would.
+        for w in (client_writer, up_writer):
+            with contextlib.suppress(OSError, AttributeError):
+                w.transport.abort()
     finally:
+        for pump in pumps:
+            pump.cancel()
         for w in (client_writer, up_writer):
             with contextlib.suppress(OSError):
                 w.close()

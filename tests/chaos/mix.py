@@ -222,17 +222,18 @@ def section(details: Sequence[dict[str, object]]) -> list[str]:
             gaps = [float(str(f.get("gap_s") or 0)) for f in drawn]
             converge = [float(str(c)) for f in drawn if (c := f.get("converge_s")) is not None]
             lines.append(
-                f"| {name} | {len(drawn)} | {_median_max(gaps)} | {_median_max(converge)} "
+                f"| {name} | {len(drawn)} | {median_max(gaps)} | {median_max(converge)} "
                 f"| {sum(1 for f in drawn if f.get('failed_over'))} "
                 f"| {sum(int(str(f.get('lost') or 0)) for f in drawn)} |"
             )
     return lines
 
 
-def _median_max(values: Sequence[float]) -> str:
+def median_max(values: Sequence[float], unit: str = " s") -> str:
+    """ "<median> / <max><unit>", or "-" without values."""
     if not values:
         return "-"
     ordered = sorted(values)
     middle = len(ordered) // 2
     median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    return f"{median:.2f} / {ordered[-1]:.2f} s"
+    return f"{median:.2f} / {ordered[-1]:.2f}{unit}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -212,6 +213,7 @@ class Runner:
         names = [m.name for m in self.cluster.members]
         workload = self._workload()
         drawn: list[mix.MixFault] = []
+        loads = [os.getloadavg()[0]]  # the machine's 1-minute load average, at each fault
         worst_converge: float | None = 0.0
         t_start = time.monotonic()
         wall = time.time()
@@ -219,6 +221,7 @@ class Runner:
             await asyncio.sleep(1.0)
             while time.monotonic() - t_start < duration_s:
                 nemesis = deck.draw()
+                loads.append(os.getloadavg()[0])
                 at = time.monotonic()
                 try:
                     injected = await nemesis.run(self.cluster, primary)
@@ -226,10 +229,12 @@ class Runner:
                 finally:
                     nemesis.heal(self.cluster)
                 found, took = await self.converge()
+                stuck = "" if found is not None else await self.cluster.why_not_converged()
                 drawn.append(
                     mix.MixFault(
                         name=nemesis.name,
-                        description=injected.description,
+                        description=injected.description
+                        + (f"; not converged within the bound: {stuck}" if stuck else ""),
                         at=injected.instants[0] if injected.instants else at,
                         settled=time.monotonic(),
                         converge_s=None if found is None else took,
@@ -279,6 +284,7 @@ class Runner:
                 ("failovers", str(sum(1 for f in settled if f.failed_over))),
                 ("replication", "synchronous_mode on" if self.sync else self.lag_allowed),
                 ("acknowledged writes lost", f"{result.lost} of {result.acked}"),
+                ("load average (1 min) median / max", mix.median_max(loads, unit="")),
             ),
         )
         self.results.append(result)
