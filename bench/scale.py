@@ -62,8 +62,9 @@ async def create_pods(url: str, names: list[tuple[str, str]]) -> None:
                 r.raise_for_status()
 
 
-async def admin(url: str, path: str) -> dict[str, object]:
-    async with aiohttp.ClientSession() as session, session.get(url + path) as r:
+async def admin(url: str, path: str) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url + path) as r:
         return dict(await r.json())
 
 
@@ -289,9 +290,18 @@ async def main_async(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]
     results: dict[int, list[dict[str, Any]]] = {}
     for _ in range(args.runs):
         for clusters in args.clusters:
-            row = await one_run(clusters, args.idle_seconds, args.workers_per, throttle)
+            try:
+                row = await one_run(clusters, args.idle_seconds, args.workers_per, throttle)
+            except (OSError, RuntimeError, TimeoutError, aiohttp.ClientError) as exc:
+                # Reported, not hidden: e.g. the server stopped answering its admin endpoint.
+                print(f"RUN FAILED: {clusters} clusters: {exc!r}", flush=True)
+                continue
             results.setdefault(clusters, []).append(row)
             summary = {k: v for k, v in row.items() if k != "latency"}
+            summary["latency_ms"] = {
+                v: [round(1000 * percentile(x, 0.5), 1), round(1000 * percentile(x, 0.99), 1)]
+                for v, x in row["latency"].items()
+            }
             print(json.dumps(summary), file=sys.stderr, flush=True)
     return results
 

@@ -731,6 +731,10 @@ class ApiServerApp:
                     await self._send(response, str(item.type), item.obj, table=table)
             await response.write_eof()
             return response
+        except ConnectionResetError:
+            # The client went away (it timed out, or closed the stream): nothing to answer,
+            # and no traceback per stream (under overload these were thousands, each costly).
+            return response
         finally:
             self.store.unsubscribe(sub)
 
