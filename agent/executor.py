@@ -3,10 +3,11 @@
 Each action's result is an Outcome: OK, LOST (it failed, or returned False), or UNREACHABLE
 (a DCS call that raised or timed out; a renewal whose deadline the fencer did not take; a
 rewind whose source did not answer; a failsafe round every member accepted but the fencer could
-not be armed for). What a result means for
-Memory is decided by `record_outcome` (agent.decide), here and nowhere else; when to stop,
-by `next_step` (agent/stop_rules.py, pure), which the executor runs by. What each action does
-is `ActionRunner` (agent/action_runner.py), a base of `Executor`.
+not be armed for). What a result means for Memory is decided by `record_outcome`
+(agent.decide), here and nowhere else; when to stop, by `next_step` (agent/stop_rules.py,
+pure), which the executor runs by, except that a renewal the fencer did not take is retried at
+the loop's pace rather than at once. What each action does is `ActionRunner`
+(agent/action_runner.py), a base of `Executor`.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ class Executor(ActionRunner):
         except FenceUnavailable as exc:
             # A renewal the DCS accepted but whose deadline the fencer did not take (starved,
             # issue 16): the fencer still holds the one armed before, so the lease stands to
-            # that deadline, as after a renewal whose answer was lost; retried at once.
+            # that deadline, as after a renewal whose answer was lost; retried at the loop's
+            # pace (`_execute`).
             if isinstance(action, RenewLeader):
                 result = Result.UNREACHABLE
                 self._fence_silent = True
@@ -197,7 +199,7 @@ class Executor(ActionRunner):
             return
         if isinstance(action, RenewLeader) and outcome.result is Result.UNREACHABLE:
             log.warning("renew_failed", detail=detail)
-            if detail.startswith("DCS:"):
+            if not self._fence_silent:  # the DCS did not answer, not the fencer
                 self.metrics.count_dcs_error("renew_leader")
             return
         log.warning("action_failed", action=type(action).__name__, detail=detail)

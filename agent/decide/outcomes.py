@@ -112,7 +112,8 @@ def _record_leadership(
         case RenewLeader() if outcome.result is Result.UNREACHABLE:
             # Not lost: the DCS may have applied it or not (or applied it, and the fencer did
             # not take the new deadline). The lease stands until the fencing deadline armed
-            # before (the executor cycles again at once to retry the renewal).
+            # before (the executor retries the renewal: at once, or at the loop's pace when
+            # the fencer was the one that did not answer).
             return memory
         case AcquireLeader() if outcome.ok:
             # Leading again: a hand-over done before (a switchover, a rolling restart) is over;

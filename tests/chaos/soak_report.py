@@ -112,7 +112,9 @@ def section(rows: Sequence[SoakRow]) -> str:
             f"| {_s(row.api_p99_s)} / {_s(row.api_max_s)} | {lost} (must be 0) of {row.acked} "
             f"| {row.split_brain} | {row.load_avg:.1f} | `{row.stress}` | {row.measured} |"
         )
-    short = sorted({row.profile for row in rows if row.minutes < FULL_MINUTES})
+    # A profile still owes its full run only when no row of it (under any stress) has one.
+    full = {row.profile for row in rows if row.minutes >= FULL_MINUTES}
+    short = sorted({row.profile for row in rows if row.minutes < FULL_MINUTES} - full)
     if short:
         lines += [
             "",

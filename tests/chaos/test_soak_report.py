@@ -103,6 +103,17 @@ def test_the_section_marks_a_run_shorter_than_the_issues_bar() -> None:
     assert "| 30 |" in text
 
 
+def test_a_profile_with_a_full_run_is_not_listed_as_owing_one() -> None:
+    # Short rows under other loads (a CPU quota) do not make a profile owe its 30 minutes.
+    quota = dataclasses.replace(ROW, stress="--cpu 0; 0.01 CPU per member")
+    full = dataclasses.replace(ROW, minutes=30.0)
+    other = dataclasses.replace(ROW, profile="ttl 10 / loop 2 / retry 3 / margin 2", ttl_s=10.0)
+    text = soak_report.section([quota, full, other])
+    owed = next(line for line in text.splitlines() if line.startswith("Still to be produced"))
+    assert other.profile in owed
+    assert ROW.profile not in owed
+
+
 def test_writing_a_soak_row_replaces_its_profile_and_keeps_the_rest(tmp_path: Path) -> None:
     stem = tmp_path / "chaos-report"
     stem.with_suffix(".md").write_text("# Chaos report\n\n| scenario |\n")
