@@ -53,9 +53,10 @@ from agent.decide import (
     Memory,
     Observation,
     lease_valid,
+    seed_config,
 )
 from agent.fence import Fence, FenceUnavailable
-from agent.handover import DcsCalls, Handover
+from agent.handover import ActionFailed, DcsCalls, Handover
 from agent.inplace import restart_in_place
 from agent.metrics import Metrics
 from agent.model import (
@@ -279,6 +280,10 @@ class ActionRunner:
                 await self.pg.start(standby=None, timeout_s=start_s, socket_only=True)
                 await self.pg.create_roles()
                 await post_bootstrap(self.callbacks, self.settings, self.pg)
+                # Recorded before it is opened: an agent stopped after the opening would
+                # leave a cluster clients wrote to that the DCS does not name, and another
+                # member would withdraw the claim and make a new one (crash points, issue 16).
+                await self._record_system()
                 await self.pg.open_to_clients(timeout_s=start_s)
             case Clone(source=source, clear_first=clear_first):
                 standby = standby_of(s, view, source)
@@ -296,6 +301,9 @@ class ActionRunner:
             case StartPostgres(upstream=upstream, as_primary=as_primary):
                 if as_primary:
                     await self.pg.start(standby=None, timeout_s=start_s)
+                    # A bootstrap recorded but not opened (its agent stopped in between):
+                    # opened now; on any other server only the check (one query).
+                    await self.pg.open_to_clients(timeout_s=start_s)
                     return
                 if upstream is None:
                     standby = StandbyConfig(
@@ -306,6 +314,33 @@ class ActionRunner:
                 await self.pg.start(standby=standby, timeout_s=start_s)
             case _:
                 assert_never(action)
+
+    async def _record_system(self) -> None:
+        """Write our new cluster's system id into the initialize record we claimed."""
+        local = await self.pg.probe(timeout_s=self.settings.timing.retry_timeout_s)
+        view = await self._call("get_cluster", self.dcs.get_cluster)
+        ours = view.leader is not None and view.leader.name == self.settings.name
+        if local.system_id is None or view.initialize != "" or not ours:
+            raise ActionFailed("bootstrap: our claim on the cluster is gone, or no system id")
+        if not view.config.version:
+            # The cluster-wide settings seeded from ours first (create only): recorded
+            # without them, the cluster would never get them.
+            await self._call(
+                "write_record",
+                lambda: self.dcs.write_record(
+                    RecordKind.CONFIG, seed_config(self.settings).to_json(), expected_version=None
+                ),
+            )
+        written = await self._call(
+            "write_record",
+            lambda: self.dcs.write_record(
+                RecordKind.INITIALIZE,
+                local.system_id,
+                expected_version=view.initialize_version or None,
+            ),
+        )
+        if not written:
+            raise ActionFailed("bootstrap: the initialize record changed under us")
 
     async def _stop(self, action: StopPostgres | Demote) -> None:
         timing = self.settings.timing

@@ -65,6 +65,15 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
 
     if not local.running:
         return _when_leader_pg_down(obs, memory, settings, keep)
+    if local.socket_only or local.bootstrap_incomplete:
+        # Our bootstrap, recorded as the cluster's system (agent.decide discards it
+        # otherwise), whose agent stopped before opening it to clients: open it now.
+        return decided(
+            memory,
+            "a recorded bootstrap that was not opened: opening it",
+            keep,
+            StartPostgres(upstream=None, as_primary=True),
+        )
     memory = replace(memory, pg_down_since=None, pg_hung_since=None)
     stalled, memory = _commit_stall(obs, memory, settings)
     if stalled is not None:

@@ -23,6 +23,7 @@ from agent.callback_settings import CallbackEvent, CallbackSettings
 from agent.callbacks import CallbackResult, notification
 from agent.model import MemberName, PgConfig
 from tests.unit.fakes.loop_cluster import LoopCluster
+from tests.unit.test_loop_restarts import schedule_restart, set_parameters
 
 ALL = CallbackSettings(
     on_start="/cb",
@@ -161,10 +162,14 @@ async def test_a_bootstrap_interrupted_by_an_agent_restart_is_discarded_and_made
     # The agent stops while post_bootstrap runs (the hook's work may be half done): its
     # server still listens on its Unix socket only, so no client wrote to it. The restarted
     # agent must not record that cluster as complete: it discards it and bootstraps again.
-    c = LoopCluster(callbacks=ALL)
+    c = LoopCluster(callbacks=ALL, crash_points=True)
     a = c["a"]
-    held = a.pg.gate("open_to_clients")  # the old agent stops (dies) just before opening
-    await c.run_until(lambda: "open_to_clients" in a.pg.calls)
+    assert a.switch is not None
+    # The old agent dies after the hook, at its first write that records the cluster (the
+    # seventh effect: claim, lease, fence, initdb, start, roles, then the records).
+    a.switch.arm(7)
+    await c.run_until(lambda: a.switch is not None and a.switch.dead)
+    assert a.switch.killed_at == "dcs.write_record"
     assert a.pg.running and not a.pg.tcp and a.pg.data is not None
     first = a.pg.data.system_id
     assert c.store.get_raw("initialize") == b""  # claimed, never recorded
@@ -180,8 +185,6 @@ async def test_a_bootstrap_interrupted_by_an_agent_restart_is_discarded_and_made
     assert sum(n.pg.calls.count("clone") for n in c.nodes.values()) == 2
     hooks = [n.callbacks.events(CallbackEvent.POST_BOOTSTRAP) for n in (old, *c.nodes.values())]
     assert sum(len(h) for h in hooks) == 2  # the interrupted run, and the new one
-    held.set()  # let the old agent's task end
-    await c.settle()
 
 
 async def test_a_bootstrap_whose_pod_died_during_post_bootstrap_is_discarded_and_made_again() -> (
@@ -189,10 +192,11 @@ async def test_a_bootstrap_whose_pod_died_during_post_bootstrap_is_discarded_and
 ):
     # The agent and PostgreSQL die together while the hook runs: nothing runs on the socket
     # to tell, but the data directory still holds the incomplete-bootstrap marker.
-    c = LoopCluster(callbacks=ALL)
+    c = LoopCluster(callbacks=ALL, crash_points=True)
     a = c["a"]
-    held = a.pg.gate("open_to_clients")
-    await c.run_until(lambda: "open_to_clients" in a.pg.calls)
+    assert a.switch is not None
+    a.switch.arm(7)  # after the hook, before the cluster is recorded
+    await c.run_until(lambda: a.switch is not None and a.switch.dead)
     assert a.pg.data is not None
     first = a.pg.data.system_id
     a.pg.crash()
@@ -202,8 +206,6 @@ async def test_a_bootstrap_whose_pod_died_during_post_bootstrap_is_discarded_and
     assert new is not None and new.system_id != first
     assert c.store.get_raw("initialize") == new.system_id.encode()
     assert "clear_data_dir" in a.pg.calls
-    held.set()
-    await c.settle()
 
 
 async def test_a_failed_post_bootstrap_discards_the_new_cluster_and_bootstraps_again() -> None:
@@ -226,7 +228,6 @@ async def test_a_failed_post_bootstrap_discards_the_new_cluster_and_bootstraps_a
 
 
 async def test_a_rolling_restart_calls_on_restart_and_a_settings_change_on_reload() -> None:
-    from tests.unit.test_loop_restarts import schedule_restart, set_parameters  # noqa: PLC0415
 
     c = LoopCluster(callbacks=ALL)
     await c.bootstrap()

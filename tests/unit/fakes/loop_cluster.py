@@ -10,20 +10,25 @@ at most one PostgreSQL accepts writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from agent.callback_settings import CallbackSettings
 from agent.clock import FakeClock
 from agent.config import Settings, Tags
+from agent.dcs.base import Dcs
 from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.decide import PeerStatus
-from agent.fence import FenceState, FenceStatus, FenceUnavailable
+from agent.fence import Fence, FenceState, FenceStatus, FenceUnavailable
 from agent.loop import HaLoop
 from agent.metrics import Metrics
-from agent.model import Member, MemberName, RecordKind, SwitchoverRequest
+from agent.model import Member, MemberName, RecordKind, SwitchoverRequest, SyncMode
+from agent.postgres.control import PostgresControl
 from tests.unit.fake_postgres import FakeCluster, FakePostgres
 from tests.unit.fakes.callbacks import FakeCallbacks
+from tests.unit.fakes.crash import DcsSeam, FenceSeam, Killed, PostgresSeam, Switch
 from tests.unit.test_decide import make_settings
 
 YIELDS = 50  # event-loop turns given to background tasks after each cycle
@@ -35,13 +40,14 @@ def member_settings(
     failsafe: bool = False,
     callbacks: CallbackSettings | None = None,
     tags: Tags | None = None,
+    synchronous: SyncMode = SyncMode.OFF,
 ) -> Settings:
     base = make_settings(name)
     return replace(
         base,
         tags=tags if tags is not None else base.tags,
         postgresql=replace(base.postgresql, connect_host=name, data_dir=f"/data/{name}"),
-        ha=replace(base.ha, failsafe_mode=failsafe),
+        ha=replace(base.ha, failsafe_mode=failsafe, synchronous_mode=synchronous),
         callbacks=callbacks if callbacks is not None else base.callbacks,
     )
 
@@ -166,6 +172,7 @@ class Node:
     loop: HaLoop
     callbacks: FakeCallbacks
     alive: bool = True  # False: the agent is frozen or gone (its loop does not cycle)
+    switch: Switch | None = None  # this incarnation's crash points (tests/unit/fakes/crash.py)
 
 
 class LoopCluster:
@@ -176,7 +183,11 @@ class LoopCluster:
         failsafe: bool = False,
         callbacks: CallbackSettings | None = None,
         tags: Mapping[str, Tags] | None = None,
+        synchronous: SyncMode = SyncMode.OFF,
+        crash_points: bool = False,
     ) -> None:
+        """`crash_points`: every agent runs behind a `Switch` (`node.switch.arm(k)` kills it
+        at its k-th effect from then on)."""
         self.clock = FakeClock()
         self.store = MemoryStore(self.clock)
         self.postgres = FakeCluster()
@@ -184,13 +195,26 @@ class LoopCluster:
         self.primaries_seen: list[tuple[float, tuple[str, ...]]] = []
         for name in names:
             settings = member_settings(
-                name, failsafe=failsafe, callbacks=callbacks, tags=(tags or {}).get(name)
+                name,
+                failsafe=failsafe,
+                callbacks=callbacks,
+                tags=(tags or {}).get(name),
+                synchronous=synchronous,
             )
             pg = self.postgres.add(name)
-            self.nodes[name] = self._node(name, settings, pg, FakeFence(self.clock, pg))
+            switch = Switch() if crash_points else None
+            self.nodes[name] = self._node(name, settings, pg, FakeFence(self.clock, pg), switch)
 
-    def _node(self, name: str, settings: Settings, pg: FakePostgres, fence: FakeFence) -> Node:
-        """A member's agent (its own DCS handle, loop, Memory) over `pg` and `fence`."""
+    def _node(
+        self,
+        name: str,
+        settings: Settings,
+        pg: FakePostgres,
+        fence: FakeFence,
+        switch: Switch | None = None,
+    ) -> Node:
+        """A member's agent (its own DCS handle, loop, Memory) over `pg` and `fence`; with
+        `switch`, every call it makes through its seams passes the switch (crash points)."""
         runner = FakeCallbacks(self.clock)
         peers = FakePeers(self, name)
         dcs = MemoryDcs(
@@ -201,12 +225,15 @@ class LoopCluster:
             timeout_s=settings.timing.retry_timeout_s,
         )
         clock = MemberClock(self.clock)
+        seams: tuple[object, object, object] = (dcs, pg, fence)
+        if switch is not None:
+            seams = (DcsSeam(dcs, switch), PostgresSeam(pg, switch), FenceSeam(fence, switch))
         loop = HaLoop(
             settings=settings,
             clock=clock,
-            dcs=dcs,
-            pg=pg,
-            fence=fence,
+            dcs=cast(Dcs, seams[0]),
+            pg=cast(PostgresControl, seams[1]),
+            fence=cast(Fence, seams[2]),
             peers=peers,
             metrics=Metrics(),
             sleep=self.sleep,
@@ -222,14 +249,15 @@ class LoopCluster:
             peers=peers,
             loop=loop,
             callbacks=runner,
+            switch=switch,
         )
 
-    async def restart_agent(self, name: str) -> Node:
+    async def restart_agent(self, name: str, switch: Switch | None = None) -> Node:
         """The member's agent process starts again (PostgreSQL and the fencer untouched): a
         new DCS handle and loop, with nothing remembered from before."""
         old = self.nodes[name]
         await old.dcs.close()
-        node = self._node(name, old.settings, old.pg, old.fence)
+        node = self._node(name, old.settings, old.pg, old.fence, switch)
         self.nodes[name] = node
         return node
 
@@ -247,13 +275,31 @@ class LoopCluster:
         for node in self.nodes.values():
             node.fence.tick()
 
+    async def _bury(self, node: Node) -> None:
+        """The tasks of a killed agent end with its process (nothing of it runs on)."""
+        loop = node.loop
+        for task in (loop._watch_task, loop._pg_watch_task, loop.executor._task):
+            if task is None:
+                continue
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
     async def settle(self) -> None:
         for _ in range(YIELDS):
             await asyncio.sleep(0)
 
     async def cycle(self, name: str) -> bool:
-        busy = await self.nodes[name].loop.cycle_once()
+        node = self.nodes[name]
+        try:
+            busy = await node.loop.cycle_once()
+        except Killed:
+            busy = False
         await self.settle()
+        if node.switch is not None and node.switch.dead and node.alive:
+            node.alive = False  # killed at a crash point (in this cycle or a long action)
+            await self._bury(node)
         self.check_invariants()
         return busy
 

@@ -1,0 +1,147 @@
+"""Crash points: an agent process killed (SIGKILL) between any two of its effects.
+
+An agent changes the world only through three seams: its PostgreSQL (start, stop, promote,
+rewind, ...), the DCS (the lease, the records) and the fencer (arm, disarm). `Switch` sits
+in front of all three for one incarnation of one member's agent and counts the calls that
+change something; armed with `kill_at=k`, the k-th such call does not happen: the agent dies
+right there (`Killed`, a BaseException no `except Exception` of the agent's catches), and
+from then on every call of that incarnation through any seam raises `Killed` without effect
+(a dead process does nothing more: no `finally` clean-up, no background task). What lives
+outside the agent's process stays as it is: PostgreSQL keeps running (or dies with it, when
+the test kills the whole pod), the fencer keeps its deadline, the DCS keeps the lease until
+it expires. Crash points are so enumerated from the code: k = 1, 2, ... until an action runs
+to its end without reaching the k-th call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agent.fence import FenceStatus
+
+# PostgresControl calls that change the instance or its data directory.
+PG_EFFECTS = frozenset(
+    {
+        "start",
+        "open_to_clients",
+        "stop",
+        "promote",
+        "follow",
+        "initdb",
+        "create_roles",
+        "clear_data_dir",
+        "clone",
+        "rewind",
+        "set_slots",
+        "drop_stale_logical_slots",
+        "set_sync_standbys",
+        "checkpoint",
+        "apply_dynamic",
+    }
+)
+# Dcs calls that change the store. publish_member is left out: it only republishes what the
+# agent sees (a crash around it is a crash before the next counted call), and it runs every
+# cycle, which would multiply the points without new states.
+DCS_EFFECTS = frozenset({"acquire_leader", "renew_leader", "release_leader", "write_record"})
+
+
+class Killed(BaseException):
+    """The agent process was killed at this call."""
+
+
+class Switch:
+    """The life of one agent incarnation: counts its effects, kills it at the k-th."""
+
+    def __init__(self, kill_at: int | None = None) -> None:
+        self.kill_at = kill_at
+        self.effects: list[str] = []  # the counted calls made, in order
+        self.dead = False
+        self.killed_at: str | None = None  # the call it died at
+
+    def arm(self, kill_at: int) -> None:
+        """Die at the `kill_at`-th effect from now."""
+        self.kill_at = len(self.effects) + kill_at
+
+    def check(self, call: str, *, effect: bool) -> None:
+        if self.dead:
+            raise Killed(call)
+        if not effect:
+            return
+        if self.kill_at is not None and len(self.effects) + 1 >= self.kill_at:
+            self.dead = True
+            self.killed_at = call
+            raise Killed(call)
+        self.effects.append(call)
+
+
+class _Seam:
+    """Delegates to `inner`; every call goes through the switch first."""
+
+    _effects: frozenset[str] = frozenset()
+
+    def __init__(self, inner: object, switch: Switch) -> None:
+        self._inner = inner
+        self._switch = switch
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if not callable(target):
+            return target
+        switch, effect = self._switch, name in self._effects
+        prefix = type(self).__name__.removesuffix("Seam").lower()
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            switch.check(f"{prefix}.{name}", effect=effect)
+            return target(*args, **kwargs)
+
+        return call
+
+
+class PostgresSeam(_Seam):
+    _effects = PG_EFFECTS
+
+    def pid(self) -> int | None:
+        # The postmaster watch of a dead agent must not see its exit: read without a check
+        # only while alive.
+        self._switch.check("pg.pid", effect=False)
+        pid: int | None = getattr(self._inner, "pid")()  # noqa: B009
+        return pid
+
+
+class DcsSeam(_Seam):
+    _effects = DCS_EFFECTS
+
+    @property
+    def ttl_s(self) -> float:
+        ttl: float = getattr(self._inner, "ttl_s")  # noqa: B009
+        return ttl
+
+    @property
+    def name(self) -> str:
+        name: str = getattr(self._inner, "name")  # noqa: B009
+        return name
+
+
+class FenceSeam:
+    """The agent's client of the fencer: the fencer itself (its deadline) outlives it."""
+
+    def __init__(self, inner: Any, switch: Switch) -> None:
+        self._inner = inner
+        self._switch = switch
+
+    async def _through(self, call: str, effect: bool, run: Callable[[], Awaitable[Any]]) -> Any:
+        self._switch.check(f"fence.{call}", effect=effect)
+        return await run()
+
+    async def arm(self, deadline: float) -> FenceStatus:
+        status: FenceStatus = await self._through("arm", True, lambda: self._inner.arm(deadline))
+        return status
+
+    async def disarm(self) -> FenceStatus:
+        status: FenceStatus = await self._through("disarm", True, self._inner.disarm)
+        return status
+
+    async def status(self) -> FenceStatus:
+        status: FenceStatus = await self._through("status", False, self._inner.status)
+        return status
