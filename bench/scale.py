@@ -237,7 +237,11 @@ async def one_run(
     finally:
         await asyncio.gather(*(w.stop() for w in workers))
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()  # an overloaded server may not get to its own shutdown
+            server.wait()
 
 
 def median_of(rows: list[dict[str, Any]], key: str) -> float:

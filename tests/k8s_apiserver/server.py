@@ -657,7 +657,17 @@ class ApiServerApp:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
 
-        # Snapshot + subscribe with no await in between: no event missed or duplicated.
+        if rv and not send_initial and rv > self.store.resource_version:
+            # The real server first waits up to 3 s for the resourceVersion to appear.
+            raise ApiError(
+                504,
+                f"Too large resource version: {rv}, current: {self.store.resource_version}",
+                reason=Reason.TIMEOUT,
+            )
+        # Subscribe + snapshot with no await in between: no event missed or duplicated.
+        sub = self.store.subscribe(
+            res, namespace=namespace, labels=labels, fields=fields, path=request.path
+        )
         first: list[tuple[EventType, KubeObject]] = []
         expired: ExpiredError | None = None
         if rv is None or rv == 0 or send_initial:
@@ -665,24 +675,16 @@ class ApiServerApp:
                 (EventType.ADDED, _with_type(res, obj))
                 for obj in self.store.list_objects(res, namespace or None, labels, fields)
             ]
-        elif rv > self.store.resource_version:
-            # The real server first waits up to 3 s for the resourceVersion to appear.
-            raise ApiError(
-                504,
-                f"Too large resource version: {rv}, current: {self.store.resource_version}",
-                reason=Reason.TIMEOUT,
-            )
         else:
             try:
-                for event in self.store.events_since(res, rv):
+                # Only the events the watch's index lets through are matched (a resume
+                # from a minute back would otherwise match every pod heartbeat since).
+                for event in self.store.events_since(res, rv, could_see=sub.could_see):
                     seen = view(event, namespace, matches)
                     if seen is not None:
                         first.append(seen)
             except ExpiredError as exc:
                 expired = exc
-        sub = self.store.subscribe(
-            res, namespace=namespace, labels=labels, fields=fields, path=request.path
-        )
         try:
             response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             response.enable_chunked_encoding()

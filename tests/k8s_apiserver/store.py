@@ -29,7 +29,7 @@ import re
 import secrets
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tests.k8s_apiserver import validation
@@ -240,16 +240,23 @@ class Store:
         """How many watch subscriptions are open."""
         return len(self._watches)
 
-    def events_since(self, res: ResourceType, rv: int) -> list[StoreEvent]:
-        """The retained events of `res` after `rv`; ExpiredError when some were forgotten.
-        Scans back from the newest (a watch resumes from a recent resourceVersion)."""
+    def events_since(
+        self,
+        res: ResourceType,
+        rv: int,
+        *,
+        could_see: Callable[[StoreEvent], bool] | None = None,
+    ) -> list[StoreEvent]:
+        """The retained events of `res` after `rv` (those `could_see` lets through);
+        ExpiredError when some were forgotten. Scans back from the newest (a watch resumes
+        from a recent resourceVersion)."""
         if rv < self._oldest_resumable:
             raise ExpiredError(rv, self._oldest_resumable)
         found: list[StoreEvent] = []
         for event in reversed(self._history):
             if event.rv <= rv:
                 break
-            if event.resource is res:
+            if event.resource is res and (could_see is None or could_see(event)):
                 found.append(event)
         found.reverse()
         return found

@@ -154,6 +154,20 @@ class Subscription:
     queue: asyncio.Queue[WatchItem | StreamCut] = field(default_factory=asyncio.Queue)
     stalled: bool = False  # delivers nothing more, without a word (a dead connection)
 
+    def could_see(self, event: StoreEvent) -> bool:
+        """Whether the index lets `event` through to this watch (cheap; `view` decides)."""
+        match self.key:
+            case ("name", _, name):
+                return event.name == name
+            case ("label", _, key, value):
+                return any(
+                    (obj.get("metadata", {}).get("labels") or {}).get(key) == value
+                    for obj in (event.obj, event.prev)
+                    if obj is not None
+                )
+            case _:
+                return True
+
 
 class WatchHub:
     """The open subscriptions, indexed (see the module docstring)."""
