@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.actions import StopMode, StopPostgres
+from agent.actions import StartPostgres, StopMode, StopPostgres
 from agent.decide import Memory, decide
 from agent.model import ControlData, LocalState
 from tests.unit.test_decide import LEASED, ME_PRIMARY, PRIMARY, A, obs, view
@@ -57,3 +57,20 @@ def test_an_unfinished_bootstrap_is_discarded_and_nothing_else_is(
     assert (DISCARD in decision.actions) is discarded, decision
     if discarded:
         assert decision.actions == (DISCARD,)
+
+
+@pytest.mark.parametrize(
+    "local",
+    [
+        SOCKET_ONLY,  # its agent died between the record and the opening
+        replace(PRIMARY, bootstrap_incomplete=True),  # opened, the marker left (any start)
+    ],
+)
+def test_a_recorded_bootstrap_not_yet_opened_is_opened_by_its_leader(local: LocalState) -> None:
+    # The bootstrap records the cluster before it opens the server (crash points, issue 16):
+    # an agent that died in between leaves a recorded server on its socket; the leader
+    # starts it as a primary, which opens it (`open_to_clients`).
+    cluster = replace(view("a", ME_PRIMARY), initialize="42", initialize_version="3")
+    decision, _ = decide(obs(cluster, replace(local, system_id="42")), LEASED, A)
+    assert StartPostgres(upstream=None, as_primary=True) in decision.actions, decision
+    assert DISCARD not in decision.actions

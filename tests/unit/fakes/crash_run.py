@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from agent.fence import FenceState
-from agent.model import MemberName, RecordKind, RestartSchedule, SyncMode
+from agent.model import LocalRequestKind, MemberName, RecordKind, RestartSchedule, SyncMode
 from tests.unit.fakes.crash import Switch
 from tests.unit.fakes.loop_cluster import LoopCluster
 
@@ -143,6 +143,7 @@ async def run_point(scenario: Scenario, k: int, delay_s: float, *, pod: bool) ->
         victim = c[scenario.victim]
     switch = victim.switch
     assert switch is not None
+    armed_at = len(switch.effects)
     switch.arm(k)
     await scenario.trigger(c)
     t0 = c.clock.monotonic()
@@ -152,8 +153,9 @@ async def run_point(scenario: Scenario, k: int, delay_s: float, *, pod: bool) ->
         report.violations.append(str(exc))
         return report
     if not switch.dead:
+        report.effects = switch.effects[armed_at:]
         return report
-    report.killed_at, report.effects = switch.killed_at, list(switch.effects)
+    report.killed_at, report.effects = switch.killed_at, switch.effects[armed_at:]
     if pod:
         victim.pg.crash()
     try:
@@ -310,8 +312,98 @@ def scenarios() -> list[Scenario]:
             heal=_pod_returns("c"),
             synchronous=on,
         ),
+        Scenario(
+            "sync-failover-lagging-replica",
+            "b",
+            _pod_dies("a"),
+            lambda c, _: _other_leads(c, "b", "c"),
+            setup=_cut_off("c"),
+            heal=_both(_pod_returns("a"), _reconnect("c")),
+            synchronous=on,
+        ),
+        Scenario(
+            "quorum-failover",
+            "b",
+            _pod_dies("a"),
+            lambda c, _: _other_leads(c, "b", "c"),
+            heal=_pod_returns("a"),
+            synchronous=SyncMode.QUORUM,
+        ),
+        Scenario(
+            "quorum-standby-joins",
+            "a",
+            _pod_returns("c"),
+            lambda c, t: "c" in c["a"].pg.sync.names and t >= 10.0,
+            setup=_standby_gone("c"),
+            synchronous=SyncMode.QUORUM,
+        ),
+        Scenario(
+            "leader-postgres-crash",
+            "a",
+            _postgres_crashes("a"),
+            lambda c, t: t >= 3.0 and converged(c),
+        ),
+        Scenario(
+            "reinitialize",
+            "b",
+            _reinitialize("b"),
+            lambda c, _: c["b"].pg.calls.count("clone") >= 2 and converged(c),
+        ),
     ]
     return out
+
+
+def _standby_gone(name: str) -> Step:
+    """Its pod died and the leader took it out of the synchronous set."""
+
+    async def step(c: LoopCluster) -> None:
+        await _pod_dies(name)(c)
+        for _ in range(15):
+            await c.round()
+        await c.restart_agent(name, Switch())
+        c[name].alive = False
+
+    return step
+
+
+def _cut_off(name: str) -> Step:
+    """Its WAL receiver gets nothing more (a lagging replica: not synchronous)."""
+
+    async def step(c: LoopCluster) -> None:
+        c[name].pg.receiving = False
+        for _ in range(15):
+            await c.round()
+
+    return step
+
+
+def _reconnect(name: str) -> Step:
+    async def step(c: LoopCluster) -> None:
+        c[name].pg.receiving = True
+
+    return step
+
+
+def _both(first: Step, second: Step) -> Step:
+    async def step(c: LoopCluster) -> None:
+        await first(c)
+        await second(c)
+
+    return step
+
+
+def _postgres_crashes(name: str) -> Step:
+    async def step(c: LoopCluster) -> None:
+        c[name].pg.crash()
+
+    return step
+
+
+def _reinitialize(name: str) -> Step:
+    async def step(c: LoopCluster) -> None:
+        c[name].loop.submit(LocalRequestKind.REINITIALIZE)
+
+    return step
 
 
 async def _rejoin_setup(c: LoopCluster) -> None:
