@@ -164,6 +164,7 @@ def _build_postgres(settings: Settings) -> tuple[Postmaster, LocalPostgres]:
         ttl_s=settings.timing.ttl_s,
         archive=pgbackrest.archive_settings(settings),
     )
+    postmaster.renice()  # one already running (an agent restart) is adopted at its nice
     prober = Prober(settings.postgresql, run_dir=settings.run_dir, member_name=settings.name)
     return postmaster, LocalPostgres(settings, postmaster=postmaster, prober=prober)
 

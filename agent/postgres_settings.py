@@ -73,6 +73,7 @@ class PostgresSettings:
     parameters: tuple[tuple[str, str], ...] = ()
     pg_hba: tuple[str, ...] = ()  # extra lines, added before the agent's own
     tls: PostgresTls | None = None
+    nice: int = 10  # the postmaster and its children (agent/postgres/process.py `renice`)
 
     def __post_init__(self) -> None:
         check(self.problems())
@@ -87,6 +88,8 @@ class PostgresSettings:
                 "connect_host", "must be an address others can connect to, not a wildcard"
             )
         yield from port_number("port", self.port)
+        if not 0 <= self.nice <= 19:
+            yield ConfigProblem("nice", f"must be a nice value in 0..19, got {self.nice}")
         if self.os_user is not None:
             yield from non_empty("os_user", self.os_user)
         for name, _ in self.parameters:

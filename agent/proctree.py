@@ -115,3 +115,24 @@ def kill_postmaster_tree(pid: int) -> None:
                 os.kill(target, _signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def raise_nice(pid: int, nice: int) -> int:
+    """Raise the postmaster `pid` and each of its children to nice value `nice` (each thread:
+    Linux keeps a nice value per thread); a process already at `nice` or above is left as it
+    is (lowering one needs CAP_SYS_NICE, and would undo an operator's own renice). Children
+    forked later inherit the postmaster's. Returns how many threads could not be set (gone,
+    or not ours); never raises."""
+    failed = 0
+    for target in (pid, *children(pid)):
+        try:
+            tasks = [int(task) for task in os.listdir(f"/proc/{target}/task")]
+        except (OSError, ValueError):
+            tasks = [target]
+        for task in tasks:
+            try:
+                if os.getpriority(os.PRIO_PROCESS, task) < nice:
+                    os.setpriority(os.PRIO_PROCESS, task, nice)
+            except OSError:
+                failed += 1
+    return failed

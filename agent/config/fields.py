@@ -129,6 +129,13 @@ FIELDS: Final[tuple[Field, ...]] = (
           doc="When the agent runs as root, PostgreSQL and its tools run as this user (required "
               "then: PostgreSQL refuses to run as root). Unset, they run as the agent's own "
               "user, which is how the container image works (see \"Which OS user\" above)."),
+    Field(path="postgresql.nice", kind=_I, rule="0–19.",
+          doc="The nice value the agent starts PostgreSQL at (the postmaster; its backends "
+              "inherit it), the agent and its fencer staying at their own (0): inside one CPU "
+              "quota (a container's limit), a throttled group's CPU then goes to them first, "
+              "so the fencer stops a busy server sooner (docs/ha.md, Fencing). Raising a nice "
+              "value needs no privilege. A server already running when the agent starts is "
+              "raised to it, never lowered (restart PostgreSQL to lower it). 0: unchanged."),
     *credentials("postgresql.superuser", "The agent connects as this user."),
     *credentials("postgresql.replication", "Replicas stream as this user."),
     Field(path="postgresql.parameters", kind=Kind.PARAM_MAP,

@@ -24,6 +24,8 @@ import subprocess
 from collections.abc import Sequence
 from enum import StrEnum
 
+import structlog
+
 from agent.config import PostgresSettings
 from agent.model import PgConfig
 from agent.postgres import conffile, failover_slots, replication
@@ -51,9 +53,10 @@ from agent.postgres.pidfile import (
 )
 from agent.postgres.sqlconn import ControlConnection
 from agent.postgres.tools import KILL_WAIT_S, tail, tool_env
-from agent.proctree import kill_postmaster_tree, process_state
+from agent.proctree import kill_postmaster_tree, process_state, raise_nice
 
 _POLL_S = 0.01
+_log = structlog.get_logger(__name__)
 
 
 class StopMode(StrEnum):
@@ -235,6 +238,7 @@ class Postmaster:
                 )
             self._prepare_start(who, standby)
             pid = self._spawn(who, socket_only=socket_only)
+        self.renice()
         await self._wait_ready(pid, timeout_s)
         if promote:
             await self.promote(timeout_s=max(deadline - loop.time(), 0.5))
@@ -272,6 +276,16 @@ class Postmaster:
                 extra_groups=who.extra_groups,
             )
         return self._child.pid
+
+    def renice(self) -> None:
+        """Run the live postmaster and its children at `settings.nice` (agent/proctree.py
+        `raise_nice`; none running: nothing). `start` calls it right after the spawn, before
+        the postmaster forks its first child (a child already there is set too); the agent at
+        start for a postmaster it adopts."""
+        nice = self._settings.nice
+        pid = self.pid()
+        if pid is not None and nice > 0 and raise_nice(pid, nice):
+            _log.warning("postgres_renice_failed", pid=pid, nice=nice)
 
     def log_tail(self) -> str:
         """The server log written since the last start (its last lines)."""

@@ -155,6 +155,7 @@ class Runner:
         after, converge_s = await self.converge()
         await asyncio.sleep(1.0)
         attempts = await workload.stop()
+        dump_attempts(attempts, wall - t_fault)
         old = self.cluster.members[primary].name
         served = [
             a.ended
@@ -356,3 +357,19 @@ class Runner:
             if (extra, missing) == (0, 0) or time.monotonic() > deadline:
                 return extra, missing
             await asyncio.sleep(0.3)
+
+
+def dump_attempts(attempts: list[Attempt], wall_offset: float) -> None:
+    """With CHAOS_ATTEMPTS=<path>: every write attempt as a TSV line (writer, member, acked,
+    sent and ended in wall-clock seconds: `wall_offset` added to the monotonic times), to match
+    them with the servers' logs (bench/fence_window.py: acknowledgements after a fence
+    deadline)."""
+    path = os.environ.get("CHAOS_ATTEMPTS")
+    if not path:
+        return
+    with open(path, "w", encoding="utf-8") as out:
+        for a in attempts:
+            out.write(
+                f"{a.writer}\t{a.member or '-'}\t{int(a.acked)}"
+                f"\t{a.sent + wall_offset:.3f}\t{a.ended + wall_offset:.3f}\n"
+            )

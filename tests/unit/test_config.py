@@ -346,6 +346,13 @@ def test_a_bad_env_value_names_the_variable_and_the_field(tmp_path: Path) -> Non
     assert has_problem(problems, "timing.ttl_s", "PGWARDEN_TIMING__TTL_S must be a number")
 
 
+def test_postgres_nice_defaults_to_10_and_is_set_by_its_env_variable(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL).postgresql.nice == 10
+    assert load(tmp_path, MINIMAL, {"PGWARDEN_POSTGRESQL__NICE": "0"}).postgresql.nice == 0
+    problems = problems_of(tmp_path, MINIMAL, {"PGWARDEN_POSTGRESQL__NICE": "25"})
+    assert has_problem(problems, "postgresql.nice", "set by PGWARDEN_POSTGRESQL__NICE")
+
+
 def test_a_rule_broken_by_an_env_value_says_which_variable_set_it(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, MINIMAL, {"PGWARDEN_TIMING__TTL_S": "3"})
     assert has_problem(
@@ -389,6 +396,8 @@ BAD_CASES: list[tuple[str, dict[str, object], str, str]] = [
     ("section a list", {"timing": [1]}, "timing", "must be a mapping"),
     ("port zero", {"postgresql.port": 0}, "postgresql.port", "1..65535"),
     ("port too high", {"api.port": 70000}, "api.port", "1..65535"),
+    ("nice negative", {"postgresql.nice": -1}, "postgresql.nice", "nice value in 0..19, got -1"),
+    ("nice above 19", {"postgresql.nice": 20}, "postgresql.nice", "nice value in 0..19, got 20"),
     ("run_dir relative", {"run_dir": "run"}, "run_dir", "absolute path"),
     ("data_dir relative", {"postgresql.data_dir": "data"}, "postgresql.data_dir", "absolute"),
     ("no endpoints", {"dcs.etcd.endpoints": []}, "dcs.etcd.endpoints", "at least one"),
