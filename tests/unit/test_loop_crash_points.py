@@ -7,7 +7,7 @@ A run without a kill lists the action's effects; then each crash point k (before
 effect) runs. By default a point is run once per boundary (the pair of effects around it:
 the renewals repeated cycle after cycle are one boundary), with the delay and the kind of
 death (the agent alone, the whole pod) rotating over the points; PGWARDEN_CRASH_SWEEP=full
-runs every point with every delay and both kinds (about a minute)."""
+runs every point with every delay and both kinds (3 CPU-minutes)."""
 
 from __future__ import annotations
 

@@ -278,7 +278,12 @@ class LoopCluster:
     async def _bury(self, node: Node) -> None:
         """The tasks of a killed agent end with its process (nothing of it runs on)."""
         loop = node.loop
-        for task in (loop._watch_task, loop._pg_watch_task, loop.executor._task):
+        for task in (
+            loop._watch_task,
+            loop._pg_watch_task,
+            loop._publish_task,
+            loop.executor._task,
+        ):
             if task is None:
                 continue
             if not task.done():
