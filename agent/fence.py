@@ -12,13 +12,18 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+import structlog
+
 CALL_TIMEOUT_S = 0.5
 SPAWN_TIMEOUT_S = 5.0
+
+_log = structlog.get_logger("pgwarden.fence")
 
 
 # `python -I -S`: no site-packages scan and no .pth hooks (the editable install's finder
@@ -73,8 +78,32 @@ class FenceClient:
         self.data_dir = data_dir
         self.grace_s = grace_s  # fast-shutdown time before SIGKILL (half the fence margin)
         self._process: asyncio.subprocess.Process | None = None
+        # The deadline the fencer held at its last answer (None: disarmed or fenced): what a
+        # fencer respawned after a death is armed with, never a later one.
+        self._held: float | None = None
+        self._sent_at = 0.0
 
     async def _call(self, line: str) -> str:
+        """`_call_once`; a fencer found dead (nothing listens on its socket: it was killed,
+        OOM-killed, crashed) is first replaced by a new one armed with the deadline the dead
+        one held, so that the agent need not give up its lease for it (issue 16)."""
+        try:
+            return await self._call_once(line)
+        except FenceUnavailable as exc:
+            if not isinstance(exc.__cause__, (ConnectionRefusedError, FileNotFoundError)):
+                raise  # slow, not dead (a timeout): a second fencer must not be started
+        held = self._held
+        _log.warning("fencer_respawned", held_s=_remaining(held))
+        try:
+            await self._spawn()
+        except OSError as exc:  # cannot start it (no memory, no pids): unreachable as before
+            raise FenceUnavailable(f"fencer respawn: {exc!r}") from exc
+        if held is not None:
+            await self._call_once(f"ARM {held:.6f}")
+        return await self._call_once(line)
+
+    async def _call_once(self, line: str) -> str:
+        self._sent_at = time.monotonic()
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 reader, writer = await asyncio.open_unix_connection(self.socket_path)
@@ -92,18 +121,27 @@ class FenceClient:
             raise FenceUnavailable(f"fencer answered {reply!r} to {line.split(maxsplit=1)[0]}")
         return reply
 
-    @staticmethod
-    def _parse(reply: str) -> FenceStatus:
+    def _parse(self, reply: str) -> FenceStatus:
         _, state, remaining = [*reply.split(), "-", "-"][:3]
-        return FenceStatus(
+        status = FenceStatus(
             state=FenceState(state),
             remaining_s=None if remaining == "-" else float(remaining),
         )
+        if status.state != FenceState.ARMED or status.remaining_s is None:
+            self._held = None
+        else:  # measured from before the call was sent, rounded down: never later than its own
+            self._held = self._sent_at + status.remaining_s - 0.001
+        return status
 
     async def start(self) -> FenceStatus:
         """Adopt a running fencer (a previous agent's, still guarding its deadline) or spawn one."""
         with contextlib.suppress(FenceUnavailable):
-            return self._parse(await self._call(f"ADOPT {os.getpid()}"))
+            return self._parse(await self._call_once(f"ADOPT {os.getpid()}"))
+        await self._spawn()
+        return self._parse(await self._call_once("STATUS"))
+
+    async def _spawn(self) -> None:
+        """Start a fencer and wait until it answers."""
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - a child inherits it; instant
         try:
@@ -128,14 +166,18 @@ class FenceClient:
         give_up = loop.time() + SPAWN_TIMEOUT_S
         while True:
             try:
-                return self._parse(await self._call("STATUS"))
+                await self._call_once("STATUS")
+                return
             except FenceUnavailable:
                 if loop.time() > give_up or self._process.returncode is not None:
                     raise
                 await asyncio.sleep(0.02)
 
     async def arm(self, deadline: float) -> FenceStatus:
-        return self._parse(await self._call(f"ARM {deadline:.6f}"))
+        status = self._parse(await self._call(f"ARM {deadline:.6f}"))
+        if status.state == FenceState.ARMED:
+            self._held = deadline
+        return status
 
     async def disarm(self) -> FenceStatus:
         return self._parse(await self._call("DISARM"))
@@ -151,3 +193,9 @@ class FenceClient:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self._process.wait()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return round(deadline - time.monotonic(), 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,6 +97,35 @@ async def test_renewals_move_the_deadline_and_disarm_stops_it(
     await client.disarm()
     await asyncio.sleep(0.8)
     assert postmaster.poll() is None, "a disarmed fencer fenced"
+    await client.stop()
+
+
+def _fencer_pids(run_dir: Path) -> list[int]:
+    """The pids of the fencers started with this run dir, from their log's first line."""
+    log = (run_dir / "fencer.log").read_text()
+    return [int(m) for m in re.findall(r"fencer\[(\d+)\] serving", log)]
+
+
+async def test_a_fencer_that_dies_is_respawned_armed_with_the_deadline_it_held(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    run_dir = tmp_path / "run"
+    client = FenceClient(run_dir=str(run_dir), data_dir=str(tmp_path))
+    await client.start()
+    deadline = time.monotonic() + 2.0
+    await client.arm(deadline)
+    [first] = _fencer_pids(run_dir)
+    os.kill(first, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    status = await client.status()  # finds it dead: a new fencer, armed with the same deadline
+    assert status.state == FenceState.ARMED
+    assert status.remaining_s is not None
+    assert status.remaining_s <= deadline - time.monotonic() + 0.01, "armed later than held"
+    assert [p for p in _fencer_pids(run_dir) if p != first], "no new fencer"
+    assert postmaster.poll() is None, "fenced before the deadline"
+    assert await asyncio.to_thread(wait_dead, postmaster, 2.5), "the new fencer did not fence"
+    assert (await client.status()).state == FenceState.FENCED
+    await client.disarm()
     await client.stop()
 
 
