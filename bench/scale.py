@@ -7,11 +7,12 @@ fault: 429 + Retry-After) during the idle window.
     .venv/bin/python bench/scale.py [--clusters 1,10,50,100] [--runs 3] [--idle-seconds 30]
         [--workers-per 50] [--throttle RATE[/BURST]]
 
-The server runs in its own process (`python -m tests.k8s_apiserver`), at nice -10 when run
-as root; the simulated members (bench/scale_members.py: the agent's real Kubernetes backend
-and lease rules at the default timings, no PostgreSQL) in one process per `--workers-per`
-clusters, at nice -5 (as root): other work on the machine runs at 0. The load average is
-printed: other sessions share the cores.
+The server runs in its own process (`python -m tests.k8s_apiserver`) and session, at nice
+-10 (its autogroup's: see `prioritize`) when run as root; the simulated members
+(bench/scale_members.py: the agent's real Kubernetes backend and lease rules at the default
+timings, no PostgreSQL) in one process and session per `--workers-per` clusters, at nice -5:
+other work on the machine runs at 0. The load average is printed: other sessions share the
+cores.
 A failover: the leader of cluster 0 stops (no release, as a SIGKILL); measured from then
 until another member of that cluster holds the lock.
 """
@@ -42,6 +43,7 @@ from bench.scale_members import LABELS, NAMESPACE, TIMING
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = ("--history-size", "50000")
 VERBS = ("get", "list", "patch", "update", "create", "watch")
+SERVER_NICE, MEMBERS_NICE = -10, -5  # see prioritize()
 
 
 def free_port() -> int:
@@ -68,14 +70,29 @@ async def admin(url: str, path: str) -> dict[str, Any]:
         return dict(await r.json())
 
 
+def prioritize(pid: int, nice: int) -> None:
+    """Give a process started in its own session priority over the machine's other work
+    (root only). With `kernel.sched_autogroup_enabled` (on here) the scheduler shares the
+    CPU between sessions first: a process's nice value only orders it within its session,
+    so `nice -n -10` alone left the server waiting on the run queue for 90% of the time
+    behind other sessions' stress-ng; the autogroup's nice is what counts."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+
+
 def start_server(port: int) -> subprocess.Popen[bytes]:
-    """The test API server in its own process, ahead of the members for the CPU (root only)."""
-    nice = ["nice", "-n", "-10"] if os.geteuid() == 0 else []
-    return subprocess.Popen(
-        [*nice, sys.executable, "-m", "tests.k8s_apiserver", "--port", str(port), *HISTORY],
+    """The test API server in its own process and session, ahead of everything for the CPU."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.k8s_apiserver", "--port", str(port), *HISTORY],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
+    prioritize(server.pid, SERVER_NICE)
+    return server
 
 
 def cpu_s(pid: int) -> float:
@@ -92,9 +109,7 @@ class Worker:
 
     @classmethod
     async def start(cls, url: str, first: int, count: int) -> Worker:
-        nice = ["nice", "-n", "-5"] if os.geteuid() == 0 else []
         proc = await asyncio.create_subprocess_exec(
-            *nice,
             sys.executable,
             str(REPO / "bench" / "scale_members.py"),
             "--url",
@@ -106,7 +121,9 @@ class Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=1 << 26,  # a report carries every latency sample
+            start_new_session=True,
         )
+        prioritize(proc.pid, MEMBERS_NICE)
         return cls(proc)
 
     async def read(self, event: str) -> dict[str, Any]:
