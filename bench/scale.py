@@ -5,7 +5,7 @@ run, against the same cluster alone. Optionally with the server throttling (its 
 fault: 429 + Retry-After) during the idle window.
 
     .venv/bin/python bench/scale.py [--clusters 1,10,50,100] [--runs 3] [--idle-seconds 30]
-        [--workers-per 50] [--throttle RATE[/BURST]]
+        [--workers-per 50] [--throttle RATE[/BURST[/METHODS]]]
 
 The server runs in its own process (`python -m tests.k8s_apiserver`) and session, at nice
 -10 (its autogroup's: see `prioritize`) when run as root; the simulated members
@@ -159,11 +159,21 @@ class Throttle:
 
     rate: float
     burst: int
+    methods: tuple[str, ...] | None = None  # only these (e.g. the writes), None: all
 
     @classmethod
     def parse(cls, text: str) -> Throttle:
-        rate, _, burst = text.partition("/")
-        return cls(rate=float(rate), burst=int(burst or 10))
+        """RATE[/BURST[/METHOD,METHOD...]]"""
+        rate, _, rest = text.partition("/")
+        burst, _, methods = rest.partition("/")
+        only = tuple(m.strip().upper() for m in methods.split(",") if m.strip()) or None
+        return cls(rate=float(rate), burst=int(burst or 10), methods=only)
+
+    def fault(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": "throttle", "rate": self.rate, "burst": self.burst}
+        if self.methods:
+            out["methods"] = list(self.methods)
+        return out
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -185,7 +195,7 @@ async def idle_window(
 ) -> dict[str, Any]:
     """Count requests, server CPU and the members' latencies over `idle_s` seconds."""
     if throttle is not None:
-        await post_fault(url, {"mode": "throttle", "rate": throttle.rate, "burst": throttle.burst})
+        await post_fault(url, throttle.fault())
     before = await admin(url, "/_state")
     cpu0, t0 = cpu_s(server_pid), time.monotonic()
     members_cpu0 = sum(cpu_s(w.proc.pid) for w in workers)
@@ -335,7 +345,11 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workers-per", type=int, default=50, help="clusters per process")
-    parser.add_argument("--throttle", help="RATE[/BURST]: the server's token bucket when idle")
+    parser.add_argument(
+        "--throttle",
+        help="RATE[/BURST[/METHODS]]: the server's token bucket when idle (e.g. 100/10/PUT,PATCH"
+        " throttles only the writes)",
+    )
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
     results = asyncio.run(main_async(args))
