@@ -264,16 +264,22 @@ class Poller:
         self.api_s.append(time.monotonic() - started)
 
     async def run(self) -> None:
+        """Two loops: the /health round (as slow as its slowest answer, up to API_TIMEOUT_S)
+        and the etcd member records, each every POLL_S: a member whose agent does not answer
+        must not slow the record samples down (its record is what expires)."""
         async with aiohttp.ClientSession() as session:
-            while not self._stop.is_set():
+            await asyncio.gather(self._loop(session, health=True), self._loop(session))
+
+    async def _loop(self, session: aiohttp.ClientSession, *, health: bool = False) -> None:
+        while not self._stop.is_set():
+            if health:
                 self.loads.append(os.getloadavg()[0])
-                await asyncio.gather(
-                    self._members(session),
-                    *(self._one(session, m.api_url) for m in self.cluster.members),
-                )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_S):
-                        await self._stop.wait()
+                await asyncio.gather(*(self._one(session, m.api_url) for m in self.cluster.members))
+            else:
+                await self._members(session)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    await self._stop.wait()
 
     def stop(self) -> None:
         self._stop.set()
