@@ -79,6 +79,21 @@ class ClientTls:
     root_cert: str
 
 
+# A WAL receiver applies connect_timeout to the TCP connect only, and wal_receiver_timeout only
+# once it streams: a peer that vanished (no FIN, no RST) while the start-up packet or the
+# authentication was in flight held the connection until the kernel gave up retransmitting
+# (~15 min with tcp_retries2 = 15), and the replica did not stream meanwhile (chaos finding 17).
+# tcp_user_timeout ends a connection whose sent data stays unacknowledged for 10 s (well above
+# the 2-5 s of the slow-network faults); the keepalives find an idle dead peer in ~11 s.
+_TCP_DEAD_PEER: tuple[tuple[str, str], ...] = (
+    ("keepalives", "1"),
+    ("keepalives_idle", "5"),
+    ("keepalives_interval", "2"),
+    ("keepalives_count", "3"),
+    ("tcp_user_timeout", "10000"),
+)
+
+
 def primary_conninfo(
     *,
     host: str,
@@ -109,6 +124,7 @@ def primary_conninfo(
         pairs.append(("dbname", dbname))
     pairs.append(("application_name", application_name))
     pairs.append(("connect_timeout", str(connect_timeout_s)))
+    pairs.extend(_TCP_DEAD_PEER)
     return " ".join(f"{key}={_conninfo_value(value)}" for key, value in pairs)
 
 

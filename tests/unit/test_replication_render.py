@@ -75,6 +75,11 @@ def test_conninfo_quotes_spaces_quotes_and_backslashes_so_libpq_reads_them_back(
         "passfile": "/run/it's a \\dir\\/pgpass",
         "application_name": "member one",
         "connect_timeout": "2",
+        "keepalives": "1",
+        "keepalives_idle": "5",
+        "keepalives_interval": "2",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "10000",
     }
     assert "passfile='/run/it\\'s a \\\\dir\\\\/pgpass'" in text
 
