@@ -459,15 +459,20 @@ class KubernetesDcs:
     @contextlib.asynccontextmanager
     async def _request(self, what: str) -> AsyncIterator[None]:
         """One public call: bounded by the deadline; every failure becomes DcsUnavailable
-        (and, unless the server answered 429, makes the next get_cluster read from it)."""
+        (and, unless the server answered 429, makes the next get_cluster read from it; also
+        when the deadline ran out while a 429's Retry-After was waited out: at 100 clusters
+        those re-reads were most of the load a throttling server got, bench/scale.py)."""
         if self._closed:
             raise DcsUnavailable(f"kubernetes: {what}: this DCS handle is closed")
+        throttled_before = self._api.throttled
         try:
             async with bounded(what, self._timeout_s):
                 yield
         except Throttled:
             raise  # the server answered: the caches stay as trusted as they were
-        except DcsUnavailable:
+        except DcsUnavailable as exc:
+            if self._api.throttled > throttled_before:
+                raise Throttled(f"kubernetes: {what}: throttled (429), {exc}") from exc
             self._suspect = True
             raise
 

@@ -24,6 +24,7 @@ import pytest
 from agent.config import LockKind
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.kubernetes import KubernetesDcs
+from agent.dcs.kubernetes.api import Throttled
 from tests.contract.dcs_contract import member
 from tests.integration.k8s.test_kubernetes_dcs import (
     APP_LABELS,
@@ -112,7 +113,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
         yield c
 
 
-def agents_of(cluster: KubeContractCluster, server: KubeApiServer) -> list[Agent]:
+def agents_of(
+    cluster: KubeContractCluster, server: KubeApiServer, timeout_s: float = TIMEOUT_S
+) -> list[Agent]:
     out = []
     for name in ("a", "b", "c"):
         cluster.ensure_pod(name)
@@ -122,7 +125,7 @@ def agents_of(cluster: KubeContractCluster, server: KubeApiServer) -> list[Agent
             cluster=cluster.cluster,
             member_name=name,
             ttl_s=TTL_S,
-            timeout_s=TIMEOUT_S,
+            timeout_s=timeout_s,
             loop_wait_s=LOOP_S,
             lock=LockKind.LEASE,
             labels=APP_LABELS,
@@ -200,3 +203,35 @@ async def test_throttling_that_outlasts_the_ttl_fences_the_leader_before_anyone_
     await asyncio.gather(*runs)
     assert sum(len(a.intervals) for a in agents) >= 2, "no new leader after the throttling"
     assert overlaps(agents) == []
+
+
+async def test_a_call_whose_deadline_ends_while_a_retry_after_is_waited_out_keeps_the_caches(
+    cluster: KubeContractCluster,
+) -> None:
+    """At the default timings (a call's deadline 1.35 s) a renewal refused twice (429,
+    Retry-After 1) runs out of time while it waits to send a third time: it fails as
+    throttled, not as unreachable. The server answered, so the next get_cluster is served
+    from the watches' caches as before (no request), instead of a pod list and two gets per
+    cycle for every throttled member (bench/scale.py at 100 clusters)."""
+    server = cluster.server
+    agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    leader = await elect(agents)
+    await leader.dcs.wait_for_change(0.5)  # the watches run and fill the caches
+    await leader.dcs.get_cluster()
+    server.faults.set(
+        Fault(
+            mode=FaultMode.ERROR,
+            status=429,
+            retry_after_s=1,
+            path_prefix="/apis/coordination.k8s.io/",
+            methods=("PUT",),
+        )
+    )
+    with pytest.raises(DcsUnavailable) as failed:
+        await leader.dcs.renew_leader()
+    server.faults.clear()
+    server.audit.clear()
+    await leader.dcs.get_cluster()
+    reads = [r.path for r in server.audit.records if r.method == "GET" and r.verb != "watch"]
+    assert reads == [], f"get_cluster read from the server after a throttled call: {reads}"
+    assert isinstance(failed.value, Throttled)
