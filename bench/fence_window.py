@@ -51,11 +51,13 @@ def fences(kept: Path) -> list[Fence]:
 
 def acks_after(fence: Fence, attempts: Path) -> list[tuple[float, float]]:
     """(sent, acknowledged) in seconds from the deadline, of each write `fence.member`
-    acknowledged after it: one sent after it was certainly committed after it."""
+    acknowledged after it and before the fencer's log line (PostgreSQL gone; a later one is
+    from a server started again): one sent after the deadline was committed after it."""
     past = []
+    gone = fence.deadline + fence.late_s + fence.took_s
     for line in attempts.read_text().splitlines():
         _writer, member, acked, sent, ended = line.split("\t")
-        if member == fence.member and acked == "1" and float(ended) > fence.deadline:
+        if member == fence.member and acked == "1" and fence.deadline < float(ended) <= gone:
             past.append((float(sent) - fence.deadline, float(ended) - fence.deadline))
     return past
 
