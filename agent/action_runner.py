@@ -138,7 +138,9 @@ class ActionRunner:
             case PrePromote():
                 return await pre_promote(self.callbacks, self.settings)
             case HandOver(candidate=candidate, shutting_down=shutting_down):
-                await self._handover.run(view, candidate, shutting_down=shutting_down)
+                await self._handover.run(
+                    view, candidate, shutting_down=shutting_down, lease_holds=self._lease_holds
+                )
                 return True
             case ConfirmFailsafe(members=members):
                 return await confirm_failsafe(self.peers, members, self.metrics)
@@ -183,6 +185,7 @@ class ActionRunner:
 
                 await restart_in_place(self.pg, self.settings.timing, lease_holds=holds)
             case Promote(reason=reason):
+                self._require_lease("promote")
                 await self._promote(view, obs.local, reason)
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
@@ -247,7 +250,7 @@ class ActionRunner:
             if not await self._call("renew_leader", self.dcs.renew_leader):
                 return False
             await self.fence.arm(deadline)
-            return True
+            return self._before(deadline)
         if not await self._call("acquire_leader", self.dcs.acquire_leader):
             return False
         try:
@@ -263,8 +266,30 @@ class ActionRunner:
                 )
             await self._call("release_leader", self.dcs.release_leader)
             raise
+        if not self._before(deadline):
+            return False
         log.info("lease_acquired")
         return True
+
+    def _lease_holds(self) -> bool:
+        return lease_valid(self.memory, self.clock.monotonic(), self.settings)
+
+    def _require_lease(self, what: str) -> None:
+        """Only under a lease that still runs (the decision may be older than it: an agent
+        stopped between deciding and acting, crash points, issue 16)."""
+        if not self._lease_holds():
+            raise ActionFailed(f"not done ({what}): our lease ran out since the decision")
+
+    def _before(self, deadline: float) -> bool:
+        """The lease just taken or kept still runs once the fencer holds its deadline. An
+        agent stopped (SIGSTOP, a paused VM, a starved process) between the DCS's answer and
+        the arm past the deadline would otherwise go on to promote or start a primary while
+        another member leads (crash points, issue 16); the fencer, woken late, stops it at
+        some point after, not before."""
+        if self.clock.monotonic() < deadline:
+            return True
+        log.error("lease_expired_before_armed", late_s=round(self.clock.monotonic() - deadline, 3))
+        return False
 
     async def _make_instance(self, action: Instance, view: ClusterView | None) -> None:
         s = self.settings
@@ -300,6 +325,7 @@ class ActionRunner:
                 await self.pg.start(standby=standby, timeout_s=start_s)
             case StartPostgres(upstream=upstream, as_primary=as_primary):
                 if as_primary:
+                    self._require_lease("start as a primary")
                     await self.pg.start(standby=None, timeout_s=start_s)
                     # A bootstrap recorded but not opened (its agent stopped in between):
                     # opened now; on any other server only the check (one query).

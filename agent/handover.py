@@ -83,7 +83,12 @@ class Handover:
     sleep: Sleep
 
     async def run(
-        self, view: ClusterView | None, candidate: MemberName, *, shutting_down: bool
+        self,
+        view: ClusterView | None,
+        candidate: MemberName,
+        *,
+        shutting_down: bool,
+        lease_holds: Callable[[], bool] = lambda: True,
     ) -> None:
         """The hand-over to `candidate`; raises ActionFailed (after the abort path) when it
         did not complete, DcsError/TimeoutError when the request could not be written."""
@@ -121,7 +126,9 @@ class Handover:
         except (ActionFailed, DcsError, TimeoutError) as exc:
             log.error("switchover_aborted", candidate=candidate, reason=str(exc))
             await self._delete_own_request()
-            if not shutting_down:
+            # Started again as the primary only while our lease runs: an agent stopped
+            # during the hand-over for longer (crash points, issue 16) finds another leader.
+            if not shutting_down and lease_holds():
                 await self.pg.start(standby=None, timeout_s=timing.primary_start_timeout_s)
             raise ActionFailed(f"hand-over to {candidate} aborted: {exc}") from exc
         await self.call("release_leader", self.dcs.release_leader)

@@ -15,6 +15,8 @@ to its end without reaching the k-th call.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,28 +53,50 @@ class Killed(BaseException):
 
 
 class Switch:
-    """The life of one agent incarnation: counts its effects, kills it at the k-th."""
+    """The life of one agent incarnation: counts its effects, kills it at the k-th; or, with
+    `freeze`, stops it there (SIGSTOP, a paused VM) until `thaw()`: then that call and every
+    other one it was making go on as if no time had passed (SIGCONT)."""
 
-    def __init__(self, kill_at: int | None = None) -> None:
+    def __init__(self, kill_at: int | None = None, *, freeze: bool = False) -> None:
         self.kill_at = kill_at
+        self.freeze = freeze
         self.effects: list[str] = []  # the counted calls made, in order
         self.dead = False
-        self.killed_at: str | None = None  # the call it died at
+        self.frozen = False
+        self.killed_at: str | None = None  # the call it died (or froze) at
+        self._thawed = asyncio.Event()
 
     def arm(self, kill_at: int) -> None:
         """Die at the `kill_at`-th effect from now."""
         self.kill_at = len(self.effects) + kill_at
 
-    def check(self, call: str, *, effect: bool) -> None:
+    def thaw(self) -> None:
+        self.frozen = False
+        self._thawed.set()
+
+    def check(self, call: str, *, effect: bool, can_wait: bool = False) -> bool:
+        """Before a call; True: the caller must `wait()` first (the agent is frozen)."""
         if self.dead:
             raise Killed(call)
+        if self.frozen:
+            return can_wait
         if not effect:
-            return
-        if self.kill_at is not None and len(self.effects) + 1 >= self.kill_at:
+            return False
+        due = self.kill_at is not None and len(self.effects) + 1 >= self.kill_at
+        if due and self.freeze and can_wait and not self._thawed.is_set():
+            self.frozen = True
+            self.killed_at = call
+            self.effects.append(call)
+            return True
+        if due and not self.freeze:
             self.dead = True
             self.killed_at = call
             raise Killed(call)
         self.effects.append(call)
+        return False
+
+    async def wait(self) -> None:
+        await self._thawed.wait()
 
 
 class _Seam:
@@ -90,9 +114,15 @@ class _Seam:
             return target
         switch, effect = self._switch, name in self._effects
         prefix = type(self).__name__.removesuffix("Seam").lower()
+        can_wait = inspect.iscoroutinefunction(target)
+
+        async def later(*args: Any, **kwargs: Any) -> Any:
+            await switch.wait()
+            return await target(*args, **kwargs)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            switch.check(f"{prefix}.{name}", effect=effect)
+            if switch.check(f"{prefix}.{name}", effect=effect, can_wait=can_wait):
+                return later(*args, **kwargs)
             return target(*args, **kwargs)
 
         return call
@@ -131,7 +161,8 @@ class FenceSeam:
         self._switch = switch
 
     async def _through(self, call: str, effect: bool, run: Callable[[], Awaitable[Any]]) -> Any:
-        self._switch.check(f"fence.{call}", effect=effect)
+        if self._switch.check(f"fence.{call}", effect=effect, can_wait=True):
+            await self._switch.wait()
         return await run()
 
     async def arm(self, deadline: float) -> FenceStatus:

@@ -121,7 +121,11 @@ def converged(c: LoopCluster) -> bool:
     return leader is not None and c.healthy(leader)
 
 
-async def run_point(scenario: Scenario, k: int, delay_s: float, *, pod: bool) -> Report:
+async def run_point(
+    scenario: Scenario, k: int, delay_s: float, *, pod: bool, freeze: bool = False
+) -> Report:
+    """`freeze`: the agent is not killed but stopped at the point (SIGSTOP; its PostgreSQL
+    and fencer run on) and goes on after `delay_s` with what it knew (`pod` is ignored)."""
     c = LoopCluster(crash_points=True, synchronous=scenario.synchronous, failsafe=scenario.failsafe)
     client = Client(c, scenario.synchronous is not SyncMode.OFF)
     report = Report()
@@ -132,6 +136,8 @@ async def run_point(scenario: Scenario, k: int, delay_s: float, *, pod: bool) ->
             if c.clock.monotonic() - start > limit_s:
                 return False
             await c.round()
+            if freeze and c[scenario.victim].loop.executor.exited:
+                await c.restart_agent(scenario.victim, Switch())  # it finished its shutdown
             client.write()
             report.violations.extend(lease_violations(c))
         return True
@@ -144,23 +150,30 @@ async def run_point(scenario: Scenario, k: int, delay_s: float, *, pod: bool) ->
     switch = victim.switch
     assert switch is not None
     armed_at = len(switch.effects)
+    switch.freeze = freeze
     switch.arm(k)
     await scenario.trigger(c)
     t0 = c.clock.monotonic()
     try:
-        await rounds(lambda: switch.dead or scenario.done(c, c.clock.monotonic() - t0), ACTION_S)
+        await rounds(
+            lambda: switch.dead or switch.frozen or scenario.done(c, c.clock.monotonic() - t0),
+            ACTION_S,
+        )
     except AssertionError as exc:  # two primaries
         report.violations.append(str(exc))
         return report
-    if not switch.dead:
+    if not (switch.dead or switch.frozen):
         report.effects = switch.effects[armed_at:]
         return report
     report.killed_at, report.effects = switch.killed_at, switch.effects[armed_at:]
-    if pod:
+    if pod and not freeze:
         victim.pg.crash()
     try:
         await rounds(lambda: False, delay_s)
-        await c.restart_agent(scenario.victim, Switch())
+        if freeze:
+            await c.thaw(scenario.victim)
+        else:
+            await c.restart_agent(scenario.victim, Switch())
         await scenario.heal(c)
         start = c.clock.monotonic()
         if await rounds(lambda: converged(c), CONVERGE_S):

@@ -173,6 +173,7 @@ class Node:
     callbacks: FakeCallbacks
     alive: bool = True  # False: the agent is frozen or gone (its loop does not cycle)
     switch: Switch | None = None  # this incarnation's crash points (tests/unit/fakes/crash.py)
+    frozen_cycle: asyncio.Future[bool] | None = None  # a cycle a freeze stopped midway
 
 
 class LoopCluster:
@@ -297,16 +298,39 @@ class LoopCluster:
 
     async def cycle(self, name: str) -> bool:
         node = self.nodes[name]
-        try:
-            busy = await node.loop.cycle_once()
-        except Killed:
-            busy = False
+        busy = False
+        cycle = asyncio.ensure_future(node.loop.cycle_once())
+        while not cycle.done() and not (node.switch is not None and node.switch.frozen):
+            await asyncio.sleep(0)
+        if not cycle.done():
+            node.alive = False  # frozen mid-cycle (a crash point's freeze): thawed later
+            node.frozen_cycle = cycle
+        else:
+            with contextlib.suppress(Killed):
+                busy = cycle.result()
+            if node.switch is not None and node.switch.frozen:
+                node.alive = False  # frozen in a long action: the whole process stops
         await self.settle()
-        if node.switch is not None and node.switch.dead and node.alive:
+        if node.switch is not None and node.switch.dead and (node.alive or node.frozen_cycle):
             node.alive = False  # killed at a crash point (in this cycle or a long action)
             await self._bury(node)
         self.check_invariants()
         return busy
+
+    async def thaw(self, name: str) -> None:
+        """A frozen agent goes on (SIGCONT): its stopped cycle first, with what it knew."""
+        node = self.nodes[name]
+        assert node.switch is not None
+        node.switch.thaw()
+        cycle, node.frozen_cycle = node.frozen_cycle, None
+        node.alive = True
+        if cycle is not None:
+            while not cycle.done():
+                await asyncio.sleep(0)
+            with contextlib.suppress(Killed):
+                cycle.result()
+        await self.settle()
+        self.check_invariants()
 
     async def round(self, step_s: float = 1.0) -> None:
         """Move the clock by `step_s`, then one cycle of every live member."""
@@ -327,7 +351,10 @@ class LoopCluster:
         return self.clock.monotonic() - start
 
     def check_invariants(self) -> None:
-        primaries = tuple(self.postgres.primaries())
+        # A server on its Unix socket only (a bootstrap) takes no client's writes.
+        primaries = tuple(
+            p for p in self.postgres.primaries() if self.postgres.instances[p].serves_tcp()
+        )
         self.primaries_seen.append((self.clock.monotonic(), primaries))
         assert len(primaries) <= 1, f"two primaries accept writes: {primaries}"
 
