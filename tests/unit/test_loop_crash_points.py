@@ -25,7 +25,7 @@ NEVER = 10**6
 FROZEN_S = 13.0
 # The agent checks that its lease still runs right before these calls; stopped between the
 # check and the call past the lease, it goes on (the fencer fired during the stop and does
-# not watch any more): the one window the agent cannot close (docs/chaos.md finding 17).
+# not watch any more): the one window the agent cannot close (docs/chaos.md finding 18).
 UNGUARDED = frozenset({"postgres.start", "postgres.promote"})
 
 
