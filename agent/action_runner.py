@@ -187,6 +187,7 @@ class ActionRunner:
             case Promote(reason=reason):
                 self._require_lease("promote")
                 await self._promote(view, obs.local, reason)
+                await self._still_leased("promoted")
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
             case EnsureSlots(names=names, drop=drop, permanent=permanent, synchronized=sync):
@@ -280,6 +281,16 @@ class ActionRunner:
         if not self._lease_holds():
             raise ActionFailed(f"not done ({what}): our lease ran out since the decision")
 
+    async def _still_leased(self, what: str) -> None:
+        """After a call that made a primary: an agent stopped between `_require_lease` and
+        the call past its lease (the fencer fired meanwhile and watches no more) stops what
+        it just made at once, instead of leaving it beside the new leader."""
+        if self._lease_holds():
+            return
+        log.error("primary_without_lease_stopped", after=what)
+        await self.pg.stop(PgStopMode.IMMEDIATE, timeout_s=self.settings.timing.fence_margin_s)
+        raise ActionFailed(f"{what} after our lease ran out: stopped at once")
+
     def _before(self, deadline: float) -> bool:
         """The lease just taken or kept still runs once the fencer holds its deadline. An
         agent stopped (SIGSTOP, a paused VM, a starved process) between the DCS's answer and
@@ -327,6 +338,7 @@ class ActionRunner:
                 if as_primary:
                     self._require_lease("start as a primary")
                     await self.pg.start(standby=None, timeout_s=start_s)
+                    await self._still_leased("started as a primary")
                     # A bootstrap recorded but not opened (its agent stopped in between):
                     # opened now; on any other server only the check (one query).
                     await self.pg.open_to_clients(timeout_s=start_s)
