@@ -73,7 +73,7 @@ class PostgresSettings:
     parameters: tuple[tuple[str, str], ...] = ()
     pg_hba: tuple[str, ...] = ()  # extra lines, added before the agent's own
     tls: PostgresTls | None = None
-    nice: int = 10  # the postmaster and its children (agent/postgres/process.py `renice`)
+    nice: int = 0  # the postmaster and its children (agent/postgres/process.py `renice`)
 
     def __post_init__(self) -> None:
         check(self.problems())

@@ -135,7 +135,10 @@ FIELDS: Final[tuple[Field, ...]] = (
               "quota (a container's limit), a throttled group's CPU then goes to them first, "
               "so the fencer stops a busy server sooner (docs/ha.md, Fencing). Raising a nice "
               "value needs no privilege. A server already running when the agent starts is "
-              "raised to it, never lowered (restart PostgreSQL to lower it). 0: unchanged."),
+              "raised to it, never lowered (restart PostgreSQL to lower it). 0: unchanged. "
+              "Off by default: in the soaks at 0.01 CPU per member it did not shorten the "
+              "fencing, and the starved server, now behind its own agent, was killed more often "
+              "as unresponsive; try 10 under a tight limit (docs/ha.md)."),
     *credentials("postgresql.superuser", "The agent connects as this user."),
     *credentials("postgresql.replication", "Replicas stream as this user."),
     Field(path="postgresql.parameters", kind=Kind.PARAM_MAP,

@@ -346,9 +346,9 @@ def test_a_bad_env_value_names_the_variable_and_the_field(tmp_path: Path) -> Non
     assert has_problem(problems, "timing.ttl_s", "PGWARDEN_TIMING__TTL_S must be a number")
 
 
-def test_postgres_nice_defaults_to_10_and_is_set_by_its_env_variable(tmp_path: Path) -> None:
-    assert load(tmp_path, MINIMAL).postgresql.nice == 10
-    assert load(tmp_path, MINIMAL, {"PGWARDEN_POSTGRESQL__NICE": "0"}).postgresql.nice == 0
+def test_postgres_nice_defaults_to_0_and_is_set_by_its_env_variable(tmp_path: Path) -> None:
+    assert load(tmp_path, MINIMAL).postgresql.nice == 0
+    assert load(tmp_path, MINIMAL, {"PGWARDEN_POSTGRESQL__NICE": "10"}).postgresql.nice == 10
     problems = problems_of(tmp_path, MINIMAL, {"PGWARDEN_POSTGRESQL__NICE": "25"})
     assert has_problem(problems, "postgresql.nice", "set by PGWARDEN_POSTGRESQL__NICE")
 

@@ -10,7 +10,7 @@ import dataclasses
 import asyncpg
 import pytest
 
-from agent.postgres import Postmaster
+from agent.postgres import Postmaster, StopMode
 from agent.postgres.replication import socket_dir
 from agent.proctree import children
 from tests.support.postgres import PgNode
@@ -45,7 +45,11 @@ async def _backend_pid(node: PgNode) -> tuple[asyncpg.Connection, int]:
 async def test_the_started_postmaster_and_its_children_run_at_the_configured_nice(
     node: PgNode,
 ) -> None:
-    assert node.settings.nice == 10  # the default
+    await node.postmaster.stop(StopMode.FAST, timeout_s=20)
+    node.postmaster = Postmaster(
+        dataclasses.replace(node.settings, nice=10), member_name=node.name, run_dir=node.run_dir
+    )
+    await node.postmaster.start(standby=None, timeout_s=20)
     postmaster = node.postmaster.pid()
     assert postmaster is not None
     conn, backend = await _backend_pid(node)
