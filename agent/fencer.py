@@ -16,7 +16,13 @@ At the deadline it asks the postmaster for a fast shutdown (client backends term
 senders ship what was committed), and after a grace of half the fence margin kills the
 postmaster, each of its children and their process groups with SIGKILL (agent/proctree.py:
 every PostgreSQL child runs in a session of its own): either way no backend acknowledges a
-commit once the lease may have expired for the others. It then reports `fenced` until re-armed.
+commit once the lease may have expired for the others. It then reports `fenced` until re-armed
+or disarmed, and while fenced it stops again, within FENCED_CHECK_INTERVAL_S, any postmaster of
+the data directory that runs without `standby.signal` (a primary): an agent frozen between its
+last lease check and `pg_ctl start` or a promote, resumed after the deadline, would otherwise
+run a primary beside the new leader for as long as that call and its check after it take
+(chaos finding 18). A standby may start (the fenced agent rejoins as one); the agent disarms
+once it has seen the fencing, from a fresh view of the DCS.
 It exits once its agent is gone and it is not armed; while armed it outlives the agent and
 fences at the deadline.
 """
@@ -36,6 +42,9 @@ import time
 from agent.proctree import kill_postmaster_tree, pid_alive
 
 AGENT_CHECK_INTERVAL_S = 0.5
+# While fenced: how often a postmaster started as a primary is looked for. PostgreSQL takes
+# longer than this from its start to accepting connections (crash recovery, the checkpoint).
+FENCED_CHECK_INTERVAL_S = 0.02
 
 
 def _log(message: str) -> None:
@@ -150,6 +159,15 @@ class Fencer:
         self.deadline = None
         self.fenced = True
 
+    def refence_primary(self) -> None:
+        """While fenced: stop a postmaster that runs as a primary (no standby.signal)."""
+        if os.path.exists(os.path.join(self.data_dir, "standby.signal")):
+            return
+        if postmaster_pid(self.data_dir) is None:
+            return
+        done = fence_postgres(self.data_dir, self.grace_s)
+        _log(f"a primary started while fenced: {done}")
+
     def serve(self) -> None:
         _unlink(self.socket_path)
         server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -165,6 +183,8 @@ class Fencer:
                 timeout = AGENT_CHECK_INTERVAL_S
                 if self.deadline is not None:
                     timeout = max(0.0, min(timeout, self.deadline - time.monotonic()))
+                elif self.fenced:
+                    timeout = FENCED_CHECK_INTERVAL_S
                 try:
                     readable, _, _ = select.select([server], [], [], timeout)
                 except InterruptedError:
@@ -173,6 +193,8 @@ class Fencer:
                     self._answer(server)
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.fire()
+                elif self.fenced:
+                    self.refence_primary()
                 if self.deadline is None and not pid_alive(self.agent_pid):
                     _log("agent gone and not armed: exiting")
                     break

@@ -100,6 +100,50 @@ async def test_renewals_move_the_deadline_and_disarm_stops_it(
     await client.stop()
 
 
+def _start_postmaster(data_dir: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["bash", "-c", "trap '' INT; exec -a postgres sleep 300"], start_new_session=True
+    )
+    (data_dir / "postmaster.pid").write_text(f"{proc.pid}\n{data_dir}\n")
+    return proc
+
+
+async def test_a_fenced_fencer_stops_a_primary_started_after_the_deadline_until_disarmed(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    """Chaos finding 18: an agent frozen between its lease check and `pg_ctl start`, resumed
+    after the deadline, starts a primary: the fenced fencer stops it; a standby may run."""
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    await client.start()
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        await client.arm(time.monotonic() + 0.3)
+        assert await asyncio.to_thread(wait_dead, postmaster, 2.0), "not fenced"
+        primary = _start_postmaster(tmp_path)
+        started.append(primary)
+        assert await asyncio.to_thread(wait_dead, primary, 1.0), "a primary ran while fenced"
+        (tmp_path / "standby.signal").write_text("")
+        standby = _start_postmaster(tmp_path)
+        started.append(standby)
+        await asyncio.sleep(0.5)
+        assert standby.poll() is None, "a standby was stopped while fenced"
+        os.killpg(standby.pid, signal.SIGKILL)
+        standby.wait()
+        (tmp_path / "standby.signal").unlink()
+        assert (await client.status()).state == FenceState.FENCED
+        await client.disarm()
+        after = _start_postmaster(tmp_path)
+        started.append(after)
+        await asyncio.sleep(0.5)
+        assert after.poll() is None, "a disarmed fencer stopped a postmaster"
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        await client.stop()
+
+
 def _fencer_pids(run_dir: Path) -> list[int]:
     """The pids of the fencers started with this run dir, from their log's first line."""
     log = (run_dir / "fencer.log").read_text()
