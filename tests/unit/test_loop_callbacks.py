@@ -6,6 +6,8 @@ tests/integration/test_callbacks.py."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from agent.actions import (
     Bootstrap,
     Clone,
@@ -21,7 +23,7 @@ from agent.actions import (
 )
 from agent.callback_settings import CallbackEvent, CallbackSettings
 from agent.callbacks import CallbackResult, notification
-from agent.model import MemberName, PgConfig
+from agent.model import LocalState, MemberName, PgConfig
 from tests.unit.fakes.loop_cluster import LoopCluster
 from tests.unit.test_loop_restarts import schedule_restart, set_parameters
 
@@ -272,3 +274,34 @@ async def test_a_switchover_candidate_that_keeps_vetoing_hands_the_race_on() -> 
     assert took <= 2 * a.settings.timing.ttl_s
     assert "promote" not in b.pg.calls
     assert c.postgres.primaries() == ["c"]
+
+
+async def test_a_bootstrap_whose_probe_fails_before_it_is_recorded_is_made_again() -> None:
+    # The probe that reads the new system id before it is recorded fails (its SQL timed out
+    # under load: no system id): the bootstrap fails with the server still on its Unix
+    # socket, and the cluster must still come up (seen once in a soak: never converged).
+    c = LoopCluster(callbacks=ALL)
+    a = c["a"]
+    hooked: list[bool] = []
+    failed: list[bool] = []
+
+    def look(event: CallbackEvent) -> None:
+        if event is CallbackEvent.POST_BOOTSTRAP:
+            hooked.append(True)
+
+    a.callbacks.on_run = look
+    probe = a.pg.probe
+
+    async def flaky(*, timeout_s: float) -> LocalState:
+        state = await probe(timeout_s=timeout_s)
+        if hooked and not failed:
+            failed.append(True)
+            return dataclasses.replace(state, system_id=None)
+        return state
+
+    a.pg.probe = flaky  # type: ignore[method-assign]
+    leader = await c.bootstrap()
+    assert failed == [True]
+    assert c.healthy(leader)
+    data = c[leader].pg.data
+    assert data is not None and c.store.get_raw("initialize") == data.system_id.encode()
