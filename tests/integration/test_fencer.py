@@ -8,6 +8,7 @@ the same with a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.fence import FenceClient, FenceState, fencer_command
+from agent.fence import FenceClient, FenceState, FenceUnavailable, fencer_command
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +172,38 @@ async def test_a_fencer_that_dies_is_respawned_armed_with_the_deadline_it_held(
     assert (await client.status()).state == FenceState.FENCED
     await client.disarm()
     await client.stop()
+
+
+async def test_a_fencer_that_fenced_and_died_is_respawned_fenced(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    """The guard of a fenced data directory survives the fencer's death: the agent (frozen
+    meanwhile, so it never read `fenced`) re-arms the new fencer with the deadline it held,
+    already passed: the new fencer fires at once, stops the primary the agent just started,
+    and stays fenced."""
+    run_dir = tmp_path / "run"
+    client = FenceClient(run_dir=str(run_dir), data_dir=str(tmp_path))
+    await client.start()
+    await client.arm(time.monotonic() + 0.3)
+    assert await asyncio.to_thread(wait_dead, postmaster, 2.0), "not fenced"
+    [first] = _fencer_pids(run_dir)
+    os.kill(first, signal.SIGKILL)
+    primary = _start_postmaster(tmp_path)
+    try:
+        await asyncio.sleep(0.2)
+        # Finds it dead: respawned, armed with the passed deadline. The new fencer fences at
+        # once and answers the call after (up to the grace later): slow, not unavailable.
+        with contextlib.suppress(FenceUnavailable):
+            await client.status()
+        assert [p for p in _fencer_pids(run_dir) if p != first], "no new fencer"
+        assert await asyncio.to_thread(wait_dead, primary, 2.0), "the primary kept running"
+        assert (await client.status()).state == FenceState.FENCED
+    finally:
+        if primary.poll() is None:
+            os.killpg(primary.pid, signal.SIGKILL)
+            primary.wait()
+        await client.disarm()
+        await client.stop()
 
 
 def _agent_script(run_dir: Path, data_dir: Path, deadline_in: float) -> str:
