@@ -179,7 +179,12 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
     local = obs.local
     system_id = local.system_id or (local.control.system_id if local.control else None)
     unfinished = local.bootstrap_incomplete or (local.running and local.socket_only)
-    if unfinished and (not view.initialize or view.initialize != system_id):
+    # A recorded cluster is discarded only when this server is known to be another system:
+    # a probe whose SQL failed (no system id, and no pg_control read while it runs) says
+    # nothing, and clearing our recorded bootstrap then left the cluster with no data and us
+    # as its leader, waiting to clone from ourselves (a fresh-clone CI run, and a soak).
+    other_system = system_id is not None and view.initialize != system_id
+    if unfinished and (not view.initialize or other_system):
         # A bootstrap that did not complete (its agent, or its whole pod, stopped during
         # post_bootstrap; or its server could not be opened): it never listened on TCP, so
         # no client wrote to it, and the cluster is not recorded as this system. Discarded

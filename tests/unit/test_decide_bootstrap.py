@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.actions import StartPostgres, StopMode, StopPostgres
+from agent.actions import ReleaseLeader, StartPostgres, StopMode, StopPostgres
 from agent.decide import Memory, decide
 from agent.model import ControlData, LocalState
 from tests.unit.test_decide import LEASED, ME_PRIMARY, PRIMARY, A, obs, view
@@ -47,6 +47,11 @@ MARKED_DOWN = LocalState(
         (None, MARKED_DOWN, Memory(), True),
         ("42", MARKED_DOWN, Memory(), False),  # recorded as this system: complete
         ("", replace(PRIMARY, bootstrap_incomplete=True), Memory(), True),
+        # Recorded, and the probe's SQL failed (no system id): nothing says it is another
+        # system, so the recorded cluster's only data is kept.
+        ("42", replace(SOCKET_ONLY, system_id=None), LEASED, False),
+        ("42", replace(PRIMARY, system_id=None, bootstrap_incomplete=True), LEASED, False),
+        ("", replace(SOCKET_ONLY, system_id=None), LEASED, True),  # not recorded: discarded
     ],
 )
 def test_an_unfinished_bootstrap_is_discarded_and_nothing_else_is(
@@ -74,3 +79,12 @@ def test_a_recorded_bootstrap_not_yet_opened_is_opened_by_its_leader(local: Loca
     decision, _ = decide(obs(cluster, replace(local, system_id="42")), LEASED, A)
     assert StartPostgres(upstream=None, as_primary=True) in decision.actions, decision
     assert DISCARD not in decision.actions
+
+
+def test_a_leader_of_a_recorded_cluster_with_no_data_releases_the_lease() -> None:
+    # Its data directory was emptied under it: holding the lease (which, on etcd, its member
+    # record keeps alive) would keep every member waiting to clone from a leader with none.
+    cluster = replace(view("a", ME_PRIMARY), initialize="42", initialize_version="3")
+    empty = LocalState(data_dir_initialized=False, running=False)
+    decision, _ = decide(obs(cluster, empty), LEASED, A)
+    assert ReleaseLeader() in decision.actions, decision
