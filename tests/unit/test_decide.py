@@ -682,7 +682,7 @@ def test_a_failed_rewind_is_remembered() -> None:
 
 # --------------------------------------------------------------------------- properties
 
-LOCALS = st.sampled_from([PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY])
+LOCALS = st.sampled_from([PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY, EMPTY])
 LEADERS = st.sampled_from([None, "a", "b"])
 
 
@@ -741,6 +741,17 @@ def _check_safety(decision: Decision, memory_before: Memory, ob: Observation) ->
                 assert isinstance(actions[0], Demote), decision
 
 
+def _check_leader_keeps_or_lets_go(decision: Decision, ob: Observation) -> None:
+    """Named leader in a view we read, we renew (or take) the lease, release it, or stop our
+    server: never none of them. On etcd the leader key shares the lease our member record's
+    keepalives keep alive, so a leader that only stops renewing holds the key for good (a
+    leader whose data directory was emptied kept every member waiting on it: issue 16)."""
+    if not _i_lead(ob):
+        return
+    lets_go = (AcquireLeader, RenewLeader, ReleaseLeader, Demote, StopPostgres)
+    assert any(isinstance(a, lets_go) for a in decision.actions), (decision, ob.local)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(steps(), min_size=1, max_size=25))
 def test_no_sequence_promotes_without_the_lease_or_writes_past_the_fence(
@@ -786,6 +797,7 @@ def _replay(
         decision, memory = decide(ob, memory, config)
         assert decision.reason, decision  # the ha_cycle event says why, every cycle
         _check_safety(decision, before, ob)
+        _check_leader_keeps_or_lets_go(decision, ob)
         outcomes = outcomes_of(decision, fate, now)
         unleased = promotes_unleased(outcomes)
         assert unleased is None or _leading(before, ob), (decision, outcomes, before)
