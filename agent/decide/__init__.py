@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.actions import Clone, Decision, StopMode, StopPostgres
+from agent.actions import Clone, Decision, ReleaseLeader, StopMode, StopPostgres
 from agent.decide.candidates import (
     PRIMARY_CONTROL_STATES,
     choose_candidate,
@@ -171,9 +171,7 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
     if view is None:
         return when_dcs_unavailable(obs, memory, settings)
     if memory.refused is not None:
-        if obs.local.is_primary:
-            return decided(memory, memory.refused, fence(memory.refused))
-        return decided(memory, memory.refused)
+        return _refusing(obs, memory, settings, memory.refused)
     if not obs.local.data_dir_initialized:
         return when_no_data(obs, memory, settings)
     local = obs.local
@@ -204,12 +202,21 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
             return decided(
                 memory, "reinitialize requested", Clone(source=view.leader.name, clear_first=True)
             )
-        memory = replace(memory, refused=refused)
-        if obs.local.is_primary:
-            return decided(memory, refused, fence(refused))
-        return decided(memory, refused)
+        return _refusing(obs, replace(memory, refused=refused), settings, refused)
     if view.leader is not None and view.leader.name == settings.name:
         return when_leader(obs, memory, settings)
     if view.leader is not None:
         return when_follower(obs, memory, settings)
     return when_leaderless(obs, memory, settings)
+
+
+def _refusing(
+    obs: Observation, memory: Memory, settings: Settings, reason: str
+) -> tuple[Decision, Memory]:
+    """Refusing to join: a primary stops at once; a leader lets the lease go (on etcd our
+    member record's keepalives would keep the leader key alive for good otherwise)."""
+    if obs.local.is_primary:
+        return decided(memory, reason, fence(reason))
+    view = obs.cluster
+    i_lead = view is not None and view.leader is not None and view.leader.name == settings.name
+    return decided(memory, reason, *((ReleaseLeader(),) if i_lead else ()))

@@ -88,3 +88,14 @@ def test_a_leader_of_a_recorded_cluster_with_no_data_releases_the_lease() -> Non
     empty = LocalState(data_dir_initialized=False, running=False)
     decision, _ = decide(obs(cluster, empty), LEASED, A)
     assert ReleaseLeader() in decision.actions, decision
+
+
+def test_a_leader_whose_data_directory_holds_another_system_releases_the_lease() -> None:
+    # It refuses to join (reinitialize to clone): as leader it must also let the lease go,
+    # or every member waits on a leader that will never run the cluster's system.
+    cluster = replace(view("a", ME_PRIMARY), initialize="77", initialize_version="3")
+    other = replace(MARKED_DOWN, bootstrap_incomplete=False)  # down, system 42
+    decision, memory = decide(obs(cluster, other), LEASED, A)
+    assert memory.refused is not None and ReleaseLeader() in decision.actions, decision
+    decision, _ = decide(obs(cluster, other), memory, A)  # and on every later cycle
+    assert ReleaseLeader() in decision.actions, decision
