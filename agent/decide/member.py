@@ -153,14 +153,14 @@ def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[
             ClearInitialize(version=view.initialize_version),
             *((ReleaseLeader(),) if claimant is not None else ()),
         )
-    if claimant == settings.name and view.initialize:
-        # We lead a recorded cluster and hold no data (the data directory was emptied under
-        # us). Not renewing is not enough: on etcd the leader key shares the lease our member
-        # record keeps alive. Released, so a member with data can lead, or every member says
-        # it waits for one; kept, every member waited on us, cloning from nobody.
-        return decided(
-            memory, "leading a recorded cluster with no data: releasing the lease", ReleaseLeader()
-        )
+    if claimant == settings.name:
+        # We lead and hold no data: a recorded cluster whose data directory was emptied under
+        # us, or a withdrawn claim whose release failed (a timeout under load: the claim was
+        # cleared, the key stayed; seen in a fresh-clone CI run). Not renewing is not enough:
+        # on etcd the leader key shares the lease our member record keeps alive. Released, a
+        # member with data can lead, or the cluster is bootstrapped again; kept, every member
+        # waited on us, cloning from nobody. Again every cycle until it is gone.
+        return decided(memory, "leading with no data: releasing the lease", ReleaseLeader())
     if memory.failed_at is not None and obs.now - memory.failed_at < RETRY_BACKOFF_S:
         return decided(memory, "waiting before retrying a failed bootstrap or clone")
     if view.initialize is None and view.leader is None:

@@ -81,10 +81,12 @@ def test_a_recorded_bootstrap_not_yet_opened_is_opened_by_its_leader(local: Loca
     assert DISCARD not in decision.actions
 
 
-def test_a_leader_of_a_recorded_cluster_with_no_data_releases_the_lease() -> None:
-    # Its data directory was emptied under it: holding the lease (which, on etcd, its member
+@pytest.mark.parametrize("initialize", ["42", None])
+def test_a_leader_with_no_data_releases_the_lease(initialize: str | None) -> None:
+    # "42": its data directory was emptied under it. None: a withdrawn claim whose release
+    # failed (the claim cleared, the key kept). Holding the lease (which, on etcd, its member
     # record keeps alive) would keep every member waiting to clone from a leader with none.
-    cluster = replace(view("a", ME_PRIMARY), initialize="42", initialize_version="3")
+    cluster = replace(view("a", ME_PRIMARY), initialize=initialize, initialize_version="3")
     empty = LocalState(data_dir_initialized=False, running=False)
     decision, _ = decide(obs(cluster, empty), LEASED, A)
     assert ReleaseLeader() in decision.actions, decision
