@@ -39,11 +39,21 @@ def _parent_of(*titles: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["bash", "-c", script], start_new_session=True)
 
 
+def _titled(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().startswith(b"postgres")
+    except OSError:
+        return False
+
+
 def _wait_for_children(pid: int, count: int) -> None:
+    """Until `count` children run under their postgres titles (each one's exec -a done)."""
     deadline = time.monotonic() + 10
-    while len(children(pid)) < count and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if sum(_titled(child) for child in children(pid)) >= count:
+            return
         time.sleep(0.02)
-    time.sleep(0.1)  # each child's exec -a done
 
 
 def test_a_startup_process_is_found_under_its_postmaster_by_its_title() -> None:
