@@ -284,8 +284,11 @@ class Postmaster:
         start for a postmaster it adopts."""
         nice = self._settings.nice
         pid = self.pid()
-        if pid is not None and nice > 0 and raise_nice(pid, nice):
-            _log.warning("postgres_renice_failed", pid=pid, nice=nice)
+        if pid is None or nice == 0:
+            return
+        failed = raise_nice(pid, nice)  # threads that could not be set
+        if failed:
+            _log.warning("postgres_renice_failed", pid=pid, nice=nice, threads=failed)
 
     def log_tail(self) -> str:
         """The server log written since the last start (its last lines)."""
