@@ -198,10 +198,6 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
             f"data directory holds system {system_id}, the cluster is {view.initialize}: "
             "refusing to join (reinitialize this member to clone it)"
         )
-        if LocalRequestKind.REINITIALIZE in obs.local_requests and view.leader is not None:
-            return decided(
-                memory, "reinitialize requested", Clone(source=view.leader.name, clear_first=True)
-            )
         return _refusing(obs, replace(memory, refused=refused), settings, refused)
     if view.leader is not None and view.leader.name == settings.name:
         return when_leader(obs, memory, settings)
@@ -214,9 +210,16 @@ def _refusing(
     obs: Observation, memory: Memory, settings: Settings, reason: str
 ) -> tuple[Decision, Memory]:
     """Refusing to join: a primary stops at once; a leader lets the lease go (on etcd our
-    member record's keepalives would keep the leader key alive for good otherwise)."""
+    member record's keepalives would keep the leader key alive for good otherwise). Until
+    a reinitialize request, which the refusal names as the way out, clones the leader (a
+    request made after the first refusal was ignored while the agent ran)."""
     if obs.local.is_primary:
         return decided(memory, reason, fence(reason))
     view = obs.cluster
     i_lead = view is not None and view.leader is not None and view.leader.name == settings.name
+    reinitialize = LocalRequestKind.REINITIALIZE in obs.local_requests
+    if reinitialize and view is not None and view.leader is not None and not i_lead:
+        return decided(
+            memory, "reinitialize requested", Clone(source=view.leader.name, clear_first=True)
+        )
     return decided(memory, reason, *((ReleaseLeader(),) if i_lead else ()))

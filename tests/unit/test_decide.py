@@ -186,6 +186,20 @@ CRASHED_PRIMARY = LocalState(
     ),
 )
 EMPTY = LocalState(data_dir_initialized=False, running=False)
+# Data directories of another system than the cluster's "42": the member refuses to join.
+FOREIGN_STOPPED = LocalState(
+    data_dir_initialized=True,
+    running=False,
+    control=ControlData(
+        system_id="99",
+        cluster_state="shut down",
+        timeline=1,
+        checkpoint_lsn=900,
+        min_recovery_end_lsn=None,
+    ),
+)
+FOREIGN_REPLICA = replace(REPLICA, system_id="99")
+FOREIGN_PRIMARY = replace(PRIMARY, system_id="99")
 
 
 def streamed_by(*names: str, lsn: int = 1000) -> LocalState:
@@ -604,6 +618,17 @@ def test_member_of_another_system_refuses_to_join() -> None:
     assert memory.refused is not None and "99" in memory.refused
 
 
+def test_a_member_that_refused_to_join_reclones_when_reinitialize_is_requested() -> None:
+    """The refusal names reinitialize as the way out; a request made after it (the refusal
+    is remembered) clones the leader, not only one made before the first refusal."""
+    cluster = view("b", NEW_LEADER)
+    _, memory = decide(obs(cluster, FOREIGN_STOPPED), Memory(), A)
+    assert memory.refused is not None
+    request = (LocalRequestKind.REINITIALIZE,)
+    decision, _ = decide(obs(cluster, FOREIGN_STOPPED, local_requests=request), memory, A)
+    assert decision.actions == (Clone(source=MemberName("b"), clear_first=True),), decision
+
+
 def test_reinitialize_request_reclones_a_replica() -> None:
     decision, _ = decide(
         obs(view("b", NEW_LEADER), REPLICA, local_requests=(LocalRequestKind.REINITIALIZE,)),
@@ -682,7 +707,12 @@ def test_a_failed_rewind_is_remembered() -> None:
 
 # --------------------------------------------------------------------------- properties
 
-LOCALS = st.sampled_from([PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY, EMPTY])
+# A refusal lasts until a clone (Memory.refused): the foreign data directories are drawn
+# rarely, so that most sequences also run long without one.
+LOCALS = st.sampled_from(
+    [PRIMARY, REPLICA, STOPPED_REPLICA, CRASHED_PRIMARY, EMPTY] * 6
+    + [FOREIGN_STOPPED, FOREIGN_REPLICA, FOREIGN_PRIMARY]
+)
 LEADERS = st.sampled_from([None, "a", "b"])
 
 
@@ -745,7 +775,8 @@ def _check_leader_keeps_or_lets_go(decision: Decision, ob: Observation) -> None:
     """Named leader in a view we read, we renew (or take) the lease, release it, or stop our
     server: never none of them. On etcd the leader key shares the lease our member record's
     keepalives keep alive, so a leader that only stops renewing holds the key for good (a
-    leader whose data directory was emptied kept every member waiting on it: issue 16)."""
+    leader whose data directory was emptied kept every member waiting on it, and one whose
+    data directory holds another system, refusing to join, did the same: issue 16)."""
     if not _i_lead(ob):
         return
     lets_go = (AcquireLeader, RenewLeader, ReleaseLeader, Demote, StopPostgres)
