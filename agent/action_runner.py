@@ -34,6 +34,7 @@ from agent.actions import (
     ReleaseLeader,
     RenewLeader,
     RestartPrimary,
+    RestartWalReceiver,
     Rewind,
     SetConfig,
     SetFailsafeRecord,
@@ -87,6 +88,7 @@ PostgresAction = (
     | RestartPrimary
     | Promote
     | Follow
+    | RestartWalReceiver
     | EnsureSlots
     | DropStaleSlots
     | SetSyncStandbyNames
@@ -158,6 +160,7 @@ class ActionRunner:
                 | RestartPrimary()
                 | Promote()
                 | Follow()
+                | RestartWalReceiver()
                 | EnsureSlots()
                 | DropStaleSlots()
                 | SetSyncStandbyNames()
@@ -190,6 +193,12 @@ class ActionRunner:
                 await self._still_leased("promoted")
             case Follow(leader=leader):
                 await self.pg.follow(standby_of(self.settings, view, leader))
+            case RestartWalReceiver(upstream=upstream, stalled_s=stalled_s):
+                pid = await self.pg.restart_wal_receiver()
+                self.metrics.count_wal_receiver_restart()
+                log.warning(
+                    "wal_receiver_restarted", upstream=upstream, stalled_s=stalled_s, pid=pid
+                )
             case EnsureSlots(names=names, drop=drop, permanent=permanent, synchronized=sync):
                 await self.pg.set_slots(
                     ensure=[slot_name_for(n) for n in names],

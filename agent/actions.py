@@ -147,6 +147,16 @@ class Follow:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RestartWalReceiver:
+    """A standby that has not streamed from `upstream` for `stalled_s` while `upstream`
+    runs: stop its WAL receiver (SIGTERM), so that the startup process starts a new one on a
+    new replication connection. Nothing else of the server changes."""
+
+    upstream: MemberName
+    stalled_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Demote:
     """Stop a primary that must not write any more; it rejoins as a replica later."""
 
@@ -292,6 +302,7 @@ Action = (
     | Promote
     | PrePromote
     | Follow
+    | RestartWalReceiver
     | Demote
     | EnsureSlots
     | DropStaleSlots

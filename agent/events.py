@@ -1,8 +1,9 @@
 """What happened to this member that an operator should see without reading logs: promoted
 (by a failover or a switchover), demoted, fenced, handed over (on SIGTERM or for a
-switchover), rewound, re-cloned, failsafe entered or left. Pure values and the protocol the
-loop reports them through; agent/kube/events.py publishes them as Kubernetes Events, and
-`NoEvents` drops them (no Kubernetes settings, or events turned off).
+switchover), rewound, re-cloned, failsafe entered or left, a stuck WAL receiver restarted.
+Pure values and the protocol the loop reports them through; agent/kube/events.py publishes
+them as Kubernetes Events, and `NoEvents` drops them (no Kubernetes settings, or events
+turned off).
 
 `EventSink.record` never blocks and never raises: it is called from the HA loop and its
 executor, which must not wait on an API server to report what they already did.
@@ -14,7 +15,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from agent.actions import Action, Clone, Demote, HandOver, Promote, PromoteReason, Rewind
+from agent.actions import (
+    Action,
+    Clone,
+    Demote,
+    HandOver,
+    Promote,
+    PromoteReason,
+    RestartWalReceiver,
+    Rewind,
+)
 
 
 class EventReason(StrEnum):
@@ -31,6 +41,7 @@ class EventReason(StrEnum):
     RECLONE = "Reclone"
     FAILSAFE_ENTERED = "FailsafeEntered"
     FAILSAFE_LEFT = "FailsafeLeft"
+    WAL_RECEIVER_RESTARTED = "WalReceiverRestarted"  # not streaming for wal_receiver_stall_s
 
 
 # What the agent did (the Event's `action`).
@@ -46,8 +57,16 @@ _ACTIONS: dict[EventReason, str] = {
     EventReason.RECLONE: "Reclone",
     EventReason.FAILSAFE_ENTERED: "KeepPrimary",
     EventReason.FAILSAFE_LEFT: "KeepPrimary",
+    EventReason.WAL_RECEIVER_RESTARTED: "RestartWalReceiver",
 }
-_WARNINGS = frozenset({EventReason.FENCED, EventReason.FAILSAFE_ENTERED, EventReason.FAILOVER})
+_WARNINGS = frozenset(
+    {
+        EventReason.FENCED,
+        EventReason.FAILSAFE_ENTERED,
+        EventReason.FAILOVER,
+        EventReason.WAL_RECEIVER_RESTARTED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +123,12 @@ def event_for(action: Action) -> Event | None:
         case Clone(source=source, clear_first=True):
             note = f"data directory replaced by a new copy from {source}"
             return Event(reason=EventReason.RECLONE, note=note)
+        case RestartWalReceiver(upstream=upstream, stalled_s=stalled_s):
+            note = (
+                f"not streaming from {upstream} for {stalled_s:.0f} s while it runs: "
+                "WAL receiver restarted"
+            )
+            return Event(reason=EventReason.WAL_RECEIVER_RESTARTED, note=note)
         case _:
             return None
 

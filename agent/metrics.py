@@ -168,6 +168,12 @@ class Metrics:
         self._dcs_errors = Counter(
             f"{p}_dcs_errors", "Failed DCS requests", ["operation"], registry=r
         )
+        self._receiver_restarts = Counter(
+            f"{p}_wal_receiver_restarts",
+            "WAL receivers this standby restarted after not streaming for "
+            "ha.wal_receiver_stall_s while its upstream ran",
+            registry=r,
+        )
         self._fencing = Counter(
             f"{p}_fencing_events", "Times this primary fenced itself", registry=r
         )
@@ -317,6 +323,9 @@ class Metrics:
 
     def count_failsafe_round(self, confirmed: bool) -> None:
         self._failsafe_rounds.labels(result="confirmed" if confirmed else "refused").inc()
+
+    def count_wal_receiver_restart(self) -> None:
+        self._receiver_restarts.inc()
 
     def count_fencing(self) -> None:
         self._fencing.inc()

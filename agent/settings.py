@@ -200,12 +200,20 @@ class HaSettings:
     synchronous_mode_strict: bool = False
     maximum_lag_on_syncnode_bytes: int = -1  # -1: no limit
     failsafe_mode: bool = False
+    # A replica that has not streamed from its running upstream, nor moved its WAL position,
+    # for this long signals its WAL receiver to start again (agent/decide/receiver.py); 0: off.
+    wal_receiver_stall_s: float = 30.0
 
     def __post_init__(self) -> None:
         check(self.problems())
 
     def problems(self) -> Iterator[ConfigProblem]:
         yield from one_of("synchronous_mode", self.synchronous_mode, SyncMode)
+        if self.wal_receiver_stall_s != 0 and not self.wal_receiver_stall_s >= 1:
+            yield ConfigProblem(
+                "wal_receiver_stall_s",
+                f"must be 0 (off) or >= 1, got {self.wal_receiver_stall_s}",
+            )
         if self.synchronous_node_count < 1:
             yield ConfigProblem(
                 "synchronous_node_count", f"must be >= 1, got {self.synchronous_node_count}"

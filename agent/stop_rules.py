@@ -24,6 +24,7 @@ from agent.actions import (
     DropStaleSlots,
     EnsureSlots,
     RenewLeader,
+    RestartWalReceiver,
     SetInitialize,
     SetLeaderPosition,
     is_long,
@@ -31,11 +32,13 @@ from agent.actions import (
 from agent.decide import Outcome
 
 # Actions that only keep things as they are: a cycle made of these sleeps normally.
-# (DropStaleSlots too: it is retried at the next normal cycle, never in a tight loop.)
+# (DropStaleSlots too: it is retried at the next normal cycle, never in a tight loop; and
+# RestartWalReceiver: the new receiver takes at least wal_retrieve_retry_interval to start.)
 _STEADY = (
     RenewLeader,
     EnsureSlots,
     DropStaleSlots,
+    RestartWalReceiver,
     ClearSwitchover,
     SetInitialize,
     ConfirmFailsafe,

@@ -316,6 +316,19 @@ FIELDS: Final[tuple[Field, ...]] = (
               "member confirms it over the agents' REST API (`POST /failsafe`), instead of "
               "stopping at its fencing deadline. All members must share the API credentials. "
               "See [ha.md](ha.md#failsafe-mode)."),
+    Field(path="ha.wal_receiver_stall_s", kind=_N, default_doc="`30`",
+          rule="0 (off) or ≥ 1.",
+          doc="A replica whose PostgreSQL has not streamed from its upstream for this long (no "
+              "WAL receiver in `streaming` state and no progress of its received or replayed "
+              "position), while the upstream's record says it runs, signals its WAL receiver "
+              "to stop (SIGTERM); the startup process starts a new one, which opens a new "
+              "replication connection. It covers a receiver stuck in its connection start-up "
+              "on a peer that acknowledges but never answers (a wedged proxy or pooler), where "
+              "PostgreSQL enforces neither `connect_timeout` nor `wal_receiver_timeout`. Each "
+              "further restart without streaming in between waits twice as long (at most 8 "
+              "times this). The default is above the kernel's own dead-peer detection in "
+              "`primary_conninfo` (10-11 s) and a connection start-up at seconds of round "
+              "trip. See [ha.md](ha.md#a-stuck-wal-receiver)."),
     section_field("callbacks",
              doc="Commands run on PostgreSQL events, each as a separate process (never through "
                  "a shell): the command's words, then three arguments, as Patroni passes them: "

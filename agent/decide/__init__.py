@@ -164,6 +164,10 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
             memory = replace(memory, last_leader=leader.name, last_leader_wal_lsn=leader.wal_lsn)
         if view.leader is not None:
             memory = replace(memory, leaderless_since=None)
+    follower = view is not None and view.leader is not None and view.leader.name != settings.name
+    if memory.receiver_stall is not None and (obs.pending is not None or not follower):
+        # The stall watchdog counts only consecutive cycles of when_follower (receiver.py).
+        memory = replace(memory, receiver_stall=None)
     if obs.shutting_down:
         return when_shutting_down(obs, memory, settings)
     if obs.pending is not None:

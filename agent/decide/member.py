@@ -27,6 +27,7 @@ from agent.actions import (
 )
 from agent.decide.candidates import am_healthiest, named_candidate, needs_rewind, was_primary
 from agent.decide.failsafe import failsafe_active, failsafe_hold
+from agent.decide.receiver import restart_receiver, track_stall
 from agent.decide.restarts import restart_step
 from agent.decide.state import (
     RETRY_BACKOFF_S,
@@ -257,7 +258,15 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
     if step is not None:
         return decided(step[2], step[1], *step[0])
     if memory.following != upstream:
+        # A new upstream starts a new receiver: any stall stretch so far is over.
+        memory = replace(memory, receiver_stall=None)
         return decided(memory, f"following {upstream}", Follow(leader=upstream))
+    up = view.member(upstream)
+    memory = track_stall(obs, memory, settings, up is not None and up.state == PgState.RUNNING)
+    restart = restart_receiver(obs, memory, settings, upstream)
+    if restart is not None:
+        action, memory, reason = restart
+        return decided(memory, reason, action)
     from_leader = upstream == leader_name and local.streaming
     stale = stale_copies(view.config.slots, local.slots) if leader_up and from_leader else ()
     if stale:
@@ -274,6 +283,11 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
             f"streaming from {upstream}; dropping our stale copies of {', '.join(stale)}",
             DropStaleSlots(names=stale),
         )
+    if not local.streaming:
+        # Not "streaming from": the member record says `running` then, and so does this.
+        stall = memory.receiver_stall
+        since = f" for {obs.now - stall.since:.0f} s" if stall is not None else ""
+        return decided(memory, f"standby of {upstream}, not streaming{since}")
     return decided(memory, f"streaming from {upstream}")
 
 

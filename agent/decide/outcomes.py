@@ -29,6 +29,7 @@ from agent.actions import (
     ReleaseLeader,
     RenewLeader,
     RestartPrimary,
+    RestartWalReceiver,
     Rewind,
     SetConfig,
     SetFailsafeRecord,
@@ -90,6 +91,11 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
         case ClaimInitialize() | ClearInitialize() | SetInitialize() | ClearSwitchover():
             return memory
         case AppendHistory() | Exit() | SetRestartSchedule():
+            return memory
+        case RestartWalReceiver():
+            # Nothing to remember: the stall stretch was started again when it was decided,
+            # and the next probes show whether the new receiver streams (a failure to
+            # signal is only logged; the next restart comes after the longer wait).
             return memory
         case DropStaleSlots():
             # Nothing to remember: the next probe shows whether the copies are gone, and the

@@ -78,6 +78,18 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReceiverStall:
+    """A stretch in which a standby has not streamed from its running upstream: since when,
+    on which postmaster, at which WAL position (a move ends the stretch), and how many times
+    its WAL receiver was restarted in it (each restart doubles the next wait)."""
+
+    since: float  # monotonic: the stretch's start, or the last restart of the receiver
+    postmaster_pid: int | None
+    position: Lsn | None
+    restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Memory:
     """All state the agent carries from one cycle to the next."""
 
@@ -88,6 +100,9 @@ class Memory:
     # First cycle of the current stretch in which the postmaster refused connections with no
     # startup process under it (LocalState.postmaster_idle); None outside such a stretch.
     postmaster_idle_since: float | None = None
+    # Follower: the current stretch in which its PostgreSQL does not stream from a running
+    # upstream and its WAL position does not move (agent/decide/receiver.py); None outside one.
+    receiver_stall: ReceiverStall | None = None
     # Leader: since when it wants to hand over (shutdown, switchover) but no candidate streams
     # from it caught up yet; it keeps serving meanwhile, for at most switchover_timeout_s.
     handover_wait_since: float | None = None

@@ -22,7 +22,7 @@ import asyncpg
 
 from agent.backup_settings import BootstrapMethod
 from agent.model import LocalState, Lsn, Member, PgConfig, SyncStandbys
-from agent.postgres import bootstrap, datadir, pgbackrest, restore, slots
+from agent.postgres import bootstrap, datadir, pgbackrest, restore, slots, walreceiver
 from agent.postgres.probe import Prober, read_controldata
 from agent.postgres.process import PostgresError, Postmaster, StandbyConfig, StopMode
 from agent.postgres.replication import quote_literal, render_synchronous_standby_names
@@ -68,6 +68,10 @@ class PostgresControl(Protocol):
 
     async def follow(self, standby: StandbyConfig) -> None:
         """Point a running standby at another upstream without a restart."""
+
+    async def restart_wal_receiver(self) -> int | None:
+        """On a running standby: stop its WAL receiver (the startup process starts a new one
+        on a new connection); the pid signalled, or None when there was none."""
 
     async def initdb(self) -> None:
         """Create a new cluster in the (empty) data directory: initdb, or (bootstrap.method
@@ -175,6 +179,11 @@ class LocalPostgres:
 
     async def follow(self, standby: StandbyConfig) -> None:
         await self.postmaster.follow(standby)
+
+    async def restart_wal_receiver(self) -> int | None:
+        return await walreceiver.restart_wal_receiver(
+            self.postmaster, timeout_s=self._settings.timing.retry_timeout_s
+        )
 
     async def initdb(self) -> None:
         if self._settings.bootstrap.method is BootstrapMethod.PGBACKREST:

@@ -142,6 +142,11 @@ class FakePostgres:
         self.conninfo: StandbyConfig | None = None  # primary_conninfo / slot, when a standby
         self.streaming = False
         self.receiving = True  # False: cut off from its upstream (the WAL receiver gets nothing)
+        # True: its WAL receiver hangs in a connection that never answers (stick_receiver)
+        # until restart_wal_receiver; a new receiver streams again if `receiving`.
+        self.receiver_stuck = False
+        self.stuck_path = False  # True: every new WAL receiver hangs the same way (the fault stays)
+        self.receiver_restarts = 0
         self.hung = False
         self.lingering = False  # see linger()
         self.slots: set[str] = set()
@@ -224,6 +229,13 @@ class FakePostgres:
         self.running = False
         self.streaming = False
 
+    def stick_receiver(self) -> None:
+        """The WAL receiver hangs in its connection's start-up on a peer that acknowledges
+        and never answers: nothing streams until `restart_wal_receiver` (PostgreSQL itself
+        never gives up on it: chaos finding 17)."""
+        self.receiver_stuck = True
+        self.streaming = False
+
     def resume(self) -> None:
         self.hung = False
 
@@ -233,7 +245,7 @@ class FakePostgres:
             return
         up = self.cluster.instances.get(self.conninfo.primary_host) if self.conninfo else None
         self.streaming = False
-        if not self.receiving:
+        if not self.receiving or self.receiver_stuck:
             return
         if up is None or not up.serves_tcp() or up.data is None:
             return
@@ -268,6 +280,7 @@ class FakePostgres:
             raise PostgresError(f"{op}: TimeoutError() (the server does not answer)")
 
     def _gone(self) -> None:
+        self.receiver_stuck = False  # the next start has a new WAL receiver
         self.lingering = False
         self.running = False
         self.streaming = False
@@ -456,8 +469,19 @@ class FakePostgres:
 
     async def follow(self, standby: StandbyConfig) -> None:
         await self._enter("follow", sql=True)
+        if standby != self.conninfo:
+            self.receiver_stuck = False  # a changed primary_conninfo restarts the receiver
         self.conninfo = standby
         self.cluster.replicate()
+
+    async def restart_wal_receiver(self) -> int | None:
+        await self._enter("restart_wal_receiver", sql=True)
+        if not self.in_recovery or self.conninfo is None:
+            return None
+        self.receiver_restarts += 1
+        self.receiver_stuck = self.stuck_path
+        self.cluster.replicate()
+        return 9999
 
     async def initdb(self) -> None:
         await self._enter("initdb")

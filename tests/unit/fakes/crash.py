@@ -30,6 +30,7 @@ PG_EFFECTS = frozenset(
         "stop",
         "promote",
         "follow",
+        "restart_wal_receiver",
         "initdb",
         "create_roles",
         "clear_data_dir",
