@@ -261,8 +261,10 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         # A new upstream starts a new receiver: any stall stretch so far is over.
         memory = replace(memory, receiver_stall=None)
         return decided(memory, f"following {upstream}", Follow(leader=upstream))
+    # The upstream's server runs (a cascade source that runs reports `streaming`).
     up = view.member(upstream)
-    memory = track_stall(obs, memory, settings, up is not None and up.state == PgState.RUNNING)
+    up_runs = up is not None and up.state in (PgState.RUNNING, PgState.STREAMING)
+    memory = track_stall(obs, memory, settings, up_runs)
     restart = restart_receiver(obs, memory, settings, upstream)
     if restart is not None:
         action, memory, reason = restart

@@ -19,7 +19,7 @@ from agent.model import ClusterView, LocalState, MemberName, PgState, Role
 from agent.settings import HaSettings, Settings
 from agent.value_rules import InvalidSettings
 from tests.unit.fakes.loop_cluster import LoopCluster
-from tests.unit.test_decide import NOW, REPLICA, A, member, obs, view
+from tests.unit.test_decide import NOW, REPLICA, A, make_settings, member, obs, view
 
 BOUND = A.ha.wal_receiver_stall_s
 STUCK = replace(REPLICA, streaming=False, receive_lsn=None, postmaster_pid=77)
@@ -132,6 +132,16 @@ def test_a_restarted_postmaster_starts_a_new_stretch() -> None:
     other = replace(STUCK, postmaster_pid=78)
     run = [*_every_second(STUCK, BOUND - 1), *[(BOUND + t, other) for t in range(5)]]
     assert _run(run) == []
+
+
+def test_a_cascading_standby_watches_its_stream_from_the_replica_it_follows() -> None:
+    cascading = make_settings("a", replicatefrom="c")
+    from_c = Memory(following=MemberName("c"))
+    memory, fired = from_c, []
+    for t in range(int(BOUND) + 1):
+        decision, memory = decide(replace(obs(_view(), STUCK), now=NOW + t), memory, cascading)
+        fired += [a for a in decision.actions if isinstance(a, RestartWalReceiver)]
+    assert fired == [RestartWalReceiver(upstream=MemberName("c"), stalled_s=BOUND)]
 
 
 def test_the_watchdog_is_off_at_zero() -> None:
