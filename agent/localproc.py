@@ -1,6 +1,6 @@
 """The processes of a local cluster (the demo, the tests, the benchmarks): one member's ports
-and paths (`LocalMember`), free ports, and the parent-death signal that stops the demo's
-processes when the demo is killed.
+and paths (`LocalMember`), free ports (from `agent.localports`), and the parent-death signal
+that stops the demo's processes when the demo is killed.
 """
 
 from __future__ import annotations
@@ -8,15 +8,18 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.localports import free_port
+
 ETCD_BIN = "/usr/bin/etcd"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+__all__ = ["ETCD_BIN", "PG_BIN", "LocalMember", "free_port", "parent_death_signal", "preexec_for"]
 
 
 def parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
@@ -55,21 +58,6 @@ def preexec_for(die_with_parent: bool) -> Callable[[], None] | None:
     """The `preexec_fn` of a process a local cluster starts: SIGTERM when the demo dies
     (`die_with_parent`), else nothing."""
     return parent_death_signal(signal.SIGTERM) if die_with_parent else None
-
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port, never one this process handed out before: the kernel may give a
-    just-released port again, and two members must not get the same one."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
 
 
 @dataclass(slots=True)

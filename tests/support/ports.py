@@ -1,27 +1,14 @@
-"""Free TCP ports on loopback for servers the tests start."""
+"""Free TCP ports on loopback for servers the tests start: outside the ephemeral range and
+reserved for this process across processes (see `agent.localports`), so a server restarted on
+its port finds it free."""
 
 from __future__ import annotations
 
-import socket
+from agent.localports import free_port
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (high, ephemeral range)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["free_port", "free_ports"]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct free ports (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+    """`count` distinct free ports, each reserved for this process."""
+    return [free_port(host) for _ in range(count)]
