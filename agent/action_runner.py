@@ -364,11 +364,18 @@ class ActionRunner:
 
     async def _record_system(self) -> None:
         """Write our new cluster's system id into the initialize record we claimed."""
-        local = await self.pg.probe(timeout_s=self.settings.timing.retry_timeout_s)
+        # The bootstrap's own time, not one cycle's: the lease is renewed meanwhile. And
+        # pg_control's copy when the SQL timed out anyway (a fresh server under load): the
+        # system id never changes, and without it the bootstrap was discarded for nothing.
+        local = await self.pg.probe(timeout_s=self.settings.timing.primary_start_timeout_s)
+        system_id = local.system_id or (local.control.system_id if local.control else None)
         view = await self._call("get_cluster", self.dcs.get_cluster)
-        ours = view.leader is not None and view.leader.name == self.settings.name
-        if local.system_id is None or view.initialize != "" or not ours:
-            raise ActionFailed("bootstrap: our claim on the cluster is gone, or no system id")
+        if system_id is None:
+            raise ActionFailed("bootstrap: no system id (neither SQL nor pg_control answered)")
+        if view.leader is None or view.leader.name != self.settings.name:
+            raise ActionFailed("bootstrap: the lease is no longer ours")
+        if view.initialize != "":
+            raise ActionFailed("bootstrap: our claim on the cluster is gone")
         if not view.config.version:
             # The cluster-wide settings seeded from ours first (create only): recorded
             # without them, the cluster would never get them.
@@ -382,7 +389,7 @@ class ActionRunner:
             "write_record",
             lambda: self.dcs.write_record(
                 RecordKind.INITIALIZE,
-                local.system_id,
+                system_id,
                 expected_version=view.initialize_version or None,
             ),
         )

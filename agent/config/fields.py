@@ -390,7 +390,8 @@ FIELDS: Final[tuple[Field, ...]] = (
                  "member with `archive_mode`, `archive_command = pgbackrest ... archive-push "
                  "%p` and `restore_command = pgbackrest ... archive-get %f \"%p\"`; those "
                  "three are refused in `postgresql.parameters` then. The first leader of a new "
-                 "cluster runs `stanza-create`."),
+                 "cluster runs `stanza-create` once the DCS records the new cluster, before "
+                 "opening it to clients."),
     Field(path="pgbackrest.repo_path", kind=_S, default_doc="required", rule="Absolute path.",
           doc="`repo1-path`: the repository's directory (for `s3`, `gcs`, `azure`: the path in "
               "the bucket or container). Every member must reach the same repository."),

@@ -57,8 +57,10 @@ class PostgresControl(Protocol):
         on the Unix socket only, no TCP client can connect (a cluster being bootstrapped)."""
 
     async def open_to_clients(self, *, timeout_s: float) -> None:
-        """The new cluster is complete (its incomplete-bootstrap marker goes first); a running
-        server that listens on its Unix socket only is restarted to listen as configured."""
+        """The new cluster is complete (its incomplete-bootstrap marker goes first; with
+        pgBackRest, an incomplete bootstrap's stanza is created before that); a running server
+        that listens on its Unix socket only is restarted to listen as configured. Called
+        only once the DCS records this cluster's system id."""
 
     async def stop(self, mode: StopMode, *, timeout_s: float) -> None:
         """Stop and wait until the postmaster is gone; escalates to SIGKILL (process.py)."""
@@ -80,8 +82,7 @@ class PostgresControl(Protocol):
         an incomplete bootstrap until `open_to_clients` (LocalState.bootstrap_incomplete)."""
 
     async def create_roles(self) -> None:
-        """On a freshly initialized primary: the replication role and the passwords (and,
-        with pgBackRest, the stanza in the repository)."""
+        """On a freshly initialized primary: the replication role and the passwords."""
 
     def clear_data_dir(self) -> None:
         """Remove the data directory's contents (the postmaster must be stopped)."""
@@ -166,6 +167,13 @@ class LocalPostgres:
         await self.postmaster.start(standby=standby, timeout_s=timeout_s, socket_only=socket_only)
 
     async def open_to_clients(self, *, timeout_s: float) -> None:
+        if self._settings.pgbackrest is not None and datadir.bootstrap_incomplete(self._pg):
+            # The stanza is created for a bootstrap the DCS recorded, never before: a
+            # bootstrap discarded after its stanza-create (its probe timed out under load,
+            # its claim was lost) left the repository holding a system the cluster is not,
+            # and every later bootstrap's stanza-create refused it, for good (a fresh-clone
+            # CI run). Idempotent: an opening retried after a failure creates it again.
+            await pgbackrest.stanza_create(self._settings)
         # Complete before it is opened: an agent stopped in between leaves a socket-only
         # server (discarded as incomplete: nobody wrote to it), never an open one that is.
         datadir.unmark_bootstrap(self._pg)
@@ -194,8 +202,6 @@ class LocalPostgres:
 
     async def create_roles(self) -> None:
         await bootstrap.create_roles(self.postmaster, self._pg)
-        if self._settings.pgbackrest is not None:
-            await pgbackrest.stanza_create(self._settings)
 
     def clear_data_dir(self) -> None:
         bootstrap.clear_data_dir(self._pg)

@@ -271,7 +271,7 @@ async def _source_history(base: Path, repo: Path) -> tuple[str, str, int]:
     """A cluster with a backup, a commit, a target time, another commit, archived, then
     destroyed: (the target time, a time a day ahead, its timeline)."""
     # A stanza of its own: the first test's belongs to another system (a new cluster pointed
-    # at it fails its bootstrap: stanza-create refuses).
+    # at it is never opened to clients: stanza-create refuses).
     cluster = _cluster(base, "source", _backup_config(repo, "pitr"))
     try:
         cluster.start()

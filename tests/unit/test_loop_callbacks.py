@@ -301,3 +301,43 @@ async def test_a_recorded_bootstrap_whose_probe_fails_is_opened_not_discarded() 
     assert leader == "a" and data is not None
     assert c.store.get_raw("initialize") == data.system_id.encode()
     assert "clear_data_dir" not in a.pg.calls  # kept, then opened
+
+
+async def test_a_bootstrap_whose_record_probe_times_out_takes_the_system_id_from_pg_control() -> (
+    None
+):
+    # The probe of the bootstrap's record step gets no answer to its SQL (a fresh server under
+    # load): what the real probe reports then is a server not running, with pg_control read.
+    # The system id comes from pg_control and the bootstrap is recorded; it was discarded and
+    # made again, and with pgBackRest each one left the repository's stanza to a system the
+    # cluster never became (tests/e2e/test_backups.py never converged).
+    c = LoopCluster()
+    a = c["a"]
+    probe = a.pg.probe
+    blinded: list[bool] = []
+
+    async def timed_out(*, timeout_s: float) -> LocalState:
+        after_roles = a.pg.calls[-1:] == ["create_roles"]
+        state = await probe(timeout_s=timeout_s)
+        if after_roles and not blinded:
+            blinded.append(True)
+            assert a.pg.data is not None
+            return LocalState(
+                data_dir_initialized=True,
+                running=False,
+                postmaster_pid=state.postmaster_pid,
+                unresponsive=True,
+                control=a.pg.data.control(),
+                bootstrap_incomplete=True,
+            )
+        return state
+
+    for name in ("b", "c"):
+        c[name].alive = False  # a alone makes the cluster
+    a.pg.probe = timed_out  # type: ignore[method-assign]
+    await c.run_until(lambda: c.store.get_raw("initialize") not in (None, b""))
+    assert blinded == [True]
+    data = a.pg.data
+    assert data is not None
+    assert c.store.get_raw("initialize") == data.system_id.encode()
+    assert a.pg.calls.count("initdb") == 1 and "clear_data_dir" not in a.pg.calls
