@@ -218,6 +218,35 @@ async def read_controldata(
     return parse_controldata(out)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FlushSeen:
+    """A primary's WAL flush and insert positions as one probe read them."""
+
+    postmaster_pid: int | None
+    flush: Lsn | None
+    insert: Lsn | None
+
+
+def flush_stuck(previous: FlushSeen | None, current: FlushSeen) -> bool:
+    """Whether a primary's WAL flush may be stuck or too slow, so that only committing the
+    heartbeat can tell: WAL is waiting to be flushed now, and since the previous probe of the
+    same postmaster the flush position has not moved, or has not reached what was already
+    waiting then. A flush that keeps up (WAL written before the previous probe is durable
+    now), or nothing to flush, proves enough. A flush that moves but lags by more than a
+    probe interval is slow storage (chaos finding 19: fsyncs of 1 s each moved the position
+    at every probe while no commit finished within a second): the heartbeat's commit bound
+    decides. Idle servers with a partly filled WAL page nobody needed flushed (hint-bit
+    records) land here too; their heartbeat commits at once."""
+    flush, insert = current.flush, current.insert
+    if flush is None or insert is None or insert <= flush:
+        return False
+    if previous is None or previous.postmaster_pid != current.postmaster_pid:
+        return False
+    if previous.flush == flush:
+        return True
+    return previous.insert is not None and flush < previous.insert
+
+
 class Prober:
     """Probes the local PostgreSQL; one instance per agent, used by one task at a time."""
 
@@ -236,8 +265,11 @@ class Prober:
         # while the standby does not stream. Dropped when it streams (the receiver may
         # overwrite what the scan saw).
         self._wal_end: tuple[int | None, int | None, Lsn] | None = None
-        # A primary's WAL flush position at the previous probe, per postmaster.
-        self._flush_seen: tuple[int | None, Lsn | None] | None = None
+        # A primary's WAL flush and insert positions at the previous probe, per postmaster.
+        self._flush_seen: FlushSeen | None = None
+        # The postmaster whose last heartbeat did not commit in time: its next probes commit
+        # the heartbeat whatever the flush position did, until one commits in time.
+        self._heartbeat_failed: int | None = None
         self._pg_major: int | None = None  # of the binaries; asked until known
 
     async def probe(
@@ -281,9 +313,13 @@ class Prober:
                 unresponsive = isinstance(exc, TimeoutError)
                 refused = not unresponsive
             else:
-                if not state.in_recovery and self._flush_stuck(row, postmaster_pid):
+                stuck = self._flush_stuck(row, postmaster_pid)
+                retry = postmaster_pid is not None and self._heartbeat_failed == postmaster_pid
+                if not state.in_recovery and (stuck or retry):
                     budget = max(deadline - loop.time() - timeout_s * 0.3, 0.1)
-                    if not await self._can_commit(budget):
+                    committed = await self._can_commit(budget)
+                    self._heartbeat_failed = None if committed else postmaster_pid
+                    if not committed:
                         state = dataclasses.replace(state, commit_stalled=True)
                 # The server answered: whatever the scan does, it reports a running server.
                 try:
@@ -309,17 +345,12 @@ class Prober:
         )
 
     def _flush_stuck(self, row: asyncpg.Record, postmaster_pid: int | None) -> bool:
-        """Whether a primary's WAL flush may be stuck: WAL is waiting to be flushed and the
-        flush position has not moved since the previous probe of this postmaster. Progress,
-        or nothing to flush, proves enough; only this ambiguous case (hung storage, or an
-        idle server with a partly filled WAL page that nobody needed flushed, e.g. hint-bit
-        records) is settled by committing the heartbeat, which forces a flush."""
-        flush: Lsn | None = row["flush_lsn"]
-        insert: Lsn | None = row["insert_lsn"]
-        previous, self._flush_seen = self._flush_seen, (postmaster_pid, flush)
-        if flush is None or insert is None or insert <= flush:
-            return False
-        return previous == (postmaster_pid, flush)
+        """`flush_stuck` against the previous probe of this postmaster (then remembered)."""
+        current = FlushSeen(
+            postmaster_pid=postmaster_pid, flush=row["flush_lsn"], insert=row["insert_lsn"]
+        )
+        previous, self._flush_seen = self._flush_seen, current
+        return flush_stuck(previous, current)
 
     async def _can_commit(self, timeout_s: float) -> bool:
         """A primary proves it can commit: one transaction that writes a WAL record (a
@@ -330,8 +361,10 @@ class Prober:
         reads proves nothing when the storage under pg_wal hangs: commits block in fsync
         while every catalog query is served from memory (the "zombie primary").
         Costs one transaction id, about 100 bytes of WAL and one WAL flush, and runs only
-        when `_flush_stuck` cannot tell (so an idle primary does not write WAL every cycle,
-        which would archive a segment per archive_timeout). False: timed out or failed (the
+        when `flush_stuck` cannot tell, or after a heartbeat that did not commit in time
+        until one does (so an idle primary does not write WAL every cycle, which would
+        archive a segment per archive_timeout, and a slow flush that happens to move between
+        two probes does not clear a stall no commit has disproved). False: timed out or failed (the
         connection is dropped; its backend may stay blocked in the kernel)."""
         conn = self._conn
         if conn is None:
