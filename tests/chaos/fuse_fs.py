@@ -12,6 +12,10 @@ uid and gid, as a kernel filesystem would.
 While `CONTROL.full` exists, the store is full: write, create, mkdir, link, symlink and
 fallocate fail with ENOSPC (the disk-full scenarios).
 
+While `CONTROL.slow` holds a number of milliseconds, every fsync and fdatasync of a file under
+a `pg_wal` directory of the store takes that much longer (it sleeps before syncing: a slow
+disk, not a hung one; the slow-fsync scenarios). Other calls are not slowed.
+
 While the file CONTROL exists, every call that changes the store (write, fsync, fdatasync,
 create, mkdir, unlink, rename, truncate, fallocate, chmod, chown, utimens, link, symlink)
 waits until it is removed, as on a disk whose controller stopped completing writes; reads,
@@ -41,6 +45,7 @@ POLL_S = 0.01
 MOUNT_TIMEOUT_S = 10.0
 
 FULL_SUFFIX = ".full"  # `<control>.full` exists: the store is full (ENOSPC)
+SLOW_SUFFIX = ".slow"  # `<control>.slow` holds milliseconds added to each fsync of pg_wal
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -55,6 +60,7 @@ class Gate:
         self._open.set()
         self.blocked_calls = 0
         self.full = False
+        self.slow_fsync_s = 0.0
 
     def watch_forever(self) -> None:
         while True:
@@ -63,12 +69,23 @@ class Gate:
             else:
                 self._open.set()
             self.full = os.path.exists(self.control + FULL_SUFFIX)
+            self.slow_fsync_s = _slow_fsync_s(self.control + SLOW_SUFFIX)
             time.sleep(POLL_S)
 
     def wait(self) -> None:
         if not self._open.is_set():
             self.blocked_calls += 1
             self._open.wait()
+
+
+def _slow_fsync_s(path: str) -> float:
+    """Seconds added to each fsync of pg_wal: the number of milliseconds in `path` (0 when it
+    does not exist or holds no number)."""
+    try:
+        with open(path) as f:
+            return max(float(f.read().strip() or 0), 0.0) / 1000
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _gated(method: _F) -> _F:
@@ -170,6 +187,9 @@ def _make_passthrough() -> type:
 
         @_gated
         def fsync(self, path: str, datasync: int, fh: int) -> int:
+            slow = self.gate.slow_fsync_s
+            if slow and "/pg_wal/" in path:
+                time.sleep(slow)  # this request's thread only: others go on
             if datasync:
                 os.fdatasync(fh)
             else:
@@ -297,6 +317,7 @@ class FuseStore:
             os.chmod(path, 0o700)
         self.unblock()
         self.unfill()
+        self.slow_fsync(0)
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
                 [
@@ -347,10 +368,24 @@ class FuseStore:
         with contextlib.suppress(FileNotFoundError):
             self.full_control.unlink()
 
+    @property
+    def slow_control(self) -> Path:
+        return self.control.parent / (self.control.name + SLOW_SUFFIX)
+
+    def slow_fsync(self, added_ms: float) -> None:
+        """Every later fsync of a file under pg_wal takes `added_ms` longer (0: as before)."""
+        if added_ms:
+            self.slow_control.write_text(f"{added_ms:g}\n")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.slow_control.unlink()
+        time.sleep(3 * POLL_S)
+
     def stop(self) -> None:
         """Unblock, unmount (lazily: processes still inside see it go) and end the server."""
         self.unblock()
         self.unfill()
+        self.slow_fsync(0)
         subprocess.run(
             ["fusermount3", "-u", "-z", str(self.mountpoint)],
             capture_output=True,

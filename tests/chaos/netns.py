@@ -12,8 +12,11 @@ Every host namespace has `lo` up and `eth0` with one address of SUBNET. The subn
 inside these namespaces: nothing is added to the host's own namespace, so it is never routed to
 the host's real interfaces. Deleting the namespaces deletes every link with them.
 
-Faults are iptables DROP rules inside a host's namespace (both directions, so one namespace's
-rules cut a pair), removed by `heal`. All namespaces share the host's CLOCK_MONOTONIC.
+Faults are iptables DROP rules inside a host's namespace, removed by `heal`: both directions
+(`drop_between`: one namespace's rules cut a pair), one direction only (`drop_one_way`: the
+host's packets to the others, or theirs to it), or a random share of the packets both ways
+(`drop_randomly`: `-m statistic --mode random`). All namespaces share the host's
+CLOCK_MONOTONIC.
 """
 
 from __future__ import annotations
@@ -230,6 +233,34 @@ class Network:
             address = self.hosts[other].address
             host.iptables("-A", "INPUT", "-s", address, "-j", "DROP")
             host.iptables("-A", "OUTPUT", "-d", address, "-j", "DROP")
+        self.cut.add(key)
+
+    def drop_one_way(self, key: str, others: Iterable[str], *, outgoing: bool) -> None:
+        """Drop only `key`'s packets to each of `others` (`outgoing`), or only theirs to `key`;
+        the other direction passes. Rules in `key`'s namespace."""
+        host = self.hosts[key]
+        for other in others:
+            address = self.hosts[other].address
+            if outgoing:
+                host.iptables("-A", "OUTPUT", "-d", address, "-j", "DROP")
+            else:
+                host.iptables("-A", "INPUT", "-s", address, "-j", "DROP")
+        self.cut.add(key)
+
+    def drop_randomly(self, key: str, others: Iterable[str], probability: float) -> None:
+        """Drop each packet between `key` and each of `others`, either way, with
+        `probability` (independently per packet and per direction)."""
+        if not 0.0 < probability < 1.0:
+            raise ValueError(f"drop probability {probability} is not in (0, 1)")
+        host = self.hosts[key]
+        share = f"{probability:.4f}"
+        for other in others:
+            address = self.hosts[other].address
+            for chain, side in (("INPUT", "-s"), ("OUTPUT", "-d")):
+                host.iptables(
+                    "-A", chain, side, address, "-m", "statistic", "--mode", "random",
+                    "--probability", share, "-j", "DROP",
+                )  # fmt: skip
         self.cut.add(key)
 
     def isolate(self, key: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -42,6 +43,54 @@ def test_a_partition_cuts_both_directions_until_healed_and_destroy_leaves_nothin
         names = {h.netns for h in net.hosts.values()} | {net.bridge_ns}
         net.destroy()
     assert not names & _namespaces()
+
+
+_LISTEN = (
+    "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 7000));"
+    " s.settimeout(0.5); n=0\n"
+    "try:\n    while True: s.recv(64); n+=1\nexcept OSError: pass\nprint(n)"
+)
+_SEND = (
+    "import socket,sys,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(200):\n"
+    "    try: s.sendto(b'x', (sys.argv[1], 7000))\n"
+    "    except OSError: pass  # EPERM: dropped by an OUTPUT rule\n"
+    "    time.sleep(0.002)"
+)
+
+
+def _datagrams(net: netns.Network, src: str, dst: str) -> int:
+    """How many of 200 UDP datagrams sent from `src` to `dst` arrive."""
+    listener = subprocess.Popen(
+        net.hosts[dst].exec_args("python3", "-c", _LISTEN), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.2)
+        netns.run(*net.hosts[src].exec_args("python3", "-c", _SEND, net.hosts[dst].address))
+        out, _ = listener.communicate(timeout=10)
+    finally:
+        listener.kill()
+    return int(out.strip() or 0)
+
+
+def test_a_one_way_drop_cuts_one_direction_and_a_random_drop_a_share_of_packets(
+    chaos_support: None,
+) -> None:
+    net = netns.Network(keys=("n1", "n2"))
+    try:
+        net.create()
+        net.drop_one_way("n1", ["n2"], outgoing=True)
+        assert _datagrams(net, "n1", "n2") == 0
+        assert _datagrams(net, "n2", "n1") == 200
+        net.heal()
+        net.drop_one_way("n1", ["n2"], outgoing=False)
+        assert _datagrams(net, "n2", "n1") == 0
+        net.heal()
+        net.drop_randomly("n1", ["n2"], 0.4)
+        arrived = _datagrams(net, "n2", "n1")
+        assert 80 <= arrived <= 160, arrived  # 120 expected; binomial sd ~7
+    finally:
+        net.destroy()
 
 
 def test_leftovers_of_a_crashed_run_are_removed_and_a_live_run_is_left_alone(
