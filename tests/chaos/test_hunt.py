@@ -130,6 +130,13 @@ async def test_slow_fsync_on_the_primary_fails_over_only_above_the_commit_bound(
     storage_runner: Runner, added_ms: float, below: bool, run: int
 ) -> None:
     nemesis = slow_fsync(added_ms, TTL_S + 5.0, same_primary=below)
-    _, stops, _ = await _run(storage_runner, nemesis)
+    result, stops, _ = await _run(storage_runner, nemesis)
     if below:
         assert not stops, f"a primary that commits in time was stopped: {stops}"
+    else:
+        # Every commit takes a second or more: past the heartbeat's bound, for longer than
+        # postgres_unresponsive_s (chaos finding 19: no failover at all before).
+        assert result.failover_s is not None, (
+            f"no failover from a primary that commits too slowly: {summary(result)}\n"
+            f"{storage_runner.cluster.logs_tail(15)}"
+        )
