@@ -40,6 +40,7 @@ from tests.chaos.nemesis import (
     slow_network,
     storage_hang,
 )
+from tests.chaos.nemesis_hunt import one_way_partitions, packet_loss, slow_fsync, stale_etcd_members
 from tests.chaos.workload import Attempt
 
 CLOCK_STEP_S = 3600.0
@@ -56,6 +57,20 @@ GRAY_NAMES = (
     "replica-clock-step-1h",
     "primary-backend-oom-killed",
     "agent-restart-loop",
+)
+# The hunt's faults the mix draws (tests/chaos/nemesis_hunt.py; all of them run in
+# test_hunt.py): the one-way cuts from the DCS, loss on the DCS and replication links, an
+# etcd member cut from its quorum under the primary or with it, slow fsyncs below and above
+# the commit bound.
+HUNT_NAMES = (
+    "primary-to-dcs-dropped",
+    "dcs-to-primary-dropped",
+    "primary-dcs-loss-40",
+    "primary-replication-loss-30",
+    "stale-etcd-member-under-primary",
+    "primary-with-stale-etcd-member",
+    "slow-fsync-200ms",
+    "slow-fsync-1000ms",
 )
 
 
@@ -107,8 +122,17 @@ def mix_pool(ttl_s: float) -> list[Nemesis]:
         n if rtt < 1.35 else dataclasses.replace(n, same_primary=False, must_not_lose=False)
         for n, rtt in zip(slow, MIX_SLOW_RTTS_S, strict=True)
     ]
+    hunt = [
+        *one_way_partitions(ttl_s),
+        packet_loss("dcs", 0.4, ttl_s + 5.0),
+        packet_loss("replication", 0.3, ttl_s + 5.0),
+        *stale_etcd_members(ttl_s)[0],
+        slow_fsync(200.0, ttl_s + 5.0, same_primary=True),
+        slow_fsync(1000.0, ttl_s + 5.0, same_primary=False),
+    ]
     return [
         *nemeses(ttl_s),
+        *(n for n in hunt if n.name in HUNT_NAMES),
         storage_hang(ttl_s),
         primary_disk_full(ttl_s),
         replica_disk_full(ttl_s)[0],

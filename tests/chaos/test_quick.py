@@ -16,6 +16,7 @@ import pytest
 
 from tests.chaos.cluster import QUICK_TIMING
 from tests.chaos.nemesis import Nemesis, nemeses
+from tests.chaos.nemesis_hunt import one_way_partitions, stale_etcd_members
 from tests.chaos.runner import Runner, ScenarioResult
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
@@ -32,6 +33,17 @@ LOSS_RULE = "self-fencing must leave no acknowledged write on the old primary al
 RUNS = max(1, int(os.environ.get("CHAOS_RUNS", "1") or 1))
 
 QUICK = {n.name: n for n in nemeses(QUICK_TIMING["ttl_s"]) if n.quick}
+# Two of the hunt's faults (tests/chaos/nemesis_hunt.py, all in test_hunt.py), about 45 s:
+# the primary's requests reach etcd and are applied but the answers are lost, and the
+# primary reaches only an etcd member cut from its quorum.
+QUICK.update(
+    (n.name, n)
+    for n in (
+        *one_way_partitions(QUICK_TIMING["ttl_s"]),
+        *stale_etcd_members(QUICK_TIMING["ttl_s"])[0],
+    )
+    if n.name in ("dcs-to-primary-dropped", "primary-with-stale-etcd-member")
+)
 
 
 def summary(result: ScenarioResult) -> str:
