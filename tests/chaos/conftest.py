@@ -15,6 +15,7 @@ import pytest
 from tests.chaos import netns, report
 from tests.chaos.cluster import QUICK_TIMING, ChaosCluster
 from tests.chaos.runner import Runner, ScenarioResult
+from tests.chaos.stuck_peer import STALL_S
 from tests.support.pgversions import PgInstall, Tier, params, wanted_majors
 
 CONVERGE_BOUND_S = 45.0  # after healing, one primary and all others streaming within this
@@ -121,8 +122,11 @@ def _running(
 def runner(
     chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
 ) -> Iterator[Runner]:
-    """Asynchronous replication; the test thread is in the client namespace for the module."""
-    with _running(chaos_results, pg=pg_install, sync=False) as chaos:
+    """Asynchronous replication; the test thread is in the client namespace for the module.
+    `ha.wal_receiver_stall_s` is short, as the timings are (stuck_peer.py `STALL_S`)."""
+    with _running(
+        chaos_results, pg=pg_install, sync=False, ha_extra={"wal_receiver_stall_s": STALL_S}
+    ) as chaos:
         yield chaos
 
 

@@ -3,13 +3,15 @@
 The pool is every nemesis of `nemeses()` plus the gray faults of issue 16: the storage hang
 and the full disk of the primary, the full disk of a replica then the primary's death, a
 slow network around the primary (0.5 s round trip: below the quick timings' request bound,
-no failover expected; 2 s: above it, the primary cannot renew and is replaced), and a ±1 hour
-step of one member's agent's wall clock (primary or replica). Every one of them can be drawn
-on one cluster flavour, conftest.py `mix_runner`: each data directory on a FUSE store, every
-member's connections through a delaying proxy, every agent on a steppable wall clock. The
-OOM-killed backend and the agent restart loop are in `nemeses()` already. Not drawn: the
-async-load-hard-kill runs (a measurement with its own pgbench table of ~0.5 GB per run, not a
-fault; test_gray.py reports them).
+no failover expected; 2 s: above it, the primary cannot renew and is replaced), a ±1 hour
+step of one member's agent's wall clock (primary or replica), and a replica's WAL receiver
+stuck on a peer that never answers (tests/chaos/stuck_peer.py; the mix's heal kills the
+stuck peer, which frees the receiver before the agent's default 30 s bound). Every one of
+them can be drawn on one cluster flavour, conftest.py `mix_runner`: each data directory on a
+FUSE store, every member's connections through a delaying proxy, every agent on a steppable
+wall clock. The OOM-killed backend and the agent restart loop are in `nemeses()` already. Not
+drawn: the async-load-hard-kill runs (a measurement with its own pgbench table of ~0.5 GB per
+run, not a fault; test_gray.py reports them).
 
 Draws come from a shuffled deck (`Deck`): every nemesis once, in random order, then a new
 shuffle. A uniform draw with 25 nemeses and ~20 faults per quarter hour leaves each one
@@ -41,6 +43,7 @@ from tests.chaos.nemesis import (
     storage_hang,
 )
 from tests.chaos.nemesis_hunt import one_way_partitions, packet_loss, slow_fsync, stale_etcd_members
+from tests.chaos.stuck_peer import receiver_stuck
 from tests.chaos.workload import Attempt
 
 CLOCK_STEP_S = 3600.0
@@ -57,6 +60,7 @@ GRAY_NAMES = (
     "replica-clock-step-1h",
     "primary-backend-oom-killed",
     "agent-restart-loop",
+    "replica-receiver-stuck",
 )
 # The hunt's faults the mix draws (tests/chaos/nemesis_hunt.py; all of them run in
 # test_hunt.py): the one-way cuts from the DCS, loss on the DCS and replication links, an
@@ -139,6 +143,7 @@ def mix_pool(ttl_s: float) -> list[Nemesis]:
         *slow,
         clock_step("primary", ttl_s),
         clock_step("replica", ttl_s),
+        receiver_stuck()[0],
     ]
 
 

@@ -14,10 +14,12 @@ import os
 
 import pytest
 
+from tests.chaos import agentlogs
 from tests.chaos.cluster import QUICK_TIMING
 from tests.chaos.nemesis import Nemesis, nemeses
 from tests.chaos.nemesis_hunt import one_way_partitions, stale_etcd_members
 from tests.chaos.runner import Runner, ScenarioResult
+from tests.chaos.stuck_peer import MARGIN_S, STALL_S, receiver_stuck
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 
@@ -87,3 +89,32 @@ async def test_after_each_fault_no_split_brain_and_the_cluster_converges_without
         f"only {len(result.gaps_s)} of the {nemesis.faults} faults could be made: "
         f"{summary(result)}\n{runner.cluster.logs_tail(15)}"
     )
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_replica_whose_receiver_hangs_on_a_stuck_peer_streams_again_within_the_bound(
+    runner: Runner, run: int
+) -> None:
+    """Chaos finding 17: a peer that accepts and never answers was put between a replica and
+    the primary while the replica's WAL receiver reconnected, then taken out of the path.
+    PostgreSQL waits on that connection for good; the agent's watchdog restarts the
+    receiver after ha.wal_receiver_stall_s (STALL_S here) without streaming: the replica
+    streams again within the bound and a margin of its stream's end, with no failover and
+    nothing lost. CHAOS_RECEIVER_WATCHDOG=off (the watchdog off) must fail here."""
+    nemesis, state = receiver_stuck()
+    sizes = agentlogs.log_sizes(runner.cluster)
+    result = await runner.run(nemesis)
+    assert_invariants(result, runner)
+    logs = summary(result) + "\n" + runner.cluster.logs_tail(15)
+    assert result.primary_after == result.primary_before, f"failover\n{logs}"
+    assert state.held[-1] == 1, f"the stuck peer held {state.held[-1]} connections\n{logs}"
+    took = state.streams_again_s[-1]
+    assert took is not None and took <= STALL_S + MARGIN_S, (
+        f"{state.victims[-1]} streamed again after {took} s (bound {STALL_S} + {MARGIN_S} s)"
+        f"\n{logs}"
+    )
+    restarts = agentlogs.events(
+        agentlogs.lines_since(runner.cluster, sizes), ("wal_receiver_restarted",)
+    )
+    # The victim's watchdog fired (once: the first new receiver streams); nobody else's.
+    assert restarts == [f"{state.victims[-1]}: wal_receiver_restarted"], f"{restarts}\n{logs}"
