@@ -6,7 +6,8 @@ rewind whose source did not answer; a failsafe round every member accepted but t
 not be armed for). What a result means for Memory is decided by `record_outcome`
 (agent.decide), here and nowhere else; when to stop, by `next_step` (agent/stop_rules.py,
 pure), which the executor runs by, except that a renewal the fencer did not take is retried at
-the loop's pace rather than at once. What each action does is `ActionRunner`
+the loop's pace rather than at once, and one the DCS refused faster than RENEW_RETRY_PAUSE_S
+after the rest of that pause. What each action does is `ActionRunner`
 (agent/action_runner.py), a base of `Executor`.
 """
 
@@ -58,6 +59,12 @@ from agent.settings import Settings
 from agent.stop_rules import Done, StartLong, next_step
 
 log = structlog.get_logger("pgwarden.loop")
+
+# A renewal the DCS refused at once (connection refused, an API server answering 503 at once)
+# is retried after this pause, not at once: the retry at once is for a renewal that waited
+# out its timeout, and one that fails in microseconds made the loop spin against the DCS
+# (the loop suite's memory DCS: thousands of renewals a second until the deadline).
+RENEW_RETRY_PAUSE_S = 0.2
 
 
 class Executor(ActionRunner):
@@ -113,6 +120,8 @@ class Executor(ActionRunner):
         self._finished: Outcome | None = None
         self._reason = ""  # the reason of the decision being executed
         self._fence_silent = False  # this decision's renewal was not armed: no retry at once
+        # The loop sleeps at most this long after the decision (a renewal that failed fast).
+        self.retry_in_s: float | None = None
 
     # ------------------------------------------------------------------ decisions
 
@@ -144,12 +153,15 @@ class Executor(ActionRunner):
     ) -> bool:
         done: list[Outcome] = []
         self._fence_silent = False
+        self.retry_in_s = None
         while True:
             step = next_step(decision.actions, done)
             if isinstance(step, Done):
                 # A fencer that does not answer is retried at the loop's pace (it wakes in
                 # time for the deadline), not at once: a dead fencer's socket fails at once,
                 # and the loop would spin renewing against the DCS.
+                if step.again and self._renewal_failed_fast(done):
+                    return False
                 return step.again and not self._fence_silent
             if isinstance(step, StartLong):
                 self._start_long(step.action, known, obs.local)
@@ -158,6 +170,20 @@ class Executor(ActionRunner):
             self._report(outcome)
             self.memory = record_outcome(self.memory, outcome, self.settings)
             done.append(outcome)
+
+    def _renewal_failed_fast(self, done: list[Outcome]) -> bool:
+        """The last action was a renewal the DCS did not answer, and it took less than
+        RENEW_RETRY_PAUSE_S: retried after the rest of that pause (`retry_in_s`)."""
+        last = done[-1] if done else None
+        if last is None or not isinstance(last.action, RenewLeader):
+            return False
+        if last.result is not Result.UNREACHABLE or self._fence_silent:
+            return False
+        took = self.clock.monotonic() - last.sent_at
+        if took >= RENEW_RETRY_PAUSE_S:
+            return False
+        self.retry_in_s = RENEW_RETRY_PAUSE_S - took
+        return True
 
     async def _attempt(self, action: Action, obs: Observation) -> Outcome:
         """Run one action; its Outcome."""

@@ -198,10 +198,17 @@ class HaLoop:
             # A primary in failsafe renews its deadline only by asking the members: each
             # cycle already waits a whole DCS timeout for the read, so do not sleep long too.
             wait = min(wait, FAILSAFE_PAUSE_S)
+        if self.executor.retry_in_s is not None:
+            wait = min(wait, self.executor.retry_in_s)  # a renewal the DCS refused at once
         deadline = fence_deadline(self.memory, self.settings)
-        if deadline is not None:
-            # Wake in time to retry a renewal (or to fence) before the deadline.
-            wait = min(wait, max(0.05, deadline - self.clock.monotonic() - 0.5))
+        left = deadline - self.clock.monotonic() if deadline is not None else 0.0
+        if left > 0:
+            # Wake in time to retry a renewal (or to fence) before the deadline. One already
+            # passed is no reason to wake sooner: a lease Memory still holds once it has
+            # passed (a leader whose data directory is gone and whose release never ran, or
+            # a decision that neither renews nor releases) made the loop cycle every 0.05 s
+            # for good (seen in a fresh-clone CI run, issue 16).
+            wait = min(wait, max(0.05, left - 0.5))
         return wait
 
     async def _sleep(self, seconds: float) -> None:

@@ -322,6 +322,10 @@ class MemoryDcs:
         if self._closed:
             raise DcsUnavailable(f"{self._name}: this DCS handle is closed")
         if self._cut_off():
+            # A refused connection goes through the event loop too: without this yield, a
+            # loop that retried at once spun without ever letting another task (or virtual
+            # time, tests/unit/fakes/virtual_time.py) run.
+            await asyncio.sleep(0)
             raise DcsUnavailable(f"{self._name}: store unreachable (injected)")
         try:
             async with asyncio.timeout(self._timeout_s):

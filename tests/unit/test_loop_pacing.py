@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from agent.executor import RENEW_RETRY_PAUSE_S
 from tests.unit.fakes.loop_cluster import LoopCluster
 from tests.unit.fakes.virtual_time import run_virtual
 
@@ -104,3 +105,36 @@ def test_a_leader_whose_fencer_fails_at_once_retries_at_the_loops_pace_not_in_a_
     # One cycle per loop_wait, and a few more in the last half second before the deadline
     # (the loop wakes every 0.05 s there); the spin made thousands.
     assert 1 <= cycles <= WINDOW_S / loop_wait_s + 15, cycles
+
+
+def test_a_leader_cut_off_from_a_dcs_that_refuses_at_once_does_not_spin() -> None:
+    # The DCS refuses at once (a connection refused, an API server answering 503 at once).
+    # Until its deadline the leader retries its renewal every RENEW_RETRY_PAUSE_S (it did so
+    # at once: thousands of renewals per fake second); then it fences, and its passed
+    # deadline is no reason to wake every 0.05 s (it did: the loop slept until 0.5 s before
+    # a deadline long gone, at least 0.05 s).
+    cluster = LoopCluster()
+
+    async def main() -> tuple[int, int, bool]:
+        leader = await cluster.bootstrap()
+        node = cluster[leader]
+        node.dcs.faults.unavailable = True
+        timing = node.settings.timing
+        task = asyncio.create_task(node.loop.run(), name=f"loop-{leader}")
+        await asyncio.sleep(timing.ttl_s - timing.fence_margin_s - 1.0)
+        retrying = node.loop.status().cycle
+        await asyncio.sleep(timing.fence_margin_s + 2.0)  # past the deadline: fenced
+        before = node.loop.status().cycle
+        await asyncio.sleep(WINDOW_S)
+        after = node.loop.status().cycle - before
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return retrying, after, node.pg.is_primary
+
+    retrying, after, primary = run_virtual(main(), cluster.clock, cluster.advance, step_s=STEP_S)
+    timing = cluster["a"].settings.timing
+    assert not primary
+    # Every RENEW_RETRY_PAUSE_S until the deadline, then once per loop_wait.
+    assert retrying <= (timing.ttl_s - timing.fence_margin_s) / RENEW_RETRY_PAUSE_S + 2, retrying
+    assert 1 <= after <= WINDOW_S / timing.loop_wait_s + 1, after
