@@ -326,9 +326,10 @@ FIELDS: Final[tuple[Field, ...]] = (
               "on a peer that acknowledges but never answers (a wedged proxy or pooler), where "
               "PostgreSQL enforces neither `connect_timeout` nor `wal_receiver_timeout`. Each "
               "further restart without streaming in between waits twice as long (at most 8 "
-              "times this). The default is above the kernel's own dead-peer detection in "
-              "`primary_conninfo` (10-11 s) and a connection start-up at seconds of round "
-              "trip. See [ha.md](ha.md#a-stuck-wal-receiver)."),
+              "times this); none while the cluster is paused. The default is above the "
+              "kernel's own dead-peer detection in `primary_conninfo` (10-11 s) and a "
+              "connection start-up at seconds of round trip. See "
+              "[ha.md](ha.md#a-stuck-wal-receiver)."),
     section_field("callbacks",
              doc="Commands run on PostgreSQL events, each as a separate process (never through "
                  "a shell): the command's words, then three arguments, as Patroni passes them: "

@@ -19,7 +19,8 @@ record says so within a cycle; a dead node's lease expires and the branch is no 
 Each restart without streaming in between doubles the next wait (at most 8 times the bound),
 so that a link on which a connection's start-up takes longer than the bound still gets
 through, and an upstream that keeps refusing (a missing slot, pg_hba) costs a log line per
-wait, not per cycle. Pure: values in, values out.
+wait, not per cycle. Nothing is restarted while the cluster is paused (maintenance mode).
+Pure: values in, values out.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def restart_receiver(
     stall = memory.receiver_stall
     if stall is None or obs.now - stall.since < stall_wait(stall, settings):
         return None
+    if obs.cluster is not None and obs.cluster.config.paused:
+        return None  # maintenance mode: the operator may hold replication on purpose
     stalled_s = obs.now - stall.since
     again = replace(stall, since=obs.now, restarts=stall.restarts + 1)
     reason = (

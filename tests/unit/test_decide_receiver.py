@@ -144,6 +144,11 @@ def test_a_cascading_standby_watches_its_stream_from_the_replica_it_follows() ->
     assert fired == [RestartWalReceiver(upstream=MemberName("c"), stalled_s=BOUND)]
 
 
+def test_a_paused_cluster_restarts_no_receiver() -> None:
+    paused = replace(_view(), config=replace(_view().config, paused=True))
+    assert _run(_every_second(STUCK, 10 * BOUND), paused) == []
+
+
 def test_the_watchdog_is_off_at_zero() -> None:
     off = replace(A, ha=replace(A.ha, wal_receiver_stall_s=0.0))
     assert _run(_every_second(STUCK, 10 * BOUND), settings=off) == []
