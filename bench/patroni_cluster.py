@@ -34,7 +34,7 @@ import aiohttp
 import asyncpg
 import yaml
 
-from agent.localproc import ETCD_BIN, PG_BIN, LocalMember
+from agent.localproc import ETCD_BIN, PG_BIN, LocalMember, free_port
 
 PATRONI_VERSION = "4.1.5"
 VENV = Path(__file__).resolve().parent / ".venv-patroni"
@@ -48,13 +48,6 @@ must fit in the ttl."""
 # Patroni's /switchover answers only once the new leader holds the key (it polls every
 # second, up to max(10, loop_wait) * 2 s); the bench's own timeouts must cover that.
 SWITCHOVER_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _system_python() -> str:

@@ -38,18 +38,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.localports import free_port
 from bench.scale_members import LABELS, NAMESPACE, TIMING
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = ("--history-size", "50000")
 VERBS = ("get", "list", "patch", "update", "create", "watch")
 SERVER_NICE, MEMBERS_NICE = -10, -5  # see prioritize()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def create_pods(url: str, names: list[tuple[str, str]]) -> None:
