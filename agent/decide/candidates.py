@@ -33,9 +33,15 @@ PRIMARY_CONTROL_STATES = frozenset({"in production", "shut down", "in crash reco
 
 
 def was_primary(local: LocalState) -> bool:
-    """The local data directory last ran as a primary (running now, or by its control file)."""
+    """The local data directory last ran as a primary (running now, or by its control file).
+    A base backup whose recovery has not started (`backup_label`) never did, whatever its
+    copied control file says: taken for a former primary, a clone whose first start outlasted
+    the start timeout (the startup process syncs every file first) was rewound or re-cloned,
+    again and again when each start takes as long (chaos finding 21)."""
     if local.running:
         return local.in_recovery is False
+    if local.backup_label:
+        return False
     return local.control is not None and local.control.cluster_state in PRIMARY_CONTROL_STATES
 
 

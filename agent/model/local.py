@@ -82,6 +82,11 @@ class LocalState:
     upstream: str | None = None  # application-level name of who we stream from, if known
     replication: tuple[ReplicationRow, ...] = ()
     control: ControlData | None = None
+    # Read while the server does not answer: the data directory holds `backup_label`, a base
+    # backup (pg_basebackup, a restore) whose recovery has not started yet. Its pg_control
+    # still says "in production" (its source's state) until the startup process, after it
+    # synced the whole directory, reads the label: it never ran as a primary here.
+    backup_label: bool = False
     # current_setting('synchronous_standby_names') as parsed by the probe; None when not read.
     # A value the agent cannot read is reported as FIRST 1 ("*") (any standby: the worst case).
     sync_standbys: SyncStandbys | None = None

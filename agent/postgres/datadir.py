@@ -32,6 +32,11 @@ def is_initialized(settings: PostgresSettings) -> bool:
     return os.path.isfile(os.path.join(settings.data_dir, "PG_VERSION"))
 
 
+def has_backup_label(settings: PostgresSettings) -> bool:
+    """A base backup whose recovery has not started yet (`LocalState.backup_label`)."""
+    return os.path.isfile(os.path.join(settings.data_dir, "backup_label"))
+
+
 # In the data directory of a new cluster from initdb (or the restore) until its bootstrap
 # completed (`unmark_bootstrap`): a member whose PostgreSQL died with it (the whole pod)
 # finds it at its next start and discards that cluster (agent/decide/__init__.py).

@@ -34,7 +34,7 @@ from agent.model import (
     parse_lsn,
 )
 from agent.pgparams import HOT_STANDBY
-from agent.postgres.datadir import bootstrap_incomplete, is_initialized
+from agent.postgres.datadir import bootstrap_incomplete, has_backup_label, is_initialized
 from agent.postgres.osfiles import PostgresError
 from agent.postgres.replication import parse_synchronous_standby_names
 from agent.postgres.sqlconn import connect_local
@@ -337,6 +337,7 @@ class Prober:
             data_dir_initialized=initialized,
             running=False,
             postmaster_pid=postmaster_pid,
+            backup_label=has_backup_label(self._settings),
             unresponsive=unresponsive and postmaster_pid is not None,
             postmaster_idle=refused
             and postmaster_pid is not None

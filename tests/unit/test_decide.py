@@ -521,6 +521,30 @@ def test_failed_rewind_falls_back_to_a_fresh_clone() -> None:
     assert decision.actions == (Clone(source=MemberName("b"), clear_first=True),)
 
 
+# A fresh base backup of the leader whose first start outlasted the start timeout: its
+# control file is the leader's ("in production", timeline 2), its backup_label not read yet
+# (the startup process syncs every file first). Chaos finding 21: taken for a former
+# primary, it was re-cloned (rewind failed before) or rewound, again at each slow start.
+FRESH_CLONE = replace(
+    CRASHED_PRIMARY,
+    control=replace(CRASHED_PRIMARY.control, timeline=2),  # type: ignore[type-var]
+    backup_label=True,
+)
+
+
+def test_a_fresh_clone_still_starting_is_waited_for_not_rewound_or_cloned_again() -> None:
+    starting = replace(FRESH_CLONE, postmaster_pid=1234)
+    for memory in (Memory(), Memory(rewind_failures=1, failed_at=NOW - 60)):
+        decision, _ = decide(obs(view("b", NEW_LEADER), starting), memory, A)
+        assert decision.actions == (), decision.reason
+
+
+def test_a_fresh_clone_that_is_not_running_is_started_as_a_standby() -> None:
+    memory = Memory(rewind_failures=1, failed_at=NOW - 60)
+    decision, _ = decide(obs(view("b", NEW_LEADER), FRESH_CLONE), memory, A)
+    assert kinds(decision) == [StartPostgres], decision.reason
+
+
 def test_replica_with_wal_past_the_fork_point_is_rewound_too() -> None:
     history = (
         HistoryEntry(

@@ -3,6 +3,7 @@ from a stopped one (issue 10 item 1b, issue 16 item 1)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -129,3 +130,21 @@ async def test_a_stopped_postmaster_is_unresponsive_not_down(node: PgNode) -> No
         assert state.running and not state.unresponsive
     finally:
         await again.close()
+
+
+async def test_a_data_directory_holding_a_backup_label_is_reported(node: PgNode) -> None:
+    """A base backup whose recovery has not started: the decision must not take its copied
+    control file ("in production") for a former primary (chaos finding 21)."""
+    prober = _prober(node)
+    label = os.path.join(node.settings.data_dir, "backup_label")
+    try:
+        state = await prober.probe(running=False, postmaster_pid=None, timeout_s=3.0)
+        assert not state.backup_label
+        with open(label, "w") as f:
+            f.write("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+        state = await prober.probe(running=False, postmaster_pid=None, timeout_s=3.0)
+        assert state.backup_label and state.control is not None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(label)
+        await prober.close()
