@@ -53,7 +53,11 @@ def chaos_results() -> Iterator[list[ScenarioResult]]:
             stem=Path(stem),
             profile="quick + random mix"
             if duration
-            else ("gray" if os.environ.get("CHAOS_GRAY") else "quick"),
+            else (
+                "gray"
+                if os.environ.get("CHAOS_GRAY")
+                else ("hunt" if os.environ.get("CHAOS_HUNT") else "quick")
+            ),
             settings={
                 **{
                     k: v

@@ -232,3 +232,49 @@ def slow_fsync(added_ms: float, hold_s: float, *, same_primary: bool) -> Nemesis
         same_primary=same_primary,
         quick=False,
     )
+
+
+async def _sync_standby(cluster: ChaosCluster, primary: int) -> int | None:
+    """The member the primary names its synchronous standby now (pg_stat_replication)."""
+    conn = await cluster.connect(primary)
+    try:
+        name = await conn.fetchval(
+            "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync' LIMIT 1"
+        )
+    finally:
+        await conn.close()
+    names = [m.name for m in cluster.members]
+    return names.index(name) if name in names else None
+
+
+def slow_fsync_sync_standby(added_ms: float, hold_s: float) -> Nemesis:
+    """`[sync]`: every fsync of the synchronous standby's pg_wal `added_ms` slower: each
+    commit of the primary waits for that flush (synchronous_commit on: remote flush)."""
+
+    async def script(cluster: ChaosCluster, primary: int) -> Injected:
+        at = time.monotonic()
+        index = await _sync_standby(cluster, primary)
+        if index is None:
+            return Injected(description="no synchronous standby to slow down", instants=(at,))
+        store = cluster.members[index].store
+        if store is None:
+            raise RuntimeError("slow-fsync needs ChaosCluster(fuse_storage=True)")
+        store.slow_fsync(added_ms)
+        return Injected(
+            description=f"every fsync of {cluster.members[index].name}'s (synchronous standby) "
+            f"pg_wal {added_ms:g} ms slower",
+            instants=(at,),
+        )
+
+    def heal(cluster: ChaosCluster) -> None:
+        _slow_all(cluster, 0)
+        heal_all(cluster)
+
+    return Nemesis(
+        name=f"slow-fsync-sync-standby-{added_ms:g}ms",
+        script=script,
+        heal=heal,
+        hold_s=hold_s,
+        must_not_lose=True,
+        quick=False,
+    )

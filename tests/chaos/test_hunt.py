@@ -27,6 +27,7 @@ from tests.chaos.nemesis_hunt import (
     one_way_partitions,
     packet_loss,
     slow_fsync,
+    slow_fsync_sync_standby,
     stale_etcd_members,
 )
 from tests.chaos.runner import Runner, ScenarioResult
@@ -140,3 +141,12 @@ async def test_slow_fsync_on_the_primary_fails_over_only_above_the_commit_bound(
             f"no failover from a primary that commits too slowly: {summary(result)}\n"
             f"{storage_runner.cluster.logs_tail(15)}"
         )
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_slow_synchronous_standby_loses_nothing_and_its_write_gap_is_reported(
+    storage_sync_runner: Runner, run: int
+) -> None:
+    """`[sync]`: the synchronous standby's pg_wal fsyncs 1 s slower; every commit waits for
+    them. Nothing may be lost; the write gap is reported (docs/chaos.md)."""
+    await _run(storage_sync_runner, slow_fsync_sync_standby(1000.0, TTL_S + 5.0))
