@@ -9,12 +9,13 @@ userspace proxy, pooler or middlebox) keeps it waiting for good; `tcp_user_timeo
 keepalives in `primary_conninfo` cover a silent peer only.
 
 The signal, and why it is honest: `pg_stat_wal_receiver` has no row, or one not in
-`streaming` state, *and* the standby's WAL position (received, replayed, or found in pg_wal)
-has not moved. A standby catching up streams, or replays (its position moves); one replaying
-a backlog from pg_wal or the archive has no receiver but moves. Only while the upstream's
-record says it runs: a leader whose PostgreSQL is down is the failover path's business (its
-record says so within a cycle; a dead node's lease expires and the branch is no longer
-`when_follower`). The stretch is tied to the postmaster: a restarted server starts a new one.
+`streaming` state, *and* none of the standby's WAL positions (received, replayed, the end of
+what it holds in pg_wal) has moved. A standby catching up streams, or replays (its replay
+position moves); one replaying a backlog from pg_wal or the archive has no receiver but
+moves. Only while the upstream's record says it runs: a leader whose PostgreSQL is down is
+the failover path's business (its record says so within a cycle; a dead node's lease expires
+and the branch is no longer `when_follower`). The stretch is tied to the postmaster: a
+restarted server starts a new one.
 
 Each restart without streaming in between doubles the next wait (at most 8 times the bound),
 so that a link on which a connection's start-up takes longer than the bound still gets
@@ -47,16 +48,18 @@ def track_stall(obs: Observation, memory: Memory, settings: Settings, upstream_u
     )
     if not stalled:
         return replace(memory, receiver_stall=None) if memory.receiver_stall else memory
-    positions = [p for p in (local.wal_lsn, local.receive_lsn, local.replay_lsn) if p is not None]
-    position = max(positions, default=None)
+    # Each position on its own: a standby replaying a backlog from pg_wal moves its replay
+    # position below a WAL end that stays where the scan found it.
+    positions = (local.wal_lsn, local.receive_lsn, local.replay_lsn)
     stall = memory.receiver_stall
-    moved = (
-        stall is not None
-        and position is not None
-        and (stall.position is None or position > stall.position)
+    moved = stall is not None and any(
+        now is not None and (then is None or now > then)
+        for now, then in zip(positions, stall.positions, strict=True)
     )
     if stall is None or stall.postmaster_pid != local.postmaster_pid or moved:
-        fresh = ReceiverStall(since=obs.now, postmaster_pid=local.postmaster_pid, position=position)
+        fresh = ReceiverStall(
+            since=obs.now, postmaster_pid=local.postmaster_pid, positions=positions
+        )
         return replace(memory, receiver_stall=fresh)
     return memory
 

@@ -80,12 +80,13 @@ class Observation:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReceiverStall:
     """A stretch in which a standby has not streamed from its running upstream: since when,
-    on which postmaster, at which WAL position (a move ends the stretch), and how many times
+    on which postmaster, at which WAL positions (LocalState's wal_lsn, receive_lsn and
+    replay_lsn: a move of any ends the stretch), and how many times
     its WAL receiver was restarted in it (each restart doubles the next wait)."""
 
     since: float  # monotonic: the stretch's start, or the last restart of the receiver
     postmaster_pid: int | None
-    position: Lsn | None
+    positions: tuple[Lsn | None, Lsn | None, Lsn | None]
     restarts: int = 0
 
 

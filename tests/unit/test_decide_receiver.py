@@ -90,6 +90,16 @@ def test_a_standby_catching_up_without_a_receiver_never_restarts_it() -> None:
     assert _run(moving) == []
 
 
+def test_a_standby_replaying_a_backlog_below_its_wal_end_never_restarts_its_receiver() -> None:
+    # After a restart: the WAL end found in pg_wal stays where the scan found it while the
+    # startup process replays towards it (no receiver until it runs out).
+    replaying = [
+        (float(t), replace(STUCK, replay_lsn=1000 + t, wal_lsn=5000))
+        for t in range(int(10 * BOUND))
+    ]
+    assert _run(replaying) == []
+
+
 @pytest.mark.parametrize(
     ("cluster", "why"),
     [
@@ -182,6 +192,8 @@ async def test_a_stuck_receiver_streams_again_after_the_bound_with_no_failover()
     assert BOUND <= took <= BOUND + 2 * A.timing.loop_wait_s
     assert pg.receiver_restarts == 1 and pg.lsn == c[leader].pg.lsn
     assert c.leader() == leader and c.postgres.primaries() == [leader]
+    exposition = c[victim].loop.metrics.render()[0].decode()
+    assert "pgwarden_wal_receiver_restarts_total 1.0" in exposition
     # Healthy from then on: no further restart, on no member.
     for _ in range(int(3 * BOUND)):
         await c.round()
