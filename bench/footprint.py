@@ -31,9 +31,10 @@ three members); "shared once" counts an agent and its fencer together with each 
 pages once (`resident_once`: they share the interpreter, libc and libm; a container's memory
 cgroup charges those pages once, summed VmRSS twice). CPU from utime+stime over the window, as
 a share of one core and as CPU-seconds per hour (the largest of the three: the leader's,
-mostly). Each figure is the median over --runs fresh clusters, max in brackets. The load
-average is printed before and after: RSS and request counts do not depend on it; CPU time a
-little (cache misses).
+mostly); the fencer's the same way (the largest of the three fencers: the leader's, which is
+re-armed every loop). Each figure is the median over --runs fresh clusters, max in brackets.
+The load average is printed before and after: RSS and request counts do not depend on it; CPU
+time a little (cache misses).
 """
 
 from __future__ import annotations
@@ -178,13 +179,19 @@ async def one_run(row: Row, seconds: float, root: Path, python: str) -> dict[str
         # Settle after bootstrap (the last member records, the first keepalives): two loops.
         await asyncio.sleep(max(10.0, 2 * row.loop_wait_s))
         pids = [m.process.pid for m in cluster.members if m.process is not None]
-        before = {pid: cpu_ticks(pid) for pid in pids}
+        fencers = [
+            p
+            for i in range(len(cluster.members))
+            if isinstance(cluster, LocalCluster) and (p := fencer_pid(cluster, i))
+        ]
+        before = {pid: cpu_ticks(pid) for pid in [*pids, *fencers]}
         calls_before = etcd_calls(cluster) if row.kind == "etcd" else Counter()
         start, t0 = time.time(), time.monotonic()
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - t0
         hz = os.sysconf("SC_CLK_TCK")
         cpu = [100.0 * (cpu_ticks(pid) - before[pid]) / hz / elapsed for pid in pids]
+        fencer_cpu = [100.0 * (cpu_ticks(p) - before[p]) / hz / elapsed for p in fencers]
         if row.kind == "etcd":
             calls = etcd_calls(cluster)
             calls.subtract(calls_before)
@@ -193,11 +200,6 @@ async def one_run(row: Row, seconds: float, root: Path, python: str) -> dict[str
         else:
             assert isinstance(cluster, LocalCluster)
             rate, counts = request_rate(cluster.audit_log, since=start, until=start + elapsed)
-        fencers = [
-            p
-            for i in range(len(cluster.members))
-            if isinstance(cluster, LocalCluster) and (p := fencer_pid(cluster, i))
-        ]
         agent_rss = max(rss_kb(pid) for pid in pids) / 1024
         fencer_rss = max((rss_kb(p) for p in fencers), default=0) / 1024
         by_member = [
@@ -215,6 +217,7 @@ async def one_run(row: Row, seconds: float, root: Path, python: str) -> dict[str
             "member_mb": member_mb,
             "agent_cpu_pct": max(cpu),
             "agent_cpu_s_per_h": 36.0 * max(cpu),  # % of a core over an hour: 3600 s / 100
+            "fencer_cpu_pct": max(fencer_cpu, default=0.0),
             "per_member_per_minute": json.dumps(per_minute),
         }
     finally:
@@ -253,11 +256,12 @@ def render(out: dict[str, list[dict[str, float | str]]]) -> str:
         "member_mb",
         "agent_cpu_pct",
         "agent_cpu_s_per_h",
+        "fencer_cpu_pct",
     )
     lines = [
         "| row | ttl/loop/retry s | DCS requests/s per member | agent RSS MB | fencer RSS MB "
-        "| agent+fencer MB | shared once MB | agent CPU % | agent CPU s/h |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| agent+fencer MB | shared once MB | agent CPU % | agent CPU s/h | fencer CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in out.items():
         t = list(ROWS[name].timing.values())[:3]
