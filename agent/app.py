@@ -27,7 +27,7 @@ from agent.callbacks import Callbacks
 from agent.clock import Clock, SystemClock
 from agent.config import DcsKind, Settings
 from agent.dcs.base import Dcs
-from agent.fence import FenceClient
+from agent.fence import FenceClient, FenceUnavailable
 from agent.logging import bind_member, configure_logging
 from agent.loop import HaLoop
 from agent.looplag import watch_event_loop_lag
@@ -40,6 +40,7 @@ from agent.postgres.control import LocalPostgres, PostgresControl
 from agent.postgres.probe import Prober
 from agent.postgres.process import Postmaster
 from agent.postgres.tls import TlsRenewal, check_server_files
+from agent.settings import FencerMode
 
 if TYPE_CHECKING:
     from agent.kube.events import KubeEvents
@@ -214,6 +215,19 @@ async def _stop_helpers(tasks: list[asyncio.Task[None]]) -> None:
             await task
 
 
+async def _start_fence(fence: FenceClient) -> str:
+    """Adopt or start the fencer; its state. An external fencer that is not there (yet) is
+    no reason to stop: every call to it fails until it answers, so this member does not
+    lead meanwhile (the executor undoes an acquire it cannot arm)."""
+    try:
+        return (await fence.start()).state.value
+    except FenceUnavailable as exc:
+        if not fence.external:
+            raise
+        log.error("fencer_unavailable", socket=fence.socket_path, error=str(exc))
+        return "unavailable"
+
+
 async def run_agent(settings: Settings) -> int:
     _prepare_run(settings)
     clock = SystemClock()
@@ -223,12 +237,13 @@ async def run_agent(settings: Settings) -> int:
         run_dir=settings.run_dir,
         data_dir=settings.postgresql.data_dir,
         grace_s=settings.timing.fence_margin_s / 2,
+        socket_path=settings.fencer.socket,
+        external=settings.fencer.mode is FencerMode.EXTERNAL,
     )
     metrics = Metrics()
     api_tls = _load_tls(settings)
     events = build_events(settings)
-    fence_status = await fence.start()
-    log.info("agent_starting", fence=fence_status.state.value, api=settings.api.url)
+    log.info("agent_starting", fence=await _start_fence(fence), api=settings.api.url)
     loop = HaLoop(
         settings=settings,
         clock=clock,

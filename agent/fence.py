@@ -4,6 +4,20 @@
 `Timing.fence_deadline(send time)`; `disarm()` once PostgreSQL is no longer a primary. If the
 fencer cannot be reached, `arm` raises `FenceUnavailable`: the executor then refuses to
 promote, since nobody would stop a primary whose agent stalls.
+
+One connection stays open across calls (issue 15: a new one per renewal cost about a quarter
+of an idle leader's CPU). It is dropped after any call that did not end with an answer (a
+timeout, a cancellation), so that a late answer is never read as the next call's; a call
+that finds it closed by the other end (the fencer restarted) is made again once on a new
+connection, within the same time limit, as every call used to be. What the fencer does is
+unchanged by any of this: a closed connection leaves its deadline as it was.
+
+Where the fencer comes from (`fencer.mode`): `spawn` (the default) starts it as a child in a
+session of its own, and starts it again if it dies; `external` never starts one: a fencer in
+a container of its own in the pod (docs/kubernetes.md) must be listening, and until it
+answers, and shows that it sees this agent's process and data directory, every call fails
+and the agent does not lead. A spawning client that finds an external fencer on its socket
+uses it and never starts one over it.
 """
 
 from __future__ import annotations
@@ -19,6 +33,8 @@ from pathlib import Path
 from typing import Protocol
 
 import structlog
+
+from agent.proctree import dir_id, start_ticks
 
 CALL_TIMEOUT_S = 0.5
 SPAWN_TIMEOUT_S = 5.0
@@ -71,55 +87,131 @@ class Fence(Protocol):
     async def status(self) -> FenceStatus: ...
 
 
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class FenceClient:
-    def __init__(self, *, run_dir: str, data_dir: str, grace_s: float = 0.5) -> None:
-        self.socket_path = str(Path(run_dir) / "fencer.sock")
+    def __init__(
+        self,
+        *,
+        run_dir: str,
+        data_dir: str,
+        grace_s: float = 0.5,
+        socket_path: str | None = None,
+        external: bool = False,
+    ) -> None:
+        self.socket_path = socket_path or str(Path(run_dir) / "fencer.sock")
         self.log_path = str(Path(run_dir) / "fencer.log")
         self.data_dir = data_dir
         self.grace_s = grace_s  # fast-shutdown time before SIGKILL (half the fence margin)
+        self.external = external  # configured: never start a fencer
         self._process: asyncio.subprocess.Process | None = None
         # The deadline the fencer held at its last answer (None: disarmed or fenced): what a
         # fencer respawned after a death is armed with, never a later one.
         self._held: float | None = None
         self._sent_at = 0.0
+        self._stream: Stream | None = None
+        self._lock = asyncio.Lock()  # one call at a time on the one connection
+        self._fencer_id: str | None = None  # the id the fencer gave at our last ADOPT
+        self._found_external = False  # an external fencer answered: never spawn over it
 
     async def _call(self, line: str) -> str:
         """`_call_once`; a fencer found dead (nothing listens on its socket: it was killed,
         OOM-killed, crashed) is first replaced by a new one armed with the deadline the dead
         one held, so that the agent need not give up its lease for it (issue 16)."""
-        try:
+        async with self._lock:
+            try:
+                return await self._call_once(line)
+            except FenceUnavailable as exc:
+                if not self._may_spawn(exc):
+                    raise  # slow, not dead (a timeout): a second fencer must not be started
+            held = self._held
+            _log.warning("fencer_respawned", held_s=_remaining(held))
+            try:
+                await self._spawn()
+            except OSError as exc:  # cannot start it (no memory, no pids): unreachable as before
+                raise FenceUnavailable(f"fencer respawn: {exc!r}") from exc
+            if held is not None:
+                await self._call_once(f"ARM {held:.6f}")
             return await self._call_once(line)
-        except FenceUnavailable as exc:
-            if not isinstance(exc.__cause__, (ConnectionRefusedError, FileNotFoundError)):
-                raise  # slow, not dead (a timeout): a second fencer must not be started
-        held = self._held
-        _log.warning("fencer_respawned", held_s=_remaining(held))
-        try:
-            await self._spawn()
-        except OSError as exc:  # cannot start it (no memory, no pids): unreachable as before
-            raise FenceUnavailable(f"fencer respawn: {exc!r}") from exc
-        if held is not None:
-            await self._call_once(f"ARM {held:.6f}")
-        return await self._call_once(line)
+
+    def _may_spawn(self, exc: FenceUnavailable) -> bool:
+        """Whether a failed call may start a fencer: nothing listens on the socket, and no
+        external fencer is meant to (configured, or one has answered there)."""
+        if self.external or self._found_external:
+            return False
+        return isinstance(exc.__cause__, (ConnectionRefusedError, FileNotFoundError))
 
     async def _call_once(self, line: str) -> str:
+        """One line answered, on the open connection or a new one, within CALL_TIMEOUT_S."""
         self._sent_at = time.monotonic()
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
-                reader, writer = await asyncio.open_unix_connection(self.socket_path)
-                try:
-                    writer.write(line.encode() + b"\n")
-                    await writer.drain()
-                    reply = (await reader.readline()).decode().strip()
-                finally:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
+                reply = await self._exchange_reconnecting(line)
         except (OSError, TimeoutError) as exc:
+            self._drop()
             raise FenceUnavailable(f"fencer at {self.socket_path}: {exc!r}") from exc
+        except BaseException:  # cancelled mid-call: its answer must not be read as the next's
+            self._drop()
+            raise
         if not reply.startswith("OK"):
             raise FenceUnavailable(f"fencer answered {reply!r} to {line.split(maxsplit=1)[0]}")
         return reply
+
+    async def _exchange_reconnecting(self, line: str) -> str:
+        if self._stream is not None:
+            try:
+                return await self._exchange(self._stream, line)
+            except ConnectionError:  # closed at the other end: a fencer restarted
+                self._drop()
+        self._stream = await self._connect()
+        return await self._exchange(self._stream, line)
+
+    @staticmethod
+    async def _exchange(stream: Stream, line: str) -> str:
+        reader, writer = stream
+        writer.write(line.encode() + b"\n")
+        await writer.drain()
+        reply = await reader.readline()
+        if not reply.endswith(b"\n"):
+            raise ConnectionResetError("the fencer closed the connection")
+        return reply.decode().strip()
+
+    async def _connect(self) -> Stream:
+        """A new connection to the fencer, adopted: it learns our pid (a spawned fencer
+        exits once that process is gone), an external one shows that it sees our process
+        and data directory (CHECK), and a fencer that is not the one we last talked to (a
+        restarted sidecar, a respawn) is armed first with the deadline the other held."""
+        stream = await asyncio.open_unix_connection(self.socket_path)
+        try:
+            adopted = (await self._exchange(stream, f"ADOPT {os.getpid()}")).split()
+            if adopted[:1] != ["OK"]:
+                raise FenceUnavailable(f"fencer answered {' '.join(adopted)!r} to ADOPT")
+            kind, ident = [*adopted[3:5], "spawned", "-"][:2]  # an older fencer says neither
+            if kind == "external":
+                if not self._found_external and not self.external:
+                    _log.info("fencer_external_found", socket=self.socket_path)
+                self._found_external = True
+                ticks = start_ticks(os.getpid())
+                check = f"CHECK {os.getpid()} {ticks} {dir_id(self.data_dir)}"
+                checked = await self._exchange(stream, check)
+                if not checked.startswith("OK"):
+                    raise FenceUnavailable(f"fencer answered {checked!r} to CHECK")
+            elif self.external:
+                raise FenceUnavailable(f"fencer.mode is external, found a {kind} fencer")
+            known, self._fencer_id = self._fencer_id, ident
+            if known is not None and ident != known and self._held is not None:
+                armed = await self._exchange(stream, f"ARM {self._held:.6f}")
+                _log.warning("fencer_rearmed", answer=armed, held_s=_remaining(self._held))
+        except BaseException:
+            stream[1].close()
+            raise
+        return stream
+
+    def _drop(self) -> None:
+        if self._stream is not None:
+            self._stream[1].close()
+            self._stream = None
 
     def _parse(self, reply: str) -> FenceStatus:
         _, state, remaining = [*reply.split(), "-", "-"][:3]
@@ -134,11 +226,16 @@ class FenceClient:
         return status
 
     async def start(self) -> FenceStatus:
-        """Adopt a running fencer (a previous agent's, still guarding its deadline) or spawn one."""
-        with contextlib.suppress(FenceUnavailable):
-            return self._parse(await self._call_once(f"ADOPT {os.getpid()}"))
-        await self._spawn()
-        return self._parse(await self._call_once("STATUS"))
+        """Adopt a running fencer (a previous agent's, still guarding its deadline, or the
+        pod's external one) or spawn one (not when external: FenceUnavailable then)."""
+        async with self._lock:
+            try:
+                return self._parse(await self._call_once("STATUS"))
+            except FenceUnavailable as exc:
+                if not self._may_spawn(exc):
+                    raise
+            await self._spawn()
+            return self._parse(await self._call_once("STATUS"))
 
     async def _spawn(self) -> None:
         """Start a fencer and wait until it answers."""
@@ -186,7 +283,9 @@ class FenceClient:
         return self._parse(await self._call("STATUS"))
 
     async def stop(self) -> None:
-        """Ask our fencer to exit (only once disarmed: an armed fencer fences as it stops)."""
+        """Close the connection and ask our fencer to exit (only once disarmed: an armed
+        fencer fences as it stops). An external fencer is not ours to stop."""
+        self._drop()
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.terminate()

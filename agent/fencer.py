@@ -7,11 +7,20 @@ cannot act: its event loop stalls, a DCS call hangs, the agent is frozen (SIGSTO
 runs in a session of its own, imports only the standard library, and needs nothing from the
 agent but the deadline, which every successful renewal moves forward.
 
-Protocol: one line per connection on a Unix socket, one line answered.
+Protocol: lines on a Unix socket, each answered by one line, as many as the agent likes on
+one connection (issue 15: a connection per renewal was a quarter of an idle leader's CPU).
     ARM <deadline>    deadline on CLOCK_MONOTONIC (shared by all processes of a host)
     DISARM            PostgreSQL is not a primary any more
     STATUS            -> "OK <armed|disarmed|fenced> <seconds left or ->"
-    ADOPT <pid>       a restarted agent takes over this fencer
+    ADOPT <pid>       a restarted agent takes over this fencer; the status, then this fencer's
+                      kind (`spawned` or `external`) and an id that a new fencer changes
+    CHECK <pid> <start ticks> <data dir as dev:ino, or ->
+                      -> the status if this fencer sees that process (the agent) and the same
+                      data directory, else ERR: a sidecar without the pod's process namespace
+                      or the data volume could not fence anything
+Only a whole line is acted on: a connection that closes (its agent died, froze and was
+killed) changes nothing, and an armed deadline stays armed. Connections are served without
+blocking, so a client that connects and stays silent cannot delay the fence.
 At the deadline it asks the postmaster for a fast shutdown (client backends terminated, WAL
 senders ship what was committed), and after a grace of half the fence margin kills the
 postmaster, each of its children and their process groups with SIGKILL (agent/proctree.py:
@@ -25,6 +34,11 @@ run a primary beside the new leader for as long as that call and its check after
 once it has seen the fencing, from a fresh view of the DCS.
 It exits once its agent is gone and it is not armed; while armed it outlives the agent and
 fences at the deadline.
+
+`--external` (no `--agent-pid`): a fencer not started by the agent, in a container of its own
+in the pod (its own CPU quota; docs/kubernetes.md, "The fencer in its own container"). It
+never exits because an agent is gone (the agent may be restarted), and asked to stop
+(SIGTERM) while armed it keeps guarding the deadline: it exits once disarmed or fenced.
 """
 
 from __future__ import annotations
@@ -39,9 +53,11 @@ import select
 import sys
 import time
 
-from agent.proctree import kill_postmaster_tree, pid_alive
+from agent.proctree import dir_id, kill_postmaster_tree, pid_alive, start_ticks
 
 AGENT_CHECK_INTERVAL_S = 0.5
+LINE_MAX = 256  # a longer line is not the agent's: its connection is closed
+MAX_CONNECTIONS = 8  # beyond, the least recently used connection is closed
 # While fenced: how often a postmaster started as a primary is looked for. PostgreSQL takes
 # longer than this from its start to accepting connections (crash recovery, the checkpoint).
 FENCED_CHECK_INTERVAL_S = 0.02
@@ -112,14 +128,20 @@ def fence_postgres(data_dir: str, grace_s: float) -> str:
 
 
 class Fencer:
-    def __init__(self, socket_path: str, data_dir: str, agent_pid: int, grace_s: float) -> None:
+    def __init__(
+        self, socket_path: str, data_dir: str, agent_pid: int | None, grace_s: float
+    ) -> None:
         self.socket_path = socket_path
         self.data_dir = data_dir
         self.grace_s = grace_s
+        self.external = agent_pid is None  # a sidecar: serves until stopped
         self.agent_pid = agent_pid
         self.deadline: float | None = None
         self.fenced = False
         self.stop = False
+        self.ident = f"{os.getpid()}.{time.monotonic_ns()}"
+        # Open connections by fd: the socket and the bytes of a line not yet complete.
+        self.conns: dict[int, tuple[_socket.socket, bytes]] = {}
 
     def handle(self, line: str) -> str:
         verb, _, arg = line.strip().partition(" ")
@@ -135,11 +157,23 @@ class Fencer:
             if verb == "STATUS":
                 return self.status()
             if verb == "ADOPT":
-                self.agent_pid = int(arg)
-                return self.status()
-        except ValueError:
+                self.agent_pid = int(arg)  # watched only by a spawned fencer (`_done`)
+                kind = "external" if self.external else "spawned"
+                return f"{self.status()} {kind} {self.ident}"
+            if verb == "CHECK":
+                return self.check(*arg.split())
+        except (ValueError, TypeError):
             return f"ERR bad argument {arg!r}"
         return f"ERR unknown verb {verb!r}"
+
+    def check(self, pid: str, ticks: str, data_dir: str) -> str:
+        """Whether this fencer sees the agent's process and its data directory (a sidecar
+        started without `shareProcessNamespace` or without the data volume cannot fence)."""
+        if start_ticks(int(pid)) != int(ticks):
+            return f"ERR agent process {pid} is not visible here (no shared process namespace?)"
+        if data_dir != dir_id(self.data_dir):
+            return f"ERR {self.data_dir} is not the agent's data directory here (not mounted?)"
+        return self.status()
 
     def status(self) -> str:
         if self.fenced:
@@ -168,6 +202,18 @@ class Fencer:
         done = fence_postgres(self.data_dir, self.grace_s)
         _log(f"a primary started while fenced: {done}")
 
+    def _done(self) -> bool:
+        """Whether to stop serving: asked to (SIGTERM), or our agent is gone; either only
+        once nothing is armed, except that a spawned fencer asked to stop fences first."""
+        if self.stop:
+            return not self.external or self.deadline is None
+        if self.external or self.deadline is not None:
+            return False
+        if not pid_alive(self.agent_pid or 0):
+            _log("agent gone and not armed: exiting")
+            return True
+        return False
+
     def serve(self) -> None:
         _unlink(self.socket_path)
         server = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -177,54 +223,82 @@ class Fencer:
         server.setblocking(False)
         _signal.signal(_signal.SIGTERM, lambda *_: setattr(self, "stop", True))
         _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
-        _log(f"serving {self.socket_path} for {self.data_dir}, agent {self.agent_pid}")
+        agent = "external" if self.external else f"agent {self.agent_pid}"
+        _log(f"serving {self.socket_path} for {self.data_dir}, {agent}")
         try:
-            while not self.stop:
+            while not self._done():
                 timeout = AGENT_CHECK_INTERVAL_S
                 if self.deadline is not None:
                     timeout = max(0.0, min(timeout, self.deadline - time.monotonic()))
                 elif self.fenced:
                     timeout = FENCED_CHECK_INTERVAL_S
+                watched = [server, *(conn for conn, _ in self.conns.values())]
                 try:
-                    readable, _, _ = select.select([server], [], [], timeout)
+                    readable, _, _ = select.select(watched, [], [], timeout)
                 except InterruptedError:
                     readable = []  # a signal (SIGTERM sets `stop`): look again
-                if readable:
-                    self._answer(server)
+                for sock in readable:
+                    if sock is server:
+                        self._accept(server)
+                    elif sock.fileno() in self.conns:  # not closed by an accept just now
+                        self._read(sock)
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.fire()
                 elif self.fenced:
                     self.refence_primary()
-                if self.deadline is None and not pid_alive(self.agent_pid):
-                    _log("agent gone and not armed: exiting")
-                    break
             if self.stop and self.deadline is not None:
                 # Asked to stop while armed: nobody would fence after us, so fence now.
                 self.fire()
         finally:
+            for conn, _ in self.conns.values():
+                conn.close()
             server.close()
             _unlink(self.socket_path)
 
-    def _answer(self, server: _socket.socket) -> None:
+    def _accept(self, server: _socket.socket) -> None:
         try:
             fd, _ = server._accept()  # type: ignore[attr-defined]  # socket.accept's core
-        except BlockingIOError:
+        except OSError:  # BlockingIOError: another wake-up took it; EMFILE: try later
             return
         conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+        conn.setblocking(False)
+        if len(self.conns) >= MAX_CONNECTIONS:
+            self._close(next(iter(self.conns)))  # the least recently used
+        self.conns[fd] = (conn, b"")
+
+    def _read(self, conn: _socket.socket) -> None:
+        """Answer every whole line received on `conn`; close it on end of file (a partial
+        line is dropped, never acted on), an error, or a line longer than LINE_MAX."""
+        fd = conn.fileno()
         try:
-            conn.settimeout(0.5)
-            data = b""
-            while not data.endswith(b"\n") and len(data) < 256:
-                chunk = conn.recv(256)
-                if not chunk:
-                    break
-                data += chunk
-            reply = self.handle(data.decode("ascii", "replace"))
-            conn.sendall(reply.encode() + b"\n")
-        except OSError:
+            chunk = conn.recv(4096)
+        except BlockingIOError:
             return
-        finally:
-            conn.close()
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close(fd)
+            return
+        pending = self.conns.pop(fd)[1] + chunk
+        self.conns[fd] = (conn, pending)  # now the most recently used
+        while b"\n" in pending:
+            line, _, pending = pending.partition(b"\n")
+            reply = self.handle(line.decode("ascii", "replace")).encode() + b"\n"
+            try:
+                sent = conn.send(reply)
+            except OSError:  # the client is gone, or does not read its answers
+                sent = 0
+            if sent != len(reply):
+                self._close(fd)
+                return
+        if len(pending) > LINE_MAX:
+            self._close(fd)
+            return
+        self.conns[fd] = (conn, pending)
+
+    def _close(self, fd: int) -> None:
+        conn, _ = self.conns.pop(fd)
+        conn.close()
 
 
 def _unlink(path: str) -> None:
@@ -234,23 +308,33 @@ def _unlink(path: str) -> None:
         return
 
 
-USAGE = "usage: pgwarden-fencer --socket PATH --data-dir DIR --agent-pid PID [--grace SECONDS]"
+USAGE = (
+    "usage: pgwarden-fencer --socket PATH --data-dir DIR (--agent-pid PID | --external) "
+    "[--grace SECONDS]"
+)
 
 
-def parse_args(argv: list[str]) -> tuple[str, str, int, float]:
-    """(socket, data dir, agent pid, grace) from `--name value` pairs (argparse is several
-    MB of imports for four options). Raises ValueError naming what is wrong."""
+def parse_args(argv: list[str]) -> tuple[str, str, int | None, float]:
+    """(socket, data dir, agent pid or None for --external, grace) from `--name value` pairs
+    and the `--external` flag (argparse is several MB of imports for five options). Raises
+    ValueError naming what is wrong."""
+    external = "--external" in argv
+    argv = [arg for arg in argv if arg != "--external"]
     if len(argv) % 2:
         raise ValueError(f"{argv[-1]}: expected a value")
     given = dict(zip(argv[::2], argv[1::2], strict=True))
     unknown = set(given) - {"--socket", "--data-dir", "--agent-pid", "--grace"}
     if unknown:
         raise ValueError(f"unknown option {sorted(unknown)[0]}")
-    missing = [name for name in ("--socket", "--data-dir", "--agent-pid") if name not in given]
+    required = ("--socket", "--data-dir") + (() if external else ("--agent-pid",))
+    missing = [name for name in required if name not in given]
     if missing:
-        raise ValueError(f"{missing[0]} is required")
+        alternative = " (or --external)" if missing[0] == "--agent-pid" else ""
+        raise ValueError(f"{missing[0]} is required{alternative}")
+    if external and "--agent-pid" in given:
+        raise ValueError("--agent-pid and --external exclude each other")
     try:
-        pid = int(given["--agent-pid"])
+        pid = None if external else int(given["--agent-pid"])
         grace = float(given.get("--grace", "0.5"))  # seconds a fast shutdown gets before SIGKILL
     except ValueError as exc:
         raise ValueError(f"bad number: {exc}") from None

@@ -1,4 +1,5 @@
-"""Killing a PostgreSQL server for good: the postmaster and every one of its children.
+"""Killing a PostgreSQL server for good: the postmaster and every one of its children; and
+the identities of a process and a directory that a fencer in another container checks.
 
 Stdlib only: the fencer process (agent/fencer.py) imports it too. Each child of a PostgreSQL
 postmaster calls setsid() when it starts, so killing the postmaster's process group alone
@@ -22,6 +23,28 @@ def process_state(pid: int) -> str | None:
             return handle.read().rsplit(b")", 1)[1].split()[0].decode("ascii", "replace")
     except (OSError, IndexError):
         return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (/proc/PID/stat field 22): with the pid,
+    the identity of a process, the same in every pid namespace of the host. None when it has
+    no entry here (it exited, or it runs in a pid namespace this process cannot see)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def dir_id(path: str) -> str:
+    """`dev:ino` of a directory (the same in every mount namespace of the host), or `-`:
+    with start_ticks, what a fencer in another container checks that it shares with its
+    agent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 def pid_alive(pid: int) -> bool:

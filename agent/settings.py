@@ -230,6 +230,28 @@ class HaSettings:
             )
 
 
+class FencerMode(StrEnum):
+    SPAWN = "spawn"  # the agent starts its fencer (agent/fence.py) and restarts it if it dies
+    EXTERNAL = "external"  # a fencer of its own container in the pod; never started by us
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FencerSettings:
+    """Where the fencer comes from and where it listens (docs/ha.md, Self-fencing)."""
+
+    mode: FencerMode = FencerMode.SPAWN
+    socket: str | None = None  # None: <run_dir>/fencer.sock
+
+    def __post_init__(self) -> None:
+        check(self.problems())
+
+    def problems(self) -> Iterator[ConfigProblem]:
+        yield from one_of("mode", self.mode, FencerMode)
+        if self.socket is not None:
+            yield from non_empty("socket", self.socket)
+            yield from absolute("socket", self.socket)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogSettings:
     level: LogLevel = LogLevel.INFO
@@ -256,6 +278,7 @@ class Settings:
     tags: Tags = field(default_factory=Tags)
     ha: HaSettings = field(default_factory=HaSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    fencer: FencerSettings = field(default_factory=FencerSettings)
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     pgbackrest: PgBackRestSettings | None = None
     create_replica_methods: tuple[ReplicaMethod, ...] = DEFAULT_REPLICA_METHODS

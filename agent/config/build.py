@@ -31,7 +31,15 @@ from agent.config.read import Collector, Raw
 from agent.dcs_settings import DcsKind, DcsSettings, EtcdSettings, KubernetesSettings
 from agent.pgparams import AGENT_OWNED
 from agent.postgres_settings import PostgresSettings, PostgresTls
-from agent.settings import HaSettings, LogSettings, Settings, Tags, Timing, unchecked
+from agent.settings import (
+    FencerSettings,
+    HaSettings,
+    LogSettings,
+    Settings,
+    Tags,
+    Timing,
+    unchecked,
+)
 from agent.value_rules import ConfigProblem, Credentials, Secret
 
 
@@ -418,6 +426,7 @@ def build_settings(b: Builder) -> Settings:
         tags=_tags(b),
         ha=b.build("ha", HaSettings),
         log=b.build("log", LogSettings),
+        fencer=b.build("fencer", FencerSettings),
         callbacks=_callbacks(b),
     )
     b.check("", settings)

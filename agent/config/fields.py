@@ -23,7 +23,7 @@ from agent.config.field import (
 )
 from agent.dcs_settings import DcsKind, LockKind
 from agent.postgres_settings import TlsVerify
-from agent.settings import LogFormat, LogLevel, SyncMode
+from agent.settings import FencerMode, LogFormat, LogLevel, SyncMode
 
 _S, _B, _N, _I = Kind.STR, Kind.BOOL, Kind.FLOAT, Kind.INT
 
@@ -464,6 +464,21 @@ FIELDS: Final[tuple[Field, ...]] = (
           doc="`json`: one JSON object per line (`timestamp` in ISO 8601 UTC, `level`, `event`, "
               "`cluster`, `member`, fields); `console`: readable lines; `auto`: console on a "
               "terminal, JSON otherwise (containers)."),
+    section_field("fencer",
+             doc="The fencer: the small process that stops PostgreSQL at the leader's fencing "
+                 "deadline whatever the agent does (docs/ha.md, Self-fencing)."),
+    Field(path="fencer.mode", kind=_S, choices=FencerMode, rule="`spawn` or `external`.",
+          doc="`spawn`: the agent starts its fencer as a child in a session of its own, and "
+              "starts it again if it dies. `external`: the agent never starts one; a fencer run "
+              "by someone else (a container of its own in the Kubernetes pod, with its own CPU "
+              "limit: docs/kubernetes.md) must listen on `socket` and see this agent's process "
+              "and data directory, else every call to it fails and the member does not lead "
+              "(no acquire, no promotion) until it does. A `spawn` agent that finds an external "
+              "fencer on its socket uses it and never starts one over it."),
+    Field(path="fencer.socket", kind=_S, default_doc="`<run_dir>/fencer.sock`",
+          rule="Absolute path.",
+          doc="The fencer's Unix socket. With `external`, a directory both containers mount "
+              "(an `emptyDir`)."),
 )  # fmt: skip
 
 BY_PATH: Final = {f.path: f for f in FIELDS}

@@ -21,7 +21,7 @@ from agent.settings import Settings
 
 CHAPTERS: Final = (
     "", "dcs", "dcs.etcd", "dcs.kubernetes", "postgresql", "api", "timing", "tags", "ha", "log",
-    "callbacks", "pgbackrest", "bootstrap",
+    "fencer", "callbacks", "pgbackrest", "bootstrap",
 )  # fmt: skip
 """The sections with a table of their own; a key is listed in the longest one holding it."""
 

@@ -33,6 +33,7 @@ from agent.config import (
     render_effective,
 )
 from agent.postgres.replication import AGENT_MANAGED
+from agent.settings import FencerMode
 
 DELETE = object()
 
@@ -353,6 +354,16 @@ def test_postgres_nice_defaults_to_0_and_is_set_by_its_env_variable(tmp_path: Pa
     assert has_problem(problems, "postgresql.nice", "set by PGWARDEN_POSTGRESQL__NICE")
 
 
+def test_the_fencer_is_spawned_on_the_run_dir_unless_set_external_by_its_env_variables(
+    tmp_path: Path,
+) -> None:
+    fencer = load(tmp_path, MINIMAL).fencer
+    assert (fencer.mode, fencer.socket) == (FencerMode.SPAWN, None)
+    env = {"PGWARDEN_FENCER__MODE": "external", "PGWARDEN_FENCER__SOCKET": "/run/f/fencer.sock"}
+    fencer = load(tmp_path, MINIMAL, env).fencer
+    assert (fencer.mode, fencer.socket) == (FencerMode.EXTERNAL, "/run/f/fencer.sock")
+
+
 def test_a_rule_broken_by_an_env_value_says_which_variable_set_it(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, MINIMAL, {"PGWARDEN_TIMING__TTL_S": "3"})
     assert has_problem(
@@ -399,6 +410,9 @@ BAD_CASES: list[tuple[str, dict[str, object], str, str]] = [
     ("nice negative", {"postgresql.nice": -1}, "postgresql.nice", "nice value in 0..19, got -1"),
     ("nice above 19", {"postgresql.nice": 20}, "postgresql.nice", "nice value in 0..19, got 20"),
     ("run_dir relative", {"run_dir": "run"}, "run_dir", "absolute path"),
+    ("fencer mode unknown", {"fencer.mode": "sidecar"}, "fencer.mode",
+     "one of spawn, external, got 'sidecar'"),
+    ("fencer socket relative", {"fencer.socket": "f.sock"}, "fencer.socket", "absolute path"),
     ("data_dir relative", {"postgresql.data_dir": "data"}, "postgresql.data_dir", "absolute"),
     ("no endpoints", {"dcs.etcd.endpoints": []}, "dcs.etcd.endpoints", "at least one"),
     ("endpoints a string", {"dcs.etcd.endpoints": "http://a:1"}, "dcs.etcd.endpoints", "list"),

@@ -13,9 +13,21 @@ def test_the_options_parse_into_their_types_with_the_grace_defaulting() -> None:
     assert parse_args([*argv, "--grace", "1.5"])[3] == 1.5
 
 
+def test_an_external_fencer_takes_no_agent_pid() -> None:
+    argv = ["--socket", "/run/f.sock", "--data-dir", "/data"]
+    assert parse_args(["--external", *argv]) == ("/run/f.sock", "/data", None, 0.5)
+    assert parse_args([*argv, "--external", "--grace", "1"])[2:] == (None, 1.0)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--socket", "/s", "--data-dir", "/d"], r"--agent-pid is required \(or --external\)"),
+        (["--external", "--data-dir", "/d"], "--socket is required"),
+        (
+            ["--external", "--socket", "/s", "--data-dir", "/d", "--agent-pid", "1"],
+            "--agent-pid and --external exclude each other",
+        ),
         (["--socket", "/s", "--data-dir", "/d"], "--agent-pid is required"),
         (["--socket", "/s", "--data-dir", "/d", "--agent-pid"], "--agent-pid: expected a value"),
         (["--socket", "/s", "--data-dir", "/d", "--agent-pid", "x"], "bad number"),

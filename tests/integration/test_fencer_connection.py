@@ -1,0 +1,259 @@
+"""The fencer's connection and where it comes from (issues 15 and 16): one connection carries
+every call and changes nothing when it breaks; an external fencer (a container of its own in
+the pod) is never started by the agent, and is refused unless it sees the agent's process and
+data directory.
+
+The stand-in postmaster of test_fencer.py; the real fencer process, spawned by the client or
+started here as a sidecar would be (`--external`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.app import _start_fence
+from agent.fence import FenceClient, FenceState, FenceUnavailable, fencer_command
+from tests.integration.test_fencer import postmaster, wait_dead
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["postmaster"]  # the fixture, shared with test_fencer.py
+
+
+class Sidecar:
+    """External fencers started as the kubelet starts the sidecar container (and restarts
+    it): `--external`, no agent pid, logging to a file."""
+
+    def __init__(self, run: Path, data_dir: Path) -> None:
+        self.socket = run / "fencer.sock"
+        self.log = run / "sidecar.log"
+        self.data_dir = data_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        run.mkdir(exist_ok=True)
+
+    def start(self, *wrap: str) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(
+                [*wrap, *fencer_command(), "--external", "--socket", str(self.socket),
+                 "--data-dir", str(self.data_dir), "--grace", "0.5"],
+                stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        self.procs.append(proc)
+        give_up = time.monotonic() + 10
+        while not _listening(self.socket):
+            assert proc.poll() is None and time.monotonic() < give_up, self.log.read_text()
+            time.sleep(0.02)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path) -> Iterator[Sidecar]:
+    car = Sidecar(tmp_path / "run", tmp_path)
+    yield car
+    car.stop()
+
+
+def _socket_fds(pid: int) -> int:
+    return sum(os.readlink(fd).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def _inode(stream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> int:
+    """The client socket's inode: a new connection has another (a file descriptor number
+    may be reused)."""
+    return os.fstat(stream[1].get_extra_info("socket").fileno()).st_ino
+
+
+def _fencer_pid(log: Path) -> int:
+    [pid] = re.findall(r"fencer\[(\d+)\] serving", log.read_text())
+    return int(pid)
+
+
+# ------------------------------------------------------------------ one connection
+
+
+async def test_one_connection_carries_every_call_and_the_fencer_keeps_it_open(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    await client.start()
+    try:
+        assert client._stream is not None
+        first = _inode(client._stream)
+        for _ in range(20):
+            assert (await client.arm(time.monotonic() + 5)).state == FenceState.ARMED
+        assert client._stream is not None
+        assert _inode(client._stream) == first, "reconnected"
+        # The listening socket and our one connection.
+        assert _socket_fds(_fencer_pid(tmp_path / "run" / "fencer.log")) == 2
+    finally:
+        await client.disarm()
+        await client.stop()
+
+
+async def test_lines_on_one_connection_are_each_answered_and_a_partial_line_never_counts(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes], sidecar: Sidecar
+) -> None:
+    """A connection that closes mid-line (its agent died while writing) changes nothing: the
+    deadline armed stays armed, and the cut line, had it been read, would have moved it."""
+    sidecar.start()
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(sidecar.socket))
+        reader = conn.makefile("rb")
+        conn.sendall(f"ARM {time.monotonic() + 100:.6f}\n".encode())
+        assert 99 < float(reader.readline().split()[2]) <= 100
+        conn.sendall(f"ARM {time.monotonic() + 0.6:.6f}\n".encode())
+        assert 0 < float(reader.readline().split()[2]) <= 0.6
+        conn.sendall(b"STATUS\nSTATUS\n")
+        assert reader.readline().startswith(b"OK armed")
+        assert reader.readline().startswith(b"OK armed")
+        conn.sendall(f"ARM {time.monotonic() + 100:.6f}".encode())  # no end of line: cut
+        reader.close()
+    assert await asyncio.to_thread(wait_dead, postmaster, 2.0), "the cut line moved the deadline"
+
+
+async def test_a_client_that_connects_and_stays_silent_does_not_delay_the_fence(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    """An agent frozen right after it connected (or anything else on the socket) holds a
+    connection open without a word: the fencer must still fire on time."""
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    await client.start()
+    silent = socket.socket(socket.AF_UNIX)
+    try:
+        await client.arm(time.monotonic() + 0.4)
+        await asyncio.sleep(0.35)
+        silent.connect(client.socket_path)
+        silent.sendall(b"ARM 1")  # and nothing more
+        assert await asyncio.to_thread(wait_dead, postmaster, 2.0)
+        log = (tmp_path / "run" / "fencer.log").read_text()
+        [late] = re.findall(r"fence deadline reached \(([\d.]+) s late", log)
+        assert float(late) < 0.2, log
+    finally:
+        silent.close()
+        await client.disarm()
+        await client.stop()
+
+
+# ------------------------------------------------------------------ an external fencer
+
+
+async def test_an_external_client_never_starts_a_fencer_and_leads_only_once_one_answers(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes], sidecar: Sidecar
+) -> None:
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path), external=True)
+    assert await _start_fence(client) == "unavailable"  # the agent starts all the same
+    with pytest.raises(FenceUnavailable):
+        await client.arm(time.monotonic() + 5)  # an acquire is undone, nothing promoted
+    assert not sidecar.socket.exists(), "a fencer was started"
+    sidecar.start()
+    assert (await client.arm(time.monotonic() + 0.5)).state == FenceState.ARMED
+    assert await asyncio.to_thread(wait_dead, postmaster, 2.0), "the external fencer did not fence"
+    await client.disarm()
+    await client.stop()
+
+
+async def test_a_restarted_external_fencer_is_armed_again_with_the_deadline_the_old_one_held(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes], sidecar: Sidecar
+) -> None:
+    """The kubelet restarts a sidecar that died: the new one starts disarmed. The agent's
+    next call finds its connection closed, connects to the new fencer and arms it with the
+    deadline the old one held, never a later one."""
+    first = sidecar.start()
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path), external=True)
+    await client.start()
+    deadline = time.monotonic() + 1.5
+    await client.arm(deadline)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    sidecar.start()
+    status = await client.status()
+    assert status.state == FenceState.ARMED
+    assert status.remaining_s is not None
+    assert status.remaining_s <= deadline - time.monotonic() + 0.01, "armed later than held"
+    assert await asyncio.to_thread(wait_dead, postmaster, 2.5), "the new fencer did not fence"
+    await client.stop()
+
+
+async def test_a_spawning_client_that_found_an_external_fencer_never_starts_one_over_it(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes], sidecar: Sidecar
+) -> None:
+    """Two fencers on one socket path: the one started over the other would leave an orphan
+    armed with an old deadline, firing at it under a healthy primary."""
+    car = sidecar.start()
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    await client.start()
+    os.kill(car.pid, signal.SIGKILL)
+    car.wait()
+    with pytest.raises(FenceUnavailable):
+        await client.status()
+    assert not (tmp_path / "run" / "fencer.log").exists(), "a fencer was spawned"
+    await client.stop()
+
+
+async def test_an_external_fencer_that_does_not_see_the_agents_data_directory_is_refused(
+    tmp_path: Path, sidecar: Sidecar
+) -> None:
+    sidecar.data_dir = tmp_path / "elsewhere"  # the data volume not mounted in the sidecar
+    sidecar.data_dir.mkdir()
+    sidecar.start()
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path), external=True)
+    with pytest.raises(FenceUnavailable, match="not the agent's data directory"):
+        await client.start()
+    with pytest.raises(FenceUnavailable, match="not the agent's data directory"):
+        await client.arm(time.monotonic() + 5)
+
+
+async def test_an_external_fencer_in_a_process_namespace_of_its_own_is_refused(
+    tmp_path: Path, sidecar: Sidecar
+) -> None:
+    """A sidecar without `shareProcessNamespace`: it cannot see, let alone signal, the
+    postmaster, so its fence would do nothing."""
+    sidecar.start("unshare", "--pid", "--fork", "--mount-proc")
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path), external=True)
+    with pytest.raises(FenceUnavailable, match="not visible here"):
+        await client.start()
+
+
+async def test_an_external_fencer_asked_to_stop_while_armed_guards_the_deadline_first(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes], sidecar: Sidecar
+) -> None:
+    """Pod deletion: the sidecar may get SIGTERM while the agent still hands over; fencing at
+    once would stop the primary in the middle of it. It fences at the deadline, then exits."""
+    car = sidecar.start()
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path), external=True)
+    await client.start()
+    await client.arm(time.monotonic() + 3.0)
+    car.terminate()
+    # Past the next look at `stop` (0.5 s) and the grace the stand-in, which ignores a fast
+    # shutdown, gets before SIGKILL (0.5 s).
+    await asyncio.sleep(1.5)
+    assert postmaster.poll() is None, "fenced before the deadline"
+    assert car.poll() is None, "exited while armed"
+    assert await asyncio.to_thread(wait_dead, postmaster, 3.0), "not fenced at the deadline"
+    assert await asyncio.to_thread(car.wait, 2.0) == 0
+    await client.stop()
