@@ -114,6 +114,7 @@ class FenceClient:
         self._lock = asyncio.Lock()  # one call at a time on the one connection
         self._fencer_id: str | None = None  # the id the fencer gave at our last ADOPT
         self._found_external = False  # an external fencer answered: never spawn over it
+        self._legacy = False  # an older fencer: one line per connection, as it closes after it
 
     async def _call(self, line: str) -> str:
         """`_call_once`; a fencer found dead (nothing listens on its socket: it was killed,
@@ -164,8 +165,15 @@ class FenceClient:
                 return await self._exchange(self._stream, line)
             except ConnectionError:  # closed at the other end: a fencer restarted
                 self._drop()
-        self._stream = await self._connect()
-        return await self._exchange(self._stream, line)
+        stream = None if self._legacy else await self._connect()
+        if stream is None:  # an older fencer (an agent upgraded over it): a line per connection
+            stream = await asyncio.open_unix_connection(self.socket_path)
+            try:
+                return await self._exchange(stream, line)
+            finally:
+                stream[1].close()
+        self._stream = stream
+        return await self._exchange(stream, line)
 
     @staticmethod
     async def _exchange(stream: Stream, line: str) -> str:
@@ -177,17 +185,22 @@ class FenceClient:
             raise ConnectionResetError("the fencer closed the connection")
         return reply.decode().strip()
 
-    async def _connect(self) -> Stream:
+    async def _connect(self) -> Stream | None:
         """A new connection to the fencer, adopted: it learns our pid (a spawned fencer
         exits once that process is gone), an external one shows that it sees our process
         and data directory (CHECK), and a fencer that is not the one we last talked to (a
-        restarted sidecar, a respawn) is armed first with the deadline the other held."""
+        restarted sidecar, a respawn) is armed first with the deadline the other held.
+        None for a fencer older than this protocol (it closed the connection after ADOPT)."""
         stream = await asyncio.open_unix_connection(self.socket_path)
         try:
             adopted = (await self._exchange(stream, f"ADOPT {os.getpid()}")).split()
             if adopted[:1] != ["OK"]:
                 raise FenceUnavailable(f"fencer answered {' '.join(adopted)!r} to ADOPT")
-            kind, ident = [*adopted[3:5], "spawned", "-"][:2]  # an older fencer says neither
+            if len(adopted) < 5 and not self.external:  # an older fencer says neither below
+                self._legacy = True
+                stream[1].close()
+                return None
+            kind, ident = [*adopted[3:5], "spawned", "-"][:2]
             if kind == "external":
                 if not self._found_external and not self.external:
                     _log.info("fencer_external_found", socket=self.socket_path)
@@ -239,6 +252,7 @@ class FenceClient:
 
     async def _spawn(self) -> None:
         """Start a fencer and wait until it answers."""
+        self._legacy = False  # ours is of this version
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - a child inherits it; instant
         try:

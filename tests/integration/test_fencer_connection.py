@@ -257,3 +257,36 @@ async def test_an_external_fencer_asked_to_stop_while_armed_guards_the_deadline_
     assert await asyncio.to_thread(wait_dead, postmaster, 3.0), "not fenced at the deadline"
     assert await asyncio.to_thread(car.wait, 2.0) == 0
     await client.stop()
+
+
+async def test_an_agent_upgraded_over_an_older_fencer_talks_to_it_a_line_per_connection(
+    tmp_path: Path,
+) -> None:
+    """A fencer of the previous protocol (one line per connection, then it closes) still
+    guards the deadline of an agent upgraded and restarted in place: the agent adopts it."""
+    held: list[float] = []
+
+    async def older_fencer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        verb, _, arg = (await reader.readline()).decode().strip().partition(" ")
+        if verb == "ARM":
+            held[:] = [float(arg)]
+        elif verb == "DISARM":
+            held.clear()
+        state = f"armed {held[0] - time.monotonic():.3f}" if held else "disarmed -"
+        writer.write(f"OK {state}\n".encode())
+        await writer.drain()
+        writer.close()
+
+    (tmp_path / "run").mkdir()
+    server = await asyncio.start_unix_server(older_fencer, str(tmp_path / "run" / "fencer.sock"))
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path))
+    try:
+        assert (await client.start()).state == FenceState.DISARMED
+        for _ in range(3):
+            assert (await client.arm(time.monotonic() + 5)).state == FenceState.ARMED
+        assert (await client.status()).state == FenceState.ARMED
+        assert (await client.disarm()).state == FenceState.DISARMED
+        assert not (tmp_path / "run" / "fencer.log").exists(), "a fencer was spawned over it"
+    finally:
+        await client.stop()
+        server.close()
