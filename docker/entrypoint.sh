@@ -3,6 +3,8 @@
 #
 #   entrypoint.sh [run-options]     prepare, render the settings, exec `pgwarden run`
 #   entrypoint.sh ctl|demo|run ...  exec `pgwarden ...` unchanged (no preparation)
+#   entrypoint.sh fencer ...        exec the fencer (agent/fencer.py) with these options: the
+#                                   fencer sidecar (k8s/examples/fencer-sidecar)
 #
 # 1. refuse to run as root: PostgreSQL would refuse later, after the agent has started;
 # 2. docker/prepare.py merges the settings files (a mounted ConfigMap), fills the per-pod
@@ -34,6 +36,11 @@ pgwarden=${PGW_PGWARDEN:-pgwarden}
 case "${1:-}" in
   ctl | demo | run | --help | -h)
     exec "$pgwarden" "$@"
+    ;;
+  fencer)
+    # Isolated (-I): no PYTHON* variable or user site changes what the fencer imports.
+    shift
+    exec "$python" -I -m agent.fencer "$@"
     ;;
 esac
 

@@ -22,53 +22,13 @@ from pathlib import Path
 import pytest
 
 from agent.app import _start_fence
-from agent.fence import FenceClient, FenceState, FenceUnavailable, fencer_command
+from agent.fence import FenceClient, FenceState, FenceUnavailable
 from tests.integration.test_fencer import postmaster, wait_dead
+from tests.support.fencer import Sidecar
 
 pytestmark = pytest.mark.integration
 
 __all__ = ["postmaster"]  # the fixture, shared with test_fencer.py
-
-
-class Sidecar:
-    """External fencers started as the kubelet starts the sidecar container (and restarts
-    it): `--external`, no agent pid, logging to a file."""
-
-    def __init__(self, run: Path, data_dir: Path) -> None:
-        self.socket = run / "fencer.sock"
-        self.log = run / "sidecar.log"
-        self.data_dir = data_dir
-        self.procs: list[subprocess.Popen[bytes]] = []
-        run.mkdir(exist_ok=True)
-
-    def start(self, *wrap: str) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as log:
-            proc = subprocess.Popen(
-                [*wrap, *fencer_command(), "--external", "--socket", str(self.socket),
-                 "--data-dir", str(self.data_dir), "--grace", "0.5"],
-                stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        self.procs.append(proc)
-        give_up = time.monotonic() + 10
-        while not _listening(self.socket):
-            assert proc.poll() is None and time.monotonic() < give_up, self.log.read_text()
-            time.sleep(0.02)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _listening(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture

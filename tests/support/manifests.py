@@ -33,6 +33,7 @@ KUSTOMIZATIONS: dict[str, Path] = {
     "migrate-to-lease": K8S / "examples" / "migrate-to-lease",
     "etcd-dcs": K8S / "examples" / "etcd-dcs",
     "secure": K8S / "examples" / "secure",
+    "fencer-sidecar": K8S / "examples" / "fencer-sidecar",
 }
 RENDER_TIMEOUT_S = 60.0
 AGENT_CONFIGMAP = "pgwarden-agent"
