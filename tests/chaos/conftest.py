@@ -301,7 +301,9 @@ def mix_runner(
 ) -> Iterator[Runner]:
     """The random mix's cluster, on which every nemesis of tests/chaos/mix.py can be drawn:
     FUSE data directories, delaying proxies, steppable agent wall clocks; asynchronous (the
-    agent's default maximum_lag_on_failover_bytes) or `synchronous_mode: on` (" [sync]")."""
+    agent's default maximum_lag_on_failover_bytes) or `synchronous_mode: on` (" [sync]");
+    `ha.wal_receiver_stall_s` as in the quick cluster, so that the watchdog frees the stuck
+    receiver of replica-receiver-stuck and runs under every other fault of the mix."""
     mode: str = request.param
     if mode not in ("async", "sync"):
         raise ValueError(f"CHAOS_MIX_MODES: {mode!r} is neither async nor sync")
@@ -313,5 +315,6 @@ def mix_runner(
         fuse_storage=True,
         delay_proxies=True,
         stepped_clocks=True,
+        ha_extra={"wal_receiver_stall_s": STALL_S},
     ) as chaos:
         yield chaos

@@ -5,8 +5,8 @@ and the full disk of the primary, the full disk of a replica then the primary's 
 slow network around the primary (0.5 s round trip: below the quick timings' request bound,
 no failover expected; 2 s: above it, the primary cannot renew and is replaced), a ±1 hour
 step of one member's agent's wall clock (primary or replica), and a replica's WAL receiver
-stuck on a peer that never answers (tests/chaos/stuck_peer.py; the mix's heal kills the
-stuck peer, which frees the receiver before the agent's default 30 s bound). Every one of
+stuck on a peer that never answers (tests/chaos/stuck_peer.py; the mix's cluster has the
+quick cluster's short `ha.wal_receiver_stall_s`, so the watchdog frees it). Every one of
 them can be drawn on one cluster flavour, conftest.py `mix_runner`: each data directory on a
 FUSE store, every member's connections through a delaying proxy, every agent on a steppable
 wall clock. The OOM-killed backend and the agent restart loop are in `nemeses()` already. Not
