@@ -6,8 +6,9 @@ rewind whose source did not answer; a failsafe round every member accepted but t
 not be armed for). What a result means for Memory is decided by `record_outcome`
 (agent.decide), here and nowhere else; when to stop, by `next_step` (agent/stop_rules.py,
 pure), which the executor runs by, except that a renewal the fencer did not take is retried at
-the loop's pace rather than at once, and one the DCS refused faster than RENEW_RETRY_PAUSE_S
-after the rest of that pause. What each action does is `ActionRunner`
+the loop's pace rather than at once, one the DCS refused faster than RENEW_RETRY_PAUSE_S
+after the rest of that pause, and one the DCS refused to shed load (`DcsThrottled`: a 429)
+after the wait it asked for. What each action does is `ActionRunner`
 (agent/action_runner.py), a base of `Executor`.
 """
 
@@ -32,7 +33,7 @@ from agent.actions import (
 )
 from agent.callbacks import CallbackRunner, NoCallbacks, notification
 from agent.clock import Clock
-from agent.dcs.base import Dcs, DcsError
+from agent.dcs.base import Dcs, DcsError, DcsThrottled
 from agent.decide import (
     Memory,
     Observation,
@@ -120,6 +121,7 @@ class Executor(ActionRunner):
         self._finished: Outcome | None = None
         self._reason = ""  # the reason of the decision being executed
         self._fence_silent = False  # this decision's renewal was not armed: no retry at once
+        self._retry_after_s: float | None = None  # the DCS asked this long before a retry
         # The loop sleeps at most this long after the decision (a renewal that failed fast).
         self.retry_in_s: float | None = None
 
@@ -153,6 +155,7 @@ class Executor(ActionRunner):
     ) -> bool:
         done: list[Outcome] = []
         self._fence_silent = False
+        self._retry_after_s = None
         self.retry_in_s = None
         while True:
             step = next_step(decision.actions, done)
@@ -173,12 +176,16 @@ class Executor(ActionRunner):
 
     def _renewal_failed_fast(self, done: list[Outcome]) -> bool:
         """The last action was a renewal the DCS did not answer, and it took less than
-        RENEW_RETRY_PAUSE_S: retried after the rest of that pause (`retry_in_s`)."""
+        RENEW_RETRY_PAUSE_S, or the DCS asked for a pause (a 429's Retry-After: never
+        retried at once, issue 15): retried after the rest of that pause (`retry_in_s`)."""
         last = done[-1] if done else None
         if last is None or not isinstance(last.action, RenewLeader):
             return False
         if last.result is not Result.UNREACHABLE or self._fence_silent:
             return False
+        if self._retry_after_s is not None:
+            self.retry_in_s = self._retry_after_s
+            return True
         took = self.clock.monotonic() - last.sent_at
         if took >= RENEW_RETRY_PAUSE_S:
             return False
@@ -194,6 +201,8 @@ class Executor(ActionRunner):
                 result = Result.OK
         except (DcsError, TimeoutError) as exc:
             result, detail = Result.UNREACHABLE, f"DCS: {exc!r}"
+            if isinstance(exc, DcsThrottled):
+                self._retry_after_s = exc.retry_after_s
         except FenceUnavailable as exc:
             # A renewal the DCS accepted but whose deadline the fencer did not take (starved,
             # issue 16): the fencer still holds the one armed before, so the lease stands to

@@ -68,6 +68,16 @@ class DcsAuthError(DcsUnavailable):
     """The store refused our credentials (also unavailable, for the HA loop)."""
 
 
+class DcsThrottled(DcsUnavailable):
+    """The store refused the request for now, to shed load (Kubernetes: 429 Too Many
+    Requests); `retry_after_s`: how long to wait before sending it again, when it said (the
+    caller waits that long rather than retrying at once)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Dcs(Protocol):
     """One member's handle on the cluster's records. See the module docstring for the contract."""
 

@@ -29,8 +29,9 @@ The rules, and why:
 
 `watch_forever` runs one watch (a backend's `follow` coroutine, one stream from where the
 last one stopped) forever: a `WatchResync` raised by `follow` is logged and resyncs the
-tracker; any other failure is logged and retried after an exponential `Backoff`. It never
-raises into the caller (only cancellation ends it).
+tracker; any other failure is logged and retried after an exponential `Backoff`, or after
+the pause the backend asks for that failure (`pause_s`: a server that throttles), whichever
+is longer. It never raises into the caller (only cancellation ends it).
 
 Everything but `wait` and `watch_forever` is synchronous and does no I/O; times come from
 the injected `Clock`, except the wait's own timeout, which is an asyncio timeout (how long
@@ -225,10 +226,12 @@ async def watch_forever(
     log: structlog.typing.FilteringBoundLogger,
     position: Callable[[], int],
     backoff: Backoff | None = None,
+    pause_s: Callable[[Exception], float] | None = None,
 ) -> None:
     """Run `follow` again and again, forever (see the module docstring). `follow` keeps its
     own position and resumes from it; it calls `backoff.reset()` when it makes progress.
-    `position()` is logged with failures."""
+    `position()` is logged with failures; `pause_s(failure)`: the least wait before the
+    next try (0: the backoff's alone)."""
     retry = backoff or Backoff()
     while True:
         try:
@@ -238,5 +241,8 @@ async def watch_forever(
             log.warning(exc.event, **exc.fields)
             tracker.resync()
         except Exception as exc:  # the watch must outlive any trouble; it is logged
-            log.warning("dcs_watch_failed", error=repr(exc), resume_at=position())
-            await asyncio.sleep(retry.next_s())
+            delay_s = retry.next_s()
+            if pause_s is not None:
+                delay_s = max(delay_s, pause_s(exc))
+            log.warning("dcs_watch_failed", error=repr(exc), resume_at=position(), retry_s=delay_s)
+            await asyncio.sleep(delay_s)

@@ -13,7 +13,9 @@ the background, so after `FakeClock.advance()` call `store.expire_leases()` (the
 
 Faults (test controls, mutable on purpose):
 - `store.faults` applies to every handle, `handle.faults` to one handle:
-  `unavailable` (every call raises `DcsUnavailable` at once), `slow_s` (every call first
+  `unavailable` (every call raises `DcsUnavailable` at once), `throttled_s` (every call
+  raises `DcsThrottled` at once, asking for that long a wait: an API server's 429 and
+  Retry-After), `slow_s` (every call first
   waits that long on the event loop, so the handle's request deadline and callers' own
   timeouts apply), `lose_races` (the next N `acquire_leader` / `write_record` calls lose as
   if another member had won: False, nothing written).
@@ -33,7 +35,7 @@ import structlog
 
 from agent.clock import Clock
 from agent.dcs import keys
-from agent.dcs.base import DcsUnavailable
+from agent.dcs.base import DcsThrottled, DcsUnavailable
 from agent.model import ClusterView, Member, RecordKind
 
 
@@ -42,6 +44,7 @@ class Faults:
     """Fault switches; tests flip them at any time."""
 
     unavailable: bool = False
+    throttled_s: float | None = None
     slow_s: float = 0.0
     lose_races: int = 0
 
@@ -327,6 +330,9 @@ class MemoryDcs:
             # time, tests/unit/fakes/virtual_time.py) run.
             await asyncio.sleep(0)
             raise DcsUnavailable(f"{self._name}: store unreachable (injected)")
+        if (wait_s := self.faults.throttled_s) is not None:
+            await asyncio.sleep(0)
+            raise DcsThrottled(f"{self._name}: throttled (injected)", retry_after_s=wait_s)
         try:
             async with asyncio.timeout(self._timeout_s):
                 await asyncio.sleep(max(self._store.faults.slow_s, self.faults.slow_s))

@@ -18,6 +18,7 @@ from tests.unit.fakes.virtual_time import run_virtual
 
 STEP_S = 0.0002  # fake time one turn of the event loop costs when it does not wait
 WINDOW_S = 6.0  # less than the ttl: the leader's loop is not running meanwhile
+THROTTLED_WINDOW_S = 3.0
 
 
 async def _cycles_in_window(cluster: LoopCluster, name: str) -> int:
@@ -138,3 +139,27 @@ def test_a_leader_cut_off_from_a_dcs_that_refuses_at_once_does_not_spin() -> Non
     # Every RENEW_RETRY_PAUSE_S until the deadline, then once per loop_wait.
     assert retrying <= (timing.ttl_s - timing.fence_margin_s) / RENEW_RETRY_PAUSE_S + 2, retrying
     assert 1 <= after <= WINDOW_S / timing.loop_wait_s + 1, after
+
+
+def test_a_leader_whose_renewals_are_throttled_retries_after_the_retry_after_not_at_once() -> None:
+    # The DCS sheds load (an API server's 429 with a Retry-After of 1.5 s, issue 15): each
+    # refused renewal is retried once that wait is over, not at once nor every
+    # RENEW_RETRY_PAUSE_S (a fleet of leaders doing so keeps the server's bucket empty).
+    cluster = LoopCluster()
+
+    async def main() -> int:
+        leader = await cluster.bootstrap()
+        node = cluster[leader]
+        node.dcs.faults.throttled_s = 1.5
+        before = node.loop.status().cycle
+        task = asyncio.create_task(node.loop.run(), name=f"loop-{leader}")
+        await asyncio.sleep(THROTTLED_WINDOW_S)  # well before the deadline (it wakes often)
+        cycles = node.loop.status().cycle - before
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return cycles
+
+    cycles = run_virtual(main(), cluster.clock, cluster.advance, step_s=STEP_S)
+    # One renewal per Retry-After, and the first cycle (it was every 0.2 s: about 16).
+    assert 1 <= cycles <= THROTTLED_WINDOW_S / 1.5 + 2, cycles

@@ -3,7 +3,8 @@ client (agent/kube/client.py, or in tests a kubernetes_asyncio `ApiClient`: the 
 `call_api` shape) built lazily by the injected factory (constructing this does
 no I/O). Every request carries the request timeout; statuses a caller may handle (2xx, 404,
 409, 410, 422) come back as a `Response`, the rest raise `DcsUnavailable` (`DcsAuthError` for
-401/403). A 429 is sent again after its Retry-After while that fits in the request timeout.
+401/403, `Throttled` for 429). A 429 starts a pause of what can wait (throttle.py); a request
+that cannot wait is sent again after its Retry-After while that fits in the request timeout.
 `bounded()` turns any failure inside a deadline into `DcsUnavailable`."""
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
 
-from agent.dcs.base import DcsAuthError, DcsError, DcsUnavailable
+from agent.dcs.base import DcsAuthError, DcsError, DcsThrottled, DcsUnavailable
 from agent.dcs.kubernetes.objects import KubeObject
+from agent.dcs.kubernetes.throttle import ThrottleState
 
 ClientFactory = Callable[[], Awaitable[Any]]
 
@@ -26,9 +29,10 @@ _WATCH_READ_GRACE_S = 10.0  # a stream silent for timeoutSeconds + this is dead
 _THROTTLED_ATTEMPTS = 3  # sends of one request the server throttles (429 + Retry-After)
 
 
-class Throttled(DcsUnavailable):
+class Throttled(DcsThrottled):
     """The server answered 429 Too Many Requests (after the retries its Retry-After allowed):
-    unavailable for the HA loop, but the server is alive."""
+    unavailable for the HA loop, but the server is alive. `retry_after_s`: the server's
+    Retry-After with jitter (throttle.py), if it gave one."""
 
 
 class Expired(Exception):
@@ -90,9 +94,20 @@ async def bounded(what: str, limit_s: float) -> AsyncIterator[None]:
 class KubeApi:
     """Requests to one API server for one DCS handle."""
 
-    def __init__(self, factory: ClientFactory, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        factory: ClientFactory,
+        *,
+        timeout_s: float,
+        throttle: ThrottleState | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`clock`: monotonic seconds, for the time a call has left to send a refused
+        request again; `throttle`: the pause its 429s start (default: one of its own)."""
         self._factory = factory
         self._timeout_s = timeout_s
+        self._clock = clock
+        self.throttle = throttle or ThrottleState(clock=clock, max_pause_s=4 * timeout_s)
         self._api: Any = None
         self._lock = asyncio.Lock()
         self.throttled = 0  # requests sent again after a 429's Retry-After
@@ -114,14 +129,19 @@ class KubeApi:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        resend: bool = True,
     ) -> Response:
         """One API request, bounded by the request timeout (see the module docstring). A 429
-        whose Retry-After leaves room in that timeout is sent again after it (the server's
+        starts the throttling pause (throttle.py). With `resend`, a 429 whose Retry-After
+        leaves room in that timeout is sent again after it, with jitter (the server's
         priority and fairness refused it before executing it, so a write is not applied
         twice), up to `_THROTTLED_ATTEMPTS` times, as client-go does; the caller's deadline
-        bounds the whole."""
+        bounds the whole. Without (a request that can wait), a 429 raises `Throttled` at
+        once."""
         api = await self._client()
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        started = self._clock()
+        wait_s: float | None = None
         for attempt in range(1, _THROTTLED_ATTEMPTS + 1):
             response: Any = await api.call_api(
                 path,
@@ -139,10 +159,19 @@ class KubeApi:
                 wait_s = retry_after_s(response.headers) if status == 429 else None
             finally:
                 response.release()
-            if wait_s is None or wait_s >= self._timeout_s or attempt == _THROTTLED_ATTEMPTS:
+            if status != 429:
+                if not resend:
+                    self.throttle.answered()
+                break
+            self.throttle.refused(wait_s)
+            room_s = self._timeout_s - (self._clock() - started)
+            delay_s = None
+            if resend and wait_s is not None and attempt < _THROTTLED_ATTEMPTS:
+                delay_s = self.throttle.resend_delay_s(wait_s, room_s)
+            if delay_s is None:
                 break
             self.throttled += 1
-            await asyncio.sleep(wait_s)
+            await asyncio.sleep(delay_s)
         try:
             decoded: Any = json.loads(data) if data else None
         except ValueError:
@@ -150,14 +179,17 @@ class KubeApi:
         if status in (401, 403):
             raise DcsAuthError(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
         if status == 429:
-            raise Throttled(f"kubernetes: {method} {path}: HTTP 429: {message(decoded)}")
+            raise Throttled(
+                f"kubernetes: {method} {path}: HTTP 429: {message(decoded)}",
+                retry_after_s=None if wait_s is None else self.throttle.jittered_s(wait_s),
+            )
         if status >= 500 or status in (400, 415):
             raise DcsUnavailable(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
         return Response(status, decoded)
 
-    async def get(self, path: str) -> KubeObject | None:
+    async def get(self, path: str, *, resend: bool = True) -> KubeObject | None:
         """The object at `path`, None if there is none."""
-        response = await self.call("GET", path)
+        response = await self.call("GET", path, resend=resend)
         if response.status == 404:
             return None
         expect(response, 200)
@@ -190,6 +222,10 @@ class KubeApi:
         try:
             if response.status == 410:
                 raise Expired
+            if response.status == 429:
+                wait_s = retry_after_s(response.headers)
+                self.throttle.refused(wait_s)
+                raise Throttled(f"watch {path}: HTTP 429", retry_after_s=wait_s)
             if response.status != 200:
                 raise DcsUnavailable(f"watch {path}: HTTP {response.status}")
             while True:

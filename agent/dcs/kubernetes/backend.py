@@ -18,25 +18,23 @@ from agent.dcs import keys
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.changes import ChangeTracker
 from agent.dcs.heartbeat import heartbeat_interval
-from agent.dcs.kubernetes.api import ClientFactory, KubeApi, Throttled, bounded, expect
+from agent.dcs.kubernetes.api import ClientFactory, KubeApi, Throttled, bounded
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.guard import EndpointsGuard
 from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal, leader_items
 from agent.dcs.kubernetes.locks import EndpointsLock, LockObject, lock_objects
+from agent.dcs.kubernetes.members import MemberRecords
 from agent.dcs.kubernetes.objects import (
     KubeObject,
     cluster_selector,
-    hash_version,
-    member_entry,
-    member_patch,
     micro_time,
     name_of,
     pod_ip_of,
     resource_version,
-    to_bytes,
 )
 from agent.dcs.kubernetes.records import ConfigRecords, record_items
 from agent.dcs.kubernetes.routing import EndpointSliceRouter
+from agent.dcs.kubernetes.throttle import ThrottleState
 from agent.dcs.kubernetes.watches import WATCH_TIMEOUT_S, ClusterWatches
 from agent.model import ClusterView, Member, RecordKind
 
@@ -44,6 +42,12 @@ from agent.model import ClusterView, Member, RecordKind
 # hears `DcsUnavailable` with its reason from us rather than a bare timeout of its own.
 _REQUEST_SHARE_OF_RETRY_TIMEOUT = 0.9
 _LOOP_WAIT_SHARE_OF_TTL = 0.2  # the default timings' ratio, when the caller gives none
+# The longest pause of deferred requests after 429s (throttle.py), in ttls: long enough that a
+# throttled fleet's heartbeats leave the Lease renewals room, short enough that a member
+# record comes back within a few ttls once the server has room again.
+_MAX_PAUSE_TTLS = 5.0
+# The shortest: a heartbeat comes about every ttl/2, so a pause of a ttl skips one at least.
+_MIN_PAUSE_TTLS = 2.0
 
 Items = list[tuple[str, bytes, str]]
 
@@ -74,7 +78,18 @@ class KubernetesDcs:
         if ttl_s <= 0 or timeout_s <= 0:
             raise ValueError("ttl_s and timeout_s must be positive")
         loop_s = loop_wait_s if loop_wait_s is not None else ttl_s * _LOOP_WAIT_SHARE_OF_TTL
-        self._api = KubeApi(client_factory, timeout_s=timeout_s)
+        self._clock: Clock = clock or SystemClock()
+        self._throttle = ThrottleState(
+            clock=self._clock.monotonic,
+            max_pause_s=_MAX_PAUSE_TTLS * ttl_s,
+            min_pause_s=_MIN_PAUSE_TTLS * ttl_s,
+        )
+        self._api = KubeApi(
+            client_factory,
+            timeout_s=timeout_s,
+            throttle=self._throttle,
+            clock=self._clock.monotonic,
+        )
         self._cluster = cluster
         self._name = member_name
         self._pod = pod_name or member_name
@@ -82,7 +97,6 @@ class KubernetesDcs:
         self._lock_kind = lock
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
-        self._clock: Clock = clock or SystemClock()
         self._log = structlog.get_logger("pgwarden.dcs").bind(
             backend="kubernetes", cluster=cluster, member=member_name, lock=lock.value
         )
@@ -90,13 +104,24 @@ class KubernetesDcs:
         self._selector = cluster_selector(labels or {}, cluster)
         self._expiry = ObservedExpiry(ttl_s)
         self._changes = ChangeTracker(self._clock, timers=self._expiry)
+
+        def own_lock_write(lock_name: str) -> Callable[[int], None]:
+            """What a lock holder tells of each of its writes: not a change, and its cache
+            is not read until its watch shows that write."""
+
+            def own(rv: int) -> None:
+                self._changes.own(rv)
+                self._watches.lock_cache(lock_name).own_write(rv)
+
+            return own
+
         self._holders = tuple(
             LockHolder(
                 self._api,
                 lock_obj,
                 member=member_name,
                 expiry=self._expiry,
-                own=self._own_lock_write(lock_obj.name),
+                own=own_lock_write(lock_obj.name),
                 log=self._log,
             )
             for lock_obj in lock_objects(
@@ -140,7 +165,6 @@ class KubernetesDcs:
         )
         self._holding = False
         self._last_renew_sent = 0.0  # monotonic send time of the last successful acquire/renew
-        self._published: tuple[str, float] | None = None  # (payload, monotonic write time)
         self._heartbeat_s = heartbeat_interval(ttl_s, loop_s, timeout_s)
         # Read from the server at the next get_cluster: a request failed since the last read
         # from it (the caches may look fine while the server does not answer).
@@ -167,6 +191,21 @@ class KubernetesDcs:
             steady_quiet_s=ttl_s,
             lock_quiet_s=loop_s + timeout_s,
             pods_quiet_s=self._heartbeat_s + loop_s + timeout_s,
+        )
+
+        def own_pod_write(rv: int) -> None:
+            self._changes.own(rv)
+            self._watches.pods_cache.own_write(rv)
+
+        self._members = MemberRecords(
+            self._api,
+            pod_path=f"{self._pods_path}/{self._pod}",
+            cluster=cluster,
+            member=member_name,
+            expiry=self._expiry,
+            heartbeat_s=self._heartbeat_s,
+            clock=self._clock,
+            own=own_pod_write,
         )
         self._closed = False
 
@@ -205,17 +244,26 @@ class KubernetesDcs:
 
     async def get_cluster(self) -> ClusterView:
         async with self._request("get_cluster"):
-            trusted = False
-            cached = None if self._suspect else self._watches.cached()
+            trusted, leaderless = False, False
+            recent = self._throttle.recent()  # quiet caches are expected (throttle.py)
+            cached = None if self._suspect else self._watches.cached(lenient=recent)
             if cached is not None:
                 # What the watches keep (cache.py): no request at all.
                 items, trusted = self._view_items(*cached, self._clock.monotonic())
+                leaderless = not any(key == keys.LEADER for key, _, _ in items)
             if not trusted:
-                pods, locks, config = await self._read_all()
+                # While the server throttles, a read waits out the pause (throttle.py), unless
+                # the view shows no live leader: a race for the lock starts from this read.
+                if self._throttle.throttling() and not leaderless:
+                    left_s = self._throttle.pause_left_s()
+                    raise Throttled(f"kubernetes: get_cluster: throttled, {left_s:.1f} s to wait")
+                pods, locks, config = await self._read_all(resend=leaderless)
                 self._suspect = False
                 now = self._clock.monotonic()
                 items, _ = self._view_items(pods, locks, config, now, from_server=True)
-        return keys.to_view(items, self._log)
+        view = keys.to_view(items, self._log)
+        self._members.in_sync_set = view.sync is not None and self._name in view.sync.members
+        return view
 
     def _view_items(
         self,
@@ -232,22 +280,29 @@ class KubernetesDcs:
         stream that died without a word could show stale), nor when a member record expires
         on them that the server has not shown expired (a stream that stopped would expire
         every member whose heartbeats it no longer delivers)."""
-        leader = self._leader_items(locks, now)
-        members, stale = self._member_items(pods, now)
+        leader = _leader_items(self._holders, locks, self._expiry, now, self._log)
+        members, stale = self._members.items(pods, now)
         if from_server:
             self._stale = stale
-        trusted = bool(leader) and stale <= self._stale
+        # While the server throttles, members defer their heartbeats (throttle.py) and their
+        # records expire: each expiry re-read from the server by every peer would take the
+        # tokens the renewals need.
+        trusted = bool(leader) and (stale <= self._stale or self._throttle.recent())
         return members + leader + record_items(config), trusted
 
-    async def _read_all(self) -> tuple[list[Any], list[KubeObject | None], KubeObject | None]:
-        """The pods, lock objects and ConfigMap from the server."""
+    async def _read_all(
+        self, *, resend: bool
+    ) -> tuple[list[Any], list[KubeObject | None], KubeObject | None]:
+        """The pods, lock objects and ConfigMap from the server; without `resend`, a 429
+        fails it at once (a read that can wait: throttle.py)."""
         # The list first: a change after it is delivered by a watch started at its
         # resourceVersion, even if the reads below already show it (a spurious wake).
-        pods = await self._api.call("GET", self._pods_path, query={"labelSelector": self._selector})
+        selector = {"labelSelector": self._selector}
+        pods = await self._api.call("GET", self._pods_path, query=selector, resend=resend)
         if pods.status != 200:
             raise DcsUnavailable(f"listing pods: HTTP {pods.status}")
-        locks = [await self._api.get(h.lock.path()) for h in self._holders]
-        config = await self._api.get(self._records.path())
+        locks = [await self._api.get(h.lock.path(), resend=resend) for h in self._holders]
+        config = await self._api.get(self._records.path(), resend=resend)
         pod_items: list[Any] = pods.obj.get("items") or []
         self._watches.first_read(resource_version(pods.obj), pod_items, locks, config)
         return pod_items, locks, config
@@ -257,7 +312,7 @@ class KubernetesDcs:
             sent = self._clock.monotonic()
             if self._guard is not None and not await self._guard.allows():
                 return False
-            body = self._lock_body(await self._own_ip())
+            body = _lock_body(self._clock.wall(), await self._own_ip())
             for i, holder in enumerate(self._holders):
                 if not await holder.take(body, sent=sent, now=self._clock.monotonic()):
                     # Never keep part of a lock: give back what this attempt took.
@@ -280,7 +335,7 @@ class KubernetesDcs:
                 # Our lease has lapsed in the others' eyes: never write the record back.
                 self._lost("lease lapsed before renewal")
                 return False
-            body = self._lock_body(await self._own_ip())
+            body = _lock_body(self._clock.wall(), await self._own_ip())
             for holder in self._holders:
                 renewal = await holder.renew(body, now=self._clock.monotonic())
                 if renewal is Renewal.LOST:
@@ -296,7 +351,7 @@ class KubernetesDcs:
     async def release_leader(self) -> None:
         started = self._clock.monotonic()
         async with self._write("release_leader"):
-            body = self._lock_body(None)
+            body = _lock_body(self._clock.wall(), None)
             for holder in self._holders:
                 await holder.release(body)
             self._holding = False
@@ -305,31 +360,10 @@ class KubernetesDcs:
             await self._route(started=started)
 
     async def publish_member(self, member: Member) -> None:
-        payload = member.to_json()
         async with self._write("publish_member"):
-            now = self._clock.monotonic()
-            if (
-                self._published is not None
-                and self._published[0] == payload
-                and now - self._published[1] < self._heartbeat_s
-            ):
-                return  # unchanged and recently written: the heartbeat is still fresh
-            heartbeat = micro_time(self._clock.wall())
-            patch = member_patch(self._cluster, self._name, payload, heartbeat=heartbeat)
-            response = await self._api.call(
-                "PATCH",
-                f"{self._pods_path}/{self._pod}",
-                body=patch,
-                content_type="application/merge-patch+json",
-            )
-            if response.status == 404:
-                raise DcsUnavailable(f"kubernetes: publish_member: pod {self._pod} not found")
-            expect(response, 200)
-            self._changes.own(resource_version(response.obj))
-            self._watches.pods_cache.own_write(resource_version(response.obj))
-            self._published = (payload, now)
-            if self._pod_ip is None:
-                self._pod_ip = pod_ip_of(response.obj)
+            pod = await self._members.publish(member)
+            if pod is not None and self._pod_ip is None:
+                self._pod_ip = pod_ip_of(pod)
 
     async def write_record(
         self, kind: RecordKind, value: str | None, *, expected_version: str | None
@@ -365,58 +399,7 @@ class KubernetesDcs:
         await self._watches.close()
         await self._api.close()
 
-    # ------------------------------------------------------------------ reading
-
-    def _member_items(self, pods: list[Any], now: float) -> tuple[Items, set[tuple[str, str]]]:
-        """The member records carried by `pods` that are not expired on our clock, and the
-        (key, expiry token) of those that are."""
-        items: Items = []
-        stale: set[tuple[str, str]] = set()
-        mine: str | None = None
-        present: set[str] = set()
-        for pod in pods:
-            entry = member_entry(pod)
-            if entry is None:
-                continue
-            name, value, token = entry
-            key = keys.member_key(name)
-            present.add(key)
-            if name_of(pod) == self._pod:
-                mine = value
-            fresh = self._expiry.note(key, token, resource_version(pod), now, source=name_of(pod))
-            if fresh:
-                items.append((key, to_bytes(value), hash_version(value)))
-            else:
-                stale.add((key, token))
-        # Pods or records that went away: nothing left to expire.
-        self._expiry.forget_all_but(present, prefix=keys.MEMBERS)
-        if mine is None or (self._published is not None and self._published[0] != mine):
-            self._published = None  # removed or rewritten behind our back: publish again
-        return items, stale
-
     # ------------------------------------------------------------------ the lock
-
-    def _lock_body(self, ip: str | None) -> Body:
-        """The lock objects' writer for this operation (`ip`: ours, where they route)."""
-        now = micro_time(self._clock.wall())
-
-        def body(current: KubeObject | None, holder: str | None, lock: LockObject) -> KubeObject:
-            return lock.body(current, holder=holder, ip=ip if holder else None, now=now)
-
-        return body
-
-    def _leader_items(self, locks: list[KubeObject | None], now: float) -> Items:
-        """The leader record: the holder named by the lock objects (one, or during a
-        migration two, which name the same member unless an agent of the old kind took the
-        Endpoints alone; then the Endpoints' holder is the leader the old agents follow)."""
-        found: Items = []
-        for holder, obj in zip(self._holders, locks, strict=True):
-            found += leader_items(holder.lock, holder.key, obj, self._expiry, now)
-        names = {value for _, value, _ in found}
-        if len(names) > 1:
-            holders = sorted(n.decode() for n in names)
-            self._log.warning("dcs_lock_objects_disagree", holders=holders)
-        return found[:1]
 
     def _lost(self, why: str) -> None:
         if self._holding:
@@ -445,16 +428,6 @@ class KubernetesDcs:
         await self._router.sync(address, budget_s)
 
     # ------------------------------------------------------------------ requests
-
-    def _own_lock_write(self, lock_name: str) -> Callable[[int], None]:
-        """What a lock holder tells of each of its writes: not a change, and its cache is
-        not read until its watch shows that write."""
-
-        def own(rv: int) -> None:
-            self._changes.own(rv)
-            self._watches.lock_cache(lock_name).own_write(rv)
-
-        return own
 
     @contextlib.asynccontextmanager
     async def _request(self, what: str) -> AsyncIterator[None]:
@@ -488,3 +461,33 @@ def _labels_of(obj: KubeObject) -> dict[str, str]:
     meta = obj.get("metadata")
     labels = meta.get("labels") if isinstance(meta, dict) else None
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def _lock_body(wall: float, ip: str | None) -> Body:
+    """The lock objects' writer for one operation at wall-clock time `wall` (`ip`: ours,
+    where they route)."""
+    now = micro_time(wall)
+
+    def body(current: KubeObject | None, holder: str | None, lock: LockObject) -> KubeObject:
+        return lock.body(current, holder=holder, ip=ip if holder else None, now=now)
+
+    return body
+
+
+def _leader_items(
+    holders: tuple[LockHolder, ...],
+    locks: list[KubeObject | None],
+    expiry: ObservedExpiry,
+    now: float,
+    log: structlog.typing.FilteringBoundLogger,
+) -> Items:
+    """The leader record: the holder named by the lock objects (one, or during a migration
+    two, which name the same member unless an agent of the old kind took the Endpoints
+    alone; then the Endpoints' holder is the leader the old agents follow)."""
+    found: Items = []
+    for holder, obj in zip(holders, locks, strict=True):
+        found += leader_items(holder.lock, holder.key, obj, expiry, now)
+    names = {value for _, value, _ in found}
+    if len(names) > 1:
+        log.warning("dcs_lock_objects_disagree", holders=sorted(n.decode() for n in names))
+    return found[:1]

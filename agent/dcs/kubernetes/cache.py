@@ -3,7 +3,9 @@ one), so that `get_cluster` reads the member pods, the ConfigMap and the lock ob
 memory instead of asking the API server every cycle.
 
 A cache is used only while it can be trusted (`usable`): it was filled by a list or by the
-handle's first read, its watch stream is live (not failing and retrying), it has seen the
+handle's first read, its watch stream is live (not failing and retrying; a stream the server
+refused to re-open with a 429 counts as live for a while, `hold`: the server answered, and
+each member re-reading from it would take the tokens the renewals need), it has seen the
 resourceVersion of this handle's own last write to its objects (so a caller reads its own
 writes), and, where its objects change on a schedule (the lock: the leader renews every
 cycle; member pods: every member heartbeats), an event came within `max_quiet_s` (a stream
@@ -33,6 +35,7 @@ class ObjectCache:
         self._objects: dict[str, KubeObject] = {}
         self._filled = False
         self._live = False
+        self._held_until = 0.0  # monotonic: usable though not live until then (`hold`)
         self._rv = 0  # the newest resourceVersion seen
         self._own_rv = 0  # of this handle's own last write to these objects
 
@@ -57,18 +60,29 @@ class ObjectCache:
 
     def set_live(self, live: bool) -> None:
         self._live = live
+        self._held_until = 0.0
+
+    def hold(self, until: float) -> None:
+        """The stream is down because the server throttles its re-open (429): what it saw
+        stays usable until `until` (the other conditions still apply)."""
+        self._live = False
+        self._held_until = until
 
     def own_write(self, rv: int) -> None:
         """This handle wrote one of these objects at `rv`: not usable until seen."""
         self._own_rv = max(self._own_rv, rv)
 
-    def usable(self, now: float) -> bool:
+    def usable(self, now: float, *, lenient: bool = False) -> bool:
+        """Whether the cache may be read (see the module docstring); `lenient`: however
+        long it has been quiet (the server throttles: silence is expected, throttle.py)."""
         quiet = (
-            self._max_quiet_s is not None
+            not lenient
+            and self._max_quiet_s is not None
             and self._heard_at is not None
             and now - self._heard_at >= self._max_quiet_s
         )
-        return self._filled and self._live and self._rv >= self._own_rv and not quiet
+        live = self._live or now < self._held_until
+        return self._filled and live and self._rv >= self._own_rv and not quiet
 
     def objects(self) -> list[KubeObject]:
         return list(self._objects.values())

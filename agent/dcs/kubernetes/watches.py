@@ -15,6 +15,11 @@ What counts: member records only when their signature (`keys.member_signature`: 
 WAL positions) changes or they appear or vanish; the lock only when its holder changes (a
 renewal only restarts the observers' expiry clocks, which it notes); a ConfigMap change
 unless it touched only quiet records (the leader's `position` heartbeat).
+
+While the handle's throttling pause runs (throttle.py: a 429 on any of its requests; the
+Retry-After, doubled while refusals go on, jittered: 900 watches of a throttled fleet do not
+come back at once), a watch that ended or failed is not listed or re-opened before the pause
+ends, and its cache stays usable meanwhile, for up to `hold_s`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import structlog
 from agent.clock import Clock
 from agent.dcs import keys
 from agent.dcs.changes import Backoff, ChangeTracker, WatchResync, watch_forever
-from agent.dcs.kubernetes.api import Expired, KubeApi, bounded, expect
+from agent.dcs.kubernetes.api import Expired, KubeApi, Throttled, bounded, expect
 from agent.dcs.kubernetes.cache import ObjectCache
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.locks import LockObject
@@ -47,6 +52,7 @@ from agent.dcs.kubernetes.records import ConfigRecords, loud_signature
 
 WATCH_TIMEOUT_S = 30  # server-side end of the ConfigMap watch; the stream is then resumed
 STEADY_WATCH_TIMEOUT_S = 300  # server-side end of the pods and lock watches
+_THROTTLED_TIMEOUTS = 4  # while the server throttles, a ConfigMap stream lives 4 times as long
 _CLOSE_TIMEOUT_S = 2.0
 
 
@@ -92,12 +98,17 @@ class ClusterWatches:
         steady_quiet_s: float | None = None,
         pods_quiet_s: float | None = None,
         lock_quiet_s: float | None = None,
+        hold_s: float | None = None,
     ) -> None:
         """`steady_quiet_s`: resume a pods or lock stream silent this long (None: those
         streams end after `watch_timeout_s` like the ConfigMap's). `pods_quiet_s`,
         `lock_quiet_s`: their caches are not trusted after this long without an event
-        (cache.py)."""
+        (cache.py). `hold_s`: how long a cache stays usable while its watch's re-open is
+        throttled (default `watch_timeout_s`: a ConfigMap stream that died without a word is
+        trusted as long)."""
         self._api = api
+        self._hold_s = float(watch_timeout_s) if hold_s is None else hold_s
+        self._watch_timeout_s = watch_timeout_s
         pods_path, selector = pods
         steady = (steady_timeout_s, steady_quiet_s) if steady_quiet_s else (watch_timeout_s, None)
         # Each watch by name: what it watches, its collection path and selector, and its
@@ -175,12 +186,14 @@ class ClusterWatches:
             self.config_cache.fill([config] if config is not None else [], rv, now=now)
             self._config_signature = loud_signature(config)
 
-    def cached(self) -> tuple[list[KubeObject], list[KubeObject | None], KubeObject | None] | None:
+    def cached(
+        self, *, lenient: bool = False
+    ) -> tuple[list[KubeObject], list[KubeObject | None], KubeObject | None] | None:
         """The member pods, the lock objects (in the order given at construction) and the
-        ConfigMap as the watches last saw them, if every cache can be trusted (cache.py);
-        None: read them from the server."""
+        ConfigMap as the watches last saw them, if every cache can be trusted (cache.py;
+        `lenient`: however quiet); None: read them from the server."""
         now = self._clock.monotonic()
-        if not all(cache.usable(now) for cache in self._caches.values()):
+        if not all(cache.usable(now, lenient=lenient) for cache in self._caches.values()):
             return None
         locks: list[KubeObject | None] = []
         for name in self._locks:
@@ -201,6 +214,7 @@ class ClusterWatches:
                         tracker=self._tracker,
                         log=self._log.bind(watch=name),
                         position=position,
+                        pause_s=self._pause_s,
                     ),
                     name=f"dcs-k8s-watch-{name}-{self._suffix}",
                 )
@@ -227,6 +241,12 @@ class ClusterWatches:
 
         async def follow(backoff: Backoff) -> None:
             nonlocal rv, first
+            if (pause_s := self._api.throttle.pause_left_s()) > 0:
+                # The server throttles this handle: no list or re-open before the pause ends
+                # (what the stream saw stays usable meanwhile, if its position is intact).
+                if rv:
+                    cache.hold(self._clock.monotonic() + self._hold_s)
+                await asyncio.sleep(pause_s)
             try:
                 if rv == 0:
                     rv = await self._start(name, from_first_read=first)
@@ -237,12 +257,23 @@ class ClusterWatches:
                 expired_at, rv = rv, 0
                 cache.set_live(False)  # until the re-list refills it
                 raise WatchResync("dcs_watch_expired", resource_version=expired_at) from None
+            except Throttled:
+                if rv:  # its position is intact: it missed nothing before the refusal
+                    cache.hold(self._clock.monotonic() + self._hold_s)
+                else:  # a re-list after a 410 was refused: the cache may miss changes
+                    cache.set_live(False)
+                raise
             except BaseException:
                 cache.set_live(False)  # failing: the cache may miss changes meanwhile
                 raise
             backoff.reset()
 
         return follow, lambda: rv
+
+    def _pause_s(self, failure: Exception) -> float:
+        """How long a failed watch waits at least before trying again: the throttling
+        pause after a 429 (the backoff alone otherwise)."""
+        return self._api.throttle.pause_left_s() if isinstance(failure, Throttled) else 0.0
 
     async def _start(self, name: str, *, from_first_read: bool) -> int:
         """Where a watch starts: the first read's resourceVersion, or (never read, or after a
@@ -257,7 +288,7 @@ class ClusterWatches:
                 self._watched_holders[name] = self._seed_holders.get(name, "")
             return self._start_rv
         async with bounded(f"list {what.value}", self._timeout_s):
-            listed = await self._api.call("GET", path, query=query)
+            listed = await self._api.call("GET", path, query=query, resend=False)
         expect(listed, 200)
         items = listed.obj.get("items") or []
         self._caches[name].fill(items, resource_version(listed.obj), now=self._clock.monotonic())
@@ -277,9 +308,11 @@ class ClusterWatches:
         """One watch stream from `rv`; returns the resourceVersion to resume from."""
         target = self._targets[name]
         query = dict(target.query, resourceVersion=str(rv), allowWatchBookmarks="true")
-        events = self._api.watch(
-            target.path, query, timeout_s=target.timeout_s, quiet_s=target.quiet_s
-        )
+        timeout_s, quiet_s = target.timeout_s, target.quiet_s
+        if self._api.throttle.recent():
+            # Silence is expected: the stream runs until it ends, and ends less often.
+            timeout_s, quiet_s = max(timeout_s, _THROTTLED_TIMEOUTS * self._watch_timeout_s), None
+        events = self._api.watch(target.path, query, timeout_s=timeout_s, quiet_s=quiet_s)
         cache = self._caches[name]
         async with contextlib.aclosing(events):
             async for kind, obj in events:

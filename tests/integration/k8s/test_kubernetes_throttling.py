@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from agent.config import LockKind
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.kubernetes import KubernetesDcs
 from agent.dcs.kubernetes.api import Throttled
+from agent.model import MemberName, PgState, RecordKind, Role, SyncRecord
 from tests.contract.dcs_contract import member
 from tests.integration.k8s.test_kubernetes_dcs import (
     APP_LABELS,
@@ -235,3 +236,108 @@ async def test_a_call_whose_deadline_ends_while_a_retry_after_is_waited_out_keep
     reads = [r.path for r in server.audit.records if r.method == "GET" and r.verb != "watch"]
     assert reads == [], f"get_cluster read from the server after a throttled call: {reads}"
     assert isinstance(failed.value, Throttled)
+
+
+def requests_since(server: KubeApiServer, method: str, verb: str | None = None) -> list[str]:
+    return [
+        r.path
+        for r in server.audit.records
+        if r.method == method and (verb is None or r.verb == verb) and r.code != 429
+    ]
+
+
+async def test_while_throttled_the_leader_renews_and_defers_its_heartbeat_not_a_change(
+    cluster: KubeContractCluster,
+) -> None:
+    """Renewals first (issue 15): once the server has refused one of its requests (429), a
+    member defers what can wait for the throttling pause (at least a ttl): the heartbeat of
+    an unchanged record, or one that only moves WAL positions, is not written, while the
+    Lease renewal is (sent again after its Retry-After) and a record whose role changed is
+    written at once (peers wake for it). Without the priority, the due heartbeat is a PATCH
+    of the pod like any other and competes with the renewals for the server's tokens."""
+    server = cluster.server
+    agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    leader = await elect(agents)
+    dcs = leader.dcs
+    server.faults.set(
+        Fault(
+            mode=FaultMode.ERROR,
+            status=429,
+            retry_after_s=1,
+            count=1,
+            path_prefix="/apis/coordination.k8s.io/",
+            methods=("PUT",),
+        )
+    )
+    assert await dcs.renew_leader(), "a renewal refused once is sent again and goes through"
+    assert server.faults.throttled == 0 and server.faults.active is None  # the one 429 used
+    await asyncio.sleep(3.1)  # past the heartbeat interval (3 s at ttl 6, loop 1)
+    server.audit.clear()
+    await dcs.publish_member(member(leader.name))  # unchanged: a heartbeat
+    await dcs.publish_member(member(leader.name, wal_lsn=4096))  # only the WAL position moved
+    assert requests_since(server, "PATCH") == [], "a heartbeat was written while throttled"
+    assert await dcs.renew_leader()
+    assert len(requests_since(server, "PUT")) == 1, "the renewal was not sent"
+    changed = replace(member(leader.name), role=Role.PRIMARY, state=PgState.RUNNING)
+    await dcs.publish_member(changed)
+    assert len(requests_since(server, "PATCH")) == 1, "a changed record waited"
+
+
+async def test_watches_refused_by_a_throttling_server_wait_out_the_pause_and_keep_the_caches(
+    cluster: KubeContractCluster,
+) -> None:
+    """Every request refused (429, Retry-After 1) and every watch stream cut: each watch
+    tries to re-open once, is refused, and then waits out its handle's throttling pause (a
+    ttl at least, jittered) instead of the watch backoff (0.1 s doubling: about six tries
+    each in 3 s, 900 watches of a fleet at once). Meanwhile get_cluster is served from what
+    the watches saw (the server answered; a re-read from it would take the tokens the
+    renewals need): no request."""
+    server = cluster.server
+    agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    await elect(agents)
+    for agent in agents:
+        await agent.dcs.wait_for_change(0.5)  # the watches run and fill the caches
+        await agent.dcs.get_cluster()
+    server.faults.set(Fault(mode=FaultMode.ERROR, status=429, retry_after_s=1))
+    server.audit.clear()
+    server.cut_watches()
+    await asyncio.sleep(3.0)
+    tries = [r for r in server.audit.records if r.verb in ("watch", "list")]
+    watches = 3 * len(agents)  # pods, lock, ConfigMap
+    assert len([r for r in tries if r.code == 429]) >= watches // 2, "no watch was refused"
+    assert len(tries) <= watches, f"{len(tries)} watch tries for {watches} watches in 3 s"
+    server.audit.clear()
+    for agent in agents:
+        await agent.dcs.get_cluster()
+    assert server.audit.records == (), "get_cluster read from a throttling server"
+    server.faults.clear()
+
+
+async def test_while_throttled_a_synchronous_standby_keeps_its_heartbeat(
+    cluster: KubeContractCluster,
+) -> None:
+    """A member named in the `sync` record is the exception: its leader chooses synchronous
+    standbys among the member records it sees, and one whose record expired there would be
+    dropped from the set. So its heartbeat is written when due, throttled or not, while a
+    replica outside the set defers it (the test above)."""
+    server = cluster.server
+    agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    leader = await elect(agents)
+    standby, other = (a for a in agents if a is not leader)
+    sync = SyncRecord(leader=MemberName(leader.name), members=(MemberName(standby.name),), quorum=1)
+    assert await leader.dcs.write_record(RecordKind.SYNC, sync.to_json(), expected_version=None)
+    for agent in (standby, other):
+        server.audit.clear()
+        await agent.dcs.get_cluster()  # reads the sync record
+        if not server.audit.records:  # served from the caches: wait for the record's event
+            await agent.dcs.wait_for_change(1.0)
+            await agent.dcs.get_cluster()
+        server.faults.set(Fault(mode=FaultMode.ERROR, status=429, retry_after_s=1, count=1))
+        with pytest.raises(Throttled):
+            await agent.dcs.publish_member(member(agent.name, wal_lsn=1))  # refused: a pause
+    await asyncio.sleep(3.1)  # past the heartbeat interval
+    server.audit.clear()
+    for agent in (standby, other):
+        await agent.dcs.publish_member(member(agent.name, wal_lsn=1))
+    written = {p.rsplit("/", 1)[-1] for p in requests_since(server, "PATCH")}
+    assert written == {standby.name}

@@ -1,0 +1,134 @@
+"""Member records on pods: this member's own (written with a merge patch of its pod: the
+record, a heartbeat, the cluster label), and everyone's as read from the cluster's pods,
+expired on this handle's clock (see the package docstring).
+
+A record is written when it changed, or unchanged when its heartbeat is due
+(`heartbeat.heartbeat_interval`). While the server throttles (throttle.py) only a change a
+peer wakes for is written (role, state, address, tags: `keys.member_signature`); a heartbeat
+or a record that only moves WAL positions waits for the pause to end, so that the leaders'
+renewals get the server's tokens, except the heartbeat of a member of the synchronous set
+(`in_sync_set`): its leader chooses synchronous standbys among the records it sees, and one
+that expired there would be dropped from the set, weakening what commits wait for. A refused
+write is not sent again inside the call: the next cycle writes the newest record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agent.clock import Clock
+from agent.dcs import keys
+from agent.dcs.base import DcsUnavailable
+from agent.dcs.kubernetes.api import KubeApi, expect
+from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.objects import (
+    KubeObject,
+    hash_version,
+    member_entry,
+    member_patch,
+    micro_time,
+    name_of,
+    resource_version,
+    to_bytes,
+)
+from agent.dcs.kubernetes.throttle import ThrottleState
+from agent.model import Member
+
+Items = list[tuple[str, bytes, str]]
+
+
+class MemberRecords:
+    """This member's record on its pod, and the records its peers' pods carry."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        pod_path: str,
+        cluster: str,
+        member: str,
+        expiry: ObservedExpiry,
+        heartbeat_s: float,
+        clock: Clock,
+        own: Callable[[int], None],
+    ) -> None:
+        """`pod_path`: this member's pod; `own`: told the resourceVersion of each write."""
+        self._api = api
+        self._pod_path = pod_path
+        self._pod = pod_path.rsplit("/", 1)[-1]
+        self._cluster = cluster
+        self._member = member
+        self._expiry = expiry
+        self._heartbeat_s = heartbeat_s
+        self._clock = clock
+        self._own = own
+        self._published: tuple[str, float] | None = None  # (payload, monotonic write time)
+        self.in_sync_set = False  # named in the `sync` record of the last view read
+
+    @property
+    def _throttle(self) -> ThrottleState:
+        return self._api.throttle
+
+    async def publish(self, member: Member) -> KubeObject | None:
+        """Write `member` on our pod unless it may wait (see the module docstring); the pod
+        as written, None when nothing was sent."""
+        payload = member.to_json()
+        now = self._clock.monotonic()
+        if self._waits(payload, now):
+            return None
+        heartbeat = micro_time(self._clock.wall())
+        response = await self._api.call(
+            "PATCH",
+            self._pod_path,
+            body=member_patch(self._cluster, self._member, payload, heartbeat=heartbeat),
+            content_type="application/merge-patch+json",
+            resend=False,  # a 429: the next cycle sends the newest record
+        )
+        if response.status == 404:
+            raise DcsUnavailable(f"kubernetes: publish_member: pod {self._pod} not found")
+        expect(response, 200)
+        self._own(resource_version(response.obj))
+        self._published = (payload, now)
+        return response.obj
+
+    def _waits(self, payload: str, now: float) -> bool:
+        """Whether this record need not be written now: unchanged and its heartbeat still
+        fresh, or, while the server throttles, nothing in it a peer wakes for changed."""
+        if self._published is None:
+            return False
+        written, written_at = self._published
+        if written == payload and now - written_at < self._heartbeat_s:
+            return True
+        if self.in_sync_set and now - written_at >= self._heartbeat_s:
+            return False  # its leader must keep seeing it (see the module docstring)
+        return self._throttle.throttling() and keys.member_signature(
+            to_bytes(written)
+        ) == keys.member_signature(to_bytes(payload))
+
+    def items(self, pods: list[Any], now: float) -> tuple[Items, set[tuple[str, str]]]:
+        """The member records carried by `pods` that are not expired on our clock, and the
+        (key, expiry token) of those that are."""
+        items: Items = []
+        stale: set[tuple[str, str]] = set()
+        mine: str | None = None
+        present: set[str] = set()
+        for pod in pods:
+            entry = member_entry(pod)
+            if entry is None:
+                continue
+            name, value, token = entry
+            key = keys.member_key(name)
+            present.add(key)
+            if name_of(pod) == self._pod:
+                mine = value
+            fresh = self._expiry.note(key, token, resource_version(pod), now, source=name_of(pod))
+            if fresh:
+                items.append((key, to_bytes(value), hash_version(value)))
+            else:
+                stale.add((key, token))
+        # Pods or records that went away: nothing left to expire.
+        self._expiry.forget_all_but(present, prefix=keys.MEMBERS)
+        if mine is None or (self._published is not None and self._published[0] != mine):
+            self._published = None  # removed or rewritten behind our back: publish again
+        return items, stale

@@ -1,0 +1,112 @@
+"""What one handle knows of the API server's throttling (429 Too Many Requests), and the
+priority it gives its requests while the server throttles (issue 15).
+
+The server's limit is shared by the whole fleet, and each member learns of it only from the
+429s its own requests get. So each member backs off what can wait, and keeps sending what
+cannot:
+
+- **Sent again after the Retry-After** (`KubeApi.call` with `resend=True`): the lock's
+  writes (acquire, renew, release) and the records' compare-and-set, which the HA loop's
+  decisions wait on. A leader that cannot renew within its deadline still fences, as ever:
+  nothing here lengthens a deadline.
+- **Deferred** (`resend=False`: a 429 fails the call at once): member heartbeats and record
+  updates that only move WAL positions (`KubernetesDcs.publish_member` skips them while
+  `throttling()`; a record whose role, state, address or tags changed is still sent, the
+  newest one each cycle), reads from the server (`get_cluster`: the watches' caches serve
+  the view meanwhile), and watch lists and re-opens (`watches.py`: they wait out the pause).
+- **Silence is expected** for `max_pause_s` after a 429 (`recent()`): heartbeats deferred
+  and renewals sent again late leave watch streams quiet, which otherwise marks a stream as
+  possibly dead (re-opened, its cache re-read from the server: requests the renewals need).
+  Meanwhile the watches run until the server ends them, the caches are used however quiet,
+  and a member record that expires on them is taken as expired without a read.
+
+Every 429 starts or lengthens a pause: the Retry-After (1 s when absent; at least
+`min_pause_s`), doubled for each 429 since the last deferred request that went through
+(one doubling less for each such request), up to `max_pause_s`, times a random
+factor in [1, 1 + `PAUSE_JITTER`] so that a fleet refused at once does not come back at
+once. A deferred request that goes through takes one doubling back (the next pause is half as
+long): the fleet's deferred demand rises again step by step once it fits. A Retry-After
+waited out inside a call is jittered too, within what the call has left.
+
+Pure bookkeeping on an injected clock and random source: no I/O, no sleeping.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+PAUSE_JITTER = 0.5  # a pause lasts its base times a factor drawn from [1, 1.5]
+RESEND_JITTER = 0.3  # a Retry-After waited out inside a call: [1, 1.3] times, room allowing
+DEFAULT_RETRY_AFTER_S = 1.0  # a 429 without a usable Retry-After header
+_MAX_DOUBLINGS = 8
+
+
+class ThrottleState:
+    """This handle's throttling pause (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        max_pause_s: float,
+        min_pause_s: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`min_pause_s`: the shortest pause, whatever the Retry-After (a heartbeat deferred
+        by less than its own period is not deferred at all)."""
+        if max_pause_s <= 0 or not 0 <= min_pause_s <= max_pause_s:
+            raise ValueError("need 0 <= min_pause_s <= max_pause_s and max_pause_s > 0")
+        self._clock = clock
+        self._max_pause_s = max_pause_s
+        self._min_pause_s = min_pause_s
+        self._rng = rng or random.Random()
+        self._doublings = 0
+        self._until = 0.0  # monotonic end of the current pause
+        self._last = float("-inf")  # monotonic time of the last 429
+        self.refusals = 0  # 429s seen, for the benches
+
+    def refused(self, retry_after_s: float | None) -> float:
+        """A request got a 429: start or lengthen the pause (each 429 is a sign of the
+        fleet's demand over the limit: several at once, as a member's three watches refused
+        together, back it off further). Returns the pause's length from now."""
+        self.refusals += 1
+        now = self._clock()
+        self._last = now
+        base_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
+        base_s = max(base_s, self._min_pause_s, 0.1)
+        pause_s = min(self._max_pause_s, base_s * float(2**self._doublings))
+        pause_s *= 1 + PAUSE_JITTER * self._rng.random()
+        self._doublings = min(self._doublings + 1, _MAX_DOUBLINGS)
+        self._until = max(self._until, now + pause_s)
+        return self._until - now
+
+    def answered(self) -> None:
+        """A deferred request went through: the pause after the next 429 is shorter."""
+        self._doublings = max(0, self._doublings - 1)
+
+    def throttling(self) -> bool:
+        """True while a pause runs: what can wait, waits."""
+        return self._clock() < self._until
+
+    def recent(self) -> bool:
+        """True within `max_pause_s` of the last 429: the fleet is being throttled, so
+        silence on a watch (heartbeats deferred, renewals sent again late) is expected, not
+        a sign of a dead stream (watches.py, cache.py)."""
+        return self._clock() - self._last < self._max_pause_s
+
+    def pause_left_s(self) -> float:
+        """Seconds until the current pause ends (0 when none runs)."""
+        return max(0.0, self._until - self._clock())
+
+    def jittered_s(self, retry_after_s: float) -> float:
+        """A Retry-After with jitter: a fleet refused at once does not come back at once."""
+        return retry_after_s * (1 + RESEND_JITTER * self._rng.random())
+
+    def resend_delay_s(self, retry_after_s: float, room_s: float) -> float | None:
+        """How long to wait before sending a refused request again inside its call, which
+        has `room_s` left: the Retry-After with jitter, as much of it as the room allows;
+        None when even the bare Retry-After does not fit (fail now, do not wait in vain)."""
+        if retry_after_s >= room_s:
+            return None
+        return min(self.jittered_s(retry_after_s), retry_after_s + 0.8 * (room_s - retry_after_s))
