@@ -5,7 +5,7 @@ run, against the same cluster alone. Optionally with the server throttling (its 
 fault: 429 + Retry-After) during the idle window.
 
     .venv/bin/python bench/scale.py [--clusters 1,10,50,100] [--runs 3] [--idle-seconds 30]
-        [--workers-per 50] [--throttle RATE[/BURST[/METHODS]]]
+        [--workers-per 50] [--throttle RATE[/BURST[/METHODS]]] [--kill N]
 
 The server runs in its own process (`python -m tests.k8s_apiserver`) and session, at nice
 -10 (its autogroup's: see `prioritize`) when run as root; the simulated members
@@ -14,7 +14,10 @@ timings, no PostgreSQL) in one process and session per `--workers-per` clusters,
 other work on the machine runs at 0. The load average is printed: other sessions share the
 cores.
 A failover: the leader of cluster 0 stops (no release, as a SIGKILL); measured from then
-until another member of that cluster holds the lock.
+until another member of that cluster holds the lock. `--kill N`: at the start of the idle
+window the leaders of N other clusters stop the same way (leaders that really died, which
+must be replaced, throttled or not); "leaderships lost (live)" counts only members that did
+not die.
 """
 
 from __future__ import annotations
@@ -186,7 +189,13 @@ async def wait_listening(port: int) -> None:
 
 
 async def idle_window(
-    url: str, server_pid: int, workers: list[Worker], idle_s: float, throttle: Throttle | None
+    url: str,
+    server_pid: int,
+    workers: list[Worker],
+    idle_s: float,
+    throttle: Throttle | None,
+    *,
+    kill: int = 0,
 ) -> dict[str, Any]:
     """Count requests, server CPU and the members' latencies over `idle_s` seconds."""
     if throttle is not None:
@@ -195,6 +204,10 @@ async def idle_window(
     cpu0, t0 = cpu_s(server_pid), time.monotonic()
     members_cpu0 = sum(cpu_s(w.proc.pid) for w in workers)
     await asyncio.gather(*(w.ask("measure", "measuring") for w in workers))
+    shares = [kill // len(workers) + (i < kill % len(workers)) for i in range(len(workers))]
+    killed = await asyncio.gather(
+        *(w.ask(f"kill {n}", "killed") for w, n in zip(workers, shares, strict=True))
+    )
     await asyncio.sleep(idle_s)
     reports = await asyncio.gather(*(w.ask("report", "report") for w in workers))
     elapsed = time.monotonic() - t0
@@ -204,6 +217,8 @@ async def idle_window(
     if throttle is not None:
         await post_fault(url, {"mode": "clear"})
     verbs = Counter(after["requestsByVerb"]) - Counter(before["requestsByVerb"])
+    kinds = Counter(after["requestsByKind"]) - Counter(before["requestsByKind"])
+    refused = Counter(after["refusedByKind"]) - Counter(before["refusedByKind"])
     latency: dict[str, list[float]] = {}
     for report in reports:
         for verb, samples in report["latency"].items():
@@ -211,6 +226,10 @@ async def idle_window(
     return {
         "requests": sum(verbs.values()),
         "by_verb": dict(verbs),
+        "by_kind": dict(kinds),
+        "refused_by_kind": dict(refused),
+        "killed": sum(k["clusters"] for k in killed),
+        "replaced": sorted(x for r in reports for x in r["replaced"]),
         "elapsed": elapsed,
         "open_watches": after["openWatches"],
         "server_cpu": server_cpu,
@@ -218,8 +237,10 @@ async def idle_window(
         "latency": latency,
         "lost": sum(r["lost"] for r in reports),
         "taken": sum(r["taken"] for r in reports),
+        "both": sum(r["both"] for r in reports),
         "throttled": after["throttled"] - before["throttled"],
         "retried_429": sum(r["retried_429"] for r in reports),
+        "refused_429": sum(r["refused_429"] for r in reports),
     }
 
 
@@ -229,7 +250,7 @@ async def post_fault(url: str, fault: dict[str, Any]) -> None:
 
 
 async def one_run(
-    clusters: int, idle_s: float, workers_per: int, throttle: Throttle | None
+    clusters: int, idle_s: float, workers_per: int, throttle: Throttle | None, kill: int = 0
 ) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -243,7 +264,7 @@ async def one_run(
             workers.append(await Worker.start(url, first, min(workers_per, clusters - first)))
         converged = await asyncio.gather(*(w.read("converged") for w in workers))
         await asyncio.sleep(TIMING.ttl_s)  # settle
-        window = await idle_window(url, server.pid, workers, idle_s, throttle)
+        window = await idle_window(url, server.pid, workers, idle_s, throttle, kill=kill)
         failover = await workers[0].ask("failover", "failover")
         members = 3 * clusters
         rps = window["requests"] / window["elapsed"]
@@ -278,9 +299,10 @@ def verb_ms(rows: list[dict[str, Any]], verb: str, q: float) -> str:
 def print_tables(results: dict[int, list[dict[str, Any]]]) -> None:
     print(
         "| clusters | runs | led | requests/s | per member | open watches | server CPU "
-        "| members CPU | leaderships lost (live) | 429s | failover of cluster 0 (s) |"
+        "| members CPU | leaderships lost (live) | taken | two leaders | 429s "
+        "| failover of cluster 0 (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for clusters, rows in results.items():
         failovers = ", ".join(f"{r['failover_s']:.1f}" for r in rows)
         print(
@@ -289,11 +311,20 @@ def print_tables(results: dict[int, list[dict[str, Any]]]) -> None:
             f"| {median_of(rows, 'open_watches'):.0f} "
             f"| {100 * median_of(rows, 'server_cpu'):.1f}% "
             f"| {100 * median_of(rows, 'members_cpu'):.1f}% "
-            f"| {sum(r['lost'] for r in rows)} "
+            f"| {sum(r['lost'] for r in rows)} | {sum(r['taken'] for r in rows)} "
+            f"| {sum(r['both'] for r in rows)} "
             f"| {sum(r['throttled'] for r in rows)} "
             f"(sent again {sum(r['retried_429'] for r in rows)}) "
             f"| {median_of(rows, 'failover_s'):.1f} ({failovers}) |"
         )
+    for clusters, rows in results.items():
+        if any(r["killed"] for r in rows):
+            replaced = [x for r in rows for x in r["replaced"]]
+            print(
+                f"{clusters} clusters: {sum(r['killed'] for r in rows)} leaders killed in the "
+                f"window, {len(replaced)} replaced in it, after {percentile(replaced, 0.5):.1f} s "
+                f"(median), {max(replaced, default=0):.1f} s (max)"
+            )
     print()
     print("API latency on the members' side, ms, p50 / p99 (median over runs):")
     print("| clusters | " + " | ".join(VERBS) + " |")
@@ -309,6 +340,15 @@ def print_tables(results: dict[int, list[dict[str, Any]]]) -> None:
             v: statistics.median(r["by_verb"].get(v, 0) / r["elapsed"] for r in rows) for v in verbs
         }
         print(f"  {clusters}: " + ", ".join(f"{v} {n:.2f}" for v, n in per_s.items()))
+    print()
+    print("Requests by kind per second, and of them refused with a 429 (median over runs):")
+    print("| clusters | kind | requests/s | refused (429)/s |")
+    print("|---|---|---|---|")
+    for clusters, rows in results.items():
+        for kind in sorted({k for r in rows for k in r["by_kind"]}):
+            sent = statistics.median(r["by_kind"].get(kind, 0) / r["elapsed"] for r in rows)
+            no = statistics.median(r["refused_by_kind"].get(kind, 0) / r["elapsed"] for r in rows)
+            print(f"| {clusters} | {kind} | {sent:.1f} | {no:.1f} |")
 
 
 async def main_async(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]]:
@@ -317,7 +357,9 @@ async def main_async(args: argparse.Namespace) -> dict[int, list[dict[str, Any]]
     for _ in range(args.runs):
         for clusters in args.clusters:
             try:
-                row = await one_run(clusters, args.idle_seconds, args.workers_per, throttle)
+                row = await one_run(
+                    clusters, args.idle_seconds, args.workers_per, throttle, args.kill
+                )
             except (OSError, RuntimeError, TimeoutError, aiohttp.ClientError) as exc:
                 # Reported, not hidden: e.g. the server stopped answering its admin endpoint.
                 print(f"RUN FAILED: {clusters} clusters: {exc!r}", flush=True)
@@ -344,6 +386,9 @@ def main() -> int:
         "--throttle",
         help="RATE[/BURST[/METHODS]]: the server's token bucket when idle (e.g. 100/10/PUT,PATCH"
         " throttles only the writes)",
+    )
+    parser.add_argument(
+        "--kill", type=int, default=0, help="leaders stopped at the start of the idle window"
     )
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)

@@ -18,7 +18,15 @@ It prints JSON lines on stdout and takes commands on stdin, one a line:
     failover  -> {"event": "failover", "seconds": S}   the leader of the first cluster stops
                                             (no release, as a SIGKILL); until another
                                             member of that cluster leads
+    kill N    -> {"event": "killed", "clusters": N} the leaders of the last N clusters stop
+                                            (as a SIGKILL); the report then says how many
+                                            of those clusters have a new leader, and when
     stop      -> exits
+
+A member sleeps as the agent's HA loop does (agent/loop.py `_sleep_for`, agent/executor.py):
+`loop_wait_s` after a cycle, or less, to wake 0.5 s before its fencing deadline to retry a
+renewal; after a failed renewal it cycles again at once, or after RENEW_RETRY_PAUSE_S if the
+renewal failed faster than that, or after the Retry-After of a 429.
 """
 
 from __future__ import annotations
@@ -40,8 +48,9 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.config import LockKind
-from agent.dcs.base import DcsUnavailable
+from agent.dcs.base import DcsThrottled, DcsUnavailable
 from agent.dcs.kubernetes import KubernetesDcs
+from agent.executor import RENEW_RETRY_PAUSE_S
 from agent.kube.client import KubeClient
 from agent.model import Member, MemberName, PgState, Role
 from agent.settings import Timing
@@ -59,12 +68,16 @@ class Stats:
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.lost = 0  # a live member stopped leading (fenced or refused renewal)
         self.taken = 0  # a member started leading
+        self.both = 0  # a member started leading while another of its cluster still led
+        self.killed: dict[str, float] = {}  # cluster -> when its leader was killed
+        self.replaced: dict[str, float] = {}  # cluster -> seconds until a new leader
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 
 
 STATS = Stats()
+GROUPS: dict[str, list[SimMember]] = {}  # the members of each cluster, by cluster
 
 
 def verb(method: str, query: Sequence[tuple[str, str]]) -> str:
@@ -125,6 +138,7 @@ class SimMember:
         )
         self.sent: float | None = None  # send time of the last successful acquire/renew
         self.alive = True
+        self.retry_in: float | None = None  # after a failed renewal: cycle again this soon
         self.trace: list[tuple[float, str]] = []  # (monotonic, what) while `tracing`
         self.tracing = False
 
@@ -135,6 +149,13 @@ class SimMember:
     def _set(self, sent: float | None) -> None:
         if self.sent is None and sent is not None:
             STATS.taken += 1
+            # Two leaders at once, each on its own fencing clock (the one clock of this
+            # process): a dead member's lease counts too until its fencing deadline.
+            if any(m is not self and m.leading for m in GROUPS.get(self.cluster, ())):
+                STATS.both += 1
+            killed_at = STATS.killed.get(self.cluster)
+            if killed_at is not None and self.cluster not in STATS.replaced:
+                STATS.replaced[self.cluster] = time.monotonic() - killed_at
         if self.sent is not None and sent is None and self.alive:
             STATS.lost += 1
         self.sent = sent
@@ -150,10 +171,17 @@ class SimMember:
         if self.tracing:
             leader = "?" if view is None else (view.leader.name if view.leader else "-")
             self.trace.append((sent, f"view leader {leader}"))
-        with contextlib.suppress(DcsUnavailable):
+        self.retry_in = None
+        try:
             if self.sent is not None:
                 self._set(sent if await self.dcs.renew_leader() else None)
-            elif view is not None and view.leader is None and await self.dcs.acquire_leader():
+        except DcsThrottled as exc:  # as agent/executor.py: after its Retry-After
+            self.retry_in = exc.retry_after_s if exc.retry_after_s is not None else 0.0
+        except DcsUnavailable:  # at once, or after RENEW_RETRY_PAUSE_S if it failed fast
+            self.retry_in = max(0.0, RENEW_RETRY_PAUSE_S - (time.monotonic() - sent))
+        with contextlib.suppress(DcsUnavailable):
+            leaderless = self.sent is None and view is not None and view.leader is None
+            if leaderless and await self.dcs.acquire_leader():
                 self._set(sent)
         with contextlib.suppress(DcsUnavailable):
             await self.dcs.publish_member(record(self.name))
@@ -163,6 +191,11 @@ class SimMember:
             started = time.monotonic()
             await self.cycle()
             wait = max(0.0, TIMING.loop_wait_s - (time.monotonic() - started))
+            if self.retry_in is not None:  # a renewal that failed: retried sooner
+                wait = min(wait, self.retry_in)
+            if self.sent is not None:  # as agent/loop.py: retry a renewal before the fence
+                deadline = TIMING.fence_deadline(self.sent)
+                wait = min(wait, max(0.05, deadline - time.monotonic() - 0.5))
             with contextlib.suppress(DcsUnavailable):
                 await self.dcs.wait_for_change(wait)
 
@@ -191,6 +224,22 @@ async def failover(group: Sequence[SimMember], tasks: Mapping[str, asyncio.Task[
     return took
 
 
+def kill_leaders(
+    groups: Sequence[Sequence[SimMember]], tasks: Mapping[str, asyncio.Task[None]]
+) -> int:
+    """Stop the leader of each group (no release, as a SIGKILL); how many were stopped."""
+    killed = 0
+    for group in groups:
+        leader = next((m for m in group if m.leading), None)
+        if leader is None:
+            continue
+        leader.alive = False
+        tasks[leader.name].cancel()
+        STATS.killed[leader.cluster] = time.monotonic()
+        killed += 1
+    return killed
+
+
 async def commands() -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -201,6 +250,8 @@ async def commands() -> asyncio.StreamReader:
 async def main_async(args: argparse.Namespace) -> None:
     clusters = [f"c{c:03d}" for c in range(args.first, args.first + args.count)]
     members = [SimMember(c, f"{c}-{m}", args.url) for c in clusters for m in range(3)]
+    for m in members:
+        GROUPS.setdefault(m.cluster, []).append(m)
     tasks: dict[str, asyncio.Task[None]] = {}
     for i, m in enumerate(members):  # staggered: no storm of connections at once
         tasks[m.name] = asyncio.create_task(m.run(), name=m.name)
@@ -224,10 +275,18 @@ async def main_async(args: argparse.Namespace) -> None:
                     latency=STATS.latency,
                     lost=STATS.lost,
                     taken=STATS.taken,
+                    both=STATS.both,
                     retried_429=sum(m.dcs._api.throttled for m in members),
+                    refused_429=sum(m.dcs._api.throttle.refusals for m in members),
+                    killed=len(STATS.killed),
+                    replaced=sorted(STATS.replaced.values()),
                 )
             elif line == "failover":
                 emit("failover", seconds=await failover(members[:3], tasks))
+            elif line.startswith("kill "):
+                count = int(line.split()[1])
+                groups = [members[i : i + 3] for i in range(0, len(members), 3)]
+                emit("killed", clusters=kill_leaders(groups[1:][-count:] if count else [], tasks))
             elif line == "stop":
                 break
     finally:

@@ -45,11 +45,18 @@ class AuditLog:
         # Requests by verb since the start (not reset by clear): what a benchmark reads
         # cheaply (GET /_state) instead of the whole log.
         self.verbs: Counter[str] = Counter()
+        # Requests and 429s by "verb resource" (e.g. "update leases"), likewise.
+        self.kinds: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
 
     def add(self, record: AuditRecord) -> None:
         """Record one request (and append it to the file)."""
         self._records.append(record)
         self.verbs[record.verb] += 1
+        kind = f"{record.verb} {record.resource}".strip()
+        self.kinds[kind] += 1
+        if record.code == 429:
+            self.refused[kind] += 1
         if self._path is not None:
             with self._path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.to_json(), sort_keys=True) + "\n")

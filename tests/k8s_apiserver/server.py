@@ -369,6 +369,8 @@ class ApiServerApp:
                     "oldestResumable": str(self.store.oldest_resumable_rv),
                     "openWatches": self.store.open_watches,
                     "requestsByVerb": dict(self.audit.verbs),
+                    "requestsByKind": dict(self.audit.kinds),
+                    "refusedByKind": dict(self.audit.refused),
                     "throttled": self.faults.throttled,
                 }
             )
