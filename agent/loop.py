@@ -22,7 +22,14 @@ from agent.callback_settings import CallbackEvent
 from agent.callbacks import ROLE_DEMOTED, CallbackRunner
 from agent.clock import Clock
 from agent.dcs.base import Dcs, DcsError
-from agent.decide import Memory, Observation, answer_failsafe, decide, fence_deadline
+from agent.decide import (
+    Memory,
+    Observation,
+    answer_failsafe,
+    decide,
+    fence_deadline,
+    read_timeout_s,
+)
 from agent.events import Event, EventReason, EventSink, NoEvents, failsafe_event
 from agent.executor import Executor
 from agent.fence import Fence, FenceState, FenceUnavailable
@@ -265,8 +272,11 @@ class HaLoop:
         timing = self.settings.timing
         view: ClusterView | None = None
         t0 = self.clock.monotonic()
+        # Short enough that a renewal retried after a failed read still fits before our fence
+        # deadline (chaos finding 22).
+        budget = read_timeout_s(self.memory, t0, self.settings)
         try:
-            async with asyncio.timeout(timing.retry_timeout_s):
+            async with asyncio.timeout(budget):
                 view = await self.dcs.get_cluster()
             self.metrics.observe_dcs("get_cluster", self.clock.monotonic() - t0, True)
         except (DcsError, TimeoutError) as exc:

@@ -83,6 +83,7 @@ from agent.decide.state import (
     lease_valid,
     promotion,
     promotion_vetoed,
+    read_timeout_s,
 )
 from agent.decide.sync import (
     Claim,
@@ -132,6 +133,7 @@ __all__ = [
     "plan_sync",
     "promotion",
     "promotion_vetoed",
+    "read_timeout_s",
     "record_claim",
     "record_outcome",
     "restart_step",

@@ -195,6 +195,27 @@ def lease_alive(memory: Memory, now: float, settings: Settings) -> bool:
     return sent is not None and now < settings.timing.fence_deadline(sent)
 
 
+# The least time a leader's cluster read gets, however close its fence deadline is (a read
+# that cannot answer in time fails, and the renewal is retried on the snapshot it lacks).
+MIN_READ_S = 0.1
+
+
+def read_timeout_s(memory: Memory, now: float, settings: Settings) -> float:
+    """How long this cycle's cluster read may take: `retry_timeout_s`, but no longer than
+    what still lets a renewal retried after a failed read complete before our fence deadline
+    (a renewal takes up to `retry_timeout_s`). After a failed renewal, the next cycle reads
+    the cluster first: a failed read then took a whole `retry_timeout_s` and the retry had
+    less left than it needed, so one failed renewal and one failed read fenced a primary whose
+    next request would have gone through (chaos finding 22: 40% packet loss on its etcd
+    links). Steady state changes nothing: a cycle starts `loop_wait_s` after a renewal, and
+    `loop_wait_s + 2 * retry_timeout_s <= ttl_s - fence_margin_s` (the timing rule)."""
+    retry = settings.timing.retry_timeout_s
+    deadline = fence_deadline(memory, settings)
+    if deadline is None:
+        return retry
+    return min(retry, max(deadline - now - retry, MIN_READ_S))
+
+
 def lease_valid(memory: Memory, now: float, settings: Settings) -> bool:
     deadline = fence_deadline(memory, settings)
     return deadline is not None and now < deadline
