@@ -47,6 +47,7 @@ from agent.model import (
     LocalRequestKind,
     LocalState,
     Member,
+    MemberName,
     PgState,
     Role,
 )
@@ -261,6 +262,23 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
         # A new upstream starts a new receiver: any stall stretch so far is over.
         memory = replace(memory, receiver_stall=None)
         return decided(memory, f"following {upstream}", Follow(leader=upstream))
+    running_leader = leader_up and upstream == leader_name
+    return _following(obs, memory, settings, upstream, from_running_leader=running_leader)
+
+
+def _following(
+    obs: Observation,
+    memory: Memory,
+    settings: Settings,
+    upstream: MemberName,
+    *,
+    from_running_leader: bool,
+) -> tuple[Decision, Memory]:
+    """A running standby pointed at `upstream` (the leader, whose record says it runs as the
+    primary, when `from_running_leader`): the WAL-receiver watchdog (receiver.py), our stale
+    slot copies, or nothing but the reason."""
+    view, local = obs.cluster, obs.local
+    assert view is not None
     # The upstream's server runs (a cascade source that runs reports `streaming`).
     up = view.member(upstream)
     up_runs = up is not None and up.state in (PgState.RUNNING, PgState.STREAMING)
@@ -269,8 +287,8 @@ def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple
     if restart is not None:
         action, memory, reason = restart
         return decided(memory, reason, action)
-    from_leader = upstream == leader_name and local.streaming
-    stale = stale_copies(view.config.slots, local.slots) if leader_up and from_leader else ()
+    from_leader = from_running_leader and local.streaming
+    stale = stale_copies(view.config.slots, local.slots) if from_leader else ()
     if stale:
         # Every cycle while they are there (a copy that could not be dropped is tried again;
         # a former primary rewound or started before anyone led still holds its own). Only

@@ -92,14 +92,10 @@ def record_outcome(memory: Memory, outcome: Outcome, settings: Settings) -> Memo
             return memory
         case AppendHistory() | Exit() | SetRestartSchedule():
             return memory
-        case RestartWalReceiver():
-            # Nothing to remember: the stall stretch was started again when it was decided,
-            # and the next probes show whether the new receiver streams (a failure to
-            # signal is only logged; the next restart comes after the longer wait).
-            return memory
-        case DropStaleSlots():
-            # Nothing to remember: the next probe shows whether the copies are gone, and the
-            # decision asks again while they are there (a failure is only logged).
+        case DropStaleSlots() | RestartWalReceiver():
+            # Nothing to remember: the next probe shows whether the copies are gone (asked
+            # again while they are there), or whether the new WAL receiver streams (the stall
+            # wait started again when the restart was decided); a failure is only logged.
             return memory
         case SetLeaderPosition():
             return replace(memory, position_written_at=outcome.sent_at) if outcome.ok else memory
