@@ -115,18 +115,26 @@ def _record_leadership(
             # Not lost: the DCS may have applied it or not (or applied it, and the fencer did
             # not take the new deadline). The lease stands until the fencing deadline armed
             # before (the executor retries the renewal: at once, or at the loop's pace when
-            # the fencer was the one that did not answer).
-            return memory
+            # the fencer was the one that did not answer). The next read leaves the retry its
+            # time (`read_timeout_s`).
+            return replace(memory, renewal_unanswered=True)
         case AcquireLeader() if outcome.ok:
             # Leading again: a hand-over done before (a switchover, a rolling restart) is over;
             # left set, a later SIGTERM would release the lease naming nobody.
-            return replace(memory, lease_sent_at=outcome.sent_at, handed_over=False)
+            return replace(
+                memory, lease_sent_at=outcome.sent_at, handed_over=False, renewal_unanswered=False
+            )
         case AcquireLeader() | RenewLeader():
-            return replace(memory, lease_sent_at=outcome.sent_at if outcome.ok else None)
+            return replace(
+                memory,
+                lease_sent_at=outcome.sent_at if outcome.ok else None,
+                renewal_unanswered=False,
+            )
         case ReleaseLeader():
             return replace(
                 memory,
                 lease_sent_at=None,
+                renewal_unanswered=False,
                 pre_promoted=None,
                 pg_down_since=None,
                 pg_hung_since=None,

@@ -95,6 +95,9 @@ class Memory:
     """All state the agent carries from one cycle to the next."""
 
     lease_sent_at: float | None = None  # send time of our last successful acquire/renew
+    # Our last renewal got no answer (the DCS may or may not have applied it): the next
+    # cycle's read must leave a retried renewal its time (`read_timeout_s`).
+    renewal_unanswered: bool = False
     pg_down_since: float | None = None  # leader only: first cycle PostgreSQL was seen down
     pg_hung_since: float | None = None  # leader only: first probe its PostgreSQL timed out
     commit_stalled_since: float | None = None  # leader only: first failed commit heartbeat
@@ -207,11 +210,12 @@ def read_timeout_s(memory: Memory, now: float, settings: Settings) -> float:
     the cluster first: a failed read then took a whole `retry_timeout_s` and the retry had
     less left than it needed, so one failed renewal and one failed read fenced a primary whose
     next request would have gone through (chaos finding 22: 40% packet loss on its etcd
-    links). Steady state changes nothing: a cycle starts `loop_wait_s` after a renewal, and
-    `loop_wait_s + 2 * retry_timeout_s <= ttl_s - fence_margin_s` (the timing rule)."""
+    links). Only after a renewal that got no answer: a slow DCS that answers every renewal
+    (chaos finding 11: round trips of 5 s at ttl 20) keeps reading with the whole time, or
+    the leader would read nothing at all."""
     retry = settings.timing.retry_timeout_s
     deadline = fence_deadline(memory, settings)
-    if deadline is None:
+    if deadline is None or not memory.renewal_unanswered:
         return retry
     return min(retry, max(deadline - now - retry, MIN_READ_S))
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.decide import Memory, read_timeout_s
+from agent.actions import RenewLeader
+from agent.decide import Memory, Outcome, Result, read_timeout_s, record_outcome
 from agent.decide.state import MIN_READ_S
 from tests.unit.test_decide import NOW, A
 
@@ -28,12 +29,32 @@ def test_a_leader_one_loop_wait_after_its_renewal_reads_with_the_whole_retry_tim
 def test_a_leader_near_its_deadline_reads_only_as_long_as_leaves_a_retry_its_time(
     left_s: float,
 ) -> None:
-    memory = Memory(lease_sent_at=NOW - (DEADLINE_AFTER - left_s))
+    memory = Memory(lease_sent_at=NOW - (DEADLINE_AFTER - left_s), renewal_unanswered=True)
     budget = read_timeout_s(memory, NOW, A)
     assert budget == pytest.approx(max(left_s - RETRY, MIN_READ_S))
     assert budget < RETRY
 
 
 def test_a_leader_past_the_point_of_a_retry_still_reads_briefly() -> None:
-    memory = Memory(lease_sent_at=NOW - DEADLINE_AFTER + 0.2)
+    memory = Memory(lease_sent_at=NOW - DEADLINE_AFTER + 0.2, renewal_unanswered=True)
     assert read_timeout_s(memory, NOW, A) == MIN_READ_S
+
+
+def test_a_leader_whose_renewals_are_answered_slowly_reads_with_the_whole_retry_timeout() -> None:
+    # Chaos finding 11's slow network: each renewal answered after seconds, none failed.
+    memory = Memory(lease_sent_at=NOW - (DEADLINE_AFTER - RETRY - 0.3))
+    assert read_timeout_s(memory, NOW, A) == RETRY
+
+
+def test_an_unanswered_renewal_is_remembered_until_one_is_answered() -> None:
+    leading = Memory(lease_sent_at=NOW - 3)
+    unanswered = record_outcome(
+        leading,
+        Outcome(action=RenewLeader(), result=Result.UNREACHABLE, sent_at=NOW - 1),
+        A,
+    )
+    assert unanswered.renewal_unanswered and unanswered.lease_sent_at == NOW - 3
+    answered = record_outcome(
+        unanswered, Outcome(action=RenewLeader(), result=Result.OK, sent_at=NOW), A
+    )
+    assert not answered.renewal_unanswered and answered.lease_sent_at == NOW
