@@ -101,6 +101,9 @@ class Starvation:
     # lasts, as a container's CPU limit does: a cgroup (v1 `cpu`) quota per 100 ms period,
     # after which its processes wait for the next period. 0: no quota.
     cpu_quota: float = 0.0
+    # With a quota: each member's fencer moved to a cgroup of its own at this many CPUs, as
+    # the fencer sidecar of k8s/examples/fencer-sidecar runs (0: it shares the member's).
+    fencer_cpus: float = 0.0
     quotas: list[Path] = field(default_factory=list)
     log: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -123,6 +126,11 @@ class Starvation:
             renice(cluster, self.cluster_nice)
         if self.cpu_quota:
             self.quotas = [limit_cpu(cluster, key, self.cpu_quota) for key in cluster.member_keys]
+        if self.cpu_quota and self.fencer_cpus:
+            self.quotas += [
+                limit_cpu(cluster, key, self.fencer_cpus, only=b"agent.fencer")
+                for key in cluster.member_keys
+            ]
         return f"stress-ng {self.args} for {self.hold_s:g} s (no fault)"
 
     def stop(self) -> None:
@@ -146,17 +154,21 @@ CPU_CGROUPS = Path("/sys/fs/cgroup/cpu")  # cgroup v1, as on these machines
 CFS_PERIOD_US = 100_000
 
 
-def limit_cpu(cluster: ChaosCluster, key: str, cpus: float) -> Path:
-    """Move every process of host `key`'s namespace into a new cgroup allowed `cpus` CPUs
-    (children forked later stay in it). Returns the cgroup, for `unlimit_cpu`."""
-    group = CPU_CGROUPS / f"{cluster.network.hosts[key].netns}-soak"
+def limit_cpu(cluster: ChaosCluster, key: str, cpus: float, only: bytes = b"") -> Path:
+    """Move every process of host `key`'s namespace (whose command line holds `only`) into a
+    new cgroup allowed `cpus` CPUs (children forked later stay in it). Returns the cgroup,
+    for `unlimit_cpu`. A fencer respawned later is the agent's child: in the agent's group."""
+    group = (
+        CPU_CGROUPS / f"{cluster.network.hosts[key].netns}-soak{'-' if only else ''}{only.decode()}"
+    )
     group.mkdir(exist_ok=True)
     (group / "cpu.cfs_period_us").write_text(f"{CFS_PERIOD_US}\n")
     (group / "cpu.cfs_quota_us").write_text(f"{int(cpus * CFS_PERIOD_US)}\n")
     listed = netns.run("ip", "netns", "pids", cluster.network.hosts[key].netns, check=False)
     for word in listed.stdout.split():
         with contextlib.suppress(OSError):
-            (group / "cgroup.procs").write_text(f"{int(word)}\n")
+            if only in Path(f"/proc/{int(word)}/cmdline").read_bytes():
+                (group / "cgroup.procs").write_text(f"{int(word)}\n")
     return group
 
 
@@ -293,6 +305,7 @@ class Load:
     stress: str = STRESS
     nice: int = 0
     cpu_quota: float = 0.0
+    fencer_cpus: float = 0.0
 
     @property
     def label(self) -> str:
@@ -300,6 +313,7 @@ class Load:
             self.stress
             + (f"; the cluster at nice {self.nice}" if self.nice else "")
             + (f"; {self.cpu_quota:g} CPU per member" if self.cpu_quota else "")
+            + (f", its fencer apart at {self.fencer_cpus:g}" if self.fencer_cpus else "")
         )
 
 
@@ -374,7 +388,11 @@ async def soak_once(
     await runner.ready()  # bootstrap's own lease_acquired/promoted are not the soak's
     sizes = agentlogs.log_sizes(cluster)
     starvation = Starvation(
-        args=load.stress, hold_s=minutes * 60, cluster_nice=load.nice, cpu_quota=load.cpu_quota
+        args=load.stress,
+        hold_s=minutes * 60,
+        cluster_nice=load.nice,
+        cpu_quota=load.cpu_quota,
+        fencer_cpus=load.fencer_cpus,
     )
     nemesis = Nemesis(
         name="starvation",
@@ -435,6 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cpu-quota", type=float, default=0.0, help="CPUs per member host (cgroup quota)"
     )
+    parser.add_argument(
+        "--fencer-cpus",
+        type=float,
+        default=0.0,
+        help="with --cpu-quota: each fencer in a cgroup of its own at this many CPUs (a sidecar)",
+    )
     parser.add_argument("--report", default="", help="report path stem (docs/chaos-report)")
     args = parser.parse_args(argv)
     names = [p.strip() for p in args.profiles.split(",") if p.strip()]
@@ -446,7 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"soak skipped: {why}", file=sys.stderr)
         return 2
     netns.cleanup_leftovers()
-    load = Load(stress=args.stress, nice=args.cluster_nice, cpu_quota=args.cpu_quota)
+    load = Load(
+        stress=args.stress,
+        nice=args.cluster_nice,
+        cpu_quota=args.cpu_quota,
+        fencer_cpus=args.fencer_cpus,
+    )
     rows = [run_profile(n, args.minutes, load) for n in names]
     print(soak_report.section(rows))
     if args.report:
