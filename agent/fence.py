@@ -115,6 +115,8 @@ class FenceClient:
         self._fencer_id: str | None = None  # the id the fencer gave at our last ADOPT
         self._found_external = False  # an external fencer answered: never spawn over it
         self._legacy = False  # an older fencer: one line per connection, as it closes after it
+        # The data directory's id (`dir_id`) an external fencer last confirmed it sees (CHECK).
+        self._checked_dir: str | None = None
 
     async def _call(self, line: str) -> str:
         """`_call_once`; a fencer found dead (nothing listens on its socket: it was killed,
@@ -160,6 +162,8 @@ class FenceClient:
         return reply
 
     async def _exchange_reconnecting(self, line: str) -> str:
+        if self._stream is not None and self._check_outdated(line):
+            self._drop()  # a new connection checks the directory the ARM is for
         if self._stream is not None:
             try:
                 return await self._exchange(self._stream, line)
@@ -205,11 +209,12 @@ class FenceClient:
                 if not self._found_external and not self.external:
                     _log.info("fencer_external_found", socket=self.socket_path)
                 self._found_external = True
-                ticks = start_ticks(os.getpid())
-                check = f"CHECK {os.getpid()} {ticks} {dir_id(self.data_dir)}"
+                ticks, directory = start_ticks(os.getpid()), dir_id(self.data_dir)
+                check = f"CHECK {os.getpid()} {ticks} {directory}"
                 checked = await self._exchange(stream, check)
                 if not checked.startswith("OK"):
                     raise FenceUnavailable(f"fencer answered {checked!r} to CHECK")
+                self._checked_dir = directory
             elif self.external:
                 raise FenceUnavailable(f"fencer.mode is external, found a {kind} fencer")
             known, self._fencer_id = self._fencer_id, ident
@@ -220,6 +225,16 @@ class FenceClient:
             stream[1].close()
             raise
         return stream
+
+    def _check_outdated(self, line: str) -> bool:
+        """Whether an ARM must wait for a new CHECK: the data directory is not the one the
+        external fencer confirmed. A member's first start finds none (`-`: a fresh volume,
+        before initdb or a clone), and a fencer without the data volume, or pointed at another
+        path, finds none either: the two matched, and a fencer that could stop nothing was
+        armed for the primary bootstrapped next."""
+        if self._checked_dir is None or not line.startswith("ARM"):
+            return False
+        return dir_id(self.data_dir) != self._checked_dir
 
     def _drop(self) -> None:
         if self._stream is not None:

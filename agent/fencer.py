@@ -16,8 +16,9 @@ one connection (issue 15: a connection per renewal was a quarter of an idle lead
                       kind (`spawned` or `external`) and an id that a new fencer changes
     CHECK <pid> <start ticks> <data dir as dev:ino, or ->
                       -> the status if this fencer sees that process (the agent) and the same
-                      data directory, else ERR: a sidecar without the pod's process namespace
-                      or the data volume could not fence anything
+                      data directory, and (when it exists) may read it and signal its owner's
+                      processes, else ERR: a sidecar without the pod's process namespace, the
+                      data volume or PostgreSQL's uid could not fence anything
 Only a whole line is acted on: a connection that closes (its agent died, froze and was
 killed) changes nothing, and an armed deadline stays armed. Connections are served without
 blocking, so a client that connects and stays silent cannot delay the fence.
@@ -82,6 +83,37 @@ def postmaster_pid(data_dir: str) -> int | None:
     except OSError:
         return None
     return pid if b"postgres" in cmdline else None
+
+
+def cannot_fence(data_dir: str) -> str | None:
+    """Why this process could not stop a postmaster of `data_dir`, or None. PostgreSQL runs
+    as the owner of its data directory (it refuses any other), a directory of mode 0700 or
+    0750: its postmaster.pid is read here only with that owner's (or its group's) access, and
+    its processes are signalled only by the same uid or with CAP_KILL. A sidecar under
+    another uid saw the directory and the agent, was armed, and at the deadline found no
+    postmaster.pid it could read: "no postmaster running", and the primary ran on."""
+    try:
+        owner = os.stat(data_dir).st_uid
+    except OSError as exc:
+        return f"cannot stat {data_dir}: {exc.strerror}"
+    me = os.geteuid()
+    if not os.access(data_dir, os.R_OK | os.X_OK):
+        return f"uid {me} cannot read {data_dir} (owned by uid {owner}): no postmaster.pid"
+    if owner not in (me, os.getuid()) and not _may_kill_any():
+        return f"uid {me} without CAP_KILL cannot signal uid {owner}, the owner of {data_dir}"
+    return None
+
+
+def _may_kill_any() -> bool:
+    """CAP_KILL (capability 5) in this process's effective set."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 5 & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
@@ -173,6 +205,9 @@ class Fencer:
             return f"ERR agent process {pid} is not visible here (no shared process namespace?)"
         if data_dir != dir_id(self.data_dir):
             return f"ERR {self.data_dir} is not the agent's data directory here (not mounted?)"
+        refusal = None if data_dir == "-" else cannot_fence(self.data_dir)
+        if refusal is not None:
+            return f"ERR {refusal}"
         return self.status()
 
     def status(self) -> str:

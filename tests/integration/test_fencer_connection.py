@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +48,15 @@ def _inode(stream: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> int:
     """The client socket's inode: a new connection has another (a file descriptor number
     may be reused)."""
     return os.fstat(stream[1].get_extra_info("socket").fileno()).st_ino
+
+
+def _ask(path: Path, line: str) -> str:
+    """One line to a fencer on a connection of its own; its answer."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(path))
+        conn.sendall(line.encode() + b"\n")
+        with conn.makefile("rb") as reader:
+            return reader.readline().decode().strip()
 
 
 def _fencer_pid(log: Path) -> int:
@@ -186,6 +197,73 @@ async def test_an_external_fencer_that_does_not_see_the_agents_data_directory_is
         await client.start()
     with pytest.raises(FenceUnavailable, match="not the agent's data directory"):
         await client.arm(time.monotonic() + 5)
+
+
+async def test_an_external_fencer_without_the_data_volume_is_refused_once_the_directory_exists(
+    tmp_path: Path, sidecar: Sidecar
+) -> None:
+    """A member's first start: its data directory does not exist yet (a fresh volume, before
+    initdb), nor does it in a sidecar without the data volume (or pointed at another path).
+    The two `-` matched, and the primary bootstrapped next was armed on a fencer that could
+    stop nothing: an ARM for a directory that is not the one checked is checked again."""
+    sidecar.data_dir = tmp_path / "not-mounted" / "pgdata"
+    sidecar.start()
+    data_dir = tmp_path / "volume" / "pgdata"
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(data_dir), external=True)
+    try:
+        assert (await client.start()).state == FenceState.DISARMED  # nothing to fence yet
+        data_dir.mkdir(parents=True)  # initdb
+        with pytest.raises(FenceUnavailable, match="not the agent's data directory"):
+            await client.arm(time.monotonic() + 5)
+    finally:
+        await client.stop()
+    assert _ask(sidecar.socket, "STATUS") == "OK disarmed -", "armed all the same"
+
+
+async def test_an_external_fencer_is_checked_again_for_a_directory_made_after_it_connected(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes], sidecar: Sidecar
+) -> None:
+    """The same first start with the data volume in both containers: the new directory is
+    checked, and found, before the fencer is armed for it."""
+    data_dir = tmp_path / "pgdata"
+    sidecar.data_dir = data_dir
+    sidecar.start()
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(data_dir), external=True)
+    try:
+        await client.start()
+        data_dir.mkdir()
+        os.rename(tmp_path / "postmaster.pid", data_dir / "postmaster.pid")
+        assert (await client.arm(time.monotonic() + 0.5)).state == FenceState.ARMED
+        assert await asyncio.to_thread(wait_dead, postmaster, 2.0), "not fenced"
+        await client.disarm()
+    finally:
+        await client.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a fencer as nobody")
+async def test_an_external_fencer_that_runs_as_another_user_than_postgresql_is_refused() -> None:
+    """A sidecar without the pod's runAsUser: it sees the agent and the data directory, but
+    cannot read postmaster.pid in it (mode 0700), so its fence would find no postmaster."""
+    base = Path(tempfile.mkdtemp(prefix="pgwarden-fencer-uid-"))  # tmp_path: root's only
+    try:
+        base.chmod(0o755)
+        data_dir, run = base / "pgdata", base / "run"
+        data_dir.mkdir(mode=0o700)
+        run.mkdir(mode=0o777)
+        run.chmod(0o777)
+        car = Sidecar(run, data_dir)
+        try:
+            car.start("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+            client = FenceClient(run_dir=str(run), data_dir=str(data_dir), external=True)
+            with pytest.raises(FenceUnavailable, match="cannot read"):
+                await client.start()
+            with pytest.raises(FenceUnavailable, match="cannot read"):
+                await client.arm(time.monotonic() + 5)
+            assert _ask(car.socket, "STATUS") == "OK disarmed -", "armed all the same"
+        finally:
+            car.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_an_external_fencer_in_a_process_namespace_of_its_own_is_refused(
