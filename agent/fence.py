@@ -38,6 +38,9 @@ from agent.proctree import dir_id, start_ticks
 
 CALL_TIMEOUT_S = 0.5
 SPAWN_TIMEOUT_S = 5.0
+# How much more than the deadline less the send time an ARM's answer may say is left (it is
+# printed to the millisecond) before the fencer's monotonic clock is taken to lag ours.
+CLOCK_SLACK_S = 0.01
 
 _log = structlog.get_logger("pgwarden.fence")
 
@@ -302,6 +305,14 @@ class FenceClient:
     async def arm(self, deadline: float) -> FenceStatus:
         status = self._parse(await self._call(f"ARM {deadline:.6f}"))
         if status.state == FenceState.ARMED:
+            left = status.remaining_s
+            if left is not None and left > deadline - self._sent_at + CLOCK_SLACK_S:
+                # More left than there was when we sent it: its CLOCK_MONOTONIC runs behind
+                # ours, and it would fence that much after the deadline.
+                raise FenceUnavailable(
+                    f"the fencer's clock is {left - (deadline - self._sent_at):.3f} s behind "
+                    "this agent's (another time namespace?): it would fence late"
+                )
             self._held = deadline
         return status
 

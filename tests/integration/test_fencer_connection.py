@@ -266,6 +266,23 @@ async def test_an_external_fencer_that_runs_as_another_user_than_postgresql_is_r
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a time namespace")
+async def test_an_external_fencer_whose_monotonic_clock_lags_the_agents_is_never_taken_as_armed(
+    tmp_path: Path, sidecar: Sidecar
+) -> None:
+    """Deadlines are CLOCK_MONOTONIC values, the same for every process of a host unless a
+    time namespace offsets it (a restored checkpoint, a runtime that sets one): a fencer 30 s
+    behind would fence 30 s after the deadline. Its answer to ARM shows it."""
+    sidecar.start("unshare", "--time", "--fork", "--monotonic=-30")
+    client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(tmp_path), external=True)
+    try:
+        await client.start()
+        with pytest.raises(FenceUnavailable, match=r"clock is 3[0-9]\.[0-9]+ s behind"):
+            await client.arm(time.monotonic() + 5)
+    finally:
+        await client.stop()
+
+
 async def test_an_external_fencer_in_a_process_namespace_of_its_own_is_refused(
     tmp_path: Path, sidecar: Sidecar
 ) -> None:
