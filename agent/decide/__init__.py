@@ -166,6 +166,8 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
             memory = replace(memory, last_leader=leader.name, last_leader_wal_lsn=leader.wal_lsn)
         if view.leader is not None:
             memory = replace(memory, leaderless_since=None)
+        if memory.unled_claim is not None and (view.leader is not None or view.initialize != ""):
+            memory = replace(memory, unled_claim=None)
     follower = view is not None and view.leader is not None and view.leader.name != settings.name
     if memory.receiver_stall is not None and (obs.pending is not None or not follower):
         # The stall watchdog counts only consecutive cycles of when_follower (receiver.py).

@@ -144,11 +144,15 @@ def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[
     view = obs.cluster
     assert view is not None
     claimant = view.leader.name if view.leader is not None else None
+    if view.initialize == "" and claimant is None:
+        waiting, memory = _claimant_may_come(obs, memory, settings)
+        if waiting:
+            return decided(memory, "a claim to bootstrap with no leader yet: waiting for its lease")
     if view.initialize == "" and claimant in (None, settings.name):
         # A claim to bootstrap that never completed: ours failed (we still hold the lease we
         # took with it), or the claimant's lease is gone. Left alone it would keep every
-        # member waiting for a leader to clone from, forever. Withdrawn at once (before our
-        # own retry pause), so that another member may bootstrap meanwhile.
+        # member waiting for a leader to clone from, forever. Withdrawn (ours at once, before
+        # our own retry pause), so that another member may bootstrap meanwhile.
         return decided(
             memory,
             "a bootstrap that did not complete: withdrawing its claim",
@@ -192,6 +196,23 @@ def when_no_data(obs: Observation, memory: Memory, settings: Settings) -> tuple[
             return decided(memory, refusal)
         return decided(memory, f"no data: cloning from {source}", Clone(source=source))
     return decided(memory, "no data: waiting for a running leader to clone from")
+
+
+def _claimant_may_come(obs: Observation, memory: Memory, settings: Settings) -> tuple[bool, Memory]:
+    """Whether a claim to bootstrap seen with no leader may still get its leader: the claimant
+    may be between its claim and its AcquireLeader (two writes), or its lease is gone. Withdrawn
+    at once, a live claimant's bootstrap failed at its record step ("our claim on the cluster
+    is gone") and members withdrew each other's fresh claims for many rounds (a loop of 3-member
+    bootstraps: 12 failed bootstraps before one completed; with pgBackRest the first such
+    failure used to leave the cluster unable to bootstrap). A claimant that took the lease shows
+    within a ttl; one that died does not. The wait starts over with another claim (version)."""
+    view = obs.cluster
+    assert view is not None
+    since = obs.now
+    if memory.unled_claim is not None and memory.unled_claim[0] == view.initialize_version:
+        since = memory.unled_claim[1]
+    memory = replace(memory, unled_claim=(view.initialize_version, since))
+    return obs.now - since < settings.timing.ttl_s, memory
 
 
 def when_follower(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decision, Memory]:

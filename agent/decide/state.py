@@ -113,6 +113,9 @@ class Memory:
     # Since when this member has seen no leader record (bounds the deference to a candidate
     # named by a switchover or failover request).
     leaderless_since: float | None = None
+    # A claim to bootstrap seen with no leader: (its record version, first seen), while it
+    # lasts; withdrawn by a member without data only after a lease's ttl (agent/decide/member.py).
+    unled_claim: tuple[str, float] | None = None
     following: MemberName | None = None  # whom our standby was last pointed at
     last_leader: MemberName | None = None
     last_leader_wal_lsn: Lsn | None = None

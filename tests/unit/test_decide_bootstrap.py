@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from agent.actions import ReleaseLeader, StartPostgres, StopMode, StopPostgres
+from agent.actions import ClearInitialize, ReleaseLeader, StartPostgres, StopMode, StopPostgres
 from agent.decide import Memory, decide
 from agent.model import ControlData, LocalState
-from tests.unit.test_decide import LEASED, ME_PRIMARY, PRIMARY, A, obs, view
+from tests.unit.test_decide import EMPTY, LEASED, ME_PRIMARY, NOW, PRIMARY, A, B, C, obs, view
 
 DISCARD = StopPostgres(mode=StopMode.IMMEDIATE, clear_data=True)
 SOCKET_ONLY = replace(PRIMARY, socket_only=True)
@@ -101,3 +101,39 @@ def test_a_leader_whose_data_directory_holds_another_system_releases_the_lease()
     assert memory.refused is not None and ReleaseLeader() in decision.actions, decision
     decision, _ = decide(obs(cluster, other), memory, A)  # and on every later cycle
     assert ReleaseLeader() in decision.actions, decision
+
+
+def test_a_claim_with_no_leader_yet_is_withdrawn_only_after_a_ttl() -> None:
+    """Another member claimed the empty cluster and has not taken the lease yet (its claim and
+    its AcquireLeader are two writes; a view read between them). Withdrawn at once, as it was,
+    the claimant's bootstrap failed at its record step and members withdrew each other's
+    fresh claims round after round (a loop of 3-member bootstraps: 12 failed bootstraps before
+    one completed). A claimant that died holds no lease after a ttl: withdrawn then."""
+    claimed = replace(view(None, B, C), initialize="", initialize_version="7")
+    ttl = A.timing.ttl_s
+    decision, memory = decide(obs(claimed, EMPTY), Memory(), A)
+    assert decision.actions == ()
+    assert "no leader yet" in decision.reason
+    later = replace(obs(claimed, EMPTY), now=NOW + ttl - 0.1)
+    decision, memory = decide(later, memory, A)
+    assert decision.actions == ()
+    # The claimant took the lease meanwhile: nothing to withdraw, and the wait starts over.
+    led = replace(claimed, leader=view("b", B).leader)
+    _, memory = decide(replace(obs(led, EMPTY), now=NOW + ttl), memory, A)
+    assert memory.unled_claim is None
+    decision, memory = decide(replace(obs(claimed, EMPTY), now=NOW + ttl + 0.1), memory, A)
+    assert decision.actions == ()
+    # A ttl without a leader: the claimant is gone.
+    expired = replace(obs(claimed, EMPTY), now=NOW + 2 * ttl + 0.1)
+    decision, memory = decide(expired, memory, A)
+    assert decision.actions == (ClearInitialize(version="7"),)
+    # Another claim (another version) is waited for again.
+    again = replace(claimed, initialize_version="8")
+    decision, _ = decide(replace(obs(again, EMPTY), now=NOW + 2 * ttl + 0.2), memory, A)
+    assert decision.actions == ()
+
+
+def test_our_own_failed_claim_is_withdrawn_at_once() -> None:
+    claimed = replace(view("a", B, C), initialize="", initialize_version="7")
+    decision, _ = decide(obs(claimed, EMPTY), LEASED, A)
+    assert decision.actions == (ClearInitialize(version="7"), ReleaseLeader())
