@@ -181,6 +181,14 @@ def _branch(obs: Observation, memory: Memory, settings: Settings) -> tuple[Decis
     if memory.refused is not None:
         return _refusing(obs, memory, settings, memory.refused)
     if not obs.local.data_dir_initialized:
+        if obs.local.copy_incomplete and obs.local.postmaster_pid is not None:
+            # Whatever started it (an operator, a former agent), it runs on a data directory
+            # whose copy or rewind did not complete: it must not serve anything.
+            return decided(
+                memory,
+                "PostgreSQL runs on a data directory whose copy did not complete: stopping it",
+                StopPostgres(mode=StopMode.IMMEDIATE),
+            )
         return when_no_data(obs, memory, settings)
     local = obs.local
     system_id = local.system_id or (local.control.system_id if local.control else None)

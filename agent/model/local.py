@@ -100,6 +100,11 @@ class LocalState:
     # The data directory holds the marker of a bootstrap that has not completed (running or
     # not: a pod that died during post_bootstrap).
     bootstrap_incomplete: bool = False
+    # A copy into the data directory did not complete (pg_basebackup, a restore, pg_rewind
+    # killed or failed midway: agent/postgres/datadir.py `copy_marker`). The probe then
+    # reports no data (data_dir_initialized False, no control data): what is there must never
+    # be started, promoted or compared; a postmaster found running on it is stopped.
+    copy_incomplete: bool = False
     # pg_settings: the parameters whose new value waits for a restart, and what the server
     # runs with for the settings a hot standby needs at least as high as its primary.
     pending_restart: tuple[str, ...] = ()

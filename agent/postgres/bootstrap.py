@@ -22,7 +22,9 @@ from agent.postgres import conffile, replication
 from agent.postgres.datadir import (
     StandbyConfig,
     configure_standby,
+    copy_marker,
     is_initialized,
+    kill_copy_tools,
     passfile_for,
     write_client_files,
 )
@@ -42,11 +44,6 @@ def is_empty_dir(path: str) -> bool:
     return not os.path.exists(path) or (os.path.isdir(path) and not os.listdir(path))
 
 
-def _clone_marker(run_dir: str) -> str:
-    # Outside the data directory: pg_basebackup needs it empty.
-    return os.path.join(replication.conf_dir(run_dir), "clone-in-progress")
-
-
 async def initdb(settings: PostgresSettings, *, run_dir: str, timeout_s: float = 60.0) -> None:
     """Create a new cluster in `settings.data_dir` (created if missing, mode 0700).
 
@@ -54,6 +51,7 @@ async def initdb(settings: PostgresSettings, *, run_dir: str, timeout_s: float =
     password from a private --pwfile. Raises PostgresError if the directory is not empty.
     """
     who = run_as(settings)
+    discard_interrupted_copy(settings, run_dir)
     if not is_empty_dir(settings.data_dir):
         raise PostgresError(f"initdb: data directory {settings.data_dir} is not empty")
     ensure_dir(settings.data_dir, who)
@@ -148,11 +146,24 @@ def clear_data_dir(settings: PostgresSettings) -> None:
             os.unlink(entry.path)
 
 
+def discard_interrupted_copy(settings: PostgresSettings, run_dir: str) -> None:
+    """Empty the data directory if it holds the remains of an interrupted copy (the marker of
+    `copy_marker`), and remove the marker."""
+    marker = copy_marker(run_dir)
+    if os.path.exists(marker):
+        kill_copy_tools(settings)
+        clear_data_dir(settings)
+        os.unlink(marker)
+
+
 def prepare_clone(settings: PostgresSettings, run_dir: str) -> str:
     """An empty data directory for pg_basebackup, and the in-progress marker's path."""
     who = run_as(settings)
     ensure_dir(replication.conf_dir(run_dir), who)
-    marker = _clone_marker(run_dir)
+    marker = copy_marker(run_dir)
+    if os.path.exists(marker):
+        # The remains of an interrupted copy: a tool its agent left running goes first.
+        kill_copy_tools(settings)
     if not is_empty_dir(settings.data_dir):
         if not os.path.exists(marker):
             raise PostgresError(
@@ -401,6 +412,14 @@ async def rewind(
     if not is_initialized(settings):
         raise PostgresError(f"rewind: data directory {settings.data_dir} is not initialized")
     write_client_files(settings, run_dir)
+    # pg_rewind rewrites the data directory in place and updates pg_control last: killed or
+    # failed midway, it leaves a mix of both systems that PostgreSQL may start from as if
+    # whole. The marker makes that directory count as none (the member clones it again)
+    # until the rewind and the standby configuration completed. A source never reached
+    # leaves the data directory untouched (pg_rewind connects before anything else).
+    marker = copy_marker(run_dir)
+    ensure_dir(replication.conf_dir(run_dir), run_as(settings))
+    write_file(marker, "", run_as(settings))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     pause_s = _RETRY_FIRST_PAUSE_S
@@ -415,6 +434,7 @@ async def rewind(
         except SourceUnreachable as exc:
             # Another attempt only if it would still have time to connect after the pause.
             if deadline - loop.time() < pause_s + _RETRY_FIRST_PAUSE_S:
+                os.unlink(marker)
                 raise SourceUnreachable(
                     f"rewind: source {source.primary_host}:{source.primary_port} unreachable"
                     f" for {timeout_s:.1f} s ({attempts} attempts); last: {exc}"
@@ -422,6 +442,7 @@ async def rewind(
         await asyncio.sleep(pause_s)
         pause_s = min(pause_s * 2, _RETRY_MAX_PAUSE_S)
     configure_standby(settings, source, run_dir=run_dir)
+    os.unlink(marker)
 
 
 def parse_timeline_history(text: str) -> tuple[int, Lsn] | None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 from dataclasses import dataclass
 
 from agent.config import PostgresSettings
 from agent.postgres import failover_slots, replication
 from agent.postgres.osfiles import ensure_dir, run_as, write_file
 from agent.postgres.tls import install_server_files
+from agent.proctree import pid_alive
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +57,54 @@ def unmark_bootstrap(settings: PostgresSettings) -> None:
 
 def bootstrap_incomplete(settings: PostgresSettings) -> bool:
     return os.path.exists(os.path.join(settings.data_dir, _BOOTSTRAP_MARKER))
+
+
+def copy_marker(run_dir: str) -> str:
+    """The marker of a copy into the data directory that has not completed: pg_basebackup, a
+    restore, or pg_rewind (which rewrites files in place: interrupted, it leaves a mix of both
+    systems under a pg_control that PostgreSQL may start from as if whole). Outside the data
+    directory (pg_basebackup needs it empty); written before the tool runs, removed once the
+    data directory is complete and configured."""
+    return os.path.join(replication.conf_dir(run_dir), "clone-in-progress")
+
+
+def copy_incomplete(run_dir: str) -> bool:
+    """A copy into the data directory was interrupted (its agent, or its pod, died during it,
+    or the tool failed midway): what the data directory holds is not usable."""
+    return os.path.exists(copy_marker(run_dir))
+
+
+# The tools that copy into a data directory; one left running by an agent that died (they run
+# in a session of their own) would go on writing into what the next copy makes.
+_COPY_TOOLS = frozenset({"pg_basebackup", "pg_rewind", "pgbackrest"})
+_TOOL_GONE_WAIT_S = 2.0
+
+
+def kill_copy_tools(settings: PostgresSettings) -> list[int]:
+    """SIGKILL every copy tool (pg_basebackup with its WAL streamer, pg_rewind, pgbackrest)
+    whose command line names this data directory (`-D <dir>`, `--target-pgdata=<dir>`,
+    `--pg1-path=<dir>`, ...), and wait up to 2 s for them to go; their pids."""
+    data_dir = os.path.realpath(settings.data_dir)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                args = [a.decode(errors="replace") for a in handle.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if not args or os.path.basename(args[0]) not in _COPY_TOOLS:
+            continue
+        paths = {a.split("=", 1)[1] if "=" in a else a for a in args[1:]}
+        if any(os.path.realpath(p) == data_dir for p in paths if p.startswith("/")):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signal.SIGKILL)
+                found.append(int(entry))
+    give_up = time.monotonic() + _TOOL_GONE_WAIT_S
+    while found and time.monotonic() < give_up and any(pid_alive(p) for p in found):
+        time.sleep(0.01)
+    return found
 
 
 def is_standby_dir(settings: PostgresSettings) -> bool:

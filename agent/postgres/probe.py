@@ -34,7 +34,12 @@ from agent.model import (
     parse_lsn,
 )
 from agent.pgparams import HOT_STANDBY
-from agent.postgres.datadir import bootstrap_incomplete, has_backup_label, is_initialized
+from agent.postgres.datadir import (
+    bootstrap_incomplete,
+    copy_incomplete,
+    has_backup_label,
+    is_initialized,
+)
 from agent.postgres.osfiles import PostgresError
 from agent.postgres.replication import parse_synchronous_standby_names
 from agent.postgres.sqlconn import connect_local
@@ -282,6 +287,15 @@ class Prober:
         state = await self._probe(
             running=running, postmaster_pid=postmaster_pid, timeout_s=timeout_s
         )
+        if copy_incomplete(self._run_dir):
+            # Nothing usable: neither its system id nor its position may count anywhere.
+            return LocalState(
+                data_dir_initialized=False,
+                running=state.running,
+                postmaster_pid=state.postmaster_pid,
+                copy_incomplete=True,
+                pg_major=self._pg_major,
+            )
         incomplete = state.data_dir_initialized and bootstrap_incomplete(self._settings)
         return dataclasses.replace(state, pg_major=self._pg_major, bootstrap_incomplete=incomplete)
 

@@ -77,6 +77,7 @@ async def restore_bootstrap(settings: Settings, postmaster: Postmaster) -> None:
     running primary on a new timeline, listening on its Unix socket only (the bootstrap opens
     it once complete); on failure, an empty data directory and the reason."""
     pg = settings.postgresql
+    bootstrap.discard_interrupted_copy(pg, settings.run_dir)
     if is_initialized(pg) or not bootstrap.is_empty_dir(pg.data_dir):
         raise PostgresError(f"bootstrap: data directory {pg.data_dir} is not empty")
     backrest = settings.pgbackrest

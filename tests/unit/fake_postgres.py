@@ -29,6 +29,15 @@ primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes Pos
   instance reports them pending restart; a standby whose hot-standby minimums are below its
   upstream's refuses to start ("insufficient parameter settings").
 
+Copies into the data directory (`clone`, `rewind`) are not atomic: each first leaves a
+`torn` data directory (a half-copied clone with no usable control file, or a half-rewound
+mix of both systems under the old one) and the copy marker (`copying`, outside the data
+directory: the agent's `copy_marker`), calls the `midway` hook (the crash-point harness kills
+the agent there: tests/unit/fakes/crash.py), then completes and removes the marker. While the
+marker is there the probe reports no data (`copy_incomplete`), as the agent's probe does; a
+torn data directory that is started anyway starts (PostgreSQL may, from a half-rewound one)
+and is recorded in `torn_starts`, which the crash-point sweep counts as a violation.
+
 Fault injection (test controls): `fail(op, exc, times)` makes the next calls of an operation
 raise; `gate(op)` makes an operation wait until the test opens the gate (a long action that
 hangs, or a crash in the middle of one); `crash()` kills the postmaster; `hang()` makes it
@@ -40,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 
 from agent.model import (
@@ -76,6 +85,7 @@ class DataDir:
     clean: bool = True  # shut down cleanly (or running)
     checkpoint_lsn: Lsn = START_LSN
     incomplete: bool = False  # the marker of a bootstrap that has not completed
+    torn: bool = False  # a copy into it (clone, rewind) stopped midway: not usable
 
     def holds(self, timeline: int, lsn: Lsn) -> bool:
         """This WAL contains the position (timeline, lsn): no divergence from it."""
@@ -163,6 +173,9 @@ class FakePostgres:
         self.dynamic = PgConfig()  # the DCS parameters its configuration file holds
         self.running_params: dict[str, str] = {}  # what the server runs with
         self.tcp = False  # listens on TCP too (not only its Unix socket), while running
+        self.copying = False  # the copy marker: a clone or rewind began and has not completed
+        self.midway: Callable[[str], None] | None = None  # called halfway through a copy
+        self.torn_starts: list[str] = []  # starts of a torn data directory (must stay empty)
 
     # ------------------------------------------------------------------ test controls
 
@@ -307,6 +320,13 @@ class FakePostgres:
         self.calls.append("probe")
         self.cluster.replicate()
         data = self.data
+        if self.copying:
+            return LocalState(
+                data_dir_initialized=False,
+                running=self.running and not self.hung,
+                postmaster_pid=self._pid,
+                copy_incomplete=True,
+            )
         if not self.running or self.hung or data is None:
             return LocalState(
                 data_dir_initialized=data is not None,
@@ -401,6 +421,8 @@ class FakePostgres:
         self.tcp = not socket_only
         if self.data is None:
             raise PostgresError(f"{self.host}: data directory is not initialized")
+        if self.data.torn:
+            self.torn_starts.append(f"{self.host}: started on a torn data directory")
         promote = standby is None and not self.data.was_primary
         params = dict(self.dynamic.parameters)
         up = self.cluster.instances.get(standby.primary_host) if standby is not None else None
@@ -485,6 +507,8 @@ class FakePostgres:
 
     async def initdb(self) -> None:
         await self._enter("initdb")
+        if self.copying:  # the remains of an interrupted copy are discarded first
+            self.data, self.copying = None, False
         if self.data is not None:
             raise PostgresError(f"initdb: data directory of {self.host} is not empty")
         self.data = DataDir(
@@ -504,13 +528,17 @@ class FakePostgres:
 
     async def clone(self, standby: StandbyConfig, *, timeout_s: float) -> None:
         await self._enter("clone")
-        if self.data is not None:
+        if self.data is not None and not self.copying:
             raise PostgresError(f"clone: data directory of {self.host} is not empty")
+        self.copying, self.data = True, None
         source = self.cluster.instances.get(standby.primary_host)
         if source is None or not source.serves_tcp() or source.data is None:
             raise PostgresError(f"pg_basebackup: could not connect to {standby.primary_host}")
+        self.data = replace(source.data, was_primary=False, torn=True)
+        self._halfway("clone")
         self.data = replace(source.data, was_primary=False, clean=True)
         self.conninfo = standby
+        self.copying = False
 
     async def rewind(self, standby: StandbyConfig, *, timeout_s: float) -> None:
         await self._enter("rewind")
@@ -521,12 +549,23 @@ class FakePostgres:
             raise SourceUnreachable(f"rewind: source {standby.primary_host} unreachable")
         if source.data.system_id != self.data.system_id:
             raise PostgresError("pg_rewind: source and target clusters are from different systems")
+        # A rewind of what an interrupted rewind left cannot repair it: the target's own WAL
+        # after the fork, which says which blocks to fetch, may be gone; the result stays torn.
+        torn = self.data.torn
+        self.copying = True  # the agent's marker, before pg_rewind changes anything
+        self.data = replace(self.data, torn=True)
+        self._halfway("rewind")
         if not source.data.holds(self.data.timeline, self.data.lsn):
             # A rewind that changes the data directory empties pg_replslot; "no rewind
             # required" (a clean switchover) leaves everything, our own slots included.
             self.slots, self.logical, self.synced = set(), set(), set()
-        self.data = replace(source.data, was_primary=False, clean=True)
+        self.data = replace(source.data, was_primary=False, clean=True, torn=torn)
         self.conninfo = standby
+        self.copying = False
+
+    def _halfway(self, op: str) -> None:
+        if self.midway is not None:
+            self.midway(op)  # may raise: the agent died there, the copy stays torn
 
     async def set_slots(
         self,

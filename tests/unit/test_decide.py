@@ -635,6 +635,17 @@ def test_member_without_data_waits_while_the_leader_bootstraps() -> None:
     assert decision.actions == ()
 
 
+def test_an_interrupted_copy_counts_as_no_data_and_a_postmaster_on_it_is_stopped() -> None:
+    """What pg_basebackup or pg_rewind left when killed midway is never used: with no
+    postmaster the member clones; one found running on it (started by hand) is stopped."""
+    torn = LocalState(data_dir_initialized=False, running=False, copy_incomplete=True)
+    decision, _ = decide(obs(view("b", NEW_LEADER), torn), Memory(), A)
+    assert decision.actions == (Clone(source=MemberName("b")),), decision
+    running = replace(torn, running=True, postmaster_pid=77)
+    decision, _ = decide(obs(view("b", NEW_LEADER), running), Memory(), A)
+    assert decision.actions == (StopPostgres(mode=StopMode.IMMEDIATE),), decision
+
+
 def test_member_of_another_system_refuses_to_join() -> None:
     foreign = replace(REPLICA, system_id="99")
     decision, memory = decide(obs(view("b", NEW_LEADER), foreign), Memory(), A)

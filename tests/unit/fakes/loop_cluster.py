@@ -176,6 +176,13 @@ class Node:
     frozen_cycle: asyncio.Future[bool] | None = None  # a cycle a freeze stopped midway
 
 
+def _midway(switch: Switch) -> Callable[[str], None]:
+    def hook(op: str) -> None:
+        switch.check(f"pg.{op}.midway", effect=True)
+
+    return hook
+
+
 class LoopCluster:
     def __init__(
         self,
@@ -227,8 +234,11 @@ class LoopCluster:
         )
         clock = MemberClock(self.clock)
         seams: tuple[object, object, object] = (dcs, pg, fence)
+        pg.midway = None
         if switch is not None:
             seams = (DcsSeam(dcs, switch), PostgresSeam(pg, switch), FenceSeam(fence, switch))
+            # A kill inside a copy (pg_basebackup, pg_rewind): the agent dies halfway.
+            pg.midway = _midway(switch)
         loop = HaLoop(
             settings=settings,
             clock=clock,
@@ -357,6 +367,8 @@ class LoopCluster:
         )
         self.primaries_seen.append((self.clock.monotonic(), primaries))
         assert len(primaries) <= 1, f"two primaries accept writes: {primaries}"
+        torn = [s for pg in self.postgres.instances.values() for s in pg.torn_starts]
+        assert not torn, f"PostgreSQL started on what an interrupted copy left: {torn}"
 
     # ------------------------------------------------------------------ views
 
