@@ -61,19 +61,32 @@ integration: setup
 e2e: setup
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
-# The long chaos profile: the quick scenarios (CHAOS_RUNS times each), then a random mix of
-# faults for CHAOS_DURATION seconds; writes docs/chaos-report.md and .json (needs root). Then
-# the soak: CHAOS_SOAK_MINUTES of CPU and I/O starvation (stress-ng) with no fault, at ttl 6 s
-# and at the default ttl, into the report's soak section (tests/chaos/soak.py; 0 skips it).
-# Neither is part of `make test`.
+# The long chaos profile. First the full crash-point sweep of the loop suite (every point of
+# every multi-step action, every delay, both kinds of death, and frozen: about 5 min on one
+# core; `make test` runs one point per boundary); its table goes to build/crash-sweep.md and
+# is printed; a failure fails `make chaos` at the end, after the rest has run. Then the quick
+# scenarios (CHAOS_RUNS times each), then a random mix of faults for CHAOS_DURATION seconds;
+# writes docs/chaos-report.md and .json (needs root). Then the soak: CHAOS_SOAK_MINUTES of
+# CPU and I/O starvation (stress-ng) with no fault, at ttl 6 s and at the default ttl, into
+# the report's soak section (tests/chaos/soak.py; 0 skips it). None is part of `make test`.
 CHAOS_DURATION ?= 1800
 CHAOS_RUNS ?= 3
 CHAOS_SOAK_MINUTES ?= 30
+CRASH_SWEEP := build/crash-sweep
 chaos: setup
+	@mkdir -p build; rm -f $(CRASH_SWEEP).md
+	@echo "== full crash-point sweep (tests/unit/test_loop_crash_points.py); log: $(CRASH_SWEEP).log =="
+	@PGWARDEN_CRASH_SWEEP=full PGWARDEN_CRASH_SWEEP_REPORT=$(CRASH_SWEEP).md \
+		$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_loop_crash_points.py \
+		> $(CRASH_SWEEP).log 2>&1; echo $$? > $(CRASH_SWEEP).rc; \
+	cat $(CRASH_SWEEP).md; grep -E '^(FAILED|ERROR) ' $(CRASH_SWEEP).log; tail -1 $(CRASH_SWEEP).log
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_REPORT=docs/chaos-report \
 		$(PY) -m pytest -q -p no:cacheprovider -rxs tests/chaos $(PYTEST_ARGS)
 	if [ "$(CHAOS_SOAK_MINUTES)" != 0 ]; then \
 		$(PY) -m tests.chaos.soak --minutes $(CHAOS_SOAK_MINUTES) --report docs/chaos-report; fi
+	@rc=$$(cat $(CRASH_SWEEP).rc); if [ "$$rc" != 0 ]; then \
+		echo "make chaos: the full crash-point sweep failed (exit $$rc): $(CRASH_SWEEP).log"; \
+		exit 1; fi
 
 # The container image without a Docker engine or a registry: podman (runc, cgroupfs), a
 # Debian bookworm base image made from the Debian archive with mmdebstrap (built once, then

@@ -9,11 +9,17 @@ the renewals repeated cycle after cycle are one boundary), with the delay and th
 death (the agent alone, the whole pod) rotating over the points; PGWARDEN_CRASH_SWEEP=full
 runs every point with every delay and both kinds (3 CPU-minutes). Each point also runs with
 the agent stopped (SIGSTOP) there for longer than the ttl and then going on, as a paused VM
-or a starved process does, instead of killed."""
+or a starved process does, instead of killed.
+
+`make chaos` runs the full sweep; with PGWARDEN_CRASH_SWEEP_REPORT=<file>, each action
+appends its row (crash points, runs, violations, convergence) to that Markdown table."""
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +29,11 @@ DELAYS = (0.0, 4.0, 13.0)  # ttl is 10 s, the fence margin 2 s
 FULL = os.environ.get("PGWARDEN_CRASH_SWEEP") == "full"
 NEVER = 10**6
 FROZEN_S = 13.0
+REPORT = os.environ.get("PGWARDEN_CRASH_SWEEP_REPORT")
+REPORT_HEADER = (
+    "| action | crash points | runs | runs with a violation | convergence after the restart, "
+    "median / max (fake s) | wall s |\n|---|---|---|---|---|---|\n"
+)
 
 
 async def sweep(scenario: Scenario) -> list[tuple[int, float, bool, Report]]:
@@ -51,7 +62,10 @@ async def sweep(scenario: Scenario) -> list[tuple[int, float, bool, Report]]:
 
 @pytest.mark.parametrize("scenario", scenarios(), ids=str)
 async def test_every_crash_point_keeps_the_invariants(scenario: Scenario) -> None:
+    started = time.monotonic()
     runs = await sweep(scenario)
+    if REPORT:
+        _report_row(scenario, runs, time.monotonic() - started)
     bad = [
         f"k={k} delay={delay} pod={pod}: {r.describe()}"
         for k, delay, pod, r in runs
@@ -59,3 +73,19 @@ async def test_every_crash_point_keeps_the_invariants(scenario: Scenario) -> Non
     ]
     assert not bad, "\n".join(bad)
     assert len(runs) > 2  # the action has crash points at all
+
+
+def _report_row(
+    scenario: Scenario, runs: list[tuple[int, float, bool, Report]], wall_s: float
+) -> None:
+    path = Path(REPORT or "")
+    points = len({k for k, *_ in runs if k != NEVER})
+    failed = sum(1 for *_, r in runs if r.violations)
+    times = [r.converge_s for *_, r in runs if r.converge_s is not None]
+    converge = f"{statistics.median(times):.0f} / {max(times):.0f}" if times else "-"
+    header = "" if path.exists() and path.stat().st_size else REPORT_HEADER
+    with path.open("a", encoding="utf-8") as out:
+        out.write(
+            f"{header}| {scenario} | {points} | {len(runs)} | {failed} | {converge} "
+            f"| {wall_s:.0f} |\n"
+        )
