@@ -9,7 +9,8 @@ the callers use (path, method, query_params, header_params, body, `_request_time
 seconds or an `aiohttp.ClientTimeout`), and returns the aiohttp response unread: the caller
 reads and releases it (a watch reads it line by line). `KubeRequests` is the request side
 the pod label task and the Events share: a lazily built client, JSON in and out, a bounded
-request, an error naming the status.
+request, an error naming the status (`RequestRefused`; for a 429 it carries the server's
+Retry-After with jitter, which those tasks wait out before they try again: `retry_wait_s`).
 
 The service-account directory defaults to `/var/run/secrets/kubernetes.io/serviceaccount`;
 `PGWARDEN_SA_DIR` (or the `environ` argument) points elsewhere, which is how the in-cluster
@@ -30,6 +31,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -51,6 +53,36 @@ _UNSUPPORTED_USER_KEYS = ("exec", "auth-provider", "username", "password")
 
 class KubeConfigError(Exception):
     """The kubeconfig or the service account could not be loaded."""
+
+
+_RETRY_AFTER_JITTER = 0.3  # a Retry-After is waited out 1 to 1.3 times: not all at once
+
+
+class RequestRefused(RuntimeError):
+    """An answer whose status the caller did not expect. `retry_after_s`: for a 429 (the
+    server throttles) its Retry-After with jitter, None without one or for another status."""
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def retry_wait_s(failure: BaseException, backoff_s: float) -> float:
+    """How long a task waits before it tries a failed request again: its backoff, or the
+    server's Retry-After if that is longer (a throttling server is never hammered)."""
+    after_s = failure.retry_after_s if isinstance(failure, RequestRefused) else None
+    return backoff_s if after_s is None else max(backoff_s, after_s)
+
+
+def _retry_after_s(status: int, headers: Mapping[str, str]) -> float | None:
+    if status != 429:
+        return None
+    try:
+        value = float(headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return value * (1 + _RETRY_AFTER_JITTER * random.random()) if value >= 0 else None
 
 
 class _TokenFile:
@@ -135,8 +167,8 @@ class KubeClient:
 class KubeRequests:
     """JSON requests for one part of the agent (the pod label task, the Events): the client is
     built by `factory` on the first request; each request, client construction included, is
-    bounded by `timeout_s`. An answer whose status is not in `ok` raises `RuntimeError`
-    naming the request, the status and the start of the body."""
+    bounded by `timeout_s`. An answer whose status is not in `ok` raises `RequestRefused` (a
+    `RuntimeError`) naming the request, the status and the start of the body."""
 
     def __init__(self, factory: ClientFactory, *, timeout_s: float) -> None:
         self._factory = factory
@@ -170,11 +202,13 @@ class KubeRequests:
             try:
                 status = int(response.status)
                 data = await response.read()
+                retry_after_s = _retry_after_s(status, response.headers)
             finally:
                 response.release()
         if status not in ok:
             text = data[:300].decode("utf-8", errors="replace")
-            raise RuntimeError(f"{method} {path}: HTTP {status}: {text}")
+            message = f"{method} {path}: HTTP {status}: {text}"
+            raise RequestRefused(message, status=status, retry_after_s=retry_after_s)
         try:
             return json.loads(data) if data else None
         except ValueError:

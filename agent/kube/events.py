@@ -12,7 +12,8 @@ and one per `refill_s` after that, however often it flaps.
 Only `create` is used (a coalesced Event is a new object with its series), so the Role
 grants events `create` and nothing else. `record()` never blocks (the HA loop calls it);
 `KubeEvents.run()` sends, each request bounded by `timeout_s`; a failed send (the API server
-down or throttling) is retried with backoff, up to 30 s apart, and dropped (logged) only
+down or throttling) is retried with backoff, up to 30 s apart (a 429: not before its
+Retry-After), and dropped (logged) only
 once it has waited 10 minutes. `flush()` sends what is left within a
 bound when the agent stops, so that the hand-over on SIGTERM is reported.
 """
@@ -30,7 +31,7 @@ from typing import Any
 import structlog
 
 from agent.events import Event, EventReason
-from agent.kube.client import ClientFactory, KubeRequests
+from agent.kube.client import ClientFactory, KubeRequests, retry_wait_s
 
 REPORTING_CONTROLLER = "pgwarden.io/agent"
 _RETRY_FIRST_S = 1.0
@@ -208,13 +209,14 @@ class KubeEvents:
             kept = self._monotonic() - pending.queued_at < _MAX_AGE_S
             if kept:
                 self._throttle.put_back(pending)
+            wait_s = retry_wait_s(exc, self._retry_s)  # a 429: after its Retry-After
             self._log.warning(
                 "kube_event_failed",
                 reason=pending.event.reason.value,
-                retry_s=self._retry_s if kept else None,
+                retry_s=wait_s if kept else None,
                 error=repr(exc),
             )
-            await asyncio.sleep(self._retry_s)
+            await asyncio.sleep(wait_s)
             self._retry_s = min(2 * self._retry_s, _RETRY_MAX_S)
             return
         self.sent += 1

@@ -9,9 +9,9 @@ idle member then sends no label request at all (issue 15), and a label changed b
 still put back at the next re-assertion. It looks each time the HA loop publishes a status
 (`changed`, an event the loop sets), or without one every 0.1 s. It only reads the status; it
 never takes part in a decision. A failed patch is logged (`pod_label_failed`) and retried with
-backoff; it never raises into the HA loop and never blocks it (it runs as its own task, every
-request bounded by `timeout_s`). When the task is cancelled (the agent stops), it removes the
-label once, best effort."""
+backoff (a 429: after its Retry-After, if longer); it never raises into the HA loop and never
+blocks it (it runs as its own task, every request bounded by `timeout_s`). When the task is
+cancelled (the agent stops), it removes the label once, best effort."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from agent.config import KubernetesSettings
-from agent.kube.client import ClientFactory, KubeRequests
+from agent.kube.client import ClientFactory, KubeRequests, retry_wait_s
 from agent.model import AgentStatus, PgState, Role
 
 _POLL_S = 0.1  # without a `changed` event: how often the in-memory status is compared
@@ -135,11 +135,12 @@ class PodLabeler:
                     try:
                         await self.apply(desired)
                     except Exception as exc:  # logged and retried; never fatal
+                        wait_s = retry_wait_s(exc, backoff_s)  # a 429: after its Retry-After
                         self._log.warning(
-                            "pod_label_failed", value=desired, error=repr(exc), retry_s=backoff_s
+                            "pod_label_failed", value=desired, error=repr(exc), retry_s=wait_s
                         )
                         applied = None
-                        await asyncio.sleep(backoff_s)
+                        await asyncio.sleep(wait_s)
                         backoff_s = min(2 * backoff_s, _BACKOFF_MAX_S)
                         continue
                     if applied != (desired,):

@@ -222,3 +222,35 @@ async def test_a_reassertion_the_pod_watch_shows_in_place_sends_nothing_and_othe
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+async def test_a_label_patch_the_server_throttles_waits_out_its_retry_after(
+    tmp_path: Path,
+) -> None:
+    """A 429 with Retry-After 2 on every patch for 2.5 s: the label task tries again after
+    the Retry-After (with jitter), not on its own 0.2 s backoff (0.2, 0.4, 0.8: four or
+    five patches in that time, from every member of a throttled fleet, issue 15)."""
+    async with kube_server(tmp_path) as server:
+        pods = server.store_resource("pods")
+        server.store.create(pods, "default", {"metadata": {"name": "a", "labels": {"app": "pg"}}})
+        server.faults.set(Fault(mode=FaultMode.ERROR, status=429, retry_after_s=2))
+        labeler = PodLabeler(
+            client_factory=factory(server.url),
+            namespace="default",
+            pod_name="a",
+            label=RoleLabel(),
+            status=lambda: REPLICA,
+            reassert_s=30.0,
+            timeout_s=1.0,
+        )
+        task = asyncio.create_task(labeler.run(), name="test-labeler")
+        try:
+            await asyncio.sleep(2.5)
+            patches = [r for r in server.audit.records if r.method == "PATCH"]
+            server.faults.clear()
+            await eventually(lambda: role_of(server) == "replica", timeout_s=4.0)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert 1 <= len(patches) <= 2, [round(r.ts - patches[0].ts, 2) for r in patches]
