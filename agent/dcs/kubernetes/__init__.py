@@ -22,8 +22,9 @@ Expiry is judged on this handle's own monotonic clock (`expiry.ObservedExpiry`, 
 invariant 4), never from renewTime. A leader record unchanged for `ttl_s` reads as no
 leader and may be taken over, with a write conditional on the stale resourceVersion, so two
 takers cannot both win. Pods do not expire, so a member also writes a heartbeat annotation
-(`pgwarden.io/heartbeat`) when its record is unchanged for `expiry.heartbeat_interval` (4.3 s
-at the default timings; its next write lands inside the ttl even a cycle late), and a
+(`pgwarden.io/heartbeat`) when its record is unchanged for `heartbeat.heartbeat_interval` (4.3 s
+at the default timings; its next write lands inside the ttl even a cycle late; deferred while
+the server throttles: `members.py`), and a
 member whose record and heartbeat have not changed for `ttl_s` is dropped from the view, as
 its key would expire in etcd: a dead agent's record must not look like a healthy replica. The
 holder's own lease is judged from the send time of its last successful renewal: past `ttl_s`,
@@ -36,20 +37,23 @@ are recognised by the resourceVersion they returned. Expiries seen on this handl
 (`cache.py`), and while a leader renews and they are healthy `get_cluster` reads everything
 from memory (no request; three before the caches). It reads from the server after any failed
 request of its own (a 429 aside), while no live leader holds the lock, and before a member
-record expires on cached objects (`backend.KubernetesDcs._view_items`).
+record expires on cached objects (`backend.KubernetesDcs._view_items`; not while the server
+throttles, when heartbeats wait and records are expected to expire: `throttle.py`).
 
 Every public call runs under one deadline (`timeout_s`, also the per-request timeout) and
-raises `DcsUnavailable` (`DcsAuthError` on 401/403) for connection errors, timeouts, 5xx and
-429 (`api.KubeApi`, the one transport, which first sends a 429 again after its Retry-After
-while that fits in the timeout). Constructing the handle does no I/O: the API client is
-built on the first call.
+raises `DcsUnavailable` (`DcsAuthError` on 401/403, `api.Throttled` on 429) for connection
+errors, timeouts, 5xx and 429 (`api.KubeApi`, the one transport). While the server throttles
+(`throttle.py`), the renewals go first: lock and record writes are sent again after a 429's
+Retry-After, and heartbeats, reads and watch re-opens wait out a jittered pause.
+Constructing the handle does no I/O: the API client is built on the first call.
 
 A `lease` agent does not take the Lease while the Endpoints lock of `endpoints` agents names
 another live leader (`guard.py`: a skipped migration step).
 
 Modules: `backend` (the protocol, lock state), `holding` (one lock object taken, renewed,
-released), `guard`, `locks`, `expiry`, `routing`, `records`, `watches`, `cache`, `api`,
-`objects` (names and pure helpers).
+released), `members` (member records on pods), `guard`, `locks`, `expiry`, `routing`,
+`records`, `watches`, `cache`, `api`, `throttle` (the pause after a 429), `objects` (names
+and pure helpers).
 """
 
 from agent.dcs.kubernetes.api import ClientFactory

@@ -252,12 +252,14 @@ class KubernetesDcs:
                 items, trusted = self._view_items(*cached, self._clock.monotonic())
                 leaderless = not any(key == keys.LEADER for key, _, _ in items)
             if not trusted:
-                # While the server throttles, a read waits out the pause (throttle.py), unless
-                # the view shows no live leader: a race for the lock starts from this read.
-                if self._throttle.throttling() and not leaderless:
+                # While the server throttles, a read waits out the pause (throttle.py), or if
+                # the view shows no live leader (a race for the lock starts from this read)
+                # the last 429's Retry-After; never sent again inside the call.
+                waits = not (leaderless and self._throttle.retry_after_over())
+                if self._throttle.throttling() and waits:
                     left_s = self._throttle.pause_left_s()
                     raise Throttled(f"kubernetes: get_cluster: throttled, {left_s:.1f} s to wait")
-                pods, locks, config = await self._read_all(resend=leaderless)
+                pods, locks, config = await self._read_all()
                 self._suspect = False
                 now = self._clock.monotonic()
                 items, _ = self._view_items(pods, locks, config, now, from_server=True)
@@ -290,19 +292,17 @@ class KubernetesDcs:
         trusted = bool(leader) and (stale <= self._stale or self._throttle.recent())
         return members + leader + record_items(config), trusted
 
-    async def _read_all(
-        self, *, resend: bool
-    ) -> tuple[list[Any], list[KubeObject | None], KubeObject | None]:
-        """The pods, lock objects and ConfigMap from the server; without `resend`, a 429
-        fails it at once (a read that can wait: throttle.py)."""
+    async def _read_all(self) -> tuple[list[Any], list[KubeObject | None], KubeObject | None]:
+        """The pods, lock objects and ConfigMap from the server; a 429 fails it at once
+        (throttle.py)."""
         # The list first: a change after it is delivered by a watch started at its
         # resourceVersion, even if the reads below already show it (a spurious wake).
         selector = {"labelSelector": self._selector}
-        pods = await self._api.call("GET", self._pods_path, query=selector, resend=resend)
+        pods = await self._api.call("GET", self._pods_path, query=selector, resend=False)
         if pods.status != 200:
             raise DcsUnavailable(f"listing pods: HTTP {pods.status}")
-        locks = [await self._api.get(h.lock.path(), resend=resend) for h in self._holders]
-        config = await self._api.get(self._records.path(), resend=resend)
+        locks = [await self._api.get(h.lock.path(), resend=False) for h in self._holders]
+        config = await self._api.get(self._records.path(), resend=False)
         pod_items: list[Any] = pods.obj.get("items") or []
         self._watches.first_read(resource_version(pods.obj), pod_items, locks, config)
         return pod_items, locks, config

@@ -5,11 +5,12 @@ expired on this handle's clock (see the package docstring).
 A record is written when it changed, or unchanged when its heartbeat is due
 (`heartbeat.heartbeat_interval`). While the server throttles (throttle.py) only a change a
 peer wakes for is written (role, state, address, tags: `keys.member_signature`); a heartbeat
-or a record that only moves WAL positions waits for the pause to end, so that the leaders'
-renewals get the server's tokens, except the heartbeat of a member of the synchronous set
-(`in_sync_set`): its leader chooses synchronous standbys among the records it sees, and one
-that expired there would be dropped from the set, weakening what commits wait for. A refused
-write is not sent again inside the call: the next cycle writes the newest record.
+or a record that only moves WAL positions waits until no 429 came for a while (`recent()`:
+5 ttls), so that the leaders' renewals get the server's tokens, except the heartbeat of a
+member of the synchronous set (`in_sync_set`): its leader chooses synchronous standbys among
+the records it sees, and one that expired there would be dropped from the set, weakening
+what commits wait for. A refused write is not sent again inside the call: the next cycle
+writes the newest record.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class MemberRecords:
 
     def _waits(self, payload: str, now: float) -> bool:
         """Whether this record need not be written now: unchanged and its heartbeat still
-        fresh, or, while the server throttles, nothing in it a peer wakes for changed."""
+        fresh, or, while the server throttles (a 429 lately), nothing in it a peer wakes for
+        changed."""
         if self._published is None:
             return False
         written, written_at = self._published
@@ -102,7 +104,7 @@ class MemberRecords:
             return True
         if self.in_sync_set and now - written_at >= self._heartbeat_s:
             return False  # its leader must keep seeing it (see the module docstring)
-        return self._throttle.throttling() and keys.member_signature(
+        return self._throttle.recent() and keys.member_signature(
             to_bytes(written)
         ) == keys.member_signature(to_bytes(payload))
 

@@ -14,6 +14,13 @@ cannot:
   `throttling()`; a record whose role, state, address or tags changed is still sent, the
   newest one each cycle), reads from the server (`get_cluster`: the watches' caches serve
   the view meanwhile), and watch lists and re-opens (`watches.py`: they wait out the pause).
+- **Reads that start a race** (a view with no live leader) do not wait for the pause, only
+  for the last 429's Retry-After, and are not sent again inside the call: a fleet whose
+  leaders the throttling cost would otherwise re-read every cycle, and take the tokens the
+  remaining leaders' renewals need.
+- **Heartbeats wait** for `max_pause_s` after a 429 (`recent()`), not only for the pause:
+  a member whose pause ended heartbeats again only once the fleet has gone that long
+  without a 429 to it, or when its record changed in a way a peer wakes for.
 - **Silence is expected** for `max_pause_s` after a 429 (`recent()`): heartbeats deferred
   and renewals sent again late leave watch streams quiet, which otherwise marks a stream as
   possibly dead (re-opened, its cache re-read from the server: requests the renewals need).
@@ -64,6 +71,7 @@ class ThrottleState:
         self._doublings = 0
         self._until = 0.0  # monotonic end of the current pause
         self._last = float("-inf")  # monotonic time of the last 429
+        self._retry_at = 0.0  # monotonic: the last 429's Retry-After (jittered) is over
         self.refusals = 0  # 429s seen, for the benches
 
     def refused(self, retry_after_s: float | None) -> float:
@@ -74,6 +82,7 @@ class ThrottleState:
         now = self._clock()
         self._last = now
         base_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
+        self._retry_at = now + self.jittered_s(base_s)
         base_s = max(base_s, self._min_pause_s, 0.1)
         pause_s = min(self._max_pause_s, base_s * float(2**self._doublings))
         pause_s *= 1 + PAUSE_JITTER * self._rng.random()
@@ -88,6 +97,11 @@ class ThrottleState:
     def throttling(self) -> bool:
         """True while a pause runs: what can wait, waits."""
         return self._clock() < self._until
+
+    def retry_after_over(self) -> bool:
+        """True once the last 429's own Retry-After (jittered) has passed: what must not wait
+        for the whole pause (a read that starts a race for a free lock) waits that long."""
+        return self._clock() >= self._retry_at
 
     def recent(self) -> bool:
         """True within `max_pause_s` of the last 429: the fleet is being throttled, so
