@@ -43,7 +43,11 @@ FIELDS: Final[tuple[Field, ...]] = (
               "namespace (see below)."),
     Field(path="run_dir", kind=_S, required=True, rule="Absolute path.",
           doc="The agent's runtime files (the fencer's socket, files it renders). Created at "
-              "start if missing."),
+              "start if missing. Also the marker of a copy into the data directory "
+              "(pg_basebackup, a restore, pg_rewind) that has not completed: keep it on storage "
+              "that lasts as long as the data directory (the same volume, as the Kubernetes "
+              "base does), not a tmpfs such as `/run` that a reboot empties, or a data "
+              "directory torn by a copy or rewind the reboot interrupted is taken as whole."),
     section_field("dcs"),
     Field(path="dcs.kind", kind=_S, choices=DcsKind, required=True, rule="`etcd` or `kubernetes`."),
     section_field("dcs.etcd", default_doc="—",
