@@ -62,7 +62,7 @@ e2e: setup
 	$(PY) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
 # The long chaos profile. First the full crash-point sweep of the loop suite (every point of
-# every multi-step action, every delay, both kinds of death, and frozen: about 5 min on one
+# every multi-step action, every delay, both kinds of death, and frozen: 5-10 min on one
 # core; `make test` runs one point per boundary); its table goes to build/crash-sweep.md and
 # is printed; a failure fails `make chaos` at the end, after the rest has run. Then the quick
 # scenarios (CHAOS_RUNS times each), then a random mix of faults for CHAOS_DURATION seconds;
@@ -77,7 +77,7 @@ chaos: setup
 	@mkdir -p build; rm -f $(CRASH_SWEEP).md
 	@echo "== full crash-point sweep (tests/unit/test_loop_crash_points.py); log: $(CRASH_SWEEP).log =="
 	@PGWARDEN_CRASH_SWEEP=full PGWARDEN_CRASH_SWEEP_REPORT=$(CRASH_SWEEP).md \
-		$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_loop_crash_points.py \
+		$(PY) -m pytest -q -p no:cacheprovider --timeout=1800 tests/unit/test_loop_crash_points.py \
 		> $(CRASH_SWEEP).log 2>&1; echo $$? > $(CRASH_SWEEP).rc; \
 	cat $(CRASH_SWEEP).md; grep -E '^(FAILED|ERROR) ' $(CRASH_SWEEP).log; tail -1 $(CRASH_SWEEP).log
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_RUNS=$(CHAOS_RUNS) CHAOS_REPORT=docs/chaos-report \

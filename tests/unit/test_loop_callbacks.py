@@ -168,8 +168,9 @@ async def test_a_bootstrap_interrupted_by_an_agent_restart_is_discarded_and_made
     a = c["a"]
     assert a.switch is not None
     # The old agent dies after the hook, at its first write that records the cluster (the
-    # seventh effect: claim, lease, fence, initdb, start, roles, then the records).
-    a.switch.arm(7)
+    # ninth effect: claim, lease, fence, initdb, start, roles, the hook and its end, then the
+    # records).
+    a.switch.arm(9)
     await c.run_until(lambda: a.switch is not None and a.switch.dead)
     assert a.switch.killed_at == "dcs.write_record"
     assert a.pg.running and not a.pg.tcp and a.pg.data is not None
@@ -197,8 +198,9 @@ async def test_a_bootstrap_whose_pod_died_during_post_bootstrap_is_discarded_and
     c = LoopCluster(callbacks=ALL, crash_points=True)
     a = c["a"]
     assert a.switch is not None
-    a.switch.arm(7)  # after the hook, before the cluster is recorded
+    a.switch.arm(8)  # inside the hook (it ran; the agent died before its end)
     await c.run_until(lambda: a.switch is not None and a.switch.dead)
+    assert a.switch.killed_at == "callback.post_bootstrap.midway"
     assert a.pg.data is not None
     first = a.pg.data.system_id
     a.pg.crash()

@@ -20,6 +20,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agent.callback_settings import CallbackEvent
+from agent.callbacks import CallbackRun
 from agent.fence import FenceStatus
 
 # PostgresControl calls that change the instance or its data directory.
@@ -152,6 +154,31 @@ class DcsSeam(_Seam):
     def name(self) -> str:
         name: str = getattr(self._inner, "name")  # noqa: B009
         return name
+
+
+class CallbackSeam:
+    """The callbacks the agent waits for (pre_promote, post_bootstrap): a crash point before
+    each, and one inside it (`.midway`: the callback ran, the agent died before its result).
+    The notifications it only starts (`fire`) are no crash points of their own."""
+
+    def __init__(self, inner: Any, switch: Switch) -> None:
+        self._inner = inner
+        self._switch = switch
+
+    def fire(self, event: CallbackEvent, role: str) -> None:
+        self._switch.check("callback.fire", effect=False)
+        self._inner.fire(event, role)
+
+    async def run(self, event: CallbackEvent, role: str, *, timeout_s: float) -> CallbackRun | None:
+        if self._switch.check(f"callback.{event.value}", effect=True, can_wait=True):
+            await self._switch.wait()
+        run: CallbackRun | None = await self._inner.run(event, role, timeout_s=timeout_s)
+        if self._switch.check(f"callback.{event.value}.midway", effect=True, can_wait=True):
+            await self._switch.wait()
+        return run
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 class FenceSeam:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from agent.callback_settings import CallbackSettings
 from agent.fence import FenceState
 from agent.model import LocalRequestKind, MemberName, RecordKind, RestartSchedule, SyncMode
 from tests.unit.fakes.crash import Switch
@@ -43,6 +44,7 @@ class Scenario:
     synchronous: SyncMode = SyncMode.OFF
     failsafe: bool = False
     fresh: bool = False  # the action is the bootstrap: arm before the first round
+    callbacks: CallbackSettings | None = None  # the callbacks waited for are crash points too
 
     def __str__(self) -> str:
         return self.name
@@ -126,7 +128,12 @@ async def run_point(
 ) -> Report:
     """`freeze`: the agent is not killed but stopped at the point (SIGSTOP; its PostgreSQL
     and fencer run on) and goes on after `delay_s` with what it knew (`pod` is ignored)."""
-    c = LoopCluster(crash_points=True, synchronous=scenario.synchronous, failsafe=scenario.failsafe)
+    c = LoopCluster(
+        crash_points=True,
+        synchronous=scenario.synchronous,
+        failsafe=scenario.failsafe,
+        callbacks=scenario.callbacks,
+    )
     client = Client(c, scenario.synchronous is not SyncMode.OFF)
     report = Report()
 
@@ -261,6 +268,22 @@ def scenarios() -> list[Scenario]:
     on = SyncMode.ON
     out: list[Scenario] = [
         Scenario("bootstrap", "a", _nothing, lambda c, _: converged(c), fresh=True),
+        Scenario(
+            "bootstrap-post-bootstrap",
+            "a",
+            _nothing,
+            lambda c, _: converged(c),
+            fresh=True,
+            callbacks=CallbackSettings(post_bootstrap="/bin/true"),
+        ),
+        Scenario(
+            "failover-pre-promote",
+            "b",
+            _pod_dies("a"),
+            lambda c, _: _other_leads(c, "b", "c"),
+            heal=_pod_returns("a"),
+            callbacks=CallbackSettings(pre_promote="/bin/true"),
+        ),
         Scenario(
             "failover",
             "b",

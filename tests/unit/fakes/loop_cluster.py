@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import cast
 
 from agent.callback_settings import CallbackSettings
+from agent.callbacks import CallbackRunner
 from agent.clock import FakeClock
 from agent.config import Settings, Tags
 from agent.dcs.base import Dcs
@@ -28,7 +29,14 @@ from agent.model import Member, MemberName, RecordKind, SwitchoverRequest, SyncM
 from agent.postgres.control import PostgresControl
 from tests.unit.fake_postgres import FakeCluster, FakePostgres
 from tests.unit.fakes.callbacks import FakeCallbacks
-from tests.unit.fakes.crash import DcsSeam, FenceSeam, Killed, PostgresSeam, Switch
+from tests.unit.fakes.crash import (
+    CallbackSeam,
+    DcsSeam,
+    FenceSeam,
+    Killed,
+    PostgresSeam,
+    Switch,
+)
 from tests.unit.test_decide import make_settings
 
 YIELDS = 50  # event-loop turns given to background tasks after each cycle
@@ -235,8 +243,10 @@ class LoopCluster:
         clock = MemberClock(self.clock)
         seams: tuple[object, object, object] = (dcs, pg, fence)
         pg.midway = None
+        callbacks: CallbackRunner = runner
         if switch is not None:
             seams = (DcsSeam(dcs, switch), PostgresSeam(pg, switch), FenceSeam(fence, switch))
+            callbacks = CallbackSeam(runner, switch)
             # A kill inside a copy (pg_basebackup, pg_rewind): the agent dies halfway.
             pg.midway = _midway(switch)
         loop = HaLoop(
@@ -248,7 +258,7 @@ class LoopCluster:
             peers=peers,
             metrics=Metrics(),
             sleep=self.sleep,
-            callbacks=runner,
+            callbacks=callbacks,
         )
         return Node(
             name=name,
