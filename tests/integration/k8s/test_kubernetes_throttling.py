@@ -341,3 +341,31 @@ async def test_while_throttled_a_synchronous_standby_keeps_its_heartbeat(
         await agent.dcs.publish_member(member(agent.name, wal_lsn=1))
     written = {p.rsplit("/", 1)[-1] for p in requests_since(server, "PATCH")}
     assert written == {standby.name}
+
+
+async def test_with_no_live_leader_a_throttled_member_reads_after_the_retry_after_not_the_pause(
+    cluster: KubeContractCluster,
+) -> None:
+    """A view with no live leader starts a race for the lock, so its read does not wait for
+    the whole throttling pause (a ttl at least), only for the last 429's Retry-After (1 s,
+    jittered up to 1.3 s); it is not sent again inside the call. (Sent again at once, or
+    every cycle regardless, the reads of a fleet whose leaders the throttling cost took the
+    tokens the remaining leaders' renewals needed: bench/scale.py, every request at 60/s.)"""
+    server = cluster.server
+    (agent, *_) = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    dcs = agent.dcs
+    await dcs.get_cluster()
+    await dcs.wait_for_change(0.5)  # the watches run: the caches hold a view with no leader
+    server.faults.set(Fault(mode=FaultMode.ERROR, status=429, retry_after_s=1, count=1))
+    server.audit.clear()
+    with pytest.raises(Throttled):
+        await dcs.get_cluster()  # refused once: no second send inside the call
+    assert len([r for r in server.audit.records if r.verb != "watch"]) == 1
+    server.audit.clear()
+    with pytest.raises(Throttled):
+        await dcs.get_cluster()  # within the Retry-After: nothing sent
+    assert [r.path for r in server.audit.records if r.verb != "watch"] == []
+    await asyncio.sleep(1.4)  # the Retry-After is over, the pause (6 s at least) is not
+    view = await dcs.get_cluster()
+    assert view.leader is None
+    assert any(r.verb == "list" for r in server.audit.records), "the read waited for the pause"

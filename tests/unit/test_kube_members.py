@@ -1,0 +1,97 @@
+"""When a member writes its record on its pod (agent/dcs/kubernetes/members.py): at once when
+it changed, when its heartbeat is due, and while the server throttles only for a change a peer
+wakes for (or a synchronous standby's heartbeat). The transport is a stand-in that answers
+every PATCH as the API server does and counts them; times are on a fake clock."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from agent.clock import FakeClock
+from agent.dcs.kubernetes.api import Response
+from agent.dcs.kubernetes.expiry import ObservedExpiry
+from agent.dcs.kubernetes.members import MemberRecords
+from agent.dcs.kubernetes.throttle import ThrottleState
+from agent.model import PgState, Role
+from tests.contract.dcs_contract import member
+
+TTL_S, HEARTBEAT_S = 6.0, 2.0
+
+
+class PodApi:
+    """Answers each PATCH of the pod with the pod at a new resourceVersion."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.throttle = ThrottleState(
+            clock=clock.monotonic, max_pause_s=5 * TTL_S, min_pause_s=TTL_S, rng=random.Random(3)
+        )
+        self.patches = 0
+
+    async def call(self, method: str, path: str, **_: Any) -> Response:
+        assert method == "PATCH"
+        self.patches += 1
+        return Response(200, {"metadata": {"name": "a", "resourceVersion": str(self.patches)}})
+
+
+def records(clock: FakeClock) -> tuple[MemberRecords, PodApi]:
+    api = PodApi(clock)
+    handle = MemberRecords(
+        api,  # type: ignore[arg-type]  # the stand-in has what MemberRecords uses
+        pod_path="/api/v1/namespaces/default/pods/a",
+        cluster="c",
+        member="a",
+        expiry=ObservedExpiry(TTL_S),
+        heartbeat_s=HEARTBEAT_S,
+        clock=clock,
+        own=lambda rv: None,
+    )
+    return handle, api
+
+
+async def test_a_record_is_written_when_it_changes_or_its_heartbeat_is_due() -> None:
+    clock = FakeClock()
+    handle, api = records(clock)
+    await handle.publish(member("a"))
+    await handle.publish(member("a"))
+    assert api.patches == 1  # unchanged, heartbeat fresh
+    await handle.publish(member("a", wal_lsn=16))
+    assert api.patches == 2  # changed (WAL positions count when nothing throttles)
+    clock.advance(HEARTBEAT_S)
+    await handle.publish(member("a", wal_lsn=16))
+    assert api.patches == 3  # the heartbeat
+
+
+async def test_while_throttled_heartbeats_wait_until_five_ttls_pass_without_a_429() -> None:
+    clock = FakeClock()
+    handle, api = records(clock)
+    await handle.publish(member("a"))
+    pause_s = api.throttle.refused(1.0)  # a 429 on any request of this handle
+    clock.advance(HEARTBEAT_S)
+    await handle.publish(member("a"))
+    await handle.publish(member("a", wal_lsn=16))  # only the WAL position moved
+    assert api.patches == 1
+    clock.advance(pause_s)  # the pause is over, the fleet may still be throttled
+    assert not api.throttle.throttling()
+    await handle.publish(member("a", wal_lsn=32))
+    assert api.patches == 1, "a heartbeat resumed as soon as the pause ended"
+    primary = replace(member("a"), role=Role.PRIMARY, state=PgState.RUNNING)
+    await handle.publish(primary)
+    assert api.patches == 2  # a change peers wake for is written at once
+    clock.advance(5 * TTL_S)  # no 429 for 5 ttls: heartbeats again
+    await handle.publish(primary)
+    assert api.patches == 3
+
+
+async def test_a_synchronous_standby_heartbeats_while_throttled() -> None:
+    clock = FakeClock()
+    handle, api = records(clock)
+    handle.in_sync_set = True
+    await handle.publish(member("a"))
+    api.throttle.refused(1.0)
+    await handle.publish(member("a"))
+    assert api.patches == 1  # still fresh
+    clock.advance(HEARTBEAT_S)
+    await handle.publish(member("a"))
+    assert api.patches == 2
