@@ -303,12 +303,15 @@ class FenceClient:
                 await asyncio.sleep(0.02)
 
     async def arm(self, deadline: float) -> FenceStatus:
+        held = self._held
         status = self._parse(await self._call(f"ARM {deadline:.6f}"))
         if status.state == FenceState.ARMED:
             left = status.remaining_s
             if left is not None and left > deadline - self._sent_at + CLOCK_SLACK_S:
                 # More left than there was when we sent it: its CLOCK_MONOTONIC runs behind
-                # ours, and it would fence that much after the deadline.
+                # ours, and it would fence that much after the deadline. What a fencer
+                # started next is armed with stays what was held before, not that late one.
+                self._held = held
                 raise FenceUnavailable(
                     f"the fencer's clock is {left - (deadline - self._sent_at):.3f} s behind "
                     "this agent's (another time namespace?): it would fence late"
