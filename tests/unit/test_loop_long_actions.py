@@ -93,3 +93,25 @@ async def test_a_claim_whose_claimant_died_mid_bootstrap_is_withdrawn() -> None:
 
     await c.run_until(formed)
     gate.set()
+
+
+async def test_a_fresh_claim_read_before_its_claimant_takes_the_lease_is_left_alone() -> None:
+    # The claimant writes its claim, then takes the lease: two writes. b cycles in between and
+    # sees a claim with no leader. Withdrawn then, a's bootstrap failed at its record step
+    # ("our claim on the cluster is gone") and was discarded; members did that to each other
+    # round after round in a loop of real 3-member bootstraps (hci, issue 16).
+    c = LoopCluster()
+    a = c["a"]
+    acquire = a.dcs.acquire_leader
+    b_looked: list[bool] = []
+
+    async def acquire_after_b_looked() -> bool:
+        if not b_looked:
+            b_looked.append(True)
+            await c.cycle("b")
+        return await acquire()
+
+    a.dcs.acquire_leader = acquire_after_b_looked  # type: ignore[method-assign]
+    leader = await c.bootstrap()
+    assert leader == "a" and b_looked == [True]
+    assert a.pg.calls.count("initdb") == 1 and "clear_data_dir" not in a.pg.calls
