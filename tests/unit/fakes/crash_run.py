@@ -268,6 +268,8 @@ def scenarios() -> list[Scenario]:
     on = SyncMode.ON
     out: list[Scenario] = [
         Scenario("bootstrap", "a", _nothing, lambda c, _: converged(c), fresh=True),
+        # A member that clones the new cluster: killed before, inside or after its copy.
+        Scenario("bootstrap-replica", "b", _nothing, lambda c, _: converged(c), fresh=True),
         Scenario(
             "bootstrap-post-bootstrap",
             "a",
