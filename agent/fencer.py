@@ -170,6 +170,7 @@ class Fencer:
         self.agent_pid = agent_pid
         self.deadline: float | None = None
         self.fenced = False
+        self.last_refence = ""
         self.stop = False
         self.ident = f"{os.getpid()}.{time.monotonic_ns()}"
         # Open connections by fd: the socket and the bytes of a line not yet complete.
@@ -222,7 +223,7 @@ class Fencer:
         # quota it shares with PostgreSQL and the agent) fences late, and says so.
         started = time.monotonic()
         late = started - self.deadline if self.deadline is not None else 0.0
-        done = fence_postgres(self.data_dir, self.grace_s)
+        done = self.try_fence()
         took = time.monotonic() - started
         _log(f"fence deadline reached ({late:.3f} s late, took {took:.3f} s): {done}")
         self.deadline = None
@@ -234,8 +235,19 @@ class Fencer:
             return
         if postmaster_pid(self.data_dir) is None:
             return
-        done = fence_postgres(self.data_dir, self.grace_s)
-        _log(f"a primary started while fenced: {done}")
+        done = self.try_fence()
+        if done != self.last_refence:  # a stop that keeps failing is said once, not 50/s
+            _log(f"a primary started while fenced: {done}")
+        self.last_refence = done
+
+    def try_fence(self) -> str:
+        """`fence_postgres`, whose failure to signal (EPERM: a sidecar that runs as another
+        user than the postmaster) is said, not raised: a fencer that died of it would fence
+        nothing more, while this one stays fenced and tries again every 20 ms."""
+        try:
+            return fence_postgres(self.data_dir, self.grace_s)
+        except OSError as err:
+            return f"could not stop PostgreSQL: {err}"
 
     def _done(self) -> bool:
         """Whether to stop serving: asked to (SIGTERM), or our agent is gone; either only

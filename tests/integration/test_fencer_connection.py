@@ -266,6 +266,51 @@ async def test_an_external_fencer_that_runs_as_another_user_than_postgresql_is_r
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _fake_postmaster(data_dir: Path, *user: str) -> subprocess.Popen[bytes]:
+    """A process titled postgres, leading its own session, named in `data_dir`'s pid file."""
+    proc = subprocess.Popen(
+        [*user, "bash", "-c", "trap '' INT; exec -a postgres sleep 300"], start_new_session=True
+    )
+    (data_dir / "postmaster.pid").write_text(f"{proc.pid}\n{data_dir}\n")
+    return proc
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run processes as two users")
+async def test_a_fencer_refused_the_signal_at_its_deadline_stays_fenced_and_tries_again() -> None:
+    """EPERM at the deadline (a postmaster of another user) is logged, not fatal: the fencer
+    stays up and fenced and stops the primary once it can (it died of it before)."""
+    base = Path(tempfile.mkdtemp(prefix="pgwarden-fencer-eperm-"))
+    nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        base.chmod(0o755)
+        data_dir, run = base / "pgdata", base / "run"
+        data_dir.mkdir(mode=0o755)
+        run.mkdir(mode=0o777)
+        run.chmod(0o777)
+        procs.append(_fake_postmaster(data_dir))  # root's: nobody cannot signal it
+        car = Sidecar(run, data_dir)
+        try:
+            fencer = car.start(*nobody)
+            assert _ask(car.socket, f"ARM {time.monotonic() + 0.2}").startswith("OK armed")
+            await asyncio.sleep(0.6)
+            assert fencer.poll() is None, car.log.read_text()
+            assert _ask(car.socket, "STATUS") == "OK fenced -"
+            assert "could not stop PostgreSQL" in car.log.read_text()
+            assert procs[0].poll() is None
+            procs.append(_fake_postmaster(data_dir, *nobody))  # one it may stop
+            assert wait_dead(procs[1], 2.0), "the fenced fencer did not try again"
+            assert car.log.read_text().count("could not stop PostgreSQL") <= 2, "said 50/s"
+        finally:
+            car.stop()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a time namespace")
 async def test_an_external_fencer_whose_monotonic_clock_lags_the_agents_is_never_taken_as_armed(
     tmp_path: Path, sidecar: Sidecar
