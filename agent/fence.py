@@ -17,7 +17,8 @@ session of its own, and starts it again if it dies; `external` never starts one:
 a container of its own in the pod (docs/kubernetes.md) must be listening, and until it
 answers, and shows that it sees this agent's process and data directory, every call fails
 and the agent does not lead. A spawning client that finds an external fencer on its socket
-uses it and never starts one over it.
+uses it and never starts one over it. Every fencer of this protocol, spawned or external, is
+CHECKed at each new connection: it must guard this agent's data directory.
 """
 
 from __future__ import annotations
@@ -212,14 +213,16 @@ class FenceClient:
                 if not self._found_external and not self.external:
                     _log.info("fencer_external_found", socket=self.socket_path)
                 self._found_external = True
-                ticks, directory = start_ticks(os.getpid()), dir_id(self.data_dir)
-                check = f"CHECK {os.getpid()} {ticks} {directory}"
-                checked = await self._exchange(stream, check)
-                if not checked.startswith("OK"):
-                    raise FenceUnavailable(f"fencer answered {checked!r} to CHECK")
-                self._checked_dir = directory
             elif self.external:
                 raise FenceUnavailable(f"fencer.mode is external, found a {kind} fencer")
+            # Spawned ones too: a fencer left on this socket by an agent of another data
+            # directory (moved, or another member configured with this run_dir) was adopted
+            # and armed, and at the deadline it would have stopped that directory's server.
+            ticks, directory = start_ticks(os.getpid()), dir_id(self.data_dir)
+            checked = await self._exchange(stream, f"CHECK {os.getpid()} {ticks} {directory}")
+            if not checked.startswith("OK"):
+                raise FenceUnavailable(f"fencer answered {checked!r} to CHECK")
+            self._checked_dir = directory
             known, self._fencer_id = self._fencer_id, ident
             if known is not None and ident != known and self._held is not None:
                 armed = await self._exchange(stream, f"ARM {self._held:.6f}")

@@ -130,6 +130,30 @@ async def test_a_client_that_connects_and_stays_silent_does_not_delay_the_fence(
         await client.stop()
 
 
+async def test_a_fencer_left_on_the_socket_for_another_data_directory_is_never_adopted(
+    tmp_path: Path,
+) -> None:
+    """A spawned fencer still running on our socket for another data directory (the data
+    directory moved and the agent restarted within the old fencer's life, or two members
+    configured with one run_dir): armed by us, it would stop that directory's server at our
+    deadline, not ours."""
+    run = str(tmp_path / "run")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = FenceClient(run_dir=run, data_dir=str(tmp_path / "a"))
+    other = FenceClient(run_dir=run, data_dir=str(tmp_path / "b"))
+    try:
+        await first.start()
+        with pytest.raises(FenceUnavailable, match="not the agent's data directory"):
+            await other.start()
+        with pytest.raises(FenceUnavailable, match="not the agent's data directory"):
+            await other.arm(time.monotonic() + 5)
+        assert (await first.status()).state == FenceState.DISARMED
+    finally:
+        await other.stop()
+        await first.stop()
+
+
 # ------------------------------------------------------------------ an external fencer
 
 
