@@ -15,7 +15,8 @@ cannot:
   newest one each cycle), reads from the server (`get_cluster`: the watches' caches serve
   the view meanwhile), and watch lists and re-opens (`watches.py`: they wait out the pause).
 - **Reads that start a race** (a view with no live leader) do not wait for the pause, only
-  for the last 429's Retry-After, and are not sent again inside the call: a fleet whose
+  for the last 429's Retry-After (jittered, doubled for each further 429 up to 8 times, never
+  past the pause), and are not sent again inside the call: a fleet whose
   leaders the throttling cost would otherwise re-read every cycle, and take the tokens the
   remaining leaders' renewals need.
 - **Heartbeats wait** for `max_pause_s` after a 429 (`recent()`), not only for the pause:
@@ -82,10 +83,13 @@ class ThrottleState:
         now = self._clock()
         self._last = now
         base_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
-        self._retry_at = now + self.jittered_s(base_s)
+        # What must not wait for the pause waits the Retry-After, doubled (up to 8 times)
+        # while refusals go on.
+        again_s = self.jittered_s(base_s) * float(2 ** min(self._doublings, 3))
         base_s = max(base_s, self._min_pause_s, 0.1)
         pause_s = min(self._max_pause_s, base_s * float(2**self._doublings))
         pause_s *= 1 + PAUSE_JITTER * self._rng.random()
+        self._retry_at = now + min(again_s, pause_s)
         self._doublings = min(self._doublings + 1, _MAX_DOUBLINGS)
         self._until = max(self._until, now + pause_s)
         return self._until - now
@@ -99,8 +103,9 @@ class ThrottleState:
         return self._clock() < self._until
 
     def retry_after_over(self) -> bool:
-        """True once the last 429's own Retry-After (jittered) has passed: what must not wait
-        for the whole pause (a read that starts a race for a free lock) waits that long."""
+        """True once the last 429's own Retry-After (jittered, doubled while refusals go on)
+        has passed: what must not wait for the whole pause (a read that starts a race for a
+        free lock) waits that long."""
         return self._clock() >= self._retry_at
 
     def recent(self) -> bool:
