@@ -34,7 +34,7 @@ from agent.looplag import watch_event_loop_lag
 from agent.metrics import Metrics
 from agent.model import AgentStatus
 from agent.peers import HttpPeers
-from agent.postgres import pgbackrest
+from agent.postgres import datadir, pgbackrest
 from agent.postgres.checker import ConfigChecker
 from agent.postgres.control import LocalPostgres, PostgresControl
 from agent.postgres.probe import Prober
@@ -151,6 +151,10 @@ def _prepare_run(settings: Settings) -> None:
     configure_logging(settings.log)
     bind_member(settings.cluster, settings.name)
     os.makedirs(settings.run_dir, exist_ok=True)
+    volatile = datadir.volatile_run_dir(settings.run_dir, settings.postgresql.data_dir)
+    if volatile is not None:
+        # It holds the marker of a copy or pg_rewind in progress (docs/configuration.md).
+        log.warning("run_dir_not_durable", reason=volatile)
     if settings.pgbackrest is not None:
         # PostgreSQL's archive_command and restore_command read it on every member, also on
         # one that never ran a pgBackRest command itself (cloned by pg_basebackup).

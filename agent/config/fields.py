@@ -47,7 +47,9 @@ FIELDS: Final[tuple[Field, ...]] = (
               "(pg_basebackup, a restore, pg_rewind) that has not completed: keep it on storage "
               "that lasts as long as the data directory (the same volume, as the Kubernetes "
               "base does), not a tmpfs such as `/run` that a reboot empties, or a data "
-              "directory torn by a copy or rewind the reboot interrupted is taken as whole."),
+              "directory torn by a copy or rewind the reboot interrupted is taken as whole (the "
+              "agent logs `run_dir_not_durable` at start for a tmpfs `run_dir` beside a data "
+              "directory that is not on one)."),
     section_field("dcs"),
     Field(path="dcs.kind", kind=_S, choices=DcsKind, required=True, rule="`etcd` or `kubernetes`."),
     section_field("dcs.etcd", default_doc="—",

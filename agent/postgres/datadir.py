@@ -68,6 +68,43 @@ def copy_marker(run_dir: str) -> str:
     return os.path.join(replication.conf_dir(run_dir), "clone-in-progress")
 
 
+# Filesystems whose contents a reboot empties.
+_VOLATILE_FS = frozenset({"tmpfs", "ramfs"})
+
+
+def _fs_type(path: str, mountinfo: str) -> str | None:
+    """The type of the filesystem mounted where `path` lies, from /proc/self/mountinfo's text
+    (the deepest mount point above it; of several at one point, the last mounted)."""
+    best: tuple[int, str] | None = None
+    target = os.path.realpath(path)
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields[6:-1]:  # the separator, then the type
+            continue
+        point = fields[4].replace("\\040", " ")
+        fstype = fields[fields.index("-", 6) + 1]
+        inside = point in ("/", target) or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fstype)
+    return best[1] if best is not None else None
+
+
+def volatile_run_dir(run_dir: str, data_dir: str, mountinfo: str | None = None) -> str | None:
+    """Why `run_dir` would not outlast a reboot that the data directory outlasts (it holds
+    `copy_marker`: lost, a copy or pg_rewind the reboot interrupted leaves a torn data
+    directory that is taken as whole), or None. `mountinfo`: /proc/self/mountinfo's text."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+                mountinfo = handle.read()
+        except OSError:
+            return None
+    run_fs, data_fs = _fs_type(run_dir, mountinfo), _fs_type(data_dir, mountinfo)
+    if run_fs in _VOLATILE_FS and data_fs not in _VOLATILE_FS:
+        return f"run_dir {run_dir} is on {run_fs}, the data directory on {data_fs}"
+    return None
+
+
 def copy_incomplete(run_dir: str) -> bool:
     """A copy into the data directory was interrupted (its agent, or its pod, died during it,
     or the tool failed midway): what the data directory holds is not usable."""
