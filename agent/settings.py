@@ -199,6 +199,9 @@ class HaSettings:
     synchronous_node_count: int = 1
     synchronous_mode_strict: bool = False
     maximum_lag_on_syncnode_bytes: int = -1  # -1: no limit
+    # The leader's own: a synchronous standby whose flush_lag exceeds this is swapped out while
+    # another streaming candidate's does not (agent/decide/sync.py); -1: never.
+    maximum_flush_lag_on_syncnode_s: float = 1.0
     failsafe_mode: bool = False
     # A replica that has not streamed from its running upstream, nor moved its WAL position,
     # for this long signals its WAL receiver to start again (agent/decide/receiver.py); 0: off.
@@ -222,6 +225,14 @@ class HaSettings:
             yield ConfigProblem(
                 "maximum_lag_on_syncnode_bytes",
                 f"must be -1 (no limit) or >= 0, got {self.maximum_lag_on_syncnode_bytes}",
+            )
+        if (
+            self.maximum_flush_lag_on_syncnode_s != -1
+            and not self.maximum_flush_lag_on_syncnode_s > 0
+        ):
+            yield ConfigProblem(
+                "maximum_flush_lag_on_syncnode_s",
+                f"must be -1 (off) or > 0, got {self.maximum_flush_lag_on_syncnode_s}",
             )
         if self.maximum_lag_on_failover_bytes < 0:
             yield ConfigProblem(

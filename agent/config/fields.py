@@ -316,6 +316,15 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field(path="ha.maximum_lag_on_syncnode_bytes", kind=_I, rule="-1 (no limit) or ≥ 0.",
           doc="A standby further behind (by its flushed position) is swapped out of the "
               "synchronous set while another is available (seed only)."),
+    Field(path="ha.maximum_flush_lag_on_syncnode_s", kind=_N, default_doc="`1`",
+          rule="-1 (off) or > 0.",
+          doc="This member's own setting, used while it leads (not a seed): a synchronous or "
+              "quorum standby whose `pg_stat_replication.flush_lag` exceeds it (a standby that "
+              "streams but flushes slowly: every commit waits that long for it) is left out of "
+              "the synchronous set while enough other streaming standbys are below it. The "
+              "swap keeps the DCS `sync` record a superset of who may hold the latest commit "
+              "(the new standby is added and confirms before the slow one leaves). See "
+              "[ha.md](ha.md#synchronous-replication)."),
     Field(path="ha.failsafe_mode", kind=_B,
           doc="Seed only (then `PATCH /config {\"failsafe_mode\": true}`). When the DCS cannot "
               "be reached, the primary stays primary past its lease as long as **every** other "

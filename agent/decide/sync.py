@@ -118,9 +118,10 @@ def desired_standbys(view: ClusterView, local: LocalState, settings: Settings) -
     """synchronous_standby_names for the config record's mode, from the standbys streaming from
     us now (pg_stat_replication), not tagged nosync or nofailover (a synchronous standby must
     be able to take over), sync_priority > 0, ordered by sync_priority (higher first), then
-    name. One further behind than maximum_lag_on_syncnode_bytes is left out while enough
-    others remain. With none: strict mode keeps commits waiting on the last set, otherwise
-    replication becomes asynchronous."""
+    name. One further behind than maximum_lag_on_syncnode_bytes, or whose flush_lag exceeds
+    the leader's maximum_flush_lag_on_syncnode_s (it streams but flushes slowly: each commit
+    waits that long), is left out while enough others remain. With none: strict mode keeps
+    commits waiting on the last set, otherwise replication becomes asynchronous."""
     config = view.config
     if config.synchronous_mode == SyncMode.OFF:
         return _NO_STANDBYS
@@ -135,7 +136,10 @@ def desired_standbys(view: ClusterView, local: LocalState, settings: Settings) -
         if m.tags.nosync or m.tags.nofailover or m.tags.sync_priority <= 0:
             continue
         lag = (local.wal_lsn or 0) - (row.flush_lsn or 0)
-        lagging = 0 <= config.maximum_lag_on_syncnode_bytes < lag
+        slow = settings.ha.maximum_flush_lag_on_syncnode_s
+        lagging = 0 <= config.maximum_lag_on_syncnode_bytes < lag or (
+            slow > 0 and row.flush_lag_s is not None and row.flush_lag_s > slow
+        )
         candidates.append((lagging, -m.tags.sync_priority, m.name))
     candidates.sort()
     k = config.synchronous_node_count

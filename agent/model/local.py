@@ -20,6 +20,8 @@ class ReplicationRow:
     write_lsn: Lsn | None
     flush_lsn: Lsn | None
     replay_lsn: Lsn | None
+    # pg_stat_replication.flush_lag in seconds (None: not measured, or caught up and idle).
+    flush_lag_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,8 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
@@ -27,10 +26,7 @@ from agent.model import (
     ControlData,
     LocalState,
     Lsn,
-    ReplicationRow,
-    StandbySyncState,
     SyncStandbys,
-    WalSenderState,
     parse_lsn,
 )
 from agent.pgparams import HOT_STANDBY
@@ -43,13 +39,12 @@ from agent.postgres.datadir import (
 from agent.postgres.osfiles import PostgresError
 from agent.postgres.replication import parse_synchronous_standby_names
 from agent.postgres.sqlconn import connect_local
+from agent.postgres.stat_replication import parse_replication
 from agent.postgres.tools import run_tool
 from agent.postgres.version import binaries_major
 from agent.postgres.walend import local_wal_end, replay_settled
 from agent.proctree import has_child_of_type
 from agent.slot_config import parse_slot_states
-
-_E = TypeVar("_E", bound=StrEnum)
 
 # One round trip. `r` is evaluated once (a volatile subquery is not flattened), and once a
 # server is out of recovery it never goes back, so the primary-only functions are only called
@@ -86,7 +81,8 @@ SELECT
   (SELECT coalesce(json_agg(json_build_object(
       'application_name', application_name, 'state', state, 'sync_state', sync_state,
       'sent_lsn', sent_lsn::text, 'write_lsn', write_lsn::text,
-      'flush_lsn', flush_lsn::text, 'replay_lsn', replay_lsn::text)
+      'flush_lsn', flush_lsn::text, 'replay_lsn', replay_lsn::text,
+      'flush_lag_s', extract(epoch FROM flush_lag))
       ORDER BY application_name), '[]'::json)::text
    FROM pg_stat_replication) AS replication,
   (SELECT coalesce(json_agg(json_build_object(
@@ -115,23 +111,6 @@ _HEARTBEAT_SQL = (
 )
 
 
-def _lsn_or_none(value: object) -> Lsn | None:
-    if isinstance(value, str) and value:
-        try:
-            return parse_lsn(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _enum_or_unknown(kind: type[_E], value: object) -> _E:
-    """`kind(value)`, or `kind.UNKNOWN` for a value this agent does not know."""
-    try:
-        return kind(str(value))
-    except ValueError:
-        return kind("unknown")
-
-
 def _ssn(text: str | None) -> SyncStandbys:
     """synchronous_standby_names as read; a value the agent cannot read is FIRST 1 ("*")."""
     parsed = parse_synchronous_standby_names(text or "")
@@ -145,29 +124,6 @@ def _ssn_pending(running: str | None, in_files: str | None) -> SyncStandbys | No
         return None
     pending = _ssn(in_files)
     return None if pending == _ssn(running) else pending
-
-
-def parse_replication(text: str) -> tuple[ReplicationRow, ...]:
-    """pg_stat_replication rows from the probe's JSON array (tolerant of missing fields)."""
-    data = json.loads(text)
-    if not isinstance(data, list):
-        return ()
-    rows = []
-    for item in data:
-        if not isinstance(item, dict):
-            continue
-        rows.append(
-            ReplicationRow(
-                application_name=str(item.get("application_name") or ""),
-                state=_enum_or_unknown(WalSenderState, item.get("state")),
-                sync_state=_enum_or_unknown(StandbySyncState, item.get("sync_state")),
-                sent_lsn=_lsn_or_none(item.get("sent_lsn")),
-                write_lsn=_lsn_or_none(item.get("write_lsn")),
-                flush_lsn=_lsn_or_none(item.get("flush_lsn")),
-                replay_lsn=_lsn_or_none(item.get("replay_lsn")),
-            )
-        )
-    return tuple(rows)
 
 
 def parse_settings(text: str | None) -> dict[str, Any]:

@@ -80,6 +80,7 @@ def _running(
     *,
     pg: PgInstall,
     sync: bool = False,
+    sync_mode: str = "on",
     dcs: str = "etcd",
     failsafe: bool = False,
     suffix: str = "",
@@ -95,7 +96,7 @@ def _running(
         suffix += f" [pg{pg.major}]"
     cluster = ChaosCluster(
         pg_bin=pg.bin_dir,
-        synchronous_mode="on" if sync else "off",
+        synchronous_mode=sync_mode if sync else "off",
         dcs=dcs,
         failsafe_mode=failsafe,
         fuse_storage=fuse_storage,
@@ -199,6 +200,24 @@ def storage_sync_runner(
     be hung (tests/chaos/fuse_fs.py); names get " [sync]"."""
     _need_fuse()
     with _running(chaos_results, pg=pg_install, sync=True, fuse_storage=True) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def storage_quorum_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
+    """synchronous_mode: quorum (ANY k of the listed standbys), data directories on FUSE
+    stores; names get " [sync] [quorum]"."""
+    _need_fuse()
+    with _running(
+        chaos_results,
+        pg=pg_install,
+        sync=True,
+        sync_mode="quorum",
+        suffix=" [quorum]",
+        fuse_storage=True,
+    ) as chaos:
         yield chaos
 
 

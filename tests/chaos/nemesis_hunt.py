@@ -235,11 +235,13 @@ def slow_fsync(added_ms: float, hold_s: float, *, same_primary: bool) -> Nemesis
 
 
 async def _sync_standby(cluster: ChaosCluster, primary: int) -> int | None:
-    """The member the primary names its synchronous standby now (pg_stat_replication)."""
+    """The member the primary names its synchronous standby now (pg_stat_replication; in
+    quorum mode the first by name of those in the quorum)."""
     conn = await cluster.connect(primary)
     try:
         name = await conn.fetchval(
-            "SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync' LIMIT 1"
+            "SELECT application_name FROM pg_stat_replication"
+            " WHERE sync_state IN ('sync', 'quorum') ORDER BY application_name LIMIT 1"
         )
     finally:
         await conn.close()

@@ -33,6 +33,8 @@ def test_synchronous_settings_load_with_their_defaults(tmp_path: Path) -> None:
         ({"ha.synchronous_mode": True}, "ha.synchronous_mode", "quote it"),  # YAML `on`
         ({"ha.synchronous_node_count": 0}, "ha.synchronous_node_count", ">= 1"),
         ({"ha.maximum_lag_on_syncnode_bytes": -5}, "ha.maximum_lag_on_syncnode_bytes", "-1"),
+        ({"ha.maximum_flush_lag_on_syncnode_s": 0}, "ha.maximum_flush_lag_on_syncnode_s", "> 0"),
+        ({"ha.maximum_flush_lag_on_syncnode_s": -2}, "ha.maximum_flush_lag_on_syncnode_s", "-1"),
         ({"tags.nosync": True, "tags.sync_priority": 2}, "tags.sync_priority", "nosync"),
         (
             {"tags.nofailover": True, "tags.failover_priority": 3},

@@ -65,7 +65,11 @@ NO_STANDBYS = SyncStandbys(quorum=False, count=0, names=())
 
 
 def row(
-    name: str, *, flush: int = 1000, sync_state: StandbySyncState = StandbySyncState.ASYNC
+    name: str,
+    *,
+    flush: int = 1000,
+    sync_state: StandbySyncState = StandbySyncState.ASYNC,
+    flush_lag_s: float | None = None,
 ) -> ReplicationRow:
     return ReplicationRow(
         application_name=name,
@@ -75,6 +79,7 @@ def row(
         write_lsn=flush,
         flush_lsn=flush,
         replay_lsn=flush,
+        flush_lag_s=flush_lag_s,
     )
 
 
@@ -213,6 +218,44 @@ def test_a_lagging_standby_is_swapped_out_when_another_is_available() -> None:
         wal=1000,
     )
     assert leader_step(cluster, local) == SetSyncStandbyNames(standbys=C_ONLY)
+
+
+def test_a_standby_that_flushes_slowly_is_swapped_out_the_record_first() -> None:
+    # Finding 22: b streams and is caught up in bytes (commits wait for it, so little WAL is
+    # written), but each flush takes 1.2 s; c is healthy. The record first names both (c may
+    # hold commits once PostgreSQL waits for it), then PostgreSQL waits for c, then, once c
+    # confirmed, the record narrows to c: never a moment where b could have acknowledged a
+    # commit the record does not cover.
+    slow = row("b", flush=1000, sync_state=StandbySyncState.SYNC, flush_lag_s=1.2)
+    local = primary(B_ONLY, slow, row("c", flush=1000, flush_lag_s=0.004), wal=1000)
+    first = leader_step(sync_view("a", ME_PRIMARY, B, C, record=rec("a", "b")), local)
+    assert first == SetSyncRecord(
+        record=replace(rec("a", "b", "c"), version=""), expected_version="9"
+    )
+    widened = sync_view("a", ME_PRIMARY, B, C, record=rec("a", "b", "c"))
+    assert leader_step(widened, local) == SetSyncStandbyNames(standbys=C_ONLY)
+    swapped = primary(
+        C_ONLY,
+        replace(slow, sync_state=StandbySyncState.ASYNC),
+        row("c", flush=2000, sync_state=StandbySyncState.SYNC),
+        wal=1000,
+    )
+    memory, steps = LEASED, []
+    for _ in range(2):
+        decision, memory = decide(obs(widened, swapped), memory, A)
+        steps += [a for a in decision.actions if isinstance(a, SetSyncRecord)]
+    assert steps and steps[-1].record.members == ("c",)
+
+
+def test_a_slow_flush_is_ignored_when_the_bound_is_off_or_not_exceeded() -> None:
+    cluster = sync_view("a", ME_PRIMARY, B, C, record=rec("a", "b"))
+    slow = row("b", sync_state=StandbySyncState.SYNC, flush_lag_s=0.8)
+    local = primary(B_ONLY, slow, row("c"))
+    assert leader_step(cluster, local) is None  # 0.8 s: below the default bound of 1 s
+    off = replace(A, ha=HaSettings(maximum_flush_lag_on_syncnode_s=-1))
+    local = primary(B_ONLY, replace(slow, flush_lag_s=30.0), row("c"))
+    decision, _ = decide(obs(cluster, local), LEASED, off)
+    assert not [a for a in decision.actions if isinstance(a, SetSyncRecord | SetSyncStandbyNames)]
 
 
 def test_a_lagging_standby_stays_when_it_is_the_only_one() -> None:
@@ -427,6 +470,7 @@ def leader_cycles(draw: st.DrawFn) -> tuple[ClusterView, LocalState, bool]:
             n,
             flush=draw(st.integers(800, 1100)),
             sync_state=draw(st.sampled_from(list(StandbySyncState))),
+            flush_lag_s=draw(st.sampled_from([None, 0.01, 2.5])),  # a slow disk swaps too
         )
         for n in present
     )

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agent.config import Credentials, PostgresSettings, Secret
 from agent.model import StandbySyncState, WalSenderState
-from agent.postgres.probe import parse_controldata, parse_replication
+from agent.postgres.probe import parse_controldata
 from agent.postgres.replication import (
     primary_conninfo,
     quote_config_value,
@@ -22,6 +22,7 @@ from agent.postgres.replication import (
     slot_name_for,
     socket_dir,
 )
+from agent.postgres.stat_replication import parse_replication
 
 
 def parse_conninfo(text: str) -> dict[str, str]:
@@ -300,10 +301,17 @@ def test_controldata_output_is_parsed_into_the_fields_the_agent_needs() -> None:
 def test_replication_rows_are_parsed_tolerantly() -> None:
     rows = parse_replication(
         '[{"application_name": "n2", "state": "streaming", "sync_state": "async",'
-        ' "sent_lsn": "0/3000148", "write_lsn": null, "flush_lsn": "bad", "replay_lsn": "1/0"},'
-        " 7]"
+        ' "sent_lsn": "0/3000148", "write_lsn": null, "flush_lsn": "bad", "replay_lsn": "1/0",'
+        ' "flush_lag_s": 1.250031}, 7]'
     )
-    assert len(rows) == 1
+    assert rows[0].flush_lag_s == 1.250031
+    rows += parse_replication(
+        '[{"application_name": "n2", "flush_lag_s": null}, {"application_name": "n3",'
+        ' "flush_lag_s": "1"}, {"application_name": "n4", "flush_lag_s": true}]'
+    )
+    assert len(rows) == 4  # the 7 is skipped
+    assert [r.flush_lag_s for r in rows[1:]] == [None, None, None]
+    rows = rows[:1]
     assert rows[0].application_name == "n2"
     assert rows[0].sent_lsn == 0x3000148
     assert rows[0].write_lsn is None
