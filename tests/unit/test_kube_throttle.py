@@ -83,3 +83,21 @@ def test_a_throttled_watch_keeps_its_cache_usable_until_the_hold_ends() -> None:
     assert cache.usable(7.0, lenient=True)  # ... unless the server throttles (silence expected)
     cache.set_live(False)  # any other failure: no longer held
     assert not cache.usable(1.0)
+
+
+def test_told_by_the_leader_is_recent_for_its_time_but_not_refused_lately() -> None:
+    """A replica told by its leader's Lease (`told`) defers as if refused (`recent`), for as
+    long as it is told; it starts no pause, and never says so on in a Lease of its own
+    (`refused_lately`), so a marker cannot keep itself alive between two members."""
+    clock = FakeClock()
+    throttle = state(clock)
+    throttle.told(6.0)
+    assert throttle.recent() and not throttle.refused_lately() and not throttle.throttling()
+    clock.advance(5.0)
+    throttle.told(6.0)  # the next renewal says it again
+    clock.advance(5.0)
+    assert throttle.recent()
+    clock.advance(1.5)
+    assert not throttle.recent()
+    throttle.refused(1.0)
+    assert throttle.refused_lately() and throttle.recent()

@@ -21,13 +21,18 @@ from agent.dcs.heartbeat import heartbeat_interval
 from agent.dcs.kubernetes.api import ClientFactory, KubeApi, Throttled, bounded
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.guard import EndpointsGuard
-from agent.dcs.kubernetes.holding import Body, LockHolder, Renewal, leader_items
-from agent.dcs.kubernetes.locks import EndpointsLock, LockObject, lock_objects
+from agent.dcs.kubernetes.holding import (
+    LockHolder,
+    Renewal,
+    leader_items,
+    lock_body,
+    says_throttled,
+)
+from agent.dcs.kubernetes.locks import EndpointsLock, lock_objects
 from agent.dcs.kubernetes.members import MemberRecords
 from agent.dcs.kubernetes.objects import (
     KubeObject,
     cluster_selector,
-    micro_time,
     name_of,
     pod_ip_of,
     resource_version,
@@ -283,6 +288,8 @@ class KubernetesDcs:
         on them that the server has not shown expired (a stream that stopped would expire
         every member whose heartbeats it no longer delivers)."""
         leader = _leader_items(self._holders, locks, self._expiry, now, self._log)
+        if leader and leader[0][1] != self._name.encode() and says_throttled(locks):
+            self._throttle.told(self._ttl_s)  # its replicas defer too (throttle.py)
         members, stale = self._members.items(pods, now)
         if from_server:
             self._stale = stale
@@ -312,7 +319,9 @@ class KubernetesDcs:
             sent = self._clock.monotonic()
             if self._guard is not None and not await self._guard.allows():
                 return False
-            body = _lock_body(self._clock.wall(), await self._own_ip())
+            body = lock_body(
+                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately()
+            )
             for i, holder in enumerate(self._holders):
                 if not await holder.take(body, sent=sent, now=self._clock.monotonic()):
                     # Never keep part of a lock: give back what this attempt took.
@@ -335,7 +344,9 @@ class KubernetesDcs:
                 # Our lease has lapsed in the others' eyes: never write the record back.
                 self._lost("lease lapsed before renewal")
                 return False
-            body = _lock_body(self._clock.wall(), await self._own_ip())
+            body = lock_body(
+                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately()
+            )
             for holder in self._holders:
                 renewal = await holder.renew(body, now=self._clock.monotonic())
                 if renewal is Renewal.LOST:
@@ -351,7 +362,7 @@ class KubernetesDcs:
     async def release_leader(self) -> None:
         started = self._clock.monotonic()
         async with self._write("release_leader"):
-            body = _lock_body(self._clock.wall(), None)
+            body = lock_body(self._clock.wall(), None)
             for holder in self._holders:
                 await holder.release(body)
             self._holding = False
@@ -461,17 +472,6 @@ def _labels_of(obj: KubeObject) -> dict[str, str]:
     meta = obj.get("metadata")
     labels = meta.get("labels") if isinstance(meta, dict) else None
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
-
-
-def _lock_body(wall: float, ip: str | None) -> Body:
-    """The lock objects' writer for one operation at wall-clock time `wall` (`ip`: ours,
-    where they route)."""
-    now = micro_time(wall)
-
-    def body(current: KubeObject | None, holder: str | None, lock: LockObject) -> KubeObject:
-        return lock.body(current, holder=holder, ip=ip if holder else None, now=now)
-
-    return body
 
 
 def _leader_items(

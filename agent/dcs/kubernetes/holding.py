@@ -18,7 +18,14 @@ from agent.dcs import keys
 from agent.dcs.kubernetes.api import KubeApi, expect
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.locks import LockObject
-from agent.dcs.kubernetes.objects import KubeObject, resource_version, to_bytes
+from agent.dcs.kubernetes.objects import (
+    THROTTLED_ANNOTATION,
+    KubeObject,
+    annotations_of,
+    micro_time,
+    resource_version,
+    to_bytes,
+)
 
 _RELEASE_ATTEMPTS = 5  # conflicts on the lock object caused by others' annotations
 _RENEW_ATTEMPTS = 2
@@ -153,3 +160,26 @@ def leader_items(
     if not expiry.note(key, str(rv), rv, now):
         return []
     return [(keys.LEADER, to_bytes(holder), str(rv))]
+
+
+def lock_body(wall: float, ip: str | None, throttled: bool = False) -> Body:
+    """The lock objects' writer for one operation at wall-clock time `wall` (`ip`: ours,
+    where they route; `throttled`: we got a 429 lately, said to our replicas, throttle.py)."""
+    now = micro_time(wall)
+
+    def body(current: KubeObject | None, holder: str | None, lock: LockObject) -> KubeObject:
+        written = lock.body(current, holder=holder, ip=ip if holder else None, now=now)
+        meta = written.setdefault("metadata", {})
+        notes = dict(meta.get("annotations") or {})
+        notes.pop(THROTTLED_ANNOTATION, None)
+        if throttled and holder:
+            notes[THROTTLED_ANNOTATION] = "true"
+        meta["annotations"] = notes
+        return written
+
+    return body
+
+
+def says_throttled(locks: list[KubeObject | None]) -> bool:
+    """Whether a lock object's holder says it got a 429 lately (throttle.py `told`)."""
+    return any(THROTTLED_ANNOTATION in annotations_of(obj) for obj in locks if obj is not None)

@@ -21,6 +21,8 @@ TRANSITIONS_ANNOTATION = "pgwarden.io/transitions"
 MEMBER_ANNOTATION = "pgwarden.io/member"
 MEMBER_NAME_ANNOTATION = "pgwarden.io/member-name"
 HEARTBEAT_ANNOTATION = "pgwarden.io/heartbeat"
+# On a lock object: its holder got a 429 lately (throttle.py `told`).
+THROTTLED_ANNOTATION = "pgwarden.io/throttled"
 CLUSTER_LABEL = "pgwarden.io/cluster"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"

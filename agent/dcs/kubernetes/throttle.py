@@ -22,6 +22,15 @@ cannot:
 - **Heartbeats wait** for `max_pause_s` after a 429 (`recent()`), not only for the pause:
   a member whose pause ended heartbeats again only once the fleet has gone that long
   without a 429 to it, or when its record changed in a way a peer wakes for.
+- **Told by the leader** (`told()`): a member learns of the throttling from its own 429s,
+  and a replica whose heartbeats happen to go through would keep sending them into a bucket
+  the renewals need (at 100 clusters, most heartbeats sent while the fleet was throttled were
+  each replica's sends before its own first 429). So a leader that got a 429 lately says so
+  in the lock object it renews anyway (`refused_lately()`: a marker annotation, no extra
+  request), and its replicas, seeing it on their watch of the lock, take it as a 429 of
+  their own for `recent()` (heartbeats wait, quiet caches are expected) for as long as the
+  marker is there and `told_s` after. Only a member's own 429s decide its marker: a leader
+  never re-announces what it was told.
 - **Silence is expected** for `max_pause_s` after a 429 (`recent()`): heartbeats deferred
   and renewals sent again late leave watch streams quiet, which otherwise marks a stream as
   possibly dead (re-opened, its cache re-read from the server: requests the renewals need).
@@ -73,6 +82,7 @@ class ThrottleState:
         self._until = 0.0  # monotonic end of the current pause
         self._last = float("-inf")  # monotonic time of the last 429
         self._retry_at = 0.0  # monotonic: the last 429's Retry-After (jittered) is over
+        self._told_until = float("-inf")  # monotonic: a leader's throttled marker holds
         self.refusals = 0  # 429s seen, for the benches
 
     def refused(self, retry_after_s: float | None) -> float:
@@ -109,10 +119,20 @@ class ThrottleState:
         return self._clock() >= self._retry_at
 
     def recent(self) -> bool:
-        """True within `max_pause_s` of the last 429: the fleet is being throttled, so
-        silence on a watch (heartbeats deferred, renewals sent again late) is expected, not
-        a sign of a dead stream (watches.py, cache.py)."""
+        """True within `max_pause_s` of the last 429, or while told so by the leader
+        (`told`): the fleet is being throttled, so heartbeats wait, and silence on a watch
+        (heartbeats deferred, renewals sent again late) is expected, not a sign of a dead
+        stream (watches.py, cache.py)."""
+        return self.refused_lately() or self._clock() < self._told_until
+
+    def refused_lately(self) -> bool:
+        """True within `max_pause_s` of a 429 to this handle's own requests (what a leader
+        tells its replicas: see the module docstring)."""
         return self._clock() - self._last < self._max_pause_s
+
+    def told(self, for_s: float) -> None:
+        """The leader's lock object says it was refused lately: `recent()` for `for_s`."""
+        self._told_until = max(self._told_until, self._clock() + for_s)
 
     def pause_left_s(self) -> float:
         """Seconds until the current pause ends (0 when none runs)."""

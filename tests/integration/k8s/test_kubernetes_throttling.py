@@ -369,3 +369,44 @@ async def test_with_no_live_leader_a_throttled_member_reads_after_the_retry_afte
     view = await dcs.get_cluster()
     assert view.leader is None
     assert any(r.verb == "list" for r in server.audit.records), "the read waited for the pause"
+
+
+async def test_a_leader_refused_lately_tells_its_replicas_which_then_defer_their_heartbeats(
+    cluster: KubeContractCluster,
+) -> None:
+    """A member learns of the throttling from its own 429s, so a replica whose heartbeats
+    happen to go through keeps sending them into the bucket the renewals need (at 100
+    clusters, most heartbeats sent while throttled were each replica's sends before its own
+    first 429). A leader refused lately says so in the Lease it renews anyway (no extra
+    request); a replica that sees it defers its heartbeat as if refused itself, while a
+    record a peer wakes for still goes out. Only the leader's own 429s decide its marker."""
+    server = cluster.server
+    agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    leader = await elect(agents)
+    replica = next(a for a in agents if a is not leader)
+    server.faults.set(
+        Fault(
+            mode=FaultMode.ERROR,
+            status=429,
+            retry_after_s=1,
+            count=1,
+            path_prefix="/apis/coordination.k8s.io/",
+            methods=("PUT",),
+        )
+    )
+    assert await leader.dcs.renew_leader(), "a renewal refused once is sent again"
+    assert server.faults.active is None  # the one 429 went to the leader, not the replica
+    assert await leader.dcs.renew_leader()  # the next renewal says so
+    for _ in range(10):  # until the renewal's event reached the replica's cache
+        await replica.dcs.wait_for_change(0.5)
+        await replica.dcs.get_cluster()
+        if replica.dcs._throttle.recent():
+            break
+    await asyncio.sleep(3.1)  # past the heartbeat interval
+    server.audit.clear()
+    await replica.dcs.publish_member(member(replica.name))  # unchanged: a heartbeat
+    assert requests_since(server, "PATCH") == [], "the replica's heartbeat was written"
+    assert not replica.dcs._throttle.refused_lately()  # told, not refused: says nothing on
+    changed = replace(member(replica.name), state=PgState.STOPPED)
+    await replica.dcs.publish_member(changed)
+    assert len(requests_since(server, "PATCH")) == 1, "a changed record waited"
