@@ -153,10 +153,13 @@ async def test_a_leader_whose_renewals_are_throttled_keeps_its_lease(
 ) -> None:
     """The Lease's updates are throttled to 0.6 a second (a token bucket of one) while the
     leader renews every cycle: most renewals are refused (429, Retry-After 1) once or twice
-    and go through when sent again inside the same call, within its deadline. So no renewal
-    fails and the leader keeps its lease; nobody else ever leads. (Without honouring the
-    Retry-After, those renewals fail: the lease then hangs on the ones that happen to find a
-    token, and the `renew_failures == 0` assertion fails.)"""
+    and go through when sent again inside the same call, within its deadline. So the leader
+    keeps its lease; nobody else ever leads. A renewal refused three times (its resends are
+    jittered, x1-1.5 the Retry-After, and the second one is cut to fit what the call has left,
+    so it can come before the next token: once in a loaded fresh-clone CI run) fails, and the
+    next cycle's renewal holds the lease; at most one does. (Without honouring the
+    Retry-After, most renewals fail: the lease then hangs on the ones that happen to find a
+    token, and the failure count and the fencing assertions fail.)"""
     server = cluster.server
     agents = agents_of(cluster, server)
     leader = await elect(agents)
@@ -174,7 +177,7 @@ async def test_a_leader_whose_renewals_are_throttled_keeps_its_lease(
     await asyncio.gather(*(a.run(until) for a in agents))
     assert server.faults.throttled >= 5, "the renewals were not throttled"
     assert leader.dcs._api.throttled >= 3, "no renewal was sent again after its Retry-After"
-    assert leader.renew_failures == 0
+    assert leader.renew_failures <= 1, f"{leader.renew_failures} renewals failed"
     assert leader.intervals == [[leader.intervals[0][0], leader.intervals[0][1]]]
     assert leader.intervals[0][1] >= until, f"{leader.name} fenced: {leader.intervals}"
     assert [a.name for a in agents if a.intervals and a is not leader] == []
