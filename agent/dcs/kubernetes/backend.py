@@ -101,7 +101,9 @@ class KubernetesDcs:
         self._pod_ip = pod_ip
         self._lock_kind = lock
         self._ttl_s = ttl_s
-        self._timeout_s = timeout_s
+        self._timeout_s, self._loop_s = timeout_s, loop_s
+        # The last read from the server (when, what): an acquire within a cycle writes over it.
+        self._read_locks: tuple[float, list[KubeObject | None]] | None = None
         self._log = structlog.get_logger("pgwarden.dcs").bind(
             backend="kubernetes", cluster=cluster, member=member_name, lock=lock.value
         )
@@ -117,6 +119,7 @@ class KubernetesDcs:
             def own(rv: int) -> None:
                 self._changes.own(rv)
                 self._watches.lock_cache(lock_name).own_write(rv)
+                self._read_locks = None  # our write overtook the last read
 
             return own
 
@@ -309,6 +312,7 @@ class KubernetesDcs:
         if pods.status != 200:
             raise DcsUnavailable(f"listing pods: HTTP {pods.status}")
         locks = [await self._api.get(h.lock.path(), resend=False) for h in self._holders]
+        self._read_locks = (self._clock.monotonic(), locks)
         config = await self._api.get(self._records.path(), resend=False)
         pod_items: list[Any] = pods.obj.get("items") or []
         self._watches.first_read(resource_version(pods.obj), pod_items, locks, config)
@@ -322,8 +326,11 @@ class KubernetesDcs:
             body = lock_body(
                 self._clock.wall(), await self._own_ip(), self._throttle.refused_lately()
             )
+            read_at, read = self._read_locks or (float("-inf"), None)
+            read, self._read_locks = read if sent - read_at <= self._loop_s else None, None
             for i, holder in enumerate(self._holders):
-                if not await holder.take(body, sent=sent, now=self._clock.monotonic()):
+                seen = (read[i],) if read is not None else ()
+                if not await holder.take(body, *seen, sent=sent, now=self._clock.monotonic()):
                     # Never keep part of a lock: give back what this attempt took.
                     for taken in self._holders[:i]:
                         await taken.release(body)

@@ -68,10 +68,12 @@ class LockHolder:
         self._log = log.bind(lock_object=lock.name)
         self.obj: KubeObject | None = None  # as returned by our last write while holding
 
-    async def take(self, body: Body, *, sent: float, now: float) -> bool:
+    async def take(self, body: Body, *read: KubeObject | None, sent: float, now: float) -> bool:
         """Take the lock if it is free, ours, or expired on our clock; `sent` is when the
-        operation began."""
-        current = await self._api.get(self.lock.path())
+        operation began; `read`: the object as just read from the server (None: there was
+        none), not read again unless it shows a live holder (the write is conditional on
+        it: a change since is a 409)."""
+        current = read[0] if read else await self._api.get(self.lock.path())
         if current is None:
             created = await self._api.call(
                 "POST", self.lock.path(named=False), body=body(None, self._member, self.lock)
@@ -86,7 +88,8 @@ class LockHolder:
             self._expiry.note(self.key, str(rv), rv, sent)
         expired = self._expiry.is_expired(self.key, rv, now)
         if holder and holder != self._member and not expired:
-            return False
+            # Held, as read before the call: read again, it may have been released since.
+            return bool(read) and await self.take(body, sent=sent, now=now)
         written = body(current, self._member, self.lock)
         put = await self._api.call("PUT", self.lock.path(), body=written)
         if put.status in (404, 409):

@@ -413,3 +413,24 @@ async def test_a_leader_refused_lately_tells_its_replicas_which_then_defer_their
     changed = replace(member(replica.name), state=PgState.STOPPED)
     await replica.dcs.publish_member(changed)
     assert len(requests_since(server, "PATCH")) == 1, "a changed record waited"
+
+
+async def test_an_acquire_right_after_a_leaderless_read_writes_over_what_it_read(
+    cluster: KubeContractCluster,
+) -> None:
+    """A race for the lock starts from a view read from the server (a leaderless view is
+    never served by the caches); the acquire that follows within the cycle writes over the
+    lock object that read returned, conditional on its resourceVersion, instead of reading
+    it again (at 100 clusters throttled at 60/s for every request, the reads of the
+    leaderless clusters took tokens the renewals needed). A read that a peer's write
+    overtook only costs a refused write: never a second leader."""
+    server = cluster.server
+    a, b, _ = agents_of(cluster, server)
+    assert (await a.dcs.get_cluster()).leader is None
+    assert (await b.dcs.get_cluster()).leader is None  # both read: no lock yet
+    server.audit.clear()
+    assert await a.dcs.acquire_leader()
+    lease_reads = [r for r in server.audit.records if r.method == "GET" and "leases" in r.path]
+    assert lease_reads == [], f"the acquire read the Lease again: {lease_reads}"
+    assert not await b.dcs.acquire_leader(), "b wrote over a read that a's write overtook"
+    assert (await b.dcs.get_cluster()).leader is not None
