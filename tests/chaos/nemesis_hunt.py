@@ -208,25 +208,31 @@ def _slow_all(cluster: ChaosCluster, added_ms: float) -> None:
             member.store.slow_fsync(added_ms)
 
 
+def _heal_slow(cluster: ChaosCluster) -> None:
+    _slow_all(cluster, 0)
+    heal_all(cluster)
+
+
+def _slow_member(cluster: ChaosCluster, index: int, added_ms: float) -> None:
+    store = cluster.members[index].store
+    if store is None:
+        raise RuntimeError("slow-fsync needs ChaosCluster(fuse_storage=True)")
+    store.slow_fsync(added_ms)
+
+
 def slow_fsync(added_ms: float, hold_s: float, *, same_primary: bool) -> Nemesis:
     """Every fsync of the primary's pg_wal `added_ms` slower for `hold_s`; `same_primary`:
     below the commit bound, no failover may happen."""
 
     def inject(cluster: ChaosCluster, primary: int) -> str:
-        member = cluster.members[primary]
-        if member.store is None:
-            raise RuntimeError("slow-fsync needs ChaosCluster(fuse_storage=True)")
-        member.store.slow_fsync(added_ms)
-        return f"every fsync of {member.name}'s (primary) pg_wal {added_ms:g} ms slower"
-
-    def heal(cluster: ChaosCluster) -> None:
-        _slow_all(cluster, 0)
-        heal_all(cluster)
+        _slow_member(cluster, primary, added_ms)
+        name = cluster.members[primary].name
+        return f"every fsync of {name}'s (primary) pg_wal {added_ms:g} ms slower"
 
     return Nemesis(
         name=f"slow-fsync-{added_ms:g}ms",
         inject=inject,
-        heal=heal,
+        heal=_heal_slow,
         hold_s=hold_s,
         must_not_lose=same_primary,
         same_primary=same_primary,
@@ -258,24 +264,17 @@ def slow_fsync_sync_standby(added_ms: float, hold_s: float) -> Nemesis:
         index = await _sync_standby(cluster, primary)
         if index is None:
             return Injected(description="no synchronous standby to slow down", instants=(at,))
-        store = cluster.members[index].store
-        if store is None:
-            raise RuntimeError("slow-fsync needs ChaosCluster(fuse_storage=True)")
-        store.slow_fsync(added_ms)
+        _slow_member(cluster, index, added_ms)
         return Injected(
             description=f"every fsync of {cluster.members[index].name}'s (synchronous standby) "
             f"pg_wal {added_ms:g} ms slower",
             instants=(at,),
         )
 
-    def heal(cluster: ChaosCluster) -> None:
-        _slow_all(cluster, 0)
-        heal_all(cluster)
-
     return Nemesis(
         name=f"slow-fsync-sync-standby-{added_ms:g}ms",
         script=script,
-        heal=heal,
+        heal=_heal_slow,
         hold_s=hold_s,
         must_not_lose=True,
         quick=False,
