@@ -5,12 +5,14 @@
 fencer cannot be reached, `arm` raises `FenceUnavailable`: the executor then refuses to
 promote, since nobody would stop a primary whose agent stalls.
 
-One connection stays open across calls (issue 15: a new one per renewal cost about a quarter
-of an idle leader's CPU). It is dropped after any call that did not end with an answer (a
-timeout, a cancellation), so that a late answer is never read as the next call's; a call
-that finds it closed by the other end (the fencer restarted) is made again once on a new
-connection, within the same time limit, as every call used to be. What the fencer does is
-unchanged by any of this: a closed connection leaves its deadline as it was.
+One connection stays open across calls (issue 15: a new one per renewal cost 199 µs of the
+agent's CPU and 66 µs of the fencer's, 80 and 28 µs on the open one; about 3-4% of an idle
+leader's CPU, measured in issue 16's fencer session). It is dropped after any call that did
+not end with an answer (a timeout, a cancellation), so that a late answer is never read as
+the next call's; a call that finds it closed by the other end (the fencer restarted) is made
+again once on a new connection, within the same time limit, as every call used to be. What
+the fencer does is unchanged by any of this: a closed connection leaves its deadline as it
+was.
 
 Where the fencer comes from (`fencer.mode`): `spawn` (the default) starts it as a child in a
 session of its own, and starts it again if it dies; `external` never starts one: a fencer in

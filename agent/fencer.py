@@ -8,7 +8,7 @@ runs in a session of its own, imports only the standard library, and needs nothi
 agent but the deadline, which every successful renewal moves forward.
 
 Protocol: lines on a Unix socket, each answered by one line, as many as the agent likes on
-one connection (issue 15: a connection per renewal was a quarter of an idle leader's CPU).
+one connection (issue 15: a connection per renewal cost about 3-4% of an idle leader's CPU).
     ARM <deadline>    deadline on CLOCK_MONOTONIC (shared by all processes of a host)
     DISARM            PostgreSQL is not a primary any more
     STATUS            -> "OK <armed|disarmed|fenced> <seconds left or ->"

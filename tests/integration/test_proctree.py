@@ -8,7 +8,12 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from agent.proctree import children, has_child_of_type, pid_alive
+
+# Real processes and /proc, waited for on the real clock: not a unit test.
+pytestmark = pytest.mark.integration
 
 
 def test_a_zombie_child_counts_as_exited_although_signal_zero_still_reaches_it() -> None:
