@@ -256,9 +256,11 @@ class HaLoop:
         self._cycle += 1
         obs = await self._observe()
         # Right after the observation, with no await between: a long action that ended while
-        # we observed is both absent from `obs.pending` and folded into Memory (folded before
-        # observing, its end would be seen as "nothing in flight" with Memory not knowing
-        # the result: a completed hand-over looked abandoned and its request was deleted).
+        # we observed is both in `obs.pending` (snapshot taken before the reads, which may
+        # predate its end) and folded into Memory (folded before observing, its end would be
+        # seen as "nothing in flight" with Memory not knowing the result: a completed
+        # hand-over looked abandoned and its request was deleted). The next cycle, at once
+        # (its end woke the loop), judges fresh reads.
         self.executor.fold_finished()
         decision, memory = decide(obs, self.memory, self.settings)
         busy = await self.executor.execute(decision, obs, memory, known=self._view)
@@ -271,6 +273,11 @@ class HaLoop:
     async def _observe(self) -> Observation:
         timing = self.settings.timing
         view: ClusterView | None = None
+        # Taken before the reads: a long action that ends while we read (a slow probe) leaves
+        # a view and a local state from before its end, which must be judged as in flight (a
+        # bootstrap that opened its server as we probed was taken for one that never did and
+        # discarded, 0.3 s after it listened, in a loaded fresh-clone CI run).
+        pending = self.executor.pending
         t0 = self.clock.monotonic()
         # Short enough that a renewal retried after a failed read still fits before our fence
         # deadline (chaos finding 22).
@@ -296,7 +303,7 @@ class HaLoop:
             wall_now=self.clock.wall(),
             cluster=view,
             local=local,
-            pending=self.executor.pending,
+            pending=pending,
             peers=peers,
             local_requests=requests,
             shutting_down=self._shutting_down,

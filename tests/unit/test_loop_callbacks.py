@@ -6,6 +6,7 @@ tests/integration/test_callbacks.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from agent.actions import (
@@ -343,3 +344,33 @@ async def test_a_bootstrap_whose_record_probe_times_out_takes_the_system_id_from
     assert data is not None
     assert c.store.get_raw("initialize") == data.system_id.encode()
     assert a.pg.calls.count("initdb") == 1 and "clear_data_dir" not in a.pg.calls
+
+
+async def test_a_bootstrap_that_ends_while_its_agent_probes_is_not_taken_for_unfinished() -> None:
+    """The loop's observation reads the DCS, then probes PostgreSQL; a Bootstrap that ends
+    meanwhile (a slow probe under load) leaves a view and a local state from before its end.
+    Judged as nothing in flight, they showed a bootstrap that never completed, and the agent
+    discarded the data directory of the cluster it had just opened (a fresh-clone CI run,
+    PITR bootstrap: the server listened 0.3 s, then was stopped and emptied)."""
+    c = LoopCluster(callbacks=ALL)
+    a = c["a"]
+    probe = a.pg.probe
+    stale: list[bool] = []
+
+    async def slow_probe(*, timeout_s: float) -> LocalState:
+        state = await probe(timeout_s=timeout_s)
+        pending = a.loop.executor.pending
+        if pending is None or not isinstance(pending.action, Bootstrap):
+            return state
+        for _ in range(1000):  # the action ends while this probe is "slow"
+            if a.loop.executor.pending is None:
+                stale.append(True)
+                break
+            await asyncio.sleep(0)
+        return state
+
+    a.pg.probe = slow_probe  # type: ignore[method-assign]
+    assert await c.bootstrap() == "a"
+    assert stale, "no bootstrap ended during a probe: the test did not reach the case"
+    assert a.pg.data is not None and a.pg.tcp
+    assert a.callbacks.events(CallbackEvent.POST_BOOTSTRAP) == ["primary"], "made twice"
