@@ -432,7 +432,9 @@ def render_baseline(ours: Report, baseline: Report, kind: str) -> str:
     return "\n".join(lines)
 
 
-PATRONI_DEFAULTS = {  # FACTS.md: Patroni 4.1.5, defaults 30/10/10, medians of 5 (not this run)
+# docs/facts.md, "The anchor, measured": Patroni 4.1.5, defaults 30/10/10, medians of 5 (not
+# this run).
+PATRONI_DEFAULTS = {
     "rest_switchover": 2.5,
     "postgres_crash_under_leader": 8.3,
     "hard_kill_primary": 21.5,
@@ -442,7 +444,7 @@ PATRONI_DEFAULTS = {  # FACTS.md: Patroni 4.1.5, defaults 30/10/10, medians of 5
 
 def render(out: dict[str, dict[str, float | int]]) -> str:
     lines = [
-        "| scenario | median s | max s | runs | Patroni defaults s (FACTS.md) | ratio |",
+        "| scenario | median s | max s | runs | Patroni defaults s (docs/facts.md) | ratio |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in out.items():

@@ -73,7 +73,8 @@ def needs_rewind(local: LocalState, leader: Member | None, view: ClusterView) ->
 
     A former primary always does (pg_rewind finds "no rewind required" quickly when so). A
     standby does when it holds WAL past the point where its timeline ended in the leader's
-    history (FACTS.md: a replica that received WAL beyond the fork point needs it too).
+    history (docs/facts.md, "PostgreSQL 15": a replica that received WAL beyond the fork point
+    needs it too).
     """
     if was_primary(local):
         return True

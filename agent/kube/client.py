@@ -2,7 +2,8 @@
 in a pod, from its service account (token, CA and the KUBERNETES_SERVICE_HOST/PORT
 variables). The agent makes a dozen kinds of JSON requests; kubernetes_asyncio, which did
 this before, costs about 41 MB of RSS for its generated models alone (bench/footprint.py),
-the same rule that replaced etcd3-py with our own client (FACTS.md).
+the same rule that replaced etcd3-py with our own client (docs/facts.md, "etcd 3.4.23" and
+"Idle footprint").
 
 `KubeClient.call_api` keeps the call shape of kubernetes_asyncio's `ApiClient.call_api` that
 the callers use (path, method, query_params, header_params, body, `_request_timeout` as

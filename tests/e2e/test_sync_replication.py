@@ -42,7 +42,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 TTL = 6.0
 # Asynchronous replication on loopback shows a commit on the standby 14-18 ms after it is
-# acknowledged (shared/FACTS.md); a second is sixty times that and still a small tail.
+# acknowledged (docs/facts.md, "PostgreSQL 15"); a second is sixty times that and still a small
+# tail.
 ASYNC_TAIL_S = 1.0
 
 

@@ -3,7 +3,8 @@
 One `FakeCluster` holds the instances of a test cluster; an instance is addressed by its
 host (the member's `postgresql.connect_host`). Each instance has a data directory
 (`DataDir`: system id, timeline, WAL end, timeline history, control-file state) and runs as a
-primary, a standby, or not at all. Behaviour it keeps, as FACTS.md describes PostgreSQL:
+primary, a standby, or not at all. Behaviour it keeps, as docs/facts.md ("PostgreSQL 15",
+"pg_rewind, slots and failover-slot synchronization") describes PostgreSQL:
 - a write on a primary advances its WAL; every running standby whose conninfo names a
   running upstream receives it (`FakeCluster.replicate`, run on every probe and stop), and
   follows a timeline switch of its upstream if its WAL is contained in the new history;
