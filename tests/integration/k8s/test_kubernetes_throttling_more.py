@@ -1,0 +1,145 @@
+"""More of the Kubernetes backend's throttling and lock-race behaviour (issue 15), each with a
+test of its own: the one-cycle limit on an acquire that writes over its read, and the
+doubling of a leaderless read's wait while the server keeps refusing it.
+
+Members of one cluster against the in-process test API server, on a fake clock shared by
+the handles (what the backend times: the read's age, the Retry-After, the pause), so that
+the boundaries are checked exactly and nothing sleeps for seconds; the server, its watches
+and the requests are real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.clock import FakeClock
+from agent.config import LockKind
+from agent.dcs.kubernetes import KubernetesDcs
+from agent.dcs.kubernetes.api import Throttled
+from agent.dcs.kubernetes.throttle import RESEND_JITTER
+from tests.integration.k8s.test_kubernetes_dcs import (
+    APP_LABELS,
+    NAMESPACE,
+    KubeContractCluster,
+    contract_cluster,
+    url_factory,
+)
+from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
+
+pytestmark = pytest.mark.integration
+
+TTL_S, LOOP_S, TIMEOUT_S = 6.0, 1.0, 2.0
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
+    async with contract_cluster(tmp_path, LockKind.LEASE) as c:
+        yield c
+
+
+def handle(cluster: KubeContractCluster, name: str, clock: FakeClock) -> KubernetesDcs:
+    cluster.ensure_pod(name)
+    dcs = KubernetesDcs(
+        client_factory=url_factory(cluster.server.url),
+        namespace=NAMESPACE,
+        cluster=cluster.cluster,
+        member_name=name,
+        ttl_s=TTL_S,
+        timeout_s=TIMEOUT_S,
+        loop_wait_s=LOOP_S,
+        lock=LockKind.LEASE,
+        labels=APP_LABELS,
+        clock=clock,
+    )
+    cluster.handles.append(dcs)
+    return dcs
+
+
+def sent(server: KubeApiServer, method: str, what: str) -> list[str]:
+    """The requests (not watches) of `method` whose path contains `what`, since the audit
+    was last cleared."""
+    return [
+        r.path
+        for r in server.audit.records
+        if r.method == method and r.verb != "watch" and what in r.path
+    ]
+
+
+async def test_an_acquire_more_than_a_cycle_after_its_leaderless_read_reads_the_lock_again(
+    cluster: KubeContractCluster,
+) -> None:
+    """An acquire writes over the lock object its leaderless read returned only within
+    `loop_wait` of that read (hkube2, test_kubernetes_throttling.py); older, the read may
+    be out of date and the acquire reads the lock again. Here a read before the Lease
+    existed: meanwhile b took the lock and gave it back, and a, acquiring more than a cycle
+    later, must find it free and take it. Writing over its old read (no Lease: a create)
+    it would be refused (409, the Lease exists) and lose a race nobody else ran."""
+    server, clock = cluster.server, FakeClock()
+    a, b = handle(cluster, "a", clock), handle(cluster, "b", clock)
+    assert (await a.get_cluster()).leader is None  # no Lease yet
+    assert await b.acquire_leader()
+    await b.release_leader()  # the Lease exists, held by nobody
+    clock.advance(LOOP_S + 0.01)
+    server.audit.clear()
+    assert await a.acquire_leader(), "a lost to a read older than a cycle"
+    assert sent(server, "GET", "/leases/"), "the acquire did not read the Lease again"
+    assert sent(server, "POST", "/leases") == []
+
+
+async def test_a_leaderless_read_refused_again_and_again_waits_twice_as_long_each_time(
+    cluster: KubeContractCluster,
+) -> None:
+    """A view with no live leader is read from the server after the last 429's
+    Retry-After (throttle.py), not after the whole pause; each further 429 doubles that
+    wait, up to 8 times the Retry-After, so that a fleet of leaderless clusters does not
+    re-read every cycle into a bucket the remaining leaders' renewals need. A read that goes
+    through takes back a doubling for each of its requests (a pod list and two gets): after
+    three refusals, the next 429's wait is the bare Retry-After again.
+
+    Every pod list is refused (Retry-After 1); a member with no leader in its view asks the
+    server as soon as its wait is over, and never before."""
+    server, clock = cluster.server, FakeClock()
+    dcs = handle(cluster, "a", clock)
+    await dcs.get_cluster()
+    await dcs.wait_for_change(0.5)  # the watches run: the caches hold a view with no leader
+    refuse = Fault(
+        mode=FaultMode.ERROR,
+        status=429,
+        retry_after_s=1,
+        path_prefix=f"/api/v1/namespaces/{NAMESPACE}/pods",
+        methods=("GET",),
+    )
+    server.faults.set(refuse)
+
+    async def lists_on_read() -> int:
+        """Pod lists one get_cluster sent (each refused: Throttled either way)."""
+        server.audit.clear()
+        with pytest.raises(Throttled):
+            await dcs.get_cluster()
+        return len(sent(server, "GET", "/pods"))
+
+    async def waits(*factors: int) -> None:
+        """After a refused read: the next is sent once its wait (`factor` Retry-Afters,
+        jittered) is over, and not before; each is refused in turn."""
+        for factor in factors:
+            clock.advance(factor - 0.05)
+            assert await lists_on_read() == 0, f"read before its wait of {factor} s was over"
+            clock.advance(factor * RESEND_JITTER + 0.1)  # past the wait, whatever its jitter
+            assert await lists_on_read() == 1, f"no read once its wait of {factor} s was over"
+
+    assert await lists_on_read() == 1
+    await waits(1, 2)  # three refusals: the next read waits 4 s
+    server.faults.clear()
+    clock.advance(4 - 0.05)
+    assert await lists_on_read() == 0, "read before its wait of 4 s was over"
+    clock.advance(4 * RESEND_JITTER + 0.1)
+    server.audit.clear()
+    assert (await dcs.get_cluster()).leader is None  # goes through: three doublings back
+    assert len(sent(server, "GET", "/pods")) == 1
+    server.faults.set(refuse)
+    assert await lists_on_read() == 1
+    await waits(1, 2, 4, 8, 8)  # from the bare Retry-After again, and capped at 8 times it
+    assert dcs._throttle.throttling(), "the pause ended: the waits above were not the reads'"
