@@ -248,16 +248,21 @@ async def test_an_external_fencer_is_checked_again_for_a_directory_made_after_it
     tmp_path: Path, postmaster: subprocess.Popen[bytes], sidecar: Sidecar
 ) -> None:
     """The same first start with the data volume in both containers: the new directory is
-    checked, and found, before the fencer is armed for it."""
+    checked, on a new connection, before the fencer is armed for it, and is found there: the
+    fencer is armed and fences (the check refuses only a fencer that cannot fence)."""
     data_dir = tmp_path / "pgdata"
     sidecar.data_dir = data_dir
     sidecar.start()
     client = FenceClient(run_dir=str(tmp_path / "run"), data_dir=str(data_dir), external=True)
     try:
         await client.start()
+        assert client._stream is not None
+        checked = _inode(client._stream)  # the connection that checked `-`
         data_dir.mkdir()
         os.rename(tmp_path / "postmaster.pid", data_dir / "postmaster.pid")
         assert (await client.arm(time.monotonic() + 0.5)).state == FenceState.ARMED
+        assert client._stream is not None
+        assert _inode(client._stream) != checked, "armed for a directory it never checked"
         assert await asyncio.to_thread(wait_dead, postmaster, 2.0), "not fenced"
         await client.disarm()
     finally:
@@ -285,6 +290,34 @@ async def test_an_external_fencer_that_runs_as_another_user_than_postgresql_is_r
                 await client.arm(time.monotonic() + 5)
             assert _ask(car.socket, "STATUS") == "OK disarmed -", "armed all the same"
         finally:
+            car.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a fencer as nobody")
+async def test_an_external_fencer_that_cannot_read_a_directory_made_later_is_refused() -> None:
+    """The first start again, the sidecar under another uid than PostgreSQL: with no data
+    directory yet there was nothing it could fail to read, and it passed its CHECK; once the
+    directory exists (mode 0700, PostgreSQL's), the ARM for it is checked again on a new
+    connection and refused, instead of arming a fencer that would find no postmaster."""
+    base = Path(tempfile.mkdtemp(prefix="pgwarden-fencer-later-"))  # tmp_path: root's only
+    try:
+        base.chmod(0o755)
+        data_dir, run = base / "pgdata", base / "run"
+        run.mkdir(mode=0o777)
+        run.chmod(0o777)
+        car = Sidecar(run, data_dir)
+        client = FenceClient(run_dir=str(run), data_dir=str(data_dir), external=True)
+        try:
+            car.start("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+            assert (await client.start()).state == FenceState.DISARMED  # nothing to fence yet
+            data_dir.mkdir(mode=0o700)  # initdb
+            with pytest.raises(FenceUnavailable, match="cannot read"):
+                await client.arm(time.monotonic() + 5)
+            assert _ask(car.socket, "STATUS") == "OK disarmed -", "armed all the same"
+        finally:
+            await client.stop()
             car.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
