@@ -104,7 +104,11 @@ async def test_a_leaderless_read_refused_again_and_again_waits_twice_as_long_eac
     server, clock = cluster.server, FakeClock()
     dcs = handle(cluster, "a", clock)
     await dcs.get_cluster()
-    await dcs.wait_for_change(0.5)  # the watches run: the caches hold a view with no leader
+    for _ in range(50):  # until the watches run: their caches hold a view with no leader
+        await dcs.wait_for_change(0.1)
+        if dcs._watches.cached() is not None:
+            break
+    assert dcs._watches.cached() is not None, "the watches did not start"
     refuse = Fault(
         mode=FaultMode.ERROR,
         status=429,
