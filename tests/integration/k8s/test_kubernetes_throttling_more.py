@@ -40,6 +40,14 @@ async def cluster(tmp_path: Path) -> AsyncIterator[KubeContractCluster]:
         yield c
 
 
+@pytest.fixture(params=list(LockKind), ids=[kind.value for kind in LockKind])
+async def any_lock(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[KubeContractCluster]:
+    async with contract_cluster(tmp_path, request.param) as c:
+        yield c
+
+
 def handle(cluster: KubeContractCluster, name: str, clock: FakeClock) -> KubernetesDcs:
     cluster.ensure_pod(name)
     dcs = KubernetesDcs(
@@ -50,7 +58,7 @@ def handle(cluster: KubeContractCluster, name: str, clock: FakeClock) -> Kuberne
         ttl_s=TTL_S,
         timeout_s=TIMEOUT_S,
         loop_wait_s=LOOP_S,
-        lock=LockKind.LEASE,
+        lock=cluster.lock,
         labels=APP_LABELS,
         clock=clock,
     )
@@ -69,24 +77,27 @@ def sent(server: KubeApiServer, method: str, what: str) -> list[str]:
 
 
 async def test_an_acquire_more_than_a_cycle_after_its_leaderless_read_reads_the_lock_again(
-    cluster: KubeContractCluster,
+    any_lock: KubeContractCluster,
 ) -> None:
-    """An acquire writes over the lock object its leaderless read returned only within
+    """An acquire writes over the lock objects its leaderless read returned only within
     `loop_wait` of that read (hkube2, test_kubernetes_throttling.py); older, the read may
-    be out of date and the acquire reads the lock again. Here a read before the Lease
+    be out of date and the acquire reads the locks again. Here a read before any lock object
     existed: meanwhile b took the lock and gave it back, and a, acquiring more than a cycle
-    later, must find it free and take it. Writing over its old read (no Lease: a create)
-    it would be refused (409, the Lease exists) and lose a race nobody else ran."""
-    server, clock = cluster.server, FakeClock()
-    a, b = handle(cluster, "a", clock), handle(cluster, "b", clock)
-    assert (await a.get_cluster()).leader is None  # no Lease yet
+    later, must find it free and take it. Writing over its old read (no object: a create)
+    it would be refused (409, the object exists) and lose a race nobody else ran."""
+    server, clock = any_lock.server, FakeClock()
+    a, b = handle(any_lock, "a", clock), handle(any_lock, "b", clock)
+    assert (await a.get_cluster()).leader is None  # no lock object yet
     assert await b.acquire_leader()
-    await b.release_leader()  # the Lease exists, held by nobody
+    await b.release_leader()  # the lock objects exist, held by nobody
     clock.advance(LOOP_S + 0.01)
     server.audit.clear()
     assert await a.acquire_leader(), "a lost to a read older than a cycle"
-    assert sent(server, "GET", "/leases/"), "the acquire did not read the Lease again"
-    assert sent(server, "POST", "/leases") == []
+    reads = [r.path for r in server.audit.records if r.method == "GET"]
+    creates = [r.path for r in server.audit.records if r.method == "POST"]
+    for holder in a._holders:
+        assert holder.lock.path() in reads, f"{holder.lock.name} was not read again"
+        assert holder.lock.path(named=False) not in creates
 
 
 async def test_a_leaderless_read_refused_again_and_again_waits_twice_as_long_each_time(
