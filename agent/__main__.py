@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-from agent.config import CONFIG_ENV_VAR, ConfigError, load_settings, render_effective
+from agent.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings, render_effective
+from agent.lean import import_runtime
 from agent.pgparams import precedence_comment
 
 EXIT_OK = 0
@@ -30,18 +30,41 @@ DISTRIBUTION = "pgwarden"
 
 def package_version() -> str:
     """The installed `pgwarden` distribution's version; "unknown" when the code runs from a
-    checkout that was never installed (no package metadata to read)."""
+    checkout that was never installed (no package metadata to read). importlib.metadata is
+    imported here, only for `--version`: it would cost the running agent 0.6 MB."""
+    import importlib.metadata  # noqa: PLC0415 - see the docstring
+
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """`--version`: print the installed version and exit; looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        del kwargs
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show the version"
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(f"{parser.prog} {package_version()}\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgwarden", description="High-availability agent for PostgreSQL."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -77,10 +100,17 @@ def _run(config: str | None, check_only: bool, env: Mapping[str, str]) -> int:
     if check_only:
         sys.stdout.write(render_effective(settings) + precedence_comment(settings))
         return EXIT_OK
-    # Lazily: `--check-config` must work without the agent's dependencies loaded.
+    return asyncio.run(load_runtime()(settings))
+
+
+def load_runtime() -> Callable[[Settings], Coroutine[None, None, int]]:
+    """The agent's entry, imported now: lazily, since `--check-config` must work without the
+    agent's dependencies loaded; and the HTTP library first, without the CA bundles its
+    import would load (agent/lean.py)."""
+    import_runtime()
     from agent.app import run_agent  # noqa: PLC0415
 
-    return asyncio.run(run_agent(settings))
+    return run_agent
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import structlog
 
 from agent.clock import Clock
 from agent.decide import PeerStatus
+from agent.lean import system_ca_context
 from agent.metrics import Metrics
 from agent.model import Member, MemberName, PgState, Role
 from agent.settings import Settings
@@ -52,10 +53,14 @@ class HttpPeers:
         self._client_tls = client_tls
         self._http: aiohttp.ClientSession | None = None
 
-    def _ssl(self) -> ssl.SSLContext | bool:
+    def _ssl(self, url: str) -> ssl.SSLContext | bool:
         """For `https` members: verified against api.tls.ca_file (system CAs without TLS
-        settings). A member whose certificate does not verify fails the call (unreachable)."""
-        return self._client_tls() if self._client_tls is not None else True
+        settings, loaded on first use: never aiohttp's own context, see agent/lean.py). A
+        member whose certificate does not verify fails the call (unreachable). Plain `http`
+        members: no context (True is aiohttp's default, unused for http)."""
+        if not url.startswith("https://"):
+            return True
+        return self._client_tls() if self._client_tls is not None else system_ca_context()
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -69,7 +74,7 @@ class HttpPeers:
         async def ask(member: Member) -> PeerStatus:
             try:
                 async with session.get(
-                    member.api_url + "/health", timeout=timeout, ssl=self._ssl()
+                    member.api_url + "/health", timeout=timeout, ssl=self._ssl(member.api_url)
                 ) as resp:
                     body = await resp.json(content_type=None)
                 return PeerStatus(
@@ -102,7 +107,11 @@ class HttpPeers:
         async def ask(name: MemberName, url: str) -> str | None:
             try:
                 async with session.post(
-                    url + "/failsafe", json=body, headers=headers, timeout=timeout, ssl=self._ssl()
+                    url + "/failsafe",
+                    json=body,
+                    headers=headers,
+                    timeout=timeout,
+                    ssl=self._ssl(url),
                 ) as resp:
                     if resp.status == 200:
                         return None
