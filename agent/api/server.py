@@ -23,7 +23,6 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from agent.api import openapi
 from agent.api.backup import add_backup_routes
 from agent.api.errors import ApiError
 from agent.api.health import Probe, parse_lag, probe_ok, status_age_s
@@ -174,6 +173,10 @@ def build_app(
 
 
 async def _openapi(request: web.Request) -> web.StreamResponse:
+    # Imported here: the document is for whoever asks for it, not for a running agent
+    # (about 0.1 MB resident; tests/integration/test_start_memory.py).
+    from agent.api import openapi  # noqa: PLC0415
+
     return json_answer(openapi.document())
 
 
