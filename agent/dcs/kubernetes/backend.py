@@ -254,11 +254,11 @@ class KubernetesDcs:
         async with self._request("get_cluster"):
             trusted, leaderless = False, False
             recent = self._throttle.recent()  # quiet caches are expected (throttle.py)
-            cached = None if self._suspect else self._watches.cached(lenient=recent)
-            if cached is not None:
-                # What the watches keep (cache.py): no request at all.
+            if (cached := self._watches.cached(lenient=recent)) is not None:
+                # The watches' view (cache.py): no request, unless one failed since the last read.
                 items, trusted = self._view_items(*cached, self._clock.monotonic())
                 leaderless = not any(key == keys.LEADER for key, _, _ in items)
+                trusted = trusted and not self._suspect
             if not trusted:
                 # While the server throttles, a read waits out the pause (throttle.py), or if
                 # the view shows no live leader (a race for the lock starts from this read)

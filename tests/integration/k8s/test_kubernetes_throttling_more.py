@@ -17,6 +17,7 @@ import pytest
 
 from agent.clock import FakeClock
 from agent.config import LockKind
+from agent.dcs.base import DcsUnavailable
 from agent.dcs.kubernetes import KubernetesDcs
 from agent.dcs.kubernetes.api import Throttled
 from agent.dcs.kubernetes.throttle import RESEND_JITTER
@@ -158,3 +159,32 @@ async def test_a_leaderless_read_refused_again_and_again_waits_twice_as_long_eac
     assert await lists_on_read() == 1
     await waits(1, 2, 4, 8, 8)  # from the bare Retry-After again, and capped at 8 times it
     assert dcs._throttle.throttling(), "the pause ended: the waits above were not the reads'"
+
+
+async def test_a_leaderless_read_after_a_failed_request_waits_the_retry_after_not_the_pause(
+    cluster: KubeContractCluster,
+) -> None:
+    """A request that failed without a 429 (a 503, a timeout: common on an overloaded
+    server) makes the next get_cluster read from the server instead of the caches. That
+    read must still be judged by what the caches show: with no leader there, a race may
+    start, so it waits the 429's Retry-After, as any leaderless read, not the whole pause
+    (12 s at least at ttl 6: a dead leader's cluster failed over that much later)."""
+    server, clock = cluster.server, FakeClock()
+    dcs = handle(cluster, "a", clock)
+    await dcs.get_cluster()
+    for _ in range(50):  # until the watches run: their caches hold a view with no leader
+        await dcs.wait_for_change(0.1)
+        if dcs._watches.cached() is not None:
+            break
+    assert dcs._watches.cached() is not None, "the watches did not start"
+    server.faults.set(Fault(mode=FaultMode.ERROR, status=503, count=1))
+    with pytest.raises(DcsUnavailable):
+        await dcs.get_cluster()  # leaderless: read from the server, which fails
+    server.faults.set(Fault(mode=FaultMode.ERROR, status=429, retry_after_s=1, count=1))
+    with pytest.raises(Throttled):
+        await dcs.get_cluster()
+    assert dcs._throttle.pause_left_s() > 2 * (1 + RESEND_JITTER)
+    clock.advance(1 + RESEND_JITTER + 0.05)
+    server.audit.clear()
+    assert (await dcs.get_cluster()).leader is None, "waited for the pause"
+    assert len(sent(server, "GET", "/pods")) == 1
