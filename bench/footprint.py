@@ -162,8 +162,20 @@ def compile_agent(python: str) -> None:
     """Byte-compile the working tree's agent/ for `python`, as pip does for the image's
     non-editable install: an agent that starts without .pyc files (the editable install,
     PYTHONDONTWRITEBYTECODE=1 as in the image) compiles its modules in memory at every start,
-    about 0.5 MB more RSS than the image's."""
-    subprocess.run([python, "-m", "compileall", "-q", str(REPO / "agent")], check=True, timeout=300)
+    about 0.5 MB more RSS than the image's. With PYTHONOPTIMIZE in the agents' environment
+    (--agent-env), everything they import is compiled at that level, into a cache of the
+    bench's own (PYTHONPYCACHEPREFIX), so that the level is measured, not the compiling."""
+    dirs = [str(REPO / "agent")]
+    if os.environ.get("PYTHONOPTIMIZE"):
+        os.environ.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "pgw-pyc"))
+        paths = subprocess.run(
+            [python, "-c", "import sys; print('\\n'.join(p for p in sys.path if p))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        dirs += [p for p in paths if Path(p).is_dir()]
+    subprocess.run([python, "-m", "compileall", "-q", *dirs], check=False, timeout=900)
 
 
 async def one_run(row: Row, seconds: float, root: Path, python: str) -> dict[str, float | str]:
@@ -246,6 +258,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, list[dict[str, float
     try:
         out: dict[str, list[dict[str, float | str]]] = {}
         python = sys.executable if args.dev_venv else ensure_agent_venv()
+        for setting in args.agent_env:  # the agents inherit this process's environment
+            name, _, value = setting.partition("=")
+            os.environ[name] = value
         compile_agent(python)
         for name in args.only:
             row = ROWS[name]
@@ -294,9 +309,19 @@ def main() -> int:
     parser.add_argument(
         "--dev-venv", action="store_true", help="run the agents on .venv, not bench/.venv-agent"
     )
+    parser.add_argument(
+        "--agent-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="run the agents with this in their environment (interpreter and allocator "
+        "options: PYTHONOPTIMIZE=2, MALLOC_ARENA_MAX=1, PYTHONMALLOC=malloc...)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}", file=sys.stderr)
+    if args.agent_env:
+        print(f"agents' extra environment: {' '.join(args.agent_env)}", file=sys.stderr)
     out = asyncio.run(main_async(args))
     print(json.dumps(out, indent=2) if args.json else render(out))
     print(f"load average at end: {os.getloadavg()}", file=sys.stderr)
