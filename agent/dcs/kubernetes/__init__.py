@@ -44,7 +44,8 @@ Every public call runs under one deadline (`timeout_s`, also the per-request tim
 raises `DcsUnavailable` (`DcsAuthError` on 401/403, `api.Throttled` on 429) for connection
 errors, timeouts, 5xx and 429 (`api.KubeApi`, the one transport). While the server throttles
 (`throttle.py`), the renewals go first: lock and record writes are sent again after a 429's
-Retry-After, and heartbeats, reads and watch re-opens wait out a jittered pause.
+Retry-After, and heartbeats, reads and watch re-opens wait out a jittered pause; the members
+of a leaderless cluster read it in turn (`turns.py`).
 Constructing the handle does no I/O: the API client is built on the first call.
 
 A `lease` agent does not take the Lease while the Endpoints lock of `endpoints` agents names
@@ -52,7 +53,7 @@ another live leader (`guard.py`: a skipped migration step).
 
 Modules: `backend` (the protocol, lock state), `holding` (one lock object taken, renewed,
 released), `members` (member records on pods), `guard`, `locks`, `expiry`, `routing`,
-`records`, `watches`, `cache`, `api`, `throttle` (the pause after a 429), `objects` (names
+`records`, `watches`, `cache`, `api`, `throttle` (the pause after a 429), `turns`, `objects` (names
 and pure helpers).
 """
 

@@ -26,6 +26,7 @@ ClientFactory = Callable[[], Awaitable[Any]]
 
 _CLOSE_TIMEOUT_S = 2.0
 _WATCH_READ_GRACE_S = 10.0  # a stream silent for timeoutSeconds + this is dead
+_PATIENT_CHECK_S = 1.0  # a stream kept open while patient() is judged again this often
 _THROTTLED_ATTEMPTS = 3  # sends of one request the server throttles (429 + Retry-After)
 
 
@@ -89,6 +90,46 @@ async def bounded(what: str, limit_s: float) -> AsyncIterator[None]:
         raise DcsUnavailable(f"kubernetes: {what}: no answer within {limit_s:g} s") from None
     except (DcsError, OSError, aiohttp.ClientError, ValueError) as exc:
         raise DcsUnavailable(f"kubernetes: {what}: {exc!r}") from exc
+
+
+class _StreamEnds:
+    """When a watch stream is ended on our side (`KubeApi.watch`): silent for `quiet_s`, or
+    open for `end_s`, each judged when due on the event loop's clock and put off for
+    `_PATIENT_CHECK_S` at a time while `patient()`."""
+
+    def __init__(
+        self, *, quiet_s: float | None, end_s: float | None, patient: Callable[[], bool] | None
+    ) -> None:
+        self._clock = asyncio.get_running_loop().time
+        self._opened = self._heard = self._clock()
+        self._quiet_s, self._end_s = quiet_s, end_s
+        self._patient = patient
+        self._put_off = float("-inf")  # no check before this (patient when last due)
+
+    def heard(self) -> None:
+        self._heard = self._clock()
+
+    def _due(self) -> float | None:
+        times = [self._put_off]
+        if self._quiet_s is not None:
+            times.append(self._heard + self._quiet_s)
+        if self._end_s is not None:
+            times.append(self._opened + self._end_s)
+        return None if len(times) == 1 else max(self._put_off, min(times[1:]))
+
+    def check_in_s(self) -> float | None:
+        """Seconds until the next check (None: never; the server or the read timeout ends
+        the stream)."""
+        due = self._due()
+        return None if due is None else max(0.0, due - self._clock())
+
+    def now(self) -> bool:
+        """At a check: True if the stream ends now; else the check is put off."""
+        if self._patient is not None and self._patient():
+            self._put_off = self._clock() + _PATIENT_CHECK_S
+            return False
+        due = self._due()
+        return due is not None and self._clock() >= due
 
 
 class KubeApi:
@@ -202,12 +243,18 @@ class KubeApi:
         *,
         timeout_s: int,
         quiet_s: float | None = None,
+        end_s: float | None = None,
+        patient: Callable[[], bool] | None = None,
     ) -> AsyncGenerator[tuple[str, KubeObject]]:
         """The (type, object) events of one watch stream, bookmarks included; ends when the
-        server ends it (after `timeout_s`). Raises `Expired` for 410 Gone. A stream silent
-        for `quiet_s` (default: `timeout_s` and a grace) is dead: it raises a timeout."""
-        silent_s = timeout_s + _WATCH_READ_GRACE_S if quiet_s is None else quiet_s
-        read_timeout = aiohttp.ClientTimeout(sock_connect=self._timeout_s, sock_read=silent_s)
+        server ends it (after `timeout_s`), or on our side once it has been silent for
+        `quiet_s` or open for `end_s`, unless `patient()` says silence is expected now (the
+        server throttles, throttle.py: a stream opened before that is kept, not re-opened).
+        Raises `Expired` for 410 Gone, and a timeout for a stream silent for `timeout_s` and
+        a grace (dead)."""
+        read_timeout = aiohttp.ClientTimeout(
+            sock_connect=self._timeout_s, sock_read=timeout_s + _WATCH_READ_GRACE_S
+        )
         params = dict(query, watch="true", timeoutSeconds=str(timeout_s))
         api = await self._client()
         response: Any = await api.call_api(
@@ -219,6 +266,7 @@ class KubeApi:
             _preload_content=False,
             _request_timeout=read_timeout,
         )
+        reading: asyncio.Future[bytes] | None = None
         try:
             if response.status == 410:
                 raise Expired
@@ -228,15 +276,18 @@ class KubeApi:
                 raise Throttled(f"watch {path}: HTTP 429", retry_after_s=wait_s)
             if response.status != 200:
                 raise DcsUnavailable(f"watch {path}: HTTP {response.status}")
+            ends = _StreamEnds(quiet_s=quiet_s, end_s=end_s, patient=patient)
             while True:
-                try:
-                    line = await response.content.readline()
-                except aiohttp.ServerTimeoutError:
-                    if quiet_s is None:
-                        raise
-                    return  # silent for quiet_s: ended like a server end, the caller resumes
+                reading = reading or asyncio.ensure_future(response.content.readline())
+                done, _ = await asyncio.wait({reading}, timeout=ends.check_in_s())
+                if not done:
+                    if ends.now():
+                        return  # ended on our side, as a server end: the caller resumes
+                    continue
+                line, reading = reading.result(), None
                 if not line:
                     return
+                ends.heard()
                 event = json.loads(line)
                 kind, obj = str(event.get("type")), event.get("object") or {}
                 if kind == "ERROR":
@@ -245,6 +296,10 @@ class KubeApi:
                     raise DcsUnavailable(f"watch {path}: {obj.get('message')}")
                 yield kind, obj
         finally:
+            if reading is not None and not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reading
             response.release()
 
     async def close(self) -> None:

@@ -24,9 +24,9 @@ from agent.dcs.kubernetes.guard import EndpointsGuard
 from agent.dcs.kubernetes.holding import (
     LockHolder,
     Renewal,
-    leader_items,
     lock_body,
     says_throttled,
+    view_leader_items,
 )
 from agent.dcs.kubernetes.locks import EndpointsLock, lock_objects
 from agent.dcs.kubernetes.members import MemberRecords
@@ -40,6 +40,7 @@ from agent.dcs.kubernetes.objects import (
 from agent.dcs.kubernetes.records import ConfigRecords, record_items
 from agent.dcs.kubernetes.routing import EndpointSliceRouter
 from agent.dcs.kubernetes.throttle import ThrottleState
+from agent.dcs.kubernetes.turns import RaceTurns
 from agent.dcs.kubernetes.watches import WATCH_TIMEOUT_S, ClusterWatches
 from agent.model import ClusterView, Member, RecordKind
 
@@ -215,6 +216,7 @@ class KubernetesDcs:
             clock=self._clock,
             own=own_pod_write,
         )
+        self._turns = RaceTurns(member_name, turn_s=ttl_s)  # leaderless reads while throttled
         self._closed = False
 
     @classmethod
@@ -254,23 +256,29 @@ class KubernetesDcs:
         async with self._request("get_cluster"):
             trusted, leaderless = False, False
             recent = self._throttle.recent()  # quiet caches are expected (throttle.py)
+            now = self._clock.monotonic()
             if (cached := self._watches.cached(lenient=recent)) is not None:
                 # The watches' view (cache.py): no request, unless one failed since the last read.
-                items, trusted = self._view_items(*cached, self._clock.monotonic())
+                items, trusted = self._view_items(*cached, now)
                 leaderless = not any(key == keys.LEADER for key, _, _ in items)
                 trusted = trusted and not self._suspect
+                self._turns.seen(leaderless, now)
             if not trusted:
                 # While the server throttles, a read waits out the pause (throttle.py), or if
                 # the view shows no live leader (a race for the lock starts from this read)
-                # the last 429's Retry-After; never sent again inside the call.
+                # the last 429's Retry-After and this member's turn (turns.py); never sent
+                # again inside the call.
                 waits = not (leaderless and self._throttle.retry_after_over())
                 if self._throttle.throttling() and waits:
                     left_s = self._throttle.pause_left_s()
                     raise Throttled(f"kubernetes: get_cluster: throttled, {left_s:.1f} s to wait")
+                if cached is not None and leaderless and self._throttle.recent():
+                    self._turns.wait(cached[0], [h.lock for h in self._holders], cached[1], now)
                 pods, locks, config = await self._read_all()
                 self._suspect = False
                 now = self._clock.monotonic()
                 items, _ = self._view_items(pods, locks, config, now, from_server=True)
+                self._turns.seen(not any(key == keys.LEADER for key, _, _ in items), now)
         view = keys.to_view(items, self._log)
         self._members.in_sync_set = view.sync is not None and self._name in view.sync.members
         return view
@@ -290,9 +298,10 @@ class KubernetesDcs:
         stream that died without a word could show stale), nor when a member record expires
         on them that the server has not shown expired (a stream that stopped would expire
         every member whose heartbeats it no longer delivers)."""
-        leader = _leader_items(self._holders, locks, self._expiry, now, self._log)
-        if leader and leader[0][1] != self._name.encode() and says_throttled(locks):
-            self._throttle.told(self._ttl_s)  # its replicas defer too (throttle.py)
+        leader = view_leader_items(self._holders, locks, self._expiry, now, self._log)
+        if says_throttled(locks) and not (leader and leader[0][1] == self._name.encode()):
+            # Its replicas defer too (throttle.py), and, its lease lapsed, read in turn (turns.py).
+            self._throttle.told(self._ttl_s)
         members, stale = self._members.items(pods, now)
         if from_server:
             self._stale = stale
@@ -479,22 +488,3 @@ def _labels_of(obj: KubeObject) -> dict[str, str]:
     meta = obj.get("metadata")
     labels = meta.get("labels") if isinstance(meta, dict) else None
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
-
-
-def _leader_items(
-    holders: tuple[LockHolder, ...],
-    locks: list[KubeObject | None],
-    expiry: ObservedExpiry,
-    now: float,
-    log: structlog.typing.FilteringBoundLogger,
-) -> Items:
-    """The leader record: the holder named by the lock objects (one, or during a migration
-    two, which name the same member unless an agent of the old kind took the Endpoints
-    alone; then the Endpoints' holder is the leader the old agents follow)."""
-    found: Items = []
-    for holder, obj in zip(holders, locks, strict=True):
-        found += leader_items(holder.lock, holder.key, obj, expiry, now)
-    names = {value for _, value, _ in found}
-    if len(names) > 1:
-        log.warning("dcs_lock_objects_disagree", holders=sorted(n.decode() for n in names))
-    return found[:1]

@@ -186,3 +186,22 @@ def lock_body(wall: float, ip: str | None, throttled: bool = False) -> Body:
 def says_throttled(locks: list[KubeObject | None]) -> bool:
     """Whether a lock object's holder says it got a 429 lately (throttle.py `told`)."""
     return any(THROTTLED_ANNOTATION in annotations_of(obj) for obj in locks if obj is not None)
+
+
+def view_leader_items(
+    holders: tuple[LockHolder, ...],
+    locks: list[KubeObject | None],
+    expiry: ObservedExpiry,
+    now: float,
+    log: structlog.typing.FilteringBoundLogger,
+) -> list[tuple[str, bytes, str]]:
+    """The leader record: the holder named by the lock objects (one, or during a migration
+    two, which name the same member unless an agent of the old kind took the Endpoints
+    alone; then the Endpoints' holder is the leader the old agents follow)."""
+    found: list[tuple[str, bytes, str]] = []
+    for holder, obj in zip(holders, locks, strict=True):
+        found += leader_items(holder.lock, holder.key, obj, expiry, now)
+    names = {value for _, value, _ in found}
+    if len(names) > 1:
+        log.warning("dcs_lock_objects_disagree", holders=sorted(n.decode() for n in names))
+    return found[:1]

@@ -18,7 +18,8 @@ cannot:
   for the last 429's Retry-After (jittered, doubled for each further 429 up to 8 times, never
   past the pause), and are not sent again inside the call: a fleet whose
   leaders the throttling cost would otherwise re-read every cycle, and take the tokens the
-  remaining leaders' renewals need.
+  remaining leaders' renewals need. And the members of a leaderless cluster read in turn, a
+  ttl apart, the lapsed holder first if it said it was throttled (turns.py).
 - **Heartbeats wait** for `max_pause_s` after a 429 (`recent()`), not only for the pause:
   a member whose pause ended heartbeats again only once the fleet has gone that long
   without a 429 to it, or when its record changed in a way a peer wakes for.
@@ -29,13 +30,15 @@ cannot:
   in the lock object it renews anyway (`refused_lately()`: a marker annotation, no extra
   request), and its replicas, seeing it on their watch of the lock, take it as a 429 of
   their own for `recent()` (heartbeats wait, quiet caches are expected) for as long as the
-  marker is there and `told_s` after. Only a member's own 429s decide its marker: a leader
+  marker is there and `told_s` after (a lapsed lock object that still carries it, too: its
+  cluster's members then read in turn). Only a member's own 429s decide its marker: a leader
   never re-announces what it was told.
 - **Silence is expected** for `max_pause_s` after a 429 (`recent()`): heartbeats deferred
   and renewals sent again late leave watch streams quiet, which otherwise marks a stream as
   possibly dead (re-opened, its cache re-read from the server: requests the renewals need).
-  Meanwhile the watches run until the server ends them, the caches are used however quiet,
-  and a member record that expires on them is taken as expired without a read.
+  Meanwhile the watches run until the server ends them (streams opened before the
+  throttling began included), the caches are used however quiet, and a member record that
+  expires on them is taken as expired without a read.
 
 Every 429 starts or lengthens a pause: the Retry-After (1 s when absent; at least
 `min_pause_s`), doubled for each 429 since the last deferred request that went through

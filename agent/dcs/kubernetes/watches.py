@@ -4,8 +4,9 @@ lock migration) and the ConfigMap. Each is a named task running `changes.watch_f
 resumed from its last resourceVersion; a 410 Expired re-lists and wakes the caller.
 
 How long a stream lives: the ConfigMap's, whose object changes only when someone writes a
-record, ends after `timeoutSeconds` (30 s) and is resumed, so a stream that died without a
-word cannot hide a change for longer. The pods' and the locks' objects change on a schedule
+record, ends after 30 s (`watch_timeout_s`: on our side, the server's `timeoutSeconds` being
+4 times as long) and is resumed, so a stream that died without a word cannot hide a change for
+longer. The pods' and the locks' objects change on a schedule
 (every member heartbeats, the leader renews every cycle), so their streams ask for a long
 `timeoutSeconds` (`steady_timeout_s`, 300 s) and are instead resumed as soon as they have
 been silent for `steady_quiet_s`: a dead stream is found sooner, for a fraction of the
@@ -19,7 +20,11 @@ unless it touched only quiet records (the leader's `position` heartbeat).
 While the handle's throttling pause runs (throttle.py: a 429 on any of its requests; the
 Retry-After, doubled while refusals go on, jittered: 900 watches of a throttled fleet do not
 come back at once), a watch that ended or failed is not listed or re-opened before the pause
-ends, and its cache stays usable meanwhile, for up to `hold_s`.
+ends, and its cache stays usable meanwhile, for up to `hold_s`. And while the server has
+throttled lately (`recent()`), silence is expected: a stream is not ended on our side for
+its silence or its age, only by the server, including a stream opened before the throttling
+began (at 100 clusters, the streams of the whole fleet ending for their silence or age in the
+first 30 s of a throttling took the tokens the leaders' renewals needed).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from agent.dcs.kubernetes.records import ConfigRecords, loud_signature
 
 WATCH_TIMEOUT_S = 30  # server-side end of the ConfigMap watch; the stream is then resumed
 STEADY_WATCH_TIMEOUT_S = 300  # server-side end of the pods and lock watches
-_THROTTLED_TIMEOUTS = 4  # while the server throttles, a ConfigMap stream lives 4 times as long
+_THROTTLED_TIMEOUTS = 4  # a ConfigMap stream asks the server for 4 times its own timeout
 _CLOSE_TIMEOUT_S = 2.0
 
 
@@ -108,7 +113,6 @@ class ClusterWatches:
         trusted as long)."""
         self._api = api
         self._hold_s = float(watch_timeout_s) if hold_s is None else hold_s
-        self._watch_timeout_s = watch_timeout_s
         pods_path, selector = pods
         steady = (steady_timeout_s, steady_quiet_s) if steady_quiet_s else (watch_timeout_s, None)
         # Each watch by name: what it watches, its collection path and selector, and its
@@ -308,11 +312,21 @@ class ClusterWatches:
         """One watch stream from `rv`; returns the resourceVersion to resume from."""
         target = self._targets[name]
         query = dict(target.query, resourceVersion=str(rv), allowWatchBookmarks="true")
-        timeout_s, quiet_s = target.timeout_s, target.quiet_s
-        if self._api.throttle.recent():
-            # Silence is expected: the stream runs until it ends, and ends less often.
-            timeout_s, quiet_s = max(timeout_s, _THROTTLED_TIMEOUTS * self._watch_timeout_s), None
-        events = self._api.watch(target.path, query, timeout_s=timeout_s, quiet_s=quiet_s)
+        # A stream that ends on the server's timeout asks for a longer one and is ended on
+        # our side at its own, unless the server throttles by then (silence is expected:
+        # the stream runs on, and a stream opened before the throttling began is not
+        # re-opened for its silence or its age either).
+        timeout_s, end_s = target.timeout_s, None
+        if target.quiet_s is None:
+            timeout_s, end_s = _THROTTLED_TIMEOUTS * target.timeout_s, target.timeout_s
+        events = self._api.watch(
+            target.path,
+            query,
+            timeout_s=timeout_s,
+            quiet_s=target.quiet_s,
+            end_s=end_s,
+            patient=self._api.throttle.recent,
+        )
         cache = self._caches[name]
         async with contextlib.aclosing(events):
             async for kind, obj in events:

@@ -434,3 +434,123 @@ async def test_an_acquire_right_after_a_leaderless_read_writes_over_what_it_read
     assert lease_reads == [], f"the acquire read the Lease again: {lease_reads}"
     assert not await b.dcs.acquire_leader(), "b wrote over a read that a's write overtook"
     assert (await b.dcs.get_cluster()).leader is not None
+
+
+async def test_streams_opened_before_the_throttling_are_not_ended_for_their_age_meanwhile(
+    cluster: KubeContractCluster,
+) -> None:
+    """A stream is ended on our side when it is old (the ConfigMap's, at `watch_timeout_s`)
+    or silent (pods, lock) and re-opened: a request. While the server throttles, silence is
+    expected, so a stream is kept, and that must hold for the streams opened before the
+    throttling began too: at 100 clusters, the whole fleet's streams ending for their age or
+    silence in the first 30 s of a throttling took the tokens the renewals needed. Here a
+    replica told by its leader's marker (so with no pause of its own to wait out) keeps its
+    ConfigMap stream, opened before, past its 1 s timeout."""
+    server = cluster.server
+    a, b, _ = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    replica = KubernetesDcs(
+        client_factory=url_factory(server.url),
+        namespace=NAMESPACE,
+        cluster=cluster.cluster,
+        member_name="b",
+        ttl_s=TTL_S,
+        timeout_s=0.9 * 1.5,
+        loop_wait_s=LOOP_S,
+        lock=LockKind.LEASE,
+        labels=APP_LABELS,
+        watch_timeout_s=1,
+    )
+    cluster.handles.append(replica)
+    b = replace(b, dcs=replica)
+    leader = await elect([a, b])
+    assert leader is a
+    await replica.wait_for_change(0.5)  # its watches run, opened before any 429
+    server.faults.set(
+        Fault(
+            mode=FaultMode.ERROR,
+            status=429,
+            retry_after_s=1,
+            count=1,
+            path_prefix="/apis/coordination.k8s.io/",
+            methods=("PUT",),
+        )
+    )
+    assert await a.dcs.renew_leader()  # refused once, sent again
+    assert await a.dcs.renew_leader()  # says so: the marker
+    for _ in range(10):
+        await replica.wait_for_change(0.3)
+        await replica.get_cluster()
+        if replica._throttle.recent():
+            break
+    assert replica._throttle.recent() and not replica._throttle.throttling()
+    server.audit.clear()
+    for _ in range(6):  # 3 s: the leader renews (keeps the replica told), the replica waits
+        assert await a.dcs.renew_leader()
+        await replica.wait_for_change(0.5)
+        await replica.get_cluster()
+    opened = [r.path for r in server.audit.records if r.verb == "watch" and "configmaps" in r.path]
+    assert opened == [], f"a stream was re-opened while throttled: {opened}"
+
+
+async def test_with_no_leader_while_throttled_the_members_read_in_turn_the_lost_holder_first(
+    cluster: KubeContractCluster,
+) -> None:
+    """A leader whose lease lapses while it says it is being throttled (the marker) lost it
+    to the throttling, not to death: its replicas do not read the leaderless cluster from
+    the server (a pod list and two gets each) before their turns, a ttl apart; it does,
+    first, and takes the lock back; they learn of it on their watches, with no request.
+    (Each member reading at once, every lost leader made three readers of the tokens the
+    remaining leaders' renewals needed: at 100 clusters with every request throttled at
+    60/s, bench/scale.py.) The order is no safety rule: the lock is still taken by a
+    compare-and-set."""
+    server = cluster.server
+    agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    leader = await elect(agents)
+    replicas = [a for a in agents if a is not leader]
+    for agent in agents:
+        await agent.dcs.wait_for_change(0.3)  # the watches run and fill the caches
+    server.faults.set(
+        Fault(
+            mode=FaultMode.ERROR,
+            status=429,
+            retry_after_s=1,
+            count=1,
+            path_prefix="/apis/coordination.k8s.io/",
+            methods=("PUT",),
+        )
+    )
+    assert await leader.dcs.renew_leader(), "a renewal refused once is sent again"
+    assert await leader.dcs.renew_leader()  # says so: the marker
+    lapses = time.monotonic() + TTL_S
+    while time.monotonic() < lapses + 0.5:  # the leader stops renewing; all cycle
+        for agent in agents:
+            await agent.dcs.wait_for_change(0.2)
+            with contextlib.suppress(Throttled):
+                await agent.dcs.get_cluster()
+    server.audit.clear()
+    for agent in replicas:
+        with pytest.raises(Throttled, match="turn to read"):
+            await agent.dcs.get_cluster()
+    reads = [r.path for r in server.audit.records if r.verb in ("get", "list")]
+    assert reads == [], f"a replica read the leaderless cluster out of turn: {reads}"
+    # A turn later the second in turn reads; the third still waits, though its last sight
+    # of a live leader is a ttl old: the lapsed lock still says its holder was throttled.
+    third = max(replicas, key=lambda a: a.name)  # b, c: the same WAL position, by name
+    while time.monotonic() < lapses + TTL_S + 1.0:
+        for agent in replicas:
+            await agent.dcs.wait_for_change(0.2)
+            with contextlib.suppress(Throttled):
+                await agent.dcs.get_cluster()
+    assert any(r.verb == "list" for r in server.audit.records), "the second did not read"
+    server.audit.clear()
+    with pytest.raises(Throttled, match="turn to read"):
+        await third.dcs.get_cluster()
+    assert (await leader.dcs.get_cluster()).leader is None  # lapsed on its own clock too
+    assert any(r.verb == "list" for r in server.audit.records), "the holder did not read"
+    assert await leader.dcs.acquire_leader(), "the holder did not take its lock back"
+    for agent in replicas:
+        await agent.dcs.wait_for_change(1.0)
+        view = await agent.dcs.get_cluster()
+        assert view.leader is not None and view.leader.name == leader.name
+    reads = [r.path for r in server.audit.records if r.verb == "list"]
+    assert len(reads) == 1, f"the third read the cluster: {reads}"
