@@ -104,3 +104,35 @@ def test_the_heartbeat_leaves_a_cycle_a_request_and_a_slack_inside_the_ttl(
     assert interval == pytest.approx(expected)
     # The next write: at the first cycle past the interval, and as slow as a request may be.
     assert interval + loop_wait_s + timeout_s < ttl_s or interval == 0.0
+
+
+def test_each_renewal_of_the_lock_restarts_the_clock_of_the_member_record_it_names() -> None:
+    """The leader's member record lives as long as the lock that names it: a dead leader's
+    record goes one ttl after its last renewal was seen, not later."""
+    clock, expiry = FakeClock(), ObservedExpiry(TTL_S)
+    assert expiry.note("members/a", "rec+hb1", 3, clock.monotonic())
+    for rv in range(10, 40, 10):  # renewals every half ttl, the record never written again
+        clock.advance(TTL_S / 2)
+        assert expiry.note("leader@l", str(rv), rv, clock.monotonic(), vouches="members/a")
+        assert expiry.note("members/a", "rec+hb1", 3, clock.monotonic())
+    last_renewal = clock.monotonic()
+    assert expiry.next_due() == last_renewal + TTL_S
+    clock.advance(TTL_S / 2)
+    # The same renewal seen again, or the lock naming someone else: no restart for `a`.
+    expiry.note("leader@l", "30", 30, clock.monotonic(), vouches="members/a")
+    expiry.note("leader@l", "41", 41, clock.monotonic(), vouches="members/b")
+    clock.advance(TTL_S / 2 - 0.01)
+    assert expiry.note("members/a", "rec+hb1", 3, clock.monotonic())
+    clock.advance(0.01)
+    assert not expiry.note("members/a", "rec+hb1", 3, clock.monotonic())
+
+
+def test_a_renewal_seen_after_the_record_expired_brings_it_back_and_its_expiry_is_told() -> None:
+    clock, expiry = FakeClock(), ObservedExpiry(TTL_S)
+    expiry.note("members/a", "rec", 3, clock.monotonic())
+    clock.advance(TTL_S)
+    assert expiry.take_due(clock.monotonic())
+    expiry.note("leader@l", "10", 10, clock.monotonic(), vouches="members/a")
+    assert expiry.note("members/a", "rec", 3, clock.monotonic())
+    clock.advance(TTL_S)
+    assert expiry.take_due(clock.monotonic())

@@ -6,6 +6,7 @@ every PATCH as the API server does and counts them; times are on a fake clock.""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +14,7 @@ from agent.clock import FakeClock
 from agent.dcs.kubernetes.api import Response
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.members import MemberRecords
+from agent.dcs.kubernetes.objects import KubeObject, member_patch
 from agent.dcs.kubernetes.throttle import ThrottleState
 from agent.model import PgState, Role
 from tests.contract.dcs_contract import member
@@ -35,7 +37,9 @@ class PodApi:
         return Response(200, {"metadata": {"name": "a", "resourceVersion": str(self.patches)}})
 
 
-def records(clock: FakeClock) -> tuple[MemberRecords, PodApi]:
+def records(
+    clock: FakeClock, renewed: Callable[[], float] = lambda: float("-inf")
+) -> tuple[MemberRecords, PodApi]:
     api = PodApi(clock)
     handle = MemberRecords(
         api,  # type: ignore[arg-type]  # the stand-in has what MemberRecords uses
@@ -46,6 +50,7 @@ def records(clock: FakeClock) -> tuple[MemberRecords, PodApi]:
         heartbeat_s=HEARTBEAT_S,
         clock=clock,
         own=lambda rv: None,
+        renewed=renewed,
     )
     return handle, api
 
@@ -95,3 +100,48 @@ async def test_a_synchronous_standby_heartbeats_while_throttled() -> None:
     clock.advance(HEARTBEAT_S)
     await handle.publish(member("a"))
     assert api.patches == 2
+
+
+def pod(name: str, heartbeat: str, *, vouching: bool = True, rv: int = 1) -> KubeObject:
+    """A member pod as the API server returns it after `name`'s agent wrote its record
+    (`vouching=False`: by an agent from before the lock vouched for the leader's record)."""
+    meta = member_patch("c", name, member(name).to_json(), heartbeat=heartbeat)["metadata"]
+    if not vouching:
+        del meta["annotations"]["pgwarden.io/lock-vouches"]
+    return {"metadata": {**meta, "name": name, "resourceVersion": str(rv)}}
+
+
+async def test_the_leader_skips_heartbeats_while_renewals_vouch_for_its_record() -> None:
+    """A renewal sent counts as a heartbeat while every peer's agent lets the lock vouch
+    and one of them is live; otherwise, or once renewals stop, heartbeats as before."""
+    clock = FakeClock()
+    renewed_at = float("-inf")
+    handle, api = records(clock, renewed=lambda: renewed_at)
+    await handle.publish(member("a"))
+    handle.items([pod("a", "t0"), pod("b", "t0")], clock.monotonic())
+    for _ in range(5):  # renewing every cycle: no heartbeat
+        clock.advance(HEARTBEAT_S)
+        renewed_at = clock.monotonic() - 0.1
+        await handle.publish(member("a"))
+    assert api.patches == 1
+    await handle.publish(member("a", wal_lsn=16))
+    assert api.patches == 2, "a changed record waits for nothing"
+    clock.advance(HEARTBEAT_S)  # renewals stopped (released, lost, failing)
+    await handle.publish(member("a", wal_lsn=16))
+    assert api.patches == 3
+
+
+async def test_the_leader_heartbeats_when_a_peer_runs_an_older_agent_or_none_is_live() -> None:
+    clock = FakeClock()
+    handle, api = records(clock, renewed=clock.monotonic)
+    await handle.publish(member("a"))
+    # c's record was written by an older agent (it would expire the leader's record).
+    handle.items([pod("a", "t0"), pod("b", "t0"), pod("c", "t0", vouching=False)], 0.0)
+    clock.advance(HEARTBEAT_S)
+    await handle.publish(member("a"))
+    assert api.patches == 2
+    # Every peer vouches but none is live: its pods cache hears no heartbeat but ours.
+    handle.items([pod("a", "t0"), pod("b", "t0", rv=2)], clock.monotonic() + TTL_S)
+    clock.advance(HEARTBEAT_S)
+    await handle.publish(member("a"))
+    assert api.patches == 3

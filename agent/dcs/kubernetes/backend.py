@@ -33,6 +33,7 @@ from agent.dcs.kubernetes.members import MemberRecords
 from agent.dcs.kubernetes.objects import (
     KubeObject,
     cluster_selector,
+    labels_of,
     name_of,
     pod_ip_of,
     resource_version,
@@ -173,7 +174,7 @@ class KubernetesDcs:
             log=self._log,
         )
         self._holding = False
-        self._last_renew_sent = 0.0  # monotonic send time of the last successful acquire/renew
+        self._last_renew_sent = float("-inf")  # send time of the last acquire/renew that took
         self._heartbeat_s = heartbeat_interval(ttl_s, loop_s, timeout_s)
         # Read from the server at the next get_cluster: a request failed since the last read
         # from it (the caches may look fine while the server does not answer).
@@ -215,6 +216,7 @@ class KubernetesDcs:
             heartbeat_s=self._heartbeat_s,
             clock=self._clock,
             own=own_pod_write,
+            renewed=lambda: self._last_renew_sent,  # each one vouches for our record
         )
         self._turns = RaceTurns(member_name, turn_s=ttl_s)  # leaderless reads while throttled
         self._closed = False
@@ -417,7 +419,7 @@ class KubernetesDcs:
         read. For the pod role labeler (agent/kube/labels.py): no request, no decision."""
         if self._suspect or not self._watches.pods_cache.usable(self._clock.monotonic()):
             return None
-        return {name_of(pod): _labels_of(pod) for pod in self._watches.pods_cache.objects()}
+        return {name_of(pod): labels_of(pod) for pod in self._watches.pods_cache.objects()}
 
     async def close(self) -> None:
         """Stop the watches and close the client. The leader record is left as it is (a clean
@@ -482,9 +484,3 @@ class KubernetesDcs:
         with self._changes.writing():
             async with self._request(what):
                 yield
-
-
-def _labels_of(obj: KubeObject) -> dict[str, str]:
-    meta = obj.get("metadata")
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}

@@ -8,6 +8,12 @@ whatever the writer changes when it renews (the lock object's resourceVersion; a
 record plus its heartbeat); `rv` orders observations, so an older one read late (a list
 racing a watch) never restarts a newer clock. A new observer gives every record a full
 `ttl_s` of its own. Implements `changes.Timers`: each expiry is reported once.
+
+A lock object also vouches for the member record of the member it names (`note(...,
+vouches=)`): each renewal seen restarts that record's clock too, so the leader need not
+heartbeat its record while it renews (members.py), and a dead leader's record expires one
+ttl after its last renewal was seen, as the lock does. A record the lock no longer names
+keeps the clock its last vouching renewal gave it.
 """
 
 from __future__ import annotations
@@ -33,12 +39,26 @@ class ObservedExpiry:
         self._ttl_s = ttl_s
         self._seen: dict[str, _Seen] = {}
 
-    def note(self, key: str, token: str, rv: int, now: float, *, source: str = "") -> bool:
+    def note(
+        self,
+        key: str,
+        token: str,
+        rv: int,
+        now: float,
+        *,
+        source: str = "",
+        vouches: str | None = None,
+    ) -> bool:
         """Remember what we saw of a record at `now` (carried by the object `source`);
-        True while it is not expired."""
+        True while it is not expired. `vouches`: the key of the member record this one (a
+        lock object's leader record) names; a new token here restarts that one's clock."""
         seen = self._seen.get(key)
         if seen is None or (seen.token != token and rv >= seen.rv):
             self._seen[key] = seen = _Seen(token=token, rv=rv, first_seen=now)
+            vouched = self._seen.get(vouches) if vouches is not None else None
+            if vouched is not None and vouched.first_seen < now:
+                vouched.first_seen = now
+                vouched.expiry_told = False
         if source:
             seen.source = source
         return now - seen.first_seen < self._ttl_s

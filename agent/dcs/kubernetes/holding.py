@@ -85,7 +85,7 @@ class LockHolder:
             return True
         holder, rv = self.lock.holder(current), resource_version(current)
         if holder:
-            self._expiry.note(self.key, str(rv), rv, sent)
+            self._expiry.note(self.key, str(rv), rv, sent, vouches=keys.member_key(holder))
         expired = self._expiry.is_expired(self.key, rv, now)
         if holder and holder != self._member and not expired:
             # Held, as read before the call: read again, it may have been released since.
@@ -145,14 +145,15 @@ class LockHolder:
         rv = resource_version(obj)
         self._own(rv)
         self.obj = obj
-        self._expiry.note(self.key, str(rv), rv, now)
+        self._expiry.note(self.key, str(rv), rv, now, vouches=keys.member_key(self._member))
 
 
 def leader_items(
     lock: LockObject, key: str, obj: KubeObject | None, expiry: ObservedExpiry, now: float
 ) -> list[tuple[str, bytes, str]]:
     """The leader record `obj` holds, unless it names nobody or is expired on our clock
-    (which this observation restarts when the record changed)."""
+    (which this observation restarts when the record changed, and with it the clock of the
+    holder's member record: expiry.py)."""
     if obj is None:
         return []
     holder = lock.holder(obj)
@@ -160,7 +161,7 @@ def leader_items(
         expiry.forget(key)
         return []
     rv = resource_version(obj)
-    if not expiry.note(key, str(rv), rv, now):
+    if not expiry.note(key, str(rv), rv, now, vouches=keys.member_key(holder)):
         return []
     return [(keys.LEADER, to_bytes(holder), str(rv))]
 

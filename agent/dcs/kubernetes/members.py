@@ -11,6 +11,15 @@ member of the synchronous set (`in_sync_set`): its leader chooses synchronous st
 the records it sees, and one that expired there would be dropped from the set, weakening
 what commits wait for. A refused write is not sent again inside the call: the next cycle
 writes the newest record.
+
+The leader does not heartbeat an unchanged record while it renews its lock: its observers
+restart the clock of the record the lock names with each renewal they see (expiry.py), so
+a renewal sent counts as a heartbeat written then (`renewed`). Only while every other pod's
+record was written by an agent that does so (`objects.lets_lock_vouch`: an older agent
+would expire the leader's record) and at least one other member's record is live (its
+heartbeats are the pod events that keep this handle's pods cache trusted, cache.py; a lone
+member heartbeats as before). A record that changed is written at once; once renewals stop
+(released, lost, failed) the heartbeat falls due a heartbeat period after the last one.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.objects import (
     KubeObject,
     hash_version,
+    lets_lock_vouch,
     member_entry,
     member_patch,
     micro_time,
@@ -53,8 +63,11 @@ class MemberRecords:
         heartbeat_s: float,
         clock: Clock,
         own: Callable[[int], None],
+        renewed: Callable[[], float] = lambda: float("-inf"),
     ) -> None:
-        """`pod_path`: this member's pod; `own`: told the resourceVersion of each write."""
+        """`pod_path`: this member's pod; `own`: told the resourceVersion of each write;
+        `renewed`: when the last successful write of the lock naming this member was sent
+        (monotonic; -inf for never)."""
         self._api = api
         self._pod_path = pod_path
         self._pod = pod_path.rsplit("/", 1)[-1]
@@ -65,6 +78,10 @@ class MemberRecords:
         self._clock = clock
         self._own = own
         self._published: tuple[str, float] | None = None  # (payload, monotonic write time)
+        self._renewed = renewed
+        # From the last `items`: every other record lets the lock vouch (the pods that carry
+        # one), and at least one of them is live.
+        self._vouched = False
         self.in_sync_set = False  # named in the `sync` record of the last view read
 
     @property
@@ -100,6 +117,8 @@ class MemberRecords:
         if self._published is None:
             return False
         written, written_at = self._published
+        if written == payload and self._vouched:
+            written_at = max(written_at, self._renewed())  # a renewal is a heartbeat
         if written == payload and now - written_at < self._heartbeat_s:
             return True
         if self.in_sync_set and now - written_at >= self._heartbeat_s:
@@ -115,6 +134,7 @@ class MemberRecords:
         stale: set[tuple[str, str]] = set()
         mine: str | None = None
         present: set[str] = set()
+        vouching, live_peers = True, 0
         for pod in pods:
             entry = member_entry(pod)
             if entry is None:
@@ -122,13 +142,18 @@ class MemberRecords:
             name, value, token = entry
             key = keys.member_key(name)
             present.add(key)
-            if name_of(pod) == self._pod:
+            ours = name_of(pod) == self._pod
+            if ours:
                 mine = value
+            else:
+                vouching = vouching and lets_lock_vouch(pod)
             fresh = self._expiry.note(key, token, resource_version(pod), now, source=name_of(pod))
             if fresh:
                 items.append((key, to_bytes(value), hash_version(value)))
+                live_peers += not ours
             else:
                 stale.add((key, token))
+        self._vouched = vouching and live_peers > 0
         # Pods or records that went away: nothing left to expire.
         self._expiry.forget_all_but(present, prefix=keys.MEMBERS)
         if mine is None or (self._published is not None and self._published[0] != mine):

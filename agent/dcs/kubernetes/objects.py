@@ -21,6 +21,10 @@ TRANSITIONS_ANNOTATION = "pgwarden.io/transitions"
 MEMBER_ANNOTATION = "pgwarden.io/member"
 MEMBER_NAME_ANNOTATION = "pgwarden.io/member-name"
 HEARTBEAT_ANNOTATION = "pgwarden.io/heartbeat"
+# Written with each member record by an agent that lets the lock vouch for its holder's
+# record (expiry.py), set to the heartbeat written with it: an older agent's write sets the
+# heartbeat alone, so its pod no longer shows the two equal.
+VOUCHES_ANNOTATION = "pgwarden.io/lock-vouches"
 # On a lock object: its holder got a 429 lately (throttle.py `told`).
 THROTTLED_ANNOTATION = "pgwarden.io/throttled"
 CLUSTER_LABEL = "pgwarden.io/cluster"
@@ -87,6 +91,12 @@ def annotations_of(obj: Mapping[str, Any] | None) -> dict[str, str]:
     return {str(k): v for k, v in raw.items() if isinstance(v, str)}
 
 
+def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
 def labelled_meta(
     current: Mapping[str, Any] | None, *, name: str, namespace: str, cluster: str
 ) -> KubeObject:
@@ -117,6 +127,7 @@ def member_patch(cluster: str, member: str, record: str, *, heartbeat: str) -> K
                 MEMBER_ANNOTATION: record,
                 MEMBER_NAME_ANNOTATION: member,
                 HEARTBEAT_ANNOTATION: heartbeat,
+                VOUCHES_ANNOTATION: heartbeat,
             },
         }
     }
@@ -131,6 +142,13 @@ def member_entry(pod: Mapping[str, Any]) -> tuple[str, str, str] | None:
         return None
     name = notes.get(MEMBER_NAME_ANNOTATION) or name_of(pod)
     return name, value, value + "\0" + notes.get(HEARTBEAT_ANNOTATION, "")
+
+
+def lets_lock_vouch(pod: Mapping[str, Any]) -> bool:
+    """Whether the agent that wrote the record on `pod` lets a lock renewal restart its
+    holder's record clock (`VOUCHES_ANNOTATION`)."""
+    notes = annotations_of(pod)
+    return notes.get(VOUCHES_ANNOTATION) == notes.get(HEARTBEAT_ANNOTATION, "")
 
 
 def member_signatures(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:

@@ -368,7 +368,8 @@ class ClusterWatches:
         holder = "" if kind == "DELETED" else lock.holder(obj)
         rv = resource_version(obj)
         if holder:
-            self._expiry.note(key, str(rv), rv, self._clock.monotonic())
+            now = self._clock.monotonic()
+            self._expiry.note(key, str(rv), rv, now, vouches=keys.member_key(holder))
         else:
             self._expiry.forget(key)
         before = self._leader()

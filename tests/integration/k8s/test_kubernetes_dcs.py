@@ -441,6 +441,46 @@ async def test_renewals_keep_the_leader_alive_for_watchers_without_waking_them(
             await c.close()
 
 
+async def test_the_leader_record_lives_on_renewals_alone_and_goes_a_ttl_after_the_last(
+    kube_dcs: KubeContractCluster,
+) -> None:
+    """The leader does not heartbeat its unchanged member record while it renews: each
+    renewal restarts the record's clock for observers watching (b) or reading the server
+    every time (c), and once renewals stop the record goes a ttl after the last, with the
+    lock. Every lock kind."""
+    c, loop = kube_dcs, asyncio.get_running_loop()
+    # A short request timeout leaves a heartbeat period (1.25 s) inside the ttl of 2.5 s.
+    a, b, reader = (c.make_kube(name, timeout_s=0.5) for name in ("a", "b", "c"))
+    await a.publish_member(member("a"))
+    await b.publish_member(member("b"))
+    assert await a.acquire_leader()
+    await b.wait_for_change(0.01)  # b's watches run from here; c never starts its own
+
+    def pod_version() -> str:
+        return str(c.server.store.get(c.pods, NAMESPACE, "a")["metadata"]["resourceVersion"])
+
+    written = pod_version()
+    until = loop.time() + 1.5 * TTL_S
+    while loop.time() < until:  # as the HA loop does: renew, read, publish
+        assert await a.renew_leader()
+        last = loop.time()
+        assert (await a.get_cluster()).member("a") is not None
+        await a.publish_member(member("a"))
+        await b.publish_member(member("b"))
+        assert (await b.get_cluster()).member("a") is not None
+        assert (await reader.get_cluster()).member("a") is not None
+        await asyncio.sleep(0.3)
+    assert pod_version() == written, "the leader wrote its unchanged record"
+    # a stops (dead); b and c keep its record until a ttl after the last renewal, no longer.
+    await asyncio.sleep(last + TTL_S - 1.0 - loop.time())
+    for observer in (b, reader):
+        assert (await observer.get_cluster()).member("a") is not None
+    await asyncio.sleep(last + TTL_S + c.expiry_slack_s - loop.time())
+    for observer in (b, reader):
+        view = await observer.get_cluster()
+        assert view.member("a") is None and view.leader is None
+
+
 # --------------------------------------------------------------------------- watch trouble
 
 
