@@ -9,6 +9,7 @@ as absent (DESIGN.md section 3, invariant 6).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 
@@ -50,10 +51,12 @@ def is_member_key(key: str) -> bool:
     return key.startswith(MEMBERS)
 
 
+@functools.lru_cache(maxsize=64)
 def member_signature(value: bytes) -> str:
     """What of a member record is worth waking other members for: everything but the WAL
     positions, which change with every write (see base.py, point 8). A record that does not
-    parse has its raw bytes as signature, so any change to it counts."""
+    parse has its raw bytes as signature, so any change to it counts. Remembered: the same
+    records come by again and again (each heartbeat event of an unchanged record)."""
     try:
         data = json.loads(value)
     except ValueError:
@@ -105,3 +108,22 @@ def to_view(
     for problem in (*problems, *parse_problems):
         log.warning("dcs_record_corrupt", problem=problem)
     return view
+
+
+class ViewCache:
+    """`to_view` for one handle, parsing again only when the records differ from the last
+    call's: an idle agent reads the same records every cycle (from a watch's cache, without
+    a request), and parsing them was most of what such a read cost. A corrupt record is
+    then logged when it is read changed, not at every read."""
+
+    def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
+        self._log = log
+        self._last: tuple[tuple[tuple[str, bytes, str], ...], ClusterView] | None = None
+
+    def view(self, items: Iterable[tuple[str, bytes, str]]) -> ClusterView:
+        key = tuple(items)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        view = to_view(key, self._log)
+        self._last = (key, view)
+        return view

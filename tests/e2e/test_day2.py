@@ -143,7 +143,7 @@ async def test_a_restart_only_parameter_is_pending_until_a_pending_rolling_resta
         async with session.get(cluster.members[old].api_url + "/metrics") as response:
             exposition = await response.text()
         assert "pgwarden_pending_restart 1.0" in exposition
-        # The agent's event-loop lag watcher runs (agent/looplag.py, one sample a second).
+        # The agent's event-loop lag watcher runs (agent/looplag.py, a sample every 2 s).
         lag_count = re.search(r"^pgwarden_event_loop_lag_seconds_count (\S+)$", exposition, re.M)
         assert lag_count is not None and float(lag_count.group(1)) >= 1, exposition
 

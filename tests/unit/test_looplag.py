@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from agent.clock import FakeClock
-from agent.looplag import overshoot, watch_event_loop_lag
+from agent.looplag import INTERVAL_S, overshoot, watch_event_loop_lag
 from agent.metrics import Metrics
+from agent.settings import Timing
 from tests.unit.test_metrics import scrape, value
 
 
@@ -61,3 +62,9 @@ async def test_the_watcher_runs_until_cancelled_on_the_real_loop() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert value(scrape(metrics), "pgwarden_event_loop_lag_seconds_count") >= 1
+
+
+def test_the_sampler_wakes_no_more_often_than_the_ha_loop_at_the_default_timings() -> None:
+    """An idle agent's wake-ups are most of its CPU (issue 15): the lag needs no finer grain
+    than the loop whose deadlines it is about."""
+    assert Timing().loop_wait_s <= INTERVAL_S

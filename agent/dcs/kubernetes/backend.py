@@ -112,6 +112,7 @@ class KubernetesDcs:
         self._pods_path = f"/api/v1/namespaces/{namespace}/pods"
         self._selector = cluster_selector(labels or {}, cluster)
         self._expiry = ObservedExpiry(ttl_s)
+        self._parsed = keys.ViewCache(self._log)  # the last view, while its records are alike
         self._changes = ChangeTracker(self._clock, timers=self._expiry)
 
         def own_lock_write(lock_name: str) -> Callable[[int], None]:
@@ -281,7 +282,7 @@ class KubernetesDcs:
                 now = self._clock.monotonic()
                 items, _ = self._view_items(pods, locks, config, now, from_server=True)
                 self._turns.seen(not any(key == keys.LEADER for key, _, _ in items), now)
-        view = keys.to_view(items, self._log)
+        view = self._parsed.view(items)
         self._members.in_sync_set = view.sync is not None and self._name in view.sync.members
         return view
 

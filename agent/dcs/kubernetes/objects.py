@@ -3,6 +3,7 @@ as the API server sends it): annotations, labels, versions, member records on po
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -51,8 +52,10 @@ def to_bytes(text: str) -> bytes:
     return text.encode("utf-8", errors="surrogateescape")
 
 
+@functools.lru_cache(maxsize=64)
 def hash_version(text: str) -> str:
-    """The version of a record that carries none of its own: a hash of its text."""
+    """The version of a record that carries none of its own: a hash of its text (remembered:
+    each read of a view hashes every member record again)."""
     return "h" + hashlib.sha256(to_bytes(text)).hexdigest()[:16]
 
 

@@ -1,0 +1,49 @@
+"""What a read of an unchanged view costs (agent/dcs/keys.py `ViewCache`, the remembered
+`member_signature`, agent/dcs/kubernetes/objects.py `hash_version`): an idle agent reads
+the same records every cycle, and parsing or hashing them again was most of such a read."""
+
+from __future__ import annotations
+
+import structlog
+from structlog.testing import capture_logs
+
+from agent.dcs import keys
+from agent.dcs.kubernetes.objects import hash_version
+from tests.contract.dcs_contract import member
+
+
+def items(wal_lsn: int = 0) -> list[tuple[str, bytes, str]]:
+    record = member("a", wal_lsn=wal_lsn).to_json().encode()
+    return [("members/a", record, hash_version(record.decode())), ("leader", b"a", "7")]
+
+
+def test_the_same_records_give_the_same_view_without_parsing_again() -> None:
+    cache = keys.ViewCache(structlog.get_logger("test"))
+    first = cache.view(items())
+    assert cache.view(items()) is first  # equal records read again: no parse
+    moved = cache.view(items(wal_lsn=16))
+    assert moved is not first
+    seen = moved.member("a")
+    assert seen is not None and seen.wal_lsn == 16
+    assert moved.leader is not None and moved.leader.name == "a"
+
+
+def test_a_corrupt_record_is_logged_when_it_is_read_changed() -> None:
+    cache = keys.ViewCache(structlog.get_logger("test"))
+    corrupt = [("members/a", b"{not json", "h1")]
+    with capture_logs() as logs:
+        assert cache.view(corrupt).member("a") is None
+        cache.view(corrupt)
+        cache.view([("members/a", b"{still not json", "h2")])
+    assert [e["event"] for e in logs] == ["dcs_record_corrupt"] * 2
+
+
+def test_signatures_and_hashes_of_records_seen_before_are_not_computed_again() -> None:
+    record = member("b", wal_lsn=3).to_json()
+    keys.member_signature(record.encode())
+    hash_version(record)
+    hits = keys.member_signature.cache_info().hits, hash_version.cache_info().hits
+    assert keys.member_signature(record.encode()) == keys.member_signature(record.encode())
+    assert hash_version(record) == hash_version(record)
+    assert keys.member_signature.cache_info().hits == hits[0] + 2
+    assert hash_version.cache_info().hits == hits[1] + 2
