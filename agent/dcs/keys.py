@@ -9,6 +9,7 @@ as absent (DESIGN.md section 3, invariant 6).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ import structlog
 from agent.model import (
     QUIET_RECORDS,
     ClusterView,
+    LeaderRecord,
     RawCluster,
     RawRecord,
     RecordKind,
@@ -121,9 +123,17 @@ class ViewCache:
         self._last: tuple[tuple[tuple[str, bytes, str], ...], ClusterView] | None = None
 
     def view(self, items: Iterable[tuple[str, bytes, str]]) -> ClusterView:
-        key = tuple(items)
+        records = tuple(items)
+        # The leader record's version moves with every renewal (each cycle): compared apart.
+        key = tuple((k, value, "" if k == LEADER else v) for k, value, v in records)
+        leader_version = next((v for k, _, v in records if k == LEADER), "")
         if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        view = to_view(key, self._log)
+            view = self._last[1]
+            if view.leader is not None and view.leader.version != leader_version:
+                leader = LeaderRecord(name=view.leader.name, version=leader_version)
+                view = dataclasses.replace(view, leader=leader)
+                self._last = (key, view)
+            return view
+        view = to_view(records, self._log)
         self._last = (key, view)
         return view

@@ -12,9 +12,9 @@ from agent.dcs.kubernetes.objects import hash_version
 from tests.contract.dcs_contract import member
 
 
-def items(wal_lsn: int = 0) -> list[tuple[str, bytes, str]]:
+def items(wal_lsn: int = 0, leader_version: str = "7") -> list[tuple[str, bytes, str]]:
     record = member("a", wal_lsn=wal_lsn).to_json().encode()
-    return [("members/a", record, hash_version(record.decode())), ("leader", b"a", "7")]
+    return [("members/a", record, hash_version(record.decode())), ("leader", b"a", leader_version)]
 
 
 def test_the_same_records_give_the_same_view_without_parsing_again() -> None:
@@ -26,6 +26,17 @@ def test_the_same_records_give_the_same_view_without_parsing_again() -> None:
     seen = moved.member("a")
     assert seen is not None and seen.wal_lsn == 16
     assert moved.leader is not None and moved.leader.name == "a"
+
+
+def test_a_renewal_alone_gives_the_new_leader_version_without_parsing_the_rest() -> None:
+    """The lock's resourceVersion, the leader record's version, moves every cycle."""
+    cache = keys.ViewCache(structlog.get_logger("test"))
+    first = cache.view(items())
+    renewed = cache.view(items(leader_version="8"))
+    assert renewed.leader is not None and renewed.leader.version == "8"
+    assert renewed.members is first.members  # not parsed again
+    assert cache.view(items(leader_version="8")) is renewed
+    assert cache.view([("leader", b"a", "9")]).members == ()
 
 
 def test_a_corrupt_record_is_logged_when_it_is_read_changed() -> None:
