@@ -236,6 +236,8 @@ async def idle_window(
         "members_cpu": members_cpu,
         "latency": latency,
         "lost": sum(r["lost"] for r in reports),
+        "lost_at": sorted(x for r in reports for x in r["lost_at"]),
+        "late": sum(r["late"] for r in reports),
         "taken": sum(r["taken"] for r in reports),
         "both": sum(r["both"] for r in reports),
         "throttled": after["throttled"] - before["throttled"],
@@ -318,6 +320,15 @@ def print_tables(results: dict[int, list[dict[str, Any]]]) -> None:
             f"| {median_of(rows, 'failover_s'):.1f} ({failovers}) |"
         )
     for clusters, rows in results.items():
+        lost_at = [x for r in rows for x in r["lost_at"]]
+        if lost_at or any(r["late"] for r in rows):
+            fifths = Counter(min(4, int(5 * x / rows[0]["elapsed"])) for x in lost_at)
+            print(
+                f"{clusters} clusters: live leaderships lost by fifth of the window "
+                f"{[fifths[i] for i in range(5)]}; renewals that went through only after the "
+                f"fencing deadline (fenced meanwhile, not counted as lost): "
+                f"{sum(r['late'] for r in rows)}"
+            )
         if any(r["killed"] for r in rows):
             replaced = [x for r in rows for x in r["replaced"]]
             print(

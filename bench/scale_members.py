@@ -14,7 +14,11 @@ It prints JSON lines on stdout and takes commands on stdin, one a line:
     (printed once)  {"event": "converged", "clusters": N, "led": N}
     measure   -> {"event": "measuring"}     start counting (latencies, leadership changes)
     report    -> {"event": "report", ...}   latencies by verb, leaderships lost by live
-                                            members, leaderships taken, 429s sent again
+                                            members (and when), renewals that went through
+                                            only after the fencing deadline of the one
+                                            before ("late": the agent's fencer stopped
+                                            PostgreSQL meanwhile), leaderships taken, 429s
+                                            sent again
     failover  -> {"event": "failover", "seconds": S}   the leader of the first cluster stops
                                             (no release, as a SIGKILL); until another
                                             member of that cluster leads
@@ -66,7 +70,12 @@ class Stats:
 
     def __init__(self) -> None:
         self.latency: dict[str, list[float]] = defaultdict(list)
+        self.started = time.monotonic()
         self.lost = 0  # a live member stopped leading (fenced or refused renewal)
+        self.lost_at: list[float] = []  # seconds since `measure` of each such loss
+        # A renewal that went through only after the fencing deadline of the one before: the
+        # agent's fencer stopped PostgreSQL meanwhile, though the member leads on (not `lost`).
+        self.late = 0
         self.taken = 0  # a member started leading
         self.both = 0  # a member started leading while another of its cluster still led
         self.killed: dict[str, float] = {}  # cluster -> when its leader was killed
@@ -158,6 +167,7 @@ class SimMember:
                 STATS.replaced[self.cluster] = time.monotonic() - killed_at
         if self.sent is not None and sent is None and self.alive:
             STATS.lost += 1
+            STATS.lost_at.append(time.monotonic() - STATS.started)
         self.sent = sent
 
     async def cycle(self) -> None:
@@ -173,8 +183,11 @@ class SimMember:
             self.trace.append((sent, f"view leader {leader}"))
         self.retry_in = None
         try:
-            if self.sent is not None:
-                self._set(sent if await self.dcs.renew_leader() else None)
+            if (before := self.sent) is not None:
+                renewed = await self.dcs.renew_leader()
+                if renewed and time.monotonic() >= TIMING.fence_deadline(before) and self.alive:
+                    STATS.late += 1
+                self._set(sent if renewed else None)
         except DcsThrottled as exc:  # as agent/executor.py: after its Retry-After
             self.retry_in = exc.retry_after_s if exc.retry_after_s is not None else 0.0
         except DcsUnavailable:  # at once, or after RENEW_RETRY_PAUSE_S if it failed fast
@@ -274,6 +287,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     "report",
                     latency=STATS.latency,
                     lost=STATS.lost,
+                    lost_at=STATS.lost_at,
+                    late=STATS.late,
                     taken=STATS.taken,
                     both=STATS.both,
                     retried_429=sum(m.dcs._api.throttled for m in members),
