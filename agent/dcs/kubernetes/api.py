@@ -172,7 +172,8 @@ class KubeApi:
         content_type: str = "application/json",
         resend: bool = True,
     ) -> Response:
-        """One API request, bounded by the request timeout (see the module docstring). A 429
+        """One API request, bounded by the request timeout (see the module docstring);
+        `body`: the JSON body, or a function that builds it for each send. A 429
         starts the throttling pause (throttle.py). With `resend`, a 429 whose Retry-After
         leaves room in that timeout is sent again after it, with jitter (the server's
         priority and fairness refused it before executing it, so a write is not applied
@@ -189,7 +190,7 @@ class KubeApi:
                 method,
                 query_params=list((query or {}).items()),
                 header_params=headers,
-                body=body,
+                body=body() if callable(body) else body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
                 _request_timeout=self._timeout_s,

@@ -219,7 +219,7 @@ class KubernetesDcs:
             own=own_pod_write,
             renewed=lambda: self._last_renew_sent,  # each one vouches for our record
         )
-        self._turns = RaceTurns(member_name, turn_s=ttl_s)  # leaderless reads while throttled
+        self._turns = RaceTurns(member_name, turn_s=ttl_s / 2)  # leaderless reads, throttled
         self._closed = False
 
     @classmethod
@@ -336,7 +336,7 @@ class KubernetesDcs:
             if self._guard is not None and not await self._guard.allows():
                 return False
             body = lock_body(
-                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately()
+                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately
             )
             read_at, read = self._read_locks or (float("-inf"), None)
             read, self._read_locks = read if sent - read_at <= self._loop_s else None, None
@@ -364,7 +364,7 @@ class KubernetesDcs:
                 self._lost("lease lapsed before renewal")
                 return False
             body = lock_body(
-                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately()
+                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately
             )
             for holder in self._holders:
                 renewal = await holder.renew(body, now=self._clock.monotonic())

@@ -9,6 +9,7 @@ under this holder's `key`), never from the times written into the object.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -107,7 +108,8 @@ class LockHolder:
         if current is None:
             return Renewal.LOST
         for _ in range(_RENEW_ATTEMPTS):
-            written = body(current, self._member, self.lock)
+            # Built again for each send: one sent again after a 429 says we were refused.
+            written = functools.partial(body, current, self._member, self.lock)
             put = await self._api.call("PUT", self.lock.path(), body=written)
             if put.status == 200:
                 self._took(put.obj, now)
@@ -166,9 +168,10 @@ def leader_items(
     return [(keys.LEADER, to_bytes(holder), str(rv))]
 
 
-def lock_body(wall: float, ip: str | None, throttled: bool = False) -> Body:
+def lock_body(wall: float, ip: str | None, throttled: Callable[[], bool] = lambda: False) -> Body:
     """The lock objects' writer for one operation at wall-clock time `wall` (`ip`: ours,
-    where they route; `throttled`: we got a 429 lately, said to our replicas, throttle.py)."""
+    where they route; `throttled()`: we got a 429 lately, said to our replicas, throttle.py,
+    asked at each build: a write refused with a 429 is sent again saying so)."""
     now = micro_time(wall)
 
     def body(current: KubeObject | None, holder: str | None, lock: LockObject) -> KubeObject:
@@ -176,7 +179,7 @@ def lock_body(wall: float, ip: str | None, throttled: bool = False) -> Body:
         meta = written.setdefault("metadata", {})
         notes = dict(meta.get("annotations") or {})
         notes.pop(THROTTLED_ANNOTATION, None)
-        if throttled and holder:
+        if holder and throttled():
             notes[THROTTLED_ANNOTATION] = "true"
         meta["annotations"] = notes
         return written

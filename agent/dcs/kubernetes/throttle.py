@@ -18,8 +18,8 @@ cannot:
   for the last 429's Retry-After (jittered, doubled for each further 429 up to 8 times, never
   past the pause), and are not sent again inside the call: a fleet whose
   leaders the throttling cost would otherwise re-read every cycle, and take the tokens the
-  remaining leaders' renewals need. And the members of a leaderless cluster read in turn, a
-  ttl apart, the lapsed holder first if it said it was throttled (turns.py).
+  remaining leaders' renewals need. And the members of a leaderless cluster read in turn,
+  half a ttl apart, the lapsed holder first if it said it was throttled (turns.py).
 - **Heartbeats wait** for `max_pause_s` after a 429 (`recent()`), not only for the pause:
   a member whose pause ended heartbeats again only once the fleet has gone that long
   without a 429 to it, or when its record changed in a way a peer wakes for.
@@ -28,11 +28,12 @@ cannot:
   the renewals need (at 100 clusters, most heartbeats sent while the fleet was throttled were
   each replica's sends before its own first 429). So a leader that got a 429 lately says so
   in the lock object it renews anyway (`refused_lately()`: a marker annotation, no extra
-  request), and its replicas, seeing it on their watch of the lock, take it as a 429 of
-  their own for `recent()` (heartbeats wait, quiet caches are expected) for as long as the
-  marker is there and `told_s` after (a lapsed lock object that still carries it, too: its
-  cluster's members then read in turn). Only a member's own 429s decide its marker: a leader
-  never re-announces what it was told.
+  request; the resend of the refused renewal itself carries it), and its replicas, seeing
+  it on their watch of the lock, take it as a 429 of their own for `recent()` (heartbeats
+  wait, quiet caches are expected) for as long as the marker is there and `told_s` after
+  (a lapsed lock object that still carries it, too: its cluster's members then read in
+  turn). Only a member's own 429s decide its marker: a leader never re-announces what it
+  was told.
 - **Silence is expected** for `max_pause_s` after a 429 (`recent()`): heartbeats deferred
   and renewals sent again late leave watch streams quiet, which otherwise marks a stream as
   possibly dead (re-opened, its cache re-read from the server: requests the renewals need).

@@ -26,7 +26,8 @@ The order, from what the caches hold (no request):
 
 Nothing here is a safety rule: a member that reads out of turn (its caches differ) only costs
 requests, and every acquisition stays a compare-and-set on the lock. What it costs: the
-failover of a cluster whose first member in turn is dead too is late by a turn.
+failover of a cluster whose first member in turn is dead too (the holder itself, if it died
+while throttled) is late by a turn (half a ttl, `backend.py`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from agent.config import LockKind
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.kubernetes import KubernetesDcs
 from agent.dcs.kubernetes.api import Throttled
+from agent.dcs.kubernetes.objects import THROTTLED_ANNOTATION, annotations_of
 from agent.model import MemberName, PgState, RecordKind, Role, SyncRecord
 from tests.contract.dcs_contract import member
 from tests.integration.k8s.test_kubernetes_dcs import (
@@ -497,7 +498,7 @@ async def test_with_no_leader_while_throttled_the_members_read_in_turn_the_lost_
 ) -> None:
     """A leader whose lease lapses while it says it is being throttled (the marker) lost it
     to the throttling, not to death: its replicas do not read the leaderless cluster from
-    the server (a pod list and two gets each) before their turns, a ttl apart; it does,
+    the server (a pod list and two gets each) before their turns, half a ttl apart; it does,
     first, and takes the lock back; they learn of it on their watches, with no request.
     (Each member reading at once, every lost leader made three readers of the tokens the
     remaining leaders' renewals needed: at 100 clusters with every request throttled at
@@ -533,18 +534,26 @@ async def test_with_no_leader_while_throttled_the_members_read_in_turn_the_lost_
             await agent.dcs.get_cluster()
     reads = [r.path for r in server.audit.records if r.verb in ("get", "list")]
     assert reads == [], f"a replica read the leaderless cluster out of turn: {reads}"
-    # A turn later the second in turn reads; the third still waits, though its last sight
-    # of a live leader is a ttl old: the lapsed lock still says its holder was throttled.
+    # A turn (half a ttl) later the second in turn reads; the third still waits.
     third = max(replicas, key=lambda a: a.name)  # b, c: the same WAL position, by name
-    while time.monotonic() < lapses + TTL_S + 1.0:
-        for agent in replicas:
-            await agent.dcs.wait_for_change(0.2)
-            with contextlib.suppress(Throttled):
-                await agent.dcs.get_cluster()
+
+    async def cycle_replicas(until: float) -> None:
+        while time.monotonic() < until:
+            for agent in replicas:
+                await agent.dcs.wait_for_change(0.2)
+                with contextlib.suppress(Throttled):
+                    await agent.dcs.get_cluster()
+
+    await cycle_replicas(lapses + TTL_S / 2 + 1.0)
     assert any(r.verb == "list" for r in server.audit.records), "the second did not read"
     server.audit.clear()
     with pytest.raises(Throttled, match="turn to read"):
         await third.dcs.get_cluster()
+    # Its last sight of a live leader a ttl old, the third is still told: the lapsed lock
+    # still says its holder was throttled (so the turns hold, and heartbeats wait).
+    await cycle_replicas(lapses + TTL_S + 0.5)
+    assert third.dcs._throttle.recent(), "told no more by the lapsed lock"
+    server.audit.clear()
     assert (await leader.dcs.get_cluster()).leader is None  # lapsed on its own clock too
     assert any(r.verb == "list" for r in server.audit.records), "the holder did not read"
     assert await leader.dcs.acquire_leader(), "the holder did not take its lock back"
@@ -553,4 +562,32 @@ async def test_with_no_leader_while_throttled_the_members_read_in_turn_the_lost_
         view = await agent.dcs.get_cluster()
         assert view.leader is not None and view.leader.name == leader.name
     reads = [r.path for r in server.audit.records if r.verb == "list"]
-    assert len(reads) == 1, f"the third read the cluster: {reads}"
+    assert len(reads) == 1, f"the replicas read the cluster again: {reads}"
+
+
+async def test_a_renewal_sent_again_after_a_429_says_its_leader_was_refused(
+    cluster: KubeContractCluster,
+) -> None:
+    """The marker goes out with the resend of the refused renewal itself, not only with the
+    next renewal a cycle later: the replicas defer their heartbeats a cycle sooner, at the
+    start of a throttling, when the fleet's heartbeats are most of what the server gets
+    (at 100 clusters, the leaders lost in a throttling's first seconds)."""
+    server = cluster.server
+    agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
+    leader = await elect(agents)
+    lease_path = leader.dcs._holders[0].lock.path()
+    assert THROTTLED_ANNOTATION not in annotations_of(await leader.dcs._api.get(lease_path))
+    server.faults.set(
+        Fault(
+            mode=FaultMode.ERROR,
+            status=429,
+            retry_after_s=1,
+            count=1,
+            path_prefix="/apis/coordination.k8s.io/",
+            methods=("PUT",),
+        )
+    )
+    assert await leader.dcs.renew_leader(), "a renewal refused once is sent again"
+    assert server.faults.active is None  # the one 429 went to the renewal
+    lease = await leader.dcs._api.get(lease_path)
+    assert THROTTLED_ANNOTATION in annotations_of(lease), "the resend did not say so"
