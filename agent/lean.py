@@ -11,6 +11,11 @@ with OpenSSL's default CA locations (SSL_CERT_FILE, SSL_CERT_DIR) pointed at an 
 for the import only: the two contexts it keeps trust nothing, so a request that reached them
 by mistake would fail verification (closed), never pass it. The variables are restored before
 anything else runs.
+
+Likewise `aiohttp.web` (its static-file responses) makes a `mimetypes.MimeTypes()` at import,
+which reads the system's MIME tables (Debian's /etc/mime.types: about 0.35 MB resident) into
+the process-wide `mimetypes` database. The agent serves no files and guesses no types, so the
+import runs with `mimetypes.knownfiles` empty: the database holds Python's built-in table only.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import mimetypes
 import os
 import ssl
 from collections.abc import Iterator
@@ -41,11 +47,24 @@ def no_default_cas() -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextlib.contextmanager
+def no_mime_files() -> Iterator[None]:
+    """`mimetypes` reads no system table inside this block (if its database is made in it,
+    it holds Python's built-in table only, for the process's life)."""
+    saved = mimetypes.knownfiles
+    mimetypes.knownfiles = []
+    try:
+        yield
+    finally:
+        mimetypes.knownfiles = saved
+
+
 def import_runtime() -> None:
-    """Import the HTTP library without its import-time CA bundles (see the module
-    docstring); the caller imports the agent after this."""
-    with no_default_cas():
+    """Import the HTTP library without its import-time CA bundles and MIME tables (see the
+    module docstring); the caller imports the agent after this."""
+    with no_default_cas(), no_mime_files():
         importlib.import_module("aiohttp.connector")
+        importlib.import_module("aiohttp.web")
 
 
 @functools.cache

@@ -21,7 +21,9 @@ import trustme
 REPO = Path(__file__).resolve().parents[2]
 
 _REPORT = """
-import json, os, ssl, sys
+import json, mimetypes, os, ssl, sys
+# A system MIME table of the test's own, as /etc/mime.types is on Debian.
+mimetypes.knownfiles.append(sys.argv[1])
 from agent.__main__ import load_runtime
 load_runtime()
 import aiohttp.connector as connector
@@ -33,6 +35,7 @@ print(json.dumps({
     ],
     "env": [os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")],
     "system_cas": system_ca_context().cert_store_stats()["x509"],
+    "mime": [mimetypes.guess_type("a.pgwtest")[0], sys.argv[1] in mimetypes.knownfiles],
     "modules": sorted(sys.modules),
 }))
 """
@@ -98,6 +101,11 @@ def _child(code: str, env: dict[str, str], *args: str) -> object:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def _mime_table(tmp_path: Path) -> str:
+    (tmp_path / "mime.types").write_text("application/x-pgwarden-test\tpgwtest\n")
+    return str(tmp_path / "mime.types")
+
+
 def _system_ca(tmp_path: Path) -> tuple[trustme.CA, dict[str, str]]:
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "system-ca.pem"))
@@ -106,15 +114,18 @@ def _system_ca(tmp_path: Path) -> tuple[trustme.CA, dict[str, str]]:
     return ca, env
 
 
-def test_the_runtime_import_loads_no_ca_bundle_and_leaves_the_environment_as_it_was(
+def test_the_runtime_import_loads_no_ca_bundle_or_mime_table_and_leaves_things_as_they_were(
     tmp_path: Path,
 ) -> None:
     _, env = _system_ca(tmp_path)
-    report = _child(_REPORT, env)
+    report = _child(_REPORT, env, _mime_table(tmp_path))
     assert isinstance(report, dict)
     assert report["aiohttp_cas"] == [0, 0]  # 1 each when imported the usual way
     assert report["env"] == [env["SSL_CERT_FILE"], None]
     assert report["system_cas"] == 1  # the agent's own context, on first use, trusts them
+    # aiohttp.web's import made the MIME database without reading the system's table (it
+    # would know the type), and the list of tables is as it was.
+    assert report["mime"] == [None, True]
 
 
 def test_a_peer_over_https_is_verified_against_the_system_cas_after_the_lean_import(
@@ -134,7 +145,7 @@ def test_a_peer_over_https_is_verified_against_the_system_cas_after_the_lean_imp
 
 def test_the_running_agent_imports_no_module_it_needs_only_on_demand(tmp_path: Path) -> None:
     _, env = _system_ca(tmp_path)
-    report = _child(_REPORT, env)
+    report = _child(_REPORT, env, _mime_table(tmp_path))
     assert isinstance(report, dict)
     loaded = set(report["modules"])
     # importlib.metadata: only for `--version` (0.6 MB); the OpenAPI document: only when asked
