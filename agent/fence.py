@@ -41,6 +41,10 @@ from agent.proctree import dir_id, start_ticks
 
 CALL_TIMEOUT_S = 0.5
 SPAWN_TIMEOUT_S = 5.0
+# A spawned fencer whose agent is gone exits (when not armed), and resets the connections it
+# had not yet accepted: an agent restarted at once meets it on its way out. It is gone (its
+# socket unlinked) in milliseconds; a reset for longer than this is not that.
+EXITING_FENCER_S = 2.0
 # How much more than the deadline less the send time an ARM's answer may say is left (it is
 # printed to the millisecond) before the fencer's monotonic clock is taken to lag ours.
 CLOCK_SLACK_S = 0.01
@@ -265,11 +269,17 @@ class FenceClient:
         """Adopt a running fencer (a previous agent's, still guarding its deadline, or the
         pod's external one) or spawn one (not when external: FenceUnavailable then)."""
         async with self._lock:
-            try:
-                return self._parse(await self._call_once("STATUS"))
-            except FenceUnavailable as exc:
-                if not self._may_spawn(exc):
-                    raise
+            give_up = time.monotonic() + EXITING_FENCER_S
+            while True:
+                try:
+                    return self._parse(await self._call_once("STATUS"))
+                except FenceUnavailable as exc:
+                    if self._may_spawn(exc):
+                        break
+                    reset = isinstance(exc.__cause__, (ConnectionResetError, BrokenPipeError))
+                    if not reset or time.monotonic() >= give_up:
+                        raise
+                await asyncio.sleep(0.05)  # a fencer on its way out (EXITING_FENCER_S)
             await self._spawn()
             return self._parse(await self._call_once("STATUS"))
 

@@ -418,6 +418,34 @@ async def test_an_external_fencer_asked_to_stop_while_armed_guards_the_deadline_
     await client.stop()
 
 
+async def test_an_agent_restarted_while_its_old_fencer_exits_starts_a_fencer_of_its_own(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    """A spawned fencer whose agent is gone exits (it was not armed) and resets the
+    connections it had not accepted: an agent restarted at once met it so (e2e
+    test_sigterm_on_the_primary_hands_over_and_unlabels_the_stopped_pod, "Connection reset
+    by peer") and died at start. It waits for the old one to go and spawns its own."""
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "fencer.sock"
+
+    async def exiting_fencer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # no answer: on its way out, as the fencer's own exit does
+        server.close()
+        path.unlink()
+
+    server = await asyncio.start_unix_server(exiting_fencer, str(path))
+    client = FenceClient(run_dir=str(run), data_dir=str(tmp_path))
+    try:
+        assert (await client.start()).state == FenceState.DISARMED
+        assert (run / "fencer.log").exists(), "no fencer of its own was spawned"
+        assert (await client.arm(time.monotonic() + 5)).state == FenceState.ARMED
+        assert (await client.disarm()).state == FenceState.DISARMED
+    finally:
+        await client.stop()
+        server.close()
+
+
 async def test_an_agent_upgraded_over_an_older_fencer_talks_to_it_a_line_per_connection(
     tmp_path: Path,
 ) -> None:
