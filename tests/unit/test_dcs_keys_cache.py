@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 
 from agent.dcs import keys
 from agent.dcs.kubernetes.objects import hash_version
+from agent.model import MemberName, SyncRecord
 from tests.contract.dcs_contract import member
 
 
@@ -37,6 +38,23 @@ def test_a_renewal_alone_gives_the_new_leader_version_without_parsing_the_rest()
     assert renewed.members is first.members  # not parsed again
     assert cache.view(items(leader_version="8")) is renewed
     assert cache.view([("leader", b"a", "9")]).members == ()
+
+
+def test_a_new_holder_or_a_record_rewritten_alike_is_never_hidden_by_the_cache() -> None:
+    """Only the leader record's version is compared apart: the lock taken by another member
+    at the same version (a fresh handle, a lock object recreated) gives the new holder, and a
+    record written again with the same text (the sync record rewritten by a new leader) gives
+    its new version, which the next compare-and-set of it must name."""
+    cache = keys.ViewCache(structlog.get_logger("test"))
+    text = SyncRecord(leader=MemberName("a"), members=(MemberName("a"),), quorum=1).to_json()
+    sync = ("sync", text.encode(), "11")
+    first = cache.view([*items(), sync])
+    rewritten = cache.view([*items(), ("sync", text.encode(), "12")])
+    assert first.sync_version == "11"
+    assert rewritten.sync_version == "12" and rewritten.sync is not None
+    assert rewritten.sync.version == "12"
+    taken = cache.view([items()[0], ("leader", b"b", "7"), ("sync", text.encode(), "12")])
+    assert taken.leader is not None and taken.leader.name == "b"
 
 
 def test_a_corrupt_record_is_logged_when_it_is_read_changed() -> None:
