@@ -149,6 +149,19 @@ async def elect(agents: list[Agent]) -> Agent:
     raise AssertionError("no leader elected")
 
 
+def lease_puts_refused(count: int | None = None) -> Fault:
+    """Lock writes (Lease PUTs) refused with a 429 and a Retry-After of 1 s: `count` of them,
+    or every one while the fault is set."""
+    return Fault(
+        mode=FaultMode.ERROR,
+        status=429,
+        retry_after_s=1,
+        count=count,
+        path_prefix="/apis/coordination.k8s.io/",
+        methods=("PUT",),
+    )
+
+
 async def test_a_leader_whose_renewals_are_throttled_keeps_its_lease(
     cluster: KubeContractCluster,
 ) -> None:
@@ -223,15 +236,7 @@ async def test_a_call_whose_deadline_ends_while_a_retry_after_is_waited_out_keep
     leader = await elect(agents)
     await leader.dcs.wait_for_change(0.5)  # the watches run and fill the caches
     await leader.dcs.get_cluster()
-    server.faults.set(
-        Fault(
-            mode=FaultMode.ERROR,
-            status=429,
-            retry_after_s=1,
-            path_prefix="/apis/coordination.k8s.io/",
-            methods=("PUT",),
-        )
-    )
+    server.faults.set(lease_puts_refused())
     with pytest.raises(DcsUnavailable) as failed:
         await leader.dcs.renew_leader()
     server.faults.clear()
@@ -263,16 +268,7 @@ async def test_while_throttled_the_leader_renews_and_defers_its_heartbeat_not_a_
     agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
     leader = await elect(agents)
     dcs = leader.dcs
-    server.faults.set(
-        Fault(
-            mode=FaultMode.ERROR,
-            status=429,
-            retry_after_s=1,
-            count=1,
-            path_prefix="/apis/coordination.k8s.io/",
-            methods=("PUT",),
-        )
-    )
+    server.faults.set(lease_puts_refused(count=1))
     assert await dcs.renew_leader(), "a renewal refused once is sent again and goes through"
     assert server.faults.throttled == 0 and server.faults.active is None  # the one 429 used
     await asyncio.sleep(3.1)  # past the heartbeat interval (3 s at ttl 6, loop 1)
@@ -388,16 +384,7 @@ async def test_a_leader_refused_lately_tells_its_replicas_which_then_defer_their
     agents = agents_of(cluster, server, timeout_s=0.9 * 1.5)
     leader = await elect(agents)
     replica = next(a for a in agents if a is not leader)
-    server.faults.set(
-        Fault(
-            mode=FaultMode.ERROR,
-            status=429,
-            retry_after_s=1,
-            count=1,
-            path_prefix="/apis/coordination.k8s.io/",
-            methods=("PUT",),
-        )
-    )
+    server.faults.set(lease_puts_refused(count=1))
     assert await leader.dcs.renew_leader(), "a renewal refused once is sent again"
     assert server.faults.active is None  # the one 429 went to the leader, not the replica
     assert await leader.dcs.renew_leader()  # the next renewal says so
@@ -466,16 +453,7 @@ async def test_streams_opened_before_the_throttling_are_not_ended_for_their_age_
     leader = await elect([a, b])
     assert leader is a
     await replica.wait_for_change(0.5)  # its watches run, opened before any 429
-    server.faults.set(
-        Fault(
-            mode=FaultMode.ERROR,
-            status=429,
-            retry_after_s=1,
-            count=1,
-            path_prefix="/apis/coordination.k8s.io/",
-            methods=("PUT",),
-        )
-    )
+    server.faults.set(lease_puts_refused(count=1))
     assert await a.dcs.renew_leader()  # refused once, sent again
     assert await a.dcs.renew_leader()  # says so: the marker
     for _ in range(10):
@@ -510,16 +488,7 @@ async def test_with_no_leader_while_throttled_the_members_read_in_turn_the_lost_
     replicas = [a for a in agents if a is not leader]
     for agent in agents:
         await agent.dcs.wait_for_change(0.3)  # the watches run and fill the caches
-    server.faults.set(
-        Fault(
-            mode=FaultMode.ERROR,
-            status=429,
-            retry_after_s=1,
-            count=1,
-            path_prefix="/apis/coordination.k8s.io/",
-            methods=("PUT",),
-        )
-    )
+    server.faults.set(lease_puts_refused(count=1))
     assert await leader.dcs.renew_leader(), "a renewal refused once is sent again"
     assert await leader.dcs.renew_leader()  # says so: the marker
     lapses = time.monotonic() + TTL_S
@@ -577,16 +546,7 @@ async def test_a_renewal_sent_again_after_a_429_says_its_leader_was_refused(
     leader = await elect(agents)
     lease_path = leader.dcs._holders[0].lock.path()
     assert THROTTLED_ANNOTATION not in annotations_of(await leader.dcs._api.get(lease_path))
-    server.faults.set(
-        Fault(
-            mode=FaultMode.ERROR,
-            status=429,
-            retry_after_s=1,
-            count=1,
-            path_prefix="/apis/coordination.k8s.io/",
-            methods=("PUT",),
-        )
-    )
+    server.faults.set(lease_puts_refused(count=1))
     assert await leader.dcs.renew_leader(), "a renewal refused once is sent again"
     assert server.faults.active is None  # the one 429 went to the renewal
     lease = await leader.dcs._api.get(lease_path)
