@@ -303,8 +303,12 @@ class KubernetesDcs:
         every member whose heartbeats it no longer delivers)."""
         leader = view_leader_items(self._holders, locks, self._expiry, now, self._log)
         if says_throttled(locks) and not (leader and leader[0][1] == self._name.encode()):
-            # Its replicas defer too (throttle.py), and, its lease lapsed, read in turn (turns.py).
-            self._throttle.told(self._ttl_s)
+            # Its replicas defer too (throttle.py), and, its lease lapsed, read in turn (turns.py)
+            # for as long as a 429 of their own would count (a stuck leaderless cluster must
+            # not defer its heartbeats and keep its streams for ever).
+            ages = [self._expiry.age_s(h.key, now) for h in self._holders]
+            if leader or any(a is not None and a < self._throttle.max_pause_s for a in ages):
+                self._throttle.told(self._ttl_s)
         members, stale = self._members.items(pods, now)
         if from_server:
             self._stale = stale

@@ -68,6 +68,11 @@ class ObservedExpiry:
         seen = self._seen.get(key)
         return seen is not None and seen.rv == rv and now - seen.first_seen >= self._ttl_s
 
+    def age_s(self, key: str, now: float) -> float | None:
+        """How long ago the record's current token was first seen (None: not seen)."""
+        seen = self._seen.get(key)
+        return None if seen is None else now - seen.first_seen
+
     def forget(self, key: str) -> None:
         """The record went away: nothing left to expire."""
         self._seen.pop(key, None)

@@ -31,9 +31,10 @@ cannot:
   request; the resend of the refused renewal itself carries it), and its replicas, seeing
   it on their watch of the lock, take it as a 429 of their own for `recent()` (heartbeats
   wait, quiet caches are expected) for as long as the marker is there and `told_s` after
-  (a lapsed lock object that still carries it, too: its cluster's members then read in
-  turn). Only a member's own 429s decide its marker: a leader never re-announces what it
-  was told.
+  (a lapsed lock object that still carries it, too, up to `max_pause_s` after the write
+  was first seen, as a 429 of their own: its cluster's members then read in turn; a
+  cluster left leaderless must not defer its heartbeats for ever). Only a member's own
+  429s decide its marker: a leader never re-announces what it was told.
 - **Silence is expected** for `max_pause_s` after a 429 (`recent()`): heartbeats deferred
   and renewals sent again late leave watch streams quiet, which otherwise marks a stream as
   possibly dead (re-opened, its cache re-read from the server: requests the renewals need).
@@ -128,6 +129,11 @@ class ThrottleState:
         (heartbeats deferred, renewals sent again late) is expected, not a sign of a dead
         stream (watches.py, cache.py)."""
         return self.refused_lately() or self._clock() < self._told_until
+
+    @property
+    def max_pause_s(self) -> float:
+        """How long after a 429 `recent()` holds."""
+        return self._max_pause_s
 
     def refused_lately(self) -> bool:
         """True within `max_pause_s` of a 429 to this handle's own requests (what a leader

@@ -9,7 +9,8 @@ the tokens that the remaining leaders' renewals needed, and each leader that los
 then made three more readers (at 100 clusters with every request throttled at 60/s). So,
 only while the server has throttled lately (`recent()`: a 429 of this member's own, or the
 lock object's last write says its holder was being throttled, `told`, which holds for as
-long as the lock object, lapsed or not, still says so), the members of a leaderless cluster
+long as the lock object still says so, lapsed too, up to `max_pause_s` after that write was
+first seen), the members of a leaderless cluster
 read in turn: the first at once, each next one a turn (`turn_s`) later,
 counted from when this member's view first showed no leader. A member whose turn has not
 come waits on its watches: the first one's acquisition reaches it there and ends the wait

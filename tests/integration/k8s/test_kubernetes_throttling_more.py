@@ -188,3 +188,27 @@ async def test_a_leaderless_read_after_a_failed_request_waits_the_retry_after_no
     server.audit.clear()
     assert (await dcs.get_cluster()).leader is None, "waited for the pause"
     assert len(sent(server, "GET", "/pods")) == 1
+
+
+async def test_a_lapsed_lock_saying_its_holder_was_throttled_tells_no_longer_than_a_429_would(
+    cluster: KubeContractCluster,
+) -> None:
+    """A lapsed lock object that still carries its holder's throttled marker keeps the
+    members told (their heartbeats wait, their streams are kept, they read in turn: turns.py)
+    while a 429 seen at its last renewal would still count (`max_pause_s`), not for ever: a
+    cluster left leaderless (its synchronous standby dead too, no member eligible) must not
+    defer every member's heartbeats, and so let every record expire, long after the
+    throttling ended, until someone takes the lock."""
+    clock = FakeClock()
+    a, b = handle(cluster, "a", clock), handle(cluster, "b", clock)
+    assert await a.acquire_leader()
+    a._throttle.refused(None)  # a 429 of a's own: its next renewal says so
+    assert await a.renew_leader()
+    assert (await b.get_cluster()).leader is not None
+    assert b._throttle.recent(), "not told by its live leader's marker"
+    clock.advance(TTL_S + 0.1)  # a is gone: its lease lapses, the marker stays
+    assert (await b.get_cluster()).leader is None
+    assert b._throttle.recent(), "told no more by the lapsed lock right after it lapsed"
+    clock.advance(b._throttle.max_pause_s)
+    assert (await b.get_cluster()).leader is None
+    assert not b._throttle.recent(), "told by a lock that lapsed long after any 429"
