@@ -136,3 +136,30 @@ def test_a_renewal_seen_after_the_record_expired_brings_it_back_and_its_expiry_i
     assert expiry.note("members/a", "rec", 3, clock.monotonic())
     clock.advance(TTL_S)
     assert expiry.take_due(clock.monotonic())
+
+
+def test_a_record_seen_gone_is_not_brought_back_by_an_older_observation() -> None:
+    """A lock read released at rv 12 (forgotten at it) and then shown held at rv 10 by a
+    watch cache that lags, or whose stream died silently: stale, not a holder first seen now
+    (review hreview3: a dead leader looked live for another ttl). A newer write counts."""
+    clock, expiry = FakeClock(), ObservedExpiry(TTL_S)
+    assert expiry.note("leader@l", "10", 10, clock.monotonic())
+    expiry.forget("leader@l", rv=12)
+    clock.advance(1)
+    assert not expiry.note("leader@l", "10", 10, clock.monotonic())
+    assert expiry.next_due() is None  # nothing timed for it
+    assert not expiry.note("leader@l", "12", 12, clock.monotonic())
+    assert expiry.note("leader@l", "15", 15, clock.monotonic())  # taken again since
+    clock.advance(TTL_S - 0.1)
+    assert expiry.note("leader@l", "15", 15, clock.monotonic())
+
+
+def test_a_stale_lock_does_not_vouch_for_its_holders_member_record() -> None:
+    clock, expiry = FakeClock(), ObservedExpiry(TTL_S)
+    assert expiry.note("members/x", "rec", 3, clock.monotonic())
+    assert expiry.note("leader@l", "10", 10, clock.monotonic(), vouches="members/x")
+    expiry.forget("leader@l", rv=12)  # released: x handed over and exited
+    clock.advance(TTL_S - 1)
+    assert not expiry.note("leader@l", "10", 10, clock.monotonic(), vouches="members/x")
+    clock.advance(1)
+    assert not expiry.note("members/x", "rec", 3, clock.monotonic()), "x's record lives on"

@@ -14,6 +14,12 @@ vouches=)`): each renewal seen restarts that record's clock too, so the leader n
 heartbeat its record while it renews (members.py), and a dead leader's record expires one
 ttl after its last renewal was seen, as the lock does. A record the lock no longer names
 keeps the clock its last vouching renewal gave it.
+
+A record seen gone at a resourceVersion (`forget(key, rv=)`: a lock released or deleted)
+is not brought back by an older observation: a watch cache that lags or whose stream died
+silently, still showing the holder the server no longer shows, would otherwise be taken as
+first seen now and make a dead leader (and, through `vouches`, its member record) look live
+for another ttl (review hreview3).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class ObservedExpiry:
             raise ValueError("ttl_s must be positive")
         self._ttl_s = ttl_s
         self._seen: dict[str, _Seen] = {}
+        self._gone: dict[str, int] = {}  # key -> the resourceVersion it was seen gone at
 
     def note(
         self,
@@ -52,6 +59,11 @@ class ObservedExpiry:
         """Remember what we saw of a record at `now` (carried by the object `source`);
         True while it is not expired. `vouches`: the key of the member record this one (a
         lock object's leader record) names; a new token here restarts that one's clock."""
+        gone = self._gone.get(key)
+        if gone is not None:
+            if rv <= gone:
+                return False  # from before it went away: stale, nothing to time
+            del self._gone[key]
         seen = self._seen.get(key)
         if seen is None or (seen.token != token and rv >= seen.rv):
             self._seen[key] = seen = _Seen(token=token, rv=rv, first_seen=now)
@@ -73,9 +85,11 @@ class ObservedExpiry:
         seen = self._seen.get(key)
         return None if seen is None else now - seen.first_seen
 
-    def forget(self, key: str) -> None:
-        """The record went away: nothing left to expire."""
+    def forget(self, key: str, *, rv: int | None = None) -> None:
+        """The record went away (at `rv`, when known: nothing older counts again)."""
         self._seen.pop(key, None)
+        if rv is not None:
+            self._gone[key] = max(rv, self._gone.get(key, rv))
 
     def forget_all_but(self, keep: set[str], *, prefix: str) -> None:
         """Forget the records under `prefix` that are not in `keep` (a complete list)."""

@@ -138,8 +138,8 @@ class LockHolder:
             if put.status == 404:
                 return
             expect(put, 200)
-            self._own(resource_version(put.obj))
-            self._expiry.forget(self.key)
+            self._own(rv := resource_version(put.obj))
+            self._expiry.forget(self.key, rv=rv)
             self._log.info("dcs_leader_released")
             return
 
@@ -158,11 +158,10 @@ def leader_items(
     holder's member record: expiry.py)."""
     if obj is None:
         return []
-    holder = lock.holder(obj)
+    holder, rv = lock.holder(obj), resource_version(obj)
     if not holder:
-        expiry.forget(key)
+        expiry.forget(key, rv=rv)
         return []
-    rv = resource_version(obj)
     if not expiry.note(key, str(rv), rv, now, vouches=keys.member_key(holder)):
         return []
     return [(keys.LEADER, to_bytes(holder), str(rv))]

@@ -371,7 +371,7 @@ class ClusterWatches:
             now = self._clock.monotonic()
             self._expiry.note(key, str(rv), rv, now, vouches=keys.member_key(holder))
         else:
-            self._expiry.forget(key)
+            self._expiry.forget(key, rv=rv)
         before = self._leader()
         self._watched_holders[name] = holder
         # A renewal by the same holder only moves the expiry (noted). With two lock objects
