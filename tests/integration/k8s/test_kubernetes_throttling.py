@@ -433,7 +433,7 @@ async def test_streams_opened_before_the_throttling_are_not_ended_for_their_age_
     throttling began too: at 100 clusters, the whole fleet's streams ending for their age or
     silence in the first 30 s of a throttling took the tokens the renewals needed. Here a
     replica told by its leader's marker (so with no pause of its own to wait out) keeps its
-    ConfigMap stream, opened before, past its 1 s timeout."""
+    ConfigMap stream, opened before, past its 2 s timeout."""
     server = cluster.server
     a, b, _ = agents_of(cluster, server, timeout_s=0.9 * 1.5)
     replica = KubernetesDcs(
@@ -446,7 +446,7 @@ async def test_streams_opened_before_the_throttling_are_not_ended_for_their_age_
         loop_wait_s=LOOP_S,
         lock=LockKind.LEASE,
         labels=APP_LABELS,
-        watch_timeout_s=1,
+        watch_timeout_s=2,  # the server ends it at 4 times that: well past the test
     )
     cluster.handles.append(replica)
     b = replace(b, dcs=replica)
