@@ -218,6 +218,11 @@ class EtcdCluster:
             self._spawn(self.members[index])
         self._wait_healthy(dead, write=False)
 
+    def wait_writable(self) -> None:
+        """Wait until every running member takes a put and answers a linearizable read (after a
+        kill, the survivors may be electing a raft leader: ~1 s here, more on a loaded machine)."""
+        self._wait_healthy([i for i, m in enumerate(self.members) if m.is_running], write=True)
+
     def stop(self) -> None:
         """Kill all members and remove their data dirs. Idempotent."""
         self._kill_all()
