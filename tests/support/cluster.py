@@ -22,6 +22,7 @@ from agent.localcluster import LocalCluster
 from agent.localproc import LocalMember
 from tests.support.etcd import EtcdCluster, etcd_cluster, make_tls_files
 from tests.support.pgversions import DEBIAN_15_BIN, PgInstall
+from tests.support.postgres import release_shared_memory
 from tests.support.tls import ClusterPki
 from tests.support.workload import MemberWriter, WriterLog
 
@@ -167,6 +168,7 @@ def started(running: _C, start: Callable[[_C], None] | None = None) -> Iterator[
     finally:
         running.stop()
         if not _keep_on_failure():
+            release_shared_memory(str(running.base))
             shutil.rmtree(running.base, ignore_errors=True)
 
 

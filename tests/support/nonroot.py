@@ -30,6 +30,7 @@ from pathlib import Path
 from agent.localproc import LocalMember
 from tests.support.cluster import E2E_TIMING, TlsCluster
 from tests.support.pgversions import PgInstall
+from tests.support.postgres import release_shared_memory
 
 OS_USER = "postgres"
 SYSTEM_PYTHON = "/usr/bin/python3.11"
@@ -110,6 +111,7 @@ def nonroot_cluster(
         yield running
     finally:
         running.stop()
+        release_shared_memory(str(base))
         shutil.rmtree(base, ignore_errors=True)
 
 
