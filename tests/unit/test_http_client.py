@@ -1,0 +1,326 @@
+"""agent/http/client.py against real asyncio servers on loopback, which write their raw bytes
+themselves (split where the test wants), close connections when the test wants, and count
+what they received."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import trustme
+
+from agent.http.client import HttpClient, HttpError
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawServer"], Awaitable[None]]
+
+
+@dataclass
+class RawServer:
+    handler: Handler
+    connections: int = 0
+    requests: list[str] = field(default_factory=list)
+    url: str = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await self.handler(reader, writer, self)
+        writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> str:
+        """One request (head and Content-Length body); its first line, also recorded."""
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        length = 0
+        for line in head.split("\r\n"):
+            if line.lower().startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        body = await reader.readexactly(length) if length else b""
+        first = head.split("\r\n", 1)[0] + (f" {body.decode()}" if body else "")
+        self.requests.append(first)
+        return first
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    handler: Handler, context: ssl.SSLContext | None = None
+) -> AsyncIterator[RawServer]:
+    server = RawServer(handler)
+    srv = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=context)
+    port = srv.sockets[0].getsockname()[1]
+    server.url = f"{'https' if context else 'http'}://127.0.0.1:{port}"
+    try:
+        yield server
+    finally:
+        srv.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await srv.wait_closed()
+
+
+def answer(body: bytes = b"{}", *, extra: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def keep_answering(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+) -> None:
+    while True:
+        first = await server.read_request(reader)
+        writer.write(answer(f'"{first}"'.encode()))
+        await writer.drain()
+
+
+async def test_connections_are_kept_alive_and_reused() -> None:
+    client = HttpClient()
+    async with raw_server(keep_answering) as server:
+        for index in range(3):
+            status, headers, body = await client.fetch(
+                "POST", server.url + f"/v3/kv/range?x={index}", body=b"{}", timeout=2
+            )
+            assert (status, headers["content-type"], headers["CONTENT-TYPE"]) == (
+                200,
+                "application/json",
+                "application/json",
+            )
+            assert body == f'"POST /v3/kv/range?x={index} HTTP/1.1 {{}}"'.encode()
+        await client.close()
+    assert (server.connections, client.connections_made) == (1, 1)
+
+
+async def test_a_chunked_stream_split_at_odd_places_reads_line_by_line() -> None:
+    lines = [b'{"result":{"created":true}}\n', b'{"result":{"events":[1]}}\n', b"last\n"]
+    stream = b"".join(lines)
+    # Chunks of 1, 5, 30 and the rest bytes, one with an extension; the bytes on the wire
+    # are then sent in 3-byte fragments, so sizes, CRLFs and lines are all cut in the middle.
+    sizes = [1, 5, 30, len(stream) - 36]
+    wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    offset = 0
+    for number, size in enumerate(sizes):
+        extension = b";name=value" if number == 2 else b""
+        wire += b"%x%s\r\n%s\r\n" % (size, extension, stream[offset : offset + size])
+        offset += size
+    wire += b"0\r\nX-Trailer: yes\r\n\r\n"
+
+    async def trickle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        while True:
+            await server.read_request(reader)
+            for start in range(0, len(wire), 3):
+                writer.write(wire[start : start + 3])
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+    client = HttpClient()
+    async with raw_server(trickle) as server:
+        response = await client.request("GET", server.url + "/watch", timeout=5)
+        got = [await response.readline() for _ in range(4)]
+        assert got == [*lines, b""]
+        assert response.done
+        # The stream was read to its end: its connection serves the next request.
+        second = await client.request("GET", server.url + "/watch", timeout=5)
+        assert await second.read() == stream
+        await client.close()
+    assert server.connections == 1
+
+
+async def test_a_cancelled_readline_loses_nothing() -> None:
+    release = asyncio.Event()
+
+    async def slow_line(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nfirst half, ")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"abcd\r\n9\r\nsecond.\n\n\r\n0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    client = HttpClient()
+    async with raw_server(slow_line) as server:
+        response = await client.request("GET", server.url + "/", timeout=5)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await response.readline()
+        release.set()
+        assert await response.readline() == b"first half, abcdsecond.\n"
+        assert await response.readline() == b"\n"
+        assert await response.readline() == b""
+        await client.close()
+
+
+async def test_a_body_up_to_the_close_and_connection_close_are_not_reused() -> None:
+    async def closing(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        first = await server.read_request(reader)
+        if "until-close" in first:
+            writer.write(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+        else:
+            writer.write(answer(b"bye", extra="Connection: close\r\n"))
+        await writer.drain()
+
+    client = HttpClient()
+    async with raw_server(closing) as server:
+        assert (await client.fetch("GET", server.url + "/until-close", timeout=2))[
+            2
+        ] == b"all of it"
+        assert (await client.fetch("GET", server.url + "/x", timeout=2))[2] == b"bye"
+        assert (await client.fetch("GET", server.url + "/x", timeout=2))[2] == b"bye"
+        await client.close()
+    assert server.connections == 3
+
+
+async def test_a_kept_connection_the_server_closed_while_idle_is_not_used() -> None:
+    async def one_per_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(answer())  # keep-alive not refused, but closed right after
+        await writer.drain()
+
+    client = HttpClient()
+    async with raw_server(one_per_connection) as server:
+        await client.fetch("POST", server.url + "/a", body=b"1", timeout=2)
+        await asyncio.sleep(0.1)  # the server's FIN arrives
+        status, _, _ = await client.fetch("POST", server.url + "/b", body=b"2", timeout=2)
+        await client.close()
+    assert status == 200
+    assert server.requests == ["POST /a HTTP/1.1 1", "POST /b HTTP/1.1 2"]
+
+
+async def drops_its_second_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+) -> None:
+    """Answers the first request of a connection; reads the second and closes unanswered
+    (as a server closing an idle connection just as the request arrived)."""
+    await server.read_request(reader)
+    writer.write(answer())
+    await writer.drain()
+    await server.read_request(reader)
+
+
+async def test_a_read_lost_on_a_kept_connection_is_sent_again_once_a_write_never() -> None:
+    client = HttpClient()
+    async with raw_server(drops_its_second_request) as server:
+        await client.fetch("GET", server.url + "/first", timeout=2)
+        status, _, _ = await client.fetch("GET", server.url + "/read", timeout=2)
+        assert status == 200
+        assert server.requests[1:] == ["GET /read HTTP/1.1", "GET /read HTTP/1.1"]
+        # A POST the caller says is a read (an etcd range) is sent again too.
+        await client.fetch("POST", server.url + "/range", body=b"r", idempotent=True, timeout=2)
+        assert server.requests[3:] == ["POST /range HTTP/1.1 r"] * 2
+
+        await client.close()
+
+        server.requests.clear()
+        client = HttpClient()
+        await client.fetch("POST", server.url + "/put", body=b"w", timeout=2)
+        with pytest.raises(HttpError, match="connection lost"):
+            await client.fetch("POST", server.url + "/put", body=b"v", timeout=2)
+        assert server.requests == ["POST /put HTTP/1.1 w", "POST /put HTTP/1.1 v"]  # never again
+        await client.close()
+
+
+async def test_deadlines_bound_the_answer_the_body_and_a_silent_stream() -> None:
+    async def stalls(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        first = await server.read_request(reader)
+        if "head" not in first:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+            await writer.drain()
+        await asyncio.sleep(10)
+
+    loop = asyncio.get_running_loop()
+    client = HttpClient()
+    async with raw_server(stalls) as server:
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.request("GET", server.url + "/head", timeout=0.3)
+        response = await client.request("GET", server.url + "/body", timeout=0.6)
+        with pytest.raises(TimeoutError):
+            await response.read()  # the request's deadline also bounds its body
+        assert loop.time() - started < 2
+        response = await client.request("GET", server.url + "/stream", read_timeout=0.3)
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await response.readline()  # "half" came, then nothing for the read timeout
+        assert 0.25 < loop.time() - started < 1.5
+        await client.close()
+
+
+async def test_tls_with_a_test_ca_and_a_client_certificate() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED  # etcd with client certificates
+
+    async def answers_with_the_peer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        await server.read_request(reader)
+        peer = writer.get_extra_info("ssl_object").getpeercert()
+        subject = dict(item[0] for item in peer["subject"])
+        writer.write(answer(subject["commonName"].encode()))
+        await writer.drain()
+
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    ca.issue_cert("operator@example.org", common_name="member-a").configure_cert(client_context)
+    no_certificate = ssl.create_default_context()
+    ca.configure_trust(no_certificate)
+    untrusting = ssl.create_default_context(cadata=trustme.CA().cert_pem.bytes().decode())
+    async with raw_server(answers_with_the_peer, server_context) as server:
+        client = HttpClient(ssl_context=client_context)
+        assert (await client.fetch("GET", server.url + "/", timeout=3))[2] == b"member-a"
+        for context in (no_certificate, untrusting):
+            with pytest.raises(HttpError):
+                await client.fetch("GET", server.url + "/", timeout=3, ssl_context=context)
+        with pytest.raises(ValueError, match="TLS context"):
+            await HttpClient().fetch("GET", server.url + "/", timeout=3)
+        await client.close()
+
+
+async def test_close_ends_open_streams_and_refuses_later_requests() -> None:
+    async def streams_forever(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\na\n\r\n")
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    client = HttpClient()
+    async with raw_server(streams_forever) as server:
+        response = await client.request("GET", server.url + "/watch")
+        assert await response.readline() == b"a\n"
+        await client.close()
+        with pytest.raises(HttpError):
+            await response.readline()
+        with pytest.raises(HttpError, match="closed"):
+            await client.request("GET", server.url + "/")
+
+
+async def test_tcp_user_timeout_and_keepalive_are_set_when_asked() -> None:
+    client = HttpClient(tcp_user_timeout_s=6)
+    async with raw_server(keep_answering) as server:
+        response = await client.request("GET", server.url + "/")
+        assert response._conn is not None
+        sock = response._conn.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 6000
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 2
+        await response.read()
+        await client.close()
