@@ -1,4 +1,5 @@
-"""A small etcd v3 client over etcd's JSON gateway (`/v3/...`, etcd 3.4), on aiohttp.
+"""A small etcd v3 client over etcd's JSON gateway (`/v3/...`, etcd 3.4), on the agent's
+own HTTP client (agent/http/client.py).
 
 Contracts shared by every call:
 
@@ -20,7 +21,7 @@ Contracts shared by every call:
 - Requests (except serializable reads) carry the gRPC metadata `hasleader=true`, so a member cut
   off from its cluster answers at once with "no leader" instead of timing out, and a watch on
   such a member is closed by the server.
-- The constructor does no I/O: a client can be built while etcd is down. The aiohttp session is
+- The constructor does no I/O: a client can be built while etcd is down. The HTTP client is
   created on first use, in the running event loop.
 
 The gateway's JSON is encoded and decoded in one place, agent/dcs/etcd_wire.py (with the value
@@ -37,8 +38,6 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
-
-import aiohttp
 
 from agent.dcs.etcd_hedge import Post, Retryable, TokenRejected
 from agent.dcs.etcd_transport import BACKOFF_FIRST_S, BACKOFF_MAX_S, EtcdTransport
@@ -73,6 +72,7 @@ from agent.dcs.etcd_wire import (
     enc_op,
     prefix_end,
 )
+from agent.http.client import HttpError, HttpResponse
 
 # The client's API: the value types and errors live in etcd_wire, importable from here.
 __all__ = [
@@ -176,11 +176,11 @@ class EtcdClient(EtcdTransport):
             await self._call("/v3/lease/revoke", {"ID": str(lease_id)})
 
     async def close(self) -> None:
-        """Close the HTTP session. Any later call raises `EtcdError`."""
+        """Close the HTTP client (its streams too). Any later call raises `EtcdError`."""
         self._closed = True
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
 
     # -- watch ---------------------------------------------------------------------------------
 
@@ -262,7 +262,7 @@ class EtcdClient(EtcdTransport):
 
         No `yield` happens inside a timeout block: the consumer runs at each yield, and a
         deadline firing then would cancel the consumer instead of this read."""
-        session = self._ensure_session()
+        http = self._ensure_session()
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + self._watch_refresh_s
         try:
@@ -271,8 +271,13 @@ class EtcdClient(EtcdTransport):
                     await self._authenticate()
                 headers = self._headers(require_leader=True)
                 sent_token = self._token
-                resp = await session.post(f"{endpoint}/v3/watch", json=body, headers=headers)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                resp = await http.request(
+                    "POST",
+                    f"{endpoint}/v3/watch",
+                    body=json.dumps(body).encode(),
+                    headers={**headers, "Content-Type": "application/json"},
+                )
+        except (HttpError, TimeoutError, OSError) as exc:
             raise Retryable from exc
         try:
             if resp.status != 200:
@@ -282,36 +287,32 @@ class EtcdClient(EtcdTransport):
             # period (an idle watch legitimately receives nothing).
             read_deadline = loop.time() + self._timeout_s
             created = False
-            buffer = b""
             while True:
                 try:
                     async with asyncio.timeout_at(read_deadline):
-                        chunk = await resp.content.readany()
+                        line = await resp.readline()
                 except TimeoutError:
                     if created:
                         return  # refresh period over: the caller opens a new stream
                     raise Retryable("watch stream not created in time") from None
-                if not chunk:
+                if not line.endswith(b"\n"):
                     raise Retryable("watch stream closed by the server")
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if not line.strip():
-                        continue
-                    batch = self._watch_message(json.loads(line))
-                    if not created:
-                        created = True
-                        read_deadline = ends_at
-                        on_stream(endpoint)
-                    if batch is not None:
-                        yield batch
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+                if not line.strip():
+                    continue
+                batch = self._watch_message(json.loads(line))
+                if not created:
+                    created = True
+                    read_deadline = ends_at
+                    on_stream(endpoint)
+                if batch is not None:
+                    yield batch
+        except (HttpError, OSError, ValueError) as exc:
             raise Retryable from exc
         except TokenRejected:
             raise TokenRejected(sent_token) from None
         finally:
             on_stream(None)
-            resp.close()
+            resp.release()
 
     def _watch_message(self, msg: dict[str, Any]) -> WatchBatch | None:
         err = dec_error(msg)
@@ -336,11 +337,12 @@ class EtcdClient(EtcdTransport):
         return WatchBatch(events=events, revision=dec_revision(result))
 
 
-async def _read_json_bounded(resp: aiohttp.ClientResponse, timeout_s: float) -> Any:
+async def _read_json_bounded(resp: HttpResponse, timeout_s: float) -> Any:
     try:
         async with asyncio.timeout(timeout_s):
-            return await resp.json(content_type=None)
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            data = await resp.read()
+        return json.loads(data) if data else None
+    except (TimeoutError, HttpError, OSError, ValueError) as exc:
         raise Retryable from exc
 
 

@@ -1,17 +1,17 @@
 """The request engine of the etcd client (agent/dcs/etcd_client.py, whose docstring states the
 contracts): one unary request sent within `timeout_s`, hedged over the endpoints with failover
 and backoff, the auth token got and renewed, the gateway's errors mapped to the client's, and
-the aiohttp session. `EtcdClient` builds the KV, lease and watch API on it.
+the HTTP client (agent/http/client.py: a small pool of kept-alive connections per endpoint).
+`EtcdClient` builds the KV, lease and watch API on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Sequence
 from typing import Any, NoReturn
-
-import aiohttp
 
 from agent.dcs.etcd_hedge import Hedge, Post, Retryable, TokenRejected
 from agent.dcs.etcd_wire import (
@@ -29,6 +29,7 @@ from agent.dcs.etcd_wire import (
     is_bad_credentials,
     is_token_error,
 )
+from agent.http.client import HttpClient, HttpError
 
 # Backoff between passes over all endpoints (connection refused fails instantly: do not spin).
 BACKOFF_FIRST_S = 0.05
@@ -40,6 +41,12 @@ BACKOFF_MAX_S = 1.0
 # old sequential failover's halving did), and an endpoint that answers slowly keeps the
 # rest of the deadline.
 _HEDGE_SHARE_OF_TIMEOUT = 0.25
+
+# Requests that change nothing in the store (a keepalive only pushes a lease's expiry to "ttl
+# from now" again): sent again once on a new connection if a kept one was found closed just
+# as they went out (agent/http/client.py); every other request is never sent twice by the
+# HTTP client (the hedging above decides about copies).
+_IDEMPOTENT_PATHS = frozenset({"/v3/kv/range", "/v3/lease/keepalive", "/v3/auth/authenticate"})
 
 
 class EtcdTransport:
@@ -60,8 +67,8 @@ class EtcdTransport:
         post: Post | None = None,
     ) -> None:
         """`post`: how one unary request is sent, (url, JSON body, headers) -> (HTTP status,
-        decoded JSON answer); aiohttp by default (tests give a fake transport). Watches
-        always use aiohttp."""
+        decoded JSON answer); agent/http/client.py by default (tests give a fake transport).
+        Watches always use the HTTP client."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         if timeout_s <= 0:
@@ -78,7 +85,7 @@ class EtcdTransport:
         self._watch_refresh_s = watch_refresh_s
         self._preferred = 0  # index of the endpoint that answered last
         self._answers = 0  # calls answered so far
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._token: str | None = None
         self._auth_lock: asyncio.Lock | None = None
         self._auth_enabled = True  # until etcd says otherwise
@@ -246,7 +253,7 @@ class EtcdTransport:
         sent_token = headers.get("Authorization")
         try:
             status, payload = await self._post(f"{endpoint}{path}", body, headers)
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (HttpError, OSError, ValueError) as exc:
             raise Retryable from exc
         if not isinstance(payload, dict):
             raise Retryable(f"unexpected answer from {path}")
@@ -261,9 +268,15 @@ class EtcdTransport:
         self, url: str, body: dict[str, Any], headers: dict[str, str]
     ) -> tuple[int, Any]:
         """The default `post`: one HTTP POST; (status, decoded JSON body)."""
-        session = self._ensure_session()
-        async with session.post(url, json=body, headers=headers) as resp:
-            return resp.status, await resp.json(content_type=None)
+        http = self._ensure_session()
+        status, _, data = await http.fetch(
+            "POST",
+            url,
+            body=json.dumps(body).encode(),
+            headers={**headers, "Content-Type": "application/json"},
+            idempotent=url.endswith(tuple(_IDEMPOTENT_PATHS)),
+        )
+        return status, json.loads(data) if data else None
 
     def _raise_for_error(self, payload: Any, status: int) -> NoReturn:
         err = dec_error(payload) if isinstance(payload, dict) else None
@@ -334,23 +347,16 @@ class EtcdTransport:
 
     # -- session -------------------------------------------------------------------------------
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
+    def _ensure_session(self) -> HttpClient:
+        """The HTTP client, made on first use. Deadlines are enforced with asyncio.timeout
+        around each attempt, not by the client; it keeps no timer of its own."""
         if self._closed:
             raise EtcdError("etcd client is closed")
-        if self._session is None:
-            ssl_ctx: ssl.SSLContext | bool = True
-            tls = any(e.startswith("https://") for e in self._endpoints)
-            if tls:
+        if self._http is None:
+            ssl_ctx: ssl.SSLContext | None = None
+            if any(e.startswith("https://") for e in self._endpoints):
                 ssl_ctx = ssl.create_default_context(cafile=self._ca_file)
                 if self._cert_file is not None and self._key_file is not None:
                     ssl_ctx.load_cert_chain(self._cert_file, self._key_file)
-            # The clean-up of closed TLS transports (aiohttp, Python < 3.12.8) runs a timer
-            # every 2 s for the session's life; plain HTTP has nothing for it to clean up.
-            connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=0, enable_cleanup_closed=tls)
-            # Deadlines are enforced with asyncio.timeout around each attempt, not by aiohttp.
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=None),
-                raise_for_status=False,
-            )
-        return self._session
+            self._http = HttpClient(ssl_context=ssl_ctx)
+        return self._http

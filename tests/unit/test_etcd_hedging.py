@@ -14,11 +14,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 
 from agent.clock import FakeClock
 from agent.dcs.etcd_client import EtcdClient, EtcdUnavailable
+from agent.http.client import HttpError
 from tests.unit.fakes.virtual_time import run_virtual
 
 ENDPOINTS = ("http://e1:2379", "http://e2:2379", "http://e3:2379")
@@ -44,7 +44,7 @@ class FakeEtcd:
         self.sent.append((self.clock.monotonic(), endpoint, f"/v3{path}"))
         latency = self.latency_s[endpoint]
         if latency == REFUSED:
-            raise aiohttp.ClientConnectionError(f"{endpoint}: connection refused")
+            raise HttpError(f"{endpoint}: connection refused")
         try:
             if latency == BLACK_HOLE:
                 await asyncio.Event().wait()
