@@ -33,6 +33,7 @@ from agent.loop import HaLoop
 from agent.looplag import watch_event_loop_lag
 from agent.metrics import Metrics
 from agent.model import AgentStatus
+from agent.namecheck import name_in_use
 from agent.peers import HttpPeers
 from agent.postgres import datadir, pgbackrest
 from agent.postgres.checker import ConfigChecker
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("pgwarden.app")
 _EVENTS_FLUSH_S = 2.0  # at shutdown, for the Events not sent yet (the hand-over's)
+# Exit code when another live agent runs under this member's name (agent/namecheck.py): the
+# same code as a configuration the agent refuses (the name is the configuration at fault).
+EXIT_NAME_IN_USE = 2
 
 
 def build_dcs(settings: Settings, clock: Clock) -> Dcs:
@@ -236,6 +240,14 @@ async def run_agent(settings: Settings) -> int:
     _prepare_run(settings)
     clock = SystemClock()
     dcs = build_dcs(settings, clock)
+    api_tls = _load_tls(settings)
+    peers = HttpPeers(settings, clock, api_tls.client if api_tls is not None else None)
+    taken = await name_in_use(settings, dcs, peers.identify)
+    if taken is not None:  # before anything touches PostgreSQL or the DCS's records
+        log.error("name_in_use", url=taken.url, error=taken.message(settings))
+        await peers.close()
+        await dcs.close()
+        return EXIT_NAME_IN_USE
     postmaster, pg = _build_postgres(settings)
     fence = FenceClient(
         run_dir=settings.run_dir,
@@ -245,7 +257,6 @@ async def run_agent(settings: Settings) -> int:
         external=settings.fencer.mode is FencerMode.EXTERNAL,
     )
     metrics = Metrics()
-    api_tls = _load_tls(settings)
     events = build_events(settings)
     log.info("agent_starting", fence=await _start_fence(fence), api=settings.api.url)
     loop = HaLoop(
@@ -254,7 +265,7 @@ async def run_agent(settings: Settings) -> int:
         dcs=dcs,
         pg=pg,
         fence=fence,
-        peers=HttpPeers(settings, clock, api_tls.client if api_tls is not None else None),
+        peers=peers,
         metrics=metrics,
         callbacks=Callbacks(settings, clock=clock, metrics=metrics),
         events=events,

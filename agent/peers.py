@@ -123,6 +123,20 @@ class HttpPeers:
         answers = await asyncio.gather(*(ask(n, u) for n, u in members))
         return [r for r in answers if r]
 
+    async def identify(self, url: str) -> tuple[str, str] | None:
+        """(name, cluster) the agent at `url` answers for (GET /health); None when nothing
+        answers there, or not as an agent (agent.namecheck)."""
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self._settings.timing.peer_check_timeout_s))
+        try:
+            async with self._session().get(
+                url + "/health", timeout=timeout, ssl=self._ssl(url)
+            ) as resp:
+                body = await resp.json(content_type=None)
+            name, cluster = body.get("name"), body.get("cluster")
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return None
+        return (name, cluster) if isinstance(name, str) and isinstance(cluster, str) else None
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()

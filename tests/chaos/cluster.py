@@ -217,6 +217,9 @@ class ChaosCluster:
     stepped_clocks: bool = False
     # Extra keys of the agents' `ha` section (e.g. maximum_lag_on_failover_bytes).
     ha_extra: dict[str, object] = field(default_factory=dict)
+    # Hosts on the bridge with no member: s1, s2, ... (a scenario starts what it needs there,
+    # e.g. a second agent configured with a member's name: tests/chaos/nemesis_unlisted.py).
+    spare_hosts: int = 0
     pg_bin: str = PG_BIN  # the members' postgresql.bin_dir (tests/support/pgversions.py)
     base: Path = field(
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgw-chaos-", dir="/tmp"))
@@ -234,6 +237,7 @@ class ChaosCluster:
             keys += [f"e{i + 1}" for i in range(self.etcd_size)]
         else:
             keys.append("k")
+        keys += [f"s{i + 1}" for i in range(self.spare_hosts)]
         self.network = Network(keys=(*keys, "c"))
 
     @property

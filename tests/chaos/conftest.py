@@ -89,6 +89,7 @@ def _running(
     stepped_clocks: bool = False,
     timing: dict[str, float] | None = None,
     ha_extra: dict[str, object] | None = None,
+    spare_hosts: int = 0,
 ) -> Iterator[Runner]:
     """A started cluster on PostgreSQL `pg`; the calling thread is in its client namespace
     until the exit. Scenario names get " [pgN]" when more than one version runs."""
@@ -104,6 +105,7 @@ def _running(
         stepped_clocks=stepped_clocks,
         timing=dict(timing or QUICK_TIMING),
         ha_extra=dict(ha_extra or {}),
+        spare_hosts=spare_hosts,
     )
     keep = False
     try:
@@ -141,6 +143,25 @@ def sync_runner(
 ) -> Iterator[Runner]:
     """synchronous_mode: on; the test thread is in the client namespace for the module."""
     with _running(chaos_results, pg=pg_install, sync=True) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def spare_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
+    """Asynchronous replication and one spare host (`s1`, no member) where a scenario starts
+    what it needs (tests/chaos/test_unlisted_faults.py)."""
+    with _running(chaos_results, pg=pg_install, spare_hosts=1) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
+def spare_sync_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
+    """synchronous_mode: on and one spare host (`s1`); names get " [sync]"."""
+    with _running(chaos_results, pg=pg_install, sync=True, spare_hosts=1) as chaos:
         yield chaos
 
 

@@ -1,0 +1,91 @@
+"""Faults that were in no profile (session 24's hunt, tests/chaos/nemesis_unlisted.py), each
+with the usual invariants (no split brain, convergence, no divergence) and no loss.
+
+- **A second agent with a running member's name** (the primary's; `[sync]`: the synchronous
+  standby's), on a spare host with an empty data directory: it must refuse to start (exit 2)
+  before it touches the DCS's records or PostgreSQL, and the cluster must not notice: the
+  same primary, no stopping event in any agent's log, nothing lost. Before the refusal
+  existed the newcomer took itself for the member restarted elsewhere: as the primary's
+  namesake it found itself the leader with no data and released the leader key, a replica
+  was promoted while the real primary still served (docs/chaos.md, the finding).
+
+Run with CHAOS_HUNT=1 (or `make chaos`); about 40 s per scenario.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.chaos import agentlogs
+from tests.chaos.cluster import QUICK_TIMING
+from tests.chaos.nemesis import Nemesis
+from tests.chaos.nemesis_unlisted import DUPLICATE_EXIT_BOUND_S, DuplicateName, duplicate_name
+from tests.chaos.runner import Runner, ScenarioResult
+from tests.chaos.test_quick import assert_invariants, summary
+
+HUNT = bool(
+    os.environ.get("CHAOS_GRAY") or os.environ.get("CHAOS_DURATION") or os.environ.get("CHAOS_HUNT")
+)
+RUNS = max(1, int(os.environ.get("CHAOS_RUNS", "1") or 1))
+TTL_S = QUICK_TIMING["ttl_s"]
+REFUSED = 2  # the agent's exit code for a configuration it refuses
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(
+        not HUNT, reason="the hunt profile runs with CHAOS_HUNT=1, CHAOS_GRAY=1 or make chaos"
+    ),
+]
+
+
+async def _run(runner: Runner, nemesis: Nemesis) -> tuple[ScenarioResult, list[str]]:
+    """The scenario and the stopping events of the agents' logs (printed, with the figures)."""
+    await runner.ready()
+    sizes = agentlogs.log_sizes(runner.cluster)
+    result = await runner.run(nemesis)
+    lines = agentlogs.lines_since(runner.cluster, sizes)
+    stops = agentlogs.events(lines, agentlogs.STOPPING_EVENTS)
+    print(
+        f"\n{summary(result)}; failover {result.failover_s}; old primary acked "
+        f"{result.old_primary_acks_after_failover} after it; stopping events {stops}"
+    )
+    return result, stops
+
+
+def _impostor_log(state: DuplicateName) -> str:
+    if state.impostor is None:
+        return ""
+    path = state.impostor.agent.log
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+async def _duplicate(runner: Runner, role: str) -> None:
+    nemesis, state = duplicate_name(role, TTL_S + 4.0)
+    result, stops = await _run(runner, nemesis)
+    logs = f"{summary(result)}\n{runner.cluster.logs_tail(15)}\nsecond agent:\n"
+    logs += _impostor_log(state)
+    assert_invariants(result, runner)
+    assert result.lost == 0, f"{result.lost} acknowledged writes lost\n{logs}"
+    assert result.primary_after == result.primary_before, f"failover\n{logs}"
+    assert not stops, f"the cluster noticed the second agent: {stops}\n{logs}"
+    assert state.exit_codes[-1] == REFUSED, (
+        f"the second agent did not refuse to start within {DUPLICATE_EXIT_BOUND_S} s "
+        f"(exit code {state.exit_codes[-1]})\n{logs}"
+    )
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_second_agent_with_the_primarys_name_refuses_to_start(
+    spare_runner: Runner, run: int
+) -> None:
+    await _duplicate(spare_runner, "primary")
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_second_agent_with_the_sync_standbys_name_refuses_to_start(
+    spare_sync_runner: Runner, run: int
+) -> None:
+    await _duplicate(spare_sync_runner, "sync-standby")
