@@ -71,8 +71,8 @@ def test_forgotten_records_neither_expire_nor_wake() -> None:
     for name, pod in (("a", "pod-a"), ("b", "pod-b"), ("c", "pod-c")):
         expiry.note(f"members/{name}", "x", 1, clock.monotonic(), source=pod)
     expiry.note("leader", "1", 1, clock.monotonic())
-    expiry.forget_source("pod-a", prefix="members/")
-    expiry.forget_all_but({"members/b"}, prefix="members/")
+    expiry.forget_source("pod-a", prefix="members/", rv=2)
+    expiry.forget_all_but({"members/b"}, prefix="members/", rv=2)
     expiry.forget("leader")
     clock.advance(TTL_S)
     now = clock.monotonic()
@@ -163,3 +163,19 @@ def test_a_stale_lock_does_not_vouch_for_its_holders_member_record() -> None:
     assert not expiry.note("leader@l", "10", 10, clock.monotonic(), vouches="members/x")
     clock.advance(1)
     assert not expiry.note("members/x", "rec", 3, clock.monotonic()), "x's record lives on"
+
+
+def test_an_absence_older_than_what_was_seen_forgets_nothing() -> None:
+    """A lock seen held at rv 15 from the server, then shown released at rv 12 by a cache
+    that lags: the holder is not forgotten (it would be first seen anew at the next read,
+    a fresh ttl each cycle); its clock runs on from its first sight."""
+    clock, expiry = FakeClock(), ObservedExpiry(TTL_S)
+    start = clock.monotonic()
+    assert expiry.note("leader@l", "15", 15, start)
+    clock.advance(TTL_S - 1)
+    expiry.forget("leader@l", rv=12)
+    expiry.forget_all_but(set(), prefix="leader@", rv=14)
+    assert expiry.age_s("leader@l", clock.monotonic()) == TTL_S - 1
+    clock.advance(1)
+    assert not expiry.note("leader@l", "15", 15, clock.monotonic())
+    assert expiry.is_expired("leader@l", 15, start + TTL_S)

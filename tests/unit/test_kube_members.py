@@ -145,3 +145,41 @@ async def test_the_leader_heartbeats_when_a_peer_runs_an_older_agent_or_none_is_
     clock.advance(HEARTBEAT_S)
     await handle.publish(member("a"))
     assert api.patches == 3
+
+
+def live_names(handle: MemberRecords, pods: list[KubeObject], now: float) -> list[str]:
+    items, _ = handle.items(pods, now)
+    return sorted(key.rsplit("/", 1)[-1] for key, _, _ in items)
+
+
+def test_a_cache_from_before_a_members_last_write_does_not_give_it_a_fresh_ttl() -> None:
+    """p wrote its record after this observer's pods stream died, then p died. Each cycle
+    the handle evaluates its cache (which lacks p's record) and then reads the server (which
+    shows it): the record is timed from its first sight, not again from each read after the
+    cache's list (review hreview3 finding 2: p looked live for as long as that went on)."""
+    clock = FakeClock()
+    handle, _ = records(clock)
+    server = [pod("a", "t1", rv=5), pod("p", "t1", rv=7)]
+    cache = [pod("a", "t0", rv=3)]  # as the stream last delivered: p had no record yet
+    start = clock.monotonic()
+    assert live_names(handle, server, start) == ["a", "p"]
+    while clock.monotonic() < start + TTL_S - 0.5:
+        clock.advance(0.5)
+        live_names(handle, cache, clock.monotonic())
+        assert "p" in live_names(handle, server, clock.monotonic())
+    clock.advance(0.5)
+    live_names(handle, cache, clock.monotonic())
+    assert "p" not in live_names(handle, server, clock.monotonic()), "p lives on a ttl after"
+
+
+def test_a_record_the_server_showed_gone_is_not_brought_back_by_a_cache_that_lags() -> None:
+    clock = FakeClock()
+    handle, _ = records(clock)
+    cache = [pod("a", "t0", rv=5), pod("p", "t0", rv=7)]
+    assert live_names(handle, cache, clock.monotonic()) == ["a", "p"]
+    clock.advance(1.0)
+    # The server: p's pod deleted (p gone), a heartbeated since (rv 9).
+    assert live_names(handle, [pod("a", "t1", rv=9)], clock.monotonic()) == ["a"]
+    for _ in range(int(2 * TTL_S)):
+        assert "p" not in live_names(handle, cache, clock.monotonic()), "p seen anew"
+        clock.advance(1.0)

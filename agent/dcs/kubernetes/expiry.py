@@ -19,7 +19,12 @@ A record seen gone at a resourceVersion (`forget(key, rv=)`: a lock released or 
 is not brought back by an older observation: a watch cache that lags or whose stream died
 silently, still showing the holder the server no longer shows, would otherwise be taken as
 first seen now and make a dead leader (and, through `vouches`, its member record) look live
-for another ttl (review hreview3).
+for another ttl (review hreview3). Absences are ordered the same way: a record is forgotten
+only by an observation at least as new as the one that showed it (`rv`), so a cache that lags
+(a pod list from before a member's last write) cannot make a record first seen again at the
+next read from the server, which would give it a fresh ttl each time (member records: the
+lists a handle evaluates, watches' caches and server reads, are complete as of at least the
+newest resourceVersion of the pods they show).
 """
 
 from __future__ import annotations
@@ -86,21 +91,29 @@ class ObservedExpiry:
         return None if seen is None else now - seen.first_seen
 
     def forget(self, key: str, *, rv: int | None = None) -> None:
-        """The record went away (at `rv`, when known: nothing older counts again)."""
+        """The record went away (at `rv`, when known: nothing older counts again, and an
+        absence older than what we saw of the record is itself stale and changes nothing)."""
+        if rv is None:
+            self._seen.pop(key, None)
+            return
+        seen = self._seen.get(key)
+        if seen is not None and rv < seen.rv:
+            return  # a list from before the write we saw: it says nothing of now
         self._seen.pop(key, None)
-        if rv is not None:
-            self._gone[key] = max(rv, self._gone.get(key, rv))
+        self._gone[key] = max(rv, self._gone.get(key, rv))
 
-    def forget_all_but(self, keep: set[str], *, prefix: str) -> None:
-        """Forget the records under `prefix` that are not in `keep` (a complete list)."""
+    def forget_all_but(self, keep: set[str], *, prefix: str, rv: int) -> None:
+        """Forget the records under `prefix` that are not in `keep` (a list complete as of
+        at least `rv`; see `forget`)."""
         for key in [k for k in self._seen if k.startswith(prefix) and k not in keep]:
-            del self._seen[key]
+            self.forget(key, rv=rv)
 
-    def forget_source(self, source: str, *, prefix: str) -> None:
-        """Forget the records under `prefix` carried by `source` (its object went away)."""
+    def forget_source(self, source: str, *, prefix: str, rv: int) -> None:
+        """Forget the records under `prefix` carried by `source` (its object went away, or
+        its record, at `rv`; see `forget`)."""
         for key in [k for k, s in self._seen.items() if k.startswith(prefix)]:
             if self._seen[key].source == source:
-                del self._seen[key]
+                self.forget(key, rv=rv)
 
     def take_due(self, now: float) -> bool:
         """True if a record expired at `now` that was not reported before; reports it."""

@@ -154,8 +154,10 @@ class MemberRecords:
             else:
                 stale.add((key, token))
         self._vouched = vouching and live_peers > 0
-        # Pods or records that went away: nothing left to expire.
-        self._expiry.forget_all_but(present, prefix=keys.MEMBERS)
+        # Pods or records that went away: nothing left to expire. The list is complete as of
+        # at least its newest pod (a cache that lags forgets nothing it saw written since).
+        listed_rv = max((resource_version(p) for p in pods if isinstance(p, dict)), default=0)
+        self._expiry.forget_all_but(present, prefix=keys.MEMBERS, rv=listed_rv)
         if mine is None or (self._published is not None and self._published[0] != mine):
             self._published = None  # removed or rewritten behind our back: publish again
         return items, stale

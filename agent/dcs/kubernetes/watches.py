@@ -355,7 +355,7 @@ class ClusterWatches:
         entry = None if kind == "DELETED" else member_entry(obj)
         if entry is None:
             # The record (or the pod) went away: a change if we had seen it.
-            self._expiry.forget_source(pod, prefix=keys.MEMBERS)
+            self._expiry.forget_source(pod, prefix=keys.MEMBERS, rv=resource_version(obj))
             return self._tracker.member_changed(pod, None)
         name, value, token = entry
         now = self._clock.monotonic()
