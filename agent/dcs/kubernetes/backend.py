@@ -276,7 +276,9 @@ class KubernetesDcs:
                     left_s = self._throttle.pause_left_s()
                     raise Throttled(f"kubernetes: get_cluster: throttled, {left_s:.1f} s to wait")
                 if cached is not None and leaderless and self._throttle.recent():
-                    self._turns.wait(cached[0], [h.lock for h in self._holders], cached[1], now)
+                    live = {k[len(keys.MEMBERS) :] for k, _, _ in items if keys.is_member_key(k)}
+                    kinds = [h.lock for h in self._holders]
+                    self._turns.wait(cached[0], kinds, cached[1], now, live=live)
                 pods, locks, config = await self._read_all()
                 self._suspect = False
                 now = self._clock.monotonic()

@@ -22,8 +22,13 @@ The order, from what the caches hold (no request):
   throttling, not to death, is the one to take it back (in asynchronous replication, its WAL
   is the newest: nothing it acknowledged is lost). A holder that said nothing of the sort
   stopped renewing for another reason, likely dead: it goes last;
-- then the others by the WAL position their records last showed, the most advanced first,
-  then by name (the same order on every member, so turns do not collide).
+- then the others whose member records are live on this member's clock, by the WAL position
+  their records last showed, the most advanced first, then by name (the same order on every
+  member, so turns do not collide);
+- then those whose records expired, in the same order: a member that crash-loops, or died
+  long ago, carrying a high old WAL position would otherwise take a turn (half a ttl) ahead of
+  the live ones (review hreview3 finding 7). Observers may disagree on which records expired
+  near the moment they do: that costs a turn or a request, never safety (below).
 
 Nothing here is a safety rule: a member that reads out of turn (its caches differ) only costs
 requests, and every acquisition stays a compare-and-set on the lock. What it costs: the
@@ -34,7 +39,7 @@ while throttled) is late by a turn (half a ttl, `backend.py`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from agent.dcs.kubernetes.api import Throttled
@@ -66,10 +71,13 @@ class RaceTurns:
         kinds: Sequence[LockObject],
         locks: Sequence[KubeObject | None],
         now: float,
+        *,
+        live: Collection[str],
     ) -> None:
         """Raise `Throttled` until this member's turn to read, judged from the cached pods
-        and lock objects (`kinds`: the kind of each)."""
-        if (wait_s := self.wait_s(pods, kinds, locks, now)) > 0:
+        and lock objects (`kinds`: the kind of each; `live`: the members whose records are
+        live on our clock)."""
+        if (wait_s := self.wait_s(pods, kinds, locks, now, live=live)) > 0:
             raise Throttled(f"kubernetes: get_cluster: no leader, turn to read in {wait_s:.1f} s")
 
     def wait_s(
@@ -78,25 +86,33 @@ class RaceTurns:
         kinds: Sequence[LockObject],
         locks: Sequence[KubeObject | None],
         now: float,
+        *,
+        live: Collection[str],
     ) -> float:
         """Seconds until this member's turn to read (0: now); see `wait`."""
         if self._since is None:
             return 0.0
         named = (kind.holder(obj) for kind, obj in zip(kinds, locks, strict=True) if obj)
         holder = next((name for name in named if name), "")
-        order = turn_order(pods, holder, throttled=says_throttled(list(locks)))
+        order = turn_order(pods, holder, throttled=says_throttled(list(locks)), live=live)
         turn = order.index(self._member) if self._member in order else len(order)
         return max(0.0, self._since + turn * self._turn_s - now)
 
 
-def turn_order(pods: list[Any], holder: str, *, throttled: bool) -> list[str]:
-    """The members carried by `pods`, in their turn to read (see the module docstring)."""
+def turn_order(
+    pods: list[Any], holder: str, *, throttled: bool, live: Collection[str]
+) -> list[str]:
+    """The members carried by `pods`, in their turn to read (see the module docstring;
+    `live`: the members whose records are live on this member's clock)."""
     positions: dict[str, int] = {}
     for pod in pods:
         entry = member_entry(pod)
         if entry is not None:
             positions[entry[0]] = _position(entry[1])
-    others = sorted((n for n in positions if n != holder), key=lambda n: (-positions[n], n))
+    others = sorted(
+        (n for n in positions if n != holder),
+        key=lambda n: (n not in live, -positions[n], n),
+    )
     if not holder:
         return others
     return [holder, *others] if throttled else [*others, holder]
