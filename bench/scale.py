@@ -243,6 +243,7 @@ async def idle_window(
         "throttled": after["throttled"] - before["throttled"],
         "retried_429": sum(r["retried_429"] for r in reports),
         "refused_429": sum(r["refused_429"] for r in reports),
+        "urgent_429": sum(r["urgent_429"] for r in reports),
     }
 
 
@@ -316,7 +317,8 @@ def print_tables(results: dict[int, list[dict[str, Any]]]) -> None:
             f"| {sum(r['lost'] for r in rows)} | {sum(r['taken'] for r in rows)} "
             f"| {sum(r['both'] for r in rows)} "
             f"| {sum(r['throttled'] for r in rows)} "
-            f"(sent again {sum(r['retried_429'] for r in rows)}) "
+            f"(sent again {sum(r['retried_429'] for r in rows)}, "
+            f"renewals before the Retry-After {sum(r['urgent_429'] for r in rows)}) "
             f"| {median_of(rows, 'failover_s'):.1f} ({failovers}) |"
         )
     for clusters, rows in results.items():

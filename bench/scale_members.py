@@ -18,7 +18,8 @@ It prints JSON lines on stdout and takes commands on stdin, one a line:
                                             only after the fencing deadline of the one
                                             before ("late": the agent's fencer stopped
                                             PostgreSQL meanwhile), leaderships taken, 429s
-                                            sent again
+                                            sent again (and of them, renewals sent again
+                                            before their Retry-After was over)
     failover  -> {"event": "failover", "seconds": S}   the leader of the first cluster stops
                                             (no release, as a SIGKILL); until another
                                             member of that cluster leads
@@ -142,6 +143,7 @@ class SimMember:
             ttl_s=TIMING.ttl_s,
             timeout_s=REQUEST_TIMEOUT_S,
             loop_wait_s=TIMING.loop_wait_s,
+            fence_margin_s=TIMING.fence_margin_s,
             lock=LockKind.LEASE,
             labels=LABELS,
         )
@@ -293,6 +295,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     both=STATS.both,
                     retried_429=sum(m.dcs._api.throttled for m in members),
                     refused_429=sum(m.dcs._api.throttle.refusals for m in members),
+                    urgent_429=sum(m.dcs._api.throttle.renewals.urgent for m in members),
                     killed=len(STATS.killed),
                     replaced=sorted(STATS.replaced.values()),
                 )

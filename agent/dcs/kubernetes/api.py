@@ -171,60 +171,106 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
         resend: bool = True,
+        send_by: float | None = None,
     ) -> Response:
         """One API request, bounded by the request timeout (see the module docstring);
         `body`: the JSON body, or a function that builds it for each send. A 429
         starts the throttling pause (throttle.py). With `resend`, a 429 whose Retry-After
         leaves room in that timeout is sent again after it, with jitter (the server's
         priority and fairness refused it before executing it, so a write is not applied
-        twice), up to `_THROTTLED_ATTEMPTS` times, as client-go does; the caller's deadline
-        bounds the whole. Without (a request that can wait), a 429 raises `Throttled` at
-        once."""
+        twice), up to `_THROTTLED_ATTEMPTS` times; the caller's deadline bounds the whole.
+        Without (a request that can wait), a 429 raises `Throttled` at once. `send_by` (a
+        renewal of a lock we hold: the last moment it can be sent and answered before its
+        fencing deadline, monotonic): a 429 is sent again by that deadline, sooner than its
+        Retry-After in the last stretch before it (`throttle.RenewalSends`), inside
+        this call while the wait leaves room in it, else `Throttled` says when to send it."""
         api = await self._client()
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        started = self._clock()
-        wait_s: float | None = None
-        for attempt in range(1, _THROTTLED_ATTEMPTS + 1):
-            response: Any = await api.call_api(
-                path,
-                method,
-                query_params=list((query or {}).items()),
-                header_params=headers,
-                body=body() if callable(body) else body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=self._timeout_s,
+        started, attempt = self._clock(), 0
+        if send_by is not None:
+            await self._renewal_due(method, path, send_by)
+        while True:
+            attempt += 1
+            status, data, wait_s = await self._send(
+                api, method, path, query=query, body=body, content_type=content_type
             )
-            try:
-                status = int(response.status)
-                data = await response.read()
-                wait_s = retry_after_s(response.headers) if status == 429 else None
-            finally:
-                response.release()
             if status != 429:
-                if not resend:
+                if send_by is not None:
+                    self.throttle.renewals.answered()
+                elif not resend:
                     self.throttle.answered()
-                break
+                return self._answer(method, path, status, data)
             self.throttle.refused(wait_s)
             room_s = self._timeout_s - (self._clock() - started)
             delay_s = None
-            if resend and wait_s is not None and attempt < _THROTTLED_ATTEMPTS:
+            if send_by is not None:
+                delay_s = self.throttle.renewals.delay_s(wait_s, send_by)
+                if delay_s is not None and delay_s > 0.8 * room_s:
+                    # Sent again by the HA loop at that time, in a call of its own.
+                    raise self._refused(method, path, data, delay_s)
+            elif resend and wait_s is not None and attempt < _THROTTLED_ATTEMPTS:
                 delay_s = self.throttle.resend_delay_s(wait_s, room_s)
             if delay_s is None:
-                break
+                jittered_s = None if wait_s is None else self.throttle.jittered_s(wait_s)
+                raise self._refused(method, path, data, jittered_s)
             self.throttled += 1
             await asyncio.sleep(delay_s)
+
+    async def _renewal_due(self, method: str, path: str, send_by: float) -> None:
+        """A renewal refused lately is sent no sooner than planned (the HA loop may call
+        sooner, woken before its fencing deadline), and not at all once it gave up."""
+        wait_s = self.throttle.renewals.wait_s(send_by)
+        if wait_s is None:
+            raise Throttled(f"kubernetes: {method} {path}: throttled (429), too late to send")
+        if wait_s > 0.8 * self._timeout_s:
+            raise Throttled(f"kubernetes: {method} {path}: throttled (429)", retry_after_s=wait_s)
+        await asyncio.sleep(wait_s)
+
+    async def _send(
+        self,
+        api: Any,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None,
+        body: Any,
+        content_type: str,
+    ) -> tuple[int, bytes, float | None]:
+        """One send: the status, the raw body and, for a 429, its Retry-After."""
+        response: Any = await api.call_api(
+            path,
+            method,
+            query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body() if callable(body) else body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=self._timeout_s,
+        )
         try:
-            decoded: Any = json.loads(data) if data else None
+            status = int(response.status)
+            data = await response.read()
+            wait_s = retry_after_s(response.headers) if status == 429 else None
+        finally:
+            response.release()
+        return status, data, wait_s
+
+    @staticmethod
+    def _decoded(data: bytes) -> Any:
+        try:
+            return json.loads(data) if data else None
         except ValueError:
-            decoded = None
+            return None
+
+    def _refused(self, method: str, path: str, data: bytes, retry_s: float | None) -> Throttled:
+        """The 429 a call gives up on; `retry_s`: when to send it again."""
+        text = message(self._decoded(data))
+        return Throttled(f"kubernetes: {method} {path}: HTTP 429: {text}", retry_after_s=retry_s)
+
+    def _answer(self, method: str, path: str, status: int, data: bytes) -> Response:
+        """The answer to a call, or the error its status means."""
+        decoded = self._decoded(data)
         if status in (401, 403):
             raise DcsAuthError(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
-        if status == 429:
-            raise Throttled(
-                f"kubernetes: {method} {path}: HTTP 429: {message(decoded)}",
-                retry_after_s=None if wait_s is None else self.throttle.jittered_s(wait_s),
-            )
         if status >= 500 or status in (400, 415):
             raise DcsUnavailable(f"kubernetes: {method} {path}: HTTP {status}: {message(decoded)}")
         return Response(status, decoded)

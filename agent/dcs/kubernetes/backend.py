@@ -55,6 +55,7 @@ _LOOP_WAIT_SHARE_OF_TTL = 0.2  # the default timings' ratio, when the caller giv
 _MAX_PAUSE_TTLS = 5.0
 # The shortest: a heartbeat comes about every ttl/2, so a pause of a ttl skips one at least.
 _MIN_PAUSE_TTLS = 2.0
+_RENEWAL_ANSWER_S = 0.25  # a renewal's last send before its fencing deadline (throttle.py)
 
 Items = list[tuple[str, bytes, str]]
 
@@ -79,9 +80,12 @@ class KubernetesDcs:
         clock: Clock | None = None,
         watch_timeout_s: int = WATCH_TIMEOUT_S,
         loop_wait_s: float | None = None,
+        fence_margin_s: float = 1.0,
     ) -> None:
         """`loop_wait_s`: how often the HA loop calls (it times the heartbeat and how long
-        the watch caches may stay quiet); default a fifth of `ttl_s`."""
+        the watch caches may stay quiet); default a fifth of `ttl_s`. `fence_margin_s`: the
+        HA loop's (its fencing deadline is a renewal's send time + ttl - margin), by which a
+        renewal refused with a 429 is sent again (throttle.py)."""
         if ttl_s <= 0 or timeout_s <= 0:
             raise ValueError("ttl_s and timeout_s must be positive")
         loop_s = loop_wait_s if loop_wait_s is not None else ttl_s * _LOOP_WAIT_SHARE_OF_TTL
@@ -102,7 +106,7 @@ class KubernetesDcs:
         self._pod = pod_name or member_name
         self._pod_ip = pod_ip
         self._lock_kind = lock
-        self._ttl_s = ttl_s
+        self._ttl_s, self._fence_margin_s = ttl_s, fence_margin_s
         self._timeout_s, self._loop_s = timeout_s, loop_s
         # The last read from the server (when, what): an acquire within a cycle writes over it.
         self._read_locks: tuple[float, list[KubeObject | None]] | None = None
@@ -243,6 +247,7 @@ class KubernetesDcs:
             labels=dict(k8s.labels),
             clock=clock,
             loop_wait_s=settings.timing.loop_wait_s,
+            fence_margin_s=settings.timing.fence_margin_s,
         )
 
     @property
@@ -372,8 +377,11 @@ class KubernetesDcs:
             body = lock_body(
                 self._clock.wall(), await self._own_ip(), self._throttle.refused_lately
             )
+            deadline = self._last_renew_sent + self._ttl_s - self._fence_margin_s
             for holder in self._holders:
-                renewal = await holder.renew(body, now=self._clock.monotonic())
+                renewal = await holder.renew(
+                    body, now=self._clock.monotonic(), send_by=deadline - _RENEWAL_ANSWER_S
+                )
                 if renewal is Renewal.LOST:
                     self._lost("leader record taken or deleted")
                     return False

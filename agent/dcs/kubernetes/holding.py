@@ -101,16 +101,17 @@ class LockHolder:
             self._log.info("dcs_leader_acquired", previous=holder or None)
         return True
 
-    async def renew(self, body: Body, *, now: float) -> Renewal:
+    async def renew(self, body: Body, *, now: float, send_by: float | None = None) -> Renewal:
         """Write the lock again over what we last wrote; on a conflict, re-read it and
-        retry once if it still names us."""
+        retry once if it still names us. `send_by`: the last moment the write can be sent
+        and answered before our fencing deadline (a 429 is sent again by it, api.py)."""
         current = self.obj
         if current is None:
             return Renewal.LOST
         for _ in range(_RENEW_ATTEMPTS):
             # Built again for each send: one sent again after a 429 says we were refused.
             written = functools.partial(body, current, self._member, self.lock)
-            put = await self._api.call("PUT", self.lock.path(), body=written)
+            put = await self._api.call("PUT", self.lock.path(), body=written, send_by=send_by)
             if put.status == 200:
                 self._took(put.obj, now)
                 return Renewal.RENEWED

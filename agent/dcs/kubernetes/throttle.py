@@ -35,6 +35,17 @@ cannot:
   was first seen, as a 429 of their own: its cluster's members then read in turn; a
   cluster left leaderless must not defer its heartbeats for ever). Only a member's own
   429s decide its marker: a leader never re-announces what it was told.
+- **A renewal's deadline outranks the Retry-After** (`RenewalSends`; `KubeApi.call` with
+  `send_by`): a 429 is refused before the request runs (the test server's token bucket, as
+  API priority and fairness and max-in-flight: it takes no token, no seat), and a leader
+  gets only about three sends of a renewal spaced by the Retry-After (1 s from
+  kube-apiserver, whatever its load) before its fencing deadline. So a refused renewal of a
+  lock we hold waits the Retry-After while that ends before the renewal's last stretch
+  (the last `URGENT_WINDOW_S` before the last moment it can be sent and answered before
+  its fencing deadline); in that stretch it is sent again every `URGENT_SPACING_S` (x [1,
+  1.5]), at most `URGENT_SENDS` times per renewal, and not at all past that last moment:
+  the fencer acts then, as ever. Only renewals: nothing else is sent before its
+  Retry-After.
 - **Silence is expected** for `max_pause_s` after a 429 (`recent()`): heartbeats deferred
   and renewals sent again late leave watch streams quiet, which otherwise marks a stream as
   possibly dead (re-opened, its cache re-read from the server: requests the renewals need).
@@ -62,6 +73,12 @@ PAUSE_JITTER = 0.5  # a pause lasts its base times a factor drawn from [1, 1.5]
 RESEND_JITTER = 0.3  # a Retry-After waited out inside a call: [1, 1.3] times, room allowing
 DEFAULT_RETRY_AFTER_S = 1.0  # a 429 without a usable Retry-After header
 _MAX_DOUBLINGS = 8
+# A refused renewal in the last stretch before the last moment it can be sent (see the
+# module docstring): sent again this often (x [1, 1 + PAUSE_JITTER]), at most this many
+# times per renewal (between two renewals that went through).
+URGENT_WINDOW_S = 1.5
+URGENT_SPACING_S = 0.2
+URGENT_SENDS = 8
 
 
 class ThrottleState:
@@ -89,6 +106,7 @@ class ThrottleState:
         self._retry_at = 0.0  # monotonic: the last 429's Retry-After (jittered) is over
         self._told_until = float("-inf")  # monotonic: a leader's throttled marker holds
         self.refusals = 0  # 429s seen, for the benches
+        self.renewals = RenewalSends(clock=clock, rng=self._rng)
 
     def refused(self, retry_after_s: float | None) -> float:
         """A request got a 429: start or lengthen the pause (each 429 is a sign of the
@@ -159,3 +177,59 @@ class ThrottleState:
         if retry_after_s >= room_s:
             return None
         return min(self.jittered_s(retry_after_s), retry_after_s + 0.8 * (room_s - retry_after_s))
+
+
+class RenewalSends:
+    """When a refused renewal of a lock we hold is sent again (see the module docstring):
+    by its Retry-After, or by its deadline in the last stretch before it. One renewal at a
+    time, known by its `send_by` (monotonic: the last moment it can be sent and answered
+    before its fencing deadline); calls of the HA loop that come sooner than planned wait,
+    and none is sent once it gave up."""
+
+    def __init__(self, *, clock: Callable[[], float], rng: random.Random) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._send_by = float("nan")  # the renewal under way
+        self._next_at = float("-inf")  # monotonic: not sent again before
+        self._left = URGENT_SENDS  # early sends left to it
+        self.urgent = 0  # renewals sent again before their Retry-After was over (benches)
+
+    def _for(self, send_by: float) -> None:
+        if send_by != self._send_by:  # a renewal of a new lease period
+            self._send_by, self._next_at, self._left = send_by, float("-inf"), URGENT_SENDS
+
+    def wait_s(self, send_by: float) -> float | None:
+        """Seconds before the renewal may be sent (0: now); None once it gave up."""
+        self._for(send_by)
+        if self._next_at == float("inf"):
+            return None
+        return max(0.0, self._next_at - self._clock())
+
+    def delay_s(self, retry_after_s: float | None, send_by: float) -> float | None:
+        """The renewal was refused: how long before it is sent again. The Retry-After
+        (jittered, x [1, 1 + RESEND_JITTER]) while it ends before the last
+        `URGENT_WINDOW_S` before `send_by`; else the start of that stretch, or
+        `URGENT_SPACING_S` (x [1, 1 + PAUSE_JITTER]) from now within it, while the renewal
+        has early sends left; None (it gives up: the fencer acts at the deadline) when the
+        next send would come after `send_by`."""
+        self._for(send_by)
+        now = self._clock()
+        base_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
+        wait_s = base_s * (1 + RESEND_JITTER * self._rng.random())
+        stretch_s = send_by - URGENT_WINDOW_S - now  # until the last stretch
+        delay_s = wait_s
+        if wait_s > stretch_s and self._left > 0:
+            spacing_s = URGENT_SPACING_S * (1 + PAUSE_JITTER * self._rng.random())
+            delay_s = min(wait_s, max(spacing_s, stretch_s))
+        if now + delay_s > send_by:
+            self._next_at = float("inf")
+            return None
+        if delay_s < wait_s:
+            self._left -= 1
+            self.urgent += 1
+        self._next_at = now + delay_s
+        return delay_s
+
+    def answered(self) -> None:
+        """The renewal went through: the next one starts afresh."""
+        self._send_by = float("nan")

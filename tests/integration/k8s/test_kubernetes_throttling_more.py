@@ -10,6 +10,8 @@ and the requests are real.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from agent.config import LockKind
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.kubernetes import KubernetesDcs
 from agent.dcs.kubernetes.api import Throttled
-from agent.dcs.kubernetes.throttle import RESEND_JITTER
+from agent.dcs.kubernetes.throttle import RESEND_JITTER, URGENT_SENDS
 from tests.integration.k8s.test_kubernetes_dcs import (
     APP_LABELS,
     NAMESPACE,
@@ -212,3 +214,88 @@ async def test_a_lapsed_lock_saying_its_holder_was_throttled_tells_no_longer_tha
     clock.advance(b._throttle.max_pause_s)
     assert (await b.get_cluster()).leader is None
     assert not b._throttle.recent(), "told by a lock that lapsed long after any 429"
+
+
+def lease_puts_refused(count: int | None = None) -> Fault:
+    """Lease PUTs refused with a 429 and a Retry-After of 1 s (kube-apiserver's, whatever
+    its load): `count` of them, or every one while the fault is set."""
+    return Fault(
+        mode=FaultMode.ERROR,
+        status=429,
+        retry_after_s=1,
+        count=count,
+        path_prefix="/apis/coordination.k8s.io/",
+        methods=("PUT",),
+    )
+
+
+async def renew_as_the_loop(dcs: KubernetesDcs, deadline: float) -> float | None:
+    """Renew as the HA loop does (agent/executor.py, agent/loop.py `_sleep_for`): a
+    throttled renewal again after the wait it names, the loop woken 0.5 s before the fencing
+    deadline, then every 0.05 s; when it went through (monotonic), None if not in time."""
+    while time.monotonic() < deadline:
+        try:
+            renewed = await dcs.renew_leader()
+        except Throttled as exc:
+            wait_s = 0.2 if exc.retry_after_s is None else exc.retry_after_s
+            await asyncio.sleep(min(wait_s, max(0.05, deadline - time.monotonic() - 0.5)))
+            continue
+        return time.monotonic() if renewed else None
+    return None
+
+
+def lease_puts(server: KubeApiServer, since_wall: float) -> list[float]:
+    """Wall-clock times of the Lease PUTs the server got since `since_wall`."""
+    return [
+        r.ts
+        for r in server.audit.records
+        if r.method == "PUT" and "/leases/" in r.path and r.ts >= since_wall
+    ]
+
+
+async def test_a_renewal_refused_near_its_fencing_deadline_is_sent_by_it_not_by_retry_after(
+    cluster: KubeContractCluster,
+) -> None:
+    """At the default timings (ttl 6, fence margin 1, a call's deadline 1.35 s): a renewal
+    sent 2 s after the last one and refused four times (429, Retry-After 1) still goes
+    through before the fencing deadline. Waiting out each Retry-After, its sends came at
+    +2, +3.1, +4.3 and +5.3 s: the fourth was refused after the deadline, and the fencer had
+    stopped PostgreSQL at +5 s. In the last 1.5 s before its last moment (the deadline less
+    0.25 s for the answer and the fencer) it is sent every 0.2-0.3 s instead. Then, every
+    Lease PUT refused: no send after that last moment, and a bounded number before it."""
+    server = cluster.server
+    cluster.ensure_pod("a")
+    dcs = KubernetesDcs(
+        client_factory=url_factory(server.url),
+        namespace=NAMESPACE,
+        cluster=cluster.cluster,
+        member_name="a",
+        ttl_s=6.0,
+        timeout_s=0.9 * 1.5,
+        loop_wait_s=2.0,
+        fence_margin_s=1.0,
+        lock=LockKind.LEASE,
+        labels=APP_LABELS,
+    )
+    cluster.handles.append(dcs)
+    assert await dcs.acquire_leader()
+    sent_at = time.monotonic()
+    assert await dcs.renew_leader()
+    deadline = sent_at + 6.0 - 1.0  # the fencing deadline of that renewal
+    await asyncio.sleep(sent_at + 2.0 - time.monotonic())
+    server.faults.set(lease_puts_refused(count=4))
+    sent_at = time.monotonic()
+    went_through = await renew_as_the_loop(dcs, deadline)
+    assert server.faults.active is None, "the four 429s did not all go to the renewal"
+    assert went_through is not None, "the renewal did not go through before its deadline"
+    assert went_through < deadline - 0.1
+
+    sent_at = dcs._last_renew_sent  # the send time of the call that went through
+    deadline = sent_at + 6.0 - 1.0
+    server.faults.set(lease_puts_refused())
+    wall_offset = time.time() - time.monotonic()
+    assert await renew_as_the_loop(dcs, deadline) is None
+    server.faults.clear()
+    puts = [t - wall_offset for t in lease_puts(server, sent_at + wall_offset)]
+    assert max(puts) <= deadline - 0.25 + 0.05, "a renewal was sent after its last moment"
+    assert len(puts) <= 3 + URGENT_SENDS + 4, f"{len(puts)} sends of one renewal"
