@@ -28,6 +28,7 @@ _CLOSE_TIMEOUT_S = 2.0
 _WATCH_READ_GRACE_S = 10.0  # a stream silent for timeoutSeconds + this is dead
 _PATIENT_CHECK_S = 1.0  # a stream kept open while patient() is judged again this often
 _THROTTLED_ATTEMPTS = 3  # sends of one request the server throttles (429 + Retry-After)
+_SEND_ROOM_S = 0.05  # a renewal sent again inside its call leaves its answer this long
 
 
 class Throttled(DcsThrottled):
@@ -203,8 +204,8 @@ class KubeApi:
             room_s = self._timeout_s - (self._clock() - started)
             delay_s = None
             if send_by is not None:
-                delay_s = self.throttle.renewals.delay_s(wait_s, send_by)
-                if delay_s is not None and delay_s > 0.8 * room_s:
+                delay_s = self.throttle.renewals.delay_s(wait_s, send_by, room_s)
+                if delay_s is not None and delay_s > room_s - _SEND_ROOM_S:
                     # Sent again by the HA loop at that time, in a call of its own.
                     raise self._refused(method, path, data, delay_s)
             elif resend and wait_s is not None and attempt < _THROTTLED_ATTEMPTS:
@@ -221,7 +222,7 @@ class KubeApi:
         wait_s = self.throttle.renewals.wait_s(send_by)
         if wait_s is None:
             raise Throttled(f"kubernetes: {method} {path}: throttled (429), too late to send")
-        if wait_s > 0.8 * self._timeout_s:
+        if wait_s > self._timeout_s - _SEND_ROOM_S:
             raise Throttled(f"kubernetes: {method} {path}: throttled (429)", retry_after_s=wait_s)
         await asyncio.sleep(wait_s)
 

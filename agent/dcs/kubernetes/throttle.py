@@ -205,9 +205,12 @@ class RenewalSends:
             return None
         return max(0.0, self._next_at - self._clock())
 
-    def delay_s(self, retry_after_s: float | None, send_by: float) -> float | None:
+    def delay_s(
+        self, retry_after_s: float | None, send_by: float, room_s: float = 0.0
+    ) -> float | None:
         """The renewal was refused: how long before it is sent again. The Retry-After
-        (jittered, x [1, 1 + RESEND_JITTER]) while it ends before the last
+        (jittered, x [1, 1 + RESEND_JITTER], the jitter cut to what the call has left,
+        `room_s`, when the bare Retry-After fits in it) while it ends before the last
         `URGENT_WINDOW_S` before `send_by`; else the start of that stretch, or
         `URGENT_SPACING_S` (x [1, 1 + PAUSE_JITTER]) from now within it, while the renewal
         has early sends left; None (it gives up: the fencer acts at the deadline) when the
@@ -216,6 +219,8 @@ class RenewalSends:
         now = self._clock()
         base_s = DEFAULT_RETRY_AFTER_S if retry_after_s is None else retry_after_s
         wait_s = base_s * (1 + RESEND_JITTER * self._rng.random())
+        if base_s < room_s:
+            wait_s = min(wait_s, base_s + 0.8 * (room_s - base_s))
         stretch_s = send_by - URGENT_WINDOW_S - now  # until the last stretch
         delay_s = wait_s
         if wait_s > stretch_s and self._left > 0:
