@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 
 from agent.api.server import build_app, start_api
 from agent.api.tls import ReloadingTls
@@ -28,6 +27,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import DcsKind, Settings
 from agent.dcs.base import Dcs
 from agent.fence import FenceClient, FenceUnavailable
+from agent.http.server import HttpServer
 from agent.logging import bind_member, configure_logging
 from agent.loop import HaLoop
 from agent.looplag import watch_event_loop_lag
@@ -279,7 +279,7 @@ async def run_agent(settings: Settings) -> int:
         clock=clock,
         validator=ConfigChecker(settings, postmaster),
     )
-    runner = await start_api(app, settings.api, api_tls)
+    server = await start_api(app, settings.api, api_tls)
     ev_loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         ev_loop.add_signal_handler(sig, loop.request_shutdown)
@@ -306,7 +306,7 @@ async def run_agent(settings: Settings) -> int:
         if events is not None:  # the hand-over on SIGTERM is reported before we exit
             await events.flush(_EVENTS_FLUSH_S)
         await _stop_helpers(helpers)
-        await _bounded_cleanup(settings, pg, dcs, runner)
+        await _bounded_cleanup(settings, pg, dcs, server)
     return exit_code
 
 
@@ -314,7 +314,7 @@ async def _bounded_cleanup(
     settings: Settings,
     pg: PostgresControl,
     dcs: Dcs,
-    runner: web.AppRunner,
+    server: HttpServer,
 ) -> None:
     """Close everything; never wait longer than the configured shutdown timeout.
 
@@ -322,6 +322,6 @@ async def _bounded_cleanup(
     (the loop crashed while primary), it fences at the deadline, as it must."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(settings.timing.shutdown_timeout_s):
-            await runner.cleanup()
+            await server.close()
             await pg.close()
             await dcs.close()

@@ -12,10 +12,9 @@ for the import only: the two contexts it keeps trust nothing, so a request that 
 by mistake would fail verification (closed), never pass it. The variables are restored before
 anything else runs.
 
-Likewise `aiohttp.web` (its static-file responses) makes a `mimetypes.MimeTypes()` at import,
-which reads the system's MIME tables (Debian's /etc/mime.types: about 0.35 MB resident) into
-the process-wide `mimetypes` database. The agent serves no files and guesses no types, so the
-import runs with `mimetypes.knownfiles` empty: the database holds Python's built-in table only.
+The REST API is served by the agent's own server (agent/http/server.py), so `aiohttp.web`
+(its file responses, which read the system MIME tables at import, and websockets; about
+2 MB, docs/facts.md) is not imported at all.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import mimetypes
 import os
 import ssl
 from collections.abc import Iterator
@@ -47,24 +45,11 @@ def no_default_cas() -> Iterator[None]:
                 os.environ[name] = value
 
 
-@contextlib.contextmanager
-def no_mime_files() -> Iterator[None]:
-    """`mimetypes` reads no system table inside this block (if its database is made in it,
-    it holds Python's built-in table only, for the process's life)."""
-    saved = mimetypes.knownfiles
-    mimetypes.knownfiles = []
-    try:
-        yield
-    finally:
-        mimetypes.knownfiles = saved
-
-
 def import_runtime() -> None:
-    """Import the HTTP library without its import-time CA bundles and MIME tables (see the
-    module docstring); the caller imports the agent after this."""
-    with no_default_cas(), no_mime_files():
+    """Import the HTTP client library without its import-time CA bundles (see the module
+    docstring); the caller imports the agent after this."""
+    with no_default_cas():
         importlib.import_module("aiohttp.connector")
-        importlib.import_module("aiohttp.web")
 
 
 @functools.cache

@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import structlog
-from aiohttp import web
 
 from agent.api.errors import ApiError
 from agent.api.operations import reject_unknown_fields
 from agent.clock import Clock
+from agent.http.server import App, Request, Response, json_response
 from agent.model import AgentStatus, PgState, Role
 from agent.postgres import pgbackrest
 from agent.postgres.osfiles import PostgresError
@@ -82,11 +82,11 @@ class BackupRoutes:
     def _running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    async def get(self, request: Request) -> Response:
         last = self._last.body() if self._last is not None else None
-        return web.json_response({"running": self._running(), "last": last})
+        return json_response({"running": self._running(), "last": last})
 
-    async def post(self, request: web.Request) -> web.StreamResponse:
+    async def post(self, request: Request) -> Response:
         kind = _backup_type(await _body(request))
         if self._settings.pgbackrest is None:
             raise ApiError(409, "backup: pgbackrest is not configured on this member")
@@ -105,7 +105,7 @@ class BackupRoutes:
         self._last = run
         self._task = asyncio.create_task(self._run(run, primary), name="pgbackrest-backup")
         log.info("backup_started", type=kind.value, source=source.value, primary=run.primary)
-        return web.json_response({"accepted": True, **run.body()}, status=202)
+        return json_response({"accepted": True, **run.body()}, status=202)
 
     async def _run(self, run: BackupRun, primary: pgbackrest.PrimaryPg | None) -> None:
         error: str | None = None
@@ -152,7 +152,7 @@ def backup_primary(status: AgentStatus, settings: Settings) -> pgbackrest.Primar
     return pgbackrest.PrimaryPg(pg=record.backup_pg, port=record.port)
 
 
-async def _body(request: web.Request) -> dict[str, object]:
+async def _body(request: Request) -> dict[str, object]:
     raw = await request.read()
     if not raw.strip():
         return {}
@@ -176,14 +176,10 @@ def _backup_type(body: dict[str, object]) -> pgbackrest.BackupType:
 
 
 def add_backup_routes(
-    app: web.Application, *, settings: Settings, status: Callable[[], AgentStatus], clock: Clock
+    app: App, *, settings: Settings, status: Callable[[], AgentStatus], clock: Clock
 ) -> BackupRoutes:
     routes = BackupRoutes(settings=settings, status=status, clock=clock)
-    app.router.add_get("/backup", routes.get)
-    app.router.add_post("/backup", routes.post)
-
-    async def on_cleanup(_: web.Application) -> None:
-        await routes.close()
-
-    app.on_cleanup.append(on_cleanup)
+    app.add_get("/backup", routes.get)
+    app.add_post("/backup", routes.post)
+    app.on_cleanup.append(routes.close)
     return routes

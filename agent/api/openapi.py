@@ -202,6 +202,11 @@ def _paths() -> dict[str, Schema]:
             },
         }
     }
+    # The server refuses a body over 64 KiB before it looks at the route (GETs included).
+    for operations in paths.values():
+        for operation in operations.values():
+            assert isinstance(operation, dict)
+            operation["responses"] = {**_errors(413), **operation["responses"]}
     return paths
 
 

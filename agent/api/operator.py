@@ -12,8 +12,6 @@ from dataclasses import replace
 from typing import Protocol
 
 import structlog
-from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from agent.api.errors import ApiError
 from agent.api.http import json_answer, json_object
@@ -32,6 +30,7 @@ from agent.api.views import Json, config_body, iso_utc, restart_body
 from agent.clock import Clock
 from agent.config import Settings
 from agent.dcs.base import Dcs
+from agent.http.server import Handler, Request, Response
 from agent.model import (
     AgentStatus,
     ClusterView,
@@ -102,7 +101,7 @@ class OperatorRoutes:
 
     # ------------------------------------------------------------------ config and pause
 
-    async def get_config(self, request: web.Request) -> web.StreamResponse:
+    async def get_config(self, request: Request) -> Response:
         config = (await self._fresh_view()).config
         response = json_answer(config_body(config))
         response.headers["ETag"] = f'"{config.version}"'
@@ -113,7 +112,7 @@ class OperatorRoutes:
         change: Callable[[DynamicConfig], DynamicConfig],
         view: ClusterView | None = None,
         extra: Json | None = None,
-    ) -> web.StreamResponse:
+    ) -> Response:
         """Apply `change` to the config record as read now (or in `view`); write it (CAS) if
         it differs. `extra`: more fields for the answer."""
         view = view if view is not None else await self._fresh_view()
@@ -127,13 +126,13 @@ class OperatorRoutes:
             self._requests.wake()
         return json_answer({**config_body(wanted), **(extra or {})})
 
-    async def _set_paused(self, paused: bool) -> web.StreamResponse:
+    async def _set_paused(self, paused: bool) -> Response:
         view = await self._fresh_view()
         if view.config.paused == paused:
             return json_answer(config_body(view.config))
         return await self._change_config(lambda c: replace(c, paused=paused))
 
-    async def patch_config(self, request: web.Request) -> web.StreamResponse:
+    async def patch_config(self, request: Request) -> Response:
         body = await json_object(request, allow_empty=False)
         patch = parse_config_patch(body)
         view = await self._fresh_view()
@@ -151,17 +150,17 @@ class OperatorRoutes:
             lambda c: apply_config_patch(c, patch), view, {"restart_needed": restart}
         )
 
-    async def pause(self, request: web.Request) -> web.StreamResponse:
+    async def pause(self, request: Request) -> Response:
         reject_unknown_fields(await json_object(request, allow_empty=True), set())
         return await self._set_paused(True)
 
-    async def resume(self, request: web.Request) -> web.StreamResponse:
+    async def resume(self, request: Request) -> Response:
         reject_unknown_fields(await json_object(request, allow_empty=True), set())
         return await self._set_paused(False)
 
     # ------------------------------------------------------------------ switchover / failover
 
-    async def _write_switchover(self, request: SwitchoverRequest) -> web.StreamResponse:
+    async def _write_switchover(self, request: SwitchoverRequest) -> Response:
         if not await self._write(RecordKind.SWITCHOVER, request.to_json(), None):
             raise ApiError(409, "switchover: another request is pending")
         self._requests.wake()
@@ -175,7 +174,7 @@ class OperatorRoutes:
             status=202,
         )
 
-    async def post_switchover(self, request: web.Request) -> web.StreamResponse:
+    async def post_switchover(self, request: Request) -> Response:
         body = parse_switchover_body(
             await json_object(request, allow_empty=True), now_wall=self._clock.wall()
         )
@@ -192,7 +191,7 @@ class OperatorRoutes:
         )
         return response
 
-    async def delete_switchover(self, request: web.Request) -> web.StreamResponse:
+    async def delete_switchover(self, request: Request) -> Response:
         reject_unknown_fields(await json_object(request, allow_empty=True), set())
         view = await self._fresh_view()
         pending = view.switchover
@@ -211,7 +210,7 @@ class OperatorRoutes:
             {"cancelled": True, "leader": pending.leader, "candidate": pending.candidate}
         )
 
-    async def post_failover(self, request: web.Request) -> web.StreamResponse:
+    async def post_failover(self, request: Request) -> Response:
         candidate = parse_failover_body(await json_object(request, allow_empty=False))
         planned = plan_failover(candidate, await self._fresh_view())
         response = await self._write_switchover(planned)
@@ -220,7 +219,7 @@ class OperatorRoutes:
 
     # ------------------------------------------------------------------ rolling restart
 
-    async def post_rolling_restart(self, request: web.Request) -> web.StreamResponse:
+    async def post_rolling_restart(self, request: Request) -> Response:
         body = await json_object(request, allow_empty=True)
         reject_unknown_fields(body, {"members", "role", "pending", "in_place", "scheduled_at"})
         at = body.get("scheduled_at")
@@ -237,13 +236,13 @@ class OperatorRoutes:
         self._requests.wake()
         return json_answer({"accepted": True, **(restart_body(schedule) or {})}, status=202)
 
-    async def get_rolling_restart(self, request: web.Request) -> web.StreamResponse:
+    async def get_rolling_restart(self, request: Request) -> Response:
         view = await self._fresh_view()
         if view.restart is None:
             raise ApiError(404, "restart: no rolling restart is scheduled")
         return json_answer(restart_body(view.restart) or {})
 
-    async def delete_rolling_restart(self, request: web.Request) -> web.StreamResponse:
+    async def delete_rolling_restart(self, request: Request) -> Response:
         reject_unknown_fields(await json_object(request, allow_empty=True), set())
         view = await self._fresh_view()
         if view.restart is None:
@@ -256,7 +255,7 @@ class OperatorRoutes:
 
     # ------------------------------------------------------------------ failsafe
 
-    async def post_failsafe(self, request: web.Request) -> web.StreamResponse:
+    async def post_failsafe(self, request: Request) -> Response:
         """A primary that cannot reach the DCS asks us to confirm it (failsafe mode)."""
         body = await json_object(request, allow_empty=False)
         reject_unknown_fields(body, {"leader", "cluster", "sent_at"})
@@ -294,7 +293,7 @@ class OperatorRoutes:
     # ------------------------------------------------------------------ local requests
 
     def local(self, kind: LocalRequestKind) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
+        async def handle(request: Request) -> Response:
             reject_unknown_fields(await json_object(request, allow_empty=True), set())
             status = self._status()
             if kind is LocalRequestKind.REINITIALIZE and (

@@ -6,7 +6,7 @@ the DCS with a compare-and-set (switchover, failover, pause) so that every membe
 same request, or queued for this member's HA loop (restart, reinitialize). Either way the HA
 loop is woken and acts on its next cycle.
 
-Every error answer, aiohttp's own 404 and 405 included, is JSON `{"error": "<message>"}`. A
+Every error answer, the server's own 404 and 405 included, is JSON `{"error": "<message>"}`. A
 refused request changes nothing.
 
 Here: the probes, views and /metrics, and the application's routes. The operator requests'
@@ -20,8 +20,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 import structlog
-from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from agent.api.backup import add_backup_routes
 from agent.api.errors import ApiError
@@ -38,6 +36,7 @@ from agent.api.views import (
 from agent.clock import Clock
 from agent.config import ApiSettings, Settings
 from agent.dcs.base import Dcs
+from agent.http.server import App, Handler, HttpServer, Limits, Request, Response
 from agent.model import (
     AgentStatus,
     ClusterView,
@@ -47,6 +46,11 @@ from agent.model import (
 _log = structlog.get_logger(__name__)
 
 _START_TIMEOUT_S = 10.0
+# A request's head and body arrive within 10 s, a kept-alive connection idles up to 75 s (as
+# aiohttp's server did), requests being served get 2 s to finish at shutdown.
+API_LIMITS = Limits(
+    max_head_bytes=16 * 1024, read_timeout_s=10.0, idle_timeout_s=75.0, shutdown_timeout_s=2.0
+)
 
 
 class MetricsSource(Protocol):
@@ -74,7 +78,7 @@ class _ViewRoutes:
         self._clock = clock
 
     def probe(self, probe: Probe) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
+        async def handle(request: Request) -> Response:
             max_lag: int | None = None
             if probe not in (Probe.HEALTH, Probe.LIVENESS, Probe.READINESS, Probe.PRIMARY) and (
                 "lag" in request.query
@@ -99,16 +103,16 @@ class _ViewRoutes:
             raise ApiError(503, "no cluster view yet: the agent has not read the DCS")
         return view
 
-    async def cluster(self, request: web.Request) -> web.StreamResponse:
+    async def cluster(self, request: Request) -> Response:
         view = self._published_view()
         return json_answer(cluster_body(self._settings.cluster, view, wall_now=self._clock.wall()))
 
-    async def history(self, request: web.Request) -> web.StreamResponse:
+    async def history(self, request: Request) -> Response:
         return json_answer(history_body(self._published_view()))
 
-    async def metrics(self, request: web.Request) -> web.StreamResponse:
+    async def metrics(self, request: Request) -> Response:
         body, content_type = self._metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return Response.of(body, headers={"Content-Type": content_type})
 
 
 def build_app(
@@ -120,10 +124,11 @@ def build_app(
     metrics: MetricsSource,
     clock: Clock,
     validator: ConfigValidator | None = None,
-) -> web.Application:
-    """The API as an aiohttp application. `status` returns the latest published AgentStatus
-    (called once per request, never blocks); `dcs` is used only for a fresh read and
-    compare-and-set writes of operator requests; `requests` receives local requests."""
+) -> App:
+    """The API as an application of agent/http/server.py. `status` returns the latest
+    published AgentStatus (called once per request, never blocks); `dcs` is used only for a
+    fresh read and compare-and-set writes of operator requests; `requests` receives local
+    requests."""
     views = _ViewRoutes(settings=settings, status=status, metrics=metrics, clock=clock)
     routes = OperatorRoutes(
         settings=settings,
@@ -133,46 +138,45 @@ def build_app(
         clock=clock,
         validator=validator,
     )
-    app = web.Application(
+    app = App(
         middlewares=[errors_as_json, auth_middleware(settings.api)],
-        client_max_size=MAX_BODY_BYTES,
+        max_body=MAX_BODY_BYTES,
     )
-    router = app.router
-    router.add_get("/health", views.probe(Probe.HEALTH))
-    router.add_get("/liveness", views.probe(Probe.LIVENESS))
-    router.add_get("/readiness", views.probe(Probe.READINESS))
+    app.add_get("/health", views.probe(Probe.HEALTH))
+    app.add_get("/liveness", views.probe(Probe.LIVENESS))
+    app.add_get("/readiness", views.probe(Probe.READINESS))
     for path in ("/primary", "/leader", "/read-write"):
-        router.add_get(path, views.probe(Probe.PRIMARY))
-    router.add_get("/replica", views.probe(Probe.REPLICA))
-    router.add_get("/read-only", views.probe(Probe.READ_ONLY))
+        app.add_get(path, views.probe(Probe.PRIMARY))
+    app.add_get("/replica", views.probe(Probe.REPLICA))
+    app.add_get("/read-only", views.probe(Probe.READ_ONLY))
     for path in ("/sync", "/synchronous"):
-        router.add_get(path, views.probe(Probe.SYNC))
-    router.add_get("/quorum", views.probe(Probe.QUORUM))
+        app.add_get(path, views.probe(Probe.SYNC))
+    app.add_get("/quorum", views.probe(Probe.QUORUM))
     for path in ("/async", "/asynchronous"):
-        router.add_get(path, views.probe(Probe.ASYNC))
-    router.add_get("/cluster", views.cluster)
-    router.add_get("/history", views.history)
-    router.add_get("/config", routes.get_config)
-    router.add_patch("/config", routes.patch_config)
-    router.add_post("/pause", routes.pause)
-    router.add_post("/resume", routes.resume)
-    router.add_get("/metrics", views.metrics)
-    router.add_post("/switchover", routes.post_switchover)
-    router.add_delete("/switchover", routes.delete_switchover)
-    router.add_post("/failover", routes.post_failover)
-    router.add_post("/failsafe", routes.post_failsafe)
-    router.add_post("/restart", routes.local(LocalRequestKind.RESTART))
-    router.add_post("/reinitialize", routes.local(LocalRequestKind.REINITIALIZE))
-    router.add_post("/reload", routes.local(LocalRequestKind.RELOAD))
-    router.add_get("/rolling-restart", routes.get_rolling_restart)
-    router.add_post("/rolling-restart", routes.post_rolling_restart)
-    router.add_delete("/rolling-restart", routes.delete_rolling_restart)
-    router.add_get("/openapi.json", _openapi)
+        app.add_get(path, views.probe(Probe.ASYNC))
+    app.add_get("/cluster", views.cluster)
+    app.add_get("/history", views.history)
+    app.add_get("/config", routes.get_config)
+    app.add_patch("/config", routes.patch_config)
+    app.add_post("/pause", routes.pause)
+    app.add_post("/resume", routes.resume)
+    app.add_get("/metrics", views.metrics)
+    app.add_post("/switchover", routes.post_switchover)
+    app.add_delete("/switchover", routes.delete_switchover)
+    app.add_post("/failover", routes.post_failover)
+    app.add_post("/failsafe", routes.post_failsafe)
+    app.add_post("/restart", routes.local(LocalRequestKind.RESTART))
+    app.add_post("/reinitialize", routes.local(LocalRequestKind.REINITIALIZE))
+    app.add_post("/reload", routes.local(LocalRequestKind.RELOAD))
+    app.add_get("/rolling-restart", routes.get_rolling_restart)
+    app.add_post("/rolling-restart", routes.post_rolling_restart)
+    app.add_delete("/rolling-restart", routes.delete_rolling_restart)
+    app.add_get("/openapi.json", _openapi)
     add_backup_routes(app, settings=settings, status=status, clock=clock)
     return app
 
 
-async def _openapi(request: web.Request) -> web.StreamResponse:
+async def _openapi(request: Request) -> Response:
     # Imported here: the document is for whoever asks for it, not for a running agent
     # (about 0.1 MB resident; tests/integration/test_start_memory.py).
     from agent.api import openapi  # noqa: PLC0415
@@ -180,25 +184,17 @@ async def _openapi(request: web.Request) -> web.StreamResponse:
     return json_answer(openapi.document())
 
 
-async def start_api(
-    app: web.Application, settings: ApiSettings, tls: ReloadingTls | None = None
-) -> web.AppRunner:
+async def start_api(app: App, settings: ApiSettings, tls: ReloadingTls | None = None) -> HttpServer:
     """Serve `app` on settings.listen_host:port, over TLS when `tls` is given (then plain
-    HTTP is not served at all). Returns the runner; the caller owns it and must
-    `await runner.cleanup()` (also when anything after this call fails)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-    try:
-        async with asyncio.timeout(_START_TIMEOUT_S):
-            await runner.setup()
-            site = web.TCPSite(
-                runner,
-                settings.listen_host,
-                settings.port,
-                ssl_context=tls.listener if tls is not None else None,
-            )
-            await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
+    HTTP is not served at all). Returns the server; the caller owns it and must
+    `await server.close()` (also when anything after this call fails)."""
+    async with asyncio.timeout(_START_TIMEOUT_S):
+        server = await HttpServer.start(
+            app,
+            settings.listen_host,
+            settings.port,
+            ssl_context=tls.listener if tls is not None else None,
+            limits=API_LIMITS,
+        )
     _log.info("api_listening", host=settings.listen_host, port=settings.port, tls=tls is not None)
-    return runner
+    return server

@@ -1,15 +1,13 @@
 """The REST API's unit-test harness: an in-memory DCS with a standard cluster, hand-built
-AgentStatus values, and the app served by aiohttp's in-process test server on loopback with a
-FakeClock. The `api` fixture (tests/unit/conftest.py) serves member a of the standard cluster.
+AgentStatus values, and the app served by agent/http/server.py on loopback with a FakeClock
+(tests/support/served.py: an aiohttp client session calls it). The `api` fixture
+(tests/unit/conftest.py) serves member a of the standard cluster.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api import build_app
 from agent.api.pgconfig import ConfigValidator
@@ -40,6 +38,7 @@ from agent.model import (
     RecordKind,
     Role,
 )
+from tests.support.served import Served
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -201,7 +200,7 @@ def replica_status(clock: FakeClock, **changes: object) -> AgentStatus:
 
 @dataclass
 class Api:
-    client: TestClient[web.Request, web.Application]
+    client: Served
     backend: Backend
     inbox: Inbox
     status: StatusBox
@@ -234,8 +233,7 @@ async def serve(
         clock=clock,
         validator=validator,
     )
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
+    client = await Served.start(app)
     return Api(
         client=client,
         backend=backend,

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.api import build_app, start_api
@@ -30,6 +29,7 @@ from agent.model import (
     RecordKind,
 )
 from tests.support.ports import free_port
+from tests.support.served import Served
 from tests.unit.api_harness import (
     AUTH,
     LEADER_LSN,
@@ -629,7 +629,7 @@ async def test_an_internal_error_answers_500_with_json(api: Api) -> None:
         metrics=Metrics(),
         clock=api.clock,
     )
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with await Served.start(app) as client:
         response = await client.get("/health")
         assert response.status == 500
         assert "boom" not in (await response.json())["error"]
@@ -663,17 +663,16 @@ async def test_start_api_serves_on_the_configured_loopback_port(api: Api) -> Non
         metrics=Metrics(),
         clock=api.clock,
     )
-    runner = await start_api(app, settings)
+    server = await start_api(app, settings)
     try:
         async with ClientSession() as session, session.get(settings.url + "/liveness") as resp:
             assert resp.status == 200
             assert (await resp.json())["name"] == "a"
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 async def test_start_api_fails_cleanly_when_the_port_is_taken(api: Api) -> None:
-    assert api.client.port is not None
     settings = ApiSettings(listen_host="127.0.0.1", port=api.client.port)
     app = build_app(
         settings=make_settings(settings),

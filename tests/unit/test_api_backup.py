@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from agent.api import build_app
 from agent.archiving import BackupPg
@@ -46,6 +45,7 @@ from agent.model import (
     parse_member,
 )
 from tests.support.postgres import pg_base_dir, pg_os_user
+from tests.support.served import Served
 
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -118,9 +118,8 @@ async def _api(tmp_path: Path, exit_code: int) -> AsyncIterator[Api]:
         metrics=Metrics(),
         clock=clock,
     )
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    url = f"http://127.0.0.1:{server.port}"
+    server = await Served.start(app)
+    url = server.url
     await dcs.publish_member(
         Member(
             name=MemberName("a"),

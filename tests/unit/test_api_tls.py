@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 import structlog
 import trustme
-from aiohttp import web
 
 from agent.api import start_api
 from agent.api.tls import ReloadingTls
@@ -31,6 +30,7 @@ from agent.config import (
     Secret,
     Settings,
 )
+from agent.http.server import App, Request, Response, json_response
 from agent.model import Member, MemberName, PgState, Role
 from agent.peers import HttpPeers
 from tests.support.ports import free_port
@@ -81,8 +81,8 @@ def pki(tmp_path: Path) -> Pki:
     return made
 
 
-async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"role": "primary", "state": "running", "timeline": 1})
+async def _health(request: Request) -> Response:
+    return json_response({"role": "primary", "state": "running", "timeline": 1})
 
 
 @dataclass
@@ -93,15 +93,15 @@ class Served:
 
 
 async def _serve(pki: Pki, verify_client: ClientVerify) -> AsyncIterator[Served]:
-    app = web.Application()
-    app.router.add_get("/health", _health)
+    app = App()
+    app.add_get("/health", _health)
     settings = ApiSettings(port=free_port(), insecure_no_auth=True, tls=pki.settings(verify_client))
     tls = ReloadingTls(pki.settings(verify_client))
-    runner = await start_api(app, settings, tls)
+    server = await start_api(app, settings, tls)
     try:
         yield Served(url=settings.url, port=settings.port, tls=tls)
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from agent.api import build_app
 from agent.clock import FakeClock
@@ -36,6 +35,7 @@ from agent.model import (
     Role,
 )
 from tests.support.ports import free_port
+from tests.support.served import Served
 
 TOKEN = "ctl-token"
 MIB = 1024 * 1024
@@ -268,11 +268,10 @@ async def node() -> AsyncIterator[Node]:
         metrics=Metrics(),
         clock=clock,
     )
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    server = await Served.start(app)
     try:
         n = Node(
-            url=f"http://127.0.0.1:{server.port}",
+            url=server.url,
             store=store,
             clock=clock,
             status=status,

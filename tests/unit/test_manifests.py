@@ -15,7 +15,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api import build_app
 from agent.api.auth import MUTATING_METHODS
@@ -28,6 +27,7 @@ from agent.model import AgentStatus, LocalRequestKind, MemberName, PgState, Role
 from agent.postgres_settings import TlsVerify
 from tests.support import manifests as m
 from tests.support.rbac import allowed, grants
+from tests.support.served import Served
 
 pytestmark = pytest.mark.skipif(m.kubectl() is None, reason="kubectl is not installed")
 
@@ -260,7 +260,7 @@ class _Inbox:
 
 
 @pytest.fixture
-async def agent_api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+async def agent_api(settings: Settings) -> AsyncIterator[Served]:
     """The agent's REST API built from the example's settings, serving a healthy replica."""
     clock = FakeClock()
     status = AgentStatus(
@@ -281,12 +281,12 @@ async def agent_api(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
         metrics=Metrics(),
         clock=clock,
     )
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    async with await Served.start(app) as client:
         yield client
 
 
 async def test_probes_use_routes_the_agent_serves_without_credentials(
-    example: str, agent_api: TestClient[Any, Any]
+    example: str, agent_api: Served
 ) -> None:
     container = m.container(objects(example))
     probes = {kind: container[kind] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}

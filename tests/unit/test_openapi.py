@@ -1,4 +1,4 @@
-"""The OpenAPI document (agent/api/openapi.py) against the aiohttp router and docs/openapi.json."""
+"""The OpenAPI document (agent/api/openapi.py) against the app's routes and docs/openapi.json."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs installed
-from aiohttp import web
 
 from agent.api import openapi, openapi_schemas
 from agent.api.server import build_app
 from agent.clock import FakeClock
+from agent.http.server import App
 from agent.metrics import Metrics
 from tests.unit.api_harness import (
     Backend,
@@ -26,7 +26,7 @@ DOCS_FILE = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 METHODS = {"get", "post", "patch", "put", "delete"}
 
 
-def _app() -> web.Application:
+def _app() -> App:
     clock = FakeClock()
     return build_app(
         settings=make_settings(None),
@@ -39,12 +39,7 @@ def _app() -> web.Application:
 
 
 def _routed() -> set[tuple[str, str]]:
-    found = set()
-    for route in _app().router.routes():
-        if route.method == "HEAD":  # aiohttp adds HEAD to every GET
-            continue
-        found.add((route.resource.canonical if route.resource else "", route.method.lower()))
-    return found
+    return {(path, method.lower()) for method, path in _app().routes()}
 
 
 def _documented() -> set[tuple[str, str]]:
