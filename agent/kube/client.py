@@ -1,4 +1,5 @@
-"""The agent's Kubernetes API client: a thin layer on aiohttp, built from a kubeconfig file or,
+"""The agent's Kubernetes API client: a thin layer on the agent's own HTTP client
+(agent/http/client.py), built from a kubeconfig file or,
 in a pod, from its service account (token, CA and the KUBERNETES_SERVICE_HOST/PORT
 variables). The agent makes a dozen kinds of JSON requests; kubernetes_asyncio, which did
 this before, costs about 41 MB of RSS for its generated models alone (bench/footprint.py),
@@ -7,8 +8,10 @@ the same rule that replaced etcd3-py with our own client (docs/facts.md, "etcd 3
 
 `KubeClient.call_api` keeps the call shape of kubernetes_asyncio's `ApiClient.call_api` that
 the callers use (path, method, query_params, header_params, body, `_request_timeout` as
-seconds or an `aiohttp.ClientTimeout`), and returns the aiohttp response unread: the caller
-reads and releases it (a watch reads it line by line). `KubeRequests` is the request side
+seconds, or (connect, read) seconds for a stream), and returns the response unread
+(`HttpResponse`: `status`, `headers`, `read()`, `content.readline()`, `release()`, the shape
+of aiohttp's that kubernetes_asyncio returns): the caller reads and releases it (a watch
+reads it line by line). `KubeRequests` is the request side
 the pod label task and the Events share: a lazily built client, JSON in and out, a bounded
 request, an error naming the status (`RequestRefused`; for a 429 it carries the server's
 Retry-After with jitter, which those tasks wait out before they try again: `retry_wait_s`).
@@ -39,8 +42,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
+
+from agent.http.client import HttpClient, HttpResponse
+from agent.lean import system_ca_context
 
 SA_DIR_ENV = "PGWARDEN_SA_DIR"
 _CLOSE_TIMEOUT_S = 2.0
@@ -111,8 +116,10 @@ class KubeClient:
     ) -> None:
         self.host = host.rstrip("/")
         self._token = token
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._session: aiohttp.ClientSession | None = None
+        if ssl_context is None and self.host.startswith("https://"):
+            ssl_context = system_ca_context()
+        self._ssl = ssl_context
+        self._http: HttpClient | None = None
 
     async def call_api(
         self,
@@ -124,28 +131,33 @@ class KubeClient:
         body: Any = None,
         auth_settings: Sequence[str] | None = None,
         _preload_content: bool = False,
-        _request_timeout: float | aiohttp.ClientTimeout | None = None,
-    ) -> aiohttp.ClientResponse:
-        """One request; the caller reads and releases the response."""
+        _request_timeout: float | tuple[float, float] | None = None,
+    ) -> HttpResponse:
+        """One request; the caller reads and releases the response. `_request_timeout`: the
+        whole request, body included, in seconds; or (connect, read) for a stream: the
+        connection within the first, then never silent for longer than the second."""
         del auth_settings, _preload_content  # the call shape of kubernetes_asyncio
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        if self._http is None:
+            self._http = HttpClient(ssl_context=self._ssl)
         headers = dict(header_params or {})
         if (authorization := self.authorization()) is not None:
             headers["Authorization"] = authorization
-        timeout = (
-            _request_timeout
-            if isinstance(_request_timeout, aiohttp.ClientTimeout)
-            else aiohttp.ClientTimeout(total=_request_timeout)
-        )
-        return await self._session.request(
+        total: float | None = None
+        connect: float | None = None
+        read: float | None = None
+        if isinstance(_request_timeout, tuple):
+            connect, read = _request_timeout
+        else:
+            total = _request_timeout
+        return await self._http.request(
             method,
             self.host + path,
             params=list(query_params or ()),
             headers=headers,
-            data=None if body is None else json.dumps(body),
-            ssl=self._ssl,
-            timeout=timeout,
+            body=None if body is None else json.dumps(body).encode(),
+            timeout=total,
+            connect_timeout=connect,
+            read_timeout=read,
         )
 
     def authorization(self) -> str | None:
@@ -157,12 +169,12 @@ class KubeClient:
     @property
     def verifies_tls(self) -> bool:
         """True if https requests check the server's certificate."""
-        return isinstance(self._ssl, ssl.SSLContext) and self._ssl.verify_mode != ssl.CERT_NONE
+        return self._ssl is not None and self._ssl.verify_mode != ssl.CERT_NONE
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
 
 class KubeRequests:

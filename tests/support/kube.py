@@ -34,6 +34,7 @@ import pytest
 import trustme
 from kubernetes_asyncio import client
 
+from agent.kube.client import KubeClient
 from tests.k8s_apiserver import KubeApiServer, ServerOptions
 from tests.support.ports import free_port
 
@@ -112,6 +113,14 @@ def api_client(url: str, *, token: str | None = None, ca_file: Path | None = Non
         cfg.ssl_ca_cert = str(ca_file)
         cfg.verify_ssl = True
     return client.ApiClient(configuration=cfg)
+
+
+def agent_client(url: str, *, token: str | None = None, ca_file: Path | None = None) -> KubeClient:
+    """The agent's own client (agent/kube/client.py) for the server, as `pgwarden run` builds
+    it (close it with `await c.close()`)."""
+    return KubeClient(
+        host=url, token=None if token is None else (lambda: token), ssl_context=_ssl_for(ca_file)
+    )
 
 
 def _ssl_for(ca_file: Path | None) -> ssl.SSLContext | None:

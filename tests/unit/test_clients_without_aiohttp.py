@@ -12,7 +12,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-CLIENT_MODULES = ["agent.http.client", "agent.dcs.etcd"]
+CLIENT_MODULES = [
+    "agent.http.client",
+    "agent.dcs.etcd",
+    "agent.kube.client",
+    "agent.dcs.kubernetes",
+]
 
 
 @pytest.mark.parametrize("module", CLIENT_MODULES)

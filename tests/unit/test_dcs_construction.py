@@ -22,7 +22,7 @@ from agent.config import LockKind
 from agent.dcs.base import DcsUnavailable
 from agent.dcs.etcd import EtcdDcs
 from agent.dcs.kubernetes import KubernetesDcs
-from tests.support.kube import api_client
+from tests.support.kube import agent_client
 from tests.support.ports import free_port
 
 
@@ -39,7 +39,7 @@ class CountingFactory:
         return self._build()
 
     async def _build(self) -> Any:
-        return api_client(self.url)
+        return agent_client(self.url)
 
 
 async def settled_tasks() -> set[asyncio.Task[Any]]:

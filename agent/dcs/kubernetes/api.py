@@ -12,21 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
-
 from agent.dcs.base import DcsAuthError, DcsError, DcsThrottled, DcsUnavailable
 from agent.dcs.kubernetes.objects import KubeObject
 from agent.dcs.kubernetes.throttle import ThrottleState
+from agent.http.client import HttpError
 
 ClientFactory = Callable[[], Awaitable[Any]]
 
 _CLOSE_TIMEOUT_S = 2.0
 _WATCH_READ_GRACE_S = 10.0  # a stream silent for timeoutSeconds + this is dead
 _PATIENT_CHECK_S = 1.0  # a stream kept open while patient() is judged again this often
+# A stream kept open through a throttling ends at a random point of this many seconds once
+# patience is over, not at once: every stream of every member kept so would otherwise be
+# re-opened in one burst, just as the fleet comes back (review hreview3, finding 6).
+_PATIENCE_END_SPREAD_S = 5.0
 _THROTTLED_ATTEMPTS = 3  # sends of one request the server throttles (429 + Retry-After)
 _SEND_ROOM_S = 0.05  # a renewal sent again inside its call leaves its answer this long
 
@@ -89,23 +93,30 @@ async def bounded(what: str, limit_s: float) -> AsyncIterator[None]:
         raise
     except TimeoutError:
         raise DcsUnavailable(f"kubernetes: {what}: no answer within {limit_s:g} s") from None
-    except (DcsError, OSError, aiohttp.ClientError, ValueError) as exc:
+    except (DcsError, OSError, HttpError, ValueError) as exc:
         raise DcsUnavailable(f"kubernetes: {what}: {exc!r}") from exc
 
 
 class _StreamEnds:
     """When a watch stream is ended on our side (`KubeApi.watch`): silent for `quiet_s`, or
     open for `end_s`, each judged when due on the event loop's clock and put off for
-    `_PATIENT_CHECK_S` at a time while `patient()`."""
+    `_PATIENT_CHECK_S` at a time while `patient()`; a stream that was kept so ends at a random
+    point of the `_PATIENCE_END_SPREAD_S` after patience is over."""
 
     def __init__(
-        self, *, quiet_s: float | None, end_s: float | None, patient: Callable[[], bool] | None
+        self,
+        *,
+        quiet_s: float | None,
+        end_s: float | None,
+        patient: Callable[[], bool] | None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self._clock = asyncio.get_running_loop().time
+        self._clock = clock or asyncio.get_running_loop().time
         self._opened = self._heard = self._clock()
         self._quiet_s, self._end_s = quiet_s, end_s
         self._patient = patient
         self._put_off = float("-inf")  # no check before this (patient when last due)
+        self._kept = False  # put off for patience since the last spread end
 
     def heard(self) -> None:
         self._heard = self._clock()
@@ -128,9 +139,16 @@ class _StreamEnds:
         """At a check: True if the stream ends now; else the check is put off."""
         if self._patient is not None and self._patient():
             self._put_off = self._clock() + _PATIENT_CHECK_S
+            self._kept = True
             return False
         due = self._due()
-        return due is not None and self._clock() >= due
+        if due is None or self._clock() < due:
+            return False
+        if self._kept:
+            self._kept = False
+            self._put_off = self._clock() + random.uniform(0.0, _PATIENCE_END_SPREAD_S)
+            return False
+        return True
 
 
 class KubeApi:
@@ -300,9 +318,9 @@ class KubeApi:
         server throttles, throttle.py: a stream opened before that is kept, not re-opened).
         Raises `Expired` for 410 Gone, and a timeout for a stream silent for `timeout_s` and
         a grace (dead)."""
-        read_timeout = aiohttp.ClientTimeout(
-            sock_connect=self._timeout_s, sock_read=timeout_s + _WATCH_READ_GRACE_S
-        )
+        # (connect, read): connected within the request timeout, then never silent for
+        # longer than the server's own end of the stream and a grace.
+        read_timeout = (self._timeout_s, timeout_s + _WATCH_READ_GRACE_S)
         params = dict(query, watch="true", timeoutSeconds=str(timeout_s))
         api = await self._client()
         response: Any = await api.call_api(
@@ -314,7 +332,6 @@ class KubeApi:
             _preload_content=False,
             _request_timeout=read_timeout,
         )
-        reading: asyncio.Future[bytes] | None = None
         try:
             if response.status == 410:
                 raise Expired
@@ -326,13 +343,19 @@ class KubeApi:
                 raise DcsUnavailable(f"watch {path}: HTTP {response.status}")
             ends = _StreamEnds(quiet_s=quiet_s, end_s=end_s, patient=patient)
             while True:
-                reading = reading or asyncio.ensure_future(response.content.readline())
-                done, _ = await asyncio.wait({reading}, timeout=ends.check_in_s())
-                if not done:
+                # A deadline around the read itself (no task per line, review hreview3
+                # finding 5): the HTTP client's read is cancel-safe, so a read cut by the
+                # check goes on where it stopped.
+                check = asyncio.timeout(ends.check_in_s())
+                try:
+                    async with check:
+                        line = await response.content.readline()
+                except TimeoutError:
+                    if not check.expired():
+                        raise  # the client's read timeout: the stream is dead
                     if ends.now():
                         return  # ended on our side, as a server end: the caller resumes
                     continue
-                line, reading = reading.result(), None
                 if not line:
                     return
                 ends.heard()
@@ -344,10 +367,6 @@ class KubeApi:
                     raise DcsUnavailable(f"watch {path}: {obj.get('message')}")
                 yield kind, obj
         finally:
-            if reading is not None and not reading.done():
-                reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reading
             response.release()
 
     async def close(self) -> None:

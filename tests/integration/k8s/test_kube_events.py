@@ -15,14 +15,14 @@ from agent.events import Event, EventReason
 from agent.kube.events import KubeEvents
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
 from tests.k8s_apiserver.selectors import parse_field_selector, parse_label_selector
-from tests.support.kube import api_client
+from tests.support.kube import agent_client
 
 pytestmark = pytest.mark.integration
 
 
 def recorder(server: KubeApiServer, **kwargs: Any) -> KubeEvents:
     async def build() -> Any:
-        return api_client(server.url)
+        return agent_client(server.url)
 
     return KubeEvents(
         client_factory=build, namespace="default", pod_name="pg-0", instance="pg-0",

@@ -15,14 +15,14 @@ from structlog.testing import capture_logs
 from agent.kube.labels import PodLabeler, RoleLabel, cluster_selector
 from agent.model import AgentStatus, MemberName, PgState, Role
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
-from tests.support.kube import api_client, kube_server
+from tests.support.kube import agent_client, kube_server
 
 pytestmark = pytest.mark.integration
 
 
 def factory(url: str) -> Callable[[], Awaitable[Any]]:
     async def build() -> Any:
-        return api_client(url)
+        return agent_client(url)
 
     return build
 

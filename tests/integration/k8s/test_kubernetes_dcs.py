@@ -35,7 +35,7 @@ from tests.contract.dcs_contract import (
 from tests.k8s_apiserver import Fault, FaultMode, KubeApiServer
 from tests.k8s_apiserver.errors import ApiError
 from tests.support.etcd import BlackHole
-from tests.support.kube import api_client, kube_server, write_kubeconfig
+from tests.support.kube import agent_client, kube_server, write_kubeconfig
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def url_factory(
     url: str, *, token: str | None = None, ca_file: Path | None = None
 ) -> Callable[[], Awaitable[Any]]:
     async def build() -> Any:
-        return api_client(url, token=token, ca_file=ca_file)
+        return agent_client(url, token=token, ca_file=ca_file)
 
     return build
 
