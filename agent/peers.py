@@ -8,15 +8,16 @@ an Outcome (`confirm_failsafe`), and agent.decide judges them.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import aiohttp
 import structlog
 
 from agent.clock import Clock
 from agent.decide import PeerStatus
+from agent.http.client import HttpClient, HttpError
 from agent.lean import system_ca_context
 from agent.metrics import Metrics
 from agent.model import Member, MemberName, PgState, Role
@@ -38,7 +39,7 @@ class Peers(Protocol):
 
 
 class HttpPeers:
-    """`Peers` over aiohttp; one session, made on first use."""
+    """`Peers` over agent/http/client.py; one client, made on first use."""
 
     def __init__(
         self,
@@ -51,32 +52,34 @@ class HttpPeers:
         self._settings = settings
         self._clock = clock
         self._client_tls = client_tls
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
 
-    def _ssl(self, url: str) -> ssl.SSLContext | bool:
+    def _ssl(self, url: str) -> ssl.SSLContext | None:
         """For `https` members: verified against api.tls.ca_file (system CAs without TLS
-        settings, loaded on first use: never aiohttp's own context, see agent/lean.py). A
-        member whose certificate does not verify fails the call (unreachable). Plain `http`
-        members: no context (True is aiohttp's default, unused for http)."""
+        settings, loaded on first use). A member whose certificate does not verify fails the
+        call (unreachable). Plain `http` members: no context."""
         if not url.startswith("https://"):
-            return True
+            return None
         return self._client_tls() if self._client_tls is not None else system_ca_context()
 
-    def _session(self) -> aiohttp.ClientSession:
+    def _client(self) -> HttpClient:
         if self._http is None:
-            self._http = aiohttp.ClientSession()
+            self._http = HttpClient()
         return self._http
 
     async def health(self, members: Sequence[Member]) -> tuple[PeerStatus, ...]:
-        session = self._session()
-        timeout = aiohttp.ClientTimeout(total=self._settings.timing.peer_check_timeout_s)
+        http = self._client()
+        timeout = self._settings.timing.peer_check_timeout_s
 
         async def ask(member: Member) -> PeerStatus:
             try:
-                async with session.get(
-                    member.api_url + "/health", timeout=timeout, ssl=self._ssl(member.api_url)
-                ) as resp:
-                    body = await resp.json(content_type=None)
+                _, _, data = await http.fetch(
+                    "GET",
+                    member.api_url + "/health",
+                    timeout=timeout,
+                    ssl_context=self._ssl(member.api_url),
+                )
+                body = json.loads(data)
                 return PeerStatus(
                     name=member.name,
                     reachable=True,
@@ -87,37 +90,37 @@ class HttpPeers:
                     nofailover=member.tags.nofailover or member.promotion_vetoed,
                     failover_priority=member.tags.failover_priority,
                 )
-            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            except (HttpError, OSError, ValueError, AttributeError):
                 return PeerStatus(name=member.name, reachable=False)
 
         return tuple(await asyncio.gather(*(ask(m) for m in members)))
 
     async def ask_failsafe(self, members: Sequence[tuple[MemberName, str]]) -> list[str]:
-        session = self._session()
+        http = self._client()
         settings = self._settings
         timing = settings.timing
         # More patient than the pre-race check: one slow answer fails the whole round, and a
         # round only has to be sent before the deadline (a DCS read takes longer anyway).
-        timeout = aiohttp.ClientTimeout(
-            total=max(timing.peer_check_timeout_s, timing.retry_timeout_s / 2)
-        )
-        headers = settings.api.authorization_header()
+        timeout = max(timing.peer_check_timeout_s, timing.retry_timeout_s / 2)
+        headers = {**settings.api.authorization_header(), "Content-Type": "application/json"}
         body = {"leader": settings.name, "cluster": settings.cluster, "sent_at": self._clock.wall()}
+        payload = json.dumps(body).encode()
 
         async def ask(name: MemberName, url: str) -> str | None:
             try:
-                async with session.post(
+                status, _, data = await http.fetch(
+                    "POST",
                     url + "/failsafe",
-                    json=body,
+                    body=payload,
                     headers=headers,
                     timeout=timeout,
-                    ssl=self._ssl(url),
-                ) as resp:
-                    if resp.status == 200:
-                        return None
-                    answer = await resp.json(content_type=None)
-                    return f"{name}: {resp.status} {answer.get('error', '')}"
-            except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+                    ssl_context=self._ssl(url),
+                )
+                if status == 200:
+                    return None
+                answer = json.loads(data)
+                return f"{name}: {status} {answer.get('error', '')}"
+            except (HttpError, OSError, ValueError, AttributeError) as exc:
                 return f"{name}: unreachable ({type(exc).__name__})"
 
         answers = await asyncio.gather(*(ask(n, u) for n, u in members))
@@ -126,14 +129,14 @@ class HttpPeers:
     async def identify(self, url: str) -> tuple[str, str] | None:
         """(name, cluster) the agent at `url` answers for (GET /health); None when nothing
         answers there, or not as an agent (agent.namecheck)."""
-        timeout = aiohttp.ClientTimeout(total=max(1.0, self._settings.timing.peer_check_timeout_s))
+        timeout = max(1.0, self._settings.timing.peer_check_timeout_s)
         try:
-            async with self._session().get(
-                url + "/health", timeout=timeout, ssl=self._ssl(url)
-            ) as resp:
-                body = await resp.json(content_type=None)
+            _, _, data = await self._client().fetch(
+                "GET", url + "/health", timeout=timeout, ssl_context=self._ssl(url)
+            )
+            body = json.loads(data)
             name, cluster = body.get("name"), body.get("cluster")
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+        except (HttpError, OSError, ValueError, AttributeError):
             return None
         return (name, cluster) if isinstance(name, str) and isinstance(cluster, str) else None
 

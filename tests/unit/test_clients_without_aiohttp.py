@@ -17,6 +17,7 @@ CLIENT_MODULES = [
     "agent.dcs.etcd",
     "agent.kube.client",
     "agent.dcs.kubernetes",
+    "agent.peers",
 ]
 
 
