@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 
 from agent.config import CONFIG_ENV_VAR, ConfigError, Settings, load_settings, render_effective
-from agent.lean import import_runtime
 from agent.pgparams import precedence_comment
 
 EXIT_OK = 0
@@ -105,9 +104,7 @@ def _run(config: str | None, check_only: bool, env: Mapping[str, str]) -> int:
 
 def load_runtime() -> Callable[[Settings], Coroutine[None, None, int]]:
     """The agent's entry, imported now: lazily, since `--check-config` must work without the
-    agent's dependencies loaded; and the HTTP library first, without the CA bundles its
-    import would load (agent/lean.py)."""
-    import_runtime()
+    agent's dependencies loaded."""
     from agent.app import run_agent  # noqa: PLC0415
 
     return run_agent
