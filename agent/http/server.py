@@ -37,6 +37,7 @@ _log = structlog.get_logger(__name__)
 _LINGER_S = 1.0  # after refusing a request: how long its unread rest is drained before close
 _LINGER_BYTES = 1 << 20
 _SEPARATOR = b"\r\n\r\n"
+HeaderItems = Mapping[str, str] | Iterable[tuple[str, str]]
 
 
 class Headers:
@@ -44,7 +45,7 @@ class Headers:
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, items: HeaderItems = ()) -> None:
         self._items: list[tuple[str, str]] = []
         self.extend(items)
 
@@ -76,7 +77,7 @@ class Headers:
             raise ValueError(f"header field {name!r}: no line breaks, a non-empty name")
         self._items.append((name, value))
 
-    def extend(self, items: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
+    def extend(self, items: HeaderItems) -> None:
         for name, value in items.items() if isinstance(items, Mapping) else items:
             self.add(name, value)
 
@@ -100,9 +101,6 @@ class Request:
     async def read(self) -> bytes:
         return self.body
 
-    async def text(self) -> str:
-        return self.body.decode("utf-8")
-
     async def json(self) -> object:
         """The body parsed as JSON. Raises ValueError (or UnicodeDecodeError) if it is not."""
         return json.loads(self.body)
@@ -115,10 +113,8 @@ class Response:
     headers: Headers = field(default_factory=Headers)
 
     @classmethod
-    def of(
-        cls, body: bytes, *, status: int = 200, headers: Mapping[str, str] | None = None
-    ) -> Response:
-        return cls(body=body, status=status, headers=Headers(headers or {}))
+    def of(cls, body: bytes, *, status: int = 200, headers: HeaderItems = ()) -> Response:
+        return cls(body=body, status=status, headers=Headers(headers))
 
 
 def json_response(
@@ -134,10 +130,10 @@ def json_response(
 class HttpError(Exception):
     """A request refused with `status` (routing: 404, 405 with an Allow header)."""
 
-    def __init__(self, status: int, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, status: int, headers: HeaderItems = ()) -> None:
         self.status = status
         self.reason = _reason(status)
-        self.headers = Headers(headers or {})
+        self.headers = Headers(headers)
         super().__init__(f"{status} {self.reason}")
 
 
@@ -324,6 +320,8 @@ class HttpServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+        if self._server is not None:
+            await self._server.wait_closed()
         await self._app.cleanup()
 
     async def _serve_connection(
