@@ -340,7 +340,14 @@ class ActionRunner:
             case Rewind(source=source):
                 standby = standby_of(s, view, source)
                 await self.pg.stop(PgStopMode.FAST, timeout_s=timing.shutdown_timeout_s)
-                await self.fence.disarm()
+                try:
+                    await self.fence.disarm()
+                except FenceUnavailable as exc:
+                    # Stopped, it is no primary to fence: rewind anyway (a frozen fencer may
+                    # still stop the standby when it wakes; it is started again). Failing
+                    # here counted as a failed rewind, and the member re-cloned the whole
+                    # database (chaos finding 25).
+                    log.warning("rewind_without_disarm", error=repr(exc))
                 await self.pg.rewind(standby, timeout_s=timing.rewind_timeout_s)
                 await self.pg.start(standby=standby, timeout_s=start_s)
             case StartPostgres(upstream=upstream, as_primary=as_primary):

@@ -64,6 +64,16 @@ def when_leader(obs: Observation, memory: Memory, settings: Settings) -> tuple[D
     keep: Action = RenewLeader() if memory.lease_sent_at is not None else AcquireLeader()
 
     if not local.running:
+        if deadline is not None and now >= deadline and local.postmaster_pid is None:
+            # Our renewals no longer move the deadline (the DCS, or a fencer that does not
+            # answer: a frozen fencer's primary was stopped at it) and no server is left: a
+            # restart in place could not be fenced, and waiting primary_start_timeout_s for
+            # it kept the cluster without a primary that long (chaos finding 25).
+            return decided(
+                memory,
+                "fence deadline passed with PostgreSQL down: releasing the lease",
+                ReleaseLeader(),
+            )
         return _when_leader_pg_down(obs, memory, settings, keep)
     if local.socket_only or local.bootstrap_incomplete:
         # Our bootstrap, recorded as the cluster's system (agent.decide discards it

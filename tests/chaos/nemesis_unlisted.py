@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -17,12 +18,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
 import yaml
 
-from tests.chaos.cluster import AGENT_SRC, ChaosCluster, Member, Proc
-from tests.chaos.nemesis import Injected, Nemesis, heal_all
+from tests.chaos.cluster import AGENT_SRC, TOKEN, ChaosCluster, Member, Proc
+from tests.chaos.nemesis import Injected, Nemesis, _next_primary, _writable, heal_all
 from tests.chaos.nemesis_hunt import _sync_standby
-from tests.chaos.netns import kill_namespace_processes
+from tests.chaos.netns import kill_namespace_processes, run
 
 # How long the second agent may take to see the name taken and exit (its start: the DCS read
 # and one REST call to the member that holds the name).
@@ -108,3 +110,185 @@ def duplicate_name(role: str, hold_s: float) -> tuple[Nemesis, DuplicateName]:
         same_primary=True,
         quick=False,
     ), state
+
+
+# -------------------------------------------------------------------- the fencer frozen
+
+
+def fencer_pids(cluster: ChaosCluster, index: int) -> list[int]:
+    """The member's fencer process(es): an `agent.fencer` argument, in its namespace."""
+    done = run("ip", "netns", "pids", cluster.members[index].host.netns, check=False)
+    found = []
+    for word in done.stdout.split():
+        with (
+            contextlib.suppress(OSError, ValueError),
+            open(f"/proc/{int(word)}/cmdline", "rb") as f,
+        ):
+            if b"agent.fencer" in f.read().split(b"\0"):
+                found.append(int(word))
+    return found
+
+
+@dataclass(slots=True)
+class FrozenFencer:
+    """SIGSTOP of the primary's fencer, its agent and PostgreSQL alive (a fencer starved or
+    stopped by a debugger, a cgroup freezer of its own sidecar): the agent cannot arm it past
+    the deadline it holds. The heal SIGCONTs it (it then finds its deadline long past)."""
+
+    stopped: list[int] = field(default_factory=list)
+
+    def inject(self, cluster: ChaosCluster, primary: int) -> str:
+        pids = fencer_pids(cluster, primary)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                self.stopped.append(pid)
+        return f"the fencer of {cluster.members[primary].name} (primary) SIGSTOPped: {pids}"
+
+    def heal(self, cluster: ChaosCluster) -> None:
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.stopped.clear()
+        heal_all(cluster)
+
+
+# How long the fencer stays frozen: three ttls, time for the primary to step down at its
+# deadline (under a ttl) and for another member to take over (a ttl more at most).
+FENCER_FROZEN_TTLS = 3.0
+
+
+def fencer_frozen(ttl_s: float) -> Nemesis:
+    """Held three ttls: the agent must step down by itself at the deadline the frozen fencer
+    holds, losing nothing (a self-fencing by the loop, not by the fencer), and hand the lease
+    on, since it cannot lead without a fencer."""
+    state = FrozenFencer()
+    return Nemesis(
+        name="primary-fencer-frozen",
+        inject=state.inject,
+        heal=state.heal,
+        hold_s=FENCER_FROZEN_TTLS * ttl_s,
+        must_not_lose=True,
+        quick=False,
+    )
+
+
+# -------------------------------------------------------------------- killed mid-switchover
+
+
+async def _not_writable(cluster: ChaosCluster, index: int, bound_s: float) -> float | None:
+    """Seconds until member `index`'s PostgreSQL stops taking writes (polled every 20 ms)."""
+    at = time.monotonic()
+    while time.monotonic() - at < bound_s:
+        if not await _writable(cluster, index):
+            return time.monotonic() - at
+        await asyncio.sleep(0.02)
+    return None
+
+
+async def _request_switchover(cluster: ChaosCluster, leader: int, candidate: int) -> int:
+    url = cluster.members[leader].api_url + "/switchover"
+    body = {"leader": cluster.members[leader].name, "candidate": cluster.members[candidate].name}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url,
+            json=body,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=aiohttp.ClientTimeout(total=5),
+        ) as resp,
+    ):
+        return resp.status
+
+
+@dataclass(slots=True)
+class KilledMidSwitchover:
+    """A switchover to the next member, and the moment the old primary stops taking writes
+    (its demotion has begun, the candidate has not promoted yet) a SIGKILL of the agent of
+    `whose` ("leader": the old primary's; "candidate": the new one's), started again at once
+    as a container restart would (PostgreSQL and the fencer live on)."""
+
+    whose: str
+    taken_s: list[float | None] = field(default_factory=list)
+
+    async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
+        candidate = (primary + 1) % len(cluster.members)
+        status = await _request_switchover(cluster, primary, candidate)
+        stopped = await _not_writable(cluster, primary, 15.0)
+        at = time.monotonic()
+        victim = cluster.members[primary if self.whose == "leader" else candidate]
+        victim.agent.signal(signal.SIGKILL)
+        victim.agent.wait(timeout=5)
+        victim.agent.start()
+        found = await _next_primary(cluster, primary, 30.0)
+        self.taken_s.append(None if found is None else time.monotonic() - at)
+        new = "nobody within 30 s" if found is None else cluster.members[found].name
+        return Injected(
+            description=f"switchover {cluster.members[primary].name} -> "
+            f"{cluster.members[candidate].name} requested ({status}); "
+            + (
+                "the old primary never stopped taking writes"
+                if stopped is None
+                else f"{stopped:.2f} s later it stopped taking writes"
+            )
+            + f": SIGKILL of {victim.name}'s agent ({self.whose}), started again at once; "
+            f"then {new} took writes",
+            instants=(at,),
+        )
+
+
+def killed_mid_switchover(whose: str, ttl_s: float) -> tuple[Nemesis, KilledMidSwitchover]:
+    state = KilledMidSwitchover(whose=whose)
+    return Nemesis(
+        name=f"switchover-{whose}-agent-killed",
+        script=state.script,
+        hold_s=1.0,
+        must_not_lose=True,
+        quick=False,
+    ), state
+
+
+# -------------------------------------------------------------------- the sync standby cut off
+
+
+@dataclass(slots=True)
+class SyncStandbyCut:
+    """`[sync]`: the primary cut from its synchronous standby only (both still reach the DCS
+    and the other replica), then after `kill_after_s` every process of the primary's host
+    SIGKILLed: whoever is promoted must hold every acknowledged commit."""
+
+    kill_after_s: float
+    winners: list[str | None] = field(default_factory=list)
+
+    async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
+        at = time.monotonic()
+        index = await _sync_standby(cluster, primary)
+        if index is None:
+            return Injected(description="no synchronous standby to cut off", instants=(at,))
+        old, standby = cluster.members[primary], cluster.members[index]
+        cluster.network.drop_between(old.host.key, [standby.host.key])
+        await asyncio.sleep(self.kill_after_s)
+        killed = time.monotonic()
+        kill_namespace_processes(old.host.netns)
+        old.agent.wait(timeout=5)
+        found = await _next_primary(cluster, primary, 30.0)
+        self.winners.append(None if found is None else cluster.members[found].name)
+        new = "nobody within 30 s" if found is None else cluster.members[found].name
+        return Injected(
+            description=f"{old.name} (primary) cut from {standby.name} (its synchronous "
+            f"standby) only; {self.kill_after_s:g} s later every process of {old.name}'s host "
+            f"SIGKILLed; {new} took writes",
+            instants=(at, killed),
+        )
+
+
+def sync_standby_cut_then_primary_killed(kill_after_s: float) -> Nemesis:
+    state = SyncStandbyCut(kill_after_s=kill_after_s)
+    return Nemesis(
+        name=f"sync-standby-cut-then-primary-killed-{kill_after_s:g}s",
+        script=state.script,
+        hold_s=1.0,
+        faults=2,
+        must_not_lose=True,
+        quick=False,
+    )

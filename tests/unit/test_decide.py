@@ -869,3 +869,16 @@ def _replay(
         assert unleased is None or _leading(before, ob), (decision, outcomes, before)
         for outcome in outcomes:
             memory = record_outcome(memory, outcome, config)
+
+
+def test_leader_past_its_deadline_with_postgres_down_releases_at_once() -> None:
+    """Chaos finding 25: a leader whose renewals no longer move its deadline (a frozen fencer
+    that takes no ARM) stopped its primary at the deadline, then tried to restart it in place
+    for primary_start_timeout_s while nobody could take over; past the deadline, with no
+    server left, it hands the lease on at once."""
+    memory = Memory(lease_sent_at=NOW - TIMING.ttl_s + TIMING.fence_margin_s)  # deadline == now
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B), CRASHED_PRIMARY), memory, A)
+    assert decision.actions == (ReleaseLeader(),)
+    # Before the deadline the same server is restarted in place, as ever.
+    decision, _ = decide(obs(view("a", ME_PRIMARY, B), CRASHED_PRIMARY), LEASED, A)
+    assert decision.actions == (RenewLeader(), StartPostgres(upstream=None, as_primary=True))

@@ -115,3 +115,22 @@ async def test_a_fresh_claim_read_before_its_claimant_takes_the_lease_is_left_al
     leader = await c.bootstrap()
     assert leader == "a" and b_looked == [True]
     assert a.pg.calls.count("initdb") == 1 and "clear_data_dir" not in a.pg.calls
+
+
+async def test_a_former_primary_whose_fencer_does_not_answer_rewinds_and_does_not_reclone() -> None:
+    """Chaos finding 25: a former primary whose fencer was frozen failed its rewind at the
+    disarm before pg_rewind ran; counted as a failed rewind, it cleared its data directory
+    and cloned the whole database again. Its server stopped, it rewinds without the disarm
+    and streams, and nothing is copied again."""
+    c = LoopCluster()
+    await c.bootstrap()
+    a = c["a"]
+    a.alive = False
+    a.pg.crash()
+    await c.run_until(lambda: c.leader() == "b" and c.streaming_from("b") == ["c"])
+    a.fence.unavailable = True
+    a.alive = True
+    await c.run_until(lambda: c.healthy("b"))
+    assert a.pg.calls.count("rewind") == 1
+    assert "clear_data_dir" not in a.pg.calls and "clone" not in a.pg.calls
+    assert a.loop.memory.rewind_failures == 0
