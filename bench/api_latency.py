@@ -3,11 +3,11 @@ agent/http/server.py), the same app and the same client in the same run.
 
 Usage: .venv/bin/python bench/api_latency.py [--old-ref REF] [--n 2000] [--runs 3] [--json]
 
-Each server runs in a process of its own (`build_app` + `start_api` of its tree, on the unit
-tests' harness: a memory DCS with the standard cluster, member a published as primary, no
-auth needed for GETs). The client is a bare one on asyncio streams (request bytes written by
-hand, the answer read by Content-Length), so both servers pay for the same client. Per run,
-the trees alternate; per tree and run, after a warm-up:
+Each server runs in a process of its own (`build_app` + `start_api` of its tree, a memory DCS
+with three members, member a published as primary; nothing else imported, so its RSS is the
+API's and the agent modules' it needs). The client is a bare one on asyncio streams (request
+bytes written by hand, the answer read by Content-Length), so both servers pay for the same
+client. Per run, the trees alternate; per tree and run, after a warm-up:
   keep-alive   N sequential GET /health on one connection
   new conn     N/4 sequential GET /health, each on a new connection (kubelet probes, ctl)
   metrics      N/4 sequential GET /metrics on one connection (a few kB of text)
@@ -39,29 +39,52 @@ from tests.support.ports import free_port  # noqa: E402
 WARMUP = 200
 PARALLEL = 10
 
-# Run in the server's tree: its own build_app/start_api, the unit tests' harness around it.
+# Run in the server's tree: its own build_app/start_api around a memory DCS.
 _SERVE = """
 import asyncio, sys
+try:  # as `pgwarden run` starts in trees whose runtime still imported aiohttp (agent/lean.py)
+    from agent.lean import import_runtime
+    import_runtime()
+except ImportError:
+    pass
 from agent.api import build_app, start_api
 from agent.clock import FakeClock
-from agent.config import ApiSettings
+from agent.config import ApiSettings, DcsKind, DcsSettings, EtcdSettings, PostgresSettings
+from agent.config import Settings
+from agent.dcs.memory import MemoryDcs, MemoryStore
 from agent.metrics import Metrics
-from tests.unit.api_harness import (
-    Backend, Inbox, StatusBox, make_settings, primary_status, standard_cluster,
-)
+from agent.model import AgentStatus, Member, MemberName, PgState, Role
+
+class Sink:
+    def submit(self, kind): pass
+    def wake(self): pass
+    def accept_failsafe(self, leader): return "no"
 
 async def main(port: int) -> None:
     clock = FakeClock()
-    backend = Backend(clock)
-    await standard_cluster(backend)
-    view = await backend.handle("a").get_cluster()
-    status = StatusBox(primary_status(clock, view))
-    metrics = Metrics()
-    metrics.update(status.value)
     api = ApiSettings(listen_host="127.0.0.1", port=port, insecure_no_auth=True)
+    settings = Settings(
+        name="a", cluster="demo", run_dir="/nonexistent/run",
+        dcs=DcsSettings(kind=DcsKind.ETCD, etcd=EtcdSettings(endpoints=("http://127.0.0.1:1",))),
+        postgresql=PostgresSettings(data_dir="/nonexistent/data"), api=api,
+    )
+    dcs = MemoryDcs(MemoryStore(clock), "a", ttl_s=10.0, clock=clock)
+    for name, role in (("a", Role.PRIMARY), ("b", Role.REPLICA), ("c", Role.REPLICA)):
+        await dcs.publish_member(Member(
+            name=MemberName(name), role=role, state=PgState.RUNNING, api_url=api.url,
+            host="127.0.0.1", port=5432, timeline=1, wal_lsn=1000,
+        ))
+    assert await dcs.acquire_leader()
+    status = AgentStatus(
+        name=MemberName("a"), cluster="demo", role=Role.PRIMARY, state=PgState.RUNNING,
+        api_url=api.url, timeline=1, wal_lsn=1000, leader=MemberName("a"), lease_held=True,
+        dcs_ok=True, observed_at=clock.monotonic(), cluster_view=await dcs.get_cluster(),
+    )
+    metrics = Metrics()
+    metrics.update(status)
     app = build_app(
-        settings=make_settings(api), status=status, dcs=backend.handle("a"),
-        requests=Inbox(), metrics=metrics, clock=clock,
+        settings=settings, status=lambda: status, dcs=dcs, requests=Sink(), metrics=metrics,
+        clock=clock,
     )
     await start_api(app, api)
     print("ready", flush=True)
