@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from agent import ctl
+from agent.http.server import App, HttpServer, Request, Response, json_response
 from agent.rollout import REVISION_LABEL
 from tests.k8s_apiserver import KubeApiServer
 from tests.k8s_apiserver.errors import ApiError
@@ -33,8 +32,8 @@ async def members() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     switchover requests it got."""
     posted: list[dict[str, Any]] = []
 
-    async def cluster(_: web.Request) -> web.Response:
-        return web.json_response(
+    async def cluster(_: Request) -> Response:
+        return json_response(
             {
                 "leader": "pg-0",
                 "members": [
@@ -47,17 +46,18 @@ async def members() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
             }
         )
 
-    async def switchover(request: web.Request) -> web.Response:
-        posted.append(await request.json())
-        return web.json_response({}, status=202)
+    async def switchover(request: Request) -> Response:
+        body = await request.json()
+        assert isinstance(body, dict)
+        posted.append(body)
+        return json_response({}, status=202)
 
-    app = web.Application()
-    app.router.add_get("/cluster", cluster)
-    app.router.add_post("/switchover", switchover)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
+    app = App()
+    app.add_get("/cluster", cluster)
+    app.add_post("/switchover", switchover)
+    server = await HttpServer.start(app, "127.0.0.1", 0)
     try:
-        yield str(server.make_url("")), posted
+        yield f"http://127.0.0.1:{server.port}", posted
     finally:
         await server.close()
 
