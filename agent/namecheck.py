@@ -4,7 +4,7 @@ A member's name is its identity in the DCS: the leader key, its member record, i
 place in the `sync` record. An agent started with the name of a running member (a copied
 configuration, a cloned VM) took itself for that member restarted elsewhere: as the
 primary's namesake with no data it found itself the leader and released the leader key, and
-a replica was promoted under the running primary (chaos finding 23,
+a replica was promoted under the running primary (chaos finding 24,
 tests/chaos/test_unlisted_faults.py); as a replica's namesake it cloned and streamed under the
 name the `sync` record vouches for. So before anything touches PostgreSQL or the DCS's
 records, the agent reads the member record under its name; when it names another REST URL

@@ -20,6 +20,7 @@ import pytest
 
 from tests.chaos import agentlogs
 from tests.chaos.cluster import QUICK_TIMING
+from tests.chaos.mix import clock_step
 from tests.chaos.nemesis import Nemesis
 from tests.chaos.nemesis_unlisted import (
     DUPLICATE_EXIT_BOUND_S,
@@ -38,6 +39,8 @@ HUNT = bool(
 RUNS = max(1, int(os.environ.get("CHAOS_RUNS", "1") or 1))
 TTL_S = QUICK_TIMING["ttl_s"]
 REFUSED = 2  # the agent's exit code for a configuration it refuses
+# One nemesis per role for the whole module: each alternates +1 h and -1 h by draw.
+CLOCK_STEPS = {role: clock_step(role, TTL_S) for role in ("primary", "replica")}
 
 pytestmark = [
     pytest.mark.chaos,
@@ -153,3 +156,20 @@ async def test_a_primary_cut_from_its_sync_standby_then_killed_loses_nothing(
     assert result.failover_s is not None, (
         f"nobody took over\n{summary(result)}\n{spare_sync_runner.cluster.logs_tail(15)}"
     )
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+@pytest.mark.parametrize("role", ["primary", "replica"])
+async def test_a_wall_clock_step_under_the_kubernetes_dcs_changes_nothing(
+    k8s_stepped_runner: Runner, role: str, run: int
+) -> None:
+    """`[k8s]`: one agent's wall clock stepped an hour (forward on the first draw of each
+    role, back on the second; CHAOS_RUNS=2 makes both) for a ttl and more. The Lease and
+    the leader annotations carry wall times, but expiry is judged on each observer's
+    monotonic clock: no failover, no stopping event, nothing lost."""
+    result, stops = await _run(k8s_stepped_runner, CLOCK_STEPS[role])
+    logs = f"{summary(result)}\n{k8s_stepped_runner.cluster.logs_tail(15)}"
+    assert_invariants(result, k8s_stepped_runner)
+    assert result.lost == 0, logs
+    assert result.primary_after == result.primary_before, f"failover\n{logs}"
+    assert not stops, f"a clock step stopped something: {stops}\n{logs}"

@@ -1,5 +1,5 @@
 """agent/namecheck.py: an agent refuses to start under the name of another live agent of its
-cluster (chaos finding 23), and only then: a record of its own, a former incarnation that no
+cluster (chaos finding 24), and only then: a record of its own, a former incarnation that no
 longer answers, an agent of another name or cluster at that URL, or a DCS that does not
 answer are no reason to stop. On the in-memory DCS with the answers of the agents at each
 URL given by a table (the real REST call is HttpPeers.identify; the whole start is checked by
