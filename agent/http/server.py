@@ -335,7 +335,7 @@ class HttpServer:
             if not self._closing:
                 raise
         except (ConnectionError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError):
-            pass  # the client went away or stopped reading: nothing to answer
+            writer.transport.abort()  # gone or not reading: close() would wait to flush
         finally:
             self._connections.discard(connection)
             writer.close()
