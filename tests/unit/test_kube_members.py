@@ -10,7 +10,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from agent.clock import FakeClock
+from agent.dcs.base import DcsUnavailable
 from agent.dcs.kubernetes.api import Response
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.members import MemberRecords
@@ -30,10 +33,13 @@ class PodApi:
             clock=clock.monotonic, max_pause_s=5 * TTL_S, min_pause_s=TTL_S, rng=random.Random(3)
         )
         self.patches = 0
+        self.failing = False  # answer 500 (a webhook, a server error)
 
     async def call(self, method: str, path: str, **_: Any) -> Response:
         assert method == "PATCH"
         self.patches += 1
+        if self.failing:
+            return Response(500, {"kind": "Status", "code": 500})
         return Response(200, {"metadata": {"name": "a", "resourceVersion": str(self.patches)}})
 
 
@@ -183,3 +189,27 @@ def test_a_record_the_server_showed_gone_is_not_brought_back_by_a_cache_that_lag
     for _ in range(int(2 * TTL_S)):
         assert "p" not in live_names(handle, cache, clock.monotonic()), "p seen anew"
         clock.advance(1.0)
+
+
+async def test_after_a_failed_write_the_leader_is_behind_and_heartbeats_until_one_goes() -> None:
+    """A failed write makes the record behind (the leader's renewals then say so and vouch
+    for nothing, holding.py): a renewal counts as no heartbeat until a write goes through,
+    so the record its pod shows is kept alive by heartbeats, not by renewals."""
+    clock = FakeClock()
+    renewed_at = float("-inf")
+    handle, api = records(clock, renewed=lambda: renewed_at)
+    await handle.publish(member("a"))
+    handle.items([pod("a", "t0"), pod("b", "t0")], clock.monotonic())
+    api.failing = True
+    with pytest.raises(DcsUnavailable):
+        await handle.publish(member("a", wal_lsn=16))
+    assert handle.behind
+    api.failing = False
+    clock.advance(HEARTBEAT_S)
+    renewed_at = clock.monotonic() - 0.1
+    await handle.publish(member("a"))  # as written before; renewals do not vouch for it
+    assert api.patches == 3 and not handle.behind
+    clock.advance(HEARTBEAT_S)
+    renewed_at = clock.monotonic() - 0.1
+    await handle.publish(member("a"))
+    assert api.patches == 3  # a write went through: renewals vouch again

@@ -223,6 +223,9 @@ class KubernetesDcs:
             own=own_pod_write,
             renewed=lambda: self._last_renew_sent,  # each one vouches for our record
         )
+        # What our lock writes tell the others (holding.py `lock_body`): refused lately, and
+        # our record behind (its last write failed: the renewal vouches for no record).
+        self._lock_says = (self._throttle.refused_lately, lambda: self._members.behind)
         self._turns = RaceTurns(member_name, turn_s=ttl_s / 2)  # leaderless reads, throttled
         self._closed = False
 
@@ -346,9 +349,7 @@ class KubernetesDcs:
             sent = self._clock.monotonic()
             if self._guard is not None and not await self._guard.allows():
                 return False
-            body = lock_body(
-                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately
-            )
+            body = lock_body(self._clock.wall(), await self._own_ip(), *self._lock_says)
             read_at, read = self._read_locks or (float("-inf"), None)
             read, self._read_locks = read if sent - read_at <= self._loop_s else None, None
             for i, holder in enumerate(self._holders):
@@ -374,9 +375,7 @@ class KubernetesDcs:
                 # Our lease has lapsed in the others' eyes: never write the record back.
                 self._lost("lease lapsed before renewal")
                 return False
-            body = lock_body(
-                self._clock.wall(), await self._own_ip(), self._throttle.refused_lately
-            )
+            body = lock_body(self._clock.wall(), await self._own_ip(), *self._lock_says)
             deadline = self._last_renew_sent + self._ttl_s - self._fence_margin_s
             for holder in self._holders:
                 renewal = await holder.renew(

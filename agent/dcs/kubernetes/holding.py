@@ -20,12 +20,14 @@ from agent.dcs.kubernetes.api import KubeApi, expect
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.locks import LockObject
 from agent.dcs.kubernetes.objects import (
+    RECORD_BEHIND_ANNOTATION,
     THROTTLED_ANNOTATION,
     KubeObject,
     annotations_of,
     micro_time,
     resource_version,
     to_bytes,
+    vouched_record,
 )
 
 _RELEASE_ATTEMPTS = 5  # conflicts on the lock object caused by others' annotations
@@ -86,7 +88,7 @@ class LockHolder:
             return True
         holder, rv = self.lock.holder(current), resource_version(current)
         if holder:
-            self._expiry.note(self.key, str(rv), rv, sent, vouches=keys.member_key(holder))
+            self._expiry.note(self.key, str(rv), rv, sent, vouches=vouched_record(current, holder))
         expired = self._expiry.is_expired(self.key, rv, now)
         if holder and holder != self._member and not expired:
             # Held, as read before the call: read again, it may have been released since.
@@ -148,7 +150,7 @@ class LockHolder:
         rv = resource_version(obj)
         self._own(rv)
         self.obj = obj
-        self._expiry.note(self.key, str(rv), rv, now, vouches=keys.member_key(self._member))
+        self._expiry.note(self.key, str(rv), rv, now, vouches=vouched_record(obj, self._member))
 
 
 def leader_items(
@@ -163,15 +165,21 @@ def leader_items(
     if not holder:
         expiry.forget(key, rv=rv)
         return []
-    if not expiry.note(key, str(rv), rv, now, vouches=keys.member_key(holder)):
+    if not expiry.note(key, str(rv), rv, now, vouches=vouched_record(obj, holder)):
         return []
     return [(keys.LEADER, to_bytes(holder), str(rv))]
 
 
-def lock_body(wall: float, ip: str | None, throttled: Callable[[], bool] = lambda: False) -> Body:
+def lock_body(
+    wall: float,
+    ip: str | None,
+    throttled: Callable[[], bool] = lambda: False,
+    behind: Callable[[], bool] = lambda: False,
+) -> Body:
     """The lock objects' writer for one operation at wall-clock time `wall` (`ip`: ours,
     where they route; `throttled()`: we got a 429 lately, said to our replicas, throttle.py,
-    asked at each build: a write refused with a 429 is sent again saying so)."""
+    asked at each build: a write refused with a 429 is sent again saying so; `behind()`: our
+    last member record write failed, said so that the renewal vouches for no record)."""
     now = micro_time(wall)
 
     def body(current: KubeObject | None, holder: str | None, lock: LockObject) -> KubeObject:
@@ -179,8 +187,11 @@ def lock_body(wall: float, ip: str | None, throttled: Callable[[], bool] = lambd
         meta = written.setdefault("metadata", {})
         notes = dict(meta.get("annotations") or {})
         notes.pop(THROTTLED_ANNOTATION, None)
+        notes.pop(RECORD_BEHIND_ANNOTATION, None)
         if holder and throttled():
             notes[THROTTLED_ANNOTATION] = "true"
+        if holder and behind():
+            notes[RECORD_BEHIND_ANNOTATION] = "true"
         meta["annotations"] = notes
         return written
 

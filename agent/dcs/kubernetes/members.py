@@ -20,6 +20,11 @@ would expire the leader's record) and at least one other member's record is live
 heartbeats are the pod events that keep this handle's pods cache trusted, cache.py; a lone
 member heartbeats as before). A record that changed is written at once; once renewals stop
 (released, lost, failed) the heartbeat falls due a heartbeat period after the last one.
+After a write of the record failed (a webhook, a 5xx, a 429, a timeout) and until one goes
+through (`behind`), the leader's renewals say so (objects.py `RECORD_BEHIND_ANNOTATION`) and
+vouch for nothing, and count as no heartbeat: the record its pod still shows (an old role or
+state) then expires on its observers a ttl after they last saw it renewed or written, as it
+did before renewals vouched (review hreview3 finding 3).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class MemberRecords:
         # one), and at least one of them is live.
         self._vouched = False
         self.in_sync_set = False  # named in the `sync` record of the last view read
+        self.behind = False  # the last write of our record failed (see the module docstring)
 
     @property
     def _throttle(self) -> ThrottleState:
@@ -96,6 +102,7 @@ class MemberRecords:
         if self._waits(payload, now):
             return None
         heartbeat = micro_time(self._clock.wall())
+        self.behind = True  # until this write is known to have gone through
         response = await self._api.call(
             "PATCH",
             self._pod_path,
@@ -108,6 +115,7 @@ class MemberRecords:
         expect(response, 200)
         self._own(resource_version(response.obj))
         self._published = (payload, now)
+        self.behind = False
         return response.obj
 
     def _waits(self, payload: str, now: float) -> bool:
@@ -117,7 +125,7 @@ class MemberRecords:
         if self._published is None:
             return False
         written, written_at = self._published
-        if written == payload and self._vouched:
+        if written == payload and self._vouched and not self.behind:
             written_at = max(written_at, self._renewed())  # a renewal is a heartbeat
         if written == payload and now - written_at < self._heartbeat_s:
             return True

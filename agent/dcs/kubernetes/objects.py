@@ -28,6 +28,9 @@ HEARTBEAT_ANNOTATION = "pgwarden.io/heartbeat"
 VOUCHES_ANNOTATION = "pgwarden.io/lock-vouches"
 # On a lock object: its holder got a 429 lately (throttle.py `told`).
 THROTTLED_ANNOTATION = "pgwarden.io/throttled"
+# On a lock object: its holder's last write of its member record failed (members.py
+# `behind`), so this renewal does not vouch for the record its pod still shows (expiry.py).
+RECORD_BEHIND_ANNOTATION = "pgwarden.io/record-behind"
 CLUSTER_LABEL = "pgwarden.io/cluster"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
@@ -152,6 +155,14 @@ def lets_lock_vouch(pod: Mapping[str, Any]) -> bool:
     holder's record clock (`VOUCHES_ANNOTATION`)."""
     notes = annotations_of(pod)
     return notes.get(VOUCHES_ANNOTATION) == notes.get(HEARTBEAT_ANNOTATION, "")
+
+
+def vouched_record(obj: Mapping[str, Any], holder: str) -> str | None:
+    """The key of the member record a lock object naming `holder` vouches for (expiry.py
+    `note(..., vouches=)`): the holder's, unless its holder says that record is behind."""
+    if not holder or RECORD_BEHIND_ANNOTATION in annotations_of(obj):
+        return None
+    return keys.member_key(holder)
 
 
 def member_signatures(pods: Iterable[Mapping[str, Any]]) -> dict[str, str]:

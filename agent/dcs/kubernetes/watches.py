@@ -52,6 +52,7 @@ from agent.dcs.kubernetes.objects import (
     name_of,
     resource_version,
     to_bytes,
+    vouched_record,
 )
 from agent.dcs.kubernetes.records import ConfigRecords, loud_signature
 
@@ -369,7 +370,7 @@ class ClusterWatches:
         rv = resource_version(obj)
         if holder:
             now = self._clock.monotonic()
-            self._expiry.note(key, str(rv), rv, now, vouches=keys.member_key(holder))
+            self._expiry.note(key, str(rv), rv, now, vouches=vouched_record(obj, holder))
         else:
             self._expiry.forget(key, rv=rv)
         before = self._leader()

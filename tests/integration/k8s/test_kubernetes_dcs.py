@@ -481,6 +481,52 @@ async def test_the_leader_record_lives_on_renewals_alone_and_goes_a_ttl_after_th
         assert view.member("a") is None and view.leader is None
 
 
+async def test_a_leader_whose_record_writes_fail_renews_without_vouching_for_its_record(
+    kube_dcs: KubeContractCluster,
+) -> None:
+    """While the leader's pod writes fail and its renewals go through, the record its pod
+    still shows (here an old WAL position; an old role or state alike) goes from the
+    observers' views a ttl after they last saw it written or vouched for, as before renewals
+    vouched (review hreview3 finding 3); once a write goes through, renewals vouch again and
+    the leader stops heartbeating. Every lock kind."""
+    c, loop = kube_dcs, asyncio.get_running_loop()
+    a, b = (c.make_kube(name, timeout_s=0.5) for name in ("a", "b"))
+    await a.publish_member(member("a"))
+    await b.publish_member(member("b"))
+    assert await a.acquire_leader()
+    vouched_at = loop.time()  # b's clock for a's record restarts no later than this
+    await b.wait_for_change(0.01)
+    pod_a = f"/api/v1/namespaces/{NAMESPACE}/pods/a"
+    c.server.faults.set(Fault(mode=FaultMode.ERROR, status=500, path_prefix=pod_a))
+    with pytest.raises(DcsUnavailable):
+        await a.publish_member(member("a", wal_lsn=16))
+    until = vouched_at + TTL_S + c.expiry_slack_s
+    while loop.time() < until + 1.0:  # as the HA loop does: renew, read, publish
+        assert await a.renew_leader()
+        await b.publish_member(member("b"))
+        view = await b.get_cluster()
+        assert view.leader is not None, "the lock lapsed"
+        if loop.time() < vouched_at + TTL_S - 1.0:
+            assert view.member("a") is not None
+        elif loop.time() > until:
+            assert view.member("a") is None, "renewals vouched for a record behind"
+        await asyncio.sleep(0.3)
+    c.server.faults.clear()
+    await a.publish_member(member("a", wal_lsn=16))
+    written = c.server.store.get(c.pods, NAMESPACE, "a")["metadata"]["resourceVersion"]
+    until = loop.time() + 1.5 * TTL_S
+    while loop.time() < until:
+        assert await a.renew_leader()
+        await a.get_cluster()  # the leader sees its peers live: it lets renewals vouch
+        await a.publish_member(member("a", wal_lsn=16))
+        await b.publish_member(member("b"))
+        member_a = (await b.get_cluster()).member("a")
+        assert member_a is not None and member_a.wal_lsn == 16
+        await asyncio.sleep(0.3)
+    pod = c.server.store.get(c.pods, NAMESPACE, "a")
+    assert pod["metadata"]["resourceVersion"] == written, "renewals vouch no more"
+
+
 # --------------------------------------------------------------------------- watch trouble
 
 
