@@ -137,16 +137,24 @@ def release_shared_memory(base: str) -> int:
     kernel's limit (kernel.shmmni 4096) was once reached on a machine that ran the suite many
     times: PostgreSQL then cannot start. Only segments nothing is attached to are removed.
     Returns how many."""
-    attached = _attached_counts()
-    removed = 0
+    leaked: set[int] = set()
     for pattern in ("*/postmaster.pid", "*/*/postmaster.pid", "*/*/*/postmaster.pid"):
         for pidfile in Path(base).glob(pattern):
             with contextlib.suppress(OSError, ValueError, IndexError):
-                shmid = int(pidfile.read_text().splitlines()[6].split()[1])
-                if attached.get(shmid) == 0:
-                    command = ["ipcrm", "-m", str(shmid)]
-                    done = subprocess.run(command, check=False, capture_output=True)
-                    removed += done.returncode == 0
+                leaked.add(int(pidfile.read_text().splitlines()[6].split()[1]))
+    removed = 0
+    deadline = time.monotonic() + 5.0  # a killed postmaster's children detach as they exit
+    while leaked:
+        attached = _attached_counts()
+        for shmid in [s for s in leaked if attached.get(s, 0) == 0]:
+            leaked.discard(shmid)
+            if shmid in attached:
+                command = ["ipcrm", "-m", str(shmid)]
+                done = subprocess.run(command, check=False, capture_output=True)
+                removed += done.returncode == 0
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     return removed
 
 

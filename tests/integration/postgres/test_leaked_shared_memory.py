@@ -32,6 +32,6 @@ async def test_the_segment_of_a_killed_postmaster_is_removed_with_its_base(
             await nodes[0].postmaster.close()
             kill_leftovers(nodes)
         assert pidfile.exists()  # SIGKILL: nothing cleaned up after itself
-        assert _attached_counts().get(shmid) == 0  # the leaked segment
+        assert shmid in _attached_counts()  # the leaked segment (its children may still detach)
         assert release_shared_memory(base) == 1
         assert shmid not in _attached_counts()
