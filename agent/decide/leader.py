@@ -42,7 +42,7 @@ from agent.decide.state import (
     promotion,
     promotion_vetoed,
 )
-from agent.decide.sync import plan_sync, sync_candidate_ok
+from agent.decide.sync import plan_sync, sync_candidate_ok, sync_refusal
 from agent.decide.topology import cascading
 from agent.model import (
     ClusterView,
@@ -150,6 +150,17 @@ def _when_leader_is_standby(
     """We hold the lease over a standby: promote it, after `pre_promote` when configured
     (a long action of its own; `memory.pre_promoted` says it passed). A veto hands the lease
     back at once, so that another member may take over."""
+    view = obs.cluster
+    refusal = sync_refusal(view, settings.name, None, check_quorum=False) if view else None
+    if memory.lease_sent_at is None and refusal is not None:
+        # A key we did not take in this run (an agent restarted between acquire and promote
+        # finds itself named, and the record names it too): a key naming us over a standby
+        # outside the synchronous set was not won by a race we ran. A DCS restored from a
+        # backup, or a second agent under our name (chaos finding 26): promoting it would
+        # lose what the set acknowledged. Handed back; the race decides.
+        return decided(
+            memory, f"the leader key names us, but we are {refusal}: releasing it", ReleaseLeader()
+        )
     if promotion_vetoed(memory, obs.now, settings):
         return decided(
             replace(memory, pre_promoted=None),

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import pwd
@@ -292,3 +293,67 @@ def sync_standby_cut_then_primary_killed(kill_after_s: float) -> Nemesis:
         must_not_lose=True,
         quick=False,
     )
+
+
+# -------------------------------------------------------------------- the DCS rolled back
+
+LEADER_KEY = b"/pgwarden/chaos/leader"
+
+
+async def _etcd_post(cluster: ChaosCluster, path: str, body: dict[str, object]) -> object:
+    """One request to the etcd JSON gateway of the first member that answers."""
+    async with aiohttp.ClientSession() as session:
+        for node in cluster.etcd:
+            try:
+                async with session.post(
+                    node.client_url + path, json=body, timeout=aiohttp.ClientTimeout(total=3)
+                ) as resp:
+                    return await resp.json()
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+    raise RuntimeError(f"no etcd member answered {path}")
+
+
+@dataclass(slots=True)
+class RolledBack:
+    """`[sync]`: the DCS's leader key put back to name the member that is neither the primary
+    nor its synchronous standby (the asynchronous replica), on a lease of its own, as a DCS
+    restored from a backup taken while that member led (or a key written by a second agent
+    under its name) would show it. The key names a member outside the synchronous set."""
+
+    named: list[str] = field(default_factory=list)
+
+    async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
+        at = time.monotonic()
+        standby = await _sync_standby(cluster, primary)
+        index = next(i for i in range(len(cluster.members)) if i not in (primary, standby))
+        name = cluster.members[index].name
+        grant = await _etcd_post(cluster, "/v3/lease/grant", {"TTL": 6})
+        lease = int(grant["ID"]) if isinstance(grant, dict) else 0
+        await _etcd_post(
+            cluster,
+            "/v3/kv/put",
+            {
+                "key": base64.b64encode(LEADER_KEY).decode(),
+                "value": base64.b64encode(name.encode()).decode(),
+                "lease": lease,
+            },
+        )
+        self.named.append(name)
+        return Injected(
+            description=f"the leader key rewritten to name {name} (asynchronous replica; "
+            f"primary {cluster.members[primary].name}, synchronous standby "
+            f"{'none' if standby is None else cluster.members[standby].name})",
+            instants=(at,),
+        )
+
+
+def leader_key_rolled_back(ttl_s: float) -> tuple[Nemesis, RolledBack]:
+    state = RolledBack()
+    return Nemesis(
+        name="leader-key-names-async-replica",
+        script=state.script,
+        hold_s=ttl_s + 3.0,
+        must_not_lose=True,
+        quick=False,
+    ), state

@@ -28,6 +28,7 @@ from tests.chaos.nemesis_unlisted import (
     duplicate_name,
     fencer_frozen,
     killed_mid_switchover,
+    leader_key_rolled_back,
     sync_standby_cut_then_primary_killed,
 )
 from tests.chaos.runner import Runner, ScenarioResult
@@ -173,3 +174,19 @@ async def test_a_wall_clock_step_under_the_kubernetes_dcs_changes_nothing(
     assert result.lost == 0, logs
     assert result.primary_after == result.primary_before, f"failover\n{logs}"
     assert not stops, f"a clock step stopped something: {stops}\n{logs}"
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_leader_key_naming_a_member_outside_the_sync_set_promotes_nobody_outside_it(
+    spare_sync_runner: Runner, run: int
+) -> None:
+    """`[sync]`: the leader key rewritten to name the asynchronous replica (a DCS restored
+    from a backup, a second agent under its name). That member did not win a race: it must
+    not promote (chaos finding 26: it re-bound the key as its own and promoted, while the
+    primary, seeing another leader, stopped), and nothing acknowledged is lost."""
+    nemesis, state = leader_key_rolled_back(TTL_S)
+    result, events = await _run(spare_sync_runner, nemesis)
+    logs = f"{summary(result)}; events {events}\n{spare_sync_runner.cluster.logs_tail(15)}"
+    assert_invariants(result, spare_sync_runner)
+    assert f"{state.named[-1]}: promoted" not in events, logs
+    assert result.lost == 0, logs

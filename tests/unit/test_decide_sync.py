@@ -13,6 +13,8 @@ from agent.actions import (
     ClearSwitchover,
     HandOver,
     Promote,
+    ReleaseLeader,
+    RenewLeader,
     SetConfig,
     SetSyncRecord,
     SetSyncStandbyNames,
@@ -571,3 +573,20 @@ def test_a_restarted_leader_covers_a_value_a_failed_change_left_in_the_files() -
         decision, memory = decide(obs(covered, rewritten), memory, A)
         steps += [a for a in decision.actions if isinstance(a, SetSyncRecord)]
     assert steps and steps[-1].record.members == ("b",)
+
+
+def test_a_key_naming_us_over_a_standby_outside_the_set_is_handed_back_not_promoted() -> None:
+    """Chaos finding 26: the leader key names this member (a DCS restored from a backup, a
+    second agent under its name) while it runs a standby and the synchronous set is another
+    member; it did not win a race in this run (no lease sent): promoting would lose what the
+    set acknowledged. Once named in the set (an agent restarted between its acquire and its
+    promote), it promotes as before."""
+    outside = sync_view("a", member("a"), B, record=rec("z", "b"))
+    decision, _ = decide(obs(outside, REPLICA), Memory(), A)
+    assert decision.actions == (ReleaseLeader(),)
+    named = sync_view("a", member("a"), B, record=rec("z", "a"))
+    decision, _ = decide(obs(named, REPLICA), Memory(), A)
+    assert kinds(decision) == [AcquireLeader, Promote]
+    # A lease taken in this run (the race checked the set then) promotes in any case.
+    decision, _ = decide(obs(outside, REPLICA), LEASED, A)
+    assert kinds(decision) == [RenewLeader, Promote]
