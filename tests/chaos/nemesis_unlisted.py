@@ -357,3 +357,76 @@ def leader_key_rolled_back(ttl_s: float) -> tuple[Nemesis, RolledBack]:
         must_not_lose=True,
         quick=False,
     ), state
+
+
+# -------------------------------------------------------------------- quorum lost mid-switchover
+
+
+@dataclass(slots=True)
+class QuorumLostMidSwitchover:
+    """A switchover to the next member, and the moment the old primary stops taking writes
+    two of the three etcd hosts cut from every host (no quorum: nobody can release, take or
+    renew a key), for `hold_s` (the nemesis's hold), then healed."""
+
+    stopped_s: list[float | None] = field(default_factory=list)
+
+    async def script(self, cluster: ChaosCluster, primary: int) -> Injected:
+        candidate = (primary + 1) % len(cluster.members)
+        status = await _request_switchover(cluster, primary, candidate)
+        stopped = await _not_writable(cluster, primary, 15.0)
+        at = time.monotonic()
+        cut = cluster.etcd_keys[-2:]
+        for key in cut:
+            cluster.network.isolate(key)
+        self.stopped_s.append(stopped)
+        return Injected(
+            description=f"switchover {cluster.members[primary].name} -> "
+            f"{cluster.members[candidate].name} requested ({status}); "
+            + (
+                "never stopped"
+                if stopped is None
+                else f"stopped taking writes {stopped:.2f} s later"
+            )
+            + f": etcd hosts {', '.join(cut)} cut from every host (no quorum)",
+            instants=(at,),
+        )
+
+
+def quorum_lost_mid_switchover(ttl_s: float) -> Nemesis:
+    state = QuorumLostMidSwitchover()
+    return Nemesis(
+        name="switchover-etcd-quorum-lost",
+        script=state.script,
+        hold_s=ttl_s + 3.0,
+        must_not_lose=True,
+        quick=False,
+    )
+
+
+# -------------------------------------------------------------------- replicas deaf to the DCS
+
+
+def _replicas_deaf_then_primary_killed(cluster: ChaosCluster, primary: int) -> str:
+    """The DCS's packets to both replicas dropped (their requests still reach etcd and are
+    applied, the answers never come back), then every process of the primary's host
+    SIGKILLed: a replica's acquire may be applied unanswered."""
+    replicas = [m for i, m in enumerate(cluster.members) if i != primary]
+    for member in replicas:
+        cluster.network.drop_one_way(member.host.key, list(cluster.dcs_keys), outgoing=False)
+    old = cluster.members[primary]
+    kill_namespace_processes(old.host.netns)
+    old.agent.wait(timeout=5)
+    names = ", ".join(m.name for m in replicas)
+    return (
+        f"etcd's packets to {names} (replicas) dropped, then every process of {old.name}'s "
+        "host SIGKILLed"
+    )
+
+
+def replicas_deaf_then_primary_killed(ttl_s: float) -> Nemesis:
+    return Nemesis(
+        name="dcs-to-replicas-dropped-then-primary-killed",
+        inject=_replicas_deaf_then_primary_killed,
+        hold_s=ttl_s + 3.0,
+        quick=False,
+    )

@@ -29,6 +29,8 @@ from tests.chaos.nemesis_unlisted import (
     fencer_frozen,
     killed_mid_switchover,
     leader_key_rolled_back,
+    quorum_lost_mid_switchover,
+    replicas_deaf_then_primary_killed,
     sync_standby_cut_then_primary_killed,
 )
 from tests.chaos.runner import Runner, ScenarioResult
@@ -190,3 +192,26 @@ async def test_a_leader_key_naming_a_member_outside_the_sync_set_promotes_nobody
     assert_invariants(result, spare_sync_runner)
     assert f"{state.named[-1]}: promoted" not in events, logs
     assert result.lost == 0, logs
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_etcd_losing_its_quorum_mid_switchover_loses_nothing(
+    spare_runner: Runner, run: int
+) -> None:
+    """A switchover, and the moment the old primary stops taking writes etcd loses its
+    quorum for a ttl and more: nobody can release or take the key; after the heal one
+    primary, nothing lost, nobody diverged."""
+    result, _ = await _run(spare_runner, quorum_lost_mid_switchover(TTL_S))
+    assert_invariants(result, spare_runner)
+    assert result.lost == 0, f"{summary(result)}\n{spare_runner.cluster.logs_tail(15)}"
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_replicas_deaf_to_the_dcs_when_the_primary_dies_keep_one_primary(
+    spare_runner: Runner, run: int
+) -> None:
+    """etcd's answers to both replicas dropped (their requests are applied unanswered), then
+    the primary's host killed: whatever a replica's unanswered acquire did, at most one
+    member takes writes, and the cluster converges after the heal."""
+    result, _ = await _run(spare_runner, replicas_deaf_then_primary_killed(TTL_S))
+    assert_invariants(result, spare_runner)
