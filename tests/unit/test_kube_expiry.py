@@ -179,3 +179,20 @@ def test_an_absence_older_than_what_was_seen_forgets_nothing() -> None:
     clock.advance(1)
     assert not expiry.note("leader@l", "15", 15, clock.monotonic())
     assert expiry.is_expired("leader@l", 15, start + TTL_S)
+
+
+def test_a_write_dated_from_the_writers_gap_keeps_a_later_clock_a_renewal_restarted() -> None:
+    """The leader's record: its clock restarted by a renewal seen at +4 s; its next write (1 s
+    after the one before, on its clock) seen late at +5 s starts no earlier than +4 s."""
+    clock, expiry = FakeClock(), ObservedExpiry(TTL_S)
+    start = clock.monotonic()
+    assert expiry.note("members/x", "r0", 3, start, written=("i", 10.0))
+    clock.advance(4.0)
+    assert expiry.note("leader@l", "7", 7, clock.monotonic(), vouches="members/x")
+    clock.advance(1.0)
+    assert expiry.note("members/x", "r1", 8, clock.monotonic(), written=("i", 11.0))
+    assert expiry.age_s("members/x", clock.monotonic()) == 1.0
+    # Without a renewal: dated from our sight of r1 plus the writer's 0.5 s.
+    clock.advance(3.0)
+    assert expiry.note("members/x", "r2", 9, clock.monotonic(), written=("i", 11.5))
+    assert expiry.age_s("members/x", clock.monotonic()) == 2.5

@@ -17,7 +17,7 @@ from agent.dcs.base import DcsUnavailable
 from agent.dcs.kubernetes.api import Response
 from agent.dcs.kubernetes.expiry import ObservedExpiry
 from agent.dcs.kubernetes.members import MemberRecords
-from agent.dcs.kubernetes.objects import KubeObject, member_patch
+from agent.dcs.kubernetes.objects import KubeObject, member_patch, written_stamp
 from agent.dcs.kubernetes.throttle import ThrottleState
 from agent.model import PgState, Role
 from tests.contract.dcs_contract import member
@@ -108,12 +108,25 @@ async def test_a_synchronous_standby_heartbeats_while_throttled() -> None:
     assert api.patches == 2
 
 
-def pod(name: str, heartbeat: str, *, vouching: bool = True, rv: int = 1) -> KubeObject:
-    """A member pod as the API server returns it after `name`'s agent wrote its record
-    (`vouching=False`: by an agent from before the lock vouched for the leader's record)."""
-    meta = member_patch("c", name, member(name).to_json(), heartbeat=heartbeat)["metadata"]
+def pod(
+    name: str,
+    heartbeat: str,
+    *,
+    vouching: bool = True,
+    rv: int = 1,
+    written_at: float = 0.0,
+    instance: str = "i1",
+) -> KubeObject:
+    """A member pod as the API server returns it after `name`'s agent wrote its record at
+    `written_at` on its own monotonic clock (`vouching=False`: by an agent from before the
+    lock vouched for the leader's record, and before records said when they were written)."""
+    record = member(name).to_json()
+    meta = member_patch("c", name, record, heartbeat=heartbeat, written=(instance, written_at))[
+        "metadata"
+    ]
     if not vouching:
         del meta["annotations"]["pgwarden.io/lock-vouches"]
+        del meta["annotations"]["pgwarden.io/written"]
     return {"metadata": {**meta, "name": name, "resourceVersion": str(rv)}}
 
 
@@ -213,3 +226,44 @@ async def test_after_a_failed_write_the_leader_is_behind_and_heartbeats_until_on
     renewed_at = clock.monotonic() - 0.1
     await handle.publish(member("a"))
     assert api.patches == 3  # a write went through: renewals vouch again
+
+
+def test_a_write_seen_late_is_timed_from_about_when_it_was_made() -> None:
+    """This observer's pods stream died without a word just before p's last heartbeat (1 s
+    after the one before, on p's clock); the cache is found quiet and the server read 5 s
+    later: p, dead since that write, goes a ttl after it, not a ttl after this first sight
+    (it lingered up to about 2 ttl). A live member is never dated before its write."""
+    clock = FakeClock()
+    handle, _ = records(clock)
+    start = clock.monotonic()
+    assert live_names(handle, [pod("p", "t0", rv=3, written_at=50.0)], start) == ["p"]
+    clock.advance(5.0)
+    late = [pod("p", "t1", rv=4, written_at=51.0)]  # written at start + 1 s
+    assert live_names(handle, late, clock.monotonic()) == ["p"]
+    clock.advance(TTL_S - 5.0 + 1.0 - 0.1)
+    assert live_names(handle, late, clock.monotonic()) == ["p"]
+    clock.advance(0.1)
+    assert live_names(handle, late, clock.monotonic()) == [], "p lives on past a ttl"
+
+
+def test_a_write_is_dated_only_against_an_earlier_write_of_the_same_agent() -> None:
+    """Another agent instance (p restarted), an older agent's write (no stamp, or a stamp
+    left from before with another heartbeat) or a stamp that went backwards: timed from
+    first sight, as before."""
+    clock = FakeClock()
+    for late in (
+        pod("p", "t1", rv=4, written_at=51.0, instance="i2"),
+        pod("p", "t1", rv=4, vouching=False),
+        pod("p", "t1", rv=4, written_at=49.0),
+    ):
+        handle, _ = records(clock)
+        start = clock.monotonic()
+        assert live_names(handle, [pod("p", "t0", rv=3, written_at=50.0)], start) == ["p"]
+        clock.advance(5.0)
+        assert live_names(handle, [late], clock.monotonic()) == ["p"]
+        clock.advance(TTL_S - 0.1)
+        assert live_names(handle, [late], clock.monotonic()) == ["p"], late
+        clock.advance(1.0)
+    stale = pod("p", "t2", rv=5, written_at=60.0)
+    stale["metadata"]["annotations"]["pgwarden.io/heartbeat"] = "t3"  # an older agent's write
+    assert written_stamp(stale) is None

@@ -26,10 +26,11 @@ takers cannot both win. Pods do not expire, so a member also writes a heartbeat 
 at the default timings; its next write lands inside the ttl even a cycle late; deferred while
 the server throttles: `members.py`), and a
 member whose record and heartbeat have not changed for `ttl_s` is dropped from the view, as
-its key would expire in etcd: a dead agent's record must not look like a healthy replica.
-The leader does not heartbeat while it renews: each renewal an observer sees restarts the
-clock of the member record the lock names too (`expiry.py`, `members.py`), so its record
-goes one ttl after its last renewal, as the lock does. The
+its key would expire in etcd: a dead agent's record must not look like a healthy replica
+(a write seen late, over a watch that died without a word, is timed from about when it was
+made: `expiry.py` `written`). The leader does not heartbeat while it renews: each renewal
+an observer sees restarts the clock of the member record the lock names too (`expiry.py`,
+`members.py`), so its record goes one ttl after its last renewal, as the lock does. The
 holder's own lease is judged from the send time of its last successful renewal: past `ttl_s`,
 `renew_leader` answers False without writing.
 

@@ -25,6 +25,11 @@ only by an observation at least as new as the one that showed it (`rv`), so a ca
 next read from the server, which would give it a fresh ttl each time (member records: the
 lists a handle evaluates, watches' caches and server reads, are complete as of at least the
 newest resourceVersion of the pods they show).
+
+A member record written by the same agent instance as the one seen before it (`written`)
+starts its clock no later than our first sight of it, and otherwise at our sight of that one
+plus the time between the two writes on the writer's own clock (`_dated`): a write seen late
+(a pods stream that died without a word) is timed from about when it was made.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from dataclasses import dataclass
 class _Seen:
     token: str
     rv: int
-    first_seen: float  # monotonic, when `token` was first seen
+    first_seen: float  # monotonic: its clock starts here (first seen, or dated: `written`)
+    seen_at: float  # monotonic, when `token` was first seen
+    written: tuple[str, float] | None = None  # (writer instance, its monotonic at the write)
     source: str = ""  # the object carrying the record (a pod name), if any
     expiry_told: bool = False
 
@@ -60,10 +67,12 @@ class ObservedExpiry:
         *,
         source: str = "",
         vouches: str | None = None,
+        written: tuple[str, float] | None = None,
     ) -> bool:
         """Remember what we saw of a record at `now` (carried by the object `source`);
         True while it is not expired. `vouches`: the key of the member record this one (a
-        lock object's leader record) names; a new token here restarts that one's clock."""
+        lock object's leader record) names; a new token here restarts that one's clock.
+        `written`: the writer's instance and monotonic clock at the write (see `_dated`)."""
         gone = self._gone.get(key)
         if gone is not None:
             if rv <= gone:
@@ -71,7 +80,9 @@ class ObservedExpiry:
             del self._gone[key]
         seen = self._seen.get(key)
         if seen is None or (seen.token != token and rv >= seen.rv):
-            self._seen[key] = seen = _Seen(token=token, rv=rv, first_seen=now)
+            first = now if seen is None else _dated(seen, written, now)
+            seen = _Seen(token=token, rv=rv, first_seen=first, seen_at=now, written=written)
+            self._seen[key] = seen
             vouched = self._seen.get(vouches) if vouches is not None else None
             if vouched is not None and vouched.first_seen < now:
                 vouched.first_seen = now
@@ -128,3 +139,22 @@ class ObservedExpiry:
         """When the next record not yet reported expires, if nothing renews it."""
         pending = [s.first_seen + self._ttl_s for s in self._seen.values() if not s.expiry_told]
         return min(pending) if pending else None
+
+
+def _dated(before: _Seen, written: tuple[str, float] | None, now: float) -> float:
+    """When the clock of a record's new token starts, first seen at `now`: no later than
+    that, and, if one agent instance wrote both it and the token `before`, at our first sight
+    of that one plus the time between the two writes on the writer's own clock (a difference
+    on one clock, never compared with ours): a write seen late (a pods stream that died
+    without a word, found quiet seconds later) is timed from about when it was made, so a
+    member that died after it goes a ttl after its last write, not after our first sight of
+    it. Never earlier than our sight of the write before plus the writer's own gap (so never
+    before the write itself), nor than a clock a lock's renewal restarted (`vouches`). One
+    step only (from our sight of the last token seen, not from a dated one): the two clocks'
+    rates may differ by a few hundred parts per million, which must not add up."""
+    if written is None or before.written is None or written[0] != before.written[0]:
+        return now
+    gap_s = written[1] - before.written[1]
+    if gap_s <= 0:
+        return now
+    return min(now, max(before.seen_at + gap_s, before.first_seen))

@@ -29,6 +29,7 @@ did before renewals vouched (review hreview3 finding 3).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ from agent.dcs.kubernetes.objects import (
     name_of,
     resource_version,
     to_bytes,
+    written_stamp,
 )
 from agent.dcs.kubernetes.throttle import ThrottleState
 from agent.model import Member
@@ -89,6 +91,7 @@ class MemberRecords:
         self._vouched = False
         self.in_sync_set = False  # named in the `sync` record of the last view read
         self.behind = False  # the last write of our record failed (see the module docstring)
+        self._instance = secrets.token_hex(4)  # our writes' `written` stamps (expiry.py)
 
     @property
     def _throttle(self) -> ThrottleState:
@@ -102,11 +105,14 @@ class MemberRecords:
         if self._waits(payload, now):
             return None
         heartbeat = micro_time(self._clock.wall())
+        written = (self._instance, self._clock.monotonic())
         self.behind = True  # until this write is known to have gone through
         response = await self._api.call(
             "PATCH",
             self._pod_path,
-            body=member_patch(self._cluster, self._member, payload, heartbeat=heartbeat),
+            body=member_patch(
+                self._cluster, self._member, payload, heartbeat=heartbeat, written=written
+            ),
             content_type="application/merge-patch+json",
             resend=False,  # a 429: the next cycle sends the newest record
         )
@@ -155,7 +161,8 @@ class MemberRecords:
                 mine = value
             else:
                 vouching = vouching and lets_lock_vouch(pod)
-            fresh = self._expiry.note(key, token, resource_version(pod), now, source=name_of(pod))
+            rv, written = resource_version(pod), written_stamp(pod)
+            fresh = self._expiry.note(key, token, rv, now, source=name_of(pod), written=written)
             if fresh:
                 items.append((key, to_bytes(value), hash_version(value)))
                 live_peers += not ours

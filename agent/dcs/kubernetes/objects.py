@@ -26,6 +26,11 @@ HEARTBEAT_ANNOTATION = "pgwarden.io/heartbeat"
 # record (expiry.py), set to the heartbeat written with it: an older agent's write sets the
 # heartbeat alone, so its pod no longer shows the two equal.
 VOUCHES_ANNOTATION = "pgwarden.io/lock-vouches"
+# Written with each member record: "<heartbeat> <agent instance> <its monotonic seconds>" at
+# the write, so that an observer dates a write it saw late from the time between two writes
+# of one agent on that agent's own clock (expiry.py `written`); ignored unless its heartbeat
+# is the one written with the record (an older agent's write changes the heartbeat alone).
+WRITTEN_ANNOTATION = "pgwarden.io/written"
 # On a lock object: its holder got a 429 lately (throttle.py `told`).
 THROTTLED_ANNOTATION = "pgwarden.io/throttled"
 # On a lock object: its holder's last write of its member record failed (members.py
@@ -124,8 +129,12 @@ def cluster_selector(labels: Mapping[str, str], cluster: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
-def member_patch(cluster: str, member: str, record: str, *, heartbeat: str) -> KubeObject:
-    """The merge patch that puts a member record (and its heartbeat) on the member's pod."""
+def member_patch(
+    cluster: str, member: str, record: str, *, heartbeat: str, written: tuple[str, float]
+) -> KubeObject:
+    """The merge patch that puts a member record (and its heartbeat) on the member's pod;
+    `written`: this agent's instance and its monotonic clock at the write."""
+    instance, at = written
     return {
         "metadata": {
             "labels": {CLUSTER_LABEL: cluster},
@@ -134,9 +143,24 @@ def member_patch(cluster: str, member: str, record: str, *, heartbeat: str) -> K
                 MEMBER_NAME_ANNOTATION: member,
                 HEARTBEAT_ANNOTATION: heartbeat,
                 VOUCHES_ANNOTATION: heartbeat,
+                WRITTEN_ANNOTATION: f"{heartbeat} {instance} {at:.3f}",
             },
         }
     }
+
+
+def written_stamp(pod: Mapping[str, Any]) -> tuple[str, float] | None:
+    """(agent instance, its monotonic seconds) when the record on `pod` was written, if the
+    agent that wrote it said so with it (`WRITTEN_ANNOTATION`)."""
+    notes = annotations_of(pod)
+    parts = notes.get(WRITTEN_ANNOTATION, "").split(" ")
+    if len(parts) != 3 or parts[0] != notes.get(HEARTBEAT_ANNOTATION):
+        return None
+    try:
+        at = float(parts[2])
+    except ValueError:
+        return None
+    return (parts[1], at) if math.isfinite(at) else None
 
 
 def member_entry(pod: Mapping[str, Any]) -> tuple[str, str, str] | None:

@@ -53,6 +53,7 @@ from agent.dcs.kubernetes.objects import (
     resource_version,
     to_bytes,
     vouched_record,
+    written_stamp,
 )
 from agent.dcs.kubernetes.records import ConfigRecords, loud_signature
 
@@ -360,7 +361,8 @@ class ClusterWatches:
             return self._tracker.member_changed(pod, None)
         name, value, token = entry
         now = self._clock.monotonic()
-        self._expiry.note(keys.member_key(name), token, resource_version(obj), now, source=pod)
+        rv, written = resource_version(obj), written_stamp(obj)
+        self._expiry.note(keys.member_key(name), token, rv, now, source=pod, written=written)
         # A heartbeat (new WAL positions only) does not count.
         return self._tracker.member_changed(pod, keys.member_signature(to_bytes(value)))
 

@@ -172,6 +172,40 @@ async def test_a_member_record_expires_on_cached_objects_only_once_the_server_sh
     assert "a" not in names
 
 
+async def test_a_member_dead_behind_a_silently_dead_pods_stream_goes_a_ttl_after_its_write(
+    cluster: KubeContractCluster,
+) -> None:
+    """b's pods stream dies without a word just before p's last write, and p dies: b learns
+    of that write from the server only once its cache is found quiet (a heartbeat period, a
+    cycle and a request timeout after the stream's last event), yet p goes from b's view a
+    ttl after that write, not a ttl after b first saw it (up to about 2 ttl before)."""
+    a, b, p = (cluster.make_kube(name, timeout_s=0.5) for name in ("a", "b", "p"))
+    for handle, name in ((a, "a"), (b, "b"), (p, "p")):
+        await handle.publish_member(member(name))
+    assert await a.acquire_leader()
+    await b.get_cluster()
+    assert await b.wait_for_change(0.3) is False  # starts the watches
+    await p.publish_member(member("p", wal_lsn=1))  # seen at once over b's stream
+    await asyncio.sleep(0.2)
+    assert (await b.get_cluster()).member("p") is not None
+    assert cluster.server.stall_watches(f"/api/v1/namespaces/{NAMESPACE}/pods") >= 1
+    await p.publish_member(member("p", wal_lsn=2))  # p's last write: then p dies
+    last = time.monotonic()
+    gone_at = None
+    while time.monotonic() < last + 2 * cluster.ttl_s:  # a renews; b reads, writes nothing
+        assert await a.renew_leader()
+        seen = (await b.get_cluster()).member("p")
+        if seen is None:
+            gone_at = gone_at or time.monotonic()
+        else:
+            assert gone_at is None, "p came back"
+            assert seen.wal_lsn in (1, 2)
+        await asyncio.sleep(0.1)
+    assert gone_at is not None
+    assert gone_at - last < cluster.ttl_s + cluster.expiry_slack_s, "p lingered"
+    assert gone_at - last > cluster.ttl_s - cluster.expiry_slack_s, "p went early"
+
+
 async def test_after_a_failed_request_the_next_read_goes_to_the_server(
     cluster: KubeContractCluster,
 ) -> None:
