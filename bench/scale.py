@@ -237,6 +237,7 @@ async def idle_window(
         "latency": latency,
         "lost": sum(r["lost"] for r in reports),
         "lost_at": sorted(x for r in reports for x in r["lost_at"]),
+        "lost_why": dict(sum((Counter(r["lost_why"]) for r in reports), Counter())),
         "late": sum(r["late"] for r in reports),
         "taken": sum(r["taken"] for r in reports),
         "both": sum(r["both"] for r in reports),
@@ -299,6 +300,12 @@ def verb_ms(rows: list[dict[str, Any]], verb: str, q: float) -> str:
     return f"{1000 * statistics.median(values):.1f}" if values else "-"
 
 
+def why_text(rows: list[dict[str, Any]]) -> str:
+    """Why the live leaderships were lost, over the runs (bench/scale_members.py)."""
+    why = sum((Counter(r.get("lost_why", {})) for r in rows), Counter())
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(why.items())) or "-"
+
+
 def print_tables(results: dict[int, list[dict[str, Any]]]) -> None:
     print(
         "| clusters | runs | led | requests/s | per member | open watches | server CPU "
@@ -327,7 +334,8 @@ def print_tables(results: dict[int, list[dict[str, Any]]]) -> None:
             fifths = Counter(min(4, int(5 * x / rows[0]["elapsed"])) for x in lost_at)
             print(
                 f"{clusters} clusters: live leaderships lost by fifth of the window "
-                f"{[fifths[i] for i in range(5)]}; renewals that went through only after the "
+                f"{[fifths[i] for i in range(5)]} ({why_text(rows)}); renewals that went through "
+                "only after the "
                 f"fencing deadline (fenced meanwhile, not counted as lost): "
                 f"{sum(r['late'] for r in rows)}"
             )

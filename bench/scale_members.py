@@ -14,7 +14,8 @@ It prints JSON lines on stdout and takes commands on stdin, one a line:
     (printed once)  {"event": "converged", "clusters": N, "led": N}
     measure   -> {"event": "measuring"}     start counting (latencies, leadership changes)
     report    -> {"event": "report", ...}   latencies by verb, leaderships lost by live
-                                            members (and when), renewals that went through
+                                            members (when, and why: fenced or refused),
+                                            renewals that went through
                                             only after the fencing deadline of the one
                                             before ("late": the agent's fencer stopped
                                             PostgreSQL meanwhile), leaderships taken, 429s
@@ -74,6 +75,9 @@ class Stats:
         self.started = time.monotonic()
         self.lost = 0  # a live member stopped leading (fenced or refused renewal)
         self.lost_at: list[float] = []  # seconds since `measure` of each such loss
+        # Why: "fenced" (no renewal went through before the fencing deadline) or "refused"
+        # (a renewal answered that the lock was taken, or changed on every attempt).
+        self.lost_why: dict[str, int] = defaultdict(int)
         # A renewal that went through only after the fencing deadline of the one before: the
         # agent's fencer stopped PostgreSQL meanwhile, though the member leads on (not `lost`).
         self.late = 0
@@ -157,7 +161,7 @@ class SimMember:
     def leading(self) -> bool:
         return self.sent is not None and time.monotonic() < TIMING.fence_deadline(self.sent)
 
-    def _set(self, sent: float | None) -> None:
+    def _set(self, sent: float | None, why: str = "") -> None:
         if self.sent is None and sent is not None:
             STATS.taken += 1
             # Two leaders at once, each on its own fencing clock (the one clock of this
@@ -170,11 +174,12 @@ class SimMember:
         if self.sent is not None and sent is None and self.alive:
             STATS.lost += 1
             STATS.lost_at.append(time.monotonic() - STATS.started)
+            STATS.lost_why[why] += 1
         self.sent = sent
 
     async def cycle(self) -> None:
         if self.sent is not None and not self.leading:
-            self._set(None)  # fenced
+            self._set(None, "fenced")
         try:
             view = await self.dcs.get_cluster()
         except DcsUnavailable:
@@ -189,7 +194,7 @@ class SimMember:
                 renewed = await self.dcs.renew_leader()
                 if renewed and time.monotonic() >= TIMING.fence_deadline(before) and self.alive:
                     STATS.late += 1
-                self._set(sent if renewed else None)
+                self._set(sent if renewed else None, "refused")
         except DcsThrottled as exc:  # as agent/executor.py: after its Retry-After
             self.retry_in = exc.retry_after_s if exc.retry_after_s is not None else 0.0
         except DcsUnavailable:  # at once, or after RENEW_RETRY_PAUSE_S if it failed fast
@@ -290,6 +295,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     latency=STATS.latency,
                     lost=STATS.lost,
                     lost_at=STATS.lost_at,
+                    lost_why=STATS.lost_why,
                     late=STATS.late,
                     taken=STATS.taken,
                     both=STATS.both,
