@@ -240,7 +240,7 @@ class KubeApi:
         wait_s = self.throttle.renewals.wait_s(send_by)
         if wait_s is None:
             raise Throttled(f"kubernetes: {method} {path}: throttled (429), too late to send")
-        if wait_s > self._timeout_s - _SEND_ROOM_S:
+        if wait_s > self._timeout_s / 2:  # the loop comes back then: the send keeps its room
             raise Throttled(f"kubernetes: {method} {path}: throttled (429)", retry_after_s=wait_s)
         await asyncio.sleep(wait_s)
 

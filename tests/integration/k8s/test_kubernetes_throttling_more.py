@@ -299,3 +299,41 @@ async def test_a_renewal_refused_near_its_fencing_deadline_is_sent_by_it_not_by_
     puts = [t - wall_offset for t in lease_puts(server, sent_at + wall_offset)]
     assert max(puts) <= deadline - 0.25 + 0.05, "a renewal was sent after its last moment"
     assert len(puts) <= 3 + URGENT_SENDS + 4, f"{len(puts)} sends of one renewal"
+
+
+async def test_a_renewal_called_again_long_before_its_planned_send_sends_nothing_and_says_when(
+    cluster: KubeContractCluster,
+) -> None:
+    """A renewal refused twice early in its lease period hands its next send to the HA loop
+    (Throttled, with the Retry-After to wait). The loop may call again much sooner (woken
+    by a change on its watches): that call sends nothing and names what is left of the
+    wait, rather than waiting most of its own deadline out and sending with no room left
+    for the answer (a call cut by its deadline counts as a failed request, not a 429)."""
+    server = cluster.server
+    cluster.ensure_pod("a")
+    dcs = KubernetesDcs(
+        client_factory=url_factory(server.url),
+        namespace=NAMESPACE,
+        cluster=cluster.cluster,
+        member_name="a",
+        ttl_s=6.0,
+        timeout_s=0.9 * 1.5,
+        loop_wait_s=2.0,
+        lock=LockKind.LEASE,
+        labels=APP_LABELS,
+    )
+    cluster.handles.append(dcs)
+    assert await dcs.acquire_leader()
+    server.faults.set(lease_puts_refused(count=2))
+    with pytest.raises(Throttled) as first:
+        await dcs.renew_leader()
+    assert server.faults.active is None, "the two 429s did not both go to the renewal"
+    assert first.value.retry_after_s is not None and first.value.retry_after_s >= 1.0
+    wall = time.time()
+    with pytest.raises(Throttled) as again:
+        await dcs.renew_leader()
+    assert lease_puts(server, wall) == [], "sent long before its planned time"
+    left_s = again.value.retry_after_s
+    assert left_s is not None and 0.5 < left_s <= first.value.retry_after_s
+    await asyncio.sleep(left_s)
+    assert await dcs.renew_leader()
