@@ -26,7 +26,7 @@ import structlog
 from agent.api.errors import ApiError
 from agent.api.operations import reject_unknown_fields
 from agent.clock import Clock
-from agent.http.server import App, Request, Response, json_response
+from agent.http.routing import App, Request, Response, json_response
 from agent.model import AgentStatus, PgState, Role
 from agent.postgres import pgbackrest
 from agent.postgres.osfiles import PostgresError

@@ -14,7 +14,7 @@ from agent.api.errors import ApiError
 from agent.api.views import Json
 from agent.config import ApiSettings
 from agent.dcs.base import DcsUnavailable
-from agent.http.server import Handler, HttpError, Middleware, Request, Response, json_response
+from agent.http.routing import Handler, HttpError, Middleware, Request, Response, json_response
 
 # The logger name the API has always logged under (split from server.py).
 _log = structlog.get_logger("agent.api.server")

@@ -30,7 +30,7 @@ from agent.api.views import Json, config_body, iso_utc, restart_body
 from agent.clock import Clock
 from agent.config import Settings
 from agent.dcs.base import Dcs
-from agent.http.server import Handler, Request, Response
+from agent.http.routing import Handler, Request, Response
 from agent.model import (
     AgentStatus,
     ClusterView,

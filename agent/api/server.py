@@ -36,7 +36,8 @@ from agent.api.views import (
 from agent.clock import Clock
 from agent.config import ApiSettings, Settings
 from agent.dcs.base import Dcs
-from agent.http.server import App, Handler, HttpServer, Limits, Request, Response
+from agent.http.routing import App, Handler, Request, Response
+from agent.http.server import HttpServer, Limits
 from agent.model import (
     AgentStatus,
     ClusterView,
@@ -125,7 +126,7 @@ def build_app(
     clock: Clock,
     validator: ConfigValidator | None = None,
 ) -> App:
-    """The API as an application of agent/http/server.py. `status` returns the latest
+    """The API as an application (agent/http/routing.py). `status` returns the latest
     published AgentStatus (called once per request, never blocks); `dcs` is used only for a
     fresh read and compare-and-set writes of operator requests; `requests` receives local
     requests."""

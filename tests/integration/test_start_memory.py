@@ -48,7 +48,8 @@ import asyncio, json, ssl, sys
 from agent.__main__ import load_runtime
 load_runtime()
 from agent.clock import FakeClock
-from agent.http.server import App, HttpServer, Request, Response, json_response
+from agent.http.routing import App, Request, Response, json_response
+from agent.http.server import HttpServer
 from agent.config import ApiSettings, DcsKind, DcsSettings, EtcdSettings, PostgresSettings
 from agent.config import Secret, Settings
 from agent.model import Member, MemberName, PgState, Role

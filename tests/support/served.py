@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from agent.http.server import App, HttpServer, Limits
+from agent.http.routing import App
+from agent.http.server import HttpServer, Limits
 
 
 class Served:

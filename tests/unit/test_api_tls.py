@@ -30,7 +30,7 @@ from agent.config import (
     Secret,
     Settings,
 )
-from agent.http.server import App, Request, Response, json_response
+from agent.http.routing import App, Request, Response, json_response
 from agent.model import Member, MemberName, PgState, Role
 from agent.peers import HttpPeers
 from tests.support.ports import free_port

@@ -16,7 +16,8 @@ import pytest
 
 from agent.api.tls import server_context
 from agent.api_settings import ApiTlsSettings, ClientVerify
-from agent.http.server import App, Headers, HttpServer, Limits, Request, Response, json_response
+from agent.http.routing import App, Headers, Request, Response, json_response
+from agent.http.server import HttpServer, Limits
 from tests.support.tls import ClusterPki
 
 FAST = Limits(max_head_bytes=1024, read_timeout_s=0.5, idle_timeout_s=5.0, shutdown_timeout_s=0.5)

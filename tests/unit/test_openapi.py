@@ -10,7 +10,7 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs installed
 from agent.api import openapi, openapi_schemas
 from agent.api.server import build_app
 from agent.clock import FakeClock
-from agent.http.server import App
+from agent.http.routing import App
 from agent.metrics import Metrics
 from tests.unit.api_harness import (
     Backend,

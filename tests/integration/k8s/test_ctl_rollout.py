@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from agent import ctl
-from agent.http.server import App, HttpServer, Request, Response, json_response
+from agent.http.routing import App, Request, Response, json_response
+from agent.http.server import HttpServer
 from agent.rollout import REVISION_LABEL
 from tests.k8s_apiserver import KubeApiServer
 from tests.k8s_apiserver.errors import ApiError
