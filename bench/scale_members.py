@@ -48,7 +48,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,6 +56,7 @@ from agent.config import LockKind
 from agent.dcs.base import DcsThrottled, DcsUnavailable
 from agent.dcs.kubernetes import KubernetesDcs
 from agent.executor import RENEW_RETRY_PAUSE_S
+from agent.http.client import HttpResponse
 from agent.kube.client import KubeClient
 from agent.model import Member, MemberName, PgState, Role
 from agent.settings import Timing
@@ -109,7 +109,7 @@ def verb(method: str, query: Sequence[tuple[str, str]]) -> str:
 class TimedClient(KubeClient):
     """The agent's client, timing each request to its response headers."""
 
-    async def call_api(self, path: str, method: str, **kwargs: Any) -> aiohttp.ClientResponse:
+    async def call_api(self, path: str, method: str, **kwargs: Any) -> HttpResponse:
         started = time.monotonic()
         response = await super().call_api(path, method, **kwargs)
         query: Sequence[tuple[str, str]] = kwargs.get("query_params") or ()
