@@ -166,6 +166,18 @@ def spare_sync_runner(
 
 
 @pytest.fixture(scope="module")
+def spare_k8s_runner(
+    chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
+) -> Iterator[Runner]:
+    """The Kubernetes DCS (lock endpoints), asynchronous, one spare host (`s1`); names get
+    " [k8s]"."""
+    with _running(
+        chaos_results, pg=pg_install, dcs="kubernetes", spare_hosts=1, suffix=" [k8s]"
+    ) as chaos:
+        yield chaos
+
+
+@pytest.fixture(scope="module")
 def k8s_stepped_runner(
     chaos_support: None, chaos_results: list[ScenarioResult], pg_install: PgInstall
 ) -> Iterator[Runner]:

@@ -101,6 +101,14 @@ async def test_a_second_agent_with_the_primarys_name_refuses_to_start(
 
 
 @pytest.mark.parametrize("run", range(RUNS))
+async def test_a_second_agent_with_the_primarys_name_refuses_to_start_k8s(
+    spare_k8s_runner: Runner, run: int
+) -> None:
+    """The same with the Kubernetes DCS: the member record is the real pod's annotation."""
+    await _duplicate(spare_k8s_runner, "primary")
+
+
+@pytest.mark.parametrize("run", range(RUNS))
 async def test_a_second_agent_with_the_sync_standbys_name_refuses_to_start(
     spare_sync_runner: Runner, run: int
 ) -> None:
