@@ -151,15 +151,17 @@ def _when_leader_is_standby(
     (a long action of its own; `memory.pre_promoted` says it passed). A veto hands the lease
     back at once, so that another member may take over."""
     view = obs.cluster
-    refusal = sync_refusal(view, settings.name, None, check_quorum=False) if view else None
-    if memory.lease_sent_at is None and refusal is not None:
-        # A key we did not take in this run (an agent restarted between acquire and promote
-        # finds itself named, and the record names it too): a key naming us over a standby
-        # outside the synchronous set was not won by a race we ran. A DCS restored from a
-        # backup, or a second agent under our name (chaos finding 26): promoting it would
-        # lose what the set acknowledged. Handed back; the race decides.
+    if memory.lease_sent_at is None:
+        # A key we did not take in this run: an agent restarted between its acquire and its
+        # promote, or a key that no race of ours won (a DCS restored from a backup, a second
+        # agent under our name: chaos finding 26), over a standby that may be behind or
+        # outside the synchronous set. Handed back; the race decides, with its checks.
+        refusal = sync_refusal(view, settings.name, None, check_quorum=False) if view else None
+        why = f"we are {refusal}" if refusal else "no race of ours won it"
         return decided(
-            memory, f"the leader key names us, but we are {refusal}: releasing it", ReleaseLeader()
+            memory,
+            f"the leader key names us over a standby, but {why}: releasing it",
+            ReleaseLeader(),
         )
     if promotion_vetoed(memory, obs.now, settings):
         return decided(

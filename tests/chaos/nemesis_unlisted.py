@@ -341,7 +341,7 @@ class RolledBack:
         )
         self.named.append(name)
         return Injected(
-            description=f"the leader key rewritten to name {name} (asynchronous replica; "
+            description=f"the leader key rewritten to name {name} (a replica outside the set; "
             f"primary {cluster.members[primary].name}, synchronous standby "
             f"{'none' if standby is None else cluster.members[standby].name})",
             instants=(at,),

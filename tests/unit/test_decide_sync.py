@@ -575,18 +575,20 @@ def test_a_restarted_leader_covers_a_value_a_failed_change_left_in_the_files() -
     assert steps and steps[-1].record.members == ("b",)
 
 
-def test_a_key_naming_us_over_a_standby_outside_the_set_is_handed_back_not_promoted() -> None:
+def test_a_key_naming_us_over_a_standby_that_no_race_of_ours_won_is_handed_back() -> None:
     """Chaos finding 26: the leader key names this member (a DCS restored from a backup, a
-    second agent under its name) while it runs a standby and the synchronous set is another
-    member; it did not win a race in this run (no lease sent): promoting would lose what the
-    set acknowledged. Once named in the set (an agent restarted between its acquire and its
-    promote), it promotes as before."""
+    second agent under its name) while it runs a standby, and it took no lease in this run:
+    promoting would skip every check of the race (the synchronous set, the position, the lag
+    limit). It hands the key back, in the set or not, synchronous or not (an agent restarted
+    between its acquire and its promote then wins the race again); a lease taken in this
+    run promotes as before."""
+    for cluster in (
+        sync_view("a", member("a"), B, record=rec("z", "b")),  # outside the set
+        sync_view("a", member("a"), B, record=rec("z", "a")),  # named in it
+        view("a", member("a"), B),  # asynchronous
+    ):
+        decision, _ = decide(obs(cluster, REPLICA), Memory(), A)
+        assert decision.actions == (ReleaseLeader(),), cluster.sync
     outside = sync_view("a", member("a"), B, record=rec("z", "b"))
-    decision, _ = decide(obs(outside, REPLICA), Memory(), A)
-    assert decision.actions == (ReleaseLeader(),)
-    named = sync_view("a", member("a"), B, record=rec("z", "a"))
-    decision, _ = decide(obs(named, REPLICA), Memory(), A)
-    assert kinds(decision) == [AcquireLeader, Promote]
-    # A lease taken in this run (the race checked the set then) promotes in any case.
     decision, _ = decide(obs(outside, REPLICA), LEASED, A)
     assert kinds(decision) == [RenewLeader, Promote]
