@@ -116,6 +116,9 @@ class FenceClient:
         self.grace_s = grace_s  # fast-shutdown time before SIGKILL (half the fence margin)
         self.external = external  # configured: never start a fencer
         self._process: asyncio.subprocess.Process | None = None
+        # Waits for our spawned fencer to exit, to replace it at once (`_watch`).
+        self._watch_task: asyncio.Task[None] | None = None
+        self._stopping = False
         # The deadline the fencer held at its last answer (None: disarmed or fenced): what a
         # fencer respawned after a death is armed with, never a later one.
         self._held: float | None = None
@@ -311,11 +314,37 @@ class FenceClient:
         while True:
             try:
                 await self._call_once("STATUS")
-                return
+                break
             except FenceUnavailable:
                 if loop.time() > give_up or self._process.returncode is not None:
                     raise
                 await asyncio.sleep(0.02)
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.create_task(self._watch(), name="fencer-watch")
+
+    async def _watch(self) -> None:
+        """Replace our spawned fencer the moment it exits (killed, OOM-killed, crashed),
+        armed with the deadline it held: waiting for the next call (the next renewal, up to
+        loop_wait_s later) left the primary unguarded meanwhile, and an agent that stalled
+        in that window would never be fenced (chaos, session 24's hunt)."""
+        while not self._stopping and self._process is not None:
+            process = self._process
+            await process.wait()
+            if self._stopping or process is not self._process:
+                continue  # stopped by us, or replaced meanwhile by a call's respawn
+            async with self._lock:
+                if self._stopping or process is not self._process:
+                    continue
+                held = self._held
+                _log.warning("fencer_respawned", held_s=_remaining(held), exit=process.returncode)
+                self._drop()
+                try:
+                    await self._spawn()
+                    if held is not None:
+                        await self._call_once(f"ARM {held:.6f}")
+                except (FenceUnavailable, OSError) as exc:
+                    _log.error("fencer_respawn_failed", error=repr(exc))
+                    return  # the next call tries again
 
     async def arm(self, deadline: float) -> FenceStatus:
         held = self._held
@@ -343,6 +372,7 @@ class FenceClient:
     async def stop(self) -> None:
         """Close the connection and ask our fencer to exit (only once disarmed: an armed
         fencer fences as it stops). An external fencer is not ours to stop."""
+        self._stopping = True
         self._drop()
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -350,6 +380,10 @@ class FenceClient:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self._process.wait()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -430,3 +430,41 @@ def replicas_deaf_then_primary_killed(ttl_s: float) -> Nemesis:
         hold_s=ttl_s + 3.0,
         quick=False,
     )
+
+
+# -------------------------------------------------------------------- fencer killed, agent frozen
+
+# How long after the fencer's death the agent freezes: less than the loop's pause between
+# renewals (loop_wait_s 1 here), so that the next renewal's call does not replace it first.
+FENCER_KILLED_FREEZE_AFTER_S = 0.5
+
+
+async def _fencer_killed_then_agent_frozen(cluster: ChaosCluster, primary: int) -> Injected:
+    """SIGKILL of the primary's fencer, then SIGSTOP of its agent 0.5 s later (two faults; a
+    node in trouble): only a fencer replaced in between stops PostgreSQL at the deadline."""
+    member = cluster.members[primary]
+    at = time.monotonic()
+    killed = fencer_pids(cluster, primary)
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(FENCER_KILLED_FREEZE_AFTER_S)
+    frozen = time.monotonic()
+    member.agent.signal(signal.SIGSTOP)
+    return Injected(
+        description=f"the fencer of {member.name} (primary) SIGKILLed {killed}, its agent "
+        f"SIGSTOPped {FENCER_KILLED_FREEZE_AFTER_S:g} s later (fencers then: "
+        f"{fencer_pids(cluster, primary)})",
+        instants=(at, frozen),
+    )
+
+
+def fencer_killed_then_agent_frozen(ttl_s: float) -> Nemesis:
+    return Nemesis(
+        name="primary-fencer-killed-then-agent-frozen",
+        script=_fencer_killed_then_agent_frozen,
+        hold_s=ttl_s + 3.0,
+        faults=2,
+        must_not_lose=True,
+        quick=False,
+    )

@@ -27,6 +27,7 @@ from tests.chaos.nemesis_unlisted import (
     DuplicateName,
     duplicate_name,
     fencer_frozen,
+    fencer_killed_then_agent_frozen,
     killed_mid_switchover,
     leader_key_rolled_back,
     quorum_lost_mid_switchover,
@@ -240,3 +241,17 @@ async def test_replicas_deaf_to_the_dcs_when_the_primary_dies_keep_one_primary(
     member takes writes, and the cluster converges after the heal."""
     result, _ = await _run(spare_runner, replicas_deaf_then_primary_killed(TTL_S))
     assert_invariants(result, spare_runner)
+
+
+@pytest.mark.parametrize("run", range(RUNS))
+async def test_a_fencer_killed_just_before_its_agent_freezes_is_replaced_in_time(
+    spare_runner: Runner, run: int
+) -> None:
+    """The primary's fencer SIGKILLed, its agent SIGSTOPped 0.5 s later, before its next
+    renewal: the fencer the agent replaced at once (not at its next call, which never comes)
+    stops PostgreSQL at the deadline: no split brain, nothing lost, a replica takes over."""
+    result, _ = await _run(spare_runner, fencer_killed_then_agent_frozen(TTL_S))
+    assert_invariants(result, spare_runner)
+    logs = f"{summary(result)}\n{spare_runner.cluster.logs_tail(15)}"
+    assert result.lost == 0, logs
+    assert result.old_primary_acks_after_failover == 0, logs

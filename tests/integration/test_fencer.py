@@ -174,6 +174,28 @@ async def test_a_fencer_that_dies_is_respawned_armed_with_the_deadline_it_held(
     await client.stop()
 
 
+async def test_a_fencer_that_dies_is_replaced_at_once_without_waiting_for_a_call(
+    tmp_path: Path, postmaster: subprocess.Popen[bytes]
+) -> None:
+    """The agent makes no call after the fencer's death (it stalled right then: its next
+    renewal never comes): the fencer it spawned is replaced the moment it exits, armed with
+    the deadline it held, and the primary is fenced at that deadline. Waiting for the next
+    call left it unguarded (session 24's hunt)."""
+    run_dir = tmp_path / "run"
+    client = FenceClient(run_dir=str(run_dir), data_dir=str(tmp_path))
+    await client.start()
+    await client.arm(time.monotonic() + 1.5)
+    [first] = _fencer_pids(run_dir)
+    os.kill(first, signal.SIGKILL)
+    await asyncio.sleep(0.5)  # no call from the agent
+    assert [p for p in _fencer_pids(run_dir) if p != first], "not replaced without a call"
+    assert postmaster.poll() is None, "fenced before the deadline"
+    assert await asyncio.to_thread(wait_dead, postmaster, 2.5), "nobody fenced at the deadline"
+    assert (await client.status()).state == FenceState.FENCED
+    await client.disarm()
+    await client.stop()
+
+
 async def test_a_fencer_that_fenced_and_died_is_respawned_fenced(
     tmp_path: Path, postmaster: subprocess.Popen[bytes]
 ) -> None:
