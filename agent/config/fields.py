@@ -484,10 +484,11 @@ FIELDS: Final[tuple[Field, ...]] = (
                  "deadline whatever the agent does (docs/ha.md, Self-fencing)."),
     Field(path="fencer.mode", kind=_S, choices=FencerMode, rule="`spawn` or `external`.",
           doc="`spawn`: the agent starts its fencer as a child in a session of its own, and "
-              "starts it again if it dies. `external`: the agent never starts one; a fencer run "
-              "by someone else (a container of its own in the Kubernetes pod, with its own CPU "
-              "limit: docs/kubernetes.md) must listen on `socket` and see this agent's process "
-              "and data directory, else every call to it fails and the member does not lead "
+              "starts it again the moment it dies. `external`: the agent never starts one; a "
+              "fencer run by someone else (a container of its own in the Kubernetes pod, with "
+              "its own CPU limit: docs/kubernetes.md) must listen on `socket` and see this "
+              "agent's process and data directory, else every call to it fails and the member "
+              "does not lead "
               "(no acquire, no promotion) until it does. A `spawn` agent that finds an external "
               "fencer on its socket uses it and never starts one over it."),
     Field(path="fencer.socket", kind=_S, default_doc="`<run_dir>/fencer.sock`",
