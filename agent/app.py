@@ -73,6 +73,17 @@ def build_dcs(settings: Settings, clock: Clock) -> Dcs:
     raise SystemExit(f"unknown DCS kind {settings.dcs.kind}")
 
 
+def watch_dcs_throttling(settings: Settings, dcs: Dcs, metrics: Metrics) -> None:
+    """With the Kubernetes DCS: its 429s and early renewals as metrics (read when scraped)."""
+    if settings.dcs.kind != DcsKind.KUBERNETES:
+        return
+    from agent.dcs.kubernetes import KubernetesDcs  # noqa: PLC0415 - Kubernetes only
+
+    if isinstance(dcs, KubernetesDcs):
+        throttle = dcs.throttle
+        metrics.read_dcs_throttling(lambda: (throttle.refusals, throttle.renewals.urgent))
+
+
 def start_pod_labeler(
     settings: Settings,
     status: Callable[[], AgentStatus],
@@ -257,6 +268,7 @@ async def run_agent(settings: Settings) -> int:
         external=settings.fencer.mode is FencerMode.EXTERNAL,
     )
     metrics = Metrics()
+    watch_dcs_throttling(settings, dcs, metrics)
     events = build_events(settings)
     log.info("agent_starting", fence=await _start_fence(fence), api=settings.api.url)
     loop = HaLoop(

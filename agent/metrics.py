@@ -10,8 +10,10 @@ rather than a false value.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from agent.model import AgentStatus, PgState, Role, SyncMode, SyncRole, WalSenderState
@@ -336,6 +338,33 @@ class Metrics:
         self._callbacks.labels(event=event, result=result).inc()
         self._callback_duration.labels(event=event).observe(seconds)
 
+    def read_dcs_throttling(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Export the DCS's own running totals, read at each scrape: requests it refused to
+        shed load, and leader-lock renewals sent again before their Retry-After was over so
+        as to go through before the fencing deadline (the Kubernetes backend: throttle.py)."""
+        self.registry.register(_ThrottlingCounters(read))
+
     def render(self) -> tuple[bytes, str]:
         """The exposition in the Prometheus text format, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE
+
+
+class _ThrottlingCounters:
+    """The DCS's throttling totals as two counters, read when scraped."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        refused, early = self._read()
+        yield CounterMetricFamily(
+            f"{PREFIX}_dcs_throttled",
+            "DCS requests refused to shed load (Kubernetes: 429 Too Many Requests)",
+            value=refused,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_dcs_renewals_sent_early",
+            "Refused leader-lock renewals sent again before their Retry-After was over, to go "
+            "through before the fencing deadline (Kubernetes)",
+            value=early,
+        )

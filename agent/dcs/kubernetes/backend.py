@@ -90,7 +90,7 @@ class KubernetesDcs:
             raise ValueError("ttl_s and timeout_s must be positive")
         loop_s = loop_wait_s if loop_wait_s is not None else ttl_s * _LOOP_WAIT_SHARE_OF_TTL
         self._clock: Clock = clock or SystemClock()
-        self._throttle = ThrottleState(
+        self.throttle = self._throttle = ThrottleState(  # public: its totals are metrics
             clock=self._clock.monotonic,
             max_pause_s=_MAX_PAUSE_TTLS * ttl_s,
             min_pause_s=_MIN_PAUSE_TTLS * ttl_s,
