@@ -610,6 +610,16 @@ async def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert "POST" in response.headers["Allow"]
 
 
+async def test_head_is_served_by_every_get_route_without_a_body(api: Api) -> None:
+    get = await api.client.get("/cluster")
+    head = await api.client.head("/cluster")
+    assert head.status == 200
+    assert head.headers["Content-Length"] == get.headers["Content-Length"] != "0"
+    # The same kept-alive connection serves the next request: no body followed the head.
+    assert await (await api.client.get("/cluster")).json() == await get.json()
+    assert (await api.client.head("/switchover")).status == 405  # POST and DELETE only
+
+
 async def test_an_oversized_body_is_refused_with_json(api: Api) -> None:
     response = await api.client.post("/switchover", data=b"x" * 100_000, headers=AUTH)
     assert response.status == 413
