@@ -197,12 +197,13 @@ async def test_deadlines_bound_the_answer_the_body_and_a_silent_stream() -> None
         response = await client.request("GET", server.url + "/body", timeout=0.6)
         with pytest.raises(TimeoutError):
             await response.read()  # the request's deadline also bounds its body
-        assert loop.time() - started < 2
+        # Bounded (the server stalls for 10 s); loose for a loaded machine.
+        assert loop.time() - started < 4
         response = await client.request("GET", server.url + "/stream", read_timeout=0.3)
         started = loop.time()
         with pytest.raises(TimeoutError):
             await response.readline()  # "half" came, then nothing for the read timeout
-        assert 0.25 < loop.time() - started < 1.5
+        assert 0.25 < loop.time() - started < 4
         await client.close()
 
 

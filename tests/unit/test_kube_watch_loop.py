@@ -98,7 +98,8 @@ async def test_a_silent_stream_is_dead_after_the_read_timeout_not_kept_by_the_ch
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(5):
                 await anext(events)
-        assert asyncio.get_running_loop().time() - started < 2
+        # Well before the test's own 5 s bound (loose for a loaded machine).
+        assert asyncio.get_running_loop().time() - started < 4
         await events.aclose()
         await api.close()
 
