@@ -279,6 +279,28 @@ async def test_watch_from_a_compacted_revision_raises_etcd_compacted(
     assert raised.value.compact_revision == latest
 
 
+async def test_requests_share_one_kept_alive_connection_and_outlive_its_reset(
+    etcd1: EtcdCluster, prefix: bytes
+) -> None:
+    """The client's requests reuse one connection (agent/http/client.py's pool: no TCP
+    connect per request); a kept connection reset while idle is replaced, not an error."""
+    port = int(etcd1.endpoints[0].rsplit(":", 1)[1])
+    async with TcpProxy(port) as proxy:
+        client = EtcdClient([proxy.url], timeout_s=TIMEOUT_S)
+        try:
+            for i in range(10):
+                await client.put(prefix + b"k", str(i).encode())
+                assert (await client.range(prefix + b"k")).kvs[0].value == str(i).encode()
+            assert proxy.connections == 1  # 20 requests
+            proxy.cut()
+            await asyncio.sleep(0.1)  # the reset reaches the idle connection
+            await client.put(prefix + b"k", b"after")
+            assert (await client.range(prefix + b"k")).kvs[0].value == b"after"
+            assert proxy.connections == 2
+        finally:
+            await client.close()
+
+
 async def test_watch_resumes_without_loss_or_repeats_after_connections_are_cut(
     etcd1: EtcdCluster, prefix: bytes
 ) -> None:
