@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -47,7 +46,7 @@ def test_a_partition_cuts_both_directions_until_healed_and_destroy_leaves_nothin
 
 _LISTEN = (
     "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', 7000));"
-    " s.settimeout(0.5); n=0\n"
+    " print('ready', flush=True); s.settimeout(2.0); n=0\n"
     "try:\n    while True: s.recv(64); n+=1\nexcept OSError: pass\nprint(n)"
 )
 _SEND = (
@@ -65,9 +64,11 @@ def _datagrams(net: netns.Network, src: str, dst: str) -> int:
         net.hosts[dst].exec_args("python3", "-c", _LISTEN), stdout=subprocess.PIPE, text=True
     )
     try:
-        time.sleep(0.2)
+        # Sent only once the listener is bound (ci46: a fixed 0.2 s was too short for a
+        # loaded machine, and the first 26 datagrams found no socket).
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
         netns.run(*net.hosts[src].exec_args("python3", "-c", _SEND, net.hosts[dst].address))
-        out, _ = listener.communicate(timeout=10)
+        out, _ = listener.communicate(timeout=15)
     finally:
         listener.kill()
     return int(out.strip() or 0)
