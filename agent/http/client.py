@@ -10,7 +10,8 @@ clients use (JSON requests and answers, watch streams), without aiohttp (issue 1
   while idle is seen closed before use and not used.
 - Deadlines: `timeout` bounds the whole request, its body included (`read()` and `readline()`
   after `request()` still honour it); `connect_timeout` the TCP and TLS connect;
-  `read_timeout` each wait for more of the body (a stream silent that long is dead). Expiry
+  `read_timeout` the wait for the answer's head and each wait for more of the body (a
+  stream silent that long is dead). Expiry
   raises `TimeoutError`. Reading the body is cancel-safe: a `readline()` cut by the caller's
   own timeout loses nothing, and the next call goes on where it stopped.
 - Resending: a request that fails on a kept-alive connection before any byte of the answer
@@ -369,7 +370,8 @@ class HttpClient:
         self, conn: _Connection, method: str, deadline: float | None, read_timeout: float | None
     ) -> HttpResponse:
         while True:
-            head = await conn.reader.readuntil(b"\r\n\r\n")
+            async with asyncio.timeout(read_timeout):  # a stream's head is waited for too
+                head = await conn.reader.readuntil(b"\r\n\r\n")
             first, *lines = head.decode("latin-1").split("\r\n")
             version, _, rest = first.partition(" ")
             status = int(rest[:3])

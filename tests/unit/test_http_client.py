@@ -199,6 +199,10 @@ async def test_deadlines_bound_the_answer_the_body_and_a_silent_stream() -> None
             await response.read()  # the request's deadline also bounds its body
         # Bounded (the server stalls for 10 s); loose for a loaded machine.
         assert loop.time() - started < 4
+        started = loop.time()
+        with pytest.raises(TimeoutError):  # a stream's head is bounded by the read timeout too
+            await client.request("GET", server.url + "/head", read_timeout=0.3)
+        assert loop.time() - started < 4
         response = await client.request("GET", server.url + "/stream", read_timeout=0.3)
         started = loop.time()
         with pytest.raises(TimeoutError):
