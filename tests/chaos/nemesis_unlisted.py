@@ -187,19 +187,28 @@ async def _not_writable(cluster: ChaosCluster, index: int, bound_s: float) -> fl
     return None
 
 
-async def _request_switchover(cluster: ChaosCluster, leader: int, candidate: int) -> int:
+async def _request_switchover(cluster: ChaosCluster, leader: int, candidate: int) -> str:
+    """POST /switchover to the leader naming `candidate`; retried for up to 10 s while it is
+    refused (a request of the previous scenario still pending, the candidate not caught up
+    yet). The last status and error body."""
     url = cluster.members[leader].api_url + "/switchover"
     body = {"leader": cluster.members[leader].name, "candidate": cluster.members[candidate].name}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            url,
-            json=body,
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=aiohttp.ClientTimeout(total=5),
-        ) as resp,
-    ):
-        return resp.status
+    answer = "no answer"
+    deadline = time.monotonic() + 10.0
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.post(
+                    url,
+                    json=body,
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    timeout=aiohttp.ClientTimeout(total=3),
+                ) as resp:
+                    answer = f"{resp.status} {(await resp.text()).strip()}"
+                    if resp.status == 202:
+                        return answer
+            await asyncio.sleep(0.3)
+    return answer
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from tests.chaos import agentlogs
+from tests.chaos import agentlogs, netns
 from tests.chaos.cluster import QUICK_TIMING
 from tests.chaos.mix import clock_step
 from tests.chaos.nemesis import Nemesis
@@ -60,9 +60,13 @@ async def _run(
 ) -> tuple[ScenarioResult, list[str]]:
     """The scenario and the stopping events of the agents' logs, and those named in `also`
     (printed, with the figures)."""
-    await runner.ready()
-    sizes = agentlogs.log_sizes(runner.cluster)
-    result = await runner.run(nemesis)
+    # This module uses several clusters at once (module fixtures), all on the same subnet, and
+    # each fixture moved the test thread into its own client namespace when it started: the
+    # thread is in the last one's. Each scenario talks from its own cluster's client host.
+    with netns.entered(runner.cluster.client.netns):
+        await runner.ready()
+        sizes = agentlogs.log_sizes(runner.cluster)
+        result = await runner.run(nemesis)
     lines = agentlogs.lines_since(runner.cluster, sizes)
     stops = agentlogs.events(lines, (*agentlogs.STOPPING_EVENTS, *also))
     print(
