@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,10 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _MAX_LINE = 32 << 20  # a watch event line longer than this is refused
 _PIECE = 1 << 16
 _CLOSE_WAIT_S = 1.0
+_DIGITS = re.compile(rb"[0-9]{1,18}")  # a Content-Length: no sign, no "_", no space inside
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")  # a chunk size: no "0x", no sign
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FORBIDDEN_IN_HEAD = re.compile(r"[\x00-\x20\x7f]")  # in the target; CR, LF, NUL in values
 
 # Body framing, and the states of a chunked body.
 _NONE, _LENGTH, _UNTIL_CLOSE, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER = range(7)
@@ -76,7 +81,11 @@ class _Connection:
         self.idle_since = 0.0
 
     def usable(self) -> bool:
-        return not (self.reader.at_eof() or self.writer.transport.is_closing())
+        """Open, and nothing unread from it: bytes that arrived after the last answer (a
+        server that sent more than it framed, or a 408 before closing an idle connection)
+        would otherwise be read as the next request's answer."""
+        unread = getattr(self.reader, "_buffer", None)
+        return not (unread or self.reader.at_eof() or self.writer.transport.is_closing())
 
     def close(self) -> None:
         self.writer.close()
@@ -126,13 +135,14 @@ class HttpResponse:
         return self._state == _NONE
 
     async def read(self) -> bytes:
-        """The rest of the body; the connection goes back to the pool."""
-        parts = [bytes(self._buffer)]
+        """The rest of the body; the connection goes back to the pool. Cut by the caller's
+        timeout, it loses nothing: what it had read is kept for the next call."""
+        while piece := await self._next_piece():
+            self._buffer += piece
+        body = bytes(self._buffer)
         self._buffer.clear()
         self._searched = 0
-        while piece := await self._next_piece():
-            parts.append(piece)
-        return b"".join(parts)
+        return body
 
     async def readline(self) -> bytes:
         """The next line of the body, its newline included; b"" at the end of the body."""
@@ -220,7 +230,7 @@ class HttpResponse:
                 self._state = _CHUNK_SIZE
             elif self._state == _CHUNK_SIZE:
                 line = await reader.readuntil(b"\r\n")
-                self._left = int(line.split(b";", 1)[0].strip(), 16)
+                self._left = _number(line[:-2].split(b";", 1)[0].strip(b" \t"), _HEX)
                 self._state = _CHUNK_DATA if self._left > 0 else _TRAILER
             elif self._state == _TRAILER:
                 if await reader.readuntil(b"\r\n") == b"\r\n":
@@ -274,10 +284,10 @@ class HttpClient:
         head = self._head(method, key, target, headers or {}, body)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        resend = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        resend: bool | None = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         async with asyncio.timeout_at(deadline):
             while True:
-                conn = self._idle_connection(key)
+                conn = self._idle_connection(key) if resend is not None else None
                 reused = conn is not None
                 if conn is None:
                     conn = await self._connect(key, connect_timeout)
@@ -293,7 +303,8 @@ class HttpClient:
                     self._drop(conn)
                     nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
                     if reused and resend and nothing:
-                        continue  # the server closed it as we sent: once more, on a new one
+                        resend = None  # the server closed it as we sent: once more, on a new one
+                        continue
                     raise HttpError(f"{method} {url}: connection lost: {exc!r}") from exc
                 except (asyncio.LimitOverrunError, ValueError) as exc:
                     self._drop(conn)
@@ -343,6 +354,11 @@ class HttpClient:
     def _head(
         method: str, key: _Key, target: str, headers: Mapping[str, str], body: bytes | None
     ) -> bytes:
+        if not _TOKEN.fullmatch(method) or _FORBIDDEN_IN_HEAD.search(target):
+            raise ValueError(f"not a valid request line: {method[:20]!r} {target[:100]!r}")
+        for name, value in headers.items():
+            if not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
+                raise ValueError(f"not a valid header: {name[:40]!r}")  # the value may be a secret
         host = f"[{key[1]}]" if ":" in key[1] else key[1]
         lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{key[2]}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
@@ -387,13 +403,14 @@ class HttpClient:
                 items[name] = f"{items[name]}, {value.strip()}" if name in items else value.strip()
         headers = Headers(items)
         keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+        keep = keep and status != 101  # a switched protocol is not HTTP any more
         framing, length = _LENGTH, 0
         if method == "HEAD" or status in (204, 304) or status < 200:
             framing = _NONE
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             framing = _CHUNK_SIZE
         elif "content-length" in headers:
-            length = int(headers["content-length"])
+            length = _number(headers["content-length"].encode("latin-1"), _DIGITS)
             framing = _LENGTH if length > 0 else _NONE
         else:
             framing, keep = _UNTIL_CLOSE, False
@@ -433,6 +450,15 @@ class HttpClient:
     def _drop(self, conn: _Connection) -> None:
         self._busy.discard(conn)
         conn.close()
+
+
+def _number(text: bytes, form: re.Pattern[bytes]) -> int:
+    """A Content-Length (decimal) or chunk size (hex) as RFC 9112 writes them; `int()` alone
+    would take a sign, "0x", "_" and surrounding spaces (a negative length read no body and
+    kept the connection with the body's bytes on it). ValueError otherwise."""
+    if not form.fullmatch(text):
+        raise ValueError(f"bad length {text[:20]!r}")
+    return int(text, 16 if form is _HEX else 10)
 
 
 def _keepalive(sock: socket.socket | None, user_timeout_s: float) -> None:
