@@ -195,6 +195,9 @@ class HttpServer:
             except _Refused as refused:
                 await self._refuse(connection, reader, refused.status, refused.message)
                 return
+            except ValueError:  # int() of over 4300 digits, urlsplit of "http://[::1"...
+                await self._refuse(connection, reader, 400, "malformed request")
+                return
             except TimeoutError:
                 await self._refuse(connection, reader, 408, "the request took too long to arrive")
                 return
@@ -270,7 +273,14 @@ def _parse_head(raw: bytes) -> tuple[str, str, str, Headers]:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or " " in name or "\t" in name:
+        if (
+            not sep
+            or not name
+            or name != name.strip()
+            or " " in name
+            or "\t" in name
+            or ("\r" in line or "\n" in line or "\0" in line)
+        ):
             raise _Refused(400, f"malformed header line {line[:40]!r}")
         headers.add(name, value.strip(" \t"))
     return method, target, version, headers

@@ -246,6 +246,8 @@ async def test_a_client_that_does_not_read_its_answer_is_dropped_after_the_read_
         (b"GET /echo HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
         (b"GET /echo HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),
         (b"GET echo HTTP/1.1\r\n\r\n", 400),
+        (b"GET http://[::1/echo HTTP/1.1\r\n\r\n", 400),  # urlsplit's ValueError
+        (b"POST /echo HTTP/1.1\r\nX-A: 1\nTransfer-Encoding: chunked\r\n\r\n", 400),
     ],
 )
 async def test_a_bad_request_is_refused_with_json_and_the_connection_closed(
@@ -261,6 +263,24 @@ async def test_a_bad_request_is_refused_with_json_and_the_connection_closed(
     assert await closed(reader)
     assert handlers.served == 0
     writer.close()
+
+
+async def test_a_content_length_of_thousands_of_digits_is_refused_not_a_crash(
+    handlers: Handlers,
+) -> None:
+    """int() refuses over 4300 digits with a ValueError; the connection's task died of it
+    with no answer at all (and asyncio logged an unhandled exception)."""
+    limits = Limits(max_head_bytes=16 * 1024, read_timeout_s=0.5, shutdown_timeout_s=0.5)
+    served = await HttpServer.start(handlers.app(), "127.0.0.1", 0, limits=limits)
+    try:
+        reader, writer = await connect(served)
+        writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n")
+        got = await answer(reader)
+        assert (got.status, got.headers["connection"]) == (400, "close")
+        writer.close()
+    finally:
+        await served.close()
+    assert handlers.served == 0
 
 
 async def test_a_body_over_the_limit_is_refused_before_it_is_sent_with_expect_continue(
