@@ -9,7 +9,8 @@ bounded, graceful close.
 What it refuses, answering JSON `{"error": ...}` and closing the connection: a request line
 or header it cannot parse (400), a chunked or otherwise transfer-encoded body (411: send a
 Content-Length), a body over the app's `max_body` (413), a head over `Limits.max_head_bytes`
-(431), a head and body that take longer than `Limits.read_timeout_s` to arrive (408). A
+(431), a head and body that take longer than `Limits.read_timeout_s` to arrive (408), a
+connection over `Limits.max_connections` open at once (503, before it sends anything). A
 connection idle longer than `Limits.idle_timeout_s` between requests is closed, and so is
 one whose client does not read its answer within `read_timeout_s`: no client holds a
 connection forever. Routing failures and handler errors without a middleware that answers
@@ -50,6 +51,10 @@ class Limits:
     read_timeout_s: float = 10.0  # a request's head and body; writing its answer
     idle_timeout_s: float = 75.0  # between two requests of a kept-alive connection
     shutdown_timeout_s: float = 2.0  # for requests being served when the server closes
+    # Connections open at once; more get 503 and are closed. Without a bound, clients that
+    # keep connections open (one request every idle_timeout_s) could take every file
+    # descriptor the agent has, and then its etcd or Kubernetes connections fail.
+    max_connections: int = 256
 
 
 class _Refused(Exception):
@@ -162,6 +167,10 @@ class HttpServer:
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if len(self._connections) >= self._limits.max_connections:
+            writer.write(_encode(_error(503, "too many connections"), head_only=False, keep=False))
+            writer.close()
+            return
         connection = _Connection(writer, asyncio.current_task())
         self._connections.add(connection)
         if self._ticker is None:

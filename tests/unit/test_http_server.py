@@ -408,3 +408,31 @@ async def test_tls_with_client_verification_refuses_a_client_without_a_certifica
         writer.write(b"GET /cert HTTP/1.1\r\n\r\n")
         await answer(reader)  # TLS 1.3: the refusal arrives after the client's handshake
     assert handlers.served == 0
+
+
+async def test_connections_over_the_limit_get_503_and_the_others_are_served(
+    handlers: Handlers,
+) -> None:
+    limits = Limits(read_timeout_s=0.5, idle_timeout_s=5.0, max_connections=2)
+    served = await HttpServer.start(handlers.app(), "127.0.0.1", 0, limits=limits)
+    try:
+        held = [await connect(served) for _ in range(2)]
+        for _, writer in held:  # both counted: a request served on each
+            writer.write(GET)
+        assert [(await answer(reader)).status for reader, _ in held] == [200, 200]
+        reader, writer = await connect(served)
+        got = await answer(reader)
+        assert (got.status, got.headers["connection"]) == (503, "close")
+        assert await closed(reader)
+        writer.close()
+        held[0][1].write(GET)  # the kept ones still work
+        assert (await answer(held[0][0])).status == 200
+        held[0][1].close()
+        await asyncio.sleep(0.1)
+        reader, writer = await connect(served)  # one closed: room for a new one
+        writer.write(GET)
+        assert (await answer(reader)).status == 200
+        writer.close()
+        held[1][1].close()
+    finally:
+        await served.close()
