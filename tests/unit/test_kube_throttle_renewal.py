@@ -1,7 +1,7 @@
 """When a refused renewal of a lock we hold is sent again (throttle.py `RenewalSends`),
 pure, on a fake clock: by its Retry-After while that ends before the last stretch before
 the renewal's last moment (`send_by`: its fencing deadline less the time an answer needs);
-in that stretch every 0.2-0.3 s, at most `URGENT_SENDS` times per renewal; never after
+in that stretch every 0.1-0.15 s, at most `URGENT_SENDS` times per renewal; never after
 `send_by`."""
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ def test_a_retry_after_that_would_end_in_the_last_stretch_is_cut_to_its_start() 
 def test_in_the_last_stretch_it_is_sent_every_fifth_of_a_second_until_its_last_moment(
     seed: int,
 ) -> None:
-    """From the start of the stretch to `send_by`: a send every 0.2-0.3 s (a Retry-After of
-    1 s would allow one more at most), none after `send_by`, then None (the fencer acts)."""
+    """From the start of the stretch to `send_by`: a send every 0.1-0.15 s, at least 10 in
+    the 1.5 s (a Retry-After of 1 s would allow one more at most; every 0.2-0.3 s, 6-7 sends,
+    still lost a leader now and then at 100 clusters: docs/kubernetes.md), none after
+    `send_by`, then None (the fencer acts)."""
     clock = FakeClock(start=SEND_BY - URGENT_WINDOW_S)
     throttle = state(clock, seed)
     sends = [clock.monotonic()]
@@ -56,7 +58,7 @@ def test_in_the_last_stretch_it_is_sent_every_fifth_of_a_second_until_its_last_m
         clock.advance(delay_s)
         sends.append(clock.monotonic())
     assert sends[-1] <= SEND_BY
-    assert len(sends) >= 1 + URGENT_WINDOW_S / (URGENT_SPACING_S * (1 + PAUSE_JITTER)) - 1
+    assert len(sends) >= 1 + 10
     assert throttle.renewals.urgent == len(sends) - 1
 
 

@@ -77,8 +77,8 @@ _MAX_DOUBLINGS = 8
 # module docstring): sent again this often (x [1, 1 + PAUSE_JITTER]), at most this many
 # times per renewal (between two renewals that went through).
 URGENT_WINDOW_S = 1.5
-URGENT_SPACING_S = 0.2
-URGENT_SENDS = 8
+URGENT_SPACING_S = 0.1
+URGENT_SENDS = 12
 
 
 class ThrottleState:

@@ -261,7 +261,7 @@ async def test_a_renewal_refused_near_its_fencing_deadline_is_sent_by_it_not_by_
     through before the fencing deadline. Waiting out each Retry-After, its sends came at
     +2, +3.1, +4.3 and +5.3 s: the fourth was refused after the deadline, and the fencer had
     stopped PostgreSQL at +5 s. In the last 1.5 s before its last moment (the deadline less
-    0.25 s for the answer and the fencer) it is sent every 0.2-0.3 s instead. Then, every
+    0.25 s for the answer and the fencer) it is sent every 0.1-0.15 s instead. Then, every
     Lease PUT refused: no send after that last moment, and a bounded number before it."""
     server = cluster.server
     cluster.ensure_pod("a")
