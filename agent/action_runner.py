@@ -348,7 +348,13 @@ class ActionRunner:
                     # here counted as a failed rewind, and the member re-cloned the whole
                     # database (chaos finding 25).
                     log.warning("rewind_without_disarm", error=repr(exc))
-                await self.pg.rewind(standby, timeout_s=timing.rewind_timeout_s)
+                # A source unreachable for a ttl has lost its lease or is no leader to
+                # rewind onto now: give up (data intact) and let the loop decide again. Retried
+                # for all of rewind_timeout_s (300 s), a leader that died as the rewind began
+                # kept this member busy, stopped, unable to race (docs/chaos.md finding 28).
+                await self.pg.rewind(
+                    standby, timeout_s=timing.rewind_timeout_s, unreachable_s=timing.ttl_s
+                )
                 await self.pg.start(standby=standby, timeout_s=start_s)
             case StartPostgres(upstream=upstream, as_primary=as_primary):
                 if as_primary:

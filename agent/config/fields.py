@@ -261,7 +261,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     timing("clone_timeout_s", "> 0.", "Bound on one clone of this member from the leader "
             "(`pg_basebackup`); a clone that takes longer is stopped and counts as failed."),
     timing("rewind_timeout_s", "> 0.", "Bound on one `pg_rewind` of a former primary onto "
-            "the new leader; a rewind that takes longer is stopped and counts as failed."),
+            "the new leader; a rewind that takes longer is stopped and counts as failed. A "
+            "leader that cannot be reached is retried for at most `ttl_s`, then the rewind "
+            "is given up (data directory intact) and tried again if it still leads."),
     section_field("tags"),
     Field(path="tags.nofailover", kind=_B,
           doc="Never promote this member (it also never bootstraps an empty cluster)."),

@@ -392,7 +392,12 @@ async def _rewind_once(
 
 
 async def rewind(
-    settings: PostgresSettings, source: StandbyConfig, *, run_dir: str, timeout_s: float
+    settings: PostgresSettings,
+    source: StandbyConfig,
+    *,
+    run_dir: str,
+    timeout_s: float,
+    unreachable_s: float | None = None,
 ) -> None:
     """pg_rewind the STOPPED data directory onto `source`, then configure it as its standby.
 
@@ -405,8 +410,9 @@ async def rewind(
     settings are on the postmaster's command line).
 
     A source that cannot be reached (right after a partition heals: no route to host,
-    refused while it restarts) is tried again, with pauses, until `timeout_s` is spent; then
-    SourceUnreachable is raised: the data directory is intact, retry later. Raises a plain
+    refused while it restarts) is tried again, with pauses, until `timeout_s` is spent, or
+    for at most `unreachable_s` when given; then SourceUnreachable is raised: the data
+    directory is intact, retry later. Raises a plain
     PostgresError when pg_rewind really fails (then re-clone: clear_data_dir() + clone()).
     """
     if not is_initialized(settings):
@@ -422,6 +428,7 @@ async def rewind(
     write_file(marker, "", run_as(settings))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    retry_until = min(deadline, loop.time() + unreachable_s) if unreachable_s else deadline
     pause_s = _RETRY_FIRST_PAUSE_S
     attempts = 0
     while True:
@@ -433,11 +440,12 @@ async def rewind(
             break
         except SourceUnreachable as exc:
             # Another attempt only if it would still have time to connect after the pause.
-            if deadline - loop.time() < pause_s + _RETRY_FIRST_PAUSE_S:
+            if retry_until - loop.time() < pause_s + _RETRY_FIRST_PAUSE_S:
                 os.unlink(marker)
                 raise SourceUnreachable(
                     f"rewind: source {source.primary_host}:{source.primary_port} unreachable"
-                    f" for {timeout_s:.1f} s ({attempts} attempts); last: {exc}"
+                    f" for {loop.time() - deadline + timeout_s:.1f} s ({attempts} attempts);"
+                    f" last: {exc}"
                 ) from exc
         await asyncio.sleep(pause_s)
         pause_s = min(pause_s * 2, _RETRY_MAX_PAUSE_S)

@@ -91,9 +91,12 @@ class PostgresControl(Protocol):
         """Make this a standby of `standby`'s upstream by `create_replica_methods` in order
         (pgBackRest restore, pg_basebackup from the upstream)."""
 
-    async def rewind(self, standby: StandbyConfig, *, timeout_s: float) -> None:
+    async def rewind(
+        self, standby: StandbyConfig, *, timeout_s: float, unreachable_s: float | None = None
+    ) -> None:
         """pg_rewind the stopped data directory onto `standby`'s upstream (SourceUnreachable
-        when it could not be reached), and configure this as its standby."""
+        when it could not be reached: retried for at most `unreachable_s`, default
+        `timeout_s`), and configure this as its standby."""
 
     async def set_slots(
         self,
@@ -209,9 +212,15 @@ class LocalPostgres:
     async def clone(self, standby: StandbyConfig, *, timeout_s: float) -> None:
         await restore.clone_by_methods(self._settings, standby, timeout_s=timeout_s)
 
-    async def rewind(self, standby: StandbyConfig, *, timeout_s: float) -> None:
+    async def rewind(
+        self, standby: StandbyConfig, *, timeout_s: float, unreachable_s: float | None = None
+    ) -> None:
         await bootstrap.rewind(
-            self._pg, standby, run_dir=self._settings.run_dir, timeout_s=timeout_s
+            self._pg,
+            standby,
+            run_dir=self._settings.run_dir,
+            timeout_s=timeout_s,
+            unreachable_s=unreachable_s,
         )
 
     async def set_slots(

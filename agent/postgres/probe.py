@@ -42,7 +42,7 @@ from agent.postgres.sqlconn import connect_local
 from agent.postgres.stat_replication import parse_replication
 from agent.postgres.tools import run_tool
 from agent.postgres.version import binaries_major
-from agent.postgres.walend import local_wal_end, replay_settled
+from agent.postgres.walend import local_wal_end, position_timeline, replay_settled
 from agent.proctree import has_child_of_type
 from agent.slot_config import parse_slot_states
 
@@ -419,6 +419,16 @@ class Prober:
             ]
             if self._seen_tli is not None and self._seen_tli[0] == postmaster_pid:
                 known.append(self._seen_tli[1])
+            if not row["received_tli"] and wal_lsn is not None:
+                # No receiver to ask (its upstream died) and an agent that just started never
+                # saw one: the segment file holding the last byte it has names the timeline it
+                # received it on (a restarted agent rewound its standby for nothing, onto a
+                # leader that had just died, and stayed stuck retrying it: docs/chaos.md).
+                wal_dir = os.path.join(self._settings.data_dir, "pg_wal")
+                last = max(wal_lsn - 1, 0)
+                found = position_timeline(wal_dir, Lsn(last), int(row["wal_segment_size"]))
+                if found:
+                    known.append(found)
             timeline = max(known) if known else None
             if timeline is not None:
                 self._seen_tli = (postmaster_pid, timeline)

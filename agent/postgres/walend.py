@@ -53,6 +53,17 @@ def segment_timelines(file_names: Iterable[str], segno: int, segment_size: int) 
     return sorted(found, reverse=True)
 
 
+def position_timeline(wal_dir: str, lsn: Lsn, segment_size: int) -> int | None:
+    """The highest timeline with a segment file in `wal_dir` holding `lsn` (the timeline a
+    standby received that WAL on); None when there is none or the directory cannot be read."""
+    try:
+        names = os.listdir(wal_dir)
+    except OSError:
+        return None
+    timelines = segment_timelines(names, lsn // segment_size, segment_size)
+    return timelines[0] if timelines else None
+
+
 def record_end(start: Lsn, total_len: int, *, block_size: int, segment_size: int) -> Lsn:
     """Where the record of `total_len` bytes starting at `start` ends, as replay positions
     count it (xlogreader's EndRecPtr): its bytes plus the page headers of every page it
@@ -106,12 +117,7 @@ async def local_wal_end(
     tool error or timeout): the caller then knows no more than the replay position.
     """
     wal_dir = os.path.join(settings.data_dir, "pg_wal")
-    try:
-        names = os.listdir(wal_dir)
-    except OSError:
-        names = []
-    timelines = segment_timelines(names, start // segment_size, segment_size)
-    tli = timelines[0] if timelines else timeline
+    tli = position_timeline(wal_dir, start, segment_size) or timeline
     if tli is None:
         return None
     base = [

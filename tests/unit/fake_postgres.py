@@ -166,6 +166,8 @@ class FakePostgres:
         self.sync = SyncStandbys(quorum=False, count=0, names=())
         self.synchronized_standby_slots: tuple[str, ...] = ()
         self.calls: list[str] = []
+        # Each rewind's bound on retrying an unreachable source (None: its whole timeout).
+        self.rewind_unreachable_s: list[float | None] = []
         self.stops: list[StopMode] = []
         self._pid: int | None = None
         self._exited = asyncio.Event()
@@ -541,7 +543,10 @@ class FakePostgres:
         self.conninfo = standby
         self.copying = False
 
-    async def rewind(self, standby: StandbyConfig, *, timeout_s: float) -> None:
+    async def rewind(
+        self, standby: StandbyConfig, *, timeout_s: float, unreachable_s: float | None = None
+    ) -> None:
+        self.rewind_unreachable_s.append(unreachable_s)
         await self._enter("rewind")
         if self.running or self.data is None:
             raise PostgresError("rewind: the data directory must be stopped and initialized")

@@ -59,6 +59,9 @@ async def test_a_rewind_source_out_of_reach_is_retried_not_recloned() -> None:
     await c.run_until(lambda: c.healthy("b"))
     assert a.pg.calls.count("rewind") == 2
     assert "clear_data_dir" not in a.pg.calls
+    # Retried within each rewind for a ttl, not for rewind_timeout_s (300 s): a leader that
+    # died as the rewind began kept its member stopped and busy (docs/chaos.md finding 28).
+    assert a.pg.rewind_unreachable_s == [a.settings.timing.ttl_s] * 2
 
 
 async def test_a_failed_promotion_does_not_leave_two_leaders() -> None:

@@ -4,11 +4,14 @@ tests/integration/postgres/test_standby_position.py and test_replication_timeout
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.model import parse_lsn
 from agent.postgres.process import replication_timeout_options
 from agent.postgres.walend import (
     parse_last_good_record,
     parse_record_line,
+    position_timeline,
     record_end,
     replay_settled,
     segment_timelines,
@@ -103,3 +106,11 @@ def test_the_replication_timeouts_are_one_ttl_and_replies_come_every_quarter_ttl
     assert "wal_receiver_status_interval=1s" in replication_timeout_options(2.5)
     # A standby re-pointed at a new primary retries streaming quickly (not after PG's 5 s).
     assert "wal_retrieve_retry_interval=100ms" in replication_timeout_options(1.0)
+
+
+def test_a_position_s_timeline_is_the_highest_naming_its_segment_file(tmp_path: Path) -> None:
+    for name in ("000000020000000000000004", "000000030000000000000004", "00000003.history"):
+        (tmp_path / name).touch()
+    assert position_timeline(str(tmp_path), 4 * SEG + 100, SEG) == 3
+    assert position_timeline(str(tmp_path), 5 * SEG, SEG) is None  # no file holds it
+    assert position_timeline(str(tmp_path / "missing"), 4 * SEG, SEG) is None

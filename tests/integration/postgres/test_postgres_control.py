@@ -274,6 +274,38 @@ async def test_follow_repoints_a_running_replica_to_the_new_primary_without_a_re
     os.killpg(n1.postmaster.pid() or 0, signal.SIGCONT)
 
 
+async def test_a_first_probe_of_a_standby_with_no_receiver_names_the_timeline_it_followed(
+    three_nodes: list[PgNode],
+) -> None:
+    """What a restarted agent's first probe (a new Prober) sees of a standby that followed
+    the timeline switch while no WAL receiver runs (its upstream died): the WAL it holds was
+    received on timeline 2, whatever its control file says until a restartpoint. Reported as
+    on timeline 1, with WAL past the switch, it looked diverged and was rewound onto the
+    leader that had just died (docs/chaos.md finding 28)."""
+    _, n2, n3 = three_nodes
+    await n3.postmaster.follow(dataclasses.replace(n3.standby_of(n2), primary_host=""))
+
+    async def no_receiver() -> bool:
+        return await _receiver(n3) is None
+
+    await eventually(no_receiver, timeout_s=15)
+    control = await n3.postmaster.fetch(
+        "SELECT greatest((SELECT timeline_id FROM pg_control_checkpoint()),"
+        " (SELECT min_recovery_end_timeline FROM pg_control_recovery()))",
+        timeout_s=SQL_TIMEOUT_S,
+    )
+    state = await _probe(n3)
+    await n3.postmaster.follow(n3.standby_of(n2))
+    assert control == [(1,)]  # the case: the control file names timeline 1 still
+    assert state.timeline == 2
+    assert state.receive_lsn is not None and state.receive_lsn > 0
+
+    async def streams_from_n2() -> bool:
+        return await _receiver(n3) == ("streaming", n2.port)
+
+    await eventually(streams_from_n2, timeout_s=15)
+
+
 async def test_rewind_turns_the_diverged_old_primary_into_a_replica_of_the_new_one(
     three_nodes: list[PgNode],
 ) -> None:

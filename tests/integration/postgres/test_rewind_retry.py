@@ -220,3 +220,28 @@ async def test_a_source_unreachable_for_the_whole_timeout_raises_source_unreacha
     assert os.stat(control).st_mtime_ns == control_before, "the target was modified"
     await rewind(old.settings, old.standby_of(new), run_dir=old.run_dir, timeout_s=20)
     await _rejoins_as_a_replica(old, new)
+
+
+async def test_a_rewind_gives_up_on_an_unreachable_source_after_its_unreachable_bound(
+    diverged: tuple[PgNode, PgNode],
+) -> None:
+    """The agent's rewind retries a source it cannot reach for a ttl (`unreachable_s`), not
+    for the whole `rewind_timeout_s`: a leader that died as the rewind began kept its member
+    stopped and busy for minutes (docs/chaos.md finding 28)."""
+    old, new = diverged
+    async with Relay(new.port, lambda _: Fate.DROP) as relay:
+        began = time.monotonic()
+        with pytest.raises(SourceUnreachable):
+            await rewind(
+                old.settings,
+                relay.source_for(old),
+                run_dir=old.run_dir,
+                timeout_s=60.0,
+                unreachable_s=2.0,
+            )
+        took = time.monotonic() - began
+    _report("rewind gave up on an unreachable source (bound 2 s, timeout 60 s)", took)
+    assert 1.0 <= took <= 10.0
+    assert len(relay.fates) >= 2, "no retry"
+    await rewind(old.settings, old.standby_of(new), run_dir=old.run_dir, timeout_s=20)
+    await _rejoins_as_a_replica(old, new)
