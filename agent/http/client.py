@@ -21,6 +21,8 @@ clients use (JSON requests and answers, watch streams), without aiohttp (issue 1
 - Failures below HTTP (refused, reset, TLS, a malformed answer) raise `HttpError`; a status
   is never an error. Bodies are plain (no Accept-Encoding is sent), request bodies are sent
   with a Content-Length, answers may be chunked, have a Content-Length or end at close.
+  `read()` refuses an answer over `max_body` (64 MiB): a server streaming without end fails
+  the request instead of filling the agent's memory until the deadline.
 - `tcp_user_timeout_s`: TCP keepalive probes and TCP_USER_TIMEOUT on every connection (Linux),
   so a connection whose peer vanished fails within about that time, even while idle.
 """
@@ -139,6 +141,10 @@ class HttpResponse:
         timeout, it loses nothing: what it had read is kept for the next call."""
         while piece := await self._next_piece():
             self._buffer += piece
+            if len(self._buffer) > self._client.max_body:
+                self._keep = False
+                self.release()
+                raise HttpError(f"the answer is larger than {self._client.max_body} bytes")
         body = bytes(self._buffer)
         self._buffer.clear()
         self._searched = 0
@@ -252,8 +258,10 @@ class HttpClient:
         max_idle: int = 4,
         idle_s: float = 15.0,
         tcp_user_timeout_s: float | None = None,
+        max_body: int = 64 << 20,
     ) -> None:
         self._ssl = ssl_context
+        self.max_body = max_body  # read() refuses a longer answer (a stream: readline())
         self._max_idle = max_idle
         self._idle_s = idle_s
         self._tcp_user_timeout_s = tcp_user_timeout_s

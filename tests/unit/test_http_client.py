@@ -396,3 +396,25 @@ async def test_a_read_cut_by_the_callers_timeout_loses_nothing() -> None:
                 await response.read()
         assert await response.read() == b"abcdef"
         await client.close()
+
+
+async def test_an_answer_over_max_body_fails_at_once_and_its_connection_is_dropped() -> None:
+    async def endless(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        await server.read_request(reader)
+        framing = b"Content-Length: 4000000" if server.connections == 1 else b"Connection: close"
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n")
+        while True:  # the second never ends
+            writer.write(b"x" * 65536)
+            await writer.drain()
+
+    client = HttpClient(max_body=1 << 20)
+    async with raw_server(endless) as server:
+        for _ in range(2):
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(HttpError, match="larger than 1048576"):
+                await client.fetch("GET", server.url + "/big", timeout=30)
+            assert asyncio.get_running_loop().time() - started < 10
+        await client.close()
+    assert server.connections == 2
