@@ -42,6 +42,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _MAX_LINE = 32 << 20  # a watch event line longer than this is refused
 _PIECE = 1 << 16
 _CLOSE_WAIT_S = 1.0
+_MAX_INTERIM = 8  # 1xx answers before the final one
 _DIGITS = re.compile(rb"[0-9]{1,18}")  # a Content-Length: no sign, no "_", no space inside
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")  # a chunk size: no "0x", no sign
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -393,7 +394,7 @@ class HttpClient:
     async def _answer(
         self, conn: _Connection, method: str, deadline: float | None, read_timeout: float | None
     ) -> HttpResponse:
-        while True:
+        for _ in range(_MAX_INTERIM + 1):  # 1xx answers restart the read timeout: bounded
             async with asyncio.timeout(read_timeout):  # a stream's head is waited for too
                 head = await conn.reader.readuntil(b"\r\n\r\n")
             first, *lines = head.decode("latin-1").split("\r\n")
@@ -403,11 +404,15 @@ class HttpClient:
                 raise ValueError(f"bad status line {first[:100]!r}")
             if status >= 200 or status == 101:
                 break
+        else:
+            raise ValueError(f"more than {_MAX_INTERIM} interim (1xx) answers")
         items: dict[str, str] = {}
         for line in lines:
             if line:
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
+                name, colon, value = line.partition(":")
+                if not colon or name != name.strip() or not name:  # folded or not a header
+                    raise ValueError(f"bad header line {line[:40]!r}")
+                name = name.lower()
                 items[name] = f"{items[name]}, {value.strip()}" if name in items else value.strip()
         headers = Headers(items)
         keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
@@ -415,8 +420,12 @@ class HttpClient:
         framing, length = _LENGTH, 0
         if method == "HEAD" or status in (204, 304) or status < 200:
             framing = _NONE
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            framing = _CHUNK_SIZE
+        elif "transfer-encoding" in headers:
+            # Chunked only if it is the last coding, else the body ends at close; with a
+            # Content-Length too, the answer is suspect: the connection is not kept.
+            codings = headers["transfer-encoding"].lower().split(",")
+            framing = _CHUNK_SIZE if codings[-1].strip() == "chunked" else _UNTIL_CLOSE
+            keep = keep and framing == _CHUNK_SIZE and "content-length" not in headers
         elif "content-length" in headers:
             length = _number(headers["content-length"].encode("latin-1"), _DIGITS)
             framing = _LENGTH if length > 0 else _NONE

@@ -418,3 +418,65 @@ async def test_an_answer_over_max_body_fails_at_once_and_its_connection_is_dropp
             assert asyncio.get_running_loop().time() - started < 10
         await client.close()
     assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "closes", "connections"),
+    [
+        # Content-Length and chunked: chunked wins, but the connection is not kept.
+        (
+            b"Transfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n",
+            b"2\r\nok\r\n0\r\n\r\n",
+            0,
+            2,
+        ),
+        # Chunked not the last coding: the body ends at close (RFC 9112 6.3), not at 2 bytes.
+        (b"Transfer-Encoding: chunked, identity\r\nContent-Length: 2\r\n\r\n", b"ok", 1, 2),
+        # Interim answers are skipped (a bounded number of them), the connection is kept.
+        (b"Content-Length: 2\r\n\r\n", b"ok", 0, 1),
+    ],
+)
+async def test_framing_by_transfer_encoding_and_interim_answers(
+    head: bytes, body: bytes, closes: int, connections: int
+) -> None:
+    async def answers(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        while True:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 3 + b"HTTP/1.1 200 OK\r\n" + head)
+            writer.write(body)
+            await writer.drain()
+            if closes:
+                return
+
+    client = HttpClient()
+    async with raw_server(answers) as server:
+        for _ in range(2):
+            assert (await client.fetch("GET", server.url + "/x", timeout=2))[2] == b"ok"
+        await client.close()
+    assert server.connections == connections
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 100,  # would restart the read timeout for ever
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n folded: yes\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
+async def test_garbage_in_the_answers_head_is_an_error(wire: bytes) -> None:
+    async def garbage(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(wire)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    client = HttpClient()
+    async with raw_server(garbage) as server:
+        with pytest.raises(HttpError, match="malformed"):
+            await client.fetch("GET", server.url + "/x", read_timeout=2)
+        await client.close()
