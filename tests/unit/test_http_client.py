@@ -284,6 +284,7 @@ async def test_bytes_left_after_an_answer_are_never_read_as_the_next_answer() ->
     """A server that sends more than its answer framed, or a 408 just before closing an idle
     connection: the kept connection holds unread bytes, and the next request must not take
     them for its answer (a txn would get a stale or foreign status)."""
+    sent_408 = asyncio.Event()
 
     async def overshoots_then_408(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
@@ -297,6 +298,8 @@ async def test_bytes_left_after_an_answer_are_never_read_as_the_next_answer() ->
                 await writer.drain()
                 await asyncio.sleep(0.05)
                 writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                sent_408.set()
             else:
                 writer.write(answer(b'"fresh"'))
             await writer.drain()
@@ -307,7 +310,9 @@ async def test_bytes_left_after_an_answer_are_never_read_as_the_next_answer() ->
         for path in ("/a", "/b", "/c"):
             status, _, body = await client.fetch("POST", server.url + path, body=b"", timeout=2)
             bodies.append((status, body))
-            await asyncio.sleep(0.2)  # the extra bytes are in, the connection still open
+            if path == "/b":
+                await sent_408.wait()
+            await asyncio.sleep(0.05)  # the extra bytes are in, the connection still open
         await client.close()
     assert bodies == [(200, b'"first"'), (200, b'"second"'), (200, b'"fresh"')]
     assert server.connections == 3
@@ -377,13 +382,15 @@ async def test_a_line_break_or_space_cannot_get_into_the_request_head(
 
 
 async def test_a_read_cut_by_the_callers_timeout_loses_nothing() -> None:
+    cut = asyncio.Event()
+
     async def in_two_parts(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: RawServer
     ) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
         await writer.drain()
-        await asyncio.sleep(0.3)
+        await cut.wait()
         writer.write(b"def")
         await writer.drain()
         await asyncio.sleep(5)
@@ -394,6 +401,7 @@ async def test_a_read_cut_by_the_callers_timeout_loses_nothing() -> None:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.1):
                 await response.read()
+        cut.set()
         assert await response.read() == b"abcdef"
         await client.close()
 
