@@ -261,9 +261,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     timing("clone_timeout_s", "> 0.", "Bound on one clone of this member from the leader "
             "(`pg_basebackup`); a clone that takes longer is stopped and counts as failed."),
     timing("rewind_timeout_s", "> 0.", "Bound on one `pg_rewind` of a former primary onto "
-            "the new leader; a rewind that takes longer is stopped and counts as failed. A "
-            "leader that cannot be reached is retried for at most `ttl_s`, then the rewind "
-            "is given up (data directory intact) and tried again if it still leads."),
+            "the new leader; a longer one is stopped and counts as failed. An unreachable leader "
+            "is retried for `ttl_s`, then given up (data intact) and tried again if it leads."),
     section_field("tags"),
     Field(path="tags.nofailover", kind=_B,
           doc="Never promote this member (it also never bootstraps an empty cluster)."),
@@ -490,9 +489,8 @@ FIELDS: Final[tuple[Field, ...]] = (
               "fencer run by someone else (a container of its own in the Kubernetes pod, with "
               "its own CPU limit: docs/kubernetes.md) must listen on `socket` and see this "
               "agent's process and data directory, else every call to it fails and the member "
-              "does not lead "
-              "(no acquire, no promotion) until it does. A `spawn` agent that finds an external "
-              "fencer on its socket uses it and never starts one over it."),
+              "does not lead (no acquire, no promotion) until it does. A `spawn` agent that "
+              "finds an external fencer on its socket uses it and never starts one over it."),
     Field(path="fencer.socket", kind=_S, default_doc="`<run_dir>/fencer.sock`",
           rule="Absolute path.",
           doc="The fencer's Unix socket. With `external`, a directory both containers mount "
